@@ -1,0 +1,484 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"math"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// maxNameLen is JetStream's longest stream or consumer name.
+const maxNameLen = 255
+
+// hiddenNote ends the messages about values that are not shown.
+const hiddenNote = " (the value is not shown: it may be a secret)"
+
+func spaceOrControl(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }
+
+// nameProblem says why v is not a valid JetStream stream or durable consumer
+// name, or returns "".
+func nameProblem(v string) string {
+	switch {
+	case v == "":
+		return "it is empty"
+	case len(v) > maxNameLen:
+		return "it is longer than " + strconv.Itoa(maxNameLen) + " bytes"
+	case !utf8.ValidString(v):
+		return "it is not valid UTF-8"
+	case strings.ContainsFunc(v, spaceOrControl):
+		return "it contains white space or a control character"
+	}
+	if i := strings.IndexAny(v, `.*>/\`); i >= 0 {
+		return "it contains " + strconv.QuoteRune(rune(v[i]))
+	}
+	return ""
+}
+
+// jsName sets a JetStream stream or consumer name; what says which.
+func jsName(field func(*Config) *string, what string) func(*Config, string) string {
+	return func(c *Config, v string) string {
+		*field(c) = v
+		if p := nameProblem(v); p != "" {
+			return quote(v) + " is not a valid " + what + ": " + p
+		}
+		return ""
+	}
+}
+
+// subjectProblem says why v is not a valid literal NATS subject (one that
+// can be published to and named by a stream without wildcards), or
+// returns "".
+func subjectProblem(v string) string {
+	switch {
+	case v == "":
+		return "it is empty"
+	case !utf8.ValidString(v):
+		return "it is not valid UTF-8"
+	case strings.ContainsFunc(v, spaceOrControl):
+		return "it contains white space or a control character"
+	case strings.ContainsAny(v, "*>"):
+		return "wildcards (* and >) are not allowed"
+	}
+	if slices.Contains(strings.Split(v, "."), "") {
+		return "it has an empty token"
+	}
+	return ""
+}
+
+func checkLiteralSubject(v string) string {
+	if p := subjectProblem(v); p != "" {
+		return quote(v) + " is not a valid subject: " + p
+	}
+	return ""
+}
+
+// parseSubjects reads the comma-separated work subjects.
+func parseSubjects(v string) ([]string, string) {
+	parts := strings.Split(v, ",")
+	out := make([]string, 0, len(parts))
+	for _, p := range parts {
+		p = strings.TrimSpace(p)
+		switch {
+		case p == "":
+			return nil, quote(v) + " has an empty entry"
+		case subjectProblem(p) != "":
+			return nil, quote(p) + " is not a valid subject: " + subjectProblem(p)
+		case strings.ContainsAny(p, `/\`):
+			return nil, quote(p) + ` cannot be a work subject: '/' and '\' are not allowed in the durable consumer names made from it`
+		case slices.Contains(out, p):
+			return nil, quote(p) + " is listed twice"
+		}
+		out = append(out, p)
+	}
+	return out, ""
+}
+
+// validPort reports whether p is a decimal port number from min to 65535.
+func validPort(p string, min int) bool {
+	if p == "" || len(p) > 5 || strings.ContainsFunc(p, func(r rune) bool { return r < '0' || r > '9' }) {
+		return false
+	}
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= min && n <= 65535
+}
+
+// parseNATSURLs checks a comma-separated list of NATS server URLs and
+// returns it with the white space around the entries removed.
+func parseNATSURLs(v string) (string, string) {
+	parts := strings.Split(v, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			return "", quote(redactURLList(v)) + " has an empty entry"
+		}
+		shown := quote(redactURL(p))
+		u, err := url.Parse(p)
+		if err != nil {
+			return "", shown + " is not a URL"
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return "", shown + " is not a nats://, tls://, ws:// or wss:// URL"
+		}
+		if u.Opaque != "" || u.Hostname() == "" {
+			return "", shown + " has no host"
+		}
+		if port := u.Port(); port != "" && !validPort(port, 1) {
+			return "", shown + " has an invalid port " + quote(port)
+		}
+		parts[i] = p
+	}
+	return strings.Join(parts, ","), ""
+}
+
+// parseBaseURL checks the Cloudflare API base URL and returns it without a
+// trailing '/'.
+func parseBaseURL(v string) (string, string) {
+	shown := quote(redactURL(v))
+	u, err := url.Parse(v)
+	switch {
+	case err != nil:
+		return "", shown + " is not a URL"
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "", shown + " is not an http:// or https:// URL"
+	case u.Opaque != "" || u.Hostname() == "":
+		return "", shown + " has no host"
+	case u.User != nil:
+		return "", shown + " must not hold a user or password"
+	case strings.ContainsAny(v, "?#"):
+		return "", shown + " must not have a query or fragment"
+	}
+	if port := u.Port(); port != "" && !validPort(port, 1) {
+		return "", shown + " has an invalid port " + quote(port)
+	}
+	return strings.TrimRight(v, "/"), ""
+}
+
+// optionalFile sets a path that must name a readable file when not empty.
+// show says whether the path may appear in messages.
+func optionalFile(field func(*Config) *string, show bool) func(*Config, string) string {
+	return func(c *Config, v string) string {
+		*field(c) = v
+		if v == "" {
+			return ""
+		}
+		return fileProblem(v, show)
+	}
+}
+
+// fileProblem says why path does not name a readable file, or returns "".
+// It never passes on the text of an os error, which holds the path.
+func fileProblem(path string, show bool) string {
+	what, note := "the file it names", hiddenNote
+	if show {
+		what, note = quote(path), ""
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return what + " does not exist" + note
+	case errors.Is(err, fs.ErrPermission):
+		return what + " cannot be reached: permission denied" + note
+	case err != nil:
+		return what + " cannot be read" + note
+	case fi.IsDir():
+		return what + " is a directory, not a file" + note
+	}
+	f, err := os.Open(path)
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return what + " is not readable: permission denied" + note
+	case err != nil:
+		return what + " cannot be opened" + note
+	}
+	_ = f.Close()
+	return ""
+}
+
+// secret sets a credential: white space around it is trimmed, an empty
+// value means "not given". The value never appears in a message.
+func secret(field func(*Config) *string) func(*Config, string) string {
+	return func(c *Config, v string) string {
+		v = strings.TrimSpace(v)
+		*field(c) = v
+		for i := 0; i < len(v); i++ {
+			if v[i] < 0x21 || v[i] > 0x7e {
+				return "holds white space or a character that is not printable ASCII" + hiddenNote
+			}
+		}
+		return ""
+	}
+}
+
+func checkEmail(v string) string {
+	at := strings.LastIndexByte(v, '@')
+	bad := at <= 0 || at == len(v)-1 || strings.ContainsFunc(v, func(r rune) bool { return r < 0x21 || r > 0x7e })
+	if bad {
+		return quote(v) + " is not an email address"
+	}
+	return ""
+}
+
+// duration sets a duration that must be greater than 0 and at least min.
+func duration(field func(*Config) *time.Duration, min time.Duration) func(*Config, string) string {
+	return func(c *Config, v string) string {
+		d, err := time.ParseDuration(v)
+		switch {
+		case err != nil:
+			return quote(v) + " is not a duration (Go syntax, such as 500ms, 30s or 2m)"
+		case d <= 0:
+			return quote(v) + " is not greater than 0"
+		case d < min:
+			return quote(v) + " is less than " + min.String()
+		}
+		*field(c) = d
+		return ""
+	}
+}
+
+// intRange sets a whole number from min to max; max 0 means no upper bound.
+func intRange(field func(*Config) *int, min, max int) func(*Config, string) string {
+	return func(c *Config, v string) string {
+		n, err := strconv.Atoi(v)
+		switch {
+		case errors.Is(err, strconv.ErrRange):
+			return quote(v) + " is too large"
+		case err != nil:
+			return quote(v) + " is not a whole number"
+		case n < min:
+			return quote(v) + " is less than " + strconv.Itoa(min)
+		case max > 0 && n > max:
+			return quote(v) + " is more than " + strconv.Itoa(max)
+		}
+		*field(c) = n
+		return ""
+	}
+}
+
+func parseRate(c *Config, v string) string {
+	f, err := strconv.ParseFloat(v, 64)
+	switch {
+	case errors.Is(err, strconv.ErrRange):
+		return quote(v) + " is out of range"
+	case err != nil:
+		return quote(v) + " is not a number"
+	case math.IsNaN(f) || math.IsInf(f, 0):
+		return quote(v) + " is not a finite number"
+	case f < 0:
+		return quote(v) + " is negative"
+	}
+	c.RateLimit = f
+	return ""
+}
+
+// validAccountID reports whether v is 1 to 32 characters of [A-Za-z0-9],
+// the rule of SPEC §2.
+func validAccountID(v string) bool {
+	if v == "" || len(v) > 32 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		b := v[i]
+		if !('a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// parseAccounts reads the comma-separated allowed accounts; empty (or only
+// white space) means every account.
+func parseAccounts(v string) ([]string, string) {
+	if strings.TrimSpace(v) == "" {
+		return nil, ""
+	}
+	parts := strings.Split(v, ",")
+	out := make([]string, 0, len(parts))
+	for _, p := range parts {
+		p = strings.TrimSpace(p)
+		switch {
+		case p == "":
+			return nil, quote(v) + " has an empty entry"
+		case !validAccountID(p):
+			return nil, quote(p) + " is not an account id (1 to 32 letters and digits)"
+		case slices.Contains(out, p):
+			return nil, quote(p) + " is listed twice"
+		}
+		out = append(out, p)
+	}
+	return out, ""
+}
+
+func checkListenAddr(v string) string {
+	_, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return quote(v) + ` is not host:port (such as ":8080" or "127.0.0.1:8080")`
+	}
+	if !validPort(port, 0) {
+		return quote(v) + " has port " + quote(port) + ", not a number from 0 to 65535"
+	}
+	return ""
+}
+
+// enum sets one of the allowed words, matched without regard to case and
+// stored in lower case.
+func enum(field func(*Config) *string, allowed ...string) func(*Config, string) string {
+	return func(c *Config, v string) string {
+		l := strings.ToLower(v)
+		if !slices.Contains(allowed, l) {
+			return quote(v) + " is not one of " + strings.Join(allowed, ", ")
+		}
+		*field(c) = l
+		return ""
+	}
+}
+
+// missingName names a setting that is missing while present is given: as
+// given if the user set it (to ""), else in the form present was given in.
+func (st *state) missingName(missing, present string) string {
+	if st.userSet(missing) {
+		return st.name(missing)
+	}
+	return st.nameLike(missing, present)
+}
+
+// shown returns the text the user gave for env, or def when none.
+func (st *state) shown(env, def string) string {
+	if v, ok := st.raw[env]; ok {
+		return v
+	}
+	return def
+}
+
+func checkTLSPair(c *Config, st *state) *Error {
+	cert, key := c.NATSTLSCert != "", c.NATSTLSKey != ""
+	switch {
+	case cert && !key:
+		return &Error{
+			Name:    st.missingName(envNATSTLSKey, envNATSTLSCert),
+			Problem: "not set, but " + st.name(envNATSTLSCert) + " is: a client certificate needs its key",
+		}
+	case key && !cert:
+		return &Error{
+			Name:    st.missingName(envNATSTLSCert, envNATSTLSKey),
+			Problem: "not set, but " + st.name(envNATSTLSKey) + " is: a client key needs its certificate",
+		}
+	}
+	return nil
+}
+
+// clash reports two settings that must differ but share the value val. It
+// names a, unless only b was given by the user.
+func clash(st *state, a, b, val, why string) *Error {
+	if !st.userSet(a) && st.userSet(b) {
+		a, b = b, a
+	}
+	return &Error{Name: st.name(a), Problem: quote(val) + " is also given by " + st.name(b) + "; " + why}
+}
+
+func checkStreams(c *Config, st *state) *Error {
+	// The durable consumer names made from the prefix and the subjects.
+	durables := make(map[string]string, len(c.Subjects))
+	for _, s := range c.Subjects {
+		d := c.Durable(s)
+		if len(d) > maxNameLen {
+			env := envSubjects
+			if st.userSet(envConsumer) && !st.userSet(envSubjects) {
+				env = envConsumer
+			}
+			return &Error{Name: st.name(env), Problem: "the durable consumer name " + quote(d) +
+				" made from it is longer than " + strconv.Itoa(maxNameLen) + " bytes"}
+		}
+		if prev, ok := durables[d]; ok {
+			return &Error{Name: st.name(envSubjects), Problem: quote(prev) + " and " + quote(s) +
+				" would share the durable consumer name " + quote(d)}
+		}
+		durables[d] = s
+	}
+
+	if c.DLQStream == c.Stream {
+		return clash(st, envDLQStream, envStream, c.Stream, "the dead-letter stream must be a stream of its own")
+	}
+	for _, s := range c.Subjects {
+		if s == c.DLQSubject {
+			return clash(st, envDLQSubject, envSubjects, s, "dead letters must not go to a work subject")
+		}
+	}
+	if !c.OutcomeEnabled() {
+		return nil // the outcome stream is not used, so not checked
+	}
+	if p := nameProblem(c.OutcomeStream); p != "" {
+		return &Error{Name: st.name(envOutcomeStream), Problem: quote(c.OutcomeStream) + " is not a valid stream name: " + p}
+	}
+	if c.OutcomeStream == c.Stream {
+		return clash(st, envOutcomeStream, envStream, c.Stream, "the outcome stream must be a stream of its own")
+	}
+	if c.OutcomeStream == c.DLQStream {
+		return clash(st, envOutcomeStream, envDLQStream, c.DLQStream, "the outcome stream must be a stream of its own")
+	}
+	for _, s := range c.Subjects {
+		if s == c.OutcomeSubject {
+			return clash(st, envOutcomeSubject, envSubjects, s, "outcome records must not go to a work subject")
+		}
+	}
+	if c.OutcomeSubject == c.DLQSubject {
+		return clash(st, envOutcomeSubject, envDLQSubject, c.DLQSubject, "outcome records and dead letters need subjects of their own")
+	}
+	return nil
+}
+
+// checkCredentials enforces exactly one Cloudflare credential: a token, a
+// token file, or the email and key pair.
+func checkCredentials(c *Config, st *state) *Error {
+	tok, file := c.APIToken != "", c.APITokenFile != ""
+	email, key := c.Email != "", c.APIKey != ""
+	switch {
+	case tok && file:
+		return &Error{Name: st.name(envAPIToken), Problem: "is set together with " + st.name(envAPITokenFile) + "; set only one of them"}
+	case (tok || file) && (email || key):
+		first := envAPIToken
+		if !tok {
+			first = envAPITokenFile
+		}
+		var legacy []string
+		if email {
+			legacy = append(legacy, st.name(envEmail))
+		}
+		if key {
+			legacy = append(legacy, st.name(envAPIKey))
+		}
+		return &Error{Name: st.name(first), Problem: "is set together with " + strings.Join(legacy, " and ") +
+			"; use either a token or the legacy email and key pair, not both"}
+	case email && !key:
+		return &Error{Name: st.missingName(envAPIKey, envEmail), Problem: "not set, but " + st.name(envEmail) +
+			" is: the legacy credential needs both"}
+	case key && !email:
+		return &Error{Name: st.missingName(envEmail, envAPIKey), Problem: "not set, but " + st.name(envAPIKey) +
+			" is: the legacy credential needs both"}
+	case !tok && !file && !email && !key:
+		return &Error{Name: st.name(envAPIToken), Problem: "no Cloudflare credential is set: set " + envAPIToken +
+			", or " + envAPITokenFile + ", or " + envEmail + " and " + envAPIKey + " (or the matching --cloudflare-* flags)"}
+	}
+	return nil
+}
+
+func checkRetry(c *Config, st *state) *Error {
+	if c.RetryMaxInterval >= c.RetryInitial {
+		return nil
+	}
+	if st.userSet(envRetryMaxInterval) || !st.userSet(envRetryInitial) {
+		return &Error{Name: st.name(envRetryMaxInterval), Problem: quote(st.shown(envRetryMaxInterval, c.RetryMaxInterval.String())) +
+			" is less than " + st.name(envRetryInitial) + " (" + c.RetryInitial.String() + ")"}
+	}
+	return &Error{Name: st.name(envRetryInitial), Problem: quote(st.shown(envRetryInitial, c.RetryInitial.String())) +
+		" is more than " + st.name(envRetryMaxInterval) + " (" + c.RetryMaxInterval.String() + ")"}
+}

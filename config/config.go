@@ -1,0 +1,218 @@
+// Package config reads revoker's settings (SPEC §3 and §6) from environment
+// variables and command-line flags, applies the defaults and checks every
+// value a command actually uses.
+//
+// Every variable has a matching flag: REVOKER_NATS_URL ↔ --nats-url (the
+// REVOKER_ prefix is dropped, the rest lower-cased with '_' turned into '-');
+// the CLOUDFLARE_* variables keep their prefix (CLOUDFLARE_API_TOKEN ↔
+// --cloudflare-api-token). A flag overrides its variable.
+//
+// Usage:
+//
+//	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+//	ld := config.Register(fs, config.All)
+//	if err := fs.Parse(args); err != nil { /* exit 2 */ }
+//	cfg, err := ld.Load(os.LookupEnv)
+//	if err != nil { /* print err (one line), exit 2 */ }
+//
+// Values are taken as follows:
+//
+//   - A variable that is not set, and a flag that is not given, leave the
+//     default in place.
+//   - A variable set to the empty string counts as set. For settings that
+//     need a value (stream names, numbers, durations, ...) an empty value is
+//     a bad value, not a request for the default: unset the variable instead.
+//     Empty is meaningful for the optional settings: NATS creds and TLS files,
+//     the Cloudflare credentials (empty = not given), REVOKER_ALLOWED_ACCOUNTS
+//     (empty = every account) and REVOKER_OUTCOME_SUBJECT (empty = outcome
+//     records off).
+//   - Enumerations (log level, log format, not-found mode) are matched without
+//     regard to case; booleans use strconv.ParseBool.
+//   - The Cloudflare token and API key have surrounding white space trimmed
+//     (secrets often arrive with a trailing newline).
+//   - A trailing '/' of CLOUDFLARE_BASE_URL is removed.
+//
+// Only the settings of the sections given to Register are read and checked;
+// the others keep their defaults in the returned Config.
+//
+// Secrets (the API token and API key) never appear in an Error. Neither do
+// the values of CLOUDFLARE_API_TOKEN_FILE, REVOKER_NATS_CREDS and
+// REVOKER_NATS_TLS_KEY, because a secret pasted there by mistake must not end
+// up on stderr; user:password parts of URLs are replaced by "[redacted]".
+// To log a Config use LogFields, Redacted or String, which all redact; fmt
+// (%v, %+v, %#v) and encoding/json show a Config redacted too.
+package config
+
+import (
+	"strings"
+	"time"
+)
+
+// Config holds every setting of SPEC §6 (and the names of §3).
+type Config struct {
+	// NATS
+	NATSURL     string // REVOKER_NATS_URL: one URL or a comma-separated list
+	NATSCreds   string // REVOKER_NATS_CREDS: path of a .creds file, "" = none
+	NATSTLSCA   string // REVOKER_NATS_TLS_CA: path, "" = system roots
+	NATSTLSCert string // REVOKER_NATS_TLS_CERT: path; set together with NATSTLSKey
+	NATSTLSKey  string // REVOKER_NATS_TLS_KEY: path; set together with NATSTLSCert
+
+	// Streams
+	Stream         string   // REVOKER_STREAM
+	Subjects       []string // REVOKER_SUBJECTS, highest priority first
+	Consumer       string   // REVOKER_CONSUMER: durable name prefix (see Durable)
+	DLQStream      string   // REVOKER_DLQ_STREAM
+	DLQSubject     string   // REVOKER_DLQ_SUBJECT
+	OutcomeStream  string   // REVOKER_OUTCOME_STREAM
+	OutcomeSubject string   // REVOKER_OUTCOME_SUBJECT: "" = outcome records off
+	CreateStreams  bool     // REVOKER_CREATE_STREAMS
+
+	// API
+	APIToken     string        // CLOUDFLARE_API_TOKEN (secret)
+	APITokenFile string        // CLOUDFLARE_API_TOKEN_FILE: path; read and watched elsewhere
+	Email        string        // CLOUDFLARE_EMAIL (legacy pair)
+	APIKey       string        // CLOUDFLARE_API_KEY (legacy pair, secret)
+	BaseURL      string        // CLOUDFLARE_BASE_URL, without a trailing '/'
+	HTTPTimeout  time.Duration // REVOKER_HTTP_TIMEOUT: per API call
+
+	// Worker
+	Concurrency        int           // REVOKER_CONCURRENCY: API calls in flight at most
+	RateLimit          float64       // REVOKER_RATE_LIMIT: calls per second, 0 = no limit
+	RetryInitial       time.Duration // REVOKER_RETRY_INITIAL
+	RetryMaxInterval   time.Duration // REVOKER_RETRY_MAX_INTERVAL
+	RetryMaxElapsed    time.Duration // REVOKER_RETRY_MAX_ELAPSED
+	MaxDeliver         int           // REVOKER_MAX_DELIVER
+	AckWait            time.Duration // REVOKER_ACK_WAIT
+	NotFoundDeadLetter bool          // REVOKER_NOT_FOUND=dead-letter (default "ack": false)
+	AllowedAccounts    []string      // REVOKER_ALLOWED_ACCOUNTS: nil = every account
+	ShutdownTimeout    time.Duration // REVOKER_SHUTDOWN_TIMEOUT
+
+	// Server
+	HTTPAddr string // REVOKER_HTTP_ADDR
+
+	// Logging
+	LogLevel  string // REVOKER_LOG_LEVEL: debug, info, warn or error (lower case)
+	LogFormat string // REVOKER_LOG_FORMAT: json or console (lower case)
+}
+
+// Section says which settings a command uses; only those are read and
+// checked (SPEC §6: "Only the value actually used is checked").
+type Section uint
+
+const (
+	// NATS: nats-url, nats-creds, nats-tls-ca, nats-tls-cert, nats-tls-key.
+	NATS Section = 1 << iota
+	// Streams: stream, subjects, consumer, dlq-stream, dlq-subject,
+	// outcome-stream, outcome-subject, create-streams.
+	Streams
+	// API: cloudflare-api-token, cloudflare-api-token-file, cloudflare-email,
+	// cloudflare-api-key, cloudflare-base-url, http-timeout.
+	API
+	// Worker: concurrency, rate-limit, retry-initial, retry-max-interval,
+	// retry-max-elapsed, max-deliver, ack-wait, not-found, allowed-accounts,
+	// shutdown-timeout.
+	Worker
+	// Server: http-addr.
+	Server
+	// Logging: log-level, log-format.
+	Logging
+
+	// All is every section: what `revoker serve` uses.
+	All = NATS | Streams | API | Worker | Server | Logging
+)
+
+// The defaults of SPEC §3 and §6.
+const (
+	DefaultNATSURL          = "nats://127.0.0.1:4222"
+	DefaultStream           = "REVOCATIONS"
+	DefaultConsumer         = "revoker"
+	DefaultDLQStream        = "REVOCATIONS_DLQ"
+	DefaultDLQSubject       = "revoke.dlq"
+	DefaultOutcomeStream    = "REVOCATION_OUTCOMES"
+	DefaultOutcomeSubject   = "revoke.outcome"
+	DefaultBaseURL          = "https://api.cloudflare.com/client/v4"
+	DefaultHTTPAddr         = ":8080"
+	DefaultLogLevel         = "info"
+	DefaultLogFormat        = "json"
+	DefaultConcurrency      = 16
+	DefaultRateLimit        = 4.0
+	DefaultMaxDeliver       = 10
+	DefaultHTTPTimeout      = 10 * time.Second
+	DefaultRetryInitial     = 500 * time.Millisecond
+	DefaultRetryMaxInterval = 30 * time.Second
+	DefaultRetryMaxElapsed  = 2 * time.Minute
+	DefaultAckWait          = 30 * time.Second
+	DefaultShutdownTimeout  = 25 * time.Second
+
+	// MaxConcurrency is the largest REVOKER_CONCURRENCY accepted.
+	MaxConcurrency = 1024
+	// MinAckWait is the smallest REVOKER_ACK_WAIT accepted.
+	MinAckWait = time.Second
+)
+
+// DefaultSubjects returns the default work subjects, highest priority first.
+func DefaultSubjects() []string { return []string{"revoke.urgent", "revoke.scheduled"} }
+
+// Default returns the defaults of SPEC §6. No Cloudflare credential is set.
+func Default() Config {
+	return Config{
+		NATSURL: DefaultNATSURL,
+
+		Stream:         DefaultStream,
+		Subjects:       DefaultSubjects(),
+		Consumer:       DefaultConsumer,
+		DLQStream:      DefaultDLQStream,
+		DLQSubject:     DefaultDLQSubject,
+		OutcomeStream:  DefaultOutcomeStream,
+		OutcomeSubject: DefaultOutcomeSubject,
+		CreateStreams:  true,
+
+		BaseURL:     DefaultBaseURL,
+		HTTPTimeout: DefaultHTTPTimeout,
+
+		Concurrency:      DefaultConcurrency,
+		RateLimit:        DefaultRateLimit,
+		RetryInitial:     DefaultRetryInitial,
+		RetryMaxInterval: DefaultRetryMaxInterval,
+		RetryMaxElapsed:  DefaultRetryMaxElapsed,
+		MaxDeliver:       DefaultMaxDeliver,
+		AckWait:          DefaultAckWait,
+		ShutdownTimeout:  DefaultShutdownTimeout,
+
+		HTTPAddr: DefaultHTTPAddr,
+
+		LogLevel:  DefaultLogLevel,
+		LogFormat: DefaultLogFormat,
+	}
+}
+
+// Durable returns the durable consumer name for a work subject: the prefix,
+// "-", and the subject with every '.' replaced by '_'
+// (Consumer "revoker", subject "revoke.urgent" → "revoker-revoke_urgent").
+// Load guarantees these names are valid and distinct for the configured
+// subjects.
+func (c Config) Durable(subject string) string {
+	return c.Consumer + "-" + strings.ReplaceAll(subject, ".", "_")
+}
+
+// OutcomeEnabled reports whether outcome records are published
+// (REVOKER_OUTCOME_SUBJECT is not empty).
+func (c Config) OutcomeEnabled() bool { return c.OutcomeSubject != "" }
+
+// HighestPriority returns the highest-priority work subject (what
+// `revoker publish --urgent` uses), or "" when there is none.
+func (c Config) HighestPriority() string {
+	if len(c.Subjects) == 0 {
+		return ""
+	}
+	return c.Subjects[0]
+}
+
+// LowestPriority returns the lowest-priority work subject (the default of
+// `revoker publish`), or "" when there is none.
+func (c Config) LowestPriority() string {
+	if len(c.Subjects) == 0 {
+		return ""
+	}
+	return c.Subjects[len(c.Subjects)-1]
+}

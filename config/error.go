@@ -1,0 +1,85 @@
+package config
+
+import (
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Error is a bad configuration value. Load returns it as a *Error.
+//
+// Error() is one line: the name the user set the value by — the flag
+// ("--rate-limit") when it came from a flag, else the variable
+// ("REVOKER_RATE_LIMIT") — then what is wrong, with the offending value
+// quoted unless the value is (or may be) a secret:
+//
+//	REVOKER_RATE_LIMIT: "fast" is not a number
+type Error struct {
+	// Name is the flag (with its leading "--") or the variable.
+	Name string
+	// Problem says what is wrong. It never holds a secret.
+	Problem string
+}
+
+func (e *Error) Error() string {
+	return oneLine(e.Name + ": " + e.Problem)
+}
+
+// oneLine replaces line breaks and other control characters so that the
+// message stays on one line whatever it holds.
+func oneLine(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// maxShown is how many bytes of a value an error message shows at most.
+const maxShown = 120
+
+// quote returns v Go-quoted for a message, cut short when it is long.
+func quote(v string) string {
+	if len(v) <= maxShown {
+		return strconv.Quote(v)
+	}
+	cut := maxShown
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return strconv.Quote(v[:cut]) + "…"
+}
+
+// redactURL hides the user-information part (user:password@, token@) of a
+// URL-like string so it can be shown in messages and logs. It works on the
+// text, so it also hides it in strings that do not parse as URLs, and it
+// errs on the safe side: everything between the scheme and the last '@' is
+// hidden, since a password may hold '/', '?' or '#'.
+func redactURL(s string) string {
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 {
+		start = i + 3
+	}
+	at := strings.LastIndex(s[start:], "@")
+	if at < 0 {
+		return s
+	}
+	return s[:start] + "[redacted]@" + s[start+at+1:]
+}
+
+// redactURLList applies redactURL to each entry of a comma-separated list.
+func redactURLList(s string) string {
+	if !strings.Contains(s, "@") {
+		return s
+	}
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		parts[i] = redactURL(p)
+	}
+	return strings.Join(parts, ",")
+}

@@ -1,0 +1,160 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"strings"
+)
+
+// Loader reads the settings of the sections given to Register. Make one with
+// Register.
+type Loader struct {
+	sections Section
+	flags    map[string]*flagValue // by variable name
+}
+
+// Register adds the flags of the given sections to fs, so that fs refuses
+// the flags of the other sections, and returns the Loader that reads them.
+// Call Load after fs.Parse.
+//
+// Every flag takes a value (--nats-url=URL or --nats-url URL), except
+// --create-streams, a boolean flag: --create-streams alone means true,
+// --create-streams=false turns it off.
+func Register(fs *flag.FlagSet, sections Section) *Loader {
+	l := &Loader{sections: sections, flags: make(map[string]*flagValue)}
+	def := Default()
+	for i := range settings {
+		s := &settings[i]
+		if s.section&sections == 0 {
+			continue
+		}
+		fv := &flagValue{boolFlag: s.isBool, def: s.def(def)}
+		l.flags[s.env] = fv
+		fs.Var(fv, s.flagName(), s.usage+" (env "+s.env+")")
+	}
+	return l
+}
+
+// Load returns the configuration: the defaults, overridden by the
+// environment variables, overridden by the flags given to fs.Parse. Only the
+// settings of the sections given to Register are read and checked; the
+// others keep their defaults.
+//
+// lookup is os.LookupEnv in production; nil means os.LookupEnv. A variable
+// that lookup reports as set to "" counts as set (see the package
+// documentation).
+//
+// A bad value makes Load return a zero Config and a *Error naming the flag
+// or variable; the first bad value found is reported.
+func (l *Loader) Load(lookup func(string) (string, bool)) (Config, error) {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	cfg := Default()
+	st := &state{origin: make(map[string]origin), raw: make(map[string]string)}
+	for i := range settings {
+		s := &settings[i]
+		if s.section&l.sections == 0 {
+			continue
+		}
+		var v string
+		if fv := l.flags[s.env]; fv != nil && fv.set {
+			v = fv.val
+			st.origin[s.env] = fromFlag
+		} else if ev, ok := lookup(s.env); ok {
+			v = ev
+			st.origin[s.env] = fromEnv
+		} else {
+			continue
+		}
+		st.raw[s.env] = v
+		if v == "" && s.required {
+			how := "unset it"
+			if st.origin[s.env] == fromFlag {
+				how = "leave the flag out"
+			}
+			return Config{}, &Error{Name: st.name(s.env), Problem: `"" is empty; ` + how + " to use the default " + quote(s.def(Default()))}
+		}
+		if p := s.apply(&cfg, v); p != "" {
+			return Config{}, &Error{Name: st.name(s.env), Problem: p}
+		}
+	}
+	for _, c := range crossChecks {
+		if c.section&l.sections == 0 {
+			continue
+		}
+		if err := c.check(&cfg, st); err != nil {
+			return Config{}, err
+		}
+	}
+	return cfg, nil
+}
+
+// flagValue is a flag.Value that only records what was given; Load parses
+// and checks it, so that errors have one format and secrets given as flags
+// are never echoed by the flag package.
+type flagValue struct {
+	def      string // the default as shown in -help
+	boolFlag bool
+	val      string
+	set      bool
+}
+
+// String returns the default, for -help. It never returns the value set,
+// which may be a secret.
+func (f *flagValue) String() string {
+	if f == nil {
+		return ""
+	}
+	return f.def
+}
+
+func (f *flagValue) Set(v string) error {
+	f.val, f.set = v, true
+	return nil
+}
+
+// IsBoolFlag lets a boolean setting be given as a bare --flag.
+func (f *flagValue) IsBoolFlag() bool { return f != nil && f.boolFlag }
+
+type origin int
+
+const (
+	unset origin = iota
+	fromEnv
+	fromFlag
+)
+
+// state records where each value read by Load came from.
+type state struct {
+	origin map[string]origin // by variable name
+	raw    map[string]string // the text given, by variable name
+}
+
+// name returns the name the user set a setting by: its flag if the value
+// came from a flag, else its variable.
+func (st *state) name(env string) string {
+	if st.origin[env] == fromFlag {
+		return "--" + flagName(env)
+	}
+	return env
+}
+
+// nameLike names the setting env in the form the user used for other: the
+// flag if other came from a flag, else the variable. It is for errors about
+// a missing partner of a setting that was given.
+func (st *state) nameLike(env, other string) string {
+	if st.origin[other] == fromFlag {
+		return "--" + flagName(env)
+	}
+	return env
+}
+
+// userSet reports whether env was given as a variable or a flag.
+func (st *state) userSet(env string) bool { return st.origin[env] != unset }
+
+// flagName returns the flag matching a variable: REVOKER_ is dropped,
+// CLOUDFLARE_ kept, the rest lower-cased with '_' turned into '-'.
+func flagName(env string) string {
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(env, "REVOKER_")), "_", "-")
+}

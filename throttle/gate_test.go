@@ -1,0 +1,188 @@
+package throttle_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/revoker/revoker/throttle"
+)
+
+// acquireAsync queues a waiter and reports on ch when it is granted.
+func acquireAsync(t *testing.T, g *throttle.Gate, p int, name string, ch chan<- string) {
+	t.Helper()
+	go func() {
+		pm, err := g.Acquire(context.Background(), p)
+		if err != nil {
+			ch <- "error: " + err.Error()
+			return
+		}
+		ch <- name
+		pm.Release()
+	}()
+}
+
+func TestGateServesHigherPriorityFirst(t *testing.T) {
+	g := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1})
+	defer g.Close()
+	held, err := g.Acquire(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 3)
+	// Low-priority waiters queue first; the urgent one arrives last.
+	acquireAsync(t, g, 1, "low1", got)
+	waitQueued(t, g, 1, 1)
+	acquireAsync(t, g, 1, "low2", got)
+	waitQueued(t, g, 1, 2)
+	acquireAsync(t, g, 0, "urgent", got)
+	waitQueued(t, g, 0, 1)
+	held.Release()
+	// Concurrency 1 serialises the grants, so the order is observable.
+	want := []string{"urgent", "low1", "low2"}
+	for i, w := range want {
+		if g := <-got; g != w {
+			t.Fatalf("permit %d went to %s, want %s", i, g, w)
+		}
+	}
+}
+
+func TestGatePendingHigherLevelHoldsLowerOnes(t *testing.T) {
+	g := throttle.New(throttle.Config{Priorities: 2, Concurrency: 4})
+	defer g.Close()
+	g.SetPending(0, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := g.Acquire(ctx, 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("low priority got a permit while urgent work was pending: %v", err)
+	}
+	g.SetPending(0, false)
+	pm, err := g.Acquire(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.Release()
+}
+
+func TestGateConcurrency(t *testing.T) {
+	g := throttle.New(throttle.Config{Priorities: 1, Concurrency: 3})
+	defer g.Close()
+	var held []*throttle.Permit
+	for range 3 {
+		pm, err := g.Acquire(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, pm)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := g.Acquire(ctx, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a fourth permit was granted with concurrency 3: %v", err)
+	}
+	held[0].Release()
+	held[0].Release() // a second release must not free a second slot
+	pm, err := g.Acquire(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if _, err := g.Acquire(ctx2, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal("double Release freed two slots")
+	}
+	pm.Release()
+}
+
+func TestGateRateSpacesPermits(t *testing.T) {
+	const rate = 20.0
+	g := throttle.New(throttle.Config{Priorities: 1, Concurrency: 10, Rate: rate})
+	defer g.Close()
+	var times []time.Time
+	for range 6 {
+		pm, err := g.Acquire(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		times = append(times, time.Now())
+		pm.Release()
+	}
+	// Burst 1: never two permits closer than the interval (a small slack
+	// for timer granularity), so N a second is never N at once.
+	min := time.Duration(float64(time.Second)/rate) - 5*time.Millisecond
+	for i := 1; i < len(times); i++ {
+		if d := times[i].Sub(times[i-1]); d < min {
+			t.Errorf("permits %d and %d only %v apart, want >= %v", i-1, i, d, min)
+		}
+	}
+}
+
+func TestGatePauseHoldsEveryPermit(t *testing.T) {
+	var mu sync.Mutex
+	var states []bool
+	g := throttle.New(throttle.Config{Priorities: 2, Concurrency: 4, OnPause: func(p bool) {
+		mu.Lock()
+		states = append(states, p)
+		mu.Unlock()
+	}})
+	defer g.Close()
+	const pause = 300 * time.Millisecond
+	start := time.Now()
+	g.Pause(pause)
+	g.Pause(10 * time.Millisecond) // a shorter pause never cuts a longer one
+	pm, err := g.Acquire(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.Release()
+	if d := time.Since(start); d < pause {
+		t.Fatalf("permit granted after %v, inside a %v pause", d, pause)
+	}
+	waitFor(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(states) == 2
+	})
+	if !states[0] || states[1] {
+		t.Fatalf("OnPause calls = %v, want [true false]", states)
+	}
+}
+
+func TestGateCancelAndClose(t *testing.T) {
+	g := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+	held, _ := g.Acquire(context.Background(), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := g.Acquire(ctx, 0); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Acquire = %v", err)
+	}
+	done := make(chan error)
+	go func() {
+		_, err := g.Acquire(context.Background(), 0)
+		done <- err
+	}()
+	waitQueued(t, g, 0, 1)
+	g.Close()
+	if err := <-done; !errors.Is(err, throttle.ErrClosed) {
+		t.Fatalf("Acquire after Close = %v, want ErrClosed", err)
+	}
+	held.Release()
+}
+
+func waitQueued(t *testing.T, g *throttle.Gate, p, n int) {
+	t.Helper()
+	waitFor(t, func() bool { return g.Queued(p) >= n })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

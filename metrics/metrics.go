@@ -1,0 +1,139 @@
+// Package metrics holds revoker's Prometheus collectors and serves /metrics,
+// /healthz and /readyz. Metric and label names are part of the external
+// contract: dashboards and alerts are built against them.
+package metrics
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Outcomes are the values of the outcome label of
+// revoker_events_processed_total.
+var Outcomes = []string{"revoked", "not_found", "dead_lettered", "requeued"}
+
+// DeadLetterReasons are the values of the reason label of
+// revoker_dead_letters_total (and of the Revoker-Reason header).
+var DeadLetterReasons = []string{
+	"invalid_event", "account_not_allowed", "api_rejected",
+	"retries_exhausted", "unauthorized", "not_found",
+}
+
+// Metrics is every collector revoker exports.
+type Metrics struct {
+	EventsReceived    *prometheus.CounterVec
+	EventsProcessed   *prometheus.CounterVec
+	DeadLetters       *prometheus.CounterVec
+	APIRequests       *prometheus.CounterVec
+	APIDuration       prometheus.Histogram
+	APIRetries        prometheus.Counter
+	RevocationLatency *prometheus.HistogramVec
+	RateLimitWait     prometheus.Histogram
+	APIPaused         prometheus.Gauge
+	Inflight          prometheus.Gauge
+	Pending           *prometheus.GaugeVec
+	NATSConnected     prometheus.Gauge
+	BuildInfo         *prometheus.GaugeVec
+	// OutcomeFailures counts outcome records (audit trail) that could not be
+	// written; the revocation itself stands.
+	OutcomeFailures prometheus.Counter
+}
+
+// Build describes the running binary for revoker_build_info.
+type Build struct {
+	Version, Revision, GoVersion string
+}
+
+// New registers every collector on reg. Each known label combination is
+// created at once so that every series starts at 0 and dashboards never show
+// "no data" for an outcome that simply has not happened yet.
+func New(reg prometheus.Registerer, subjects []string, build Build) *Metrics {
+	f := promauto.With(reg)
+	m := &Metrics{
+		EventsReceived: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "revoker_events_received_total",
+			Help: "Events taken from JetStream, by subject (redeliveries included).",
+		}, []string{"subject"}),
+		EventsProcessed: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "revoker_events_processed_total",
+			Help: "Deliveries finished, by subject and outcome (revoked, not_found, dead_lettered, requeued).",
+		}, []string{"subject", "outcome"}),
+		DeadLetters: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "revoker_dead_letters_total",
+			Help: "Events written to the dead-letter stream, by reason.",
+		}, []string{"reason"}),
+		APIRequests: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "revoker_api_requests_total",
+			Help: "Calls of the delete endpoint, by HTTP status (or error when none came back).",
+		}, []string{"code"}),
+		APIDuration: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "revoker_api_request_duration_seconds",
+			Help:    "Duration of calls of the delete endpoint.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		APIRetries: f.NewCounter(prometheus.CounterOpts{
+			Name: "revoker_api_retries_total",
+			Help: "Calls that repeated an earlier failed call of the same event.",
+		}),
+		RevocationLatency: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "revoker_revocation_latency_seconds",
+			Help:    "Time from the event's storage in the stream to the API's confirmation: the time-to-revoke.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
+		}, []string{"subject"}),
+		RateLimitWait: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "revoker_rate_limit_wait_seconds",
+			Help:    "How long calls waited for their turn: a rate token, a free call slot, or the end of a 429 pause.",
+			Buckets: []float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}),
+		APIPaused: f.NewGauge(prometheus.GaugeOpts{
+			Name: "revoker_api_paused",
+			Help: "1 while a 429 from the API holds every call of this replica.",
+		}),
+		Inflight: f.NewGauge(prometheus.GaugeOpts{
+			Name: "revoker_inflight_events",
+			Help: "Events taken from JetStream and not yet finished.",
+		}),
+		Pending: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "revoker_consumer_pending_messages",
+			Help: "Messages waiting in the stream for the subject's consumer.",
+		}, []string{"subject"}),
+		NATSConnected: f.NewGauge(prometheus.GaugeOpts{
+			Name: "revoker_nats_connected",
+			Help: "1 while connected to NATS.",
+		}),
+		BuildInfo: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "revoker_build_info",
+			Help: "Always 1; the labels describe the running binary.",
+		}, []string{"version", "revision", "goversion"}),
+		OutcomeFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "revoker_outcome_publish_failures_total",
+			Help: "Outcome records that could not be written to the outcome stream.",
+		}),
+	}
+	for _, s := range subjects {
+		m.EventsReceived.WithLabelValues(s)
+		m.RevocationLatency.WithLabelValues(s)
+		m.Pending.WithLabelValues(s)
+		for _, o := range Outcomes {
+			m.EventsProcessed.WithLabelValues(s, o)
+		}
+	}
+	for _, r := range DeadLetterReasons {
+		m.DeadLetters.WithLabelValues(r)
+	}
+	for _, c := range []string{"200", "404", "429", "500", "503", "error"} {
+		m.APIRequests.WithLabelValues(c)
+	}
+	m.BuildInfo.WithLabelValues(build.Version, build.Revision, build.GoVersion).Set(1)
+	return m
+}
+
+// Code is the code label for an HTTP status; 0 means no response.
+func Code(status int) string {
+	if status == 0 {
+		return "error"
+	}
+	return strconv.Itoa(status)
+}

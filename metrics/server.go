@@ -1,0 +1,112 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Readiness collects the conditions /readyz reports on. Each condition has a
+// name and is either met or not, with a reason when it is not.
+type Readiness struct {
+	mu    sync.Mutex
+	conds map[string]string // name -> "" when met, else why not
+	order []string
+}
+
+// NewReadiness returns a Readiness with the named conditions, all unmet.
+func NewReadiness(names ...string) *Readiness {
+	r := &Readiness{conds: make(map[string]string)}
+	for _, n := range names {
+		r.conds[n] = "not yet"
+		r.order = append(r.order, n)
+	}
+	return r
+}
+
+// Set marks condition name met (why == "") or unmet with a reason.
+func (r *Readiness) Set(name, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.conds[name]; !ok {
+		r.order = append(r.order, name)
+	}
+	r.conds[name] = why
+}
+
+// Ready reports whether every condition is met, and otherwise what is not.
+func (r *Readiness) Ready() (bool, string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var not []string
+	for _, n := range r.order {
+		if why := r.conds[n]; why != "" {
+			not = append(not, n+": "+why)
+		}
+	}
+	return len(not) == 0, strings.Join(not, "; ")
+}
+
+// Handler serves /metrics from g, /healthz, and /readyz from ready.
+func Handler(g prometheus.Gatherer, ready *Readiness) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, why := ready.Ready()
+		if !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// Server is the HTTP server for the endpoints.
+type Server struct {
+	srv *http.Server
+	ln  net.Listener
+}
+
+// Listen binds addr (":8080"; ":0" picks a free port).
+func Listen(addr string, h http.Handler) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return &Server{
+		srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second},
+		ln:  ln,
+	}, nil
+}
+
+// Addr is the address actually bound.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Serve serves until ctx is done, then shuts down within a few seconds.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := s.srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,70 @@
+// Package queue is revoker's side of NATS JetStream: the connection, the
+// streams and durable consumers, the lanes that fetch work in priority
+// order, and the dead-letter and outcome records.
+package queue
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/config"
+)
+
+// Connect dials NATS and keeps reconnecting forever: an unreachable server is
+// not a reason to exit, only to stay not-ready. onState is told every change
+// of the connection (it may be nil).
+func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (*nats.Conn, error) {
+	if onState == nil {
+		onState = func(bool) {}
+	}
+	opts := []nats.Option{
+		nats.Name("revoker"),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(time.Second),
+		nats.ReconnectJitter(500*time.Millisecond, time.Second),
+		// Keep acks and records written while disconnected, up to a bound.
+		nats.ReconnectBufSize(8 << 20),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info("nats connected", zap.String("server", nc.ConnectedUrlRedacted()))
+			onState(true)
+		}),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			log.Warn("nats disconnected, reconnecting", zap.Error(err))
+			onState(false)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("nats reconnected", zap.String("server", nc.ConnectedUrlRedacted()))
+			onState(true)
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { onState(false) }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			log.Warn("nats error", zap.Error(err))
+		}),
+	}
+	if cfg.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
+	}
+	if cfg.NATSTLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.NATSTLSCA))
+	}
+	if cfg.NATSTLSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.NATSTLSCert, cfg.NATSTLSKey))
+	}
+	nc, err := nats.Connect(cfg.NATSURL, opts...)
+	if err != nil {
+		// Only option errors (an unreadable creds file, say) land here:
+		// an unreachable server is retried in the background.
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	if nc.IsConnected() {
+		log.Info("nats connected", zap.String("server", nc.ConnectedUrlRedacted()))
+		onState(true)
+	} else {
+		log.Warn("nats not reachable yet, retrying in the background")
+	}
+	return nc, nil
+}

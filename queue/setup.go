@@ -1,0 +1,236 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/config"
+)
+
+// ErrIncompatible means an existing stream or consumer makes the work
+// impossible (it does not hold a configured subject, say). Retrying cannot
+// fix it: the start stops with exit status 2.
+var ErrIncompatible = errors.New("incompatible JetStream setup")
+
+// ErrMissing means a stream or consumer is missing and we were told not to
+// create it. It may appear later, so the caller retries.
+var ErrMissing = errors.New("missing JetStream setup")
+
+// Durations fixed by SPEC §3.
+const (
+	DuplicateWindow = 2 * time.Minute
+	OutcomeMaxAge   = 90 * 24 * time.Hour
+)
+
+// MaxAckPending is the consumers' limit on deliveries not yet acked. Each
+// replica holds at most `concurrency` messages of a lane; the room for four
+// replicas keeps a small fleet from starving one another.
+func MaxAckPending(concurrency int) int { return 4 * concurrency }
+
+// Ensure checks the streams and durable consumers revoker needs, creating the
+// missing ones when cfg.CreateStreams is set. It never changes an existing
+// one: a difference in settings is logged as a warning, and a difference that
+// makes the work impossible returns an error wrapping ErrIncompatible.
+func Ensure(ctx context.Context, js jetstream.JetStream, cfg config.Config, log *zap.Logger) error {
+	streams := []jetstream.StreamConfig{WorkStream(cfg), DLQStream(cfg)}
+	if cfg.OutcomeSubject != "" {
+		streams = append(streams, OutcomeStream(cfg))
+	}
+	for _, want := range streams {
+		if err := ensureStream(ctx, js, want, cfg.CreateStreams, log); err != nil {
+			return err
+		}
+	}
+	for _, subj := range cfg.Subjects {
+		if err := ensureConsumer(ctx, js, cfg.Stream, LaneConsumer(cfg, subj), cfg.CreateStreams, log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WorkStream is the configuration revoker creates for the work stream.
+func WorkStream(cfg config.Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        cfg.Stream,
+		Description: "revoke-key events, consumed by revoker",
+		Subjects:    cfg.Subjects,
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Duplicates:  DuplicateWindow,
+		Replicas:    1,
+	}
+}
+
+// DLQStream is the configuration revoker creates for dead letters: kept
+// until an operator replays or removes them.
+func DLQStream(cfg config.Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        cfg.DLQStream,
+		Description: "revoke-key events revoker could not complete",
+		Subjects:    []string{cfg.DLQSubject},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Duplicates:  DuplicateWindow,
+		Replicas:    1,
+	}
+}
+
+// OutcomeStream is the configuration revoker creates for the audit trail.
+func OutcomeStream(cfg config.Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        cfg.OutcomeStream,
+		Description: "final outcome of every revoke-key event",
+		Subjects:    []string{cfg.OutcomeSubject},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		MaxAge:      OutcomeMaxAge,
+		Duplicates:  DuplicateWindow,
+		Replicas:    1,
+	}
+}
+
+// LaneConsumer is the durable pull consumer of one subject. MaxDeliver is
+// unlimited on purpose: the worker dead-letters at REVOKER_MAX_DELIVER
+// itself and never lets JetStream silently give up on a revocation.
+func LaneConsumer(cfg config.Config, subject string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       cfg.Durable(subject),
+		Description:   "revoker lane for " + subject,
+		FilterSubject: subject,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: MaxAckPending(cfg.Concurrency),
+	}
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, create bool, log *zap.Logger) error {
+	s, err := js.Stream(ctx, want.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound) && create:
+		if _, err := js.CreateStream(ctx, want); err != nil {
+			return fmt.Errorf("create stream %s: %w", want.Name, err)
+		}
+		log.Info("created stream", zap.String("stream", want.Name), zap.Strings("subjects", want.Subjects))
+		return nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return fmt.Errorf("%w: stream %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, want.Name)
+	case err != nil:
+		return fmt.Errorf("look up stream %s: %w", want.Name, err)
+	}
+	have := s.CachedInfo().Config
+	for _, subj := range want.Subjects {
+		if !covers(have.Subjects, subj) {
+			return fmt.Errorf("%w: stream %s does not hold subject %s (it holds %s)",
+				ErrIncompatible, want.Name, subj, strings.Join(have.Subjects, ", "))
+		}
+	}
+	for _, d := range streamDiffs(have, want) {
+		log.Warn("existing stream differs from what revoker would create; leaving it as it is",
+			zap.String("stream", want.Name), zap.String("setting", d.name),
+			zap.String("have", d.have), zap.String("want", d.want))
+	}
+	return nil
+}
+
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, want jetstream.ConsumerConfig, create bool, log *zap.Logger) error {
+	c, err := js.Consumer(ctx, stream, want.Durable)
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound) && create:
+		if _, err := js.CreateConsumer(ctx, stream, want); err != nil {
+			return fmt.Errorf("create consumer %s: %w", want.Durable, err)
+		}
+		log.Info("created consumer", zap.String("consumer", want.Durable), zap.String("subject", want.FilterSubject))
+		return nil
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return fmt.Errorf("%w: consumer %s on stream %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, want.Durable, stream)
+	case err != nil:
+		return fmt.Errorf("look up consumer %s: %w", want.Durable, err)
+	}
+	have := c.CachedInfo().Config
+	if have.FilterSubject != want.FilterSubject || len(have.FilterSubjects) > 0 {
+		return fmt.Errorf("%w: consumer %s filters %q, not %q", ErrIncompatible,
+			want.Durable, strings.Join(append([]string{have.FilterSubject}, have.FilterSubjects...), ","), want.FilterSubject)
+	}
+	if have.AckPolicy != jetstream.AckExplicitPolicy {
+		return fmt.Errorf("%w: consumer %s has ack policy %s; revoker needs explicit acks", ErrIncompatible, want.Durable, have.AckPolicy)
+	}
+	if have.DeliverPolicy != jetstream.DeliverAllPolicy {
+		log.Warn("existing consumer does not deliver all messages",
+			zap.String("consumer", want.Durable), zap.String("have", have.DeliverPolicy.String()))
+	}
+	for _, d := range consumerDiffs(have, want) {
+		log.Warn("existing consumer differs from what revoker would create; leaving it as it is",
+			zap.String("consumer", want.Durable), zap.String("setting", d.name),
+			zap.String("have", d.have), zap.String("want", d.want))
+	}
+	return nil
+}
+
+type diff struct{ name, have, want string }
+
+func streamDiffs(have, want jetstream.StreamConfig) []diff {
+	var out []diff
+	add := func(name string, h, w any) {
+		if fmt.Sprint(h) != fmt.Sprint(w) {
+			out = append(out, diff{name, fmt.Sprint(h), fmt.Sprint(w)})
+		}
+	}
+	add("retention", have.Retention, want.Retention)
+	add("storage", have.Storage, want.Storage)
+	add("max_age", have.MaxAge, want.MaxAge)
+	add("duplicate_window", have.Duplicates, want.Duplicates)
+	add("replicas", have.Replicas, want.Replicas)
+	return out
+}
+
+func consumerDiffs(have, want jetstream.ConsumerConfig) []diff {
+	var out []diff
+	if have.AckWait != want.AckWait {
+		out = append(out, diff{"ack_wait", have.AckWait.String(), want.AckWait.String()})
+	}
+	if have.MaxDeliver != want.MaxDeliver {
+		// A JetStream limit stops redelivery silently; the worker wants to
+		// decide itself when to dead-letter.
+		out = append(out, diff{"max_deliver", fmt.Sprint(have.MaxDeliver), fmt.Sprint(want.MaxDeliver)})
+	}
+	if have.MaxAckPending != want.MaxAckPending {
+		out = append(out, diff{"max_ack_pending", fmt.Sprint(have.MaxAckPending), fmt.Sprint(want.MaxAckPending)})
+	}
+	return out
+}
+
+// covers reports whether one of the stream's subject filters matches the
+// literal subject.
+func covers(filters []string, subject string) bool {
+	for _, f := range filters {
+		if subjectMatches(f, subject) {
+			return true
+		}
+	}
+	return false
+}
+
+func subjectMatches(filter, subject string) bool {
+	ft := strings.Split(filter, ".")
+	st := strings.Split(subject, ".")
+	for i, t := range ft {
+		switch {
+		case t == ">":
+			return len(st) > i
+		case i >= len(st):
+			return false
+		case t != "*" && t != st[i]:
+			return false
+		}
+	}
+	return len(ft) == len(st)
+}

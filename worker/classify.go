@@ -1,0 +1,105 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/revoker/revoker/cloudflare"
+)
+
+// Kind is what one API answer means for the event.
+type Kind int
+
+// The kinds of answer, SPEC §4.
+const (
+	// Revoked: 2xx with success true.
+	Revoked Kind = iota
+	// NotFound: 404, the key is already gone.
+	NotFound
+	// Retry: worth calling again (408, 409, 429, 5xx, no answer, x-should-retry: true).
+	Retry
+	// Unauthorized: 401, 403, or 400 with code 6003; most often our
+	// credential, not the event, so it is retried slowly before giving up.
+	Unauthorized
+	// Rejected: the API refused this event; calling again will not help.
+	Rejected
+)
+
+var kindNames = [...]string{"revoked", "not_found", "retry", "unauthorized", "api_rejected"}
+
+func (k Kind) String() string { return kindNames[k] }
+
+// codeBadAuthHeader is the API's code for a malformed auth header.
+const codeBadAuthHeader = 6003
+
+// Decision is the classification of one API call.
+type Decision struct {
+	Kind Kind
+	// Detail is one line a person can act on.
+	Detail string
+	// RetryAfter is the wait the API asked for, 0 if none.
+	RetryAfter time.Duration
+	// Pause means every call of the worker must wait (a 429).
+	Pause bool
+}
+
+// Classify decides what an API answer means. It is a pure function of the
+// response and the transport error so that every row of SPEC §4 can be
+// checked by a table test.
+func Classify(resp *cloudflare.Response, err error) Decision {
+	if err != nil || resp == nil || resp.Status == 0 {
+		if err == nil {
+			err = errors.New("no response")
+		}
+		return Decision{Kind: Retry, Detail: "no response: " + err.Error()}
+	}
+	d := Decision{}
+	if resp.HasRetryAfter {
+		d.RetryAfter = resp.RetryAfter
+	}
+	st := resp.Status
+	env := resp.Envelope
+	ok2xx := st >= 200 && st < 300
+	// success decides; Retry-After and x-should-retry cannot undo a
+	// confirmed revocation.
+	if ok2xx && env != nil && env.Success {
+		d.Kind, d.Detail = Revoked, fmt.Sprintf("HTTP %d: revoked", st)
+		return d
+	}
+	if sr := resp.ShouldRetry; sr != nil {
+		if *sr {
+			d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP %d with x-should-retry: true%s", st, summary(resp))
+			d.Pause = st == 429
+			return d
+		}
+		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d with x-should-retry: false%s", st, summary(resp))
+		return d
+	}
+	switch {
+	case ok2xx && env == nil:
+		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d: body is not the API envelope (%s)", st, resp.BodyError)
+	case ok2xx:
+		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d with success false%s", st, summary(resp))
+	case st == 404:
+		d.Kind, d.Detail = NotFound, "HTTP 404: key not found (already deleted)"
+	case st == 408 || st == 409 || st == 429 || st >= 500:
+		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP %d%s", st, summary(resp))
+		d.Pause = st == 429
+	case st == 401 || st == 403 || (st == 400 && env != nil && env.HasCode(codeBadAuthHeader)):
+		d.Kind, d.Detail = Unauthorized, fmt.Sprintf("HTTP %d: credential refused%s", st, summary(resp))
+	default:
+		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d%s", st, summary(resp))
+	}
+	return d
+}
+
+func summary(resp *cloudflare.Response) string {
+	if resp.Envelope == nil {
+		return ""
+	}
+	if s := resp.Envelope.Summary(); s != "" {
+		return ": " + s
+	}
+	return ""
+}

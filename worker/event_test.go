@@ -1,0 +1,109 @@
+package worker_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/worker"
+)
+
+func TestDecodeEvent(t *testing.T) {
+	good := []struct {
+		name, body string
+		want       worker.Event
+	}{
+		{"minimal", `{"account_id":"a1","key_id":"k1"}`, worker.Event{AccountID: "a1", KeyID: "k1"}},
+		{"white space around", " \n\t{\"account_id\":\"a1\",\"key_id\":\"k1\"}\r\n ", worker.Event{AccountID: "a1", KeyID: "k1"}},
+		{"unknown fields ignored", `{"x":{"y":[1,{"account_id":"no"}]},"account_id":"a1","key_id":"k1","n":null}`, worker.Event{AccountID: "a1", KeyID: "k1"}},
+		{"32 characters", `{"account_id":"` + strings.Repeat("A", 32) + `","key_id":"k1"}`, worker.Event{AccountID: strings.Repeat("A", 32), KeyID: "k1"}},
+		{"optional fields", `{"account_id":"a1","key_id":"k1","reason":"leaked in ticket 42","requested_by":"ir-bot"}`,
+			worker.Event{AccountID: "a1", KeyID: "k1", Reason: "leaked in ticket 42", RequestedBy: "ir-bot"}},
+		{"a case-folded name is another, unknown field", `{"account_id":"a1","Account_Id":"zz","key_id":"k1"}`, worker.Event{AccountID: "a1", KeyID: "k1"}},
+		{"same name in nested objects", `{"account_id":"a1","key_id":"k1","m":{"key_id":1},"n":{"key_id":2}}`, worker.Event{AccountID: "a1", KeyID: "k1"}},
+	}
+	for _, tc := range good {
+		t.Run(tc.name, func(t *testing.T) {
+			ev, err := worker.DecodeEvent([]byte(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev != tc.want {
+				t.Fatalf("got %+v, want %+v", ev, tc.want)
+			}
+		})
+	}
+	deep := strings.Repeat(`{"a":`, 32) + "1" + strings.Repeat("}", 32)
+	bad := map[string]string{
+		"case-folded name does not count":  `{"ACCOUNT_ID":"a1","key_id":"k1"}`,
+		"duplicate in nested object":       `{"account_id":"a1","key_id":"k1","m":{"x":1,"x":2}}`,
+		"nesting deeper than 32":           `{"account_id":"a1","key_id":"k1","d":` + deep + `}`,
+		"trailing garbage":                 `{"account_id":"a1","key_id":"k1"} x`,
+		"reason too long":                  `{"account_id":"a1","key_id":"k1","reason":"` + strings.Repeat("é", 1025) + `"}`,
+		"requested_by too long":            `{"account_id":"a1","key_id":"k1","requested_by":"` + strings.Repeat("x", 257) + `"}`,
+		"empty id":                         `{"account_id":"","key_id":"k1"}`,
+		"reason a number":                  `{"account_id":"a1","key_id":"k1","reason":5}`,
+		"object id":                        `{"account_id":{"id":"a1"},"key_id":"k1"}`,
+		"string":                           `"{\"account_id\":\"a1\"}"`,
+		"unterminated":                     `{"account_id":"a1","key_id":"k1"`,
+		"escaped slash still a slash":      `{"account_id":"a1","key_id":"a\/b"}`,
+		"unicode escape to a dot":          `{"account_id":"a1","key_id":"\u002e\u002e"}`,
+		"NUL in id":                        `{"account_id":"a1","key_id":"k\u0000"}`,
+		"requested_at without a time zone": `{"account_id":"a1","key_id":"k1","requested_at":"2026-01-02T03:04:05"}`,
+	}
+	for name, body := range bad {
+		t.Run(name, func(t *testing.T) {
+			_, err := worker.DecodeEvent([]byte(body))
+			if !errors.Is(err, worker.ErrInvalidEvent) {
+				t.Fatalf("err = %v, want an invalid event", err)
+			}
+			if strings.ContainsAny(err.Error(), "\n\r") {
+				t.Fatalf("error is not one line: %q", err)
+			}
+		})
+	}
+	// Exactly 32 levels is allowed.
+	ok := `{"account_id":"a1","key_id":"k1","d":` + strings.Repeat(`{"a":`, 30) + "1" + strings.Repeat("}", 30) + `}`
+	if _, err := worker.DecodeEvent([]byte(ok)); err != nil {
+		t.Fatalf("32 levels refused: %v", err)
+	}
+}
+
+// FuzzDecodeEvent: whatever the body, the decoder never panics, and what it
+// accepts is safe to put in a URL path and obeys every rule of SPEC §2.
+// Seeds are in testdata/fuzz/FuzzDecodeEvent and testdata/events.
+func FuzzDecodeEvent(f *testing.F) {
+	files, _ := filepath.Glob("testdata/events/*.json")
+	for _, p := range files {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ev, err := worker.DecodeEvent(body)
+		if err != nil {
+			if !errors.Is(err, worker.ErrInvalidEvent) {
+				t.Fatalf("error not marked invalid: %v", err)
+			}
+			return
+		}
+		if len(body) > worker.MaxEventBytes || !utf8.Valid(body) {
+			t.Fatalf("accepted a body of %d bytes or invalid UTF-8", len(body))
+		}
+		if !cloudflare.ValidIdentifier(ev.AccountID) || !cloudflare.ValidIdentifier(ev.KeyID) {
+			t.Fatalf("accepted identifiers %q %q", ev.AccountID, ev.KeyID)
+		}
+		if utf8.RuneCountInString(ev.Reason) > worker.MaxReasonRunes || utf8.RuneCountInString(ev.RequestedBy) > worker.MaxRequesterRunes {
+			t.Fatal("accepted an over-long free-text field")
+		}
+		if err := ev.Validate(); err != nil {
+			t.Fatalf("accepted event fails Validate: %v", err)
+		}
+	})
+}

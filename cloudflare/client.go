@@ -1,0 +1,319 @@
+// Package cloudflare is the HTTP client for Cloudflare's "Delete signing
+// keys" endpoint (SPEC §1):
+//
+//	DELETE {base}/accounts/{account_id}/stream/keys/{identifier}
+//
+// It makes exactly one call per DeleteSigningKey and reports what it learned
+// (status, envelope, CF-Ray, retry and rate-limit hints); deciding what the
+// answer means and whether to retry is the caller's job. Secrets never
+// appear in its errors, and no redirect is ever followed.
+package cloudflare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// DefaultTimeout is used when Config.Timeout is zero (SPEC §6
+// REVOKER_HTTP_TIMEOUT).
+const DefaultTimeout = 10 * time.Second
+
+// DefaultUserAgent is used when Config.UserAgent is empty.
+const DefaultUserAgent = "revoker"
+
+const (
+	// maxBody is how much of a body is read: an envelope is a few hundred
+	// bytes, and the body is the remote side's to choose.
+	maxBody = 64 << 10
+	// maxDrain is how much more is read and discarded so the connection can
+	// be reused; past that, closing the connection is cheaper.
+	maxDrain = 256 << 10
+	// idleConnsPerHost covers the worker's parallel calls (64 and more) so
+	// keep-alive connections are reused, not churned.
+	idleConnsPerHost = 256
+)
+
+// ErrInvalidIdentifier is wrapped by the error of a call whose account or
+// key identifier is not 1-32 characters of [A-Za-z0-9]. No request is made.
+var ErrInvalidIdentifier = errors.New("cloudflare: invalid identifier")
+
+// ErrTimeout is wrapped when the per-call timeout (Config.Timeout) elapsed.
+// It is not used when the caller's context ended first: then the error
+// wraps that context's error instead.
+var ErrTimeout = errors.New("cloudflare: per-call timeout elapsed")
+
+// Config configures a Client.
+type Config struct {
+	// BaseURL is the API root, e.g. https://api.cloudflare.com/client/v4;
+	// a trailing '/' is fine. http or https, with a host, and no user info,
+	// query or fragment.
+	BaseURL string
+	// Credential authenticates every call; required.
+	Credential Credential
+	// Timeout bounds each call, body read included; 0 means
+	// DefaultTimeout, negative is an error.
+	Timeout time.Duration
+	// UserAgent is sent with every call; "" means DefaultUserAgent.
+	UserAgent string
+	// Transport is optional; by default a clone of http.DefaultTransport
+	// keeping up to 256 idle connections per host.
+	Transport http.RoundTripper
+}
+
+// Client calls the API. It is safe for concurrent use.
+type Client struct {
+	base      *url.URL
+	cred      Credential
+	timeout   time.Duration
+	userAgent string
+	hc        *http.Client
+}
+
+// New checks cfg and returns a Client. Its errors never contain the
+// credential, nor the base URL's user info.
+func New(cfg Config) (*Client, error) {
+	base, err := parseBaseURL(cfg.BaseURL)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Credential == nil {
+		return nil, errors.New("cloudflare: no credential")
+	}
+	// Applying the credential once catches an empty or unusable one at
+	// start, where it is a configuration error, not at the first event.
+	probe, _ := http.NewRequest(http.MethodDelete, base.String(), nil)
+	if err := cfg.Credential.Apply(probe); err != nil {
+		return nil, fmt.Errorf("cloudflare: credential %s: %w", cfg.Credential.ID(), err)
+	}
+	if cfg.Timeout < 0 {
+		return nil, fmt.Errorf("cloudflare: negative timeout %s", cfg.Timeout)
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	ua := strings.TrimSpace(cfg.UserAgent)
+	if ua == "" {
+		ua = DefaultUserAgent
+	}
+	if strings.ContainsAny(ua, "\r\n\x00") {
+		return nil, errors.New("cloudflare: user agent holds a line break or NUL")
+	}
+	rt := cfg.Transport
+	if rt == nil {
+		rt = defaultTransport()
+	}
+	return &Client{
+		base:      base,
+		cred:      cfg.Credential,
+		timeout:   cfg.Timeout,
+		userAgent: ua,
+		hc: &http.Client{
+			Transport: rt,
+			// A redirect would carry the credential to wherever Location
+			// points (Go only strips Authorization across hosts, not
+			// X-Auth-Key); the 3xx is returned for the caller to classify.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}, nil
+}
+
+func parseBaseURL(raw string) (*url.URL, error) {
+	raw = strings.TrimSpace(raw)
+	if raw == "" {
+		return nil, errors.New("cloudflare: base URL is empty")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Error quotes the whole URL, user info included: keep only
+		// the reason.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("cloudflare: base URL does not parse: %v", err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, errors.New("cloudflare: base URL scheme must be http or https")
+	case u.Opaque != "" || u.Host == "" || u.Hostname() == "":
+		return nil, errors.New("cloudflare: base URL has no host")
+	case u.User != nil:
+		return nil, errors.New("cloudflare: base URL must not hold user info (use the credential settings)")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return nil, errors.New("cloudflare: base URL must not hold a query or fragment")
+	}
+	return u, nil
+}
+
+func defaultTransport() http.RoundTripper {
+	var t *http.Transport
+	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+		t = dt.Clone()
+	} else {
+		t = &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			ForceAttemptHTTP2:     true,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ExpectContinueTimeout: time.Second,
+		}
+	}
+	t.MaxIdleConnsPerHost = idleConnsPerHost
+	if t.MaxIdleConns != 0 && t.MaxIdleConns < idleConnsPerHost {
+		t.MaxIdleConns = idleConnsPerHost
+	}
+	return t
+}
+
+// ValidIdentifier reports whether s is 1-32 characters of [A-Za-z0-9]
+// (SPEC §2), the only thing ever put into a URL path.
+func ValidIdentifier(s string) bool {
+	if len(s) == 0 || len(s) > 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// DeleteSigningKey calls DELETE {base}/accounts/{accountID}/stream/keys/{keyID}
+// once. The returned *Response is never nil.
+//
+// Any HTTP response, whatever its status (3xx included), gives (resp, nil).
+// Otherwise err is non-nil and resp.Status is 0; resp keeps what is known
+// (CF-Ray and Duration, for instance). err wraps:
+//   - ErrInvalidIdentifier when an identifier breaks its rule (no call made);
+//   - ErrTimeout and context.DeadlineExceeded when Config.Timeout elapsed;
+//   - the caller's ctx.Err() when ctx ended first;
+//   - otherwise the transport's error (connection refused or reset, DNS,
+//     TLS, a body cut short).
+//
+// When err is not an invalid identifier the call may or may not have reached
+// the API: the key may be deleted. Errors never contain the credential.
+func (c *Client) DeleteSigningKey(ctx context.Context, accountID, keyID string) (*Response, error) {
+	resp := &Response{}
+	// Checked again here, whoever checked before: nothing unchecked may
+	// reach a URL path.
+	if !ValidIdentifier(accountID) {
+		return resp, fmt.Errorf("%w: the account id is not 1-32 characters of [A-Za-z0-9]", ErrInvalidIdentifier)
+	}
+	if !ValidIdentifier(keyID) {
+		return resp, fmt.Errorf("%w: the key id is not 1-32 characters of [A-Za-z0-9]", ErrInvalidIdentifier)
+	}
+	if ctx == nil {
+		return resp, errors.New("cloudflare: nil context")
+	}
+	target := c.base.JoinPath("accounts", accountID, "stream", "keys", keyID).String()
+
+	start := time.Now()
+	// A context, not http.Client.Timeout, so that our timeout can be told
+	// apart from the caller's cancellation through the cause.
+	callCtx, cancel := context.WithTimeoutCause(ctx, c.timeout, ErrTimeout)
+	defer cancel()
+
+	req, err := http.NewRequestWithContext(callCtx, http.MethodDelete, target, nil)
+	if err != nil {
+		return resp, fmt.Errorf("cloudflare: building request: %w", err)
+	}
+	req.Header.Set("User-Agent", c.userAgent)
+	req.Header.Set("Accept", "application/json")
+	if err := c.cred.Apply(req); err != nil {
+		return resp, fmt.Errorf("cloudflare: credential %s: %w", c.cred.ID(), err)
+	}
+
+	hr, err := c.hc.Do(req)
+	if err != nil {
+		resp.Duration = time.Since(start)
+		return resp, c.callError(ctx, callCtx, target, "", err)
+	}
+	resp.CFRay = hr.Header.Get("Cf-Ray")
+	body, oversized, err := readBody(hr.Body)
+	resp.Duration = time.Since(start)
+	if err != nil {
+		return resp, c.callError(ctx, callCtx, target, fmt.Sprintf("reading the body of HTTP %d", hr.StatusCode), err)
+	}
+
+	now := time.Now()
+	resp.Status = hr.StatusCode
+	resp.RetryAfter, resp.HasRetryAfter = parseRetryAfter(hr.Header, now)
+	resp.ShouldRetry = parseShouldRetry(hr.Header)
+	resp.RateLimit = parseRateLimit(hr.Header, now)
+	if oversized {
+		resp.BodyError = fmt.Sprintf("body larger than %d bytes", maxBody)
+	} else {
+		resp.Envelope, resp.BodyError = decodeEnvelope(body, hr.Header.Get("Content-Type"))
+	}
+	return resp, nil
+}
+
+// readBody reads at most maxBody bytes, then drains a bounded amount more so
+// the keep-alive connection can be reused, and closes the body.
+func readBody(rc io.ReadCloser) (body []byte, oversized bool, err error) {
+	defer rc.Close()
+	body, err = io.ReadAll(io.LimitReader(rc, maxBody+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if len(body) > maxBody {
+		_, _ = io.CopyN(io.Discard, rc, maxDrain)
+		return nil, true, nil
+	}
+	return body, false, nil
+}
+
+// callError describes a failed call in one line ("cloudflare: DELETE <url>:
+// <what happened>") and wraps its causes so that errors.Is tells our
+// timeout from the caller's cancellation.
+func (c *Client) callError(parent, callCtx context.Context, target, stage string, err error) error {
+	cause := err
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		cause = ue.Err // its message repeats the method and URL
+	}
+	msg := "cloudflare: DELETE " + target + ": "
+	if stage != "" {
+		msg += stage + ": "
+	}
+	if perr := parent.Err(); perr != nil {
+		msg += "ended by the caller's context"
+		if !errors.Is(cause, perr) || cause.Error() != perr.Error() {
+			msg += " (" + perr.Error() + ")"
+		}
+		errs := []error{perr, err}
+		if errors.Is(err, ErrTimeout) {
+			// Our timer fired too, but the caller's end takes precedence:
+			// ErrTimeout must not be seen through the transport's error.
+			errs = errs[:1]
+		}
+		return &wrapped{msg: msg + ": " + cause.Error(), errs: errs}
+	}
+	if callCtx.Err() != nil && errors.Is(context.Cause(callCtx), ErrTimeout) {
+		msg += fmt.Sprintf("no answer within the %s per-call timeout", c.timeout)
+		if !errors.Is(cause, ErrTimeout) && !errors.Is(cause, context.DeadlineExceeded) {
+			msg += ": " + cause.Error()
+		}
+		return &wrapped{msg: msg, errs: []error{ErrTimeout, context.DeadlineExceeded, err}}
+	}
+	return &wrapped{msg: msg + cause.Error(), errs: []error{err}}
+}
+
+// wrapped is an error with its own message wrapping several causes.
+type wrapped struct {
+	msg  string
+	errs []error
+}
+
+func (w *wrapped) Error() string   { return w.msg }
+func (w *wrapped) Unwrap() []error { return w.errs }

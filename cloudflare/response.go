@@ -1,0 +1,473 @@
+package cloudflare
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Response is what one call learned from the API. Every field is safe to log.
+type Response struct {
+	Status   int       // HTTP status, 0 if none
+	CFRay    string    // CF-Ray header: links the audit trail to Cloudflare's side
+	Envelope *Envelope // nil when the body is not a v4 envelope
+	// BodyError says why the body is not an envelope ("" when it is): at
+	// most ~200 printable characters of the body, on one line.
+	BodyError string
+	// RetryAfter is the wait the API asked for, from Retry-After-Ms first,
+	// else Retry-After (delta-seconds, or an HTTP-date relative to the
+	// response's Date header, else to now); 0 when absent, unparsable or
+	// negative. It is capped at MaxRetryAfter.
+	RetryAfter time.Duration
+	// HasRetryAfter reports that a header was present and parsed (a date in
+	// the past gives HasRetryAfter with RetryAfter 0: "retry now").
+	HasRetryAfter bool
+	// ShouldRetry is x-should-retry: "true" or "false" (any case); nil when
+	// absent or anything else.
+	ShouldRetry *bool
+	RateLimit   RateLimit     // parsed rate-limit headers
+	Duration    time.Duration // wall time of the call, body read included
+}
+
+// RateLimit is what the rate-limit headers of a response say.
+type RateLimit struct {
+	Known     bool          // a header was present and gave the remaining calls
+	Remaining int           // calls left in the window
+	Reset     time.Duration // until the window resets; 0 when not given
+}
+
+// Envelope is Cloudflare's v4 response envelope. Only Success decides the
+// outcome; Result varies ("ok", "Revoked", ...) and is kept raw.
+type Envelope struct {
+	Success  bool            `json:"success"`
+	Errors   []Message       `json:"errors"`
+	Messages []Message       `json:"messages"`
+	Result   json.RawMessage `json:"result"`
+}
+
+// MessageSource is the optional "source" of a Message. It is an alias so an
+// anonymous struct of the same shape is interchangeable with it.
+type MessageSource = struct {
+	Pointer string `json:"pointer"`
+}
+
+// Message is one entry of an envelope's errors or messages. ErrorChain holds
+// the causes Cloudflare nests under some errors (6003 -> 6111, 6103).
+type Message struct {
+	Code             int            `json:"code"`
+	Message          string         `json:"message"`
+	DocumentationURL string         `json:"documentation_url,omitempty"`
+	Source           *MessageSource `json:"source,omitempty"`
+	ErrorChain       []Message      `json:"error_chain,omitempty"`
+}
+
+// HasCode reports whether any error, or any error in their error_chain at
+// any depth, carries code.
+func (e *Envelope) HasCode(code int) bool {
+	return e != nil && hasCode(e.Errors, code)
+}
+
+func hasCode(ms []Message, code int) bool {
+	for i := range ms {
+		if ms[i].Code == code || hasCode(ms[i].ErrorChain, code) {
+			return true
+		}
+	}
+	return false
+}
+
+// summaryMax bounds Summary: it goes into one log line and one header.
+const summaryMax = 512
+
+// Summary renders the errors, error_chain entries following their parent,
+// as one line: "6003 Invalid request headers; 6111 Invalid format for
+// Authorization header". It is cut to ~512 bytes; "" when there are none.
+func (e *Envelope) Summary() string {
+	if e == nil {
+		return ""
+	}
+	var sb strings.Builder
+	var walk func(ms []Message)
+	walk = func(ms []Message) {
+		for i := range ms {
+			if sb.Len() > summaryMax {
+				return
+			}
+			m := &ms[i]
+			if sb.Len() > 0 {
+				sb.WriteString("; ")
+			}
+			switch text := oneLine(m.Message, summaryMax); {
+			case m.Code != 0 && text != "":
+				fmt.Fprintf(&sb, "%d %s", m.Code, text)
+			case m.Code != 0:
+				sb.WriteString(strconv.Itoa(m.Code))
+			case text != "":
+				sb.WriteString(text)
+			default:
+				sb.WriteString("(no code, no message)")
+			}
+			walk(m.ErrorChain)
+		}
+	}
+	walk(e.Errors)
+	return oneLine(sb.String(), summaryMax)
+}
+
+// bodySnippet is how much of a body that is not an envelope is quoted.
+const bodySnippet = 200
+
+// maxChainDepth bounds error_chain decoding: each level re-scans its bytes,
+// so unbounded nesting in a hostile 64 KiB body would cost quadratic time.
+const maxChainDepth = 8
+
+// decodeEnvelope decodes body as a v4 envelope. It returns the envelope, or
+// nil and a one-line reason. Field names match exactly (encoding/json would
+// also accept "SUCCESS"); entries of errors/messages are decoded leniently
+// (a code given as a string, a bare string as message) so that an odd entry
+// cannot hide a success.
+func decodeEnvelope(body []byte, contentType string) (*Envelope, string) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil, "empty body"
+	}
+	if !json.Valid(trimmed) {
+		return nil, "not JSON" + describeType(contentType) + ": " + oneLine(string(trimmed), bodySnippet)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &top); err != nil || top == nil {
+		return nil, "JSON but not an object: " + oneLine(string(trimmed), bodySnippet)
+	}
+	var env Envelope
+	switch string(top["success"]) {
+	case "true":
+		env.Success = true
+	case "false":
+	default:
+		return nil, `JSON without a boolean "success": ` + oneLine(string(trimmed), bodySnippet)
+	}
+	var ok bool
+	if env.Errors, ok = decodeMessages(top["errors"], 0); !ok {
+		return nil, `"errors" is not an array: ` + oneLine(string(top["errors"]), bodySnippet)
+	}
+	if env.Messages, ok = decodeMessages(top["messages"], 0); !ok {
+		return nil, `"messages" is not an array: ` + oneLine(string(top["messages"]), bodySnippet)
+	}
+	if r, present := top["result"]; present {
+		env.Result = r
+	}
+	return &env, ""
+}
+
+func describeType(ct string) string {
+	if ct == "" {
+		return ""
+	}
+	return " (Content-Type " + oneLine(ct, 64) + ")"
+}
+
+// decodeMessages decodes an array of messages; absent or null is an empty
+// list, anything but an array is not ok.
+func decodeMessages(raw json.RawMessage, depth int) ([]Message, bool) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, true
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return nil, false
+	}
+	out := make([]Message, 0, len(items))
+	for _, it := range items {
+		out = append(out, decodeMessage(it, depth))
+	}
+	return out, true
+}
+
+func decodeMessage(raw json.RawMessage, depth int) Message {
+	var m Message
+	if len(raw) > 0 && raw[0] == '"' {
+		_ = json.Unmarshal(raw, &m.Message)
+		return m
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil || fields == nil {
+		// A number, array or boolean where an object belongs: keep it visible.
+		m.Message = oneLine(string(raw), bodySnippet)
+		return m
+	}
+	m.Code = decodeCode(fields["code"])
+	if err := json.Unmarshal(fields["message"], &m.Message); err != nil && len(fields["message"]) > 0 {
+		m.Message = oneLine(string(fields["message"]), bodySnippet)
+	}
+	_ = json.Unmarshal(fields["documentation_url"], &m.DocumentationURL)
+	if src := fields["source"]; len(src) > 0 && src[0] == '{' {
+		var s MessageSource
+		if json.Unmarshal(src, &s) == nil {
+			m.Source = &s
+		}
+	}
+	if depth < maxChainDepth {
+		m.ErrorChain, _ = decodeMessages(fields["error_chain"], depth+1)
+	}
+	return m
+}
+
+// decodeCode accepts a JSON number or a string holding one; anything that is
+// not an integer within int32 gives 0.
+func decodeCode(raw json.RawMessage) int {
+	if len(raw) == 0 {
+		return 0
+	}
+	s := string(raw)
+	if raw[0] == '"' {
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0
+		}
+		s = strings.TrimSpace(s)
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f != math.Trunc(f) || math.Abs(f) > math.MaxInt32 {
+		return 0
+	}
+	return int(f)
+}
+
+// oneLine makes s safe for a single log line or header: every character
+// that is not printable (line breaks, tabs, escapes, invalid UTF-8) becomes
+// a space, runs of spaces collapse, and the result is cut to max bytes on a
+// character boundary, "…" marking the cut.
+func oneLine(s string, max int) string {
+	var sb strings.Builder
+	sb.Grow(min(len(s), max+len("…")))
+	space := false
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) || unicode.IsSpace(r) {
+			space = sb.Len() > 0
+			continue
+		}
+		need := utf8.RuneLen(r)
+		if space {
+			need++
+		}
+		if sb.Len()+need > max {
+			return sb.String() + "…"
+		}
+		if space {
+			sb.WriteByte(' ')
+			space = false
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
+}
+
+// MaxRetryAfter caps RetryAfter and RateLimit.Reset so that a broken or
+// hostile header can neither overflow a Duration nor park the worker for
+// longer than a day.
+const MaxRetryAfter = 24 * time.Hour
+
+// parseRetryAfter reads Retry-After-Ms (milliseconds, may be fractional)
+// first, else Retry-After (delta-seconds, also fractional, or an HTTP-date
+// taken relative to the Date header, else to now). Unparsable or negative
+// values count as absent.
+func parseRetryAfter(h http.Header, now time.Time) (time.Duration, bool) {
+	if v, ok := parseDecimal(h.Get("Retry-After-Ms")); ok {
+		return clampDuration(v * float64(time.Millisecond)), true
+	}
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0, false
+	}
+	if secs, ok := parseDecimal(v); ok {
+		return clampDuration(secs * float64(time.Second)), true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	ref := now
+	if d, err := http.ParseTime(strings.TrimSpace(h.Get("Date"))); err == nil {
+		ref = d
+	}
+	return clampDuration(float64(t.Sub(ref))), true
+}
+
+// parseDecimal accepts only digits with at most one '.', so "1e9", "0x10",
+// "Inf", "-1" and "+1" are all refused (strconv.ParseFloat takes them all).
+func parseDecimal(s string) (float64, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > 32 {
+		return 0, false
+	}
+	dot, digits := false, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= '0' && c <= '9':
+			digits++
+		case c == '.' && !dot:
+			dot = true
+		default:
+			return 0, false
+		}
+	}
+	if digits == 0 {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	return f, err == nil
+}
+
+func clampDuration(ns float64) time.Duration {
+	switch {
+	case !(ns > 0): // also NaN
+		return 0
+	case ns >= float64(MaxRetryAfter):
+		return MaxRetryAfter
+	}
+	return time.Duration(math.Round(ns))
+}
+
+// parseShouldRetry reads x-should-retry as Cloudflare's SDKs do.
+func parseShouldRetry(h http.Header) *bool {
+	var b bool
+	switch strings.ToLower(strings.TrimSpace(h.Get("X-Should-Retry"))) {
+	case "true":
+		b = true
+	case "false":
+	default:
+		return nil
+	}
+	return &b
+}
+
+// epochThreshold: a reset above this many seconds (~2001-09-09) is a Unix
+// time, not a delta.
+const epochThreshold = 1e9
+
+// parseRateLimit reads, in this order: the IETF draft's structured field
+// `RateLimit: "default";r=50;t=30` (the most restrictive item wins), its
+// older dictionary form `RateLimit: limit=100, remaining=50, reset=30`, the
+// older separate `RateLimit-Remaining`/`RateLimit-Reset`, and
+// `X-RateLimit-Remaining`/`X-RateLimit-Reset`. A reset above 1e9 is a Unix
+// time, taken relative to the Date header, else to now.
+func parseRateLimit(h http.Header, now time.Time) RateLimit {
+	ref := now
+	if d, err := http.ParseTime(strings.TrimSpace(h.Get("Date"))); err == nil {
+		ref = d
+	}
+	if vs := h.Values("Ratelimit"); len(vs) > 0 {
+		if rl, ok := parseRateLimitField(strings.Join(vs, ","), ref); ok {
+			return rl
+		}
+	}
+	for _, prefix := range [...]string{"Ratelimit-", "X-Ratelimit-"} {
+		rem, ok := parseCount(h.Get(prefix + "Remaining"))
+		if !ok {
+			continue
+		}
+		rl := RateLimit{Known: true, Remaining: rem}
+		if reset, ok := parseCount(h.Get(prefix + "Reset")); ok {
+			rl.Reset = resetDuration(reset, ref)
+		}
+		return rl
+	}
+	return RateLimit{}
+}
+
+// parseRateLimitField handles both draft forms of the RateLimit field: a list
+// of items with r/t parameters, and a dictionary with remaining/reset
+// members. It is a tolerant subset of RFC 8941, enough for these values.
+func parseRateLimitField(v string, ref time.Time) (RateLimit, bool) {
+	var (
+		best         RateLimit
+		found        bool
+		bestHasReset bool
+		loose        int // a reset given as its own member (dictionary form)
+		haveLoose    bool
+	)
+	for _, member := range splitOutsideQuotes(v, ',') {
+		var rem, reset int
+		var hasRem, hasReset bool
+		for _, part := range splitOutsideQuotes(member, ';') {
+			k, val, ok := strings.Cut(strings.TrimSpace(part), "=")
+			if !ok {
+				continue // the item's name, e.g. "default"
+			}
+			n, ok := parseCount(strings.Trim(strings.TrimSpace(val), `"`))
+			if !ok {
+				continue
+			}
+			switch strings.ToLower(strings.TrimSpace(k)) {
+			case "r", "remaining":
+				rem, hasRem = n, true
+			case "t", "reset":
+				reset, hasReset = n, true
+			}
+		}
+		switch {
+		case hasRem && (!found || rem < best.Remaining):
+			best = RateLimit{Known: true, Remaining: rem}
+			if hasReset {
+				best.Reset = resetDuration(reset, ref)
+			}
+			found, bestHasReset = true, hasReset
+		case !hasRem && hasReset:
+			loose, haveLoose = reset, true
+		}
+	}
+	if found && !bestHasReset && haveLoose {
+		best.Reset = resetDuration(loose, ref)
+	}
+	return best, found
+}
+
+// splitOutsideQuotes splits s at sep, except inside double quotes (with
+// backslash escapes), as structured header strings may hold sep.
+func splitOutsideQuotes(s string, sep byte) []string {
+	var out []string
+	start, inQ := 0, false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case inQ && c == '\\':
+			i++
+		case c == '"':
+			inQ = !inQ
+		case !inQ && c == sep:
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+// parseCount parses a non-negative decimal integer of at most 18 digits (no
+// sign, no overflow).
+func parseCount(s string) (int, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" || len(s) > 18 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+func resetDuration(n int, ref time.Time) time.Duration {
+	if n > epochThreshold {
+		return clampDuration(float64(time.Unix(int64(n), 0).Sub(ref)))
+	}
+	return clampDuration(float64(n) * float64(time.Second))
+}

@@ -24,6 +24,7 @@ type Lane struct {
 	Subject  string
 	Priority int
 	Capacity int
+	minBatch int
 	cons     jetstream.Consumer
 
 	room chan struct{} // one token per message we may still take
@@ -42,14 +43,18 @@ type Hooks struct {
 	Pending func(n uint64)
 }
 
-// NewLane makes the lane of subject over cons.
-func NewLane(cons jetstream.Consumer, subject string, priority, capacity int) *Lane {
+// NewLane makes the lane of subject over cons. A lane fetches as soon as it
+// has room for minBatch messages (at least 1): the lowest-priority lane can
+// wait for a larger batch, as nothing below it waits on its news.
+func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBatch int) *Lane {
 	l := &Lane{
 		Subject:  subject,
 		Priority: priority,
 		Capacity: max(1, capacity),
+		minBatch: max(1, minBatch),
 		cons:     cons,
 	}
+	l.minBatch = min(l.minBatch, l.Capacity)
 	l.room = make(chan struct{}, l.Capacity)
 	for range l.Capacity {
 		l.room <- struct{}{}
@@ -121,6 +126,15 @@ func (l *Lane) waitRoom(ctx context.Context) int {
 		return 0
 	}
 	n := 1
+	for n < l.minBatch {
+		select {
+		case <-l.room:
+			n++
+		case <-ctx.Done():
+			l.putRoom(n)
+			return 0
+		}
+	}
 	for {
 		select {
 		case <-l.room:

@@ -96,8 +96,8 @@ type Outcome struct {
 	Worker      string `json:"worker"`
 }
 
-// Msg builds the outcome record. Its Nats-Msg-Id makes a repeated write of
-// the same delivery's outcome a no-op.
+// Msg builds the outcome record; stream is the work stream the event came
+// from. Its Nats-Msg-Id makes a repeated write of the same outcome a no-op.
 func (o Outcome) Msg(subject, stream string) (*nats.Msg, error) {
 	body, err := json.Marshal(o)
 	if err != nil {
@@ -141,4 +141,48 @@ func OneLine(s string, n int) string {
 		s = s[:cut] + "…"
 	}
 	return strings.TrimSpace(s)
+}
+
+// OutcomeWriter writes outcome records without waiting for each one: the
+// audit trail must not slow revocations down, and a record that cannot be
+// written never undoes or repeats a revocation. Failures reach onFail.
+type OutcomeWriter struct {
+	js      jetstream.JetStream
+	stream  string
+	subject string
+}
+
+// NewOutcomeWriter writes to subject (stored by stream) over nc. onFail is
+// told of every record the stream did not acknowledge.
+func NewOutcomeWriter(nc *nats.Conn, stream, subject string, onFail func(*nats.Msg, error)) (*OutcomeWriter, error) {
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(1024),
+		jetstream.WithPublishAsyncTimeout(10*time.Second),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { onFail(m, err) }),
+	)
+	if err != nil {
+		return nil, err
+	}
+	return &OutcomeWriter{js: js, stream: stream, subject: subject}, nil
+}
+
+// Write queues o, the outcome of an event of sourceStream; it blocks only
+// while 1,024 records await acknowledgement.
+func (w *OutcomeWriter) Write(o Outcome, sourceStream string) error {
+	m, err := o.Msg(w.subject, sourceStream)
+	if err != nil {
+		return err
+	}
+	_, err = w.js.PublishMsgAsync(m, jetstream.WithExpectStream(w.stream))
+	return err
+}
+
+// Flush waits until every queued record is acknowledged or ctx ends.
+func (w *OutcomeWriter) Flush(ctx context.Context) error {
+	select {
+	case <-w.js.PublishAsyncComplete():
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%d outcome records not acknowledged: %w", w.js.PublishAsyncPending(), ctx.Err())
+	}
 }

@@ -29,9 +29,9 @@ const (
 )
 
 // MaxAckPending is the consumers' limit on deliveries not yet acked. Each
-// replica holds at most `concurrency` messages of a lane; the room for four
+// replica holds at most 2×concurrency messages of a lane; room for four
 // replicas keeps a small fleet from starving one another.
-func MaxAckPending(concurrency int) int { return 4 * concurrency }
+func MaxAckPending(concurrency int) int { return 8 * concurrency }
 
 // Ensure checks the streams and durable consumers revoker needs, creating the
 // missing ones when cfg.CreateStreams is set. It never changes an existing
@@ -128,7 +128,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	}
 	have := s.CachedInfo().Config
 	for _, subj := range want.Subjects {
-		if !covers(have.Subjects, subj) {
+		if !Covers(have.Subjects, subj) {
 			return fmt.Errorf("%w: stream %s does not hold subject %s (it holds %s)",
 				ErrIncompatible, want.Name, subj, strings.Join(have.Subjects, ", "))
 		}
@@ -208,9 +208,9 @@ func consumerDiffs(have, want jetstream.ConsumerConfig) []diff {
 	return out
 }
 
-// covers reports whether one of the stream's subject filters matches the
+// Covers reports whether one of a stream's subject filters matches the
 // literal subject.
-func covers(filters []string, subject string) bool {
+func Covers(filters []string, subject string) bool {
 	for _, f := range filters {
 		if subjectMatches(f, subject) {
 			return true

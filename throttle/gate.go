@@ -123,6 +123,10 @@ func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
 		g.mu.Unlock()
 		return nil, ErrClosed
 	}
+	if g.grantNow(p) {
+		g.mu.Unlock()
+		return &Permit{g: g}, nil
+	}
 	g.queues[p] = append(g.queues[p], w)
 	g.mu.Unlock()
 	g.poke()
@@ -141,6 +145,29 @@ func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
 		return nil, ErrClosed
 	}
 	return nil, ctx.Err()
+}
+
+// grantNow takes a permit at once when nobody of equal or higher priority
+// is queued or pending and nothing holds permits back: the common case,
+// without a round trip through the loop. g.mu is held.
+func (g *Gate) grantNow(p int) bool {
+	if g.free == 0 {
+		return false
+	}
+	for q := 0; q <= p; q++ {
+		if len(g.queues[q]) > 0 || (q < p && g.pending[q]) {
+			return false
+		}
+	}
+	now := time.Now()
+	if now.Before(g.pauseEnd) || now.Before(g.notEarly) {
+		return false
+	}
+	if g.limiter != nil && !g.limiter.AllowN(now, 1) {
+		return false
+	}
+	g.free--
+	return true
 }
 
 // SetPending tells the gate whether priority level p knows of work that is

@@ -107,10 +107,13 @@ func (s *stack) start() {
 		Priorities: len(s.cfg.Subjects), Concurrency: s.cfg.Concurrency, Rate: s.cfg.RateLimit,
 		OnPause: func(p bool) { s.m.APIPaused.Set(map[bool]float64{true: 1}[p]) },
 	})
-	w := worker.New(s.cfg, worker.Deps{
+	w, err := worker.New(s.cfg, worker.Deps{
 		API: client, JS: s.js, Gate: s.gate, Metrics: s.m, Ready: s.ready,
 		Log: zap.New(core), Name: "test-host",
 	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel, s.done = cancel, make(chan error, 1)
 	go func() { s.done <- w.Run(ctx) }()

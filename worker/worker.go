@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -52,6 +53,7 @@ type Worker struct {
 	cfg config.Config
 	Deps
 	pub      queue.Publisher
+	outcomes *queue.OutcomeWriter // nil when outcome records are off
 	allowed  map[string]bool
 	attempts attemptBook
 
@@ -60,7 +62,7 @@ type Worker struct {
 }
 
 // New makes a worker. cfg must have passed config validation.
-func New(cfg config.Config, d Deps) *Worker {
+func New(cfg config.Config, d Deps) (*Worker, error) {
 	w := &Worker{
 		cfg:      cfg,
 		Deps:     d,
@@ -73,7 +75,17 @@ func New(cfg config.Config, d Deps) *Worker {
 			w.allowed[a] = true
 		}
 	}
-	return w
+	if cfg.OutcomeSubject != "" {
+		ow, err := queue.NewOutcomeWriter(d.JS.Conn(), cfg.OutcomeStream, cfg.OutcomeSubject, func(m *nats.Msg, err error) {
+			w.Metrics.OutcomeFailures.Inc()
+			w.Log.Error("outcome record not written", zap.String("event_id", m.Header.Get(queue.HeaderEventID)), zap.Error(err))
+		})
+		if err != nil {
+			return nil, err
+		}
+		w.outcomes = ow
+	}
+	return w, nil
 }
 
 // Shutdown timing: a message given back at shutdown is held this long, so
@@ -122,6 +134,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	go w.watchPending(ctx, lanes)
 	wg.Wait()
+	if w.outcomes != nil {
+		if err := w.outcomes.Flush(work); err != nil {
+			w.Log.Error("outcome records lost at shutdown", zap.Error(err))
+		}
+	}
 	w.Log.Info("worker stopped")
 	return nil
 }
@@ -169,7 +186,15 @@ func (w *Worker) tryBind(ctx context.Context) ([]boundLane, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bind consumer %s: %w", w.cfg.Durable(subj), err)
 		}
-		lanes = append(lanes, boundLane{lane: queue.NewLane(c, subj, i, w.cfg.Concurrency), cons: c})
+		// A lane holds up to twice the calls in flight, so the next events
+		// are decoded and waiting for a permit while calls run; the gate,
+		// not the lane, decides who calls next.
+		capacity := 2 * w.cfg.Concurrency
+		minBatch := 1 // a higher lane fetches at once: lower ones wait on its news
+		if i == len(w.cfg.Subjects)-1 {
+			minBatch = capacity / 4
+		}
+		lanes = append(lanes, boundLane{lane: queue.NewLane(c, subj, i, capacity, minBatch), cons: c})
 	}
 	return lanes, nil
 }
@@ -373,7 +398,7 @@ func (w *Worker) settle(ctx context.Context, d *delivery, outcome, reason string
 	}
 	w.attempts.forget(d.meta.Sequence.Stream)
 	w.Metrics.EventsProcessed.WithLabelValues(d.lane.Subject, outcome).Inc()
-	w.writeOutcome(ctx, d, outcome, reason)
+	w.writeOutcome(d, outcome, reason)
 	w.Log.Info("event "+outcome, w.fields(d, zap.String("outcome", outcome), zap.String("reason", reason))...)
 }
 
@@ -409,8 +434,8 @@ func (w *Worker) giveBack(d *delivery, delay time.Duration, why string) {
 		zap.String("why", why), zap.Duration("delay", delay))...)
 }
 
-func (w *Worker) writeOutcome(ctx context.Context, d *delivery, outcome, reason string) {
-	if w.cfg.OutcomeSubject == "" {
+func (w *Worker) writeOutcome(d *delivery, outcome, reason string) {
+	if w.outcomes == nil {
 		return
 	}
 	o := queue.Outcome{
@@ -427,11 +452,7 @@ func (w *Worker) writeOutcome(ctx context.Context, d *delivery, outcome, reason 
 			o.RequestedAt = d.ev.RequestedAt.Format(time.RFC3339Nano)
 		}
 	}
-	msg, err := o.Msg(w.cfg.OutcomeSubject, d.meta.Stream)
-	if err == nil {
-		err = w.pub.Publish(ctx, w.cfg.OutcomeStream, msg)
-	}
-	if err != nil {
+	if err := w.outcomes.Write(o, d.meta.Stream); err != nil {
 		w.Metrics.OutcomeFailures.Inc()
 		w.Log.Error("outcome record not written", w.fields(d, zap.Error(err))...)
 	}

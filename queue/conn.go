@@ -45,16 +45,7 @@ func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (
 			log.Warn("nats error", zap.Error(err))
 		}),
 	}
-	if cfg.NATSCreds != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
-	}
-	if cfg.NATSTLSCA != "" {
-		opts = append(opts, nats.RootCAs(cfg.NATSTLSCA))
-	}
-	if cfg.NATSTLSCert != "" {
-		opts = append(opts, nats.ClientCert(cfg.NATSTLSCert, cfg.NATSTLSKey))
-	}
-	nc, err := nats.Connect(cfg.NATSURL, opts...)
+	nc, err := nats.Connect(cfg.NATSURL, append(opts, AuthOptions(cfg)...)...)
 	if err != nil {
 		// Only option errors (an unreadable creds file, say) land here:
 		// an unreachable server is retried in the background.
@@ -67,4 +58,20 @@ func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (
 		log.Warn("nats not reachable yet, retrying in the background")
 	}
 	return nc, nil
+}
+
+// AuthOptions are the credentials and TLS settings of cfg, for any
+// connection revoker makes.
+func AuthOptions(cfg config.Config) []nats.Option {
+	var opts []nats.Option
+	if cfg.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
+	}
+	if cfg.NATSTLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.NATSTLSCA))
+	}
+	if cfg.NATSTLSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.NATSTLSCert, cfg.NATSTLSKey))
+	}
+	return opts
 }

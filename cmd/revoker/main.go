@@ -1,0 +1,137 @@
+// Command revoker turns "revoke key" events on NATS JetStream into calls of
+// Cloudflare's Delete signing keys endpoint. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/revoker/revoker/config"
+)
+
+// Set at build time with -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+// Exit statuses (SPEC §7).
+const (
+	exitOK      = 0
+	exitFailed  = 1
+	exitUsage   = 2
+	exitTimeout = 3
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], env{os.Stdin, os.Stdout, os.Stderr, os.LookupEnv})
+	stop()
+	os.Exit(code)
+}
+
+// env is what a command may touch of the outside world, so the whole
+// program runs inside a test.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	lookup         func(string) (string, bool)
+}
+
+const usage = `revoker — revoke Cloudflare Stream signing keys from NATS JetStream events
+
+Usage:
+  revoker serve [flags]              run the worker (--embedded-nats DIR for a built-in JetStream)
+  revoker publish --account A --key K [--urgent | --subject S] [--reason R] [--wait]
+  revoker publish --from-file F|-    one event per line
+  revoker dlq list [--reason R] [--limit N] [--json]
+  revoker dlq replay --all | --seq N,... | --reason R [--dry-run]
+  revoker outcomes [--account A] [--key K] [--since D] [--json]
+  revoker demo                       everything in one process, no outside services
+  revoker version
+
+Every setting is an environment variable with a matching flag; run
+"revoker serve -h" for the list.
+`
+
+func run(ctx context.Context, args []string, e env) int {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, usage)
+		return exitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return serveCmd(ctx, rest, e)
+	case "demo":
+		return demoCmd(ctx, rest, e)
+	case "publish":
+		return publishCmd(ctx, rest, e)
+	case "dlq":
+		return dlqCmd(ctx, rest, e)
+	case "outcomes":
+		return outcomesCmd(ctx, rest, e)
+	case "version", "--version":
+		fmt.Fprintf(e.stdout, "revoker %s (commit %s, %s)\n", version, commit, runtime.Version())
+		return exitOK
+	case "help", "-h", "--help":
+		fmt.Fprint(e.stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(e.stderr, "revoker: unknown command %q\n\n%s", cmd, usage)
+	return exitUsage
+}
+
+// parse parses a command's flags and loads the settings of sections. It
+// returns a non-negative exit status when the command must stop here.
+func parse(fs *flag.FlagSet, sections config.Section, args []string, e env) (config.Config, int) {
+	fs.SetOutput(e.stderr)
+	loader := config.Register(fs, sections)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return config.Config{}, exitOK
+		}
+		return config.Config{}, exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "revoker %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return config.Config{}, exitUsage
+	}
+	cfg, err := loader.Load(e.lookup)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker %s: %v\n", fs.Name(), err)
+		return config.Config{}, exitUsage
+	}
+	return cfg, -1
+}
+
+// newLogger builds the structured logger of cfg, writing to w.
+func newLogger(cfg config.Config, w io.Writer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(cfg.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.TimeKey = "time"
+	ec.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	ec.EncodeDuration = zapcore.StringDurationEncoder
+	var enc zapcore.Encoder
+	if cfg.LogFormat == "console" {
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	} else {
+		enc = zapcore.NewJSONEncoder(ec)
+	}
+	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)
+	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(w))), nil
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/queue"
+)
+
+func outcomesCmd(ctx context.Context, args []string, e env) int {
+	e = lockedEnv(e)
+	fs := flag.NewFlagSet("outcomes", flag.ContinueOnError)
+	account := fs.String("account", "", "only events of this account `ID`")
+	key := fs.String("key", "", "only events of this signing key `ID`")
+	since := fs.Duration("since", 0, "only records of the last `duration` (e.g. 24h; default: all kept)")
+	asJSON := fs.Bool("json", false, "print one JSON record per line")
+	cfg, code := parse(fs, config.NATS|config.Streams, args, e)
+	if code >= 0 {
+		return code
+	}
+	if *since < 0 {
+		fmt.Fprintf(e.stderr, "revoker outcomes: --since must be positive, got %s\n", *since)
+		return exitUsage
+	}
+	nc, err := dial(cfg, e)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker outcomes: %v\n", err)
+		return exitFailed
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker outcomes: %v\n", err)
+		return exitFailed
+	}
+	var from time.Time
+	if *since > 0 {
+		from = time.Now().Add(-*since)
+	}
+
+	var tw *tabwriter.Writer
+	if !*asJSON {
+		tw = tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	}
+	n := 0
+	err = queue.EachOutcome(ctx, js, cfg.OutcomeStream, from, func(o queue.Outcome) error {
+		if *account != "" && o.AccountID != *account || *key != "" && o.KeyID != *key {
+			return nil
+		}
+		n++
+		if *asJSON {
+			printJSON(e.stdout, o)
+			return nil
+		}
+		if n == 1 {
+			fmt.Fprintln(tw, "COMPLETED AT\tOUTCOME\tREASON\tACCOUNT\tKEY\tSTATUS\tATTEMPTS\tCF-RAY\tEVENT ID")
+		}
+		status := "-"
+		if o.Status != 0 {
+			status = strconv.Itoa(o.Status)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cell(o.CompletedAt), cell(o.Outcome), cell(o.Reason),
+			cell(o.AccountID), cell(o.KeyID), status, o.Attempts, cell(o.CFRay), cell(o.EventID))
+		return nil
+	})
+	if tw != nil {
+		tw.Flush()
+	}
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker outcomes: %v\n", streamError("outcome", cfg.OutcomeStream, err))
+		return exitFailed
+	}
+	if n == 0 {
+		fmt.Fprintf(e.stderr, "no outcome records match in %s\n", cfg.OutcomeStream)
+	}
+	return exitOK
+}

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// mapEnv is a lookup over a fixed set of variables.
+func mapEnv(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+}
+
+func runCmd(ctx context.Context, vars map[string]string, args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(ctx, args, env{strings.NewReader(""), &out, &errb, mapEnv(vars)})
+	return code, out.String(), errb.String()
+}
+
+func TestServeBadConfigurationExits2(t *testing.T) {
+	base := map[string]string{"CLOUDFLARE_API_TOKEN": "tok-never-printed"}
+	cases := []struct {
+		name string
+		vars map[string]string
+		args []string
+		want string
+	}{
+		{"rate", map[string]string{"REVOKER_RATE_LIMIT": "fast"}, nil, "REVOKER_RATE_LIMIT"},
+		{"concurrency", map[string]string{"REVOKER_CONCURRENCY": "0"}, nil, "REVOKER_CONCURRENCY"},
+		{"duration", map[string]string{"REVOKER_HTTP_TIMEOUT": "10"}, nil, "REVOKER_HTTP_TIMEOUT"},
+		{"nats url scheme", map[string]string{"REVOKER_NATS_URL": "http://x:4222"}, nil, "REVOKER_NATS_URL"},
+		{"base url", map[string]string{"CLOUDFLARE_BASE_URL": "::nope"}, nil, "CLOUDFLARE_BASE_URL"},
+		{"not found mode", map[string]string{"REVOKER_NOT_FOUND": "ignore"}, nil, "REVOKER_NOT_FOUND"},
+		{"flag wins and is named", map[string]string{"REVOKER_MAX_DELIVER": "3"}, []string{"--max-deliver=-1"}, "--max-deliver"},
+		{"no credential", map[string]string{"CLOUDFLARE_API_TOKEN": ""}, nil, "CLOUDFLARE_API_TOKEN"},
+		{"unknown flag", nil, []string{"--no-such-flag"}, "no-such-flag"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			vars := map[string]string{}
+			for k, v := range base {
+				vars[k] = v
+			}
+			for k, v := range tc.vars {
+				vars[k] = v
+			}
+			code, _, stderr := runCmd(context.Background(), vars, append([]string{"serve"}, tc.args...)...)
+			if code != exitUsage {
+				t.Fatalf("exit %d, want 2; stderr %q", code, stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Fatalf("stderr %q does not name %s", stderr, tc.want)
+			}
+			if strings.Contains(stderr, "tok-never-printed") {
+				t.Fatal("stderr shows the token")
+			}
+		})
+	}
+}
+
+// TestServeEmbeddedStartsAndStops: serve --embedded-nats becomes ready,
+// and a cancelled context (SIGTERM) ends it with status 0.
+func TestServeEmbeddedStartsAndStops(t *testing.T) {
+	natsPort, httpPort := freePort(t), freePort(t)
+	vars := map[string]string{
+		"CLOUDFLARE_API_TOKEN":     "tok",
+		"CLOUDFLARE_BASE_URL":      "http://127.0.0.1:1/client/v4",
+		"REVOKER_NATS_URL":         fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
+		"REVOKER_HTTP_ADDR":        fmt.Sprintf("127.0.0.1:%d", httpPort),
+		"REVOKER_SHUTDOWN_TIMEOUT": "2s",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--embedded-nats", t.TempDir()}, env{strings.NewReader(""), io.Discard, io.Discard, mapEnv(vars)})
+	}()
+	url := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	waitHTTP(t, url+"/readyz", 200)
+	body := get(t, url+"/metrics")
+	for _, name := range []string{"revoker_build_info", "revoker_nats_connected 1", `revoker_events_processed_total{outcome="revoked",subject="revoke.urgent"} 0`} {
+		if !strings.Contains(body, name) {
+			t.Errorf("/metrics lacks %q", name)
+		}
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Fatalf("serve exited %d after SIGTERM, want 0", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop within 30s of SIGTERM")
+	}
+}
+
+func TestDemoAccountsForEveryEvent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the demo takes several seconds")
+	}
+	code, out, stderr := runCmd(context.Background(), nil, "demo")
+	if code != exitOK {
+		t.Fatalf("demo exited %d: %s\n%s", code, stderr, out)
+	}
+	for _, want := range []string{"all 13 events accounted for", "leak01", "retries_exhausted", "api_rejected", "invalid_event", "not_found"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	if code, out, _ := runCmd(context.Background(), nil, "version"); code != 0 || !strings.Contains(out, "revoker dev") {
+		t.Errorf("version: %d %q", code, out)
+	}
+	if code, _, _ := runCmd(context.Background(), nil); code != exitUsage {
+		t.Errorf("no command: exit %d", code)
+	}
+	if code, _, errOut := runCmd(context.Background(), nil, "frobnicate"); code != exitUsage || !strings.Contains(errOut, "frobnicate") {
+		t.Errorf("unknown command: exit %d %q", code, errOut)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitHTTP(t *testing.T, url string, status int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == status {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not answer %d within 20s (last: %v)", url, status, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

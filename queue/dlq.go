@@ -1,0 +1,276 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/revoker/revoker/config"
+)
+
+// DeadLetterRecord is one record of the dead-letter stream as read back: its
+// place in the stream, the facts its headers carry (SPEC §5) and the
+// original body.
+type DeadLetterRecord struct {
+	Sequence uint64    `json:"sequence"`  // in the dead-letter stream
+	StoredAt time.Time `json:"stored_at"` // when the dead-letter stream stored it
+	Reason   string    `json:"reason"`
+	Detail   string    `json:"detail"`
+	// Status is Revoker-Status as written: an HTTP status, "error", or ""
+	// when no call was made.
+	Status         string    `json:"status,omitempty"`
+	Attempts       int       `json:"attempts"`
+	EventID        string    `json:"event_id"`
+	SourceSubject  string    `json:"source_subject"`
+	SourceSequence uint64    `json:"source_sequence"`
+	FailedAt       time.Time `json:"failed_at,omitzero"`
+	// Body is the original event, byte for byte: what a replay publishes.
+	Body []byte `json:"-"`
+}
+
+// deadLetterRecord reads a stored record. Headers that do not parse are
+// left at their zero value: a record is shown and replayed even when a
+// header was damaged, since its body is what matters.
+func deadLetterRecord(seq uint64, stored time.Time, h nats.Header, body []byte) DeadLetterRecord {
+	r := DeadLetterRecord{
+		Sequence:      seq,
+		StoredAt:      stored.UTC(),
+		Reason:        h.Get(HeaderReason),
+		Detail:        h.Get(HeaderDetail),
+		Status:        h.Get(HeaderStatus),
+		EventID:       h.Get(HeaderEventID),
+		SourceSubject: h.Get(HeaderSourceSubject),
+		Body:          body,
+	}
+	r.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
+	r.SourceSequence, _ = strconv.ParseUint(h.Get(HeaderSourceSequence), 10, 64)
+	if t, err := time.Parse(time.RFC3339Nano, h.Get(HeaderFailedAt)); err == nil {
+		r.FailedAt = t.UTC()
+	}
+	return r
+}
+
+// ListDeadLetters reads the dead-letter stream from its first record to the
+// last one stored when the call began, and returns the records filter
+// accepts (nil accepts all), oldest first, at most limit of them (0: no
+// limit). It only reads: nothing is acknowledged or removed.
+func ListDeadLetters(ctx context.Context, js jetstream.JetStream, stream string, filter func(DeadLetterRecord) bool, limit int) ([]DeadLetterRecord, error) {
+	var out []DeadLetterRecord
+	err := scan(ctx, js, stream, jetstream.OrderedConsumerConfig{}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+		r := deadLetterRecord(meta.Sequence.Stream, meta.Timestamp, m.Headers(), m.Data())
+		if filter == nil || filter(r) {
+			out = append(out, r)
+		}
+		return limit <= 0 || len(out) < limit, nil
+	})
+	return out, err
+}
+
+// GetDeadLetter reads the record at sequence seq of the dead-letter stream.
+// The error wraps jetstream.ErrMsgNotFound when there is none (never
+// written, or already replayed and removed).
+func GetDeadLetter(ctx context.Context, js jetstream.JetStream, stream string, seq uint64) (DeadLetterRecord, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return DeadLetterRecord{}, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	m, err := s.GetMsg(ctx, seq)
+	if err != nil {
+		return DeadLetterRecord{}, fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	return deadLetterRecord(m.Sequence, m.Time, m.Header, m.Data), nil
+}
+
+// ReplayMsgID is the Nats-Msg-Id of the replay of the dead letter at seq
+// (SPEC §5). It is derived from the record, not from the event, so a replay
+// repeated after an interruption is dropped by JetStream as a duplicate
+// within the work stream's duplicate window, while the event's own id,
+// already seen, would drop the first replay too.
+func ReplayMsgID(seq uint64) string { return "replay:" + strconv.FormatUint(seq, 10) }
+
+// ReplayResult is what became of one dead letter's replay.
+type ReplayResult struct {
+	Sequence uint64 `json:"sequence"` // of the dead letter
+	EventID  string `json:"event_id"` // the original event's id (Revoker-Replay-Of)
+	MsgID    string `json:"msg_id"`   // the replay's Nats-Msg-Id
+	Subject  string `json:"subject"`  // where it was republished
+	// WorkSequence is the replay's sequence in the work stream (for a
+	// duplicate, the one stored first).
+	WorkSequence uint64 `json:"work_sequence"`
+	// Duplicate reports that the work stream already had this replay: an
+	// earlier run republished it and was stopped before it removed the
+	// record.
+	Duplicate bool `json:"duplicate"`
+	// Removed reports that the record is gone from the dead-letter stream
+	// (removed by this call, or already by another).
+	Removed bool `json:"removed"`
+}
+
+// Republish puts the record's original body back on its source subject, in
+// the work stream cfg.Stream, and waits for the stream's acknowledgement.
+// It does not touch the dead-letter stream; Replay does both steps.
+func Republish(ctx context.Context, js jetstream.JetStream, cfg config.Config, rec DeadLetterRecord) (ReplayResult, error) {
+	res := ReplayResult{Sequence: rec.Sequence, EventID: rec.EventID, MsgID: ReplayMsgID(rec.Sequence), Subject: rec.SourceSubject}
+	if rec.SourceSubject == "" {
+		return res, fmt.Errorf("dead letter %d has no %s header: nowhere to replay it", rec.Sequence, HeaderSourceSubject)
+	}
+	m := nats.NewMsg(rec.SourceSubject)
+	m.Data = rec.Body
+	m.Header.Set(jetstream.MsgIDHeader, res.MsgID)
+	if rec.EventID != "" {
+		m.Header.Set(HeaderReplayOf, OneLine(rec.EventID, 256))
+	}
+	// The expected stream makes a subject that left the work stream an
+	// error instead of a message stored somewhere nobody consumes.
+	ack, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(cfg.Stream))
+	if err != nil {
+		return res, fmt.Errorf("republish dead letter %d to %s: %w", rec.Sequence, rec.SourceSubject, err)
+	}
+	res.WorkSequence, res.Duplicate = ack.Sequence, ack.Duplicate
+	return res, nil
+}
+
+// Replay republishes the record (see Republish) and, once the work stream
+// has acknowledged it, removes the record from the dead-letter stream
+// cfg.DLQStream. Interrupted between the two steps and run again, it finds
+// the republish a duplicate and only removes the record, so the event is
+// neither lost nor sent twice.
+func Replay(ctx context.Context, js jetstream.JetStream, cfg config.Config, rec DeadLetterRecord) (ReplayResult, error) {
+	res, err := Republish(ctx, js, cfg, rec)
+	if err != nil {
+		return res, err
+	}
+	s, err := js.Stream(ctx, cfg.DLQStream)
+	if err == nil {
+		if err = s.DeleteMsg(ctx, rec.Sequence); err != nil {
+			// The server answers a delete of a missing message with a
+			// generic failure; if the record is gone (another replay
+			// removed it meanwhile) the goal is reached all the same.
+			if _, gerr := s.GetMsg(ctx, rec.Sequence); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+				err = nil
+			}
+		}
+	}
+	if err != nil {
+		return res, fmt.Errorf("dead letter %d was republished but not removed (running the replay again is safe): %w", rec.Sequence, err)
+	}
+	res.Removed = true
+	return res, nil
+}
+
+// EachOutcome reads the outcome stream (SPEC §5a), oldest first, from the
+// records stored at since onwards (zero: from the first) to the last one
+// stored when the call began, and calls fn with each record whose body
+// parses. It only reads. An error from fn stops the reading and is
+// returned.
+func EachOutcome(ctx context.Context, js jetstream.JetStream, stream string, since time.Time, fn func(Outcome) error) error {
+	occ := jetstream.OrderedConsumerConfig{}
+	if !since.IsZero() {
+		occ.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		occ.OptStartTime = &since
+	}
+	return scan(ctx, js, stream, occ, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
+		var o Outcome
+		if err := json.Unmarshal(m.Data(), &o); err != nil {
+			// Not a record of ours (someone else published on the
+			// subject); the audit trail is the records that are.
+			return true, nil
+		}
+		return true, fn(o)
+	})
+}
+
+// scanIdle is how long scan waits for the next message before it asks the
+// server whether any are left. Messages of a stream being read arrive in
+// microseconds; the wait matters only when messages vanish while being
+// read (a replay removing dead letters).
+const scanIdle = time.Second
+
+// scan reads stream with an ordered consumer made from occ, calling fn for
+// each message until fn says stop, the last message stored when the scan
+// began is reached, or none is left. An ordered consumer reads without
+// acknowledging anything, so even a work-queue stream would keep its
+// messages; it is ephemeral and the server drops it soon after.
+func scan(ctx context.Context, js jetstream.JetStream, stream string, occ jetstream.OrderedConsumerConfig, fn func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error)) error {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", stream, err)
+	}
+	state := s.CachedInfo().State
+	if state.Msgs == 0 {
+		return nil
+	}
+	last := state.LastSeq
+	occ.InactiveThreshold = 30 * time.Second
+	cons, err := s.OrderedConsumer(ctx, occ)
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", stream, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", stream, err)
+	}
+	defer func() {
+		it.Stop()
+		// Leave nothing behind for the server to time out; failing that,
+		// the inactivity threshold removes it.
+		if info := cons.CachedInfo(); info != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			_ = js.DeleteConsumer(dctx, stream, info.Name)
+			cancel()
+		}
+	}()
+	// A start time past the last record leaves nothing to read: find out
+	// now rather than after waiting for a message that never comes.
+	if empty, err := nothingToRead(ctx, cons, false); err == nil && empty {
+		return nil
+	}
+	for {
+		nctx, cancel := context.WithTimeout(ctx, scanIdle)
+		m, err := it.Next(jetstream.NextContext(nctx))
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				if empty, ierr := nothingToRead(ctx, cons, true); ierr == nil && empty {
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("read stream %s: %w", stream, err)
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("read stream %s: %w", stream, err)
+		}
+		more, err := fn(m, meta)
+		if err != nil {
+			return err
+		}
+		if !more || meta.Sequence.Stream >= last || meta.NumPending == 0 {
+			return nil
+		}
+	}
+}
+
+// nothingToRead reports whether the consumer has no message left to
+// deliver. Before the first message (idle false) it also requires that none
+// was sent our way yet, since those are not pending any more but still to
+// be read; after a whole idle wait nothing is under way any longer.
+func nothingToRead(ctx context.Context, cons jetstream.Consumer, idle bool) (bool, error) {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := cons.Info(ictx)
+	if err != nil {
+		return false, err
+	}
+	return info.NumPending == 0 && (idle || info.Delivered.Consumer == 0), nil
+}

@@ -1,0 +1,126 @@
+package bench
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/queue"
+)
+
+const (
+	drainEvents      = 20_000
+	drainConcurrency = 64
+)
+
+// BenchmarkDrain: 20,000 events through the worker (concurrency 64, no
+// rate limit, an API answering at once), beside a minimal loop over the same
+// stream and stand-in — consume, one DELETE over kept-alive connections,
+// ack, nothing else — which is the floor NATS and HTTP set on this machine.
+func BenchmarkDrain(b *testing.B) {
+	for range b.N {
+		r := newRig(b)
+		cfg := config.Default()
+		ctx, cancel := ctxTimeout(5 * time.Minute)
+		defer cancel()
+		// Only the stream: a work-queue stream allows one consumer per
+		// subject, so the worker's are made after the floor's is gone.
+		if _, err := r.js.CreateStream(ctx, queue.WorkStream(cfg)); err != nil {
+			b.Fatal(err)
+		}
+
+		// The floor: the same subject, its own consumer, 64 workers.
+		floorRate, floorP50, floorP99 := r.minimalLoop(ctx, cfg, keys("f", drainEvents))
+
+		// The worker, as its own process.
+		p := r.startWorker(append([]string{"REVOKER_CONCURRENCY=64", "REVOKER_RATE_LIMIT=0"}, strings.Fields(os.Getenv("BENCH_EXTRA_ENV"))...)...)
+		ks := keys("w", drainEvents)
+		start := time.Now()
+		pub := r.publishAsync(cfg.LowestPriority(), ks)
+		waitUntil(b, 5*time.Minute, "every event revoked", func() bool { return len(r.calls("w")) == drainEvents })
+		call := r.calls("w")
+		var last time.Time
+		for _, c := range call {
+			if c.After(last) {
+				last = c
+			}
+		}
+		rate := float64(drainEvents) / last.Sub(start).Seconds()
+		lat := latencies(pub, call)
+		rss := p.peakRSS()
+		p.stop()
+
+		b.ReportMetric(rate, "events/s")
+		b.ReportMetric(ms(pct(lat, .5)), "p50-ms")
+		b.ReportMetric(ms(pct(lat, .99)), "p99-ms")
+		b.ReportMetric(floorRate, "floor-events/s")
+		b.ReportMetric(rate/floorRate, "of-floor")
+		b.ReportMetric(rss, "peak-RSS-MiB")
+		b.Logf("%s; worker %.0f events/s (p50 %.0f ms, p99 %.0f ms publish→call), floor %.0f events/s (p50 %.0f ms, p99 %.0f ms), ratio %.2f; worker peak RSS %.1f MiB",
+			cores(), rate, ms(pct(lat, .5)), ms(pct(lat, .99)), floorRate, ms(floorP50), ms(floorP99), rate/floorRate, rss)
+	}
+}
+
+// minimalLoop drains keys with nothing but consume → DELETE → ack, and
+// returns its rate and publish→call latencies.
+func (r *rig) minimalLoop(ctx context.Context, cfg config.Config, ks []string) (float64, time.Duration, time.Duration) {
+	b := r.b
+	subj := cfg.LowestPriority()
+	cons, err := r.js.CreateConsumer(ctx, cfg.Stream, jetstream.ConsumerConfig{
+		Durable: "floor", FilterSubject: subj, AckPolicy: jetstream.AckExplicitPolicy,
+		MaxAckPending: 4 * drainConcurrency,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * drainConcurrency))
+	if err != nil {
+		b.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: drainConcurrency}}
+	var wg sync.WaitGroup
+	for range drainConcurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				msg, err := it.Next()
+				if err != nil {
+					return
+				}
+				key := msg.Headers().Get(jetstream.MsgIDHeader)
+				req, _ := http.NewRequest(http.MethodDelete, r.api.URL+"/accounts/benchacct/stream/keys/"+key, nil)
+				req.Header.Set("Authorization", "Bearer bench-token")
+				resp, err := client.Do(req)
+				if err == nil {
+					drain(resp)
+				}
+				msg.Ack()
+			}
+		}()
+	}
+	start := time.Now()
+	pub := r.publishAsync(subj, ks)
+	waitUntil(b, 5*time.Minute, "the minimal loop drained", func() bool { return len(r.calls("f")) == len(ks) })
+	it.Stop()
+	wg.Wait()
+	call := r.calls("f")
+	var last time.Time
+	for _, c := range call {
+		if c.After(last) {
+			last = c
+		}
+	}
+	if err := r.js.DeleteConsumer(ctx, cfg.Stream, "floor"); err != nil {
+		b.Fatal(err)
+	}
+	lat := latencies(pub, call)
+	return float64(len(ks)) / last.Sub(start).Seconds(), pct(lat, .5), pct(lat, .99)
+}

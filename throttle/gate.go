@@ -19,6 +19,12 @@ var ErrClosed = errors.New("throttle: gate closed")
 // five minutes after its limit is exceeded, so a longer Retry-After is bogus.
 const MaxPause = 5 * time.Minute
 
+// SpacingMargin is added to the interval between permits. Calls reach the
+// API a few milliseconds apart from when they were let go; the margin,
+// accumulated over a second of calls, keeps a sliding-window counter on the
+// API's side from ever seeing one call more than the rate.
+const SpacingMargin = time.Millisecond
+
 // Config sets up a Gate.
 type Config struct {
 	// Priorities is the number of priority levels; 0 is the highest.
@@ -91,7 +97,8 @@ func New(cfg Config) *Gate {
 		done:    make(chan struct{}),
 	}
 	if cfg.Rate > 0 {
-		g.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), 1)
+		interval := time.Duration(float64(time.Second)/cfg.Rate) + SpacingMargin
+		g.limiter = rate.NewLimiter(rate.Every(interval), 1)
 	}
 	go g.loop()
 	return g
@@ -258,7 +265,13 @@ func (g *Gate) next() int {
 // loop is the only place permits are granted, so the priority decision is
 // made at the instant a permit is free, not when a waiter arrived.
 func (g *Gate) loop() {
-	var timer *time.Timer
+	var (
+		timer *time.Timer
+		// res is the rate token we are waiting for. Keeping it, rather than
+		// asking again after the wait, keeps permits on the limiter's exact
+		// schedule: a late wake-up does not push every later permit back.
+		res *rate.Reservation
+	)
 	for {
 		g.mu.Lock()
 		now := time.Now()
@@ -273,17 +286,23 @@ func (g *Gate) loop() {
 		ready := g.free > 0 && g.next() >= 0
 		g.mu.Unlock()
 
+		if res != nil && (!ready || hold > 0) {
+			res.Cancel() // nobody to use it, or a pause: give it back
+			res = nil
+		}
 		if ready && hold == 0 && g.limiter != nil {
-			// Take the token before choosing the waiter, so the choice is
-			// made with everyone who arrived while we waited for it.
-			r := g.limiter.Reserve()
-			hold = r.Delay()
-			if hold > 0 {
-				r.Cancel()
+			// The waiter is chosen only when the token is due, so the
+			// choice includes everyone who arrived meanwhile.
+			if res == nil {
+				res = g.limiter.ReserveN(now, 1)
 			}
+			hold = res.DelayFrom(time.Now())
 		}
 		if ready && hold == 0 {
-			g.grant()
+			if !g.grant() && res != nil {
+				res.Cancel()
+			}
+			res = nil
 			continue
 		}
 		var tick <-chan time.Time
@@ -310,19 +329,22 @@ func (g *Gate) loop() {
 	}
 }
 
-func (g *Gate) grant() {
+// grant gives a permit to the first waiter of the level to serve; false if
+// there was none after all.
+func (g *Gate) grant() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	// Re-check under the lock: a waiter may have left since.
 	p := g.next()
 	if p < 0 || g.free == 0 || g.closed {
-		return
+		return false
 	}
 	w := g.queues[p][0]
 	g.queues[p] = g.queues[p][1:]
 	w.granted = true
 	g.free--
 	close(w.ch)
+	return true
 }
 
 func (g *Gate) setPaused(paused bool) {

@@ -91,6 +91,27 @@ func newStack(t *testing.T, tune func(*config.Config), apiOpts ...cloudflaretest
 // start runs a worker until the test ends or stop is called.
 func (s *stack) start() {
 	s.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel, s.done = cancel, make(chan error, 1)
+	s.m, s.ready, s.logs, s.gate = s.run(ctx, s.done)
+	s.t.Cleanup(s.stop)
+	s.waitFor("consumers bound", func() bool { ok, _ := s.ready.Ready(); return ok })
+}
+
+// startReplica runs one more worker sharing the consumers, with its own
+// metrics and gate, until the test ends.
+func (s *stack) startReplica() *metrics.Metrics {
+	s.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	m, ready, _, gate := s.run(ctx, done)
+	s.t.Cleanup(func() { cancel(); <-done; gate.Close() })
+	s.waitFor("replica bound", func() bool { ok, _ := ready.Ready(); return ok })
+	return m
+}
+
+func (s *stack) run(ctx context.Context, done chan<- error) (*metrics.Metrics, *metrics.Readiness, *observer.ObservedLogs, *throttle.Gate) {
+	s.t.Helper()
 	client, err := cloudflare.New(cloudflare.Config{
 		BaseURL: s.cfg.BaseURL, Credential: cloudflare.Token(s.cfg.APIToken),
 		Timeout: s.cfg.HTTPTimeout, UserAgent: "revoker/test",
@@ -99,26 +120,22 @@ func (s *stack) start() {
 		s.t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	s.logs = logs
 	s.reg = prometheus.NewRegistry()
-	s.m = metrics.New(s.reg, s.cfg.Subjects, metrics.Build{Version: "test"})
-	s.ready = metrics.NewReadiness(worker.ReadyConsumers)
-	s.gate = throttle.New(throttle.Config{
+	m := metrics.New(s.reg, s.cfg.Subjects, metrics.Build{Version: "test"})
+	ready := metrics.NewReadiness(worker.ReadyConsumers)
+	gate := throttle.New(throttle.Config{
 		Priorities: len(s.cfg.Subjects), Concurrency: s.cfg.Concurrency, Rate: s.cfg.RateLimit,
-		OnPause: func(p bool) { s.m.APIPaused.Set(map[bool]float64{true: 1}[p]) },
+		OnPause: func(p bool) { m.APIPaused.Set(map[bool]float64{true: 1}[p]) },
 	})
 	w, err := worker.New(s.cfg, worker.Deps{
-		API: client, JS: s.js, Gate: s.gate, Metrics: s.m, Ready: s.ready,
+		API: client, JS: s.js, Gate: gate, Metrics: m, Ready: ready,
 		Log: zap.New(core), Name: "test-host",
 	})
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel, s.done = cancel, make(chan error, 1)
-	go func() { s.done <- w.Run(ctx) }()
-	s.t.Cleanup(s.stop)
-	s.waitFor("consumers bound", func() bool { ok, _ := s.ready.Ready(); return ok })
+	go func() { done <- w.Run(ctx) }()
+	return m, ready, logs, gate
 }
 
 // stop shuts the worker down as SIGTERM would, and waits for it.

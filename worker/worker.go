@@ -364,14 +364,18 @@ func (w *Worker) call(stop, work context.Context, d *delivery) (stopped, exhaust
 	}
 }
 
+// minHeededReset: rate-limit headers count whole seconds, so over a window
+// of a few seconds they cannot pace calls more finely than our own limiter;
+// they are heeded for longer windows, such as Cloudflare's five minutes.
+const minHeededReset = 5 * time.Second
+
 // heed applies what an answer says about the API as a whole: its rate
 // budget and whether our credential works.
 func (w *Worker) heed(resp *cloudflare.Response, d Decision) {
-	if resp != nil && resp.RateLimit.Known && w.cfg.RateLimit > 0 {
-		rl := resp.RateLimit
-		// Slow down only when what is left cannot sustain our rate until
-		// the window resets.
-		if float64(rl.Remaining) < w.cfg.RateLimit*rl.Reset.Seconds() {
+	if rl := resp.RateLimit; resp != nil && rl.Known && rl.Reset >= minHeededReset {
+		// Spread what is left over the rest of the window when it cannot
+		// sustain our rate until the reset (with no limit of our own, always).
+		if w.cfg.RateLimit == 0 || float64(rl.Remaining) < w.cfg.RateLimit*rl.Reset.Seconds() {
 			w.Gate.Slow(time.Now().Add(rl.Reset / time.Duration(rl.Remaining+1)))
 		}
 	}

@@ -1,0 +1,79 @@
+package bench
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare/cloudflaretest"
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/queue"
+)
+
+const apiLimit = 20 // calls a second the stand-in allows before answering 429
+
+// BenchmarkUrgentBehindBacklog: 1,500 scheduled events queued, then 10
+// urgent ones, against an API that answers 429 above 20 calls/s, with
+// REVOKER_RATE_LIMIT=20. Reports the urgent events' time-to-revoke beside
+// what serving in arrival order would give.
+func BenchmarkUrgentBehindBacklog(b *testing.B) {
+	for range b.N {
+		r := newRig(b, cloudflaretest.WithRateLimit(apiLimit))
+		cfg := config.Default()
+		ctx, cancel := ctxTimeout(5 * time.Minute)
+		defer cancel()
+		if err := queue.Ensure(ctx, r.js, cfg, zap.NewNop()); err != nil {
+			b.Fatal(err)
+		}
+		r.publishAsync(cfg.LowestPriority(), keys("s", 1500))
+		r.startWorker("REVOKER_RATE_LIMIT=20")
+		// Let the backlog run for a while. A fixed delay, not "right after
+		// the n-th call", so the urgent events arrive at no particular point
+		// of the rate schedule.
+		time.Sleep(2 * time.Second)
+		if len(r.calls("s")) < apiLimit {
+			b.Fatal("the backlog is not being worked")
+		}
+
+		pub := r.publishAsync(cfg.HighestPriority(), keys("u", 10))
+		waitUntil(b, time.Minute, "urgent events revoked", func() bool { return len(r.calls("u")) == 10 })
+		lat := latencies(pub, r.calls("u"))
+		ahead := 1500 - len(r.calls("s"))
+		// In arrival order each urgent event would wait for every scheduled
+		// event still queued, at the API's 20 calls a second.
+		fifo := time.Duration(float64(ahead) / apiLimit * float64(time.Second))
+
+		b.ReportMetric(ms(lat[len(lat)-1]), "urgent-max-ms")
+		b.ReportMetric(ms(pct(lat, .5)), "urgent-median-ms")
+		b.ReportMetric(fifo.Seconds(), "arrival-order-s")
+		b.ReportMetric(float64(r.api.Throttled()), "429s")
+		b.Logf("%s; urgent time-to-revoke max %.0f ms, median %.0f ms; in arrival order ≈ %.1f s (%d scheduled still queued); 429s: %d",
+			cores(), ms(lat[len(lat)-1]), ms(pct(lat, .5)), fifo.Seconds(), ahead, r.api.Throttled())
+	}
+}
+
+// BenchmarkRateBudget: 300 events against the same API: the worker must
+// spend the budget without a single 429, at ≥ 97% of REVOKER_RATE_LIMIT.
+func BenchmarkRateBudget(b *testing.B) {
+	for range b.N {
+		r := newRig(b, cloudflaretest.WithRateLimit(apiLimit))
+		cfg := config.Default()
+		r.startWorker("REVOKER_RATE_LIMIT=20")
+		r.publishAsync(cfg.LowestPriority(), keys("r", 300))
+		waitUntil(b, 2*time.Minute, "300 events revoked", func() bool { return len(r.calls("r")) == 300 })
+
+		var at []time.Time
+		for _, q := range r.api.Requests() {
+			at = append(at, q.At)
+		}
+		slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+		rate := float64(len(at)-1) / at[len(at)-1].Sub(at[0]).Seconds()
+		b.ReportMetric(rate, "calls/s")
+		b.ReportMetric(100*rate/apiLimit, "%-of-limit")
+		b.ReportMetric(float64(r.api.Throttled()), "429s")
+		b.Logf("%s; %d calls at %.2f calls/s (%.1f%% of REVOKER_RATE_LIMIT=20); 429s: %d",
+			cores(), len(at), rate, 100*rate/apiLimit, r.api.Throttled())
+	}
+}

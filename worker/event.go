@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 	"unicode/utf8"
 
@@ -59,13 +58,18 @@ func DecodeEvent(body []byte) (Event, error) {
 	}
 	var seen [5]bool
 	for i, name := range []string{"account_id", "key_id", "reason", "requested_by", "requested_at"} {
-		v, ok := fields[name]
+		raw, ok := fields[name]
 		if !ok {
 			continue
 		}
-		s, isString := v.(string)
-		if !isString {
-			return ev, invalid("%s must be a string, got %s", name, jsonKind(v))
+		if raw[0] != '"' {
+			return ev, invalid("%s must be a string, got %s", name, jsonKind(raw))
+		}
+		s := string(raw[1 : len(raw)-1])
+		if bytes.IndexByte(raw, '\\') >= 0 {
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return ev, invalid("%s: %v", name, err)
+			}
 		}
 		seen[i] = true
 		switch name {
@@ -121,82 +125,158 @@ func quote(s string) string {
 	return fmt.Sprintf("%q", s)
 }
 
-func jsonKind(v any) string {
-	switch v.(type) {
-	case nil:
+// jsonKind names the kind of a raw JSON value for an error.
+func jsonKind(raw []byte) string {
+	switch raw[0] {
+	case 'n':
 		return "null"
-	case bool:
+	case 't', 'f':
 		return "a boolean"
-	case json.Number, float64:
-		return "a number"
-	case json.Delim:
+	case '{', '[':
 		return "an object or array"
 	}
-	return "another type"
+	return "a number"
 }
 
-// scanObject walks the body's tokens once, enforcing the structural rules,
-// and returns the top-level fields whose values are scalars (objects and
-// arrays are returned as their opening delimiter).
-func scanObject(body []byte) (map[string]any, error) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	type frame struct {
-		object    bool
-		expectKey bool
-		keys      map[string]struct{}
-	}
-	var (
-		stack  []frame
-		top    = map[string]any{}
-		curKey string // the top-level key whose value comes next
-	)
-	tok, err := dec.Token()
-	if err != nil {
+// scanObject checks the structural rules of a body and returns the
+// top-level fields, each as its raw JSON value. It first lets json.Valid
+// judge the syntax (including "exactly one value"), then walks the bytes
+// once, so it only ever reads well-formed JSON.
+func scanObject(body []byte) (map[string][]byte, error) {
+	if !json.Valid(body) {
+		var v any
+		err := json.Unmarshal(body, &v) // only for its description of the fault
+		if err == nil {
+			err = errors.New("not valid JSON")
+		}
 		return nil, invalid("not JSON: %v", err)
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	sc := scanner{b: body}
+	sc.space()
+	if sc.b[sc.i] != '{' {
 		return nil, invalid("body must be a JSON object")
 	}
-	stack = append(stack, frame{object: true, expectKey: true, keys: map[string]struct{}{}})
-	for len(stack) > 0 {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, invalid("not JSON: %v", err)
-		}
-		f := &stack[len(stack)-1]
-		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
-			stack = stack[:len(stack)-1]
-			continue
-		}
-		if f.object && f.expectKey {
-			key := tok.(string) // the decoder guarantees a string here
-			if _, dup := f.keys[key]; dup {
-				return nil, invalid("field %s appears twice", quote(key))
-			}
-			f.keys[key] = struct{}{}
-			f.expectKey = false
-			if len(stack) == 1 {
-				curKey = key
-			}
-			continue
-		}
-		// A value: the frame it sits in expects a key next.
-		if f.object {
-			f.expectKey = true
-		}
-		if len(stack) == 1 {
-			top[curKey] = tok
-		}
-		if d, ok := tok.(json.Delim); ok {
-			if len(stack) >= MaxDepth {
-				return nil, invalid("nested deeper than %d levels", MaxDepth)
-			}
-			stack = append(stack, frame{object: d == '{', expectKey: d == '{', keys: map[string]struct{}{}})
-		}
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, invalid("data after the JSON object")
+	top := map[string][]byte{}
+	if err := sc.object(1, top); err != nil {
+		return nil, err
 	}
 	return top, nil
+}
+
+// scanner walks JSON that json.Valid has accepted.
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (sc *scanner) space() {
+	for sc.i < len(sc.b) {
+		switch sc.b[sc.i] {
+		case ' ', '\t', '\n', '\r':
+			sc.i++
+		default:
+			return
+		}
+	}
+}
+
+// str reads the string at sc.i and returns it quoted, as in the body.
+func (sc *scanner) str() (quoted []byte, escaped bool) {
+	start := sc.i
+	sc.i++
+	for {
+		switch sc.b[sc.i] {
+		case '\\':
+			escaped = true
+			sc.i += 2
+		case '"':
+			sc.i++
+			return sc.b[start:sc.i], escaped
+		default:
+			sc.i++
+		}
+	}
+}
+
+// object reads the object at sc.i, nested depth deep (the body is 1); top,
+// when not nil, receives its fields.
+func (sc *scanner) object(depth int, top map[string][]byte) error {
+	if depth > MaxDepth {
+		return invalid("nested deeper than %d levels", MaxDepth)
+	}
+	sc.i++ // {
+	var keys []string
+	for {
+		sc.space()
+		if sc.b[sc.i] == '}' {
+			sc.i++
+			return nil
+		}
+		quoted, escaped := sc.str()
+		key := string(quoted[1 : len(quoted)-1])
+		if escaped {
+			// "a" and "\u0061" are the same name.
+			if err := json.Unmarshal(quoted, &key); err != nil {
+				return invalid("field name: %v", err)
+			}
+		}
+		for _, k := range keys {
+			if k == key {
+				return invalid("field %s appears twice", quote(key))
+			}
+		}
+		keys = append(keys, key)
+		sc.space()
+		sc.i++ // :
+		sc.space()
+		start := sc.i
+		if err := sc.value(depth); err != nil {
+			return err
+		}
+		if top != nil {
+			top[key] = sc.b[start:sc.i]
+		}
+		sc.space()
+		if sc.b[sc.i] == ',' {
+			sc.i++
+		}
+	}
+}
+
+// value reads the value at sc.i inside a container at depth.
+func (sc *scanner) value(depth int) error {
+	switch sc.b[sc.i] {
+	case '{':
+		return sc.object(depth+1, nil)
+	case '[':
+		if depth+1 > MaxDepth {
+			return invalid("nested deeper than %d levels", MaxDepth)
+		}
+		sc.i++
+		for {
+			sc.space()
+			if sc.b[sc.i] == ']' {
+				sc.i++
+				return nil
+			}
+			if err := sc.value(depth + 1); err != nil {
+				return err
+			}
+			sc.space()
+			if sc.b[sc.i] == ',' {
+				sc.i++
+			}
+		}
+	case '"':
+		sc.str()
+	default: // a number, true, false or null
+		for sc.i < len(sc.b) {
+			switch sc.b[sc.i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				return nil
+			}
+			sc.i++
+		}
+	}
+	return nil
 }

@@ -73,8 +73,9 @@ func TestDecodeEvent(t *testing.T) {
 	}
 }
 
-// FuzzDecodeEvent: whatever the body, the decoder never panics, and what it
-// accepts is safe to put in a URL path and obeys every rule of SPEC §2.
+// FuzzDecodeEvent: whatever the body, the decoder never panics, agrees with
+// the plain reference reading (refDecode), and what it accepts is safe to
+// put in a URL path and obeys every rule of SPEC §2.
 // Seeds are in testdata/fuzz/FuzzDecodeEvent and testdata/events.
 func FuzzDecodeEvent(f *testing.F) {
 	files, _ := filepath.Glob("testdata/events/*.json")
@@ -87,6 +88,16 @@ func FuzzDecodeEvent(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ev, err := worker.DecodeEvent(body)
+		ref, refOK := refDecode(body)
+		if refOK != (err == nil) || (refOK && !ref.RequestedAt.Equal(ev.RequestedAt)) {
+			t.Fatalf("DecodeEvent and the reference disagree on %q: err %v, reference ok %v", body, err, refOK)
+		}
+		if refOK {
+			ref.RequestedAt = ev.RequestedAt
+			if ref != ev {
+				t.Fatalf("DecodeEvent read %+v, the reference %+v", ev, ref)
+			}
+		}
 		if err != nil {
 			if !errors.Is(err, worker.ErrInvalidEvent) {
 				t.Fatalf("error not marked invalid: %v", err)

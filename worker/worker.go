@@ -464,12 +464,13 @@ func (w *Worker) writeOutcome(d *delivery, outcome, reason string) {
 
 // fields are the log fields that identify a delivery and its last call.
 func (w *Worker) fields(d *delivery, extra ...zap.Field) []zap.Field {
-	f := []zap.Field{
+	f := make([]zap.Field, 0, 16+len(extra))
+	f = append(f,
 		zap.String("event_id", d.id),
 		zap.String("subject", d.msg.Subject()),
 		zap.Uint64("sequence", d.meta.Sequence.Stream),
 		zap.Uint64("delivery", d.meta.NumDelivered),
-	}
+	)
 	if d.decoded {
 		f = append(f, zap.String("account", d.ev.AccountID), zap.String("key", d.ev.KeyID))
 		if d.ev.Reason != "" {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -34,6 +35,12 @@ const (
 )
 
 func main() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		// The live heap is small (events in hand) and the garbage per event
+		// is HTTP and NATS plumbing: collecting at 5x rather than 2x the
+		// live heap costs a few MiB and saves much of the GC's CPU.
+		debug.SetGCPercent(400)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], env{os.Stdin, os.Stdout, os.Stderr, os.LookupEnv})
 	stop()

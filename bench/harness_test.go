@@ -141,6 +141,22 @@ func (p *proc) peakRSS() float64 {
 	return -1
 }
 
+// cpuSeconds is the CPU time (user + system) the process has used.
+func (p *proc) cpuSeconds() float64 { return cpuOf(p.cmd.Process.Pid) }
+
+// cpuOf is the CPU time (user + system) process pid has used.
+func cpuOf(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
 func (p *proc) stop() {
 	if p.cmd.ProcessState != nil {
 		return

@@ -1,0 +1,170 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/queue"
+)
+
+func setupJS(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	srv, err := queue.StartServer(&server.Options{Port: -1, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+func TestEnsureCreatesWhatIsMissing(t *testing.T) {
+	js := setupJS(t)
+	cfg := config.Default()
+	ctx := context.Background()
+	if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]struct {
+		retention jetstream.RetentionPolicy
+		maxAge    time.Duration
+		subjects  []string
+	}{
+		cfg.Stream:        {jetstream.WorkQueuePolicy, 0, cfg.Subjects},
+		cfg.DLQStream:     {jetstream.LimitsPolicy, 0, []string{cfg.DLQSubject}},
+		cfg.OutcomeStream: {jetstream.LimitsPolicy, 90 * 24 * time.Hour, []string{cfg.OutcomeSubject}},
+	}
+	for name, w := range want {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		c := s.CachedInfo().Config
+		if c.Retention != w.retention || c.Storage != jetstream.FileStorage || c.MaxAge != w.maxAge ||
+			c.Duplicates != 2*time.Minute || len(c.Subjects) != len(w.subjects) {
+			t.Errorf("stream %s: %+v", name, c)
+		}
+	}
+	for _, subj := range cfg.Subjects {
+		c, err := js.Consumer(ctx, cfg.Stream, cfg.Durable(subj))
+		if err != nil {
+			t.Fatalf("consumer for %s: %v", subj, err)
+		}
+		cc := c.CachedInfo().Config
+		if cc.FilterSubject != subj || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.MaxDeliver != -1 ||
+			cc.AckWait != cfg.AckWait || cc.MaxAckPending != queue.MaxAckPending(cfg.Concurrency) {
+			t.Errorf("consumer %s: %+v", cfg.Durable(subj), cc)
+		}
+	}
+	// Running again changes nothing and is not an error.
+	if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEnsureLeavesExistingStreamsAndWarns(t *testing.T) {
+	js := setupJS(t)
+	cfg := config.Default()
+	ctx := context.Background()
+	odd := queue.DLQStream(cfg)
+	odd.Storage, odd.MaxAge = jetstream.MemoryStorage, time.Hour
+	if _, err := js.CreateStream(ctx, odd); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.WarnLevel)
+	if err := queue.Ensure(ctx, js, cfg, zap.New(core)); err != nil {
+		t.Fatalf("a different but workable stream stopped the start: %v", err)
+	}
+	s, _ := js.Stream(ctx, cfg.DLQStream)
+	if c := s.CachedInfo().Config; c.Storage != jetstream.MemoryStorage || c.MaxAge != time.Hour {
+		t.Fatalf("the existing stream was changed: %+v", c)
+	}
+	warned := map[string]bool{}
+	for _, e := range logs.All() {
+		if e.ContextMap()["stream"] == cfg.DLQStream {
+			warned[e.ContextMap()["setting"].(string)] = true
+		}
+	}
+	if !warned["storage"] || !warned["max_age"] {
+		t.Fatalf("warnings = %v, want storage and max_age", warned)
+	}
+}
+
+func TestEnsureRefusesWhatMakesTheWorkImpossible(t *testing.T) {
+	ctx := context.Background()
+	t.Run("stream without a configured subject", func(t *testing.T) {
+		js := setupJS(t)
+		cfg := config.Default()
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: cfg.Stream, Subjects: []string{"revoke.urgent"}}); err != nil {
+			t.Fatal(err)
+		}
+		err := queue.Ensure(ctx, js, cfg, zap.NewNop())
+		if !errors.Is(err, queue.ErrIncompatible) {
+			t.Fatalf("err = %v, want ErrIncompatible", err)
+		}
+	})
+	t.Run("consumer filtering another subject", func(t *testing.T) {
+		js := setupJS(t)
+		cfg := config.Default()
+		if _, err := js.CreateStream(ctx, queue.WorkStream(cfg)); err != nil {
+			t.Fatal(err)
+		}
+		wrong := queue.LaneConsumer(cfg, cfg.Subjects[0])
+		wrong.FilterSubject = cfg.Subjects[1]
+		if _, err := js.CreateConsumer(ctx, cfg.Stream, wrong); err != nil {
+			t.Fatal(err)
+		}
+		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); !errors.Is(err, queue.ErrIncompatible) {
+			t.Fatalf("err = %v, want ErrIncompatible", err)
+		}
+	})
+	t.Run("missing and not to be created", func(t *testing.T) {
+		js := setupJS(t)
+		cfg := config.Default()
+		cfg.CreateStreams = false
+		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); !errors.Is(err, queue.ErrMissing) {
+			t.Fatalf("err = %v, want ErrMissing", err)
+		}
+	})
+}
+
+func TestCovers(t *testing.T) {
+	cases := []struct {
+		filters []string
+		subject string
+		want    bool
+	}{
+		{[]string{"revoke.urgent"}, "revoke.urgent", true},
+		{[]string{"revoke.*"}, "revoke.urgent", true},
+		{[]string{"revoke.>"}, "revoke.a.b", true},
+		{[]string{">"}, "revoke.urgent", true},
+		{[]string{"revoke.*"}, "revoke.a.b", false},
+		{[]string{"revoke.>"}, "revoke", false},
+		{[]string{"revoke.urgent"}, "revoke.scheduled", false},
+		{[]string{"revoke"}, "revoke.urgent", false},
+		{nil, "revoke.urgent", false},
+	}
+	for _, c := range cases {
+		if got := queue.Covers(c.filters, c.subject); got != c.want {
+			t.Errorf("Covers(%v, %q) = %v, want %v", c.filters, c.subject, got, c.want)
+		}
+	}
+}

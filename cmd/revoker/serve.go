@@ -97,6 +97,11 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		}
 		api = client
 		log.Info("API credential", zap.String("credential", cred.ID()))
+		if tf, ok := cred.(*cloudflare.TokenFile); ok {
+			tf.SetOnChange(func(from, to string) {
+				log.Info("API token reloaded from its file", zap.String("from", from), zap.String("to", to))
+			})
+		}
 	}
 
 	srv, err := metrics.Listen(cfg.HTTPAddr, metrics.Handler(reg, ready))

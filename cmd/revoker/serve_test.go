@@ -10,6 +10,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/revoker/revoker/queue"
 )
 
 // mapEnv is a lookup over a fixed set of variables.
@@ -163,4 +169,34 @@ func get(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestServeStopsOnAnImpossibleStream: an existing work stream that does not
+// hold a configured subject stops the start with exit status 2.
+func TestServeStopsOnAnImpossibleStream(t *testing.T) {
+	srv, err := queue.StartServer(&server.Options{Host: "127.0.0.1", Port: -1, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "REVOCATIONS", Subjects: []string{"revoke.urgent"}}); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{
+		"CLOUDFLARE_API_TOKEN": "tok",
+		"REVOKER_NATS_URL":     srv.ClientURL(),
+		"REVOKER_HTTP_ADDR":    "127.0.0.1:0",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code, _, stderr := runCmd(ctx, vars, "serve")
+	if code != exitUsage || !strings.Contains(stderr, "revoke.scheduled") {
+		t.Fatalf("exit %d, want 2 naming the missing subject; stderr:\n%s", code, stderr)
+	}
 }

@@ -59,10 +59,11 @@ const usage = `revoker — revoke Cloudflare Stream signing keys from NATS JetSt
 
 Usage:
   revoker serve [flags]              run the worker (--embedded-nats DIR for a built-in JetStream)
-  revoker publish --account A --key K [--urgent | --subject S] [--reason R] [--wait]
-  revoker publish --from-file F|-    one event per line
+  revoker publish --account A --key K [--urgent | --subject S] [--reason R]
+                  [--requested-by W] [--id ID] [--wait [--timeout D]] [--json]
+  revoker publish --from-file F|-    one event per line (same flags)
   revoker dlq list [--reason R] [--limit N] [--json]
-  revoker dlq replay --all | --seq N,... | --reason R [--dry-run]
+  revoker dlq replay --all | --seq N,... | --reason R [--dry-run] [--json]
   revoker outcomes [--account A] [--key K] [--since D] [--json]
   revoker demo                       everything in one process, no outside services
   revoker version

@@ -13,13 +13,31 @@ import (
 	"github.com/revoker/revoker/config"
 )
 
+// Conn is a NATS connection whose Close also waits for the connection's
+// last callbacks, so nothing of it runs (or logs) after Close returns.
+type Conn struct {
+	*nats.Conn
+	closed chan struct{}
+}
+
+// Close closes the connection and waits, a few seconds at most, for its
+// closed callback.
+func (c *Conn) Close() {
+	c.Conn.Close()
+	select {
+	case <-c.closed:
+	case <-time.After(5 * time.Second):
+	}
+}
+
 // Connect dials NATS and keeps reconnecting forever: an unreachable server is
 // not a reason to exit, only to stay not-ready. onState is told every change
 // of the connection (it may be nil).
-func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (*nats.Conn, error) {
+func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (*Conn, error) {
 	if onState == nil {
 		onState = func(bool) {}
 	}
+	closed := make(chan struct{})
 	opts := []nats.Option{
 		nats.Name("revoker"),
 		nats.MaxReconnects(-1),
@@ -40,7 +58,10 @@ func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (
 			log.Info("nats reconnected", zap.String("server", nc.ConnectedUrlRedacted()))
 			onState(true)
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { onState(false) }),
+		nats.ClosedHandler(func(*nats.Conn) {
+			onState(false)
+			close(closed)
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			log.Warn("nats error", zap.Error(err))
 		}),
@@ -57,7 +78,7 @@ func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (
 	} else {
 		log.Warn("nats not reachable yet, retrying in the background")
 	}
-	return nc, nil
+	return &Conn{Conn: nc, closed: closed}, nil
 }
 
 // AuthOptions are the credentials and TLS settings of cfg, for any

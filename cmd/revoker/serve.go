@@ -130,7 +130,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc.Conn)
 	if err != nil {
 		return err
 	}

@@ -181,3 +181,25 @@ func TestRateLimit429PausesEveryCall(t *testing.T) {
 		t.Error("rate-limit wait histogram missing")
 	}
 }
+
+// TestRateLimitHeadersSlowDownBeforeTheBudgetRunsOut: when the API says few
+// calls are left for a long window, calls are spread over the rest of it
+// instead of spending the budget and meeting a 429.
+func TestRateLimitHeadersSlowDownBeforeTheBudgetRunsOut(t *testing.T) {
+	s := newStack(t, func(c *config.Config) { c.RateLimit = 20 },
+		cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
+			// 5 calls left in a window that resets in 6 s: one every second
+			// at most, though our own limit would allow 20.
+			return 200, http.Header{"Ratelimit": {`"default";r=5;t=6`}}, okBody, true
+		}))
+	s.ensure()
+	s.publishMany(s.cfg.LowestPriority(), keyList("h", 3))
+	s.start()
+	s.waitFor("three calls", func() bool { return s.api.Count() == 3 })
+	reqs := s.api.Requests()
+	for i := 1; i < len(reqs); i++ {
+		if gap := reqs[i].At.Sub(reqs[i-1].At); gap < 900*time.Millisecond {
+			t.Fatalf("calls %d and %d %v apart; the headers asked for about 1s", i-1, i, gap)
+		}
+	}
+}

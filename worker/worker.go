@@ -326,7 +326,7 @@ func (w *Worker) call(stop, work context.Context, d *delivery) (stopped, exhaust
 		w.Metrics.APIRequests.WithLabelValues(metrics.Code(d.status)).Inc()
 		w.Metrics.APIDuration.Observe(took.Seconds())
 		d.last = Classify(resp, err)
-		w.heed(resp, d.last)
+		w.heed(resp, d.last, d.status)
 
 		var wait time.Duration
 		switch d.last.Kind {
@@ -371,8 +371,9 @@ const minHeededReset = 5 * time.Second
 
 // heed applies what an answer says about the API as a whole: its rate
 // budget and whether our credential works.
-func (w *Worker) heed(resp *cloudflare.Response, d Decision) {
-	if rl := resp.RateLimit; resp != nil && rl.Known && rl.Reset >= minHeededReset {
+func (w *Worker) heed(resp *cloudflare.Response, d Decision, status int) {
+	if resp != nil && resp.RateLimit.Known && resp.RateLimit.Reset >= minHeededReset {
+		rl := resp.RateLimit
 		// Spread what is left over the rest of the window when it cannot
 		// sustain our rate until the reset (with no limit of our own, always).
 		if w.cfg.RateLimit == 0 || float64(rl.Remaining) < w.cfg.RateLimit*rl.Reset.Seconds() {
@@ -381,8 +382,11 @@ func (w *Worker) heed(resp *cloudflare.Response, d Decision) {
 	}
 	w.credMu.Lock()
 	defer w.credMu.Unlock()
+	// Any 401 or 403 means the credential is in doubt, whatever
+	// x-should-retry made of the event.
+	refused := d.Kind == Unauthorized || status == 401 || status == 403
 	switch {
-	case d.Kind == Unauthorized && !w.credBad:
+	case refused && !w.credBad:
 		w.credBad = true
 		w.Ready.Set(ReadyCredential, "the API refused the credential: "+d.Detail)
 		w.Log.Error("the API refused the credential; not ready until a call succeeds", zap.String("detail", d.Detail))

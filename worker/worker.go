@@ -55,7 +55,7 @@ type Worker struct {
 	pub      queue.Publisher
 	outcomes *queue.OutcomeWriter // nil when outcome records are off
 	allowed  map[string]bool
-	attempts attemptBook
+	attempts *queue.Attempts // set by bind
 
 	credMu  sync.Mutex
 	credBad bool
@@ -64,10 +64,9 @@ type Worker struct {
 // New makes a worker. cfg must have passed config validation.
 func New(cfg config.Config, d Deps) (*Worker, error) {
 	w := &Worker{
-		cfg:      cfg,
-		Deps:     d,
-		pub:      queue.Publisher{JS: d.JS, Timeout: 10 * time.Second},
-		attempts: attemptBook{m: map[uint64]int{}},
+		cfg:  cfg,
+		Deps: d,
+		pub:  queue.Publisher{JS: d.JS, Timeout: 10 * time.Second},
 	}
 	if len(cfg.AllowedAccounts) > 0 {
 		w.allowed = map[string]bool{}
@@ -180,6 +179,11 @@ func (w *Worker) tryBind(ctx context.Context) ([]boundLane, error) {
 	if err := queue.Ensure(ctx, w.JS, w.cfg, w.Log); err != nil {
 		return nil, err
 	}
+	attempts, err := queue.EnsureAttempts(ctx, w.JS, w.cfg, w.Log)
+	if err != nil {
+		return nil, err
+	}
+	w.attempts = attempts
 	var lanes []boundLane
 	for i, subj := range w.cfg.Subjects {
 		c, err := w.JS.Consumer(ctx, w.cfg.Stream, w.cfg.Durable(subj))
@@ -253,7 +257,7 @@ func (w *Worker) handle(stop, work context.Context, lane *queue.Lane, msg jetstr
 
 	d := &delivery{msg: msg, meta: meta, id: queue.EventID(msg, meta), lane: lane, start: time.Now()}
 	if meta.NumDelivered > 1 {
-		d.prior = w.attempts.get(meta.Sequence.Stream)
+		d.prior = w.attempts.Get(work, meta.Stream, meta.Sequence.Stream)
 	}
 	d.ev, err = DecodeEvent(msg.Data())
 	if err != nil {
@@ -404,7 +408,9 @@ func (w *Worker) settle(ctx context.Context, d *delivery, outcome, reason string
 		// the API answers with 404.
 		w.Log.Warn("ack failed", w.fields(d, zap.Error(err))...)
 	}
-	w.attempts.forget(d.meta.Sequence.Stream)
+	if d.meta.NumDelivered > 1 {
+		w.attempts.Forget(ctx, d.meta.Stream, d.meta.Sequence.Stream)
+	}
 	w.Metrics.EventsProcessed.WithLabelValues(d.lane.Subject, outcome).Inc()
 	w.writeOutcome(d, outcome, reason)
 	w.Log.Info("event "+outcome, w.fields(d, zap.String("outcome", outcome), zap.String("reason", reason))...)
@@ -435,7 +441,7 @@ func (w *Worker) giveBack(d *delivery, delay time.Duration, why string) {
 		w.Log.Warn("nak failed; the event comes back after its ack wait", w.fields(d, zap.Error(err))...)
 	}
 	if d.calls > 0 {
-		w.attempts.set(d.meta.Sequence.Stream, d.attempts())
+		w.attempts.Set(context.Background(), d.meta.Stream, d.meta.Sequence.Stream, d.attempts())
 	}
 	w.Metrics.EventsProcessed.WithLabelValues(d.lane.Subject, "requeued").Inc()
 	w.Log.Warn("event requeued", w.fields(d, zap.String("outcome", "requeued"),
@@ -533,36 +539,4 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-// attemptBook remembers, per stream sequence, how many calls earlier
-// deliveries made, so Revoker-Attempts counts all deliveries together. It
-// lives in this process: calls made by another replica or before a restart
-// are not known here.
-type attemptBook struct {
-	mu sync.Mutex
-	m  map[uint64]int
-}
-
-// maxRemembered bounds the book; past it, counts start again from 0.
-const maxRemembered = 100_000
-
-func (b *attemptBook) get(seq uint64) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.m[seq]
-}
-
-func (b *attemptBook) set(seq uint64, n int) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.m) < maxRemembered {
-		b.m[seq] = n
-	}
-}
-
-func (b *attemptBook) forget(seq uint64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.m, seq)
 }

@@ -396,3 +396,30 @@ func toString(v any) string {
 	}
 	return fmt.Sprint(v)
 }
+
+// TestAttemptsCountEveryDelivery: Revoker-Attempts counts the calls of all
+// deliveries together, also when a restart came between them.
+func TestAttemptsCountEveryDelivery(t *testing.T) {
+	s := newStack(t, func(c *config.Config) {
+		c.MaxDeliver = 100 // the first worker never gives up
+		c.RetryMaxElapsed = time.Minute
+		c.RetryMaxInterval = 100 * time.Millisecond
+	}, answers(map[string][]answer{"kdown": repeat(answer{status: 503}, 1000)}))
+	s.start()
+	s.publish(s.cfg.LowestPriority(), event(acct, "kdown"), "")
+	s.waitFor("two failed calls", func() bool { return s.deletes("kdown") >= 2 })
+	s.stop() // gives the event back, its calls remembered
+
+	// A new worker, as after a restart, that gives up on this delivery.
+	s.cfg.MaxDeliver = 2
+	s.cfg.RetryMaxElapsed = 100 * time.Millisecond
+	s.start()
+	s.waitFor("dead-lettered", func() bool { return s.count(s.cfg.DLQStream) == 1 })
+	rec := s.msgs(s.cfg.DLQStream)[0]
+	if got, want := rec.Header.Get(queue.HeaderAttempts), strconv.Itoa(s.deletes("kdown")); got != want {
+		t.Fatalf("Revoker-Attempts = %s, want %s (every call of both workers)", got, want)
+	}
+	if o := s.outcomes(); len(o) != 1 || o[0].Attempts != s.deletes("kdown") {
+		t.Fatalf("outcome records %+v", o)
+	}
+}

@@ -24,8 +24,12 @@ type Lane struct {
 	Subject  string
 	Priority int
 	Capacity int
-	minBatch int
-	cons     jetstream.Consumer
+	// AckWait and MaxDeliver are what the bound consumer allows, which an
+	// existing consumer may set tighter than the configuration.
+	AckWait    time.Duration
+	MaxDeliver int
+	minBatch   int
+	cons       jetstream.Consumer
 
 	room chan struct{} // one token per message we may still take
 }
@@ -38,10 +42,20 @@ type Hooks struct {
 	// GiveBack returns a message that arrived after the lane was told to
 	// stop.
 	GiveBack func(msg jetstream.Msg)
-	// Pending reports whether the consumer is known to have more messages
-	// waiting in the stream, and how many.
+	// Pending reports how many messages the consumer is known to have
+	// waiting in the stream.
 	Pending func(n uint64)
+	// NoNews says the lane no longer knows whether messages wait (its
+	// fetch failed).
+	NoNews func()
 }
+
+// ErrConsumerGone means the lane's consumer no longer exists: the lane
+// stops, and the worker binds again.
+var ErrConsumerGone = errors.New("consumer gone")
+
+// Full reports whether the lane holds all it may, and so is not fetching.
+func (l *Lane) Full() bool { return len(l.room) == 0 }
 
 // NewLane makes the lane of subject over cons. A lane fetches as soon as it
 // has room for minBatch messages (at least 1): the lowest-priority lane can
@@ -66,7 +80,10 @@ func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBat
 // its own (at most FetchWait), gives back what it brings, and waits for
 // every handler to return. Handlers get work, which outlives ctx so that a
 // call in flight can finish during shutdown.
-func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) {
+//
+// It returns ErrConsumerGone, once its handlers are done, if the consumer
+// was deleted under it.
+func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for ctx.Err() == nil {
@@ -77,7 +94,10 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) {
 		batch, err := l.cons.Fetch(n, jetstream.FetchMaxWait(FetchWait))
 		if err != nil {
 			l.putRoom(n)
-			h.Pending(0)
+			h.NoNews()
+			if gone(err) {
+				return ErrConsumerGone
+			}
 			log.Warn("fetch failed", zap.String("subject", l.Subject), zap.Error(err))
 			sleep(ctx, FetchWait)
 			continue
@@ -104,7 +124,10 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) {
 		}
 		l.putRoom(n - got)
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
-			h.Pending(0)
+			h.NoNews()
+			if gone(err) {
+				return ErrConsumerGone
+			}
 			log.Warn("fetch ended with an error", zap.String("subject", l.Subject), zap.Error(err))
 			sleep(ctx, FetchWait)
 			continue
@@ -115,6 +138,11 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) {
 			h.Pending(0)
 		}
 	}
+	return nil
+}
+
+func gone(err error) bool {
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted)
 }
 
 // waitRoom takes every free place in hand, waiting until there is at least

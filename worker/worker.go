@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -95,16 +96,10 @@ const handBackDelay = 2 * queue.FetchWait
 // Run sets up the streams and consumers (retrying while NATS is away), then
 // processes events until ctx is done. After that, no new call starts; events
 // waiting are given back at once, and calls in flight get
-// cfg.ShutdownTimeout to finish. It returns an error wrapping
+// cfg.ShutdownTimeout to finish. If a consumer is deleted under it, it turns
+// not-ready and sets up again. It returns an error wrapping
 // queue.ErrIncompatible when the JetStream setup makes the work impossible.
 func (w *Worker) Run(ctx context.Context) error {
-	lanes, err := w.bind(ctx)
-	if err != nil || lanes == nil {
-		return err
-	}
-	w.Ready.Set(ReadyConsumers, "")
-	defer w.Ready.Set(ReadyConsumers, "shutting down")
-
 	// work outlives ctx by the shutdown timeout, so calls in flight can
 	// finish and their outcomes be written.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -116,23 +111,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	})
 	defer stopTimer()
 
-	var wg sync.WaitGroup
-	for _, l := range lanes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.lane.Run(ctx, work, queue.Hooks{
-				Handle:   func(work context.Context, msg jetstream.Msg) { w.handle(ctx, work, l.lane, msg) },
-				GiveBack: func(msg jetstream.Msg) { _ = msg.NakWithDelay(handBackDelay) },
-				Pending: func(n uint64) {
-					w.Gate.SetPending(l.lane.Priority, n > 0)
-					w.Metrics.Pending.WithLabelValues(l.lane.Subject).Set(float64(n))
-				},
-			}, w.Log)
-		}()
+	for {
+		lanes, err := w.bind(ctx)
+		if err != nil {
+			return err
+		}
+		if lanes == nil {
+			break // ctx ended while binding
+		}
+		w.Ready.Set(ReadyConsumers, "")
+		if !w.runLanes(ctx, work, lanes) {
+			break
+		}
+		w.Ready.Set(ReadyConsumers, "a consumer disappeared; binding again")
+		w.Log.Error("a consumer disappeared; setting up again")
 	}
-	go w.watchPending(ctx, lanes)
-	wg.Wait()
+	w.Ready.Set(ReadyConsumers, "shutting down")
 	if w.outcomes != nil {
 		if err := w.outcomes.Flush(work); err != nil {
 			w.Log.Error("outcome records lost at shutdown", zap.Error(err))
@@ -140,6 +134,39 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.Log.Info("worker stopped")
 	return nil
+}
+
+// runLanes consumes until ctx ends or a consumer disappears (then it
+// reports true, once every lane's events are settled).
+func (w *Worker) runLanes(ctx, work context.Context, lanes []boundLane) (lost bool) {
+	fetch, stopFetching := context.WithCancel(ctx)
+	defer stopFetching()
+	var (
+		wg   sync.WaitGroup
+		gone atomic.Bool
+	)
+	for _, l := range lanes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := l.lane.Run(fetch, work, queue.Hooks{
+				Handle:   func(work context.Context, msg jetstream.Msg) { w.handle(ctx, work, l.lane, msg) },
+				GiveBack: func(msg jetstream.Msg) { _ = msg.NakWithDelay(handBackDelay) },
+				Pending: func(n uint64) {
+					w.Gate.SetPending(l.lane.Priority, n > 0)
+					w.Metrics.Pending.WithLabelValues(l.lane.Subject).Set(float64(n))
+				},
+				NoNews: func() { w.Gate.SetPending(l.lane.Priority, false) },
+			}, w.Log)
+			if errors.Is(err, queue.ErrConsumerGone) {
+				gone.Store(true)
+				stopFetching()
+			}
+		}()
+	}
+	go w.watchPending(fetch, lanes)
+	wg.Wait()
+	return gone.Load() && ctx.Err() == nil
 }
 
 type boundLane struct {
@@ -198,14 +225,35 @@ func (w *Worker) tryBind(ctx context.Context) ([]boundLane, error) {
 		if i == len(w.cfg.Subjects)-1 {
 			minBatch = capacity / 4
 		}
-		lanes = append(lanes, boundLane{lane: queue.NewLane(c, subj, i, capacity, minBatch), cons: c})
+		lane := queue.NewLane(c, subj, i, capacity, minBatch)
+		lane.AckWait, lane.MaxDeliver = w.limits(c.CachedInfo().Config)
+		lanes = append(lanes, boundLane{lane: lane, cons: c})
 	}
 	return lanes, nil
 }
 
-// watchPending refreshes revoker_consumer_pending_messages from the server.
+// limits are the ack wait and delivery count a lane works within: the
+// configuration's, or the bound consumer's where that is tighter. Giving up
+// at the consumer's MaxDeliver keeps JetStream from silently dropping an
+// event that the worker would still have retried.
+func (w *Worker) limits(have jetstream.ConsumerConfig) (ackWait time.Duration, maxDeliver int) {
+	ackWait, maxDeliver = w.cfg.AckWait, w.cfg.MaxDeliver
+	if have.AckWait > 0 && have.AckWait < ackWait {
+		ackWait = have.AckWait
+	}
+	if have.MaxDeliver > 0 && have.MaxDeliver < maxDeliver {
+		maxDeliver = have.MaxDeliver
+		w.Log.Warn("the consumer stops redelivering sooner than REVOKER_MAX_DELIVER; dead-lettering at its limit",
+			zap.String("consumer", have.Durable), zap.Int("max_deliver", have.MaxDeliver))
+	}
+	return ackWait, maxDeliver
+}
+
+// watchPending refreshes revoker_consumer_pending_messages from the server
+// every second. For a lane too full to fetch, it is also the gate's only
+// news of events waiting in the stream.
 func (w *Worker) watchPending(ctx context.Context, lanes []boundLane) {
-	t := time.NewTicker(5 * time.Second)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		for _, l := range lanes {
@@ -214,6 +262,9 @@ func (w *Worker) watchPending(ctx context.Context, lanes []boundLane) {
 			cancel()
 			if err == nil {
 				w.Metrics.Pending.WithLabelValues(l.lane.Subject).Set(float64(info.NumPending))
+				if l.lane.Full() {
+					w.Gate.SetPending(l.lane.Priority, info.NumPending > 0)
+				}
 			}
 		}
 		select {
@@ -253,7 +304,7 @@ func (w *Worker) handle(stop, work context.Context, lane *queue.Lane, msg jetstr
 	w.Metrics.EventsReceived.WithLabelValues(lane.Subject).Inc()
 	w.Metrics.Inflight.Inc()
 	defer w.Metrics.Inflight.Dec()
-	defer keepAlive(msg, w.cfg.AckWait/3)()
+	defer keepAlive(msg, lane.AckWait/3)()
 
 	d := &delivery{msg: msg, meta: meta, id: queue.EventID(msg, meta), lane: lane, start: time.Now()}
 	if meta.NumDelivered > 1 {
@@ -284,7 +335,7 @@ func (w *Worker) handle(stop, work context.Context, lane *queue.Lane, msg jetstr
 		w.settle(work, d, "not_found", "", msg.Ack)
 	case d.last.Kind == Rejected:
 		w.deadLetter(work, d, "api_rejected", d.last.Detail)
-	case exhausted && int(meta.NumDelivered) >= w.cfg.MaxDeliver:
+	case exhausted && int(meta.NumDelivered) >= lane.MaxDeliver:
 		reason := "retries_exhausted"
 		if d.last.Kind == Unauthorized {
 			reason = "unauthorized"
@@ -428,7 +479,9 @@ func (w *Worker) deadLetter(ctx context.Context, d *delivery, reason, detail str
 	if err := w.pub.Publish(ctx, w.cfg.DLQStream, rec.Msg(w.cfg.DLQSubject, d.msg.Data())); err != nil {
 		w.Log.Error("dead-letter write failed; giving the event back",
 			w.fields(d, zap.String("reason", reason), zap.Error(err))...)
-		w.giveBack(d, w.cfg.RetryMaxInterval, "dead-letter write failed")
+		// Back within the dead-letter stream's duplicate window, so a write
+		// that did land but whose acknowledgement was lost is not doubled.
+		w.giveBack(d, min(w.cfg.RetryMaxInterval, queue.DuplicateWindow/2), "dead-letter write failed")
 		return
 	}
 	w.Metrics.DeadLetters.WithLabelValues(reason).Inc()
@@ -459,6 +512,7 @@ func (w *Worker) writeOutcome(d *delivery, outcome, reason string) {
 		PublishedAt: d.meta.Timestamp.UTC().Format(time.RFC3339Nano),
 		CompletedAt: time.Now().UTC().Format(time.RFC3339Nano),
 		Worker:      w.Name,
+		ReplayOf:    d.msg.Headers().Get(queue.HeaderReplayOf),
 	}
 	if d.decoded {
 		o.AccountID, o.KeyID, o.RequestedBy = d.ev.AccountID, d.ev.KeyID, d.ev.RequestedBy
@@ -481,6 +535,9 @@ func (w *Worker) fields(d *delivery, extra ...zap.Field) []zap.Field {
 		zap.Uint64("sequence", d.meta.Sequence.Stream),
 		zap.Uint64("delivery", d.meta.NumDelivered),
 	)
+	if r := d.msg.Headers().Get(queue.HeaderReplayOf); r != "" {
+		f = append(f, zap.String("replay_of", r))
+	}
 	if d.decoded {
 		f = append(f, zap.String("account", d.ev.AccountID), zap.String("key", d.ev.KeyID))
 		if d.ev.Reason != "" {

@@ -423,3 +423,53 @@ func TestAttemptsCountEveryDelivery(t *testing.T) {
 		t.Fatalf("outcome records %+v", o)
 	}
 }
+
+// TestExistingConsumerMaxDeliverIsHonoured: a consumer made elsewhere with a
+// MaxDeliver below REVOKER_MAX_DELIVER would silently stop redelivering;
+// the worker dead-letters at the consumer's limit instead.
+func TestExistingConsumerMaxDeliverIsHonoured(t *testing.T) {
+	s := newStack(t, func(c *config.Config) { c.MaxDeliver = 5 },
+		answers(map[string][]answer{"kdown": repeat(answer{status: 503}, 1000)}))
+	ctx := context.Background()
+	if _, err := s.js.CreateStream(ctx, queue.WorkStream(s.cfg)); err != nil {
+		t.Fatal(err)
+	}
+	tight := queue.LaneConsumer(s.cfg, s.cfg.LowestPriority())
+	tight.MaxDeliver = 2
+	if _, err := s.js.CreateConsumer(ctx, s.cfg.Stream, tight); err != nil {
+		t.Fatal(err)
+	}
+	s.start()
+	s.publish(s.cfg.LowestPriority(), event(acct, "kdown"), "")
+	s.waitFor("dead-lettered", func() bool { return s.count(s.cfg.DLQStream) == 1 })
+	if r := s.msgs(s.cfg.DLQStream)[0].Header.Get(queue.HeaderReason); r != "retries_exhausted" {
+		t.Fatalf("reason %q", r)
+	}
+	s.waitFor("work stream empty", func() bool { return s.count(s.cfg.Stream) == 0 })
+}
+
+// TestConsumerDeletedWhileRunning: the worker notices, turns not-ready,
+// sets its consumers up again and goes on revoking.
+func TestConsumerDeletedWhileRunning(t *testing.T) {
+	s := newStack(t, nil)
+	s.start()
+	s.publish(s.cfg.LowestPriority(), event(acct, "kbefore"), "")
+	s.waitFor("first revoked", func() bool { return s.deletes("kbefore") == 1 })
+	if err := s.js.DeleteConsumer(context.Background(), s.cfg.Stream, s.cfg.Durable(s.cfg.LowestPriority())); err != nil {
+		t.Fatal(err)
+	}
+	s.publish(s.cfg.LowestPriority(), event(acct, "kafter"), "")
+	s.waitFor("revoked after the consumer came back", func() bool { return s.deletes("kafter") == 1 })
+	if ok, why := s.ready.Ready(); !ok {
+		t.Fatalf("not ready after binding again: %s", why)
+	}
+	found := false
+	for _, e := range s.logs.All() {
+		if strings.Contains(e.Message, "consumer disappeared") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("the lost consumer was not logged")
+	}
+}

@@ -123,7 +123,7 @@ func New(reg prometheus.Registerer, subjects []string, build Build) *Metrics {
 	for _, r := range DeadLetterReasons {
 		m.DeadLetters.WithLabelValues(r)
 	}
-	for _, c := range []string{"200", "404", "429", "500", "503", "error"} {
+	for _, c := range []string{"200", "400", "401", "403", "404", "408", "409", "429", "500", "502", "503", "504", "error"} {
 		m.APIRequests.WithLabelValues(c)
 	}
 	m.BuildInfo.WithLabelValues(build.Version, build.Revision, build.GoVersion).Set(1)

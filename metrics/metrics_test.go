@@ -22,7 +22,7 @@ func TestEverySeriesStartsAtZero(t *testing.T) {
 		"revoker_events_received_total":          2,
 		"revoker_events_processed_total":         2 * len(metrics.Outcomes),
 		"revoker_dead_letters_total":             len(metrics.DeadLetterReasons),
-		"revoker_api_requests_total":             6,
+		"revoker_api_requests_total":             13,
 		"revoker_api_request_duration_seconds":   1,
 		"revoker_api_retries_total":              1,
 		"revoker_revocation_latency_seconds":     2,

@@ -94,6 +94,9 @@ type Outcome struct {
 	CompletedAt string `json:"completed_at"`
 	RequestedBy string `json:"requested_by,omitempty"`
 	Worker      string `json:"worker"`
+	// ReplayOf is the original event's id when this one is a replay of a
+	// dead letter, so the audit trail links the two.
+	ReplayOf string `json:"replay_of,omitempty"`
 }
 
 // Msg builds the outcome record; stream is the work stream the event came
@@ -167,13 +170,15 @@ func NewOutcomeWriter(nc *nats.Conn, stream, subject string, onFail func(*nats.M
 }
 
 // Write queues o, the outcome of an event of sourceStream; it blocks only
-// while 1,024 records await acknowledgement.
+// while 1,024 records await acknowledgement (10 s at most).
 func (w *OutcomeWriter) Write(o Outcome, sourceStream string) error {
 	m, err := o.Msg(w.subject, sourceStream)
 	if err != nil {
 		return err
 	}
-	_, err = w.js.PublishMsgAsync(m, jetstream.WithExpectStream(w.stream))
+	// Past the pending limit, wait (back-pressure on the events finishing)
+	// rather than drop the record.
+	_, err = w.js.PublishMsgAsync(m, jetstream.WithExpectStream(w.stream), jetstream.WithStallWait(10*time.Second))
 	return err
 }
 

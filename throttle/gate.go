@@ -123,6 +123,9 @@ func (g *Gate) Close() {
 // Acquire waits for a permit at priority p (0 is the highest). The wait ends
 // early with ctx's error or ErrClosed.
 func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // at shutdown, no new call starts
+	}
 	p = g.clamp(p)
 	w := &waiter{ch: make(chan struct{})}
 	g.mu.Lock()

@@ -45,7 +45,11 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 		defer ns.Shutdown()
 		log.Info("embedded JetStream running", zap.String("dir", *embedded), zap.String("url", ns.ClientURL()))
 	}
-	return exitCode(serve(ctx, cfg, serveOptions{log: log}))
+	err = serve(ctx, cfg, serveOptions{log: log})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker serve: %v\n", err)
+	}
+	return exitCode(err)
 }
 
 // serveOptions are what the wiring takes beyond the configuration; tests
@@ -86,7 +90,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	if api == nil {
 		cred, err := credential(cfg)
 		if err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
+			return fmt.Errorf("%w: CLOUDFLARE_API_TOKEN_FILE: %v", errUsage, err)
 		}
 		client, err := cloudflare.New(cloudflare.Config{
 			BaseURL: cfg.BaseURL, Credential: cred, Timeout: cfg.HTTPTimeout,
@@ -160,8 +164,10 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	}
 	runErr := w.Run(ctx)
 	// Acks and records are buffered by the client: send them before closing.
-	if err := nc.FlushTimeout(5 * time.Second); err != nil && nc.IsConnected() {
-		log.Warn("flush at shutdown failed", zap.Error(err))
+	if nc.IsConnected() {
+		if err := nc.FlushTimeout(5 * time.Second); err != nil {
+			log.Warn("flush at shutdown failed", zap.Error(err))
+		}
 	}
 	cancel()
 	if err := <-srvDone; err != nil {

@@ -386,7 +386,26 @@ func clash(st *state, a, b, val, why string) *Error {
 }
 
 func checkStreams(c *Config, st *state) *Error {
-	// The durable consumer names made from the prefix and the subjects.
+	// Only settings being loaded are checked against each other.
+	if st.has(Work | Consumers) {
+		if err := checkDurables(c, st); err != nil {
+			return err
+		}
+	}
+	if st.has(Work | DeadLetters) {
+		if err := checkDeadLetterNames(c, st); err != nil {
+			return err
+		}
+	}
+	if st.has(Outcomes) {
+		return checkOutcomeNames(c, st)
+	}
+	return nil
+}
+
+// checkDurables checks the durable consumer names made from the prefix and
+// the subjects.
+func checkDurables(c *Config, st *state) *Error {
 	durables := make(map[string]string, len(c.Subjects))
 	for _, s := range c.Subjects {
 		d := c.Durable(s)
@@ -404,7 +423,10 @@ func checkStreams(c *Config, st *state) *Error {
 		}
 		durables[d] = s
 	}
+	return nil
+}
 
+func checkDeadLetterNames(c *Config, st *state) *Error {
 	if c.DLQStream == c.Stream {
 		return clash(st, envDLQStream, envStream, c.Stream, "the dead-letter stream must be a stream of its own")
 	}
@@ -413,25 +435,33 @@ func checkStreams(c *Config, st *state) *Error {
 			return clash(st, envDLQSubject, envSubjects, s, "dead letters must not go to a work subject")
 		}
 	}
+	return nil
+}
+
+func checkOutcomeNames(c *Config, st *state) *Error {
 	if !c.OutcomeEnabled() {
 		return nil // the outcome stream is not used, so not checked
 	}
 	if p := nameProblem(c.OutcomeStream); p != "" {
 		return &Error{Name: st.name(envOutcomeStream), Problem: quote(c.OutcomeStream) + " is not a valid stream name: " + p}
 	}
-	if c.OutcomeStream == c.Stream {
-		return clash(st, envOutcomeStream, envStream, c.Stream, "the outcome stream must be a stream of its own")
-	}
-	if c.OutcomeStream == c.DLQStream {
-		return clash(st, envOutcomeStream, envDLQStream, c.DLQStream, "the outcome stream must be a stream of its own")
-	}
-	for _, s := range c.Subjects {
-		if s == c.OutcomeSubject {
-			return clash(st, envOutcomeSubject, envSubjects, s, "outcome records must not go to a work subject")
+	if st.has(Work) {
+		if c.OutcomeStream == c.Stream {
+			return clash(st, envOutcomeStream, envStream, c.Stream, "the outcome stream must be a stream of its own")
+		}
+		for _, s := range c.Subjects {
+			if s == c.OutcomeSubject {
+				return clash(st, envOutcomeSubject, envSubjects, s, "outcome records must not go to a work subject")
+			}
 		}
 	}
-	if c.OutcomeSubject == c.DLQSubject {
-		return clash(st, envOutcomeSubject, envDLQSubject, c.DLQSubject, "outcome records and dead letters need subjects of their own")
+	if st.has(DeadLetters) {
+		if c.OutcomeStream == c.DLQStream {
+			return clash(st, envOutcomeStream, envDLQStream, c.DLQStream, "the outcome stream must be a stream of its own")
+		}
+		if c.OutcomeSubject == c.DLQSubject {
+			return clash(st, envOutcomeSubject, envDLQSubject, c.DLQSubject, "outcome records and dead letters need subjects of their own")
+		}
 	}
 	return nil
 }
@@ -444,20 +474,10 @@ func checkCredentials(c *Config, st *state) *Error {
 	switch {
 	case tok && file:
 		return &Error{Name: st.name(envAPIToken), Problem: "is set together with " + st.name(envAPITokenFile) + "; set only one of them"}
-	case (tok || file) && (email || key):
-		first := envAPIToken
-		if !tok {
-			first = envAPITokenFile
-		}
-		var legacy []string
-		if email {
-			legacy = append(legacy, st.name(envEmail))
-		}
-		if key {
-			legacy = append(legacy, st.name(envAPIKey))
-		}
-		return &Error{Name: st.name(first), Problem: "is set together with " + strings.Join(legacy, " and ") +
-			"; use either a token or the legacy email and key pair, not both"}
+	case tok || file:
+		// The token is used (SPEC §1 prefers it); a legacy pair set beside
+		// it is not, and so is not checked.
+		c.Email, c.APIKey = "", ""
 	case email && !key:
 		return &Error{Name: st.missingName(envAPIKey, envEmail), Problem: "not set, but " + st.name(envEmail) +
 			" is: the legacy credential needs both"}

@@ -102,9 +102,14 @@ type Section uint
 const (
 	// NATS: nats-url, nats-creds, nats-tls-ca, nats-tls-cert, nats-tls-key.
 	NATS Section = 1 << iota
-	// Streams: stream, subjects, consumer, dlq-stream, dlq-subject,
-	// outcome-stream, outcome-subject, create-streams.
-	Streams
+	// Work: stream, subjects.
+	Work
+	// Consumers: consumer, create-streams.
+	Consumers
+	// DeadLetters: dlq-stream, dlq-subject.
+	DeadLetters
+	// Outcomes: outcome-stream, outcome-subject.
+	Outcomes
 	// API: cloudflare-api-token, cloudflare-api-token-file, cloudflare-email,
 	// cloudflare-api-key, cloudflare-base-url, http-timeout.
 	API
@@ -117,6 +122,8 @@ const (
 	// Logging: log-level, log-format.
 	Logging
 
+	// Streams is every stream and consumer setting.
+	Streams = Work | Consumers | DeadLetters | Outcomes
 	// All is every section: what `revoker serve` uses.
 	All = NATS | Streams | API | Worker | Server | Logging
 )

@@ -321,8 +321,11 @@ func TestSecretNeverInErrors(t *testing.T) {
 				}
 				_, err := load(t, config.All, env, args...)
 				if err == nil {
-					// Only a good email with the legacy pair is a good configuration.
-					if !legacy || c.Var != "CLOUDFLARE_EMAIL" {
+					// Only a good email with the legacy pair is a good
+					// configuration; and beside a token, which wins, the
+					// legacy settings are not used and so not checked.
+					credential := c.Var == "CLOUDFLARE_EMAIL" || c.Var == "CLOUDFLARE_API_TOKEN_FILE"
+					if !credential {
 						t.Errorf("%v (flag %v, legacy %v): no error", c, asFlag, legacy)
 					}
 					continue
@@ -347,8 +350,9 @@ func TestSecretGivenAsFlagNotInHelp(t *testing.T) {
 	if strings.Contains(out.String(), secretToken) {
 		t.Errorf("help shows the token:\n%s", out.String())
 	}
-	if _, err := l.Load(lookupIn(nil)); err == nil || strings.Contains(err.Error(), secretToken) {
-		t.Errorf("token and key without email: err = %v", err)
+	// Beside the token, which is used, a lone API key is not checked.
+	if _, err := l.Load(lookupIn(nil)); err != nil {
+		t.Errorf("token and an unused key: err = %v", err)
 	}
 }
 
@@ -669,5 +673,28 @@ func TestErrorFormat(t *testing.T) {
 	_, err := load(t, config.Logging, map[string]string{"REVOKER_LOG_LEVEL": strings.Repeat("x", 5000)})
 	if err == nil || len(err.Error()) > 300 {
 		t.Errorf("long value: %d bytes: %v", len(fmt.Sprint(err)), err)
+	}
+}
+
+// TestOnlyUsedSettingsAreChecked: a command is not stopped by a bad value
+// of a setting it does not use (SPEC §6).
+func TestOnlyUsedSettingsAreChecked(t *testing.T) {
+	cases := []struct {
+		sections config.Section
+		env      map[string]string
+	}{
+		{config.NATS | config.Work | config.Outcomes, map[string]string{"REVOKER_CREATE_STREAMS": "maybe", "REVOKER_CONSUMER": "bad name", "REVOKER_DLQ_SUBJECT": "a..b"}},
+		{config.NATS | config.DeadLetters, map[string]string{"REVOKER_SUBJECTS": "", "REVOKER_OUTCOME_STREAM": "x.y"}},
+		{config.NATS | config.Outcomes, map[string]string{"REVOKER_STREAM": "a b", "REVOKER_RATE_LIMIT": "fast"}},
+		{config.API, map[string]string{"CLOUDFLARE_API_TOKEN": "tok", "CLOUDFLARE_EMAIL": "ops@example.com"}},
+	}
+	for _, c := range cases {
+		if _, err := load(t, c.sections, c.env); err != nil {
+			t.Errorf("sections %b, %v: %v", c.sections, c.env, err)
+		}
+	}
+	// The same values stop a command that uses them.
+	if _, err := load(t, config.All, map[string]string{"CLOUDFLARE_API_TOKEN": "tok", "REVOKER_CREATE_STREAMS": "maybe"}); err == nil {
+		t.Error("a bad REVOKER_CREATE_STREAMS did not stop serve")
 	}
 }

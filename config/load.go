@@ -51,7 +51,7 @@ func (l *Loader) Load(lookup func(string) (string, bool)) (Config, error) {
 		lookup = os.LookupEnv
 	}
 	cfg := Default()
-	st := &state{origin: make(map[string]origin), raw: make(map[string]string)}
+	st := &state{origin: make(map[string]origin), raw: make(map[string]string), sections: l.sections}
 	for i := range settings {
 		s := &settings[i]
 		if s.section&l.sections == 0 {
@@ -127,9 +127,13 @@ const (
 
 // state records where each value read by Load came from.
 type state struct {
-	origin map[string]origin // by variable name
-	raw    map[string]string // the text given, by variable name
+	origin   map[string]origin // by variable name
+	raw      map[string]string // the text given, by variable name
+	sections Section           // the sections being loaded
 }
+
+// has reports whether every one of sections is being loaded.
+func (st *state) has(sections Section) bool { return st.sections&sections == sections }
 
 // name returns the name the user set a setting by: its flag if the value
 // came from a flag, else its variable.

@@ -105,13 +105,13 @@ var settings = []setting{
 
 	// Streams
 	{
-		env: envStream, section: Streams, required: true,
+		env: envStream, section: Work, required: true,
 		usage: "work stream `name`",
 		def:   func(c Config) string { return c.Stream },
 		apply: jsName(func(c *Config) *string { return &c.Stream }, "stream name"),
 	},
 	{
-		env: envSubjects, section: Streams, required: true,
+		env: envSubjects, section: Work, required: true,
 		usage: "work `subjects`, comma-separated, highest priority first",
 		def:   func(c Config) string { return strings.Join(c.Subjects, ",") },
 		apply: func(c *Config, v string) string {
@@ -121,19 +121,19 @@ var settings = []setting{
 		},
 	},
 	{
-		env: envConsumer, section: Streams, required: true,
+		env: envConsumer, section: Consumers, required: true,
 		usage: "durable consumer name `prefix`",
 		def:   func(c Config) string { return c.Consumer },
 		apply: jsName(func(c *Config) *string { return &c.Consumer }, "durable consumer name"),
 	},
 	{
-		env: envDLQStream, section: Streams, required: true,
+		env: envDLQStream, section: DeadLetters, required: true,
 		usage: "dead-letter stream `name`",
 		def:   func(c Config) string { return c.DLQStream },
 		apply: jsName(func(c *Config) *string { return &c.DLQStream }, "stream name"),
 	},
 	{
-		env: envDLQSubject, section: Streams, required: true,
+		env: envDLQSubject, section: DeadLetters, required: true,
 		usage: "dead-letter `subject`",
 		def:   func(c Config) string { return c.DLQSubject },
 		apply: func(c *Config, v string) string {
@@ -143,7 +143,7 @@ var settings = []setting{
 	},
 	{
 		// Checked in the cross checks, and only while outcome records are on.
-		env: envOutcomeStream, section: Streams,
+		env: envOutcomeStream, section: Outcomes,
 		usage: "outcome stream `name`",
 		def:   func(c Config) string { return c.OutcomeStream },
 		apply: func(c *Config, v string) string {
@@ -152,7 +152,7 @@ var settings = []setting{
 		},
 	},
 	{
-		env: envOutcomeSubject, section: Streams,
+		env: envOutcomeSubject, section: Outcomes,
 		usage: "outcome `subject`; empty turns outcome records off",
 		def:   func(c Config) string { return c.OutcomeSubject },
 		apply: func(c *Config, v string) string {
@@ -164,7 +164,7 @@ var settings = []setting{
 		},
 	},
 	{
-		env: envCreateStreams, section: Streams, required: true, isBool: true,
+		env: envCreateStreams, section: Consumers, required: true, isBool: true,
 		usage: "create missing streams and consumers",
 		def:   func(c Config) string { return strconv.FormatBool(c.CreateStreams) },
 		apply: func(c *Config, v string) string {

@@ -52,7 +52,7 @@ func dlqList(ctx context.Context, args []string, e env) int {
 	reason := fs.String("reason", "", "only records with this `reason` (e.g. api_rejected)")
 	limit := fs.Int("limit", defaultListLimit, "show at most `N` records, oldest first (0: all)")
 	asJSON := fs.Bool("json", false, "print one JSON object per record")
-	cfg, code := parse(fs, config.NATS|config.Streams, args, e)
+	cfg, code := parse(fs, config.NATS|config.DeadLetters, args, e)
 	if code >= 0 {
 		return code
 	}
@@ -143,7 +143,7 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 	all := fs.Bool("all", false, "replay every record")
 	dryRun := fs.Bool("dry-run", false, "print what would be replayed, change nothing")
 	asJSON := fs.Bool("json", false, "print one JSON object per record")
-	cfg, code := parse(fs, config.NATS|config.Streams, args, e)
+	cfg, code := parse(fs, config.NATS|config.Work|config.DeadLetters, args, e)
 	if code >= 0 {
 		return code
 	}

@@ -21,7 +21,7 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 	key := fs.String("key", "", "only events of this signing key `ID`")
 	since := fs.Duration("since", 0, "only records of the last `duration` (e.g. 24h; default: all kept)")
 	asJSON := fs.Bool("json", false, "print one JSON record per line")
-	cfg, code := parse(fs, config.NATS|config.Streams, args, e)
+	cfg, code := parse(fs, config.NATS|config.Outcomes, args, e)
 	if code >= 0 {
 		return code
 	}

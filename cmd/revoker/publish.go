@@ -51,7 +51,7 @@ func publishCmd(ctx context.Context, args []string, e env) int {
 	wait := fs.Bool("wait", false, "wait for the outcome of each event and print it")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long --wait waits for outcomes")
 	asJSON := fs.Bool("json", false, "print JSON, one object per line")
-	cfg, code := parse(fs, config.NATS|config.Streams, args, e)
+	cfg, code := parse(fs, config.NATS|config.Work|config.Outcomes, args, e)
 	if code >= 0 {
 		return code
 	}

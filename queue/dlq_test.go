@@ -9,12 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 // dlqTSetup starts an embedded JetStream server with revoker's streams
@@ -22,23 +21,7 @@ import (
 // default configuration.
 func dlqTSetup(t *testing.T) (jetstream.JetStream, config.Config) {
 	t.Helper()
-	ns, err := queue.StartServer(&server.Options{Host: "127.0.0.1", Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, js := queuetest.JetStream(t)
 	cfg, err := config.Register(flag.NewFlagSet("t", flag.ContinueOnError), config.Streams).Load(func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)

@@ -23,6 +23,7 @@ import (
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/worker"
 )
@@ -52,20 +53,7 @@ type stack struct {
 // configuration before start.
 func newStack(t *testing.T, tune func(*config.Config), apiOpts ...cloudflaretest.Option) *stack {
 	t.Helper()
-	srv, err := queue.StartServer(&server.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, nc, js := queuetest.JetStream(t)
 	api := cloudflaretest.NewServer(append([]cloudflaretest.Option{cloudflaretest.WithToken(testToken)}, apiOpts...)...)
 	t.Cleanup(api.Close)
 

@@ -20,6 +20,7 @@ import (
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 // hToken is the API token the stand-in accepts and the worker sends.
@@ -52,14 +53,7 @@ type stack struct {
 // the commands and the worker see.
 func hStack(t *testing.T, extra map[string]string) *stack {
 	t.Helper()
-	ns, err := queue.StartServer(&server.Options{Host: "127.0.0.1", Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
+	ns := queuetest.Server(t)
 	api := cloudflaretest.NewServer(cloudflaretest.WithToken(hToken))
 	t.Cleanup(api.Close)
 	env := maps.Clone(hFastEnv)

@@ -11,11 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 // mapEnv is a lookup over a fixed set of variables.
@@ -174,17 +172,7 @@ func get(t *testing.T, url string) string {
 // TestServeStopsOnAnImpossibleStream: an existing work stream that does not
 // hold a configured subject stops the start with exit status 2.
 func TestServeStopsOnAnImpossibleStream(t *testing.T) {
-	srv, err := queue.StartServer(&server.Options{Host: "127.0.0.1", Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	srv, _, js := queuetest.JetStream(t)
 	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "REVOCATIONS", Subjects: []string{"revoke.urgent"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
-	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 var binary string
@@ -71,17 +71,7 @@ type rig struct {
 
 func newRig(b *testing.B, apiOpts ...cloudflaretest.Option) *rig {
 	b.Helper()
-	srv, err := queue.StartServer(&server.Options{Host: "127.0.0.1", Port: -1, StoreDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	srv, nc, js := queuetest.JetStream(b)
 	api := cloudflaretest.NewServer(apiOpts...)
 	b.Cleanup(api.Close)
 	return &rig{b: b, srv: srv, nc: nc, js: js, api: api}

@@ -62,15 +62,7 @@ func hStack(t *testing.T, extra map[string]string) *stack {
 	env["CLOUDFLARE_API_TOKEN"] = hToken
 	maps.Copy(env, extra)
 
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := queuetest.Connect(t, ns)
 	return &stack{t: t, ns: ns, api: api, env: env, nc: nc, js: js}
 }
 

@@ -66,11 +66,6 @@ func hStack(t *testing.T, extra map[string]string) *stack {
 	return &stack{t: t, ns: ns, api: api, env: env, nc: nc, js: js}
 }
 
-func (s *stack) lookup(k string) (string, bool) {
-	v, ok := s.env[k]
-	return v, ok
-}
-
 // cfg is the configuration the worker and the commands load from the
 // stack's environment.
 func (s *stack) cfg() config.Config {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -64,9 +65,16 @@ func WorkStream(cfg config.Config) jetstream.StreamConfig {
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Duplicates:  DuplicateWindow,
-		Replicas:    1,
+		// An event too large to be valid is refused at publish time, and
+		// its dead-letter record always fits.
+		MaxMsgSize: MaxEventMsg,
+		Replicas:   1,
 	}
 }
+
+// MaxEventMsg is the work stream's message limit: twice the largest valid
+// event, with room for headers.
+const MaxEventMsg = 128 << 10
 
 // DLQStream is the configuration revoker creates for dead letters: kept
 // until an operator replays or removes them.
@@ -87,12 +95,15 @@ func OutcomeStream(cfg config.Config) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        cfg.OutcomeStream,
 		Description: "final outcome of every revoke-key event",
-		Subjects:    []string{cfg.OutcomeSubject},
+		Subjects:    []string{cfg.OutcomeSubject + ".>"},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		MaxAge:      OutcomeMaxAge,
 		Duplicates:  DuplicateWindow,
-		Replicas:    1,
+		// The audit trail is append-only through the API.
+		DenyDelete: true,
+		DenyPurge:  true,
+		Replicas:   1,
 	}
 }
 
@@ -209,28 +220,12 @@ func consumerDiffs(have, want jetstream.ConsumerConfig) []diff {
 }
 
 // Covers reports whether one of a stream's subject filters matches the
-// literal subject.
+// literal subject, by the server's own rule.
 func Covers(filters []string, subject string) bool {
 	for _, f := range filters {
-		if subjectMatches(f, subject) {
+		if server.SubjectMatchesFilter(subject, f) {
 			return true
 		}
 	}
 	return false
-}
-
-func subjectMatches(filter, subject string) bool {
-	ft := strings.Split(filter, ".")
-	st := strings.Split(subject, ".")
-	for i, t := range ft {
-		switch {
-		case t == ">":
-			return len(st) > i
-		case i >= len(st):
-			return false
-		case t != "*" && t != st[i]:
-			return false
-		}
-	}
-	return len(ft) == len(st)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/throttle"
@@ -62,6 +63,8 @@ type serveOptions struct {
 	// api replaces the Cloudflare client (the demo's stand-in is reached
 	// through the real client, so this stays nil there).
 	api worker.API
+	// fetchWait shortens the pull wait, so tests stop quickly.
+	fetchWait time.Duration
 }
 
 // errUsage marks errors that are the configuration's fault (exit status 2).
@@ -83,8 +86,12 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	log := o.log
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := metrics.New(reg, cfg.Subjects, metrics.Build{Version: version, Revision: commit, GoVersion: runtime.Version()})
-	ready := metrics.NewReadiness(worker.ReadyNATS, worker.ReadyConsumers)
+	m := metrics.New(reg, metrics.Labels{
+		Subjects: cfg.Subjects,
+		Outcomes: event.Names(event.Outcomes),
+		Reasons:  event.Names(event.Reasons),
+	}, metrics.Build{Version: version, Revision: commit, GoVersion: runtime.Version()})
+	ready := metrics.NewReadiness(reg, queue.ReadyNATS, queue.ReadyConsumers)
 
 	api := o.api
 	if api == nil {
@@ -124,10 +131,10 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	nc, err := queue.Connect(cfg, log, func(up bool) {
 		if up {
 			m.NATSConnected.Set(1)
-			ready.Set(worker.ReadyNATS, "")
+			ready.Set(queue.ReadyNATS, "")
 		} else {
 			m.NATSConnected.Set(0)
-			ready.Set(worker.ReadyNATS, "disconnected")
+			ready.Set(queue.ReadyNATS, "disconnected")
 		}
 	})
 	if err != nil {
@@ -156,13 +163,31 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	defer gate.Close()
 
 	host, _ := os.Hostname()
-	w, err := worker.New(cfg, worker.Deps{
-		API: api, JS: js, Gate: gate, Metrics: m, Ready: ready, Log: log, Name: host,
-	})
-	if err != nil {
-		return err
+	ledger := &queue.Ledger{}
+	consumer := &queue.Consumer{
+		JS: js, Cfg: cfg, Gate: gate, Ledger: ledger,
+		Metrics: m, Ready: ready, Log: log, FetchWait: o.fetchWait,
 	}
-	runErr := w.Run(ctx)
+	w := worker.New(worker.Config{
+		Subjects:           cfg.Subjects,
+		AllowedAccounts:    cfg.AllowedAccounts,
+		NotFoundDeadLetter: cfg.NotFoundDeadLetter,
+		RateLimit:          cfg.RateLimit,
+		RetryInitial:       cfg.RetryInitial,
+		RetryMaxInterval:   cfg.RetryMaxInterval,
+		RetryMaxElapsed:    cfg.RetryMaxElapsed,
+		HandBackDelay:      consumer.HandBackDelay(),
+		Name:               host,
+	}, worker.Deps{
+		API: api, Gate: gate, Ledger: ledger, Metrics: m, Ready: ready, Log: log,
+		Records: &queue.Records{
+			JS: js, Log: log, Timeout: 10 * time.Second,
+			DLQStream: cfg.DLQStream, DLQSubject: cfg.DLQSubject,
+			OutcomeStream: cfg.OutcomeStream, OutcomePrefix: cfg.OutcomeSubject,
+		},
+	})
+	consumer.Handle = w.Handle
+	runErr := consumer.Run(ctx)
 	// Acks and records are buffered by the client: send them before closing.
 	if nc.IsConnected() {
 		if err := nc.FlushTimeout(5 * time.Second); err != nil {

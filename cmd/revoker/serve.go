@@ -105,6 +105,13 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 			tf.SetOnChange(func(from, to string) {
 				log.Info("API token reloaded from its file", zap.String("from", from), zap.String("to", to))
 			})
+			tf.SetOnError(func(err error) {
+				if err != nil {
+					log.Error("API token file cannot be used; keeping the previous token", zap.Error(err))
+				} else {
+					log.Info("API token file readable again")
+				}
+			})
 		}
 	}
 

@@ -35,6 +35,9 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 		return exitUsage
 	}
 	defer log.Sync() //nolint:errcheck // stderr cannot be synced on every system
+	for _, w := range config.SecretFlagWarnings(fs) {
+		log.Warn(w)
+	}
 
 	if *embedded != "" {
 		ns, err := queue.RunEmbedded(*embedded, cfg.NATSURL)

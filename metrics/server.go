@@ -108,6 +108,19 @@ type Server struct {
 	ln  net.Listener
 }
 
+// Connection limits of the endpoints' server. Requests carry no body and
+// answers are small, so reading and writing are short; an idle keep-alive
+// connection is kept long enough for a scrape every minute to reuse it, and
+// then closed so idle scrapers cannot pile up open connections.
+var (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	// writeTimeout bounds gathering and writing /metrics.
+	writeTimeout = 30 * time.Second
+	// idleTimeout is a var so a test can wait for it.
+	idleTimeout = 2 * time.Minute
+)
+
 // Listen binds addr (":8080"; ":0" picks a free port).
 func Listen(addr string, h http.Handler) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -115,8 +128,14 @@ func Listen(addr string, h http.Handler) (*Server, error) {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	return &Server{
-		srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second},
-		ln:  ln,
+		srv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: readHeaderTimeout,
+			ReadTimeout:       readTimeout,
+			WriteTimeout:      writeTimeout,
+			IdleTimeout:       idleTimeout,
+		},
+		ln: ln,
 	}, nil
 }
 

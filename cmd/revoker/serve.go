@@ -36,6 +36,9 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 		return exitUsage
 	}
 	defer log.Sync() //nolint:errcheck // stderr cannot be synced on every system
+	for _, w := range config.SecretFlagWarnings(fs) {
+		log.Warn(w)
+	}
 
 	if *embedded != "" {
 		ns, err := queue.RunEmbedded(*embedded, cfg.NATSURL)
@@ -111,6 +114,13 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		if tf, ok := cred.(*cloudflare.TokenFile); ok {
 			tf.SetOnChange(func(from, to string) {
 				log.Info("API token reloaded from its file", zap.String("from", from), zap.String("to", to))
+			})
+			tf.SetOnError(func(err error) {
+				if err != nil {
+					log.Error("API token file cannot be used; keeping the previous token", zap.Error(err))
+				} else {
+					log.Info("API token file readable again")
+				}
 			})
 		}
 	}

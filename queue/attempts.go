@@ -51,10 +51,13 @@ func EnsureAttempts(ctx context.Context, js jetstream.JetStream, cfg config.Conf
 			History:     1,
 			TTL:         attemptsTTL,
 			Storage:     jetstream.FileStorage,
+			Replicas:    cfg.StreamReplicas,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("create bucket %s: %w", AttemptsBucket, err)
 		}
+	case err == nil:
+		warnBucketReplicas(ctx, kv, cfg.StreamReplicas, log)
 	case errors.Is(err, jetstream.ErrBucketNotFound):
 		log.Warn("attempt counts kept in this process only: bucket missing and REVOKER_CREATE_STREAMS is false",
 			zap.String("bucket", AttemptsBucket))
@@ -123,5 +126,23 @@ func (a *Attempts) Forget(ctx context.Context, stream string, seq uint64) {
 	defer cancel()
 	if err := a.kv.Purge(ctx, key); err != nil {
 		a.log.Debug("attempt count not removed (it expires on its own)", zap.String("key", key), zap.Error(err))
+	}
+}
+
+// warnBucketReplicas warns when an existing bucket has other replicas than
+// configured; like streams, it is left as it is.
+func warnBucketReplicas(ctx context.Context, kv jetstream.KeyValue, want int, log *zap.Logger) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return
+	}
+	js, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return
+	}
+	if have := js.StreamInfo().Config.Replicas; have != want {
+		log.Warn("existing bucket differs from what revoker would create; leaving it as it is",
+			zap.String("bucket", AttemptsBucket), zap.String("setting", "replicas"),
+			zap.String("have", strconv.Itoa(have)), zap.String("want", strconv.Itoa(want)))
 	}
 }

@@ -145,6 +145,7 @@ func (w *Worker) runLanes(ctx, work context.Context, lanes []boundLane) (lost bo
 		wg   sync.WaitGroup
 		gone atomic.Bool
 	)
+	troubles := queue.NewTroubles(func(why string) { w.Ready.Set(ReadyConsumers, why) })
 	for _, l := range lanes {
 		wg.Add(1)
 		go func() {
@@ -156,7 +157,8 @@ func (w *Worker) runLanes(ctx, work context.Context, lanes []boundLane) (lost bo
 					w.Gate.SetPending(l.lane.Priority, n > 0)
 					w.Metrics.Pending.WithLabelValues(l.lane.Subject).Set(float64(n))
 				},
-				NoNews: func() { w.Gate.SetPending(l.lane.Priority, false) },
+				NoNews:  func() { w.Gate.SetPending(l.lane.Priority, false) },
+				Trouble: func(why string) { troubles.Set(l.lane.Subject, why) },
 			}, w.Log)
 			if errors.Is(err, queue.ErrConsumerGone) {
 				gone.Store(true)

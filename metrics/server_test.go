@@ -44,7 +44,7 @@ func TestIdleKeepAliveClosed(t *testing.T) {
 	defer func(d time.Duration) { idleTimeout = d }(idleTimeout)
 	idleTimeout = 200 * time.Millisecond
 
-	s, err := Listen("127.0.0.1:0", Handler(prometheus.NewRegistry(), NewReadiness()))
+	s, err := Listen("127.0.0.1:0", Handler(prometheus.NewRegistry(), NewReadiness(prometheus.NewRegistry())))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -128,6 +128,7 @@ func (c *Consumer) runLanes(ctx, work context.Context, lanes []*boundLane) (lost
 		wg   sync.WaitGroup
 		gone atomic.Bool
 	)
+	troubles := NewTroubles(func(why string) { c.Ready.Set(ReadyConsumers, why) })
 	for _, l := range lanes {
 		wg.Add(1)
 		go func() {
@@ -141,7 +142,8 @@ func (c *Consumer) runLanes(ctx, work context.Context, lanes []*boundLane) (lost
 					c.Gate.SetPending(l.lane.Priority, n > 0)
 					l.metrics.Pending.Set(float64(n))
 				},
-				NoNews: func() { c.Gate.SetPending(l.lane.Priority, false) },
+				NoNews:  func() { c.Gate.SetPending(l.lane.Priority, false) },
+				Trouble: func(why string) { troubles.Set(l.lane.Subject, why) },
 			}, c.Log)
 			if errors.Is(err, ErrConsumerGone) {
 				gone.Store(true)
@@ -190,7 +192,7 @@ func (c *Consumer) tryBind(ctx context.Context) ([]*boundLane, error) {
 	if err := Ensure(ctx, c.JS, c.Cfg, c.Log); err != nil {
 		return nil, err
 	}
-	if err := c.Ledger.bind(ctx, c.JS, c.Cfg.CreateStreams, c.Log); err != nil {
+	if err := c.Ledger.bind(ctx, c.JS, c.Cfg.CreateStreams, c.Cfg.StreamReplicas, c.Log); err != nil {
 		return nil, err
 	}
 	stream, err := c.JS.Stream(ctx, c.Cfg.Stream)

@@ -46,7 +46,15 @@ type Hooks struct {
 	// NoNews says the lane no longer knows whether messages wait (its
 	// fetch failed).
 	NoNews func()
+	// Trouble, if set, is told why the lane cannot fetch once fetches have
+	// failed troubleAfter times in a row (a node lost, the cluster without
+	// a quorum), and "" once a fetch works again.
+	Trouble func(why string)
 }
+
+// troubleAfter is how many fetches in a row must fail before the lane
+// reports trouble: a leader election fails one or two, and is not news.
+const troubleAfter = 3
 
 // ErrConsumerGone means the lane's consumer no longer exists: the lane
 // stops, and the worker binds again.
@@ -86,6 +94,7 @@ func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBat
 func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	f := fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
 	for ctx.Err() == nil {
 		n := l.waitRoom(ctx)
 		if n == 0 {
@@ -98,7 +107,7 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 			if gone(err) {
 				return ErrConsumerGone
 			}
-			log.Warn("fetch failed", zap.String("subject", l.Subject), zap.Error(err))
+			f.failed(err)
 			throttle.Sleep(ctx, l.fetchWait)
 			continue
 		}
@@ -134,10 +143,11 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 			if gone(err) {
 				return ErrConsumerGone
 			}
-			log.Warn("fetch ended with an error", zap.String("subject", l.Subject), zap.Error(err))
+			f.failed(err)
 			throttle.Sleep(ctx, l.fetchWait)
 			continue
 		}
+		f.worked()
 		// A batch that came back short means the stream had no more for
 		// this consumer when it ended.
 		if got < n || last == nil {
@@ -145,6 +155,70 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 		}
 	}
 	return nil
+}
+
+// fetchTrouble follows a lane's failing fetches: each distinct cause is
+// logged once, not once a second, and a run of failures is reported.
+type fetchTrouble struct {
+	subject  string
+	report   func(why string) // may be nil
+	log      *zap.Logger
+	failures int
+	last     string // the last cause logged
+	reported bool
+}
+
+func (f *fetchTrouble) failed(err error) {
+	f.failures++
+	if msg := err.Error(); msg != f.last {
+		f.log.Warn("fetch failed", zap.String("subject", f.subject), zap.Error(err), zap.Int("failures_in_a_row", f.failures))
+		f.last = msg
+	}
+	if f.failures >= troubleAfter && f.report != nil {
+		f.report("cannot fetch " + f.subject + ": " + err.Error())
+		f.reported = true
+	}
+}
+
+func (f *fetchTrouble) worked() {
+	if f.failures == 0 {
+		return
+	}
+	f.log.Info("fetching again", zap.String("subject", f.subject), zap.Int("failures_in_a_row", f.failures))
+	if f.reported && f.report != nil {
+		f.report("")
+	}
+	f.failures, f.last, f.reported = 0, "", false
+}
+
+// Troubles gathers the lanes' Trouble reports into one condition: report
+// is told "" when every lane fetches, else one lane's trouble.
+type Troubles struct {
+	mu     sync.Mutex
+	by     map[string]string
+	report func(why string)
+}
+
+// NewTroubles makes a Troubles that tells report.
+func NewTroubles(report func(why string)) *Troubles {
+	return &Troubles{by: map[string]string{}, report: report}
+}
+
+// Set records the trouble of the lane of subject ("" = none) and reports
+// the lanes' state.
+func (t *Troubles) Set(subject, why string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if why == "" {
+		delete(t.by, subject)
+	} else {
+		t.by[subject] = why
+	}
+	for _, w := range t.by {
+		t.report(w)
+		return
+	}
+	t.report("")
 }
 
 func gone(err error) bool {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/worker"
 )
 
@@ -48,16 +49,24 @@ func LedgerConfig(replicas int) jetstream.KeyValueConfig {
 	}
 }
 
+// BindLedger binds (and where cfg allows, creates) the ledger's bucket.
+func BindLedger(ctx context.Context, js jetstream.JetStream, cfg config.Config, log *zap.Logger) (*Ledger, error) {
+	l := &Ledger{}
+	return l, l.bind(ctx, js, cfg.CreateStreams, cfg.StreamReplicas, log)
+}
+
 // bind binds the ledger's bucket, creating it when create is set.
-func (l *Ledger) bind(ctx context.Context, js jetstream.JetStream, create bool, log *zap.Logger) error {
+func (l *Ledger) bind(ctx context.Context, js jetstream.JetStream, create bool, replicas int, log *zap.Logger) error {
 	kv, err := js.KeyValue(ctx, LedgerBucket)
 	switch {
 	case errors.Is(err, jetstream.ErrBucketNotFound) && create:
-		kv, err = js.CreateKeyValue(ctx, LedgerConfig(1))
+		kv, err = js.CreateKeyValue(ctx, LedgerConfig(replicas))
 		if err != nil {
 			return fmt.Errorf("create bucket %s: %w", LedgerBucket, err)
 		}
 		log.Info("created bucket", zap.String("bucket", LedgerBucket))
+	case err == nil:
+		warnBucketReplicas(ctx, kv, replicas, log)
 	case errors.Is(err, jetstream.ErrBucketNotFound):
 		return fmt.Errorf("%w: bucket %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, LedgerBucket)
 	case err != nil:
@@ -112,4 +121,22 @@ func (l *Ledger) Save(ctx context.Context, stream string, seq uint64, e worker.E
 		return fmt.Errorf("write ledger: %w", err)
 	}
 	return nil
+}
+
+// warnBucketReplicas warns when an existing bucket has other replicas than
+// configured; like streams, it is left as it is.
+func warnBucketReplicas(ctx context.Context, kv jetstream.KeyValue, want int, log *zap.Logger) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return
+	}
+	if have := bs.StreamInfo().Config.Replicas; have != max(want, 1) {
+		log.Warn("existing bucket differs from what revoker would create; leaving it as it is",
+			zap.String("bucket", LedgerBucket), zap.String("setting", "replicas"),
+			zap.String("have", strconv.Itoa(have)), zap.String("want", strconv.Itoa(want)))
+	}
 }

@@ -48,12 +48,32 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg config.Config, log 
 			return err
 		}
 	}
+	replicas, err := streamReplicas(ctx, js, cfg.Stream)
+	if err != nil {
+		return err
+	}
 	for _, subj := range cfg.Subjects {
-		if err := ensureConsumer(ctx, js, cfg.Stream, LaneConsumer(cfg, subj), cfg.CreateStreams, log); err != nil {
+		want := LaneConsumer(cfg, subj)
+		if replicas != want.Replicas {
+			// JetStream requires a work-queue stream's consumers to have
+			// the stream's replicas; the stream's difference was warned
+			// about above.
+			want.Replicas = replicas
+		}
+		if err := ensureConsumer(ctx, js, cfg.Stream, want, cfg.CreateStreams, log); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// streamReplicas is the number of replicas the stream has.
+func streamReplicas(ctx context.Context, js jetstream.JetStream, stream string) (int, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return 0, fmt.Errorf("look up stream %s: %w", stream, err)
+	}
+	return max(1, s.CachedInfo().Config.Replicas), nil
 }
 
 // WorkStream is the configuration revoker creates for the work stream.
@@ -68,7 +88,7 @@ func WorkStream(cfg config.Config) jetstream.StreamConfig {
 		// An event too large to be valid is refused at publish time, and
 		// its dead-letter record always fits.
 		MaxMsgSize: MaxEventMsg,
-		Replicas:   1,
+		Replicas:   cfg.StreamReplicas,
 	}
 }
 
@@ -86,7 +106,7 @@ func DLQStream(cfg config.Config) jetstream.StreamConfig {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Duplicates:  DuplicateWindow,
-		Replicas:    1,
+		Replicas:    cfg.StreamReplicas,
 	}
 }
 
@@ -103,7 +123,7 @@ func OutcomeStream(cfg config.Config) jetstream.StreamConfig {
 		// The audit trail is append-only through the API.
 		DenyDelete: true,
 		DenyPurge:  true,
-		Replicas:   1,
+		Replicas:   cfg.StreamReplicas,
 	}
 }
 
@@ -120,6 +140,7 @@ func LaneConsumer(cfg config.Config, subject string) jetstream.ConsumerConfig {
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: MaxAckPending(cfg.Concurrency),
+		Replicas:      cfg.StreamReplicas,
 	}
 }
 
@@ -215,6 +236,10 @@ func consumerDiffs(have, want jetstream.ConsumerConfig) []diff {
 	}
 	if have.MaxAckPending != want.MaxAckPending {
 		out = append(out, diff{"max_ack_pending", fmt.Sprint(have.MaxAckPending), fmt.Sprint(want.MaxAckPending)})
+	}
+	// 0 means "as many as the stream", which is what want holds.
+	if have.Replicas != 0 && have.Replicas != want.Replicas {
+		out = append(out, diff{"replicas", fmt.Sprint(have.Replicas), fmt.Sprint(want.Replicas)})
 	}
 	return out
 }

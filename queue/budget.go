@@ -370,6 +370,9 @@ func (b *Budget) bind(ctx context.Context) (jetstream.KeyValue, error) {
 			kv, err = b.js.KeyValue(ctx, BudgetBucket) // another replica was first
 		}
 	}
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		err = fmt.Errorf("%w (REVOKER_CREATE_STREAMS is false: create it)", err)
+	}
 	if err != nil {
 		return nil, b.failed(fmt.Errorf("bind bucket %s: %w", BudgetBucket, err))
 	}

@@ -97,6 +97,8 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	ready := metrics.NewReadiness(reg, queue.ReadyNATS, queue.ReadyConsumers)
 
 	api := o.api
+	// budgetID names the credential's shared rate budget: its short hash.
+	budgetID := func() string { return "injected" }
 	if api == nil {
 		cred, err := credential(cfg)
 		if err != nil {
@@ -110,6 +112,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 			return fmt.Errorf("%w: CLOUDFLARE_BASE_URL: %v", errUsage, err)
 		}
 		api = client
+		budgetID = cred.ID
 		log.Info("API credential", zap.String("credential", cred.ID()))
 		if tf, ok := cred.(*cloudflare.TokenFile); ok {
 			tf.SetOnChange(func(from, to string) {
@@ -156,18 +159,31 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		return err
 	}
 
+	// One budget for every replica using this credential (SPEC §9).
+	budget, err := queue.NewBudget(js, queue.BudgetConfig{
+		ID: budgetID, Rate: cfg.RateLimit, Create: cfg.CreateStreams, Log: log,
+		Replicas: 1, // REVOKER_STREAM_REPLICAS once config has it
+	})
+	if err != nil {
+		return err
+	}
+	defer budget.Close()
 	gate := throttle.New(throttle.Config{
 		Priorities:  len(cfg.Subjects),
 		Concurrency: cfg.Concurrency,
 		Rate:        cfg.RateLimit,
+		Budget:      budget,
 		OnPause: func(paused bool) {
 			if paused {
 				m.APIPaused.Set(1)
-				log.Warn("the API asked us to slow down: every call paused")
 			} else {
 				m.APIPaused.Set(0)
-				log.Info("pause over: calls resume at the configured rate")
+				log.Info("hold over: calls resume at the configured rate")
 			}
+		},
+		OnHold: func(length time.Duration, cause string) {
+			log.Warn("the API asked for a hold: every call of every replica waits",
+				zap.Duration("length", length), zap.String("cause", cause))
 		},
 	})
 	defer gate.Close()

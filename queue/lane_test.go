@@ -107,4 +107,3 @@ func TestLaneReportsFetchTrouble(t *testing.T) {
 // troubleAfterInTest is queue's troubleAfter: reports start at that many
 // failures in a row, one per failure.
 const troubleAfterInTest = 3
-

@@ -162,7 +162,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	// One budget for every replica using this credential (SPEC §9).
 	budget, err := queue.NewBudget(js, queue.BudgetConfig{
 		ID: budgetID, Rate: cfg.RateLimit, Create: cfg.CreateStreams, Log: log,
-		Replicas: 1, // REVOKER_STREAM_REPLICAS once config has it
+		Replicas: cfg.StreamReplicas,
 	})
 	if err != nil {
 		return err

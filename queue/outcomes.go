@@ -73,3 +73,44 @@ func KeyOutcomes(ctx context.Context, js jetstream.JetStream, stream, prefix, ac
 	})
 	return out, err
 }
+
+// FollowOutcomes calls fn with each outcome record on subject stored from
+// since on (zero: all), and then with each new one as it is stored, until
+// ctx ends (nil) or fn fails.
+func FollowOutcomes(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, fn func(event.Record) error) error {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", stream, err)
+	}
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}}
+	if !since.IsZero() {
+		occ.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		occ.OptStartTime = &since
+	}
+	cons, err := s.OrderedConsumer(ctx, occ)
+	if err != nil {
+		return fmt.Errorf("follow %s: %w", subject, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("follow %s: %w", subject, err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			return fmt.Errorf("follow %s: %w", subject, err)
+		}
+		var o event.Record
+		if json.Unmarshal(m.Data(), &o) != nil {
+			continue
+		}
+		if err := fn(o); err != nil {
+			return err
+		}
+	}
+}

@@ -20,6 +20,7 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 	key := fs.String("key", "", "only events of this signing key `ID`")
 	since := fs.Duration("since", 0, "only records of the last `duration` (e.g. 24h; default: all kept)")
 	asJSON := fs.Bool("json", false, "print one JSON record per line")
+	follow := fs.Bool("follow", false, "after the records stored, print new ones as they are stored, until interrupted")
 	cfg, code := parse(fs, config.NATS|config.Outcomes, args, e)
 	if code >= 0 {
 		return code
@@ -54,7 +55,7 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		k = *key
 	}
 	subject := cfg.OutcomeSubject + "." + acct + "." + k
-	err = queue.EachOutcome(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, func(o event.Record) error {
+	print := func(o event.Record) error {
 		n++
 		if *asJSON {
 			printJSON(e.stdout, o)
@@ -69,8 +70,16 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cell(o.CompletedAt), cell(string(o.Outcome)), cell(string(o.Reason)),
 			cell(o.AccountID), cell(o.KeyID), status, o.Attempts, cell(o.CFRay), cell(o.EventID))
+		if *follow {
+			tw.Flush() // a live feed shows each record as it comes
+		}
 		return nil
-	})
+	}
+	if *follow {
+		err = queue.FollowOutcomes(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, print)
+	} else {
+		err = queue.EachOutcome(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, print)
+	}
 	if tw != nil {
 		tw.Flush()
 	}
@@ -78,7 +87,7 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "revoker outcomes: %v\n", streamError("outcome", cfg.OutcomeStream, err))
 		return exitFailed
 	}
-	if n == 0 {
+	if n == 0 && !*follow {
 		fmt.Fprintf(e.stderr, "no outcome records match in %s\n", cfg.OutcomeStream)
 	}
 	return exitOK

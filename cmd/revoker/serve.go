@@ -131,7 +131,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		o.ready(srv.Addr())
 	}
 
-	nc, err := queue.Connect(cfg, log, func(up bool) {
+	onState := func(up bool) {
 		if up {
 			m.NATSConnected.Set(1)
 			ready.Set(worker.ReadyNATS, "")
@@ -139,14 +139,6 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 			m.NATSConnected.Set(0)
 			ready.Set(worker.ReadyNATS, "disconnected")
 		}
-	})
-	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc.Conn)
-	if err != nil {
-		return err
 	}
 
 	gate := throttle.New(throttle.Config{
@@ -166,17 +158,24 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	defer gate.Close()
 
 	host, _ := os.Hostname()
-	w, err := worker.New(cfg, worker.Deps{
-		API: api, JS: js, Gate: gate, Metrics: m, Ready: ready, Log: log, Name: host,
-	})
-	if err != nil {
-		return err
-	}
-	runErr := w.Run(ctx)
-	// Acks and records are buffered by the client: send them before closing.
-	if nc.IsConnected() {
-		if err := nc.FlushTimeout(5 * time.Second); err != nil {
-			log.Warn("flush at shutdown failed", zap.Error(err))
+	deps := worker.Deps{API: api, Gate: gate, Metrics: m, Ready: ready, Log: log, Name: host}
+	var runErr error
+	// A connection the client gave up on cannot come back: open a new one
+	// and run the worker on it (SPEC §10), until ctx ends.
+	for {
+		nc, err := queue.Connect(cfg, log, onState)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		var lost bool
+		lost, runErr = runWorker(ctx, cfg, nc, deps)
+		if runErr != nil || !lost || ctx.Err() != nil {
+			break
+		}
+		log.Warn("opening a new NATS connection")
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
 		}
 	}
 	cancel()
@@ -187,6 +186,43 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		log.Error("worker stopped", zap.Error(runErr))
 	}
 	return runErr
+}
+
+// runWorker runs a worker on nc until ctx ends or nc is lost for good
+// (lost), then closes nc.
+func runWorker(ctx context.Context, cfg config.Config, nc *queue.Conn, deps worker.Deps) (lost bool, err error) {
+	defer nc.Close()
+	js, err := jetstream.New(nc.Conn)
+	if err != nil {
+		return false, err
+	}
+	deps.JS = js
+	w, err := worker.New(cfg, deps)
+	if err != nil {
+		return false, err
+	}
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-nc.Lost():
+			stop()
+		case <-wctx.Done():
+		}
+	}()
+	err = w.Run(wctx)
+	// Acks and records are buffered by the client: send them before closing.
+	if nc.IsConnected() {
+		if ferr := nc.FlushTimeout(5 * time.Second); ferr != nil {
+			deps.Log.Warn("flush at shutdown failed", zap.Error(ferr))
+		}
+	}
+	select {
+	case <-nc.Lost():
+		return true, err
+	default:
+		return false, err
+	}
 }
 
 // credential picks the API credential the configuration names.

@@ -70,6 +70,9 @@ type serveOptions struct {
 	fetchWait time.Duration
 }
 
+// errConnLost ends serve when NATS closed the connection for good.
+var errConnLost = errors.New("NATS connection closed for good")
+
 // errUsage marks errors that are the configuration's fault (exit status 2).
 var errUsage = errors.New("bad configuration")
 
@@ -141,7 +144,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		o.ready(srv.Addr())
 	}
 
-	nc, err := queue.Connect(cfg, log, func(up bool) {
+	onState := func(up bool) {
 		if up {
 			m.NATSConnected.Set(1)
 			ready.Set(queue.ReadyNATS, "")
@@ -149,7 +152,8 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 			m.NATSConnected.Set(0)
 			ready.Set(queue.ReadyNATS, "disconnected")
 		}
-	})
+	}
+	nc, err := queue.Connect(cfg, log, onState)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -213,7 +217,22 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		},
 	})
 	consumer.Handle = w.Handle
-	runErr := consumer.Run(ctx)
+	// A connection the client gave up on for good cannot come back: stop,
+	// so the orchestrator starts the process again with a new one.
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	go func() {
+		select {
+		case <-nc.Lost():
+			log.Error("the NATS connection was closed for good; stopping so a new process opens a new one")
+			stopRun(errConnLost)
+		case <-runCtx.Done():
+		}
+	}()
+	runErr := consumer.Run(runCtx)
+	if runErr == nil && errors.Is(context.Cause(runCtx), errConnLost) {
+		runErr = errConnLost
+	}
 	// Acks and records are buffered by the client: send them before closing.
 	if nc.IsConnected() {
 		if err := nc.FlushTimeout(5 * time.Second); err != nil {
@@ -229,6 +248,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	}
 	return runErr
 }
+
 
 // credential picks the API credential the configuration names.
 func credential(cfg config.Config) (cloudflare.Credential, error) {

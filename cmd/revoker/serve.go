@@ -249,7 +249,6 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	return runErr
 }
 
-
 // credential picks the API credential the configuration names.
 func credential(cfg config.Config) (cloudflare.Credential, error) {
 	switch {

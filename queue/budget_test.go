@@ -38,6 +38,9 @@ type bReplica struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	calls  atomic.Int64
+	// granted is when each key's permit was granted, to measure how late
+	// calls reach the API after their slot.
+	granted sync.Map
 }
 
 func newBReplica(t testing.TB, srv *server.Server, api *cloudflaretest.Server, name string, rate float64, priorities int) *bReplica {
@@ -105,6 +108,7 @@ func (r *bReplica) call(p int, key string) bool {
 		return false
 	}
 	r.calls.Add(1)
+	r.granted.Store(key, time.Now())
 	resp, _ := r.api.DeleteSigningKey(r.ctx, budgetTAccount, key)
 	pm.Release()
 	if resp != nil && resp.Status == http.StatusTooManyRequests {

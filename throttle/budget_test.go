@@ -97,6 +97,19 @@ func (v *fakeView) Reserve(_ context.Context, p int) (time.Time, bool, error) {
 	return at, true, nil
 }
 
+func (v *fakeView) Rebook(_ context.Context, slot time.Time) (time.Time, bool, error) {
+	b := v.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fail || !b.next.Equal(slot.Add(b.interval)) {
+		return time.Time{}, false, nil
+	}
+	now := time.Now()
+	b.next = now.Add(b.interval)
+	b.slots[len(b.slots)-1] = now
+	return now, true, nil
+}
+
 func (v *fakeView) allows(p int) bool {
 	for o, c := range v.b.claims {
 		if o != v && c >= 0 && c < p {

@@ -33,6 +33,12 @@ const SpacingMargin = time.Millisecond
 // of one a second or more, so a longer wait is the API stopping us.
 const SlowHold = time.Second
 
+// SlotGrace is how late after its due time a slot reserved in a shared
+// Budget may still be used; a later one is dropped. A call that starts late
+// comes nearer the next sharer's call, which keeps to its own time: a
+// budget's slack must cover this grace and the way from permit to API.
+const SlotGrace = 10 * time.Millisecond
+
 // Causes of holds, as reported to Config.OnHold.
 const (
 	CausePause      = "the API refused a call (429)"
@@ -51,6 +57,10 @@ type Budget interface {
 	// sooner when Changed signals. An error means the budget could not be
 	// asked and nothing was reserved.
 	Reserve(ctx context.Context, p int) (at time.Time, ok bool, err error)
+	// Rebook moves a slot reserved at `slot` that could not be used in
+	// time to now, if no sharer has reserved a later slot meanwhile; !ok
+	// means the slot is lost.
+	Rebook(ctx context.Context, slot time.Time) (at time.Time, ok bool, err error)
 	// Allows reports, from what is known without asking, whether no other
 	// sharer claims a priority higher than p.
 	Allows(p int) bool
@@ -485,6 +495,18 @@ func (g *Gate) loop() {
 		}
 		if !ready && !slot.IsZero() {
 			hold = max(time.Millisecond, time.Until(slot)) // to drop it when due
+		}
+		if ready && hold == 0 && !slot.IsZero() && time.Since(slot) > SlotGrace {
+			// Reserved too late, or woken too late, to be used safely: the
+			// next sharer's call keeps to its time. Move the slot to now if
+			// nobody reserved after it; else one call of the budget is
+			// lost, none is taken twice.
+			at, ok, err := g.budget.Rebook(g.ctx, slot)
+			slot = time.Time{}
+			if err == nil && ok {
+				slot = at
+			}
+			continue
 		}
 		if ready && hold == 0 {
 			if !g.grant(slotLevel) && res != nil {

@@ -250,4 +250,3 @@ func streamText(ctx context.Context, js jetstream.JetStream, stream string) ([]s
 	}
 	return out, nil
 }
-

@@ -118,10 +118,8 @@ func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (
 		return nil, fmt.Errorf("nats: %s", scrub(err.Error()))
 	}
 	c.Conn = nc
-	if nc.IsConnected() {
-		log.Info("nats connected", zap.String("server", serverURL(nc)))
-		onState(true)
-	} else {
+	// A first connect that succeeded was told by the connect handler.
+	if !nc.IsConnected() {
 		log.Warn("nats not reachable yet, retrying in the background")
 	}
 	c.watched.Add(1)

@@ -238,7 +238,7 @@ func (c *Client) DeleteSigningKey(ctx context.Context, accountID, keyID string) 
 		resp.Duration = time.Since(start)
 		return resp, c.callError(ctx, callCtx, target, "", err)
 	}
-	resp.CFRay = hr.Header.Get("Cf-Ray")
+	resp.CFRay = cutRay(hr.Header.Get("Cf-Ray"))
 	body, oversized, err := readBody(hr.Body)
 	resp.Duration = time.Since(start)
 	if err != nil {

@@ -149,11 +149,15 @@ type TokenFile struct {
 	due      atomic.Int64 // nanoseconds since start when the next check is due
 	reloads  atomic.Uint64
 	onChange atomic.Pointer[func(oldID, newID string)]
+	onError  atomic.Pointer[func(err error)]
 
 	mu      sync.Mutex // serialises checks; guards the fields below
 	fi      os.FileInfo
 	racy    bool
 	lastErr error
+	// reported is the message of the error last given to onError ("" when
+	// none, or the file was readable since).
+	reported string
 }
 
 type tokenState struct {
@@ -238,13 +242,32 @@ func (f *TokenFile) SetOnChange(fn func(oldID, newID string)) {
 	f.onChange.Store(&fn)
 }
 
+// SetOnError registers fn to be called, in the goroutine that checked, when
+// a check cannot use the file and fails differently from the check before
+// (so a file that stays missing is reported once), and with nil once the
+// file can be used again after an error. The previous token is kept
+// meanwhile. Errors name the path, never the content. nil removes fn; fn
+// must not block.
+func (f *TokenFile) SetOnError(fn func(err error)) {
+	if fn == nil {
+		f.onError.Store(nil)
+		return
+	}
+	f.onError.Store(&fn)
+}
+
 // maybeCheck re-reads the file when a check is due. The fast path is two
 // atomic loads, so parallel calls do not contend between checks.
 func (f *TokenFile) maybeCheck() {
 	if f.every > 0 && int64(time.Since(f.start)) < f.due.Load() {
 		return
 	}
-	oldID, newID, changed := f.check()
+	oldID, newID, changed, report, err := f.check()
+	if report {
+		if fn := f.onError.Load(); fn != nil {
+			(*fn)(err)
+		}
+	}
 	if changed {
 		if fn := f.onChange.Load(); fn != nil {
 			(*fn)(oldID, newID)
@@ -252,41 +275,50 @@ func (f *TokenFile) maybeCheck() {
 	}
 }
 
-func (f *TokenFile) check() (oldID, newID string, changed bool) {
+func (f *TokenFile) check() (oldID, newID string, changed, report bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Since(f.start)
 	if f.every > 0 {
 		if int64(now) < f.due.Load() {
-			return "", "", false // another goroutine checked meanwhile
+			return "", "", false, false, nil // another goroutine checked meanwhile
 		}
 		f.due.Store(int64(now + f.every))
 	}
+	oldID, newID, changed, err = f.reload()
+	f.lastErr = err
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	report = msg != f.reported
+	f.reported = msg
+	return oldID, newID, changed, report, err
+}
+
+// reload reads the file if it may have changed. f.mu is held.
+func (f *TokenFile) reload() (oldID, newID string, changed bool, err error) {
 	fi, err := os.Stat(f.path)
 	if err != nil {
-		f.lastErr = pathError("stat", f.path, err)
-		return "", "", false
+		return "", "", false, pathError("stat", f.path, err)
 	}
 	if !f.racy && sameVersion(f.fi, fi) {
-		f.lastErr = nil
-		return "", "", false
+		return "", "", false, nil
 	}
 	tok, rfi, err := readTokenFile(f.path)
 	if err != nil {
-		f.lastErr = err
-		return "", "", false
+		return "", "", false, err
 	}
-	f.lastErr = nil
 	f.fi = rfi
 	f.racy = isRacy(rfi, time.Now())
 	old := f.cur.Load()
 	if tok == old.token {
-		return "", "", false
+		return "", "", false, nil
 	}
 	st := newState(tok)
 	f.cur.Store(st)
 	f.reloads.Add(1)
-	return old.id, st.id, true
+	return old.id, st.id, true, nil
 }
 
 func sameVersion(a, b os.FileInfo) bool {

@@ -268,6 +268,26 @@ func oneLine(s string, max int) string {
 	return sb.String()
 }
 
+// MaxCFRay is how many characters of a CF-Ray are kept (SPEC §10). A real
+// one is about 20; anything longer is kept only far enough to be recognised,
+// so a huge header cannot bloat records and log lines.
+const MaxCFRay = 128
+
+// cutRay keeps at most MaxCFRay characters of ray, on one line (as
+// oneLine), ending in "…" when cut.
+func cutRay(ray string) string {
+	// Cut the bytes first, so a 2 MiB header costs what a short one does.
+	cut := len(ray) > 4*MaxCFRay
+	if cut {
+		ray = ray[:4*MaxCFRay]
+	}
+	r := []rune(oneLine(ray, len(ray)))
+	if !cut && len(r) <= MaxCFRay {
+		return string(r)
+	}
+	return string(r[:min(len(r), MaxCFRay-1)]) + "…"
+}
+
 // MaxRetryAfter caps RetryAfter and RateLimit.Reset so that a broken or
 // hostile header can neither overflow a Duration nor park the worker for
 // longer than a day.

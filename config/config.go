@@ -66,6 +66,7 @@ type Config struct {
 	OutcomeStream  string   // REVOKER_OUTCOME_STREAM
 	OutcomeSubject string   // REVOKER_OUTCOME_SUBJECT: "" = outcome records off
 	CreateStreams  bool     // REVOKER_CREATE_STREAMS
+	StreamReplicas int      // REVOKER_STREAM_REPLICAS: replicas of what the worker creates
 
 	// API
 	APIToken     string        // CLOUDFLARE_API_TOKEN (secret)
@@ -104,7 +105,7 @@ const (
 	NATS Section = 1 << iota
 	// Work: stream, subjects.
 	Work
-	// Consumers: consumer, create-streams.
+	// Consumers: consumer, create-streams, stream-replicas.
 	Consumers
 	// DeadLetters: dlq-stream, dlq-subject.
 	DeadLetters
@@ -150,9 +151,13 @@ const (
 	DefaultRetryMaxElapsed  = 2 * time.Minute
 	DefaultAckWait          = 30 * time.Second
 	DefaultShutdownTimeout  = 25 * time.Second
+	DefaultStreamReplicas   = 1
 
 	// MaxConcurrency is the largest REVOKER_CONCURRENCY accepted.
 	MaxConcurrency = 1024
+	// MaxStreamReplicas is the largest REVOKER_STREAM_REPLICAS accepted:
+	// JetStream keeps at most 5 replicas of a stream.
+	MaxStreamReplicas = 5
 	// MinAckWait is the smallest REVOKER_ACK_WAIT accepted.
 	MinAckWait = time.Second
 )
@@ -173,6 +178,7 @@ func Default() Config {
 		OutcomeStream:  DefaultOutcomeStream,
 		OutcomeSubject: DefaultOutcomeSubject,
 		CreateStreams:  true,
+		StreamReplicas: DefaultStreamReplicas,
 
 		BaseURL:     DefaultBaseURL,
 		HTTPTimeout: DefaultHTTPTimeout,

@@ -37,6 +37,7 @@ var variables = map[string]config.Section{
 	"REVOKER_OUTCOME_STREAM":     config.Streams,
 	"REVOKER_OUTCOME_SUBJECT":    config.Streams,
 	"REVOKER_CREATE_STREAMS":     config.Streams,
+	"REVOKER_STREAM_REPLICAS":    config.Streams,
 	"CLOUDFLARE_API_TOKEN":       config.API,
 	"CLOUDFLARE_API_TOKEN_FILE":  config.API,
 	"CLOUDFLARE_EMAIL":           config.API,
@@ -368,6 +369,7 @@ func TestDefaults(t *testing.T) {
 		OutcomeStream:    "REVOCATION_OUTCOMES",
 		OutcomeSubject:   "revoke.outcome",
 		CreateStreams:    true,
+		StreamReplicas:   1,
 		BaseURL:          "https://api.cloudflare.com/client/v4",
 		Concurrency:      16,
 		RateLimit:        4,
@@ -455,6 +457,10 @@ func TestGoodValues(t *testing.T) {
 			func(c config.Config) bool { return c.RateLimit == 0.5 }},
 		{"concurrency bounds", map[string]string{"REVOKER_CONCURRENCY": "1024", "REVOKER_MAX_DELIVER": "1"}, nil,
 			func(c config.Config) bool { return c.Concurrency == 1024 && c.MaxDeliver == 1 }},
+		{"stream replicas bounds", map[string]string{"REVOKER_STREAM_REPLICAS": "5"}, nil,
+			func(c config.Config) bool { return c.StreamReplicas == 5 }},
+		{"stream replicas flag overrides variable", map[string]string{"REVOKER_STREAM_REPLICAS": "1"}, []string{"--stream-replicas=3"},
+			func(c config.Config) bool { return c.StreamReplicas == 3 }},
 		{"flag overrides variable", map[string]string{"REVOKER_CONCURRENCY": "3"}, []string{"--concurrency", "5"},
 			func(c config.Config) bool { return c.Concurrency == 5 }},
 		{"base URL trailing slash", map[string]string{"CLOUDFLARE_BASE_URL": "http://127.0.0.1:8787/client/v4/"}, nil,
@@ -683,7 +689,7 @@ func TestOnlyUsedSettingsAreChecked(t *testing.T) {
 		sections config.Section
 		env      map[string]string
 	}{
-		{config.NATS | config.Work | config.Outcomes, map[string]string{"REVOKER_CREATE_STREAMS": "maybe", "REVOKER_CONSUMER": "bad name", "REVOKER_DLQ_SUBJECT": "a..b"}},
+		{config.NATS | config.Work | config.Outcomes, map[string]string{"REVOKER_CREATE_STREAMS": "maybe", "REVOKER_STREAM_REPLICAS": "7", "REVOKER_CONSUMER": "bad name", "REVOKER_DLQ_SUBJECT": "a..b"}},
 		{config.NATS | config.DeadLetters, map[string]string{"REVOKER_SUBJECTS": "", "REVOKER_OUTCOME_STREAM": "x.y"}},
 		{config.NATS | config.Outcomes, map[string]string{"REVOKER_STREAM": "a b", "REVOKER_RATE_LIMIT": "fast"}},
 		{config.API, map[string]string{"CLOUDFLARE_API_TOKEN": "tok", "CLOUDFLARE_EMAIL": "ops@example.com"}},

@@ -55,6 +55,7 @@ func (c Config) LogFields() map[string]any {
 		"outcome-stream":  r.OutcomeStream,
 		"outcome-subject": r.OutcomeSubject,
 		"create-streams":  r.CreateStreams,
+		"stream-replicas": r.StreamReplicas,
 
 		"cloudflare-auth":           c.authMode(),
 		"cloudflare-api-token":      r.APIToken,

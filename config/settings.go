@@ -21,6 +21,7 @@ const (
 	envOutcomeStream    = "REVOKER_OUTCOME_STREAM"
 	envOutcomeSubject   = "REVOKER_OUTCOME_SUBJECT"
 	envCreateStreams    = "REVOKER_CREATE_STREAMS"
+	envStreamReplicas   = "REVOKER_STREAM_REPLICAS"
 	envAPIToken         = "CLOUDFLARE_API_TOKEN"
 	envAPITokenFile     = "CLOUDFLARE_API_TOKEN_FILE"
 	envEmail            = "CLOUDFLARE_EMAIL"
@@ -175,6 +176,12 @@ var settings = []setting{
 			c.CreateStreams = b
 			return ""
 		},
+	},
+	{
+		env: envStreamReplicas, section: Consumers, required: true,
+		usage: "replicas of the streams, bucket and consumers created, a `number` from 1 to 5 (3 on a 3-node cluster)",
+		def:   func(c Config) string { return strconv.Itoa(c.StreamReplicas) },
+		apply: intRange(func(c *Config) *int { return &c.StreamReplicas }, 1, MaxStreamReplicas),
 	},
 
 	// API

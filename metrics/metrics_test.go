@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/metrics"
 )
 
@@ -17,11 +18,20 @@ import (
 // outcome that has not happened yet, and the names are the contract's.
 func TestEverySeriesStartsAtZero(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	metrics.New(reg, []string{"revoke.urgent", "revoke.scheduled"}, metrics.Build{Version: "1.2.3", Revision: "abc", GoVersion: "go1.26"})
+	labels := metrics.Labels{
+		Subjects: []string{"revoke.urgent", "revoke.scheduled"},
+		Outcomes: event.Names(event.Outcomes),
+		Reasons:  event.Names(event.Reasons),
+	}
+	metrics.New(reg, labels, metrics.Build{Version: "1.2.3", Revision: "abc", GoVersion: "go1.26"})
+	ready := metrics.NewReadiness(reg, "nats", "consumers")
+	ready.Declare("credential")
 	want := map[string]int{
 		"revoker_events_received_total":          2,
-		"revoker_events_processed_total":         2 * len(metrics.Outcomes),
-		"revoker_dead_letters_total":             len(metrics.DeadLetterReasons),
+		"revoker_events_processed_total":         2 * len(event.Outcomes),
+		"revoker_dead_letters_total":             len(event.Reasons),
+		"revoker_oldest_waiting_seconds":         2,
+		"revoker_ready":                          3,
 		"revoker_api_requests_total":             13,
 		"revoker_api_request_duration_seconds":   1,
 		"revoker_api_retries_total":              1,
@@ -43,7 +53,16 @@ func TestEverySeriesStartsAtZero(t *testing.T) {
 # HELP revoker_build_info Always 1; the labels describe the running binary.
 # TYPE revoker_build_info gauge
 revoker_build_info{goversion="go1.26",revision="abc",version="1.2.3"} 1
-`), "revoker_build_info"); err != nil {
+# HELP revoker_ready 1 while the condition holds; /readyz is 200 when all are 1.
+# TYPE revoker_ready gauge
+revoker_ready{condition="consumers"} 0
+revoker_ready{condition="credential"} 1
+revoker_ready{condition="nats"} 0
+# HELP revoker_oldest_waiting_seconds Age, from its publish time, of the subject's oldest event with no final outcome yet (in the stream or held by this replica); 0 when there is none.
+# TYPE revoker_oldest_waiting_seconds gauge
+revoker_oldest_waiting_seconds{priority="0",subject="revoke.urgent"} 0
+revoker_oldest_waiting_seconds{priority="1",subject="revoke.scheduled"} 0
+`), "revoker_build_info", "revoker_ready", "revoker_oldest_waiting_seconds"); err != nil {
 		t.Error(err)
 	}
 	if metrics.Code(0) != "error" || metrics.Code(429) != "429" {
@@ -53,8 +72,8 @@ revoker_build_info{goversion="go1.26",revision="abc",version="1.2.3"} 1
 
 func TestEndpoints(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	metrics.New(reg, []string{"s"}, metrics.Build{})
-	ready := metrics.NewReadiness("nats", "consumers")
+	metrics.New(reg, metrics.Labels{Subjects: []string{"s"}}, metrics.Build{})
+	ready := metrics.NewReadiness(reg, "nats", "consumers")
 	srv := httptest.NewServer(metrics.Handler(reg, ready))
 	defer srv.Close()
 	get := func(path string) (int, string) {
@@ -81,7 +100,10 @@ func TestEndpoints(t *testing.T) {
 	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "credential") {
 		t.Errorf("/readyz with a bad credential = %d %q", code, body)
 	}
-	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "revoker_events_processed_total") {
+	if v := testutil.ToFloat64(ready.Gauge("credential")); v != 0 {
+		t.Errorf("revoker_ready{condition=credential} = %v while refused", v)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `revoker_ready{condition="credential"} 0`) {
 		t.Errorf("/metrics = %d", code)
 	}
 }

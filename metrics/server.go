@@ -11,25 +11,46 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Readiness collects the conditions /readyz reports on. Each condition has a
-// name and is either met or not, with a reason when it is not.
+// name and is either met or not, with a reason when it is not; each is also
+// exported as revoker_ready{condition}.
 type Readiness struct {
+	gauge *prometheus.GaugeVec
+
 	mu    sync.Mutex
 	conds map[string]string // name -> "" when met, else why not
 	order []string
 }
 
-// NewReadiness returns a Readiness with the named conditions, all unmet.
-func NewReadiness(names ...string) *Readiness {
-	r := &Readiness{conds: make(map[string]string)}
-	for _, n := range names {
-		r.conds[n] = "not yet"
-		r.order = append(r.order, n)
+// NewReadiness registers revoker_ready on reg and returns a Readiness with
+// the named conditions, all unmet; a condition first named by Set starts
+// met.
+func NewReadiness(reg prometheus.Registerer, unmet ...string) *Readiness {
+	r := &Readiness{
+		gauge: promauto.With(reg).NewGaugeVec(prometheus.GaugeOpts{
+			Name: "revoker_ready",
+			Help: "1 while the condition holds; /readyz is 200 when all are 1.",
+		}, []string{"condition"}),
+		conds: make(map[string]string),
+	}
+	for _, n := range unmet {
+		r.Set(n, "not yet")
 	}
 	return r
+}
+
+// Declare adds condition name, met, unless it is known already.
+func (r *Readiness) Declare(name string) {
+	r.mu.Lock()
+	_, known := r.conds[name]
+	r.mu.Unlock()
+	if !known {
+		r.Set(name, "")
+	}
 }
 
 // Set marks condition name met (why == "") or unmet with a reason.
@@ -40,7 +61,15 @@ func (r *Readiness) Set(name, why string) {
 		r.order = append(r.order, name)
 	}
 	r.conds[name] = why
+	v := 0.0
+	if why == "" {
+		v = 1
+	}
+	r.gauge.WithLabelValues(name).Set(v)
 }
+
+// Gauge is the revoker_ready series of condition name.
+func (r *Readiness) Gauge(name string) prometheus.Gauge { return r.gauge.WithLabelValues(name) }
 
 // Ready reports whether every condition is met, and otherwise what is not.
 func (r *Readiness) Ready() (bool, string) {
@@ -79,6 +108,19 @@ type Server struct {
 	ln  net.Listener
 }
 
+// Connection limits of the endpoints' server. Requests carry no body and
+// answers are small, so reading and writing are short; an idle keep-alive
+// connection is kept long enough for a scrape every minute to reuse it, and
+// then closed so idle scrapers cannot pile up open connections.
+var (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	// writeTimeout bounds gathering and writing /metrics.
+	writeTimeout = 30 * time.Second
+	// idleTimeout is a var so a test can wait for it.
+	idleTimeout = 2 * time.Minute
+)
+
 // Listen binds addr (":8080"; ":0" picks a free port).
 func Listen(addr string, h http.Handler) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -86,8 +128,14 @@ func Listen(addr string, h http.Handler) (*Server, error) {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	return &Server{
-		srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second},
-		ln:  ln,
+		srv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: readHeaderTimeout,
+			ReadTimeout:       readTimeout,
+			WriteTimeout:      writeTimeout,
+			IdleTimeout:       idleTimeout,
+		},
+		ln: ln,
 	}, nil
 }
 

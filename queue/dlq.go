@@ -2,16 +2,18 @@ package queue
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // DeadLetterRecord is one record of the dead-letter stream as read back: its
@@ -112,23 +114,71 @@ type ReplayResult struct {
 	Removed bool `json:"removed"`
 }
 
-// Republish puts the record's original body back on its source subject, in
-// the work stream cfg.Stream, and waits for the stream's acknowledgement.
-// It does not touch the dead-letter stream; Replay does both steps.
-func Republish(ctx context.Context, js jetstream.JetStream, cfg config.Config, rec DeadLetterRecord) (ReplayResult, error) {
-	res := ReplayResult{Sequence: rec.Sequence, EventID: rec.EventID, MsgID: ReplayMsgID(rec.Sequence), Subject: rec.SourceSubject}
+// RequestTimeout bounds one request of a one-shot command.
+const RequestTimeout = defaultTimeout
+
+// EachDeadLetter calls fn with each record of the dead-letter stream, oldest
+// first, up to the last one stored when the call began, reading as it goes
+// (memory stays bounded whatever the number of records). An error from fn
+// stops the reading and is returned.
+func EachDeadLetter(ctx context.Context, js jetstream.JetStream, stream string, fn func(DeadLetterRecord) error) error {
+	return scan(ctx, js, stream, jetstream.OrderedConsumerConfig{}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+		return true, fn(deadLetterRecord(meta.Sequence.Stream, meta.Timestamp, m.Headers(), m.Data()))
+	})
+}
+
+// Replayer puts dead letters back on their work subjects.
+type Replayer struct {
+	js       jetstream.JetStream
+	stream   string   // the work stream
+	subjects []string // the work subjects: the only ones a replay goes to
+	dlq      jetstream.Stream
+}
+
+// NewReplayer looks the dead-letter stream up once, for every replay of
+// the run.
+func NewReplayer(ctx context.Context, js jetstream.JetStream, cfg config.Config) (*Replayer, error) {
+	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
+	defer cancel()
+	dlq, err := js.Stream(ctx, cfg.DLQStream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", cfg.DLQStream, err)
+	}
+	return &Replayer{js: js, stream: cfg.Stream, subjects: cfg.Subjects, dlq: dlq}, nil
+}
+
+// Check refuses a record whose source subject is not a work subject: a
+// record is data anyone able to write the dead-letter subject controls,
+// and a replay to "$JS.API.STREAM.PURGE…" would be the operator purging
+// their own streams.
+func (p *Replayer) Check(rec DeadLetterRecord) error {
 	if rec.SourceSubject == "" {
-		return res, fmt.Errorf("dead letter %d has no %s header: nowhere to replay it", rec.Sequence, HeaderSourceSubject)
+		return fmt.Errorf("no %s header: nowhere to replay it", HeaderSourceSubject)
+	}
+	if !slices.Contains(p.subjects, rec.SourceSubject) {
+		return fmt.Errorf("source subject %q is not a work subject (%s)",
+			untrusted.Line(rec.SourceSubject, maxHeader), strings.Join(p.subjects, ", "))
+	}
+	return nil
+}
+
+// Republish puts the record's original body back on its source subject and
+// waits for the work stream's acknowledgement. It does not touch the
+// dead-letter stream; Replay does both steps.
+func (p *Replayer) Republish(ctx context.Context, rec DeadLetterRecord) (ReplayResult, error) {
+	res := ReplayResult{Sequence: rec.Sequence, EventID: rec.EventID, MsgID: ReplayMsgID(rec.Sequence), Subject: rec.SourceSubject}
+	if err := p.Check(rec); err != nil {
+		return res, err
 	}
 	m := nats.NewMsg(rec.SourceSubject)
 	m.Data = rec.Body
 	m.Header.Set(jetstream.MsgIDHeader, res.MsgID)
 	if rec.EventID != "" {
-		m.Header.Set(HeaderReplayOf, OneLine(rec.EventID, 256))
+		m.Header.Set(HeaderReplayOf, untrusted.Line(rec.EventID, maxHeader))
 	}
 	// The expected stream makes a subject that left the work stream an
 	// error instead of a message stored somewhere nobody consumes.
-	ack, err := js.PublishMsg(ctx, m, jetstream.WithExpectStream(cfg.Stream))
+	ack, err := p.js.PublishMsg(ctx, m, jetstream.WithExpectStream(p.stream))
 	if err != nil {
 		return res, fmt.Errorf("republish dead letter %d to %s: %w", rec.Sequence, rec.SourceSubject, err)
 	}
@@ -136,54 +186,25 @@ func Republish(ctx context.Context, js jetstream.JetStream, cfg config.Config, r
 	return res, nil
 }
 
-// Replay republishes the record (see Republish) and, once the work stream
-// has acknowledged it, removes the record from the dead-letter stream
-// cfg.DLQStream. Interrupted between the two steps and run again, it finds
-// the republish a duplicate and only removes the record, so the event is
-// neither lost nor sent twice.
-func Replay(ctx context.Context, js jetstream.JetStream, cfg config.Config, rec DeadLetterRecord) (ReplayResult, error) {
-	res, err := Republish(ctx, js, cfg, rec)
+// Replay republishes the record and, once the work stream has acknowledged
+// it, removes the record from the dead-letter stream. Interrupted between
+// the two steps and run again, it finds the republish a duplicate and only
+// removes the record, so the event is neither lost nor sent twice.
+func (p *Replayer) Replay(ctx context.Context, rec DeadLetterRecord) (ReplayResult, error) {
+	res, err := p.Republish(ctx, rec)
 	if err != nil {
 		return res, err
 	}
-	s, err := js.Stream(ctx, cfg.DLQStream)
-	if err == nil {
-		if err = s.DeleteMsg(ctx, rec.Sequence); err != nil {
-			// The server answers a delete of a missing message with a
-			// generic failure; if the record is gone (another replay
-			// removed it meanwhile) the goal is reached all the same.
-			if _, gerr := s.GetMsg(ctx, rec.Sequence); errors.Is(gerr, jetstream.ErrMsgNotFound) {
-				err = nil
-			}
+	if err := p.dlq.DeleteMsg(ctx, rec.Sequence); err != nil {
+		// The server answers a delete of a missing message with a
+		// generic failure; if the record is gone (another replay removed
+		// it meanwhile) the goal is reached all the same.
+		if _, gerr := p.dlq.GetMsg(ctx, rec.Sequence); !errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			return res, fmt.Errorf("dead letter %d was republished but not removed (running the replay again is safe): %w", rec.Sequence, err)
 		}
-	}
-	if err != nil {
-		return res, fmt.Errorf("dead letter %d was republished but not removed (running the replay again is safe): %w", rec.Sequence, err)
 	}
 	res.Removed = true
 	return res, nil
-}
-
-// EachOutcome reads the outcome stream (SPEC §5a), oldest first, from the
-// records stored at since onwards (zero: from the first) to the last one
-// stored when the call began, and calls fn with each record whose body
-// parses. It only reads. An error from fn stops the reading and is
-// returned.
-func EachOutcome(ctx context.Context, js jetstream.JetStream, stream string, since time.Time, fn func(Outcome) error) error {
-	occ := jetstream.OrderedConsumerConfig{}
-	if !since.IsZero() {
-		occ.DeliverPolicy = jetstream.DeliverByStartTimePolicy
-		occ.OptStartTime = &since
-	}
-	return scan(ctx, js, stream, occ, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
-		var o Outcome
-		if err := json.Unmarshal(m.Data(), &o); err != nil {
-			// Not a record of ours (someone else published on the
-			// subject); the audit trail is the records that are.
-			return true, nil
-		}
-		return true, fn(o)
-	})
 }
 
 // scanIdle is how long scan waits for the next message before it asks the

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
@@ -42,11 +43,20 @@ func dlqTCtx(t *testing.T) context.Context {
 }
 
 // dlqTWrite writes a dead-letter record as the worker does.
-func dlqTWrite(t *testing.T, js jetstream.JetStream, cfg config.Config, d queue.DeadLetter, body string) {
+func dlqTWrite(t *testing.T, js jetstream.JetStream, cfg config.Config, d event.DeadLetter, body string) {
 	t.Helper()
-	if _, err := js.PublishMsg(dlqTCtx(t), d.Msg(cfg.DLQSubject, []byte(body))); err != nil {
+	if _, err := js.PublishMsg(dlqTCtx(t), queue.DeadLetterMsg(cfg.DLQSubject, d, []byte(body), 0)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func replayer(t *testing.T, js jetstream.JetStream, cfg config.Config) *queue.Replayer {
+	t.Helper()
+	r, err := queue.NewReplayer(dlqTCtx(t), js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 func dlqTMsgs(t *testing.T, js jetstream.JetStream, stream string) uint64 {
@@ -64,8 +74,8 @@ func TestListDeadLettersReadsWithoutRemoving(t *testing.T) {
 	reasons := []string{"api_rejected", "invalid_event", "api_rejected", "retries_exhausted", "api_rejected"}
 	for i, r := range reasons {
 		seq := uint64(100 + i)
-		dlqTWrite(t, js, cfg, queue.DeadLetter{
-			Reason: r, Detail: "detail " + r, Status: 400, Called: r != "invalid_event", Attempts: i,
+		dlqTWrite(t, js, cfg, event.DeadLetter{
+			Reason: event.Reason(r), Detail: "detail " + r, Status: 400, Called: r != "invalid_event", Attempts: i,
 			EventID: fmt.Sprintf("ev-%d", i), Stream: cfg.Stream, Subject: "revoke.urgent", Sequence: seq, FailedAt: failed,
 		}, fmt.Sprintf(`{"account_id":"a","key_id":"k%d"}`, i))
 	}
@@ -133,14 +143,14 @@ func TestListDeadLettersEmptyOrMissing(t *testing.T) {
 func TestReplayRepublishesThenRemovesAndCanRepeat(t *testing.T) {
 	js, cfg := dlqTSetup(t)
 	body := "{\"account_id\":\"a\",\"key_id\":\"k\"}  \n" // byte for byte, trailing space and all
-	dlqTWrite(t, js, cfg, queue.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
+	dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
 		Subject: "revoke.scheduled", Sequence: 9, FailedAt: time.Now()}, body)
 	rec, err := queue.GetDeadLetter(dlqTCtx(t), js, cfg.DLQStream, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	res, err := queue.Replay(dlqTCtx(t), js, cfg, rec)
+	res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +175,7 @@ func TestReplayRepublishesThenRemovesAndCanRepeat(t *testing.T) {
 
 	// Run again on the same record (an interrupted run read it before
 	// it was removed): dropped as a duplicate, nothing new stored.
-	again, err := queue.Replay(dlqTCtx(t), js, cfg, rec)
+	again, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,17 +189,17 @@ func TestReplayRepublishesThenRemovesAndCanRepeat(t *testing.T) {
 
 func TestReplayRefusesWhereItCannotGo(t *testing.T) {
 	js, cfg := dlqTSetup(t)
-	dlqTWrite(t, js, cfg, queue.DeadLetter{Reason: "api_rejected", EventID: "e", Stream: cfg.Stream,
+	dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "e", Stream: cfg.Stream,
 		Subject: "not.in.the.work.stream", Sequence: 1}, `{}`)
 	rec, err := queue.GetDeadLetter(dlqTCtx(t), js, cfg.DLQStream, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := queue.Replay(dlqTCtx(t), js, cfg, rec); err == nil {
+	if _, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec); err == nil {
 		t.Fatal("replayed to a subject outside the work stream")
 	}
 	rec.SourceSubject = ""
-	if _, err := queue.Replay(dlqTCtx(t), js, cfg, rec); err == nil {
+	if _, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec); err == nil {
 		t.Fatal("replayed a record without a source subject")
 	}
 	if n := dlqTMsgs(t, js, cfg.DLQStream); n != 1 {
@@ -199,8 +209,9 @@ func TestReplayRefusesWhereItCannotGo(t *testing.T) {
 
 func TestEachOutcomeSince(t *testing.T) {
 	js, cfg := dlqTSetup(t)
-	pub := func(o queue.Outcome) {
-		m, err := o.Msg(cfg.OutcomeSubject, cfg.Stream)
+	pub := func(o event.Record) {
+		o.AccountID, o.Stream = "a", cfg.Stream
+		m, err := queue.OutcomeMsg(cfg.OutcomeSubject, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -208,17 +219,17 @@ func TestEachOutcomeSince(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pub(queue.Outcome{EventID: "e1", KeyID: "k1", Outcome: "revoked", Sequence: 1})
-	if _, err := js.Publish(dlqTCtx(t), cfg.OutcomeSubject, []byte("not a record")); err != nil {
+	pub(event.Record{EventID: "e1", KeyID: "k1", Outcome: "revoked", Sequence: 1})
+	if _, err := js.Publish(dlqTCtx(t), cfg.OutcomeSubject+".a.k9", []byte("not a record")); err != nil {
 		t.Fatal(err)
 	}
 	mid := time.Now()
-	pub(queue.Outcome{EventID: "e2", KeyID: "k2", Outcome: "not_found", Sequence: 2})
-	pub(queue.Outcome{EventID: "e3", KeyID: "k3", Outcome: "dead_lettered", Reason: "api_rejected", Sequence: 3})
+	pub(event.Record{EventID: "e2", KeyID: "k2", Outcome: "not_found", Sequence: 2})
+	pub(event.Record{EventID: "e3", KeyID: "k3", Outcome: "dead_lettered", Reason: "api_rejected", Sequence: 3})
 
 	read := func(since time.Time) (ids []string) {
 		t.Helper()
-		if err := queue.EachOutcome(dlqTCtx(t), js, cfg.OutcomeStream, since, func(o queue.Outcome) error {
+		if err := queue.EachOutcome(dlqTCtx(t), js, cfg.OutcomeStream, cfg.OutcomeSubject+".>", since, func(o event.Record) error {
 			ids = append(ids, o.EventID)
 			return nil
 		}); err != nil {
@@ -241,7 +252,7 @@ func TestEachOutcomeSince(t *testing.T) {
 	}
 	stop := errors.New("enough")
 	n := 0
-	err := queue.EachOutcome(dlqTCtx(t), js, cfg.OutcomeStream, time.Time{}, func(queue.Outcome) error { n++; return stop })
+	err := queue.EachOutcome(dlqTCtx(t), js, cfg.OutcomeStream, cfg.OutcomeSubject+".>", time.Time{}, func(event.Record) error { n++; return stop })
 	if !errors.Is(err, stop) || n != 1 {
 		t.Fatalf("stop: %v after %d", err, n)
 	}

@@ -1,17 +1,26 @@
 package queue
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
-	"strings"
+	"sync/atomic"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/untrusted"
+	"github.com/revoker/revoker/worker"
 )
 
 // Header names of the dead-letter record (SPEC §5).
@@ -25,43 +34,38 @@ const (
 	HeaderSourceSequence = "Revoker-Source-Sequence"
 	HeaderFailedAt       = "Revoker-Failed-At"
 	HeaderReplayOf       = "Revoker-Replay-Of"
+	HeaderBodyTruncated  = "Revoker-Body-Truncated"
 )
 
-// maxDetail bounds Revoker-Detail: one line a person can read.
-const maxDetail = 1024
+// Bounds of what a record carries (SPEC §5).
+const (
+	maxHeader = 256
+	maxDetail = 1024
+	// truncatedBody is what is kept of a body too large for its record.
+	truncatedBody = 64 << 10
+	// recordOverhead is room for the headers beside the body.
+	recordOverhead = 8 << 10
+)
 
 // EventID is the event's id: its Nats-Msg-Id, else <stream>:<sequence>.
-func EventID(msg jetstream.Msg, meta *jetstream.MsgMetadata) string {
-	if id := msg.Headers().Get(jetstream.MsgIDHeader); id != "" {
-		return id
+func EventID(msgID, stream string, seq uint64) string {
+	if msgID != "" {
+		return msgID
 	}
-	return meta.Stream + ":" + strconv.FormatUint(meta.Sequence.Stream, 10)
+	return stream + ":" + strconv.FormatUint(seq, 10)
 }
 
-// DeadLetter is what the dead-letter record says of an event.
-type DeadLetter struct {
-	Reason   string
-	Detail   string
-	Status   int  // last HTTP status, 0 if the last call got none
-	Called   bool // whether any call was made; Revoker-Status is absent if not
-	Attempts int
-	EventID  string
-	Stream   string
-	Subject  string
-	Sequence uint64
-	FailedAt time.Time
-}
-
-// Msg builds the record: the original body byte for byte, the facts in
-// headers, and a Nats-Msg-Id derived from the source position so a retried
-// write cannot make two records.
-func (d DeadLetter) Msg(subject string, body []byte) *nats.Msg {
+// DeadLetterMsg builds the record: the original body byte for byte (cut,
+// and marked so, only where it could not fit maxMsg), the facts in headers,
+// and a Nats-Msg-Id derived from the source position so a retried write
+// cannot make two records.
+func DeadLetterMsg(subject string, d event.DeadLetter, body []byte, maxMsg int) *nats.Msg {
 	m := nats.NewMsg(subject)
 	m.Data = body
 	h := m.Header
 	h.Set(jetstream.MsgIDHeader, fmt.Sprintf("dlq:%s:%d", d.Stream, d.Sequence))
-	h.Set(HeaderReason, d.Reason)
-	h.Set(HeaderDetail, OneLine(d.Detail, maxDetail))
+	h.Set(HeaderReason, string(d.Reason))
+	h.Set(HeaderDetail, untrusted.Line(d.Detail, maxDetail))
 	if d.Called {
 		st := "error"
 		if d.Status != 0 {
@@ -70,124 +74,163 @@ func (d DeadLetter) Msg(subject string, body []byte) *nats.Msg {
 		h.Set(HeaderStatus, st)
 	}
 	h.Set(HeaderAttempts, strconv.Itoa(d.Attempts))
-	h.Set(HeaderEventID, OneLine(d.EventID, 256))
-	h.Set(HeaderSourceSubject, d.Subject)
+	h.Set(HeaderEventID, untrusted.Line(d.EventID, maxHeader))
+	h.Set(HeaderSourceSubject, untrusted.Line(d.Subject, maxHeader))
 	h.Set(HeaderSourceSequence, strconv.FormatUint(d.Sequence, 10))
 	h.Set(HeaderFailedAt, d.FailedAt.UTC().Format(time.RFC3339Nano))
+	if maxMsg > 0 && len(body)+recordOverhead > maxMsg {
+		sum := sha256.Sum256(body)
+		m.Data = body[:min(len(body), truncatedBody, max(maxMsg-recordOverhead, 0))]
+		h.Set(HeaderBodyTruncated, fmt.Sprintf("%d sha256:%s", len(body), hex.EncodeToString(sum[:])))
+	}
 	return m
 }
 
-// Outcome is the audit record of an event's final outcome (SPEC §5a).
-type Outcome struct {
-	EventID     string `json:"event_id"`
-	AccountID   string `json:"account_id"`
-	KeyID       string `json:"key_id"`
-	Outcome     string `json:"outcome"`
-	Reason      string `json:"reason,omitempty"`
-	Status      int    `json:"status"`
-	CFRay       string `json:"cf_ray"`
-	Attempts    int    `json:"attempts"`
-	Subject     string `json:"subject"`
-	Sequence    uint64 `json:"sequence"`
-	RequestedAt string `json:"requested_at,omitempty"`
-	PublishedAt string `json:"published_at"`
-	CompletedAt string `json:"completed_at"`
-	RequestedBy string `json:"requested_by,omitempty"`
-	Worker      string `json:"worker"`
-	// ReplayOf is the original event's id when this one is a replay of a
-	// dead letter, so the audit trail links the two.
-	ReplayOf string `json:"replay_of,omitempty"`
+// OutcomeSubject is the subject of the records of one key:
+// <prefix>.<account>.<key>, with "_" for an id that is not valid.
+func OutcomeSubject(prefix, account, key string) string {
+	if !cloudflare.ValidIdentifier(account) {
+		account = event.NoKey
+	}
+	if !cloudflare.ValidIdentifier(key) {
+		key = event.NoKey
+	}
+	return prefix + "." + account + "." + key
 }
 
-// Msg builds the outcome record; stream is the work stream the event came
-// from. Its Nats-Msg-Id makes a repeated write of the same outcome a no-op.
-func (o Outcome) Msg(subject, stream string) (*nats.Msg, error) {
-	body, err := json.Marshal(o)
+// OutcomeMsg builds the outcome record of rec under prefix. Its Nats-Msg-Id
+// makes a repeated write of the same outcome a no-op.
+func OutcomeMsg(prefix string, rec event.Record) (*nats.Msg, error) {
+	body, err := json.Marshal(rec)
 	if err != nil {
 		return nil, err
 	}
-	m := nats.NewMsg(subject)
+	m := nats.NewMsg(OutcomeSubject(prefix, rec.AccountID, rec.KeyID))
 	m.Data = body
-	m.Header.Set(HeaderEventID, OneLine(o.EventID, 256))
-	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("outcome:%s:%d", stream, o.Sequence))
+	m.Header.Set(HeaderEventID, untrusted.Line(rec.EventID, maxHeader))
+	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("outcome:%s:%d", rec.Stream, rec.Sequence))
 	return m, nil
 }
 
-// Publisher writes records and waits for the stream's acknowledgement.
-type Publisher struct {
-	JS      jetstream.JetStream
+// Records writes dead-letter and outcome records and waits for the
+// streams' acknowledgement; it meets worker.Records.
+type Records struct {
+	JS  jetstream.JetStream
+	Log *zap.Logger
+	// DLQStream and DLQSubject take the dead letters.
+	DLQStream, DLQSubject string
+	// OutcomeStream and OutcomePrefix take the outcome records; an empty
+	// prefix turns them off.
+	OutcomeStream, OutcomePrefix string
+	// Timeout bounds one write.
 	Timeout time.Duration
+
+	dlqMaxMsg atomic.Int64 // the dead-letter stream's message limit, once known (-1: none)
 }
 
-// Publish writes msg to stream and returns once the stream has stored it.
-func (p Publisher) Publish(ctx context.Context, stream string, msg *nats.Msg) error {
-	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
-	defer cancel()
-	_, err := p.JS.PublishMsg(ctx, msg, jetstream.WithExpectStream(stream))
-	return err
+var _ worker.Records = (*Records)(nil)
+
+// DeadLetter stores the record of d.
+func (r *Records) DeadLetter(ctx context.Context, d event.DeadLetter, body []byte) error {
+	m := DeadLetterMsg(r.DLQSubject, d, body, r.maxRecord(ctx))
+	return r.write(ctx, r.DLQStream, m, func(stored *jetstream.RawStreamMsg) bool {
+		// Ours if it names the same reason for the same event: a retried
+		// write of our own record, not one planted in advance.
+		return stored.Header.Get(HeaderReason) == m.Header.Get(HeaderReason) &&
+			stored.Header.Get(HeaderSourceSequence) == m.Header.Get(HeaderSourceSequence) &&
+			stored.Header.Get(HeaderEventID) == m.Header.Get(HeaderEventID) &&
+			bytes.Equal(stored.Data, m.Data)
+	})
 }
 
-// OneLine makes s safe for a header and a log line: control characters
-// become spaces, and it is cut to at most n bytes.
-func OneLine(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
+// maxRecord is the largest dead-letter record that can be stored: the
+// server's payload limit, or the dead-letter stream's message limit where
+// that is smaller.
+func (r *Records) maxRecord(ctx context.Context) int {
+	limit := int(r.JS.Conn().MaxPayload())
+	if r.dlqMaxMsg.Load() == 0 {
+		ictx, cancel := context.WithTimeout(ctx, r.Timeout)
+		defer cancel()
+		if s, err := r.JS.Stream(ictx, r.DLQStream); err == nil {
+			r.dlqMaxMsg.Store(max(int64(s.CachedInfo().Config.MaxMsgSize), -1))
 		}
-		return r
-	}, s)
-	if len(s) > n {
-		cut := n
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "…"
 	}
-	return strings.TrimSpace(s)
-}
-
-// OutcomeWriter writes outcome records without waiting for each one: the
-// audit trail must not slow revocations down, and a record that cannot be
-// written never undoes or repeats a revocation. Failures reach onFail.
-type OutcomeWriter struct {
-	js      jetstream.JetStream
-	stream  string
-	subject string
-}
-
-// NewOutcomeWriter writes to subject (stored by stream) over nc. onFail is
-// told of every record the stream did not acknowledge.
-func NewOutcomeWriter(nc *nats.Conn, stream, subject string, onFail func(*nats.Msg, error)) (*OutcomeWriter, error) {
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(1024),
-		jetstream.WithPublishAsyncTimeout(10*time.Second),
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { onFail(m, err) }),
-	)
-	if err != nil {
-		return nil, err
+	if n := int(r.dlqMaxMsg.Load()); n > 0 && (limit <= 0 || n < limit) {
+		limit = n
 	}
-	return &OutcomeWriter{js: js, stream: stream, subject: subject}, nil
+	return limit
 }
 
-// Write queues o, the outcome of an event of sourceStream; it blocks only
-// while 1,024 records await acknowledgement (10 s at most).
-func (w *OutcomeWriter) Write(o Outcome, sourceStream string) error {
-	m, err := o.Msg(w.subject, sourceStream)
+// Outcome stores rec. With maybeWritten, it first looks for a record of the
+// same event on the key's subject, so a redelivery after a lost ack does
+// not make a second record outside the duplicate window.
+func (r *Records) Outcome(ctx context.Context, rec event.Record, maybeWritten bool) error {
+	if r.OutcomePrefix == "" {
+		return nil
+	}
+	m, err := OutcomeMsg(r.OutcomePrefix, rec)
 	if err != nil {
 		return err
 	}
-	// Past the pending limit, wait (back-pressure on the events finishing)
-	// rather than drop the record.
-	_, err = w.js.PublishMsgAsync(m, jetstream.WithExpectStream(w.stream), jetstream.WithStallWait(10*time.Second))
-	return err
+	if maybeWritten {
+		found, err := r.findOutcome(ctx, m.Subject, rec)
+		if err != nil {
+			return err
+		}
+		if found {
+			return nil
+		}
+	}
+	return r.write(ctx, r.OutcomeStream, m, func(stored *jetstream.RawStreamMsg) bool {
+		var o event.Record
+		return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
+	})
 }
 
-// Flush waits until every queued record is acknowledged or ctx ends.
-func (w *OutcomeWriter) Flush(ctx context.Context) error {
-	select {
-	case <-w.js.PublishAsyncComplete():
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%d outcome records not acknowledged: %w", w.js.PublishAsyncPending(), ctx.Err())
+// findOutcome reports whether the key's subject holds a record of the same
+// event that says what rec says.
+func (r *Records) findOutcome(ctx context.Context, subject string, rec event.Record) (bool, error) {
+	found := false
+	err := eachOnSubject(ctx, r.JS, r.OutcomeStream, subject, func(data []byte) bool {
+		var o event.Record
+		if json.Unmarshal(data, &o) == nil && o.Stream == rec.Stream && o.Sequence == rec.Sequence {
+			found = o.SameFacts(rec)
+			return !found
+		}
+		return true
+	})
+	return found, err
+}
+
+// write publishes m to stream and waits for its acknowledgement. A
+// duplicate answer is taken as written only if ours says the stored record
+// is ours; otherwise somebody wrote under our id first, and the record is
+// written again under an id nobody can guess.
+func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, ours func(*jetstream.RawStreamMsg) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	ack, err := r.JS.PublishMsg(ctx, m, jetstream.WithExpectStream(stream))
+	if err != nil {
+		return err
 	}
+	if !ack.Duplicate {
+		return nil
+	}
+	s, err := r.JS.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("check the record stored under %s: %w", m.Header.Get(jetstream.MsgIDHeader), err)
+	}
+	stored, err := s.GetMsg(ctx, ack.Sequence)
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("check the record stored under %s: %w", m.Header.Get(jetstream.MsgIDHeader), err)
+	}
+	if stored != nil && ours(stored) {
+		return nil
+	}
+	id := m.Header.Get(jetstream.MsgIDHeader)
+	r.Log.Error("a record that is not ours is stored under our record's id; writing ours again under a new id",
+		zap.String("stream", stream), zap.String("msg_id", untrusted.Line(id, maxHeader)), zap.Uint64("stored_sequence", ack.Sequence))
+	m.Header.Set(jetstream.MsgIDHeader, id+":"+rand.Text())
+	_, err = r.JS.PublishMsg(ctx, m, jetstream.WithExpectStream(stream))
+	return err
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -47,12 +48,32 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg config.Config, log 
 			return err
 		}
 	}
+	replicas, err := streamReplicas(ctx, js, cfg.Stream)
+	if err != nil {
+		return err
+	}
 	for _, subj := range cfg.Subjects {
-		if err := ensureConsumer(ctx, js, cfg.Stream, LaneConsumer(cfg, subj), cfg.CreateStreams, log); err != nil {
+		want := LaneConsumer(cfg, subj)
+		if replicas != want.Replicas {
+			// JetStream requires a work-queue stream's consumers to have
+			// the stream's replicas; the stream's difference was warned
+			// about above.
+			want.Replicas = replicas
+		}
+		if err := ensureConsumer(ctx, js, cfg.Stream, want, cfg.CreateStreams, log); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// streamReplicas is the number of replicas the stream has.
+func streamReplicas(ctx context.Context, js jetstream.JetStream, stream string) (int, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return 0, fmt.Errorf("look up stream %s: %w", stream, err)
+	}
+	return max(1, s.CachedInfo().Config.Replicas), nil
 }
 
 // WorkStream is the configuration revoker creates for the work stream.
@@ -64,9 +85,16 @@ func WorkStream(cfg config.Config) jetstream.StreamConfig {
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Duplicates:  DuplicateWindow,
-		Replicas:    1,
+		// An event too large to be valid is refused at publish time, and
+		// its dead-letter record always fits.
+		MaxMsgSize: MaxEventMsg,
+		Replicas:   cfg.StreamReplicas,
 	}
 }
+
+// MaxEventMsg is the work stream's message limit: twice the largest valid
+// event, with room for headers.
+const MaxEventMsg = 128 << 10
 
 // DLQStream is the configuration revoker creates for dead letters: kept
 // until an operator replays or removes them.
@@ -78,7 +106,7 @@ func DLQStream(cfg config.Config) jetstream.StreamConfig {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Duplicates:  DuplicateWindow,
-		Replicas:    1,
+		Replicas:    cfg.StreamReplicas,
 	}
 }
 
@@ -87,12 +115,15 @@ func OutcomeStream(cfg config.Config) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        cfg.OutcomeStream,
 		Description: "final outcome of every revoke-key event",
-		Subjects:    []string{cfg.OutcomeSubject},
+		Subjects:    []string{cfg.OutcomeSubject + ".>"},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		MaxAge:      OutcomeMaxAge,
 		Duplicates:  DuplicateWindow,
-		Replicas:    1,
+		// The audit trail is append-only through the API.
+		DenyDelete: true,
+		DenyPurge:  true,
+		Replicas:   cfg.StreamReplicas,
 	}
 }
 
@@ -109,6 +140,7 @@ func LaneConsumer(cfg config.Config, subject string) jetstream.ConsumerConfig {
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: MaxAckPending(cfg.Concurrency),
+		Replicas:      cfg.StreamReplicas,
 	}
 }
 
@@ -205,32 +237,20 @@ func consumerDiffs(have, want jetstream.ConsumerConfig) []diff {
 	if have.MaxAckPending != want.MaxAckPending {
 		out = append(out, diff{"max_ack_pending", fmt.Sprint(have.MaxAckPending), fmt.Sprint(want.MaxAckPending)})
 	}
+	// 0 means "as many as the stream", which is what want holds.
+	if have.Replicas != 0 && have.Replicas != want.Replicas {
+		out = append(out, diff{"replicas", fmt.Sprint(have.Replicas), fmt.Sprint(want.Replicas)})
+	}
 	return out
 }
 
 // Covers reports whether one of a stream's subject filters matches the
-// literal subject.
+// literal subject, by the server's own rule.
 func Covers(filters []string, subject string) bool {
 	for _, f := range filters {
-		if subjectMatches(f, subject) {
+		if server.SubjectMatchesFilter(subject, f) {
 			return true
 		}
 	}
 	return false
-}
-
-func subjectMatches(filter, subject string) bool {
-	ft := strings.Split(filter, ".")
-	st := strings.Split(subject, ".")
-	for i, t := range ft {
-		switch {
-		case t == ">":
-			return len(st) > i
-		case i >= len(st):
-			return false
-		case t != "*" && t != st[i]:
-			return false
-		}
-	}
-	return len(ft) == len(st)
 }

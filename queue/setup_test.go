@@ -154,3 +154,109 @@ func TestCovers(t *testing.T) {
 		}
 	}
 }
+
+// On a three-node cluster, REVOKER_STREAM_REPLICAS=3 gives every stream,
+// consumer and the attempts bucket three replicas; existing R1 ones are
+// left as they are, with a warning, and their consumers match them.
+func TestEnsureReplicasOnCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := queuetest.Cluster(t, 3)
+	_, js := queuetest.ConnectURL(t, c.URLs())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	t.Run("created R3", func(t *testing.T) {
+		cfg := config.Default()
+		cfg.StreamReplicas = 3
+		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := queue.BindLedger(ctx, js, cfg, zap.NewNop()); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{cfg.Stream, cfg.DLQStream, cfg.OutcomeStream, "KV_" + queue.LedgerBucket} {
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				t.Fatalf("stream %s: %v", name, err)
+			}
+			info := s.CachedInfo()
+			if info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
+				t.Errorf("stream %s: replicas %d, cluster %+v; want R3", name, info.Config.Replicas, info.Cluster)
+			}
+		}
+		for _, subj := range cfg.Subjects {
+			cons, err := js.Consumer(ctx, cfg.Stream, cfg.Durable(subj))
+			if err != nil {
+				t.Fatal(err)
+			}
+			info := cons.CachedInfo()
+			if info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
+				t.Errorf("consumer %s: replicas %d, cluster %+v; want R3", info.Name, info.Config.Replicas, info.Cluster)
+			}
+		}
+	})
+
+	t.Run("existing R1 kept, with a warning", func(t *testing.T) {
+		cfg := config.Default()
+		cfg.Stream, cfg.Subjects, cfg.Consumer = "OLD", []string{"old.urgent", "old.scheduled"}, "old"
+		cfg.DLQStream, cfg.DLQSubject = "OLD_DLQ", "old.dlq"
+		cfg.OutcomeStream, cfg.OutcomeSubject = "OLD_OUTCOMES", "old.outcome"
+		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+			t.Fatal(err)
+		}
+		cfg.StreamReplicas = 3
+		core, logs := observer.New(zapcore.WarnLevel)
+		if err := queue.Ensure(ctx, js, cfg, zap.New(core)); err != nil {
+			t.Fatalf("different replicas stopped the start: %v", err)
+		}
+		warned := map[string]bool{}
+		for _, e := range logs.All() {
+			if e.ContextMap()["setting"] == "replicas" {
+				warned[e.ContextMap()["stream"].(string)] = true
+			}
+		}
+		for _, name := range []string{cfg.Stream, cfg.DLQStream, cfg.OutcomeStream} {
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := s.CachedInfo().Config.Replicas; r != 1 {
+				t.Errorf("stream %s was changed to %d replicas", name, r)
+			}
+			if !warned[name] {
+				t.Errorf("no replicas warning for stream %s (warnings: %v)", name, logs.All())
+			}
+		}
+		// The bucket, created R3 above, is left R3 when R1 is asked for.
+		cfg.StreamReplicas = 1
+		core, logs = observer.New(zapcore.WarnLevel)
+		if _, err := queue.BindLedger(ctx, js, cfg, zap.New(core)); err != nil {
+			t.Fatal(err)
+		}
+		if n := logs.FilterField(zap.String("setting", "replicas")).FilterField(zap.String("bucket", queue.LedgerBucket)).Len(); n != 1 {
+			t.Errorf("%d replicas warnings for the bucket, want 1 (warnings: %v)", n, logs.All())
+		}
+		if s, err := js.Stream(ctx, "KV_"+queue.LedgerBucket); err != nil || s.CachedInfo().Config.Replicas != 3 {
+			t.Errorf("bucket changed or gone: %v", err)
+		}
+		cfg.StreamReplicas = 3
+
+		// A consumer missing from an existing R1 work stream is created R1:
+		// JetStream requires it to match the stream.
+		if err := js.DeleteConsumer(ctx, cfg.Stream, cfg.Durable(cfg.Subjects[0])); err != nil {
+			t.Fatal(err)
+		}
+		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+			t.Fatalf("consumer on an R1 stream with R3 configured: %v", err)
+		}
+		cons, err := js.Consumer(ctx, cfg.Stream, cfg.Durable(cfg.Subjects[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := cons.CachedInfo().Config.Replicas; r > 1 {
+			t.Errorf("consumer on an R1 stream has %d replicas", r)
+		}
+	})
+}

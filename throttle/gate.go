@@ -1,11 +1,14 @@
 // Package throttle decides when the next API call may start: it hands out
 // permits in strict priority order, at most Concurrency at once, no faster
-// than the rate limit, and none at all while the API has told us to pause.
+// than the rate limit, and none at all while the API has told us to hold.
+// The rate, the holds and the priority can be shared with other replicas
+// through a Budget.
 package throttle
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -15,8 +18,8 @@ import (
 // ErrClosed is returned by Acquire after Close.
 var ErrClosed = errors.New("throttle: gate closed")
 
-// MaxPause bounds a pause asked for by the API: Cloudflare blocks for up to
-// five minutes after its limit is exceeded, so a longer Retry-After is bogus.
+// MaxPause bounds any hold asked for by the API: Cloudflare blocks for up to
+// five minutes after its limit is exceeded, so a longer hold is bogus.
 const MaxPause = 5 * time.Minute
 
 // SpacingMargin is added to the interval between permits. Calls reach the
@@ -25,6 +28,56 @@ const MaxPause = 5 * time.Minute
 // API's side from ever seeing one call more than the rate.
 const SpacingMargin = time.Millisecond
 
+// SlowHold: a Slow longer than this is a hold (shown, reported), not pacing.
+// Our own pacing never spaces calls further apart than a second at any rate
+// of one a second or more, so a longer wait is the API stopping us.
+const SlowHold = time.Second
+
+// SlotGrace is how late after its due time a slot reserved in a shared
+// Budget may still be used; a later one is dropped. A call that starts late
+// comes nearer the next sharer's call, which keeps to its own time: a
+// budget's slack must cover this grace and the way from permit to API.
+const SlotGrace = 10 * time.Millisecond
+
+// Causes of holds, as reported to Config.OnHold.
+const (
+	CausePause      = "the API refused a call (429)"
+	CauseRateHeader = "the API's rate-limit header says its budget is spent"
+)
+
+// Budget is a rate budget shared by every gate (every replica) that calls
+// the API with the same credential: the start times of calls, the holds the
+// API asks for, and which priorities have work waiting. Its methods are safe
+// for concurrent use; none of them calls back into the Gate.
+type Budget interface {
+	// Reserve asks for the start time of one call of priority p (0 is the
+	// highest). ok: a slot is reserved and the call may start at `at`, now
+	// or a short lead ahead. !ok: nothing was reserved (a hold, a claim of a
+	// higher priority elsewhere, or no slot due soon); ask again at `at`, or
+	// sooner when Changed signals. An error means the budget could not be
+	// asked and nothing was reserved.
+	Reserve(ctx context.Context, p int) (at time.Time, ok bool, err error)
+	// Rebook moves a slot reserved at `slot` that could not be used in
+	// time to now, if no sharer has reserved a later slot meanwhile; !ok
+	// means the slot is lost.
+	Rebook(ctx context.Context, slot time.Time) (at time.Time, ok bool, err error)
+	// Allows reports, from what is known without asking, whether no other
+	// sharer claims a priority higher than p.
+	Allows(p int) bool
+	// Hold stops every sharer's calls until `until` for cause; it never
+	// shortens a hold in force.
+	Hold(until time.Time, cause string)
+	// Defer moves the earliest start of any sharer's next call to until.
+	Defer(until time.Time)
+	// Held is the hold in force as far as known; zero when none.
+	Held() (until time.Time, cause string)
+	// Claim states the highest priority with work waiting here, -1 for
+	// none; while it stands no sharer reserves for a lower priority.
+	Claim(p int)
+	// Changed is signalled when news from sharers may change a decision.
+	Changed() <-chan struct{}
+}
+
 // Config sets up a Gate.
 type Config struct {
 	// Priorities is the number of priority levels; 0 is the highest.
@@ -32,27 +85,40 @@ type Config struct {
 	// Concurrency is the number of permits that may be held at once (>= 1).
 	Concurrency int
 	// Rate is permits per second; 0 means no limit. Burst is 1: calls are
-	// spaced evenly, never N at once.
+	// spaced evenly, never N at once. Ignored when Budget is set: the
+	// budget keeps the rate.
 	Rate float64
-	// OnPause is called with true when a pause starts and false when it ends.
+	// Budget, when set, is shared with the other replicas using the same
+	// credential; nil keeps rate and holds in this process.
+	Budget Budget
+	// OnPause is called with true when a hold starts and false when it
+	// ends. It is called from one goroutine, in order, with no lock held.
 	OnPause func(paused bool)
+	// OnHold is called when a hold starts, or is lengthened by more than
+	// SlowHold, with its length from now and its cause: once per hold, not
+	// once per answer that asks for it. Same calling rules as OnPause.
+	OnHold func(length time.Duration, cause string)
 }
 
 // Gate hands out permits to start an API call. A waiter of priority p is
-// served only when no waiter of a higher priority is queued and no higher
-// level reports pending work (see SetPending).
+// served only when no waiter of a higher priority is queued, no higher
+// level reports pending work (see SetPending), and, with a Budget, no other
+// replica claims a higher priority.
 type Gate struct {
 	cfg     Config
 	limiter *rate.Limiter
+	budget  Budget
+	ctx     context.Context // ends at Close: bounds calls to the budget
+	cancel  context.CancelFunc
 
-	mu       sync.Mutex
-	queues   [][]*waiter
-	pending  []bool // a level knows of work not yet queued (messages in the stream)
-	free     int
-	pauseEnd time.Time
-	notEarly time.Time // set by Slow: no permit before this instant
-	paused   bool
-	closed   bool
+	mu        sync.Mutex
+	queues    [][]*waiter
+	pending   []bool // a level knows of work not yet queued (messages in the stream)
+	free      int
+	holdEnd   time.Time // a hold the API asked for, seen here
+	holdCause string
+	notEarly  time.Time // set by a short Slow: no permit before this instant
+	closed    bool
 
 	wake chan struct{}
 	done chan struct{}
@@ -90,18 +156,24 @@ func New(cfg Config) *Gate {
 	}
 	g := &Gate{
 		cfg:     cfg,
+		budget:  cfg.Budget,
 		queues:  make([][]*waiter, cfg.Priorities),
 		pending: make([]bool, cfg.Priorities),
 		free:    cfg.Concurrency,
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
-	if cfg.Rate > 0 {
-		interval := time.Duration(float64(time.Second)/cfg.Rate) + SpacingMargin
-		g.limiter = rate.NewLimiter(rate.Every(interval), 1)
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	if cfg.Rate > 0 && g.budget == nil {
+		g.limiter = rate.NewLimiter(rate.Every(Interval(cfg.Rate)), 1)
 	}
 	go g.loop()
 	return g
+}
+
+// Interval is the spacing of permits at rate r (r > 0) in one process.
+func Interval(r float64) time.Duration {
+	return time.Duration(float64(time.Second)/r) + SpacingMargin
 }
 
 // Close stops the gate; waiting and later Acquire calls return ErrClosed.
@@ -116,6 +188,7 @@ func (g *Gate) Close() {
 		}
 		g.queues = make([][]*waiter, g.cfg.Priorities)
 		g.mu.Unlock()
+		g.cancel()
 		close(g.done)
 	})
 }
@@ -159,9 +232,10 @@ func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
 
 // grantNow takes a permit at once when nobody of equal or higher priority
 // is queued or pending and nothing holds permits back: the common case,
-// without a round trip through the loop. g.mu is held.
+// without a round trip through the loop. A shared budget is only asked from
+// the loop, so with one every permit goes through it. g.mu is held.
 func (g *Gate) grantNow(p int) bool {
-	if g.free == 0 {
+	if g.free == 0 || g.budget != nil {
 		return false
 	}
 	for q := 0; q <= p; q++ {
@@ -170,7 +244,7 @@ func (g *Gate) grantNow(p int) bool {
 		}
 	}
 	now := time.Now()
-	if now.Before(g.pauseEnd) || now.Before(g.notEarly) {
+	if now.Before(g.holdEnd) || now.Before(g.notEarly) {
 		return false
 	}
 	if g.limiter != nil && !g.limiter.AllowN(now, 1) {
@@ -196,38 +270,74 @@ func (g *Gate) SetPending(p int, pending bool) {
 }
 
 // Pause holds every permit for d (capped at MaxPause), as Cloudflare refuses
-// every call of the account after a 429. A shorter pause never cuts a longer
-// one that is already running.
+// every call of the credential after a 429; with a Budget, every replica's
+// permits. A shorter pause never cuts a longer one that is already running.
 func (g *Gate) Pause(d time.Duration) {
 	if d <= 0 {
 		return
 	}
-	d = min(d, MaxPause)
-	end := time.Now().Add(d)
-	g.mu.Lock()
-	if end.After(g.pauseEnd) {
-		g.pauseEnd = end
-	}
-	g.mu.Unlock()
-	g.poke()
+	g.hold(time.Now(), d, CausePause)
 }
 
 // Slow delays the next permit until at least `until`: used when the API says
-// its budget is nearly spent, to slow down before it refuses calls.
+// its budget is nearly spent, to slow down before it refuses calls. A delay
+// longer than SlowHold is a hold like Pause's (capped at MaxPause, shown
+// through OnPause and reported through OnHold); a shorter one only paces.
 func (g *Gate) Slow(until time.Time) {
+	now := time.Now()
+	d := until.Sub(now)
+	if d > SlowHold {
+		g.hold(now, d, CauseRateHeader)
+		return
+	}
 	g.mu.Lock()
 	if until.After(g.notEarly) {
 		g.notEarly = until
 	}
 	g.mu.Unlock()
+	if g.budget != nil {
+		g.budget.Defer(until)
+	}
 	g.poke()
 }
 
-// PausedFor reports how much of the current pause is left.
+func (g *Gate) hold(now time.Time, d time.Duration, cause string) {
+	if d > MaxPause {
+		cause = fmt.Sprintf("%s (asked for %v, capped at %v)", cause, d.Round(time.Second), MaxPause)
+		d = MaxPause
+	}
+	end := now.Add(d)
+	g.mu.Lock()
+	if end.After(g.holdEnd) {
+		g.holdEnd, g.holdCause = end, cause
+	}
+	g.mu.Unlock()
+	if g.budget != nil {
+		g.budget.Hold(end, cause)
+	}
+	g.poke()
+}
+
+// PausedFor reports how much of the current hold is left, wherever it was
+// asked for.
 func (g *Gate) PausedFor() time.Duration {
+	end, _ := g.holdInForce()
+	return max(0, time.Until(end))
+}
+
+// holdInForce is the later of this gate's hold and the budget's.
+func (g *Gate) holdInForce() (time.Time, string) {
+	var bEnd time.Time
+	var bCause string
+	if g.budget != nil {
+		bEnd, bCause = g.budget.Held()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return max(0, time.Until(g.pauseEnd))
+	if bEnd.After(g.holdEnd) {
+		return bEnd, bCause
+	}
+	return g.holdEnd, g.holdCause
 }
 
 func (g *Gate) clamp(p int) int {
@@ -265,33 +375,97 @@ func (g *Gate) next() int {
 	return -1
 }
 
+// claim is the level this gate claims from the other sharers: the highest
+// with work queued or pending, unless it is the lowest (which holds back
+// nobody), else -1.
+func (g *Gate) claim() int {
+	for p, q := range g.queues {
+		if len(q) > 0 || g.pending[p] {
+			if p == len(g.queues)-1 {
+				return -1
+			}
+			return p
+		}
+	}
+	return -1
+}
+
+// Waits after the budget could not be asked: short at first, then longer,
+// never giving up (and never granting without it).
+const (
+	budgetRetryMin = 50 * time.Millisecond
+	budgetRetryMax = 2 * time.Second
+)
+
 // loop is the only place permits are granted, so the priority decision is
 // made at the instant a permit is free, not when a waiter arrived.
 func (g *Gate) loop() {
 	var (
 		timer *time.Timer
-		// res is the rate token we are waiting for. Keeping it, rather than
-		// asking again after the wait, keeps permits on the limiter's exact
-		// schedule: a late wake-up does not push every later permit back.
+		// res is the local rate token we are waiting for. Keeping it,
+		// rather than asking again after the wait, keeps permits on the
+		// limiter's exact schedule: a late wake-up does not push every
+		// later permit back.
 		res *rate.Reservation
+		// slot is the start time reserved in the shared budget, for a
+		// waiter of level slotLevel; zero when none.
+		slot      time.Time
+		slotLevel int
+		// retry is the wait after the budget could not be asked.
+		retry = budgetRetryMin
+		// paused and reported are what OnPause and OnHold were last told.
+		paused   bool
+		reported time.Time
+		claimed  = -1
+		changed  <-chan struct{}
 	)
+	if g.budget != nil {
+		changed = g.budget.Changed()
+	}
 	for {
+		holdEnd, cause := g.holdInForce()
 		g.mu.Lock()
 		now := time.Now()
 		var hold time.Duration
 		switch {
-		case now.Before(g.pauseEnd):
-			hold = g.pauseEnd.Sub(now)
+		case now.Before(holdEnd):
+			hold = holdEnd.Sub(now)
 		case now.Before(g.notEarly):
 			hold = g.notEarly.Sub(now)
 		}
-		g.setPaused(now.Before(g.pauseEnd))
-		ready := g.free > 0 && g.next() >= 0
+		level := g.next()
+		ready := g.free > 0 && level >= 0
+		claim := g.claim()
 		g.mu.Unlock()
 
+		// Callbacks run here, outside the lock, so they may call the gate.
+		isPaused := now.Before(holdEnd)
+		if isPaused && (!paused || holdEnd.Sub(reported) > SlowHold) {
+			reported = holdEnd
+			if g.cfg.OnHold != nil {
+				g.cfg.OnHold(holdEnd.Sub(now), cause)
+			}
+		}
+		if isPaused != paused {
+			paused = isPaused
+			if g.cfg.OnPause != nil {
+				g.cfg.OnPause(paused)
+			}
+		}
+		if g.budget != nil && claim != claimed {
+			claimed = claim
+			g.budget.Claim(claim)
+		}
+
 		if res != nil && (!ready || hold > 0) {
-			res.Cancel() // nobody to use it, or a pause: give it back
+			res.Cancel() // nobody to use it, or a hold: give it back
 			res = nil
+		}
+		if !slot.IsZero() && (hold > 0 || !ready && !now.Before(slot)) {
+			// A slot may not be used late on purpose: the next sharer's
+			// call starts one interval after it was due. Dropping it
+			// wastes one call of the budget, never exceeds it.
+			slot = time.Time{}
 		}
 		if ready && hold == 0 && g.limiter != nil {
 			// The waiter is chosen only when the token is due, so the
@@ -301,11 +475,44 @@ func (g *Gate) loop() {
 			}
 			hold = res.DelayFrom(time.Now())
 		}
+		if ready && hold == 0 && g.budget != nil {
+			if slot.IsZero() {
+				at, ok, err := g.budget.Reserve(g.ctx, level)
+				switch {
+				case err != nil:
+					hold = retry
+					retry = min(2*retry, budgetRetryMax)
+				case ok:
+					slot, slotLevel, retry = at, level, budgetRetryMin
+				default:
+					hold = max(time.Until(at), time.Millisecond)
+					retry = budgetRetryMin
+				}
+			}
+			if !slot.IsZero() {
+				hold = max(0, time.Until(slot))
+			}
+		}
+		if !ready && !slot.IsZero() {
+			hold = max(time.Millisecond, time.Until(slot)) // to drop it when due
+		}
+		if ready && hold == 0 && !slot.IsZero() && time.Since(slot) > SlotGrace {
+			// Reserved too late, or woken too late, to be used safely: the
+			// next sharer's call keeps to its time. Move the slot to now if
+			// nobody reserved after it; else one call of the budget is
+			// lost, none is taken twice.
+			at, ok, err := g.budget.Rebook(g.ctx, slot)
+			slot = time.Time{}
+			if err == nil && ok {
+				slot = at
+			}
+			continue
+		}
 		if ready && hold == 0 {
-			if !g.grant() && res != nil {
+			if !g.grant(slotLevel) && res != nil {
 				res.Cancel()
 			}
-			res = nil
+			res, slot = nil, time.Time{}
 			continue
 		}
 		var tick <-chan time.Time
@@ -321,6 +528,7 @@ func (g *Gate) loop() {
 		case <-g.done:
 			return
 		case <-g.wake:
+		case <-changed:
 		case <-tick:
 		}
 		if timer != nil && !timer.Stop() {
@@ -333,13 +541,17 @@ func (g *Gate) loop() {
 }
 
 // grant gives a permit to the first waiter of the level to serve; false if
-// there was none after all.
-func (g *Gate) grant() bool {
+// there was none after all. A shared slot reserved for slotLevel goes to a
+// lower level only while no other sharer claims a level above that one.
+func (g *Gate) grant(slotLevel int) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	// Re-check under the lock: a waiter may have left since.
 	p := g.next()
 	if p < 0 || g.free == 0 || g.closed {
+		return false
+	}
+	if g.budget != nil && p > slotLevel && !g.budget.Allows(p) {
 		return false
 	}
 	w := g.queues[p][0]
@@ -348,16 +560,6 @@ func (g *Gate) grant() bool {
 	g.free--
 	close(w.ch)
 	return true
-}
-
-func (g *Gate) setPaused(paused bool) {
-	if paused == g.paused {
-		return
-	}
-	g.paused = paused
-	if g.cfg.OnPause != nil {
-		g.cfg.OnPause(paused)
-	}
 }
 
 // Queued reports how many waiters priority p has.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,12 @@ import (
 )
 
 // TestClassify maps real HTTP answers, through the real client, to their
+func envelope(code int, msg string) string {
+	return `{"success":false,"errors":[{"code":` + strconv.Itoa(code) + `,"message":"` + msg + `"}],"messages":[],"result":null}`
+}
+
+const okBody = `{"success":true,"errors":[],"messages":[],"result":"Revoked"}`
+
 // decision: every row of SPEC §4 and its edges.
 func TestClassify(t *testing.T) {
 	auth := `{"success":false,"errors":[{"code":10000,"message":"Authentication error"}],"messages":[],"result":null}`

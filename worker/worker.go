@@ -1,27 +1,89 @@
-// Package worker decides what happens to one revoke event: decode, validate,
-// call the API, classify the answer, retry, and settle the message (ack,
-// give back, or dead-letter) only once its outcome is durable.
+// Package worker decides what happens to one delivery of a revoke event:
+// decode, validate, call the API, classify the answer, retry, and settle the
+// message (ack, give back, or dead-letter) only once its outcome is durable.
+//
+// It knows no broker. A delivery, the records it writes and the ledger it
+// keeps across deliveries are small interfaces declared here; package queue
+// meets them with JetStream, and tests with fakes.
 package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/cloudflare"
-	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/metrics"
-	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/untrusted"
 )
+
+// Delivery is one delivery of one event, as the broker hands it over. The
+// settling methods are final: exactly one of Ack, Term or GiveBack is
+// called, once.
+type Delivery interface {
+	Body() []byte
+	// ID is the event's id (SPEC §2).
+	ID() string
+	Subject() string
+	Stream() string
+	Sequence() uint64
+	// Delivered counts deliveries of this event, this one included.
+	Delivered() int
+	// StoredAt is when the stream stored the event.
+	StoredAt() time.Time
+	// ReplayOf is the original event's id when this is a replayed dead letter.
+	ReplayOf() string
+	// Priority is the subject's place in the subjects, 0 the highest.
+	Priority() int
+	// MaxDeliver is the delivery on which a retryable failure is
+	// dead-lettered; AckWait how long the broker waits for a sign of life.
+	MaxDeliver() int
+	AckWait() time.Duration
+
+	Ack() error
+	Term() error
+	GiveBack(delay time.Duration) error
+	// KeepAlive tells the broker the delivery is still being worked on,
+	// so it is not handed to another replica meanwhile.
+	KeepAlive() error
+}
+
+// Records writes the dead-letter and outcome records. Each returns only
+// once the record is stored; an error means it may not be.
+type Records interface {
+	DeadLetter(ctx context.Context, rec event.DeadLetter, body []byte) error
+	// Outcome stores rec. maybeWritten says an earlier delivery may have
+	// stored it already, so the writer looks before writing a second one.
+	Outcome(ctx context.Context, rec event.Record, maybeWritten bool) error
+}
+
+// Ledger keeps what one delivery of an event leaves for the next: the calls
+// made and, above all, the API's confirmation, so a revocation happens once
+// whatever becomes of the delivery.
+type Ledger interface {
+	Load(ctx context.Context, stream string, seq uint64) (Entry, error)
+	Save(ctx context.Context, stream string, seq uint64, e Entry) error
+}
+
+// Entry is the ledger's record of one event.
+type Entry struct {
+	Attempts int `json:"attempts"`
+	// Confirmed is the call that revoked the key, once there was one.
+	Confirmed *Call `json:"confirmed,omitempty"`
+}
+
+// Call is what the worker keeps of one API call.
+type Call struct {
+	Status int       `json:"status"`
+	CFRay  string    `json:"cf_ray"`
+	At     time.Time `json:"at"`
+}
 
 // API is the one call the worker makes; *cloudflare.Client implements it.
 type API interface {
@@ -30,327 +92,170 @@ type API interface {
 
 var _ API = (*cloudflare.Client)(nil)
 
-// Readiness conditions the worker reports on.
-const (
-	ReadyNATS       = "nats"
-	ReadyConsumers  = "consumers"
-	ReadyCredential = "credential"
-)
+// ReadyCredential is the readiness condition the worker reports on.
+const ReadyCredential = "credential"
 
-// Deps are the worker's collaborators.
-type Deps struct {
-	API     API
-	JS      jetstream.JetStream
-	Gate    *throttle.Gate
-	Metrics *metrics.Metrics
-	Ready   *metrics.Readiness
-	Log     *zap.Logger
+// Config is what the worker takes of the configuration.
+type Config struct {
+	// Subjects are the work subjects, highest priority first.
+	Subjects           []string
+	AllowedAccounts    []string // empty: every account
+	NotFoundDeadLetter bool
+	RateLimit          float64 // calls per second, 0 = no limit
+	RetryInitial       time.Duration
+	RetryMaxInterval   time.Duration
+	RetryMaxElapsed    time.Duration
+	// HandBackDelay is how long an event given back at shutdown is held,
+	// so that our own last pull request cannot take it again.
+	HandBackDelay time.Duration
 	// Name identifies this replica in outcome records (its host name).
 	Name string
 }
 
-// Worker consumes the lanes and processes their events.
+// Deps are the worker's collaborators.
+type Deps struct {
+	API     API
+	Gate    *throttle.Gate
+	Records Records
+	Ledger  Ledger
+	Metrics *metrics.Metrics
+	Ready   *metrics.Readiness
+	Log     *zap.Logger
+}
+
+// Worker handles deliveries.
 type Worker struct {
-	cfg config.Config
+	cfg Config
 	Deps
-	pub      queue.Publisher
-	outcomes *queue.OutcomeWriter // nil when outcome records are off
-	allowed  map[string]bool
-	attempts *queue.Attempts // set by bind
+	allowed map[string]bool
+	lanes   []metrics.Lane
 
 	credMu  sync.Mutex
 	credBad bool
 }
 
-// New makes a worker. cfg must have passed config validation.
-func New(cfg config.Config, d Deps) (*Worker, error) {
-	w := &Worker{
-		cfg:  cfg,
-		Deps: d,
-		pub:  queue.Publisher{JS: d.JS, Timeout: 10 * time.Second},
-	}
+// New makes a worker.
+func New(cfg Config, d Deps) *Worker {
+	w := &Worker{cfg: cfg, Deps: d}
 	if len(cfg.AllowedAccounts) > 0 {
 		w.allowed = map[string]bool{}
 		for _, a := range cfg.AllowedAccounts {
 			w.allowed[a] = true
 		}
 	}
-	if cfg.OutcomeSubject != "" {
-		ow, err := queue.NewOutcomeWriter(d.JS.Conn(), cfg.OutcomeStream, cfg.OutcomeSubject, func(m *nats.Msg, err error) {
-			w.Metrics.OutcomeFailures.Inc()
-			w.Log.Error("outcome record not written", zap.String("event_id", m.Header.Get(queue.HeaderEventID)), zap.Error(err))
-		})
-		if err != nil {
-			return nil, err
-		}
-		w.outcomes = ow
+	for i, s := range cfg.Subjects {
+		w.lanes = append(w.lanes, d.Metrics.Lane(s, i))
 	}
-	return w, nil
+	d.Ready.Declare(ReadyCredential)
+	return w
 }
 
-// Shutdown timing: a message given back at shutdown is held this long, so
-// that our own last pull request (at most queue.FetchWait) cannot take it
-// again.
-const handBackDelay = 2 * queue.FetchWait
+// recordRetry bounds the wait between tries of a record write: the outcome
+// stream may be away for a node's restart, and the event is held meanwhile.
+var recordRetry = struct{ initial, max time.Duration }{50 * time.Millisecond, 2 * time.Second}
 
-// Run sets up the streams and consumers (retrying while NATS is away), then
-// processes events until ctx is done. After that, no new call starts; events
-// waiting are given back at once, and calls in flight get
-// cfg.ShutdownTimeout to finish. If a consumer is deleted under it, it turns
-// not-ready and sets up again. It returns an error wrapping
-// queue.ErrIncompatible when the JetStream setup makes the work impossible.
-func (w *Worker) Run(ctx context.Context) error {
-	// work outlives ctx by the shutdown timeout, so calls in flight can
-	// finish and their outcomes be written.
-	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelWork()
-	stopTimer := context.AfterFunc(ctx, func() {
-		w.Log.Info("shutting down: no new calls; giving back waiting events",
-			zap.Duration("shutdown_timeout", w.cfg.ShutdownTimeout))
-		time.AfterFunc(w.cfg.ShutdownTimeout, cancelWork)
-	})
-	defer stopTimer()
-
-	for {
-		lanes, err := w.bind(ctx)
-		if err != nil {
-			return err
-		}
-		if lanes == nil {
-			break // ctx ended while binding
-		}
-		w.Ready.Set(ReadyConsumers, "")
-		if !w.runLanes(ctx, work, lanes) {
-			break
-		}
-		w.Ready.Set(ReadyConsumers, "a consumer disappeared; binding again")
-		w.Log.Error("a consumer disappeared; setting up again")
-	}
-	w.Ready.Set(ReadyConsumers, "shutting down")
-	if w.outcomes != nil {
-		if err := w.outcomes.Flush(work); err != nil {
-			w.Log.Error("outcome records lost at shutdown", zap.Error(err))
-		}
-	}
-	w.Log.Info("worker stopped")
-	return nil
-}
-
-// runLanes consumes until ctx ends or a consumer disappears (then it
-// reports true, once every lane's events are settled).
-func (w *Worker) runLanes(ctx, work context.Context, lanes []boundLane) (lost bool) {
-	fetch, stopFetching := context.WithCancel(ctx)
-	defer stopFetching()
-	var (
-		wg   sync.WaitGroup
-		gone atomic.Bool
-	)
-	for _, l := range lanes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := l.lane.Run(fetch, work, queue.Hooks{
-				Handle:   func(work context.Context, msg jetstream.Msg) { w.handle(ctx, work, l.lane, msg) },
-				GiveBack: func(msg jetstream.Msg) { _ = msg.NakWithDelay(handBackDelay) },
-				Pending: func(n uint64) {
-					w.Gate.SetPending(l.lane.Priority, n > 0)
-					w.Metrics.Pending.WithLabelValues(l.lane.Subject).Set(float64(n))
-				},
-				NoNews: func() { w.Gate.SetPending(l.lane.Priority, false) },
-			}, w.Log)
-			if errors.Is(err, queue.ErrConsumerGone) {
-				gone.Store(true)
-				stopFetching()
-			}
-		}()
-	}
-	go w.watchPending(fetch, lanes)
-	wg.Wait()
-	return gone.Load() && ctx.Err() == nil
-}
-
-type boundLane struct {
-	lane *queue.Lane
-	cons jetstream.Consumer
-}
-
-// bind retries the JetStream setup until it works, ctx ends, or it cannot
-// work at all.
-func (w *Worker) bind(ctx context.Context) ([]boundLane, error) {
-	b := backoff.NewExponentialBackOff(backoff.WithInitialInterval(time.Second),
-		backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
-	var last string
-	for {
-		lanes, err := w.tryBind(ctx)
-		if err == nil {
-			return lanes, nil
-		}
-		if errors.Is(err, queue.ErrIncompatible) {
-			return nil, err
-		}
-		if ctx.Err() != nil {
-			return nil, nil
-		}
-		w.Ready.Set(ReadyConsumers, err.Error())
-		if msg := err.Error(); msg != last { // say each new trouble once
-			w.Log.Warn("JetStream setup not possible yet, retrying", zap.Error(err))
-			last = msg
-		}
-		sleepCtx(ctx, b.NextBackOff())
-	}
-}
-
-func (w *Worker) tryBind(ctx context.Context) ([]boundLane, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := queue.Ensure(ctx, w.JS, w.cfg, w.Log); err != nil {
-		return nil, err
-	}
-	attempts, err := queue.EnsureAttempts(ctx, w.JS, w.cfg, w.Log)
-	if err != nil {
-		return nil, err
-	}
-	w.attempts = attempts
-	var lanes []boundLane
-	for i, subj := range w.cfg.Subjects {
-		c, err := w.JS.Consumer(ctx, w.cfg.Stream, w.cfg.Durable(subj))
-		if err != nil {
-			return nil, fmt.Errorf("bind consumer %s: %w", w.cfg.Durable(subj), err)
-		}
-		// A lane holds up to twice the calls in flight, so the next events
-		// are decoded and waiting for a permit while calls run; the gate,
-		// not the lane, decides who calls next.
-		capacity := 2 * w.cfg.Concurrency
-		minBatch := 1 // a higher lane fetches at once: lower ones wait on its news
-		if i == len(w.cfg.Subjects)-1 {
-			minBatch = capacity / 4
-		}
-		lane := queue.NewLane(c, subj, i, capacity, minBatch)
-		lane.AckWait, lane.MaxDeliver = w.limits(c.CachedInfo().Config)
-		lanes = append(lanes, boundLane{lane: lane, cons: c})
-	}
-	return lanes, nil
-}
-
-// limits are the ack wait and delivery count a lane works within: the
-// configuration's, or the bound consumer's where that is tighter. Giving up
-// at the consumer's MaxDeliver keeps JetStream from silently dropping an
-// event that the worker would still have retried.
-func (w *Worker) limits(have jetstream.ConsumerConfig) (ackWait time.Duration, maxDeliver int) {
-	ackWait, maxDeliver = w.cfg.AckWait, w.cfg.MaxDeliver
-	if have.AckWait > 0 && have.AckWait < ackWait {
-		ackWait = have.AckWait
-	}
-	if have.MaxDeliver > 0 && have.MaxDeliver < maxDeliver {
-		maxDeliver = have.MaxDeliver
-		w.Log.Warn("the consumer stops redelivering sooner than REVOKER_MAX_DELIVER; dead-lettering at its limit",
-			zap.String("consumer", have.Durable), zap.Int("max_deliver", have.MaxDeliver))
-	}
-	return ackWait, maxDeliver
-}
-
-// watchPending refreshes revoker_consumer_pending_messages from the server
-// every second. For a lane too full to fetch, it is also the gate's only
-// news of events waiting in the stream.
-func (w *Worker) watchPending(ctx context.Context, lanes []boundLane) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		for _, l := range lanes {
-			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			info, err := l.cons.Info(ictx)
-			cancel()
-			if err == nil {
-				w.Metrics.Pending.WithLabelValues(l.lane.Subject).Set(float64(info.NumPending))
-				if l.lane.Full() {
-					w.Gate.SetPending(l.lane.Priority, info.NumPending > 0)
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// delivery is one delivery of one event and what has happened to it.
-type delivery struct {
-	msg     jetstream.Msg
-	meta    *jetstream.MsgMetadata
-	id      string
-	lane    *queue.Lane
+// attempt is one delivery of one event and what has happened to it.
+type attempt struct {
+	d       Delivery
+	lane    metrics.Lane
 	start   time.Time
-	prior   int // calls made for this event on earlier deliveries
-	ev      Event
+	prior   int   // calls made for this event on earlier deliveries
+	revoked *Call // the confirming call, from this delivery or an earlier one
+	ev      event.Event
 	decoded bool
 
 	calls  int // calls made on this delivery
-	status int // last call's status, 0 if none came back
+	status int // the deciding (or last) call's status, 0 if none came back
 	cfRay  string
 	last   Decision
 }
 
-func (d *delivery) attempts() int { return d.prior + d.calls }
+func (a *attempt) attempts() int { return a.prior + a.calls }
 
-func (w *Worker) handle(stop, work context.Context, lane *queue.Lane, msg jetstream.Msg) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		// Only a JetStream delivery reaches a lane; this cannot be settled.
-		w.Log.Error("message without JetStream metadata", zap.Error(err))
-		return
-	}
-	w.Metrics.EventsReceived.WithLabelValues(lane.Subject).Inc()
+// Handle decides and settles one delivery. stop ends with shutdown: no new
+// call starts after it. work outlives stop by the shutdown timeout, so a
+// call in flight can finish and its outcome be made durable.
+func (w *Worker) Handle(stop, work context.Context, d Delivery) {
+	a := &attempt{d: d, lane: w.lane(d.Priority()), start: time.Now()}
+	a.lane.Received.Inc()
 	w.Metrics.Inflight.Inc()
 	defer w.Metrics.Inflight.Dec()
-	defer keepAlive(msg, lane.AckWait/3)()
+	defer keepAlive(d, d.AckWait()/3)()
 
-	d := &delivery{msg: msg, meta: meta, id: queue.EventID(msg, meta), lane: lane, start: time.Now()}
-	if meta.NumDelivered > 1 {
-		d.prior = w.attempts.Get(work, meta.Stream, meta.Sequence.Stream)
+	if d.Delivered() > 1 {
+		e, err := w.Ledger.Load(work, d.Stream(), d.Sequence())
+		if err != nil {
+			// Without the ledger we cannot know whether an earlier delivery
+			// revoked the key; calling again could bury that confirmation
+			// under a 404. Wait for the ledger instead.
+			w.giveBack(a, w.cfg.RetryMaxInterval, "ledger not readable: "+err.Error())
+			return
+		}
+		a.prior, a.revoked = e.Attempts, e.Confirmed
 	}
-	d.ev, err = DecodeEvent(msg.Data())
+	var err error
+	a.ev, err = event.Decode(d.Body())
 	if err != nil {
-		w.deadLetter(work, d, "invalid_event", err.Error())
+		w.deadLetter(stop, work, a, event.InvalidEvent, err.Error())
 		return
 	}
-	d.decoded = true
-	if w.allowed != nil && !w.allowed[d.ev.AccountID] {
-		w.deadLetter(work, d, "account_not_allowed",
-			fmt.Sprintf("account %s is not in REVOKER_ALLOWED_ACCOUNTS", d.ev.AccountID))
+	a.decoded = true
+	if w.allowed != nil && !w.allowed[a.ev.AccountID] {
+		w.deadLetter(stop, work, a, event.AccountNotAllowed,
+			fmt.Sprintf("account %s is not in REVOKER_ALLOWED_ACCOUNTS", a.ev.AccountID))
 		return
 	}
 
-	stopped, exhausted := w.call(stop, work, d)
+	if a.revoked != nil {
+		// An earlier delivery revoked the key: no second call, the outcome
+		// is the one the first confirmation earned.
+		a.status, a.cfRay, a.last = a.revoked.Status, a.revoked.CFRay, Decision{Kind: Revoked}
+		w.Log.Info("revoked on an earlier delivery; recording it without a call", w.fields(a)...)
+		w.finish(stop, work, a, event.Revoked, "", d.Ack)
+		return
+	}
+
+	stopped, exhausted := w.call(stop, work, a)
 	switch {
 	case stopped:
-		w.giveBack(d, handBackDelay, "shutting down")
-	case d.last.Kind == Revoked:
-		w.settle(work, d, "revoked", "", msg.Ack)
-		w.Metrics.RevocationLatency.WithLabelValues(lane.Subject).Observe(time.Since(meta.Timestamp).Seconds())
-	case d.last.Kind == NotFound && w.cfg.NotFoundDeadLetter:
-		w.deadLetter(work, d, "not_found", d.last.Detail)
-	case d.last.Kind == NotFound:
-		w.settle(work, d, "not_found", "", msg.Ack)
-	case d.last.Kind == Rejected:
-		w.deadLetter(work, d, "api_rejected", d.last.Detail)
-	case exhausted && int(meta.NumDelivered) >= lane.MaxDeliver:
-		reason := "retries_exhausted"
-		if d.last.Kind == Unauthorized {
-			reason = "unauthorized"
+		w.giveBack(a, w.cfg.HandBackDelay, "shutting down")
+	case a.last.Kind == Revoked:
+		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
+		a.lane.Latency.Observe(time.Since(d.StoredAt()).Seconds())
+		// The confirmation is made durable before anything else, so no later
+		// delivery can call again and record a 404 in its place.
+		if !w.durably(stop, work, a, "revocation", func(ctx context.Context) error {
+			return w.Ledger.Save(ctx, d.Stream(), d.Sequence(), Entry{Attempts: a.attempts(), Confirmed: a.revoked})
+		}) {
+			return
 		}
-		w.deadLetter(work, d, reason, fmt.Sprintf("%d deliveries, %d calls; last: %s",
-			meta.NumDelivered, d.attempts(), d.last.Detail))
+		w.finish(stop, work, a, event.Revoked, "", d.Ack)
+	case a.last.Kind == NotFound && w.cfg.NotFoundDeadLetter:
+		w.deadLetter(stop, work, a, event.ReasonNotFound, a.last.Detail)
+	case a.last.Kind == NotFound:
+		w.finish(stop, work, a, event.NotFound, "", d.Ack)
+	case a.last.Kind == Rejected:
+		w.deadLetter(stop, work, a, event.APIRejected, a.last.Detail)
+	case exhausted && d.Delivered() >= d.MaxDeliver():
+		reason := event.RetriesExhausted
+		if a.last.Kind == Unauthorized {
+			reason = event.Unauthorized
+		}
+		w.deadLetter(stop, work, a, reason, fmt.Sprintf("%d deliveries, %d calls; last: %s",
+			d.Delivered(), a.attempts(), a.last.Detail))
 	default:
-		w.giveBack(d, w.cfg.RetryMaxInterval, "retry budget of this delivery spent")
+		w.giveBack(a, w.cfg.RetryMaxInterval, "retry budget of this delivery spent")
 	}
+}
+
+func (w *Worker) lane(p int) metrics.Lane {
+	return w.lanes[min(max(p, 0), len(w.lanes)-1)]
 }
 
 // call makes the API call, retrying retryable answers with exponential
 // backoff within this delivery's budget. stopped means shutdown interrupted
 // it; exhausted means the budget ran out on a retryable answer.
-func (w *Worker) call(stop, work context.Context, d *delivery) (stopped, exhausted bool) {
+func (w *Worker) call(stop, work context.Context, a *attempt) (stopped, exhausted bool) {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(w.cfg.RetryInitial),
 		backoff.WithMaxInterval(w.cfg.RetryMaxInterval),
@@ -361,44 +266,44 @@ func (w *Worker) call(stop, work context.Context, d *delivery) (stopped, exhaust
 	var spent time.Duration
 	for {
 		waitFrom := time.Now()
-		permit, err := w.Gate.Acquire(stop, d.lane.Priority)
+		permit, err := w.Gate.Acquire(stop, a.d.Priority())
 		if err != nil {
 			return true, false
 		}
 		w.Metrics.RateLimitWait.Observe(time.Since(waitFrom).Seconds())
-		if d.attempts() > 0 {
+		if a.attempts() > 0 {
 			w.Metrics.APIRetries.Inc()
 		}
-		d.calls++
+		a.calls++
 		callFrom := time.Now()
-		resp, err := w.API.DeleteSigningKey(work, d.ev.AccountID, d.ev.KeyID)
+		resp, err := w.API.DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
 		permit.Release()
 		took := time.Since(callFrom)
-		d.status, d.cfRay = 0, ""
+		a.status, a.cfRay = 0, ""
 		if resp != nil {
-			d.status, d.cfRay = resp.Status, resp.CFRay
+			a.status, a.cfRay = resp.Status, resp.CFRay
 		}
-		w.Metrics.APIRequests.WithLabelValues(metrics.Code(d.status)).Inc()
+		w.Metrics.APIRequests.WithLabelValues(metrics.Code(a.status)).Inc()
 		w.Metrics.APIDuration.Observe(took.Seconds())
-		d.last = Classify(resp, err)
-		w.heed(resp, d.last, d.status)
+		a.last = Classify(resp, err)
+		w.heed(resp, a.last, a.status)
 
 		var wait time.Duration
-		switch d.last.Kind {
+		switch a.last.Kind {
 		case Revoked, NotFound, Rejected:
 			return false, false
 		case Unauthorized:
 			wait = w.cfg.RetryMaxInterval
 		default:
 			switch {
-			case d.last.Pause:
-				pause := d.last.RetryAfter
+			case a.last.Pause:
+				pause := a.last.RetryAfter
 				if pause == 0 {
 					pause = b.NextBackOff()
 				}
 				w.Gate.Pause(pause) // the next Acquire waits it out, uncharged
-			case d.last.RetryAfter > 0:
-				wait = d.last.RetryAfter
+			case a.last.RetryAfter > 0:
+				wait = a.last.RetryAfter
 			default:
 				wait = b.NextBackOff()
 			}
@@ -407,12 +312,12 @@ func (w *Worker) call(stop, work context.Context, d *delivery) (stopped, exhaust
 		if spent+wait > w.cfg.RetryMaxElapsed {
 			return false, true
 		}
-		if d.calls == 1 {
-			w.Log.Warn("call failed, retrying", w.fields(d, zap.Duration("wait", wait))...)
+		if a.calls == 1 {
+			w.Log.Warn("call failed, retrying", w.fields(a, zap.Duration("wait", wait))...)
 		} else {
-			w.Log.Debug("call failed, retrying", w.fields(d, zap.Duration("wait", wait))...)
+			w.Log.Debug("call failed, retrying", w.fields(a, zap.Duration("wait", wait))...)
 		}
-		if !sleepCtx(stop, wait) {
+		if !throttle.Sleep(stop, wait) {
 			return true, false
 		}
 		spent += wait
@@ -452,113 +357,163 @@ func (w *Worker) heed(resp *cloudflare.Response, d Decision, status int) {
 	}
 }
 
-// settle acks (via ack) and writes the outcome record.
-func (w *Worker) settle(ctx context.Context, d *delivery, outcome, reason string, ack func() error) {
-	if err := ack(); err != nil {
-		// The outcome stands; a lost ack means one more delivery, which
-		// the API answers with 404.
-		w.Log.Warn("ack failed", w.fields(d, zap.Error(err))...)
-	}
-	if d.meta.NumDelivered > 1 {
-		w.attempts.Forget(ctx, d.meta.Stream, d.meta.Sequence.Stream)
-	}
-	w.Metrics.EventsProcessed.WithLabelValues(d.lane.Subject, outcome).Inc()
-	w.writeOutcome(d, outcome, reason)
-	w.Log.Info("event "+outcome, w.fields(d, zap.String("outcome", outcome), zap.String("reason", reason))...)
-}
-
-// deadLetter writes the dead-letter record and only then terminates the
-// original. If the record cannot be written, the original is given back.
-func (w *Worker) deadLetter(ctx context.Context, d *delivery, reason, detail string) {
-	rec := queue.DeadLetter{
-		Reason: reason, Detail: detail,
-		Status: d.status, Called: d.attempts() > 0, Attempts: d.attempts(),
-		EventID: d.id, Stream: d.meta.Stream, Subject: d.msg.Subject(),
-		Sequence: d.meta.Sequence.Stream, FailedAt: time.Now(),
-	}
-	if err := w.pub.Publish(ctx, w.cfg.DLQStream, rec.Msg(w.cfg.DLQSubject, d.msg.Data())); err != nil {
-		w.Log.Error("dead-letter write failed; giving the event back",
-			w.fields(d, zap.String("reason", reason), zap.Error(err))...)
-		// Back within the dead-letter stream's duplicate window, so a write
-		// that did land but whose acknowledgement was lost is not doubled.
-		w.giveBack(d, min(w.cfg.RetryMaxInterval, queue.DuplicateWindow/2), "dead-letter write failed")
+// finish writes the outcome record and only then settles the message with
+// settle (ack or term): the audit trail never misses an acked event.
+func (w *Worker) finish(stop, work context.Context, a *attempt, outcome event.Outcome, reason event.Reason, settle func() error) {
+	rec := w.record(a, outcome, reason)
+	maybeWritten := a.d.Delivered() > 1
+	if !w.durably(stop, work, a, "outcome record", func(ctx context.Context) error {
+		return w.Records.Outcome(ctx, rec, maybeWritten)
+	}) {
 		return
 	}
-	w.Metrics.DeadLetters.WithLabelValues(reason).Inc()
-	w.settle(ctx, d, "dead_lettered", reason, d.msg.Term)
+	if err := settle(); err != nil {
+		// The outcome stands and is recorded; a lost ack means one more
+		// delivery, which the ledger or the record answers without a call.
+		w.Log.Warn("ack failed", w.fields(a, zap.Error(err))...)
+	}
+	a.lane.Processed(string(outcome))
+	w.Log.Info("event "+string(outcome), w.fields(a, zap.String("outcome", string(outcome)), zap.String("reason", string(reason)))...)
 }
 
-// giveBack returns the event to JetStream for a later delivery.
-func (w *Worker) giveBack(d *delivery, delay time.Duration, why string) {
-	if err := d.msg.NakWithDelay(delay); err != nil {
-		w.Log.Warn("nak failed; the event comes back after its ack wait", w.fields(d, zap.Error(err))...)
+// deadLetter writes the dead-letter record, then the outcome record, and
+// only then terminates the original.
+func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event.Reason, detail string) {
+	rec := event.DeadLetter{
+		Reason: reason, Detail: detail,
+		Status: a.status, Called: a.attempts() > 0, Attempts: a.attempts(),
+		EventID: a.d.ID(), Stream: a.d.Stream(), Subject: a.d.Subject(),
+		Sequence: a.d.Sequence(), FailedAt: time.Now(),
 	}
-	if d.calls > 0 {
-		w.attempts.Set(context.Background(), d.meta.Stream, d.meta.Sequence.Stream, d.attempts())
+	if !w.durably(stop, work, a, "dead-letter record", func(ctx context.Context) error {
+		return w.Records.DeadLetter(ctx, rec, a.d.Body())
+	}) {
+		return
 	}
-	w.Metrics.EventsProcessed.WithLabelValues(d.lane.Subject, "requeued").Inc()
-	w.Log.Warn("event requeued", w.fields(d, zap.String("outcome", "requeued"),
+	w.Metrics.DeadLetters.WithLabelValues(string(reason)).Inc()
+	w.finish(stop, work, a, event.DeadLettered, reason, a.d.Term)
+}
+
+// durably runs write until it succeeds, retrying with backoff while the
+// delivery is kept alive. If shutdown comes first, it tries once more and
+// then gives the event back (the ledger spares the next delivery a second
+// call); it reports whether the write succeeded.
+func (w *Worker) durably(stop, work context.Context, a *attempt, what string, write func(context.Context) error) bool {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(recordRetry.initial),
+		backoff.WithMaxInterval(recordRetry.max),
+		backoff.WithMaxElapsedTime(0),
+	)
+	for i := 0; ; i++ {
+		err := write(work)
+		if err == nil {
+			if i > 0 {
+				w.Log.Info(what+" written after retries", w.fields(a, zap.Int("tries", i+1))...)
+			}
+			return true
+		}
+		if i == 0 {
+			w.Log.Error(what+" not written; holding the event and retrying", w.fields(a, zap.Error(err))...)
+		}
+		if stop.Err() != nil || !throttle.Sleep(stop, b.NextBackOff()) {
+			if err := write(work); err == nil {
+				return true
+			}
+			w.giveBack(a, w.cfg.HandBackDelay, what+" not written before shutdown")
+			return false
+		}
+	}
+}
+
+// giveBack returns the event to the broker for a later delivery, leaving
+// the calls made in the ledger.
+func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
+	if err := a.d.GiveBack(delay); err != nil {
+		w.Log.Warn("give back failed; the event comes back after its ack wait", w.fields(a, zap.Error(err))...)
+	}
+	if a.calls > 0 && a.revoked == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := w.Ledger.Save(ctx, a.d.Stream(), a.d.Sequence(), Entry{Attempts: a.attempts()}); err != nil {
+			w.Log.Warn("attempt count not stored", w.fields(a, zap.Error(err))...)
+		}
+	}
+	a.lane.Processed(string(event.Requeued))
+	w.Log.Warn("event requeued", w.fields(a, zap.String("outcome", string(event.Requeued)),
 		zap.String("why", why), zap.Duration("delay", delay))...)
 }
 
-func (w *Worker) writeOutcome(d *delivery, outcome, reason string) {
-	if w.outcomes == nil {
-		return
-	}
-	o := queue.Outcome{
-		EventID: d.id, Outcome: outcome, Reason: reason,
-		Status: d.status, CFRay: d.cfRay, Attempts: d.attempts(),
-		Subject: d.msg.Subject(), Sequence: d.meta.Sequence.Stream,
-		PublishedAt: d.meta.Timestamp.UTC().Format(time.RFC3339Nano),
+// record is the outcome record of a.
+func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) event.Record {
+	r := event.Record{
+		EventID: a.d.ID(), AccountID: event.NoKey, KeyID: event.NoKey,
+		Outcome: outcome, Reason: reason,
+		Status: a.status, CFRay: a.cfRay, Attempts: a.attempts(),
+		Stream: a.d.Stream(), Subject: a.d.Subject(), Sequence: a.d.Sequence(),
+		PublishedAt: a.d.StoredAt().UTC().Format(time.RFC3339Nano),
 		CompletedAt: time.Now().UTC().Format(time.RFC3339Nano),
-		Worker:      w.Name,
-		ReplayOf:    d.msg.Headers().Get(queue.HeaderReplayOf),
+		Worker:      w.cfg.Name,
+		ReplayOf:    a.d.ReplayOf(),
 	}
-	if d.decoded {
-		o.AccountID, o.KeyID, o.RequestedBy = d.ev.AccountID, d.ev.KeyID, d.ev.RequestedBy
-		if !d.ev.RequestedAt.IsZero() {
-			o.RequestedAt = d.ev.RequestedAt.Format(time.RFC3339Nano)
+	if a.revoked != nil {
+		// Whatever happened afterwards, the record names the call that
+		// revoked the key.
+		r.Outcome, r.Reason, r.Status, r.CFRay = event.Revoked, "", a.revoked.Status, a.revoked.CFRay
+	}
+	if a.decoded {
+		r.AccountID, r.KeyID, r.RequestedBy = a.ev.AccountID, a.ev.KeyID, a.ev.RequestedBy
+		if !a.ev.RequestedAt.IsZero() {
+			r.RequestedAt = a.ev.RequestedAt.Format(time.RFC3339Nano)
 		}
 	}
-	if err := w.outcomes.Write(o, d.meta.Stream); err != nil {
-		w.Metrics.OutcomeFailures.Inc()
-		w.Log.Error("outcome record not written", w.fields(d, zap.Error(err))...)
-	}
+	return r
 }
 
+// Bounds of what a log line carries from an event or an answer, so that no
+// line grows past 16 KiB whatever they hold.
+const (
+	maxLoggedID     = 256
+	maxLoggedText   = 1024
+	maxLoggedDetail = 2048
+)
+
 // fields are the log fields that identify a delivery and its last call.
-func (w *Worker) fields(d *delivery, extra ...zap.Field) []zap.Field {
+func (w *Worker) fields(a *attempt, extra ...zap.Field) []zap.Field {
+	d := a.d
 	f := make([]zap.Field, 0, 16+len(extra))
 	f = append(f,
-		zap.String("event_id", d.id),
-		zap.String("subject", d.msg.Subject()),
-		zap.Uint64("sequence", d.meta.Sequence.Stream),
-		zap.Uint64("delivery", d.meta.NumDelivered),
+		zap.String("event_id", untrusted.Line(d.ID(), maxLoggedID)),
+		zap.String("subject", d.Subject()),
+		zap.Uint64("sequence", d.Sequence()),
+		zap.Int("delivery", d.Delivered()),
 	)
-	if r := d.msg.Headers().Get(queue.HeaderReplayOf); r != "" {
-		f = append(f, zap.String("replay_of", r))
+	if r := d.ReplayOf(); r != "" {
+		f = append(f, zap.String("replay_of", untrusted.Line(r, maxLoggedID)))
 	}
-	if d.decoded {
-		f = append(f, zap.String("account", d.ev.AccountID), zap.String("key", d.ev.KeyID))
-		if d.ev.Reason != "" {
-			f = append(f, zap.String("event_reason", d.ev.Reason))
+	if a.decoded {
+		f = append(f, zap.String("account", a.ev.AccountID), zap.String("key", a.ev.KeyID))
+		if a.ev.Reason != "" {
+			f = append(f, zap.String("event_reason", untrusted.Line(a.ev.Reason, maxLoggedText)))
 		}
 	}
 	f = append(f,
-		zap.Int("attempts", d.attempts()),
-		zap.Int("status", d.status),
-		zap.String("cf_ray", d.cfRay),
-		zap.Duration("duration", time.Since(d.start)),
+		zap.Int("attempts", a.attempts()),
+		zap.Int("status", a.status),
+		zap.String("cf_ray", a.cfRay),
+		zap.Duration("duration", time.Since(a.start)),
 	)
-	if d.calls > 0 {
-		f = append(f, zap.String("detail", d.last.Detail))
+	if a.calls > 0 {
+		f = append(f, zap.String("detail", untrusted.Line(a.last.Detail, maxLoggedDetail)))
 	}
 	return append(f, extra...)
 }
 
-// keepAlive tells JetStream every `every` that the message is still being
-// worked on, so its delivery stays ours while it waits or retries.
-func keepAlive(msg jetstream.Msg, every time.Duration) (stop func()) {
+// keepAlive tells the broker every `every` that the delivery is still being
+// worked on, so it stays ours while it waits, retries or is recorded.
+func keepAlive(d Delivery, every time.Duration) (stop func()) {
+	if every <= 0 {
+		return func() {}
+	}
 	var (
 		mu      sync.Mutex
 		stopped bool
@@ -572,7 +527,7 @@ func keepAlive(msg jetstream.Msg, every time.Duration) (stop func()) {
 		if stopped {
 			return
 		}
-		_ = msg.InProgress()
+		_ = d.KeepAlive()
 		t.Reset(every)
 	})
 	return func() {
@@ -580,20 +535,5 @@ func keepAlive(msg jetstream.Msg, every time.Duration) (stop func()) {
 		defer mu.Unlock()
 		stopped = true
 		t.Stop()
-	}
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 )
 
@@ -25,7 +26,7 @@ func TestPublishWaitReportsEachOutcome(t *testing.T) {
 		t.Fatalf("want a publish line and an outcome line, got:\n%s", r.stdout)
 	}
 	var pub published
-	var o queue.Outcome
+	var o event.Record
 	if err := json.Unmarshal([]byte(out[0]), &pub); err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func TestPublishWaitReportsEachOutcome(t *testing.T) {
 	if len(recs) != 2 {
 		t.Fatalf("outcomes --json:\n%s", r.stdout)
 	}
-	var first queue.Outcome
+	var first event.Record
 	if err := json.Unmarshal([]byte(recs[0]), &first); err != nil || first.CFRay != o.CFRay || first.Outcome != "revoked" {
 		t.Fatalf("first record %+v (%v)", first, err)
 	}
@@ -309,9 +310,13 @@ func TestDLQReplayInterruptedAndRerun(t *testing.T) {
 	if err != nil || len(recs) != len(keys) {
 		t.Fatalf("%d records, %v", len(recs), err)
 	}
+	rp, err := queue.NewReplayer(ctx, s.js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var half []string
 	for _, rec := range recs[:3] {
-		res, err := queue.Republish(ctx, s.js, cfg, rec)
+		res, err := rp.Republish(ctx, rec)
 		if err != nil || res.Duplicate {
 			t.Fatalf("republish %d: %+v %v", rec.Sequence, res, err)
 		}

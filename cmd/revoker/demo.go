@@ -19,6 +19,7 @@ import (
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 )
 
@@ -118,9 +119,9 @@ func demo(ctx context.Context, e env, timeout time.Duration, keep bool) error {
 	}
 
 	// Listen for outcomes before publishing, so none can be missed.
-	outcomes := make(chan queue.Outcome, 64)
-	sub, err := nc.Subscribe(cfg.OutcomeSubject, func(m *nats.Msg) {
-		var o queue.Outcome
+	outcomes := make(chan event.Record, 64)
+	sub, err := nc.Subscribe(cfg.OutcomeSubject+".>", func(m *nats.Msg) {
+		var o event.Record
 		if json.Unmarshal(m.Data, &o) == nil {
 			outcomes <- o
 		}
@@ -168,7 +169,7 @@ func demo(ctx context.Context, e env, timeout time.Duration, keep bool) error {
 		}
 	}
 
-	got := map[string]queue.Outcome{}
+	got := map[string]event.Record{}
 	var order []string
 	deadline := time.After(timeout)
 	for len(got) < len(events) {
@@ -195,7 +196,7 @@ func demo(ctx context.Context, e env, timeout time.Duration, keep bool) error {
 	for i, id := range order {
 		o, de := got[id], byID[id]
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", i+1, id, de.subject, de.what,
-			o.Outcome, dash(o.Reason), o.Attempts, status(o.Status), sinceStored(o))
+			o.Outcome, dash(string(o.Reason)), o.Attempts, status(o.Status), sinceStored(o))
 	}
 	tw.Flush()
 
@@ -273,7 +274,7 @@ func status(s int) string {
 }
 
 // sinceStored is the time from the stream storing the event to its outcome.
-func sinceStored(o queue.Outcome) string {
+func sinceStored(o event.Record) string {
 	p, err1 := time.Parse(time.RFC3339Nano, o.PublishedAt)
 	c, err2 := time.Parse(time.RFC3339Nano, o.CompletedAt)
 	if err1 != nil || err2 != nil {

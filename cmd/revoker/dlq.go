@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
-	"github.com/revoker/revoker/worker"
 )
 
 const dlqUsage = `Usage:
@@ -60,17 +60,13 @@ func dlqList(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "revoker dlq list: --limit must be 0 or more, got %d\n", *limit)
 		return exitUsage
 	}
-	nc, err := dial(cfg, e)
+	c, err := dial(cfg, e)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "revoker dlq list: %v\n", err)
 		return exitFailed
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker dlq list: %v\n", err)
-		return exitFailed
-	}
+	defer c.Close()
+	js := c.JetStream()
 	var filter func(queue.DeadLetterRecord) bool
 	if *reason != "" {
 		filter = func(r queue.DeadLetterRecord) bool { return r.Reason == *reason }
@@ -130,7 +126,7 @@ func dlqRow(r queue.DeadLetterRecord) deadLetterRow {
 	row := deadLetterRow{DeadLetterRecord: r, Body: string(r.Body)}
 	// The worker's rules, so an identifier shown is one it would accept;
 	// the body of an invalid event is shown only in --json.
-	if ev, err := worker.DecodeEvent(r.Body); err == nil {
+	if ev, err := event.Decode(r.Body); err == nil {
 		row.AccountID, row.KeyID = ev.AccountID, ev.KeyID
 	}
 	return row
@@ -169,23 +165,67 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 		}
 	}
 
-	nc, err := dial(cfg, e)
+	c, err := dial(cfg, e)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "revoker dlq replay: %v\n", err)
 		return exitFailed
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	defer c.Close()
+	js := c.JetStream()
+
+	failed, seen := 0, 0
+	replayer, err := queue.NewReplayer(ctx, js, cfg)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker dlq replay: %v\n", err)
+		fmt.Fprintf(e.stderr, "revoker dlq replay: %v\n", streamError("dead-letter", cfg.DLQStream, err))
 		return exitFailed
+	}
+	replay := func(r queue.DeadLetterRecord) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		seen++
+		row := dlqRow(r)
+		what := fmt.Sprintf("event %s (reason %s, account %s, key %s)", cell(r.EventID), cell(r.Reason), cell(row.AccountID), cell(row.KeyID))
+		if err := replayer.Check(r); err != nil {
+			failed++
+			fmt.Fprintf(e.stderr, "dead letter %d: %s: %v; left in place\n", r.Sequence, what, err)
+			return nil
+		}
+		if *dryRun {
+			if *asJSON {
+				printJSON(e.stdout, struct {
+					DryRun bool `json:"dry_run"`
+					deadLetterRow
+				}{true, row})
+			} else {
+				fmt.Fprintf(e.stdout, "would replay %d: %s to %s as %s\n", r.Sequence, what, cell(r.SourceSubject), queue.ReplayMsgID(r.Sequence))
+			}
+			return nil
+		}
+		rctx, cancel := context.WithTimeout(ctx, queue.RequestTimeout)
+		res, err := replayer.Replay(rctx, r)
+		cancel()
+		if err != nil {
+			failed++
+			fmt.Fprintf(e.stderr, "dead letter %d: %v\n", r.Sequence, err)
+			return nil
+		}
+		switch {
+		case *asJSON:
+			printJSON(e.stdout, res)
+		case res.Duplicate:
+			fmt.Fprintf(e.stdout, "replayed %d: %s was already republished to %s by an earlier run (work sequence %d); record removed\n",
+				r.Sequence, what, res.Subject, res.WorkSequence)
+		default:
+			fmt.Fprintf(e.stdout, "replayed %d: %s to %s (work sequence %d); record removed\n",
+				r.Sequence, what, res.Subject, res.WorkSequence)
+		}
+		return nil
 	}
 
-	failed := 0
-	var recs []queue.DeadLetterRecord
 	if seqs != nil {
 		for _, seq := range seqs {
-			gctx, cancel := context.WithTimeout(ctx, opTimeout)
+			gctx, cancel := context.WithTimeout(ctx, queue.RequestTimeout)
 			r, err := queue.GetDeadLetter(gctx, js, cfg.DLQStream, seq)
 			cancel()
 			switch {
@@ -198,63 +238,32 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 			case *reason != "" && r.Reason != *reason:
 				fmt.Fprintf(e.stderr, "dead letter %d: reason %s, not %s; skipped\n", seq, cell(r.Reason), cell(*reason))
 			default:
-				recs = append(recs, r)
+				_ = replay(r)
 			}
 		}
 	} else {
-		var filter func(queue.DeadLetterRecord) bool
-		if *reason != "" {
-			filter = func(r queue.DeadLetterRecord) bool { return r.Reason == *reason }
+		// Replayed as read, up to the last record stored when the run
+		// began: memory stays bounded whatever the number of records, and
+		// a replay that fails again makes a new record this run leaves
+		// alone.
+		err := queue.EachDeadLetter(ctx, js, cfg.DLQStream, func(r queue.DeadLetterRecord) error {
+			if *reason != "" && r.Reason != *reason {
+				return nil
+			}
+			return replay(r)
+		})
+		if ctx.Err() != nil {
+			fmt.Fprintln(e.stderr, "revoker dlq replay: interrupted; running it again is safe")
+			return exitFailed
 		}
-		// The records are chosen before any is replayed: a replay that
-		// fails again makes a new record, which this run leaves alone.
-		recs, err = queue.ListDeadLetters(ctx, js, cfg.DLQStream, filter, 0)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "revoker dlq replay: %v\n", streamError("dead-letter", cfg.DLQStream, err))
 			return exitFailed
 		}
 	}
-	if len(recs) == 0 && failed == 0 {
+	if seen == 0 && failed == 0 {
 		fmt.Fprintln(e.stderr, "no dead letters to replay")
 		return exitOK
-	}
-
-	for _, r := range recs {
-		if ctx.Err() != nil {
-			fmt.Fprintln(e.stderr, "revoker dlq replay: interrupted; running it again is safe")
-			return exitFailed
-		}
-		row := dlqRow(r)
-		what := fmt.Sprintf("event %s (reason %s, account %s, key %s)", cell(r.EventID), cell(r.Reason), cell(row.AccountID), cell(row.KeyID))
-		if *dryRun {
-			if *asJSON {
-				printJSON(e.stdout, struct {
-					DryRun bool `json:"dry_run"`
-					deadLetterRow
-				}{true, row})
-			} else {
-				fmt.Fprintf(e.stdout, "would replay %d: %s to %s as %s\n", r.Sequence, what, cell(r.SourceSubject), queue.ReplayMsgID(r.Sequence))
-			}
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, opTimeout)
-		res, err := queue.Replay(rctx, js, cfg, r)
-		cancel()
-		if err != nil {
-			failed++
-			fmt.Fprintf(e.stderr, "dead letter %d: %v\n", r.Sequence, publishError(cfg, r.SourceSubject, err))
-			continue
-		}
-		switch {
-		case *asJSON:
-			printJSON(e.stdout, res)
-		case res.Duplicate:
-			fmt.Fprintf(e.stdout, "replayed %d: %s was already republished to %s by an earlier run (work sequence %d); record removed\n",
-				r.Sequence, what, res.Subject, res.WorkSequence)
-		default:
-			fmt.Fprintf(e.stdout, "replayed %d: %s to %s (work sequence %d); record removed\n",
-				r.Sequence, what, res.Subject, res.WorkSequence)
-		}
 	}
 	if failed > 0 {
 		return exitFailed

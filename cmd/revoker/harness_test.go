@@ -19,6 +19,7 @@ import (
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
@@ -228,12 +229,12 @@ func (s *stack) okDeletes(key string) int {
 }
 
 // outcomes reads the outcome records of key straight from the stream.
-func (s *stack) outcomes(key string) []queue.Outcome {
+func (s *stack) outcomes(key string) []event.Record {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var out []queue.Outcome
-	err := queue.EachOutcome(ctx, s.js, s.cfg().OutcomeStream, time.Time{}, func(o queue.Outcome) error {
+	var out []event.Record
+	err := queue.EachOutcome(ctx, s.js, s.cfg().OutcomeStream, s.cfg().OutcomeSubject+".>", time.Time{}, func(o event.Record) error {
 		if key == "" || o.KeyID == key {
 			out = append(out, o)
 		}

@@ -8,9 +8,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 )
 
@@ -21,6 +20,7 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 	key := fs.String("key", "", "only events of this signing key `ID`")
 	since := fs.Duration("since", 0, "only records of the last `duration` (e.g. 24h; default: all kept)")
 	asJSON := fs.Bool("json", false, "print one JSON record per line")
+	follow := fs.Bool("follow", false, "after the records stored, print new ones as they are stored, until interrupted")
 	cfg, code := parse(fs, config.NATS|config.Outcomes, args, e)
 	if code >= 0 {
 		return code
@@ -29,17 +29,12 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "revoker outcomes: --since must be positive, got %s\n", *since)
 		return exitUsage
 	}
-	nc, err := dial(cfg, e)
+	c, err := dial(cfg, e)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "revoker outcomes: %v\n", err)
 		return exitFailed
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker outcomes: %v\n", err)
-		return exitFailed
-	}
+	defer c.Close()
 	var from time.Time
 	if *since > 0 {
 		from = time.Now().Add(-*since)
@@ -50,10 +45,17 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		tw = tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	}
 	n := 0
-	err = queue.EachOutcome(ctx, js, cfg.OutcomeStream, from, func(o queue.Outcome) error {
-		if *account != "" && o.AccountID != *account || *key != "" && o.KeyID != *key {
-			return nil
-		}
+	// A key's records, or an account's, are read from their own subjects:
+	// the cost follows what is asked for, not the size of the trail.
+	acct, k := "*", "*"
+	if *account != "" {
+		acct = *account
+	}
+	if *key != "" {
+		k = *key
+	}
+	subject := cfg.OutcomeSubject + "." + acct + "." + k
+	print := func(o event.Record) error {
 		n++
 		if *asJSON {
 			printJSON(e.stdout, o)
@@ -66,10 +68,18 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		if o.Status != 0 {
 			status = strconv.Itoa(o.Status)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cell(o.CompletedAt), cell(o.Outcome), cell(o.Reason),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cell(o.CompletedAt), cell(string(o.Outcome)), cell(string(o.Reason)),
 			cell(o.AccountID), cell(o.KeyID), status, o.Attempts, cell(o.CFRay), cell(o.EventID))
+		if *follow {
+			tw.Flush() // a live feed shows each record as it comes
+		}
 		return nil
-	})
+	}
+	if *follow {
+		err = queue.FollowOutcomes(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, print)
+	} else {
+		err = queue.EachOutcome(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, print)
+	}
 	if tw != nil {
 		tw.Flush()
 	}
@@ -77,7 +87,7 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "revoker outcomes: %v\n", streamError("outcome", cfg.OutcomeStream, err))
 		return exitFailed
 	}
-	if n == 0 {
+	if n == 0 && !*follow {
 		fmt.Fprintf(e.stderr, "no outcome records match in %s\n", cfg.OutcomeStream)
 	}
 	return exitOK

@@ -17,25 +17,17 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
-	"github.com/revoker/revoker/worker"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // Bounds of the one-shot commands: they report a problem instead of
 // retrying forever as the worker does.
-const (
-	dialTimeout = 5 * time.Second  // to reach NATS
-	opTimeout   = 10 * time.Second // one JetStream request
-	// publishWindow is how many batch publishes may await their
-	// acknowledgement at once: enough to keep the server busy, few enough
-	// that a stalled server does not leave thousands in doubt.
-	publishWindow = 256
-	maxMsgID      = 128
-)
+const maxMsgID = 128
 
 func publishCmd(ctx context.Context, args []string, e env) int {
 	e = lockedEnv(e)
@@ -107,19 +99,20 @@ func publishCmd(ctx context.Context, args []string, e env) int {
 	} else {
 		msgID = newEventID()
 	}
-	body, err := json.Marshal(worker.Event{
+	ev := event.Event{
 		AccountID: *account, KeyID: *key, Reason: *reason, RequestedBy: *requestedBy,
 		RequestedAt: time.Now().UTC().Truncate(time.Millisecond),
-	})
+	}
+	body, err := json.Marshal(ev)
 	if err != nil {
 		return usageErr("%v", err)
 	}
 	// The worker's own rules decide, so nothing is published that the
 	// worker would refuse.
-	if _, err := worker.DecodeEvent(body); err != nil {
+	if _, err := event.Decode(body); err != nil {
 		return usageErr("%v; nothing published", err)
 	}
-	return p.one(ctx, msgID, body, *account, *key)
+	return p.one(ctx, msgID, ev, body)
 }
 
 // publisher holds what both forms of `revoker publish` share.
@@ -131,86 +124,60 @@ type publisher struct {
 	timeout time.Duration
 	json    bool
 
-	nc  *nats.Conn
-	js  jetstream.JetStream
-	sub *nats.Subscription // outcome records, when waiting
+	c *queue.Client
 }
 
-// open connects, checks the work stream, and subscribes to outcome records
-// when waiting. The subscription is in place (flushed) before anything is
-// published, so a fast worker's outcome cannot be missed.
+// open connects and checks the work stream.
 func (p *publisher) open(ctx context.Context) error {
-	nc, err := dial(p.cfg, p.e)
+	c, err := dial(p.cfg, p.e)
 	if err != nil {
 		return err
 	}
-	p.nc = nc
-	p.js, err = jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(2*publishWindow),
-		jetstream.WithPublishAsyncTimeout(opTimeout))
-	if err != nil {
-		return err
-	}
-	if err := checkWorkStream(ctx, p.js, p.cfg, p.subject); err != nil {
-		return err
-	}
-	if p.wait {
-		if p.sub, err = nc.SubscribeSync(p.cfg.OutcomeSubject); err != nil {
-			return fmt.Errorf("subscribe to outcome records on %s: %w", p.cfg.OutcomeSubject, err)
-		}
-		// Outcomes of a large batch may all arrive before we read them.
-		_ = p.sub.SetPendingLimits(-1, 256<<20)
-		if err := nc.FlushTimeout(opTimeout); err != nil {
-			return fmt.Errorf("subscribe to outcome records on %s: %w", p.cfg.OutcomeSubject, err)
-		}
-	}
-	return nil
+	p.c = c
+	return c.CheckSubject(ctx, p.subject)
 }
 
 func (p *publisher) close() {
-	if p.nc != nil {
-		p.nc.Close()
+	if p.c != nil {
+		p.c.Close()
 	}
-}
-
-func (p *publisher) msg(id string, body []byte) *nats.Msg {
-	m := nats.NewMsg(p.subject)
-	m.Data = body
-	m.Header.Set(jetstream.MsgIDHeader, id)
-	return m
 }
 
 // published is the acknowledgement of one event, as printed.
 type published struct {
-	Line      int    `json:"line,omitempty"`
-	EventID   string `json:"event_id"`
-	Subject   string `json:"subject"`
-	Stream    string `json:"stream"`
-	Sequence  uint64 `json:"sequence"`
-	Duplicate bool   `json:"duplicate"`
+	Line int `json:"line,omitempty"`
+	queue.Published
 }
 
-func (p *publisher) one(ctx context.Context, id string, body []byte, account, key string) int {
+func (p *publisher) one(ctx context.Context, id string, ev event.Event, body []byte) int {
 	e := p.e
 	defer p.close()
 	if err := p.open(ctx); err != nil {
 		fmt.Fprintf(e.stderr, "revoker publish: %v\n", err)
 		return exitFailed
 	}
-	pctx, cancel := context.WithTimeout(ctx, opTimeout)
-	ack, err := p.js.PublishMsg(pctx, p.msg(id, body), jetstream.WithExpectStream(p.cfg.Stream))
-	cancel()
+	var w *queue.Watcher
+	if p.wait {
+		// Listening on the key's own subject before publishing: a fast
+		// worker's record cannot be missed.
+		var err error
+		if w, err = p.c.Watch(ev.AccountID, ev.KeyID); err != nil {
+			fmt.Fprintf(e.stderr, "revoker publish: %v\n", err)
+			return exitFailed
+		}
+		defer w.Close()
+	}
+	pub, err := p.c.Publish(ctx, p.subject, id, ev, body)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker publish: %v\n", publishError(p.cfg, p.subject, err))
+		fmt.Fprintf(e.stderr, "revoker publish: %v\n", err)
 		return exitFailed
 	}
-	rec := published{EventID: id, Subject: p.subject, Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate}
 	if p.json {
-		printJSON(e.stdout, rec)
+		printJSON(e.stdout, published{Published: pub})
 	} else {
-		fmt.Fprintf(e.stdout, "published %s to %s (stream %s, sequence %d)\n", id, p.subject, ack.Stream, ack.Sequence)
+		fmt.Fprintf(e.stdout, "published %s to %s (stream %s, sequence %d)\n", id, p.subject, pub.Stream, pub.Sequence)
 	}
-	if ack.Duplicate {
+	if pub.Duplicate {
 		fmt.Fprintf(e.stderr, "revoker publish: the work stream already holds an event with id %s (duplicate window %s): not published again\n",
 			id, queue.DuplicateWindow)
 	}
@@ -218,85 +185,29 @@ func (p *publisher) one(ctx context.Context, id string, body []byte, account, ke
 		return exitOK
 	}
 
-	deadline := time.Now().Add(p.timeout)
-	var got *queue.Outcome
-	if ack.Duplicate {
-		// The first copy may be done already: its outcome is then in the
-		// outcome stream, not on its way.
-		got = p.earlierOutcome(ctx, id)
-	}
-	if got == nil {
-		want := map[string]bool{id: true}
-		err = awaitOutcomes(ctx, p.sub, want, deadline, func(o queue.Outcome) { got = &o })
-		if err != nil && got == nil {
-			fmt.Fprintf(e.stderr, "revoker publish: waiting for the outcome: %v\n", err)
-			return exitFailed
-		}
+	var got *event.Record
+	want := map[uint64]queue.Published{pub.Sequence: pub}
+	err = w.Await(ctx, want, time.Now().Add(p.timeout), func(_ queue.Published, rec event.Record) { got = &rec })
+	if err != nil && got == nil {
+		fmt.Fprintf(e.stderr, "revoker publish: waiting for the outcome: %v\n", err)
+		return exitFailed
 	}
 	if got == nil {
 		fmt.Fprintf(e.stderr, "revoker publish: no outcome for event %s within %s; it is published and will be processed when a worker takes it (later: revoker outcomes --key %s)\n",
-			id, p.timeout, key)
+			id, p.timeout, ev.KeyID)
 		return exitTimeout
 	}
 	p.printOutcome(0, *got)
-	if got.Outcome == "dead_lettered" {
+	if got.Outcome == event.DeadLettered {
 		fmt.Fprintf(e.stderr, "revoker publish: event %s was dead-lettered (%s); see: revoker dlq list --reason %s\n",
-			id, cell(got.Reason), cell(got.Reason))
+			id, cell(string(got.Reason)), cell(string(got.Reason)))
 	}
 	return outcomeStatus(got.Outcome)
 }
 
-// earlierOutcome looks up the outcome of id among the records of the last
-// duplicate windows; nil if there is none (yet).
-func (p *publisher) earlierOutcome(ctx context.Context, id string) *queue.Outcome {
-	var found *queue.Outcome
-	since := time.Now().Add(-3 * queue.DuplicateWindow)
-	rctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	_ = queue.EachOutcome(rctx, p.js, p.cfg.OutcomeStream, since, func(o queue.Outcome) error {
-		if o.EventID == id {
-			found = &o
-		}
-		return nil
-	})
-	return found
-}
-
-// awaitOutcomes reads outcome records from sub until every id in want has
-// one (ids are removed from want as their outcome arrives), the deadline
-// passes (nil error, ids left in want), or ctx ends.
-func awaitOutcomes(ctx context.Context, sub *nats.Subscription, want map[string]bool, deadline time.Time, on func(queue.Outcome)) error {
-	wctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	for len(want) > 0 {
-		m, err := sub.NextMsgWithContext(wctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if wctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		id := m.Header.Get(queue.HeaderEventID)
-		if !want[id] {
-			continue // another publisher's event
-		}
-		var o queue.Outcome
-		if err := json.Unmarshal(m.Data, &o); err != nil {
-			continue
-		}
-		delete(want, id)
-		on(o)
-	}
-	return nil
-}
-
 // outcomeStatus is the exit status of `publish --wait` for an outcome.
-func outcomeStatus(outcome string) int {
-	switch outcome {
-	case "revoked", "not_found":
+func outcomeStatus(o event.Outcome) int {
+	if o.Succeeded() {
 		return exitOK
 	}
 	return exitFailed
@@ -305,35 +216,31 @@ func outcomeStatus(outcome string) int {
 // lineOutcome is an outcome record with the line of the batch it answers.
 type lineOutcome struct {
 	Line int `json:"line,omitempty"`
-	queue.Outcome
+	event.Record
 }
 
-func (p *publisher) printOutcome(line int, o queue.Outcome) {
+// timedOut stands in the printed outcomes for an event without one.
+const timedOut event.Outcome = "timeout"
+
+func (p *publisher) printOutcome(line int, o event.Record) {
 	if p.json {
-		printJSON(p.e.stdout, lineOutcome{Line: line, Outcome: o})
+		printJSON(p.e.stdout, lineOutcome{Line: line, Record: o})
 		return
 	}
 	var b strings.Builder
 	if line > 0 {
 		fmt.Fprintf(&b, "line %d: ", line)
 	}
-	b.WriteString(cell(o.Outcome))
+	b.WriteString(cell(string(o.Outcome)))
 	if o.Reason != "" {
-		fmt.Fprintf(&b, " reason=%s", cell(o.Reason))
+		fmt.Fprintf(&b, " reason=%s", cell(string(o.Reason)))
 	}
 	fmt.Fprintf(&b, " account=%s key=%s", cell(o.AccountID), cell(o.KeyID))
-	if o.Outcome != "timeout" {
+	if o.Outcome != timedOut {
 		fmt.Fprintf(&b, " status=%d attempts=%d cf_ray=%s completed_at=%s", o.Status, o.Attempts, cell(o.CFRay), cell(o.CompletedAt))
 	}
 	fmt.Fprintf(&b, " event_id=%s", cell(o.EventID))
 	fmt.Fprintln(p.e.stdout, b.String())
-}
-
-// batchEvent is one published line of a batch.
-type batchEvent struct {
-	line         int
-	id           string
-	account, key string
 }
 
 // batchSummary counts what became of a batch.
@@ -366,39 +273,36 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 		fmt.Fprintf(e.stderr, "revoker publish: %v\n", err)
 		return exitFailed
 	}
+	var w *queue.Watcher
+	if p.wait {
+		var err error
+		if w, err = p.c.Watch("", ""); err != nil {
+			fmt.Fprintf(e.stderr, "revoker publish: %v\n", err)
+			return exitFailed
+		}
+		defer w.Close()
+	}
 
 	var (
-		sum      batchSummary
-		events   []batchEvent
-		inflight []struct {
-			ev  batchEvent
-			fut jetstream.PubAckFuture
-		}
+		sum    batchSummary
+		events []queue.Published
+		lines  = map[string]int{} // event id -> line
 	)
-	// settle waits for the oldest publish in flight.
-	settle := func() {
-		f := inflight[0]
-		inflight = inflight[1:]
-		var err error
-		select {
-		case ack := <-f.fut.Ok():
-			sum.Published++
-			if ack.Duplicate {
-				sum.Duplicate++
-			}
-			events = append(events, f.ev)
-			if p.json && !p.wait {
-				printJSON(e.stdout, published{Line: f.ev.line, EventID: f.ev.id, Subject: p.subject,
-					Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate})
-			}
+	b := p.c.NewBatch(p.subject, func(pub queue.Published, err error) {
+		if err != nil {
+			sum.Failed++
+			fmt.Fprintf(e.stderr, "line %d: not published: %v\n", lines[pub.EventID], err)
 			return
-		case err = <-f.fut.Err():
-		case <-ctx.Done():
-			err = ctx.Err()
 		}
-		sum.Failed++
-		fmt.Fprintf(e.stderr, "line %d: not published: %v\n", f.ev.line, publishError(p.cfg, p.subject, err))
-	}
+		sum.Published++
+		if pub.Duplicate {
+			sum.Duplicate++
+		}
+		events = append(events, pub)
+		if p.json && !p.wait {
+			printJSON(e.stdout, published{Line: lines[pub.EventID], Published: pub})
+		}
+	})
 
 	r := bufio.NewReaderSize(in, 64<<10)
 	var (
@@ -407,7 +311,7 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 	)
 	for ctx.Err() == nil {
 		n++
-		line, tooLong, err := readLine(r, worker.MaxEventBytes)
+		line, tooLong, err := readLine(r, event.MaxBytes)
 		if err != nil {
 			if err != io.EOF {
 				readErr = err
@@ -424,33 +328,20 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 		sum.Lines++
 		if tooLong {
 			sum.Invalid++
-			fmt.Fprintf(e.stderr, "line %d: invalid event: more than %d bytes; skipped\n", n, worker.MaxEventBytes)
+			fmt.Fprintf(e.stderr, "line %d: invalid event: more than %d bytes; skipped\n", n, event.MaxBytes)
 			continue
 		}
-		ev, err := worker.DecodeEvent(line)
+		ev, err := event.Decode(line)
 		if err != nil {
 			sum.Invalid++
 			fmt.Fprintf(e.stderr, "line %d: %v; skipped\n", n, err)
 			continue
 		}
-		be := batchEvent{line: n, id: newEventID(), account: ev.AccountID, key: ev.KeyID}
-		for len(inflight) >= publishWindow {
-			settle()
-		}
-		fut, err := p.js.PublishMsgAsync(p.msg(be.id, line), jetstream.WithExpectStream(p.cfg.Stream))
-		if err != nil {
-			sum.Failed++
-			fmt.Fprintf(e.stderr, "line %d: not published: %v\n", n, publishError(p.cfg, p.subject, err))
-			continue
-		}
-		inflight = append(inflight, struct {
-			ev  batchEvent
-			fut jetstream.PubAckFuture
-		}{be, fut})
+		id := newEventID()
+		lines[id] = n
+		b.Add(ctx, id, ev, line)
 	}
-	for len(inflight) > 0 {
-		settle()
-	}
+	b.Wait(ctx)
 	if readErr != nil {
 		fmt.Fprintf(e.stderr, "revoker publish: reading %s: %v; the lines from line %d on were not read\n", file, readErr, n)
 		sum.Failed++
@@ -461,31 +352,29 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 	}
 
 	if p.wait && len(events) > 0 && ctx.Err() == nil {
-		want := make(map[string]bool, len(events))
-		byID := make(map[string]batchEvent, len(events))
-		for _, ev := range events {
-			want[ev.id] = true
-			byID[ev.id] = ev
+		want := make(map[uint64]queue.Published, len(events))
+		for _, pub := range events {
+			want[pub.Sequence] = pub
 		}
-		err := awaitOutcomes(ctx, p.sub, want, time.Now().Add(p.timeout), func(o queue.Outcome) {
+		err := w.Await(ctx, want, time.Now().Add(p.timeout), func(pub queue.Published, o event.Record) {
 			switch o.Outcome {
-			case "revoked":
+			case event.Revoked:
 				sum.Revoked++
-			case "not_found":
+			case event.NotFound:
 				sum.NotFound++
 			default:
 				sum.DeadLettered++
 			}
-			p.printOutcome(byID[o.EventID].line, o)
+			p.printOutcome(lines[pub.EventID], o)
 		})
 		if err != nil {
 			fmt.Fprintf(e.stderr, "revoker publish: waiting for outcomes: %v\n", err)
 			sum.Failed++
 		}
-		for _, ev := range events { // in line order
-			if want[ev.id] {
+		for _, pub := range events { // in line order
+			if _, left := want[pub.Sequence]; left {
 				sum.TimedOut++
-				p.printOutcome(ev.line, queue.Outcome{EventID: ev.id, AccountID: ev.account, KeyID: ev.key, Outcome: "timeout"})
+				p.printOutcome(lines[pub.EventID], event.Record{EventID: pub.EventID, AccountID: pub.AccountID, KeyID: pub.KeyID, Outcome: timedOut})
 			}
 		}
 	}
@@ -557,53 +446,11 @@ func readLine(r *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
 	}
 }
 
-// checkWorkStream makes sure the work stream exists and holds subject:
-// `revoker publish` creates nothing, and a clear refusal beats an event
-// stored where no worker reads it. A publisher allowed only to publish
-// cannot look the stream up; the publish itself then decides.
-func checkWorkStream(ctx context.Context, js jetstream.JetStream, cfg config.Config, subject string) error {
-	sctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	s, err := js.Stream(sctx, cfg.Stream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("the work stream %s does not exist; publish creates nothing: start the worker (it creates its streams) or create the stream", cfg.Stream)
-	}
-	if err != nil {
-		return nil
-	}
-	if queue.Covers(s.CachedInfo().Config.Subjects, subject) {
-		return nil
-	}
-	return fmt.Errorf("the work stream %s does not hold subject %s (it holds %s)",
-		cfg.Stream, subject, strings.Join(s.CachedInfo().Config.Subjects, ", "))
-}
-
-// publishError explains a failed publish.
-func publishError(cfg config.Config, subject string, err error) error {
-	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
-		return fmt.Errorf("no stream stored the event on %s: does the work stream %s exist? (%w)", subject, cfg.Stream, err)
-	}
-	return err
-}
-
 // dial connects for a one-shot command. Unlike the worker it does not wait
 // for an unreachable server: the operator is told at once, naming the
 // server (without credentials).
-func dial(cfg config.Config, e env) (*nats.Conn, error) {
-	opts := []nats.Option{
-		nats.Name("revoker-cli"),
-		nats.Timeout(dialTimeout),
-		nats.MaxReconnects(5),
-		nats.ReconnectWait(500 * time.Millisecond),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			fmt.Fprintf(e.stderr, "revoker: nats: %v\n", err)
-		}),
-	}
-	nc, err := nats.Connect(cfg.NATSURL, append(opts, queue.AuthOptions(cfg)...)...)
-	if err != nil {
-		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", cfg.Redacted().NATSURL, err)
-	}
-	return nc, nil
+func dial(cfg config.Config, e env) (*queue.Client, error) {
+	return queue.Dial(cfg, func(err error) { fmt.Fprintf(e.stderr, "revoker: nats: %v\n", err) })
 }
 
 // streamError explains a failed read of one of revoker's streams.
@@ -660,7 +507,7 @@ func printJSON(w io.Writer, v any) {
 // cell makes a value safe for one line or one table cell: control
 // characters (tabs, line ends, escapes) become spaces, and "" becomes "-".
 func cell(s string) string {
-	s = queue.OneLine(s, 1024)
+	s = untrusted.Line(s, 1024)
 	if s == "" {
 		return "-"
 	}

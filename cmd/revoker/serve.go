@@ -16,6 +16,7 @@ import (
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/throttle"
@@ -35,6 +36,9 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 		return exitUsage
 	}
 	defer log.Sync() //nolint:errcheck // stderr cannot be synced on every system
+	for _, w := range config.SecretFlagWarnings(fs) {
+		log.Warn(w)
+	}
 
 	if *embedded != "" {
 		ns, err := queue.RunEmbedded(*embedded, cfg.NATSURL)
@@ -62,7 +66,12 @@ type serveOptions struct {
 	// api replaces the Cloudflare client (the demo's stand-in is reached
 	// through the real client, so this stays nil there).
 	api worker.API
+	// fetchWait shortens the pull wait, so tests stop quickly.
+	fetchWait time.Duration
 }
+
+// errConnLost ends serve when NATS closed the connection for good.
+var errConnLost = errors.New("NATS connection closed for good")
 
 // errUsage marks errors that are the configuration's fault (exit status 2).
 var errUsage = errors.New("bad configuration")
@@ -83,10 +92,16 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	log := o.log
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := metrics.New(reg, cfg.Subjects, metrics.Build{Version: version, Revision: commit, GoVersion: runtime.Version()})
-	ready := metrics.NewReadiness(worker.ReadyNATS, worker.ReadyConsumers)
+	m := metrics.New(reg, metrics.Labels{
+		Subjects: cfg.Subjects,
+		Outcomes: event.Names(event.Outcomes),
+		Reasons:  event.Names(event.Reasons),
+	}, metrics.Build{Version: version, Revision: commit, GoVersion: runtime.Version()})
+	ready := metrics.NewReadiness(reg, queue.ReadyNATS, queue.ReadyConsumers)
 
 	api := o.api
+	// budgetID names the credential's shared rate budget: its short hash.
+	budgetID := func() string { return "injected" }
 	if api == nil {
 		cred, err := credential(cfg)
 		if err != nil {
@@ -100,10 +115,18 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 			return fmt.Errorf("%w: CLOUDFLARE_BASE_URL: %v", errUsage, err)
 		}
 		api = client
+		budgetID = cred.ID
 		log.Info("API credential", zap.String("credential", cred.ID()))
 		if tf, ok := cred.(*cloudflare.TokenFile); ok {
 			tf.SetOnChange(func(from, to string) {
 				log.Info("API token reloaded from its file", zap.String("from", from), zap.String("to", to))
+			})
+			tf.SetOnError(func(err error) {
+				if err != nil {
+					log.Error("API token file cannot be used; keeping the previous token", zap.Error(err))
+				} else {
+					log.Info("API token file readable again")
+				}
 			})
 		}
 	}
@@ -121,15 +144,16 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		o.ready(srv.Addr())
 	}
 
-	nc, err := queue.Connect(cfg, log, func(up bool) {
+	onState := func(up bool) {
 		if up {
 			m.NATSConnected.Set(1)
-			ready.Set(worker.ReadyNATS, "")
+			ready.Set(queue.ReadyNATS, "")
 		} else {
 			m.NATSConnected.Set(0)
-			ready.Set(worker.ReadyNATS, "disconnected")
+			ready.Set(queue.ReadyNATS, "disconnected")
 		}
-	})
+	}
+	nc, err := queue.Connect(cfg, log, onState)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -139,30 +163,76 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		return err
 	}
 
+	// One budget for every replica using this credential (SPEC §9).
+	budget, err := queue.NewBudget(js, queue.BudgetConfig{
+		ID: budgetID, Rate: cfg.RateLimit, Create: cfg.CreateStreams, Log: log,
+		Replicas: cfg.StreamReplicas,
+	})
+	if err != nil {
+		return err
+	}
+	defer budget.Close()
 	gate := throttle.New(throttle.Config{
 		Priorities:  len(cfg.Subjects),
 		Concurrency: cfg.Concurrency,
 		Rate:        cfg.RateLimit,
+		Budget:      budget,
 		OnPause: func(paused bool) {
 			if paused {
 				m.APIPaused.Set(1)
-				log.Warn("the API asked us to slow down: every call paused")
 			} else {
 				m.APIPaused.Set(0)
-				log.Info("pause over: calls resume at the configured rate")
+				log.Info("hold over: calls resume at the configured rate")
 			}
+		},
+		OnHold: func(length time.Duration, cause string) {
+			log.Warn("the API asked for a hold: every call of every replica waits",
+				zap.Duration("length", length), zap.String("cause", cause))
 		},
 	})
 	defer gate.Close()
 
 	host, _ := os.Hostname()
-	w, err := worker.New(cfg, worker.Deps{
-		API: api, JS: js, Gate: gate, Metrics: m, Ready: ready, Log: log, Name: host,
-	})
-	if err != nil {
-		return err
+	ledger := &queue.Ledger{}
+	consumer := &queue.Consumer{
+		JS: js, Cfg: cfg, Gate: gate, Ledger: ledger,
+		Metrics: m, Ready: ready, Log: log, FetchWait: o.fetchWait,
 	}
-	runErr := w.Run(ctx)
+	w := worker.New(worker.Config{
+		Subjects:           cfg.Subjects,
+		AllowedAccounts:    cfg.AllowedAccounts,
+		NotFoundDeadLetter: cfg.NotFoundDeadLetter,
+		RateLimit:          cfg.RateLimit,
+		RetryInitial:       cfg.RetryInitial,
+		RetryMaxInterval:   cfg.RetryMaxInterval,
+		RetryMaxElapsed:    cfg.RetryMaxElapsed,
+		HandBackDelay:      consumer.HandBackDelay(),
+		Name:               host,
+	}, worker.Deps{
+		API: api, Gate: gate, Ledger: ledger, Metrics: m, Ready: ready, Log: log,
+		Records: &queue.Records{
+			JS: js, Log: log, Timeout: 10 * time.Second,
+			DLQStream: cfg.DLQStream, DLQSubject: cfg.DLQSubject,
+			OutcomeStream: cfg.OutcomeStream, OutcomePrefix: cfg.OutcomeSubject,
+		},
+	})
+	consumer.Handle = w.Handle
+	// A connection the client gave up on for good cannot come back: stop,
+	// so the orchestrator starts the process again with a new one.
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	go func() {
+		select {
+		case <-nc.Lost():
+			log.Error("the NATS connection was closed for good; stopping so a new process opens a new one")
+			stopRun(errConnLost)
+		case <-runCtx.Done():
+		}
+	}()
+	runErr := consumer.Run(runCtx)
+	if runErr == nil && errors.Is(context.Cause(runCtx), errConnLost) {
+		runErr = errConnLost
+	}
 	// Acks and records are buffered by the client: send them before closing.
 	if nc.IsConnected() {
 		if err := nc.FlushTimeout(5 * time.Second); err != nil {

@@ -4,6 +4,7 @@ package queuetest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -48,4 +49,35 @@ func JetStream(t testing.TB) (*server.Server, *nats.Conn, jetstream.JetStream) {
 	srv := Server(t)
 	nc, js := Connect(t, srv)
 	return srv, nc, js
+}
+
+// ConnectURL connects to urls (one URL or a comma-separated list, as
+// REVOKER_NATS_URL takes it) for the length of the test, reconnecting
+// without end while servers come and go.
+func ConnectURL(t testing.TB, urls string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// Eventually polls cond until it holds, failing the test with what if it
+// does not within the given time: tests wait on conditions, never on
+// sleeps.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond) // the polling interval, not a synchronisation
+	}
 }

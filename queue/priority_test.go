@@ -1,4 +1,4 @@
-package worker_test
+package queue_test
 
 import (
 	"context"
@@ -29,7 +29,7 @@ func (s *stack) publishMany(subject string, keys []string) {
 	var acks []jetstream.PubAckFuture
 	for _, k := range keys {
 		m := nats.NewMsg(subject)
-		m.Data = []byte(event(acct, k))
+		m.Data = []byte(eventJSON(acct, k))
 		f, err := js.PublishMsgAsync(m, jetstream.WithStallWait(30*time.Second))
 		if err != nil {
 			s.t.Fatal(err)

@@ -1,4 +1,4 @@
-package worker_test
+package event_test
 
 import (
 	"bytes"
@@ -8,15 +8,15 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/revoker/revoker/worker"
+	"github.com/revoker/revoker/event"
 )
 
 // refDecode is a plain reading of SPEC §2 built on json.Decoder's
 // tokenizer: slower than DecodeEvent, and simple enough to trust. The fuzz
 // test holds the two to the same verdict on every input.
-func refDecode(body []byte) (worker.Event, bool) {
-	var ev worker.Event
-	if len(body) > worker.MaxEventBytes || len(bytes.TrimSpace(body)) == 0 || !utf8.Valid(body) {
+func refDecode(body []byte) (event.Event, bool) {
+	var ev event.Event
+	if len(body) > event.MaxBytes || len(bytes.TrimSpace(body)) == 0 || !utf8.Valid(body) {
 		return ev, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -59,7 +59,7 @@ func refDecode(body []byte) (worker.Event, bool) {
 			top[cur] = tok
 		}
 		if d, ok := tok.(json.Delim); ok {
-			if len(stack) >= worker.MaxDepth {
+			if len(stack) >= event.MaxDepth {
 				return ev, false
 			}
 			stack = append(stack, frame{object: d == '{', expectKey: d == '{', keys: map[string]bool{}})

@@ -1,4 +1,4 @@
-package worker_test
+package queue_test
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
@@ -108,21 +109,36 @@ func (s *stack) run(ctx context.Context, done chan<- error) (*metrics.Metrics, *
 		s.t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
+	log := zap.New(core)
 	s.reg = prometheus.NewRegistry()
-	m := metrics.New(s.reg, s.cfg.Subjects, metrics.Build{Version: "test"})
-	ready := metrics.NewReadiness(worker.ReadyConsumers)
+	m := metrics.New(s.reg, metrics.Labels{
+		Subjects: s.cfg.Subjects, Outcomes: event.Names(event.Outcomes), Reasons: event.Names(event.Reasons),
+	}, metrics.Build{Version: "test"})
+	ready := metrics.NewReadiness(s.reg, queue.ReadyConsumers)
 	gate := throttle.New(throttle.Config{
 		Priorities: len(s.cfg.Subjects), Concurrency: s.cfg.Concurrency, Rate: s.cfg.RateLimit,
 		OnPause: func(p bool) { m.APIPaused.Set(map[bool]float64{true: 1}[p]) },
 	})
-	w, err := worker.New(s.cfg, worker.Deps{
-		API: client, JS: s.js, Gate: gate, Metrics: m, Ready: ready,
-		Log: zap.New(core), Name: "test-host",
-	})
-	if err != nil {
-		s.t.Fatal(err)
+	ledger := &queue.Ledger{}
+	c := &queue.Consumer{
+		JS: s.js, Cfg: s.cfg, Gate: gate, Ledger: ledger,
+		Metrics: m, Ready: ready, Log: log, FetchWait: 200 * time.Millisecond,
 	}
-	go func() { done <- w.Run(ctx) }()
+	w := worker.New(worker.Config{
+		Subjects: s.cfg.Subjects, AllowedAccounts: s.cfg.AllowedAccounts,
+		NotFoundDeadLetter: s.cfg.NotFoundDeadLetter, RateLimit: s.cfg.RateLimit,
+		RetryInitial: s.cfg.RetryInitial, RetryMaxInterval: s.cfg.RetryMaxInterval,
+		RetryMaxElapsed: s.cfg.RetryMaxElapsed, HandBackDelay: c.HandBackDelay(), Name: "test-host",
+	}, worker.Deps{
+		API: client, Gate: gate, Ledger: ledger, Metrics: m, Ready: ready, Log: log,
+		Records: &queue.Records{
+			JS: s.js, Log: log, Timeout: 5 * time.Second,
+			DLQStream: s.cfg.DLQStream, DLQSubject: s.cfg.DLQSubject,
+			OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject,
+		},
+	})
+	c.Handle = w.Handle
+	go func() { done <- c.Run(ctx) }()
 	return m, ready, logs, gate
 }
 
@@ -151,8 +167,8 @@ func (s *stack) publish(subject, body, msgID string) {
 	}
 }
 
-// event is the JSON of a valid event.
-func event(account, key string) string {
+// eventJSON is the JSON of a valid event.
+func eventJSON(account, key string) string {
 	return `{"account_id":"` + account + `","key_id":"` + key + `","reason":"test"}`
 }
 
@@ -198,10 +214,10 @@ func (s *stack) msgs(stream string) []*jetstream.RawStreamMsg {
 func (s *stack) count(stream string) int { return len(s.msgs(stream)) }
 
 // outcomes returns the outcome records written so far.
-func (s *stack) outcomes() []queue.Outcome {
-	var out []queue.Outcome
+func (s *stack) outcomes() []event.Record {
+	var out []event.Record
 	for _, m := range s.msgs(s.cfg.OutcomeStream) {
-		var o queue.Outcome
+		var o event.Record
 		if err := json.Unmarshal(m.Data, &o); err != nil {
 			s.t.Fatalf("outcome record %q: %v", m.Data, err)
 		}

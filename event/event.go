@@ -1,4 +1,8 @@
-package worker
+// Package event is the contract's "revoke key" event (SPEC §2): its fields,
+// limits and identifier rule, the strict decoder every reader of events
+// uses, and the names of the outcomes and dead-letter reasons that metrics,
+// records and commands are all built from.
+package event
 
 import (
 	"bytes"
@@ -13,7 +17,7 @@ import (
 
 // Limits of an event (SPEC §2).
 const (
-	MaxEventBytes     = 64 << 10
+	MaxBytes          = 64 << 10
 	MaxDepth          = 32
 	MaxReasonRunes    = 1024
 	MaxRequesterRunes = 256
@@ -28,23 +32,23 @@ type Event struct {
 	RequestedAt time.Time `json:"requested_at,omitzero"`
 }
 
-// ErrInvalidEvent wraps every reason an event is refused.
-var ErrInvalidEvent = errors.New("invalid event")
+// ErrInvalid wraps every reason an event is refused.
+var ErrInvalid = errors.New("invalid event")
 
 func invalid(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidEvent}, args...)...)
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
 }
 
-// DecodeEvent parses and validates body. It is strict on purpose: the body
+// Decode parses and validates body. It is strict on purpose: the body
 // must be exactly one JSON object of valid UTF-8, with no field name repeated
 // in any object and no nesting deeper than MaxDepth. Field names match
 // exactly (encoding/json would also take "ACCOUNT_ID"), so there is one
 // reading of which key an event names. Nothing from the body reaches a URL
 // unless it passed its rule here.
-func DecodeEvent(body []byte) (Event, error) {
+func Decode(body []byte) (Event, error) {
 	var ev Event
-	if len(body) > MaxEventBytes {
-		return ev, invalid("body is %d bytes, more than %d", len(body), MaxEventBytes)
+	if len(body) > MaxBytes {
+		return ev, invalid("body is %d bytes, more than %d", len(body), MaxBytes)
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return ev, invalid("body is empty")
@@ -205,7 +209,7 @@ func (sc *scanner) object(depth int, top map[string][]byte) error {
 		return invalid("nested deeper than %d levels", MaxDepth)
 	}
 	sc.i++ // {
-	var keys []string
+	var names fieldNames
 	for {
 		sc.space()
 		if sc.b[sc.i] == '}' {
@@ -220,12 +224,9 @@ func (sc *scanner) object(depth int, top map[string][]byte) error {
 				return invalid("field name: %v", err)
 			}
 		}
-		for _, k := range keys {
-			if k == key {
-				return invalid("field %s appears twice", quote(key))
-			}
+		if !names.add(key) {
+			return invalid("field %s appears twice", quote(key))
 		}
-		keys = append(keys, key)
 		sc.space()
 		sc.i++ // :
 		sc.space()
@@ -279,4 +280,41 @@ func (sc *scanner) value(depth int) error {
 		}
 	}
 	return nil
+}
+
+// fieldNames is the set of an object's field names so far. Most objects
+// have a handful, compared in a slice without allocating a map; past that,
+// a map keeps the check linear in the body's size (64 KiB of distinct names
+// would otherwise cost a quadratic scan).
+type fieldNames struct {
+	few  []string
+	many map[string]struct{}
+}
+
+const fewNames = 8
+
+// add records name and reports whether it was new.
+func (n *fieldNames) add(name string) bool {
+	if n.many != nil {
+		if _, dup := n.many[name]; dup {
+			return false
+		}
+		n.many[name] = struct{}{}
+		return true
+	}
+	for _, k := range n.few {
+		if k == name {
+			return false
+		}
+	}
+	if len(n.few) < fewNames {
+		n.few = append(n.few, name)
+		return true
+	}
+	n.many = make(map[string]struct{}, 2*fewNames)
+	for _, k := range n.few {
+		n.many[k] = struct{}{}
+	}
+	n.many[name] = struct{}{}
+	return true
 }

@@ -1,4 +1,4 @@
-package worker_test
+package event_test
 
 import (
 	"errors"
@@ -9,26 +9,26 @@ import (
 	"unicode/utf8"
 
 	"github.com/revoker/revoker/cloudflare"
-	"github.com/revoker/revoker/worker"
+	"github.com/revoker/revoker/event"
 )
 
 func TestDecodeEvent(t *testing.T) {
 	good := []struct {
 		name, body string
-		want       worker.Event
+		want       event.Event
 	}{
-		{"minimal", `{"account_id":"a1","key_id":"k1"}`, worker.Event{AccountID: "a1", KeyID: "k1"}},
-		{"white space around", " \n\t{\"account_id\":\"a1\",\"key_id\":\"k1\"}\r\n ", worker.Event{AccountID: "a1", KeyID: "k1"}},
-		{"unknown fields ignored", `{"x":{"y":[1,{"account_id":"no"}]},"account_id":"a1","key_id":"k1","n":null}`, worker.Event{AccountID: "a1", KeyID: "k1"}},
-		{"32 characters", `{"account_id":"` + strings.Repeat("A", 32) + `","key_id":"k1"}`, worker.Event{AccountID: strings.Repeat("A", 32), KeyID: "k1"}},
+		{"minimal", `{"account_id":"a1","key_id":"k1"}`, event.Event{AccountID: "a1", KeyID: "k1"}},
+		{"white space around", " \n\t{\"account_id\":\"a1\",\"key_id\":\"k1\"}\r\n ", event.Event{AccountID: "a1", KeyID: "k1"}},
+		{"unknown fields ignored", `{"x":{"y":[1,{"account_id":"no"}]},"account_id":"a1","key_id":"k1","n":null}`, event.Event{AccountID: "a1", KeyID: "k1"}},
+		{"32 characters", `{"account_id":"` + strings.Repeat("A", 32) + `","key_id":"k1"}`, event.Event{AccountID: strings.Repeat("A", 32), KeyID: "k1"}},
 		{"optional fields", `{"account_id":"a1","key_id":"k1","reason":"leaked in ticket 42","requested_by":"ir-bot"}`,
-			worker.Event{AccountID: "a1", KeyID: "k1", Reason: "leaked in ticket 42", RequestedBy: "ir-bot"}},
-		{"a case-folded name is another, unknown field", `{"account_id":"a1","Account_Id":"zz","key_id":"k1"}`, worker.Event{AccountID: "a1", KeyID: "k1"}},
-		{"same name in nested objects", `{"account_id":"a1","key_id":"k1","m":{"key_id":1},"n":{"key_id":2}}`, worker.Event{AccountID: "a1", KeyID: "k1"}},
+			event.Event{AccountID: "a1", KeyID: "k1", Reason: "leaked in ticket 42", RequestedBy: "ir-bot"}},
+		{"a case-folded name is another, unknown field", `{"account_id":"a1","Account_Id":"zz","key_id":"k1"}`, event.Event{AccountID: "a1", KeyID: "k1"}},
+		{"same name in nested objects", `{"account_id":"a1","key_id":"k1","m":{"key_id":1},"n":{"key_id":2}}`, event.Event{AccountID: "a1", KeyID: "k1"}},
 	}
 	for _, tc := range good {
 		t.Run(tc.name, func(t *testing.T) {
-			ev, err := worker.DecodeEvent([]byte(tc.body))
+			ev, err := event.Decode([]byte(tc.body))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -57,8 +57,8 @@ func TestDecodeEvent(t *testing.T) {
 	}
 	for name, body := range bad {
 		t.Run(name, func(t *testing.T) {
-			_, err := worker.DecodeEvent([]byte(body))
-			if !errors.Is(err, worker.ErrInvalidEvent) {
+			_, err := event.Decode([]byte(body))
+			if !errors.Is(err, event.ErrInvalid) {
 				t.Fatalf("err = %v, want an invalid event", err)
 			}
 			if strings.ContainsAny(err.Error(), "\n\r") {
@@ -68,7 +68,7 @@ func TestDecodeEvent(t *testing.T) {
 	}
 	// Exactly 32 levels is allowed.
 	ok := `{"account_id":"a1","key_id":"k1","d":` + strings.Repeat(`{"a":`, 30) + "1" + strings.Repeat("}", 30) + `}`
-	if _, err := worker.DecodeEvent([]byte(ok)); err != nil {
+	if _, err := event.Decode([]byte(ok)); err != nil {
 		t.Fatalf("32 levels refused: %v", err)
 	}
 }
@@ -87,7 +87,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		ev, err := worker.DecodeEvent(body)
+		ev, err := event.Decode(body)
 		ref, refOK := refDecode(body)
 		if refOK != (err == nil) || (refOK && !ref.RequestedAt.Equal(ev.RequestedAt)) {
 			t.Fatalf("DecodeEvent and the reference disagree on %q: err %v, reference ok %v", body, err, refOK)
@@ -99,18 +99,18 @@ func FuzzDecodeEvent(f *testing.F) {
 			}
 		}
 		if err != nil {
-			if !errors.Is(err, worker.ErrInvalidEvent) {
+			if !errors.Is(err, event.ErrInvalid) {
 				t.Fatalf("error not marked invalid: %v", err)
 			}
 			return
 		}
-		if len(body) > worker.MaxEventBytes || !utf8.Valid(body) {
+		if len(body) > event.MaxBytes || !utf8.Valid(body) {
 			t.Fatalf("accepted a body of %d bytes or invalid UTF-8", len(body))
 		}
 		if !cloudflare.ValidIdentifier(ev.AccountID) || !cloudflare.ValidIdentifier(ev.KeyID) {
 			t.Fatalf("accepted identifiers %q %q", ev.AccountID, ev.KeyID)
 		}
-		if utf8.RuneCountInString(ev.Reason) > worker.MaxReasonRunes || utf8.RuneCountInString(ev.RequestedBy) > worker.MaxRequesterRunes {
+		if utf8.RuneCountInString(ev.Reason) > event.MaxReasonRunes || utf8.RuneCountInString(ev.RequestedBy) > event.MaxRequesterRunes {
 			t.Fatal("accepted an over-long free-text field")
 		}
 		if err := ev.Validate(); err != nil {

@@ -1,0 +1,281 @@
+// Package natsauth_test checks that deploy/nats-auth/nats-server.conf lets
+// each role do its work and nothing more: it runs nats-server with exactly
+// that file and the real revoker binary against it.
+package natsauth_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/revoker/revoker/cloudflare/cloudflaretest"
+)
+
+const (
+	publisherPW = "pub-Passw0rd-7c1d"
+	workerPW    = "wrk-Passw0rd-93ab"
+	operatorPW  = "ops-Passw0rd-5e2f"
+	apiToken    = "nats-auth-test-token"
+)
+
+// serverLog keeps what nats-server logs, to find permission violations.
+type serverLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *serverLog) add(format string, v ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, v...))
+}
+func (l *serverLog) Noticef(f string, v ...any) {}
+func (l *serverLog) Debugf(f string, v ...any)  {}
+func (l *serverLog) Tracef(f string, v ...any)  {}
+func (l *serverLog) Warnf(f string, v ...any)   { l.add(f, v...) }
+func (l *serverLog) Errorf(f string, v ...any)  { l.add(f, v...) }
+func (l *serverLog) Fatalf(f string, v ...any)  { l.add(f, v...) }
+
+// violations returns logged permission violations by user.
+func (l *serverLog) violations(user string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, s := range l.lines {
+		if strings.Contains(s, "Permissions Violation") && strings.Contains(s, `"`+user+`"`) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing and a test reading.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startServer runs nats-server with the shipped configuration file, on a
+// free loopback port and a temporary store.
+func startServer(t *testing.T) (*server.Server, *serverLog) {
+	t.Helper()
+	t.Setenv("REVOKER_PUBLISHER_PASSWORD", publisherPW)
+	t.Setenv("REVOKER_WORKER_PASSWORD", workerPW)
+	t.Setenv("REVOKER_OPERATOR_PASSWORD", operatorPW)
+	opts, err := server.ProcessConfigFile("nats-server.conf")
+	if err != nil {
+		t.Fatalf("the shipped configuration does not load: %v", err)
+	}
+	opts.Host, opts.Port, opts.StoreDir, opts.NoSigs = "127.0.0.1", -1, t.TempDir(), true
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &serverLog{}
+	srv.SetLoggerV2(log, false, false, false)
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	return srv, log
+}
+
+// buildRevoker builds the real binary once per test.
+func buildRevoker(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "revoker")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/revoker/revoker/cmd/revoker").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func userURL(srv *server.Server, user, pw string) string {
+	return fmt.Sprintf("nats://%s:%s@%s", user, pw, srv.Addr())
+}
+
+// environ is a minimal environment for revoker plus kv ("K=V").
+func environ(kv ...string) []string {
+	return append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, kv...)
+}
+
+func TestLeastPrivilegeRoles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the revoker binary")
+	}
+	srv, slog := startServer(t)
+	bin := buildRevoker(t)
+	api := cloudflaretest.NewServer(cloudflaretest.WithToken(apiToken))
+	t.Cleanup(api.Close)
+
+	// The worker, as the worker user.
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var workerOut syncBuffer
+	serve := exec.CommandContext(ctx, bin, "serve")
+	serve.Env = environ(
+		"REVOKER_NATS_URL="+userURL(srv, "worker", workerPW),
+		"CLOUDFLARE_BASE_URL="+api.URL,
+		"CLOUDFLARE_API_TOKEN="+apiToken,
+		"REVOKER_HTTP_ADDR=127.0.0.1:0",
+		"REVOKER_RATE_LIMIT=0",
+		"REVOKER_RETRY_INITIAL=10ms", "REVOKER_RETRY_MAX_INTERVAL=50ms", "REVOKER_RETRY_MAX_ELAPSED=200ms",
+		"REVOKER_MAX_DELIVER=2",
+		"REVOKER_SHUTDOWN_TIMEOUT=2s",
+	)
+	serve.Stdout, serve.Stderr = &workerOut, &workerOut
+	serve.Cancel = func() error { return serve.Process.Signal(os.Interrupt) }
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- serve.Wait() }()
+	defer func() {
+		cancel()
+		<-served
+		if t.Failed() {
+			t.Logf("worker output:\n%s", workerOut.String())
+		}
+	}()
+
+	// The publisher: only the work subjects, acknowledged.
+	var pubErrs struct {
+		sync.Mutex
+		errs []error
+	}
+	pub, err := nats.Connect(userURL(srv, "publisher", publisherPW), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		pubErrs.Lock()
+		defer pubErrs.Unlock()
+		pubErrs.errs = append(pubErrs.errs, err)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	pjs, err := jetstream.New(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(subject, id, body string) {
+		t.Helper()
+		msg := &nats.Msg{Subject: subject, Data: []byte(body), Header: nats.Header{"Nats-Msg-Id": []string{id}}}
+		// The worker creates the stream: until then nobody answers.
+		waitFor(t, 30*time.Second, "the work stream acknowledges "+id, func() bool {
+			pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+			defer pcancel()
+			_, err := pjs.PublishMsg(pctx, msg)
+			return err == nil
+		})
+	}
+
+	// 1. The worker works: an event published by the publisher is revoked.
+	publish("revoke.urgent", "ev-1", `{"account_id":"acc1","key_id":"key1"}`)
+	waitFor(t, 30*time.Second, "key1 revoked", func() bool { return api.Deleted("acc1", "key1") })
+
+	// 2. The publisher cannot write records nor touch JetStream's API.
+	for _, subject := range []string{
+		"revoke.dlq",
+		"revoke.outcome.acc1.key1",
+		"$JS.API.STREAM.PURGE.REVOCATIONS",
+		"$JS.API.STREAM.DELETE.REVOCATION_OUTCOMES",
+		"$JS.API.STREAM.DELETE.REVOCATIONS_DLQ",
+	} {
+		if err := pub.Publish(subject, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "publisher refused on "+subject, func() bool {
+			pubErrs.Lock()
+			defer pubErrs.Unlock()
+			for _, e := range pubErrs.errs {
+				if errors.Is(e, nats.ErrPermissionViolation) && strings.Contains(e.Error(), `"`+subject+`"`) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+
+	// 3. A dead letter, and the operator replays it.
+	api.Script("key2", 400) // rejected once: dead-lettered at once
+	publish("revoke.scheduled", "ev-2", `{"account_id":"acc1","key_id":"key2"}`)
+	opEnv := environ("REVOKER_NATS_URL=" + userURL(srv, "operator", operatorPW))
+	var listOut string
+	defer func() {
+		if t.Failed() {
+			t.Logf("last dlq list:\n%s\nserver refusals: %q", listOut, slog.violations("operator"))
+		}
+	}()
+	waitFor(t, 30*time.Second, "the operator lists the dead letter", func() bool {
+		cmd := exec.CommandContext(ctx, bin, "dlq", "list")
+		cmd.Env = opEnv
+		out, err := cmd.CombinedOutput()
+		listOut = string(out)
+		return err == nil && strings.Contains(listOut, "key2")
+	})
+	if api.Deleted("acc1", "key2") {
+		t.Fatal("key2 revoked before the replay: the script did not dead-letter it")
+	}
+	replay := exec.CommandContext(ctx, bin, "dlq", "replay", "--all")
+	replay.Env = opEnv
+	if out, err := replay.CombinedOutput(); err != nil {
+		t.Fatalf("operator's dlq replay: %v\n%s", err, out)
+	}
+	waitFor(t, 30*time.Second, "key2 revoked after the replay", func() bool { return api.Deleted("acc1", "key2") })
+
+	// The operator reads the audit trail.
+	outcomes := exec.CommandContext(ctx, bin, "outcomes", "--key", "key1")
+	outcomes.Env = opEnv
+	if out, err := outcomes.CombinedOutput(); err != nil || !strings.Contains(string(out), "revoked") {
+		t.Fatalf("operator's outcomes --key key1: %v\n%s", err, out)
+	}
+
+	// Neither the worker nor the operator met a refusal doing their work.
+	for _, user := range []string{"worker", "operator"} {
+		if v := slog.violations(user); len(v) > 0 {
+			t.Errorf("%s refused: %q", user, v)
+		}
+	}
+	if strings.Contains(strings.ToLower(workerOut.String()), "permissions violation") {
+		t.Error("the worker logged a permissions violation")
+	}
+}

@@ -1,0 +1,56 @@
+package event
+
+import "time"
+
+// Record is the outcome record of SPEC §5a: the audit trail's entry for one
+// event's final outcome.
+type Record struct {
+	EventID     string  `json:"event_id"`
+	AccountID   string  `json:"account_id"`
+	KeyID       string  `json:"key_id"`
+	Outcome     Outcome `json:"outcome"`
+	Reason      Reason  `json:"reason,omitempty"`
+	Status      int     `json:"status"`
+	CFRay       string  `json:"cf_ray"`
+	Attempts    int     `json:"attempts"`
+	Subject     string  `json:"subject"`
+	Sequence    uint64  `json:"sequence"`
+	RequestedAt string  `json:"requested_at,omitempty"`
+	PublishedAt string  `json:"published_at"`
+	CompletedAt string  `json:"completed_at"`
+	RequestedBy string  `json:"requested_by,omitempty"`
+	Worker      string  `json:"worker"`
+	// Stream is the work stream the event came from; with Sequence it
+	// names the event beyond doubt (an event id alone proves nothing).
+	Stream string `json:"stream,omitempty"`
+	// ReplayOf is the original event's id when this one is a replay of a
+	// dead letter, so the audit trail links the two.
+	ReplayOf string `json:"replay_of,omitempty"`
+}
+
+// SameFacts reports whether r and o say the same thing about the same
+// event: everything but when and by which replica it was written. A record
+// found under our own record's id is ours only if it does.
+func (r Record) SameFacts(o Record) bool {
+	r.CompletedAt, o.CompletedAt = "", ""
+	r.Worker, o.Worker = "", ""
+	return r == o
+}
+
+// DeadLetter is what a dead-letter record (SPEC §5) says of an event.
+type DeadLetter struct {
+	Reason   Reason
+	Detail   string
+	Status   int  // last HTTP status, 0 if the last call got none
+	Called   bool // whether any call was made; Revoker-Status is absent if not
+	Attempts int
+	EventID  string
+	Stream   string
+	Subject  string
+	Sequence uint64
+	FailedAt time.Time
+}
+
+// NoKey stands for an account or key id in an outcome subject when the
+// event has no valid one.
+const NoKey = "_"

@@ -1,0 +1,343 @@
+package queue_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/cloudflare/cloudflaretest"
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+	"github.com/revoker/revoker/throttle"
+)
+
+const budgetTAccount = "acct"
+
+// bReplica is one replica of the worker as far as the budget goes: its own
+// NATS connection, budget and gate, and workers that call the API.
+type bReplica struct {
+	t      testing.TB
+	name   string
+	nc     *nats.Conn
+	budget *queue.Budget
+	gate   *throttle.Gate
+	api    *cloudflare.Client
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	calls  atomic.Int64
+	// granted is when each key's permit was granted, to measure how late
+	// calls reach the API after their slot.
+	granted sync.Map
+}
+
+func newBReplica(t testing.TB, srv *server.Server, api *cloudflaretest.Server, name string, rate float64, priorities int) *bReplica {
+	t.Helper()
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := queue.NewBudget(js, queue.BudgetConfig{
+		ID: func() string { return "token:0a1b2c3d" }, Rate: rate, Create: true, Log: zaptest.NewLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := cloudflare.New(cloudflare.Config{BaseURL: api.URL, Credential: cloudflare.Token("t"), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &bReplica{t: t, name: name, nc: nc, budget: b, api: client,
+		gate: throttle.New(throttle.Config{Priorities: priorities, Concurrency: 4, Budget: b})}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	t.Cleanup(r.kill)
+	return r
+}
+
+// kill stops the replica at once: its calls stop, its connection closes
+// with whatever it had reserved or claimed left behind.
+func (r *bReplica) kill() {
+	r.cancel()
+	r.nc.Close()
+	r.gate.Close()
+	r.budget.Close()
+	r.wg.Wait()
+}
+
+// work starts n workers calling the API for keys at priority p; a 429
+// pauses the gate as the worker does.
+func (r *bReplica) work(p, n int, keys []string) {
+	ch := make(chan string, len(keys))
+	for _, k := range keys {
+		ch <- k
+	}
+	close(ch)
+	for range n {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			for k := range ch {
+				if !r.call(p, k) {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// call makes one call for key at priority p; false once the replica stops.
+func (r *bReplica) call(p int, key string) bool {
+	pm, err := r.gate.Acquire(r.ctx, p)
+	if err != nil {
+		return false
+	}
+	r.calls.Add(1)
+	r.granted.Store(key, time.Now())
+	resp, _ := r.api.DeleteSigningKey(r.ctx, budgetTAccount, key)
+	pm.Release()
+	if resp != nil && resp.Status == http.StatusTooManyRequests {
+		r.gate.Pause(max(resp.RetryAfter, time.Second))
+	}
+	return true
+}
+
+func keysOf(prefix string, n int) []string {
+	ks := make([]string, n)
+	for i := range ks {
+		ks[i] = fmt.Sprintf("%sk%d", prefix, i)
+	}
+	return ks
+}
+
+func waitForB(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 30s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// checkWindow fails when more than limit calls arrived within any second.
+func checkWindow(t testing.TB, reqs []cloudflaretest.Request, limit int) {
+	t.Helper()
+	at := make([]time.Time, 0, len(reqs))
+	for _, r := range reqs {
+		at = append(at, r.At)
+	}
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	for i := limit; i < len(at); i++ {
+		if d := at[i].Sub(at[i-limit]); d < time.Second {
+			t.Errorf("%d calls within %v (calls %d to %d)", limit+1, d, i-limit, i)
+		}
+	}
+}
+
+// TestBudgetSharedByReplicas: three replicas at rate 4 against an API that
+// refuses a fifth call in any second never meet a 429; when one dies with
+// work under way, the others carry on with the whole budget.
+func TestBudgetSharedByReplicas(t *testing.T) {
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer(cloudflaretest.WithRateLimit(4))
+	t.Cleanup(api.Close)
+	var rs []*bReplica
+	for _, n := range []string{"a", "b", "c"} {
+		rs = append(rs, newBReplica(t, srv, api, n, 4, 1))
+	}
+	for _, r := range rs {
+		r.work(0, 2, keysOf(r.name, 8))
+	}
+	waitForB(t, "six calls", func() bool { return api.Count() >= 6 })
+	rs[2].kill()
+	killedAt := time.Now()
+	for _, r := range rs[:2] {
+		for _, k := range keysOf(r.name, 8) {
+			waitForB(t, "replica "+r.name+" done", func() bool { return api.Deleted(budgetTAccount, k) })
+		}
+	}
+	reqs := api.Requests()
+	if n := api.Throttled(); n != 0 {
+		t.Errorf("%d calls refused with 429", n)
+	}
+	checkWindow(t, reqs, 4)
+	after := 0
+	for _, r := range reqs {
+		if r.At.After(killedAt) {
+			after++
+		}
+	}
+	if after == 0 {
+		t.Fatal("no call after the replica died")
+	}
+	t.Logf("%d calls, %d after one of three replicas died", len(reqs), after)
+}
+
+// TestBudgetPriorityAcrossReplicas: replica A has a backlog of scheduled
+// calls; an urgent one arriving at replica B starts before A's next
+// scheduled call, allowing the one A had already reserved.
+func TestBudgetPriorityAcrossReplicas(t *testing.T) {
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer()
+	t.Cleanup(api.Close)
+	a := newBReplica(t, srv, api, "a", 10, 2)
+	b := newBReplica(t, srv, api, "b", 10, 2)
+	a.work(1, 4, keysOf("sched", 40))
+	waitForB(t, "scheduled calls under way", func() bool { return api.Count() >= 3 })
+
+	got := make(chan time.Time, 1)
+	go func() {
+		pm, err := b.gate.Acquire(context.Background(), 0)
+		if err != nil {
+			t.Error(err)
+			close(got)
+			return
+		}
+		got <- time.Now()
+		_, _ = b.api.DeleteSigningKey(context.Background(), budgetTAccount, "urgent")
+		pm.Release()
+	}()
+	waitForB(t, "urgent waiter queued", func() bool { return b.gate.Queued(0) == 1 || api.Deleted(budgetTAccount, "urgent") })
+	before := a.calls.Load()
+	urgentAt := <-got
+	overtook := a.calls.Load() - before
+	waitForB(t, "urgent call made", func() bool { return api.Deleted(budgetTAccount, "urgent") })
+	if overtook > 1 {
+		t.Fatalf("%d scheduled calls started while the urgent one waited on another replica (at most the one reserved may)", overtook)
+	}
+	// The scheduled backlog goes on once the urgent call has started.
+	waitForB(t, "scheduled calls resume", func() bool {
+		for _, r := range api.Requests() {
+			if strings.HasPrefix(r.KeyID, "sched") && r.At.After(urgentAt) {
+				return true
+			}
+		}
+		return false
+	})
+
+	// While B knows of urgent work not yet in hand (pending in the
+	// stream), A starts no scheduled call: five slots' worth of time pass
+	// with at most the one A had reserved.
+	b.gate.SetPending(0, true)
+	waitForB(t, "B's claim seen by A", func() bool { return !a.budget.Allows(1) })
+	before = a.calls.Load()
+	time.Sleep(500 * time.Millisecond) // observing an absence, not synchronising
+	if n := a.calls.Load() - before; n > 1 {
+		t.Fatalf("%d scheduled calls started while urgent work was pending on another replica", n)
+	}
+	b.gate.SetPending(0, false)
+	waitForB(t, "scheduled calls resume after the claim", func() bool { return a.calls.Load() > before+1 })
+}
+
+// TestBudget429HoldsEveryReplica: a 429 met by one replica stops the calls
+// of all of them for its Retry-After.
+func TestBudget429HoldsEveryReplica(t *testing.T) {
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer()
+	t.Cleanup(api.Close)
+	api.Script("ak0", http.StatusTooManyRequests) // Retry-After: 1
+	var rs []*bReplica
+	for _, n := range []string{"a", "b", "c"} {
+		rs = append(rs, newBReplica(t, srv, api, n, 20, 1))
+	}
+	for _, r := range rs[1:] {
+		r.work(0, 2, keysOf(r.name, 30))
+	}
+	waitForB(t, "the others under way", func() bool { return api.Count() >= 4 })
+	if !rs[0].call(0, "ak0") {
+		t.Fatal("replica a stopped")
+	}
+	end := time.Now().Add(rs[0].gate.PausedFor())
+	if rs[0].gate.PausedFor() <= 0 {
+		t.Fatal("the 429 did not pause its own replica")
+	}
+	for _, r := range rs[1:] {
+		waitForB(t, "replica "+r.name+" held", func() bool { return r.gate.PausedFor() > 0 })
+	}
+	known := time.Now()
+	if !known.Before(end) {
+		t.Fatal("the hold reached the other replicas only after it ended")
+	}
+	waitForB(t, "calls resumed", func() bool {
+		reqs := api.Requests()
+		return reqs[len(reqs)-1].At.After(end)
+	})
+	for _, r := range api.Requests() {
+		if r.At.After(known) && r.At.Before(end) {
+			t.Errorf("call for %s %v into a hold every replica knew of", r.KeyID, r.At.Sub(known))
+		}
+	}
+	if n := api.Throttled(); n != 0 {
+		t.Errorf("%d calls refused by the rate limit", n)
+	}
+}
+
+// TestBudgetHoldCappedAndShown: a Ratelimit header with nothing left for a
+// day, met by one replica, holds every replica five minutes at most, and
+// each shows it once.
+func TestBudgetHoldCappedAndShown(t *testing.T) {
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer()
+	t.Cleanup(api.Close)
+	type report struct {
+		d     time.Duration
+		cause string
+	}
+	var (
+		mu      sync.Mutex
+		reports = map[int][]report{}
+		paused  = map[int]bool{}
+	)
+	var gates []*throttle.Gate
+	for i := range 2 {
+		_, js := queuetest.Connect(t, srv)
+		b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:feedf00d" }, Rate: 4, Create: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		g := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1, Budget: b,
+			OnPause: func(p bool) { mu.Lock(); paused[i] = p; mu.Unlock() },
+			OnHold: func(d time.Duration, cause string) {
+				mu.Lock()
+				reports[i] = append(reports[i], report{d, cause})
+				mu.Unlock()
+			}})
+		t.Cleanup(g.Close)
+		gates = append(gates, g)
+	}
+	// What the worker does with `Ratelimit: "default";r=0;t=86400`.
+	for range 3 {
+		gates[0].Slow(time.Now().Add(86400 * time.Second))
+	}
+	waitForB(t, "both replicas paused", func() bool { mu.Lock(); defer mu.Unlock(); return paused[0] && paused[1] })
+	for i, g := range gates {
+		if left := g.PausedFor(); left > throttle.MaxPause || left < throttle.MaxPause-time.Minute {
+			t.Errorf("replica %d held for %v, want about %v", i, left, throttle.MaxPause)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range gates {
+		if len(reports[i]) != 1 || !strings.Contains(reports[i][0].cause, "capped at 5m0s") || reports[i][0].d > throttle.MaxPause {
+			t.Errorf("replica %d reported %v, want one hold of at most 5m, capped", i, reports[i])
+		}
+	}
+}

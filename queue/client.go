@@ -1,0 +1,301 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
+)
+
+// Client publishes revoke events and awaits their outcomes: what `revoker
+// publish` does, for any Go program that must revoke a key and know it was.
+type Client struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+	// Stream is the work stream; OutcomeStream and OutcomePrefix are where
+	// outcome records are kept ("" prefix: off).
+	Stream, OutcomeStream, OutcomePrefix string
+	// Timeout bounds one request (default 10 s).
+	Timeout time.Duration
+}
+
+// ClientTimeouts of a one-shot connection: an operator is told at once
+// that NATS cannot be reached instead of waiting for ever as the worker does.
+const (
+	dialTimeout    = 5 * time.Second
+	defaultTimeout = 10 * time.Second
+	// publishWindow is how many publishes may await their acknowledgement
+	// at once: enough to keep the server busy, few enough that a stalled
+	// server does not leave thousands in doubt.
+	publishWindow = 256
+)
+
+// Dial connects a client for one command, with cfg's credentials and TLS;
+// onError hears the connection's asynchronous errors (nil: ignored).
+func Dial(cfg config.Config, onError func(error)) (*Client, error) {
+	opts := []nats.Option{
+		nats.Name("revoker-cli"),
+		nats.Timeout(dialTimeout),
+		nats.MaxReconnects(5),
+		nats.ReconnectWait(500 * time.Millisecond),
+	}
+	if onError != nil {
+		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { onError(err) }))
+	}
+	nc, err := nats.Connect(cfg.NATSURL, append(opts, AuthOptions(cfg)...)...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", cfg.Redacted().NATSURL, err)
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(2*publishWindow),
+		jetstream.WithPublishAsyncTimeout(defaultTimeout))
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return &Client{nc: nc, js: js, Stream: cfg.Stream, OutcomeStream: cfg.OutcomeStream,
+		OutcomePrefix: cfg.OutcomeSubject, Timeout: defaultTimeout}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() { c.nc.Close() }
+
+// JetStream is the client's JetStream handle, for the reading commands.
+func (c *Client) JetStream() jetstream.JetStream { return c.js }
+
+func (c *Client) timeout() time.Duration {
+	if c.Timeout > 0 {
+		return c.Timeout
+	}
+	return defaultTimeout
+}
+
+// Published is a stored event: what an outcome record must name to be its.
+type Published struct {
+	EventID   string `json:"event_id"`
+	AccountID string `json:"account_id"`
+	KeyID     string `json:"key_id"`
+	Subject   string `json:"subject"`
+	Stream    string `json:"stream"`
+	Sequence  uint64 `json:"sequence"`
+	// Duplicate: the stream already held an event with this id, and
+	// Stream/Sequence name that one.
+	Duplicate bool `json:"duplicate"`
+}
+
+// Answers reports whether rec is the outcome of p: the same account, key,
+// stream and sequence. An event id alone proves nothing (ids can be reused
+// or forged).
+func (p Published) Answers(rec event.Record) bool {
+	return rec.AccountID == p.AccountID && rec.KeyID == p.KeyID &&
+		rec.Stream == p.Stream && rec.Sequence == p.Sequence
+}
+
+// CheckSubject makes sure the work stream exists and holds subject: a
+// publisher creates nothing, and a clear refusal beats an event stored
+// where no worker reads it. A publisher allowed only to publish cannot
+// look the stream up; the publish itself then decides.
+func (c *Client) CheckSubject(ctx context.Context, subject string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	s, err := c.js.Stream(ctx, c.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("the work stream %s does not exist; publish creates nothing: start the worker (it creates its streams) or create the stream", c.Stream)
+	}
+	if err != nil {
+		return nil
+	}
+	if Covers(s.CachedInfo().Config.Subjects, subject) {
+		return nil
+	}
+	return fmt.Errorf("the work stream %s does not hold subject %s (it holds %s)",
+		c.Stream, subject, strings.Join(s.CachedInfo().Config.Subjects, ", "))
+}
+
+func (c *Client) msg(subject, id string, body []byte) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Data = body
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	return m
+}
+
+// Publish stores one event (body, already valid) on subject with id as
+// its Nats-Msg-Id, and returns once the work stream acknowledged it.
+func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event, body []byte) (Published, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	ack, err := c.js.PublishMsg(ctx, c.msg(subject, id, body), jetstream.WithExpectStream(c.Stream))
+	if err != nil {
+		return Published{}, c.publishError(subject, err)
+	}
+	return Published{EventID: id, AccountID: ev.AccountID, KeyID: ev.KeyID, Subject: subject,
+		Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
+}
+
+// Batch publishes many events with up to publishWindow acknowledgements
+// awaited at once.
+type Batch struct {
+	c        *Client
+	subject  string
+	inflight []pending
+	done     func(Published, error)
+}
+
+type pending struct {
+	p   Published
+	fut jetstream.PubAckFuture
+}
+
+// NewBatch starts a batch on subject; done hears each event's fate, in
+// the order they were added.
+func (c *Client) NewBatch(subject string, done func(Published, error)) *Batch {
+	return &Batch{c: c, subject: subject, done: done}
+}
+
+// Add publishes one event, first waiting for the oldest acknowledgement
+// when the window is full.
+func (b *Batch) Add(ctx context.Context, id string, ev event.Event, body []byte) {
+	for len(b.inflight) >= publishWindow {
+		b.settle(ctx)
+	}
+	p := Published{EventID: id, AccountID: ev.AccountID, KeyID: ev.KeyID, Subject: b.subject}
+	fut, err := b.c.js.PublishMsgAsync(b.c.msg(b.subject, id, body), jetstream.WithExpectStream(b.c.Stream))
+	if err != nil {
+		b.done(p, b.c.publishError(b.subject, err))
+		return
+	}
+	b.inflight = append(b.inflight, pending{p, fut})
+}
+
+// Wait waits for every acknowledgement still awaited.
+func (b *Batch) Wait(ctx context.Context) {
+	for len(b.inflight) > 0 {
+		b.settle(ctx)
+	}
+}
+
+func (b *Batch) settle(ctx context.Context) {
+	f := b.inflight[0]
+	b.inflight = b.inflight[1:]
+	select {
+	case ack := <-f.fut.Ok():
+		f.p.Stream, f.p.Sequence, f.p.Duplicate = ack.Stream, ack.Sequence, ack.Duplicate
+		b.done(f.p, nil)
+	case err := <-f.fut.Err():
+		b.done(f.p, b.c.publishError(b.subject, err))
+	case <-ctx.Done():
+		b.done(f.p, ctx.Err())
+	}
+}
+
+// publishError explains a failed publish.
+func (c *Client) publishError(subject string, err error) error {
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+		return fmt.Errorf("no stream stored the event on %s: does the work stream %s exist? (%w)", subject, c.Stream, err)
+	}
+	return err
+}
+
+// Watcher receives outcome records as they are stored. Start it before
+// publishing, so a fast worker's record cannot be missed.
+type Watcher struct {
+	c   *Client
+	sub *nats.Subscription
+}
+
+// Watch listens for the records of one key (account and key given) or of
+// every key (both empty).
+func (c *Client) Watch(account, key string) (*Watcher, error) {
+	if c.OutcomePrefix == "" {
+		return nil, errors.New("outcome records are off (REVOKER_OUTCOME_SUBJECT is empty)")
+	}
+	subject := c.OutcomePrefix + ".>"
+	if account != "" || key != "" {
+		subject = OutcomeSubject(c.OutcomePrefix, account, key)
+	}
+	sub, err := c.nc.SubscribeSync(subject)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to outcome records on %s: %w", subject, err)
+	}
+	// Outcomes of a large batch may all arrive before they are read.
+	_ = sub.SetPendingLimits(-1, 256<<20)
+	if err := c.nc.FlushTimeout(c.timeout()); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to outcome records on %s: %w", subject, err)
+	}
+	return &Watcher{c: c, sub: sub}, nil
+}
+
+// Close stops the watcher.
+func (w *Watcher) Close() { _ = w.sub.Unsubscribe() }
+
+// Await waits until every event in want has its outcome, calling on with
+// each (want loses the events answered), or until deadline (nil error,
+// events left in want) or ctx ends. A record answers an event only when
+// it names the event's account, key, stream and sequence; events that were
+// duplicates of one stored earlier are first looked up on their key's own
+// subject, where their outcome may be already.
+func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline time.Time, on func(Published, event.Record)) error {
+	for seq, p := range want {
+		if !p.Duplicate {
+			continue
+		}
+		if rec, ok, err := w.c.Recorded(ctx, p); err == nil && ok {
+			delete(want, seq)
+			on(p, rec)
+		}
+	}
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	for len(want) > 0 {
+		m, err := w.sub.NextMsgWithContext(wctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if wctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		var rec event.Record
+		if json.Unmarshal(m.Data, &rec) != nil {
+			continue
+		}
+		p, ok := want[rec.Sequence]
+		if !ok || !p.Answers(rec) {
+			continue // another event's, or not a true answer to ours
+		}
+		delete(want, rec.Sequence)
+		on(p, rec)
+	}
+	return nil
+}
+
+// Recorded looks up the outcome record of p on its key's own subject, so
+// its cost does not grow with the trail.
+func (c *Client) Recorded(ctx context.Context, p Published) (event.Record, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	var (
+		found event.Record
+		ok    bool
+	)
+	err := eachOnSubject(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), func(b []byte) bool {
+		var rec event.Record
+		if json.Unmarshal(b, &rec) == nil && p.Answers(rec) {
+			found, ok = rec, true
+			return false
+		}
+		return true
+	})
+	return found, ok, err
+}

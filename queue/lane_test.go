@@ -1,0 +1,109 @@
+package queue_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+)
+
+func TestTroublesReportsUntilEveryLaneFetches(t *testing.T) {
+	var got []string
+	tr := queue.NewTroubles(func(why string) { got = append(got, why) })
+	tr.Set("a", "a down")
+	tr.Set("b", "b down")
+	tr.Set("a", "")
+	if last := got[len(got)-1]; last != "b down" {
+		t.Fatalf("with b still down, reported %q", last)
+	}
+	tr.Set("b", "")
+	if last := got[len(got)-1]; last != "" {
+		t.Fatalf("with every lane fetching, reported %q", last)
+	}
+}
+
+// A lane whose stream's only node is lost reports trouble once fetches
+// keep failing, logs the cause once rather than on every fetch, and
+// reports "" when its node is back.
+func TestLaneReportsFetchTrouble(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster test")
+	}
+	c := queuetest.Cluster(t, 3)
+	_, js := queuetest.ConnectURL(t, c.URLs())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "L", Subjects: []string{"l"}, Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateConsumer(ctx, "L", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := c.WaitStreamLeader("L")
+
+	var (
+		mu      sync.Mutex
+		reports []string
+	)
+	last := func() (string, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(reports) == 0 {
+			return "none", 0
+		}
+		return reports[len(reports)-1], len(reports)
+	}
+	core, logs := observer.New(zapcore.InfoLevel)
+	lane := queue.NewLane(cons, "l", 0, 1, 1, 100*time.Millisecond)
+	run, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- lane.Run(run, ctx, queue.Hooks{
+			Handle:   func(_ context.Context, d *queue.Delivery) { _ = d.Ack() },
+			GiveBack: func(d *queue.Delivery) { _ = d.GiveBack(0) },
+			Pending:  func(uint64) {},
+			NoNews:   func() {},
+			Trouble: func(why string) {
+				mu.Lock()
+				reports = append(reports, why)
+				mu.Unlock()
+			},
+		}, zap.New(core))
+	}()
+	defer func() { stop(); <-done }()
+
+	c.Kill(node)
+	queuetest.Eventually(t, 30*time.Second, "trouble reported", func() bool { why, _ := last(); return why != "none" && why != "" })
+	_, n := last()
+	queuetest.Eventually(t, 30*time.Second, "more failures", func() bool {
+		return logs.FilterMessage("fetch failed").Len() >= 1 && func() bool { _, m := last(); return m >= n+2 }()
+	})
+	// Each cause once: a log line only where the cause changed.
+	failed := logs.FilterMessage("fetch failed").All()
+	for i := 1; i < len(failed); i++ {
+		if failed[i].ContextMap()["error"] == failed[i-1].ContextMap()["error"] {
+			t.Errorf("the same cause logged twice in a row: %v", failed[i].ContextMap()["error"])
+		}
+	}
+	if _, m := last(); len(failed) >= m+troubleAfterInTest-1 {
+		t.Errorf("%d failures logged for %d failing fetches", len(failed), m+troubleAfterInTest-1)
+	}
+	c.Restart(node)
+	queuetest.Eventually(t, 30*time.Second, "trouble cleared", func() bool { why, _ := last(); return why == "" })
+	if logs.FilterMessage("fetching again").Len() != 1 {
+		t.Errorf("recovery not logged once: %v", logs.All())
+	}
+}
+
+// troubleAfterInTest is queue's troubleAfter: reports start at that many
+// failures in a row, one per failure.
+const troubleAfterInTest = 3

@@ -1,0 +1,57 @@
+// Package untrusted makes text that came from outside — an event, an API
+// answer, a header — safe to put in a header, a log line or a terminal:
+// one line, no control characters (C0 or C1), no bidirectional-text
+// controls that could make a line read other than it is, and bounded.
+package untrusted
+
+import (
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Ellipsis marks text that was cut.
+const Ellipsis = "…"
+
+// Line returns s as one safe line of at most n bytes (plus the ellipsis
+// when cut): every unsafe character becomes a space, and surrounding
+// white space is trimmed.
+func Line(s string, n int) string {
+	if strings.IndexFunc(s, Unsafe) >= 0 {
+		s = strings.Map(func(r rune) rune {
+			if Unsafe(r) {
+				return ' '
+			}
+			return r
+		}, s)
+	}
+	return strings.TrimSpace(Cut(s, n))
+}
+
+// Cut shortens s to at most n bytes, on a character boundary, and marks the
+// cut with an ellipsis; s is returned as it is when it fits.
+func Cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := max(n, 0)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + Ellipsis
+}
+
+// Unsafe reports whether r must not reach a terminal or a header as it is:
+// control characters (C0, DEL, C1), line and paragraph separators, and the
+// bidirectional-text controls.
+func Unsafe(r rune) bool {
+	switch {
+	case unicode.IsControl(r), r == utf8.RuneError:
+		return true
+	case r == '\u061c', r == '\u200e', r == '\u200f', r == '\u2028', r == '\u2029':
+		return true
+	case r >= '\u202a' && r <= '\u202e', r >= '\u2066' && r <= '\u2069':
+		return true
+	}
+	return false
+}

@@ -1,0 +1,48 @@
+package untrusted_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/revoker/revoker/untrusted"
+)
+
+func TestLine(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		n        int
+		want     string
+	}{
+		{"plain", "key k1 revoked", 64, "key k1 revoked"},
+		{"C0 controls", "a\nb\rc\x1bd\x00e", 64, "a b c d e"},
+		{"C1 controls", "a\u0085b\u009bc", 64, "a b c"},
+		{"bidi override", "evil\u202egnp.exe", 64, "evil gnp.exe"},
+		{"bidi isolates and marks", "\u2066a\u2069\u200fb\u061c", 64, "a  b"},
+		{"line separators", "a\u2028b\u2029c", 64, "a b c"},
+		{"cut on a boundary", "ééé", 3, "é" + untrusted.Ellipsis},
+		{"surrounding space", "  x \n", 64, "x"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := untrusted.Line(tc.in, tc.n); got != tc.want {
+				t.Errorf("Line(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzLine(f *testing.F) {
+	f.Add("a\u202eb\nc", 5)
+	f.Fuzz(func(t *testing.T, s string, n int) {
+		n = n%2048 + 1
+		if n < 1 {
+			n = -n + 1
+		}
+		got := untrusted.Line(s, n)
+		if strings.IndexFunc(got, untrusted.Unsafe) >= 0 {
+			t.Fatalf("Line(%q) = %q keeps an unsafe character", s, got)
+		}
+		if len(got) > n+len(untrusted.Ellipsis) {
+			t.Fatalf("Line(%q, %d) is %d bytes", s, n, len(got))
+		}
+	})
+}

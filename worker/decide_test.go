@@ -1,0 +1,371 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/metrics"
+	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/worker"
+)
+
+// fakeDelivery records how the worker settled it.
+type fakeDelivery struct {
+	body       string
+	delivered  int
+	maxDeliver int
+	ackWait    time.Duration
+
+	mu         sync.Mutex
+	settled    []string // "ack", "term", "giveback <delay>"
+	keepAlives int
+}
+
+func (d *fakeDelivery) Body() []byte                 { return []byte(d.body) }
+func (d *fakeDelivery) ID() string                   { return "ev-1" }
+func (d *fakeDelivery) Subject() string              { return "revoke.scheduled" }
+func (d *fakeDelivery) Stream() string               { return "REVOCATIONS" }
+func (d *fakeDelivery) Sequence() uint64             { return 7 }
+func (d *fakeDelivery) Delivered() int               { return d.delivered }
+func (d *fakeDelivery) StoredAt() time.Time          { return time.Now().Add(-time.Second) }
+func (d *fakeDelivery) ReplayOf() string             { return "" }
+func (d *fakeDelivery) Priority() int                { return 1 }
+func (d *fakeDelivery) MaxDeliver() int              { return d.maxDeliver }
+func (d *fakeDelivery) AckWait() time.Duration       { return d.ackWait }
+func (d *fakeDelivery) Ack() error                   { return d.settle("ack") }
+func (d *fakeDelivery) Term() error                  { return d.settle("term") }
+func (d *fakeDelivery) GiveBack(time.Duration) error { return d.settle("giveback") }
+func (d *fakeDelivery) KeepAlive() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.keepAlives++
+	return nil
+}
+
+func (d *fakeDelivery) settle(how string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.settled = append(d.settled, how)
+	return nil
+}
+
+// fakeRecords stores records in memory; failDLQ and failOutcome make that
+// many writes fail first.
+type fakeRecords struct {
+	mu                   sync.Mutex
+	failDLQ, failOutcome int
+	dlq                  []event.DeadLetter
+	outcomes             []event.Record
+}
+
+func (r *fakeRecords) DeadLetter(_ context.Context, d event.DeadLetter, _ []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failDLQ > 0 {
+		r.failDLQ--
+		return errors.New("dead-letter stream unavailable")
+	}
+	r.dlq = append(r.dlq, d)
+	return nil
+}
+
+func (r *fakeRecords) Outcome(_ context.Context, rec event.Record, _ bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failOutcome > 0 {
+		r.failOutcome--
+		return errors.New("outcome stream unavailable")
+	}
+	r.outcomes = append(r.outcomes, rec)
+	return nil
+}
+
+type fakeLedger struct {
+	mu      sync.Mutex
+	entries map[uint64]worker.Entry
+}
+
+func (l *fakeLedger) Load(_ context.Context, _ string, seq uint64) (worker.Entry, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.entries[seq], nil
+}
+
+func (l *fakeLedger) Save(_ context.Context, _ string, seq uint64, e worker.Entry) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.entries[seq] = e
+	return nil
+}
+
+// fakeAPI answers from a script, one answer per call; the last repeats.
+type fakeAPI struct {
+	mu      sync.Mutex
+	answers []*cloudflare.Response
+	calls   int
+}
+
+func (a *fakeAPI) DeleteSigningKey(context.Context, string, string) (*cloudflare.Response, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.answers[min(a.calls, len(a.answers)-1)]
+	a.calls++
+	if r == nil {
+		return nil, errors.New("connection refused")
+	}
+	return r, nil
+}
+
+// answer is a response as the client would parse it: success decides,
+// errors carry a code, retryAfter is what Retry-After(-Ms) said.
+func answer(status int, env *cloudflare.Envelope, retryAfter time.Duration) *cloudflare.Response {
+	return &cloudflare.Response{Status: status, CFRay: "ray-" + strconv.Itoa(status), Envelope: env,
+		RetryAfter: retryAfter, HasRetryAfter: retryAfter > 0}
+}
+
+var (
+	revoked  = &cloudflare.Envelope{Success: true}
+	rejected = &cloudflare.Envelope{Errors: []cloudflare.Message{{Code: 10005, Message: "bad"}}}
+	gone     = &cloudflare.Envelope{Errors: []cloudflare.Message{{Code: 10003, Message: "not found"}}}
+)
+
+const goodEvent = `{"account_id":"acct1","key_id":"key1"}`
+
+type harness struct {
+	api     *fakeAPI
+	records *fakeRecords
+	ledger  *fakeLedger
+	gate    *throttle.Gate
+	ready   *metrics.Readiness
+	w       *worker.Worker
+}
+
+func newHarness(t *testing.T, tune func(*worker.Config), answers ...*cloudflare.Response) *harness {
+	t.Helper()
+	h := &harness{
+		api:     &fakeAPI{answers: answers},
+		records: &fakeRecords{},
+		ledger:  &fakeLedger{entries: map[uint64]worker.Entry{}},
+		gate:    throttle.New(throttle.Config{Priorities: 2, Concurrency: 4}),
+	}
+	t.Cleanup(h.gate.Close)
+	reg := prometheus.NewRegistry()
+	subjects := []string{"revoke.urgent", "revoke.scheduled"}
+	m := metrics.New(reg, metrics.Labels{Subjects: subjects, Outcomes: event.Names(event.Outcomes), Reasons: event.Names(event.Reasons)}, metrics.Build{})
+	h.ready = metrics.NewReadiness(reg)
+	cfg := worker.Config{
+		Subjects: subjects, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
+		RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	h.w = worker.New(cfg, worker.Deps{API: h.api, Gate: h.gate, Records: h.records, Ledger: h.ledger,
+		Metrics: m, Ready: h.ready, Log: zap.NewNop()})
+	return h
+}
+
+func (h *harness) handle(d *fakeDelivery) {
+	if d.maxDeliver == 0 {
+		d.maxDeliver = 3
+	}
+	if d.delivered == 0 {
+		d.delivered = 1
+	}
+	h.w.Handle(context.Background(), context.Background(), d)
+}
+
+// TestDecisions runs every row of SPEC §4 through the worker against fakes
+// of its interfaces: no server, no network.
+func TestDecisions(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		body      string
+		tune      func(*worker.Config)
+		delivered int
+		answers   []*cloudflare.Response
+		calls     int
+		settled   string
+		outcome   event.Outcome // "" when no record is written
+		reason    event.Reason
+		status    int
+	}{
+		{name: "revoked", body: goodEvent, answers: []*cloudflare.Response{answer(200, revoked, 0)},
+			calls: 1, settled: "ack", outcome: event.Revoked, status: 200},
+		{name: "404 is already gone", body: goodEvent, answers: []*cloudflare.Response{answer(404, gone, 0)},
+			calls: 1, settled: "ack", outcome: event.NotFound, status: 404},
+		{name: "404 dead-lettered when told", body: goodEvent, tune: func(c *worker.Config) { c.NotFoundDeadLetter = true },
+			answers: []*cloudflare.Response{answer(404, gone, 0)},
+			calls:   1, settled: "term", outcome: event.DeadLettered, reason: event.ReasonNotFound, status: 404},
+		{name: "400 is rejected", body: goodEvent, answers: []*cloudflare.Response{answer(400, rejected, 0)},
+			calls: 1, settled: "term", outcome: event.DeadLettered, reason: event.APIRejected, status: 400},
+		{name: "2xx without success", body: goodEvent, answers: []*cloudflare.Response{answer(200, rejected, 0)},
+			calls: 1, settled: "term", outcome: event.DeadLettered, reason: event.APIRejected, status: 200},
+		{name: "503 then revoked", body: goodEvent, answers: []*cloudflare.Response{answer(503, nil, 0), nil, answer(200, revoked, 0)},
+			calls: 3, settled: "ack", outcome: event.Revoked, status: 200},
+		{name: "429 pauses, then revoked", body: goodEvent,
+			answers: []*cloudflare.Response{answer(429, rejected, 20*time.Millisecond), answer(200, revoked, 0)},
+			calls:   2, settled: "ack", outcome: event.Revoked, status: 200},
+		{name: "retryable, budget spent, deliveries left", body: goodEvent, answers: []*cloudflare.Response{answer(503, nil, 0)},
+			settled: "giveback"},
+		{name: "retryable, last delivery", body: goodEvent, delivered: 3, answers: []*cloudflare.Response{answer(503, nil, 0)},
+			settled: "term", outcome: event.DeadLettered, reason: event.RetriesExhausted, status: 503},
+		{name: "unauthorized, deliveries left", body: goodEvent, answers: []*cloudflare.Response{answer(403, rejected, 0)},
+			settled: "giveback"},
+		{name: "unauthorized, last delivery", body: goodEvent, delivered: 3, answers: []*cloudflare.Response{answer(401, rejected, 0)},
+			settled: "term", outcome: event.DeadLettered, reason: event.Unauthorized, status: 401},
+		{name: "invalid event", body: `{"account_id":"acct1","key_id":"../etc"}`,
+			settled: "term", outcome: event.DeadLettered, reason: event.InvalidEvent},
+		{name: "account not allowed", body: goodEvent, tune: func(c *worker.Config) { c.AllowedAccounts = []string{"other"} },
+			settled: "term", outcome: event.DeadLettered, reason: event.AccountNotAllowed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			answers := tc.answers
+			if answers == nil {
+				answers = []*cloudflare.Response{answer(500, nil, 0)}
+			}
+			h := newHarness(t, tc.tune, answers...)
+			d := &fakeDelivery{body: tc.body, delivered: tc.delivered}
+			h.handle(d)
+			if len(d.settled) != 1 || d.settled[0] != tc.settled {
+				t.Fatalf("settled %v, want [%s]", d.settled, tc.settled)
+			}
+			if tc.calls > 0 && h.api.calls != tc.calls {
+				t.Errorf("calls %d, want %d", h.api.calls, tc.calls)
+			}
+			if tc.reason == event.InvalidEvent || tc.reason == event.AccountNotAllowed {
+				if h.api.calls != 0 {
+					t.Errorf("%d calls for an event that must make none", h.api.calls)
+				}
+			}
+			if tc.outcome == "" {
+				if len(h.records.outcomes) != 0 {
+					t.Fatalf("record written for an unfinished event: %+v", h.records.outcomes)
+				}
+				return
+			}
+			if len(h.records.outcomes) != 1 {
+				t.Fatalf("%d outcome records, want 1", len(h.records.outcomes))
+			}
+			o := h.records.outcomes[0]
+			if o.Outcome != tc.outcome || o.Reason != tc.reason || o.Status != tc.status || o.Attempts != h.api.calls {
+				t.Errorf("record %+v, want outcome %s reason %q status %d attempts %d", o, tc.outcome, tc.reason, tc.status, h.api.calls)
+			}
+			if (tc.outcome == event.DeadLettered) != (len(h.records.dlq) == 1) {
+				t.Errorf("dead letters %+v for outcome %s", h.records.dlq, tc.outcome)
+			}
+		})
+	}
+}
+
+// TestCredentialReadiness: a 401/403 turns the worker not-ready, the next
+// success ready again.
+func TestCredentialReadiness(t *testing.T) {
+	h := newHarness(t, nil, answer(403, rejected, 0))
+	h.handle(&fakeDelivery{body: goodEvent})
+	if v := testutil.ToFloat64(h.ready.Gauge(worker.ReadyCredential)); v != 0 {
+		t.Fatalf("ready{credential} = %v after a 403", v)
+	}
+	h.api.answers = []*cloudflare.Response{answer(200, revoked, 0)}
+	h.handle(&fakeDelivery{body: goodEvent})
+	if ok, why := h.ready.Ready(); !ok {
+		t.Fatalf("not ready after a success: %s", why)
+	}
+}
+
+// TestRevokedOnceAcrossDeliveries: the confirmation is in the ledger before
+// anything else; a later delivery makes no call and records the first
+// call's status and CF-Ray, even when the outcome write failed at first.
+func TestRevokedOnceAcrossDeliveries(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
+	h.records.failOutcome = 2
+	first := &fakeDelivery{body: goodEvent}
+	h.handle(first)
+	e := h.ledger.entries[7]
+	if e.Confirmed == nil || e.Confirmed.CFRay != "ray-200" || e.Attempts != 1 {
+		t.Fatalf("ledger after the confirmation: %+v", e)
+	}
+	if len(first.settled) != 1 || first.settled[0] != "ack" || len(h.records.outcomes) != 1 {
+		t.Fatalf("first delivery settled %v with %d records", first.settled, len(h.records.outcomes))
+	}
+	// The ack was lost: JetStream delivers again.
+	again := &fakeDelivery{body: goodEvent, delivered: 2}
+	h.handle(again)
+	if h.api.calls != 1 {
+		t.Fatalf("%d calls; a revoked key must not be called again", h.api.calls)
+	}
+	o := h.records.outcomes[len(h.records.outcomes)-1]
+	if o.Outcome != event.Revoked || o.CFRay != "ray-200" || o.Status != 200 || o.Attempts != 1 {
+		t.Fatalf("record of the redelivery %+v", o)
+	}
+	if again.settled[0] != "ack" {
+		t.Fatalf("redelivery settled %v", again.settled)
+	}
+}
+
+// TestFailingDeadLetterWrite: the event is held while its record cannot be
+// written, and terminated only once it is.
+func TestFailingDeadLetterWrite(t *testing.T) {
+	h := newHarness(t, nil, answer(400, rejected, 0))
+	h.records.failDLQ = 3
+	d := &fakeDelivery{body: goodEvent}
+	h.handle(d)
+	if len(h.records.dlq) != 1 || len(d.settled) != 1 || d.settled[0] != "term" || h.api.calls != 1 {
+		t.Fatalf("dead letters %d, settled %v, calls %d", len(h.records.dlq), d.settled, h.api.calls)
+	}
+}
+
+// TestRecordNotWrittenAtShutdown: at shutdown an unwritable record gives
+// the event back (never acks it without its record).
+func TestRecordNotWrittenAtShutdown(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.failOutcome = 1 << 30
+	stop, cancel := context.WithCancel(context.Background())
+	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
+	go func() {
+		for h.api.callCount() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	h.w.Handle(stop, context.Background(), d)
+	if len(d.settled) != 1 || d.settled[0] != "giveback" {
+		t.Fatalf("settled %v, want [giveback]", d.settled)
+	}
+	if e := h.ledger.entries[7]; e.Confirmed == nil {
+		t.Fatal("the confirmation is not in the ledger")
+	}
+}
+
+func (a *fakeAPI) callCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.calls
+}
+
+// TestKeepAliveWhileRetrying: a retry that outlasts the ack wait keeps its
+// delivery alive instead of letting the broker hand it to another replica.
+func TestKeepAliveWhileRetrying(t *testing.T) {
+	h := newHarness(t, func(c *worker.Config) {
+		c.RetryInitial, c.RetryMaxInterval, c.RetryMaxElapsed = 20*time.Millisecond, 20*time.Millisecond, time.Second
+	}, answer(503, nil, 0), answer(503, nil, 0), answer(503, nil, 0), answer(503, nil, 0), answer(200, revoked, 0))
+	d := &fakeDelivery{body: goodEvent, ackWait: 30 * time.Millisecond}
+	h.handle(d)
+	if d.settled[0] != "ack" {
+		t.Fatalf("settled %v", d.settled)
+	}
+	// Five calls 20 ms apart span 80 ms or more: at least two ack waits.
+	if d.keepAlives < 2 {
+		t.Fatalf("%d keep-alives during a retry longer than two ack waits", d.keepAlives)
+	}
+}

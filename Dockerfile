@@ -3,8 +3,16 @@
 # Build:  docker build --build-arg VERSION=v1.2.3 --build-arg COMMIT=$(git rev-parse HEAD) -t revoker .
 #
 # The golang images set GOTOOLCHAIN=local, so the builder's Go must be at
-# least the version named on go.mod's "go" line; bump GO_VERSION with it.
-ARG GO_VERSION=1.26
+# least the version named on go.mod's "go" line: GO_VERSION is that version,
+# exactly, so a rebuild of the same commit uses the same compiler. Bump both
+# together.
+ARG GO_VERSION=1.26.8
+# distroless publishes no version tags, only moving ones (nonroot follows
+# Debian 12's security updates); a release build pins the one it was tested
+# with by digest:
+#   --build-arg RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot@sha256:<digest>
+# (`crane digest gcr.io/distroless/static-debian12:nonroot` prints it).
+ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION}-bookworm AS build
 WORKDIR /src
@@ -26,7 +34,7 @@ RUN --mount=type=cache,target=/root/.cache/go-build \
       -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" \
       -o /out/revoker ./cmd/revoker
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 ARG VERSION=dev
 ARG COMMIT=unknown
 LABEL org.opencontainers.image.title="revoker" \

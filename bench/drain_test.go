@@ -13,6 +13,7 @@ import (
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 const (
@@ -46,7 +47,7 @@ func BenchmarkDrain(b *testing.B) {
 		ks := keys("w", drainEvents)
 		start := time.Now()
 		pub := r.publishAsync(cfg.LowestPriority(), ks)
-		waitUntil(b, 5*time.Minute, "every event revoked", func() bool { return len(r.calls("w")) == drainEvents })
+		queuetest.Eventually(b, 5*time.Minute, "every event revoked", func() bool { return len(r.calls("w")) == drainEvents })
 		call := r.calls("w")
 		var last time.Time
 		for _, c := range call {
@@ -115,7 +116,7 @@ func (r *rig) minimalLoop(ctx context.Context, cfg config.Config, ks []string) (
 	}
 	start := time.Now()
 	pub := r.publishAsync(subj, ks)
-	waitUntil(b, 5*time.Minute, "the minimal loop drained", func() bool { return len(r.calls("f")) == len(ks) })
+	queuetest.Eventually(b, 5*time.Minute, "the minimal loop drained", func() bool { return len(r.calls("f")) == len(ks) })
 	it.Stop()
 	wg.Wait()
 	call := r.calls("f")

@@ -105,7 +105,7 @@ func (r *rig) startWorker(vars ...string) *proc {
 	}
 	p := &proc{cmd: cmd, addr: addr}
 	r.b.Cleanup(func() { p.stop(); logf.Close() })
-	waitUntil(r.b, 30*time.Second, "worker ready", func() bool {
+	queuetest.Eventually(r.b, 30*time.Second, "worker ready", func() bool {
 		resp, err := http.Get("http://" + addr + "/readyz")
 		if err != nil {
 			return false
@@ -233,17 +233,6 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 func cores() string {
 	return fmt.Sprintf("%d cores (GOMAXPROCS %d)", runtime.NumCPU(), runtime.GOMAXPROCS(0))
-}
-
-func waitUntil(b testing.TB, within time.Duration, what string, cond func() bool) {
-	b.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			b.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func freePort(b testing.TB) int {

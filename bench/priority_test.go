@@ -10,6 +10,7 @@ import (
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 const apiLimit = 20 // calls a second the stand-in allows before answering 429
@@ -38,7 +39,7 @@ func BenchmarkUrgentBehindBacklog(b *testing.B) {
 		}
 
 		pub := r.publishAsync(cfg.HighestPriority(), keys("u", 10))
-		waitUntil(b, time.Minute, "urgent events revoked", func() bool { return len(r.calls("u")) == 10 })
+		queuetest.Eventually(b, time.Minute, "urgent events revoked", func() bool { return len(r.calls("u")) == 10 })
 		lat := latencies(pub, r.calls("u"))
 		ahead := 1500 - len(r.calls("s"))
 		// In arrival order each urgent event would wait for every scheduled
@@ -62,7 +63,7 @@ func BenchmarkRateBudget(b *testing.B) {
 		cfg := config.Default()
 		r.startWorker("REVOKER_RATE_LIMIT=20")
 		r.publishAsync(cfg.LowestPriority(), keys("r", 300))
-		waitUntil(b, 2*time.Minute, "300 events revoked", func() bool { return len(r.calls("r")) == 300 })
+		queuetest.Eventually(b, 2*time.Minute, "300 events revoked", func() bool { return len(r.calls("r")) == 300 })
 
 		var at []time.Time
 		for _, q := range r.api.Requests() {

@@ -125,17 +125,6 @@ func keysOf(prefix string, n int) []string {
 	return ks
 }
 
-func waitForB(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 30s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // checkWindow fails when more than limit calls arrived within any second.
 func checkWindow(t testing.TB, reqs []cloudflaretest.Request, limit int) {
 	t.Helper()
@@ -165,12 +154,12 @@ func TestBudgetSharedByReplicas(t *testing.T) {
 	for _, r := range rs {
 		r.work(0, 2, keysOf(r.name, 8))
 	}
-	waitForB(t, "six calls", func() bool { return api.Count() >= 6 })
+	queuetest.Eventually(t, 30*time.Second, "six calls", func() bool { return api.Count() >= 6 })
 	rs[2].kill()
 	killedAt := time.Now()
 	for _, r := range rs[:2] {
 		for _, k := range keysOf(r.name, 8) {
-			waitForB(t, "replica "+r.name+" done", func() bool { return api.Deleted(budgetTAccount, k) })
+			queuetest.Eventually(t, 30*time.Second, "replica "+r.name+" done", func() bool { return api.Deleted(budgetTAccount, k) })
 		}
 	}
 	reqs := api.Requests()
@@ -200,7 +189,7 @@ func TestBudgetPriorityAcrossReplicas(t *testing.T) {
 	a := newBReplica(t, srv, api, "a", 10, 2)
 	b := newBReplica(t, srv, api, "b", 10, 2)
 	a.work(1, 4, keysOf("sched", 40))
-	waitForB(t, "scheduled calls under way", func() bool { return api.Count() >= 3 })
+	queuetest.Eventually(t, 30*time.Second, "scheduled calls under way", func() bool { return api.Count() >= 3 })
 
 	got := make(chan time.Time, 1)
 	go func() {
@@ -214,16 +203,16 @@ func TestBudgetPriorityAcrossReplicas(t *testing.T) {
 		_, _ = b.api.DeleteSigningKey(context.Background(), budgetTAccount, "urgent")
 		pm.Release()
 	}()
-	waitForB(t, "urgent waiter queued", func() bool { return b.gate.Queued(0) == 1 || api.Deleted(budgetTAccount, "urgent") })
+	queuetest.Eventually(t, 30*time.Second, "urgent waiter queued", func() bool { return b.gate.Queued(0) == 1 || api.Deleted(budgetTAccount, "urgent") })
 	before := a.calls.Load()
 	urgentAt := <-got
 	overtook := a.calls.Load() - before
-	waitForB(t, "urgent call made", func() bool { return api.Deleted(budgetTAccount, "urgent") })
+	queuetest.Eventually(t, 30*time.Second, "urgent call made", func() bool { return api.Deleted(budgetTAccount, "urgent") })
 	if overtook > 1 {
 		t.Fatalf("%d scheduled calls started while the urgent one waited on another replica (at most the one reserved may)", overtook)
 	}
 	// The scheduled backlog goes on once the urgent call has started.
-	waitForB(t, "scheduled calls resume", func() bool {
+	queuetest.Eventually(t, 30*time.Second, "scheduled calls resume", func() bool {
 		for _, r := range api.Requests() {
 			if strings.HasPrefix(r.KeyID, "sched") && r.At.After(urgentAt) {
 				return true
@@ -236,14 +225,14 @@ func TestBudgetPriorityAcrossReplicas(t *testing.T) {
 	// stream), A starts no scheduled call: five slots' worth of time pass
 	// with at most the one A had reserved.
 	b.gate.SetPending(0, true)
-	waitForB(t, "B's claim seen by A", func() bool { return !a.budget.Allows(1) })
+	queuetest.Eventually(t, 30*time.Second, "B's claim seen by A", func() bool { return !a.budget.Allows(1) })
 	before = a.calls.Load()
 	time.Sleep(500 * time.Millisecond) // observing an absence, not synchronising
 	if n := a.calls.Load() - before; n > 1 {
 		t.Fatalf("%d scheduled calls started while urgent work was pending on another replica", n)
 	}
 	b.gate.SetPending(0, false)
-	waitForB(t, "scheduled calls resume after the claim", func() bool { return a.calls.Load() > before+1 })
+	queuetest.Eventually(t, 30*time.Second, "scheduled calls resume after the claim", func() bool { return a.calls.Load() > before+1 })
 }
 
 // TestBudget429HoldsEveryReplica: a 429 met by one replica stops the calls
@@ -260,7 +249,7 @@ func TestBudget429HoldsEveryReplica(t *testing.T) {
 	for _, r := range rs[1:] {
 		r.work(0, 2, keysOf(r.name, 30))
 	}
-	waitForB(t, "the others under way", func() bool { return api.Count() >= 4 })
+	queuetest.Eventually(t, 30*time.Second, "the others under way", func() bool { return api.Count() >= 4 })
 	if !rs[0].call(0, "ak0") {
 		t.Fatal("replica a stopped")
 	}
@@ -269,13 +258,13 @@ func TestBudget429HoldsEveryReplica(t *testing.T) {
 		t.Fatal("the 429 did not pause its own replica")
 	}
 	for _, r := range rs[1:] {
-		waitForB(t, "replica "+r.name+" held", func() bool { return r.gate.PausedFor() > 0 })
+		queuetest.Eventually(t, 30*time.Second, "replica "+r.name+" held", func() bool { return r.gate.PausedFor() > 0 })
 	}
 	known := time.Now()
 	if !known.Before(end) {
 		t.Fatal("the hold reached the other replicas only after it ended")
 	}
-	waitForB(t, "calls resumed", func() bool {
+	queuetest.Eventually(t, 30*time.Second, "calls resumed", func() bool {
 		reqs := api.Requests()
 		return reqs[len(reqs)-1].At.After(end)
 	})
@@ -327,7 +316,7 @@ func TestBudgetHoldCappedAndShown(t *testing.T) {
 	for range 3 {
 		gates[0].Slow(time.Now().Add(86400 * time.Second))
 	}
-	waitForB(t, "both replicas paused", func() bool { mu.Lock(); defer mu.Unlock(); return paused[0] && paused[1] })
+	queuetest.Eventually(t, 30*time.Second, "both replicas paused", func() bool { mu.Lock(); defer mu.Unlock(); return paused[0] && paused[1] })
 	for i, g := range gates {
 		if left := g.PausedFor(); left > throttle.MaxPause || left < throttle.MaxPause-time.Minute {
 			t.Errorf("replica %d held for %v, want about %v", i, left, throttle.MaxPause)

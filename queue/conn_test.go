@@ -18,19 +18,8 @@ import (
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // startServer runs a plain NATS server (no JetStream) with opts on a free
 // loopback port.
@@ -149,7 +138,7 @@ func TestConnectSurvivesRefusedCredsUntilFixed(t *testing.T) {
 	defer c.Close()
 
 	// The client's default gives up after the second identical refusal.
-	waitFor(t, 30*time.Second, "four refused connects", func() bool { return connections(srv) >= 4 })
+	queuetest.Eventually(t, 30*time.Second, "four refused connects", func() bool { return connections(srv) >= 4 })
 	select {
 	case <-c.Lost():
 		t.Fatal("the connection was closed for good after refused credentials")
@@ -165,7 +154,7 @@ func TestConnectSurvivesRefusedCredsUntilFixed(t *testing.T) {
 	if err := os.WriteFile(path, good, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "connected with the fixed .creds file", func() bool { return c.IsConnected() && up.Load() })
+	queuetest.Eventually(t, 30*time.Second, "connected with the fixed .creds file", func() bool { return c.IsConnected() && up.Load() })
 }
 
 // A client that wants TLS from a server that has none says so in its log
@@ -181,8 +170,8 @@ func TestConnectLogsTLSCause(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitFor(t, 30*time.Second, "four connect attempts", func() bool { return connections(srv) >= 4 })
-	waitFor(t, 10*time.Second, "the TLS cause logged", func() bool { return len(causes(logs, "secure connection")) > 0 })
+	queuetest.Eventually(t, 30*time.Second, "four connect attempts", func() bool { return connections(srv) >= 4 })
+	queuetest.Eventually(t, 10*time.Second, "the TLS cause logged", func() bool { return len(causes(logs, "secure connection")) > 0 })
 	if got := causes(logs, "secure connection"); len(got) != 1 {
 		t.Fatalf("TLS cause logged %d times (%q), want once", len(got), got)
 	}
@@ -204,8 +193,8 @@ func TestConnectLogsWrongCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitFor(t, 30*time.Second, "four connect attempts", func() bool { return connections(srv) >= 4 })
-	waitFor(t, 10*time.Second, "the certificate cause logged", func() bool { return len(causes(logs, "certificate")) > 0 })
+	queuetest.Eventually(t, 30*time.Second, "four connect attempts", func() bool { return connections(srv) >= 4 })
+	queuetest.Eventually(t, 10*time.Second, "the certificate cause logged", func() bool { return len(causes(logs, "certificate")) > 0 })
 	if got := causes(logs, "certificate"); len(got) != 1 {
 		t.Fatalf("certificate cause logged %d times (%q), want once", len(got), got)
 	}
@@ -224,8 +213,8 @@ func TestConnectLogsBadPassword(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitFor(t, 30*time.Second, "four connect attempts", func() bool { return connections(srv) >= 4 })
-	waitFor(t, 10*time.Second, "the refusal logged", func() bool { return len(causes(logs, "authorization violation")) > 0 })
+	queuetest.Eventually(t, 30*time.Second, "four connect attempts", func() bool { return connections(srv) >= 4 })
+	queuetest.Eventually(t, 10*time.Second, "the refusal logged", func() bool { return len(causes(logs, "authorization violation")) > 0 })
 	if got := causes(logs, "authorization violation"); len(got) != 1 {
 		t.Fatalf("refusal logged %d times (%q), want once", len(got), got)
 	}
@@ -245,11 +234,11 @@ func TestConnectNeverLogsURLToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "connected", c.IsConnected)
+	queuetest.Eventually(t, 10*time.Second, "connected", c.IsConnected)
 	if err := c.ForceReconnect(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "reconnected", func() bool { return len(logs.FilterMessage("nats reconnected").All()) > 0 })
+	queuetest.Eventually(t, 30*time.Second, "reconnected", func() bool { return len(logs.FilterMessage("nats reconnected").All()) > 0 })
 	c.Close()
 	if len(logs.FilterMessage("nats connected").All()) == 0 {
 		t.Fatal("nothing logged on connect: the check below would prove nothing")
@@ -263,7 +252,7 @@ func TestConnectNeverLogsURLToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the refusal logged", func() bool { return len(causes(logs, "authorization violation")) > 0 })
+	queuetest.Eventually(t, 30*time.Second, "the refusal logged", func() bool { return len(causes(logs, "authorization violation")) > 0 })
 	c2.Close()
 	assertNotLogged(t, logs, wrong)
 }

@@ -174,13 +174,7 @@ func eventJSON(account, key string) string {
 
 func (s *stack) waitFor(what string, cond func() bool) {
 	s.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			s.t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	queuetest.Eventually(s.t, 20*time.Second, what, cond)
 }
 
 // msgs returns every message stored in stream, oldest first.

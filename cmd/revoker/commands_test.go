@@ -12,6 +12,7 @@ import (
 
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 func TestPublishWaitReportsEachOutcome(t *testing.T) {
@@ -277,7 +278,7 @@ func TestDLQListAndReplayAfterFaultCleared(t *testing.T) {
 	s.run("dlq", "replay", "--seq", seqOf["dl2"]).want(t, exitOK, "replayed "+seqOf["dl2"]+": event", "key dl2")
 	s.run("dlq", "replay", "--reason", "api_rejected").
 		want(t, exitOK, "replayed "+seqOf["dl1"]+":", "replayed "+seqOf["dl3"]+":", "key dl1", "key dl3")
-	hEventually(t, 10*time.Second, "replayed keys revoked", func() bool {
+	queuetest.Eventually(t, 10*time.Second, "replayed keys revoked", func() bool {
 		return s.api.Deleted("acct", "dl1") && s.api.Deleted("acct", "dl2") && s.api.Deleted("acct", "dl3")
 	})
 	if n := s.msgs("REVOCATIONS_DLQ"); n != 0 {
@@ -288,7 +289,7 @@ func TestDLQListAndReplayAfterFaultCleared(t *testing.T) {
 	s.run("dlq", "replay", "--seq", seqOf["dl1"]).want(t, exitFailed, "dead letter "+seqOf["dl1"]+": not in REVOCATIONS_DLQ")
 
 	// The audit trail links the replay to the event it replays.
-	hEventually(t, 5*time.Second, "outcome of the replay", func() bool { return len(s.outcomes("dl2")) == 2 })
+	queuetest.Eventually(t, 5*time.Second, "outcome of the replay", func() bool { return len(s.outcomes("dl2")) == 2 })
 	o := s.outcomes("dl2")
 	if o[0].Outcome != "dead_lettered" || o[1].Outcome != "revoked" || o[1].EventID != "replay:"+seqOf["dl2"] {
 		t.Fatalf("outcomes of dl2: %+v", o)
@@ -322,7 +323,7 @@ func TestDLQReplayInterruptedAndRerun(t *testing.T) {
 		}
 		half = append(half, dlqRow(rec).KeyID)
 	}
-	hEventually(t, 10*time.Second, "republished half revoked", func() bool {
+	queuetest.Eventually(t, 10*time.Second, "republished half revoked", func() bool {
 		for _, k := range half {
 			if s.okDeletes(k) != 1 {
 				return false
@@ -341,7 +342,7 @@ func TestDLQReplayInterruptedAndRerun(t *testing.T) {
 	if got := strings.Count(r.stdout, "replayed "); got != 6 {
 		t.Fatalf("%d records replayed, want 6:\n%s", got, r.stdout)
 	}
-	hEventually(t, 10*time.Second, "all revoked", func() bool {
+	queuetest.Eventually(t, 10*time.Second, "all revoked", func() bool {
 		for _, k := range keys {
 			if len(s.outcomes(k)) != 2 { // dead_lettered, then revoked
 				return false

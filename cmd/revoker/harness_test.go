@@ -97,7 +97,10 @@ func (s *stack) ensure() {
 
 // startWorker runs the worker in the background via serve, waits until it
 // reports ready, and stops it when the test ends.
-func (s *stack) startWorker() {
+func (s *stack) startWorker() { s.startWorkerWith(serveOptions{}) }
+
+// startWorkerWith is startWorker with o's hooks.
+func (s *stack) startWorkerWith(o serveOptions) {
 	t := s.t
 	t.Helper()
 	cfg := s.cfg()
@@ -106,7 +109,8 @@ func (s *stack) startWorker() {
 	done := make(chan error, 1)
 	log := zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel))
 	go func() {
-		done <- serve(ctx, cfg, serveOptions{log: log, ready: func(a string) { addr <- a }})
+		o.log, o.ready = log, func(a string) { addr <- a }
+		done <- serve(ctx, cfg, o)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -127,7 +131,7 @@ func (s *stack) startWorker() {
 	case <-time.After(10 * time.Second):
 		t.Fatal("worker did not listen within 10s")
 	}
-	hEventually(t, 10*time.Second, "worker ready", func() bool {
+	queuetest.Eventually(t, 10*time.Second, "worker ready", func() bool {
 		resp, err := http.Get("http://" + a + "/readyz")
 		if err != nil {
 			return false
@@ -186,18 +190,6 @@ func (r hResult) want(t *testing.T, code int, texts ...string) {
 		if !strings.Contains(all, s) {
 			t.Fatalf("output lacks %q\nstdout:\n%s\nstderr:\n%s", s, r.stdout, r.stderr)
 		}
-	}
-}
-
-// hEventually polls cond until it holds or timeout passes.
-func hEventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
 	}
 }
 

@@ -48,13 +48,13 @@ func TestServeHoldFromRateLimitHeaderIsCappedShownAndLoggedOnce(t *testing.T) {
 	}()
 	metricsURL := "http://" + <-addr + "/metrics"
 	paused := func() bool { return strings.Contains(scrape(metricsURL), "\nrevoker_api_paused 1\n") }
-	hEventually(t, 10*time.Second, "streams created", func() bool {
+	queuetest.Eventually(t, 10*time.Second, "streams created", func() bool {
 		return hRun(t, env, "", "publish", "--account", "acc1", "--key", "k0").code == 0
 	})
 	for _, k := range []string{"k1", "k2", "k3"} {
 		hRun(t, env, "", "publish", "--account", "acc1", "--key", k).want(t, 0)
 	}
-	hEventually(t, 10*time.Second, "revoker_api_paused 1", paused)
+	queuetest.Eventually(t, 10*time.Second, "revoker_api_paused 1", paused)
 
 	holds := logs.FilterMessage("the API asked for a hold: every call of every replica waits").All()
 	if len(holds) != 1 {
@@ -73,7 +73,7 @@ func TestServeHoldFromRateLimitHeaderIsCappedShownAndLoggedOnce(t *testing.T) {
 	before := api.Count()
 	t.Logf("%d answers asked for the hold; logged once", before)
 	hRun(t, env, "", "publish", "--account", "acc1", "--key", "k4").want(t, 0)
-	hEventually(t, 10*time.Second, "the event received", func() bool {
+	queuetest.Eventually(t, 10*time.Second, "the event received", func() bool {
 		return strings.Contains(scrape(metricsURL), `revoker_events_received_total{subject="revoke.scheduled"} 5`)
 	})
 	time.Sleep(200 * time.Millisecond) // observing an absence, not synchronising

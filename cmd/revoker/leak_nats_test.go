@@ -22,6 +22,7 @@ import (
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 // natsSecrets is a JetStream server that wants a NATS credential, the
@@ -167,7 +168,7 @@ func TestServeKeepsNATSSecrets(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("serve did not listen")
 			}
-			hEventually(t, 15*time.Second, "ready", func() bool {
+			queuetest.Eventually(t, 15*time.Second, "ready", func() bool {
 				resp, err := http.Get("http://" + a + "/readyz")
 				if err != nil {
 					return false
@@ -189,7 +190,7 @@ func TestServeKeepsNATSSecrets(t *testing.T) {
 				}
 			}
 			var records []string
-			hEventually(t, 30*time.Second, "two outcome records and a dead letter", func() bool {
+			queuetest.Eventually(t, 30*time.Second, "two outcome records and a dead letter", func() bool {
 				records = records[:0]
 				for stream, want := range map[string]int{cfg.OutcomeStream: 2, cfg.DLQStream: 1} {
 					got, err := streamText(ctx, js, stream)

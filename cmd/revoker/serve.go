@@ -68,10 +68,9 @@ type serveOptions struct {
 	api worker.API
 	// fetchWait shortens the pull wait, so tests stop quickly.
 	fetchWait time.Duration
+	// connected, when set, is given each NATS connection serve opens.
+	connected func(*queue.Conn)
 }
-
-// errConnLost ends serve when NATS closed the connection for good.
-var errConnLost = errors.New("NATS connection closed for good")
 
 // errUsage marks errors that are the configuration's fault (exit status 2).
 var errUsage = errors.New("bad configuration")
@@ -153,23 +152,79 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 			ready.Set(queue.ReadyNATS, "disconnected")
 		}
 	}
-	nc, err := queue.Connect(cfg, log, onState)
+	run := wiring{cfg: cfg, o: o, api: api, budgetID: budgetID, m: m, ready: ready, log: log, onState: onState}
+	var runErr error
+	// The client reconnects by itself for ever; a connection it gave up on
+	// for good cannot come back, so a new one is opened and the worker run
+	// on it (SPEC §10), until ctx ends.
+	for {
+		var lost bool
+		lost, runErr = run.onNewConnection(ctx)
+		if runErr != nil || !lost || ctx.Err() != nil {
+			break
+		}
+		log.Error("the NATS connection was closed for good; opening a new one")
+		throttle.Sleep(ctx, time.Second)
+	}
+	cancel()
+	if err := <-srvDone; err != nil {
+		log.Warn("metrics server", zap.Error(err))
+	}
+	if runErr != nil {
+		log.Error("worker stopped", zap.Error(runErr))
+	}
+	return runErr
+}
+
+// credential picks the API credential the configuration names.
+func credential(cfg config.Config) (cloudflare.Credential, error) {
+	switch {
+	case cfg.APITokenFile != "":
+		return cloudflare.NewTokenFile(cfg.APITokenFile, 2*time.Second)
+	case cfg.APIToken != "":
+		return cloudflare.Token(cfg.APIToken), nil
+	default:
+		return cloudflare.LegacyKey(cfg.Email, cfg.APIKey), nil
+	}
+}
+
+// wiring is what one connection's worker is built from.
+type wiring struct {
+	cfg      config.Config
+	o        serveOptions
+	api      worker.API
+	budgetID func() string
+	m        *metrics.Metrics
+	ready    *metrics.Readiness
+	log      *zap.Logger
+	onState  func(bool)
+}
+
+// onNewConnection connects, wires budget → gate → consumer → worker on the
+// connection, and runs until ctx ends (lost false) or the connection is
+// closed for good (lost true).
+func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
+	cfg, log, m := w.cfg, w.log, w.m
+	nc, err := queue.Connect(cfg, log, w.onState)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return false, fmt.Errorf("%w: %v", errUsage, err)
 	}
 	defer nc.Close()
+	if w.o.connected != nil {
+		w.o.connected(nc)
+	}
 	js, err := jetstream.New(nc.Conn)
 	if err != nil {
-		return err
+		return false, err
 	}
 
 	// One budget for every replica using this credential (SPEC §9).
 	budget, err := queue.NewBudget(js, queue.BudgetConfig{
-		ID: budgetID, Rate: cfg.RateLimit, Create: cfg.CreateStreams, Log: log,
+		ID: w.budgetID, Rate: cfg.RateLimit, Create: cfg.CreateStreams, Log: log,
 		Replicas: cfg.StreamReplicas,
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer budget.Close()
 	gate := throttle.New(throttle.Config{
@@ -196,9 +251,9 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	ledger := &queue.Ledger{}
 	consumer := &queue.Consumer{
 		JS: js, Cfg: cfg, Gate: gate, Ledger: ledger,
-		Metrics: m, Ready: ready, Log: log, FetchWait: o.fetchWait,
+		Metrics: m, Ready: w.ready, Log: log, FetchWait: w.o.fetchWait,
 	}
-	w := worker.New(worker.Config{
+	wk := worker.New(worker.Config{
 		Subjects:           cfg.Subjects,
 		AllowedAccounts:    cfg.AllowedAccounts,
 		NotFoundDeadLetter: cfg.NotFoundDeadLetter,
@@ -209,54 +264,36 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		HandBackDelay:      consumer.HandBackDelay(),
 		Name:               host,
 	}, worker.Deps{
-		API: api, Gate: gate, Ledger: ledger, Metrics: m, Ready: ready, Log: log,
+		API: w.api, Gate: gate, Ledger: ledger, Metrics: m, Ready: w.ready, Log: log,
 		Records: &queue.Records{
 			JS: js, Log: log, Timeout: 10 * time.Second,
 			DLQStream: cfg.DLQStream, DLQSubject: cfg.DLQSubject,
 			OutcomeStream: cfg.OutcomeStream, OutcomePrefix: cfg.OutcomeSubject,
 		},
 	})
-	consumer.Handle = w.Handle
-	// A connection the client gave up on for good cannot come back: stop,
-	// so the orchestrator starts the process again with a new one.
-	runCtx, stopRun := context.WithCancelCause(ctx)
-	defer stopRun(nil)
+	consumer.Handle = wk.Handle
+
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
 	go func() {
 		select {
 		case <-nc.Lost():
-			log.Error("the NATS connection was closed for good; stopping so a new process opens a new one")
-			stopRun(errConnLost)
+			stopRun()
 		case <-runCtx.Done():
 		}
 	}()
-	runErr := consumer.Run(runCtx)
-	if runErr == nil && errors.Is(context.Cause(runCtx), errConnLost) {
-		runErr = errConnLost
-	}
+	err = consumer.Run(runCtx)
+	stopRun()
 	// Acks and records are buffered by the client: send them before closing.
 	if nc.IsConnected() {
-		if err := nc.FlushTimeout(5 * time.Second); err != nil {
-			log.Warn("flush at shutdown failed", zap.Error(err))
+		if ferr := nc.FlushTimeout(5 * time.Second); ferr != nil {
+			log.Warn("flush at shutdown failed", zap.Error(ferr))
 		}
 	}
-	cancel()
-	if err := <-srvDone; err != nil {
-		log.Warn("metrics server", zap.Error(err))
-	}
-	if runErr != nil {
-		log.Error("worker stopped", zap.Error(runErr))
-	}
-	return runErr
-}
-
-// credential picks the API credential the configuration names.
-func credential(cfg config.Config) (cloudflare.Credential, error) {
-	switch {
-	case cfg.APITokenFile != "":
-		return cloudflare.NewTokenFile(cfg.APITokenFile, 2*time.Second)
-	case cfg.APIToken != "":
-		return cloudflare.Token(cfg.APIToken), nil
+	select {
+	case <-nc.Lost():
+		lost = true
 	default:
-		return cloudflare.LegacyKey(cfg.Email, cfg.APIKey), nil
 	}
+	return lost && ctx.Err() == nil, err
 }

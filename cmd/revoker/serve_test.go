@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
 
@@ -187,4 +188,23 @@ func TestServeStopsOnAnImpossibleStream(t *testing.T) {
 	if code != exitUsage || !strings.Contains(stderr, "revoke.scheduled") {
 		t.Fatalf("exit %d, want 2 naming the missing subject; stderr:\n%s", code, stderr)
 	}
+}
+
+// TestServeReopensALostConnection: a connection the client closed for good
+// (as it does after a server error it does not reconnect after) is opened
+// again, and the worker goes on revoking on the new one.
+func TestServeReopensALostConnection(t *testing.T) {
+	s := hStack(t, nil)
+	conns := make(chan *queue.Conn, 4)
+	s.startWorkerWith(serveOptions{connected: func(c *queue.Conn) { conns <- c }})
+	first := <-conns
+	s.run("publish", "--account", "acc1", "--key", "before", "--wait").want(t, exitOK, "revoked")
+
+	first.Conn.Close() // the client giving up, not serve's own Close
+	select {
+	case <-conns:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no new connection within 20s of losing the first")
+	}
+	s.run("publish", "--account", "acc1", "--key", "after", "--wait", "--timeout", "30s").want(t, exitOK, "revoked")
 }

@@ -5,6 +5,8 @@
 package untrusted
 
 import (
+	"bytes"
+	"fmt"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -54,4 +56,25 @@ func Unsafe(r rune) bool {
 		return true
 	}
 	return false
+}
+
+// EscapeJSON rewrites every unsafe character of encoded JSON as a \uXXXX
+// escape. encoding/json leaves C1 and bidirectional controls raw, and they
+// would reach a terminal that way; they can only stand inside strings, where
+// the escape means the same character.
+func EscapeJSON(b []byte) []byte {
+	if bytes.IndexFunc(b, Unsafe) < 0 {
+		return b
+	}
+	out := make([]byte, 0, len(b)+32)
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		if Unsafe(r) {
+			out = fmt.Appendf(out, `\u%04x`, r)
+		} else {
+			out = append(out, b[:n]...)
+		}
+		b = b[n:]
+	}
+	return out
 }

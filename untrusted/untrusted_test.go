@@ -1,6 +1,7 @@
 package untrusted_test
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -45,4 +46,19 @@ func FuzzLine(f *testing.F) {
 			t.Fatalf("Line(%q, %d) is %d bytes", s, n, len(got))
 		}
 	})
+}
+
+func TestEscapeJSON(t *testing.T) {
+	in, err := json.Marshal(map[string]string{"cf_ray": "a\u202eb\u0085c\u2066d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := untrusted.EscapeJSON(in)
+	if strings.IndexFunc(string(out), untrusted.Unsafe) >= 0 {
+		t.Fatalf("%s keeps an unsafe character", out)
+	}
+	var back map[string]string
+	if err := json.Unmarshal(out, &back); err != nil || back["cf_ray"] != "a\u202eb\u0085c\u2066d" {
+		t.Fatalf("%s reads back as %q (%v)", out, back["cf_ray"], err)
+	}
 }

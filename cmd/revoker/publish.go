@@ -501,7 +501,9 @@ func printJSON(w io.Writer, v any) {
 		fmt.Fprintf(w, "{\"error\":%q}\n", err.Error())
 		return
 	}
-	w.Write(append(b, '\n')) //nolint:errcheck // nothing to do about a closed stdout
+	// Escaped, so no control or bidirectional character from an event or
+	// an answer reaches the terminal raw.
+	w.Write(append(untrusted.EscapeJSON(b), '\n')) //nolint:errcheck // nothing to do about a closed stdout
 }
 
 // cell makes a value safe for one line or one table cell: control

@@ -80,7 +80,7 @@ func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (
 		nats.ReconnectBufSize(8 << 20),
 		// A server lost without a TCP reset (a partition, a dead node) is
 		// noticed within about 30 s, not the client's default 4 minutes.
-		nats.PingInterval(10*time.Second),
+		nats.PingInterval(10 * time.Second),
 		nats.MaxPingsOutstanding(3),
 		nats.LameDuckModeHandler(func(nc *nats.Conn) {
 			log.Info("nats server entering lame duck mode; moving to another", zap.String("server", serverURL(nc)))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
@@ -21,6 +24,7 @@ import (
 
 // fakeDelivery records how the worker settled it.
 type fakeDelivery struct {
+	id         string
 	body       string
 	delivered  int
 	maxDeliver int
@@ -151,6 +155,10 @@ type harness struct {
 }
 
 func newHarness(t *testing.T, tune func(*worker.Config), answers ...*cloudflare.Response) *harness {
+	return newHarnessLog(t, tune, zap.NewNop(), answers...)
+}
+
+func newHarnessLog(t *testing.T, tune func(*worker.Config), log *zap.Logger, answers ...*cloudflare.Response) *harness {
 	t.Helper()
 	h := &harness{
 		api:     &fakeAPI{answers: answers},
@@ -171,7 +179,7 @@ func newHarness(t *testing.T, tune func(*worker.Config), answers ...*cloudflare.
 		tune(&cfg)
 	}
 	h.w = worker.New(cfg, worker.Deps{API: h.api, Gate: h.gate, Records: h.records, Ledger: h.ledger,
-		Metrics: m, Ready: h.ready, Log: zap.NewNop()})
+		Metrics: m, Ready: h.ready, Log: log})
 	return h
 }
 
@@ -367,5 +375,34 @@ func TestKeepAliveWhileRetrying(t *testing.T) {
 	// Five calls 20 ms apart span 80 ms or more: at least two ack waits.
 	if d.keepAlives < 2 {
 		t.Fatalf("%d keep-alives during a retry longer than two ack waits", d.keepAlives)
+	}
+}
+
+// TestLogLinesBounded: ids and free text from an event or an answer are
+// cut, so no log line passes 16 KiB whatever they hold.
+func TestLogLinesBounded(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	long := strings.Repeat("x", 60<<10)
+	h := newHarnessLog(t, nil, zap.New(core),
+		answer(503, &cloudflare.Envelope{Errors: []cloudflare.Message{{Code: 1, Message: long}}}, 0),
+		answer(400, &cloudflare.Envelope{Errors: []cloudflare.Message{{Code: 2, Message: long}}}, 0))
+	body := `{"account_id":"acct1","key_id":"key1","reason":"` + strings.Repeat("\u202e", 1024) + `"}`
+	h.handle(&fakeDelivery{id: long, body: body})
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	if logs.Len() == 0 {
+		t.Fatal("nothing logged")
+	}
+	for _, e := range logs.All() {
+		buf, err := enc.EncodeEntry(e.Entry, e.Context)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if buf.Len() > 16<<10 {
+			t.Errorf("log line %q is %d bytes", e.Message, buf.Len())
+		}
+		if strings.ContainsRune(buf.String(), '\u202e') {
+			t.Errorf("log line %q carries a bidirectional control", e.Message)
+		}
+		buf.Free()
 	}
 }

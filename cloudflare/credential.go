@@ -33,10 +33,10 @@ func fingerprint(s string) string {
 	return hex.EncodeToString(sum[:4])
 }
 
-// validSecret reports whether s can go into a header value as one token:
+// ValidSecret reports whether s can go into a header value as one token:
 // visible ASCII only, so no spaces, control characters or line breaks that
 // could split or smuggle headers.
-func validSecret(s string) bool {
+func ValidSecret(s string) bool {
 	if s == "" {
 		return false
 	}
@@ -64,7 +64,7 @@ type tokenCred struct {
 var errBadToken = errors.New("cloudflare: API token is empty or holds characters not allowed in an HTTP header")
 
 func (c *tokenCred) Apply(req *http.Request) error {
-	if !validSecret(c.token) {
+	if !ValidSecret(c.token) {
 		return errBadToken
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
@@ -101,10 +101,10 @@ var (
 )
 
 func (c *legacyCred) Apply(req *http.Request) error {
-	if !validSecret(c.email) {
+	if !ValidSecret(c.email) {
 		return errBadEmail
 	}
-	if !validSecret(c.key) {
+	if !ValidSecret(c.key) {
 		return errBadKey
 	}
 	req.Header.Set("X-Auth-Email", c.email)
@@ -357,7 +357,7 @@ func readTokenFile(path string) (string, os.FileInfo, error) {
 	if tok == "" {
 		return "", nil, fmt.Errorf("cloudflare: token file %s: empty", displayPath(path))
 	}
-	if !validSecret(tok) {
+	if !ValidSecret(tok) {
 		return "", nil, fmt.Errorf("cloudflare: token file %s: content holds white space or characters not allowed in an HTTP header", displayPath(path))
 	}
 	return tok, fi, nil

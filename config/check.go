@@ -13,6 +13,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/revoker/revoker/cloudflare"
 )
 
 // maxNameLen is JetStream's longest stream or consumer name.
@@ -280,21 +282,6 @@ func parseRate(c *Config, v string) string {
 	return ""
 }
 
-// validAccountID reports whether v is 1 to 32 characters of [A-Za-z0-9],
-// the rule of SPEC §2.
-func validAccountID(v string) bool {
-	if v == "" || len(v) > 32 {
-		return false
-	}
-	for i := 0; i < len(v); i++ {
-		b := v[i]
-		if !('a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9') {
-			return false
-		}
-	}
-	return true
-}
-
 // parseAccounts reads the comma-separated allowed accounts; empty (or only
 // white space) means every account.
 func parseAccounts(v string) ([]string, string) {
@@ -308,7 +295,7 @@ func parseAccounts(v string) ([]string, string) {
 		switch {
 		case p == "":
 			return nil, quote(v) + " has an empty entry"
-		case !validAccountID(p):
+		case !cloudflare.ValidIdentifier(p):
 			return nil, quote(p) + " is not an account id (1 to 32 letters and digits)"
 		case slices.Contains(out, p):
 			return nil, quote(p) + " is listed twice"

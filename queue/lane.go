@@ -100,45 +100,8 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 		if n == 0 {
 			break
 		}
-		batch, err := l.cons.Fetch(n, jetstream.FetchMaxWait(l.fetchWait))
+		got, last, err := l.fetch(ctx, work, n, h, &wg, log)
 		if err != nil {
-			l.putRoom(n)
-			h.NoNews()
-			if gone(err) {
-				return ErrConsumerGone
-			}
-			f.failed(err)
-			throttle.Sleep(ctx, l.fetchWait)
-			continue
-		}
-		got := 0
-		var last *jetstream.MsgMetadata
-		for msg := range batch.Messages() {
-			got++
-			meta, err := msg.Metadata()
-			if err != nil {
-				// Only a JetStream delivery reaches a lane; this cannot be settled.
-				log.Error("message without JetStream metadata", zap.Error(err))
-				l.putRoom(1)
-				continue
-			}
-			last = meta
-			h.Pending(meta.NumPending)
-			d := &Delivery{msg: msg, meta: meta, lane: l}
-			if ctx.Err() != nil {
-				h.GiveBack(d)
-				l.putRoom(1)
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer l.putRoom(1)
-				h.Handle(work, d)
-			}()
-		}
-		l.putRoom(n - got)
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
 			h.NoNews()
 			if gone(err) {
 				return ErrConsumerGone
@@ -219,6 +182,47 @@ func (t *Troubles) Set(subject, why string) {
 		return
 	}
 	t.report("")
+}
+
+// fetch pulls up to n messages and starts a handler for each (or gives it
+// back, after ctx ended). It returns how many came and the last one's
+// metadata; every place not filled is given back to the lane. An error
+// means the pull failed, at its start or on its way.
+func (l *Lane) fetch(ctx, work context.Context, n int, h Hooks, wg *sync.WaitGroup, log *zap.Logger) (got int, last *jetstream.MsgMetadata, err error) {
+	batch, err := l.cons.Fetch(n, jetstream.FetchMaxWait(l.fetchWait))
+	if err != nil {
+		l.putRoom(n)
+		return 0, nil, err
+	}
+	for msg := range batch.Messages() {
+		got++
+		meta, err := msg.Metadata()
+		if err != nil {
+			// Only a JetStream delivery reaches a lane; this cannot be settled.
+			log.Error("message without JetStream metadata", zap.Error(err))
+			l.putRoom(1)
+			continue
+		}
+		last = meta
+		h.Pending(meta.NumPending)
+		d := &Delivery{msg: msg, meta: meta, lane: l}
+		if ctx.Err() != nil {
+			h.GiveBack(d)
+			l.putRoom(1)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer l.putRoom(1)
+			h.Handle(work, d)
+		}()
+	}
+	l.putRoom(n - got)
+	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
+		return got, last, err
+	}
+	return got, last, nil
 }
 
 func gone(err error) bool {

@@ -11,7 +11,6 @@
 package cloudflaretest
 
 import (
-	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 	"time"
 
 	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/throttle"
 )
 
 // APIPrefix is the path of the API root on the server; Server.URL ends in it.
@@ -248,7 +248,7 @@ func (s *Server) handle(rt route) http.HandlerFunc {
 		s.mu.Unlock()
 
 		if s.cfg.latency > 0 {
-			sleep(r.Context(), s.cfg.latency)
+			throttle.Sleep(r.Context(), s.cfg.latency)
 		}
 		s.write(w, rep, ray)
 	}
@@ -345,10 +345,10 @@ func (s *Server) authenticate(r *http.Request, req *Request) *reply {
 		req.TokenOK = !required || c.hasToken && equal(tok, c.token)
 	case email != "" || key != "" || r.Header["X-Auth-Email"] != nil || r.Header["X-Auth-Key"] != nil:
 		switch {
-		case !printable(email):
+		case !cloudflare.ValidSecret(email):
 			req.Auth = "malformed"
 			return badHeaders(CodeBadAuthEmail, "Invalid format for X-Auth-Email header")
-		case !printable(key):
+		case !cloudflare.ValidSecret(key):
 			req.Auth = "malformed"
 			return badHeaders(CodeBadAuthKey, "Invalid format for X-Auth-Key header")
 		}
@@ -375,22 +375,10 @@ func bearer(vs []string) (string, bool) {
 		return "", false
 	}
 	scheme, tok, ok := strings.Cut(vs[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || !printable(tok) {
+	if !ok || !strings.EqualFold(scheme, "Bearer") || !cloudflare.ValidSecret(tok) {
 		return "", false
 	}
 	return tok, true
-}
-
-func printable(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x21 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 func equal(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
@@ -483,13 +471,4 @@ func htmlReply(status int) reply {
 	title := fmt.Sprintf("%d %s", status, http.StatusText(status))
 	return reply{status: status, body: "<html>\r\n<head><title>" + title + "</title></head>\r\n<body>\r\n<center><h1>" +
 		title + "</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }

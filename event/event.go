@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"time"
 	"unicode/utf8"
 
@@ -60,10 +61,10 @@ func Decode(body []byte) (Event, error) {
 	if err != nil {
 		return ev, err
 	}
-	var seen [5]bool
-	for i, name := range []string{"account_id", "key_id", "reason", "requested_by", "requested_at"} {
-		raw, ok := fields[name]
-		if !ok {
+	var seen [len(knownFields)]bool
+	for i, name := range knownFields {
+		raw := fields[i]
+		if raw == nil {
 			continue
 		}
 		if raw[0] != '"' {
@@ -142,11 +143,15 @@ func jsonKind(raw []byte) string {
 	return "a number"
 }
 
-// scanObject checks the structural rules of a body and returns the
-// top-level fields, each as its raw JSON value. It first lets json.Valid
+// knownFields are the event's fields; the scanner keeps the raw values of
+// these alone, so unknown fields cost nothing to skip.
+var knownFields = [...]string{"account_id", "key_id", "reason", "requested_by", "requested_at"}
+
+// scanObject checks the structural rules of a body and returns the raw
+// JSON value of each known top-level field (nil when absent). It first lets json.Valid
 // judge the syntax (including "exactly one value"), then walks the bytes
 // once, so it only ever reads well-formed JSON.
-func scanObject(body []byte) (map[string][]byte, error) {
+func scanObject(body []byte) (*[len(knownFields)][]byte, error) {
 	if !json.Valid(body) {
 		var v any
 		err := json.Unmarshal(body, &v) // only for its description of the fault
@@ -160,11 +165,11 @@ func scanObject(body []byte) (map[string][]byte, error) {
 	if sc.b[sc.i] != '{' {
 		return nil, invalid("body must be a JSON object")
 	}
-	top := map[string][]byte{}
-	if err := sc.object(1, top); err != nil {
+	var top [len(knownFields)][]byte
+	if err := sc.object(1, &top); err != nil {
 		return nil, err
 	}
-	return top, nil
+	return &top, nil
 }
 
 // scanner walks JSON that json.Valid has accepted.
@@ -204,7 +209,7 @@ func (sc *scanner) str() (quoted []byte, escaped bool) {
 
 // object reads the object at sc.i, nested depth deep (the body is 1); top,
 // when not nil, receives its fields.
-func (sc *scanner) object(depth int, top map[string][]byte) error {
+func (sc *scanner) object(depth int, top *[len(knownFields)][]byte) error {
 	if depth > MaxDepth {
 		return invalid("nested deeper than %d levels", MaxDepth)
 	}
@@ -217,15 +222,17 @@ func (sc *scanner) object(depth int, top map[string][]byte) error {
 			return nil
 		}
 		quoted, escaped := sc.str()
-		key := string(quoted[1 : len(quoted)-1])
+		key := quoted[1 : len(quoted)-1]
 		if escaped {
 			// "a" and "\u0061" are the same name.
-			if err := json.Unmarshal(quoted, &key); err != nil {
+			var s string
+			if err := json.Unmarshal(quoted, &s); err != nil {
 				return invalid("field name: %v", err)
 			}
+			key = []byte(s)
 		}
 		if !names.add(key) {
-			return invalid("field %s appears twice", quote(key))
+			return invalid("field %s appears twice", quote(string(key)))
 		}
 		sc.space()
 		sc.i++ // :
@@ -235,7 +242,11 @@ func (sc *scanner) object(depth int, top map[string][]byte) error {
 			return err
 		}
 		if top != nil {
-			top[key] = sc.b[start:sc.i]
+			for i, k := range knownFields {
+				if string(key) == k {
+					top[i] = sc.b[start:sc.i]
+				}
+			}
 		}
 		sc.space()
 		if sc.b[sc.i] == ',' {
@@ -282,39 +293,46 @@ func (sc *scanner) value(depth int) error {
 	return nil
 }
 
-// fieldNames is the set of an object's field names so far. Most objects
-// have a handful, compared in a slice without allocating a map; past that,
-// a map keeps the check linear in the body's size (64 KiB of distinct names
-// would otherwise cost a quadratic scan).
+// fieldNames is the set of an object's field names so far. The names are
+// slices of the body (no copies); past a handful, each is also hashed, so
+// the check stays linear in the body's size (64 KiB of distinct names would
+// otherwise cost a quadratic scan) and allocates nothing per name. A hash
+// seen before is confirmed by comparing the names themselves.
 type fieldNames struct {
-	few  []string
-	many map[string]struct{}
+	names  [][]byte
+	hashes map[uint64]struct{}
+	seed   maphash.Seed
 }
 
 const fewNames = 8
 
 // add records name and reports whether it was new.
-func (n *fieldNames) add(name string) bool {
-	if n.many != nil {
-		if _, dup := n.many[name]; dup {
-			return false
+func (n *fieldNames) add(name []byte) bool {
+	if len(n.names) < fewNames {
+		for _, k := range n.names {
+			if bytes.Equal(k, name) {
+				return false
+			}
 		}
-		n.many[name] = struct{}{}
+		n.names = append(n.names, name)
 		return true
 	}
-	for _, k := range n.few {
-		if k == name {
-			return false
+	if n.hashes == nil {
+		n.seed = maphash.MakeSeed()
+		n.hashes = make(map[uint64]struct{}, 4*fewNames)
+		for _, k := range n.names {
+			n.hashes[maphash.Bytes(n.seed, k)] = struct{}{}
 		}
 	}
-	if len(n.few) < fewNames {
-		n.few = append(n.few, name)
-		return true
+	h := maphash.Bytes(n.seed, name)
+	if _, seen := n.hashes[h]; seen {
+		for _, k := range n.names {
+			if bytes.Equal(k, name) {
+				return false
+			}
+		}
 	}
-	n.many = make(map[string]struct{}, 2*fewNames)
-	for _, k := range n.few {
-		n.many[k] = struct{}{}
-	}
-	n.many[name] = struct{}{}
+	n.hashes[h] = struct{}{}
+	n.names = append(n.names, name)
 	return true
 }

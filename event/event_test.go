@@ -2,6 +2,7 @@ package event_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,4 +118,31 @@ func FuzzDecodeEvent(f *testing.F) {
 			t.Fatalf("accepted event fails Validate: %v", err)
 		}
 	})
+}
+
+// BenchmarkDecodeDistinctNames: 64 KiB of distinct field names costs about
+// what 64 KiB of anything else does (SPEC §10): the duplicate-name check is
+// linear.
+func BenchmarkDecodeDistinctNames(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString(`{"account_id":"a1","key_id":"k1"`)
+	for i := 0; sb.Len() < event.MaxBytes-32; i++ {
+		fmt.Fprintf(&sb, `,"f%d":0`, i)
+	}
+	sb.WriteString("}")
+	names := []byte(sb.String())
+	filler := []byte(`{"account_id":"a1","key_id":"k1","x":"` + strings.Repeat("y", len(names)-40) + `"}`)
+	for _, bc := range []struct {
+		name string
+		body []byte
+	}{{"distinct-names", names}, {"one-long-string", filler}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(bc.body)))
+			for b.Loop() {
+				if _, err := event.Decode(bc.body); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

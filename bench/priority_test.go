@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -17,42 +19,68 @@ const apiLimit = 20 // calls a second the stand-in allows before answering 429
 
 // BenchmarkUrgentBehindBacklog: 1,500 scheduled events queued, then 10
 // urgent ones, against an API that answers 429 above 20 calls/s, with
-// REVOKER_RATE_LIMIT=20. Reports the urgent events' time-to-revoke beside
+// REVOKER_RATE_LIMIT=20 shared by 1 or 3 replicas. The urgent events come
+// all at once, or paced 300 ms apart. Reports their time-to-revoke beside
 // what serving in arrival order would give.
 func BenchmarkUrgentBehindBacklog(b *testing.B) {
-	for range b.N {
-		r := newRig(b, cloudflaretest.WithRateLimit(apiLimit))
-		cfg := config.Default()
-		ctx, cancel := ctxTimeout(5 * time.Minute)
-		defer cancel()
-		if err := queue.Ensure(ctx, r.js, cfg, zap.NewNop()); err != nil {
-			b.Fatal(err)
+	for _, replicas := range []int{1, 3} {
+		for _, paced := range []bool{false, true} {
+			name := fmt.Sprintf("replicas=%d/burst", replicas)
+			if paced {
+				name = fmt.Sprintf("replicas=%d/paced", replicas)
+			}
+			b.Run(name, func(b *testing.B) {
+				for range b.N {
+					urgentBehindBacklog(b, replicas, paced)
+				}
+			})
 		}
-		r.publishAsync(cfg.LowestPriority(), keys("s", 1500))
-		r.startWorker("REVOKER_RATE_LIMIT=20")
-		// Let the backlog run for a while. A fixed delay, not "right after
-		// the n-th call", so the urgent events arrive at no particular point
-		// of the rate schedule.
-		time.Sleep(2 * time.Second)
-		if len(r.calls("s")) < apiLimit {
-			b.Fatal("the backlog is not being worked")
-		}
-
-		pub := r.publishAsync(cfg.HighestPriority(), keys("u", 10))
-		queuetest.Eventually(b, time.Minute, "urgent events revoked", func() bool { return len(r.calls("u")) == 10 })
-		lat := latencies(pub, r.calls("u"))
-		ahead := 1500 - len(r.calls("s"))
-		// In arrival order each urgent event would wait for every scheduled
-		// event still queued, at the API's 20 calls a second.
-		fifo := time.Duration(float64(ahead) / apiLimit * float64(time.Second))
-
-		b.ReportMetric(ms(lat[len(lat)-1]), "urgent-max-ms")
-		b.ReportMetric(ms(pct(lat, .5)), "urgent-median-ms")
-		b.ReportMetric(fifo.Seconds(), "arrival-order-s")
-		b.ReportMetric(float64(r.api.Throttled()), "429s")
-		b.Logf("%s; urgent time-to-revoke max %.0f ms, median %.0f ms; in arrival order ≈ %.1f s (%d scheduled still queued); 429s: %d",
-			cores(), ms(lat[len(lat)-1]), ms(pct(lat, .5)), fifo.Seconds(), ahead, r.api.Throttled())
 	}
+}
+
+func urgentBehindBacklog(b *testing.B, replicas int, paced bool) {
+	r := newRig(b, cloudflaretest.WithRateLimit(apiLimit))
+	cfg := config.Default()
+	ctx, cancel := ctxTimeout(5 * time.Minute)
+	defer cancel()
+	if err := queue.Ensure(ctx, r.js, cfg, zap.NewNop()); err != nil {
+		b.Fatal(err)
+	}
+	r.publishAsync(cfg.LowestPriority(), keys("s", 1500))
+	for range replicas {
+		r.startWorker("REVOKER_RATE_LIMIT=20")
+	}
+	// Let the backlog run for a while. A fixed delay, not "right after the
+	// n-th call", so the urgent events arrive at no particular point of
+	// the rate schedule.
+	time.Sleep(2 * time.Second)
+	if len(r.calls("s")) < apiLimit {
+		b.Fatal("the backlog is not being worked")
+	}
+
+	pub := map[string]time.Time{}
+	if paced {
+		for _, k := range keys("u", 10) {
+			maps.Copy(pub, r.publishAsync(cfg.HighestPriority(), []string{k}))
+			time.Sleep(300 * time.Millisecond) // the pace of the urgent events
+		}
+	} else {
+		pub = r.publishAsync(cfg.HighestPriority(), keys("u", 10))
+	}
+	queuetest.Eventually(b, time.Minute, "urgent events revoked", func() bool { return len(r.calls("u")) == 10 })
+	lat := latencies(pub, r.calls("u"))
+	ahead := 1500 - len(r.calls("s"))
+	// In arrival order each urgent event would wait for every scheduled
+	// event still queued, at the API's 20 calls a second.
+	fifo := time.Duration(float64(ahead) / apiLimit * float64(time.Second))
+
+	b.ReportMetric(ms(lat[len(lat)-1]), "urgent-max-ms")
+	b.ReportMetric(ms(pct(lat, .5)), "urgent-median-ms")
+	b.ReportMetric(fifo.Seconds(), "arrival-order-s")
+	b.ReportMetric(float64(r.api.Throttled()), "429s")
+	b.Logf("%s; %d replicas, urgent %s: time-to-revoke max %.0f ms, median %.0f ms; in arrival order ≈ %.1f s (%d scheduled still queued); 429s: %d",
+		cores(), replicas, map[bool]string{false: "all at once", true: "paced 300 ms apart"}[paced],
+		ms(lat[len(lat)-1]), ms(pct(lat, .5)), fifo.Seconds(), ahead, r.api.Throttled())
 }
 
 // BenchmarkRateBudget: 300 events against the same API: the worker must

@@ -106,3 +106,52 @@ func BenchmarkRateBudget(b *testing.B) {
 			cores(), len(at), rate, 100*rate/apiLimit, r.api.Throttled())
 	}
 }
+
+// BenchmarkSharedBudget: three replicas share REVOKER_RATE_LIMIT=4 against
+// an API that allows 4 calls in any second and answers 429 past it; one
+// replica is killed (SIGKILL) a quarter of the way. The events it held come
+// back after the ack wait (10 s, as deploy/kubernetes sets it) while the
+// others work on. Reports calls/s before and after the kill, the most calls
+// that arrived in any one second, and the 429s.
+func BenchmarkSharedBudget(b *testing.B) {
+	const rate, events = 4, 160
+	for range b.N {
+		r := newRig(b, cloudflaretest.WithRateLimit(rate))
+		cfg := config.Default()
+		var procs []*proc
+		for range 3 {
+			procs = append(procs, r.startWorker("REVOKER_RATE_LIMIT=4", "REVOKER_ACK_WAIT=10s"))
+		}
+		r.publishAsync(cfg.LowestPriority(), keys("b", events))
+		queuetest.Eventually(b, time.Minute, "a quarter of the events revoked", func() bool { return len(r.calls("b")) >= events/4 })
+		killedAt := time.Now()
+		if err := procs[0].cmd.Process.Kill(); err != nil {
+			b.Fatal(err)
+		}
+		queuetest.Eventually(b, 2*time.Minute, "every event revoked", func() bool { return len(r.calls("b")) == events })
+
+		var at []time.Time
+		for _, q := range r.api.Requests() {
+			at = append(at, q.At)
+		}
+		slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+		perSecond := func(ts []time.Time) float64 {
+			if len(ts) < 2 {
+				return 0
+			}
+			return float64(len(ts)-1) / ts[len(ts)-1].Sub(ts[0]).Seconds()
+		}
+		split, _ := slices.BinarySearchFunc(at, killedAt, func(a, t time.Time) int { return a.Compare(t) })
+		most := 0
+		for i := range at {
+			j, _ := slices.BinarySearchFunc(at, at[i].Add(time.Second), func(a, t time.Time) int { return a.Compare(t) })
+			most = max(most, j-i)
+		}
+		b.ReportMetric(perSecond(at[:split]), "calls/s-before-kill")
+		b.ReportMetric(perSecond(at[split:]), "calls/s-after-kill")
+		b.ReportMetric(float64(most), "most-in-1s")
+		b.ReportMetric(float64(r.api.Throttled()), "429s")
+		b.Logf("%s; 3 replicas sharing %d/s, one killed after %d calls: %.2f calls/s before the kill, %.2f after it; at most %d calls in any second; 429s: %d",
+			cores(), rate, split, perSecond(at[:split]), perSecond(at[split:]), most, r.api.Throttled())
+	}
+}

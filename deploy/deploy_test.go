@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,45 +30,12 @@ func TestAlertsAndDashboardAgainstPrometheus(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts revoker and Prometheus")
 	}
-	promBin, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("prometheus is not on PATH; CI must install it (.ci/run does)")
-		}
-		t.Skip("prometheus is not on PATH")
-	}
-	rules, err := filepath.Abs("prometheus/alerts.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	promBin := prometheusBin(t)
 	dir := t.TempDir()
-
-	bin := filepath.Join(dir, "revoker")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/revoker").CombinedOutput(); err != nil {
-		t.Fatalf("build revoker: %v\n%s", err, out)
-	}
+	bin := revokerBin(t)
 	target := startDemo(t, bin, dir)
 	metricNames := exportedNames(t, "http://"+target+"/metrics")
-
-	promAddr := freeAddr(t)
-	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - %q
-scrape_configs:
-  - job_name: revoker
-    static_configs:
-      - targets: [%q]
-`, rules, target)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	startProcess(t, promBin, dir, nil,
-		"--config.file="+cfg,
-		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
-		"--web.listen-address="+promAddr)
-	api := "http://" + promAddr
+	api := startPrometheus(t, promBin, dir, target)
 
 	// Three scrapes, so that rate() and increase() have samples to work on,
 	// and every rule evaluated at least once.
@@ -120,6 +88,84 @@ scrape_configs:
 			t.Errorf("panel %q returned no data", title)
 		}
 	}
+}
+
+// prometheusBin is the path of prometheus; the test is skipped without it,
+// except in CI, where that is a failure.
+func prometheusBin(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("prometheus is not on PATH; CI must install it (.ci/run does)")
+		}
+		t.Skip("prometheus is not on PATH")
+	}
+	return bin
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+	buildDir  string
+)
+
+// TestMain removes the binary the tests share.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// revokerBin builds cmd/revoker once for every test of the package.
+func revokerBin(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if buildDir, buildErr = os.MkdirTemp("", "revoker-deploy-test-"); buildErr != nil {
+			return
+		}
+		builtBin = filepath.Join(buildDir, "revoker")
+		if out, err := exec.Command("go", "build", "-o", builtBin, "../cmd/revoker").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build revoker: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// startPrometheus runs Prometheus with alerts.yml loaded, scraping target
+// as job "revoker" and evaluating the rules every second, and returns the
+// URL of its API.
+func startPrometheus(t *testing.T, promBin, dir, target string) string {
+	t.Helper()
+	rules, err := filepath.Abs("prometheus/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	promAddr := freeAddr(t)
+	cfg := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - %q
+scrape_configs:
+  - job_name: revoker
+    static_configs:
+      - targets: [%q]
+`, rules, target)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startProcess(t, promBin, dir, nil,
+		"--config.file="+cfg,
+		"--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
+		"--web.listen-address="+promAddr)
+	return "http://" + promAddr
 }
 
 // startDemo runs `revoker demo --keep` and returns the address of its /metrics
@@ -264,6 +310,7 @@ func exportedNames(t *testing.T, u string) map[string]bool {
 
 type sample struct {
 	Metric map[string]string `json:"metric"`
+	Value  [2]any            `json:"value"` // [time, "value"]
 }
 
 // query runs an instant query and returns its vector (empty for a scalar).

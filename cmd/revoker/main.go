@@ -65,7 +65,7 @@ Usage:
   revoker dlq list [--reason R] [--limit N] [--json]
   revoker dlq replay --all | --seq N,... | --reason R [--dry-run] [--json]
   revoker outcomes [--account A] [--key K] [--since D] [--json]
-  revoker demo                       everything in one process, no outside services
+  revoker demo [--keep | --serve]    everything in one process, no outside services
   revoker version
 
 Every setting is an environment variable with a matching flag; run

@@ -218,6 +218,11 @@ func (f *TokenFile) current() *tokenState {
 
 func newState(tok string) *tokenState { return &tokenState{token: tok, id: "file:" + fingerprint(tok)} }
 
+// Refresh checks the file when a check is due, as a call would. Calling it
+// on a timer keeps an idle worker's token current and its file's trouble
+// reported without waiting for the next call.
+func (f *TokenFile) Refresh() { f.maybeCheck() }
+
 // Reloads reports how many times a changed token has been loaded since
 // NewTokenFile.
 func (f *TokenFile) Reloads() uint64 { return f.reloads.Load() }

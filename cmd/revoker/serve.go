@@ -72,6 +72,9 @@ type serveOptions struct {
 	connected func(*queue.Conn)
 }
 
+// tokenFileCheck is how often the token file is checked for a change.
+const tokenFileCheck = 2 * time.Second
+
 // errUsage marks errors that are the configuration's fault (exit status 2).
 var errUsage = errors.New("bad configuration")
 
@@ -127,6 +130,19 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 					log.Info("API token file readable again")
 				}
 			})
+			// SPEC §6: the file is checked at least every 5 s, calls or not.
+			go func() {
+				t := time.NewTicker(tokenFileCheck)
+				defer t.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-t.C:
+						tf.Refresh()
+					}
+				}
+			}()
 		}
 	}
 
@@ -180,7 +196,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 func credential(cfg config.Config) (cloudflare.Credential, error) {
 	switch {
 	case cfg.APITokenFile != "":
-		return cloudflare.NewTokenFile(cfg.APITokenFile, 2*time.Second)
+		return cloudflare.NewTokenFile(cfg.APITokenFile, tokenFileCheck)
 	case cfg.APIToken != "":
 		return cloudflare.Token(cfg.APIToken), nil
 	default:

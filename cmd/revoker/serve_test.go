@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -207,4 +212,46 @@ func TestServeReopensALostConnection(t *testing.T) {
 		t.Fatal("no new connection within 20s of losing the first")
 	}
 	s.run("publish", "--account", "acc1", "--key", "after", "--wait", "--timeout", "30s").want(t, exitOK, "revoked")
+}
+
+// TestIdleWorkerNoticesItsTokenFile: with no call to make, the worker
+// still checks its token file every few seconds: a file that cannot be
+// read is reported (the previous token kept), and a rotated token loaded.
+func TestIdleWorkerNoticesItsTokenFile(t *testing.T) {
+	s := hStack(t, nil)
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(hToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	delete(s.env, "CLOUDFLARE_API_TOKEN")
+	s.env["CLOUDFLARE_API_TOKEN_FILE"] = path
+	core, logs := observer.New(zapcore.InfoLevel)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	cfg := s.cfg()
+	go func() { done <- serve(ctx, cfg, serveOptions{log: zap.New(core)}) }()
+	t.Cleanup(func() { cancel(); <-done })
+	queuetest.Eventually(t, 10*time.Second, "the worker started", func() bool {
+		return logs.FilterMessageSnippet("API credential").Len() == 1
+	})
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if t.Failed() {
+			for _, e := range logs.All() {
+				t.Log(e.Message, e.ContextMap())
+			}
+		}
+	}()
+	queuetest.Eventually(t, 10*time.Second, "the missing file reported", func() bool {
+		return logs.FilterMessageSnippet("API token file cannot be used").Len() == 1
+	})
+	if err := os.WriteFile(path, []byte("rotated-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 10*time.Second, "the rotated token loaded", func() bool {
+		return logs.FilterMessageSnippet("API token reloaded from its file").Len() == 1
+	})
 }

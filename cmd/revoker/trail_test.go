@@ -247,6 +247,7 @@ func TestPublishWaitWithReusedID(t *testing.T) {
 			forge(cfg.Stream, pubA.Sequence+1)
 		}
 	}
+	t.Logf("publish B with A's id:\nstdout:\n%sstderr:\n%s", rb.stdout, rb.stderr)
 	rb.want(t, exitTimeout, "not published again", "no outcome for event X")
 	if strings.Contains(rb.stdout, "revoked") {
 		t.Fatalf("B was told of a revocation:\n%s\n%s", rb.stdout, rb.stderr)

@@ -137,7 +137,8 @@ func (r *rig) fillDeadLetters(cfg config.Config, n int) {
 			Reason: event.APIRejected, Detail: "10000: Authentication error", Status: 400, Called: true, Attempts: 1,
 			EventID: fmt.Sprintf("ev-%06d", i), Stream: cfg.Stream, Subject: cfg.LowestPriority(), Sequence: uint64(i + 1), FailedAt: failed,
 		}, body, queue.MaxEventMsg)
-		if _, err := js.PublishMsgAsync(m); err != nil {
+		// A slow server stalls the window; wait for it.
+		if _, err := js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute)); err != nil {
 			r.b.Fatal(err)
 		}
 	}

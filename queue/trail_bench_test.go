@@ -111,7 +111,8 @@ func trailFill(b *testing.B, js0 jetstream.JetStream, cfg config.Config, n int) 
 		}
 		m := nats.NewMsg(queue.OutcomeSubject(cfg.OutcomeSubject, rec.AccountID, rec.KeyID))
 		m.Data = body
-		if _, err := js.PublishMsgAsync(m); err != nil {
+		// A slow server (under -race) stalls the window; wait for it.
+		if _, err := js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -281,7 +281,10 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 }
 
 // Recorded looks up the outcome record of p on its key's own subject, so
-// its cost does not grow with the trail.
+// its cost does not grow with the trail. Where several records name p, the
+// last one stored is believed: the worker writes again, under a new id, only
+// when a record it did not write already holds its id, so an earlier
+// record of the same event is one planted ahead of the worker's.
 func (c *Client) Recorded(ctx context.Context, p Published) (event.Record, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
@@ -293,7 +296,6 @@ func (c *Client) Recorded(ctx context.Context, p Published) (event.Record, bool,
 		var rec event.Record
 		if json.Unmarshal(b, &rec) == nil && p.Answers(rec) {
 			found, ok = rec, true
-			return false
 		}
 		return true
 	})

@@ -134,10 +134,15 @@ var _ worker.Records = (*Records)(nil)
 func (r *Records) DeadLetter(ctx context.Context, d event.DeadLetter, body []byte) error {
 	m := DeadLetterMsg(r.DLQSubject, d, body, r.maxRecord(ctx))
 	return r.write(ctx, r.DLQStream, m, func(stored *jetstream.RawStreamMsg) bool {
-		// Ours if it names the same reason for the same event: a retried
-		// write of our own record, not one planted in advance.
+		// Ours if it names the same reason for the same event, from the
+		// same place: a retried write of our own record, not one planted
+		// in advance. The source subject counts, since a replay follows
+		// it; what may change between deliveries (detail, status,
+		// attempts, time) does not.
 		return stored.Header.Get(HeaderReason) == m.Header.Get(HeaderReason) &&
 			stored.Header.Get(HeaderSourceSequence) == m.Header.Get(HeaderSourceSequence) &&
+			stored.Header.Get(HeaderSourceSubject) == m.Header.Get(HeaderSourceSubject) &&
+			stored.Header.Get(HeaderBodyTruncated) == m.Header.Get(HeaderBodyTruncated) &&
 			stored.Header.Get(HeaderEventID) == m.Header.Get(HeaderEventID) &&
 			bytes.Equal(stored.Data, m.Data)
 	})

@@ -94,17 +94,25 @@ func TestTrailTrueAcrossServerRestart(t *testing.T) {
 	})
 	url := srv.ClientURL()
 	api, r := newTrailAPI(t)
-	w := startWorker(t, "worker", url, api, append([]string{"REVOKER_STREAM_REPLICAS=1"}, trailEnv...)...)
-	w.waitReady(30 * time.Second)
+	env := append([]string{"REVOKER_STREAM_REPLICAS=1"}, trailEnv...)
+	setup := startWorker(t, "setup", url, api, env...)
+	setup.waitReady(30 * time.Second)
+	setup.stop()
 	_, js := queuetest.ConnectURL(t, url)
 	ks := keys("srv", faultEvents)
 	newPublisher(t, url).publishAll("revoke.scheduled", ks)
+	w := startWorker(t, "worker", url, api, env...)
 
 	waitRecords(t, js, faultEvents/3, 60*time.Second)
 	srv.Shutdown()
 	srv.WaitForShutdown()
 	stopped := time.Now()
 	waitUntil(t, 30*time.Second, "the worker to notice", func() bool { return !w.ready() })
+	// Down for longer than the ack wait, so the deliveries the worker
+	// holds are due again when the server comes back.
+	for time.Since(stopped) < outageLength {
+		time.Sleep(50 * time.Millisecond) // the outage's length, not a synchronisation
+	}
 	srv = startNATS(t, dir, port)
 	t.Logf("server down %v, %d API calls so far", time.Since(stopped).Round(time.Millisecond), api.Count()-1)
 

@@ -60,6 +60,7 @@ func TestTrailTrueAcrossWorkerKills(t *testing.T) {
 
 	const kills = 3
 	w := startWorker(t, "worker-0", url, api, env...)
+	all := []*worker{w}
 	for i := 1; i <= kills; i++ {
 		at := i * faultEvents / (kills + 1)
 		waitRecords(t, js, at, 60*time.Second)
@@ -70,10 +71,11 @@ func TestTrailTrueAcrossWorkerKills(t *testing.T) {
 		w.kill()
 		t.Logf("SIGKILL %d with %d records stored, %d API calls made", i, streamMsgs(js, outcomeStream), api.Count()-1)
 		w = startWorker(t, "worker-"+strconv.Itoa(i), url, api, env...)
+		all = append(all, w)
 	}
 	waitSettled(t, js, len(ks), 90*time.Second)
 	f := checkTrail(t, api, r, js, ks, trailConcurrency*kills)
-	t.Logf("%d SIGKILLs: %v; %v", kills, f, time.Since(start).Round(time.Millisecond))
+	t.Logf("%d SIGKILLs: %v; %s; %v", kills, f, holdFigures(all...), time.Since(start).Round(time.Millisecond))
 }
 
 // startNATS starts a single JetStream server storing in dir on port.
@@ -122,7 +124,7 @@ func TestTrailTrueAcrossServerRestart(t *testing.T) {
 
 	waitSettled(t, js, len(ks), 90*time.Second)
 	f := checkTrail(t, api, r, js, ks, 0)
-	t.Logf("one server restart: %v; %v", f, time.Since(start).Round(time.Millisecond))
+	t.Logf("one server restart: %v; %s; %v", f, holdFigures(w), time.Since(start).Round(time.Millisecond))
 }
 
 // On a three-node cluster with R3 streams, the node the worker is
@@ -137,7 +139,7 @@ func TestTrailTrueAcrossConnectedNodeLoss(t *testing.T) {
 	_, js := queuetest.ConnectURL(t, c.URLs())
 	ks := keys("node", faultEvents)
 	newPublisher(t, c.URLs()).publishAll("revoke.scheduled", ks)
-	startWorker(t, "worker", c.URLs(), api, trailEnv...)
+	w := startWorker(t, "worker", c.URLs(), api, trailEnv...)
 
 	// Records lag the calls on a cluster; the kill lands while calls are
 	// in flight and many confirmations await their ledger entry and record.
@@ -157,7 +159,7 @@ func TestTrailTrueAcrossConnectedNodeLoss(t *testing.T) {
 
 	waitSettled(t, js, len(ks), 120*time.Second)
 	f := checkTrail(t, api, r, js, ks, 0)
-	t.Logf("connected node killed and restarted: %v; %v", f, time.Since(start).Round(time.Millisecond))
+	t.Logf("connected node killed and restarted: %v; %s; %v", f, holdFigures(w), time.Since(start).Round(time.Millisecond))
 }
 
 func hasClient(s *server.Server, name string) bool {
@@ -245,5 +247,5 @@ func TestTrailTrueAcrossOutcomeStreamOutage(t *testing.T) {
 
 	waitSettled(t, js, len(ks), 120*time.Second)
 	f := checkTrail(t, api, r, js, ks, 0)
-	t.Logf("outcome stream outage: %v; %v", f, time.Since(start).Round(time.Millisecond))
+	t.Logf("outcome stream outage: %v; %s; %v", f, holdFigures(w), time.Since(start).Round(time.Millisecond))
 }

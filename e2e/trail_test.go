@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -240,4 +241,28 @@ func checkTrail(t *testing.T, api *cloudflaretest.Server, r rays, js jetstream.J
 		t.Logf("confirmations lost in flight (recorded not_found): %d, e.g. %v", len(f.unheard), show)
 	}
 	return f
+}
+
+// logCount counts the worker's log lines that contain s.
+func (w *worker) logCount(s string) int {
+	b, err := os.ReadFile(w.log)
+	if err != nil {
+		return -1
+	}
+	return strings.Count(string(b), s)
+}
+
+// holdFigures are what the worker's log says of its holds and
+// redeliveries: the figures that show which path a fault took.
+func holdFigures(ws ...*worker) string {
+	var held, ledger, fromLedger, requeued, ackFailed int
+	for _, w := range ws {
+		held += w.logCount("outcome record not written; holding the event")
+		ledger += w.logCount("revocation not written; holding the event")
+		fromLedger += w.logCount("revoked on an earlier delivery")
+		requeued += w.logCount(`"msg":"event requeued"`)
+		ackFailed += w.logCount(`"msg":"ack failed"`)
+	}
+	return fmt.Sprintf("held for a record %d, held for the ledger %d, answered from the ledger %d, requeued %d, acks failed %d",
+		held, ledger, fromLedger, requeued, ackFailed)
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -248,4 +249,61 @@ func TestTrailTrueAcrossOutcomeStreamOutage(t *testing.T) {
 	waitSettled(t, js, len(ks), 120*time.Second)
 	f := checkTrail(t, api, r, js, ks, 0)
 	t.Logf("outcome stream outage: %v; %s; %v", f, holdFigures(w), time.Since(start).Round(time.Millisecond))
+}
+
+// The ledger away for a while mid-run (an R1 bucket on one node, the node
+// that also leads the work consumer), while the worker and the rest of the
+// cluster stay up: the worker holds its confirmations until it can keep
+// them, the consumer's new leader hands held events out again meanwhile,
+// and afterwards every event has its one true record.
+func TestTrailTrueAcrossLedgerOutage(t *testing.T) {
+	skipShort(t)
+	start := time.Now()
+	c := queuetest.Cluster(t, 3)
+	nc, admin := queuetest.ConnectURL(t, c.URLs())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := admin.CreateKeyValue(ctx, queue.LedgerConfig(1)); err != nil {
+		t.Fatal(err)
+	}
+	holder := c.WaitStreamLeader("KV_" + queue.LedgerBucket)
+	var others []string
+	for i := range c.Size() {
+		if i != holder {
+			others = append(others, c.URL(i))
+		}
+	}
+	urls := strings.Join(others, ",")
+
+	api, r := newTrailAPI(t)
+	makeStreams(t, urls, api, trailEnv...)
+	const consumer = "revoker-revoke_scheduled"
+	// Lead the consumer from the ledger's node, so its loss also moves the
+	// consumer's leadership.
+	waitUntil(t, 30*time.Second, "the consumer led from the ledger's node", func() bool {
+		s := c.Node(holder)
+		if s.JetStreamIsConsumerLeader(server.DEFAULT_GLOBAL_ACCOUNT, workStream, consumer) {
+			return true
+		}
+		req := fmt.Sprintf(`{"placement":{"preferred":"n%d"}}`, holder)
+		_, _ = nc.Request(fmt.Sprintf("$JS.API.CONSUMER.LEADER.STEPDOWN.%s.%s", workStream, consumer), []byte(req), 2*time.Second)
+		return false
+	})
+	_, js := queuetest.ConnectURL(t, urls)
+	ks := keys("ledg", faultEvents)
+	newPublisher(t, urls).publishAll("revoke.scheduled", ks)
+	w := startWorker(t, "worker", urls, api, trailEnv...)
+
+	waitUntil(t, 90*time.Second, "a third of the calls made", func() bool { return api.Count()-1 >= faultEvents/3 })
+	c.Kill(holder)
+	killed := time.Now()
+	for time.Since(killed) < outageLength {
+		time.Sleep(50 * time.Millisecond) // the outage's length, not a synchronisation
+	}
+	c.Restart(holder)
+	t.Logf("ledger away %v, %d API calls by then", time.Since(killed).Round(time.Millisecond), api.Count()-1)
+
+	waitSettled(t, js, len(ks), 120*time.Second)
+	f := checkTrail(t, api, r, js, ks, 0)
+	t.Logf("ledger outage: %v; %s; %v", f, holdFigures(w), time.Since(start).Round(time.Millisecond))
 }

@@ -87,7 +87,14 @@ func readTrail(t *testing.T, js jetstream.JetStream) []event.Record {
 	for uint64(len(out)) < total {
 		batch, err := cons.Fetch(int(min(total-uint64(len(out)), 500)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			t.Fatalf("read outcome stream: %d of %d: %v", len(out), total, err)
+			// A cluster just healed may not answer at once: try again
+			// until the deadline rather than lose the figures.
+			if ctx.Err() != nil {
+				t.Fatalf("read outcome stream: %d of %d: %v", len(out), total, err)
+			}
+			t.Logf("read outcome stream: %d of %d: %v; retrying", len(out), total, err)
+			time.Sleep(200 * time.Millisecond) // a pause between attempts, not a synchronisation
+			continue
 		}
 		n := 0
 		for m := range batch.Messages() {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 // trailCtx is a context for one step of a trail test.
@@ -75,7 +76,7 @@ func TestPlantedOutcomeDoesNotStandInForTheWorkers(t *testing.T) {
 	if seq != 1 {
 		t.Fatalf("event stored at %d, the plant named 1", seq)
 	}
-	hEventually(t, 20*time.Second, "the worker's record of k1", func() bool { return len(s.outcomes("k1")) >= 2 })
+	queuetest.Eventually(t, 20*time.Second, "the worker's record of k1", func() bool { return len(s.outcomes("k1")) >= 2 })
 
 	recs := s.outcomes("k1")
 	var truth []event.Record
@@ -159,7 +160,7 @@ func TestPlantedDeadLetterDoesNotStandInForTheWorkers(t *testing.T) {
 			if seq := trailPublish(t, s, "revoke.scheduled", "ev-2", body); seq != 1 {
 				t.Fatalf("event stored at %d, the plant named 1", seq)
 			}
-			hEventually(t, 20*time.Second, "the worker's outcome record of k2", func() bool { return len(s.outcomes("k2")) == 1 })
+			queuetest.Eventually(t, 20*time.Second, "the worker's outcome record of k2", func() bool { return len(s.outcomes("k2")) == 1 })
 
 			dls := trailDeadLetters(t, s)
 			var real []queue.DeadLetterRecord

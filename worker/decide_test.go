@@ -406,3 +406,58 @@ func TestLogLinesBounded(t *testing.T) {
 		buf.Free()
 	}
 }
+
+// slowLedger fails its first saves, so a delivery holds its event while it
+// retries.
+type slowLedger struct {
+	fakeLedger
+	failSaves int
+	saving    chan struct{} // closed at the first failed save
+	once      sync.Once
+}
+
+func (l *slowLedger) Save(ctx context.Context, stream string, seq uint64, e worker.Entry) error {
+	l.mu.Lock()
+	if l.failSaves > 0 {
+		l.failSaves--
+		l.mu.Unlock()
+		l.once.Do(func() { close(l.saving) })
+		return errors.New("ledger unavailable")
+	}
+	l.mu.Unlock()
+	return l.fakeLedger.Save(ctx, stream, seq, e)
+}
+
+// TestRedeliveryWhileHeldWaits: the broker delivers an event again while
+// this process still retries the first delivery's ledger write. The second
+// delivery must not call the API again: it waits, then finds the
+// confirmation.
+func TestRedeliveryWhileHeldWaits(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
+	ledger := &slowLedger{fakeLedger: fakeLedger{entries: map[uint64]worker.Entry{}}, failSaves: 3, saving: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	subjects := []string{"revoke.urgent", "revoke.scheduled"}
+	m := metrics.New(reg, metrics.Labels{Subjects: subjects, Outcomes: event.Names(event.Outcomes), Reasons: event.Names(event.Reasons)}, metrics.Build{})
+	w := worker.New(worker.Config{Subjects: subjects, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
+		RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond},
+		worker.Deps{API: h.api, Gate: h.gate, Records: h.records, Ledger: ledger, Metrics: m, Ready: metrics.NewReadiness(reg), Log: zap.NewNop()})
+
+	first := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
+	again := &fakeDelivery{body: goodEvent, delivered: 2, maxDeliver: 3}
+	done := make(chan struct{})
+	go func() {
+		w.Handle(context.Background(), context.Background(), first)
+		close(done)
+	}()
+	<-ledger.saving // the first delivery holds the event, retrying
+	w.Handle(context.Background(), context.Background(), again)
+	<-done
+	if h.api.callCount() != 1 {
+		t.Fatalf("%d calls; the redelivery called again while the first delivery held the event", h.api.callCount())
+	}
+	for _, o := range h.records.outcomes {
+		if o.Outcome != event.Revoked || o.CFRay != "ray-200" {
+			t.Fatalf("record %+v; every record must name the confirming call", o)
+		}
+	}
+}

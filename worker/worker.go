@@ -132,11 +132,20 @@ type Worker struct {
 
 	credMu  sync.Mutex
 	credBad bool
+
+	handMu sync.Mutex
+	inHand map[eventKey]chan struct{} // events being handled here, closed when done
+}
+
+// eventKey names an event beyond doubt: its stream and sequence.
+type eventKey struct {
+	stream string
+	seq    uint64
 }
 
 // New makes a worker.
 func New(cfg Config, d Deps) *Worker {
-	w := &Worker{cfg: cfg, Deps: d}
+	w := &Worker{cfg: cfg, Deps: d, inHand: map[eventKey]chan struct{}{}}
 	if len(cfg.AllowedAccounts) > 0 {
 		w.allowed = map[string]bool{}
 		for _, a := range cfg.AllowedAccounts {
@@ -181,6 +190,17 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	w.Metrics.Inflight.Inc()
 	defer w.Metrics.Inflight.Dec()
 	defer keepAlive(d, d.AckWait()/3)()
+
+	// The broker may deliver an event again while this process still holds
+	// an earlier delivery of it (a new consumer leader does not know of our
+	// keep-alives). Only one delivery of an event is handled here at a
+	// time; the later one waits, then finds what the first left.
+	release, ok := w.take(stop, eventKey{d.Stream(), d.Sequence()})
+	if !ok {
+		w.giveBack(a, w.cfg.HandBackDelay, "shutting down")
+		return
+	}
+	defer release()
 
 	if d.Delivered() > 1 {
 		e, err := w.Ledger.Load(work, d.Stream(), d.Sequence())
@@ -245,6 +265,32 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 			d.Delivered(), a.attempts(), a.last.Detail))
 	default:
 		w.giveBack(a, w.cfg.RetryMaxInterval, "retry budget of this delivery spent")
+	}
+}
+
+// take waits until no other delivery of the event is being handled here,
+// then holds it until release; ok is false if ctx ended first.
+func (w *Worker) take(ctx context.Context, k eventKey) (release func(), ok bool) {
+	for {
+		w.handMu.Lock()
+		busy, held := w.inHand[k]
+		if !held {
+			done := make(chan struct{})
+			w.inHand[k] = done
+			w.handMu.Unlock()
+			return func() {
+				w.handMu.Lock()
+				delete(w.inHand, k)
+				w.handMu.Unlock()
+				close(done)
+			}, true
+		}
+		w.handMu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil, false
+		}
 	}
 }
 

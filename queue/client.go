@@ -127,8 +127,14 @@ func (c *Client) msg(subject, id string, body []byte) *nats.Msg {
 	return m
 }
 
+// ErrIDTaken means the event's id already names another event in the
+// work stream's duplicate window: the event was not published.
+var ErrIDTaken = errors.New("the id already names another event")
+
 // Publish stores one event (body, already valid) on subject with id as
-// its Nats-Msg-Id, and returns once the work stream acknowledged it.
+// its Nats-Msg-Id, and returns once the work stream acknowledged it. When
+// the stream reports a duplicate, the stored event is read back: if it
+// names another key, the error wraps ErrIDTaken (nothing was published).
 func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event, body []byte) (Published, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
@@ -136,8 +142,40 @@ func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event
 	if err != nil {
 		return Published{}, c.publishError(subject, err)
 	}
-	return Published{EventID: id, AccountID: ev.AccountID, KeyID: ev.KeyID, Subject: subject,
-		Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
+	p := Published{EventID: id, AccountID: ev.AccountID, KeyID: ev.KeyID, Subject: subject,
+		Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate}
+	if p.Duplicate {
+		if err := c.sameEvent(ctx, p); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+// sameEvent checks that the event stored at p's sequence is for p's key:
+// read back while it is in the stream; once it is done, its outcome record
+// must be on p's key's own subject (records are stored before an event
+// leaves the stream). What cannot be read (not ours to read) is given the
+// benefit of the doubt: a duplicate is most often a retried publish.
+func (c *Client) sameEvent(ctx context.Context, p Published) error {
+	s, err := c.js.Stream(ctx, c.Stream)
+	if err != nil {
+		return nil
+	}
+	same := true
+	switch m, err := s.GetMsg(ctx, p.Sequence); {
+	case err == nil:
+		stored, err := event.Decode(m.Data)
+		same = err == nil && stored.AccountID == p.AccountID && stored.KeyID == p.KeyID
+	case errors.Is(err, jetstream.ErrMsgNotFound) && c.OutcomePrefix != "":
+		_, recorded, rerr := c.Recorded(ctx, p)
+		same = rerr != nil || recorded
+	}
+	if !same {
+		return fmt.Errorf("%w: id %s was used for the event at sequence %d of %s (another key) within the duplicate window; %s/%s was NOT published: use another id",
+			ErrIDTaken, p.EventID, p.Sequence, p.Stream, p.AccountID, p.KeyID)
+	}
+	return nil
 }
 
 // Batch publishes many events with up to publishWindow acknowledgements

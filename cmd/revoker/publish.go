@@ -178,8 +178,8 @@ func (p *publisher) one(ctx context.Context, id string, ev event.Event, body []b
 		fmt.Fprintf(e.stdout, "published %s to %s (stream %s, sequence %d)\n", id, p.subject, pub.Stream, pub.Sequence)
 	}
 	if pub.Duplicate {
-		fmt.Fprintf(e.stderr, "revoker publish: the work stream already holds an event with id %s (duplicate window %s): not published again\n",
-			id, queue.DuplicateWindow)
+		fmt.Fprintf(e.stderr, "revoker publish: the work stream already had an event with id %s (duplicate window %s): not published again; if that event was not for %s/%s, publish this one under another id\n",
+			id, queue.DuplicateWindow, cell(ev.AccountID), cell(ev.KeyID))
 	}
 	if !p.wait {
 		return exitOK

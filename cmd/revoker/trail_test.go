@@ -249,7 +249,10 @@ func TestPublishWaitWithReusedID(t *testing.T) {
 		}
 	}
 	t.Logf("publish B with A's id:\nstdout:\n%sstderr:\n%s", rb.stdout, rb.stderr)
-	rb.want(t, exitTimeout, "not published again", "no outcome for event X")
+	// The id names keyA's event, done and gone from the stream, and no
+	// record on keyB's subject names that event: keyB was not published,
+	// and the publisher is told so.
+	rb.want(t, exitFailed, "keyB was NOT published", "use another id")
 	if strings.Contains(rb.stdout, "revoked") {
 		t.Fatalf("B was told of a revocation:\n%s\n%s", rb.stdout, rb.stderr)
 	}

@@ -26,8 +26,8 @@ type Metrics struct {
 	Pending           *prometheus.GaugeVec
 	NATSConnected     prometheus.Gauge
 	BuildInfo         *prometheus.GaugeVec
-	// OutcomeFailures counts outcome records (audit trail) that could not be
-	// written; the revocation itself stands.
+	// OutcomeFailures counts failed writes of outcome records (the audit
+	// trail); the event is held, never acked, until its record is stored.
 	OutcomeFailures prometheus.Counter
 }
 
@@ -116,7 +116,7 @@ func New(reg prometheus.Registerer, labels Labels, build Build) *Metrics {
 		}, []string{"version", "revision", "goversion"}),
 		OutcomeFailures: f.NewCounter(prometheus.CounterOpts{
 			Name: "revoker_outcome_publish_failures_total",
-			Help: "Outcome records that could not be written to the outcome stream.",
+			Help: "Failed writes of outcome records; the event is held and the write retried.",
 		}),
 	}
 	for i, s := range labels.Subjects {

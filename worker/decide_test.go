@@ -146,6 +146,7 @@ var (
 const goodEvent = `{"account_id":"acct1","key_id":"key1"}`
 
 type harness struct {
+	m       *metrics.Metrics
 	api     *fakeAPI
 	records *fakeRecords
 	ledger  *fakeLedger
@@ -171,6 +172,7 @@ func newHarnessLog(t *testing.T, tune func(*worker.Config), log *zap.Logger, ans
 	subjects := []string{"revoke.urgent", "revoke.scheduled"}
 	m := metrics.New(reg, metrics.Labels{Subjects: subjects, Outcomes: event.Names(event.Outcomes), Reasons: event.Names(event.Reasons)}, metrics.Build{})
 	h.ready = metrics.NewReadiness(reg)
+	h.m = m
 	cfg := worker.Config{
 		Subjects: subjects, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
 		RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
@@ -318,6 +320,9 @@ func TestRevokedOnceAcrossDeliveries(t *testing.T) {
 	}
 	if again.settled[0] != "ack" {
 		t.Fatalf("redelivery settled %v", again.settled)
+	}
+	if n := testutil.ToFloat64(h.m.OutcomeFailures); n != 2 {
+		t.Fatalf("revoker_outcome_publish_failures_total = %v after 2 failed writes", n)
 	}
 }
 

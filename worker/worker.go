@@ -409,7 +409,11 @@ func (w *Worker) finish(stop, work context.Context, a *attempt, outcome event.Ou
 	rec := w.record(a, outcome, reason)
 	maybeWritten := a.d.Delivered() > 1
 	if !w.durably(stop, work, a, "outcome record", func(ctx context.Context) error {
-		return w.Records.Outcome(ctx, rec, maybeWritten)
+		err := w.Records.Outcome(ctx, rec, maybeWritten)
+		if err != nil {
+			w.Metrics.OutcomeFailures.Inc()
+		}
+		return err
 	}) {
 		return
 	}

@@ -33,7 +33,7 @@ func BenchmarkDrain(b *testing.B) {
 		defer cancel()
 		// Only the stream: a work-queue stream allows one consumer per
 		// subject, so the worker's are made after the floor's is gone.
-		if _, err := r.js.CreateStream(ctx, queue.WorkStream(cfg)); err != nil {
+		if _, err := r.js.CreateStream(ctx, queue.WorkStream(cfg.Topology())); err != nil {
 			b.Fatal(err)
 		}
 

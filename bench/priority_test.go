@@ -43,7 +43,7 @@ func urgentBehindBacklog(b *testing.B, replicas int, paced bool) {
 	cfg := config.Default()
 	ctx, cancel := ctxTimeout(5 * time.Minute)
 	defer cancel()
-	if err := queue.Ensure(ctx, r.js, cfg, zap.NewNop()); err != nil {
+	if err := queue.Ensure(ctx, r.js, cfg.Topology(), zap.NewNop()); err != nil {
 		b.Fatal(err)
 	}
 	r.publishAsync(cfg.LowestPriority(), keys("s", 1500))

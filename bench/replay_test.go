@@ -43,7 +43,7 @@ func BenchmarkDLQReplayAll(b *testing.B) {
 		cfg := config.Default()
 		ctx, cancel := ctxTimeout(10 * time.Minute)
 		defer cancel()
-		for _, sc := range []jetstream.StreamConfig{queue.WorkStream(cfg), queue.DLQStream(cfg)} {
+		for _, sc := range []jetstream.StreamConfig{queue.WorkStream(cfg.Topology()), queue.DLQStream(cfg.Topology())} {
 			if _, err := r.js.CreateStream(ctx, sc); err != nil {
 				b.Fatal(err)
 			}

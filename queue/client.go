@@ -38,9 +38,10 @@ const (
 	publishWindow = 256
 )
 
-// Dial connects a client for one command, with cfg's credentials and TLS;
-// onError hears the connection's asynchronous errors (nil: ignored).
-func Dial(cfg config.Config, onError func(error)) (*Client, error) {
+// Dial connects a client for one command to the streams of t, with conn's
+// credentials and TLS; onError hears the connection's asynchronous errors
+// (nil: ignored).
+func Dial(conn config.Connection, t config.Topology, onError func(error)) (*Client, error) {
 	opts := []nats.Option{
 		nats.Name("revoker-cli"),
 		nats.Timeout(dialTimeout),
@@ -50,9 +51,9 @@ func Dial(cfg config.Config, onError func(error)) (*Client, error) {
 	if onError != nil {
 		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { onError(err) }))
 	}
-	nc, err := nats.Connect(cfg.NATSURL, append(opts, AuthOptions(cfg)...)...)
+	nc, err := nats.Connect(conn.URL, append(opts, AuthOptions(conn)...)...)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", cfg.Redacted().NATSURL, err)
+		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", conn.RedactedURL(), err)
 	}
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(2*publishWindow),
@@ -61,8 +62,8 @@ func Dial(cfg config.Config, onError func(error)) (*Client, error) {
 		nc.Close()
 		return nil, err
 	}
-	return &Client{nc: nc, js: js, Stream: cfg.Stream, OutcomeStream: cfg.OutcomeStream,
-		OutcomePrefix: cfg.OutcomeSubject, Timeout: defaultTimeout}, nil
+	return &Client{nc: nc, js: js, Stream: t.Stream, OutcomeStream: t.OutcomeStream,
+		OutcomePrefix: t.OutcomePrefix, Timeout: defaultTimeout}, nil
 }
 
 // Close closes the connection.

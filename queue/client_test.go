@@ -16,10 +16,10 @@ import (
 // this key); publishing the same event again is an ordinary duplicate.
 func TestPublishWithAnIDTaken(t *testing.T) {
 	s := newStack(t, nil)
-	if err := queue.Ensure(dlqTCtx(t), s.js, s.cfg, zap.NewNop()); err != nil {
+	if err := queue.Ensure(dlqTCtx(t), s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
-	c, err := queue.Dial(s.cfg, nil)
+	c, err := queue.Dial(s.cfg.Connection(), s.cfg.Topology(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,12 +60,12 @@ const causeWatchEvery = 200 * time.Millisecond
 // outage, and the .creds file is read again on every attempt, so fixing it
 // is enough. onState is told every change of the connection (it may be
 // nil). Nothing logged holds a password or token of the NATS URL.
-func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (*Conn, error) {
+func Connect(cfg config.Connection, log *zap.Logger, onState func(connected bool)) (*Conn, error) {
 	if onState == nil {
 		onState = func(bool) {}
 	}
 	c := &Conn{closed: make(chan struct{}), lost: make(chan struct{}), stop: make(chan struct{})}
-	scrub := urlSecrets(cfg.NATSURL)
+	scrub := urlSecrets(cfg.URL)
 	causes := &causeLog{log: log, scrub: scrub}
 	opts := []nats.Option{
 		nats.Name("revoker"),
@@ -118,7 +118,7 @@ func Connect(cfg config.Config, log *zap.Logger, onState func(connected bool)) (
 			log.Warn("nats error", zap.String("error", scrub(errText(err))))
 		}),
 	}
-	nc, err := nats.Connect(cfg.NATSURL, append(opts, AuthOptions(cfg)...)...)
+	nc, err := nats.Connect(cfg.URL, append(opts, AuthOptions(cfg)...)...)
 	if err != nil {
 		// Only option errors (an unreadable creds file, say) land here:
 		// an unreachable server is retried in the background.
@@ -242,16 +242,16 @@ func urlSecrets(urls string) func(string) string {
 
 // AuthOptions are the credentials and TLS settings of cfg, for any
 // connection revoker makes. The creds file is read on every connect.
-func AuthOptions(cfg config.Config) []nats.Option {
+func AuthOptions(cfg config.Connection) []nats.Option {
 	var opts []nats.Option
-	if cfg.NATSCreds != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
+	if cfg.Creds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.Creds))
 	}
-	if cfg.NATSTLSCA != "" {
-		opts = append(opts, nats.RootCAs(cfg.NATSTLSCA))
+	if cfg.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCA))
 	}
-	if cfg.NATSTLSCert != "" {
-		opts = append(opts, nats.ClientCert(cfg.NATSTLSCert, cfg.NATSTLSKey))
+	if cfg.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
 	}
 	return opts
 }

@@ -131,7 +131,7 @@ func TestConnectSurvivesRefusedCredsUntilFixed(t *testing.T) {
 	cfg := config.Default()
 	cfg.NATSURL, cfg.NATSCreds = srv.ClientURL(), path
 	var up atomic.Bool
-	c, err := queue.Connect(cfg, zap.New(core), func(connected bool) { up.Store(connected) })
+	c, err := queue.Connect(cfg.Connection(), zap.New(core), func(connected bool) { up.Store(connected) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestConnectLogsTLSCause(t *testing.T) {
 	cfg := config.Default()
 	cfg.NATSURL = srv.ClientURL()
 	cfg.NATSTLSCA = newCA(t, "revoker test CA").file(t)
-	c, err := queue.Connect(cfg, zap.New(core), nil)
+	c, err := queue.Connect(cfg.Connection(), zap.New(core), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestConnectLogsWrongCA(t *testing.T) {
 	cfg := config.Default()
 	cfg.NATSURL = "tls://" + srv.Addr().String()
 	cfg.NATSTLSCA = newCA(t, "another CA").file(t)
-	c, err := queue.Connect(cfg, zap.New(core), nil)
+	c, err := queue.Connect(cfg.Connection(), zap.New(core), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestConnectLogsBadPassword(t *testing.T) {
 	cfg := config.Default()
 	wrong := "WrongPassw0rd0123456789"
 	cfg.NATSURL = fmt.Sprintf("nats://revoker:%s@%s", wrong, srv.Addr())
-	c, err := queue.Connect(cfg, zap.New(core), nil)
+	c, err := queue.Connect(cfg.Connection(), zap.New(core), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestConnectNeverLogsURLToken(t *testing.T) {
 
 	cfg := config.Default()
 	cfg.NATSURL = fmt.Sprintf("nats://%s@%s", token, srv.Addr())
-	c, err := queue.Connect(cfg, zap.New(core), nil)
+	c, err := queue.Connect(cfg.Connection(), zap.New(core), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func TestConnectNeverLogsURLToken(t *testing.T) {
 	// A wrong token, refused: its error text must not carry it either.
 	const wrong = "NATSwr0ngTOKEN0123456789"
 	cfg.NATSURL = fmt.Sprintf("nats://%s@%s", wrong, srv.Addr())
-	c2, err := queue.Connect(cfg, zap.New(core), nil)
+	c2, err := queue.Connect(cfg.Connection(), zap.New(core), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +275,7 @@ func TestConnLostOnlyWhenClosedForGood(t *testing.T) {
 	cfg := config.Default()
 	cfg.NATSURL = srv.ClientURL()
 
-	c, err := queue.Connect(cfg, zap.NewNop(), nil)
+	c, err := queue.Connect(cfg.Connection(), zap.NewNop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func TestConnLostOnlyWhenClosedForGood(t *testing.T) {
 	default:
 	}
 
-	c, err = queue.Connect(cfg, zap.NewNop(), nil)
+	c, err = queue.Connect(cfg.Connection(), zap.NewNop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,14 +39,16 @@ type PendingGate interface {
 // consumers and ledger, fetches deliveries in priority order and hands each
 // to the handler, and keeps the gate and the metrics told of what waits.
 type Consumer struct {
-	JS      jetstream.JetStream
-	Cfg     config.Config
-	Handle  Handler
-	Gate    PendingGate
-	Ledger  *Ledger
-	Metrics *metrics.Metrics
-	Ready   *metrics.Readiness
-	Log     *zap.Logger
+	JS  jetstream.JetStream
+	Cfg config.Topology
+	// ShutdownTimeout is how long handlers may go on after ctx ends.
+	ShutdownTimeout time.Duration
+	Handle          Handler
+	Gate            PendingGate
+	Ledger          *Ledger
+	Metrics         *metrics.Metrics
+	Ready           *metrics.Readiness
+	Log             *zap.Logger
 	// FetchWait is how long one pull request waits (default
 	// DefaultFetchWait); tests shorten it.
 	FetchWait time.Duration
@@ -82,8 +84,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer cancelWork()
 	stopTimer := context.AfterFunc(ctx, func() {
 		c.Log.Info("shutting down: no new calls; giving back waiting events",
-			zap.Duration("shutdown_timeout", c.Cfg.ShutdownTimeout))
-		time.AfterFunc(c.Cfg.ShutdownTimeout, cancelWork)
+			zap.Duration("shutdown_timeout", c.ShutdownTimeout))
+		time.AfterFunc(c.ShutdownTimeout, cancelWork)
 	})
 	defer stopTimer()
 
@@ -192,7 +194,7 @@ func (c *Consumer) tryBind(ctx context.Context) ([]*boundLane, error) {
 	if err := Ensure(ctx, c.JS, c.Cfg, c.Log); err != nil {
 		return nil, err
 	}
-	if err := c.Ledger.bind(ctx, c.JS, c.Cfg.CreateStreams, c.Cfg.StreamReplicas, c.Log); err != nil {
+	if err := c.Ledger.bind(ctx, c.JS, c.Cfg.Create, c.Cfg.Replicas, c.Log); err != nil {
 		return nil, err
 	}
 	stream, err := c.JS.Stream(ctx, c.Cfg.Stream)

@@ -121,7 +121,7 @@ func (s *stack) run(ctx context.Context, done chan<- error) (*metrics.Metrics, *
 	})
 	ledger := &queue.Ledger{}
 	c := &queue.Consumer{
-		JS: s.js, Cfg: s.cfg, Gate: gate, Ledger: ledger,
+		JS: s.js, Cfg: s.cfg.Topology(), ShutdownTimeout: s.cfg.ShutdownTimeout, Gate: gate, Ledger: ledger,
 		Metrics: m, Ready: ready, Log: log, FetchWait: 200 * time.Millisecond,
 	}
 	w := worker.New(worker.Config{

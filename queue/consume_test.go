@@ -316,7 +316,7 @@ func TestDeadLetterStreamDown(t *testing.T) {
 	if s.count(s.cfg.Stream) != 1 {
 		t.Fatal("the event left the work stream while its dead letter could not be written")
 	}
-	if _, err := s.js.CreateStream(ctx, queue.DLQStream(s.cfg)); err != nil {
+	if _, err := s.js.CreateStream(ctx, queue.DLQStream(s.cfg.Topology())); err != nil {
 		t.Fatal(err)
 	}
 	s.waitFor("the record written", func() bool { return s.count(s.cfg.DLQStream) == 1 })
@@ -434,10 +434,10 @@ func TestExistingConsumerMaxDeliverIsHonoured(t *testing.T) {
 	s := newStack(t, func(c *config.Config) { c.MaxDeliver = 5 },
 		answers(map[string][]answer{"kdown": repeat(answer{status: 503}, 1000)}))
 	ctx := context.Background()
-	if _, err := s.js.CreateStream(ctx, queue.WorkStream(s.cfg)); err != nil {
+	if _, err := s.js.CreateStream(ctx, queue.WorkStream(s.cfg.Topology())); err != nil {
 		t.Fatal(err)
 	}
-	tight := queue.LaneConsumer(s.cfg, s.cfg.LowestPriority())
+	tight := queue.LaneConsumer(s.cfg.Topology(), s.cfg.LowestPriority())
 	tight.MaxDeliver = 2
 	if _, err := s.js.CreateConsumer(ctx, s.cfg.Stream, tight); err != nil {
 		t.Fatal(err)

@@ -137,7 +137,7 @@ type Replayer struct {
 
 // NewReplayer looks the dead-letter stream up once, for every replay of
 // the run.
-func NewReplayer(ctx context.Context, js jetstream.JetStream, cfg config.Config) (*Replayer, error) {
+func NewReplayer(ctx context.Context, js jetstream.JetStream, cfg config.Topology) (*Replayer, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
 	dlq, err := js.Stream(ctx, cfg.DLQStream)

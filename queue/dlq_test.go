@@ -28,7 +28,7 @@ func dlqTSetup(t *testing.T) (jetstream.JetStream, config.Config) {
 		t.Fatal(err)
 	}
 	ctx := dlqTCtx(t)
-	for _, sc := range []jetstream.StreamConfig{queue.WorkStream(cfg), queue.DLQStream(cfg), queue.OutcomeStream(cfg)} {
+	for _, sc := range []jetstream.StreamConfig{queue.WorkStream(cfg.Topology()), queue.DLQStream(cfg.Topology()), queue.OutcomeStream(cfg.Topology())} {
 		if _, err := js.CreateStream(ctx, sc); err != nil {
 			t.Fatal(err)
 		}
@@ -52,7 +52,7 @@ func dlqTWrite(t *testing.T, js jetstream.JetStream, cfg config.Config, d event.
 
 func replayer(t *testing.T, js jetstream.JetStream, cfg config.Config) *queue.Replayer {
 	t.Helper()
-	r, err := queue.NewReplayer(dlqTCtx(t), js, cfg)
+	r, err := queue.NewReplayer(dlqTCtx(t), js, cfg.Topology())
 	if err != nil {
 		t.Fatal(err)
 	}

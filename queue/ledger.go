@@ -50,9 +50,9 @@ func LedgerConfig(replicas int) jetstream.KeyValueConfig {
 }
 
 // BindLedger binds (and where cfg allows, creates) the ledger's bucket.
-func BindLedger(ctx context.Context, js jetstream.JetStream, cfg config.Config, log *zap.Logger) (*Ledger, error) {
+func BindLedger(ctx context.Context, js jetstream.JetStream, cfg config.Topology, log *zap.Logger) (*Ledger, error) {
 	l := &Ledger{}
-	return l, l.bind(ctx, js, cfg.CreateStreams, cfg.StreamReplicas, log)
+	return l, l.bind(ctx, js, cfg.Create, cfg.Replicas, log)
 }
 
 // bind binds the ledger's bucket, creating it when create is set.

@@ -50,7 +50,7 @@ func (s *stack) publishMany(subject string, keys []string) {
 // ensure creates the streams and consumers before anything is published.
 func (s *stack) ensure() {
 	s.t.Helper()
-	if err := queue.Ensure(context.Background(), s.js, s.cfg, zap.NewNop()); err != nil {
+	if err := queue.Ensure(context.Background(), s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
 		s.t.Fatal(err)
 	}
 }

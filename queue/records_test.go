@@ -19,7 +19,7 @@ import (
 func TestOversizedEventIsDeadLettered(t *testing.T) {
 	s := newStack(t, nil)
 	ctx := context.Background()
-	ws := queue.WorkStream(s.cfg)
+	ws := queue.WorkStream(s.cfg.Topology())
 	ws.MaxMsgSize = -1 // as an operator may have created it
 	if _, err := s.js.CreateStream(ctx, ws); err != nil {
 		t.Fatal(err)

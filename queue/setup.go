@@ -35,16 +35,16 @@ const (
 func MaxAckPending(concurrency int) int { return 8 * concurrency }
 
 // Ensure checks the streams and durable consumers revoker needs, creating the
-// missing ones when cfg.CreateStreams is set. It never changes an existing
+// missing ones when cfg.Create is set. It never changes an existing
 // one: a difference in settings is logged as a warning, and a difference that
 // makes the work impossible returns an error wrapping ErrIncompatible.
-func Ensure(ctx context.Context, js jetstream.JetStream, cfg config.Config, log *zap.Logger) error {
+func Ensure(ctx context.Context, js jetstream.JetStream, cfg config.Topology, log *zap.Logger) error {
 	streams := []jetstream.StreamConfig{WorkStream(cfg), DLQStream(cfg)}
-	if cfg.OutcomeSubject != "" {
+	if cfg.OutcomePrefix != "" {
 		streams = append(streams, OutcomeStream(cfg))
 	}
 	for _, want := range streams {
-		if err := ensureStream(ctx, js, want, cfg.CreateStreams, log); err != nil {
+		if err := ensureStream(ctx, js, want, cfg.Create, log); err != nil {
 			return err
 		}
 	}
@@ -60,7 +60,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg config.Config, log 
 			// about above.
 			want.Replicas = replicas
 		}
-		if err := ensureConsumer(ctx, js, cfg.Stream, want, cfg.CreateStreams, log); err != nil {
+		if err := ensureConsumer(ctx, js, cfg.Stream, want, cfg.Create, log); err != nil {
 			return err
 		}
 	}
@@ -77,7 +77,7 @@ func streamReplicas(ctx context.Context, js jetstream.JetStream, stream string) 
 }
 
 // WorkStream is the configuration revoker creates for the work stream.
-func WorkStream(cfg config.Config) jetstream.StreamConfig {
+func WorkStream(cfg config.Topology) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        cfg.Stream,
 		Description: "revoke-key events, consumed by revoker",
@@ -88,7 +88,7 @@ func WorkStream(cfg config.Config) jetstream.StreamConfig {
 		// An event too large to be valid is refused at publish time, and
 		// its dead-letter record always fits.
 		MaxMsgSize: MaxEventMsg,
-		Replicas:   cfg.StreamReplicas,
+		Replicas:   cfg.Replicas,
 	}
 }
 
@@ -98,7 +98,7 @@ const MaxEventMsg = 128 << 10
 
 // DLQStream is the configuration revoker creates for dead letters: kept
 // until an operator replays or removes them.
-func DLQStream(cfg config.Config) jetstream.StreamConfig {
+func DLQStream(cfg config.Topology) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        cfg.DLQStream,
 		Description: "revoke-key events revoker could not complete",
@@ -106,16 +106,16 @@ func DLQStream(cfg config.Config) jetstream.StreamConfig {
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Duplicates:  DuplicateWindow,
-		Replicas:    cfg.StreamReplicas,
+		Replicas:    cfg.Replicas,
 	}
 }
 
 // OutcomeStream is the configuration revoker creates for the audit trail.
-func OutcomeStream(cfg config.Config) jetstream.StreamConfig {
+func OutcomeStream(cfg config.Topology) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        cfg.OutcomeStream,
 		Description: "final outcome of every revoke-key event",
-		Subjects:    []string{cfg.OutcomeSubject + ".>"},
+		Subjects:    []string{cfg.OutcomePrefix + ".>"},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		MaxAge:      OutcomeMaxAge,
@@ -123,14 +123,14 @@ func OutcomeStream(cfg config.Config) jetstream.StreamConfig {
 		// The audit trail is append-only through the API.
 		DenyDelete: true,
 		DenyPurge:  true,
-		Replicas:   cfg.StreamReplicas,
+		Replicas:   cfg.Replicas,
 	}
 }
 
 // LaneConsumer is the durable pull consumer of one subject. MaxDeliver is
 // unlimited on purpose: the worker dead-letters at REVOKER_MAX_DELIVER
 // itself and never lets JetStream silently give up on a revocation.
-func LaneConsumer(cfg config.Config, subject string) jetstream.ConsumerConfig {
+func LaneConsumer(cfg config.Topology, subject string) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       cfg.Durable(subject),
 		Description:   "revoker lane for " + subject,
@@ -140,7 +140,7 @@ func LaneConsumer(cfg config.Config, subject string) jetstream.ConsumerConfig {
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: MaxAckPending(cfg.Concurrency),
-		Replicas:      cfg.StreamReplicas,
+		Replicas:      cfg.Replicas,
 	}
 }
 

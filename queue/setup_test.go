@@ -26,7 +26,7 @@ func TestEnsureCreatesWhatIsMissing(t *testing.T) {
 	js := setupJS(t)
 	cfg := config.Default()
 	ctx := context.Background()
-	if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+	if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]struct {
@@ -61,7 +61,7 @@ func TestEnsureCreatesWhatIsMissing(t *testing.T) {
 		}
 	}
 	// Running again changes nothing and is not an error.
-	if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+	if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -70,13 +70,13 @@ func TestEnsureLeavesExistingStreamsAndWarns(t *testing.T) {
 	js := setupJS(t)
 	cfg := config.Default()
 	ctx := context.Background()
-	odd := queue.DLQStream(cfg)
+	odd := queue.DLQStream(cfg.Topology())
 	odd.Storage, odd.MaxAge = jetstream.MemoryStorage, time.Hour
 	if _, err := js.CreateStream(ctx, odd); err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.WarnLevel)
-	if err := queue.Ensure(ctx, js, cfg, zap.New(core)); err != nil {
+	if err := queue.Ensure(ctx, js, cfg.Topology(), zap.New(core)); err != nil {
 		t.Fatalf("a different but workable stream stopped the start: %v", err)
 	}
 	s, _ := js.Stream(ctx, cfg.DLQStream)
@@ -102,7 +102,7 @@ func TestEnsureRefusesWhatMakesTheWorkImpossible(t *testing.T) {
 		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: cfg.Stream, Subjects: []string{"revoke.urgent"}}); err != nil {
 			t.Fatal(err)
 		}
-		err := queue.Ensure(ctx, js, cfg, zap.NewNop())
+		err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop())
 		if !errors.Is(err, queue.ErrIncompatible) {
 			t.Fatalf("err = %v, want ErrIncompatible", err)
 		}
@@ -110,15 +110,15 @@ func TestEnsureRefusesWhatMakesTheWorkImpossible(t *testing.T) {
 	t.Run("consumer filtering another subject", func(t *testing.T) {
 		js := setupJS(t)
 		cfg := config.Default()
-		if _, err := js.CreateStream(ctx, queue.WorkStream(cfg)); err != nil {
+		if _, err := js.CreateStream(ctx, queue.WorkStream(cfg.Topology())); err != nil {
 			t.Fatal(err)
 		}
-		wrong := queue.LaneConsumer(cfg, cfg.Subjects[0])
+		wrong := queue.LaneConsumer(cfg.Topology(), cfg.Subjects[0])
 		wrong.FilterSubject = cfg.Subjects[1]
 		if _, err := js.CreateConsumer(ctx, cfg.Stream, wrong); err != nil {
 			t.Fatal(err)
 		}
-		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); !errors.Is(err, queue.ErrIncompatible) {
+		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); !errors.Is(err, queue.ErrIncompatible) {
 			t.Fatalf("err = %v, want ErrIncompatible", err)
 		}
 	})
@@ -126,7 +126,7 @@ func TestEnsureRefusesWhatMakesTheWorkImpossible(t *testing.T) {
 		js := setupJS(t)
 		cfg := config.Default()
 		cfg.CreateStreams = false
-		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); !errors.Is(err, queue.ErrMissing) {
+		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); !errors.Is(err, queue.ErrMissing) {
 			t.Fatalf("err = %v, want ErrMissing", err)
 		}
 	})
@@ -170,10 +170,10 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 	t.Run("created R3", func(t *testing.T) {
 		cfg := config.Default()
 		cfg.StreamReplicas = 3
-		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := queue.BindLedger(ctx, js, cfg, zap.NewNop()); err != nil {
+		if _, err := queue.BindLedger(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 			t.Fatal(err)
 		}
 		for _, name := range []string{cfg.Stream, cfg.DLQStream, cfg.OutcomeStream, "KV_" + queue.LedgerBucket} {
@@ -203,12 +203,12 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 		cfg.Stream, cfg.Subjects, cfg.Consumer = "OLD", []string{"old.urgent", "old.scheduled"}, "old"
 		cfg.DLQStream, cfg.DLQSubject = "OLD_DLQ", "old.dlq"
 		cfg.OutcomeStream, cfg.OutcomeSubject = "OLD_OUTCOMES", "old.outcome"
-		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 			t.Fatal(err)
 		}
 		cfg.StreamReplicas = 3
 		core, logs := observer.New(zapcore.WarnLevel)
-		if err := queue.Ensure(ctx, js, cfg, zap.New(core)); err != nil {
+		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.New(core)); err != nil {
 			t.Fatalf("different replicas stopped the start: %v", err)
 		}
 		warned := map[string]bool{}
@@ -232,7 +232,7 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 		// The bucket, created R3 above, is left R3 when R1 is asked for.
 		cfg.StreamReplicas = 1
 		core, logs = observer.New(zapcore.WarnLevel)
-		if _, err := queue.BindLedger(ctx, js, cfg, zap.New(core)); err != nil {
+		if _, err := queue.BindLedger(ctx, js, cfg.Topology(), zap.New(core)); err != nil {
 			t.Fatal(err)
 		}
 		if n := logs.FilterField(zap.String("setting", "replicas")).FilterField(zap.String("bucket", queue.LedgerBucket)).Len(); n != 1 {
@@ -248,7 +248,7 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 		if err := js.DeleteConsumer(ctx, cfg.Stream, cfg.Durable(cfg.Subjects[0])); err != nil {
 			t.Fatal(err)
 		}
-		if err := queue.Ensure(ctx, js, cfg, zap.NewNop()); err != nil {
+		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 			t.Fatalf("consumer on an R1 stream with R3 configured: %v", err)
 		}
 		cons, err := js.Consumer(ctx, cfg.Stream, cfg.Durable(cfg.Subjects[0]))

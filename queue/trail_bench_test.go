@@ -35,14 +35,14 @@ func BenchmarkKeyLookup(b *testing.B) {
 			cfg.NATSURL = srv.ClientURL()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 			defer cancel()
-			if _, err := js.CreateStream(ctx, queue.OutcomeStream(cfg)); err != nil {
+			if _, err := js.CreateStream(ctx, queue.OutcomeStream(cfg.Topology())); err != nil {
 				b.Fatal(err)
 			}
 			start := time.Now()
 			trailFill(b, js, cfg, n)
 			b.Logf("filled %d records in %s", n, time.Since(start).Round(time.Millisecond))
 
-			c, err := queue.Dial(cfg, nil)
+			c, err := queue.Dial(cfg.Connection(), cfg.Topology(), nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -311,7 +311,7 @@ func TestDLQReplayInterruptedAndRerun(t *testing.T) {
 	if err != nil || len(recs) != len(keys) {
 		t.Fatalf("%d records, %v", len(recs), err)
 	}
-	rp, err := queue.NewReplayer(ctx, s.js, cfg)
+	rp, err := queue.NewReplayer(ctx, s.js, cfg.Topology())
 	if err != nil {
 		t.Fatal(err)
 	}

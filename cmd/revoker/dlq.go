@@ -174,7 +174,7 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 	js := c.JetStream()
 
 	failed, seen := 0, 0
-	replayer, err := queue.NewReplayer(ctx, js, cfg)
+	replayer, err := queue.NewReplayer(ctx, js, cfg.Topology())
 	if err != nil {
 		fmt.Fprintf(e.stderr, "revoker dlq replay: %v\n", streamError("dead-letter", cfg.DLQStream, err))
 		return exitFailed

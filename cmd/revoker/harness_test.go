@@ -90,7 +90,7 @@ func (s *stack) ensure() {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := queue.Ensure(ctx, s.js, s.cfg(), zap.NewNop()); err != nil {
+	if err := queue.Ensure(ctx, s.js, s.cfg().Topology(), zap.NewNop()); err != nil {
 		s.t.Fatal(err)
 	}
 }

@@ -450,7 +450,7 @@ func readLine(r *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
 // for an unreachable server: the operator is told at once, naming the
 // server (without credentials).
 func dial(cfg config.Config, e env) (*queue.Client, error) {
-	return queue.Dial(cfg, func(err error) { fmt.Fprintf(e.stderr, "revoker: nats: %v\n", err) })
+	return queue.Dial(cfg.Connection(), cfg.Topology(), func(err error) { fmt.Fprintf(e.stderr, "revoker: nats: %v\n", err) })
 }
 
 // streamError explains a failed read of one of revoker's streams.

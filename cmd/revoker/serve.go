@@ -221,7 +221,7 @@ type wiring struct {
 // closed for good (lost true).
 func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	cfg, log, m := w.cfg, w.log, w.m
-	nc, err := queue.Connect(cfg, log, w.onState)
+	nc, err := queue.Connect(cfg.Connection(), log, w.onState)
 	if err != nil {
 		return false, fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -266,7 +266,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	host, _ := os.Hostname()
 	ledger := &queue.Ledger{}
 	consumer := &queue.Consumer{
-		JS: js, Cfg: cfg, Gate: gate, Ledger: ledger,
+		JS: js, Cfg: cfg.Topology(), ShutdownTimeout: cfg.ShutdownTimeout, Gate: gate, Ledger: ledger,
 		Metrics: m, Ready: w.ready, Log: log, FetchWait: w.o.fetchWait,
 	}
 	wk := worker.New(worker.Config{

@@ -95,7 +95,7 @@ func TestPlantedOutcomeDoesNotStandInForTheWorkers(t *testing.T) {
 
 	// The duplicate path of publish --wait asks Client.Recorded: the
 	// event's outcome is the worker's record, not the one planted first.
-	c, err := queue.Dial(cfg, nil)
+	c, err := queue.Dial(cfg.Connection(), cfg.Topology(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

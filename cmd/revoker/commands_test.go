@@ -235,7 +235,7 @@ func TestDLQListAndReplayAfterFaultCleared(t *testing.T) {
 	hDeadLetter(t, s, keys...)
 
 	r := s.run("dlq", "list")
-	r.want(t, exitOK, "SEQ", "FAILED AT", "REASON", "DETAIL")
+	r.want(t, exitOK, "SEQ", "FAILED AT", "REASON", "SOURCE SUBJECT", "DETAIL")
 	rows := hLines(r.stdout)
 	if len(rows) != 4 {
 		t.Fatalf("dlq list:\n%s", r.stdout)
@@ -243,11 +243,11 @@ func TestDLQListAndReplayAfterFaultCleared(t *testing.T) {
 	seqOf := map[string]string{} // key → dead-letter sequence
 	for i, row := range rows[1:] {
 		f := strings.Fields(row)
-		// SEQ FAILED-AT REASON ACCOUNT KEY STATUS ATTEMPTS DETAIL...
-		if f[0] != fmt.Sprint(i+1) || f[2] != "api_rejected" || f[3] != "acct" || f[5] != "400" || f[6] != "1" {
+		// SEQ FAILED-AT REASON SOURCE-SUBJECT ACCOUNT KEY STATUS ATTEMPTS DETAIL...
+		if f[0] != fmt.Sprint(i+1) || f[2] != "api_rejected" || f[3] != "revoke.scheduled" || f[4] != "acct" || f[6] != "400" || f[7] != "1" {
 			t.Fatalf("row %d: %q", i, row)
 		}
-		seqOf[f[4]] = f[0]
+		seqOf[f[5]] = f[0]
 	}
 	if len(seqOf) != 3 || seqOf["dl1"] == "" || seqOf["dl2"] == "" || seqOf["dl3"] == "" {
 		t.Fatalf("keys listed: %v", seqOf)

@@ -90,15 +90,15 @@ func dlqList(ctx context.Context, args []string, e env) int {
 		}
 	} else if len(recs) > 0 {
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SEQ\tFAILED AT\tREASON\tACCOUNT\tKEY\tSTATUS\tATTEMPTS\tDETAIL")
+		fmt.Fprintln(tw, "SEQ\tFAILED AT\tREASON\tSOURCE SUBJECT\tACCOUNT\tKEY\tSTATUS\tATTEMPTS\tDETAIL")
 		for _, r := range recs {
 			row := dlqRow(r)
 			at := r.FailedAt
 			if at.IsZero() {
 				at = r.StoredAt
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Sequence, at.Format(time.RFC3339),
-				cell(r.Reason), cell(row.AccountID), cell(row.KeyID), cell(r.Status), r.Attempts, cell(r.Detail))
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Sequence, at.Format(time.RFC3339),
+				cell(r.Reason), cell(r.SourceSubject), cell(row.AccountID), cell(row.KeyID), cell(r.Status), r.Attempts, cell(r.Detail))
 		}
 		tw.Flush()
 	}

@@ -131,7 +131,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 				}
 			})
 			// SPEC §6: the file is checked at least every 5 s, calls or not.
-			go func() {
+			go func(ctx context.Context) {
 				t := time.NewTicker(tokenFileCheck)
 				defer t.Stop()
 				for {
@@ -142,7 +142,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 						tf.Refresh()
 					}
 				}
-			}()
+			}(ctx)
 		}
 	}
 

@@ -45,7 +45,14 @@ type bReplica struct {
 
 func newBReplica(t testing.TB, srv *server.Server, api *cloudflaretest.Server, name string, rate float64, priorities int) *bReplica {
 	t.Helper()
-	nc, err := nats.Connect(srv.ClientURL())
+	return newBReplicaOn(t, srv.ClientURL(), 1, api, name, rate, priorities)
+}
+
+// newBReplicaOn is newBReplica on the servers of urls, with a budget of
+// the given replicas.
+func newBReplicaOn(t testing.TB, urls string, replicas int, api *cloudflaretest.Server, name string, rate float64, priorities int) *bReplica {
+	t.Helper()
+	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +62,7 @@ func newBReplica(t testing.TB, srv *server.Server, api *cloudflaretest.Server, n
 	}
 	b, err := queue.NewBudget(js, queue.BudgetConfig{
 		ID: func() string { return "token:0a1b2c3d" }, Rate: rate, Create: true, Log: zaptest.NewLogger(t),
+		Replicas: replicas,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -177,6 +185,52 @@ func TestBudgetSharedByReplicas(t *testing.T) {
 		t.Fatal("no call after the replica died")
 	}
 	t.Logf("%d calls, %d after one of three replicas died", len(reqs), after)
+}
+
+// TestBudgetSurvivesNodeLoss: on a three-node cluster with the budget R3,
+// killing the node that leads the budget's bucket mid-run and bringing it
+// back changes nothing the API can see: no 429, never more than the rate in
+// a second, every call made.
+func TestBudgetSurvivesNodeLoss(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a three-node cluster losing a node")
+	}
+	cl := queuetest.Cluster(t, 3)
+	api := cloudflaretest.NewServer(cloudflaretest.WithRateLimit(4))
+	t.Cleanup(api.Close)
+	var rs []*bReplica
+	for i, n := range []string{"a", "b"} {
+		// Each replica starts on a different node, with the whole list.
+		urls := cl.URL(i) + "," + cl.URLs()
+		rs = append(rs, newBReplicaOn(t, urls, 3, api, n, 4, 1))
+	}
+	for _, r := range rs {
+		r.work(0, 2, keysOf(r.name, 12))
+	}
+	queuetest.Eventually(t, 30*time.Second, "six calls", func() bool { return api.Count() >= 6 })
+	leader := cl.WaitStreamLeader("KV_" + queue.BudgetBucket)
+	cl.Kill(leader)
+	killedAt := time.Now()
+	queuetest.Eventually(t, 60*time.Second, "calls after the node loss", func() bool {
+		n := 0
+		for _, q := range api.Requests() {
+			if q.At.After(killedAt) {
+				n++
+			}
+		}
+		return n >= 4
+	})
+	cl.Restart(leader)
+	for _, r := range rs {
+		for _, k := range keysOf(r.name, 12) {
+			queuetest.Eventually(t, 60*time.Second, "replica "+r.name+" done", func() bool { return api.Deleted(budgetTAccount, k) })
+		}
+	}
+	if n := api.Throttled(); n != 0 {
+		t.Errorf("%d calls refused with 429", n)
+	}
+	checkWindow(t, api.Requests(), 4)
+	t.Logf("%d calls; the bucket's leader, node %d, was lost and restarted mid-run", api.Count(), leader)
 }
 
 // TestBudgetPriorityAcrossReplicas: replica A has a backlog of scheduled

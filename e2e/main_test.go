@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 // binary is the revoker built for these tests.
@@ -381,13 +382,7 @@ func recordOutcomes(t *testing.T, js jetstream.JetStream, ks []string) {
 
 func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling a condition
-	}
+	queuetest.Eventually(t, within, what, cond)
 }
 
 func freePort(t *testing.T) int {

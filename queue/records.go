@@ -192,6 +192,26 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record, maybeWritten bo
 	})
 }
 
+// Prior returns the outcome record an earlier delivery stored for the event
+// at stream and seq, read from the key's own subject; when two records name
+// the event, the later is believed (an earlier one under our id was planted
+// before ours). found is false when there is none.
+func (r *Records) Prior(ctx context.Context, stream string, seq uint64, account, key string) (rec event.Record, found bool, err error) {
+	if r.OutcomePrefix == "" {
+		return rec, false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	err = eachOnSubject(ctx, r.JS, r.OutcomeStream, OutcomeSubject(r.OutcomePrefix, account, key), func(data []byte) bool {
+		var o event.Record
+		if json.Unmarshal(data, &o) == nil && o.Stream == stream && o.Sequence == seq {
+			rec, found = o, true
+		}
+		return true
+	})
+	return rec, found, err
+}
+
 // findOutcome reports whether the key's subject holds a record of the same
 // event that says what rec says.
 func (r *Records) findOutcome(ctx context.Context, subject string, rec event.Record) (bool, error) {

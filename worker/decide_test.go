@@ -94,6 +94,17 @@ func (r *fakeRecords) Outcome(_ context.Context, rec event.Record, _ bool) error
 	return nil
 }
 
+func (r *fakeRecords) Prior(_ context.Context, stream string, seq uint64, account, key string) (event.Record, bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.outcomes) - 1; i >= 0; i-- {
+		if o := r.outcomes[i]; o.Stream == stream && o.Sequence == seq && o.AccountID == account && o.KeyID == key {
+			return o, true, nil
+		}
+	}
+	return event.Record{}, false, nil
+}
+
 type fakeLedger struct {
 	mu      sync.Mutex
 	entries map[uint64]worker.Entry
@@ -434,11 +445,13 @@ func (l *slowLedger) Save(ctx context.Context, stream string, seq uint64, e work
 }
 
 // TestRedeliveryWhileHeldWaits: the broker delivers an event again while
-// this process still retries the first delivery's ledger write. The second
+// this process still retries the first delivery's ledger write (the outcome
+// stream refused the record, so the confirmation waits in the ledger). The second
 // delivery must not call the API again: it waits, then finds the
 // confirmation.
 func TestRedeliveryWhileHeldWaits(t *testing.T) {
 	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
+	h.records.failOutcome = 1 // so the confirmation goes to the ledger, which is slow
 	ledger := &slowLedger{fakeLedger: fakeLedger{entries: map[uint64]worker.Entry{}}, failSaves: 3, saving: make(chan struct{})}
 	reg := prometheus.NewRegistry()
 	subjects := []string{"revoke.urgent", "revoke.scheduled"}
@@ -464,5 +477,36 @@ func TestRedeliveryWhileHeldWaits(t *testing.T) {
 		if o.Outcome != event.Revoked || o.CFRay != "ray-200" {
 			t.Fatalf("record %+v; every record must name the confirming call", o)
 		}
+	}
+}
+
+// TestRedeliveryAfterLostAck: on the happy path the outcome record is the
+// durable confirmation (no ledger write); a delivery after a lost ack finds
+// it, makes no call and writes no second record.
+func TestRedeliveryAfterLostAck(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
+	h.handle(&fakeDelivery{body: goodEvent})
+	if len(h.ledger.entries) != 0 {
+		t.Fatalf("ledger written on the happy path: %+v", h.ledger.entries)
+	}
+	again := &fakeDelivery{body: goodEvent, delivered: 2}
+	h.handle(again)
+	if h.api.callCount() != 1 {
+		t.Fatalf("%d calls; the redelivery called again", h.api.callCount())
+	}
+	if len(h.records.outcomes) != 1 {
+		t.Fatalf("%d records, want the one the first delivery wrote", len(h.records.outcomes))
+	}
+	if len(again.settled) != 1 || again.settled[0] != "ack" {
+		t.Fatalf("redelivery settled %v", again.settled)
+	}
+	// A dead-lettered event redelivered after a lost term is terminated
+	// again, with no call and no second record.
+	h2 := newHarness(t, nil, answer(400, rejected, 0))
+	h2.handle(&fakeDelivery{body: goodEvent})
+	redo := &fakeDelivery{body: goodEvent, delivered: 2}
+	h2.handle(redo)
+	if h2.api.callCount() != 1 || len(h2.records.outcomes) != 1 || len(h2.records.dlq) != 1 || redo.settled[0] != "term" {
+		t.Fatalf("calls %d, records %d, dead letters %d, settled %v", h2.api.callCount(), len(h2.records.outcomes), len(h2.records.dlq), redo.settled)
 	}
 }

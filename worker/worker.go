@@ -58,14 +58,18 @@ type Delivery interface {
 // once the record is stored; an error means it may not be.
 type Records interface {
 	DeadLetter(ctx context.Context, rec event.DeadLetter, body []byte) error
-	// Outcome stores rec. maybeWritten says an earlier delivery may have
-	// stored it already, so the writer looks before writing a second one.
+	// Outcome stores rec. maybeWritten says an earlier try may have stored
+	// it already, so the writer looks before writing a second one.
 	Outcome(ctx context.Context, rec event.Record, maybeWritten bool) error
+	// Prior is the outcome record an earlier delivery stored for the event
+	// (stream, seq) of the key, if any.
+	Prior(ctx context.Context, stream string, seq uint64, account, key string) (rec event.Record, found bool, err error)
 }
 
 // Ledger keeps what one delivery of an event leaves for the next: the calls
-// made and, above all, the API's confirmation, so a revocation happens once
-// whatever becomes of the delivery.
+// made and, while the outcome record cannot be written, the API's
+// confirmation, so a revocation happens once whatever becomes of the
+// delivery.
 type Ledger interface {
 	Load(ctx context.Context, stream string, seq uint64) (Entry, error)
 	Save(ctx context.Context, stream string, seq uint64, e Entry) error
@@ -226,6 +230,19 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 		return
 	}
 
+	if d.Delivered() > 1 && a.revoked == nil {
+		// An earlier delivery may have finished the event (its record
+		// stored, its ack lost): then it is settled as it was, with no call.
+		prior, found, err := w.Records.Prior(work, d.Stream(), d.Sequence(), a.ev.AccountID, a.ev.KeyID)
+		if err != nil {
+			w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
+			return
+		}
+		if found {
+			w.settlePrior(a, prior)
+			return
+		}
+	}
 	if a.revoked != nil {
 		// An earlier delivery revoked the key: no second call, the outcome
 		// is the one the first confirmation earned.
@@ -243,7 +260,15 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
 		a.lane.Latency.Observe(time.Since(d.StoredAt()).Seconds())
 		// The confirmation is made durable before anything else, so no later
-		// delivery can call again and record a 404 in its place.
+		// delivery can call again and record a 404 in its place: in the
+		// outcome record itself, which a later delivery finds, or while that
+		// cannot be written, in the ledger.
+		rec := w.record(a, event.Revoked, "")
+		if err := w.Records.Outcome(work, rec, false); err == nil {
+			w.done(a, event.Revoked, "", d.Ack)
+			return
+		}
+		w.Metrics.OutcomeFailures.Inc()
 		if !w.durably(stop, work, a, "revocation", func(ctx context.Context) error {
 			return w.Ledger.Save(ctx, d.Stream(), d.Sequence(), Entry{Attempts: a.attempts(), Confirmed: a.revoked})
 		}) {
@@ -407,16 +432,27 @@ func (w *Worker) heed(resp *cloudflare.Response, d Decision, status int) {
 // settle (ack or term): the audit trail never misses an acked event.
 func (w *Worker) finish(stop, work context.Context, a *attempt, outcome event.Outcome, reason event.Reason, settle func() error) {
 	rec := w.record(a, outcome, reason)
-	maybeWritten := a.d.Delivered() > 1
+	// An earlier delivery, or a try that failed, may have stored the record
+	// all the same: then the writer looks first. (The records of invalid
+	// events share one subject, too many to look through; the record's
+	// Nats-Msg-Id still drops a repeat within the duplicate window.)
+	maybeWritten := a.decoded && (a.d.Delivered() > 1 || outcome == event.Revoked)
 	if !w.durably(stop, work, a, "outcome record", func(ctx context.Context) error {
 		err := w.Records.Outcome(ctx, rec, maybeWritten)
 		if err != nil {
 			w.Metrics.OutcomeFailures.Inc()
+			maybeWritten = a.decoded
 		}
 		return err
 	}) {
 		return
 	}
+	w.done(a, outcome, reason, settle)
+}
+
+// done settles the message with settle (ack or term) once its records are
+// stored, and counts and logs the outcome.
+func (w *Worker) done(a *attempt, outcome event.Outcome, reason event.Reason, settle func() error) {
 	if err := settle(); err != nil {
 		// The outcome stands and is recorded; a lost ack means one more
 		// delivery, which the ledger or the record answers without a call.
@@ -424,6 +460,18 @@ func (w *Worker) finish(stop, work context.Context, a *attempt, outcome event.Ou
 	}
 	a.lane.Processed(string(outcome))
 	w.Log.Info("event "+string(outcome), w.fields(a, zap.String("outcome", string(outcome)), zap.String("reason", string(reason)))...)
+}
+
+// settlePrior settles a delivery whose event an earlier delivery finished:
+// its record is stored, so only the message is left to settle, as then.
+func (w *Worker) settlePrior(a *attempt, prior event.Record) {
+	a.status, a.cfRay, a.prior = prior.Status, prior.CFRay, max(a.prior, prior.Attempts)
+	settle := a.d.Ack
+	if prior.Outcome == event.DeadLettered {
+		settle = a.d.Term
+	}
+	w.Log.Info("finished on an earlier delivery; settling it as recorded", w.fields(a, zap.String("outcome", string(prior.Outcome)))...)
+	w.done(a, prior.Outcome, prior.Reason, settle)
 }
 
 // deadLetter writes the dead-letter record, then the outcome record, and

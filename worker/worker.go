@@ -170,6 +170,7 @@ var recordRetry = struct{ initial, max time.Duration }{50 * time.Millisecond, 2 
 // attempt is one delivery of one event and what has happened to it.
 type attempt struct {
 	d       Delivery
+	work    context.Context // outlives shutdown by its timeout
 	lane    metrics.Lane
 	start   time.Time
 	prior   int   // calls made for this event on earlier deliveries
@@ -189,7 +190,7 @@ func (a *attempt) attempts() int { return a.prior + a.calls }
 // call starts after it. work outlives stop by the shutdown timeout, so a
 // call in flight can finish and its outcome be made durable.
 func (w *Worker) Handle(stop, work context.Context, d Delivery) {
-	a := &attempt{d: d, lane: w.lane(d.Priority()), start: time.Now()}
+	a := &attempt{d: d, work: work, lane: w.lane(d.Priority()), start: time.Now()}
 	a.lane.Received.Inc()
 	w.Metrics.Inflight.Inc()
 	defer w.Metrics.Inflight.Dec()
@@ -530,7 +531,7 @@ func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 		w.Log.Warn("give back failed; the event comes back after its ack wait", w.fields(a, zap.Error(err))...)
 	}
 	if a.calls > 0 && a.revoked == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(a.work, 2*time.Second)
 		defer cancel()
 		if err := w.Ledger.Save(ctx, a.d.Stream(), a.d.Sequence(), Entry{Attempts: a.attempts()}); err != nil {
 			w.Log.Warn("attempt count not stored", w.fields(a, zap.Error(err))...)

@@ -107,14 +107,14 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	if api == nil {
 		cred, err := credential(cfg)
 		if err != nil {
-			return fmt.Errorf("%w: CLOUDFLARE_API_TOKEN_FILE: %v", errUsage, err)
+			return fmt.Errorf("%w: CLOUDFLARE_API_TOKEN_FILE: %w", errUsage, err)
 		}
 		client, err := cloudflare.New(cloudflare.Config{
 			BaseURL: cfg.BaseURL, Credential: cred, Timeout: cfg.HTTPTimeout,
 			UserAgent: "revoker/" + version,
 		})
 		if err != nil {
-			return fmt.Errorf("%w: CLOUDFLARE_BASE_URL: %v", errUsage, err)
+			return fmt.Errorf("%w: CLOUDFLARE_BASE_URL: %w", errUsage, err)
 		}
 		api = client
 		budgetID = cred.ID
@@ -186,9 +186,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	if err := <-srvDone; err != nil {
 		log.Warn("metrics server", zap.Error(err))
 	}
-	if runErr != nil {
-		log.Error("worker stopped", zap.Error(runErr))
-	}
+	// A fatal error is printed once, by the command, on stderr.
 	return runErr
 }
 
@@ -223,7 +221,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	cfg, log, m := w.cfg, w.log, w.m
 	nc, err := queue.Connect(cfg.Connection(), log, w.onState)
 	if err != nil {
-		return false, fmt.Errorf("%w: %v", errUsage, err)
+		return false, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	defer nc.Close()
 	if w.o.connected != nil {

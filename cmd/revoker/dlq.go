@@ -60,9 +60,8 @@ func dlqList(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "revoker dlq list: --limit must be 0 or more, got %d\n", *limit)
 		return exitUsage
 	}
-	c, err := dial(cfg, e)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker dlq list: %v\n", err)
+	c := dialFor("revoker dlq list", cfg, e)
+	if c == nil {
 		return exitFailed
 	}
 	defer c.Close()
@@ -165,9 +164,8 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 		}
 	}
 
-	c, err := dial(cfg, e)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker dlq replay: %v\n", err)
+	c := dialFor("revoker dlq replay", cfg, e)
+	if c == nil {
 		return exitFailed
 	}
 	defer c.Close()

@@ -29,9 +29,8 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "revoker outcomes: --since must be positive, got %s\n", *since)
 		return exitUsage
 	}
-	c, err := dial(cfg, e)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker outcomes: %v\n", err)
+	c := dialFor("revoker outcomes", cfg, e)
+	if c == nil {
 		return exitFailed
 	}
 	defer c.Close()
@@ -75,6 +74,7 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		}
 		return nil
 	}
+	var err error
 	if *follow {
 		err = queue.FollowOutcomes(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, print)
 	} else {

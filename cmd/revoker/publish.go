@@ -453,6 +453,17 @@ func dial(cfg config.Config, e env) (*queue.Client, error) {
 	return queue.Dial(cfg.Connection(), cfg.Topology(), func(err error) { fmt.Fprintf(e.stderr, "revoker: nats: %v\n", err) })
 }
 
+// dialFor is dial for the command named cmd, which reports a failure
+// itself; nil means it did.
+func dialFor(cmd string, cfg config.Config, e env) *queue.Client {
+	c, err := dial(cfg, e)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "%s: %v\n", cmd, err)
+		return nil
+	}
+	return c
+}
+
 // streamError explains a failed read of one of revoker's streams.
 func streamError(what, stream string, err error) error {
 	if errors.Is(err, jetstream.ErrStreamNotFound) {

@@ -322,12 +322,13 @@ func waitAllDeleted(t *testing.T, api *cloudflaretest.Server, ks []string, withi
 	}
 }
 
-// recordOutcomes logs how many outcome records exist against the events
-// published, reading every record. It asserts nothing: outcome-record
-// durability across node loss is being worked on separately; these
-// figures show where it stands.
+// recordOutcomes checks, once every event is settled, that each has exactly
+// one outcome record, reading every record, and logs the figures.
 func recordOutcomes(t *testing.T, js jetstream.JetStream, ks []string) {
 	t.Helper()
+	// An event's record is stored before it leaves the work stream: wait
+	// for them all to leave before counting.
+	waitSettled(t, js, len(ks), 60*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := js.Stream(ctx, "REVOCATION_OUTCOMES")
@@ -378,6 +379,9 @@ func recordOutcomes(t *testing.T, js jetstream.JetStream, ks []string) {
 	}
 	t.Logf("outcome records: %d for %d events; %d events without one, %d with more than one; by outcome %v",
 		total, len(ks), missing, doubled, outcomes)
+	if missing > 0 || doubled > 0 {
+		t.Errorf("every event must have exactly one outcome record")
+	}
 }
 
 func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {

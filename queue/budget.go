@@ -38,7 +38,10 @@ const (
 	// budgetLead: a slot is reserved at most this long before it is due,
 	// so that the reservation's round trip does not make the call late,
 	// and an urgent event arriving later waits behind one reserved slot at
-	// most, not behind a schedule.
+	// most, not behind a schedule. It is at most half the interval (see
+	// lead), or the replica that just took a slot would find the next one
+	// already due and take it too, before the others wake: it would keep
+	// every slot while another replica starves.
 	budgetLead = 50 * time.Millisecond
 	// claimTTL: a replica's claim of a priority lapses this long after it
 	// was last written, so a replica that dies holds nobody back for long.
@@ -100,7 +103,7 @@ type cachedState struct {
 
 // Budget is the throttle.Budget kept in a JetStream key-value bucket. A
 // replica reserves the start of its next call by compare-and-swap on the
-// credential's entry, only when the slot is due within budgetLead; a watch
+// credential's entry, only when the slot is due within its lead; a watch
 // keeps its copy of the entry current, so conflicts stay rare. Whenever it
 // cannot tell (the bucket unreachable, a write unanswered), it reserves
 // nothing: calls wait, never overshoot.
@@ -238,11 +241,12 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		if at.Before(now) {
 			at = now
 		}
-		if at.After(now.Add(budgetLead)) {
+		lead := b.lead()
+		if at.After(now.Add(lead)) {
 			// Not due yet. Waking at a random point of the lead's first
 			// half spreads the replicas: the first to write wins, and the
 			// others mostly learn it from the watch before they try.
-			return at.Add(-budgetLead + mrand.N(budgetLead/2)), false, nil
+			return at.Add(-lead + mrand.N(lead/2+1)), false, nil
 		}
 		st := c.st
 		st.Next = at.Add(b.interval)
@@ -292,6 +296,11 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 	}
 	b.stats.rebooked.Add(1)
 	return now, true, nil
+}
+
+// lead is how long before it is due a slot may be reserved.
+func (b *Budget) lead() time.Duration {
+	return min(budgetLead, b.interval/2)
 }
 
 // blockedUntil reports whether another replica claims a level above p, and

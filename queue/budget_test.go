@@ -301,7 +301,7 @@ func TestBudget429HoldsEveryReplica(t *testing.T) {
 		rs = append(rs, newBReplica(t, srv, api, n, 20, 1))
 	}
 	for _, r := range rs[1:] {
-		r.work(0, 2, keysOf(r.name, 30))
+		r.work(0, 2, keysOf(r.name, 1000)) // more than the test lasts
 	}
 	queuetest.Eventually(t, 30*time.Second, "the others under way", func() bool { return api.Count() >= 4 })
 	if !rs[0].call(0, "ak0") {
@@ -318,7 +318,7 @@ func TestBudget429HoldsEveryReplica(t *testing.T) {
 	if !known.Before(end) {
 		t.Fatal("the hold reached the other replicas only after it ended")
 	}
-	queuetest.Eventually(t, 30*time.Second, "calls resumed", func() bool {
+	queuetest.Eventually(t, 30*time.Second, "calls resumed after the hold", func() bool {
 		reqs := api.Requests()
 		return reqs[len(reqs)-1].At.After(end)
 	})

@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
@@ -242,15 +241,7 @@ type publisher struct {
 
 func newPublisher(t *testing.T, urls string) *publisher {
 	t.Helper()
-	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := queuetest.ConnectURL(t, urls)
 	return &publisher{t: t, js: js}
 }
 

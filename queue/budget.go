@@ -399,24 +399,15 @@ func (b *Budget) bind(ctx context.Context) (jetstream.KeyValue, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, budgetOpTimeout)
 	defer cancel()
-	kv, err := b.js.KeyValue(ctx, BudgetBucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) && b.cfg.Create {
-		kv, err = b.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      BudgetBucket,
-			Description: "revoker: the API rate budget of each credential, shared by every replica",
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    b.cfg.Replicas,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = b.js.KeyValue(ctx, BudgetBucket) // another replica was first
-		}
-	}
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		err = fmt.Errorf("%w (REVOKER_CREATE_STREAMS is false: create it)", err)
-	}
+	kv, err := bindBucket(ctx, b.js, jetstream.KeyValueConfig{
+		Bucket:      BudgetBucket,
+		Description: "revoker: the API rate budget of each credential, shared by every replica",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(b.cfg.Replicas, 1),
+	}, b.cfg.Create, b.cfg.Log)
 	if err != nil {
-		return nil, b.failed(fmt.Errorf("bind bucket %s: %w", BudgetBucket, err))
+		return nil, b.failed(err)
 	}
 	b.kv.Store(&kv)
 	return kv, nil

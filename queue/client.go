@@ -327,16 +327,5 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 func (c *Client) Recorded(ctx context.Context, p Published) (event.Record, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
-	var (
-		found event.Record
-		ok    bool
-	)
-	err := eachOnSubject(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), func(b []byte) bool {
-		var rec event.Record
-		if json.Unmarshal(b, &rec) == nil && p.Answers(rec) {
-			found, ok = rec, true
-		}
-		return true
-	})
-	return found, ok, err
+	return lastRecord(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), p.Answers)
 }

@@ -57,23 +57,38 @@ func BindLedger(ctx context.Context, js jetstream.JetStream, cfg config.Topology
 
 // bind binds the ledger's bucket, creating it when create is set.
 func (l *Ledger) bind(ctx context.Context, js jetstream.JetStream, create bool, replicas int, log *zap.Logger) error {
-	kv, err := js.KeyValue(ctx, LedgerBucket)
-	switch {
-	case errors.Is(err, jetstream.ErrBucketNotFound) && create:
-		kv, err = js.CreateKeyValue(ctx, LedgerConfig(replicas))
-		if err != nil {
-			return fmt.Errorf("create bucket %s: %w", LedgerBucket, err)
-		}
-		log.Info("created bucket", zap.String("bucket", LedgerBucket))
-	case err == nil:
-		warnBucketReplicas(ctx, kv, replicas, log)
-	case errors.Is(err, jetstream.ErrBucketNotFound):
-		return fmt.Errorf("%w: bucket %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, LedgerBucket)
-	case err != nil:
-		return fmt.Errorf("bind bucket %s: %w", LedgerBucket, err)
+	kv, err := bindBucket(ctx, js, LedgerConfig(replicas), create, log)
+	if err != nil {
+		return err
 	}
 	l.kv.Store(&kv)
 	return nil
+}
+
+// bindBucket binds the bucket want describes, creating it when create is
+// set (and binding the one another replica created meanwhile). Like
+// streams, an existing bucket is never altered: other replicas are a
+// warning.
+func bindBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyValueConfig, create bool, log *zap.Logger) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, want.Bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound) && create:
+		kv, err = js.CreateKeyValue(ctx, want)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			return bindBucket(ctx, js, want, false, log) // another replica was first
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create bucket %s: %w", want.Bucket, err)
+		}
+		log.Info("created bucket", zap.String("bucket", want.Bucket))
+	case err == nil:
+		warnBucketReplicas(ctx, kv, want.Bucket, want.Replicas, log)
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		return nil, fmt.Errorf("%w: bucket %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, want.Bucket)
+	default:
+		return nil, fmt.Errorf("bind bucket %s: %w", want.Bucket, err)
+	}
+	return kv, nil
 }
 
 func ledgerKey(stream string, seq uint64) string {
@@ -125,7 +140,7 @@ func (l *Ledger) Save(ctx context.Context, stream string, seq uint64, e worker.E
 
 // warnBucketReplicas warns when an existing bucket has other replicas than
 // configured; like streams, it is left as it is.
-func warnBucketReplicas(ctx context.Context, kv jetstream.KeyValue, want int, log *zap.Logger) {
+func warnBucketReplicas(ctx context.Context, kv jetstream.KeyValue, bucket string, want int, log *zap.Logger) {
 	st, err := kv.Status(ctx)
 	if err != nil {
 		return
@@ -136,7 +151,7 @@ func warnBucketReplicas(ctx context.Context, kv jetstream.KeyValue, want int, lo
 	}
 	if have := bs.StreamInfo().Config.Replicas; have != max(want, 1) {
 		log.Warn("existing bucket differs from what revoker would create; leaving it as it is",
-			zap.String("bucket", LedgerBucket), zap.String("setting", "replicas"),
+			zap.String("bucket", bucket), zap.String("setting", "replicas"),
 			zap.String("have", strconv.Itoa(have)), zap.String("want", strconv.Itoa(want)))
 	}
 }

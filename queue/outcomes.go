@@ -60,6 +60,21 @@ func eachOnSubject(ctx context.Context, js jetstream.JetStream, stream, subject 
 	}
 }
 
+// lastRecord returns the last record on the literal subject that match
+// accepts. When two records name one event, the later is the one to
+// believe: the worker writes its own again, under a new id, only when it
+// finds one it did not write under its id.
+func lastRecord(ctx context.Context, js jetstream.JetStream, stream, subject string, match func(event.Record) bool) (rec event.Record, found bool, err error) {
+	err = eachOnSubject(ctx, js, stream, subject, func(b []byte) bool {
+		var o event.Record
+		if json.Unmarshal(b, &o) == nil && match(o) {
+			rec, found = o, true
+		}
+		return true
+	})
+	return rec, found, err
+}
+
 // KeyOutcomes returns the records of one key, oldest first, reading only
 // the key's own subject.
 func KeyOutcomes(ctx context.Context, js jetstream.JetStream, stream, prefix, account, key string) ([]event.Record, error) {

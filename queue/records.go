@@ -202,28 +202,15 @@ func (r *Records) Prior(ctx context.Context, stream string, seq uint64, account,
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	err = eachOnSubject(ctx, r.JS, r.OutcomeStream, OutcomeSubject(r.OutcomePrefix, account, key), func(data []byte) bool {
-		var o event.Record
-		if json.Unmarshal(data, &o) == nil && o.Stream == stream && o.Sequence == seq {
-			rec, found = o, true
-		}
-		return true
+	return lastRecord(ctx, r.JS, r.OutcomeStream, OutcomeSubject(r.OutcomePrefix, account, key), func(o event.Record) bool {
+		return o.Stream == stream && o.Sequence == seq
 	})
-	return rec, found, err
 }
 
 // findOutcome reports whether the key's subject holds a record of the same
 // event that says what rec says.
 func (r *Records) findOutcome(ctx context.Context, subject string, rec event.Record) (bool, error) {
-	found := false
-	err := eachOnSubject(ctx, r.JS, r.OutcomeStream, subject, func(data []byte) bool {
-		var o event.Record
-		if json.Unmarshal(data, &o) == nil && o.Stream == rec.Stream && o.Sequence == rec.Sequence {
-			found = o.SameFacts(rec)
-			return !found
-		}
-		return true
-	})
+	_, found, err := lastRecord(ctx, r.JS, r.OutcomeStream, subject, rec.SameFacts)
 	return found, err
 }
 

@@ -171,12 +171,7 @@ func (c *ClusterT) URL(i int) string {
 // as near to a crash as a server in this process can come. Its store is
 // kept for Restart.
 func (c *ClusterT) Kill(i int) {
-	nd := c.nodes[i]
-	nd.mu.Lock()
-	srv := nd.srv
-	nd.srv = nil
-	nd.mu.Unlock()
-	if srv != nil {
+	if srv := c.take(i); srv != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()
 	}
@@ -186,15 +181,21 @@ func (c *ClusterT) Kill(i int) {
 // it stops taking clients, hands its Raft leaderships over, then closes
 // its clients over a short while and stops. It returns once it has.
 func (c *ClusterT) LameDuck(i int) {
-	nd := c.nodes[i]
-	nd.mu.Lock()
-	srv := nd.srv
-	nd.srv = nil
-	nd.mu.Unlock()
-	if srv != nil {
+	if srv := c.take(i); srv != nil {
 		srv.LameDuckShutdown()
 		srv.WaitForShutdown()
 	}
+}
+
+// take removes node i's running server from the cluster's view and
+// returns it (nil when it is not running), for the caller to stop.
+func (c *ClusterT) take(i int) *server.Server {
+	nd := c.nodes[i]
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	srv := nd.srv
+	nd.srv = nil
+	return srv
 }
 
 // Restart starts node i again with its name, store and ports, and waits

@@ -31,16 +31,7 @@ func Server(t testing.TB) *server.Server {
 // Connect connects to srv for the length of the test.
 func Connect(t testing.TB, srv *server.Server) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
+	return ConnectURL(t, srv.ClientURL())
 }
 
 // JetStream starts a server and connects to it.

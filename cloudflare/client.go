@@ -1,12 +1,14 @@
 // Package cloudflare is the HTTP client for Cloudflare's "Delete signing
-// keys" endpoint (SPEC §1):
+// keys" endpoint and the key list that proves a key absent (SPEC §1, §4):
 //
 //	DELETE {base}/accounts/{account_id}/stream/keys/{identifier}
+//	GET    {base}/accounts/{account_id}/stream/keys
 //
-// It makes exactly one call per DeleteSigningKey and reports what it learned
-// (status, envelope, CF-Ray, retry and rate-limit hints); deciding what the
-// answer means and whether to retry is the caller's job. Secrets never
-// appear in its errors, and no redirect is ever followed.
+// It makes exactly one call per DeleteSigningKey or ListSigningKeys and
+// reports what it learned (status, envelope, CF-Ray, retry and rate-limit
+// hints); deciding what the answer means and whether to retry is the
+// caller's job. Secrets never appear in its errors, and no redirect is ever
+// followed.
 package cloudflare
 
 import (
@@ -203,19 +205,29 @@ func ValidIdentifier(s string) bool {
 // When err is not an invalid identifier the call may or may not have reached
 // the API: the key may be deleted. Errors never contain the credential.
 func (c *Client) DeleteSigningKey(ctx context.Context, accountID, keyID string) (*Response, error) {
-	resp := &Response{}
 	// Checked again here, whoever checked before: nothing unchecked may
 	// reach a URL path.
 	if !ValidIdentifier(accountID) {
-		return resp, fmt.Errorf("%w: the account id is not 1-32 characters of [A-Za-z0-9]", ErrInvalidIdentifier)
+		return &Response{}, fmt.Errorf("%w: the account id is not 1-32 characters of [A-Za-z0-9]", ErrInvalidIdentifier)
 	}
 	if !ValidIdentifier(keyID) {
-		return resp, fmt.Errorf("%w: the key id is not 1-32 characters of [A-Za-z0-9]", ErrInvalidIdentifier)
+		return &Response{}, fmt.Errorf("%w: the key id is not 1-32 characters of [A-Za-z0-9]", ErrInvalidIdentifier)
 	}
+	resp, _, err := c.call(ctx, http.MethodDelete, maxBody, "accounts", accountID, "stream", "keys", keyID)
+	return resp, err
+}
+
+// call makes one request of method to {base}/{path...} and reads at most
+// limit bytes of the answer: the path every call of the client takes, with
+// the contract documented at DeleteSigningKey. The segments of path must
+// have been checked by the caller. body is the answer's body, nil when it
+// was larger than limit or there was no answer.
+func (c *Client) call(ctx context.Context, method string, limit int, path ...string) (resp *Response, body []byte, err error) {
+	resp = &Response{}
 	if ctx == nil {
-		return resp, errors.New("cloudflare: nil context")
+		return resp, nil, errors.New("cloudflare: nil context")
 	}
-	target := c.base.JoinPath("accounts", accountID, "stream", "keys", keyID).String()
+	target := c.base.JoinPath(path...).String()
 
 	start := time.Now()
 	// A context, not http.Client.Timeout, so that our timeout can be told
@@ -223,26 +235,26 @@ func (c *Client) DeleteSigningKey(ctx context.Context, accountID, keyID string) 
 	callCtx, cancel := context.WithTimeoutCause(ctx, c.timeout, ErrTimeout)
 	defer cancel()
 
-	req, err := http.NewRequestWithContext(callCtx, http.MethodDelete, target, nil)
+	req, err := http.NewRequestWithContext(callCtx, method, target, nil)
 	if err != nil {
-		return resp, fmt.Errorf("cloudflare: building request: %w", err)
+		return resp, nil, fmt.Errorf("cloudflare: building request: %w", err)
 	}
 	req.Header.Set("User-Agent", c.userAgent)
 	req.Header.Set("Accept", "application/json")
 	if err := c.cred.Apply(req); err != nil {
-		return resp, fmt.Errorf("cloudflare: credential %s: %w", c.cred.ID(), err)
+		return resp, nil, fmt.Errorf("cloudflare: credential %s: %w", c.cred.ID(), err)
 	}
 
 	hr, err := c.hc.Do(req)
 	if err != nil {
 		resp.Duration = time.Since(start)
-		return resp, c.callError(ctx, callCtx, target, "", err)
+		return resp, nil, c.callError(ctx, callCtx, method, target, "", err)
 	}
 	resp.CFRay = cutRay(hr.Header.Get("Cf-Ray"))
-	body, oversized, err := readBody(hr.Body)
+	body, oversized, err := readBody(hr.Body, limit)
 	resp.Duration = time.Since(start)
 	if err != nil {
-		return resp, c.callError(ctx, callCtx, target, fmt.Sprintf("reading the body of HTTP %d", hr.StatusCode), err)
+		return resp, nil, c.callError(ctx, callCtx, method, target, fmt.Sprintf("reading the body of HTTP %d", hr.StatusCode), err)
 	}
 
 	now := time.Now()
@@ -251,38 +263,38 @@ func (c *Client) DeleteSigningKey(ctx context.Context, accountID, keyID string) 
 	resp.ShouldRetry = parseShouldRetry(hr.Header)
 	resp.RateLimit = parseRateLimit(hr.Header, now)
 	if oversized {
-		resp.BodyError = fmt.Sprintf("body larger than %d bytes", maxBody)
-	} else {
-		resp.Envelope, resp.BodyError = decodeEnvelope(body, hr.Header.Get("Content-Type"))
+		resp.BodyError = fmt.Sprintf("body larger than %d bytes", limit)
+		return resp, nil, nil
 	}
-	return resp, nil
+	resp.Envelope, resp.BodyError = decodeEnvelope(body, hr.Header.Get("Content-Type"))
+	return resp, body, nil
 }
 
-// readBody reads at most maxBody bytes, then drains a bounded amount more so
+// readBody reads at most limit bytes, then drains a bounded amount more so
 // the keep-alive connection can be reused, and closes the body.
-func readBody(rc io.ReadCloser) (body []byte, oversized bool, err error) {
+func readBody(rc io.ReadCloser, limit int) (body []byte, oversized bool, err error) {
 	defer rc.Close()
-	body, err = io.ReadAll(io.LimitReader(rc, maxBody+1))
+	body, err = io.ReadAll(io.LimitReader(rc, int64(limit)+1))
 	if err != nil {
 		return nil, false, err
 	}
-	if len(body) > maxBody {
+	if len(body) > limit {
 		_, _ = io.CopyN(io.Discard, rc, maxDrain)
 		return nil, true, nil
 	}
 	return body, false, nil
 }
 
-// callError describes a failed call in one line ("cloudflare: DELETE <url>:
+// callError describes a failed call in one line ("cloudflare: <method> <url>:
 // <what happened>") and wraps its causes so that errors.Is tells our
 // timeout from the caller's cancellation.
-func (c *Client) callError(parent, callCtx context.Context, target, stage string, err error) error {
+func (c *Client) callError(parent, callCtx context.Context, method, target, stage string, err error) error {
 	cause := err
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		cause = ue.Err // its message repeats the method and URL
 	}
-	msg := "cloudflare: DELETE " + target + ": "
+	msg := "cloudflare: " + method + " " + target + ": "
 	if stage != "" {
 		msg += stage + ": "
 	}

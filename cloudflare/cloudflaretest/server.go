@@ -1,13 +1,17 @@
 // Package cloudflaretest is an in-process stand-in for Cloudflare's Stream
-// signing-key endpoint, for the demo, tests and benchmarks. It speaks the v4
-// envelope, checks credentials, remembers deleted keys, can be scripted per
-// key, can rate-limit like the real API (429, code 971) and logs every
-// request (never a secret).
+// signing-key endpoints, for the demo, tests and benchmarks. It speaks the
+// v4 envelope, checks credentials, keeps each account's keys, answers the
+// key list, can be scripted per key, can rate-limit like the real API (429,
+// code 971) and logs every request (never a secret).
 //
 // The behaviour is modelled on what SPEC §1 records of the real API. Every
 // key exists until its first successful delete; deleting it again answers
 // 404, the answer the worker is specified to expect where Cloudflare's
-// behaviour is undocumented.
+// behaviour is undocumented. A key the server has never seen is created by
+// its first delete (which then succeeds), so a test need not add the keys
+// its events name. The ways a 404 can mislead are all here: a key that
+// answers 404 yet stays listed (KeepListed), an HTML 404 from something
+// that is not the API (HTML404, WithoutAPI).
 package cloudflaretest
 
 import (
@@ -17,6 +21,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,15 +49,20 @@ const (
 	CodeScripted       = 10999 // any other scripted 4xx (the stand-in's choice)
 )
 
+// HTML404 is a status for Script and ScriptList: a 404 whose body is an
+// HTML page, not the envelope, as a proxy, a load balancer or a wrong base
+// URL answers. The request log records it as 404.
+const HTML404 = -http.StatusNotFound
+
 // SuccessBody is the body of a successful delete.
 const SuccessBody = `{"success":true,"errors":[],"messages":[],"result":"ok"}`
 
 // Request is one request as the server saw it. It never holds a secret.
 type Request struct {
 	At        time.Time // arrival
-	Method    string
-	Path      string // escaped path, e.g. /client/v4/accounts/a/stream/keys/k
-	AccountID string // path values; "" on other routes
+	Method    string    // "DELETE" for a delete, "GET" for the key list
+	Path      string    // escaped path, e.g. /client/v4/accounts/a/stream/keys/k
+	AccountID string    // path values; "" on other routes, KeyID "" on the list
 	KeyID     string
 	// Auth is "bearer", "legacy", "none", or "malformed" (an auth header
 	// that does not parse: answered 400, code 6003).
@@ -81,6 +91,7 @@ type config struct {
 	hasLegacy  bool
 	perSecond  int
 	latency    time.Duration
+	withoutAPI bool
 }
 
 // WithResponder makes f answer first; see Responder.
@@ -106,6 +117,12 @@ func WithLegacyKey(email, key string) Option {
 // window has room, at least 1. 0 or less turns it off.
 func WithRateLimit(perSecond int) Option { return func(c *config) { c.perSecond = perSecond } }
 
+// WithoutAPI makes the server something that is not the API, as a wrong
+// base URL reaches: every request, whatever its method, path and
+// credential, answers 404 with an HTML page. A Responder still answers
+// first. No key changes and WithRateLimit does not apply.
+func WithoutAPI() Option { return func(c *config) { c.withoutAPI = true } }
+
 // WithLatency delays every answer by d (after it is decided, so a client
 // that gives up meanwhile leaves the key deleted, as with the real API).
 func WithLatency(d time.Duration) Option { return func(c *config) { c.latency = d } }
@@ -118,20 +135,29 @@ type Server struct {
 	ts  *httptest.Server
 	cfg config
 
-	mu        sync.Mutex
-	log       []Request
-	deleted   map[[2]string]bool
-	scripts   map[string][]int
-	window    []time.Time // arrivals answered non-429 within the last second
-	throttled int
-	rayNext   uint64
+	mu          sync.Mutex
+	log         []Request
+	keys        map[[2]string]*keyState // by account, key
+	scripts     map[string][]int        // deletes, by key
+	listScripts map[string][]int        // key lists, by account
+	window      []time.Time             // arrivals answered non-429 within the last second
+	throttled   int
+	rayNext     uint64
+}
+
+// keyState is what the server knows of one key.
+type keyState struct {
+	created    time.Time
+	deleted    bool
+	keepListed bool // deletes answer 404 and leave it listed
 }
 
 // NewServer starts a stand-in on a loopback port.
 func NewServer(opts ...Option) *Server {
 	s := &Server{
-		deleted: make(map[[2]string]bool),
-		scripts: make(map[string][]int),
+		keys:        make(map[[2]string]*keyState),
+		scripts:     make(map[string][]int),
+		listScripts: make(map[string][]int),
 		// CF-Ray values look like Cloudflare's (16 hex digits and a colo)
 		// and are unique per server: a random start, then a counter.
 		rayNext: rand.Uint64() >> 1,
@@ -141,6 +167,7 @@ func NewServer(opts ...Option) *Server {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("DELETE "+APIPrefix+"/accounts/{account}/stream/keys/{key}", s.handle(routeDelete))
+	mux.HandleFunc("GET "+APIPrefix+"/accounts/{account}/stream/keys", s.handle(routeList))
 	mux.HandleFunc(APIPrefix+"/accounts/{account}/stream/keys/{key}", s.handle(routeMethod))
 	mux.HandleFunc("/", s.handle(routeOther))
 	s.ts = httptest.NewServer(mux)
@@ -155,7 +182,10 @@ func (s *Server) Close() { s.ts.Close() }
 // connection errors.
 func (s *Server) CloseClientConnections() { s.ts.CloseClientConnections() }
 
-// Requests returns a copy of the request log, in arrival order.
+// Requests returns a copy of the request log, in the order the server
+// decided the answers: a request that arrived after another was answered
+// comes after it (At, taken on arrival, may be out of order between
+// concurrent requests).
 func (s *Server) Requests() []Request {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -181,15 +211,67 @@ func (s *Server) Throttled() int {
 func (s *Server) Deleted(account, key string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.deleted[[2]string{account, key}]
+	st := s.keys[[2]string{account, key}]
+	return st != nil && st.deleted
+}
+
+// Listed reports whether the key list of account names key: the server
+// knows the key and it is not deleted.
+func (s *Server) Listed(account, key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.keys[[2]string{account, key}]
+	return st != nil && !st.deleted
+}
+
+// AddKey makes key a live key of account: listed until a delete succeeds.
+// A deleted key is made live again (the real API never reuses ids; tests
+// may).
+func (s *Server) AddKey(account, key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.key(account, key, time.Now()).deleted = false
+}
+
+// KeepListed makes key a live key of account whose deletes, unless
+// scripted otherwise, answer the not-found envelope (404, code 10003) while
+// it stays in the list: "404 on delete, but the key is still listed".
+// RemoveKey, or a scripted 2xx, ends it.
+func (s *Server) KeepListed(account, key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.key(account, key, time.Now())
+	st.deleted, st.keepListed = false, true
+}
+
+// RemoveKey deletes key of account as someone else would: it leaves the
+// list and deletes of it answer 404. No request is logged.
+func (s *Server) RemoveKey(account, key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.key(account, key, time.Now()).deleted = true
+}
+
+// key returns the state of a key, making it known (live) if it was not;
+// s.mu is held.
+func (s *Server) key(account, key string, now time.Time) *keyState {
+	k := [2]string{account, key}
+	st := s.keys[k]
+	if st == nil {
+		st = &keyState{created: now}
+		s.keys[k] = st
+	}
+	return st
 }
 
 // Script queues statuses for deletes of key (in any account), consumed one
 // per request in order before the default behaviour resumes; e.g.
 // Script("k1", 503, 503). 2xx deletes the key (204 answers with no body);
-// 404 is the not-found envelope; 401/403 the auth error (code 10000); 429
-// code 971 with Retry-After: 1; 5xx an HTML page like Cloudflare's edge;
-// 3xx a redirect to another path; any other status an error envelope.
+// 404 is the not-found envelope and leaves the key as it was (a key never
+// seen stays unlisted, as one deleted earlier by someone else); HTML404 a
+// 404 with an HTML page; 401/403 the auth error (code 10000); 429 code 971
+// with Retry-After: 1; 5xx an HTML page like Cloudflare's edge; 3xx a
+// redirect to another path; any other status an error envelope.
 // Authentication and WithRateLimit are checked first and do not consume it.
 func (s *Server) Script(key string, statuses ...int) {
 	s.mu.Lock()
@@ -197,10 +279,21 @@ func (s *Server) Script(key string, statuses ...int) {
 	s.scripts[key] = append(s.scripts[key], statuses...)
 }
 
+// ScriptList queues statuses for key lists of account, as Script does for
+// deletes: 2xx answers the list with that status (204 with no body), 404
+// the envelope with code 7000 (no route), HTML404 an HTML page, and every
+// other status as for Script.
+func (s *Server) ScriptList(account string, statuses ...int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.listScripts[account] = append(s.listScripts[account], statuses...)
+}
+
 type route int
 
 const (
 	routeDelete route = iota
+	routeList
 	routeMethod
 	routeOther
 )
@@ -232,10 +325,16 @@ func (s *Server) handle(rt route) http.HandlerFunc {
 		// The window uses the time taken under the lock, not req.At, so
 		// it stays sorted however goroutines interleave.
 		now := time.Now()
-		if !handled {
+		limited := s.cfg.perSecond > 0
+		switch {
+		case handled:
+		case s.cfg.withoutAPI:
+			// Not the API answering: no envelope, no budget.
+			rep, limited = htmlReply(http.StatusNotFound), false
+		default:
 			rep = s.decide(rt, req, authReply, now)
 		}
-		if s.cfg.perSecond > 0 {
+		if limited {
 			if rep.status != http.StatusTooManyRequests {
 				s.window = append(s.window, now)
 			}
@@ -277,42 +376,99 @@ func (s *Server) decide(rt route, req Request, authReply *reply, now time.Time) 
 	case routeMethod:
 		return withHeader(envelopeReply(http.StatusMethodNotAllowed, msg{CodeMethod, "Method not allowed", nil}), "Allow", http.MethodDelete)
 	}
-	if !cloudflare.ValidIdentifier(req.AccountID) || !cloudflare.ValidIdentifier(req.KeyID) {
+	if !cloudflare.ValidIdentifier(req.AccountID) || rt == routeDelete && !cloudflare.ValidIdentifier(req.KeyID) {
 		return envelopeReply(http.StatusBadRequest, msg{CodeBadIdentifier, "Could not route to " + req.Path + ", perhaps your object identifier is invalid?", nil})
 	}
-	if q := s.scripts[req.KeyID]; len(q) > 0 {
-		st := q[0]
-		if len(q) == 1 {
-			delete(s.scripts, req.KeyID)
-		} else {
-			s.scripts[req.KeyID] = q[1:]
+	if rt == routeList {
+		if st, ok := pop(s.listScripts, req.AccountID); ok {
+			return s.scriptedList(st, req, now)
 		}
-		return s.scripted(st, req)
+		return s.listKeys(req.AccountID, http.StatusOK)
 	}
-	return s.deleteKey(req)
+	if st, ok := pop(s.scripts, req.KeyID); ok {
+		return s.scripted(st, req, now)
+	}
+	return s.deleteKey(req, now)
 }
 
-func (s *Server) deleteKey(req Request) reply {
-	k := [2]string{req.AccountID, req.KeyID}
-	if s.deleted[k] {
+// pop takes the first status queued under name.
+func pop(scripts map[string][]int, name string) (int, bool) {
+	q := scripts[name]
+	if len(q) == 0 {
+		return 0, false
+	}
+	if len(q) == 1 {
+		delete(scripts, name)
+	} else {
+		scripts[name] = q[1:]
+	}
+	return q[0], true
+}
+
+func (s *Server) deleteKey(req Request, now time.Time) reply {
+	st := s.key(req.AccountID, req.KeyID, now)
+	if st.deleted || st.keepListed {
 		return notFound()
 	}
-	s.deleted[k] = true
+	st.deleted = true
 	return reply{status: http.StatusOK, body: SuccessBody}
 }
 
-func (s *Server) scripted(st int, req Request) reply {
+// listKeys answers the key list of account: its known keys not deleted,
+// oldest first, as {"id", "created"} entries.
+func (s *Server) listKeys(account string, status int) reply {
+	type entry struct {
+		ID      string `json:"id"`
+		Created string `json:"created"`
+		at      time.Time
+	}
+	list := []entry{}
+	for k, st := range s.keys {
+		if k[0] == account && !st.deleted {
+			list = append(list, entry{ID: k[1], Created: st.created.UTC().Format(time.RFC3339Nano), at: st.created})
+		}
+	}
+	slices.SortFunc(list, func(a, b entry) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	b, _ := json.Marshal(struct {
+		Success  bool    `json:"success"`
+		Errors   []msg   `json:"errors"`
+		Messages []msg   `json:"messages"`
+		Result   []entry `json:"result"`
+	}{Success: true, Errors: []msg{}, Messages: []msg{}, Result: list})
+	return reply{status: status, body: string(b)}
+}
+
+func (s *Server) scriptedList(st int, req Request, now time.Time) reply {
 	switch {
 	case st == http.StatusNoContent:
-		s.deleted[[2]string{req.AccountID, req.KeyID}] = true
 		return reply{status: st}
 	case st >= 200 && st < 300:
-		s.deleted[[2]string{req.AccountID, req.KeyID}] = true
+		return s.listKeys(req.AccountID, st)
+	case st == http.StatusNotFound:
+		return envelopeReply(st, msg{CodeNoRoute, "No route for that URI", nil})
+	}
+	return s.scripted(st, req, now)
+}
+
+func (s *Server) scripted(st int, req Request, now time.Time) reply {
+	switch {
+	case st == http.StatusNoContent:
+		s.key(req.AccountID, req.KeyID, now).deleted = true
+		return reply{status: st}
+	case st >= 200 && st < 300:
+		s.key(req.AccountID, req.KeyID, now).deleted = true
 		return reply{status: st, body: SuccessBody}
 	case st >= 300 && st < 400:
 		return withHeader(reply{status: st, body: ""}, "Location", "/moved"+req.Path)
 	case st == http.StatusNotFound:
 		return notFound()
+	case st == HTML404:
+		return htmlReply(http.StatusNotFound)
 	case st == http.StatusUnauthorized || st == http.StatusForbidden:
 		return envelopeReply(st, msg{CodeAuthError, "Authentication error", nil})
 	case st == http.StatusTooManyRequests:

@@ -2,11 +2,13 @@ package cloudflaretest_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -419,13 +421,16 @@ func TestOtherRoutes(t *testing.T) {
 		{"POST", "/client/v4/accounts/a/stream/keys/k", 405, cloudflaretest.CodeMethod},
 		{"DELETE", "/client/v4/accounts/a%2Fb/stream/keys/k", 400, cloudflaretest.CodeBadIdentifier},
 		{"DELETE", "/client/v4/accounts/a/stream/keys/" + strings.Repeat("k", 33), 400, cloudflaretest.CodeBadIdentifier},
+		{"POST", "/client/v4/accounts/a/stream/keys", 404, cloudflaretest.CodeNoRoute},
+		{"GET", "/client/v4/accounts/a%2Fb/stream/keys", 400, cloudflaretest.CodeBadIdentifier},
+		{"GET", "/client/v4/accounts/" + strings.Repeat("a", 33) + "/stream/keys", 400, cloudflaretest.CodeBadIdentifier},
 	} {
 		resp, body := raw(t, tc.method, strings.TrimSuffix(s.URL, "/client/v4")+tc.path, http.Header{"Authorization": {"Bearer x"}})
 		if resp.StatusCode != tc.status || !strings.Contains(body, fmt.Sprintf(`"code":%d`, tc.code)) || resp.Header.Get("Cf-Ray") == "" {
 			t.Errorf("%s %s: %d %s", tc.method, tc.path, resp.StatusCode, body)
 		}
 	}
-	if s.Count() != 7 {
+	if s.Count() != 10 {
 		t.Errorf("Count = %d", s.Count())
 	}
 }
@@ -470,4 +475,253 @@ func BenchmarkDeleteSigningKey(b *testing.B) {
 			}
 		}
 	})
+}
+
+func list(t *testing.T, c *cloudflare.Client, acc string) *cloudflare.KeyList {
+	t.Helper()
+	l, err := c.ListSigningKeys(t.Context(), acc)
+	if err != nil {
+		t.Fatalf("ListSigningKeys(%s): %v", acc, err)
+	}
+	return l
+}
+
+// ids is the result of a list answer, in its order.
+func ids(t *testing.T, l *cloudflare.KeyList) []string {
+	t.Helper()
+	var entries []struct {
+		ID      string `json:"id"`
+		Created string `json:"created"`
+	}
+	if l.Envelope == nil {
+		t.Fatalf("no envelope: %s", l.BodyError)
+	}
+	if err := json.Unmarshal(l.Envelope.Result, &entries); err != nil {
+		t.Fatalf("result %s: %v", l.Envelope.Result, err)
+	}
+	out := []string{}
+	for _, e := range entries {
+		if _, err := time.Parse(time.RFC3339Nano, e.Created); err != nil {
+			t.Errorf("created %q: %v", e.Created, err)
+		}
+		out = append(out, e.ID)
+	}
+	return out
+}
+
+func TestKeyList(t *testing.T) {
+	s := cloudflaretest.NewServer(cloudflaretest.WithToken(token))
+	defer s.Close()
+	c := client(t, s, cloudflare.Token(token))
+
+	l := list(t, c, "acc")
+	if l.Status != 200 || !l.Listed || len(ids(t, l)) != 0 || l.CFRay == "" {
+		t.Fatalf("empty account: %+v", l)
+	}
+	s.AddKey("acc", "k1")
+	s.AddKey("acc", "k2")
+	s.AddKey("other", "k3")
+	if got := ids(t, list(t, c, "acc")); !slices.Equal(got, []string{"k1", "k2"}) {
+		t.Errorf("list = %v, want the keys in the order added", got)
+	}
+	if !s.Listed("acc", "k1") || s.Deleted("acc", "k1") || s.Listed("acc", "k3") {
+		t.Error("Listed/Deleted do not follow AddKey")
+	}
+
+	if r := call(t, c, "acc", "k1"); r.Status != 200 {
+		t.Fatalf("delete k1: %d", r.Status)
+	}
+	if r := call(t, c, "acc", "k1"); r.Status != 404 || !r.Envelope.HasCode(cloudflaretest.CodeNotFound) {
+		t.Fatalf("delete k1 again: %+v", r)
+	}
+	l = list(t, c, "acc")
+	if !l.Listed || l.Has("k1") || !l.Has("k2") || s.Listed("acc", "k1") {
+		t.Errorf("after the delete: %v", ids(t, l))
+	}
+	// A key never seen is created by its first delete: it succeeds and
+	// the key is never listed.
+	if r := call(t, c, "acc", "k9"); r.Status != 200 || !s.Deleted("acc", "k9") || list(t, c, "acc").Has("k9") {
+		t.Errorf("delete of an unknown key: %+v", r)
+	}
+	if got := ids(t, list(t, c, "other")); !slices.Equal(got, []string{"k3"}) {
+		t.Errorf("other account = %v", got)
+	}
+	// RemoveKey: gone elsewhere, so unlisted and 404, and not logged.
+	n := s.Count()
+	s.RemoveKey("acc", "k2")
+	if s.Count() != n || s.Listed("acc", "k2") || list(t, c, "acc").Has("k2") {
+		t.Error("RemoveKey left the key listed or logged a request")
+	}
+	if r := call(t, c, "acc", "k2"); r.Status != 404 || r.Envelope == nil {
+		t.Errorf("delete of a removed key: %+v", r)
+	}
+	// AddKey brings a deleted key back.
+	s.AddKey("acc", "k1")
+	if !list(t, c, "acc").Has("k1") {
+		t.Error("AddKey did not list a deleted key again")
+	}
+
+	// The log tells a list from a delete, in order: the list after the
+	// 404 comes after it.
+	var seq []string
+	for _, r := range s.Requests() {
+		seq = append(seq, fmt.Sprintf("%s %s %d", r.Method, strings.TrimPrefix(r.Path, cloudflaretest.APIPrefix), r.Status))
+	}
+	want := []string{
+		"GET /accounts/acc/stream/keys 200",
+		"GET /accounts/acc/stream/keys 200",
+		"DELETE /accounts/acc/stream/keys/k1 200",
+		"DELETE /accounts/acc/stream/keys/k1 404",
+		"GET /accounts/acc/stream/keys 200",
+	}
+	if !slices.Equal(seq[:len(want)], want) {
+		t.Errorf("log starts %q, want %q", seq[:len(want)], want)
+	}
+	if r := s.Requests()[0]; r.AccountID != "acc" || r.KeyID != "" || r.Auth != "bearer" || !r.TokenOK {
+		t.Errorf("list log entry = %+v", r)
+	}
+
+	// Same auth as a delete.
+	l = list(t, client(t, s, cloudflare.Token(token+"x")), "acc")
+	if l.Status != 403 || l.Listed || !l.Envelope.HasCode(cloudflaretest.CodeAuthError) {
+		t.Errorf("wrong token: %+v", l)
+	}
+}
+
+func TestKeepListed(t *testing.T) {
+	s := cloudflaretest.NewServer()
+	defer s.Close()
+	c := client(t, s, cloudflare.Token(token))
+	s.KeepListed("acc", "k1")
+	for range 2 {
+		r := call(t, c, "acc", "k1")
+		if r.Status != 404 || r.Envelope == nil || r.Envelope.Success || !r.Envelope.HasCode(cloudflaretest.CodeNotFound) {
+			t.Fatalf("delete: %+v", r)
+		}
+		if l := list(t, c, "acc"); !l.Listed || !l.Has("k1") || s.Deleted("acc", "k1") {
+			t.Fatalf("404 on delete, but the key is not listed: %v", ids(t, l))
+		}
+	}
+	// The delete finally spreads.
+	s.RemoveKey("acc", "k1")
+	if l := list(t, c, "acc"); !l.Listed || l.Has("k1") {
+		t.Errorf("after RemoveKey: %v", ids(t, l))
+	}
+
+	// A scripted success ends it too.
+	s.KeepListed("acc", "k2")
+	s.Script("k2", 200)
+	if r := call(t, c, "acc", "k2"); r.Status != 200 || list(t, c, "acc").Has("k2") {
+		t.Errorf("scripted 200: %+v", r)
+	}
+}
+
+func TestHTML404(t *testing.T) {
+	s := cloudflaretest.NewServer()
+	defer s.Close()
+	c := client(t, s, cloudflare.Token(token))
+	s.AddKey("acc", "k1")
+	s.Script("k1", cloudflaretest.HTML404)
+	s.Script("k2", cloudflaretest.HTML404)
+
+	for _, key := range []string{"k1", "k2"} {
+		r := call(t, c, "acc", key)
+		if r.Status != 404 || r.Envelope != nil || !strings.Contains(r.BodyError, "<html>") || !strings.Contains(r.BodyError, "text/html") {
+			t.Errorf("%s: %+v", key, r)
+		}
+	}
+	// Nothing changed: k1 is still live, k2 still unknown.
+	if !s.Listed("acc", "k1") || s.Deleted("acc", "k1") || s.Deleted("acc", "k2") || s.Listed("acc", "k2") {
+		t.Error("an HTML 404 changed the keys")
+	}
+	if r := s.Requests()[0]; r.Status != 404 {
+		t.Errorf("logged status %d", r.Status)
+	}
+	if r := call(t, c, "acc", "k1"); r.Status != 200 {
+		t.Errorf("after the script: %d", r.Status)
+	}
+}
+
+func TestScriptList(t *testing.T) {
+	s := cloudflaretest.NewServer()
+	defer s.Close()
+	c := client(t, s, cloudflare.Token(token))
+	s.AddKey("acc", "k1")
+	s.ScriptList("acc", 503, 404, cloudflaretest.HTML404, 429, 403, 204, 201)
+
+	checks := []func(l *cloudflare.KeyList) bool{
+		func(l *cloudflare.KeyList) bool { return l.Status == 503 && l.Envelope == nil },
+		func(l *cloudflare.KeyList) bool {
+			return l.Status == 404 && l.Envelope.HasCode(cloudflaretest.CodeNoRoute)
+		},
+		func(l *cloudflare.KeyList) bool { return l.Status == 404 && l.Envelope == nil },
+		func(l *cloudflare.KeyList) bool { return l.Status == 429 && l.HasRetryAfter },
+		func(l *cloudflare.KeyList) bool {
+			return l.Status == 403 && l.Envelope.HasCode(cloudflaretest.CodeAuthError)
+		},
+		func(l *cloudflare.KeyList) bool { return l.Status == 204 && l.Envelope == nil },
+	}
+	for i, check := range checks {
+		if l := list(t, c, "acc"); l.Listed || !check(l) {
+			t.Errorf("scripted list %d: %+v", i, l)
+		}
+	}
+	if l := list(t, c, "acc"); l.Status != 201 || !l.Listed || !l.Has("k1") {
+		t.Errorf("scripted 201: %+v", l)
+	}
+	if l := list(t, c, "acc"); l.Status != 200 || !l.Listed || !l.Has("k1") {
+		t.Errorf("after the script: %+v", l)
+	}
+	if !s.Listed("acc", "k1") {
+		t.Error("a scripted list changed the keys")
+	}
+}
+
+func TestWithoutAPI(t *testing.T) {
+	s := cloudflaretest.NewServer(cloudflaretest.WithoutAPI(), cloudflaretest.WithToken(token), cloudflaretest.WithRateLimit(1))
+	defer s.Close()
+	for _, cred := range []cloudflare.Credential{cloudflare.Token(token), cloudflare.Token("wrong")} {
+		c := client(t, s, cred)
+		for range 3 {
+			r := call(t, c, "acc", "k1")
+			if r.Status != 404 || r.Envelope != nil || !strings.Contains(r.BodyError, "404 Not Found") || r.RateLimit.Known {
+				t.Errorf("delete: %+v", r)
+			}
+			l := list(t, c, "acc")
+			if l.Status != 404 || l.Envelope != nil || l.Listed {
+				t.Errorf("list: %+v", l)
+			}
+		}
+	}
+	resp, body := raw(t, http.MethodPost, strings.TrimSuffix(s.URL, cloudflaretest.APIPrefix)+"/anything", http.Header{})
+	if resp.StatusCode != 404 || !strings.HasPrefix(body, "<html>") {
+		t.Errorf("other route: %d %s", resp.StatusCode, body)
+	}
+	if s.Deleted("acc", "k1") || s.Throttled() != 0 || s.Count() != 13 {
+		t.Errorf("Deleted %v, Throttled %d, Count %d", s.Deleted("acc", "k1"), s.Throttled(), s.Count())
+	}
+}
+
+func TestListRateLimited(t *testing.T) {
+	s := cloudflaretest.NewServer(cloudflaretest.WithRateLimit(1))
+	defer s.Close()
+	c := client(t, s, cloudflare.Token(token))
+	start := time.Now()
+	if r := call(t, c, "acc", "k1"); r.Status != 200 {
+		t.Fatalf("delete: %d", r.Status)
+	}
+	// The list shares the delete's budget of one call a second.
+	l := list(t, c, "acc")
+	if l.Status != 429 {
+		if time.Since(start) < time.Second {
+			t.Fatalf("list answered within the delete's second: %+v", l)
+		}
+		t.Skip("the machine took over a second between two calls")
+	}
+	if !l.Envelope.HasCode(cloudflaretest.CodeRateLimited) || !l.HasRetryAfter || l.Listed || !l.RateLimit.Known {
+		t.Errorf("429: %+v", l)
+	}
+	if s.Throttled() != 1 {
+		t.Errorf("Throttled = %d", s.Throttled())
+	}
 }

@@ -1,0 +1,7 @@
+package cloudflare
+
+// Hooks for the key-list tests in package cloudflare_test.
+var ParseKeyResult = parseKeyResult
+
+// MaxListBody is the key list's body read limit.
+const MaxListBody = maxListBody

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // BudgetBucket is the key-value bucket holding the API rate budget of each
@@ -68,37 +69,38 @@ type BudgetConfig struct {
 	Create bool
 	// Log receives the budget's trouble, each distinct cause once.
 	Log *zap.Logger
+	// Clock is this replica's clock, time.Now when nil. Only the time it
+	// measures between two readings matters (see serverClock): a wall
+	// clock that is off changes nothing.
+	Clock func() time.Time
 }
 
 // BudgetStats counts a Budget's traffic with JetStream.
 type BudgetStats struct {
 	Reserved  uint64 // slots reserved
 	Rebooked  uint64 // slots used late moved to their actual start
+	Returned  uint64 // slots given back unused, for another replica to take
 	Writes    uint64 // compare-and-swap writes sent, conflicts included
 	Conflicts uint64 // writes refused because another replica wrote first
 	Reads     uint64 // entries read after a conflict
 	Watched   uint64 // entries received from the watch
-}
-
-// budgetState is the shared entry of one credential.
-type budgetState struct {
-	// Next is the earliest start of the next call of any replica.
-	Next time.Time `json:"next,omitzero"`
-	// Hold stops every call until then; Cause says why.
-	Hold  time.Time `json:"hold,omitzero"`
-	Cause string    `json:"cause,omitempty"`
-	// Claims are, per replica, the highest priority with work waiting.
-	Claims map[string]budgetClaim `json:"claims,omitempty"`
-}
-
-type budgetClaim struct {
-	P     int       `json:"p"`
-	Until time.Time `json:"until"`
+	Synced    uint64 // measurements of the server's clock (budgetSyncSamples requests each)
 }
 
 type cachedState struct {
 	st  budgetState
 	rev uint64 // 0: no entry yet
+	// created is the server's time of the write that stored the entry;
+	// for this replica's own write, its estimate until the watch brings
+	// the entry.
+	created time.Time
+}
+
+// reservation is the last slot this replica reserved, in both clocks, so
+// that Rebook and GiveBack find it in the entry exactly.
+type reservation struct {
+	key           string
+	local, server time.Time
 }
 
 // Budget is the throttle.Budget kept in a JetStream key-value bucket. A
@@ -107,23 +109,40 @@ type cachedState struct {
 // keeps its copy of the entry current, so conflicts stay rare. Whenever it
 // cannot tell (the bucket unreachable, a write unanswered), it reserves
 // nothing: calls wait, never overshoot.
+//
+// The entry is kept on the NATS server's clock, never a replica's (SPEC
+// §9): times written are server times, estimated through serverClock, and
+// turned into this replica's monotonic clock to wait for them; a claim's
+// freshness is the server's own time stamp of the write that renewed it.
+// Nothing read is believed beyond what a replica could have written at the
+// entry's server time (clampState): no hold longer than throttle.MaxPause,
+// no next slot further than an interval and that cap ahead, so neither a
+// replica whose clock is off, nor one that died, nor a hand-written entry
+// holds the others up for longer.
 type Budget struct {
 	js       jetstream.JetStream
 	cfg      BudgetConfig
 	log      *zap.Logger
 	interval time.Duration // 0: no limit
 	owner    string        // this replica, in claims
+	clock    *serverClock
 
 	bindMu sync.Mutex
 	kv     atomic.Pointer[jetstream.KeyValue]
 
 	mu      sync.Mutex
 	cache   map[string]cachedState
+	slot    reservation
 	claim   int       // the level this replica claims, -1 none
-	hold    time.Time // a hold to publish
+	hold    time.Time // a hold to publish, local clock
 	cause   string
-	deferTo time.Time // a Defer to publish
+	deferTo time.Time // a Defer to publish, local clock
 	trouble string    // last trouble logged, "" when none
+	// checkedRev is the last revision whose values were checked; foreign
+	// says it held values out of range, so that is logged once, not on
+	// every read.
+	checkedRev uint64
+	foreign    bool
 
 	changed chan struct{}
 	kick    chan struct{}
@@ -131,20 +150,26 @@ type Budget struct {
 	done    chan struct{}
 	close   sync.Once
 
-	stats struct{ reserved, rebooked, writes, conflicts, reads, watched atomic.Uint64 }
+	stats struct {
+		reserved, rebooked, returned, writes, conflicts, reads, watched, synced atomic.Uint64
+	}
 }
 
 var _ throttle.Budget = (*Budget)(nil)
 
 // NewBudget starts a budget on js; Close stops it. It does no I/O itself:
-// the bucket is bound (and created when allowed) in the background and at
-// the first reservation, and retried while JetStream is away.
+// the bucket is bound (and created when allowed) and the server's clock
+// read in the background and at the first reservation, and retried while
+// JetStream is away.
 func NewBudget(js jetstream.JetStream, cfg BudgetConfig) (*Budget, error) {
 	if cfg.ID == nil {
 		return nil, errors.New("budget: no credential id")
 	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
 	}
 	if cfg.Replicas < 1 {
 		cfg.Replicas = 1
@@ -159,6 +184,7 @@ func NewBudget(js jetstream.JetStream, cfg BudgetConfig) (*Budget, error) {
 		log:      cfg.Log.With(zap.String("bucket", BudgetBucket)),
 		interval: BudgetInterval(cfg.Rate),
 		owner:    hex.EncodeToString(id[:]),
+		clock:    &serverClock{now: cfg.Clock},
 		cache:    map[string]cachedState{},
 		claim:    -1,
 		changed:  make(chan struct{}, 1),
@@ -192,9 +218,9 @@ func (b *Budget) Close() {
 // Stats reports the budget's traffic so far.
 func (b *Budget) Stats() BudgetStats {
 	return BudgetStats{
-		Reserved: b.stats.reserved.Load(), Rebooked: b.stats.rebooked.Load(), Writes: b.stats.writes.Load(),
-		Conflicts: b.stats.conflicts.Load(), Reads: b.stats.reads.Load(),
-		Watched: b.stats.watched.Load(),
+		Reserved: b.stats.reserved.Load(), Rebooked: b.stats.rebooked.Load(), Returned: b.stats.returned.Load(),
+		Writes: b.stats.writes.Load(), Conflicts: b.stats.conflicts.Load(), Reads: b.stats.reads.Load(),
+		Watched: b.stats.watched.Load(), Synced: b.stats.synced.Load(),
 	}
 }
 
@@ -211,6 +237,14 @@ func (b *Budget) key() string {
 	}, id)
 }
 
+// cached is the known entry of key.
+func (b *Budget) cached(key string) (cachedState, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c, ok := b.cache[key]
+	return c, ok
+}
+
 // Reserve implements throttle.Budget.
 func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 	kv, err := b.bind(ctx)
@@ -219,23 +253,21 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 	}
 	key := b.key()
 	for range casTries {
-		b.mu.Lock()
-		c, known := b.cache[key]
-		b.mu.Unlock()
+		c, known := b.cached(key)
 		if !known {
 			if c, err = b.read(ctx, kv, key); err != nil {
 				return time.Time{}, false, err
 			}
 		}
-		now := time.Now()
+		now, local := b.clock.serverNow()
 		if now.Before(c.st.Hold) {
-			return c.st.Hold, false, nil
+			return b.clock.toLocal(c.st.Hold), false, nil
 		}
 		if until, blocked := b.blockedUntil(c.st, p, now); blocked {
-			return until, false, nil
+			return b.clock.toLocal(until), false, nil
 		}
 		if b.interval == 0 {
-			return now, true, nil // no limit: holds and claims only
+			return local, true, nil // no limit: holds and claims only
 		}
 		at := c.st.Next
 		if at.Before(now) {
@@ -246,16 +278,20 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 			// Not due yet. Waking at a random point of the lead's first
 			// half spreads the replicas: the first to write wins, and the
 			// others mostly learn it from the watch before they try.
-			return at.Add(-lead + mrand.N(lead/2+1)), false, nil
+			return b.clock.toLocal(at).Add(-lead + mrand.N(lead/2+1)), false, nil
 		}
 		st := c.st
 		st.Next = at.Add(b.interval)
 		st.Claims = liveClaims(st.Claims, now)
-		_, err := b.write(ctx, kv, key, st, c.rev)
+		_, err := b.write(ctx, kv, key, st, c.rev, now)
 		switch {
 		case err == nil:
 			b.stats.reserved.Add(1)
-			return at, true, nil
+			slot := b.clock.toLocal(at)
+			b.mu.Lock()
+			b.slot = reservation{key: key, local: slot, server: at}
+			b.mu.Unlock()
+			return slot, true, nil
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 			if _, err := b.read(ctx, kv, key); err != nil {
 				return time.Time{}, false, err
@@ -265,37 +301,76 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		}
 	}
 	// Busy: others keep winning; try again in a moment.
-	return time.Now().Add(time.Millisecond), false, nil
+	return b.cfg.Clock().Add(time.Millisecond), false, nil
+}
+
+// reserved returns the entry of the current credential and the slot
+// reserved there last at local time slot, if the entry still shows that
+// slot as the last one reserved.
+func (b *Budget) reserved(slot time.Time) (string, cachedState, reservation, bool) {
+	key := b.key()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c, known := b.cache[key]
+	r := b.slot
+	ok := known && r.key == key && r.local.Equal(slot) && c.st.Next.Equal(r.server.Add(b.interval))
+	return key, c, r, ok
 }
 
 // Rebook implements throttle.Budget: one compare-and-swap, made only when
 // the entry still shows the slot as the last one reserved.
 func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, error) {
 	if b.interval == 0 {
-		return time.Now(), true, nil
+		return b.cfg.Clock(), true, nil
 	}
 	kv, err := b.bind(ctx)
 	if err != nil {
 		return time.Time{}, false, err
 	}
-	key := b.key()
-	b.mu.Lock()
-	c, known := b.cache[key]
-	b.mu.Unlock()
-	now := time.Now()
-	if !known || !c.st.Next.Equal(slot.Add(b.interval)) || now.Before(c.st.Hold) {
+	key, c, _, ok := b.reserved(slot)
+	now, local := b.clock.serverNow()
+	if !ok || now.Before(c.st.Hold) {
 		return time.Time{}, false, nil
 	}
 	st := c.st
 	st.Next = now.Add(b.interval)
-	if _, err := b.write(ctx, kv, key, st, c.rev); err != nil {
+	if _, err := b.write(ctx, kv, key, st, c.rev, now); err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return time.Time{}, false, nil
 		}
 		return time.Time{}, false, err
 	}
 	b.stats.rebooked.Add(1)
-	return now, true, nil
+	b.mu.Lock()
+	b.slot = reservation{key: key, local: local, server: now}
+	b.mu.Unlock()
+	return local, true, nil
+}
+
+// GiveBack implements throttle.Budget: one compare-and-swap that moves the
+// entry's next slot back to the one given, made only when the entry still
+// shows it as the last one reserved.
+func (b *Budget) GiveBack(ctx context.Context, slot time.Time) {
+	if b.interval == 0 {
+		return
+	}
+	kv, err := b.bind(ctx)
+	if err != nil {
+		return
+	}
+	key, c, r, ok := b.reserved(slot)
+	if !ok {
+		return
+	}
+	now, _ := b.clock.serverNow()
+	st := c.st
+	st.Next = r.server
+	if _, err := b.write(ctx, kv, key, st, c.rev, now); err == nil {
+		b.stats.returned.Add(1)
+		b.mu.Lock()
+		b.slot = reservation{}
+		b.mu.Unlock()
+	}
 }
 
 // lead is how long before it is due a slot may be reserved.
@@ -303,45 +378,39 @@ func (b *Budget) lead() time.Duration {
 	return min(budgetLead, b.interval/2)
 }
 
-// blockedUntil reports whether another replica claims a level above p, and
-// until when at most.
+// blockedUntil reports whether another replica claims a level above p at
+// server time now, and until when at most (server time).
 func (b *Budget) blockedUntil(st budgetState, p int, now time.Time) (time.Time, bool) {
 	var until time.Time
 	for o, c := range st.Claims {
-		if o != b.owner && c.P < p && now.Before(c.Until) && c.Until.After(until) {
-			until = c.Until
+		if end := c.lapse(); o != b.owner && c.P < p && now.Before(end) && end.After(until) {
+			until = end
 		}
 	}
 	return until, !until.IsZero()
 }
 
-func liveClaims(cs map[string]budgetClaim, now time.Time) map[string]budgetClaim {
-	live := make(map[string]budgetClaim, len(cs))
-	for o, c := range cs {
-		if now.Before(c.Until) {
-			live[o] = c
-		}
-	}
-	return live
-}
-
 // Allows implements throttle.Budget.
 func (b *Budget) Allows(p int) bool {
-	b.mu.Lock()
-	c := b.cache[b.key()]
-	b.mu.Unlock()
-	_, blocked := b.blockedUntil(c.st, p, time.Now())
+	if !b.clock.ready() {
+		return true // nothing known yet; Reserve asks
+	}
+	c, _ := b.cached(b.key())
+	now, _ := b.clock.serverNow()
+	_, blocked := b.blockedUntil(c.st, p, now)
 	return !blocked
 }
 
 // Held implements throttle.Budget.
 func (b *Budget) Held() (time.Time, string) {
+	c, _ := b.cached(b.key())
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	c := b.cache[b.key()]
-	hold, cause := c.st.Hold, c.st.Cause
-	if b.hold.After(hold) { // ours, not yet written
-		hold, cause = b.hold, b.cause
+	hold, cause := b.hold, b.cause // ours, perhaps not yet written
+	b.mu.Unlock()
+	if !c.st.Hold.IsZero() && b.clock.ready() {
+		if h := b.clock.toLocal(c.st.Hold); h.After(hold) {
+			hold, cause = h, c.st.Cause
+		}
 	}
 	return hold, cause
 }
@@ -387,30 +456,43 @@ func (b *Budget) poke(ch chan struct{}) {
 	}
 }
 
-// bind returns the bucket, binding it (or creating it when allowed) first.
+// bind returns the bucket, binding it (or creating it when allowed) and
+// reading the server's clock first.
 func (b *Budget) bind(ctx context.Context) (jetstream.KeyValue, error) {
-	if kv := b.kv.Load(); kv != nil {
+	if kv := b.kv.Load(); kv != nil && b.clock.ready() {
 		return *kv, nil
 	}
 	b.bindMu.Lock()
 	defer b.bindMu.Unlock()
-	if kv := b.kv.Load(); kv != nil {
-		return *kv, nil
-	}
 	ctx, cancel := context.WithTimeout(ctx, budgetOpTimeout)
 	defer cancel()
-	kv, err := bindBucket(ctx, b.js, jetstream.KeyValueConfig{
-		Bucket:      BudgetBucket,
-		Description: "revoker: the API rate budget of each credential, shared by every replica",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(b.cfg.Replicas, 1),
-	}, b.cfg.Create, b.cfg.Log)
-	if err != nil {
-		return nil, b.failed(err)
+	kv := b.kv.Load()
+	if kv == nil {
+		bound, err := bindBucket(ctx, b.js, jetstream.KeyValueConfig{
+			Bucket:      BudgetBucket,
+			Description: "revoker: the API rate budget of each credential, shared by every replica",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    max(b.cfg.Replicas, 1),
+		}, b.cfg.Create, b.cfg.Log)
+		if err != nil {
+			return nil, b.failed(err)
+		}
+		kv = &bound
+		b.kv.Store(kv)
 	}
-	b.kv.Store(&kv)
-	return kv, nil
+	if !b.clock.ready() {
+		if err := b.sync(ctx); err != nil {
+			return nil, b.failed(err)
+		}
+	}
+	return *kv, nil
+}
+
+// sync measures this replica's clock against the server's.
+func (b *Budget) sync(ctx context.Context) error {
+	b.stats.synced.Add(1)
+	return b.clock.sync(ctx, b.js)
 }
 
 // read refreshes the cached entry of key from the bucket.
@@ -425,16 +507,13 @@ func (b *Budget) read(ctx context.Context, kv jetstream.KeyValue, key string) (c
 	if err != nil {
 		return cachedState{}, b.failed(fmt.Errorf("read budget: %w", err))
 	}
-	c, err := decodeState(e)
-	if err != nil {
-		return cachedState{}, b.failed(err)
-	}
 	b.ok()
-	return b.store(key, c), nil
+	return b.store(key, b.decode(e)), nil
 }
 
-// write stores st as the entry of key if its revision is still rev.
-func (b *Budget) write(ctx context.Context, kv jetstream.KeyValue, key string, st budgetState, rev uint64) (uint64, error) {
+// write stores st as the entry of key if its revision is still rev; sent
+// is the server time of sending, as estimated here.
+func (b *Budget) write(ctx context.Context, kv jetstream.KeyValue, key string, st budgetState, rev uint64, sent time.Time) (uint64, error) {
 	data, err := json.Marshal(st)
 	if err != nil {
 		return 0, err
@@ -458,7 +537,13 @@ func (b *Budget) write(ctx context.Context, kv jetstream.KeyValue, key string, s
 		return 0, b.failed(fmt.Errorf("write budget: %w", err))
 	}
 	b.ok()
-	b.store(key, cachedState{st: st, rev: nrev})
+	// The server stored it a little after `sent`; the watch brings its
+	// exact time, and is not overridden if it came first.
+	b.mu.Lock()
+	if old, ok := b.cache[key]; !ok || old.rev < nrev {
+		b.cache[key] = cachedState{st: withClaimsAt(st, sent), rev: nrev, created: sent}
+	}
+	b.mu.Unlock()
 	return nrev, nil
 }
 
@@ -474,14 +559,44 @@ func (b *Budget) store(key string, c cachedState) cachedState {
 	return c
 }
 
-func decodeState(e jetstream.KeyValueEntry) (cachedState, error) {
-	var st budgetState
+// decode reads an entry from the bucket, bounded by clampState.
+func (b *Budget) decode(e jetstream.KeyValueEntry) cachedState {
+	c := cachedState{rev: e.Revision(), created: e.Created()}
+	if e.Operation() != jetstream.KeyValuePut {
+		return c
+	}
+	var (
+		st  budgetState
+		out []string
+	)
 	if err := json.Unmarshal(e.Value(), &st); err != nil {
 		// A damaged entry must not stop every call for ever: it is
 		// overwritten by the next reservation, which starts from now.
-		return cachedState{rev: e.Revision()}, nil
+		out = []string{"entry (not JSON)"}
+	} else {
+		c.st, out = clampState(st, c.created, b.interval)
 	}
-	return cachedState{st: st, rev: e.Revision()}, nil
+	b.checked(e.Key(), c.rev, out)
+	return c
+}
+
+// checked logs values out of range in an entry once, when they appear, not
+// at every read of them.
+func (b *Budget) checked(key string, rev uint64, out []string) {
+	b.mu.Lock()
+	if rev <= b.checkedRev {
+		b.mu.Unlock()
+		return
+	}
+	b.checkedRev = rev
+	first := len(out) > 0 && !b.foreign
+	b.foreign = len(out) > 0
+	b.mu.Unlock()
+	if first {
+		b.log.Warn("the rate budget's entry holds values no replica could have written: each is taken as at most its bound",
+			zap.String("key", untrusted.Line(key, 64)), zap.Uint64("revision", rev), zap.Strings("fields", out),
+			zap.Duration("max_hold", throttle.MaxPause))
+	}
 }
 
 // failed logs trouble with the bucket once per distinct cause.
@@ -506,7 +621,8 @@ func (b *Budget) ok() {
 	}
 }
 
-// run keeps the watch on the bucket and writes holds, deferrals and claims.
+// run keeps the watch on the bucket, writes holds, deferrals and claims,
+// and measures the server's clock again every budgetSyncEvery.
 func (b *Budget) run() {
 	defer close(b.done)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -516,10 +632,11 @@ func (b *Budget) run() {
 		cancel()
 	}()
 	var (
-		w       jetstream.KeyWatcher
-		updates <-chan jetstream.KeyValueEntry
-		retry   = 50 * time.Millisecond
-		tick    = time.NewTimer(0)
+		w        jetstream.KeyWatcher
+		updates  <-chan jetstream.KeyValueEntry
+		retry    = 50 * time.Millisecond
+		tick     = time.NewTimer(0)
+		lastSync time.Time
 	)
 	defer tick.Stop()
 	defer func() {
@@ -547,6 +664,7 @@ func (b *Budget) run() {
 		if w == nil {
 			kv, err := b.bind(ctx)
 			if err == nil {
+				lastSync = b.cfg.Clock()
 				w, err = kv.WatchAll(ctx)
 				if err != nil {
 					b.failed(fmt.Errorf("watch budget: %w", err))
@@ -566,6 +684,14 @@ func (b *Budget) run() {
 		} else {
 			retry = 50 * time.Millisecond
 		}
+		if b.cfg.Clock().Sub(lastSync) >= budgetSyncEvery {
+			// A failure keeps the estimate in hand, still good for long.
+			sctx, cancel := context.WithTimeout(ctx, budgetOpTimeout)
+			if err := b.sync(sctx); err == nil {
+				lastSync = b.cfg.Clock()
+			}
+			cancel()
+		}
 		if !tick.Stop() {
 			select {
 			case <-tick.C:
@@ -579,12 +705,11 @@ func (b *Budget) run() {
 // apply takes an entry from the watch into the cache.
 func (b *Budget) apply(e jetstream.KeyValueEntry) {
 	b.stats.watched.Add(1)
-	c := cachedState{rev: e.Revision()}
-	if e.Operation() == jetstream.KeyValuePut {
-		c, _ = decodeState(e)
-	}
+	c := b.decode(e)
 	b.mu.Lock()
-	if old, ok := b.cache[e.Key()]; !ok || old.rev < c.rev {
+	// The same revision replaces this replica's copy of its own write,
+	// which only estimated the server's time of it.
+	if old, ok := b.cache[e.Key()]; !ok || old.rev <= c.rev {
 		b.cache[e.Key()] = c
 	}
 	b.mu.Unlock()
@@ -600,8 +725,8 @@ func (b *Budget) flush(ctx context.Context) error {
 	}
 	key := b.key()
 	for range casTries {
+		c, known := b.cached(key)
 		b.mu.Lock()
-		c, known := b.cache[key]
 		hold, cause, deferTo, claim := b.hold, b.cause, b.deferTo, b.claim
 		b.mu.Unlock()
 		if !known {
@@ -609,21 +734,27 @@ func (b *Budget) flush(ctx context.Context) error {
 				return err
 			}
 		}
-		now := time.Now()
+		now, _ := b.clock.serverNow()
 		st, dirty := c.st, false
-		if hold.After(st.Hold) && hold.After(now) {
-			st.Hold, st.Cause, dirty = hold, cause, true
+		if !hold.IsZero() {
+			if h := b.clock.toServer(hold); h.After(st.Hold) && h.After(now) {
+				st.Hold, st.Cause, dirty = h, cause, true
+			}
 		}
-		if deferTo.After(st.Next) && deferTo.After(now) {
-			st.Next, dirty = deferTo, true
+		if !deferTo.IsZero() {
+			if d := b.clock.toServer(deferTo); d.After(st.Next) && d.After(now) {
+				st.Next, dirty = d, true
+			}
 		}
 		mine, has := st.Claims[b.owner]
 		switch {
-		case claim >= 0 && (!has || mine.P != claim || mine.Until.Sub(now) < claimTTL-claimRefresh):
+		case claim >= 0 && (!has || mine.P != claim || mine.lapse().Sub(now) < claimTTL-claimRefresh):
+			// At is left out: the server's time of this write is the
+			// claim's freshness.
 			st.Claims = liveClaims(st.Claims, now)
 			st.Claims[b.owner] = budgetClaim{P: claim, Until: now.Add(claimTTL)}
 			dirty = true
-		case claim < 0 && has && now.Before(mine.Until):
+		case claim < 0 && has && now.Before(mine.lapse()):
 			st.Claims = liveClaims(st.Claims, now)
 			delete(st.Claims, b.owner)
 			dirty = true
@@ -632,7 +763,7 @@ func (b *Budget) flush(ctx context.Context) error {
 			b.settled(hold, deferTo)
 			return nil
 		}
-		_, err := b.write(ctx, kv, key, st, c.rev)
+		_, err := b.write(ctx, kv, key, st, c.rev, now)
 		if err == nil {
 			b.settled(hold, deferTo)
 			return nil

@@ -52,6 +52,13 @@ func newBReplica(t testing.TB, srv *server.Server, api *cloudflaretest.Server, n
 // the given replicas.
 func newBReplicaOn(t testing.TB, urls string, replicas int, api *cloudflaretest.Server, name string, rate float64, priorities int) *bReplica {
 	t.Helper()
+	return newBReplicaClock(t, urls, replicas, api, name, rate, priorities, nil)
+}
+
+// newBReplicaClock is newBReplicaOn with the budget and the gate on the
+// given clock (time.Now when nil), as a replica whose clock is off.
+func newBReplicaClock(t testing.TB, urls string, replicas int, api *cloudflaretest.Server, name string, rate float64, priorities int, clock func() time.Time) *bReplica {
+	t.Helper()
 	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +69,7 @@ func newBReplicaOn(t testing.TB, urls string, replicas int, api *cloudflaretest.
 	}
 	b, err := queue.NewBudget(js, queue.BudgetConfig{
 		ID: func() string { return "token:0a1b2c3d" }, Rate: rate, Create: true, Log: zaptest.NewLogger(t),
-		Replicas: replicas,
+		Replicas: replicas, Clock: clock,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +79,7 @@ func newBReplicaOn(t testing.TB, urls string, replicas int, api *cloudflaretest.
 		t.Fatal(err)
 	}
 	r := &bReplica{t: t, name: name, nc: nc, budget: b, api: client,
-		gate: throttle.New(throttle.Config{Priorities: priorities, Concurrency: 4, Budget: b})}
+		gate: throttle.New(throttle.Config{Priorities: priorities, Concurrency: 4, Budget: b, Clock: clock})}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	t.Cleanup(r.kill)
 	return r

@@ -15,6 +15,7 @@ import (
 type fakeBudget struct {
 	mu       sync.Mutex
 	interval time.Duration
+	lead     time.Duration // how long before it is due a slot is reserved
 	next     time.Time
 	holdEnd  time.Time
 	cause    string
@@ -23,12 +24,13 @@ type fakeBudget struct {
 	fail     bool        // behaviour switch: Reserve cannot reach the store
 	slots    []time.Time // every slot handed out
 	asked    int         // Reserve calls
+	given    []time.Time // slots given back
 }
 
 const fakeLead = 5 * time.Millisecond
 
 func newFakeBudget(interval time.Duration) *fakeBudget {
-	return &fakeBudget{interval: interval, claims: map[*fakeView]int{}}
+	return &fakeBudget{interval: interval, lead: fakeLead, claims: map[*fakeView]int{}}
 }
 
 func (b *fakeBudget) view() *fakeView {
@@ -89,8 +91,8 @@ func (v *fakeView) Reserve(_ context.Context, p int) (time.Time, bool, error) {
 	if at.Before(now) {
 		at = now
 	}
-	if at.After(now.Add(fakeLead)) {
-		return at.Add(-fakeLead), false, nil
+	if at.After(now.Add(b.lead)) {
+		return at.Add(-b.lead), false, nil
 	}
 	b.next = at.Add(b.interval)
 	b.slots = append(b.slots, at)
@@ -108,6 +110,24 @@ func (v *fakeView) Rebook(_ context.Context, slot time.Time) (time.Time, bool, e
 	b.next = now.Add(b.interval)
 	b.slots[len(b.slots)-1] = now
 	return now, true, nil
+}
+
+func (v *fakeView) GiveBack(_ context.Context, slot time.Time) {
+	b := v.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.given = append(b.given, slot)
+	if b.next.Equal(slot.Add(b.interval)) {
+		b.next = slot
+		b.slots = b.slots[:len(b.slots)-1]
+		b.notify(v)
+	}
+}
+
+func (b *fakeBudget) givenBack() []time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]time.Time(nil), b.given...)
 }
 
 func (v *fakeView) allows(p int) bool {
@@ -274,6 +294,44 @@ func TestSharedClaimHoldsLowerPriorityElsewhere(t *testing.T) {
 	}
 	if second := <-got; second != "low" {
 		t.Fatalf("second permit went to %s, want low", second)
+	}
+}
+
+// TestReservedSlotYieldsToHigherClaimElsewhere: a slot reserved for a
+// scheduled call is checked again when it is due; if another replica has
+// claimed a higher priority since, the scheduled call does not start and
+// the slot is given back for the urgent work to take.
+func TestReservedSlotYieldsToHigherClaimElsewhere(t *testing.T) {
+	b := newFakeBudget(10 * time.Millisecond)
+	b.lead = time.Second
+	b.next = time.Now().Add(300 * time.Millisecond) // reserved well before it is due
+	a := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1, Budget: b.view()})
+	defer a.Close()
+	other := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1, Budget: b.view()})
+	defer other.Close()
+
+	got := make(chan string, 1)
+	acquireAsync(t, a, 1, "scheduled", got)
+	waitFor(t, func() bool { return len(b.reserved()) == 1 })
+	other.SetPending(0, true) // urgent work on its way at the other replica
+	waitFor(t, func() bool { return !b.views[0].Allows(1) })
+
+	waitFor(t, func() bool { return len(b.givenBack()) == 1 })
+	slot := b.givenBack()[0]
+	select {
+	case s := <-got:
+		t.Fatalf("%s permit granted on a slot reserved before a higher claim elsewhere", s)
+	default:
+	}
+	b.mu.Lock()
+	next := b.next
+	b.mu.Unlock()
+	if !next.Equal(slot) {
+		t.Fatalf("next slot %v after the give-back, want the slot given back, %v", next, slot)
+	}
+	other.SetPending(0, false)
+	if s := <-got; s != "scheduled" {
+		t.Fatal(s)
 	}
 }
 

@@ -61,6 +61,11 @@ type Budget interface {
 	// time to now, if no sharer has reserved a later slot meanwhile; !ok
 	// means the slot is lost.
 	Rebook(ctx context.Context, slot time.Time) (at time.Time, ok bool, err error)
+	// GiveBack returns a slot reserved at `slot` that will not be used (a
+	// higher priority appeared elsewhere, or the waiter left), so that a
+	// sharer may take it, if no sharer has reserved a later slot meanwhile;
+	// else the slot is lost.
+	GiveBack(ctx context.Context, slot time.Time)
 	// Allows reports, from what is known without asking, whether no other
 	// sharer claims a priority higher than p.
 	Allows(p int) bool
@@ -91,6 +96,9 @@ type Config struct {
 	// Budget, when set, is shared with the other replicas using the same
 	// credential; nil keeps rate and holds in this process.
 	Budget Budget
+	// Clock is the local clock, time.Now when nil. A Budget that shares the
+	// rate must use the same one: the times they exchange are on it.
+	Clock func() time.Time
 	// OnPause is called with true when a hold starts and false when it
 	// ends. It is called from one goroutine, in order, with no lock held.
 	OnPause func(paused bool)
@@ -153,6 +161,9 @@ func New(cfg Config) *Gate {
 	}
 	if cfg.Concurrency < 1 {
 		cfg.Concurrency = 1
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
 	}
 	g := &Gate{
 		cfg:     cfg,
@@ -243,7 +254,7 @@ func (g *Gate) grantNow(p int) bool {
 			return false
 		}
 	}
-	now := time.Now()
+	now := g.cfg.Clock()
 	if now.Before(g.holdEnd) || now.Before(g.notEarly) {
 		return false
 	}
@@ -276,7 +287,7 @@ func (g *Gate) Pause(d time.Duration) {
 	if d <= 0 {
 		return
 	}
-	g.hold(time.Now(), d, CausePause)
+	g.hold(g.cfg.Clock(), d, CausePause)
 }
 
 // Slow delays the next permit until at least `until`: used when the API says
@@ -284,7 +295,7 @@ func (g *Gate) Pause(d time.Duration) {
 // longer than SlowHold is a hold like Pause's (capped at MaxPause, shown
 // through OnPause and reported through OnHold); a shorter one only paces.
 func (g *Gate) Slow(until time.Time) {
-	now := time.Now()
+	now := g.cfg.Clock()
 	d := until.Sub(now)
 	if d > SlowHold {
 		g.hold(now, d, CauseRateHeader)
@@ -322,7 +333,7 @@ func (g *Gate) hold(now time.Time, d time.Duration, cause string) {
 // asked for.
 func (g *Gate) PausedFor() time.Duration {
 	end, _ := g.holdInForce()
-	return max(0, time.Until(end))
+	return max(0, end.Sub(g.cfg.Clock()))
 }
 
 // holdInForce is the later of this gate's hold and the budget's.
@@ -407,10 +418,9 @@ func (g *Gate) loop() {
 		// limiter's exact schedule: a late wake-up does not push every
 		// later permit back.
 		res *rate.Reservation
-		// slot is the start time reserved in the shared budget, for a
-		// waiter of level slotLevel; zero when none.
-		slot      time.Time
-		slotLevel int
+		// slot is the start time reserved in the shared budget; zero
+		// when none.
+		slot time.Time
 		// retry is the wait after the budget could not be asked.
 		retry = budgetRetryMin
 		// paused and reported are what OnPause and OnHold were last told.
@@ -425,7 +435,7 @@ func (g *Gate) loop() {
 	for {
 		holdEnd, cause := g.holdInForce()
 		g.mu.Lock()
-		now := time.Now()
+		now := g.cfg.Clock()
 		var hold time.Duration
 		switch {
 		case now.Before(holdEnd):
@@ -464,7 +474,11 @@ func (g *Gate) loop() {
 		if !slot.IsZero() && (hold > 0 || !ready && !now.Before(slot)) {
 			// A slot may not be used late on purpose: the next sharer's
 			// call starts one interval after it was due. Dropping it
-			// wastes one call of the budget, never exceeds it.
+			// wastes one call of the budget, never exceeds it; with
+			// nobody here to use it, another sharer may.
+			if hold == 0 {
+				g.budget.GiveBack(g.ctx, slot)
+			}
 			slot = time.Time{}
 		}
 		if ready && hold == 0 && g.limiter != nil {
@@ -473,7 +487,7 @@ func (g *Gate) loop() {
 			if res == nil {
 				res = g.limiter.ReserveN(now, 1)
 			}
-			hold = res.DelayFrom(time.Now())
+			hold = res.DelayFrom(g.cfg.Clock())
 		}
 		if ready && hold == 0 && g.budget != nil {
 			if slot.IsZero() {
@@ -483,20 +497,22 @@ func (g *Gate) loop() {
 					hold = retry
 					retry = min(2*retry, budgetRetryMax)
 				case ok:
-					slot, slotLevel, retry = at, level, budgetRetryMin
+					slot, retry = at, budgetRetryMin
 				default:
-					hold = max(time.Until(at), time.Millisecond)
+					// Asked again within MaxPause whatever it says: no
+					// answer of a budget stops the gate for longer.
+					hold = min(max(at.Sub(g.cfg.Clock()), time.Millisecond), MaxPause)
 					retry = budgetRetryMin
 				}
 			}
 			if !slot.IsZero() {
-				hold = max(0, time.Until(slot))
+				hold = max(0, slot.Sub(g.cfg.Clock()))
 			}
 		}
 		if !ready && !slot.IsZero() {
-			hold = max(time.Millisecond, time.Until(slot)) // to drop it when due
+			hold = max(time.Millisecond, slot.Sub(g.cfg.Clock())) // to drop it when due
 		}
-		if ready && hold == 0 && !slot.IsZero() && time.Since(slot) > SlotGrace {
+		if ready && hold == 0 && !slot.IsZero() && g.cfg.Clock().Sub(slot) > SlotGrace {
 			// Reserved too late, or woken too late, to be used safely: the
 			// next sharer's call keeps to its time. Move the slot to now if
 			// nobody reserved after it; else one call of the budget is
@@ -509,8 +525,15 @@ func (g *Gate) loop() {
 			continue
 		}
 		if ready && hold == 0 {
-			if !g.grant(slotLevel) && res != nil {
-				res.Cancel()
+			if !g.grant() {
+				if res != nil {
+					res.Cancel()
+				}
+				if !slot.IsZero() {
+					// Unused: a sharer may take it now, the one whose
+					// higher priority made this gate yield first.
+					g.budget.GiveBack(g.ctx, slot)
+				}
 			}
 			res, slot = nil, time.Time{}
 			continue
@@ -541,9 +564,10 @@ func (g *Gate) loop() {
 }
 
 // grant gives a permit to the first waiter of the level to serve; false if
-// there was none after all. A shared slot reserved for slotLevel goes to a
-// lower level only while no other sharer claims a level above that one.
-func (g *Gate) grant(slotLevel int) bool {
+// there was none after all, or if, with a Budget, another sharer now claims
+// a higher level: a slot reserved before that claim was known yields to it
+// rather than start a lower-priority call ahead of it.
+func (g *Gate) grant() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	// Re-check under the lock: a waiter may have left since.
@@ -551,7 +575,7 @@ func (g *Gate) grant(slotLevel int) bool {
 	if p < 0 || g.free == 0 || g.closed {
 		return false
 	}
-	if g.budget != nil && p > slotLevel && !g.budget.Allows(p) {
+	if g.budget != nil && !g.budget.Allows(p) {
 		return false
 	}
 	w := g.queues[p][0]

@@ -48,6 +48,11 @@ func BenchmarkDLQReplayAll(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		// The replay notes each republish there; the worker would have
+		// created it.
+		if _, err := r.js.CreateKeyValue(ctx, queue.ReplaysConfig(cfg.StreamReplicas)); err != nil {
+			b.Fatal(err)
+		}
 		r.fillDeadLetters(cfg, replayRecords)
 
 		out, err := os.Create(filepath.Join(b.TempDir(), "replay.out"))

@@ -1,7 +1,9 @@
 package queue
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"slices"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/untrusted"
@@ -93,8 +96,15 @@ func GetDeadLetter(ctx context.Context, js jetstream.JetStream, stream string, s
 // (SPEC §5). It is derived from the record, not from the event, so a replay
 // repeated after an interruption is dropped by JetStream as a duplicate
 // within the work stream's duplicate window, while the event's own id,
-// already seen, would drop the first replay too.
+// already seen, would drop the first replay too. Anyone may guess it, so a
+// duplicate answer is checked before it is believed (see Republish).
 func ReplayMsgID(seq uint64) string { return "replay:" + strconv.FormatUint(seq, 10) }
+
+// unguessableReplayMsgID is the id a replay takes when its own was taken by
+// another message: nobody can have published under it beforehand.
+func unguessableReplayMsgID(seq uint64) string {
+	return ReplayMsgID(seq) + ":" + rand.Text()
+}
 
 // ReplayResult is what became of one dead letter's replay.
 type ReplayResult struct {
@@ -109,6 +119,10 @@ type ReplayResult struct {
 	// earlier run republished it and was stopped before it removed the
 	// record.
 	Duplicate bool `json:"duplicate"`
+	// Displaced is the replay's own id when the work stream already held
+	// another message under it: the record was republished under MsgID,
+	// an id nobody could have guessed, instead.
+	Displaced string `json:"displaced,omitempty"`
 	// Removed reports that the record is gone from the dead-letter stream
 	// (removed by this call, or already by another).
 	Removed bool `json:"removed"`
@@ -133,10 +147,11 @@ type Replayer struct {
 	stream   string   // the work stream
 	subjects []string // the work subjects: the only ones a replay goes to
 	dlq      jetstream.Stream
+	replays  *Replays
 }
 
-// NewReplayer looks the dead-letter stream up once, for every replay of
-// the run.
+// NewReplayer looks the dead-letter stream and the replays bucket up once,
+// for every replay of the run. It creates neither: the worker does.
 func NewReplayer(ctx context.Context, js jetstream.JetStream, cfg config.Topology) (*Replayer, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
@@ -144,7 +159,14 @@ func NewReplayer(ctx context.Context, js jetstream.JetStream, cfg config.Topolog
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", cfg.DLQStream, err)
 	}
-	return &Replayer{js: js, stream: cfg.Stream, subjects: cfg.Subjects, dlq: dlq}, nil
+	replays := &Replays{}
+	if err := replays.bind(ctx, js, false, cfg.Replicas, zap.NewNop()); err != nil {
+		if errors.Is(err, ErrMissing) {
+			return nil, fmt.Errorf("%w: bucket %s does not exist (a worker creates it when it starts)", ErrMissing, ReplaysBucket)
+		}
+		return nil, err
+	}
+	return &Replayer{js: js, stream: cfg.Stream, subjects: cfg.Subjects, dlq: dlq, replays: replays}, nil
 }
 
 // Check refuses a record whose source subject is not a work subject: a
@@ -163,33 +185,129 @@ func (p *Replayer) Check(rec DeadLetterRecord) error {
 }
 
 // Republish puts the record's original body back on its source subject and
-// waits for the work stream's acknowledgement. It does not touch the
-// dead-letter stream; Replay does both steps.
+// waits for the work stream's acknowledgement. Before publishing, it notes
+// the replay in the replays bucket, so the worker can tell it from an event
+// that merely claims to be one.
+//
+// A duplicate answer counts as done only when the message the work stream
+// holds under the replay's id is this replay: the one an earlier run
+// republished (its sequence noted), or a stored message with the same
+// subject, body and Revoker-Replay-Of. Anything else under that id (a
+// message published in advance to suppress the replay) is not believed: the
+// record is republished under an id nobody could have guessed. It does not
+// touch the dead-letter stream; Replay does both steps.
 func (p *Replayer) Republish(ctx context.Context, rec DeadLetterRecord) (ReplayResult, error) {
 	res := ReplayResult{Sequence: rec.Sequence, EventID: rec.EventID, MsgID: ReplayMsgID(rec.Sequence), Subject: rec.SourceSubject}
 	if err := p.Check(rec); err != nil {
 		return res, err
 	}
-	m := nats.NewMsg(rec.SourceSubject)
-	m.Data = rec.Body
-	m.Header.Set(jetstream.MsgIDHeader, res.MsgID)
+	// What the header carries is what the note names and the worker
+	// compares.
+	replayOf := ""
 	if rec.EventID != "" {
-		m.Header.Set(HeaderReplayOf, untrusted.Line(rec.EventID, maxHeader))
+		replayOf = untrusted.Line(rec.EventID, maxHeader)
 	}
-	// The expected stream makes a subject that left the work stream an
-	// error instead of a message stored somewhere nobody consumes.
-	ack, err := p.js.PublishMsg(ctx, m, jetstream.WithExpectStream(p.stream))
-	if err != nil {
+	fail := func(err error) (ReplayResult, error) {
 		return res, fmt.Errorf("republish dead letter %d to %s: %w", rec.Sequence, rec.SourceSubject, err)
 	}
-	res.WorkSequence, res.Duplicate = ack.Sequence, ack.Duplicate
+
+	ack, err := p.publish(ctx, rec, res.MsgID, replayOf)
+	if err != nil {
+		return fail(err)
+	}
+	res.WorkSequence = ack.Sequence
+	if !ack.Duplicate {
+		p.published(ctx, res.MsgID, replayOf, rec.Body, ack.Sequence)
+		return res, nil
+	}
+	ours, err := p.isReplay(ctx, rec, res.MsgID, replayOf, ack.Sequence)
+	if err != nil {
+		return fail(err)
+	}
+	if ours {
+		res.Duplicate = true
+		p.published(ctx, res.MsgID, replayOf, rec.Body, ack.Sequence)
+		return res, nil
+	}
+
+	// Someone else's message holds the id: it must neither stand in for
+	// the replay nor pass for one.
+	if err := p.replays.forget(ctx, res.MsgID); err != nil {
+		return fail(err)
+	}
+	res.Displaced, res.MsgID = res.MsgID, unguessableReplayMsgID(rec.Sequence)
+	ack, err = p.publish(ctx, rec, res.MsgID, replayOf)
+	if err != nil {
+		return fail(err)
+	}
+	res.WorkSequence = ack.Sequence
+	if ack.Duplicate {
+		return fail(fmt.Errorf("the work stream already holds a message under the fresh id %s", res.MsgID))
+	}
+	p.published(ctx, res.MsgID, replayOf, rec.Body, ack.Sequence)
 	return res, nil
 }
 
+// published notes where the work stream stored the replay. It is only a
+// help to a run repeated after this one was stopped before removing the
+// record (it knows the replay as its own even once consumed), so a failure
+// is not one of the replay: at worst such a run republishes once more.
+func (p *Replayer) published(ctx context.Context, msgID, replayOf string, body []byte, seq uint64) {
+	_ = p.replays.published(ctx, msgID, replayOf, body, seq)
+}
+
+// publish notes the replay msgID, then publishes it.
+func (p *Replayer) publish(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string) (*jetstream.PubAck, error) {
+	if replayOf != "" {
+		if err := p.replays.Note(ctx, msgID, replayOf, rec.Body); err != nil {
+			return nil, err
+		}
+	}
+	m := nats.NewMsg(rec.SourceSubject)
+	m.Data = rec.Body
+	m.Header.Set(jetstream.MsgIDHeader, msgID)
+	if replayOf != "" {
+		m.Header.Set(HeaderReplayOf, replayOf)
+	}
+	// The expected stream makes a subject that left the work stream an
+	// error instead of a message stored somewhere nobody consumes.
+	return p.js.PublishMsg(ctx, m, jetstream.WithExpectStream(p.stream))
+}
+
+// isReplay reports whether the message the work stream reported as stored
+// first under msgID, at seq, is this replay.
+func (p *Replayer) isReplay(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string, seq uint64) (bool, error) {
+	// The noted sequence is proof even once the worker has consumed the
+	// message: only the replayer writes the bucket.
+	n, found, err := p.replays.load(ctx, msgID)
+	if err != nil {
+		return false, err
+	}
+	if found && n.WorkSequence == seq && n.names(replayOf, rec.Body) {
+		return true, nil
+	}
+	work, err := p.js.Stream(ctx, p.stream)
+	if err != nil {
+		return false, fmt.Errorf("stream %s: %w", p.stream, err)
+	}
+	m, err := work.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		// Consumed, and nothing says whose it was: republishing costs at
+		// worst one more call, believing it could lose the event.
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read work stream message %d: %w", seq, err)
+	}
+	return m.Subject == rec.SourceSubject && bytes.Equal(m.Data, rec.Body) &&
+		m.Header.Get(jetstream.MsgIDHeader) == msgID && m.Header.Get(HeaderReplayOf) == replayOf, nil
+}
+
 // Replay republishes the record and, once the work stream has acknowledged
-// it, removes the record from the dead-letter stream. Interrupted between
-// the two steps and run again, it finds the republish a duplicate and only
-// removes the record, so the event is neither lost nor sent twice.
+// it (or a duplicate proved to be this replay), removes the record from the
+// dead-letter stream. Interrupted between the two steps and run again, it
+// finds the republish a duplicate of its own and only removes the record,
+// so the event is neither lost nor sent twice.
 func (p *Replayer) Replay(ctx context.Context, rec DeadLetterRecord) (ReplayResult, error) {
 	res, err := p.Republish(ctx, rec)
 	if err != nil {

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/config"
@@ -32,6 +34,9 @@ func dlqTSetup(t *testing.T) (jetstream.JetStream, config.Config) {
 		if _, err := js.CreateStream(ctx, sc); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := js.CreateKeyValue(ctx, queue.ReplaysConfig(1)); err != nil {
+		t.Fatal(err)
 	}
 	return js, cfg
 }
@@ -263,5 +268,190 @@ func TestEachOutcomeSince(t *testing.T) {
 	}
 	if n := s.CachedInfo().State.Consumers; n != 0 {
 		t.Fatalf("%d consumers left on the outcome stream", n)
+	}
+}
+
+// dlqTPlant publishes on a work subject as anyone allowed to publish
+// events can: any Nats-Msg-Id, any Revoker-Replay-Of.
+func dlqTPlant(t *testing.T, js jetstream.JetStream, subject, msgID, body, replayOf string) uint64 {
+	t.Helper()
+	m := nats.NewMsg(subject)
+	m.Data = []byte(body)
+	m.Header.Set(jetstream.MsgIDHeader, msgID)
+	if replayOf != "" {
+		m.Header.Set(queue.HeaderReplayOf, replayOf)
+	}
+	ack, err := js.PublishMsg(dlqTCtx(t), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
+// dlqTStored returns the messages a stream holds, oldest first.
+func dlqTStored(t *testing.T, js jetstream.JetStream, stream string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	s, err := js.Stream(dlqTCtx(t), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.CachedInfo().State
+	var out []*jetstream.RawStreamMsg
+	for seq := st.FirstSeq; st.Msgs > 0 && seq <= st.LastSeq; seq++ {
+		m, err := s.GetMsg(dlqTCtx(t), seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// consume removes a message from the work stream, as the worker's ack
+// does on a work-queue stream.
+func consume(t *testing.T, js jetstream.JetStream, stream string, seq uint64) {
+	t.Helper()
+	s, err := js.Stream(dlqTCtx(t), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteMsg(dlqTCtx(t), seq); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReplayNotSuppressedByPlantedID: a publisher who sends a message under
+// the replay's id first (waiting, or long consumed) must not make the
+// operator's replay vanish as a duplicate, nor its dead letter with it.
+func TestReplayNotSuppressedByPlantedID(t *testing.T) {
+	for _, consumed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("planted consumed %v", consumed), func(t *testing.T) {
+			js, cfg := dlqTSetup(t)
+			body := `{"account_id":"a","key_id":"k"}`
+			dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
+				Subject: "revoke.urgent", Sequence: 9, FailedAt: time.Now()}, body)
+			rec, err := queue.GetDeadLetter(dlqTCtx(t), js, cfg.DLQStream, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			planted := dlqTPlant(t, js, "revoke.urgent", queue.ReplayMsgID(1), `{"account_id":"a","key_id":"decoy"}`, "orig-1")
+			if consumed {
+				consume(t, js, cfg.Stream, planted)
+			}
+
+			res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Duplicate || !res.Removed || res.MsgID == queue.ReplayMsgID(1) || !strings.HasPrefix(res.MsgID, "replay:1:") {
+				t.Fatalf("result %+v", res)
+			}
+			stored := dlqTStored(t, js, cfg.Stream)
+			if len(stored) == 0 {
+				t.Fatal("the replay was suppressed: nothing republished")
+			}
+			m := stored[len(stored)-1]
+			if m.Sequence == planted || m.Sequence != res.WorkSequence || m.Subject != "revoke.urgent" || string(m.Data) != body ||
+				m.Header.Get(jetstream.MsgIDHeader) != res.MsgID || m.Header.Get(queue.HeaderReplayOf) != "orig-1" {
+				t.Fatalf("republished %d %q on %s with %v; result %+v", m.Sequence, m.Data, m.Subject, m.Header, res)
+			}
+			if n := dlqTMsgs(t, js, cfg.DLQStream); n != 0 {
+				t.Fatalf("record not removed after the republish: %d left", n)
+			}
+			// Only the real replay passes for one.
+			replays := dlqTReplays(t, js, cfg)
+			if ok, err := replays.Verify(dlqTCtx(t), res.MsgID, "orig-1"); err != nil || !ok {
+				t.Fatalf("the real replay not verified: %v %v", ok, err)
+			}
+			if ok, err := replays.Verify(dlqTCtx(t), queue.ReplayMsgID(1), "orig-1"); err != nil || ok {
+				t.Fatalf("the planted message verified as a replay: %v %v", ok, err)
+			}
+		})
+	}
+}
+
+// TestReplayKeepsDeadLetterUntilRepublished: when the replay's id is taken
+// and the republish under a fresh one fails, the dead letter stays.
+func TestReplayKeepsDeadLetterUntilRepublished(t *testing.T) {
+	js, cfg := dlqTSetup(t)
+	// A work stream that takes one message: the planted one fills it.
+	work := queue.WorkStream(cfg.Topology())
+	work.MaxMsgs, work.Discard = 1, jetstream.DiscardNew
+	if _, err := js.UpdateStream(dlqTCtx(t), work); err != nil {
+		t.Fatal(err)
+	}
+	dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
+		Subject: "revoke.urgent", Sequence: 9, FailedAt: time.Now()}, `{"account_id":"a","key_id":"k"}`)
+	rec, err := queue.GetDeadLetter(dlqTCtx(t), js, cfg.DLQStream, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dlqTPlant(t, js, "revoke.urgent", queue.ReplayMsgID(1), `{"account_id":"a","key_id":"decoy"}`, "")
+
+	res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+	if err == nil {
+		t.Fatalf("a replay the work stream refused reported done: %+v", res)
+	}
+	if res.Removed || dlqTMsgs(t, js, cfg.DLQStream) != 1 {
+		t.Fatalf("dead letter removed without a republish: %+v", res)
+	}
+}
+
+// TestReplayOwnEarlierRepublishCountsAsDone: a duplicate that is this very
+// replay (an earlier run stopped before it removed the record) is not
+// republished again, whether it still waits or was consumed already.
+func TestReplayOwnEarlierRepublishCountsAsDone(t *testing.T) {
+	body := `{"account_id":"a","key_id":"k"}`
+	for _, tc := range []struct {
+		name string
+		// earlier republishes the record as an interrupted run did and
+		// returns where the work stream stored it.
+		earlier func(t *testing.T, js jetstream.JetStream, cfg config.Config, rec queue.DeadLetterRecord) uint64
+		waiting bool // still in the work stream when the run repeats
+	}{
+		{"same id, body and claim, waiting", func(t *testing.T, js jetstream.JetStream, cfg config.Config, rec queue.DeadLetterRecord) uint64 {
+			// No note of it: a run stopped right after publishing.
+			return dlqTPlant(t, js, rec.SourceSubject, queue.ReplayMsgID(rec.Sequence), body, rec.EventID)
+		}, true},
+		{"republished, then consumed", func(t *testing.T, js jetstream.JetStream, cfg config.Config, rec queue.DeadLetterRecord) uint64 {
+			res, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
+			if err != nil || res.Duplicate {
+				t.Fatalf("republish: %+v %v", res, err)
+			}
+			consume(t, js, cfg.Stream, res.WorkSequence)
+			return res.WorkSequence
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, cfg := dlqTSetup(t)
+			dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
+				Subject: "revoke.scheduled", Sequence: 9, FailedAt: time.Now()}, body)
+			rec, err := queue.GetDeadLetter(dlqTCtx(t), js, cfg.DLQStream, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := tc.earlier(t, js, cfg, rec)
+
+			res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !res.Duplicate || !res.Removed || res.MsgID != queue.ReplayMsgID(1) || res.WorkSequence != first {
+				t.Fatalf("result %+v, first stored at %d", res, first)
+			}
+			want := uint64(0)
+			if tc.waiting {
+				want = 1
+			}
+			if n := dlqTMsgs(t, js, cfg.Stream); n != want {
+				t.Fatalf("work stream holds %d, want %d: republished twice", n, want)
+			}
+			if n := dlqTMsgs(t, js, cfg.DLQStream); n != 0 {
+				t.Fatalf("record not removed: %d left", n)
+			}
+		})
 	}
 }

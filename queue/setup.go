@@ -34,10 +34,11 @@ const (
 // replicas keeps a small fleet from starving one another.
 func MaxAckPending(concurrency int) int { return 8 * concurrency }
 
-// Ensure checks the streams and durable consumers revoker needs, creating the
-// missing ones when cfg.Create is set. It never changes an existing
-// one: a difference in settings is logged as a warning, and a difference that
-// makes the work impossible returns an error wrapping ErrIncompatible.
+// Ensure checks the streams, durable consumers and replays bucket revoker
+// needs, creating the missing ones when cfg.Create is set. It never changes
+// an existing one: a difference in settings is logged as a warning, and a
+// difference that makes the work impossible returns an error wrapping
+// ErrIncompatible.
 func Ensure(ctx context.Context, js jetstream.JetStream, cfg config.Topology, log *zap.Logger) error {
 	streams := []jetstream.StreamConfig{WorkStream(cfg), DLQStream(cfg)}
 	if cfg.OutcomePrefix != "" {
@@ -47,6 +48,11 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg config.Topology, lo
 		if err := ensureStream(ctx, js, want, cfg.Create, log); err != nil {
 			return err
 		}
+	}
+	// The replays bucket is written only by `revoker dlq replay`, which
+	// creates nothing: it is made here, with the streams.
+	if _, err := bindBucket(ctx, js, ReplaysConfig(cfg.Replicas), cfg.Create, log); err != nil {
+		return err
 	}
 	replicas, err := streamReplicas(ctx, js, cfg.Stream)
 	if err != nil {

@@ -211,6 +211,11 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 		switch {
 		case *asJSON:
 			printJSON(e.stdout, res)
+		case res.Displaced != "":
+			// Worth the operator's attention: someone published under the
+			// replay's id to make it vanish as a duplicate.
+			fmt.Fprintf(e.stdout, "replayed %d: %s to %s as %s, since another message already took its id %s (work sequence %d); record removed\n",
+				r.Sequence, what, res.Subject, res.MsgID, res.Displaced, res.WorkSequence)
 		case res.Duplicate:
 			fmt.Fprintf(e.stdout, "replayed %d: %s was already republished to %s by an earlier run (work sequence %d); record removed\n",
 				r.Sequence, what, res.Subject, res.WorkSequence)

@@ -5,8 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 // TestReplayGoesOnlyToWorkSubjects: a dead-letter record is data anyone
@@ -48,4 +52,40 @@ func TestReplayGoesOnlyToWorkSubjects(t *testing.T) {
 		t.Fatalf("the lane's consumer: %v", err)
 	}
 	s.run("dlq", "list").want(t, exitOK, "$JS.API.STREAM.PURGE."+cfg.Stream)
+}
+
+// TestReplayCannotBeSuppressed: a publisher sends an event under the id
+// the next replay will take (replay:<dead-letter sequence>), claiming to
+// replay the dead letter's event. The worker consumes it; the operator's
+// replay, reported a duplicate, must still put the dead letter's event
+// back, and the record goes only once it has.
+func TestReplayCannotBeSuppressed(t *testing.T) {
+	s := hStack(t, nil)
+	s.startWorker()
+	hDeadLetter(t, s, "sup1")
+	cfg := s.cfg()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rec, err := queue.GetDeadLetter(ctx, s.js, cfg.DLQStream, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	m := nats.NewMsg(rec.SourceSubject)
+	m.Data = []byte(`{"account_id":"acct","key_id":"decoy1"}`)
+	m.Header.Set(jetstream.MsgIDHeader, queue.ReplayMsgID(rec.Sequence))
+	m.Header.Set(queue.HeaderReplayOf, rec.EventID)
+	if _, err := s.js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 10*time.Second, "the planted event consumed", func() bool {
+		return s.api.Deleted("acct", "decoy1") && s.msgs(cfg.Stream) == 0
+	})
+
+	s.run("dlq", "replay", "--all").want(t, exitOK, "replayed 1:", "key sup1",
+		"another message already took its id "+queue.ReplayMsgID(rec.Sequence))
+	if n := s.msgs(cfg.DLQStream); n != 0 {
+		t.Fatalf("%d dead letters left", n)
+	}
+	queuetest.Eventually(t, 10*time.Second, "the dead letter's key revoked", func() bool { return s.okDeletes("sup1") == 1 })
 }

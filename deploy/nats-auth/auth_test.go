@@ -209,10 +209,12 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	publish("revoke.urgent", "ev-1", `{"account_id":"acc1","key_id":"key1"}`)
 	waitFor(t, 30*time.Second, "key1 revoked", func() bool { return api.Deleted("acc1", "key1") })
 
-	// 2. The publisher cannot write records nor touch JetStream's API.
+	// 2. The publisher cannot write records, the replays bucket (it could
+	// vouch for a forged Revoker-Replay-Of) nor touch JetStream's API.
 	for _, subject := range []string{
 		"revoke.dlq",
 		"revoke.outcome.acc1.key1",
+		"$KV.revoker_replays.forged",
 		"$JS.API.STREAM.PURGE.REVOCATIONS",
 		"$JS.API.STREAM.DELETE.REVOCATION_OUTCOMES",
 		"$JS.API.STREAM.DELETE.REVOCATIONS_DLQ",
@@ -269,13 +271,93 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		t.Fatalf("operator's outcomes --key key1: %v\n%s", err, out)
 	}
 
-	// Neither the worker nor the operator met a refusal doing their work.
+	// 4. The replays bucket: the operator writes it, the worker reads it
+	// and may not write it.
+	const noteKey = "auth-test-note"
+	opKV := bucketAs(ctx, t, srv, "operator", operatorPW, "revoker_replays", nil)
+	if _, err := opKV.Put(ctx, noteKey, []byte(`{"replay_of":"ev-2"}`)); err != nil {
+		t.Fatalf("operator's write to revoker_replays: %v", err)
+	}
+	var workerRefusals refusals
+	wKV := bucketAs(ctx, t, srv, "worker", workerPW, "revoker_replays", &workerRefusals)
+	if e, err := wKV.Get(ctx, noteKey); err != nil || string(e.Value()) != `{"replay_of":"ev-2"}` {
+		t.Fatalf("worker's read of revoker_replays: %v", err)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = wKV.Put(pctx, noteKey, []byte(`{"replay_of":"forged"}`))
+	pcancel()
+	if err == nil {
+		t.Fatal("the worker wrote revoker_replays")
+	}
+	waitFor(t, 10*time.Second, "worker refused on $KV.revoker_replays", func() bool {
+		return workerRefusals.has("$KV.revoker_replays." + noteKey)
+	})
+	if e, err := opKV.Get(ctx, noteKey); err != nil || string(e.Value()) != `{"replay_of":"ev-2"}` {
+		t.Fatalf("the note after the worker's refused write: %v", err)
+	}
+
+	// Neither the worker nor the operator met a refusal doing their work
+	// (the worker's deliberate write above aside).
 	for _, user := range []string{"worker", "operator"} {
-		if v := slog.violations(user); len(v) > 0 {
-			t.Errorf("%s refused: %q", user, v)
+		var unexpected []string
+		for _, v := range slog.violations(user) {
+			if !strings.Contains(v, noteKey) {
+				unexpected = append(unexpected, v)
+			}
+		}
+		if len(unexpected) > 0 {
+			t.Errorf("%s refused: %q", user, unexpected)
 		}
 	}
 	if strings.Contains(strings.ToLower(workerOut.String()), "permissions violation") {
 		t.Error("the worker logged a permissions violation")
 	}
+}
+
+// refusals keeps the permission violations a connection was told of.
+type refusals struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (r *refusals) add(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs = append(r.errs, err)
+}
+
+// has reports whether publishing to subject was refused.
+func (r *refusals) has(subject string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.errs {
+		if errors.Is(e, nats.ErrPermissionViolation) && strings.Contains(e.Error(), `"`+subject+`"`) {
+			return true
+		}
+	}
+	return false
+}
+
+// bucketAs binds a key-value bucket as user; refused, if given, collects
+// the connection's permission violations.
+func bucketAs(ctx context.Context, t *testing.T, srv *server.Server, user, pw, bucket string, refused *refusals) jetstream.KeyValue {
+	t.Helper()
+	opts := []nats.Option{}
+	if refused != nil {
+		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { refused.add(err) }))
+	}
+	nc, err := nats.Connect(userURL(srv, user, pw), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		t.Fatalf("%s binds %s: %v", user, bucket, err)
+	}
+	return kv
 }

@@ -1,0 +1,228 @@
+package queue
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/config"
+)
+
+// ReplaysBucket is the key-value bucket in which `revoker dlq replay`
+// notes, before each republish, the Nats-Msg-Id it republishes under and
+// the id of the event it replays. Anyone who may publish events can set
+// Revoker-Replay-Of; only the operator may write this bucket, so the header
+// is believed only where an entry confirms it.
+const ReplaysBucket = "revoker_replays"
+
+// replaysTTL outlives any replay's deliveries by far, like the ledger's.
+const replaysTTL = 7 * 24 * time.Hour
+
+// ReplaysConfig is the bucket revoker creates.
+func ReplaysConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      ReplaysBucket,
+		Description: "revoker: per replayed dead letter, the replay's message id and the event it replays",
+		History:     1,
+		TTL:         replaysTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// Replays verifies the Revoker-Replay-Of of a delivery, and lets the
+// replayer note its replays. It is usable once bound.
+type Replays struct {
+	kv atomic.Pointer[jetstream.KeyValue]
+}
+
+// errReplaysUnbound means the bucket is not bound yet.
+var errReplaysUnbound = errors.New("replays bucket not bound yet")
+
+// replayNote is one entry of the bucket.
+type replayNote struct {
+	ReplayOf string `json:"replay_of"`
+	// BodySHA256 is the hex SHA-256 of the body republished: the replay's
+	// id is guessable, and once the work stream's duplicate window has
+	// passed anyone may publish under it again.
+	BodySHA256 string `json:"body_sha256"`
+	// WorkSequence is where the work stream stored the replay, set once it
+	// acknowledged the replay as new: a later duplicate answer naming this
+	// sequence is the replay itself, even after the worker consumed it.
+	WorkSequence uint64 `json:"work_sequence,omitempty"`
+}
+
+func bodyDigest(body []byte) string {
+	sum := sha256.Sum256(body)
+	return hex.EncodeToString(sum[:])
+}
+
+// BindReplays binds (and where cfg allows, creates) the replays bucket.
+func BindReplays(ctx context.Context, js jetstream.JetStream, cfg config.Topology, log *zap.Logger) (*Replays, error) {
+	r := &Replays{}
+	return r, r.bind(ctx, js, cfg.Create, cfg.Replicas, log)
+}
+
+// bind binds the bucket, creating it when create is set.
+func (r *Replays) bind(ctx context.Context, js jetstream.JetStream, create bool, replicas int, log *zap.Logger) error {
+	kv, err := bindBucket(ctx, js, ReplaysConfig(replicas), create, log)
+	if err != nil {
+		return err
+	}
+	r.kv.Store(&kv)
+	return nil
+}
+
+// replayKey is the entry's key: message ids may hold characters a key
+// may not, a digest never does.
+func replayKey(msgID string) string {
+	sum := sha256.Sum256([]byte(msgID))
+	return hex.EncodeToString(sum[:])
+}
+
+func (r *Replays) bucket() (jetstream.KeyValue, error) {
+	kv := r.kv.Load()
+	if kv == nil {
+		return nil, errReplaysUnbound
+	}
+	return *kv, nil
+}
+
+// load returns the entry for msgID; found is false when there is none.
+func (r *Replays) load(ctx context.Context, msgID string) (n replayNote, found bool, err error) {
+	kv, err := r.bucket()
+	if err != nil {
+		return n, false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	e, err := kv.Get(ctx, replayKey(msgID))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return n, false, nil
+	case err != nil:
+		return n, false, fmt.Errorf("read %s: %w", ReplaysBucket, err)
+	}
+	if err := json.Unmarshal(e.Value(), &n); err != nil {
+		return replayNote{}, false, nil // damaged: confirms nothing
+	}
+	return n, true, nil
+}
+
+func (r *Replays) save(ctx context.Context, msgID string, n replayNote) error {
+	kv, err := r.bucket()
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := kv.Put(ctx, replayKey(msgID), b); err != nil {
+		return fmt.Errorf("write %s: %w", ReplaysBucket, err)
+	}
+	return nil
+}
+
+// Note records that the message msgID about to be published with body
+// replays the event originalID. The replayer calls it before publishing, so
+// no delivery of the replay can come before its entry. An entry already
+// saying so is kept as it is (with what it knows of the publish).
+func (r *Replays) Note(ctx context.Context, msgID, originalID string, body []byte) error {
+	want := replayNote{ReplayOf: originalID, BodySHA256: bodyDigest(body)}
+	kv, err := r.bucket()
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(want)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = kv.Create(cctx, replayKey(msgID), b)
+	cancel()
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		if err != nil {
+			return fmt.Errorf("write %s: %w", ReplaysBucket, err)
+		}
+		return nil
+	}
+	// Noted before: by an earlier run of this replay, which may have
+	// recorded where the work stream stored it.
+	n, found, err := r.load(ctx, msgID)
+	if err != nil {
+		return err
+	}
+	if found && n.names(originalID, body) {
+		return nil
+	}
+	return r.save(ctx, msgID, want)
+}
+
+// published records that the work stream stored the replay msgID at seq.
+func (r *Replays) published(ctx context.Context, msgID, originalID string, body []byte, seq uint64) error {
+	return r.save(ctx, msgID, replayNote{ReplayOf: originalID, BodySHA256: bodyDigest(body), WorkSequence: seq})
+}
+
+// names reports whether n says that msgID, published with body, replays
+// originalID.
+func (n replayNote) names(originalID string, body []byte) bool {
+	return n.ReplayOf == originalID && n.BodySHA256 == bodyDigest(body)
+}
+
+// forget removes the entry for msgID: the message stored under that id is
+// not the replay, and must not be believed to be one.
+func (r *Replays) forget(ctx context.Context, msgID string) error {
+	kv, err := r.bucket()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := kv.Delete(ctx, replayKey(msgID)); err != nil {
+		return fmt.Errorf("write %s: %w", ReplaysBucket, err)
+	}
+	return nil
+}
+
+// Verify reports whether the delivery with Nats-Msg-Id msgID is a replay
+// of the event claimed: true only if the replayer noted msgID as a replay
+// of exactly that event. It cannot tell the replay from a message published
+// under the same id after the work stream's duplicate window (the id is
+// guessable): VerifyBody can, and is the one to use where the body is at
+// hand. An error means the bucket could not be read, not that the claim is
+// false.
+func (r *Replays) Verify(ctx context.Context, msgID, claimed string) (bool, error) {
+	if msgID == "" || claimed == "" {
+		return false, nil
+	}
+	n, found, err := r.load(ctx, msgID)
+	if err != nil {
+		return false, err
+	}
+	return found && n.ReplayOf == claimed, nil
+}
+
+// VerifyBody is Verify that also requires the delivery's body to be the
+// one the replayer republished under msgID, so that a message published
+// later under the same id, claiming the same event, does not pass.
+func (r *Replays) VerifyBody(ctx context.Context, msgID, claimed string, body []byte) (bool, error) {
+	if msgID == "" || claimed == "" {
+		return false, nil
+	}
+	n, found, err := r.load(ctx, msgID)
+	if err != nil {
+		return false, err
+	}
+	return found && n.names(claimed, body), nil
+}

@@ -1,0 +1,180 @@
+package queue_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+)
+
+// dlqTReplays binds the replays bucket as the worker does.
+func dlqTReplays(t *testing.T, js jetstream.JetStream, cfg config.Config) *queue.Replays {
+	t.Helper()
+	r, err := queue.BindReplays(dlqTCtx(t), js, cfg.Topology(), zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestVerifyBelievesOnlyNotedReplays: Revoker-Replay-Of is a header anyone
+// who may publish events can set. Only a replay the replayer noted passes.
+func TestVerifyBelievesOnlyNotedReplays(t *testing.T) {
+	js, cfg := dlqTSetup(t)
+	ctx := dlqTCtx(t)
+	dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
+		Subject: "revoke.urgent", Sequence: 4, FailedAt: time.Now()}, `{"account_id":"a","key_id":"k"}`)
+	rec, err := queue.GetDeadLetter(ctx, js, cfg.DLQStream, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := replayer(t, js, cfg).Replay(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Forgeries: the publisher's own id, and the id a future replay
+	// will take, each claiming to replay a real event.
+	forged := []uint64{
+		dlqTPlant(t, js, "revoke.urgent", "ev-forged", `{"account_id":"a","key_id":"x"}`, "orig-1"),
+		dlqTPlant(t, js, "revoke.urgent", queue.ReplayMsgID(2), `{"account_id":"a","key_id":"y"}`, "orig-1"),
+	}
+
+	replays := dlqTReplays(t, js, cfg)
+	work, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the worker sees of a delivery: its headers.
+	verify := func(seq uint64) bool {
+		t.Helper()
+		m, err := work.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, claim := m.Header.Get(jetstream.MsgIDHeader), m.Header.Get(queue.HeaderReplayOf)
+		ok, err := replays.Verify(ctx, id, claim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		withBody, err := replays.VerifyBody(ctx, id, claim, m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != withBody {
+			t.Fatalf("message %d: Verify %v, VerifyBody %v", seq, ok, withBody)
+		}
+		return ok
+	}
+	if !verify(res.WorkSequence) {
+		t.Fatal("the operator's replay is not verified")
+	}
+	for _, seq := range forged {
+		if verify(seq) {
+			t.Fatalf("the publisher's message %d verified as a replay", seq)
+		}
+	}
+	if ok, err := replays.Verify(ctx, res.MsgID, "another-event"); err != nil || ok {
+		t.Fatalf("a real replay's id verified another claim: %v %v", ok, err)
+	}
+	for _, args := range [][2]string{{"", "orig-1"}, {res.MsgID, ""}} {
+		if ok, err := replays.Verify(ctx, args[0], args[1]); err != nil || ok {
+			t.Fatalf("Verify(%q, %q) = %v %v", args[0], args[1], ok, err)
+		}
+	}
+	if _, err := (&queue.Replays{}).Verify(ctx, res.MsgID, "orig-1"); err == nil {
+		t.Fatal("an unbound bucket verified nothing, without an error")
+	}
+}
+
+// TestVerifyBodyRefusesReusedReplayID: once the work stream's duplicate
+// window has passed, anyone may publish under a real replay's id again,
+// claiming the same event. The body tells that message from the replay.
+func TestVerifyBodyRefusesReusedReplayID(t *testing.T) {
+	js, cfg := dlqTSetup(t)
+	ctx := dlqTCtx(t)
+	work := queue.WorkStream(cfg.Topology())
+	work.Duplicates = 100 * time.Millisecond // the shortest the server takes
+	if _, err := js.UpdateStream(ctx, work); err != nil {
+		t.Fatal(err)
+	}
+	body := `{"account_id":"a","key_id":"k"}`
+	dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
+		Subject: "revoke.urgent", Sequence: 4, FailedAt: time.Now()}, body)
+	rec, err := queue.GetDeadLetter(ctx, js, cfg.DLQStream, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := replayer(t, js, cfg).Replay(ctx, rec)
+	if err != nil || res.MsgID != queue.ReplayMsgID(1) {
+		t.Fatalf("replay %+v %v", res, err)
+	}
+	decoy := nats.NewMsg("revoke.urgent")
+	decoy.Data = []byte(`{"account_id":"a","key_id":"decoy"}`)
+	decoy.Header.Set(jetstream.MsgIDHeader, res.MsgID)
+	decoy.Header.Set(queue.HeaderReplayOf, "orig-1")
+	queuetest.Eventually(t, 5*time.Second, "the decoy stored under the replay's id", func() bool {
+		ack, err := js.PublishMsg(ctx, decoy)
+		return err == nil && !ack.Duplicate
+	})
+
+	replays := dlqTReplays(t, js, cfg)
+	if ok, err := replays.VerifyBody(ctx, res.MsgID, "orig-1", decoy.Data); err != nil || ok {
+		t.Fatalf("the decoy verified as the replay: %v %v", ok, err)
+	}
+	if ok, err := replays.VerifyBody(ctx, res.MsgID, "orig-1", []byte(body)); err != nil || !ok {
+		t.Fatalf("the replay itself not verified: %v %v", ok, err)
+	}
+}
+
+// TestEnsureMakesReplaysBucket: the worker's setup creates the bucket as it
+// creates the streams, and without REVOKER_CREATE_STREAMS reports it
+// missing; the replayer never creates it.
+func TestEnsureMakesReplaysBucket(t *testing.T) {
+	js := setupJS(t)
+	ctx := dlqTCtx(t)
+	cfg := config.Default()
+	top := cfg.Topology()
+
+	top.Create = false
+	for _, sc := range []jetstream.StreamConfig{queue.WorkStream(top), queue.DLQStream(top), queue.OutcomeStream(top)} {
+		if _, err := js.CreateStream(ctx, sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := queue.Ensure(ctx, js, top, zaptest.NewLogger(t)); !errors.Is(err, queue.ErrMissing) {
+		t.Fatalf("missing bucket, told not to create: %v", err)
+	}
+	if _, err := queue.NewReplayer(ctx, js, top); !errors.Is(err, queue.ErrMissing) {
+		t.Fatalf("replayer without the bucket: %v", err)
+	}
+	if _, err := js.KeyValue(ctx, queue.ReplaysBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatalf("created although told not to: %v", err)
+	}
+
+	top.Create = true
+	if err := queue.Ensure(ctx, js, top, zaptest.NewLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, queue.ReplaysBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != 7*24*time.Hour || st.History() != 1 || st.BackingStore() != "JetStream" {
+		t.Fatalf("bucket status %+v", st)
+	}
+	if _, err := queue.NewReplayer(ctx, js, top); err != nil {
+		t.Fatal(err)
+	}
+}

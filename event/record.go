@@ -26,6 +26,20 @@ type Record struct {
 	// ReplayOf is the original event's id when this one is a replay of a
 	// dead letter, so the audit trail links the two.
 	ReplayOf string `json:"replay_of,omitempty"`
+	// UnansweredCalls counts calls made for the event whose answer was
+	// never heard (a crash, a cut connection): the key may have been
+	// revoked by one of them.
+	UnansweredCalls int `json:"unanswered_calls,omitempty"`
+	// AbsenceCheckedAt is when a key list proved a not_found (SPEC §4, "The
+	// proof"); Status and CFRay stay those of the DELETE that answered 404.
+	AbsenceCheckedAt string `json:"absence_checked_at,omitempty"`
+	// Supersedes, on a revoked record only, is the outcome-stream sequence
+	// of the not_found record of the same event that it corrects.
+	Supersedes uint64 `json:"supersedes,omitempty"`
+	// TraceID is the event's trace id (32 hex), when it carried one.
+	TraceID string `json:"trace_id,omitempty"`
+	// Credential names the credential used, never the secret.
+	Credential string `json:"credential,omitempty"`
 }
 
 // SameFacts reports whether r and o say the same thing about the same

@@ -29,7 +29,19 @@ type Metrics struct {
 	// OutcomeFailures counts failed writes of outcome records (the audit
 	// trail); the event is held, never acked, until its record is stored.
 	OutcomeFailures prometheus.Counter
+	// ConfirmationsLost counts API confirmations that could not be made
+	// durable before the process had to stop (SPEC §4, "The proof").
+	ConfirmationsLost prometheus.Counter
+	// AbsenceChecks counts key lists fetched to prove a 404, by result.
+	AbsenceChecks *prometheus.CounterVec
 }
+
+// The results of an absence check (revoker_absence_checks_total).
+const (
+	AbsenceAbsent = "absent"
+	AbsenceListed = "listed"
+	AbsenceFailed = "failed"
+)
 
 // Labels are the label values known at start; every combination of them
 // gets its series at once.
@@ -118,6 +130,17 @@ func New(reg prometheus.Registerer, labels Labels, build Build) *Metrics {
 			Name: "revoker_outcome_publish_failures_total",
 			Help: "Failed writes of outcome records; the event is held and the write retried.",
 		}),
+		ConfirmationsLost: f.NewCounter(prometheus.CounterOpts{
+			Name: "revoker_confirmations_lost_total",
+			Help: "API confirmations that could not be made durable before the process stopped.",
+		}),
+		AbsenceChecks: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "revoker_absence_checks_total",
+			Help: "Key lists fetched to prove a 404, by result (absent, listed, failed).",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{AbsenceAbsent, AbsenceListed, AbsenceFailed} {
+		m.AbsenceChecks.WithLabelValues(r)
 	}
 	for i, s := range labels.Subjects {
 		p := strconv.Itoa(i)

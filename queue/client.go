@@ -90,6 +90,9 @@ type Published struct {
 	// Duplicate: the stream already held an event with this id, and
 	// Stream/Sequence name that one.
 	Duplicate bool `json:"duplicate"`
+	// StoredAt is when the stream stored the event, where it could be read
+	// (zero otherwise): a record stored before it was planted.
+	StoredAt time.Time `json:"-"`
 }
 
 // Answers reports whether rec is the outcome of p: the same account, key,
@@ -146,7 +149,7 @@ func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event
 	p := Published{EventID: id, AccountID: ev.AccountID, KeyID: ev.KeyID, Subject: subject,
 		Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate}
 	if p.Duplicate {
-		if err := c.sameEvent(ctx, p); err != nil {
+		if err := c.sameEvent(ctx, &p); err != nil {
 			return p, err
 		}
 	}
@@ -158,7 +161,7 @@ func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event
 // must be on p's key's own subject (records are stored before an event
 // leaves the stream). What cannot be read (not ours to read) is given the
 // benefit of the doubt: a duplicate is most often a retried publish.
-func (c *Client) sameEvent(ctx context.Context, p Published) error {
+func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 	s, err := c.js.Stream(ctx, c.Stream)
 	if err != nil {
 		return nil
@@ -168,8 +171,9 @@ func (c *Client) sameEvent(ctx context.Context, p Published) error {
 	case err == nil:
 		stored, err := event.Decode(m.Data)
 		same = err == nil && stored.AccountID == p.AccountID && stored.KeyID == p.KeyID
+		p.StoredAt = m.Time
 	case errors.Is(err, jetstream.ErrMsgNotFound) && c.OutcomePrefix != "":
-		_, recorded, rerr := c.Recorded(ctx, p)
+		_, recorded, rerr := c.Recorded(ctx, *p)
 		same = rerr != nil || recorded
 	}
 	if !same {
@@ -320,12 +324,12 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 }
 
 // Recorded looks up the outcome record of p on its key's own subject, so
-// its cost does not grow with the trail. Where several records name p, the
-// last one stored is believed: the worker writes again, under a new id, only
-// when a record it did not write already holds its id, so an earlier
-// record of the same event is one planted ahead of the worker's.
+// its cost does not grow with the trail. Where several records name p, a
+// revoked one is believed over any other, and else the last one stored (see
+// believe).
 func (c *Client) Recorded(ctx context.Context, p Published) (event.Record, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
-	return lastRecord(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), p.Answers)
+	b, err := believe(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), p.StoredAt, p.Answers)
+	return b.rec, b.found, err
 }

@@ -95,47 +95,99 @@ func ledgerKey(stream string, seq uint64) string {
 	return stream + "." + strconv.FormatUint(seq, 10)
 }
 
-// Load returns what earlier deliveries of the event left; nothing is not
-// an error.
-func (l *Ledger) Load(ctx context.Context, stream string, seq uint64) (worker.Entry, error) {
-	var e worker.Entry
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	kv := l.kv.Load()
-	if kv == nil {
-		return e, errLedgerUnbound
-	}
-	kve, err := (*kv).Get(ctx, ledgerKey(stream, seq))
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return e, nil
-	case err != nil:
-		return e, fmt.Errorf("read ledger: %w", err)
-	}
-	if err := json.Unmarshal(kve.Value(), &e); err != nil {
-		// An old plain count, or damage: keep what can be read.
-		n, _ := strconv.Atoi(string(kve.Value()))
-		return worker.Entry{Attempts: n}, nil
-	}
-	return e, nil
+// Bounds of what a replica could have written in an entry: anything read
+// beyond them was not written by a worker and is clamped (SPEC §4, "The
+// proof", point 8).
+const (
+	maxLedgerCalls = 1 << 20
+	maxLedgerRay   = 128
+)
+
+// Load returns what is kept for the event; nothing, or an entry naming
+// another account or key (a stream made again reuses sequences), is an
+// empty entry, not an error.
+func (l *Ledger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, error) {
+	e, _, err := l.get(ctx, ref)
+	return e, err
 }
 
-// Save stores e, replacing what the event had.
-func (l *Ledger) Save(ctx context.Context, stream string, seq uint64, e worker.Entry) error {
-	b, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
+// get reads the event's entry and its revision (0 when there is none).
+func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64, error) {
 	kv := l.kv.Load()
 	if kv == nil {
-		return errLedgerUnbound
+		return worker.Entry{}, 0, errLedgerUnbound
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := (*kv).Put(ctx, ledgerKey(stream, seq), b); err != nil {
-		return fmt.Errorf("write ledger: %w", err)
+	kve, err := (*kv).Get(ctx, ledgerKey(ref.Stream, ref.Seq))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return worker.Entry{}, 0, nil
+	case err != nil:
+		return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
 	}
-	return nil
+	return decodeEntry(kve.Value(), ref), kve.Revision(), nil
+}
+
+// decodeEntry is the entry b holds for ref, clamped to what a worker could
+// have written; an entry of another event, or one that does not parse,
+// is empty.
+func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
+	var e worker.Entry
+	if json.Unmarshal(b, &e) != nil || e.Account != ref.Account || e.Key != ref.Key {
+		return worker.Entry{}
+	}
+	e.Calls = min(max(e.Calls, 0), maxLedgerCalls)
+	e.Answered = min(max(e.Answered, 0), e.Calls)
+	if c := e.Confirmed; c != nil && (c.Status < 200 || c.Status > 299 || len(c.CFRay) > maxLedgerRay) {
+		e.Confirmed = nil // not a confirmation any worker records
+	}
+	return e
+}
+
+// Update applies change to the event's entry by compare-and-swap, again on
+// the entry as stored after a conflict, and returns the entry it stored.
+// If change fails, nothing is stored and the entry as read is returned with
+// change's error. A first write assumes no entry (one round trip on the
+// common path); an entry of another event is replaced.
+func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
+	kv := l.kv.Load()
+	if kv == nil {
+		return worker.Entry{}, errLedgerUnbound
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	key := ledgerKey(ref.Stream, ref.Seq)
+	var (
+		e   worker.Entry
+		rev uint64
+	)
+	for {
+		before := e
+		if err := change(&e); err != nil {
+			return before, err
+		}
+		e.Account, e.Key = ref.Account, ref.Key
+		b, err := json.Marshal(e)
+		if err != nil {
+			return before, err
+		}
+		_, err = (*kv).Update(ctx, key, b, rev)
+		if err == nil {
+			return e, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			return before, fmt.Errorf("write ledger: %w", err)
+		}
+		// Someone wrote first (another delivery, another replica, or an
+		// entry of an older event at this sequence): read and decide again.
+		if e, rev, err = l.get(ctx, ref); err != nil {
+			return e, err
+		}
+		if rev == 0 {
+			return e, fmt.Errorf("write ledger: conflict on %s, but no entry to read", key)
+		}
+	}
 }
 
 // warnBucketReplicas warns when an existing bucket has other replicas than

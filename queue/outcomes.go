@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
 )
 
@@ -26,7 +28,7 @@ func EachOutcome(ctx context.Context, js jetstream.JetStream, stream, subject st
 	}
 	return scan(ctx, js, stream, occ, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
 		var o event.Record
-		if err := json.Unmarshal(m.Data(), &o); err != nil {
+		if err := json.Unmarshal(m.Data(), &o); err != nil || !onOwnSubject(m.Subject(), o) {
 			// Not a record of ours (someone else published on the
 			// subject); the audit trail is the records that are.
 			return true, nil
@@ -35,12 +37,12 @@ func EachOutcome(ctx context.Context, js jetstream.JetStream, stream, subject st
 	})
 }
 
-// eachOnSubject calls fn with the body of every message stored on the
-// literal subject, oldest first, until fn returns false. It asks the
-// stream for each message in turn ("next on this subject from sequence
-// n"), so its cost follows the subject's messages, not the stream's: the
-// records of one key are few whatever the size of the trail.
-func eachOnSubject(ctx context.Context, js jetstream.JetStream, stream, subject string, fn func([]byte) bool) error {
+// eachOnSubject calls fn with the sequence and body of every message
+// stored on the literal subject, oldest first, until fn returns false. It
+// asks the stream for each message in turn ("next on this subject from
+// sequence n"), so its cost follows the subject's messages, not the
+// stream's: the records of one key are few whatever the size of the trail.
+func eachOnSubject(ctx context.Context, js jetstream.JetStream, stream, subject string, fn func(m *jetstream.RawStreamMsg) bool) error {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", stream, err)
@@ -53,35 +55,61 @@ func eachOnSubject(ctx context.Context, js jetstream.JetStream, stream, subject 
 		if err != nil {
 			return fmt.Errorf("read %s: %w", subject, err)
 		}
-		if !fn(m.Data) {
+		if !fn(m) {
 			return nil
 		}
 		seq = m.Sequence + 1
 	}
 }
 
-// lastRecord returns the last record on the literal subject that match
-// accepts. When two records name one event, the later is the one to
-// believe: the worker writes its own again, under a new id, only when it
-// finds one it did not write under its id.
-func lastRecord(ctx context.Context, js jetstream.JetStream, stream, subject string, match func(event.Record) bool) (rec event.Record, found bool, err error) {
-	err = eachOnSubject(ctx, js, stream, subject, func(b []byte) bool {
+// onOwnSubject reports whether the record o, stored on subject, names the
+// key whose subject it is: a record counts only there.
+func onOwnSubject(subject string, o event.Record) bool {
+	token := func(id string) bool { return id == event.NoKey || cloudflare.ValidIdentifier(id) }
+	return token(o.AccountID) && token(o.KeyID) && strings.HasSuffix(subject, "."+o.AccountID+"."+o.KeyID)
+}
+
+// believed is what one key's subject says of one event.
+type believed struct {
+	rec   event.Record
+	seq   uint64 // rec's sequence in the outcome stream
+	found bool
+	// last is the last sequence stored on the subject, 0 for none: a
+	// write that expects it cannot race another.
+	last uint64
+}
+
+// believe reads the records on the key's own subject that match accepts
+// and returns the one to believe: a revoked record beats every other (a
+// confirmation is never buried, SPEC §4 "The proof" point 3), and among
+// equals the later (the worker writes its own again, under a new id, only
+// when it finds one it did not write under its id). A record counts only if
+// it names the subject's key, and, when the event's storing time is known
+// (notBefore), only if the server stored it after the event: no worker can
+// record an event before it exists, so an earlier one was planted.
+func believe(ctx context.Context, js jetstream.JetStream, stream, subject string, notBefore time.Time, match func(event.Record) bool) (b believed, err error) {
+	err = eachOnSubject(ctx, js, stream, subject, func(m *jetstream.RawStreamMsg) bool {
+		b.last = m.Sequence
 		var o event.Record
-		if json.Unmarshal(b, &o) == nil && match(o) {
-			rec, found = o, true
+		if json.Unmarshal(m.Data, &o) != nil || !onOwnSubject(subject, o) || !match(o) || m.Time.Before(notBefore) {
+			return true
+		}
+		if !b.found || o.Outcome == event.Revoked || b.rec.Outcome != event.Revoked {
+			b.rec, b.seq, b.found = o, m.Sequence, true
 		}
 		return true
 	})
-	return rec, found, err
+	return b, err
 }
 
 // KeyOutcomes returns the records of one key, oldest first, reading only
 // the key's own subject.
 func KeyOutcomes(ctx context.Context, js jetstream.JetStream, stream, prefix, account, key string) ([]event.Record, error) {
 	var out []event.Record
-	err := eachOnSubject(ctx, js, stream, OutcomeSubject(prefix, account, key), func(b []byte) bool {
+	subject := OutcomeSubject(prefix, account, key)
+	err := eachOnSubject(ctx, js, stream, subject, func(m *jetstream.RawStreamMsg) bool {
 		var o event.Record
-		if json.Unmarshal(b, &o) == nil {
+		if json.Unmarshal(m.Data, &o) == nil && onOwnSubject(subject, o) {
 			out = append(out, o)
 		}
 		return true
@@ -121,7 +149,7 @@ func FollowOutcomes(ctx context.Context, js jetstream.JetStream, stream, subject
 			return fmt.Errorf("follow %s: %w", subject, err)
 		}
 		var o event.Record
-		if json.Unmarshal(m.Data(), &o) != nil {
+		if json.Unmarshal(m.Data(), &o) != nil || !onOwnSubject(m.Subject(), o) {
 			continue
 		}
 		if err := fn(o); err != nil {

@@ -99,7 +99,9 @@ func OutcomeSubject(prefix, account, key string) string {
 }
 
 // OutcomeMsg builds the outcome record of rec under prefix. Its Nats-Msg-Id
-// makes a repeated write of the same outcome a no-op.
+// makes a repeated write of the same outcome a no-op; it names the outcome,
+// so that a revoked record correcting a not_found is not taken for a
+// repeat of it.
 func OutcomeMsg(prefix string, rec event.Record) (*nats.Msg, error) {
 	body, err := json.Marshal(rec)
 	if err != nil {
@@ -108,7 +110,7 @@ func OutcomeMsg(prefix string, rec event.Record) (*nats.Msg, error) {
 	m := nats.NewMsg(OutcomeSubject(prefix, rec.AccountID, rec.KeyID))
 	m.Data = body
 	m.Header.Set(HeaderEventID, untrusted.Line(rec.EventID, maxHeader))
-	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("outcome:%s:%d", rec.Stream, rec.Sequence))
+	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("outcome:%s:%d:%s", rec.Stream, rec.Sequence, rec.Outcome))
 	return m, nil
 }
 
@@ -166,62 +168,94 @@ func (r *Records) maxRecord(ctx context.Context) int {
 	return limit
 }
 
-// Outcome stores rec. With maybeWritten, it first looks for a record of the
-// same event on the key's subject, so a redelivery after a lost ack does
-// not make a second record outside the duplicate window.
-func (r *Records) Outcome(ctx context.Context, rec event.Record, maybeWritten bool) error {
+// Outcome stores rec as its event's final record on the key's own
+// subject, unless a record of the event is there already: then it stores
+// nothing and returns that one, except that a revoked record follows any
+// other, naming it in Supersedes (SPEC §4, "The proof", point 3). The
+// write expects the last sequence it read on the subject, so two replicas
+// racing to record one event end with one record (or that pair): the
+// loser reads again and finds the winner's. It returns the record the
+// trail believes for the event.
+func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, error) {
 	if r.OutcomePrefix == "" {
-		return nil
+		return rec, worker.ErrNoTrail
 	}
-	m, err := OutcomeMsg(r.OutcomePrefix, rec)
-	if err != nil {
-		return err
-	}
-	if maybeWritten {
-		found, err := r.findOutcome(ctx, m.Subject, rec)
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	subject := OutcomeSubject(r.OutcomePrefix, rec.AccountID, rec.KeyID)
+	if !cloudflare.ValidIdentifier(rec.AccountID) || !cloudflare.ValidIdentifier(rec.KeyID) {
+		// The records of events without a valid key share one subject, too
+		// many to read through; the record's Nats-Msg-Id still drops a
+		// repeat within the duplicate window.
+		m, err := OutcomeMsg(r.OutcomePrefix, rec)
 		if err != nil {
-			return err
+			return rec, err
 		}
-		if found {
-			return nil
-		}
+		return rec, r.write(ctx, r.OutcomeStream, m, func(stored *jetstream.RawStreamMsg) bool {
+			var o event.Record
+			return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
+		})
 	}
-	return r.write(ctx, r.OutcomeStream, m, func(stored *jetstream.RawStreamMsg) bool {
-		var o event.Record
-		return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
-	})
+	stored, _ := time.Parse(time.RFC3339Nano, rec.PublishedAt)
+	for {
+		b, err := believe(ctx, r.JS, r.OutcomeStream, subject, stored, func(o event.Record) bool {
+			return o.Stream == rec.Stream && o.Sequence == rec.Sequence && o.Outcome.Final()
+		})
+		if err != nil {
+			return rec, err
+		}
+		if b.found {
+			if b.rec.Outcome == event.Revoked || rec.Outcome != event.Revoked {
+				return b.rec, nil
+			}
+			rec.Supersedes = b.seq
+		}
+		m, err := OutcomeMsg(r.OutcomePrefix, rec)
+		if err != nil {
+			return rec, err
+		}
+		err = r.write(ctx, r.OutcomeStream, m, func(stored *jetstream.RawStreamMsg) bool {
+			var o event.Record
+			return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
+		}, jetstream.WithExpectLastSequencePerSubject(b.last))
+		if !wrongLastSequence(err) {
+			return rec, err
+		}
+		// Another record reached the subject first: read again.
+	}
 }
 
-// Prior returns the outcome record an earlier delivery stored for the event
-// at stream and seq, read from the key's own subject; when two records name
-// the event, the later is believed (an earlier one under our id was planted
-// before ours). found is false when there is none.
-func (r *Records) Prior(ctx context.Context, stream string, seq uint64, account, key string) (rec event.Record, found bool, err error) {
+// wrongLastSequence reports a write refused because the subject's last
+// sequence was not the one expected.
+func wrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// Prior returns the record the trail believes for the event, read from the
+// key's own subject. found is false when there is none.
+func (r *Records) Prior(ctx context.Context, ref worker.Ref) (rec event.Record, found bool, err error) {
 	if r.OutcomePrefix == "" {
 		return rec, false, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	return lastRecord(ctx, r.JS, r.OutcomeStream, OutcomeSubject(r.OutcomePrefix, account, key), func(o event.Record) bool {
-		return o.Stream == stream && o.Sequence == seq
+	b, err := believe(ctx, r.JS, r.OutcomeStream, OutcomeSubject(r.OutcomePrefix, ref.Account, ref.Key), ref.Stored, func(o event.Record) bool {
+		return o.Stream == ref.Stream && o.Sequence == ref.Seq && o.Outcome.Final()
 	})
-}
-
-// findOutcome reports whether the key's subject holds a record of the same
-// event that says what rec says.
-func (r *Records) findOutcome(ctx context.Context, subject string, rec event.Record) (bool, error) {
-	_, found, err := lastRecord(ctx, r.JS, r.OutcomeStream, subject, rec.SameFacts)
-	return found, err
+	return b.rec, b.found, err
 }
 
 // write publishes m to stream and waits for its acknowledgement. A
 // duplicate answer is taken as written only if ours says the stored record
 // is ours; otherwise somebody wrote under our id first, and the record is
 // written again under an id nobody can guess.
-func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, ours func(*jetstream.RawStreamMsg) bool) error {
+func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, ours func(*jetstream.RawStreamMsg) bool, opts ...jetstream.PublishOpt) error {
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	ack, err := r.JS.PublishMsg(ctx, m, jetstream.WithExpectStream(stream))
+	opts = append(opts, jetstream.WithExpectStream(stream))
+	ack, err := r.JS.PublishMsg(ctx, m, opts...)
 	if err != nil {
 		return err
 	}
@@ -243,6 +277,6 @@ func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, ours fu
 	r.Log.Error("a record that is not ours is stored under our record's id; writing ours again under a new id",
 		zap.String("stream", stream), zap.String("msg_id", untrusted.Line(id, maxHeader)), zap.Uint64("stored_sequence", ack.Sequence))
 	m.Header.Set(jetstream.MsgIDHeader, id+":"+rand.Text())
-	_, err = r.JS.PublishMsg(ctx, m, jetstream.WithExpectStream(stream))
+	_, err = r.JS.PublishMsg(ctx, m, opts...)
 	return err
 }

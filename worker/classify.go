@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/event"
 )
 
 // Kind is what one API answer means for the event.
@@ -24,9 +25,30 @@ const (
 	Unauthorized
 	// Rejected: the API refused this event; calling again will not help.
 	Rejected
+	// NoAPI: a 404 without the API's envelope (an HTML page, a proxy's
+	// answer), or a key list refused as not there: the base URL or the way
+	// to the API is wrong. Retried like Unauthorized.
+	NoAPI
+	// StillListed: the key answered 404 but is still in the account's key
+	// list; the delete may still be spreading. Retried.
+	StillListed
+	// Unrecorded: the call could not be stored ahead, so it was not made.
+	Unrecorded
 )
 
-var kindNames = [...]string{"revoked", "not_found", "retry", "unauthorized", "api_rejected"}
+var kindNames = [...]string{"revoked", "not_found", "retry", "unauthorized", "api_rejected", "no_api", "still_listed", "unrecorded"}
+
+// exhaustedReason is the dead-letter reason of an event whose last
+// delivery spent its retries on an answer of kind k.
+func (k Kind) exhaustedReason() event.Reason {
+	switch k {
+	case Unauthorized:
+		return event.Unauthorized
+	case NoAPI, StillListed:
+		return event.APIRejected
+	}
+	return event.RetriesExhausted
+}
 
 func (k Kind) String() string { return kindNames[k] }
 
@@ -81,8 +103,11 @@ func Classify(resp *cloudflare.Response, err error) Decision {
 		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d: body is not the API envelope (%s)", st, resp.BodyError)
 	case ok2xx:
 		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d with success false%s", st, summary(resp))
+	case st == 404 && env != nil:
+		// To be proven by a key list before it counts (SPEC §4, "The proof").
+		d.Kind, d.Detail = NotFound, "HTTP 404: key not found"+summary(resp)
 	case st == 404:
-		d.Kind, d.Detail = NotFound, "HTTP 404: key not found (already deleted)"
+		d.Kind, d.Detail = NoAPI, fmt.Sprintf("HTTP 404 without the API's envelope (%s): the API is not where it should be", resp.BodyError)
 	case st == 408 || st == 409 || st == 429 || st >= 500:
 		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP %d%s", st, summary(resp))
 		d.Pause = st == 429
@@ -102,4 +127,45 @@ func summary(resp *cloudflare.Response) string {
 		return ": " + s
 	}
 	return ""
+}
+
+// ClassifyList decides what a key list, fetched after a 404 for key, says
+// of the event. Only a list the API vouches for proves anything: without
+// the key it makes the 404 a not_found; with it, the event is retried
+// (dead-lettered as api_rejected in the end). Any other answer proves
+// nothing and is retried as its status says; a 404 or other 4xx on the
+// list means the API is not where it should be.
+func ClassifyList(list *cloudflare.KeyList, err error, key string) Decision {
+	var resp *cloudflare.Response
+	if list != nil {
+		resp = list.Response
+	}
+	if err != nil || resp == nil || resp.Status == 0 {
+		d := Classify(resp, err)
+		d.Detail = "HTTP 404 on delete; the key list got " + d.Detail
+		return d
+	}
+	st := resp.Status
+	switch {
+	case list.Listed && list.Has(key):
+		return Decision{Kind: StillListed, Detail: "404 on delete, but the key is still listed"}
+	case list.Listed:
+		return Decision{Kind: NotFound, Detail: "HTTP 404 on delete, and the key list does not hold the key"}
+	}
+	d := Decision{}
+	if resp.HasRetryAfter {
+		d.RetryAfter = resp.RetryAfter
+	}
+	switch {
+	case st >= 200 && st < 300:
+		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d without a list%s", st, summary(resp))
+	case st == 408 || st == 409 || st == 429 || st >= 500:
+		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d%s", st, summary(resp))
+		d.Pause = st == 429
+	case st == 401 || st == 403 || (st == 400 && resp.Envelope != nil && resp.Envelope.HasCode(codeBadAuthHeader)):
+		d.Kind, d.Detail = Unauthorized, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d: credential refused%s", st, summary(resp))
+	default:
+		d.Kind, d.Detail = NoAPI, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d%s: the API is not where it should be", st, summary(resp))
+	}
+	return d
 }

@@ -48,7 +48,8 @@ func TestClassify(t *testing.T) {
 		{"200 JSON without success", 200, nil, `{"result":"ok"}`, worker.Rejected, false, 0},
 		{"200 empty body", 200, nil, "", worker.Rejected, false, 0},
 		{"404", 404, nil, envelope(10003, "not found"), worker.NotFound, false, 0},
-		{"404 HTML", 404, nil, html, worker.NotFound, false, 0},
+		{"404 HTML", 404, nil, html, worker.NoAPI, false, 0},
+		{"404 empty body", 404, nil, "", worker.NoAPI, false, 0},
 		{"408", 408, nil, "", worker.Retry, false, 0},
 		{"409", 409, nil, envelope(1, "conflict"), worker.Retry, false, 0},
 		{"429 Retry-After seconds", 429, map[string]string{"Retry-After": "3"}, envelope(971, "rate limited"), worker.Retry, true, 3 * time.Second},
@@ -159,7 +160,9 @@ func client(t *testing.T, url string, timeout time.Duration) *cloudflare.Client 
 }
 
 func ExampleClassify() {
+	// A 404 without the API's envelope proves nothing: the base URL or
+	// the way to the API is wrong.
 	d := worker.Classify(&cloudflare.Response{Status: 404}, nil)
 	fmt.Println(d.Kind)
-	// Output: not_found
+	// Output: no_api
 }

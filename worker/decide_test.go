@@ -29,6 +29,7 @@ type fakeDelivery struct {
 	delivered  int
 	maxDeliver int
 	ackWait    time.Duration
+	replayOf   string
 
 	mu         sync.Mutex
 	settled    []string // "ack", "term", "giveback <delay>"
@@ -42,7 +43,7 @@ func (d *fakeDelivery) Stream() string               { return "REVOCATIONS" }
 func (d *fakeDelivery) Sequence() uint64             { return 7 }
 func (d *fakeDelivery) Delivered() int               { return d.delivered }
 func (d *fakeDelivery) StoredAt() time.Time          { return time.Now().Add(-time.Second) }
-func (d *fakeDelivery) ReplayOf() string             { return "" }
+func (d *fakeDelivery) ReplayOf() string             { return d.replayOf }
 func (d *fakeDelivery) Priority() int                { return 1 }
 func (d *fakeDelivery) MaxDeliver() int              { return d.maxDeliver }
 func (d *fakeDelivery) AckWait() time.Duration       { return d.ackWait }
@@ -68,6 +69,7 @@ func (d *fakeDelivery) settle(how string) error {
 type fakeRecords struct {
 	mu                   sync.Mutex
 	failDLQ, failOutcome int
+	off                  bool // outcome records turned off
 	dlq                  []event.DeadLetter
 	outcomes             []event.Record
 }
@@ -83,51 +85,111 @@ func (r *fakeRecords) DeadLetter(_ context.Context, d event.DeadLetter, _ []byte
 	return nil
 }
 
-func (r *fakeRecords) Outcome(_ context.Context, rec event.Record, _ bool) error {
+func (r *fakeRecords) Outcome(_ context.Context, rec event.Record) (event.Record, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failOutcome > 0 {
 		r.failOutcome--
-		return errors.New("outcome stream unavailable")
+		return rec, errors.New("outcome stream unavailable")
+	}
+	if r.off {
+		return rec, worker.ErrNoTrail
+	}
+	if prior, seq, ok := r.believed(worker.Ref{Stream: rec.Stream, Seq: rec.Sequence, Account: rec.AccountID, Key: rec.KeyID}); ok {
+		if prior.Outcome == event.Revoked || rec.Outcome != event.Revoked {
+			return prior, nil
+		}
+		rec.Supersedes = seq
 	}
 	r.outcomes = append(r.outcomes, rec)
-	return nil
+	return rec, nil
 }
 
-func (r *fakeRecords) Prior(_ context.Context, stream string, seq uint64, account, key string) (event.Record, bool, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i := len(r.outcomes) - 1; i >= 0; i-- {
-		if o := r.outcomes[i]; o.Stream == stream && o.Sequence == seq && o.AccountID == account && o.KeyID == key {
-			return o, true, nil
+// believed is the record the trail believes for ref (a revoked one beats
+// any other) and its place, counted from 1.
+func (r *fakeRecords) believed(ref worker.Ref) (rec event.Record, seq uint64, found bool) {
+	for i, o := range r.outcomes {
+		if o.Stream == ref.Stream && o.Sequence == ref.Seq && o.AccountID == ref.Account && o.KeyID == ref.Key &&
+			(!found || o.Outcome == event.Revoked || rec.Outcome != event.Revoked) {
+			rec, seq, found = o, uint64(i+1), true
 		}
 	}
-	return event.Record{}, false, nil
+	return rec, seq, found
 }
 
+func (r *fakeRecords) Prior(_ context.Context, ref worker.Ref) (event.Record, bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec, _, found := r.believed(ref)
+	return rec, found, nil
+}
+
+// fakeLedger keeps entries by sequence; an entry of another account or key
+// is none, as the real ledger has it. failUpdates makes that many updates
+// fail first, closing failing at the first.
 type fakeLedger struct {
-	mu      sync.Mutex
-	entries map[uint64]worker.Entry
+	mu          sync.Mutex
+	entries     map[uint64]worker.Entry
+	failUpdates int
+	failing     chan struct{}
+	once        sync.Once
 }
 
-func (l *fakeLedger) Load(_ context.Context, _ string, seq uint64) (worker.Entry, error) {
+func (l *fakeLedger) Load(_ context.Context, ref worker.Ref) (worker.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.entries[seq], nil
+	return l.entry(ref), nil
 }
 
-func (l *fakeLedger) Save(_ context.Context, _ string, seq uint64, e worker.Entry) error {
+func (l *fakeLedger) entry(ref worker.Ref) worker.Entry {
+	e := l.entries[ref.Seq]
+	if e.Account != ref.Account || e.Key != ref.Key {
+		return worker.Entry{}
+	}
+	return e
+}
+
+func (l *fakeLedger) Update(_ context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.entries[seq] = e
-	return nil
+	if l.failUpdates > 0 {
+		l.failUpdates--
+		if l.failing != nil {
+			l.once.Do(func() { close(l.failing) })
+		}
+		return worker.Entry{}, errors.New("ledger unavailable")
+	}
+	e := l.entry(ref)
+	if err := change(&e); err != nil {
+		return l.entry(ref), err
+	}
+	e.Account, e.Key = ref.Account, ref.Key
+	l.entries[ref.Seq] = e
+	return e, nil
 }
 
 // fakeAPI answers from a script, one answer per call; the last repeats.
+// Its key lists hold the keys in listed, and come after every 404.
 type fakeAPI struct {
 	mu      sync.Mutex
 	answers []*cloudflare.Response
 	calls   int
+	listed  []string
+	list    *cloudflare.Response // the list's answer when not a list; nil: a list
+	lists   int
+	order   []string // "delete <status>" and "list", as called
+	onCall  func()   // runs as each DELETE is answered
+}
+
+func (a *fakeAPI) ListSigningKeys(context.Context, string) (*cloudflare.KeyList, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.lists++
+	a.order = append(a.order, "list")
+	if a.list != nil {
+		return &cloudflare.KeyList{Response: a.list}, nil
+	}
+	return cloudflare.NewKeyList(answer(200, revoked, 0), a.listed...), nil
 }
 
 func (a *fakeAPI) DeleteSigningKey(context.Context, string, string) (*cloudflare.Response, error) {
@@ -135,6 +197,12 @@ func (a *fakeAPI) DeleteSigningKey(context.Context, string, string) (*cloudflare
 	defer a.mu.Unlock()
 	r := a.answers[min(a.calls, len(a.answers)-1)]
 	a.calls++
+	if a.onCall != nil {
+		a.onCall()
+	}
+	if r != nil {
+		a.order = append(a.order, "delete "+strconv.Itoa(r.Status))
+	}
 	if r == nil {
 		return nil, errors.New("connection refused")
 	}
@@ -313,7 +381,7 @@ func TestRevokedOnceAcrossDeliveries(t *testing.T) {
 	first := &fakeDelivery{body: goodEvent}
 	h.handle(first)
 	e := h.ledger.entries[7]
-	if e.Confirmed == nil || e.Confirmed.CFRay != "ray-200" || e.Attempts != 1 {
+	if e.Confirmed == nil || e.Confirmed.CFRay != "ray-200" || e.Calls != 1 {
 		t.Fatalf("ledger after the confirmation: %+v", e)
 	}
 	if len(first.settled) != 1 || first.settled[0] != "ack" || len(h.records.outcomes) != 1 {
@@ -423,8 +491,8 @@ func TestLogLinesBounded(t *testing.T) {
 	}
 }
 
-// slowLedger fails its first saves, so a delivery holds its event while it
-// retries.
+// slowLedger fails its first writes of a confirmation, so a delivery
+// holds its event while it retries.
 type slowLedger struct {
 	fakeLedger
 	failSaves int
@@ -432,16 +500,18 @@ type slowLedger struct {
 	once      sync.Once
 }
 
-func (l *slowLedger) Save(ctx context.Context, stream string, seq uint64, e worker.Entry) error {
+func (l *slowLedger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	l.mu.Lock()
-	if l.failSaves > 0 {
+	probe := l.entry(ref)
+	confirming := change(&probe) == nil && probe.Confirmed != nil && l.entry(ref).Confirmed == nil
+	if confirming && l.failSaves > 0 {
 		l.failSaves--
 		l.mu.Unlock()
 		l.once.Do(func() { close(l.saving) })
-		return errors.New("ledger unavailable")
+		return worker.Entry{}, errors.New("ledger unavailable")
 	}
 	l.mu.Unlock()
-	return l.fakeLedger.Save(ctx, stream, seq, e)
+	return l.fakeLedger.Update(ctx, ref, change)
 }
 
 // TestRedeliveryWhileHeldWaits: the broker delivers an event again while
@@ -481,13 +551,14 @@ func TestRedeliveryWhileHeldWaits(t *testing.T) {
 }
 
 // TestRedeliveryAfterLostAck: on the happy path the outcome record is the
-// durable confirmation (no ledger write); a delivery after a lost ack finds
-// it, makes no call and writes no second record.
+// durable confirmation (the ledger holds only the call, stored ahead); a
+// delivery after a lost ack finds it, makes no call and writes no second
+// record.
 func TestRedeliveryAfterLostAck(t *testing.T) {
 	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
 	h.handle(&fakeDelivery{body: goodEvent})
-	if len(h.ledger.entries) != 0 {
-		t.Fatalf("ledger written on the happy path: %+v", h.ledger.entries)
+	if e := h.ledger.entries[7]; e.Confirmed != nil || e.Calls != 1 {
+		t.Fatalf("ledger after the happy path: %+v; want the one call and no confirmation", e)
 	}
 	again := &fakeDelivery{body: goodEvent, delivered: 2}
 	h.handle(again)

@@ -9,6 +9,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -54,30 +55,63 @@ type Delivery interface {
 	KeepAlive() error
 }
 
+// Ref names an event beyond doubt: where it is stored and what it is
+// about. A stream deleted and made again reuses sequences, so what is kept
+// for an event is believed only for its account and key too.
+type Ref struct {
+	Stream  string
+	Seq     uint64
+	Account string
+	Key     string
+	// Stored is when the stream stored the event: no true record of it
+	// can be older.
+	Stored time.Time
+}
+
 // Records writes the dead-letter and outcome records. Each returns only
 // once the record is stored; an error means it may not be.
 type Records interface {
 	DeadLetter(ctx context.Context, rec event.DeadLetter, body []byte) error
-	// Outcome stores rec. maybeWritten says an earlier try may have stored
-	// it already, so the writer looks before writing a second one.
-	Outcome(ctx context.Context, rec event.Record, maybeWritten bool) error
-	// Prior is the outcome record an earlier delivery stored for the event
-	// (stream, seq) of the key, if any.
-	Prior(ctx context.Context, stream string, seq uint64, account, key string) (rec event.Record, found bool, err error)
+	// Outcome stores rec as the event's final record, unless the trail
+	// holds one for the event already: then it stores nothing, except a
+	// revoked record correcting an earlier other one (rec.Supersedes names
+	// it). It returns the record the trail believes for the event (SPEC
+	// §4, "The proof", point 3). ErrNoTrail means records are turned off.
+	Outcome(ctx context.Context, rec event.Record) (event.Record, error)
+	// Prior is the record the trail believes for the event, if any.
+	Prior(ctx context.Context, ref Ref) (rec event.Record, found bool, err error)
 }
 
-// Ledger keeps what one delivery of an event leaves for the next: the calls
-// made and, while the outcome record cannot be written, the API's
-// confirmation, so a revocation happens once whatever becomes of the
-// delivery.
+// ErrNoTrail is returned by Records.Outcome when outcome records are
+// turned off: a confirmation must then be kept in the ledger.
+var ErrNoTrail = errors.New("outcome records are turned off")
+
+// Ledger keeps, per event, what one delivery leaves for the next: every
+// call before it is made, the answers heard, and the API's confirmation
+// while the outcome record cannot hold it. So attempts are counted across
+// deliveries, replicas and crashes, and a revocation happens once.
 type Ledger interface {
-	Load(ctx context.Context, stream string, seq uint64) (Entry, error)
-	Save(ctx context.Context, stream string, seq uint64, e Entry) error
+	// Load returns the event's entry; none is an empty entry.
+	Load(ctx context.Context, ref Ref) (Entry, error)
+	// Update applies change to the entry as stored, by compare-and-swap,
+	// and returns the entry stored. If change fails, nothing is stored
+	// and the entry as read is returned with change's error.
+	Update(ctx context.Context, ref Ref, change func(*Entry) error) (Entry, error)
 }
 
-// Entry is the ledger's record of one event.
+// Entry is the ledger's record of one event. It names the event's account
+// and key, and is believed only for them.
 type Entry struct {
-	Attempts int `json:"attempts"`
+	Account string `json:"account"`
+	Key     string `json:"key"`
+	// Calls counts the DELETE calls made for the event, each stored
+	// before it was made.
+	Calls int `json:"calls"`
+	// Answered counts the calls whose answer a delivery heard and left
+	// here; the rest may have revoked the key unheard.
+	Answered int `json:"answered"`
+	// Replica made the last call.
+	Replica string `json:"replica,omitempty"`
 	// Confirmed is the call that revoked the key, once there was one.
 	Confirmed *Call `json:"confirmed,omitempty"`
 }
@@ -89,15 +123,29 @@ type Call struct {
 	At     time.Time `json:"at"`
 }
 
-// API is the one call the worker makes; *cloudflare.Client implements it.
+// API is the calls the worker makes; *cloudflare.Client implements it.
 type API interface {
 	DeleteSigningKey(ctx context.Context, accountID, keyID string) (*cloudflare.Response, error)
+	ListSigningKeys(ctx context.Context, accountID string) (*cloudflare.KeyList, error)
 }
 
 var _ API = (*cloudflare.Client)(nil)
 
-// ReadyCredential is the readiness condition the worker reports on.
-const ReadyCredential = "credential"
+// Replays tells whether a delivery's claim to replay a dead letter is true:
+// only the operator's replay leaves the mark it checks.
+type Replays interface {
+	// VerifyBody reports whether the message msgID with body is the
+	// operator's replay of the event claimed.
+	VerifyBody(ctx context.Context, msgID, claimed string, body []byte) (bool, error)
+}
+
+// The readiness conditions the worker reports on.
+const (
+	ReadyCredential = "credential"
+	// ReadyAPI is false while the API answers 404s without its envelope:
+	// the base URL or the way to the API is wrong.
+	ReadyAPI = "api"
+)
 
 // Config is what the worker takes of the configuration.
 type Config struct {
@@ -122,6 +170,7 @@ type Deps struct {
 	Gate    *throttle.Gate
 	Records Records
 	Ledger  Ledger
+	Replays Replays // nil: no replay claim is believed
 	Metrics *metrics.Metrics
 	Ready   *metrics.Readiness
 	Log     *zap.Logger
@@ -136,6 +185,10 @@ type Worker struct {
 
 	credMu  sync.Mutex
 	credBad bool
+	apiGone bool
+
+	listMu sync.Mutex
+	lists  map[listKey]*listing // key lists under way, to prove 404s
 
 	handMu sync.Mutex
 	inHand map[eventKey]chan struct{} // events being handled here, closed when done
@@ -149,7 +202,7 @@ type eventKey struct {
 
 // New makes a worker.
 func New(cfg Config, d Deps) *Worker {
-	w := &Worker{cfg: cfg, Deps: d, inHand: map[eventKey]chan struct{}{}}
+	w := &Worker{cfg: cfg, Deps: d, inHand: map[eventKey]chan struct{}{}, lists: map[listKey]*listing{}}
 	if len(cfg.AllowedAccounts) > 0 {
 		w.allowed = map[string]bool{}
 		for _, a := range cfg.AllowedAccounts {
@@ -160,6 +213,7 @@ func New(cfg Config, d Deps) *Worker {
 		w.lanes = append(w.lanes, d.Metrics.Lane(s, i))
 	}
 	d.Ready.Declare(ReadyCredential)
+	d.Ready.Declare(ReadyAPI)
 	return w
 }
 
@@ -173,18 +227,37 @@ type attempt struct {
 	work    context.Context // outlives shutdown by its timeout
 	lane    metrics.Lane
 	start   time.Time
-	prior   int   // calls made for this event on earlier deliveries
-	revoked *Call // the confirming call, from this delivery or an earlier one
 	ev      event.Event
 	decoded bool
+	ref     Ref
 
-	calls  int // calls made on this delivery
+	seen     int   // calls known to be made for the event, ours included
+	answered int   // of those, answered on earlier deliveries
+	heard    int   // calls of this delivery whose answer was heard
+	calls    int   // calls made on this delivery
+	revoked  *Call // the confirming call, from this delivery or an earlier one
+	kept     bool  // the confirmation is in the ledger
+	absentAt time.Time
+
 	status int // the deciding (or last) call's status, 0 if none came back
 	cfRay  string
 	last   Decision
 }
 
-func (a *attempt) attempts() int { return a.prior + a.calls }
+func (a *attempt) attempts() int { return a.seen }
+
+// unanswered counts the event's calls whose answer nobody heard.
+func (a *attempt) unanswered() int { return max(a.seen-a.answered-a.heard, 0) }
+
+// ending is how the calls of one delivery ended.
+type ending int
+
+const (
+	decided   ending = iota // a.last holds the decision
+	exhausted               // the delivery's retry budget ran out on a retryable answer
+	stopped                 // shutdown came first
+	settled                 // the delivery was settled on the way
+)
 
 // Handle decides and settles one delivery. stop ends with shutdown: no new
 // call starts after it. work outlives stop by the shutdown timeout, so a
@@ -207,17 +280,6 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	}
 	defer release()
 
-	if d.Delivered() > 1 {
-		e, err := w.Ledger.Load(work, d.Stream(), d.Sequence())
-		if err != nil {
-			// Without the ledger we cannot know whether an earlier delivery
-			// revoked the key; calling again could bury that confirmation
-			// under a 404. Wait for the ledger instead.
-			w.giveBack(a, w.cfg.RetryMaxInterval, "ledger not readable: "+err.Error())
-			return
-		}
-		a.prior, a.revoked = e.Attempts, e.Confirmed
-	}
 	var err error
 	a.ev, err = event.Decode(d.Body())
 	if err != nil {
@@ -225,72 +287,79 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 		return
 	}
 	a.decoded = true
+	a.ref = Ref{Stream: d.Stream(), Seq: d.Sequence(), Account: a.ev.AccountID, Key: a.ev.KeyID, Stored: d.StoredAt()}
 	if w.allowed != nil && !w.allowed[a.ev.AccountID] {
 		w.deadLetter(stop, work, a, event.AccountNotAllowed,
 			fmt.Sprintf("account %s is not in REVOKER_ALLOWED_ACCOUNTS", a.ev.AccountID))
 		return
 	}
-
-	if d.Delivered() > 1 && a.revoked == nil {
-		// An earlier delivery may have finished the event (its record
-		// stored, its ack lost): then it is settled as it was, with no call.
-		prior, found, err := w.Records.Prior(work, d.Stream(), d.Sequence(), a.ev.AccountID, a.ev.KeyID)
-		if err != nil {
-			w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
-			return
-		}
-		if found {
-			w.settlePrior(a, prior)
-			return
-		}
-	}
-	if a.revoked != nil {
-		// An earlier delivery revoked the key: no second call, the outcome
-		// is the one the first confirmation earned.
-		a.status, a.cfRay, a.last = a.revoked.Status, a.revoked.CFRay, Decision{Kind: Revoked}
-		w.Log.Info("revoked on an earlier delivery; recording it without a call", w.fields(a)...)
-		w.finish(stop, work, a, event.Revoked, "", d.Ack)
+	// A redelivery first reads what earlier ones left. A first delivery
+	// need not: the ledger write before its first call finds any calls
+	// made before (a consumer made again counts deliveries from 1).
+	if d.Delivered() > 1 && !w.recall(stop, work, a) {
 		return
 	}
 
-	stopped, exhausted := w.call(stop, work, a)
-	switch {
-	case stopped:
+	switch end := w.call(stop, work, a); {
+	case end == settled:
+	case end == stopped:
 		w.giveBack(a, w.cfg.HandBackDelay, "shutting down")
 	case a.last.Kind == Revoked:
-		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
-		a.lane.Latency.Observe(time.Since(d.StoredAt()).Seconds())
-		// The confirmation is made durable before anything else, so no later
-		// delivery can call again and record a 404 in its place: in the
-		// outcome record itself, which a later delivery finds, or while that
-		// cannot be written, in the ledger.
-		rec := w.record(a, event.Revoked, "")
-		if err := w.Records.Outcome(work, rec, false); err == nil {
-			w.done(a, event.Revoked, "", d.Ack)
-			return
-		}
-		w.Metrics.OutcomeFailures.Inc()
-		if !w.durably(stop, work, a, "revocation", func(ctx context.Context) error {
-			return w.Ledger.Save(ctx, d.Stream(), d.Sequence(), Entry{Attempts: a.attempts(), Confirmed: a.revoked})
-		}) {
-			return
-		}
-		w.finish(stop, work, a, event.Revoked, "", d.Ack)
+		w.confirmed(stop, work, a)
 	case a.last.Kind == NotFound && w.cfg.NotFoundDeadLetter:
 		w.deadLetter(stop, work, a, event.ReasonNotFound, a.last.Detail)
 	case a.last.Kind == NotFound:
 		w.finish(stop, work, a, event.NotFound, "", d.Ack)
 	case a.last.Kind == Rejected:
 		w.deadLetter(stop, work, a, event.APIRejected, a.last.Detail)
-	case exhausted && d.Delivered() >= d.MaxDeliver():
-		reason := event.RetriesExhausted
-		if a.last.Kind == Unauthorized {
-			reason = event.Unauthorized
-		}
-		w.deadLetter(stop, work, a, reason, fmt.Sprintf("%d deliveries, %d calls; last: %s",
+	case end == exhausted && a.last.Kind != Unrecorded && d.Delivered() >= d.MaxDeliver():
+		w.deadLetter(stop, work, a, a.last.Kind.exhaustedReason(), fmt.Sprintf("%d deliveries, %d calls; last: %s",
 			d.Delivered(), a.attempts(), a.last.Detail))
 	default:
 		w.giveBack(a, w.cfg.RetryMaxInterval, "retry budget of this delivery spent")
+	}
+}
+
+// recall reads what earlier deliveries (here or on other replicas) left:
+// the calls and a confirmation in the ledger, a final record in the trail.
+// When they finished the event, it settles the delivery as they did and
+// reports false; it does the same, giving the event back, when it cannot
+// read them.
+func (w *Worker) recall(stop, work context.Context, a *attempt) bool {
+	e, err := w.Ledger.Load(work, a.ref)
+	if err != nil {
+		// Without the ledger we cannot know whether an earlier delivery
+		// revoked the key; calling again could bury that confirmation
+		// under a 404. Wait for the ledger instead.
+		w.giveBack(a, w.cfg.RetryMaxInterval, "ledger not readable: "+err.Error())
+		return false
+	}
+	w.learn(a, e)
+	if a.revoked != nil {
+		w.Log.Info("revoked on an earlier delivery; recording it without a call", w.fields(a)...)
+		w.confirmed(stop, work, a)
+		return false
+	}
+	prior, found, err := w.Records.Prior(work, a.ref)
+	if err != nil {
+		w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
+		return false
+	}
+	if found {
+		w.settlePrior(a, prior)
+		return false
+	}
+	return true
+}
+
+// learn takes in what the ledger says of the event's calls.
+func (w *Worker) learn(a *attempt, e Entry) {
+	if e.Calls > a.seen {
+		a.seen, a.answered = e.Calls, e.Answered
+	}
+	if e.Confirmed != nil && a.revoked == nil {
+		a.revoked = e.Confirmed
+		a.status, a.cfRay, a.last = e.Confirmed.Status, e.Confirmed.CFRay, Decision{Kind: Revoked}
 	}
 }
 
@@ -324,10 +393,16 @@ func (w *Worker) lane(p int) metrics.Lane {
 	return w.lanes[min(max(p, 0), len(w.lanes)-1)]
 }
 
+// errMoved: the event's ledger entry changed since this delivery last read
+// it (another replica's delivery, or one before a crash, made calls).
+var errMoved = errors.New("the event's calls changed under this delivery")
+
 // call makes the API call, retrying retryable answers with exponential
-// backoff within this delivery's budget. stopped means shutdown interrupted
-// it; exhausted means the budget ran out on a retryable answer.
-func (w *Worker) call(stop, work context.Context, a *attempt) (stopped, exhausted bool) {
+// backoff within this delivery's budget, and proves a 404 with a key list.
+// Before each call it stores in the ledger that the call is about to be
+// made: no store, no call. So a replica cut off from NATS makes no call,
+// and every call is counted whatever becomes of this process.
+func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(w.cfg.RetryInitial),
 		backoff.WithMaxInterval(w.cfg.RetryMaxInterval),
@@ -340,31 +415,54 @@ func (w *Worker) call(stop, work context.Context, a *attempt) (stopped, exhauste
 		waitFrom := time.Now()
 		permit, err := w.Gate.Acquire(stop, a.d.Priority())
 		if err != nil {
-			return true, false
+			return stopped
 		}
 		w.Metrics.RateLimitWait.Observe(time.Since(waitFrom).Seconds())
-		if a.attempts() > 0 {
-			w.Metrics.APIRetries.Inc()
-		}
-		a.calls++
 		callFrom := time.Now()
-		resp, err := w.API.DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
+		resp, made, end, err := w.delete(stop, work, a)
 		permit.Release()
 		took := time.Since(callFrom)
-		a.status, a.cfRay = 0, ""
-		if resp != nil {
-			a.status, a.cfRay = resp.Status, resp.CFRay
+		switch {
+		case end != decided:
+			return end
+		case !made && err == nil:
+			return decided // revoked by another delivery: a.last says so
+		case !made:
+			// The call was not stored ahead, so not made: retry within the
+			// budget, but never dead-letter the event for it.
+			a.last = Decision{Kind: Unrecorded, Detail: "call not stored ahead in the ledger: " + err.Error()}
+		default:
+			a.calls++
+			if a.seen > 1 {
+				w.Metrics.APIRetries.Inc() // the event was called for before
+			}
+			a.status, a.cfRay = 0, ""
+			var rl cloudflare.RateLimit
+			if resp != nil {
+				a.status, a.cfRay, rl = resp.Status, resp.CFRay, resp.RateLimit
+			}
+			if a.status != 0 {
+				a.heard++
+			}
+			w.Metrics.APIRequests.WithLabelValues(metrics.Code(a.status)).Inc()
+			w.Metrics.APIDuration.Observe(took.Seconds())
+			a.last = Classify(resp, err)
+			w.heed(rl, a.last, a.status)
+			if a.last.Kind == NotFound {
+				if a.last, end = w.proveAbsence(stop, work, a, time.Now()); end != decided {
+					return end
+				}
+			}
 		}
-		w.Metrics.APIRequests.WithLabelValues(metrics.Code(a.status)).Inc()
-		w.Metrics.APIDuration.Observe(took.Seconds())
-		a.last = Classify(resp, err)
-		w.heed(resp, a.last, a.status)
 
 		var wait time.Duration
 		switch a.last.Kind {
-		case Revoked, NotFound, Rejected:
-			return false, false
-		case Unauthorized:
+		case Revoked, Rejected:
+			return decided
+		case NotFound:
+			// Proven; still, a confirmation elsewhere beats it.
+			return w.checkBeforeNotFound(stop, work, a)
+		case Unauthorized, NoAPI:
 			wait = w.cfg.RetryMaxInterval
 		default:
 			switch {
@@ -382,18 +480,173 @@ func (w *Worker) call(stop, work context.Context, a *attempt) (stopped, exhauste
 		}
 		spent += took
 		if spent+wait > w.cfg.RetryMaxElapsed {
-			return false, true
+			return exhausted
 		}
-		if a.calls == 1 {
+		if a.calls <= 1 {
 			w.Log.Warn("call failed, retrying", w.fields(a, zap.Duration("wait", wait))...)
 		} else {
 			w.Log.Debug("call failed, retrying", w.fields(a, zap.Duration("wait", wait))...)
 		}
 		if !throttle.Sleep(stop, wait) {
-			return true, false
+			return stopped
 		}
 		spent += wait
 	}
+}
+
+// delete stores the call in the ledger, then makes it; made is false when
+// no call was made (err then says why, unless another delivery's
+// confirmation made the call needless). When the ledger shows calls this
+// delivery did not know of, it looks for their outcome before calling.
+func (w *Worker) delete(stop, work context.Context, a *attempt) (resp *cloudflare.Response, made bool, end ending, err error) {
+	for {
+		e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
+			if e.Confirmed != nil || e.Calls > a.seen {
+				return errMoved
+			}
+			// Counted from what this delivery knows, in case the entry
+			// was lost meanwhile.
+			e.Calls = a.seen + 1
+			e.Replica = w.cfg.Name
+			return nil
+		})
+		if err == nil {
+			a.seen = e.Calls
+			resp, err := w.API.DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
+			return resp, true, decided, err
+		}
+		if !errors.Is(err, errMoved) {
+			return nil, false, decided, err
+		}
+		w.learn(a, e)
+		if a.revoked != nil {
+			w.Log.Info("revoked by another delivery; recording it without a call", w.fields(a)...)
+			return nil, false, decided, nil
+		}
+		prior, found, err := w.Records.Prior(work, a.ref)
+		if err != nil {
+			w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
+			return nil, false, settled, nil
+		}
+		if found {
+			w.settlePrior(a, prior)
+			return nil, false, settled, nil
+		}
+		if stop.Err() != nil {
+			return nil, false, stopped, nil
+		}
+	}
+}
+
+// proveAbsence turns a 404 into not_found only if a key list of the
+// account, fetched after it arrived (at the event's priority, through the
+// same gate), answers without the key (SPEC §4, "The proof", point 1).
+func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Time) (Decision, ending) {
+	list, fetched, err := w.keyList(stop, work, a.ev.AccountID, a.d.Priority(), at)
+	if list == nil && err == nil {
+		return Decision{}, stopped
+	}
+	var lrl cloudflare.RateLimit
+	status := 0
+	if list != nil && list.Response != nil {
+		lrl, status = list.RateLimit, list.Status
+	}
+	d := ClassifyList(list, err, a.ev.KeyID)
+	w.heed(lrl, d, status)
+	switch d.Kind {
+	case NotFound:
+		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceAbsent).Inc()
+		a.absentAt = fetched
+	case StillListed:
+		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceListed).Inc()
+	default:
+		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceFailed).Inc()
+	}
+	return d, decided
+}
+
+// checkBeforeNotFound reads the event's calls and records once more before
+// a not_found is recorded: a confirmation heard by another delivery beats
+// it (SPEC §4, "The proof", point 3).
+func (w *Worker) checkBeforeNotFound(stop, work context.Context, a *attempt) ending {
+	e, err := w.Ledger.Load(work, a.ref)
+	if err != nil {
+		w.giveBack(a, w.cfg.RetryMaxInterval, "ledger not readable: "+err.Error())
+		return settled
+	}
+	w.learn(a, e)
+	if a.revoked != nil {
+		return decided
+	}
+	prior, found, err := w.Records.Prior(work, a.ref)
+	if err != nil {
+		w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
+		return settled
+	}
+	if found {
+		w.settlePrior(a, prior)
+		return settled
+	}
+	return decided
+}
+
+// listKey names the key lists that can be shared: one account, one
+// priority, so that no urgent proof waits on a scheduled list's permit.
+type listKey struct {
+	account  string
+	priority int
+}
+
+// listing is one key list, shared by every 404 of its account that
+// arrived before it was fetched.
+type listing struct {
+	started time.Time // when the request went out; zero while waiting for a permit
+	sharers int       // other 404s waiting for it
+	done    chan struct{}
+	list    *cloudflare.KeyList
+	err     error
+}
+
+// keyList returns a key list of account fetched after `after`, sharing one
+// under way when it qualifies; fetched is when its request went out. A nil
+// list with a nil error means stop ended first.
+func (w *Worker) keyList(stop, work context.Context, account string, priority int, after time.Time) (list *cloudflare.KeyList, fetched time.Time, err error) {
+	k := listKey{account, priority}
+	w.listMu.Lock()
+	l := w.lists[k]
+	if l != nil && (l.started.IsZero() || l.started.After(after)) {
+		l.sharers++
+		w.listMu.Unlock()
+		select {
+		case <-l.done:
+			return l.list, l.started, l.err
+		case <-stop.Done():
+			return nil, time.Time{}, nil
+		}
+	}
+	l = &listing{done: make(chan struct{})}
+	w.lists[k] = l
+	w.listMu.Unlock()
+	defer func() {
+		w.listMu.Lock()
+		if w.lists[k] == l {
+			delete(w.lists, k)
+		}
+		w.listMu.Unlock()
+		close(l.done)
+	}()
+
+	permit, err := w.Gate.Acquire(stop, priority)
+	if err != nil {
+		l.err = err
+		return nil, time.Time{}, nil
+	}
+	defer permit.Release()
+	w.listMu.Lock()
+	l.started = time.Now()
+	w.listMu.Unlock()
+	l.list, l.err = w.API.ListSigningKeys(work, account)
+	return l.list, l.started, l.err
 }
 
 // minHeededReset: rate-limit headers count whole seconds, so over a window
@@ -402,10 +655,9 @@ func (w *Worker) call(stop, work context.Context, a *attempt) (stopped, exhauste
 const minHeededReset = 5 * time.Second
 
 // heed applies what an answer says about the API as a whole: its rate
-// budget and whether our credential works.
-func (w *Worker) heed(resp *cloudflare.Response, d Decision, status int) {
-	if resp != nil && resp.RateLimit.Known && resp.RateLimit.Reset >= minHeededReset {
-		rl := resp.RateLimit
+// budget, whether our credential works, and whether the API is there.
+func (w *Worker) heed(rl cloudflare.RateLimit, d Decision, status int) {
+	if rl.Known && rl.Reset >= minHeededReset {
 		// Spread what is left over the rest of the window when it cannot
 		// sustain our rate until the reset (with no limit of our own, always).
 		if w.cfg.RateLimit == 0 || float64(rl.Remaining) < w.cfg.RateLimit*rl.Reset.Seconds() {
@@ -417,38 +669,113 @@ func (w *Worker) heed(resp *cloudflare.Response, d Decision, status int) {
 	// Any 401 or 403 means the credential is in doubt, whatever
 	// x-should-retry made of the event.
 	refused := d.Kind == Unauthorized || status == 401 || status == 403
+	works := d.Kind == Revoked || d.Kind == NotFound || d.Kind == StillListed
 	switch {
 	case refused && !w.credBad:
 		w.credBad = true
 		w.Ready.Set(ReadyCredential, "the API refused the credential: "+d.Detail)
 		w.Log.Error("the API refused the credential; not ready until a call succeeds", zap.String("detail", d.Detail))
-	case (d.Kind == Revoked || d.Kind == NotFound) && w.credBad:
+	case works && w.credBad:
 		w.credBad = false
 		w.Ready.Set(ReadyCredential, "")
 		w.Log.Info("the API accepts the credential again")
 	}
+	switch {
+	case d.Kind == NoAPI && !w.apiGone:
+		w.apiGone = true
+		w.Ready.Set(ReadyAPI, "the API is not where it should be: "+d.Detail)
+		w.Log.Error("the API answers without its envelope; check CLOUDFLARE_BASE_URL and the way to the API; not ready until it answers",
+			zap.String("detail", d.Detail))
+	case w.apiGone && status != 0 && d.Kind != NoAPI && d.Kind != Retry:
+		w.apiGone = false
+		w.Ready.Set(ReadyAPI, "")
+		w.Log.Info("the API answers again")
+	}
+}
+
+// confirmed makes the API's confirmation durable before anything else, so
+// no later delivery can call again and record a 404 in its place: in the
+// outcome record itself, which a later delivery finds, or while that cannot
+// be written, in the ledger. Then it acks.
+func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
+	if a.revoked == nil {
+		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
+		a.lane.Latency.Observe(time.Since(a.d.StoredAt()).Seconds())
+	}
+	if time.Since(a.start) >= a.d.AckWait()/2 {
+		// Held this long, the event may have been handed to another
+		// replica meanwhile: the record counts its calls too.
+		if e, err := w.Ledger.Load(work, a.ref); err == nil {
+			w.learn(a, e)
+		}
+	}
+	if w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
+		return
+	}
+	if !w.durably(stop, work, a, "revocation", w.keepConfirmation) {
+		w.Metrics.ConfirmationsLost.Inc()
+		w.Log.Error("CONFIRMATION LOST: the API revoked the key, but neither the outcome record nor the ledger could store it before shutdown",
+			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
+		return
+	}
+	w.finish(stop, work, a, event.Revoked, "", a.d.Ack)
+}
+
+// keepConfirmation stores a's confirmation in the ledger.
+func (w *Worker) keepConfirmation(ctx context.Context, a *attempt) error {
+	_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
+		e.Calls = max(e.Calls, a.seen)
+		e.Confirmed = a.revoked
+		return nil
+	})
+	if err == nil {
+		a.kept = true
+	}
+	return err
 }
 
 // finish writes the outcome record and only then settles the message with
 // settle (ack or term): the audit trail never misses an acked event.
 func (w *Worker) finish(stop, work context.Context, a *attempt, outcome event.Outcome, reason event.Reason, settle func() error) {
+	w.writeOutcome(stop, work, a, outcome, reason, settle, false)
+}
+
+// writeOutcome writes the outcome record, retrying while the delivery is
+// kept alive (once only, with once), then settles as the trail believes.
+// It reports whether the record was written.
+func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome event.Outcome, reason event.Reason, settle func() error, once bool) bool {
 	rec := w.record(a, outcome, reason)
-	// An earlier delivery, or a try that failed, may have stored the record
-	// all the same: then the writer looks first. (The records of invalid
-	// events share one subject, too many to look through; the record's
-	// Nats-Msg-Id still drops a repeat within the duplicate window.)
-	maybeWritten := a.decoded && (a.d.Delivered() > 1 || outcome == event.Revoked)
-	if !w.durably(stop, work, a, "outcome record", func(ctx context.Context) error {
-		err := w.Records.Outcome(ctx, rec, maybeWritten)
-		if err != nil {
+	var believed event.Record
+	write := func(ctx context.Context, a *attempt) error {
+		var err error
+		believed, err = w.Records.Outcome(ctx, rec)
+		switch {
+		case errors.Is(err, ErrNoTrail) && a.revoked != nil:
+			// No trail to hold the confirmation: the ledger must.
+			believed = rec
+			return w.keepConfirmation(ctx, a)
+		case errors.Is(err, ErrNoTrail):
+			believed = rec
+			return nil
+		case err != nil:
 			w.Metrics.OutcomeFailures.Inc()
-			maybeWritten = a.decoded
 		}
 		return err
-	}) {
-		return
+	}
+	if once {
+		if write(work, a) != nil {
+			return false
+		}
+	} else if !w.durably(stop, work, a, "outcome record", write) {
+		return true
+	}
+	if believed.Outcome != rec.Outcome && a.decoded {
+		// Another delivery finished the event first; its record stands.
+		w.settlePrior(a, believed)
+		return true
 	}
 	w.done(a, outcome, reason, settle)
+	return true
 }
 
 // done settles the message with settle (ack or term) once its records are
@@ -466,12 +793,12 @@ func (w *Worker) done(a *attempt, outcome event.Outcome, reason event.Reason, se
 // settlePrior settles a delivery whose event an earlier delivery finished:
 // its record is stored, so only the message is left to settle, as then.
 func (w *Worker) settlePrior(a *attempt, prior event.Record) {
-	a.status, a.cfRay, a.prior = prior.Status, prior.CFRay, max(a.prior, prior.Attempts)
+	a.status, a.cfRay, a.seen = prior.Status, prior.CFRay, max(a.seen, prior.Attempts)
 	settle := a.d.Ack
 	if prior.Outcome == event.DeadLettered {
 		settle = a.d.Term
 	}
-	w.Log.Info("finished on an earlier delivery; settling it as recorded", w.fields(a, zap.String("outcome", string(prior.Outcome)))...)
+	w.Log.Info("finished by another delivery; settling it as recorded", w.fields(a, zap.String("outcome", string(prior.Outcome)))...)
 	w.done(a, prior.Outcome, prior.Reason, settle)
 }
 
@@ -484,7 +811,7 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 		EventID: a.d.ID(), Stream: a.d.Stream(), Subject: a.d.Subject(),
 		Sequence: a.d.Sequence(), FailedAt: time.Now(),
 	}
-	if !w.durably(stop, work, a, "dead-letter record", func(ctx context.Context) error {
+	if !w.durably(stop, work, a, "dead-letter record", func(ctx context.Context, a *attempt) error {
 		return w.Records.DeadLetter(ctx, rec, a.d.Body())
 	}) {
 		return
@@ -494,17 +821,18 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 }
 
 // durably runs write until it succeeds, retrying with backoff while the
-// delivery is kept alive. If shutdown comes first, it tries once more and
-// then gives the event back (the ledger spares the next delivery a second
-// call); it reports whether the write succeeded.
-func (w *Worker) durably(stop, work context.Context, a *attempt, what string, write func(context.Context) error) bool {
+// delivery is kept alive. If shutdown comes first, it tries until the work
+// context ends (the shutdown timeout) and then gives the event back (the
+// ledger spares the next delivery a second call); it reports whether the
+// write succeeded.
+func (w *Worker) durably(stop, work context.Context, a *attempt, what string, write func(context.Context, *attempt) error) bool {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(recordRetry.initial),
 		backoff.WithMaxInterval(recordRetry.max),
 		backoff.WithMaxElapsedTime(0),
 	)
 	for i := 0; ; i++ {
-		err := write(work)
+		err := write(work, a)
 		if err == nil {
 			if i > 0 {
 				w.Log.Info(what+" written after retries", w.fields(a, zap.Int("tries", i+1))...)
@@ -514,8 +842,14 @@ func (w *Worker) durably(stop, work context.Context, a *attempt, what string, wr
 		if i == 0 {
 			w.Log.Error(what+" not written; holding the event and retrying", w.fields(a, zap.Error(err))...)
 		}
-		if stop.Err() != nil || !throttle.Sleep(stop, b.NextBackOff()) {
-			if err := write(work); err == nil {
+		wait := stop
+		if a.revoked != nil && !a.kept {
+			// A confirmation not yet durable is worth the whole shutdown
+			// timeout.
+			wait = work
+		}
+		if wait.Err() != nil || !throttle.Sleep(wait, b.NextBackOff()) {
+			if err := write(work, a); err == nil {
 				return true
 			}
 			w.giveBack(a, w.cfg.HandBackDelay, what+" not written before shutdown")
@@ -525,17 +859,23 @@ func (w *Worker) durably(stop, work context.Context, a *attempt, what string, wr
 }
 
 // giveBack returns the event to the broker for a later delivery, leaving
-// the calls made in the ledger.
+// in the ledger how many of this delivery's calls were answered.
 func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
+	if a.heard > 0 && a.revoked == nil {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.work), 2*time.Second)
+		// Compare-and-swap: another replica's confirmation is kept.
+		_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
+			e.Calls = max(e.Calls, a.seen)
+			e.Answered = min(e.Answered+a.heard, e.Calls)
+			return nil
+		})
+		cancel()
+		if err != nil {
+			w.Log.Warn("answered calls not stored", w.fields(a, zap.Error(err))...)
+		}
+	}
 	if err := a.d.GiveBack(delay); err != nil {
 		w.Log.Warn("give back failed; the event comes back after its ack wait", w.fields(a, zap.Error(err))...)
-	}
-	if a.calls > 0 && a.revoked == nil {
-		ctx, cancel := context.WithTimeout(a.work, 2*time.Second)
-		defer cancel()
-		if err := w.Ledger.Save(ctx, a.d.Stream(), a.d.Sequence(), Entry{Attempts: a.attempts()}); err != nil {
-			w.Log.Warn("attempt count not stored", w.fields(a, zap.Error(err))...)
-		}
 	}
 	a.lane.Processed(string(event.Requeued))
 	w.Log.Warn("event requeued", w.fields(a, zap.String("outcome", string(event.Requeued)),
@@ -549,15 +889,18 @@ func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) 
 		Outcome: outcome, Reason: reason,
 		Status: a.status, CFRay: a.cfRay, Attempts: a.attempts(),
 		Stream: a.d.Stream(), Subject: a.d.Subject(), Sequence: a.d.Sequence(),
-		PublishedAt: a.d.StoredAt().UTC().Format(time.RFC3339Nano),
-		CompletedAt: time.Now().UTC().Format(time.RFC3339Nano),
-		Worker:      w.cfg.Name,
-		ReplayOf:    a.d.ReplayOf(),
+		PublishedAt:     a.d.StoredAt().UTC().Format(time.RFC3339Nano),
+		CompletedAt:     time.Now().UTC().Format(time.RFC3339Nano),
+		Worker:          w.cfg.Name,
+		ReplayOf:        w.replayOf(a),
+		UnansweredCalls: a.unanswered(),
 	}
 	if a.revoked != nil {
 		// Whatever happened afterwards, the record names the call that
 		// revoked the key.
 		r.Outcome, r.Reason, r.Status, r.CFRay = event.Revoked, "", a.revoked.Status, a.revoked.CFRay
+	} else if !a.absentAt.IsZero() {
+		r.AbsenceCheckedAt = a.absentAt.UTC().Format(time.RFC3339Nano)
 	}
 	if a.decoded {
 		r.AccountID, r.KeyID, r.RequestedBy = a.ev.AccountID, a.ev.KeyID, a.ev.RequestedBy
@@ -566,6 +909,24 @@ func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) 
 		}
 	}
 	return r
+}
+
+// replayOf is the dead letter the delivery replays, only when the replay's
+// own mark says so: anyone who may publish could set the header.
+func (w *Worker) replayOf(a *attempt) string {
+	claimed := a.d.ReplayOf()
+	if claimed == "" || w.Replays == nil {
+		return ""
+	}
+	ok, err := w.Replays.VerifyBody(a.work, a.d.ID(), claimed, a.d.Body())
+	if err != nil || !ok {
+		if err == nil {
+			w.Log.Warn("the event claims to replay a dead letter, but no replay left its mark; replay_of left out",
+				w.fields(a, zap.String("claimed", untrusted.Line(claimed, maxLoggedID)))...)
+		}
+		return ""
+	}
+	return claimed
 }
 
 // Bounds of what a log line carries from an event or an answer, so that no

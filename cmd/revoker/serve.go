@@ -263,6 +263,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 
 	host, _ := os.Hostname()
 	ledger := &queue.Ledger{}
+	replays := &queue.Replays{}
 	consumer := &queue.Consumer{
 		JS: js, Cfg: cfg.Topology(), ShutdownTimeout: cfg.ShutdownTimeout, Gate: gate, Ledger: ledger,
 		Metrics: m, Ready: w.ready, Log: log, FetchWait: w.o.fetchWait,
@@ -278,7 +279,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		HandBackDelay:      consumer.HandBackDelay(),
 		Name:               host,
 	}, worker.Deps{
-		API: w.api, Gate: gate, Ledger: ledger, Metrics: m, Ready: w.ready, Log: log,
+		API: w.api, Gate: gate, Ledger: ledger, Replays: replays, Metrics: m, Ready: w.ready, Log: log,
 		Records: &queue.Records{
 			JS: js, Log: log, Timeout: 10 * time.Second,
 			DLQStream: cfg.DLQStream, DLQSubject: cfg.DLQSubject,

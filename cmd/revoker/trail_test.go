@@ -63,7 +63,7 @@ func TestPlantedOutcomeDoesNotStandInForTheWorkers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id := m.Header.Get(jetstream.MsgIDHeader); id != "outcome:REVOCATIONS:1" {
+	if id := m.Header.Get(jetstream.MsgIDHeader); id != "outcome:REVOCATIONS:1:revoked" {
 		t.Fatalf("planted under %q, not the worker's id", id)
 	}
 	if _, err := s.js.PublishMsg(trailCtx(t), m); err != nil {
@@ -72,6 +72,7 @@ func TestPlantedOutcomeDoesNotStandInForTheWorkers(t *testing.T) {
 
 	s.api.Script("k1", 400)
 	s.startWorker()
+	publishedFrom := time.Now() // the server runs in this process, on this clock
 	seq := trailPublish(t, s, cfg.LowestPriority(), "ev-1", `{"account_id":"acc1","key_id":"k1"}`)
 	if seq != 1 {
 		t.Fatalf("event stored at %d, the plant named 1", seq)
@@ -93,15 +94,16 @@ func TestPlantedOutcomeDoesNotStandInForTheWorkers(t *testing.T) {
 		t.Fatal("k1 was deleted, yet the API was scripted to refuse")
 	}
 
-	// The duplicate path of publish --wait asks Client.Recorded: the
-	// event's outcome is the worker's record, not the one planted first.
+	// The duplicate path of publish --wait asks Client.Recorded, knowing
+	// when the event was stored: the event's outcome is the worker's
+	// record, not the revoked one planted before the event existed.
 	c, err := queue.Dial(cfg.Connection(), cfg.Topology(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	got, ok, err := c.Recorded(trailCtx(t), queue.Published{EventID: "ev-1", AccountID: "acc1", KeyID: "k1",
-		Stream: cfg.Stream, Sequence: 1, Duplicate: true})
+		Stream: cfg.Stream, Sequence: 1, Duplicate: true, StoredAt: publishedFrom})
 	if err != nil || !ok {
 		t.Fatalf("Recorded: ok %v, err %v", ok, err)
 	}

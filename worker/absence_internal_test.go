@@ -1,0 +1,97 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/throttle"
+)
+
+// countingLister counts key lists.
+type countingLister struct {
+	API
+	mu    sync.Mutex
+	lists int
+}
+
+func (c *countingLister) ListSigningKeys(context.Context, string) (*cloudflare.KeyList, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lists++
+	return cloudflare.NewKeyList(&cloudflare.Response{Status: 200}), nil
+}
+
+func (c *countingLister) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lists
+}
+
+// TestOneListServesEarlier404s: 404s of one account that arrived before a
+// key list went out share it; a 404 after it went out gets a list of its
+// own (SPEC §4, "The proof", point 1).
+func TestOneListServesEarlier404s(t *testing.T) {
+	api := &countingLister{}
+	gate := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+	t.Cleanup(gate.Close)
+	w := &Worker{Deps: Deps{API: api, Gate: gate}, lists: map[listKey]*listing{}}
+	ctx := context.Background()
+
+	// Every call slot is taken: the first list waits for its permit.
+	held, err := gate.Acquire(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type got struct {
+		list    *cloudflare.KeyList
+		fetched time.Time
+	}
+	results := make(chan got, 2)
+	first404 := time.Now()
+	go func() {
+		l, at, _ := w.keyList(ctx, ctx, "acct1", 0, first404)
+		results <- got{l, at}
+	}()
+	waitFor(t, func() bool {
+		w.listMu.Lock()
+		defer w.listMu.Unlock()
+		return w.lists[listKey{"acct1", 0}] != nil
+	})
+	second404 := time.Now()
+	go func() {
+		l, at, _ := w.keyList(ctx, ctx, "acct1", 0, second404)
+		results <- got{l, at}
+	}()
+	// The second joins the list under way rather than fetching its own.
+	waitFor(t, func() bool {
+		w.listMu.Lock()
+		defer w.listMu.Unlock()
+		return w.lists[listKey{"acct1", 0}].sharers == 1
+	})
+	held.Release()
+	a, b := <-results, <-results
+	if a.list != b.list || api.count() != 1 {
+		t.Fatalf("%d lists for two 404s that came before the list went out", api.count())
+	}
+	if !a.fetched.After(second404) {
+		t.Fatalf("list fetched at %v, not after the 404 at %v", a.fetched, second404)
+	}
+	// A 404 after that list went out is not proven by it.
+	if _, _, err := w.keyList(ctx, ctx, "acct1", 0, time.Now()); err != nil || api.count() != 2 {
+		t.Fatalf("a later 404 got %d lists in all (err %v), want its own", api.count(), err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

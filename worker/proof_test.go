@@ -1,0 +1,311 @@
+package worker_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/metrics"
+	"github.com/revoker/revoker/worker"
+)
+
+// The proof (SPEC §4): what the worker records must be true whatever the
+// API, the other replicas and the clock do. These run against fakes.
+
+var ref7 = worker.Ref{Stream: "REVOCATIONS", Seq: 7, Account: "acct1", Key: "key1"}
+
+// onlyRecord is the single outcome record h holds.
+func onlyRecord(t *testing.T, h *harness) event.Record {
+	t.Helper()
+	if len(h.records.outcomes) != 1 {
+		t.Fatalf("%d outcome records, want 1: %+v", len(h.records.outcomes), h.records.outcomes)
+	}
+	return h.records.outcomes[0]
+}
+
+// TestNotFoundNeedsAbsence: a 404 with the envelope becomes not_found only
+// once a key list, fetched after it, answers without the key; the record
+// says when.
+func TestNotFoundNeedsAbsence(t *testing.T) {
+	h := newHarness(t, nil, answer(404, gone, 0))
+	before := time.Now()
+	d := &fakeDelivery{body: goodEvent}
+	h.handle(d)
+	if !slices.Equal(h.api.order, []string{"delete 404", "list"}) {
+		t.Fatalf("calls %v; want the list after the 404", h.api.order)
+	}
+	o := onlyRecord(t, h)
+	at, err := time.Parse(time.RFC3339Nano, o.AbsenceCheckedAt)
+	if o.Outcome != event.NotFound || err != nil || at.Before(before) || o.Status != 404 || o.Attempts != 1 {
+		t.Fatalf("record %+v; want not_found, status 404, 1 attempt, absence_checked_at after the start", o)
+	}
+	if d.settled[0] != "ack" {
+		t.Fatalf("settled %v", d.settled)
+	}
+	if n := testutil.ToFloat64(h.m.AbsenceChecks.WithLabelValues(metrics.AbsenceAbsent)); n != 1 {
+		t.Fatalf("revoker_absence_checks_total{result=absent} = %v", n)
+	}
+}
+
+// TestStillListedIsNotGone: a key still listed after its 404 is retried,
+// and on the last delivery dead-lettered as api_rejected, never recorded
+// as gone.
+func TestStillListedIsNotGone(t *testing.T) {
+	h := newHarness(t, nil, answer(404, gone, 0))
+	h.api.listed = []string{"KEY1"} // listed in another letter case still counts
+	first := &fakeDelivery{body: goodEvent}
+	h.handle(first)
+	if first.settled[0] != "giveback" || len(h.records.outcomes) != 0 {
+		t.Fatalf("settled %v with records %+v; want the event given back, unrecorded", first.settled, h.records.outcomes)
+	}
+	last := &fakeDelivery{body: goodEvent, delivered: 3}
+	h.handle(last)
+	o := onlyRecord(t, h)
+	if last.settled[0] != "term" || o.Outcome != event.DeadLettered || o.Reason != event.APIRejected {
+		t.Fatalf("last delivery settled %v, record %+v; want term and api_rejected", last.settled, o)
+	}
+	if dl := h.records.dlq[0]; !strings.Contains(dl.Detail, "still listed") {
+		t.Fatalf("dead-letter detail %q does not say the key is still listed", dl.Detail)
+	}
+	if n := testutil.ToFloat64(h.m.AbsenceChecks.WithLabelValues(metrics.AbsenceListed)); n < 2 {
+		t.Fatalf("revoker_absence_checks_total{result=listed} = %v", n)
+	}
+}
+
+// TestHTML404IsNoAPI: a 404 without the envelope is never not_found; the
+// worker turns not-ready (condition api) until the API answers again.
+func TestHTML404IsNoAPI(t *testing.T) {
+	html := &cloudflare.Response{Status: 404, BodyError: "not JSON: <html>"}
+	h := newHarness(t, nil, html)
+	d := &fakeDelivery{body: goodEvent}
+	h.handle(d)
+	if d.settled[0] != "giveback" || len(h.records.outcomes) != 0 || h.api.lists != 0 {
+		t.Fatalf("settled %v, records %+v, lists %d; want a give-back, no record, no list", d.settled, h.records.outcomes, h.api.lists)
+	}
+	if v := testutil.ToFloat64(h.ready.Gauge(worker.ReadyAPI)); v != 0 {
+		t.Fatalf("revoker_ready{condition=api} = %v after an HTML 404", v)
+	}
+	last := &fakeDelivery{body: goodEvent, delivered: 3}
+	h.handle(last)
+	if o := onlyRecord(t, h); o.Outcome != event.DeadLettered || o.Reason != event.APIRejected {
+		t.Fatalf("record %+v on the last delivery; want api_rejected", o)
+	}
+	h.api.answers = []*cloudflare.Response{answer(200, revoked, 0)}
+	h.handle(&fakeDelivery{body: `{"account_id":"acct1","key_id":"key2"}`})
+	if last := h.api.order[len(h.api.order)-1]; last != "delete 200" {
+		t.Fatalf("last call %q; the event of another key got no call", last)
+	}
+	if v := testutil.ToFloat64(h.ready.Gauge(worker.ReadyAPI)); v != 1 {
+		t.Fatalf("revoker_ready{condition=api} = %v after the API answered", v)
+	}
+}
+
+// TestListThatProvesNothing: a list answer that is not a list is retried
+// as its status says; a 404 on the list means the API is not there.
+func TestListThatProvesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		list  *cloudflare.Response
+		ready bool // api condition afterwards
+	}{
+		{"503", answer(503, nil, 0), true},
+		{"200 success false", answer(200, rejected, 0), true},
+		{"HTML 404", &cloudflare.Response{Status: 404, BodyError: "not JSON"}, false},
+		{"403", answer(403, rejected, 0), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil, answer(404, gone, 0))
+			h.api.list = tc.list
+			d := &fakeDelivery{body: goodEvent}
+			h.handle(d)
+			if d.settled[0] != "giveback" || len(h.records.outcomes) != 0 {
+				t.Fatalf("settled %v, records %+v; want a give-back and no record", d.settled, h.records.outcomes)
+			}
+			if v := testutil.ToFloat64(h.ready.Gauge(worker.ReadyAPI)); (v == 1) != tc.ready {
+				t.Fatalf("revoker_ready{condition=api} = %v", v)
+			}
+			if n := testutil.ToFloat64(h.m.AbsenceChecks.WithLabelValues(metrics.AbsenceFailed)); n == 0 {
+				t.Fatal("revoker_absence_checks_total{result=failed} not counted")
+			}
+		})
+	}
+}
+
+// TestStaleConfirmationNotInherited: an entry kept for another account or
+// key at the same sequence (the stream was made again) is not believed:
+// the new event gets a real call.
+func TestStaleConfirmationNotInherited(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "oldkey", Calls: 1,
+		Confirmed: &worker.Call{Status: 200, CFRay: "old-ray"}}
+	for _, delivered := range []int{1, 2} {
+		h.records.outcomes = nil
+		h.handle(&fakeDelivery{body: goodEvent, delivered: delivered})
+		if o := onlyRecord(t, h); o.CFRay != "ray-200" || o.Attempts != 1 {
+			t.Fatalf("delivery %d: record %+v; want this event's own call", delivered, o)
+		}
+		h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "oldkey", Calls: 1,
+			Confirmed: &worker.Call{Status: 200, CFRay: "old-ray"}}
+	}
+	if h.api.calls != 2 {
+		t.Fatalf("%d calls, want one per event", h.api.calls)
+	}
+}
+
+// TestNoStoreNoCall: a call that cannot be stored ahead is not made, and
+// the event is never dead-lettered for it.
+func TestNoStoreNoCall(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.ledger.failUpdates = 1 << 20
+	d := &fakeDelivery{body: goodEvent, delivered: 3}
+	h.handle(d)
+	if h.api.calls != 0 || d.settled[0] != "giveback" || len(h.records.dlq) != 0 {
+		t.Fatalf("calls %d, settled %v, dead letters %d; want no call and a give-back", h.api.calls, d.settled, len(h.records.dlq))
+	}
+}
+
+// TestCallsCountedAcrossCrashes: calls stored ahead by a delivery that
+// died are counted, and those never answered say so.
+func TestCallsCountedAcrossCrashes(t *testing.T) {
+	h := newHarness(t, nil, answer(404, gone, 0))
+	h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "key1", Calls: 2, Answered: 1}
+	h.handle(&fakeDelivery{body: goodEvent, delivered: 2})
+	o := onlyRecord(t, h)
+	if o.Outcome != event.NotFound || o.Attempts != 3 || o.UnansweredCalls != 1 {
+		t.Fatalf("record %+v; want not_found, 3 attempts, 1 unanswered", o)
+	}
+}
+
+// TestFirstDeliveryFindsEarlierCalls: a first delivery (a consumer made
+// again counts from 1) whose ledger shows calls it did not make reads the
+// trail before calling, and finds the event revoked.
+func TestFirstDeliveryFindsEarlierCalls(t *testing.T) {
+	h := newHarness(t, nil, answer(404, gone, 0))
+	h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "key1", Calls: 1}
+	h.records.outcomes = []event.Record{{Stream: "REVOCATIONS", Sequence: 7, AccountID: "acct1", KeyID: "key1",
+		Outcome: event.Revoked, Status: 200, CFRay: "first-ray", Attempts: 1}}
+	d := &fakeDelivery{body: goodEvent}
+	h.handle(d)
+	if h.api.calls != 0 || d.settled[0] != "ack" || len(h.records.outcomes) != 1 {
+		t.Fatalf("calls %d, settled %v, records %d; want the earlier revocation to stand", h.api.calls, d.settled, len(h.records.outcomes))
+	}
+}
+
+// TestRevokedBeatsNotFound: a 404 after another replica's confirmation is
+// recorded as that confirmation, whatever the delivery count; and a
+// confirmation heard after a not_found was recorded follows it, naming it.
+func TestRevokedBeatsNotFound(t *testing.T) {
+	t.Run("confirmation in the ledger", func(t *testing.T) {
+		h := newHarness(t, nil, answer(404, gone, 0))
+		// The other replica's confirmation reaches the ledger while this
+		// delivery's call is out.
+		h.api.answers = []*cloudflare.Response{answer(404, gone, 0)}
+		h.api.onCall = func() {
+			h.ledger.mu.Lock()
+			e := h.ledger.entries[7]
+			e.Calls++
+			e.Confirmed = &worker.Call{Status: 200, CFRay: "other-ray"}
+			h.ledger.entries[7] = e
+			h.ledger.mu.Unlock()
+		}
+		h.handle(&fakeDelivery{body: goodEvent})
+		if o := onlyRecord(t, h); o.Outcome != event.Revoked || o.CFRay != "other-ray" || o.Attempts != 2 {
+			t.Fatalf("record %+v; want the other replica's confirmation, 2 attempts", o)
+		}
+	})
+	t.Run("late confirmation supersedes", func(t *testing.T) {
+		h := newHarness(t, nil, answer(200, revoked, 0))
+		h.records.outcomes = []event.Record{{Stream: "REVOCATIONS", Sequence: 7, AccountID: "acct1", KeyID: "key1",
+			Outcome: event.NotFound, Status: 404, Attempts: 1}}
+		d := &fakeDelivery{body: goodEvent}
+		h.handle(d)
+		if len(h.records.outcomes) != 2 {
+			t.Fatalf("%d records, want the not_found and its correction", len(h.records.outcomes))
+		}
+		if o := h.records.outcomes[1]; o.Outcome != event.Revoked || o.Supersedes != 1 || o.CFRay != "ray-200" {
+			t.Fatalf("correction %+v; want revoked superseding record 1", o)
+		}
+		if d.settled[0] != "ack" {
+			t.Fatalf("settled %v", d.settled)
+		}
+	})
+}
+
+// TestNoTrailKeepsConfirmation: with outcome records turned off, a
+// confirmation is kept in the ledger before the ack.
+func TestNoTrailKeepsConfirmation(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
+	h.records.off = true
+	h.handle(&fakeDelivery{body: goodEvent})
+	if e := h.ledger.entries[7]; e.Confirmed == nil || e.Confirmed.CFRay != "ray-200" {
+		t.Fatalf("ledger %+v; the confirmation must be durable before the ack", e)
+	}
+	again := &fakeDelivery{body: goodEvent, delivered: 2}
+	h.handle(again)
+	if h.api.calls != 1 || again.settled[0] != "ack" {
+		t.Fatalf("calls %d, settled %v; the redelivery must not call again", h.api.calls, again.settled)
+	}
+}
+
+// TestLostConfirmationShouted: a confirmation that neither the trail nor
+// the ledger takes before the shutdown timeout is counted and logged.
+func TestLostConfirmationShouted(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.failOutcome = 1 << 30
+	stop, cancel := context.WithCancel(context.Background())
+	work, cancelWork := context.WithCancel(context.Background())
+	h.api.onCall = func() {
+		h.ledger.mu.Lock()
+		h.ledger.failUpdates = 1 << 30
+		h.ledger.mu.Unlock()
+		cancel()
+		time.AfterFunc(50*time.Millisecond, cancelWork)
+	}
+	d := &fakeDelivery{body: goodEvent, maxDeliver: 3, delivered: 1}
+	h.w.Handle(stop, work, d)
+	if d.settled[0] != "giveback" {
+		t.Fatalf("settled %v", d.settled)
+	}
+	if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != 1 {
+		t.Fatalf("revoker_confirmations_lost_total = %v, want 1", n)
+	}
+}
+
+// fakeReplays says which replay claims are true.
+type fakeReplays map[string]string
+
+func (r fakeReplays) VerifyBody(_ context.Context, msgID, claimed string, _ []byte) (bool, error) {
+	return r[msgID] == claimed, nil
+}
+
+// TestReplayClaimVerified: the record's replay_of is set only when the
+// replay's mark confirms it.
+func TestReplayClaimVerified(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		replays fakeReplays
+		want    string
+	}{
+		{"forged", fakeReplays{}, ""},
+		{"real", fakeReplays{"ev-1": "INC-1"}, "INC-1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil, answer(200, revoked, 0))
+			h.w = worker.New(worker.Config{Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
+				RetryMaxInterval: time.Millisecond, RetryMaxElapsed: 10 * time.Millisecond},
+				worker.Deps{API: h.api, Gate: h.gate, Records: h.records, Ledger: h.ledger, Replays: tc.replays,
+					Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
+			h.handle(&fakeDelivery{body: goodEvent, replayOf: "INC-1"})
+			if o := onlyRecord(t, h); o.ReplayOf != tc.want {
+				t.Fatalf("replay_of %q, want %q", o.ReplayOf, tc.want)
+			}
+		})
+	}
+}

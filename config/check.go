@@ -158,11 +158,24 @@ func parseBaseURL(v string) (string, string) {
 		return "", shown + " must not hold a user or password"
 	case strings.ContainsAny(v, "?#"):
 		return "", shown + " must not have a query or fragment"
+	case u.Scheme == "http" && !loopbackHost(u.Hostname()):
+		// The token would cross the network in clear text: http is for a
+		// stand-in on this host only.
+		return "", shown + " must be https:// (http:// only for a loopback host such as 127.0.0.1)"
 	}
 	if port := u.Port(); port != "" && !validPort(port, 1) {
 		return "", shown + " has an invalid port " + quote(port)
 	}
 	return strings.TrimRight(v, "/"), ""
+}
+
+// loopbackHost reports whether host names this machine only.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // optionalFile sets a path that must name a readable file when not empty.

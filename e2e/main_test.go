@@ -199,37 +199,13 @@ func (w *worker) waitReady(within time.Duration) {
 
 // metric sums the samples of the metric name whose labels contain every
 // one of labels (such as `outcome="revoked"`); -1 when /metrics cannot be
-// read.
+// read, 0 when no series matches (see sample to tell them apart).
 func (w *worker) metric(name string, labels ...string) float64 {
-	resp, err := http.Get("http://" + w.addr + "/metrics")
+	v, _, err := w.read(name, labels...)
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		match := true
-		for _, l := range labels {
-			if !strings.Contains(line, l) {
-				match = false
-			}
-		}
-		if !match {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err == nil {
-			sum += v
-		}
-	}
-	return sum
+	return v
 }
 
 // publisher publishes events to the cluster, riding out node loss: each

@@ -128,6 +128,10 @@ type Records struct {
 	Timeout time.Duration
 
 	dlqMaxMsg atomic.Int64 // the dead-letter stream's message limit, once known (-1: none)
+	// outcomes is the outcome stream's handle, kept between reads: a
+	// stream-info request before each would cost more than the read.
+	// A failed read drops it, so a stream made again is looked up again.
+	outcomes atomic.Pointer[jetstream.Stream]
 }
 
 var _ worker.Records = (*Records)(nil)
@@ -209,6 +213,12 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 				return b.rec, nil
 			}
 			rec.Supersedes = b.seq
+			if b.rec.Attempts > rec.Attempts {
+				// The record corrected counted calls this one's writer did
+				// not know of (it was cut off meanwhile), the confirming
+				// call among them as unanswered: it is answered now.
+				rec.Attempts, rec.UnansweredCalls = b.rec.Attempts, max(b.rec.UnansweredCalls-1, 0)
+			}
 		}
 		m, err := OutcomeMsg(r.OutcomePrefix, rec)
 		if err != nil {

@@ -702,13 +702,6 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
 		a.lane.Latency.Observe(time.Since(a.d.StoredAt()).Seconds())
 	}
-	if time.Since(a.start) >= a.d.AckWait()/2 {
-		// Held this long, the event may have been handed to another
-		// replica meanwhile: the record counts its calls too.
-		if e, err := w.Ledger.Load(work, a.ref); err == nil {
-			w.learn(a, e)
-		}
-	}
 	if w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
 		return
 	}
@@ -744,9 +737,18 @@ func (w *Worker) finish(stop, work context.Context, a *attempt, outcome event.Ou
 // kept alive (once only, with once), then settles as the trail believes.
 // It reports whether the record was written.
 func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome event.Outcome, reason event.Reason, settle func() error, once bool) bool {
-	rec := w.record(a, outcome, reason)
-	var believed event.Record
+	var rec, believed event.Record
 	write := func(ctx context.Context, a *attempt) error {
+		if a.revoked != nil && time.Since(a.start) >= a.d.AckWait()/2 {
+			// Held this long, the event may have been handed to another
+			// replica meanwhile: the record counts its calls too.
+			e, err := w.Ledger.Load(ctx, a.ref)
+			if err != nil {
+				return err
+			}
+			w.learn(a, e)
+		}
+		rec = w.record(a, outcome, reason)
 		var err error
 		believed, err = w.Records.Outcome(ctx, rec)
 		switch {

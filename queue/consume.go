@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -74,9 +75,11 @@ func (c *Consumer) HandBackDelay() time.Duration { return 2 * c.fetchWait() }
 // Run sets up the streams and consumers (retrying while NATS is away), then
 // consumes until ctx is done. After that, no new call starts; events
 // waiting are given back at once, and handlers get cfg.ShutdownTimeout to
-// finish. If a consumer is deleted under it, it turns not-ready and sets up
-// again. It returns an error wrapping ErrIncompatible when the JetStream
-// setup makes the work impossible.
+// finish. If a consumer is deleted under it, only that lane stops: it turns
+// the worker not-ready and binds the consumer again (making it, when
+// told to create), while the other lanes go on. It returns an error
+// wrapping ErrIncompatible when the JetStream setup makes the work
+// impossible.
 func (c *Consumer) Run(ctx context.Context) error {
 	// work outlives ctx by the shutdown timeout, so calls in flight can
 	// finish and their outcomes be written.
@@ -89,22 +92,18 @@ func (c *Consumer) Run(ctx context.Context) error {
 	})
 	defer stopTimer()
 
-	for {
-		lanes, err := c.bind(ctx)
-		if err != nil {
-			return err
-		}
-		if lanes == nil {
-			break // ctx ended while binding
-		}
+	lanes, err := c.bind(ctx)
+	if err != nil {
+		return err
+	}
+	if lanes != nil { // nil: ctx ended while binding
 		c.Ready.Set(ReadyConsumers, "")
-		if !c.runLanes(ctx, work, lanes) {
-			break
-		}
-		c.Ready.Set(ReadyConsumers, "a consumer disappeared; binding again")
-		c.Log.Error("a consumer disappeared; setting up again")
+		err = c.runLanes(ctx, work, lanes)
 	}
 	c.Ready.Set(ReadyConsumers, "shutting down")
+	if err != nil {
+		return err
+	}
 	c.Log.Info("worker stopped")
 	return nil
 }
@@ -112,7 +111,6 @@ func (c *Consumer) Run(ctx context.Context) error {
 // boundLane is a lane and what the watcher needs of it.
 type boundLane struct {
 	lane    *Lane
-	cons    jetstream.Consumer
 	stream  jetstream.Stream
 	metrics metrics.Lane
 	// oldest is the publish time (unix nanoseconds) of the lane's oldest
@@ -121,20 +119,20 @@ type boundLane struct {
 	oldest atomic.Int64
 }
 
-// runLanes consumes until ctx ends or a consumer disappears (then it
-// reports true, once every lane's events are settled).
-func (c *Consumer) runLanes(ctx, work context.Context, lanes []*boundLane) (lost bool) {
+// runLanes consumes until ctx ends. Each lane binds its own consumer again
+// when it is lost; only a consumer that cannot be bound again at all
+// (ErrIncompatible) stops every lane, once their events are settled.
+func (c *Consumer) runLanes(ctx, work context.Context, lanes []*boundLane) error {
 	fetch, stopFetching := context.WithCancel(ctx)
 	defer stopFetching()
 	var (
-		wg   sync.WaitGroup
-		gone atomic.Bool
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		first error
 	)
 	troubles := NewTroubles(func(why string) { c.Ready.Set(ReadyConsumers, why) })
 	for _, l := range lanes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			err := l.lane.Run(fetch, work, Hooks{
 				Handle: func(work context.Context, d *Delivery) { c.Handle(ctx, work, d) },
 				GiveBack: func(d *Delivery) {
@@ -146,20 +144,49 @@ func (c *Consumer) runLanes(ctx, work context.Context, lanes []*boundLane) (lost
 				},
 				NoNews:  func() { c.Gate.SetPending(l.lane.Priority, false) },
 				Trouble: func(why string) { troubles.Set(l.lane.Subject, why) },
+				Rebind:  func(ctx context.Context) (Binding, error) { return c.rebind(ctx, l.lane.Subject) },
 			}, c.Log)
-			if errors.Is(err, ErrConsumerGone) {
-				gone.Store(true)
+			if err != nil {
+				errMu.Lock()
+				first = cmp.Or(first, err)
+				errMu.Unlock()
 				stopFetching()
 			}
-		}()
+		})
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		c.watch(fetch, lanes)
-	}()
+	wg.Go(func() { c.watch(fetch, lanes) })
 	wg.Wait()
-	return gone.Load() && ctx.Err() == nil
+	return first
+}
+
+// rebind is one try to bind the consumer of subject again: the work stream
+// is made again too if it went with it (when told to create), and the
+// consumer when it is missing; one made elsewhere meanwhile is bound as it
+// is.
+func (c *Consumer) rebind(ctx context.Context, subject string) (Binding, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	replicas, err := streamReplicas(ctx, c.JS, c.Cfg.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if err := ensureStream(ctx, c.JS, WorkStream(c.Cfg), c.Cfg.Create, c.Log); err != nil {
+			return Binding{}, err
+		}
+		replicas, err = streamReplicas(ctx, c.JS, c.Cfg.Stream)
+	}
+	if err != nil {
+		return Binding{}, err
+	}
+	want := LaneConsumer(c.Cfg, subject)
+	want.Replicas = replicas // as Ensure does: a work-queue stream's consumers have its replicas
+	if err := ensureConsumer(ctx, c.JS, c.Cfg.Stream, want, c.Cfg.Create, c.Log); err != nil {
+		return Binding{}, err
+	}
+	cons, err := c.JS.Consumer(ctx, c.Cfg.Stream, want.Durable)
+	if err != nil {
+		return Binding{}, fmt.Errorf("bind consumer %s: %w", want.Durable, err)
+	}
+	ackWait, maxDeliver := c.limits(cons.CachedInfo().Config)
+	return Binding{Consumer: cons, AckWait: ackWait, MaxDeliver: maxDeliver}, nil
 }
 
 // bind retries the JetStream setup until it works, ctx ends, or it cannot
@@ -217,7 +244,7 @@ func (c *Consumer) tryBind(ctx context.Context) ([]*boundLane, error) {
 		}
 		lane := NewLane(cons, subj, i, capacity, minBatch, c.fetchWait())
 		lane.AckWait, lane.MaxDeliver = c.limits(cons.CachedInfo().Config)
-		lanes = append(lanes, &boundLane{lane: lane, cons: cons, stream: stream, metrics: c.Metrics.Lane(subj, i)})
+		lanes = append(lanes, &boundLane{lane: lane, stream: stream, metrics: c.Metrics.Lane(subj, i)})
 	}
 	return lanes, nil
 }
@@ -265,7 +292,7 @@ func (c *Consumer) watch(ctx context.Context, lanes []*boundLane) {
 func (c *Consumer) refresh(ctx context.Context, l *boundLane) {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	info, err := l.cons.Info(ictx)
+	info, err := l.lane.Consumer().Info(ictx)
 	if err == nil {
 		l.metrics.Pending.Set(float64(info.NumPending))
 		if l.lane.Full() {

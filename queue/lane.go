@@ -3,9 +3,12 @@ package queue
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -22,14 +25,39 @@ type Lane struct {
 	Priority int
 	Capacity int
 	// AckWait and MaxDeliver are what the bound consumer allows, which an
-	// existing consumer may set tighter than the configuration.
+	// existing consumer may set tighter than the configuration. Set them
+	// before Run; a rebinding replaces them for later deliveries.
 	AckWait    time.Duration
 	MaxDeliver int
 	minBatch   int
 	fetchWait  time.Duration
-	cons       jetstream.Consumer
 
 	room chan struct{} // one token per message we may still take
+
+	mu   sync.Mutex
+	cons jetstream.Consumer
+	gen  int // counts bindings
+	// seen holds, by stream sequence, the events of the latest deliveries:
+	// a consumer made again counts deliveries from 1, and the worker must
+	// still know that an event was delivered before (its ack may have been
+	// lost with the old consumer).
+	seen map[uint64]*seenEvent
+	held map[uint64]int // deliveries in hand, by stream sequence
+}
+
+// seenEvent is what a lane remembers of an event it was handed.
+type seenEvent struct {
+	stored time.Time // tells it from another event at its sequence in a stream made again
+	gen    int       // the binding of its latest delivery
+	prior  int       // deliveries by bindings before that one
+	total  int       // deliveries counted at its latest delivery
+}
+
+// Binding is a consumer for a lane and the limits it allows.
+type Binding struct {
+	Consumer   jetstream.Consumer
+	AckWait    time.Duration
+	MaxDeliver int
 }
 
 // Hooks are the lane's calls out.
@@ -48,17 +76,42 @@ type Hooks struct {
 	NoNews func()
 	// Trouble, if set, is told why the lane cannot fetch once fetches have
 	// failed troubleAfter times in a row (a node lost, the cluster without
-	// a quorum), and "" once a fetch works again.
+	// a quorum), or at once when its consumer is gone, and "" once a fetch
+	// works again or the consumer is bound again.
 	Trouble func(why string)
+	// Rebind, if set, binds the lane's consumer again after it disappeared
+	// (making it, if it may): one try, bounded by ctx. An error wrapping
+	// ErrIncompatible stops the lane; any other is retried. Without it, a
+	// lost consumer stops the lane with ErrConsumerGone.
+	Rebind func(ctx context.Context) (Binding, error)
+}
+
+func (h Hooks) trouble(why string) {
+	if h.Trouble != nil {
+		h.Trouble(why)
+	}
 }
 
 // troubleAfter is how many fetches in a row must fail before the lane
 // reports trouble: a leader election fails one or two, and is not news.
 const troubleAfter = 3
 
-// ErrConsumerGone means the lane's consumer no longer exists: the lane
-// stops, and the worker binds again.
+// ErrConsumerGone means the lane's consumer no longer exists and the lane
+// has no Rebind hook: the lane stops.
 var ErrConsumerGone = errors.New("consumer gone")
+
+// ErrSettled is what a second Ack, Term or GiveBack of a delivery returns:
+// nothing is sent for it.
+var ErrSettled = errors.New("delivery already settled")
+
+// rebindMaxWait is the longest pause between tries to bind a lost consumer
+// again, well inside the 5 s in which it must be back (SPEC §4).
+const rebindMaxWait = time.Second
+
+// seenPerPlace is how many of its latest events a lane remembers per
+// place in hand: far more than can be settled between a consumer's loss and
+// the lane's noticing it.
+const seenPerPlace = 16
 
 // Full reports whether the lane holds all it may, and so is not fetching.
 func (l *Lane) Full() bool { return len(l.room) == 0 }
@@ -75,6 +128,8 @@ func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBat
 		minBatch:  max(1, minBatch),
 		fetchWait: fetchWait,
 		cons:      cons,
+		seen:      map[uint64]*seenEvent{},
+		held:      map[uint64]int{},
 	}
 	l.minBatch = min(l.minBatch, l.Capacity)
 	l.room = make(chan struct{}, l.Capacity)
@@ -84,13 +139,22 @@ func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBat
 	return l
 }
 
+// Consumer is the consumer the lane fetches from now.
+func (l *Lane) Consumer() jetstream.Consumer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cons
+}
+
 // Run fetches until ctx is done, then lets the pull request under way end on
 // its own (at most its fetch wait), gives back what it brings, and waits for
 // every handler to return. Handlers get work, which outlives ctx so that a
 // call in flight can finish during shutdown.
 //
-// It returns ErrConsumerGone, once its handlers are done, if the consumer
-// was deleted under it.
+// If the consumer disappears, the lane binds it again through h.Rebind,
+// retrying, while the events in hand go on; only this lane stops fetching
+// meanwhile. Without h.Rebind it returns ErrConsumerGone, once its handlers
+// are done. A rebinding that cannot work returns its ErrIncompatible error.
 func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -103,8 +167,15 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 		got, last, err := l.fetch(ctx, work, n, h, &wg, log)
 		if err != nil {
 			h.NoNews()
-			if gone(err) {
-				return ErrConsumerGone
+			if l.lost(ctx, err) {
+				if h.Rebind == nil {
+					return ErrConsumerGone
+				}
+				if err := l.rebind(ctx, h, log); err != nil {
+					return err
+				}
+				f = fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
+				continue
 			}
 			f.failed(err)
 			throttle.Sleep(ctx, l.fetchWait)
@@ -118,6 +189,126 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 		}
 	}
 	return nil
+}
+
+// lost reports whether a failed fetch means the consumer is gone. A pull
+// request still waiting when the consumer is deleted says so; one sent
+// after finds nobody to answer it, which a lookup tells from a server or a
+// leader that is away.
+func (l *Lane) lost(ctx context.Context, err error) bool {
+	if gone(err) {
+		return true
+	}
+	if !errors.Is(err, nats.ErrNoResponders) {
+		return false
+	}
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = l.Consumer().Info(ictx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// rebind binds the lane's consumer again, retrying until it works or ctx
+// ends (then it returns nil: the lane is stopping anyway).
+func (l *Lane) rebind(ctx context.Context, h Hooks, log *zap.Logger) error {
+	var name string
+	if info := l.Consumer().CachedInfo(); info != nil {
+		name = info.Name
+	}
+	why := "consumer " + name + " of " + l.Subject + " disappeared; binding it again"
+	log.Error("consumer disappeared; binding it again", zap.String("subject", l.Subject), zap.String("consumer", name))
+	h.trouble(why)
+	from := time.Now()
+	wait, last := 100*time.Millisecond, ""
+	for {
+		b, err := h.Rebind(ctx)
+		if err == nil {
+			l.bind(b)
+			h.trouble("")
+			log.Info("consumer bound again", zap.String("subject", l.Subject), zap.String("consumer", name),
+				zap.Duration("after", time.Since(from)))
+			return nil
+		}
+		if errors.Is(err, ErrIncompatible) {
+			log.Error("the lost consumer cannot be bound again", zap.String("subject", l.Subject), zap.Error(err))
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if msg := err.Error(); msg != last { // each new cause once
+			log.Warn("consumer not bound yet, retrying", zap.String("subject", l.Subject), zap.Error(err))
+			h.trouble(why + ": " + msg)
+			last = msg
+		}
+		throttle.Sleep(ctx, wait)
+		wait = min(2*wait, rebindMaxWait)
+	}
+}
+
+// bind makes b the lane's consumer. A new binding number makes deliver
+// count what the old consumer delivered as earlier deliveries.
+func (l *Lane) bind(b Binding) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cons, l.gen = b.Consumer, l.gen+1
+	if b.AckWait > 0 {
+		l.AckWait = b.AckWait
+	}
+	if b.MaxDeliver > 0 {
+		l.MaxDeliver = b.MaxDeliver
+	}
+}
+
+// deliver makes the delivery of msg and counts it in hand.
+func (l *Lane) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) *Delivery {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	seq := meta.Sequence.Stream
+	e := l.seen[seq]
+	if e == nil || !e.stored.Equal(meta.Timestamp) {
+		e = &seenEvent{stored: meta.Timestamp, gen: l.gen}
+		l.seen[seq] = e
+	}
+	if e.gen != l.gen { // delivered before by a consumer since lost
+		e.gen, e.prior = l.gen, e.total
+	}
+	e.total = int(meta.NumDelivered) + e.prior
+	l.held[seq]++
+	l.forget()
+	return &Delivery{
+		msg: msg, meta: meta,
+		priority: l.Priority, maxDeliver: l.MaxDeliver, ackWait: l.AckWait,
+		delivered: e.total,
+	}
+}
+
+// forget keeps what the lane remembers bounded: past twice its measure, it
+// forgets the oldest events not in hand, down to the measure.
+func (l *Lane) forget() {
+	keep := seenPerPlace * l.Capacity
+	if len(l.seen) <= 2*keep {
+		return
+	}
+	seqs := make([]uint64, 0, len(l.seen))
+	for seq := range l.seen {
+		if l.held[seq] == 0 {
+			seqs = append(seqs, seq)
+		}
+	}
+	slices.Sort(seqs)
+	for _, seq := range seqs[:min(len(seqs), max(0, len(l.seen)-keep))] {
+		delete(l.seen, seq)
+	}
+}
+
+// done counts d out of hand.
+func (l *Lane) done(d *Delivery) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held[d.Sequence()]--; l.held[d.Sequence()] <= 0 {
+		delete(l.held, d.Sequence())
+	}
 }
 
 // fetchTrouble follows a lane's failing fetches: each distinct cause is
@@ -155,7 +346,7 @@ func (f *fetchTrouble) worked() {
 }
 
 // Troubles gathers the lanes' Trouble reports into one condition: report
-// is told "" when every lane fetches, else one lane's trouble.
+// is told "" when every lane fetches, else every lane's trouble.
 type Troubles struct {
 	mu     sync.Mutex
 	by     map[string]string
@@ -177,11 +368,12 @@ func (t *Troubles) Set(subject, why string) {
 	} else {
 		t.by[subject] = why
 	}
+	whys := make([]string, 0, len(t.by))
 	for _, w := range t.by {
-		t.report(w)
-		return
+		whys = append(whys, w)
 	}
-	t.report("")
+	slices.Sort(whys)
+	t.report(strings.Join(whys, "; "))
 }
 
 // fetch pulls up to n messages and starts a handler for each (or gives it
@@ -189,7 +381,7 @@ func (t *Troubles) Set(subject, why string) {
 // metadata; every place not filled is given back to the lane. An error
 // means the pull failed, at its start or on its way.
 func (l *Lane) fetch(ctx, work context.Context, n int, h Hooks, wg *sync.WaitGroup, log *zap.Logger) (got int, last *jetstream.MsgMetadata, err error) {
-	batch, err := l.cons.Fetch(n, jetstream.FetchMaxWait(l.fetchWait))
+	batch, err := l.Consumer().Fetch(n, jetstream.FetchMaxWait(l.fetchWait))
 	if err != nil {
 		l.putRoom(n)
 		return 0, nil, err
@@ -205,9 +397,10 @@ func (l *Lane) fetch(ctx, work context.Context, n int, h Hooks, wg *sync.WaitGro
 		}
 		last = meta
 		h.Pending(meta.NumPending)
-		d := &Delivery{msg: msg, meta: meta, lane: l}
+		d := l.deliver(msg, meta)
 		if ctx.Err() != nil {
 			h.GiveBack(d)
+			l.done(d)
 			l.putRoom(1)
 			continue
 		}
@@ -215,6 +408,7 @@ func (l *Lane) fetch(ctx, work context.Context, n int, h Hooks, wg *sync.WaitGro
 		go func() {
 			defer wg.Done()
 			defer l.putRoom(1)
+			defer l.done(d)
 			h.Handle(work, d)
 		}()
 	}
@@ -263,11 +457,23 @@ func (l *Lane) putRoom(n int) {
 	}
 }
 
-// Delivery is one delivery from a lane; it meets worker.Delivery.
+// Delivery is one delivery from a lane; it meets worker.Delivery. Its
+// settles are final: after the first Ack, Term or GiveBack, KeepAlive
+// sends nothing and another settle returns ErrSettled, so that no sign of
+// life can reach the server after a give-back and reset its redelivery
+// timer.
 type Delivery struct {
 	msg  jetstream.Msg
 	meta *jetstream.MsgMetadata
-	lane *Lane
+
+	priority, maxDeliver int
+	ackWait              time.Duration
+	delivered            int
+
+	// mu is held while anything is sent for the delivery, so a keep-alive
+	// racing a settle goes out before it or not at all.
+	mu      sync.Mutex
+	settled bool
 }
 
 var _ worker.Delivery = (*Delivery)(nil)
@@ -289,8 +495,10 @@ func (d *Delivery) Stream() string { return d.meta.Stream }
 // Sequence is the event's place in its stream.
 func (d *Delivery) Sequence() uint64 { return d.meta.Sequence.Stream }
 
-// Delivered counts deliveries of the event, this one included.
-func (d *Delivery) Delivered() int { return int(d.meta.NumDelivered) }
+// Delivered counts deliveries of the event, this one included: the
+// consumer's count, plus the deliveries this lane had of it from a
+// consumer that was lost since (one made again counts from 1).
+func (d *Delivery) Delivered() int { return d.delivered }
 
 // StoredAt is when the stream stored the event.
 func (d *Delivery) StoredAt() time.Time { return d.meta.Timestamp }
@@ -299,22 +507,45 @@ func (d *Delivery) StoredAt() time.Time { return d.meta.Timestamp }
 func (d *Delivery) ReplayOf() string { return d.msg.Headers().Get(HeaderReplayOf) }
 
 // Priority is the lane's priority, 0 the highest.
-func (d *Delivery) Priority() int { return d.lane.Priority }
+func (d *Delivery) Priority() int { return d.priority }
 
 // MaxDeliver is the delivery on which a retryable failure is dead-lettered.
-func (d *Delivery) MaxDeliver() int { return d.lane.MaxDeliver }
+func (d *Delivery) MaxDeliver() int { return d.maxDeliver }
 
 // AckWait is how long the consumer waits for a sign of life.
-func (d *Delivery) AckWait() time.Duration { return d.lane.AckWait }
+func (d *Delivery) AckWait() time.Duration { return d.ackWait }
 
 // Ack removes the event from the work stream.
-func (d *Delivery) Ack() error { return d.msg.Ack() }
+func (d *Delivery) Ack() error { return d.settle(d.msg.Ack) }
 
 // Term ends the event's deliveries (after its dead-letter record).
-func (d *Delivery) Term() error { return d.msg.Term() }
+func (d *Delivery) Term() error { return d.settle(d.msg.Term) }
 
 // GiveBack returns the event for another delivery after delay.
-func (d *Delivery) GiveBack(delay time.Duration) error { return d.msg.NakWithDelay(delay) }
+func (d *Delivery) GiveBack(delay time.Duration) error {
+	return d.settle(func() error { return d.msg.NakWithDelay(delay) })
+}
 
-// KeepAlive resets the consumer's ack timer for the event.
-func (d *Delivery) KeepAlive() error { return d.msg.InProgress() }
+// KeepAlive resets the consumer's ack timer for the event; once the
+// delivery is settled it does nothing.
+func (d *Delivery) KeepAlive() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.settled {
+		return nil
+	}
+	return d.msg.InProgress()
+}
+
+// settle sends the delivery's one settle. It counts as made even if
+// sending failed: the event then comes back after its ack wait, and
+// nothing more may be sent for this delivery.
+func (d *Delivery) settle(send func() error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.settled {
+		return ErrSettled
+	}
+	d.settled = true
+	return send()
+}

@@ -47,9 +47,12 @@ type Consumer struct {
 	Handle          Handler
 	Gate            PendingGate
 	Ledger          *Ledger
-	Metrics         *metrics.Metrics
-	Ready           *metrics.Readiness
-	Log             *zap.Logger
+	// Replays, when set, is bound with the ledger: the worker checks a
+	// replay's claim against it.
+	Replays *Replays
+	Metrics *metrics.Metrics
+	Ready   *metrics.Readiness
+	Log     *zap.Logger
 	// FetchWait is how long one pull request waits (default
 	// DefaultFetchWait); tests shorten it.
 	FetchWait time.Duration
@@ -223,6 +226,11 @@ func (c *Consumer) tryBind(ctx context.Context) ([]*boundLane, error) {
 	}
 	if err := c.Ledger.bind(ctx, c.JS, c.Cfg.Create, c.Cfg.Replicas, c.Log); err != nil {
 		return nil, err
+	}
+	if c.Replays != nil {
+		if err := c.Replays.bind(ctx, c.JS, c.Cfg.Create, c.Cfg.Replicas, c.Log); err != nil {
+			return nil, err
+		}
 	}
 	stream, err := c.JS.Stream(ctx, c.Cfg.Stream)
 	if err != nil {

@@ -88,4 +88,16 @@ func TestReplayCannotBeSuppressed(t *testing.T) {
 		t.Fatalf("%d dead letters left", n)
 	}
 	queuetest.Eventually(t, 10*time.Second, "the dead letter's key revoked", func() bool { return s.okDeletes("sup1") == 1 })
+
+	// The decoy claimed to replay the dead letter; only the real replay's
+	// record says so.
+	queuetest.Eventually(t, 10*time.Second, "the replay's record", func() bool { return len(s.outcomes("sup1")) == 2 })
+	for _, o := range s.outcomes("decoy1") {
+		if o.ReplayOf != "" {
+			t.Fatalf("the decoy's record claims to replay %q", o.ReplayOf)
+		}
+	}
+	if o := s.outcomes("sup1")[1]; o.Outcome != event.Revoked || o.ReplayOf != rec.EventID {
+		t.Fatalf("the replay's record %+v; want revoked, replay_of %q", o, rec.EventID)
+	}
 }

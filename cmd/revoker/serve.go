@@ -265,7 +265,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	ledger := &queue.Ledger{}
 	replays := &queue.Replays{}
 	consumer := &queue.Consumer{
-		JS: js, Cfg: cfg.Topology(), ShutdownTimeout: cfg.ShutdownTimeout, Gate: gate, Ledger: ledger,
+		JS: js, Cfg: cfg.Topology(), ShutdownTimeout: cfg.ShutdownTimeout, Gate: gate, Ledger: ledger, Replays: replays,
 		Metrics: m, Ready: w.ready, Log: log, FetchWait: w.o.fetchWait,
 	}
 	wk := worker.New(worker.Config{

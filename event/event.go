@@ -57,10 +57,16 @@ func Decode(body []byte) (Event, error) {
 	if !utf8.Valid(body) {
 		return ev, invalid("body is not valid UTF-8")
 	}
-	fields, err := scanObject(body)
+	fields, err := scanObject(body, knownFields[:])
 	if err != nil {
 		return ev, err
 	}
+	return decodeFields(fields)
+}
+
+// decodeFields reads the event from the raw values of its known fields.
+func decodeFields(fields [][]byte) (Event, error) {
+	var ev Event
 	var seen [len(knownFields)]bool
 	for i, name := range knownFields {
 		raw := fields[i]
@@ -148,10 +154,10 @@ func jsonKind(raw []byte) string {
 var knownFields = [...]string{"account_id", "key_id", "reason", "requested_by", "requested_at"}
 
 // scanObject checks the structural rules of a body and returns the raw
-// JSON value of each known top-level field (nil when absent). It first lets json.Valid
-// judge the syntax (including "exactly one value"), then walks the bytes
-// once, so it only ever reads well-formed JSON.
-func scanObject(body []byte) (*[len(knownFields)][]byte, error) {
+// JSON value of each top-level field named in want (nil when absent). It
+// first lets json.Valid judge the syntax (including "exactly one value"),
+// then walks the bytes once, so it only ever reads well-formed JSON.
+func scanObject(body []byte, want []string) ([][]byte, error) {
 	if !json.Valid(body) {
 		var v any
 		err := json.Unmarshal(body, &v) // only for its description of the fault
@@ -165,11 +171,11 @@ func scanObject(body []byte) (*[len(knownFields)][]byte, error) {
 	if sc.b[sc.i] != '{' {
 		return nil, invalid("body must be a JSON object")
 	}
-	var top [len(knownFields)][]byte
-	if err := sc.object(1, &top); err != nil {
+	top := make([][]byte, len(want))
+	if err := sc.object(1, want, top); err != nil {
 		return nil, err
 	}
-	return &top, nil
+	return top, nil
 }
 
 // scanner walks JSON that json.Valid has accepted.
@@ -208,8 +214,8 @@ func (sc *scanner) str() (quoted []byte, escaped bool) {
 }
 
 // object reads the object at sc.i, nested depth deep (the body is 1); top,
-// when not nil, receives its fields.
-func (sc *scanner) object(depth int, top *[len(knownFields)][]byte) error {
+// when not nil, receives the raw values of the fields named in want.
+func (sc *scanner) object(depth int, want []string, top [][]byte) error {
 	if depth > MaxDepth {
 		return invalid("nested deeper than %d levels", MaxDepth)
 	}
@@ -242,7 +248,7 @@ func (sc *scanner) object(depth int, top *[len(knownFields)][]byte) error {
 			return err
 		}
 		if top != nil {
-			for i, k := range knownFields {
+			for i, k := range want {
 				if string(key) == k {
 					top[i] = sc.b[start:sc.i]
 				}
@@ -259,7 +265,7 @@ func (sc *scanner) object(depth int, top *[len(knownFields)][]byte) error {
 func (sc *scanner) value(depth int) error {
 	switch sc.b[sc.i] {
 	case '{':
-		return sc.object(depth+1, nil)
+		return sc.object(depth+1, nil, nil)
 	case '[':
 		if depth+1 > MaxDepth {
 			return invalid("nested deeper than %d levels", MaxDepth)

@@ -1,0 +1,110 @@
+package event
+
+import (
+	"bytes"
+	"encoding/json"
+	"mime"
+	"unicode/utf8"
+)
+
+// CloudEventsContentType marks a message whose body is a CloudEvent in
+// structured mode (SPEC §14), as Dapr, Knative and Argo Events publish.
+const CloudEventsContentType = "application/cloudevents+json"
+
+// CloudEvent is what revoker takes from a CloudEvent's envelope: its data
+// is the event of SPEC §2.
+type CloudEvent struct {
+	ID     string
+	Source string
+	Type   string
+	// TraceParent and TraceState are the distributed-tracing extension,
+	// "" when absent.
+	TraceParent string
+	TraceState  string
+}
+
+// cloudEventFields are the envelope attributes read; every other one is
+// skipped like an unknown event field.
+var cloudEventFields = [...]string{"specversion", "id", "source", "type", "data", "datacontenttype", "data_base64", "traceparent", "tracestate"}
+
+// IsCloudEvent reports whether a message's Content-Type header says its
+// body is a structured-mode CloudEvent (parameters such as charset aside).
+func IsCloudEvent(contentType string) bool {
+	if contentType == "" {
+		return false
+	}
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && mt == CloudEventsContentType
+}
+
+// DecodeCloudEvent parses and validates a structured-mode CloudEvent whose
+// data is the event. Every rule of Decode holds for the whole body (one
+// object, valid UTF-8, no repeated names, nesting, size) and for data as
+// the event; an envelope that breaks the CloudEvents rules (specversion
+// other than "1.0", no id, source or type, data that is not a JSON object)
+// is an invalid event too.
+func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
+	var ce CloudEvent
+	if len(body) > MaxBytes {
+		return Event{}, ce, invalid("body is %d bytes, more than %d", len(body), MaxBytes)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return Event{}, ce, invalid("body is empty")
+	}
+	if !utf8.Valid(body) {
+		return Event{}, ce, invalid("body is not valid UTF-8")
+	}
+	raw, err := scanObject(body, cloudEventFields[:])
+	if err != nil {
+		return Event{}, ce, err
+	}
+	attr := make(map[string]string, len(cloudEventFields))
+	for i, name := range cloudEventFields {
+		v := raw[i]
+		if v == nil || name == "data" {
+			continue
+		}
+		var s string
+		if v[0] != '"' || json.Unmarshal(v, &s) != nil {
+			return Event{}, ce, invalid("CloudEvent attribute %s must be a string, got %s", name, jsonKind(v))
+		}
+		attr[name] = s
+	}
+	switch {
+	case attr["specversion"] != "1.0":
+		return Event{}, ce, invalid("CloudEvent specversion must be \"1.0\", got %s", quote(attr["specversion"]))
+	case attr["id"] == "":
+		return Event{}, ce, invalid("CloudEvent id is missing or empty")
+	case attr["source"] == "":
+		return Event{}, ce, invalid("CloudEvent source is missing or empty")
+	case attr["type"] == "":
+		return Event{}, ce, invalid("CloudEvent type is missing or empty")
+	case raw[6] != nil:
+		return Event{}, ce, invalid("CloudEvent data_base64 is not taken: send the event as JSON in data")
+	}
+	if ct := attr["datacontenttype"]; ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return Event{}, ce, invalid("CloudEvent datacontenttype must be application/json, got %s", quote(ct))
+		}
+	}
+	data := raw[4]
+	if data == nil {
+		return Event{}, ce, invalid("CloudEvent data is missing")
+	}
+	if data[0] != '{' {
+		return Event{}, ce, invalid("CloudEvent data must be a JSON object, got %s", jsonKind(data))
+	}
+	// data passed the structural rules with the body; its fields are read
+	// as an event's.
+	fields, err := scanObject(data, knownFields[:])
+	if err != nil {
+		return Event{}, ce, err
+	}
+	ev, err := decodeFields(fields)
+	if err != nil {
+		return ev, ce, err
+	}
+	ce = CloudEvent{ID: attr["id"], Source: attr["source"], Type: attr["type"],
+		TraceParent: attr["traceparent"], TraceState: attr["tracestate"]}
+	return ev, ce, nil
+}

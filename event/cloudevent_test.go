@@ -1,0 +1,91 @@
+package event_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/revoker/revoker/event"
+)
+
+const ceOK = `{"specversion":"1.0","id":"ce-1","source":"/soar/playbook","type":"com.example.revoke",
+ "datacontenttype":"application/json","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+ "data":{"account_id":"acct1","key_id":"key1","reason":"leaked"}}`
+
+func TestDecodeCloudEvent(t *testing.T) {
+	ev, ce, err := event.DecodeCloudEvent([]byte(ceOK))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.AccountID != "acct1" || ev.KeyID != "key1" || ev.Reason != "leaked" {
+		t.Fatalf("event %+v", ev)
+	}
+	if ce.ID != "ce-1" || ce.Source != "/soar/playbook" || ce.Type != "com.example.revoke" ||
+		ce.TraceParent != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" {
+		t.Fatalf("envelope %+v", ce)
+	}
+}
+
+func TestDecodeCloudEventRefuses(t *testing.T) {
+	data := `"data":{"account_id":"acct1","key_id":"key1"}`
+	for _, tc := range []struct{ name, body, want string }{
+		{"no specversion", `{"id":"1","source":"s","type":"t",` + data + `}`, "specversion"},
+		{"specversion 0.3", `{"specversion":"0.3","id":"1","source":"s","type":"t",` + data + `}`, "specversion"},
+		{"specversion a number", `{"specversion":1.0,"id":"1","source":"s","type":"t",` + data + `}`, "specversion must be a string"},
+		{"no id", `{"specversion":"1.0","source":"s","type":"t",` + data + `}`, "id is missing"},
+		{"empty id", `{"specversion":"1.0","id":"","source":"s","type":"t",` + data + `}`, "id is missing"},
+		{"no source", `{"specversion":"1.0","id":"1","type":"t",` + data + `}`, "source"},
+		{"no type", `{"specversion":"1.0","id":"1","source":"s",` + data + `}`, "type"},
+		{"no data", `{"specversion":"1.0","id":"1","source":"s","type":"t"}`, "data is missing"},
+		{"data a string", `{"specversion":"1.0","id":"1","source":"s","type":"t","data":"{}"}`, "data must be a JSON object"},
+		{"data_base64", `{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"e30="}`, "data_base64"},
+		{"xml data", `{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"application/xml",` + data + `}`, "datacontenttype"},
+		{"repeated attribute", `{"specversion":"1.0","id":"1","id":"2","source":"s","type":"t",` + data + `}`, "appears twice"},
+		{"repeated field in data", `{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"account_id":"a","account_id":"b","key_id":"k"}}`, "appears twice"},
+		{"bad key in data", `{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"account_id":"a","key_id":"../x"}}`, "key_id must be"},
+		{"two objects", `{"specversion":"1.0"} {}`, "not JSON"},
+		{"too deep", `{"specversion":"1.0","id":"1","source":"s","type":"t","x":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `,` + data + `}`, "nested deeper"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := event.DecodeCloudEvent([]byte(tc.body))
+			if !errors.Is(err, event.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestIsCloudEvent(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/cloudevents+json":                true,
+		"application/cloudevents+json; charset=utf-8": true,
+		"Application/CloudEvents+JSON":                true,
+		"application/json":                            false,
+		"":                                            false,
+		"application/cloudevents-batch+json":          false,
+	} {
+		if got := event.IsCloudEvent(ct); got != want {
+			t.Errorf("IsCloudEvent(%q) = %v", ct, got)
+		}
+	}
+}
+
+// FuzzDecodeCloudEvent: whatever the body, the decoder neither panics nor
+// accepts an event that breaks a rule of SPEC §2.
+func FuzzDecodeCloudEvent(f *testing.F) {
+	f.Add([]byte(ceOK))
+	f.Add([]byte(`{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"account_id":"a","key_id":"k"}}`))
+	f.Add([]byte(`{"specversion":"1.0","data":[]}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		ev, ce, err := event.DecodeCloudEvent(body)
+		if err != nil {
+			if !errors.Is(err, event.ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		if ev.Validate() != nil || ce.ID == "" || ce.Source == "" || ce.Type == "" {
+			t.Fatalf("accepted %+v %+v", ev, ce)
+		}
+	})
+}

@@ -329,6 +329,19 @@ func checkListenAddr(v string) string {
 	return ""
 }
 
+// checkDebugAddr allows only a loopback host: the profiler shows the
+// program's memory, and a secret in it, to whoever can reach it.
+func checkDebugAddr(v string) string {
+	if p := checkListenAddr(v); p != "" {
+		return p
+	}
+	host, _, _ := net.SplitHostPort(v)
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return quote(v) + " is not a loopback address (such as \"127.0.0.1:6060\"); the profiler is never served beyond this host"
+	}
+	return ""
+}
+
 // enum sets one of the allowed words, matched without regard to case and
 // stored in lower case.
 func enum(field func(*Config) *string, allowed ...string) func(*Config, string) string {

@@ -56,6 +56,9 @@ type Config struct {
 	NATSTLSCA   string // REVOKER_NATS_TLS_CA: path, "" = system roots
 	NATSTLSCert string // REVOKER_NATS_TLS_CERT: path; set together with NATSTLSKey
 	NATSTLSKey  string // REVOKER_NATS_TLS_KEY: path; set together with NATSTLSCert
+	// NATSInboxPrefix starts this process's reply subjects, so each role's
+	// permissions can let it read only its own replies.
+	NATSInboxPrefix string // REVOKER_NATS_INBOX_PREFIX
 
 	// Streams
 	Stream         string   // REVOKER_STREAM
@@ -90,6 +93,8 @@ type Config struct {
 
 	// Server
 	HTTPAddr string // REVOKER_HTTP_ADDR
+	// DebugAddr serves net/http/pprof when set; a loopback address only.
+	DebugAddr string // REVOKER_DEBUG_ADDR: "" = off
 
 	// Logging
 	LogLevel  string // REVOKER_LOG_LEVEL: debug, info, warn or error (lower case)
@@ -132,6 +137,7 @@ const (
 // The defaults of SPEC §3 and §6.
 const (
 	DefaultNATSURL          = "nats://127.0.0.1:4222"
+	DefaultNATSInboxPrefix  = "_INBOX"
 	DefaultStream           = "REVOCATIONS"
 	DefaultConsumer         = "revoker"
 	DefaultDLQStream        = "REVOCATIONS_DLQ"
@@ -168,7 +174,8 @@ func DefaultSubjects() []string { return []string{"revoke.urgent", "revoke.sched
 // Default returns the defaults of SPEC §6. No Cloudflare credential is set.
 func Default() Config {
 	return Config{
-		NATSURL: DefaultNATSURL,
+		NATSURL:         DefaultNATSURL,
+		NATSInboxPrefix: DefaultNATSInboxPrefix,
 
 		Stream:         DefaultStream,
 		Subjects:       DefaultSubjects(),

@@ -29,6 +29,7 @@ var variables = map[string]config.Section{
 	"REVOKER_NATS_TLS_CA":        config.NATS,
 	"REVOKER_NATS_TLS_CERT":      config.NATS,
 	"REVOKER_NATS_TLS_KEY":       config.NATS,
+	"REVOKER_NATS_INBOX_PREFIX":  config.NATS,
 	"REVOKER_STREAM":             config.Streams,
 	"REVOKER_SUBJECTS":           config.Streams,
 	"REVOKER_CONSUMER":           config.Streams,
@@ -55,6 +56,7 @@ var variables = map[string]config.Section{
 	"REVOKER_ALLOWED_ACCOUNTS":   config.Worker,
 	"REVOKER_SHUTDOWN_TIMEOUT":   config.Worker,
 	"REVOKER_HTTP_ADDR":          config.Server,
+	"REVOKER_DEBUG_ADDR":         config.Server,
 	"REVOKER_LOG_LEVEL":          config.Logging,
 	"REVOKER_LOG_FORMAT":         config.Logging,
 }
@@ -361,6 +363,7 @@ func TestDefaults(t *testing.T) {
 	d := config.Default()
 	want := config.Config{
 		NATSURL:          "nats://127.0.0.1:4222",
+		NATSInboxPrefix:  "_INBOX",
 		Stream:           "REVOCATIONS",
 		Subjects:         []string{"revoke.urgent", "revoke.scheduled"},
 		Consumer:         "revoker",

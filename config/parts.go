@@ -6,11 +6,15 @@ import "time"
 type Connection struct {
 	URL                           string // one URL or a comma-separated list
 	Creds, TLSCA, TLSCert, TLSKey string // paths, "" = none
+	// InboxPrefix starts the connection's reply subjects ("" = the
+	// client's _INBOX).
+	InboxPrefix string
 }
 
 // Connection returns the NATS connection settings.
 func (c Config) Connection() Connection {
-	return Connection{URL: c.NATSURL, Creds: c.NATSCreds, TLSCA: c.NATSTLSCA, TLSCert: c.NATSTLSCert, TLSKey: c.NATSTLSKey}
+	return Connection{URL: c.NATSURL, Creds: c.NATSCreds, TLSCA: c.NATSTLSCA, TLSCert: c.NATSTLSCert, TLSKey: c.NATSTLSKey,
+		InboxPrefix: c.NATSInboxPrefix}
 }
 
 // RedactedURL is the URL (list) with passwords and tokens replaced, for

@@ -41,11 +41,12 @@ func (c Config) LogFields() map[string]any {
 		accounts = []string{}
 	}
 	return map[string]any{
-		"nats-url":      r.NATSURL,
-		"nats-creds":    r.NATSCreds,
-		"nats-tls-ca":   r.NATSTLSCA,
-		"nats-tls-cert": r.NATSTLSCert,
-		"nats-tls-key":  r.NATSTLSKey,
+		"nats-url":          r.NATSURL,
+		"nats-creds":        r.NATSCreds,
+		"nats-tls-ca":       r.NATSTLSCA,
+		"nats-tls-cert":     r.NATSTLSCert,
+		"nats-tls-key":      r.NATSTLSKey,
+		"nats-inbox-prefix": r.NATSInboxPrefix,
 
 		"stream":          r.Stream,
 		"subjects":        r.Subjects,
@@ -76,7 +77,8 @@ func (c Config) LogFields() map[string]any {
 		"allowed-accounts":   accounts,
 		"shutdown-timeout":   r.ShutdownTimeout.String(),
 
-		"http-addr": r.HTTPAddr,
+		"http-addr":  r.HTTPAddr,
+		"debug-addr": r.DebugAddr,
 
 		"log-level":  r.LogLevel,
 		"log-format": r.LogFormat,

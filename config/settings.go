@@ -13,6 +13,7 @@ const (
 	envNATSTLSCA        = "REVOKER_NATS_TLS_CA"
 	envNATSTLSCert      = "REVOKER_NATS_TLS_CERT"
 	envNATSTLSKey       = "REVOKER_NATS_TLS_KEY"
+	envNATSInboxPrefix  = "REVOKER_NATS_INBOX_PREFIX"
 	envStream           = "REVOKER_STREAM"
 	envSubjects         = "REVOKER_SUBJECTS"
 	envConsumer         = "REVOKER_CONSUMER"
@@ -39,6 +40,7 @@ const (
 	envAllowedAccounts  = "REVOKER_ALLOWED_ACCOUNTS"
 	envShutdownTimeout  = "REVOKER_SHUTDOWN_TIMEOUT"
 	envHTTPAddr         = "REVOKER_HTTP_ADDR"
+	envDebugAddr        = "REVOKER_DEBUG_ADDR"
 	envLogLevel         = "REVOKER_LOG_LEVEL"
 	envLogFormat        = "REVOKER_LOG_FORMAT"
 )
@@ -102,6 +104,18 @@ var settings = []setting{
 		usage: "client key `file` for NATS TLS (needs --nats-tls-cert)",
 		def:   noDefault,
 		apply: optionalFile(func(c *Config) *string { return &c.NATSTLSKey }, false),
+	},
+	{
+		env: envNATSInboxPrefix, section: NATS, required: true,
+		usage: "`prefix` of this process's reply subjects (give each NATS role its own)",
+		def:   func(c Config) string { return c.NATSInboxPrefix },
+		apply: func(c *Config, v string) string {
+			c.NATSInboxPrefix = v
+			if p := subjectProblem(v); p != "" {
+				return quote(v) + " is not a valid inbox prefix: " + p
+			}
+			return ""
+		},
 	},
 
 	// Streams
@@ -316,6 +330,18 @@ var settings = []setting{
 		apply: func(c *Config, v string) string {
 			c.HTTPAddr = v
 			return checkListenAddr(v)
+		},
+	},
+	{
+		env: envDebugAddr, section: Server,
+		usage: "loopback `address` serving Go's profiler, /debug/pprof/ (empty = off)",
+		def:   func(c Config) string { return c.DebugAddr },
+		apply: func(c *Config, v string) string {
+			c.DebugAddr = v
+			if v == "" {
+				return ""
+			}
+			return checkDebugAddr(v)
 		},
 	},
 

@@ -47,6 +47,9 @@ func Dial(conn config.Connection, t config.Topology, onError func(error)) (*Clie
 		nats.Timeout(dialTimeout),
 		nats.MaxReconnects(5),
 		nats.ReconnectWait(500 * time.Millisecond),
+		// A refused subscription then fails its reads instead of waiting
+		// for messages that never come.
+		nats.PermissionErrOnSubscribe(true),
 	}
 	if onError != nil {
 		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { onError(err) }))
@@ -156,31 +159,83 @@ func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event
 	return p, nil
 }
 
+// ErrIDUnverified means the event's id already names an event in the work
+// stream's duplicate window, and whether that event is this one could not
+// be checked: the event may not have been published.
+var ErrIDUnverified = errors.New("the id already names an event that could not be checked")
+
 // sameEvent checks that the event stored at p's sequence is for p's key:
 // read back while it is in the stream; once it is done, its outcome record
 // must be on p's key's own subject (records are stored before an event
-// leaves the stream). What cannot be read (not ours to read) is given the
-// benefit of the doubt: a duplicate is most often a retried publish.
+// leaves the stream). What cannot be read is not given the benefit of the
+// doubt: reporting "published" for an event dropped as another's duplicate
+// would leave a key alive while its revocation looks done.
 func (c *Client) sameEvent(ctx context.Context, p *Published) error {
-	s, err := c.js.Stream(ctx, c.Stream)
-	if err != nil {
-		return nil
+	unverified := func(why string, err error) error {
+		return fmt.Errorf("%w: id %s names the event at sequence %d of %s, and whether it is %s/%s could not be checked (%s: %v); it may NOT have been published: publish it under another id",
+			ErrIDUnverified, p.EventID, p.Sequence, p.Stream, p.AccountID, p.KeyID, why, err)
 	}
-	same := true
-	switch m, err := s.GetMsg(ctx, p.Sequence); {
+	same := false
+	switch m, err := c.storedEvent(ctx, p.Stream, p.Sequence); {
 	case err == nil:
 		stored, err := event.Decode(m.Data)
 		same = err == nil && stored.AccountID == p.AccountID && stored.KeyID == p.KeyID
 		p.StoredAt = m.Time
-	case errors.Is(err, jetstream.ErrMsgNotFound) && c.OutcomePrefix != "":
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return unverified("reading it back", err)
+	case c.OutcomePrefix == "":
+		return unverified("it is done and outcome records are off", err)
+	default:
 		_, recorded, rerr := c.Recorded(ctx, *p)
-		same = rerr != nil || recorded
+		if rerr != nil {
+			return unverified("it is done, and reading its outcome record", rerr)
+		}
+		same = recorded
 	}
 	if !same {
 		return fmt.Errorf("%w: id %s was used for the event at sequence %d of %s (another key) within the duplicate window; %s/%s was NOT published: use another id",
 			ErrIDTaken, p.EventID, p.Sequence, p.Stream, p.AccountID, p.KeyID)
 	}
 	return nil
+}
+
+// storedEvent reads the message at seq of stream with STREAM.MSG.GET,
+// whatever the stream's AllowDirect: the server answers it in its own JSON
+// envelope, so the permission to ask (the publisher's, deploy/nats-auth)
+// cannot be turned into writing a stored body onto another subject, as a
+// direct get's raw answer could.
+func (c *Client) storedEvent(ctx context.Context, stream string, seq uint64) (*jetstream.RawStreamMsg, error) {
+	req, err := json.Marshal(struct {
+		Seq uint64 `json:"seq"`
+	}{seq})
+	if err != nil {
+		return nil, err
+	}
+	reply, err := c.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, req)
+	if err != nil {
+		return nil, err
+	}
+	var resp struct {
+		Error *jetstream.APIError `json:"error"`
+		Msg   *struct {
+			Subject string    `json:"subject"`
+			Seq     uint64    `json:"seq"`
+			Data    []byte    `json:"data"`
+			Time    time.Time `json:"time"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return nil, fmt.Errorf("read message %d of %s: %w", seq, stream, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return nil, jetstream.ErrMsgNotFound
+	case resp.Error != nil:
+		return nil, resp.Error
+	case resp.Msg == nil || resp.Msg.Seq != seq:
+		return nil, fmt.Errorf("read message %d of %s: no such message in the answer", seq, stream)
+	}
+	return &jetstream.RawStreamMsg{Subject: resp.Msg.Subject, Sequence: resp.Msg.Seq, Data: resp.Msg.Data, Time: resp.Msg.Time}, nil
 }
 
 // Batch publishes many events with up to publishWindow acknowledgements
@@ -274,7 +329,24 @@ func (c *Client) Watch(account, key string) (*Watcher, error) {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("subscribe to outcome records on %s: %w", subject, err)
 	}
+	// The server refuses a subscription asynchronously, before it answers
+	// the flush: a refusal missed here would end the wait as "no outcome
+	// in time" though no outcome could ever have been heard.
+	if err := refused(c.nc, subject); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to outcome records on %s: %w (may this user subscribe there? see deploy/nats-auth)", subject, err)
+	}
 	return &Watcher{c: c, sub: sub}, nil
+}
+
+// refused returns the permissions violation the server reported for a
+// subscription to subject, if it was the connection's last error.
+func refused(nc *nats.Conn, subject string) error {
+	err := nc.LastError()
+	if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `Subscription to "`+subject+`"`) {
+		return err
+	}
+	return nil
 }
 
 // Close stops the watcher.

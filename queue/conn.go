@@ -240,10 +240,16 @@ func urlSecrets(urls string) func(string) string {
 	}
 }
 
-// AuthOptions are the credentials and TLS settings of cfg, for any
-// connection revoker makes. The creds file is read on every connect.
+// AuthOptions are the credentials, TLS settings and inbox prefix of cfg,
+// for any connection revoker makes. The creds file is read on every
+// connect. The inbox prefix is part of who a connection is: the shipped
+// permissions (deploy/nats-auth) let each role read replies only on its
+// own prefix, so no role reads another's.
 func AuthOptions(cfg config.Connection) []nats.Option {
 	var opts []nats.Option
+	if cfg.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.InboxPrefix))
+	}
 	if cfg.Creds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.Creds))
 	}

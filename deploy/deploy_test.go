@@ -15,6 +15,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -445,5 +447,370 @@ func wantLabels(t *testing.T, got []sample, label string, values ...string) {
 		if !seen[v] {
 			t.Errorf("no series with %s=%q among %v", label, v, got)
 		}
+	}
+}
+
+// The Kubernetes base: what each manifest must say about secrets, the
+// network, the pod's identity and memory.
+
+const k8sDir = "kubernetes"
+
+// k8sObject returns the one object of kind in file.
+func k8sObject(t *testing.T, file, kind string) map[string]any {
+	t.Helper()
+	var found map[string]any
+	for _, d := range readManifests(t, filepath.Join(k8sDir, file)) {
+		if d["kind"] == kind {
+			if found != nil {
+				t.Fatalf("%s holds two %s", file, kind)
+			}
+			found = d
+		}
+	}
+	if found == nil {
+		t.Fatalf("%s holds no %s", file, kind)
+	}
+	return found
+}
+
+// dig follows keys through nested mappings; a missing key is nil.
+func dig(v any, keys ...string) any {
+	for _, k := range keys {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[k]
+	}
+	return v
+}
+
+// maps is v as a list of mappings (nil when v is not a list).
+func maps(v any) []map[string]any {
+	list, _ := v.([]any)
+	var out []map[string]any
+	for _, e := range list {
+		if m, ok := e.(map[string]any); ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// revokerPod returns the Deployment's pod spec and its revoker container.
+func revokerPod(t *testing.T) (pod, container map[string]any) {
+	t.Helper()
+	d := k8sObject(t, "deployment.yaml", "Deployment")
+	pod, _ = dig(d, "spec", "template", "spec").(map[string]any)
+	for _, c := range maps(dig(pod, "containers")) {
+		if c["name"] == "revoker" {
+			return pod, c
+		}
+	}
+	t.Fatal("deployment.yaml has no container named revoker")
+	return nil, nil
+}
+
+// envOf is the container's env entries by name.
+func envOf(container map[string]any) map[string]map[string]any {
+	out := map[string]map[string]any{}
+	for _, e := range maps(container["env"]) {
+		name, _ := e["name"].(string)
+		out[name] = e
+	}
+	return out
+}
+
+// readEnvFile is config.env as variable -> value.
+func readEnvFile(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(k8sDir, "config.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for n, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("config.env:%d: not VAR=value", n+1)
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// secretName reports whether a variable's name says it holds a secret (a
+// path to one, *_FILE or a creds or TLS file, is not itself secret).
+var secretName = regexp.MustCompile(`TOKEN$|PASSWORD|SECRET|API_KEY$`)
+
+// urlWithUser matches a URL carrying a user or password.
+var urlWithUser = regexp.MustCompile(`[a-z]+://[^/\s,]*@`)
+
+// TestKubernetesSecretsStayInSecrets: nothing secret is in config.env (a
+// ConfigMap) or written into the Deployment; the NATS URL (which may hold
+// a password) comes from a Secret, and the creds file, the TLS files and
+// the API token are files of Secret volumes.
+func TestKubernetesSecretsStayInSecrets(t *testing.T) {
+	for k, v := range readEnvFile(t) {
+		switch {
+		case k == "REVOKER_NATS_URL":
+			t.Errorf("config.env sets REVOKER_NATS_URL: it may hold a password, so it belongs in a Secret")
+		case secretName.MatchString(k), strings.HasPrefix(k, "REVOKER_NATS_CREDS"), strings.HasPrefix(k, "REVOKER_NATS_TLS_"):
+			t.Errorf("config.env sets %s: secrets and their files come from Secrets", k)
+		case urlWithUser.MatchString(v):
+			t.Errorf("config.env: %s holds a URL with a user or password", k)
+		}
+	}
+	kust := readManifests(t, filepath.Join(k8sDir, "kustomization.yaml"))[0]
+	for _, g := range maps(kust["configMapGenerator"]) {
+		if g["literals"] != nil || g["files"] != nil {
+			t.Errorf("configMapGenerator %v: only config.env, checked here, may feed the ConfigMap", g["name"])
+		}
+	}
+	if kust["secretGenerator"] != nil {
+		t.Error("kustomization.yaml generates a Secret: its content would be committed")
+	}
+
+	pod, c := revokerPod(t)
+	env := envOf(c)
+	for name, e := range env {
+		v, _ := e["value"].(string)
+		if secretName.MatchString(name) && e["value"] != nil {
+			t.Errorf("env %s is written in deployment.yaml", name)
+		}
+		if urlWithUser.MatchString(v) {
+			t.Errorf("env %s holds a URL with a user or password", name)
+		}
+	}
+	if ref := dig(env["REVOKER_NATS_URL"], "valueFrom", "secretKeyRef"); ref == nil || dig(ref, "name") == nil || dig(ref, "key") == nil {
+		t.Errorf("REVOKER_NATS_URL does not come from a Secret (secretKeyRef): %v", env["REVOKER_NATS_URL"])
+	}
+
+	// Volumes by name, and where each is mounted.
+	secretVolumes := map[string]map[string]any{}
+	for _, v := range maps(pod["volumes"]) {
+		if s, ok := v["secret"].(map[string]any); ok {
+			secretVolumes[v["name"].(string)] = s
+		}
+	}
+	for _, name := range []string{"CLOUDFLARE_API_TOKEN_FILE", "REVOKER_NATS_CREDS", "REVOKER_NATS_TLS_CA", "REVOKER_NATS_TLS_CERT", "REVOKER_NATS_TLS_KEY"} {
+		e, ok := env[name]
+		if !ok {
+			t.Errorf("%s is not set", name)
+			continue
+		}
+		path, _ := e["value"].(string)
+		var secret map[string]any
+		for _, m := range maps(c["volumeMounts"]) {
+			mp, _ := m["mountPath"].(string)
+			if mp != "" && strings.HasPrefix(path, strings.TrimSuffix(mp, "/")+"/") {
+				if m["readOnly"] != "true" || m["subPath"] != nil {
+					t.Errorf("%s: the mount at %s must be read-only and whole (a subPath never sees a rotation)", name, mp)
+				}
+				secret = secretVolumes[m["name"].(string)]
+				rel := strings.TrimPrefix(path, strings.TrimSuffix(mp, "/")+"/")
+				if secret != nil && secret["items"] != nil {
+					listed := false
+					for _, it := range maps(secret["items"]) {
+						listed = listed || it["path"] == rel
+					}
+					if !listed {
+						t.Errorf("%s: %s is not an item of its Secret volume", name, rel)
+					}
+				}
+			}
+		}
+		if secret == nil {
+			t.Errorf("%s=%s is not a file of a Secret volume", name, path)
+		} else if mode, _ := secret["defaultMode"].(string); mode != "0440" && mode != "0400" {
+			t.Errorf("%s: its Secret volume's defaultMode %q lets more than the pod's user and group read it", name, mode)
+		}
+	}
+}
+
+// TestKubernetesNetworkPolicy: the pods may reach only NATS, the API on
+// 443 and DNS, and only the monitoring namespace may reach them, on the
+// metrics port.
+func TestKubernetesNetworkPolicy(t *testing.T) {
+	np := k8sObject(t, "networkpolicy.yaml", "NetworkPolicy")
+	d := k8sObject(t, "deployment.yaml", "Deployment")
+	podLabels, _ := dig(d, "spec", "template", "metadata", "labels").(map[string]any)
+	sel, _ := dig(np, "spec", "podSelector", "matchLabels").(map[string]any)
+	if len(sel) == 0 {
+		t.Fatal("the policy selects no pods by label")
+	}
+	for k, v := range sel {
+		if podLabels[k] != v {
+			t.Errorf("the policy selects %s=%v, which revoker's pods do not carry", k, v)
+		}
+	}
+	types := fmt.Sprint(dig(np, "spec", "policyTypes"))
+	if !strings.Contains(types, "Ingress") || !strings.Contains(types, "Egress") {
+		t.Errorf("policyTypes %s: both directions must be named, or the one left out is open", types)
+	}
+
+	portSet := func(rule map[string]any) string {
+		var ps []string
+		for _, p := range maps(rule["ports"]) {
+			ps = append(ps, fmt.Sprintf("%v/%v", p["port"], p["protocol"]))
+		}
+		sort.Strings(ps)
+		return strings.Join(ps, ",")
+	}
+
+	ingress := maps(dig(np, "spec", "ingress"))
+	if len(ingress) == 0 {
+		t.Error("no ingress rule: Prometheus could not scrape")
+	}
+	for _, r := range ingress {
+		if got := portSet(r); got != "8080/TCP" {
+			t.Errorf("ingress to ports %q, want the metrics port 8080/TCP only", got)
+		}
+		from := maps(r["from"])
+		if len(from) == 0 {
+			t.Error("an ingress rule from anywhere")
+		}
+		for _, f := range from {
+			if len(f) != 1 || dig(f, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name") != "monitoring" {
+				t.Errorf("ingress from %v, want the monitoring namespace only", f)
+			}
+		}
+	}
+
+	seen := map[string]bool{}
+	for _, r := range maps(dig(np, "spec", "egress")) {
+		to := maps(r["to"])
+		if len(to) == 0 {
+			t.Errorf("an egress rule to anywhere (ports %q)", portSet(r))
+			continue
+		}
+		switch ports := portSet(r); ports {
+		case "4222/TCP":
+			for _, p := range to {
+				if dig(p, "podSelector", "matchLabels", "app.kubernetes.io/name") != "nats" || p["ipBlock"] != nil {
+					t.Errorf("NATS's port open to %v, want the NATS pods", p)
+				}
+			}
+			seen["nats"] = true
+		case "443/TCP":
+			for _, p := range to {
+				b, _ := p["ipBlock"].(map[string]any)
+				if b == nil {
+					t.Errorf("443 open to %v, want public addresses", p)
+					continue
+				}
+				if cidr := b["cidr"]; cidr == "0.0.0.0/0" && !strings.Contains(fmt.Sprint(b["except"]), "169.254.0.0/16") {
+					t.Errorf("443 open to the cloud metadata address: %v", b)
+				}
+			}
+			seen["api"] = true
+		case "53/TCP,53/UDP":
+			for _, p := range to {
+				if dig(p, "podSelector", "matchLabels", "k8s-app") != "kube-dns" || dig(p, "namespaceSelector") == nil {
+					t.Errorf("DNS open to %v, want kube-dns", p)
+				}
+			}
+			seen["dns"] = true
+		default:
+			t.Errorf("an egress rule to ports %q: only NATS (4222), the API (443) and DNS (53) are needed", ports)
+		}
+	}
+	for _, want := range []string{"nats", "api", "dns"} {
+		if !seen[want] {
+			t.Errorf("no egress rule for %s", want)
+		}
+	}
+}
+
+// TestKubernetesServiceAccount: the pods run as a service account of
+// their own that has no token.
+func TestKubernetesServiceAccount(t *testing.T) {
+	sa := k8sObject(t, "serviceaccount.yaml", "ServiceAccount")
+	name, _ := dig(sa, "metadata", "name").(string)
+	if name == "" || name == "default" {
+		t.Fatalf("service account %q, want one of revoker's own", name)
+	}
+	if sa["automountServiceAccountToken"] != "false" {
+		t.Error("the service account mounts its token")
+	}
+	pod, _ := revokerPod(t)
+	if pod["serviceAccountName"] != name {
+		t.Errorf("the pods run as %v, not as %s", pod["serviceAccountName"], name)
+	}
+	if pod["automountServiceAccountToken"] != "false" {
+		t.Error("the pods mount a service account token")
+	}
+}
+
+// TestKubernetesMemory: the Go runtime is told the memory it may use,
+// below what the container's limit leaves after /tmp (in memory too), and
+// collects at a sane pace.
+func TestKubernetesMemory(t *testing.T) {
+	pod, c := revokerPod(t)
+	env := envOf(c)
+	limit := quantity(t, dig(c, "resources", "limits", "memory"))
+	var tmp int64
+	for _, v := range maps(pod["volumes"]) {
+		if dig(v, "emptyDir", "medium") == "Memory" {
+			tmp += quantity(t, dig(v, "emptyDir", "sizeLimit"))
+		}
+	}
+	avail := limit - tmp
+	goLimit := quantity(t, dig(env["GOMEMLIMIT"], "value"))
+	if goLimit > avail*9/10 || goLimit < avail*7/10 {
+		t.Errorf("GOMEMLIMIT %d MiB, want 70-90%% of the %d MiB the limit leaves after /tmp", goLimit>>20, avail>>20)
+	}
+	gogc, err := strconv.Atoi(fmt.Sprint(dig(env["GOGC"], "value")))
+	if err != nil || gogc < 50 || gogc > 200 {
+		t.Errorf("GOGC %v, want set, 50-200: the binary's own default (400) grows the heap to 5x the live data", dig(env["GOGC"], "value"))
+	}
+}
+
+// quantity parses a memory size as Kubernetes (Mi, Gi) or Go's GOMEMLIMIT
+// (MiB, GiB) writes it.
+func quantity(t *testing.T, v any) int64 {
+	t.Helper()
+	s, _ := v.(string)
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"Ki", 10}, {"Mi", 20}, {"Gi", 30}} {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			i, err := strconv.ParseInt(n, 10, 64)
+			if err != nil {
+				break
+			}
+			return i << u.shift
+		}
+	}
+	t.Fatalf("memory size %q: want a whole number of KiB, MiB or GiB", s)
+	return 0
+}
+
+// TestKustomizationListsEveryManifest: every manifest of the directory is
+// applied, and every resource named exists.
+func TestKustomizationListsEveryManifest(t *testing.T) {
+	kust := readManifests(t, filepath.Join(k8sDir, "kustomization.yaml"))[0]
+	listed := map[string]bool{}
+	for _, r := range kust["resources"].([]any) {
+		listed[r.(string)] = true
+		if _, err := os.Stat(filepath.Join(k8sDir, r.(string))); err != nil {
+			t.Errorf("resource %s: %v", r, err)
+		}
+	}
+	files, err := filepath.Glob(filepath.Join(k8sDir, "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		base := filepath.Base(f)
+		if base != "kustomization.yaml" && !listed[base] {
+			t.Errorf("%s is not in kustomization.yaml's resources", base)
+		}
+		readManifests(t, f) // and every one reads
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // demoEvent is one sample event and what the stand-in API does with it.
@@ -164,14 +165,17 @@ func demo(ctx context.Context, e env, settings config.Config, timeout time.Durat
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.LogLevel, cfg.LogFormat = settings.LogLevel, settings.LogFormat
 
-	// The log goes to a file, so that the table stays readable.
-	logPath := filepath.Join(os.TempDir(), "revoker-demo.log")
-	logFile, err := os.Create(logPath)
+	// The log goes to a file, so that the table stays readable. A new one
+	// each run, readable by this user only: a fixed name in a shared
+	// directory could be a link planted by another user, and the log
+	// holds what the API answered.
+	logFile, err := os.CreateTemp("", "revoker-demo-*.log")
 	if err != nil {
 		ns.Shutdown()
 		return err
 	}
 	defer logFile.Close()
+	logPath := logFile.Name()
 	log, err := newLogger(cfg, logFile)
 	if err != nil {
 		ns.Shutdown()
@@ -264,7 +268,7 @@ func demo(ctx context.Context, e env, settings config.Config, timeout time.Durat
 	for i, id := range order {
 		o, de := got[id], byID[id]
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", i+1, id, de.subject, de.what,
-			o.Outcome, dash(string(o.Reason)), o.Attempts, status(o.Status), sinceStored(o))
+			cell(string(o.Outcome)), cell(string(o.Reason)), o.Attempts, status(o.Status), sinceStored(o))
 	}
 	tw.Flush()
 
@@ -276,7 +280,8 @@ func demo(ctx context.Context, e env, settings config.Config, timeout time.Durat
 		fmt.Fprintf(e.stdout, "dead letters in %s (replay with `revoker dlq replay`):\n", cfg.DLQStream)
 		sort.Slice(dl, func(i, j int) bool { return dl[i].Sequence < dl[j].Sequence })
 		for _, r := range dl {
-			fmt.Fprintf(e.stdout, "  %-18s %s\n", r.Reason, r.Detail)
+			// The detail holds what the API answered: one safe line.
+			fmt.Fprintf(e.stdout, "  %-18s %s\n", cell(r.Reason), untrusted.Line(r.Detail, 1024))
 		}
 	}
 	fmt.Fprintf(e.stdout, "metrics: http://%s/metrics  health: /healthz, /readyz  log: %s\n", metricsAddr, logPath)
@@ -459,13 +464,6 @@ func countStatus(api *cloudflaretest.Server, status int) int {
 		}
 	}
 	return n
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 func status(s int) string {

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,7 +27,8 @@ import (
 
 func serveCmd(ctx context.Context, args []string, e env) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	embedded := fs.String("embedded-nats", "", "run a JetStream server inside the process, storing in `DIR`, listening on the NATS URL's address")
+	embedded := fs.String("embedded-nats", "", "run a JetStream server inside the process, storing in `DIR`, listening on the NATS URL's address "+
+		"and requiring its user and password (or token), with TLS when --nats-tls-cert is given; off loopback both are required")
 	cfg, code := parse(fs, config.All, args, e)
 	if code >= 0 {
 		return code
@@ -41,19 +44,49 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 	}
 
 	if *embedded != "" {
-		ns, err := queue.RunEmbedded(*embedded, cfg.NATSURL)
+		ns, err := queue.Embedded(*embedded, cfg.Connection())
+		var bad *config.Error
+		if errors.As(err, &bad) {
+			bad.Name = settingName(fs, bad.Name)
+			fmt.Fprintf(e.stderr, "revoker serve: %v\n", bad)
+			return exitUsage
+		}
 		if err != nil {
 			log.Error("embedded NATS did not start", zap.Error(err))
 			return exitFailed
 		}
 		defer ns.Shutdown()
-		log.Info("embedded JetStream running", zap.String("dir", *embedded), zap.String("url", ns.ClientURL()))
+		// Embedded refuses a URL user it would not require, so a user in
+		// the URL means the server asks for it.
+		log.Info("embedded JetStream running", zap.String("dir", *embedded), zap.String("url", ns.ClientURL()),
+			zap.Bool("authentication", urlHasUser(cfg.NATSURL)),
+			zap.Bool("tls", cfg.NATSTLSCert != ""), zap.Bool("client_certificates", cfg.NATSTLSCA != ""))
 	}
 	err = serve(ctx, cfg, serveOptions{log: log})
 	if err != nil {
 		fmt.Fprintf(e.stderr, "revoker serve: %v\n", err)
 	}
 	return exitCode(err)
+}
+
+// settingName is the flag named after variable env when the flag was
+// given (a flag overrides its variable), else env itself.
+func settingName(fs *flag.FlagSet, env string) string {
+	name := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(env, "REVOKER_")), "_", "-")
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	if given {
+		return "--" + name
+	}
+	return env
+}
+
+// urlHasUser reports whether the first of the NATS URLs has a user (or
+// token) in it.
+func urlHasUser(urls string) bool {
+	first, _, _ := strings.Cut(urls, ",")
+	u, err := url.Parse(strings.TrimSpace(first))
+	return err == nil && u.User != nil
 }
 
 // serveOptions are what the wiring takes beyond the configuration; tests

@@ -1,0 +1,160 @@
+package queue_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/queue"
+)
+
+// embeddedFiles writes a CA and a certificate and key it signed for
+// 127.0.0.1, and returns their paths.
+func embeddedFiles(t *testing.T) (ca, cert, key string) {
+	t.Helper()
+	authority := newCA(t, "embedded test CA")
+	leaf := authority.serverTLS(t).Certificates[0]
+	keyDER, err := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Certificate[0]}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return authority.file(t), cert, key
+}
+
+// TestEmbeddedOptions: the embedded server requires what the connection
+// settings give (a user and password, a token, TLS with client
+// certificates), and a setting it could not honour is a *config.Error
+// naming its variable, without the secret.
+func TestEmbeddedOptions(t *testing.T) {
+	const pw = "emb-opt-Passw0rd"
+	ca, cert, key := embeddedFiles(t)
+	cases := []struct {
+		name    string
+		conn    config.Connection
+		wantErr string // the variable named; "" = accepted
+		check   func(*server.Options) string
+	}{
+		{"loopback, open", config.Connection{URL: "nats://127.0.0.1:4222"}, "", func(o *server.Options) string {
+			if o.Username != "" || o.Password != "" || o.Authorization != "" || o.TLSConfig != nil {
+				return "asks for something not given"
+			}
+			if o.Host != "127.0.0.1" || o.Port != 4222 {
+				return "listens elsewhere"
+			}
+			return ""
+		}},
+		{"no port: the default", config.Connection{URL: "nats://localhost"}, "", func(o *server.Options) string {
+			if o.Port != 4222 {
+				return "not on 4222"
+			}
+			return ""
+		}},
+		{"IPv6 loopback", config.Connection{URL: "nats://[::1]:4333"}, "", func(o *server.Options) string {
+			if o.Host != "::1" || o.Port != 4333 {
+				return "listens elsewhere"
+			}
+			return ""
+		}},
+		{"user and password", config.Connection{URL: "nats://revoker:" + pw + "@127.0.0.1:4222,nats://127.0.0.1:4223"}, "", func(o *server.Options) string {
+			if o.Username != "revoker" || o.Password != pw {
+				return "does not require the URL's user and password"
+			}
+			return ""
+		}},
+		{"token", config.Connection{URL: "nats://" + pw + "@127.0.0.1:4222"}, "", func(o *server.Options) string {
+			if o.Authorization != pw || o.Username != "" {
+				return "does not require the URL's token"
+			}
+			return ""
+		}},
+		{"TLS with client certificates", config.Connection{URL: "tls://127.0.0.1:4222", TLSCA: ca, TLSCert: cert, TLSKey: key}, "", func(o *server.Options) string {
+			if o.TLSConfig == nil || len(o.TLSConfig.Certificates) != 1 {
+				return "no TLS certificate"
+			}
+			if o.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert || o.TLSConfig.ClientCAs == nil || !o.TLSVerify {
+				return "client certificates not required"
+			}
+			return ""
+		}},
+		{"TLS without a CA", config.Connection{URL: "nats://127.0.0.1:4222", TLSCert: cert, TLSKey: key}, "", func(o *server.Options) string {
+			if o.TLSConfig == nil || o.TLSConfig.ClientAuth != tls.NoClientCert {
+				return "not TLS without client certificates"
+			}
+			return ""
+		}},
+		{"every interface with a password and TLS", config.Connection{URL: "nats://revoker:" + pw + "@0.0.0.0:4222", TLSCA: ca, TLSCert: cert, TLSKey: key}, "", func(o *server.Options) string {
+			if o.Host != "0.0.0.0" || o.Password != pw || o.TLSConfig == nil {
+				return "not as asked"
+			}
+			return ""
+		}},
+		{"every interface, open", config.Connection{URL: "nats://0.0.0.0:4222"}, "REVOKER_NATS_URL", nil},
+		{"a name, open", config.Connection{URL: "nats://nats.internal:4222"}, "REVOKER_NATS_URL", nil},
+		{"every interface, TLS, no password", config.Connection{URL: "nats://[::]:4222", TLSCert: cert, TLSKey: key}, "REVOKER_NATS_URL", nil},
+		{"every interface, a password, no TLS", config.Connection{URL: "nats://revoker:" + pw + "@0.0.0.0:4222"}, "REVOKER_NATS_TLS_CERT", nil},
+		{"creds", config.Connection{URL: "nats://127.0.0.1:4222", Creds: "/run/secrets/revoker.creds"}, "REVOKER_NATS_CREDS", nil},
+		{"a CA alone", config.Connection{URL: "nats://127.0.0.1:4222", TLSCA: ca}, "REVOKER_NATS_TLS_CERT", nil},
+		{"tls:// without a certificate", config.Connection{URL: "tls://127.0.0.1:4222"}, "REVOKER_NATS_TLS_CERT", nil},
+		{"a key of another certificate", config.Connection{URL: "nats://127.0.0.1:4222", TLSCert: cert, TLSKey: ca}, "REVOKER_NATS_TLS_CERT", nil},
+		{"a CA file with no certificate", config.Connection{URL: "nats://127.0.0.1:4222", TLSCA: key, TLSCert: cert, TLSKey: key}, "REVOKER_NATS_TLS_CA", nil},
+		{"an empty password", config.Connection{URL: "nats://revoker:@127.0.0.1:4222"}, "REVOKER_NATS_URL", nil},
+		{"a password without a user", config.Connection{URL: "nats://:" + pw + "@127.0.0.1:4222"}, "REVOKER_NATS_URL", nil},
+		{"a bcrypt-like password", config.Connection{URL: "nats://revoker:$2y$10$" + pw + "@127.0.0.1:4222"}, "REVOKER_NATS_URL", nil},
+		{"websocket", config.Connection{URL: "wss://127.0.0.1:443"}, "REVOKER_NATS_URL", nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			opts, err := queue.EmbeddedOptions(t.TempDir(), tc.conn)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				if why := tc.check(opts); why != "" {
+					t.Fatal(why)
+				}
+				return
+			}
+			var bad *config.Error
+			if !errors.As(err, &bad) {
+				t.Fatalf("error %v, want a *config.Error naming %s", err, tc.wantErr)
+			}
+			if bad.Name != tc.wantErr {
+				t.Errorf("names %s, want %s (%v)", bad.Name, tc.wantErr, err)
+			}
+			if strings.Contains(err.Error(), pw) || strings.Contains(err.Error(), key) || strings.Contains(err.Error(), "revoker.creds") {
+				t.Errorf("the error shows a secret or a secret's path: %v", err)
+			}
+		})
+	}
+}
+
+// TestRunEmbeddedIsLoopbackAndOpenOnly: the demo's server, which requires
+// nothing, refuses a URL with credentials (rather than ignore them) and an
+// address other than loopback.
+func TestRunEmbeddedIsLoopbackAndOpenOnly(t *testing.T) {
+	const secret = "demo-Secr3t-91"
+	for _, u := range []string{"nats://revoker:" + secret + "@127.0.0.1:4222", "nats://" + secret + "@127.0.0.1:4222", "nats://0.0.0.0:4222"} {
+		if s, err := queue.RunEmbedded(t.TempDir(), u); err == nil {
+			s.Shutdown()
+			t.Errorf("%s: started, want refused", u)
+		} else if strings.Contains(err.Error(), secret) {
+			t.Errorf("%s: the error shows the secret: %v", u, err)
+		}
+	}
+}

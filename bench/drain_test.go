@@ -13,19 +13,25 @@ import (
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/queue"
-	"github.com/revoker/revoker/queue/queuetest"
 )
 
 const (
-	drainEvents      = 20_000
-	drainConcurrency = 64
+	defaultDrainEvents = 20_000
+	drainConcurrency   = 64
 )
 
 // BenchmarkDrain: 20,000 events through the worker (concurrency 64, no
 // rate limit, an API answering at once), beside a minimal loop over the same
 // stream and stand-in — consume, one DELETE over kept-alive connections,
 // ack, nothing else — which is the floor NATS and HTTP set on this machine.
+//
+// BENCH_DRAIN_EVENTS changes the number of events (a longer drain for a
+// profile); BENCH_PROFILE=FILE writes a CPU profile of the worker, taken
+// through REVOKER_DEBUG_ADDR from the first publish on, for
+// BENCH_PROFILE_SECONDS (default 20); BENCH_RIG_PROFILE=FILE one of this
+// process (JetStream, the stand-in, the publisher) while the worker drains.
 func BenchmarkDrain(b *testing.B) {
+	drainEvents := envInt(b, "BENCH_DRAIN_EVENTS", defaultDrainEvents)
 	for range b.N {
 		r := newRig(b)
 		cfg := config.Default()
@@ -43,11 +49,17 @@ func BenchmarkDrain(b *testing.B) {
 		self1 := cpuOf(os.Getpid())
 
 		// The worker, as its own process.
-		p := r.startWorker(append([]string{"REVOKER_CONCURRENCY=64", "REVOKER_RATE_LIMIT=0"}, strings.Fields(os.Getenv("BENCH_EXTRA_ENV"))...)...)
+		vars := append([]string{"REVOKER_CONCURRENCY=64", "REVOKER_RATE_LIMIT=0"}, strings.Fields(os.Getenv("BENCH_EXTRA_ENV"))...)
+		prof := newProfiler(b)
+		vars = append(vars, prof.vars()...)
+		p := r.startWorker(vars...)
 		ks := keys("w", drainEvents)
 		start := time.Now()
+		profiled := prof.start()
+		stopRig := profileRig(b)
 		pub := r.publishAsync(cfg.LowestPriority(), ks)
-		queuetest.Eventually(b, 5*time.Minute, "every event revoked", func() bool { return len(r.calls("w")) == drainEvents })
+		r.waitCalls(10*time.Minute, "every event revoked", "w", drainEvents)
+		stopRig()
 		call := r.calls("w")
 		var last time.Time
 		for _, c := range call {
@@ -59,9 +71,12 @@ func BenchmarkDrain(b *testing.B) {
 		lat := latencies(pub, call)
 		self2 := cpuOf(os.Getpid())
 		b.Logf("this process (JetStream, stand-in, publisher; the floor's loop too): %.3f s CPU per 1,000 events with the floor, %.3f s with the worker",
-			1000*(self1-self0)/drainEvents, 1000*(self2-self1)/drainEvents)
+			1000*(self1-self0)/float64(drainEvents), 1000*(self2-self1)/float64(drainEvents))
 		rss := p.peakRSS()
-		cpuPerK := 1000 * p.cpuSeconds() / drainEvents
+		cpuPerK := 1000 * p.cpuSeconds() / float64(drainEvents)
+		if err := <-profiled; err != nil {
+			b.Errorf("CPU profile: %v", err)
+		}
 		p.stop()
 
 		b.ReportMetric(rate, "events/s")
@@ -116,7 +131,7 @@ func (r *rig) minimalLoop(ctx context.Context, cfg config.Config, ks []string) (
 	}
 	start := time.Now()
 	pub := r.publishAsync(subj, ks)
-	queuetest.Eventually(b, 5*time.Minute, "the minimal loop drained", func() bool { return len(r.calls("f")) == len(ks) })
+	r.waitCalls(5*time.Minute, "the minimal loop drained", "f", len(ks))
 	it.Stop()
 	wg.Wait()
 	call := r.calls("f")

@@ -29,6 +29,9 @@ import (
 	"github.com/revoker/revoker/queue/queuetest"
 )
 
+// binary is the `revoker` the benchmarks run: built from this tree, or
+// the one BENCH_BINARY names, so that another commit's build can be
+// measured on today's rig (bench/compare.sh).
 var binary string
 
 func TestMain(m *testing.M) {
@@ -38,7 +41,11 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "revoker")
 	code := 0
-	if wantsBench() {
+	if b := os.Getenv("BENCH_BINARY"); b != "" {
+		if binary, err = filepath.Abs(b); err != nil {
+			panic(err)
+		}
+	} else if wantsBench() {
 		build := exec.Command("go", "build", "-o", binary, "../cmd/revoker")
 		build.Stdout, build.Stderr = os.Stdout, os.Stderr
 		if err := build.Run(); err != nil {
@@ -176,7 +183,9 @@ func (r *rig) publishAsync(subject string, keys []string) map[string]time.Time {
 		m.Data = []byte(`{"account_id":"benchacct","key_id":"` + k + `"}`)
 		m.Header.Set(jetstream.MsgIDHeader, k)
 		at[k] = time.Now()
-		if _, err := js.PublishMsgAsync(m); err != nil {
+		// A loaded machine may hold 4,096 acks back longer than the
+		// default 200 ms: wait, as the worker's own writers do.
+		if _, err := js.PublishMsgAsync(m, jetstream.WithStallWait(time.Minute)); err != nil {
 			r.b.Fatal(err)
 		}
 	}
@@ -186,6 +195,25 @@ func (r *rig) publishAsync(subject string, keys []string) map[string]time.Time {
 		r.b.Fatal("publish acks did not arrive")
 	}
 	return at
+}
+
+// waitCalls waits until n keys with prefix have had a 200. The stand-in's
+// request count is checked first: scanning its whole log every poll would
+// take a core's share away from the processes measured.
+func (r *rig) waitCalls(within time.Duration, what, prefix string, n int) {
+	r.b.Helper()
+	atLeast := 0
+	queuetest.Eventually(r.b, within, what, func() bool {
+		if r.api.Count() < atLeast {
+			return false
+		}
+		// Counted before the scan: each key missing from it needs one more
+		// request at least.
+		c := r.api.Count()
+		got := len(r.calls(prefix))
+		atLeast = c + n - got
+		return got == n
+	})
 }
 
 // calls returns, per key, the arrival of its first 200 at the stand-in.

@@ -47,6 +47,16 @@ func eachOnSubject(ctx context.Context, js jetstream.JetStream, stream, subject 
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", stream, err)
 	}
+	return eachIn(ctx, s, subject, fn)
+}
+
+// msgGetter reads a stream's messages; jetstream.Stream meets it.
+type msgGetter interface {
+	GetMsg(ctx context.Context, seq uint64, opts ...jetstream.GetMsgOpt) (*jetstream.RawStreamMsg, error)
+}
+
+// eachIn is eachOnSubject on a stream already at hand.
+func eachIn(ctx context.Context, s msgGetter, subject string, fn func(m *jetstream.RawStreamMsg) bool) error {
 	for seq := uint64(1); ; {
 		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -87,8 +97,17 @@ type believed struct {
 // it names the subject's key, and, when the event's storing time is known
 // (notBefore), only if the server stored it after the event: no worker can
 // record an event before it exists, so an earlier one was planted.
-func believe(ctx context.Context, js jetstream.JetStream, stream, subject string, notBefore time.Time, match func(event.Record) bool) (b believed, err error) {
-	err = eachOnSubject(ctx, js, stream, subject, func(m *jetstream.RawStreamMsg) bool {
+func believe(ctx context.Context, js jetstream.JetStream, stream, subject string, notBefore time.Time, match func(event.Record) bool) (believed, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return believed{}, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	return believeIn(ctx, s, subject, notBefore, match)
+}
+
+// believeIn is believe on a stream already at hand.
+func believeIn(ctx context.Context, s msgGetter, subject string, notBefore time.Time, match func(event.Record) bool) (b believed, err error) {
+	err = eachIn(ctx, s, subject, func(m *jetstream.RawStreamMsg) bool {
 		b.last = m.Sequence
 		var o event.Record
 		if json.Unmarshal(m.Data, &o) != nil || !onOwnSubject(subject, o) || !match(o) || m.Time.Before(notBefore) {

@@ -139,6 +139,8 @@ var _ worker.Records = (*Records)(nil)
 // DeadLetter stores the record of d.
 func (r *Records) DeadLetter(ctx context.Context, d event.DeadLetter, body []byte) error {
 	m := DeadLetterMsg(r.DLQSubject, d, body, r.maxRecord(ctx))
+	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
 	return r.write(ctx, r.DLQStream, m, func(stored *jetstream.RawStreamMsg) bool {
 		// Ours if it names the same reason for the same event, from the
 		// same place: a retried write of our own record, not one planted
@@ -201,12 +203,21 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 		})
 	}
 	stored, _ := time.Parse(time.RFC3339Nano, rec.PublishedAt)
-	for {
-		b, err := believe(ctx, r.JS, r.OutcomeStream, subject, stored, func(o event.Record) bool {
-			return o.Stream == rec.Stream && o.Sequence == rec.Sequence && o.Outcome.Final()
-		})
-		if err != nil {
-			return rec, err
+	// The first write expects the key's subject to be empty, as it is for
+	// a key's first event, and is refused if anything is stored there; only
+	// then is the subject read. It is stored exactly when a read first
+	// would have found nothing and written the same record, at one request
+	// instead of two.
+	var b believed
+	for read := false; ; read = true {
+		if read {
+			var err error
+			b, err = r.believe(ctx, subject, stored, func(o event.Record) bool {
+				return o.Stream == rec.Stream && o.Sequence == rec.Sequence && o.Outcome.Final()
+			})
+			if err != nil {
+				return rec, err
+			}
 		}
 		if b.found {
 			if b.rec.Outcome == event.Revoked || rec.Outcome != event.Revoked {
@@ -251,19 +262,37 @@ func (r *Records) Prior(ctx context.Context, ref worker.Ref) (rec event.Record, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	b, err := believe(ctx, r.JS, r.OutcomeStream, OutcomeSubject(r.OutcomePrefix, ref.Account, ref.Key), ref.Stored, func(o event.Record) bool {
+	b, err := r.believe(ctx, OutcomeSubject(r.OutcomePrefix, ref.Account, ref.Key), ref.Stored, func(o event.Record) bool {
 		return o.Stream == ref.Stream && o.Sequence == ref.Seq && o.Outcome.Final()
 	})
 	return b.rec, b.found, err
 }
 
+// believe is queue's believe on the outcome stream, through the kept
+// handle.
+func (r *Records) believe(ctx context.Context, subject string, notBefore time.Time, match func(event.Record) bool) (believed, error) {
+	sp := r.outcomes.Load()
+	if sp == nil {
+		s, err := r.JS.Stream(ctx, r.OutcomeStream)
+		if err != nil {
+			return believed{}, fmt.Errorf("stream %s: %w", r.OutcomeStream, err)
+		}
+		sp = &s
+		r.outcomes.Store(sp)
+	}
+	b, err := believeIn(ctx, *sp, subject, notBefore, match)
+	if err != nil {
+		r.outcomes.CompareAndSwap(sp, nil)
+	}
+	return b, err
+}
+
 // write publishes m to stream and waits for its acknowledgement. A
 // duplicate answer is taken as written only if ours says the stored record
 // is ours; otherwise somebody wrote under our id first, and the record is
-// written again under an id nobody can guess.
+// written again under an id nobody can guess. The caller bounds ctx (by
+// Timeout): one timer per record, not one per write.
 func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, ours func(*jetstream.RawStreamMsg) bool, opts ...jetstream.PublishOpt) error {
-	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
-	defer cancel()
 	opts = append(opts, jetstream.WithExpectStream(stream))
 	ack, err := r.JS.PublishMsg(ctx, m, opts...)
 	if err != nil {

@@ -185,6 +185,9 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if err := serveDebug(ctx, cfg.DebugAddr, log); err != nil {
+		return fmt.Errorf("REVOKER_DEBUG_ADDR: %w", err)
+	}
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ctx) }()
 	log.Info("serving metrics and health", zap.String("addr", srv.Addr()))

@@ -1,0 +1,265 @@
+package queue_test
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+	"github.com/revoker/revoker/worker"
+)
+
+// outcomeT is a trail on a fresh JetStream, with a second connection
+// counting the JetStream API requests made.
+type outcomeT struct {
+	t    *testing.T
+	js   jetstream.JetStream
+	cfg  config.Config
+	recs *queue.Records
+	logs *observer.ObservedLogs
+	api  atomic.Int64 // $JS.API requests seen, markers aside
+	mark atomic.Int64 // markers seen ($JS.API.INFO)
+}
+
+func newOutcomeT(t *testing.T) *outcomeT {
+	t.Helper()
+	js, cfg := dlqTSetup(t)
+	core, logs := observer.New(zap.WarnLevel)
+	o := &outcomeT{t: t, js: js, cfg: cfg, logs: logs, recs: &queue.Records{
+		JS: js, Log: zap.New(core), Timeout: 5 * time.Second,
+		DLQStream: cfg.DLQStream, DLQSubject: cfg.DLQSubject,
+		OutcomeStream: cfg.OutcomeStream, OutcomePrefix: cfg.OutcomeSubject,
+	}}
+	watch, err := nats.Connect(js.Conn().ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(watch.Close)
+	if _, err := watch.Subscribe("$JS.API.>", func(m *nats.Msg) {
+		if m.Subject == "$JS.API.INFO" {
+			o.mark.Add(1)
+		} else {
+			o.api.Add(1)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// record is the record of event seq of key k, stored at `stored`.
+func (o *outcomeT) record(k string, seq uint64, outcome event.Outcome, stored time.Time) event.Record {
+	return event.Record{
+		EventID: "e" + k, AccountID: "acct01", KeyID: k, Outcome: outcome, Status: 200,
+		Stream: o.cfg.Stream, Subject: o.cfg.LowestPriority(), Sequence: seq, Attempts: 1,
+		PublishedAt: stored.UTC().Format(time.RFC3339Nano), CompletedAt: time.Now().UTC().Format(time.RFC3339Nano),
+	}
+}
+
+func (o *outcomeT) outcome(rec event.Record) event.Record {
+	o.t.Helper()
+	got, err := o.recs.Outcome(dlqTCtx(o.t), rec)
+	if err != nil {
+		o.t.Fatalf("Outcome(%s %s): %v", rec.KeyID, rec.Outcome, err)
+	}
+	return got
+}
+
+// onSubject returns the records stored on key k's subject.
+func (o *outcomeT) onSubject(k string) []event.Record {
+	o.t.Helper()
+	recs, err := queue.KeyOutcomes(dlqTCtx(o.t), o.js, o.cfg.OutcomeStream, o.cfg.OutcomeSubject, "acct01", k)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	return recs
+}
+
+// apiRequests returns the count of JetStream API requests since the last
+// call. The watcher sees our connection's messages in order, so once it
+// has seen a marker sent after them, it has seen them all.
+func (o *outcomeT) apiRequests() int64 {
+	o.t.Helper()
+	marks := o.mark.Load()
+	if _, err := o.js.AccountInfo(dlqTCtx(o.t)); err != nil {
+		o.t.Fatal(err)
+	}
+	queuetest.Eventually(o.t, 5*time.Second, "the watcher to see the marker", func() bool { return o.mark.Load() > marks })
+	return o.api.Swap(0)
+}
+
+// TestRecordsOutcomeFirstRecordOneRequest: a key's first record is one
+// publish, with no JetStream API request (no stream lookup, no read of
+// the subject), and the outcome stream is looked up once, not per record.
+func TestRecordsOutcomeFirstRecordOneRequest(t *testing.T) {
+	o := newOutcomeT(t)
+	o.apiRequests() // setup's
+	now := time.Now()
+	for i, k := range []string{"k1", "k2", "k3"} {
+		got := o.outcome(o.record(k, uint64(i+1), event.Revoked, now))
+		if got.Outcome != event.Revoked || got.KeyID != k {
+			t.Fatalf("believed %+v", got)
+		}
+	}
+	if n := o.apiRequests(); n != 0 {
+		t.Errorf("3 first records made %d JetStream API requests, want 0", n)
+	}
+	for _, k := range []string{"k1", "k2", "k3"} {
+		if recs := o.onSubject(k); len(recs) != 1 {
+			t.Fatalf("%s has %d records, want 1", k, len(recs))
+		}
+	}
+	// Subjects with records on them are read, through one lookup of the
+	// stream for all of them.
+	o.apiRequests()
+	for i, k := range []string{"k1", "k2", "k3"} {
+		o.outcome(o.record(k, uint64(10+i), event.Revoked, now))
+	}
+	if n := o.apiRequests(); n > 1+3*2 {
+		t.Errorf("3 records on used subjects made %d API requests, want at most one stream lookup and two reads each", n)
+	}
+}
+
+// TestRecordsOutcomeKeepsTheChecks: with the first write taking no read,
+// the trail still refuses a second final record of an event, lets a
+// revoked record correct a not_found, ignores a record stored before the
+// event, and keeps a key's other events apart.
+func TestRecordsOutcomeKeepsTheChecks(t *testing.T) {
+	o := newOutcomeT(t)
+
+	// A record planted before the event was stored: ignored, ours written.
+	planted := o.record("k1", 7, event.Revoked, time.Now())
+	m, err := queue.OutcomeMsg(o.cfg.OutcomeSubject, planted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Header.Set(jetstream.MsgIDHeader, "planted")
+	ack, err := o.js.PublishMsg(dlqTCtx(t), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := o.js.Stream(dlqTCtx(t), o.cfg.OutcomeStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm, err := s.GetMsg(dlqTCtx(t), ack.Sequence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := pm.Time.Add(time.Nanosecond) // the event came after the plant
+	nf := o.record("k1", 7, event.NotFound, stored)
+	if got := o.outcome(nf); got.Outcome != event.NotFound {
+		t.Fatalf("a record planted before the event answered for it: %+v", got)
+	}
+	// A second final record of the event is refused: the first answers.
+	if got := o.outcome(o.record("k1", 7, event.DeadLettered, stored)); got.Outcome != event.NotFound {
+		t.Fatalf("second record: believed %s, want the first (not_found)", got.Outcome)
+	}
+	// A confirmation corrects the not_found, naming it.
+	recs := o.onSubject("k1")
+	if len(recs) != 2 {
+		t.Fatalf("%d records, want the plant and not_found", len(recs))
+	}
+	got := o.outcome(o.record("k1", 7, event.Revoked, stored))
+	if got.Outcome != event.Revoked || got.Supersedes == 0 {
+		t.Fatalf("correction: %+v", got)
+	}
+	// Another event of the same key is recorded beside them.
+	if got := o.outcome(o.record("k1", 8, event.NotFound, stored)); got.Outcome != event.NotFound || got.Sequence != 8 {
+		t.Fatalf("another event of the key: %+v", got)
+	}
+	if recs := o.onSubject("k1"); len(recs) != 4 {
+		t.Fatalf("%d records, want 4: plant, not_found, its correction, the other event", len(recs))
+	}
+	// A refused write leaves no trace of its id: the write after the read
+	// is not taken for a duplicate of someone else's record.
+	for _, e := range o.logs.All() {
+		t.Errorf("logged %s: %s", e.Level, e.Message)
+	}
+}
+
+// TestRecordsOutcomeRaceOneRecord: writers racing on an empty subject to
+// record one event end with one record, which every writer is told.
+func TestRecordsOutcomeRaceOneRecord(t *testing.T) {
+	o := newOutcomeT(t)
+	stored := time.Now()
+	outcomes := []event.Outcome{event.NotFound, event.DeadLettered, event.NotFound, event.DeadLettered, event.NotFound, event.DeadLettered}
+	got := make([]event.Record, len(outcomes))
+	var wg sync.WaitGroup
+	for i, oc := range outcomes {
+		wg.Go(func() {
+			r, err := o.recs.Outcome(dlqTCtx(t), o.record("k1", 3, oc, stored))
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = r
+		})
+	}
+	wg.Wait()
+	recs := o.onSubject("k1")
+	if len(recs) != 1 {
+		t.Fatalf("%d records for one event, want 1", len(recs))
+	}
+	for i, r := range got {
+		if r.Outcome != recs[0].Outcome {
+			t.Errorf("writer %d believes %s, the trail holds %s", i, r.Outcome, recs[0].Outcome)
+		}
+	}
+}
+
+// TestRecordsPriorAfterTheStreamIsMadeAgain: the kept handle of the
+// outcome stream does not outlive the stream: made again without direct
+// gets, it is read again after at most one failed read.
+func TestRecordsPriorAfterTheStreamIsMadeAgain(t *testing.T) {
+	o := newOutcomeT(t)
+	o.recs.Timeout = time.Second // the read that fails waits this long
+	ctx := dlqTCtx(t)
+	if err := o.js.DeleteStream(ctx, o.cfg.OutcomeStream); err != nil {
+		t.Fatal(err)
+	}
+	direct := queue.OutcomeStream(o.cfg.Topology())
+	direct.AllowDirect = true
+	if _, err := o.js.CreateStream(ctx, direct); err != nil {
+		t.Fatal(err)
+	}
+	stored := time.Now()
+	o.outcome(o.record("k1", 1, event.NotFound, stored))
+	ref := worker.Ref{Stream: o.cfg.Stream, Seq: 1, Account: "acct01", Key: "k1", Stored: stored}
+	if _, found, err := o.recs.Prior(ctx, ref); err != nil || !found {
+		t.Fatalf("Prior: found %v, %v", found, err)
+	}
+
+	if err := o.js.DeleteStream(ctx, o.cfg.OutcomeStream); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.js.CreateStream(ctx, queue.OutcomeStream(o.cfg.Topology())); err != nil {
+		t.Fatal(err)
+	}
+	o.outcome(o.record("k1", 1, event.Revoked, stored))
+	var err error
+	for range 2 {
+		var (
+			rec   event.Record
+			found bool
+		)
+		if rec, found, err = o.recs.Prior(ctx, ref); err == nil {
+			if !found || rec.Outcome != event.Revoked {
+				t.Fatalf("Prior on the stream made again: %+v, found %v", rec, found)
+			}
+			return
+		}
+	}
+	t.Fatalf("Prior failed twice on the stream made again: %v", err)
+}

@@ -67,8 +67,8 @@ func deadLetterRecord(seq uint64, stored time.Time, h nats.Header, body []byte) 
 // limit). It only reads: nothing is acknowledged or removed.
 func ListDeadLetters(ctx context.Context, js jetstream.JetStream, stream string, filter func(DeadLetterRecord) bool, limit int) ([]DeadLetterRecord, error) {
 	var out []DeadLetterRecord
-	err := scan(ctx, js, stream, jetstream.OrderedConsumerConfig{}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
-		r := deadLetterRecord(meta.Sequence.Stream, meta.Timestamp, m.Headers(), m.Data())
+	err := scan(ctx, js, stream, "", time.Time{}, func(m *jetstream.RawStreamMsg) (bool, error) {
+		r := deadLetterRecord(m.Sequence, m.Time, m.Header, m.Data)
 		if filter == nil || filter(r) {
 			out = append(out, r)
 		}
@@ -136,8 +136,8 @@ const RequestTimeout = defaultTimeout
 // (memory stays bounded whatever the number of records). An error from fn
 // stops the reading and is returned.
 func EachDeadLetter(ctx context.Context, js jetstream.JetStream, stream string, fn func(DeadLetterRecord) error) error {
-	return scan(ctx, js, stream, jetstream.OrderedConsumerConfig{}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
-		return true, fn(deadLetterRecord(meta.Sequence.Stream, meta.Timestamp, m.Headers(), m.Data()))
+	return scan(ctx, js, stream, "", time.Time{}, func(m *jetstream.RawStreamMsg) (bool, error) {
+		return true, fn(deadLetterRecord(m.Sequence, m.Time, m.Header, m.Data))
 	})
 }
 
@@ -325,18 +325,16 @@ func (p *Replayer) Replay(ctx context.Context, rec DeadLetterRecord) (ReplayResu
 	return res, nil
 }
 
-// scanIdle is how long scan waits for the next message before it asks the
-// server whether any are left. Messages of a stream being read arrive in
-// microseconds; the wait matters only when messages vanish while being
-// read (a replay removing dead letters).
-const scanIdle = time.Second
-
-// scan reads stream with an ordered consumer made from occ, calling fn for
-// each message until fn says stop, the last message stored when the scan
-// began is reached, or none is left. An ordered consumer reads without
-// acknowledging anything, so even a work-queue stream would keep its
-// messages; it is ephemeral and the server drops it soon after.
-func scan(ctx context.Context, js jetstream.JetStream, stream string, occ jetstream.OrderedConsumerConfig, fn func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error)) error {
+// scan calls fn with each message of stream on subject (a literal or a
+// wildcard; "" for all), oldest first, from the first stored at since
+// onwards (zero: from the first) to the last one stored when the call
+// began, until fn returns false or an error. It reads one message at a time
+// with STREAM.MSG.GET ("next on this subject from sequence n"), so memory
+// stays bounded whatever the number of records, and it needs no consumer:
+// the shipped permissions let no role but the worker make one on the
+// dead-letter and outcome streams, since a consumer can deliver their bytes
+// wherever its creator says (deploy/nats-auth).
+func scan(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, fn func(*jetstream.RawStreamMsg) (bool, error)) error {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", stream, err)
@@ -345,71 +343,42 @@ func scan(ctx context.Context, js jetstream.JetStream, stream string, occ jetstr
 	if state.Msgs == 0 {
 		return nil
 	}
-	last := state.LastSeq
-	occ.InactiveThreshold = 30 * time.Second
-	cons, err := s.OrderedConsumer(ctx, occ)
-	if err != nil {
-		return fmt.Errorf("read stream %s: %w", stream, err)
+	if subject == "" {
+		subject = ">"
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("read stream %s: %w", stream, err)
-	}
-	defer func() {
-		it.Stop()
-		// Leave nothing behind for the server to time out; failing that,
-		// the inactivity threshold removes it.
-		if info := cons.CachedInfo(); info != nil {
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			_ = js.DeleteConsumer(dctx, stream, info.Name)
-			cancel()
-		}
-	}()
-	// A start time past the last record leaves nothing to read: find out
-	// now rather than after waiting for a message that never comes.
-	if empty, err := nothingToRead(ctx, cons, false); err == nil && empty {
-		return nil
-	}
-	for {
-		nctx, cancel := context.WithTimeout(ctx, scanIdle)
-		m, err := it.Next(jetstream.NextContext(nctx))
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if errors.Is(err, context.DeadlineExceeded) {
-				if empty, ierr := nothingToRead(ctx, cons, true); ierr == nil && empty {
-					return nil
-				}
-				continue
-			}
-			return fmt.Errorf("read stream %s: %w", stream, err)
-		}
-		meta, err := m.Metadata()
-		if err != nil {
-			return fmt.Errorf("read stream %s: %w", stream, err)
-		}
-		more, err := fn(m, meta)
-		if err != nil {
+	seq := state.FirstSeq
+	if !since.IsZero() {
+		if seq, err = firstSince(ctx, js, stream, subject, since); err != nil || seq == 0 {
 			return err
 		}
-		if !more || meta.Sequence.Stream >= last || meta.NumPending == 0 {
+	}
+	for seq <= state.LastSeq {
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil
 		}
+		if err != nil {
+			return fmt.Errorf("read stream %s: %w", stream, err)
+		}
+		if m.Sequence > state.LastSeq {
+			return nil
+		}
+		more, err := fn(m)
+		if err != nil || !more {
+			return err
+		}
+		seq = m.Sequence + 1
 	}
+	return nil
 }
 
-// nothingToRead reports whether the consumer has no message left to
-// deliver. Before the first message (idle false) it also requires that none
-// was sent our way yet, since those are not pending any more but still to
-// be read; after a whole idle wait nothing is under way any longer.
-func nothingToRead(ctx context.Context, cons jetstream.Consumer, idle bool) (bool, error) {
-	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	info, err := cons.Info(ictx)
-	if err != nil {
-		return false, err
+// firstSince is the sequence of the first message on subject stored at
+// since or later, 0 when there is none.
+func firstSince(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time) (uint64, error) {
+	t := since.UTC()
+	m, err := msgGet(ctx, js, stream, msgGetRequest{NextFor: subject, StartTime: &t})
+	if err != nil || m == nil {
+		return 0, err
 	}
-	return info.NumPending == 0 && (idle || info.Delivered.Consumer == 0), nil
+	return m.Seq, nil
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/cloudflare"
@@ -21,14 +22,9 @@ import (
 // parses. It only reads. An error from fn stops the reading and is
 // returned.
 func EachOutcome(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, fn func(event.Record) error) error {
-	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}}
-	if !since.IsZero() {
-		occ.DeliverPolicy = jetstream.DeliverByStartTimePolicy
-		occ.OptStartTime = &since
-	}
-	return scan(ctx, js, stream, occ, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
+	return scan(ctx, js, stream, subject, since, func(m *jetstream.RawStreamMsg) (bool, error) {
 		var o event.Record
-		if err := json.Unmarshal(m.Data(), &o); err != nil || !onOwnSubject(m.Subject(), o) {
+		if err := json.Unmarshal(m.Data, &o); err != nil || !onOwnSubject(m.Subject, o) {
 			// Not a record of ours (someone else published on the
 			// subject); the audit trail is the records that are.
 			return true, nil
@@ -136,43 +132,61 @@ func KeyOutcomes(ctx context.Context, js jetstream.JetStream, stream, prefix, ac
 	return out, err
 }
 
+// followPoll is how often FollowOutcomes asks for a record newer than the
+// last one it read.
+const followPoll = 250 * time.Millisecond
+
 // FollowOutcomes calls fn with each outcome record on subject stored from
 // since on (zero: all), and then with each new one as it is stored, until
-// ctx ends (nil) or fn fails.
+// ctx ends (nil) or fn fails. Like scan it reads with STREAM.MSG.GET, one
+// record at a time, and asks again every followPoll once it has read all;
+// a NATS outage is waited out.
 func FollowOutcomes(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, fn func(event.Record) error) error {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", stream, err)
 	}
-	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}}
+	seq := uint64(1)
 	if !since.IsZero() {
-		occ.DeliverPolicy = jetstream.DeliverByStartTimePolicy
-		occ.OptStartTime = &since
-	}
-	cons, err := s.OrderedConsumer(ctx, occ)
-	if err != nil {
-		return fmt.Errorf("follow %s: %w", subject, err)
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("follow %s: %w", subject, err)
-	}
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	for {
-		m, err := it.Next()
+		first, err := firstSince(ctx, js, stream, subject, since)
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
 			return fmt.Errorf("follow %s: %w", subject, err)
 		}
-		var o event.Record
-		if json.Unmarshal(m.Data(), &o) != nil || !onOwnSubject(m.Subject(), o) {
-			continue
-		}
-		if err := fn(o); err != nil {
-			return err
+		seq = first
+		if first == 0 {
+			seq = s.CachedInfo().State.LastSeq + 1
 		}
 	}
+	for {
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err == nil:
+			seq = m.Sequence + 1
+			var o event.Record
+			if json.Unmarshal(m.Data, &o) != nil || !onOwnSubject(m.Subject, o) {
+				continue
+			}
+			if err := fn(o); err != nil {
+				return err
+			}
+			continue
+		case !errors.Is(err, jetstream.ErrMsgNotFound) && !transient(err):
+			return fmt.Errorf("follow %s: %w", subject, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(followPoll):
+		}
+	}
+}
+
+// transient reports an error that waiting can cure: no answer in time, no
+// server to answer.
+func transient(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionReconnecting)
 }

@@ -42,6 +42,7 @@ func ReplaysConfig(replicas int) jetstream.KeyValueConfig {
 // replayer note its replays. It is usable once bound.
 type Replays struct {
 	kv atomic.Pointer[jetstream.KeyValue]
+	js atomic.Pointer[jetstream.JetStream] // reads go by STREAM.MSG.GET (see load)
 }
 
 // errReplaysUnbound means the bucket is not bound yet.
@@ -78,6 +79,7 @@ func (r *Replays) bind(ctx context.Context, js jetstream.JetStream, create bool,
 		return err
 	}
 	r.kv.Store(&kv)
+	r.js.Store(&js)
 	return nil
 }
 
@@ -96,22 +98,28 @@ func (r *Replays) bucket() (jetstream.KeyValue, error) {
 	return *kv, nil
 }
 
-// load returns the entry for msgID; found is false when there is none.
+// load returns the entry for msgID; found is false when there is none. It
+// reads with STREAM.MSG.GET, not the bucket's direct get: the shipped
+// permissions give the operator no direct get, whose answer is the stored
+// bytes (the operator's own) and could be sent to any subject.
 func (r *Replays) load(ctx context.Context, msgID string) (n replayNote, found bool, err error) {
-	kv, err := r.bucket()
-	if err != nil {
-		return n, false, err
+	js := r.js.Load()
+	if js == nil {
+		return n, false, errReplaysUnbound
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	e, err := kv.Get(ctx, replayKey(msgID))
+	m, err := msgGet(ctx, *js, "KV_"+ReplaysBucket, msgGetRequest{LastFor: "$KV." + ReplaysBucket + "." + replayKey(msgID)})
 	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return n, false, nil
 	case err != nil:
 		return n, false, fmt.Errorf("read %s: %w", ReplaysBucket, err)
+	case m == nil:
+		return n, false, nil
 	}
-	if err := json.Unmarshal(e.Value(), &n); err != nil {
+	if op := m.header().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+		return n, false, nil
+	}
+	if err := json.Unmarshal(m.Data, &n); err != nil {
 		return replayNote{}, false, nil // damaged: confirms nothing
 	}
 	return n, true, nil

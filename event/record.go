@@ -63,6 +63,7 @@ type DeadLetter struct {
 	Subject  string
 	Sequence uint64
 	FailedAt time.Time
+	TraceID  string // the event's trace id (SPEC §13), "" when none
 }
 
 // NoKey stands for an account or key id in an outcome subject when the

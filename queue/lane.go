@@ -503,6 +503,21 @@ func (d *Delivery) Delivered() int { return d.delivered }
 // StoredAt is when the stream stored the event.
 func (d *Delivery) StoredAt() time.Time { return d.meta.Timestamp }
 
+// Header is the message header name, whatever its letter case (NATS
+// headers keep the case they were sent in).
+func (d *Delivery) Header(name string) string {
+	h := d.msg.Headers()
+	if v := h.Get(name); v != "" {
+		return v
+	}
+	for k, vs := range h {
+		if len(vs) > 0 && strings.EqualFold(k, name) {
+			return vs[0]
+		}
+	}
+	return ""
+}
+
 // ReplayOf is the original event's id when this is a replayed dead letter.
 func (d *Delivery) ReplayOf() string { return d.msg.Headers().Get(HeaderReplayOf) }
 

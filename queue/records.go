@@ -35,6 +35,7 @@ const (
 	HeaderFailedAt       = "Revoker-Failed-At"
 	HeaderReplayOf       = "Revoker-Replay-Of"
 	HeaderBodyTruncated  = "Revoker-Body-Truncated"
+	HeaderTraceID        = "Revoker-Trace-Id"
 )
 
 // Bounds of what a record carries (SPEC §5).
@@ -78,6 +79,9 @@ func DeadLetterMsg(subject string, d event.DeadLetter, body []byte, maxMsg int) 
 	h.Set(HeaderSourceSubject, untrusted.Line(d.Subject, maxHeader))
 	h.Set(HeaderSourceSequence, strconv.FormatUint(d.Sequence, 10))
 	h.Set(HeaderFailedAt, d.FailedAt.UTC().Format(time.RFC3339Nano))
+	if d.TraceID != "" {
+		h.Set(HeaderTraceID, d.TraceID)
+	}
 	if maxMsg > 0 && len(body)+recordOverhead > maxMsg {
 		sum := sha256.Sum256(body)
 		m.Data = body[:min(len(body), truncatedBody, max(maxMsg-recordOverhead, 0))]
@@ -110,6 +114,9 @@ func OutcomeMsg(prefix string, rec event.Record) (*nats.Msg, error) {
 	m := nats.NewMsg(OutcomeSubject(prefix, rec.AccountID, rec.KeyID))
 	m.Data = body
 	m.Header.Set(HeaderEventID, untrusted.Line(rec.EventID, maxHeader))
+	if rec.TraceID != "" {
+		m.Header.Set(HeaderTraceID, rec.TraceID)
+	}
 	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("outcome:%s:%d:%s", rec.Stream, rec.Sequence, rec.Outcome))
 	return m, nil
 }

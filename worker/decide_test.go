@@ -30,20 +30,29 @@ type fakeDelivery struct {
 	maxDeliver int
 	ackWait    time.Duration
 	replayOf   string
+	header     map[string]string
 
 	mu         sync.Mutex
 	settled    []string // "ack", "term", "giveback <delay>"
 	keepAlives int
 }
 
-func (d *fakeDelivery) Body() []byte                 { return []byte(d.body) }
-func (d *fakeDelivery) ID() string                   { return "ev-1" }
-func (d *fakeDelivery) Subject() string              { return "revoke.scheduled" }
-func (d *fakeDelivery) Stream() string               { return "REVOCATIONS" }
-func (d *fakeDelivery) Sequence() uint64             { return 7 }
-func (d *fakeDelivery) Delivered() int               { return d.delivered }
-func (d *fakeDelivery) StoredAt() time.Time          { return time.Now().Add(-time.Second) }
-func (d *fakeDelivery) ReplayOf() string             { return d.replayOf }
+func (d *fakeDelivery) Body() []byte        { return []byte(d.body) }
+func (d *fakeDelivery) ID() string          { return "ev-1" }
+func (d *fakeDelivery) Subject() string     { return "revoke.scheduled" }
+func (d *fakeDelivery) Stream() string      { return "REVOCATIONS" }
+func (d *fakeDelivery) Sequence() uint64    { return 7 }
+func (d *fakeDelivery) Delivered() int      { return d.delivered }
+func (d *fakeDelivery) StoredAt() time.Time { return time.Now().Add(-time.Second) }
+func (d *fakeDelivery) ReplayOf() string    { return d.replayOf }
+func (d *fakeDelivery) Header(name string) string {
+	for k, v := range d.header {
+		if strings.EqualFold(k, name) {
+			return v
+		}
+	}
+	return ""
+}
 func (d *fakeDelivery) Priority() int                { return 1 }
 func (d *fakeDelivery) MaxDeliver() int              { return d.maxDeliver }
 func (d *fakeDelivery) AckWait() time.Duration       { return d.ackWait }

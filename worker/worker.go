@@ -11,16 +11,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/untrusted"
 )
 
@@ -40,6 +43,9 @@ type Delivery interface {
 	StoredAt() time.Time
 	// ReplayOf is the original event's id when this is a replayed dead letter.
 	ReplayOf() string
+	// Header is the message header name, whatever its letter case; "" when
+	// absent.
+	Header(name string) string
 	// Priority is the subject's place in the subjects, 0 the highest.
 	Priority() int
 	// MaxDeliver is the delivery on which a retryable failure is
@@ -224,7 +230,9 @@ var recordRetry = struct{ initial, max time.Duration }{50 * time.Millisecond, 2 
 // attempt is one delivery of one event and what has happened to it.
 type attempt struct {
 	d       Delivery
-	work    context.Context // outlives shutdown by its timeout
+	work    context.Context // outlives shutdown by its timeout; carries the delivery's span
+	id      string          // the event's id (SPEC §2, §14)
+	traceID string
 	lane    metrics.Lane
 	start   time.Time
 	ev      event.Event
@@ -263,7 +271,29 @@ const (
 // call starts after it. work outlives stop by the shutdown timeout, so a
 // call in flight can finish and its outcome be made durable.
 func (w *Worker) Handle(stop, work context.Context, d Delivery) {
-	a := &attempt{d: d, work: work, lane: w.lane(d.Priority()), start: time.Now()}
+	a := &attempt{d: d, id: d.ID(), lane: w.lane(d.Priority()), start: time.Now()}
+	// One event's spans form one trace, across deliveries and replicas: the
+	// context it carries, or one derived from where it is stored.
+	work = tracing.Extract(work, d.Header)
+	work = tracing.ForEvent(work, d.Stream()+"/"+strconv.FormatUint(d.Sequence(), 10)+"/"+strconv.FormatInt(d.StoredAt().UnixNano(), 10))
+	var (
+		ce        event.CloudEvent
+		decodeErr error
+	)
+	cloudEvent := event.IsCloudEvent(d.Header("Content-Type"))
+	if cloudEvent {
+		// A CloudEvent carries its id and trace context in its envelope.
+		a.ev, ce, decodeErr = event.DecodeCloudEvent(d.Body())
+		if ce.TraceParent != "" && d.Header("traceparent") == "" {
+			work = tracing.FromTraceParent(work, ce.TraceParent, ce.TraceState)
+		}
+		if ce.ID != "" && d.Header(jetstreamMsgID) == "" {
+			a.id = ce.ID
+		}
+	}
+	work, span := tracing.StartProcess(work, d.Subject(), tracing.MessageID(a.id), tracing.Delivery(uint64(d.Delivered())))
+	defer span.End()
+	a.work, a.traceID = work, tracing.TraceID(work)
 	a.lane.Received.Inc()
 	w.Metrics.Inflight.Inc()
 	defer w.Metrics.Inflight.Dec()
@@ -280,8 +310,10 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	}
 	defer release()
 
-	var err error
-	a.ev, err = event.Decode(d.Body())
+	err := decodeErr
+	if !cloudEvent {
+		a.ev, err = event.Decode(d.Body())
+	}
 	if err != nil {
 		w.deadLetter(stop, work, a, event.InvalidEvent, err.Error())
 		return
@@ -392,6 +424,10 @@ func (w *Worker) take(ctx context.Context, k eventKey) (release func(), ok bool)
 func (w *Worker) lane(p int) metrics.Lane {
 	return w.lanes[min(max(p, 0), len(w.lanes)-1)]
 }
+
+// jetstreamMsgID is the header of a publisher's message id (the event's id
+// when set; SPEC §2).
+const jetstreamMsgID = "Nats-Msg-Id"
 
 // errMoved: the event's ledger entry changed since this delivery last read
 // it (another replica's delivery, or one before a crash, made calls).
@@ -700,7 +736,7 @@ func (w *Worker) heed(rl cloudflare.RateLimit, d Decision, status int) {
 func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	if a.revoked == nil {
 		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
-		a.lane.Latency.Observe(time.Since(a.d.StoredAt()).Seconds())
+		observe(a.lane.Latency, time.Since(a.d.StoredAt()).Seconds(), a.work)
 	}
 	if w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
 		return
@@ -712,6 +748,18 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 		return
 	}
 	w.finish(stop, work, a, event.Revoked, "", a.d.Ack)
+}
+
+// observe records v in h, with the event's trace as an exemplar when it
+// is kept (SPEC §13).
+func observe(h prometheus.Observer, v float64, ctx context.Context) {
+	if labels := tracing.ExemplarLabels(ctx); labels != nil {
+		if eo, ok := h.(prometheus.ExemplarObserver); ok {
+			eo.ObserveWithExemplar(v, labels)
+			return
+		}
+	}
+	h.Observe(v)
 }
 
 // keepConfirmation stores a's confirmation in the ledger.
@@ -738,7 +786,9 @@ func (w *Worker) finish(stop, work context.Context, a *attempt, outcome event.Ou
 // It reports whether the record was written.
 func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome event.Outcome, reason event.Reason, settle func() error, once bool) bool {
 	var rec, believed event.Record
-	write := func(ctx context.Context, a *attempt) error {
+	write := func(ctx context.Context, a *attempt) (err error) {
+		ctx, span := tracing.StartRecordWrite(ctx, "outcome")
+		defer func() { tracing.End(span, err) }()
 		if a.revoked != nil && time.Since(a.start) >= a.d.AckWait()/2 {
 			// Held this long, the event may have been handed to another
 			// replica meanwhile: the record counts its calls too.
@@ -749,7 +799,6 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 			w.learn(a, e)
 		}
 		rec = w.record(a, outcome, reason)
-		var err error
 		believed, err = w.Records.Outcome(ctx, rec)
 		switch {
 		case errors.Is(err, ErrNoTrail) && a.revoked != nil:
@@ -810,10 +859,12 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 	rec := event.DeadLetter{
 		Reason: reason, Detail: detail,
 		Status: a.status, Called: a.attempts() > 0, Attempts: a.attempts(),
-		EventID: a.d.ID(), Stream: a.d.Stream(), Subject: a.d.Subject(),
+		EventID: a.id, Stream: a.d.Stream(), Subject: a.d.Subject(), TraceID: a.traceID,
 		Sequence: a.d.Sequence(), FailedAt: time.Now(),
 	}
-	if !w.durably(stop, work, a, "dead-letter record", func(ctx context.Context, a *attempt) error {
+	if !w.durably(stop, work, a, "dead-letter record", func(ctx context.Context, a *attempt) (err error) {
+		ctx, span := tracing.StartRecordWrite(ctx, "dead_letter")
+		defer func() { tracing.End(span, err) }()
 		return w.Records.DeadLetter(ctx, rec, a.d.Body())
 	}) {
 		return
@@ -887,7 +938,7 @@ func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 // record is the outcome record of a.
 func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) event.Record {
 	r := event.Record{
-		EventID: a.d.ID(), AccountID: event.NoKey, KeyID: event.NoKey,
+		EventID: a.id, AccountID: event.NoKey, KeyID: event.NoKey, TraceID: a.traceID,
 		Outcome: outcome, Reason: reason,
 		Status: a.status, CFRay: a.cfRay, Attempts: a.attempts(),
 		Stream: a.d.Stream(), Subject: a.d.Subject(), Sequence: a.d.Sequence(),
@@ -944,13 +995,16 @@ func (w *Worker) fields(a *attempt, extra ...zap.Field) []zap.Field {
 	d := a.d
 	f := make([]zap.Field, 0, 16+len(extra))
 	f = append(f,
-		zap.String("event_id", untrusted.Line(d.ID(), maxLoggedID)),
+		zap.String("event_id", untrusted.Line(a.id, maxLoggedID)),
 		zap.String("subject", d.Subject()),
 		zap.Uint64("sequence", d.Sequence()),
 		zap.Int("delivery", d.Delivered()),
 	)
 	if r := d.ReplayOf(); r != "" {
 		f = append(f, zap.String("replay_of", untrusted.Line(r, maxLoggedID)))
+	}
+	if a.traceID != "" {
+		f = append(f, zap.String("trace_id", a.traceID))
 	}
 	if a.decoded {
 		f = append(f, zap.String("account", a.ev.AccountID), zap.String("key", a.ev.KeyID))

@@ -22,6 +22,7 @@ import (
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/worker"
 )
 
@@ -42,6 +43,20 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 	for _, w := range config.SecretFlagWarnings(fs) {
 		log.Warn(w)
 	}
+	// Traces (SPEC §13): on only when the standard OTEL variables name an
+	// exporter; a bad one is a bad configuration.
+	stopTracing, err := tracing.Setup(ctx, "revoker", version)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker serve: %v\n", err)
+		return exitUsage
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			log.Warn("traces not all exported at shutdown", zap.Error(err))
+		}
+	}()
 
 	if *embedded != "" {
 		ns, err := queue.Embedded(*embedded, cfg.Connection())
@@ -145,6 +160,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		client, err := cloudflare.New(cloudflare.Config{
 			BaseURL: cfg.BaseURL, Credential: cred, Timeout: cfg.HTTPTimeout,
 			UserAgent: "revoker/" + version,
+			Transport: tracing.Transport(cloudflare.DefaultTransport()),
 		})
 		if err != nil {
 			return fmt.Errorf("%w: CLOUDFLARE_BASE_URL: %w", errUsage, err)

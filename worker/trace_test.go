@@ -1,0 +1,70 @@
+package worker_test
+
+import (
+	"testing"
+
+	"github.com/revoker/revoker/event"
+)
+
+const (
+	traceID     = "4bf92f3577b34da6a3ce929d0e0e4736"
+	traceParent = "00-" + traceID + "-00f067aa0ba902b7-01"
+)
+
+// TestTraceIDInRecords: the trace context an event carries, in a NATS
+// header of any letter case, names the trace in its records (SPEC §13).
+func TestTraceIDInRecords(t *testing.T) {
+	for _, name := range []string{"traceparent", "Traceparent", "TRACEPARENT"} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, nil, answer(400, rejected, 0))
+			h.handle(&fakeDelivery{body: goodEvent, header: map[string]string{name: traceParent}})
+			if o := onlyRecord(t, h); o.TraceID != traceID {
+				t.Fatalf("record trace_id %q, want %q", o.TraceID, traceID)
+			}
+			if dl := h.records.dlq[0]; dl.TraceID != traceID {
+				t.Fatalf("dead letter trace id %q, want %q", dl.TraceID, traceID)
+			}
+		})
+	}
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: goodEvent})
+	if o := onlyRecord(t, h); o.TraceID != "" {
+		t.Fatalf("trace_id %q for an event that carried no trace context (tracing off)", o.TraceID)
+	}
+}
+
+// TestCloudEvent: a structured-mode CloudEvent is revoked like the event
+// in its data; its id is the event's id when no Nats-Msg-Id is set, and
+// its traceparent extension is the trace context (SPEC §14).
+func TestCloudEvent(t *testing.T) {
+	ce := `{"specversion":"1.0","id":"ce-42","source":"/soar","type":"com.example.revoke",` +
+		`"traceparent":"` + traceParent + `","data":` + goodEvent + `}`
+	ct := map[string]string{"Content-Type": "application/cloudevents+json; charset=utf-8"}
+
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: ce, header: ct})
+	o := onlyRecord(t, h)
+	if o.Outcome != event.Revoked || o.EventID != "ce-42" || o.TraceID != traceID || o.KeyID != "key1" {
+		t.Fatalf("record %+v; want revoked, event id ce-42, trace %s", o, traceID)
+	}
+
+	withID := map[string]string{"Content-Type": ct["Content-Type"], "Nats-Msg-Id": "pub-1"}
+	h = newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: ce, header: withID})
+	if o := onlyRecord(t, h); o.EventID != "ev-1" { // the fake's Nats-Msg-Id
+		t.Fatalf("event id %q; a Nats-Msg-Id beats the CloudEvent's id", o.EventID)
+	}
+
+	h = newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: `{"specversion":"0.3","id":"x","source":"s","type":"t","data":` + goodEvent + `}`, header: ct})
+	if o := onlyRecord(t, h); o.Outcome != event.DeadLettered || o.Reason != event.InvalidEvent || h.api.calls != 0 {
+		t.Fatalf("record %+v after %d calls; a CloudEvent breaking its rules is an invalid event", o, h.api.calls)
+	}
+	// Without the content type, the same body is an event of its own, and
+	// lacks account_id.
+	h = newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: ce})
+	if o := onlyRecord(t, h); o.Reason != event.InvalidEvent {
+		t.Fatalf("record %+v; a CloudEvent body without its content type is not an event", o)
+	}
+}

@@ -156,15 +156,30 @@ func (l *Lane) Consumer() jetstream.Consumer {
 // meanwhile. Without h.Rebind it returns ErrConsumerGone, once its handlers
 // are done. A rebinding that cannot work returns its ErrIncompatible error.
 func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
+	// One long-lived handler per place in hand: a goroutine per message
+	// would grow a fresh stack for every event.
+	jobs := make(chan *Delivery, l.Capacity)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	for range l.Capacity {
+		wg.Go(func() {
+			for d := range jobs {
+				h.Handle(work, d)
+				l.done(d)
+				l.putRoom(1)
+			}
+		})
+	}
+	defer func() {
+		close(jobs)
+		wg.Wait()
+	}()
 	f := fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
 	for ctx.Err() == nil {
 		n := l.waitRoom(ctx)
 		if n == 0 {
 			break
 		}
-		got, last, err := l.fetch(ctx, work, n, h, &wg, log)
+		got, last, err := l.fetch(ctx, n, h, jobs, log)
 		if err != nil {
 			h.NoNews()
 			if l.lost(ctx, err) {
@@ -376,11 +391,11 @@ func (t *Troubles) Set(subject, why string) {
 	t.report(strings.Join(whys, "; "))
 }
 
-// fetch pulls up to n messages and starts a handler for each (or gives it
+// fetch pulls up to n messages and hands each to a handler (or gives it
 // back, after ctx ended). It returns how many came and the last one's
 // metadata; every place not filled is given back to the lane. An error
 // means the pull failed, at its start or on its way.
-func (l *Lane) fetch(ctx, work context.Context, n int, h Hooks, wg *sync.WaitGroup, log *zap.Logger) (got int, last *jetstream.MsgMetadata, err error) {
+func (l *Lane) fetch(ctx context.Context, n int, h Hooks, jobs chan<- *Delivery, log *zap.Logger) (got int, last *jetstream.MsgMetadata, err error) {
 	batch, err := l.Consumer().Fetch(n, jetstream.FetchMaxWait(l.fetchWait))
 	if err != nil {
 		l.putRoom(n)
@@ -404,13 +419,7 @@ func (l *Lane) fetch(ctx, work context.Context, n int, h Hooks, wg *sync.WaitGro
 			l.putRoom(1)
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer l.putRoom(1)
-			defer l.done(d)
-			h.Handle(work, d)
-		}()
+		jobs <- d // never blocks: a place in hand was taken for it
 	}
 	l.putRoom(n - got)
 	if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {

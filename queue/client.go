@@ -13,6 +13,7 @@ import (
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/tracing"
 )
 
 // Client publishes revoke events and awaits their outcomes: what `revoker
@@ -93,6 +94,8 @@ type Published struct {
 	// Duplicate: the stream already held an event with this id, and
 	// Stream/Sequence name that one.
 	Duplicate bool `json:"duplicate"`
+	// TraceID is the trace the event was published in (SPEC §13).
+	TraceID string `json:"trace_id,omitempty"`
 	// StoredAt is when the stream stored the event, where it could be read
 	// (zero otherwise): a record stored before it was planted.
 	StoredAt time.Time `json:"-"`
@@ -127,11 +130,14 @@ func (c *Client) CheckSubject(ctx context.Context, subject string) error {
 		c.Stream, subject, strings.Join(s.CachedInfo().Config.Subjects, ", "))
 }
 
-func (c *Client) msg(subject, id string, body []byte) *nats.Msg {
+// msg is the message of one event, with its id and, in lower case, the
+// trace context of ctx (SPEC §13), whose trace id it returns.
+func (c *Client) msg(ctx context.Context, subject, id string, body []byte) (*nats.Msg, string) {
 	m := nats.NewMsg(subject)
 	m.Data = body
 	m.Header.Set(jetstream.MsgIDHeader, id)
-	return m
+	tracing.Inject(ctx, tracing.HeaderSetter(m.Header))
+	return m, tracing.TraceID(ctx)
 }
 
 // ErrIDTaken means the event's id already names another event in the
@@ -145,12 +151,15 @@ var ErrIDTaken = errors.New("the id already names another event")
 func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event, body []byte) (Published, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
-	ack, err := c.js.PublishMsg(ctx, c.msg(subject, id, body), jetstream.WithExpectStream(c.Stream))
+	ctx, span := tracing.StartPublish(ctx, subject)
+	defer span.End()
+	m, traceID := c.msg(ctx, subject, id, body)
+	ack, err := c.js.PublishMsg(ctx, m, jetstream.WithExpectStream(c.Stream))
 	if err != nil {
 		return Published{}, c.publishError(subject, err)
 	}
 	p := Published{EventID: id, AccountID: ev.AccountID, KeyID: ev.KeyID, Subject: subject,
-		Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate}
+		Stream: ack.Stream, Sequence: ack.Sequence, Duplicate: ack.Duplicate, TraceID: traceID}
 	if p.Duplicate {
 		if err := c.sameEvent(ctx, &p); err != nil {
 			return p, err
@@ -264,8 +273,11 @@ func (b *Batch) Add(ctx context.Context, id string, ev event.Event, body []byte)
 	for len(b.inflight) >= publishWindow {
 		b.settle(ctx)
 	}
-	p := Published{EventID: id, AccountID: ev.AccountID, KeyID: ev.KeyID, Subject: b.subject}
-	fut, err := b.c.js.PublishMsgAsync(b.c.msg(b.subject, id, body), jetstream.WithExpectStream(b.c.Stream))
+	tctx, span := tracing.StartPublish(ctx, b.subject)
+	m, traceID := b.c.msg(tctx, b.subject, id, body)
+	span.End()
+	p := Published{EventID: id, AccountID: ev.AccountID, KeyID: ev.KeyID, Subject: b.subject, TraceID: traceID}
+	fut, err := b.c.js.PublishMsgAsync(m, jetstream.WithExpectStream(b.c.Stream))
 	if err != nil {
 		b.done(p, b.c.publishError(b.subject, err))
 		return

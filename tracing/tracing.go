@@ -16,6 +16,7 @@ package tracing
 
 import (
 	"context"
+	"crypto/rand"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -265,4 +266,26 @@ func ExemplarLabels(ctx context.Context) prometheus.Labels {
 		return nil
 	}
 	return prometheus.Labels{"trace_id": sc.TraceID().String()}
+}
+
+// StartPublish starts the producer span of an event a command publishes,
+// named "publish <subject>", continuing the trace in ctx if there is one.
+// While tracing is off it still gives the event a trace of its own (random
+// ids, marked sampled), so that the id the command prints is the one the
+// worker's records and spans carry.
+func StartPublish(ctx context.Context, subject string) (context.Context, trace.Span) {
+	if st := current.Load(); st != nil {
+		return st.tracer.Start(ctx, "publish "+subject,
+			trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(natsSystem, semconv.MessagingDestinationName(subject), semconv.MessagingOperationTypeSend))
+	}
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx, off
+	}
+	var tid trace.TraceID
+	var sid trace.SpanID
+	_, _ = rand.Read(tid[:])
+	_, _ = rand.Read(sid[:])
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled})
+	return trace.ContextWithSpanContext(ctx, sc), off
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/untrusted"
 )
 
@@ -53,6 +54,17 @@ func publishCmd(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "revoker publish: "+format+"\n", a...)
 		return exitUsage
 	}
+	// The publish span goes where the worker's go (SPEC §13), when the
+	// standard OTEL variables say where.
+	stopTracing, err := tracing.Setup(ctx, "revoker", version)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = stopTracing(sctx)
+	}()
 
 	subj := cfg.LowestPriority()
 	switch {
@@ -175,7 +187,7 @@ func (p *publisher) one(ctx context.Context, id string, ev event.Event, body []b
 	if p.json {
 		printJSON(e.stdout, published{Published: pub})
 	} else {
-		fmt.Fprintf(e.stdout, "published %s to %s (stream %s, sequence %d)\n", id, p.subject, pub.Stream, pub.Sequence)
+		fmt.Fprintf(e.stdout, "published %s to %s (stream %s, sequence %d, trace %s)\n", id, p.subject, pub.Stream, pub.Sequence, pub.TraceID)
 	}
 	if pub.Duplicate {
 		fmt.Fprintf(e.stderr, "revoker publish: the work stream already had an event with id %s (duplicate window %s): not published again; if that event was not for %s/%s, publish this one under another id\n",

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"context"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/revoker/revoker/queue/queuetest"
+)
+
+var printedTrace = regexp.MustCompile(`trace ([0-9a-f]{32})\)`)
+
+// TestPublishCarriesATrace: publish sets a lower-case traceparent on the
+// event and prints its trace id, which the worker's record carries (SPEC
+// §13), even with tracing off.
+func TestPublishCarriesATrace(t *testing.T) {
+	s := hStack(t, nil)
+	s.ensure()
+	r := s.run("publish", "--account", "acct", "--key", "traced1")
+	r.want(t, exitOK, "published")
+	m := printedTrace.FindStringSubmatch(r.stdout)
+	if m == nil {
+		t.Fatalf("no trace id printed:\n%s", r.stdout)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := s.js.Stream(ctx, s.cfg().Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := st.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tp := stored.Header["traceparent"]; len(tp) != 1 || !regexp.MustCompile(`^00-` + m[1] + `-[0-9a-f]{16}-01$`).MatchString(tp[0]) {
+		t.Fatalf("stored headers %v; want a lower-case traceparent of trace %s", stored.Header, m[1])
+	}
+
+	s.startWorker()
+	queuetest.Eventually(t, 10*time.Second, "the record of traced1", func() bool { return len(s.outcomes("traced1")) == 1 })
+	if o := s.outcomes("traced1")[0]; o.TraceID != m[1] {
+		t.Fatalf("record trace_id %q, publish printed %q", o.TraceID, m[1])
+	}
+}

@@ -33,7 +33,7 @@ func TestPublishCarriesATrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tp := stored.Header["traceparent"]; len(tp) != 1 || !regexp.MustCompile(`^00-` + m[1] + `-[0-9a-f]{16}-01$`).MatchString(tp[0]) {
+	if tp := stored.Header["traceparent"]; len(tp) != 1 || !regexp.MustCompile(`^00-`+m[1]+`-[0-9a-f]{16}-01$`).MatchString(tp[0]) {
 		t.Fatalf("stored headers %v; want a lower-case traceparent of trace %s", stored.Header, m[1])
 	}
 

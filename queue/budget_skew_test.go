@@ -55,6 +55,10 @@ func testBudgetSkew(t *testing.T, skew time.Duration) {
 	if n := api.Throttled(); n != 0 {
 		t.Errorf("%d calls refused with 429", n)
 	}
+	// A stall is a gap of more than two seconds: a skewed clock used to stop
+	// the others for the whole run (3 s and more), while a loaded 2-core
+	// machine delays a fair turn by up to a second.
+	const stall = 2 * time.Second
 	last := start
 	var fromOthers, fromSkewed int
 	for _, q := range reqs {
@@ -63,12 +67,12 @@ func testBudgetSkew(t *testing.T, skew time.Duration) {
 			continue
 		}
 		fromOthers++
-		if gap := q.At.Sub(last); gap > time.Second {
+		if gap := q.At.Sub(last); gap > stall {
 			t.Errorf("the other replicas made no call for %v (until %v into the run)", gap, q.At.Sub(start))
 		}
 		last = q.At
 	}
-	if gap := time.Since(last); gap > time.Second {
+	if gap := time.Since(last); gap > stall {
 		t.Errorf("the other replicas made no call for the last %v", gap)
 	}
 	if fromSkewed == 0 {
@@ -97,7 +101,7 @@ func testBudgetSkew(t *testing.T, skew time.Duration) {
 			lastUrgent = q.At
 		}
 	}
-	if d := first.Sub(pendingAt); d > time.Second {
+	if d := first.Sub(pendingAt); d > stall {
 		t.Errorf("the first urgent call started %v after the urgent work was known", d)
 	}
 	overtook := 0
@@ -131,7 +135,9 @@ func testBudgetSkew(t *testing.T, skew time.Duration) {
 		return others(reqs[len(reqs)-1]) && reqs[len(reqs)-1].At.After(killedAt)
 	})
 	d := time.Since(killedAt)
-	if d > 5*time.Second {
+	// A claim lapses 3 s after its last write (claimTTL): allow for a
+	// loaded machine, but not for a claim that never lapses.
+	if d > 8*time.Second {
 		t.Errorf("a dead replica's claim held the others for %v", d)
 	}
 	t.Logf("the others resumed %v after the skewed replica died", d.Round(time.Millisecond))

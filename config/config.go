@@ -90,6 +90,7 @@ type Config struct {
 	NotFoundDeadLetter bool          // REVOKER_NOT_FOUND=dead-letter (default "ack": false)
 	AllowedAccounts    []string      // REVOKER_ALLOWED_ACCOUNTS: nil = every account
 	ShutdownTimeout    time.Duration // REVOKER_SHUTDOWN_TIMEOUT
+	VerifyInterval     time.Duration // REVOKER_VERIFY_INTERVAL: 0 = serve never checks
 
 	// Server
 	HTTPAddr string // REVOKER_HTTP_ADDR
@@ -121,7 +122,7 @@ const (
 	API
 	// Worker: concurrency, rate-limit, retry-initial, retry-max-interval,
 	// retry-max-elapsed, max-deliver, ack-wait, not-found, allowed-accounts,
-	// shutdown-timeout.
+	// shutdown-timeout, verify-interval.
 	Worker
 	// Server: http-addr.
 	Server
@@ -157,6 +158,7 @@ const (
 	DefaultRetryMaxElapsed  = 2 * time.Minute
 	DefaultAckWait          = 30 * time.Second
 	DefaultShutdownTimeout  = 25 * time.Second
+	DefaultVerifyInterval   = time.Hour
 	DefaultStreamReplicas   = 1
 
 	// MaxConcurrency is the largest REVOKER_CONCURRENCY accepted.
@@ -198,6 +200,7 @@ func Default() Config {
 		MaxDeliver:       DefaultMaxDeliver,
 		AckWait:          DefaultAckWait,
 		ShutdownTimeout:  DefaultShutdownTimeout,
+		VerifyInterval:   DefaultVerifyInterval,
 
 		HTTPAddr: DefaultHTTPAddr,
 

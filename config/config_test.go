@@ -55,6 +55,7 @@ var variables = map[string]config.Section{
 	"REVOKER_NOT_FOUND":          config.Worker,
 	"REVOKER_ALLOWED_ACCOUNTS":   config.Worker,
 	"REVOKER_SHUTDOWN_TIMEOUT":   config.Worker,
+	"REVOKER_VERIFY_INTERVAL":    config.Worker,
 	"REVOKER_HTTP_ADDR":          config.Server,
 	"REVOKER_DEBUG_ADDR":         config.Server,
 	"REVOKER_LOG_LEVEL":          config.Logging,
@@ -386,6 +387,7 @@ func TestDefaults(t *testing.T) {
 		LogLevel:         "info",
 		LogFormat:        "json",
 		ShutdownTimeout:  25 * time.Second,
+		VerifyInterval:   time.Hour,
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Errorf("Default() =\n%#v\nwant\n%#v", d, want)
@@ -449,11 +451,17 @@ func TestGoodValues(t *testing.T) {
 		{"durations", map[string]string{
 			"REVOKER_HTTP_TIMEOUT": "1m30s", "REVOKER_RETRY_INITIAL": "1s", "REVOKER_RETRY_MAX_INTERVAL": "1s",
 			"REVOKER_RETRY_MAX_ELAPSED": "1h", "REVOKER_ACK_WAIT": "1s", "REVOKER_SHUTDOWN_TIMEOUT": "250ms",
+			"REVOKER_VERIFY_INTERVAL": "15m",
 		}, nil,
 			func(c config.Config) bool {
 				return c.HTTPTimeout == 90*time.Second && c.RetryInitial == time.Second && c.RetryMaxInterval == time.Second &&
-					c.RetryMaxElapsed == time.Hour && c.AckWait == time.Second && c.ShutdownTimeout == 250*time.Millisecond
+					c.RetryMaxElapsed == time.Hour && c.AckWait == time.Second && c.ShutdownTimeout == 250*time.Millisecond &&
+					c.VerifyInterval == 15*time.Minute
 			}},
+		{"verify interval 0 = never", map[string]string{"REVOKER_VERIFY_INTERVAL": "0"}, nil,
+			func(c config.Config) bool { return c.VerifyInterval == 0 }},
+		{"verify interval 0s = never", nil, []string{"--verify-interval=0s"},
+			func(c config.Config) bool { return c.VerifyInterval == 0 }},
 		{"rate limit 0 = no limit", map[string]string{"REVOKER_RATE_LIMIT": "0"}, nil,
 			func(c config.Config) bool { return c.RateLimit == 0 }},
 		{"rate limit fraction", map[string]string{"REVOKER_RATE_LIMIT": "0.5"}, nil,

@@ -76,6 +76,7 @@ func (c Config) LogFields() map[string]any {
 		"not-found":          notFoundText(r.NotFoundDeadLetter),
 		"allowed-accounts":   accounts,
 		"shutdown-timeout":   r.ShutdownTimeout.String(),
+		"verify-interval":    r.VerifyInterval.String(),
 
 		"http-addr":  r.HTTPAddr,
 		"debug-addr": r.DebugAddr,

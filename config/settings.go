@@ -39,6 +39,7 @@ const (
 	envNotFound         = "REVOKER_NOT_FOUND"
 	envAllowedAccounts  = "REVOKER_ALLOWED_ACCOUNTS"
 	envShutdownTimeout  = "REVOKER_SHUTDOWN_TIMEOUT"
+	envVerifyInterval   = "REVOKER_VERIFY_INTERVAL"
 	envHTTPAddr         = "REVOKER_HTTP_ADDR"
 	envDebugAddr        = "REVOKER_DEBUG_ADDR"
 	envLogLevel         = "REVOKER_LOG_LEVEL"
@@ -320,6 +321,23 @@ var settings = []setting{
 		usage: "how long in-flight work may finish after SIGTERM, a `duration`",
 		def:   func(c Config) string { return c.ShutdownTimeout.String() },
 		apply: duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout }, 0),
+	},
+	{
+		env: envVerifyInterval, section: Worker, required: true,
+		usage: "how often serve checks that revoked keys are gone, a `duration` (0 = never)",
+		def:   func(c Config) string { return c.VerifyInterval.String() },
+		apply: func(c *Config, v string) string {
+			// Unlike the other durations, 0 is a value: never.
+			d, err := time.ParseDuration(v)
+			switch {
+			case err != nil:
+				return quote(v) + " is not a duration (Go syntax, such as 500ms, 30s or 2m)"
+			case d < 0:
+				return quote(v) + " is negative (0 = never)"
+			}
+			c.VerifyInterval = d
+			return ""
+		},
 	},
 
 	// Server

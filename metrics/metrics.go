@@ -34,6 +34,9 @@ type Metrics struct {
 	ConfirmationsLost prometheus.Counter
 	// AbsenceChecks counts key lists fetched to prove a 404, by result.
 	AbsenceChecks *prometheus.CounterVec
+	// KeysStillListed is how many keys the trail says are gone that the
+	// last check (`verify`, by any replica) found still listed.
+	KeysStillListed prometheus.Gauge
 }
 
 // The results of an absence check (revoker_absence_checks_total).
@@ -138,6 +141,10 @@ func New(reg prometheus.Registerer, labels Labels, build Build) *Metrics {
 			Name: "revoker_absence_checks_total",
 			Help: "Key lists fetched to prove a 404, by result (absent, listed, failed).",
 		}, []string{"result"}),
+		KeysStillListed: f.NewGauge(prometheus.GaugeOpts{
+			Name: "revoker_keys_still_listed",
+			Help: "Keys the audit trail says are gone that the last check, by any replica, found still listed.",
+		}),
 	}
 	for _, r := range []string{AbsenceAbsent, AbsenceListed, AbsenceFailed} {
 		m.AbsenceChecks.WithLabelValues(r)

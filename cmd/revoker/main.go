@@ -65,6 +65,8 @@ Usage:
   revoker dlq list [--reason R] [--limit N] [--json]
   revoker dlq replay --all | --seq N,... | --reason R [--dry-run] [--json]
   revoker outcomes [--account A] [--key K] [--since D] [--json]
+  revoker verify [--account A] [--since D] [--json]
+                                     print keys the trail says are gone that the API still lists
   revoker demo [--keep | --serve]    everything in one process, no outside services
   revoker version
 
@@ -89,6 +91,8 @@ func run(ctx context.Context, args []string, e env) int {
 		return dlqCmd(ctx, rest, e)
 	case "outcomes":
 		return outcomesCmd(ctx, rest, e)
+	case "verify":
+		return verifyCmd(ctx, rest, e)
 	case "version", "--version":
 		fmt.Fprintf(e.stdout, "revoker %s (commit %s, %s)\n", version, commit, runtime.Version())
 		return exitOK

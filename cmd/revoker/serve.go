@@ -21,8 +21,10 @@ import (
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/service"
 	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/tracing"
+	"github.com/revoker/revoker/verify"
 	"github.com/revoker/revoker/worker"
 )
 
@@ -314,6 +316,15 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	defer gate.Close()
 
 	host, _ := os.Hostname()
+	if cfg.VerifyInterval > 0 && cfg.OutcomeEnabled() {
+		// SPEC §7 verify: one replica at a time proves the trail against the API.
+		defer verify.Start(ctx, &verify.Schedule{
+			Check: verify.Config{JS: js, Stream: cfg.OutcomeStream, Prefix: cfg.OutcomeSubject, API: w.api,
+				Acquire: gateTurn(gate, len(cfg.Subjects)-1)},
+			Interval: cfg.VerifyInterval, Create: cfg.CreateStreams, Replicas: cfg.StreamReplicas,
+			Gauge: m.KeysStillListed, Log: log, Replica: host,
+		})()
+	}
 	ledger := &queue.Ledger{}
 	replays := &queue.Replays{}
 	consumer := &queue.Consumer{
@@ -349,6 +360,9 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		case <-runCtx.Done():
 		}
 	}()
+	// The NATS service (SPEC §12) on this connection, until the run ends.
+	stopService := service.Serve(runCtx, nc.Conn, js, cfg.Topology(), version, log)
+	defer stopService()
 	err = consumer.Run(runCtx)
 	stopRun()
 	// Acks and records are buffered by the client: send them before closing.

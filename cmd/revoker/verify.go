@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/tracing"
+	"github.com/revoker/revoker/verify"
+)
+
+// verifyCmd proves the audit trail against the API (SPEC §7): it prints
+// every key the trail says is gone that its account still lists, and
+// nothing else on standard output.
+func verifyCmd(ctx context.Context, args []string, e env) int {
+	e = lockedEnv(e)
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	account := fs.String("account", "", "only keys of this account `ID`")
+	since := fs.Duration("since", verify.Window, "only records of the last `duration`")
+	asJSON := fs.Bool("json", false, "print one JSON object per still-listed key")
+	cfg, code := parse(fs, config.NATS|config.Outcomes|config.API, args, e)
+	if code >= 0 {
+		return code
+	}
+	if *since <= 0 {
+		fmt.Fprintf(e.stderr, "revoker verify: --since must be positive, got %s\n", *since)
+		return exitUsage
+	}
+	if *account != "" && !cloudflare.ValidIdentifier(*account) {
+		fmt.Fprintf(e.stderr, "revoker verify: --account must be 1-32 characters of [A-Za-z0-9], got %q\n", cell(*account))
+		return exitUsage
+	}
+	if !cfg.OutcomeEnabled() {
+		fmt.Fprintf(e.stderr, "revoker verify: %v\n", verify.ErrNoTrail)
+		return exitUsage
+	}
+	cred, err := credential(cfg)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker verify: CLOUDFLARE_API_TOKEN_FILE: %v\n", err)
+		return exitUsage
+	}
+	api, err := cloudflare.New(cloudflare.Config{
+		BaseURL: cfg.BaseURL, Credential: cred, Timeout: cfg.HTTPTimeout,
+		UserAgent: "revoker/" + version,
+		Transport: tracing.Transport(cloudflare.DefaultTransport()),
+	})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker verify: CLOUDFLARE_BASE_URL: %v\n", err)
+		return exitUsage
+	}
+	c := dialFor("revoker verify", cfg, e)
+	if c == nil {
+		return exitFailed
+	}
+	defer c.Close()
+
+	r, err := verify.Check(ctx, verify.Config{
+		JS: c.JetStream(), Stream: cfg.OutcomeStream, Prefix: cfg.OutcomeSubject, API: api,
+	}, *account, time.Now().Add(-*since))
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			fmt.Fprintln(e.stderr, "revoker verify: interrupted")
+		} else {
+			fmt.Fprintf(e.stderr, "revoker verify: %v\n", streamError("outcome", cfg.OutcomeStream, err))
+		}
+		return exitFailed
+	}
+	printStillListed(e, r.StillListed, *asJSON)
+	for _, f := range r.Failed {
+		fmt.Fprintf(e.stderr, "revoker verify: account %s: key list not fetched: %s\n", cell(f.AccountID), cell(f.Why))
+	}
+	for _, u := range r.Unjudged {
+		fmt.Fprintf(e.stderr, "revoker verify: account %s key %s: recorded at %s, after its list started; not judged, run again\n",
+			cell(u.AccountID), cell(u.KeyID), cell(u.CompletedAt))
+	}
+	if r.Proven() {
+		return exitOK
+	}
+	return exitFailed
+}
+
+// printStillListed writes the keys found still listed, one per line:
+// account, key, outcome, completed_at, CF-Ray; or one JSON object each.
+func printStillListed(e env, keys []verify.Claim, asJSON bool) {
+	if asJSON {
+		for _, k := range keys {
+			printJSON(e.stdout, k)
+		}
+		return
+	}
+	if len(keys) == 0 {
+		return
+	}
+	// No header: standard output holds the still-listed keys and nothing
+	// else, so a script can count its lines.
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cell(k.AccountID), cell(k.KeyID), cell(string(k.Outcome)), cell(k.CompletedAt), cell(k.CFRay))
+	}
+	tw.Flush()
+}
+
+// gateTurn charges each key list of serve's checks to the rate budget and
+// the call slots, at the priority given (the lowest: a check never delays
+// a revocation).
+func gateTurn(gate *throttle.Gate, priority int) func(context.Context) (func(), error) {
+	return func(ctx context.Context) (func(), error) {
+		p, err := gate.Acquire(ctx, priority)
+		if err != nil {
+			return nil, err
+		}
+		return p.Release, nil
+	}
+}

@@ -1,0 +1,194 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
+)
+
+// ClientOn is a Client on a connection the caller already holds (the
+// worker's own), for the work stream and outcome records of t. Closing
+// the connection stays the caller's business.
+func ClientOn(nc *nats.Conn, js jetstream.JetStream, t config.Topology) *Client {
+	return &Client{nc: nc, js: js, Stream: t.Stream, OutcomeStream: t.OutcomeStream,
+		OutcomePrefix: t.OutcomePrefix, Timeout: defaultTimeout}
+}
+
+// Waiter lets many callers wait for the outcomes of their events over ONE
+// subscription on the outcome subjects: each record heard is looked up in
+// a map keyed by the event's stream and sequence, so an outcome costs the
+// same whatever the number of waiters, and a thousand waiters do not make
+// a thousand subscriptions.
+//
+// What the subscription hears is only a notice: a record published on
+// the subject may yet be refused by the stream (a racing replica's write,
+// say), so the answer is always read back from the audit trail, with the
+// believed-record rule (a revoked record beats every other one).
+type Waiter struct {
+	c   *Client
+	sub *nats.Subscription
+
+	mu      sync.Mutex
+	waiting map[waitKey]map[*waitEntry]struct{}
+}
+
+type waitKey struct {
+	stream string
+	seq    uint64
+}
+
+type waitEntry struct {
+	p      Published
+	notice chan struct{} // a record naming p was heard
+}
+
+// Timings of Wait. A record is heard before the stream has stored it, so
+// after a notice the trail is read again soon and then less often; without
+// a notice it is still read every recheckEvery, because notices sent while
+// the connection was down are lost for good.
+var (
+	noticeRetryFirst = 20 * time.Millisecond
+	noticeRetryMax   = time.Second
+	recheckEvery     = 5 * time.Second
+)
+
+// NewWaiter subscribes to every outcome subject of c (<prefix>.>). Close
+// it when done.
+func NewWaiter(c *Client) (*Waiter, error) {
+	if c.OutcomePrefix == "" {
+		return nil, errors.New("outcome records are off (REVOKER_OUTCOME_SUBJECT is empty)")
+	}
+	w := &Waiter{c: c, waiting: map[waitKey]map[*waitEntry]struct{}{}}
+	subject := c.OutcomePrefix + ".>"
+	sub, err := c.nc.Subscribe(subject, w.heard)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to outcome records on %s: %w", subject, err)
+	}
+	// A burst of outcomes must not be dropped as a slow consumer's: each
+	// costs only a parse and a map look-up.
+	_ = sub.SetPendingLimits(-1, 256<<20)
+	if err := c.nc.FlushTimeout(c.timeout()); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to outcome records on %s: %w", subject, err)
+	}
+	if err := refused(c.nc, subject); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("subscribe to outcome records on %s: %w (may this user subscribe there? see deploy/nats-auth)", subject, err)
+	}
+	w.sub = sub
+	return w, nil
+}
+
+// Close ends the subscription; waits in progress still end with their
+// context (they read the trail every recheckEvery).
+func (w *Waiter) Close() { _ = w.sub.Unsubscribe() }
+
+// heard is the subscription's callback: O(1) per record whatever the
+// number of waiters. A body that does not parse, or that names another key
+// than its subject's, is ignored.
+func (w *Waiter) heard(m *nats.Msg) {
+	var rec event.Record
+	if json.Unmarshal(m.Data, &rec) != nil || !onOwnSubject(m.Subject, rec) {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for e := range w.waiting[waitKey{rec.Stream, rec.Sequence}] {
+		if !e.p.Answers(rec) {
+			continue
+		}
+		select {
+		case e.notice <- struct{}{}:
+		default: // a notice is already pending
+		}
+	}
+}
+
+func (w *Waiter) register(p Published) *waitEntry {
+	e := &waitEntry{p: p, notice: make(chan struct{}, 1)}
+	k := waitKey{p.Stream, p.Sequence}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.waiting[k] == nil {
+		w.waiting[k] = map[*waitEntry]struct{}{}
+	}
+	w.waiting[k][e] = struct{}{}
+	return e
+}
+
+func (w *Waiter) unregister(e *waitEntry) {
+	k := waitKey{e.p.Stream, e.p.Sequence}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.waiting[k], e)
+	if len(w.waiting[k]) == 0 {
+		delete(w.waiting, k)
+	}
+}
+
+// Waiting is how many waits are in progress.
+func (w *Waiter) Waiting() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, es := range w.waiting {
+		n += len(es)
+	}
+	return n
+}
+
+// Wait returns the believed outcome record of p (SPEC §4 "The proof"
+// point 3: a revoked record beats every other) as soon as the audit trail
+// holds one, or ok false once ctx ends without one. The wait is registered
+// before the trail is first read, so a record stored in between is not
+// missed. The record returned is the one believed when it was read: a
+// revoked record that later supersedes a not_found is what a later look-up
+// (Client.Recorded) shows. err is the last failure to read the trail, when
+// ctx ended without a record and the last read failed.
+func (w *Waiter) Wait(ctx context.Context, p Published) (event.Record, bool, error) {
+	e := w.register(p)
+	defer w.unregister(e)
+	retry := noticeRetryFirst
+	next := time.Duration(0) // read the trail at once
+	noticed := false
+	var lastErr error
+	for {
+		t := time.NewTimer(next)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return event.Record{}, false, lastErr
+		case <-e.notice:
+			t.Stop()
+			noticed, retry = true, noticeRetryFirst
+		case <-t.C:
+		}
+		rec, ok, err := w.c.Recorded(ctx, p)
+		switch {
+		case err == nil && ok:
+			return rec, true, nil
+		case err != nil && ctx.Err() == nil:
+			lastErr = err
+		case err == nil:
+			lastErr = nil
+		}
+		next = recheckEvery
+		if noticed {
+			// Heard but not read back yet: the stream has not stored it
+			// (or refused it); look again soon, then less often.
+			next, retry = retry, min(2*retry, noticeRetryMax)
+			if next >= noticeRetryMax {
+				noticed = false
+			}
+		}
+	}
+}

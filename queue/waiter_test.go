@@ -1,0 +1,185 @@
+package queue_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+)
+
+// waiterSetup starts JetStream with revoker's streams and a waiter on a
+// client of that connection.
+func waiterSetup(t *testing.T) (*nats.Conn, jetstream.JetStream, *queue.Client, *queue.Waiter, config.Topology) {
+	t.Helper()
+	_, nc, js := queuetest.JetStream(t)
+	cfg := config.Default()
+	topo := cfg.Topology()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := queue.Ensure(ctx, js, topo, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	c := queue.ClientOn(nc, js, topo)
+	w, err := queue.NewWaiter(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Close)
+	return nc, js, c, w, topo
+}
+
+// storeRecord stores rec on the subject of (account, key), which need not
+// be rec's own: a test may plant one where it does not belong.
+func storeRecord(t *testing.T, js jetstream.JetStream, topo config.Topology, account, key string, rec event.Record) {
+	t.Helper()
+	body, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(context.Background(), queue.OutcomeSubject(topo.OutcomePrefix, account, key), body); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waiterRecord(p queue.Published, outcome event.Outcome) event.Record {
+	return event.Record{EventID: p.EventID, AccountID: p.AccountID, KeyID: p.KeyID, Outcome: outcome,
+		Stream: p.Stream, Sequence: p.Sequence, Status: 200}
+}
+
+// A thousand waiters share one subscription, and each gets the record of
+// its own event.
+func TestWaiterThousandWaitersOneSubscription(t *testing.T) {
+	nc, js, c, w, topo := waiterSetup(t)
+	// The first request makes the connection's shared reply subscription:
+	// count from after it.
+	if _, _, err := c.Recorded(context.Background(), queue.Published{AccountID: "a", KeyID: "warm", Stream: topo.Stream, Sequence: 1}); err != nil {
+		t.Fatal(err)
+	}
+	base := nc.NumSubscriptions()
+
+	const n = 1000
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pubs := make([]queue.Published, n)
+	got := make([]event.Record, n)
+	oks := make([]bool, n)
+	var wg sync.WaitGroup
+	for i := range pubs {
+		pubs[i] = queue.Published{EventID: fmt.Sprintf("ev-%d", i), AccountID: "acct",
+			KeyID: fmt.Sprintf("k%d", i), Stream: topo.Stream, Sequence: uint64(i + 1)}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			got[i], oks[i], _ = w.Wait(ctx, pubs[i])
+		}(i)
+	}
+	queuetest.Eventually(t, 30*time.Second, "every waiter registered", func() bool { return w.Waiting() == n })
+	if now := nc.NumSubscriptions(); now != base {
+		t.Fatalf("subscriptions with %d waiters: %d, want %d (one for all, made before)", n, now, base)
+	}
+	for i, p := range pubs {
+		rec := waiterRecord(p, event.Revoked)
+		rec.CFRay = fmt.Sprintf("ray-%d", i)
+		storeRecord(t, js, topo, p.AccountID, p.KeyID, rec)
+	}
+	wg.Wait()
+	for i, p := range pubs {
+		if !oks[i] {
+			t.Fatalf("waiter %d got no record", i)
+		}
+		if !p.Answers(got[i]) || got[i].CFRay != fmt.Sprintf("ray-%d", i) {
+			t.Fatalf("waiter %d got %+v, want the record of %+v", i, got[i], p)
+		}
+	}
+	if w.Waiting() != 0 {
+		t.Fatalf("waiters left registered: %d", w.Waiting())
+	}
+	w.Close()
+	if now := nc.NumSubscriptions(); now != base-1 {
+		t.Fatalf("subscriptions after Close: %d, want %d: the waiter held exactly one", now, base-1)
+	}
+}
+
+// Records that do not parse, sit on another key's subject, or name
+// another event wake no one with a false answer; the true one does.
+func TestWaiterIgnoresWhatIsNotItsRecord(t *testing.T) {
+	nc, js, _, w, topo := waiterSetup(t)
+	p := queue.Published{EventID: "e1", AccountID: "acct", KeyID: "key1", Stream: topo.Stream, Sequence: 7}
+	type result struct {
+		rec event.Record
+		ok  bool
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		rec, ok, _ := w.Wait(ctx, p)
+		done <- result{rec, ok}
+	}()
+	queuetest.Eventually(t, 10*time.Second, "the waiter registered", func() bool { return w.Waiting() == 1 })
+
+	// Not JSON, on the key's own subject.
+	if err := nc.Publish(queue.OutcomeSubject(topo.OutcomePrefix, p.AccountID, p.KeyID), []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	// Naming p, but on another key's subject.
+	storeRecord(t, js, topo, "acct", "other", waiterRecord(p, event.Revoked))
+	// On p's subject, but another stream's event with the same sequence.
+	wrong := waiterRecord(p, event.Revoked)
+	wrong.Stream = "ELSEWHERE"
+	storeRecord(t, js, topo, p.AccountID, p.KeyID, wrong)
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("the wait ended on a record that is not p's: %+v", r)
+	default:
+	}
+
+	storeRecord(t, js, topo, p.AccountID, p.KeyID, waiterRecord(p, event.NotFound))
+	r := <-done
+	if !r.ok || !p.Answers(r.rec) || r.rec.Outcome != event.NotFound {
+		t.Fatalf("got %+v %v, want p's not_found", r.rec, r.ok)
+	}
+}
+
+// A revoked record beats a not_found of the same event already in the
+// trail when the wait starts.
+func TestWaiterBelievesRevoked(t *testing.T) {
+	_, js, _, w, topo := waiterSetup(t)
+	p := queue.Published{EventID: "e2", AccountID: "acct", KeyID: "key2", Stream: topo.Stream, Sequence: 9}
+	storeRecord(t, js, topo, p.AccountID, p.KeyID, waiterRecord(p, event.Revoked))
+	storeRecord(t, js, topo, p.AccountID, p.KeyID, waiterRecord(p, event.NotFound))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec, ok, err := w.Wait(ctx, p)
+	if err != nil || !ok || rec.Outcome != event.Revoked {
+		t.Fatalf("got %+v %v %v, want the revoked record", rec, ok, err)
+	}
+}
+
+// A wait with no record ends with its context, without error.
+func TestWaiterEndsWithContext(t *testing.T) {
+	_, _, _, w, topo := waiterSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, ok, err := w.Wait(ctx, queue.Published{AccountID: "acct", KeyID: "none", Stream: topo.Stream, Sequence: 1})
+	if ok || err != nil {
+		t.Fatalf("got ok %v err %v, want no record and no error", ok, err)
+	}
+	if w.Waiting() != 0 {
+		t.Fatal("the ended wait is still registered")
+	}
+}

@@ -1,0 +1,522 @@
+// Package service is the NATS service `revoker` (SPEC §12): the same
+// JetStream path as `revoker publish`, for programs that speak NATS
+// request/reply. A revoke request is stored in the work stream before
+// anything is answered, so a reply that is lost loses no revocation; its
+// reply is the event's believed outcome record when one is known within
+// the wait asked for, else the event's place in the work stream.
+package service
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/untrusted"
+)
+
+// The service's names: its name, queue group and subjects.
+const (
+	Name          = "revoker"
+	QueueGroup    = "revoker"
+	RevokeSubject = "revoker.revoke"
+	StatusSubject = "revoker.status"
+)
+
+// Request headers of revoker.revoke.
+const (
+	HeaderUrgent = "Revoker-Urgent" // "true": the highest-priority subject
+	HeaderWait   = "Revoker-Wait"   // a Go duration: how long to wait for the outcome
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxWait     = 60 * time.Second
+	DefaultMaxInFlight = 1024
+	// maxIDLen bounds a caller's event id: it is kept in headers and
+	// records.
+	maxIDLen = 256
+)
+
+// StateQueued is the state of a stored event with no outcome record yet.
+const StateQueued = "queued"
+
+// Queued is the reply for a stored event whose outcome is not known yet.
+// Sent back as a status request, it asks for that event's outcome.
+type Queued struct {
+	EventID   string `json:"event_id"`
+	State     string `json:"state"`
+	AccountID string `json:"account_id,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
+	Stream    string `json:"stream,omitempty"`
+	Sequence  uint64 `json:"sequence,omitempty"`
+}
+
+// StatusRequest is the body of revoker.status. Stream and Sequence (from
+// the revoke reply) name one event beyond doubt; AccountID and KeyID name
+// a key, whose latest believed record is the answer when no sequence is
+// given. An event id alone proves nothing (ids can be reused or forged,
+// and finding one would mean scanning the trail): with a key it picks
+// among that key's records, and alone it is refused with 400.
+type StatusRequest struct {
+	EventID   string `json:"event_id,omitempty"`
+	AccountID string `json:"account_id,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
+	Stream    string `json:"stream,omitempty"`
+	Sequence  uint64 `json:"sequence,omitempty"`
+}
+
+// Config is what the service is built from.
+type Config struct {
+	// Client stores events in the work stream and reads the audit trail.
+	Client *queue.Client
+	// Waiter hears outcomes; nil when outcome records are off (replies are
+	// then always the queued state).
+	Waiter *queue.Waiter
+	// Subjects of the work stream, highest priority first.
+	Subjects []string
+	// Version is the binary's version; one that is not semantic becomes
+	// 0.0.0-<it> (micro requires semver).
+	Version string
+	// MaxWait caps Revoker-Wait (default DefaultMaxWait).
+	MaxWait time.Duration
+	// MaxInFlight bounds the requests handled at once; beyond, 503
+	// (default DefaultMaxInFlight).
+	MaxInFlight int
+	Log         *zap.Logger
+	// OwnInbox is the inbox prefix of the service's own connection; a
+	// request asking for its reply there is dropped (Start fills it in).
+	OwnInbox string
+}
+
+// Service is the running service.
+type Service struct {
+	cfg    Config
+	svc    micro.Service
+	ctx    context.Context
+	cancel context.CancelFunc
+	slots  chan struct{}
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	mu      sync.Mutex
+	stopped bool // no new goroutine once Stop waits for them
+}
+
+// Start registers the service on nc. The requests it takes run until ctx
+// ends or Stop is called.
+func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Service, error) {
+	if cfg.Client == nil || len(cfg.Subjects) == 0 {
+		return nil, errors.New("service: a client and the work subjects are required")
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = DefaultMaxWait
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.OwnInbox == "" {
+		cfg.OwnInbox, _, _ = strings.Cut(nc.NewInbox(), ".")
+	}
+	s := &Service{cfg: cfg, slots: make(chan struct{}, cfg.MaxInFlight)}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:        Name,
+		Version:     semver(cfg.Version),
+		Description: "revokes Cloudflare Stream signing keys through the work stream (SPEC §12)",
+		QueueGroup:  QueueGroup,
+	})
+	if err != nil {
+		s.cancel()
+		return nil, fmt.Errorf("start the NATS service: %w", err)
+	}
+	g := svc.AddGroup(Name)
+	for name, h := range map[string]micro.HandlerFunc{"revoke": s.revoke, "status": s.status} {
+		if err := g.AddEndpoint(name, s.guard(h)); err != nil {
+			_ = svc.Stop()
+			s.cancel()
+			return nil, fmt.Errorf("start the NATS service: endpoint %s: %w", name, err)
+		}
+	}
+	s.svc = svc
+	// Registered at the server when Start returns; if NATS is away, the
+	// client subscribes again when it reconnects.
+	_ = nc.FlushTimeout(5 * time.Second)
+	return s, nil
+}
+
+// Stop stops taking requests and ends the waits in progress: each answers
+// with its event's queued state (its event is stored already).
+func (s *Service) Stop() error {
+	var err error
+	s.once.Do(func() {
+		err = s.svc.Stop()
+		s.cancel()
+		s.mu.Lock()
+		s.stopped = true
+		s.mu.Unlock()
+		s.wg.Wait()
+	})
+	return err
+}
+
+// Micro is the underlying micro service (its info and stats).
+func (s *Service) Micro() micro.Service { return s.svc }
+
+// semver returns v when it is a semantic version, else 0.0.0-<v>.
+func semver(v string) string {
+	v = strings.TrimPrefix(v, "v")
+	parts := strings.SplitN(strings.SplitN(v, "-", 2)[0], ".", 3)
+	ok := len(parts) == 3
+	for _, p := range parts {
+		if _, err := strconv.ParseUint(p, 10, 32); err != nil {
+			ok = false
+		}
+	}
+	if ok {
+		return v
+	}
+	clean := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, v)
+	if clean == "" {
+		clean = "unknown"
+	}
+	return "0.0.0-" + clean
+}
+
+// guard drops a request whose reply subject is not a caller's inbox. The
+// reply is published with the worker's own permissions, which may write
+// records, events and shared state: a caller choosing "revoke.outcome.…"
+// or "revoke.urgent" as its reply subject must not have the worker write
+// there, nor answer into the worker's own inbox (its pending JetStream
+// requests).
+func (s *Service) guard(h micro.HandlerFunc) micro.HandlerFunc {
+	return func(req micro.Request) {
+		if !ReplyAllowed(req.Reply(), s.cfg.OwnInbox) {
+			s.cfg.Log.Debug("service: request dropped: its reply subject is not an inbox")
+			return
+		}
+		h(req)
+	}
+}
+
+// ReplyAllowed reports whether reply is a subject the service answers on:
+// under an inbox prefix (a first token starting with "_INBOX", as
+// REVOKER_NATS_INBOX_PREFIX values do), and not under own unless own is
+// the default "_INBOX" that callers share without roles (the worker's
+// inboxes then end in random tokens no caller can guess).
+func ReplyAllowed(reply, own string) bool {
+	first, rest, ok := strings.Cut(reply, ".")
+	return ok && rest != "" && strings.HasPrefix(first, "_INBOX") && (first != own || own == "_INBOX") &&
+		!strings.ContainsAny(reply, "*> \t\r\n")
+}
+
+// fail answers req with an error in the service headers; the description
+// is made one safe line, as it may quote what the caller sent.
+func (s *Service) fail(req micro.Request, code int, format string, args ...any) {
+	desc := untrusted.Line(fmt.Sprintf(format, args...), 512)
+	if err := req.Error(strconv.Itoa(code), desc, nil); err != nil {
+		s.cfg.Log.Debug("service: reply lost", zap.Error(err))
+	}
+}
+
+func (s *Service) reply(req micro.Request, v any) {
+	if err := req.RespondJSON(v); err != nil {
+		s.cfg.Log.Debug("service: reply lost", zap.Error(err))
+	}
+}
+
+// async runs f on its own goroutine, so a long wait does not hold the
+// endpoint's subscription (micro calls handlers one at a time), within
+// MaxInFlight requests.
+func (s *Service) async(req micro.Request, f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		s.fail(req, 503, "the service is stopping; try again")
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		s.fail(req, 503, "too many requests in progress; try again")
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.slots }()
+		f()
+	}()
+}
+
+// revoke handles revoker.revoke. What can be refused without NATS is
+// refused at once (and counted in the endpoint's error stats); the rest
+// runs in its own goroutine.
+func (s *Service) revoke(req micro.Request) {
+	body := req.Data()
+	if len(body) > event.MaxBytes {
+		s.fail(req, 413, "invalid event: %d bytes, over the %d-byte limit", len(body), event.MaxBytes)
+		return
+	}
+	ev, err := event.Decode(body)
+	if err != nil {
+		s.fail(req, 400, "%v", err)
+		return
+	}
+	h := req.Headers()
+	subject := s.cfg.Subjects[len(s.cfg.Subjects)-1]
+	if v := h.Get(HeaderUrgent); v != "" {
+		urgent, err := strconv.ParseBool(v)
+		if err != nil {
+			s.fail(req, 400, "%s must be true or false", HeaderUrgent)
+			return
+		}
+		if urgent {
+			subject = s.cfg.Subjects[0]
+		}
+	}
+	var wait time.Duration
+	if v := h.Get(HeaderWait); v != "" {
+		wait, err = time.ParseDuration(v)
+		if err != nil || wait < 0 {
+			s.fail(req, 400, "%s must be a Go duration such as 10s", HeaderWait)
+			return
+		}
+		wait = min(wait, s.cfg.MaxWait)
+	}
+	id := h.Get(jetstream.MsgIDHeader)
+	switch {
+	case id == "":
+		id = newID()
+	case len(id) > maxIDLen || strings.IndexFunc(id, untrusted.Unsafe) >= 0:
+		s.fail(req, 400, "%s must be at most %d bytes with no control characters", jetstream.MsgIDHeader, maxIDLen)
+		return
+	}
+	s.async(req, func() {
+		// Stored before anything is answered: a lost reply loses nothing.
+		p, err := s.cfg.Client.Publish(s.ctx, subject, id, ev, body)
+		switch {
+		case errors.Is(err, queue.ErrIDTaken), errors.Is(err, queue.ErrIDUnverified):
+			s.fail(req, 409, "%v", err)
+			return
+		case err != nil:
+			s.cfg.Log.Warn("service: an event could not be stored", zap.Error(err))
+			s.fail(req, 503, "the event was not stored (NATS unreachable or the work stream refused it): try again")
+			return
+		}
+		queued := Queued{EventID: p.EventID, State: StateQueued, AccountID: p.AccountID, KeyID: p.KeyID,
+			Stream: p.Stream, Sequence: p.Sequence}
+		if wait > 0 && s.cfg.Waiter != nil {
+			ctx, cancel := context.WithTimeout(s.ctx, wait)
+			rec, ok, _ := s.cfg.Waiter.Wait(ctx, p)
+			cancel()
+			if ok {
+				s.reply(req, rec)
+				return
+			}
+		}
+		s.reply(req, queued)
+	})
+}
+
+// status handles revoker.status.
+func (s *Service) status(req micro.Request) {
+	var r StatusRequest
+	if err := json.Unmarshal(req.Data(), &r); err != nil {
+		s.fail(req, 400, "the request must be a JSON object with stream and sequence, or account_id and key_id")
+		return
+	}
+	for _, id := range []string{r.AccountID, r.KeyID} {
+		if id != "" && !cloudflare.ValidIdentifier(id) {
+			s.fail(req, 400, "account_id and key_id must be 1-32 characters of [A-Za-z0-9]")
+			return
+		}
+	}
+	hasKey := r.AccountID != "" && r.KeyID != ""
+	hasSeq := r.Stream != "" && r.Sequence > 0
+	switch {
+	case (r.AccountID != "") != (r.KeyID != ""):
+		s.fail(req, 400, "account_id and key_id go together")
+		return
+	case !hasKey && !hasSeq && r.EventID != "":
+		s.fail(req, 400, "an event id alone proves nothing (ids can be reused or forged): give stream and sequence (from the revoke reply), or account_id and key_id")
+		return
+	case !hasKey && !hasSeq:
+		s.fail(req, 400, "give stream and sequence, or account_id and key_id")
+		return
+	case hasSeq && r.Stream != s.cfg.Client.Stream:
+		s.fail(req, 404, "stream %s is not the work stream", r.Stream)
+		return
+	case s.cfg.Client.OutcomePrefix == "":
+		s.fail(req, 503, "outcome records are off: no outcome can be known")
+		return
+	}
+	s.async(req, func() {
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Client.Timeout)
+		defer cancel()
+		if hasSeq {
+			s.statusOfEvent(ctx, req, r)
+			return
+		}
+		s.statusOfKey(ctx, req, r)
+	})
+}
+
+// statusOfEvent answers for the event at stream/sequence: its believed
+// record, else queued while it is still in the work stream, else 404.
+func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r StatusRequest) {
+	c := s.cfg.Client
+	p := queue.Published{EventID: r.EventID, AccountID: r.AccountID, KeyID: r.KeyID, Stream: r.Stream, Sequence: r.Sequence}
+	// The event still in the work stream names its key (and is the truth
+	// about it); one that is done must be asked for with its key.
+	st, err := c.JetStream().Stream(ctx, r.Stream)
+	if err != nil {
+		s.fail(req, 503, "the work stream cannot be read: try again")
+		return
+	}
+	inStream := false
+	m, err := st.GetMsg(ctx, r.Sequence)
+	switch {
+	case err == nil:
+		ev, derr := event.Decode(m.Data)
+		if derr == nil && (!hasKeyOf(r) || ev.AccountID == r.AccountID && ev.KeyID == r.KeyID) {
+			p.AccountID, p.KeyID, p.StoredAt, inStream = ev.AccountID, ev.KeyID, m.Time, true
+			if p.EventID == "" {
+				p.EventID = m.Header.Get(jetstream.MsgIDHeader)
+			}
+		}
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		s.fail(req, 503, "the work stream cannot be read: try again")
+		return
+	}
+	if p.AccountID == "" {
+		s.fail(req, 404, "no event at sequence %d of %s (it may be done: give account_id and key_id to read its record)", r.Sequence, r.Stream)
+		return
+	}
+	rec, ok, err := c.Recorded(ctx, p)
+	switch {
+	case err != nil:
+		s.fail(req, 503, "the audit trail cannot be read: try again")
+	case ok:
+		s.reply(req, rec)
+	case inStream:
+		s.reply(req, Queued{EventID: p.EventID, State: StateQueued, AccountID: p.AccountID, KeyID: p.KeyID,
+			Stream: p.Stream, Sequence: p.Sequence})
+	default:
+		s.fail(req, 404, "nothing is known of the event at sequence %d of %s for %s/%s", r.Sequence, r.Stream, r.AccountID, r.KeyID)
+	}
+}
+
+func hasKeyOf(r StatusRequest) bool { return r.AccountID != "" }
+
+// statusOfKey answers with the key's latest believed record: the event of
+// the last record stored, and among that event's records a revoked one
+// over any other. With an event id, only records naming that id count
+// (a weaker match than a sequence: ids can be reused).
+func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRequest) {
+	c := s.cfg.Client
+	recs, err := queue.KeyOutcomes(ctx, c.JetStream(), c.OutcomeStream, c.OutcomePrefix, r.AccountID, r.KeyID)
+	if err != nil {
+		s.fail(req, 503, "the audit trail cannot be read: try again")
+		return
+	}
+	if r.EventID != "" {
+		kept := recs[:0]
+		for _, rec := range recs {
+			if rec.EventID == r.EventID {
+				kept = append(kept, rec)
+			}
+		}
+		recs = kept
+	}
+	rec, ok := latestBelieved(recs)
+	if !ok {
+		s.fail(req, 404, "no outcome record of %s/%s", r.AccountID, r.KeyID)
+		return
+	}
+	s.reply(req, rec)
+}
+
+// latestBelieved picks, among one key's records (oldest first), the
+// believed record of the event recorded last.
+func latestBelieved(recs []event.Record) (event.Record, bool) {
+	if len(recs) == 0 {
+		return event.Record{}, false
+	}
+	last := recs[len(recs)-1]
+	for _, rec := range recs {
+		if rec.Outcome == event.Revoked && rec.Stream == last.Stream && rec.Sequence == last.Sequence {
+			return rec, true
+		}
+	}
+	return last, true
+}
+
+// newID is the id of an event whose request named none: random, so that
+// a retried request without an id is a new event (set Nats-Msg-Id to make
+// retries safe).
+func newID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return "svc-" + hex.EncodeToString(b)
+}
+
+// Serve runs the service on the worker's connection for `revoker serve`:
+// a client of topology t, a waiter when outcome records are on, and the
+// service. A service that cannot start (a connection not allowed to serve
+// its subjects, say) is logged and left off: the worker's own work does
+// not depend on it. The returned stop ends it.
+func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, t config.Topology, version string, log *zap.Logger) (stop func()) {
+	client := queue.ClientOn(nc, js, t)
+	cfg := Config{Client: client, Subjects: t.Subjects, Version: version, Log: log}
+	var waiter *queue.Waiter
+	if t.OutcomePrefix != "" {
+		w, err := queue.NewWaiter(client)
+		if err != nil {
+			log.Warn("the NATS service will not wait for outcomes", zap.Error(err))
+		} else {
+			waiter, cfg.Waiter = w, w
+		}
+	}
+	svc, err := Start(ctx, nc, cfg)
+	if err != nil {
+		log.Error("the NATS service is off", zap.Error(err))
+		if waiter != nil {
+			waiter.Close()
+		}
+		return func() {}
+	}
+	log.Info("NATS service started", zap.String("name", Name),
+		zap.Strings("subjects", []string{RevokeSubject, StatusSubject}))
+	return func() {
+		if err := svc.Stop(); err != nil {
+			log.Warn("stopping the NATS service", zap.Error(err))
+		}
+		if waiter != nil {
+			waiter.Close()
+		}
+	}
+}

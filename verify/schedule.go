@@ -1,0 +1,243 @@
+package verify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/untrusted"
+)
+
+// Bucket is the KV bucket shared by the replicas' checks: the lease
+// (only its holder checks) and the count of the last check.
+const Bucket = "revoker_verify"
+
+const (
+	leaseKey = "lease"
+	lastKey  = "last"
+)
+
+// Window is what a scheduled check covers: a signed URL lives at most
+// 24 h, so a key revoked earlier than that protects nothing any more.
+const Window = 24 * time.Hour
+
+// DefaultLeaseTTL bounds one check. A replica that dies holding the lease
+// holds up the others this long at most; a check still running then is
+// stopped, so two never overlap.
+const DefaultLeaseTTL = 15 * time.Minute
+
+// maxCount is the largest count of still-listed keys believed when read
+// from the bucket (SPEC §4 "The proof" point 8: shared state is clamped to
+// what a worker could have written).
+const maxCount = 1 << 20
+
+// Gauge is where a count is exported; prometheus.Gauge meets it.
+type Gauge interface{ Set(float64) }
+
+// Schedule runs a check every Interval over the last Window, one replica
+// at a time, and exports the count of the last check any replica ran.
+type Schedule struct {
+	Check    Config
+	Interval time.Duration
+	// Create makes the bucket when it is missing (REVOKER_CREATE_STREAMS);
+	// an existing bucket is never altered.
+	Create   bool
+	Replicas int
+	Gauge    Gauge
+	Log      *zap.Logger
+	// Replica names this process in the lease, for operators.
+	Replica string
+	// LeaseTTL: 0 means DefaultLeaseTTL.
+	LeaseTTL time.Duration
+
+	kv jetstream.KeyValue // bound on first use
+	// first is the server's time of this replica's first lease: with no
+	// check on record, the first is due an Interval after it, so a
+	// starting fleet does not list every account at once.
+	first time.Time
+}
+
+// last is the bucket's record of the last check.
+type last struct {
+	StillListed int    `json:"still_listed"`
+	Checked     int    `json:"checked"`
+	Failed      int    `json:"failed_accounts"`
+	At          string `json:"at"`
+	By          string `json:"by"`
+}
+
+// BucketConfig is the bucket as a replica creates it: per-key TTLs (the
+// lease's) need limit markers.
+func BucketConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:         Bucket,
+		Description:    "revoker verify: the lease of the running check and the count of the last one",
+		History:        1,
+		Storage:        jetstream.FileStorage,
+		Replicas:       max(replicas, 1),
+		LimitMarkerTTL: time.Minute,
+	}
+}
+
+// Start runs s until ctx ends or the returned stop is called; stop waits
+// for it to finish.
+func Start(ctx context.Context, s *Schedule) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.Run(ctx)
+	}()
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
+// Run polls until ctx ends, a few times per Interval (at most a minute
+// apart): each poll exports the last count and runs a check when one is
+// due and the lease is free.
+func (s *Schedule) Run(ctx context.Context) {
+	poll := min(max(s.Interval/4, 10*time.Millisecond), time.Minute)
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	logged := "" // a repeated error is logged once
+	for {
+		_, err := s.Tick(ctx)
+		switch {
+		case ctx.Err() != nil:
+		case err == nil:
+			logged = ""
+		case err.Error() != logged:
+			logged = err.Error()
+			s.Log.Error("verify: scheduled check not run", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Tick exports the last count and, when a check is due and no other
+// replica holds the lease, runs one. It reports whether it ran one.
+func (s *Schedule) Tick(ctx context.Context) (bool, error) {
+	kv, err := s.bind(ctx)
+	if err != nil {
+		return false, err
+	}
+	ttl := s.LeaseTTL
+	if ttl <= 0 {
+		ttl = DefaultLeaseTTL
+	}
+	rev, err := kv.Create(ctx, leaseKey, []byte(untrusted.Line(s.Replica, 256)), jetstream.KeyTTL(ttl))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		s.export(ctx, kv) // another replica checks; show what the last check found
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("take the lease: %w", err)
+	}
+	// The lease is ours until deleted or expired; release only our own.
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := kv.Delete(dctx, leaseKey, jetstream.LastRevision(rev)); err != nil {
+			s.Log.Warn("verify: lease not released; it expires by itself", zap.Error(err), zap.Duration("ttl", ttl))
+		}
+	}()
+	// Read after taking the lease, so a check finished meanwhile by
+	// another replica is seen. Both times are the server's: no replica's
+	// clock decides when a check is due.
+	lastAt, ok := s.export(ctx, kv)
+	lease, err := kv.GetRevision(ctx, leaseKey, rev)
+	if err != nil {
+		return false, fmt.Errorf("read the lease: %w", err)
+	}
+	if !ok {
+		if s.first.IsZero() {
+			s.first = lease.Created()
+		}
+		lastAt = s.first
+	}
+	if lease.Created().Sub(lastAt) < s.Interval {
+		return false, nil
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, ttl*9/10)
+	defer cancel()
+	r, err := Check(cctx, s.Check, "", time.Now().Add(-Window))
+	if err != nil {
+		return false, fmt.Errorf("check: %w", err)
+	}
+	for _, c := range r.StillListed {
+		s.Log.Error("verify: the trail says this key is gone, but its account still lists it",
+			zap.String("account", c.AccountID), zap.String("key", c.KeyID), zap.String("outcome", string(c.Outcome)),
+			zap.String("completed_at", untrusted.Line(c.CompletedAt, 64)), zap.String("cf_ray", untrusted.Line(c.CFRay, 128)))
+	}
+	for _, f := range r.Failed {
+		s.Log.Warn("verify: the account's key list could not be fetched; its keys are not judged",
+			zap.String("account", f.AccountID), zap.String("why", f.Why))
+	}
+	if len(r.Unjudged) > 0 {
+		s.Log.Info("verify: keys recorded after their list started are left to the next check", zap.Int("keys", len(r.Unjudged)))
+	}
+	s.Gauge.Set(float64(len(r.StillListed)))
+	body, _ := json.Marshal(last{StillListed: len(r.StillListed), Checked: r.Checked, Failed: len(r.Failed),
+		At: time.Now().UTC().Format(time.RFC3339Nano), By: untrusted.Line(s.Replica, 256)})
+	if _, err := kv.Put(ctx, lastKey, body); err != nil {
+		return true, fmt.Errorf("store the count: %w", err)
+	}
+	s.Log.Info("verify: check done", zap.Int("checked", r.Checked), zap.Int("still_listed", len(r.StillListed)),
+		zap.Int("failed_accounts", len(r.Failed)))
+	return true, nil
+}
+
+// export sets the gauge to the count of the last check any replica ran,
+// and returns when the server stored it (ok false when there is none).
+func (s *Schedule) export(ctx context.Context, kv jetstream.KeyValue) (time.Time, bool) {
+	e, err := kv.Get(ctx, lastKey)
+	if err != nil {
+		return time.Time{}, false
+	}
+	var l last
+	if json.Unmarshal(e.Value(), &l) != nil {
+		// Not what a worker writes: the check is due, and its count
+		// replaces this.
+		return time.Time{}, false
+	}
+	s.Gauge.Set(float64(min(max(l.StillListed, 0), maxCount)))
+	return e.Created(), true
+}
+
+// bind finds the bucket, or makes it (when Create) if it is missing.
+func (s *Schedule) bind(ctx context.Context) (jetstream.KeyValue, error) {
+	if s.kv != nil {
+		return s.kv, nil
+	}
+	js := s.Check.JS
+	kv, err := js.KeyValue(ctx, Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) && s.Create {
+		kv, err = js.CreateKeyValue(ctx, BucketConfig(s.Replicas))
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, Bucket) // another replica was first
+		} else if err == nil {
+			s.Log.Info("created bucket", zap.String("bucket", Bucket))
+		}
+	} else if errors.Is(err, jetstream.ErrBucketNotFound) {
+		err = errors.New("it does not exist and REVOKER_CREATE_STREAMS is false")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", Bucket, err)
+	}
+	s.kv = kv
+	return kv, nil
+}

@@ -1,0 +1,192 @@
+// Package verify proves the audit trail against the API (SPEC §7,
+// `verify`): every key that outcome records say is gone (revoked or
+// not_found) must be absent from its account's key list. Key ids are never
+// reused, so a key absent from a list fetched after its record was stored
+// is gone for good; one still listed is a record that lies, the worst thing
+// the worker can produce.
+package verify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/queue"
+)
+
+// Lister fetches one account's key list; *cloudflare.Client meets it.
+type Lister interface {
+	ListSigningKeys(ctx context.Context, accountID string) (*cloudflare.KeyList, error)
+}
+
+var _ Lister = (*cloudflare.Client)(nil)
+
+// Config is what a check reads and calls.
+type Config struct {
+	JS     jetstream.JetStream
+	Stream string // the outcome stream (REVOKER_OUTCOME_STREAM)
+	Prefix string // the outcome subject prefix (REVOKER_OUTCOME_SUBJECT)
+	API    Lister
+	// Acquire, when set, is called before each key list and the release
+	// it returns after it: the worker charges lists to its rate budget.
+	Acquire func(ctx context.Context) (release func(), err error)
+}
+
+// Claim is a key the trail says is gone, and the record that says so.
+type Claim struct {
+	AccountID   string        `json:"account_id"`
+	KeyID       string        `json:"key_id"`
+	Outcome     event.Outcome `json:"outcome"`
+	CompletedAt string        `json:"completed_at"`
+	CFRay       string        `json:"cf_ray"`
+	EventID     string        `json:"event_id"`
+}
+
+// Failure is an account whose key list proved nothing.
+type Failure struct {
+	AccountID string
+	Why       string // one line, safe to log
+}
+
+// Report is the result of one check.
+type Report struct {
+	// Checked counts the keys judged by a list, listed or not.
+	Checked int
+	// StillListed are the keys the trail says are gone that their
+	// account's list still names.
+	StillListed []Claim
+	// Failed are the accounts whose list could not be fetched; their keys
+	// are not judged.
+	Failed []Failure
+	// Unjudged are keys recorded as completed after their account's list
+	// was started (a clock ahead of this one): that list cannot judge them.
+	Unjudged []Claim
+}
+
+// Proven reports whether every key the trail says is gone was shown gone.
+func (r Report) Proven() bool {
+	return len(r.StillListed) == 0 && len(r.Failed) == 0 && len(r.Unjudged) == 0
+}
+
+// Check reads the outcome records stored from since on, of account (""
+// for all), and fetches one key list per account that has keys the trail
+// says are gone. The records are read before any list is fetched, so every
+// record judged was stored before its list was asked for. It returns an
+// error only when the trail cannot be read.
+func Check(ctx context.Context, cfg Config, account string, since time.Time) (Report, error) {
+	claims, err := Claims(ctx, cfg.JS, cfg.Stream, cfg.Prefix, account, since)
+	if err != nil {
+		return Report{}, err
+	}
+	byAccount := make(map[string][]Claim)
+	var accounts []string
+	for _, c := range claims {
+		if byAccount[c.AccountID] == nil {
+			accounts = append(accounts, c.AccountID)
+		}
+		byAccount[c.AccountID] = append(byAccount[c.AccountID], c)
+	}
+	var r Report
+	for _, acct := range accounts {
+		if err := ctx.Err(); err != nil {
+			return r, err
+		}
+		list, started, why := fetch(ctx, cfg, acct)
+		if why != "" {
+			r.Failed = append(r.Failed, Failure{AccountID: acct, Why: why})
+			continue
+		}
+		for _, c := range byAccount[acct] {
+			if at, err := time.Parse(time.RFC3339Nano, c.CompletedAt); err == nil && at.After(started) {
+				r.Unjudged = append(r.Unjudged, c)
+				continue
+			}
+			r.Checked++
+			if list.Has(c.KeyID) {
+				r.StillListed = append(r.StillListed, c)
+			}
+		}
+	}
+	return r, nil
+}
+
+// fetch asks for one account's key list and returns it with the time the
+// request started, or why it proves nothing.
+func fetch(ctx context.Context, cfg Config, account string) (*cloudflare.KeyList, time.Time, string) {
+	if cfg.Acquire != nil {
+		release, err := cfg.Acquire(ctx)
+		if err != nil {
+			return nil, time.Time{}, "no turn to call: " + err.Error()
+		}
+		defer release()
+	}
+	started := time.Now()
+	list, err := cfg.API.ListSigningKeys(ctx, account)
+	switch {
+	case err != nil:
+		return nil, started, err.Error()
+	case !list.Listed:
+		return nil, started, list.Why()
+	}
+	return list, started, ""
+}
+
+// Claims returns, sorted by account and key, the keys whose believed record
+// in the window says they are gone. Per key, a revoked record beats every
+// other (a confirmation is never buried, SPEC §4 "The proof"), and among
+// the others the latest stored counts: a key whose latest record is
+// dead_lettered is not claimed gone. Records of keys without a valid
+// account or key id (stored under "_") name nothing that can be listed.
+func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account string, since time.Time) ([]Claim, error) {
+	if prefix == "" {
+		return nil, ErrNoTrail
+	}
+	acct := "*"
+	if account != "" {
+		if !cloudflare.ValidIdentifier(account) {
+			return nil, fmt.Errorf("%w: the account id is not 1-32 characters of [A-Za-z0-9]", cloudflare.ErrInvalidIdentifier)
+		}
+		acct = account
+	}
+	believed := make(map[[2]string]event.Record)
+	// EachOutcome believes a record only on its own key's subject and
+	// only if it names that key.
+	err := queue.EachOutcome(ctx, js, stream, prefix+"."+acct+".*", since, func(o event.Record) error {
+		if !cloudflare.ValidIdentifier(o.AccountID) || !cloudflare.ValidIdentifier(o.KeyID) {
+			return nil
+		}
+		k := [2]string{o.AccountID, o.KeyID}
+		if prev, ok := believed[k]; !ok || o.Outcome == event.Revoked || prev.Outcome != event.Revoked {
+			believed[k] = o
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", stream, err)
+	}
+	var out []Claim
+	for _, o := range believed {
+		if !o.Outcome.Succeeded() {
+			continue
+		}
+		out = append(out, Claim{AccountID: o.AccountID, KeyID: o.KeyID, Outcome: o.Outcome,
+			CompletedAt: o.CompletedAt, CFRay: o.CFRay, EventID: o.EventID})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].AccountID != out[j].AccountID {
+			return out[i].AccountID < out[j].AccountID
+		}
+		return out[i].KeyID < out[j].KeyID
+	})
+	return out, nil
+}
+
+// ErrNoTrail is returned when outcome records are off: there is no trail
+// to prove.
+var ErrNoTrail = errors.New("outcome records are off (REVOKER_OUTCOME_SUBJECT is empty)")

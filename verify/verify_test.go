@@ -1,0 +1,242 @@
+package verify_test
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/cloudflare/cloudflaretest"
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+	"github.com/revoker/revoker/verify"
+)
+
+const acct = "023e105f4ecef8ad9ca31a8372d0c353"
+
+// rig is a JetStream server with the outcome stream, and a stand-in API.
+type rig struct {
+	t   *testing.T
+	js  jetstream.JetStream
+	api *cloudflaretest.Server
+	cfg verify.Config
+	seq uint64
+}
+
+func newRig(t *testing.T, opts ...cloudflaretest.Option) *rig {
+	t.Helper()
+	_, _, js := queuetest.JetStream(t)
+	ctx := testCtx(t)
+	topo := config.Default().Topology()
+	if _, err := js.CreateStream(ctx, queue.OutcomeStream(topo)); err != nil {
+		t.Fatal(err)
+	}
+	api := cloudflaretest.NewServer(opts...)
+	t.Cleanup(api.Close)
+	client, err := cloudflare.New(cloudflare.Config{BaseURL: api.URL, Credential: cloudflare.Token("t")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rig{t: t, js: js, api: api, cfg: verify.Config{
+		JS: js, Stream: topo.OutcomeStream, Prefix: topo.OutcomePrefix, API: client,
+	}}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// record stores an outcome record of key as the worker does.
+func (r *rig) record(account, key string, outcome event.Outcome) {
+	r.t.Helper()
+	r.seq++
+	rec := event.Record{
+		EventID: "e" + key, AccountID: account, KeyID: key, Outcome: outcome, Status: 200,
+		CFRay: "ray-" + key, Attempts: 1, Subject: "revoke.scheduled", Sequence: r.seq, Stream: "REVOCATIONS",
+		CompletedAt: time.Now().UTC().Format(time.RFC3339Nano),
+	}
+	if outcome == event.DeadLettered {
+		rec.Reason = event.APIRejected
+	}
+	m, err := queue.OutcomeMsg(r.cfg.Prefix, rec)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if _, err := r.js.PublishMsg(testCtx(r.t), m); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *rig) lists() int {
+	n := 0
+	for _, q := range r.api.Requests() {
+		if q.Method == http.MethodGet {
+			n++
+		}
+	}
+	return n
+}
+
+func TestVerifyClaimsFollowTheBelievedRecord(t *testing.T) {
+	r := newRig(t)
+	r.record(acct, "k1", event.NotFound)
+	r.record(acct, "k1", event.DeadLettered) // latest: not claimed gone
+	r.record(acct, "k2", event.DeadLettered)
+	r.record(acct, "k2", event.Revoked) // claimed
+	r.record(acct, "k3", event.Revoked)
+	r.record(acct, "k3", event.DeadLettered) // a confirmation is never buried
+	r.record(acct, "k4", event.NotFound)
+	r.record("_", "k5", event.Revoked) // no account to list
+
+	got, err := verify.Claims(testCtx(t), r.js, r.cfg.Stream, r.cfg.Prefix, "", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]event.Outcome{"k2": event.Revoked, "k3": event.Revoked, "k4": event.NotFound}
+	if len(got) != len(want) {
+		t.Fatalf("claims %+v, want keys %v", got, want)
+	}
+	for _, c := range got {
+		if want[c.KeyID] != c.Outcome || c.AccountID != acct || c.CFRay != "ray-"+c.KeyID {
+			t.Errorf("claim %+v, want outcome %q", c, want[c.KeyID])
+		}
+	}
+}
+
+func TestVerifyCheckOneListPerAccount(t *testing.T) {
+	r := newRig(t)
+	const other = "9a7806061c88ada191ed06f989cc3dac"
+	r.api.AddKey(acct, "gone1")
+	r.api.RemoveKey(acct, "gone1")
+	r.record(acct, "gone1", event.Revoked)
+	r.record(acct, "gone2", event.NotFound)
+	r.api.KeepListed(acct, "alive")
+	r.record(acct, "alive", event.NotFound)
+	r.record(other, "k", event.Revoked)
+	r.api.ScriptList(other, 500)
+
+	rep, err := verify.Check(testCtx(t), r.cfg, "", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Checked != 3 || len(rep.StillListed) != 1 || rep.StillListed[0].KeyID != "alive" {
+		t.Errorf("report %+v: want 3 checked, alive still listed", rep)
+	}
+	if len(rep.Failed) != 1 || rep.Failed[0].AccountID != other || rep.Failed[0].Why == "" {
+		t.Errorf("failed %+v: want %s with a reason", rep.Failed, other)
+	}
+	if rep.Proven() {
+		t.Error("Proven() with a key still listed")
+	}
+	if n := r.lists(); n != 2 {
+		t.Errorf("%d key lists, want one per account (2)", n)
+	}
+}
+
+// schedule is a replica's scheduled check on the rig, with its own gauge.
+func (r *rig) schedule(name string, interval time.Duration) (*verify.Schedule, prometheus.Gauge) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "revoker_keys_still_listed"})
+	return &verify.Schedule{
+		Check: r.cfg, Interval: interval, Create: true, Gauge: g, Log: zaptest.NewLogger(r.t), Replica: name,
+	}, g
+}
+
+func TestVerifyLeaseOneCheckerAtATime(t *testing.T) {
+	started, release := make(chan struct{}, 8), make(chan struct{})
+	r := newRig(t, cloudflaretest.WithResponder(func(q cloudflaretest.Request) (int, http.Header, string, bool) {
+		if q.Method == http.MethodGet {
+			started <- struct{}{}
+			<-release // hold the first checker inside its check
+		}
+		return 0, nil, "", false
+	}))
+	r.api.KeepListed(acct, "alive")
+	r.record(acct, "alive", event.NotFound)
+	ctx := testCtx(t)
+	a, ga := r.schedule("a", time.Nanosecond)
+	b, gb := r.schedule("b", time.Nanosecond)
+	// The first poll of each only marks when it started: no check at once.
+	for _, s := range []*verify.Schedule{a, b} {
+		if ran, err := s.Tick(ctx); ran || err != nil {
+			t.Fatalf("first poll ran a check (%v) or failed (%v)", ran, err)
+		}
+	}
+
+	done := make(chan error, 1)
+	go func() {
+		ran, err := a.Tick(ctx)
+		if err == nil && !ran {
+			t.Error("a: no check run")
+		}
+		done <- err
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a did not start its check")
+	}
+	// a holds the lease: b must not check meanwhile.
+	ran, err := b.Tick(ctx)
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err != nil || ran {
+		t.Fatalf("b ran a check (%v, %v) while a held the lease", ran, err)
+	}
+	if n := r.lists(); n != 1 {
+		t.Fatalf("%d key lists, want 1", n)
+	}
+	if v := testutil.ToFloat64(ga); v != 1 {
+		t.Errorf("a's gauge %v, want 1", v)
+	}
+	// b exports the count of a's check; with an hour's interval it does
+	// not check again.
+	b.Interval = time.Hour
+	if ran, err := b.Tick(ctx); ran || err != nil {
+		t.Fatalf("b: ran %v, err %v; want no check, the last is recent", ran, err)
+	}
+	if v := testutil.ToFloat64(gb); v != 1 {
+		t.Errorf("b's gauge %v, want a's count 1", v)
+	}
+	if n := r.lists(); n != 1 {
+		t.Errorf("%d key lists, want still 1", n)
+	}
+}
+
+func TestVerifyLeaseOfADeadReplicaExpires(t *testing.T) {
+	r := newRig(t)
+	ctx := testCtx(t)
+	s, _ := r.schedule("alive", time.Nanosecond)
+	if _, err := s.Tick(ctx); err != nil { // makes the bucket
+		t.Fatal(err)
+	}
+	kv, err := r.js.KeyValue(ctx, verify.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A replica took the lease and died: it never deletes it.
+	if _, err := kv.Create(ctx, "lease", []byte("dead"), jetstream.KeyTTL(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if ran, err := s.Tick(ctx); ran || err != nil {
+		t.Fatalf("ran %v, err %v while another held the lease", ran, err)
+	}
+	queuetest.Eventually(t, 10*time.Second, "a check once the dead replica's lease expired", func() bool {
+		ran, err := s.Tick(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ran
+	})
+}

@@ -87,7 +87,9 @@ func (r *Readiness) Ready() (bool, string) {
 // Handler serves /metrics from g, /healthz, and /readyz from ready.
 func Handler(g prometheus.Gatherer, ready *Readiness) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	// OpenMetrics when asked for: the only exposition that carries the
+	// latency histogram's exemplars (trace ids, SPEC §13).
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

@@ -134,7 +134,8 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 // is empty.
 func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 	var e worker.Entry
-	if json.Unmarshal(b, &e) != nil || e.Account != ref.Account || e.Key != ref.Key {
+	if json.Unmarshal(b, &e) != nil || e.Account != ref.Account || e.Key != ref.Key ||
+		!ref.Stored.IsZero() && !e.Stored.IsZero() && !e.Stored.Equal(ref.Stored) {
 		return worker.Entry{}
 	}
 	e.Calls = min(max(e.Calls, 0), maxLedgerCalls)
@@ -168,6 +169,9 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 			return before, err
 		}
 		e.Account, e.Key = ref.Account, ref.Key
+		if !ref.Stored.IsZero() {
+			e.Stored = ref.Stored.UTC()
+		}
 		b, err := json.Marshal(e)
 		if err != nil {
 			return before, err
@@ -185,7 +189,14 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 			return e, err
 		}
 		if rev == 0 {
-			return e, fmt.Errorf("write ledger: conflict on %s, but no entry to read", key)
+			// A delete or purge marker (someone removed the entry by
+			// hand): Create writes over it.
+			if _, err := (*kv).Create(ctx, key, b); err == nil {
+				return decodeEntry(b, ref), nil
+			} else if !errors.Is(err, jetstream.ErrKeyExists) {
+				return e, fmt.Errorf("write ledger: %w", err)
+			}
+			continue
 		}
 	}
 }

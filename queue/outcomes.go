@@ -75,6 +75,16 @@ func onOwnSubject(subject string, o event.Record) bool {
 	return token(o.AccountID) && token(o.KeyID) && strings.HasSuffix(subject, "."+o.AccountID+"."+o.KeyID)
 }
 
+// sameStoredAt reports whether o says its event was stored at storedAt
+// (zero: not known, anything goes).
+func sameStoredAt(o event.Record, storedAt time.Time) bool {
+	if storedAt.IsZero() {
+		return true
+	}
+	t, err := time.Parse(time.RFC3339Nano, o.PublishedAt)
+	return err == nil && t.Equal(storedAt)
+}
+
 // believed is what one key's subject says of one event.
 type believed struct {
 	rec   event.Record
@@ -91,22 +101,25 @@ type believed struct {
 // equals the later (the worker writes its own again, under a new id, only
 // when it finds one it did not write under its id). A record counts only if
 // it names the subject's key, and, when the event's storing time is known
-// (notBefore), only if the server stored it after the event: no worker can
-// record an event before it exists, so an earlier one was planted.
-func believe(ctx context.Context, js jetstream.JetStream, stream, subject string, notBefore time.Time, match func(event.Record) bool) (believed, error) {
+// (storedAt), only if its published_at is that time to the nanosecond: the
+// worker copies it from the delivery, while a record planted before the
+// event existed could not know it. (Comparing the record's own store time
+// with the event's would compare two servers' clocks: the work and outcome
+// streams may have different leaders.)
+func believe(ctx context.Context, js jetstream.JetStream, stream, subject string, storedAt time.Time, match func(event.Record) bool) (believed, error) {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return believed{}, fmt.Errorf("stream %s: %w", stream, err)
 	}
-	return believeIn(ctx, s, subject, notBefore, match)
+	return believeIn(ctx, s, subject, storedAt, match)
 }
 
 // believeIn is believe on a stream already at hand.
-func believeIn(ctx context.Context, s msgGetter, subject string, notBefore time.Time, match func(event.Record) bool) (b believed, err error) {
+func believeIn(ctx context.Context, s msgGetter, subject string, storedAt time.Time, match func(event.Record) bool) (b believed, err error) {
 	err = eachIn(ctx, s, subject, func(m *jetstream.RawStreamMsg) bool {
 		b.last = m.Sequence
 		var o event.Record
-		if json.Unmarshal(m.Data, &o) != nil || !onOwnSubject(subject, o) || !match(o) || m.Time.Before(notBefore) {
+		if json.Unmarshal(m.Data, &o) != nil || !onOwnSubject(subject, o) || !match(o) || !sameStoredAt(o, storedAt) {
 			return true
 		}
 		if !b.found || o.Outcome == event.Revoked || b.rec.Outcome != event.Revoked {

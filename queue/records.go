@@ -277,7 +277,7 @@ func (r *Records) Prior(ctx context.Context, ref worker.Ref) (rec event.Record, 
 
 // believe is queue's believe on the outcome stream, through the kept
 // handle.
-func (r *Records) believe(ctx context.Context, subject string, notBefore time.Time, match func(event.Record) bool) (believed, error) {
+func (r *Records) believe(ctx context.Context, subject string, storedAt time.Time, match func(event.Record) bool) (believed, error) {
 	sp := r.outcomes.Load()
 	if sp == nil {
 		s, err := r.JS.Stream(ctx, r.OutcomeStream)
@@ -287,7 +287,7 @@ func (r *Records) believe(ctx context.Context, subject string, notBefore time.Ti
 		sp = &s
 		r.outcomes.Store(sp)
 	}
-	b, err := believeIn(ctx, *sp, subject, notBefore, match)
+	b, err := believeIn(ctx, *sp, subject, storedAt, match)
 	if err != nil {
 		r.outcomes.CompareAndSwap(sp, nil)
 	}

@@ -309,3 +309,23 @@ func TestReplayClaimVerified(t *testing.T) {
 		})
 	}
 }
+
+// TestConfirmationBeatsADeadLetter: a last delivery that spent its retries
+// looks for a confirmation recorded elsewhere before it dead-letters (here
+// another replica's revoked record lands while this one retries): it
+// settles as recorded, and writes no dead letter.
+func TestConfirmationBeatsADeadLetter(t *testing.T) {
+	h := newHarness(t, nil, answer(503, nil, 0))
+	h.api.onCall = func() {
+		h.records.mu.Lock()
+		h.records.outcomes = []event.Record{{Stream: "REVOCATIONS", Sequence: 7, AccountID: "acct1", KeyID: "key1",
+			Outcome: event.Revoked, Status: 200, CFRay: "other-ray", Attempts: 1}}
+		h.records.mu.Unlock()
+		h.api.onCall = nil
+	}
+	d := &fakeDelivery{body: goodEvent, delivered: 3}
+	h.handle(d)
+	if o := onlyRecord(t, h); o.Outcome != event.Revoked || o.CFRay != "other-ray" || len(h.records.dlq) != 0 || d.settled[0] != "ack" {
+		t.Fatalf("record %+v, dead letters %d, settled %v; want the other replica's revocation and no dead letter", o, len(h.records.dlq), d.settled)
+	}
+}

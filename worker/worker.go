@@ -110,6 +110,9 @@ type Ledger interface {
 type Entry struct {
 	Account string `json:"account"`
 	Key     string `json:"key"`
+	// Stored is when the stream stored the event: the same request
+	// published again into a stream made again is another event.
+	Stored time.Time `json:"stored,omitzero"`
 	// Calls counts the DELETE calls made for the event, each stored
 	// before it was made.
 	Calls int `json:"calls"`
@@ -602,8 +605,8 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 }
 
 // checkBeforeNotFound reads the event's calls and records once more before
-// a not_found is recorded: a confirmation heard by another delivery beats
-// it (SPEC §4, "The proof", point 3).
+// a not_found or a dead letter is recorded: a confirmation heard by another
+// delivery beats it (SPEC §4, "The proof", point 3).
 func (w *Worker) checkBeforeNotFound(stop, work context.Context, a *attempt) ending {
 	e, err := w.Ledger.Load(work, a.ref)
 	if err != nil {
@@ -791,12 +794,12 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 		defer func() { tracing.End(span, err) }()
 		if a.revoked != nil && time.Since(a.start) >= a.d.AckWait()/2 {
 			// Held this long, the event may have been handed to another
-			// replica meanwhile: the record counts its calls too.
-			e, err := w.Ledger.Load(ctx, a.ref)
-			if err != nil {
-				return err
+			// replica meanwhile: the record counts its calls too. Only a
+			// refinement: a ledger that cannot be read must not keep the
+			// confirmation out of the trail.
+			if e, lerr := w.Ledger.Load(ctx, a.ref); lerr == nil {
+				w.learn(a, e)
 			}
-			w.learn(a, e)
 		}
 		rec = w.record(a, outcome, reason)
 		believed, err = w.Records.Outcome(ctx, rec)
@@ -856,6 +859,20 @@ func (w *Worker) settlePrior(a *attempt, prior event.Record) {
 // deadLetter writes the dead-letter record, then the outcome record, and
 // only then terminates the original.
 func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event.Reason, detail string) {
+	if a.decoded && a.seen > 0 && a.revoked == nil {
+		// Calls were made: one of them, heard elsewhere, may have revoked
+		// the key. A confirmation beats a dead letter (SPEC §4, "The
+		// proof", point 3).
+		switch w.checkBeforeNotFound(stop, work, a) {
+		case settled:
+			return
+		case decided:
+			if a.revoked != nil {
+				w.confirmed(stop, work, a)
+				return
+			}
+		}
+	}
 	rec := event.DeadLetter{
 		Reason: reason, Detail: detail,
 		Status: a.status, Called: a.attempts() > 0, Attempts: a.attempts(),

@@ -102,8 +102,12 @@ func TestPlantedOutcomeDoesNotStandInForTheWorkers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	storedAt, err := time.Parse(time.RFC3339Nano, truth[0].PublishedAt)
+	if err != nil || storedAt.Before(publishedFrom) {
+		t.Fatalf("the worker's record says the event was stored at %q, before it was published (%v)", truth[0].PublishedAt, publishedFrom)
+	}
 	got, ok, err := c.Recorded(trailCtx(t), queue.Published{EventID: "ev-1", AccountID: "acc1", KeyID: "k1",
-		Stream: cfg.Stream, Sequence: 1, Duplicate: true, StoredAt: publishedFrom})
+		Stream: cfg.Stream, Sequence: 1, Duplicate: true, StoredAt: storedAt})
 	if err != nil || !ok {
 		t.Fatalf("Recorded: ok %v, err %v", ok, err)
 	}

@@ -1,0 +1,62 @@
+package queue_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+	"github.com/revoker/revoker/worker"
+)
+
+// TestLedgerEntriesNameTheirEvent: an entry is believed only for its
+// account, key and storing time (SPEC §4, "The proof", point 5); an entry
+// removed by hand leaves a marker that a later call writes over rather
+// than stalling the event forever.
+func TestLedgerEntriesNameTheirEvent(t *testing.T) {
+	ns := queuetest.Server(t)
+	_, js := queuetest.Connect(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := queue.BindLedger(ctx, js, config.Default().Topology(), zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := time.Date(2026, 12, 5, 10, 0, 0, 123456789, time.UTC)
+	ref := worker.Ref{Stream: "REVOCATIONS", Seq: 1, Account: "acct", Key: "k1", Stored: stored}
+	confirm := func(e *worker.Entry) error {
+		e.Calls++
+		e.Confirmed = &worker.Call{Status: 200, CFRay: "ray-1"}
+		return nil
+	}
+	if _, err := l.Update(ctx, ref, confirm); err != nil {
+		t.Fatal(err)
+	}
+	for name, other := range map[string]worker.Ref{
+		"another key":                    {Stream: "REVOCATIONS", Seq: 1, Account: "acct", Key: "k2", Stored: stored},
+		"the same request, stored again": {Stream: "REVOCATIONS", Seq: 1, Account: "acct", Key: "k1", Stored: stored.Add(time.Hour)},
+	} {
+		if e, err := l.Load(ctx, other); err != nil || e.Confirmed != nil || e.Calls != 0 {
+			t.Fatalf("%s at the same sequence inherits %+v (err %v)", name, e, err)
+		}
+	}
+	if e, err := l.Load(ctx, ref); err != nil || e.Confirmed == nil || e.Calls != 1 {
+		t.Fatalf("the event's own entry reads %+v (err %v)", e, err)
+	}
+
+	kv, err := js.KeyValue(ctx, queue.LedgerBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "REVOCATIONS.1"); err != nil {
+		t.Fatal(err)
+	}
+	e, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.Calls++; return nil })
+	if err != nil || e.Calls != 1 || e.Confirmed != nil {
+		t.Fatalf("after the entry was deleted by hand: %+v, %v; want a fresh entry with one call", e, err)
+	}
+}

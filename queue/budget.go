@@ -261,7 +261,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		}
 		now, local := b.clock.serverNow()
 		if now.Before(c.st.Hold) {
-			return b.clock.toLocal(c.st.Hold), false, nil
+			return b.clock.notBefore(c.st.Hold), false, nil
 		}
 		if until, blocked := b.blockedUntil(c.st, p, now); blocked {
 			return b.clock.toLocal(until), false, nil
@@ -287,7 +287,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		switch {
 		case err == nil:
 			b.stats.reserved.Add(1)
-			slot := b.clock.toLocal(at)
+			slot := b.clock.notBefore(at)
 			b.mu.Lock()
 			b.slot = reservation{key: key, local: slot, server: at}
 			b.mu.Unlock()

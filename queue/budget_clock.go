@@ -127,3 +127,16 @@ func (c *serverClock) toLocal(s time.Time) time.Time {
 	defer c.mu.Unlock()
 	return c.local.Add(s.Sub(c.server))
 }
+
+// notBefore converts a server time to the earliest local time sure to be no
+// earlier on the server: toLocal, plus how far off the estimate may be. A
+// call started then starts no earlier than its slot whatever the error, so
+// replicas whose estimates err in opposite directions still keep the rate.
+func (c *serverClock) notBefore(s time.Time) time.Time {
+	if s.IsZero() {
+		return s
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.local.Add(s.Sub(c.server) + c.err)
+}

@@ -22,6 +22,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/revoker/revoker/tracing"
 )
 
 // TestAlertsAndDashboardAgainstPrometheus runs `revoker demo --keep` (every
@@ -812,5 +816,197 @@ func TestKustomizationListsEveryManifest(t *testing.T) {
 			t.Errorf("%s is not in kustomization.yaml's resources", base)
 		}
 		readManifests(t, f) // and every one reads
+	}
+}
+
+// The local stack (deploy/local): what its files must say for a trace to
+// be reachable from the dashboard.
+
+const localDir = "local"
+
+// TestLocalStackTraces: revoker exports its spans to Jaeger with settings
+// revoker accepts, Prometheus keeps exemplars, Grafana's Prometheus data
+// source links an exemplar's trace id (the label revoker writes) to the
+// Jaeger data source, and the time-to-revoke panel asks for exemplars.
+func TestLocalStackTraces(t *testing.T) {
+	compose := readManifests(t, filepath.Join(localDir, "docker-compose.yml"))[0]
+	service := func(name string) map[string]any {
+		t.Helper()
+		s, _ := dig(compose, "services", name).(map[string]any)
+		if s == nil {
+			t.Fatalf("docker-compose.yml has no service %s", name)
+		}
+		return s
+	}
+
+	// Jaeger takes OTLP on its standard ports, inside the compose network
+	// only, and shows its UI on the loopback address.
+	jaeger := service("jaeger")
+	if img, _ := jaeger["image"].(string); !strings.HasPrefix(img, "jaegertracing/all-in-one:") {
+		t.Errorf("jaeger image %q, want jaegertracing/all-in-one:<version>", img)
+	}
+	if v := dig(jaeger, "environment", "COLLECTOR_OTLP_ENABLED"); v != "true" {
+		t.Errorf("jaeger COLLECTOR_OTLP_ENABLED=%v, want true", v)
+	}
+	exposed := map[string]bool{}
+	expose, _ := jaeger["expose"].([]any)
+	for _, p := range expose {
+		exposed[fmt.Sprint(p)] = true
+	}
+	if !exposed["4318"] {
+		t.Errorf("jaeger does not expose 4318 (OTLP over HTTP): %v", jaeger["expose"])
+	}
+	published := map[string]bool{}
+	ports, _ := jaeger["ports"].([]any)
+	for _, p := range ports {
+		ps := fmt.Sprint(p)
+		if !strings.HasPrefix(ps, "127.0.0.1:") {
+			t.Errorf("jaeger publishes %s beyond 127.0.0.1", ps)
+		}
+		published[ps] = true
+	}
+	if !published["127.0.0.1:16686:16686"] {
+		t.Errorf("jaeger's UI (16686) is not published on 127.0.0.1: %v", jaeger["ports"])
+	}
+
+	// revoker sends its spans there, over the protocol of that port.
+	env, _ := service("revoker")["environment"].(map[string]any)
+	endpoint, _ := env["OTEL_EXPORTER_OTLP_ENDPOINT"].(string)
+	if u, err := url.Parse(endpoint); err != nil || u.Scheme != "http" || u.Host != "jaeger:4318" {
+		t.Errorf("revoker OTEL_EXPORTER_OTLP_ENDPOINT=%q, want http://jaeger:4318", endpoint)
+	}
+	if p, ok := env["OTEL_EXPORTER_OTLP_PROTOCOL"]; ok && p != tracing.ProtocolHTTP {
+		t.Errorf("revoker OTEL_EXPORTER_OTLP_PROTOCOL=%v: port 4318 speaks %s", p, tracing.ProtocolHTTP)
+	}
+	if env["OTEL_SERVICE_NAME"] != "revoker" {
+		t.Errorf("revoker OTEL_SERVICE_NAME=%v, want revoker", env["OTEL_SERVICE_NAME"])
+	}
+	// revoker accepts the OTEL_* settings as written (a bad one would stop
+	// `revoker serve` with exit status 2).
+	for k, v := range env {
+		if strings.HasPrefix(k, "OTEL_") {
+			t.Setenv(k, fmt.Sprint(v))
+		}
+	}
+	shutdown, err := tracing.Setup(t.Context(), "revoker", "test")
+	if err != nil {
+		t.Errorf("revoker refuses the compose file's OTEL_* settings: %v", err)
+	} else if !tracing.Enabled() {
+		t.Error("the compose file's OTEL_* settings leave tracing off")
+	}
+	if err := shutdown(t.Context()); err != nil {
+		t.Logf("tracing shutdown: %v", err) // nothing was exported
+	}
+	live := readManifests(t, filepath.Join(localDir, "docker-compose.live.yml"))[0]
+	if liveEnv, _ := dig(live, "services", "revoker", "environment").(map[string]any); liveEnv != nil {
+		for k := range liveEnv {
+			if strings.HasPrefix(k, "OTEL_") {
+				t.Errorf("docker-compose.live.yml overrides %s: `revoker serve` must export to the stack's Jaeger", k)
+			}
+		}
+	}
+
+	// Prometheus keeps the exemplars it scrapes.
+	var exemplars bool
+	promArgs, _ := service("prometheus")["command"].([]any)
+	for _, a := range promArgs {
+		if f, ok := strings.CutPrefix(fmt.Sprint(a), "--enable-feature="); ok {
+			for _, feat := range strings.Split(f, ",") {
+				exemplars = exemplars || feat == "exemplar-storage"
+			}
+		}
+	}
+	if !exemplars {
+		t.Error("prometheus runs without --enable-feature=exemplar-storage: exemplars are dropped")
+	}
+
+	// Grafana: the exemplar label revoker writes leads to the Jaeger data
+	// source, which reads the jaeger service's query port.
+	files, err := filepath.Glob(filepath.Join(localDir, "grafana/provisioning/datasources/*.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byUID := map[string]map[string]any{}
+	var prom map[string]any
+	for _, f := range files {
+		for _, d := range readManifests(t, f) {
+			for _, ds := range maps(d["datasources"]) {
+				uid, _ := ds["uid"].(string)
+				byUID[uid] = ds
+				if ds["type"] == "prometheus" {
+					prom = ds
+				}
+			}
+		}
+	}
+	if prom == nil {
+		t.Fatal("no Prometheus data source is provisioned")
+	}
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled})
+	var label string
+	for k := range tracing.ExemplarLabels(trace.ContextWithSpanContext(t.Context(), sc)) {
+		label = k
+	}
+	dests := maps(dig(prom, "jsonData", "exemplarTraceIdDestinations"))
+	linked := false
+	for _, d := range dests {
+		if d["name"] != label {
+			continue
+		}
+		uid, _ := d["datasourceUid"].(string)
+		target := byUID[uid]
+		if target == nil || target["type"] != "jaeger" {
+			t.Errorf("exemplar label %s leads to data source %q, which is not a provisioned Jaeger data source", label, uid)
+			continue
+		}
+		if target["url"] != "http://jaeger:16686" {
+			t.Errorf("the Jaeger data source reads %v, want http://jaeger:16686", target["url"])
+		}
+		linked = true
+	}
+	if !linked {
+		t.Errorf("the Prometheus data source links no exemplar label %q to a trace (exemplarTraceIdDestinations: %v)", label, dests)
+	}
+
+	// The panel of revoker_revocation_latency_seconds asks for exemplars.
+	b, err := os.ReadFile("grafana/revoker-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []json.RawMessage `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	var walk func([]json.RawMessage)
+	walk = func(ps []json.RawMessage) {
+		for _, raw := range ps {
+			var p struct {
+				Title   string `json:"title"`
+				Targets []struct {
+					Expr     string `json:"expr"`
+					Exemplar bool   `json:"exemplar"`
+				} `json:"targets"`
+				Panels []json.RawMessage `json:"panels"`
+			}
+			if err := json.Unmarshal(raw, &p); err != nil {
+				t.Fatal(err)
+			}
+			for _, tg := range p.Targets {
+				if strings.Contains(tg.Expr, "revoker_revocation_latency_seconds") {
+					found++
+					if !tg.Exemplar {
+						t.Errorf("panel %q: a query of revoker_revocation_latency_seconds without \"exemplar\": true", p.Title)
+					}
+				}
+			}
+			walk(p.Panels)
+		}
+	}
+	walk(dash.Panels)
+	if found == 0 {
+		t.Error("no dashboard query reads revoker_revocation_latency_seconds")
 	}
 }

@@ -107,6 +107,7 @@ type Config struct {
 // Service is the running service.
 type Service struct {
 	cfg    Config
+	nc     *nats.Conn
 	svc    micro.Service
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -136,7 +137,7 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Service, error) {
 	if cfg.OwnInbox == "" {
 		cfg.OwnInbox, _, _ = strings.Cut(nc.NewInbox(), ".")
 	}
-	s := &Service{cfg: cfg, slots: make(chan struct{}, cfg.MaxInFlight)}
+	s := &Service{cfg: cfg, nc: nc, slots: make(chan struct{}, cfg.MaxInFlight)}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        Name,
@@ -251,7 +252,7 @@ func (s *Service) reply(req micro.Request, v any) {
 // async runs f on its own goroutine, so a long wait does not hold the
 // endpoint's subscription (micro calls handlers one at a time), within
 // MaxInFlight requests.
-func (s *Service) async(req micro.Request, f func()) {
+func (s *Service) async(req micro.Request, f func(req micro.Request)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -268,8 +269,47 @@ func (s *Service) async(req micro.Request, f func()) {
 	go func() {
 		defer s.wg.Done()
 		defer func() { <-s.slots }()
-		f()
+		f(detached{Request: req, nc: s.nc})
 	}()
+}
+
+// detached answers a request after its handler has returned. micro's own
+// request keeps state (the answer's error) that its handler loop reads once
+// the handler returns, so answering through it later would race; this
+// publishes the same answer on the reply subject directly.
+type detached struct {
+	micro.Request
+	nc *nats.Conn
+}
+
+// Respond sends data, as micro's Respond does.
+func (d detached) Respond(data []byte, opts ...micro.RespondOpt) error {
+	m := &nats.Msg{Subject: d.Reply(), Data: data}
+	for _, opt := range opts {
+		opt(m)
+	}
+	return d.nc.PublishMsg(m)
+}
+
+// RespondJSON sends v as JSON.
+func (d detached) RespondJSON(v any, opts ...micro.RespondOpt) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return micro.ErrMarshalResponse
+	}
+	return d.Respond(b, opts...)
+}
+
+// Error sends an error in the service headers, as micro's Error does.
+func (d detached) Error(code, description string, data []byte, opts ...micro.RespondOpt) error {
+	m := &nats.Msg{Subject: d.Reply(), Data: data, Header: nats.Header{
+		micro.ErrorHeader:     []string{description},
+		micro.ErrorCodeHeader: []string{code},
+	}}
+	for _, opt := range opts {
+		opt(m)
+	}
+	return d.nc.PublishMsg(m)
 }
 
 // revoke handles revoker.revoke. What can be refused without NATS is
@@ -315,7 +355,7 @@ func (s *Service) revoke(req micro.Request) {
 		s.fail(req, 400, "%s must be at most %d bytes with no control characters", jetstream.MsgIDHeader, maxIDLen)
 		return
 	}
-	s.async(req, func() {
+	s.async(req, func(req micro.Request) {
 		// Stored before anything is answered: a lost reply loses nothing.
 		p, err := s.cfg.Client.Publish(s.ctx, subject, id, ev, body)
 		switch {
@@ -374,7 +414,7 @@ func (s *Service) status(req micro.Request) {
 		s.fail(req, 503, "outcome records are off: no outcome can be known")
 		return
 	}
-	s.async(req, func() {
+	s.async(req, func(req micro.Request) {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Client.Timeout)
 		defer cancel()
 		if hasSeq {

@@ -278,7 +278,11 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	// One event's spans form one trace, across deliveries and replicas: the
 	// context it carries, or one derived from where it is stored.
 	work = tracing.Extract(work, d.Header)
-	work = tracing.ForEvent(work, d.Stream()+"/"+strconv.FormatUint(d.Sequence(), 10)+"/"+strconv.FormatInt(d.StoredAt().UnixNano(), 10))
+	if tracing.Enabled() {
+		// Only a recording provider makes trace ids from it; with tracing
+		// off, an event carries the trace id it was given, if any.
+		work = tracing.ForEvent(work, d.Stream()+"/"+strconv.FormatUint(d.Sequence(), 10)+"/"+strconv.FormatInt(d.StoredAt().UnixNano(), 10))
+	}
 	var (
 		ce        event.CloudEvent
 		decodeErr error

@@ -123,9 +123,7 @@ func (c *serverClock) toLocal(s time.Time) time.Time {
 	if s.IsZero() {
 		return s
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.local.Add(s.Sub(c.server))
+	return c.localOf(s, false)
 }
 
 // notBefore converts a server time to the earliest local time sure to be no
@@ -136,7 +134,17 @@ func (c *serverClock) notBefore(s time.Time) time.Time {
 	if s.IsZero() {
 		return s
 	}
+	return c.localOf(s, true)
+}
+
+// localOf is the local time of server time s, plus the estimate's error
+// when late.
+func (c *serverClock) localOf(s time.Time, late bool) time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.local.Add(s.Sub(c.server) + c.err)
+	l := c.local.Add(s.Sub(c.server))
+	if late {
+		l = l.Add(c.err)
+	}
+	return l
 }

@@ -66,8 +66,7 @@ func Dial(conn config.Connection, t config.Topology, onError func(error)) (*Clie
 		nc.Close()
 		return nil, err
 	}
-	return &Client{nc: nc, js: js, Stream: t.Stream, OutcomeStream: t.OutcomeStream,
-		OutcomePrefix: t.OutcomePrefix, Timeout: defaultTimeout}, nil
+	return ClientOn(nc, js, t), nil
 }
 
 // Close closes the connection.
@@ -331,11 +330,30 @@ func (c *Client) Watch(account, key string) (*Watcher, error) {
 	if account != "" || key != "" {
 		subject = OutcomeSubject(c.OutcomePrefix, account, key)
 	}
-	sub, err := c.nc.SubscribeSync(subject)
+	sub, err := c.subscribeOutcomes(subject, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Watcher{c: c, sub: sub}, nil
+}
+
+// subscribeOutcomes subscribes to outcome records on subject (with cb, or
+// synchronously when cb is nil) and makes sure the server took it.
+func (c *Client) subscribeOutcomes(subject string, cb nats.MsgHandler) (*nats.Subscription, error) {
+	var (
+		sub *nats.Subscription
+		err error
+	)
+	if cb != nil {
+		sub, err = c.nc.Subscribe(subject, cb)
+	} else {
+		sub, err = c.nc.SubscribeSync(subject)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to outcome records on %s: %w", subject, err)
 	}
-	// Outcomes of a large batch may all arrive before they are read.
+	// A burst of outcomes (a large batch's) may all arrive before they are
+	// read, and must not be dropped as a slow consumer's.
 	_ = sub.SetPendingLimits(-1, 256<<20)
 	if err := c.nc.FlushTimeout(c.timeout()); err != nil {
 		_ = sub.Unsubscribe()
@@ -348,7 +366,7 @@ func (c *Client) Watch(account, key string) (*Watcher, error) {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("subscribe to outcome records on %s: %w (may this user subscribe there? see deploy/nats-auth)", subject, err)
 	}
-	return &Watcher{c: c, sub: sub}, nil
+	return sub, nil
 }
 
 // refused returns the permissions violation the server reported for a

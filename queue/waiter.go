@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -68,21 +67,9 @@ func NewWaiter(c *Client) (*Waiter, error) {
 		return nil, errors.New("outcome records are off (REVOKER_OUTCOME_SUBJECT is empty)")
 	}
 	w := &Waiter{c: c, waiting: map[waitKey]map[*waitEntry]struct{}{}}
-	subject := c.OutcomePrefix + ".>"
-	sub, err := c.nc.Subscribe(subject, w.heard)
+	sub, err := c.subscribeOutcomes(c.OutcomePrefix+".>", w.heard)
 	if err != nil {
-		return nil, fmt.Errorf("subscribe to outcome records on %s: %w", subject, err)
-	}
-	// A burst of outcomes must not be dropped as a slow consumer's: each
-	// costs only a parse and a map look-up.
-	_ = sub.SetPendingLimits(-1, 256<<20)
-	if err := c.nc.FlushTimeout(c.timeout()); err != nil {
-		_ = sub.Unsubscribe()
-		return nil, fmt.Errorf("subscribe to outcome records on %s: %w", subject, err)
-	}
-	if err := refused(c.nc, subject); err != nil {
-		_ = sub.Unsubscribe()
-		return nil, fmt.Errorf("subscribe to outcome records on %s: %w (may this user subscribe there? see deploy/nats-auth)", subject, err)
+		return nil, err
 	}
 	w.sub = sub
 	return w, nil

@@ -261,7 +261,13 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		}
 		now, local := b.clock.serverNow()
 		if now.Before(c.st.Hold) {
-			return b.clock.notBefore(c.st.Hold), false, nil
+			// The estimate's error is added to be late rather than early,
+			// but never beyond the cap counted from now.
+			at := b.clock.notBefore(c.st.Hold)
+			if limit := local.Add(throttle.MaxPause); at.After(limit) {
+				at = limit
+			}
+			return at, false, nil
 		}
 		if until, blocked := b.blockedUntil(c.st, p, now); blocked {
 			return b.clock.toLocal(until), false, nil

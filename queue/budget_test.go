@@ -249,6 +249,15 @@ func TestBudgetPriorityAcrossReplicas(t *testing.T) {
 	t.Cleanup(api.Close)
 	a := newBReplica(t, srv, api, "a", 10, 2)
 	b := newBReplica(t, srv, api, "b", 10, 2)
+	// B's budget is bound before the race starts: on a slow machine its
+	// first bind may time out, and until it answers B can claim nothing.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pm, err := b.gate.Acquire(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.Release()
 	a.work(1, 4, keysOf("sched", 40))
 	queuetest.Eventually(t, 30*time.Second, "scheduled calls under way", func() bool { return api.Count() >= 3 })
 

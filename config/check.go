@@ -279,20 +279,30 @@ func intRange(field func(*Config) *int, min, max int) func(*Config, string) stri
 	}
 }
 
-func parseRate(c *Config, v string) string {
+// rate sets a number of calls per second, 0 or more.
+func rate(field func(*Config) *float64) func(*Config, string) string {
+	return func(c *Config, v string) string {
+		f, p := parseFloatRate(v)
+		if p == "" {
+			*field(c) = f
+		}
+		return p
+	}
+}
+
+func parseFloatRate(v string) (float64, string) {
 	f, err := strconv.ParseFloat(v, 64)
 	switch {
 	case errors.Is(err, strconv.ErrRange):
-		return quote(v) + " is out of range"
+		return 0, quote(v) + " is out of range"
 	case err != nil:
-		return quote(v) + " is not a number"
+		return 0, quote(v) + " is not a number"
 	case math.IsNaN(f) || math.IsInf(f, 0):
-		return quote(v) + " is not a finite number"
+		return 0, quote(v) + " is not a finite number"
 	case f < 0:
-		return quote(v) + " is negative"
+		return 0, quote(v) + " is negative"
 	}
-	c.RateLimit = f
-	return ""
+	return f, ""
 }
 
 // parseAccounts reads the comma-separated allowed accounts; empty (or only
@@ -482,6 +492,12 @@ func checkOutcomeNames(c *Config, st *state) *Error {
 // checkCredentials enforces exactly one Cloudflare credential: a token, a
 // token file, or the email and key pair.
 func checkCredentials(c *Config, st *state) *Error {
+	if c.CredentialsFile != "" {
+		// The file replaces the single credential (SPEC §6); what it says
+		// is checked where it is read. The variables beside it are
+		// ignored, with one warning at start (IgnoredCredentials).
+		return nil
+	}
 	tok, file := c.APIToken != "", c.APITokenFile != ""
 	email, key := c.Email != "", c.APIKey != ""
 	switch {
@@ -500,6 +516,49 @@ func checkCredentials(c *Config, st *state) *Error {
 	case !tok && !file && !email && !key:
 		return &Error{Name: st.name(envAPIToken), Problem: "no Cloudflare credential is set: set " + envAPIToken +
 			", or " + envAPITokenFile + ", or " + envEmail + " and " + envAPIKey + " (or the matching --cloudflare-* flags)"}
+	}
+	return nil
+}
+
+// IgnoredCredentials names the single-credential variables set beside a
+// credentials file: they are ignored, and serve says so once.
+func (c Config) IgnoredCredentials() []string {
+	if c.CredentialsFile == "" {
+		return nil
+	}
+	var set []string
+	for _, v := range []struct {
+		name, value string
+	}{{envAPIToken, c.APIToken}, {envAPITokenFile, c.APITokenFile}, {envEmail, c.Email}, {envAPIKey, c.APIKey}} {
+		if v.value != "" {
+			set = append(set, v.name)
+		}
+	}
+	return set
+}
+
+// checkIngress: the ingress needs its callers, and TLS unless it listens on
+// loopback only (SPEC §11); a certificate needs its key.
+func checkIngress(c *Config, st *state) *Error {
+	if c.IngressAddr == "" {
+		return nil
+	}
+	if c.IngressCallersFile == "" {
+		return &Error{Name: st.missingName(envIngressCallers, envIngressAddr), Problem: "not set, but " + st.name(envIngressAddr) +
+			" is: the ingress needs its callers"}
+	}
+	cert, key := c.IngressTLSCert != "", c.IngressTLSKey != ""
+	switch {
+	case cert && !key:
+		return &Error{Name: st.missingName(envIngressTLSKey, envIngressTLSCert), Problem: "not set, but " + st.name(envIngressTLSCert) + " is"}
+	case key && !cert:
+		return &Error{Name: st.missingName(envIngressTLSCert, envIngressTLSKey), Problem: "not set, but " + st.name(envIngressTLSKey) + " is"}
+	case !cert:
+		host, _, _ := net.SplitHostPort(c.IngressAddr)
+		if !loopbackHost(host) {
+			return &Error{Name: st.missingName(envIngressTLSCert, envIngressAddr), Problem: "not set, but " + st.name(envIngressAddr) +
+				" " + quote(c.IngressAddr) + " is not loopback-only: the ingress takes bearer tokens and needs TLS"}
+		}
 	}
 	return nil
 }

@@ -72,16 +72,20 @@ type Config struct {
 	StreamReplicas int      // REVOKER_STREAM_REPLICAS: replicas of what the worker creates
 
 	// API
-	APIToken     string        // CLOUDFLARE_API_TOKEN (secret)
-	APITokenFile string        // CLOUDFLARE_API_TOKEN_FILE: path; read and watched elsewhere
-	Email        string        // CLOUDFLARE_EMAIL (legacy pair)
-	APIKey       string        // CLOUDFLARE_API_KEY (legacy pair, secret)
-	BaseURL      string        // CLOUDFLARE_BASE_URL, without a trailing '/'
-	HTTPTimeout  time.Duration // REVOKER_HTTP_TIMEOUT: per API call
+	APIToken     string // CLOUDFLARE_API_TOKEN (secret)
+	APITokenFile string // CLOUDFLARE_API_TOKEN_FILE: path; read and watched elsewhere
+	// CredentialsFile names several credentials and their accounts; when
+	// set, the single-credential settings above are ignored.
+	CredentialsFile string        // REVOKER_CREDENTIALS_FILE: path
+	Email           string        // CLOUDFLARE_EMAIL (legacy pair)
+	APIKey          string        // CLOUDFLARE_API_KEY (legacy pair, secret)
+	BaseURL         string        // CLOUDFLARE_BASE_URL, without a trailing '/'
+	HTTPTimeout     time.Duration // REVOKER_HTTP_TIMEOUT: per API call
 
 	// Worker
 	Concurrency        int           // REVOKER_CONCURRENCY: API calls in flight at most
 	RateLimit          float64       // REVOKER_RATE_LIMIT: calls per second, 0 = no limit
+	IPRateLimit        float64       // REVOKER_IP_RATE_LIMIT: calls per second of every credential together, 0 = no limit
 	RetryInitial       time.Duration // REVOKER_RETRY_INITIAL
 	RetryMaxInterval   time.Duration // REVOKER_RETRY_MAX_INTERVAL
 	RetryMaxElapsed    time.Duration // REVOKER_RETRY_MAX_ELAPSED
@@ -96,6 +100,13 @@ type Config struct {
 	HTTPAddr string // REVOKER_HTTP_ADDR
 	// DebugAddr serves net/http/pprof when set; a loopback address only.
 	DebugAddr string // REVOKER_DEBUG_ADDR: "" = off
+
+	// Ingress: the HTTP front door for incident automation (SPEC §11).
+	IngressAddr        string        // REVOKER_INGRESS_ADDR: "" = off
+	IngressTLSCert     string        // REVOKER_INGRESS_TLS_CERT: path
+	IngressTLSKey      string        // REVOKER_INGRESS_TLS_KEY: path
+	IngressCallersFile string        // REVOKER_INGRESS_CALLERS_FILE: path
+	IngressMaxWait     time.Duration // REVOKER_INGRESS_MAX_WAIT: the longest Prefer: wait honoured
 
 	// Logging
 	LogLevel  string // REVOKER_LOG_LEVEL: debug, info, warn or error (lower case)
@@ -117,14 +128,14 @@ const (
 	DeadLetters
 	// Outcomes: outcome-stream, outcome-subject.
 	Outcomes
-	// API: cloudflare-api-token, cloudflare-api-token-file, cloudflare-email,
-	// cloudflare-api-key, cloudflare-base-url, http-timeout.
+	// API: cloudflare-api-token, cloudflare-api-token-file, credentials-file,
+	// cloudflare-email, cloudflare-api-key, cloudflare-base-url, http-timeout.
 	API
-	// Worker: concurrency, rate-limit, retry-initial, retry-max-interval,
+	// Worker: concurrency, rate-limit, ip-rate-limit, retry-initial, retry-max-interval,
 	// retry-max-elapsed, max-deliver, ack-wait, not-found, allowed-accounts,
 	// shutdown-timeout, verify-interval.
 	Worker
-	// Server: http-addr.
+	// Server: http-addr, debug-addr, and the ingress-* settings.
 	Server
 	// Logging: log-level, log-format.
 	Logging
@@ -147,6 +158,8 @@ const (
 	DefaultOutcomeSubject   = "revoke.outcome"
 	DefaultBaseURL          = "https://api.cloudflare.com/client/v4"
 	DefaultHTTPAddr         = ":8080"
+	DefaultIPRateLimit      = 150
+	DefaultIngressMaxWait   = time.Minute
 	DefaultLogLevel         = "info"
 	DefaultLogFormat        = "json"
 	DefaultConcurrency      = 16
@@ -194,6 +207,7 @@ func Default() Config {
 
 		Concurrency:      DefaultConcurrency,
 		RateLimit:        DefaultRateLimit,
+		IPRateLimit:      DefaultIPRateLimit,
 		RetryInitial:     DefaultRetryInitial,
 		RetryMaxInterval: DefaultRetryMaxInterval,
 		RetryMaxElapsed:  DefaultRetryMaxElapsed,
@@ -202,7 +216,8 @@ func Default() Config {
 		ShutdownTimeout:  DefaultShutdownTimeout,
 		VerifyInterval:   DefaultVerifyInterval,
 
-		HTTPAddr: DefaultHTTPAddr,
+		HTTPAddr:       DefaultHTTPAddr,
+		IngressMaxWait: DefaultIngressMaxWait,
 
 		LogLevel:  DefaultLogLevel,
 		LogFormat: DefaultLogFormat,

@@ -61,6 +61,7 @@ func (c Config) LogFields() map[string]any {
 		"cloudflare-auth":           c.authMode(),
 		"cloudflare-api-token":      r.APIToken,
 		"cloudflare-api-token-file": r.APITokenFile,
+		"credentials-file":          r.CredentialsFile,
 		"cloudflare-email":          r.Email,
 		"cloudflare-api-key":        r.APIKey,
 		"cloudflare-base-url":       r.BaseURL,
@@ -68,6 +69,7 @@ func (c Config) LogFields() map[string]any {
 
 		"concurrency":        r.Concurrency,
 		"rate-limit":         r.RateLimit,
+		"ip-rate-limit":      r.IPRateLimit,
 		"retry-initial":      r.RetryInitial.String(),
 		"retry-max-interval": r.RetryMaxInterval.String(),
 		"retry-max-elapsed":  r.RetryMaxElapsed.String(),
@@ -81,6 +83,12 @@ func (c Config) LogFields() map[string]any {
 		"http-addr":  r.HTTPAddr,
 		"debug-addr": r.DebugAddr,
 
+		"ingress-addr":         r.IngressAddr,
+		"ingress-tls-cert":     r.IngressTLSCert,
+		"ingress-tls-key":      r.IngressTLSKey,
+		"ingress-callers-file": r.IngressCallersFile,
+		"ingress-max-wait":     r.IngressMaxWait.String(),
+
 		"log-level":  r.LogLevel,
 		"log-format": r.LogFormat,
 	}
@@ -89,6 +97,8 @@ func (c Config) LogFields() map[string]any {
 // authMode names the Cloudflare credential in use.
 func (c Config) authMode() string {
 	switch {
+	case c.CredentialsFile != "":
+		return "credentials-file"
 	case c.APIToken != "":
 		return "token"
 	case c.APITokenFile != "":

@@ -41,6 +41,13 @@ const (
 	envShutdownTimeout  = "REVOKER_SHUTDOWN_TIMEOUT"
 	envVerifyInterval   = "REVOKER_VERIFY_INTERVAL"
 	envHTTPAddr         = "REVOKER_HTTP_ADDR"
+	envCredentialsFile  = "REVOKER_CREDENTIALS_FILE"
+	envIPRateLimit      = "REVOKER_IP_RATE_LIMIT"
+	envIngressAddr      = "REVOKER_INGRESS_ADDR"
+	envIngressTLSCert   = "REVOKER_INGRESS_TLS_CERT"
+	envIngressTLSKey    = "REVOKER_INGRESS_TLS_KEY"
+	envIngressCallers   = "REVOKER_INGRESS_CALLERS_FILE"
+	envIngressMaxWait   = "REVOKER_INGRESS_MAX_WAIT"
 	envDebugAddr        = "REVOKER_DEBUG_ADDR"
 	envLogLevel         = "REVOKER_LOG_LEVEL"
 	envLogFormat        = "REVOKER_LOG_FORMAT"
@@ -213,6 +220,12 @@ var settings = []setting{
 		apply: optionalFile(func(c *Config) *string { return &c.APITokenFile }, false),
 	},
 	{
+		env: envCredentialsFile, section: API,
+		usage: "`file` naming several Cloudflare credentials and their accounts (YAML or JSON), re-read when it changes",
+		def:   noDefault,
+		apply: optionalFile(func(c *Config) *string { return &c.CredentialsFile }, true),
+	},
+	{
 		env: envEmail, section: API,
 		usage: "Cloudflare account `email` (legacy auth, with --cloudflare-api-key)",
 		def:   noDefault,
@@ -258,7 +271,13 @@ var settings = []setting{
 		env: envRateLimit, section: Worker, required: true,
 		usage: "API calls per second for this replica, a `rate` (0 = no limit)",
 		def:   func(c Config) string { return strconv.FormatFloat(c.RateLimit, 'g', -1, 64) },
-		apply: parseRate,
+		apply: rate(func(c *Config) *float64 { return &c.RateLimit }),
+	},
+	{
+		env: envIPRateLimit, section: Worker, required: true,
+		usage: "API calls per second of all credentials together from this fleet, a `rate` (0 = no limit)",
+		def:   func(c Config) string { return strconv.FormatFloat(c.IPRateLimit, 'g', -1, 64) },
+		apply: rate(func(c *Config) *float64 { return &c.IPRateLimit }),
 	},
 	{
 		env: envRetryInitial, section: Worker, required: true,
@@ -363,6 +382,43 @@ var settings = []setting{
 		},
 	},
 
+	{
+		env: envIngressAddr, section: Server,
+		usage: "`address` of the HTTP ingress for incident automation (empty = off)",
+		def:   func(c Config) string { return c.IngressAddr },
+		apply: func(c *Config, v string) string {
+			c.IngressAddr = v
+			if v == "" {
+				return ""
+			}
+			return checkListenAddr(v)
+		},
+	},
+	{
+		env: envIngressTLSCert, section: Server,
+		usage: "`file` with the ingress's TLS certificate chain (PEM), re-read when it changes",
+		def:   noDefault,
+		apply: optionalFile(func(c *Config) *string { return &c.IngressTLSCert }, true),
+	},
+	{
+		env: envIngressTLSKey, section: Server,
+		usage: "`file` with the ingress's TLS private key (PEM), re-read when it changes",
+		def:   noDefault,
+		apply: optionalFile(func(c *Config) *string { return &c.IngressTLSKey }, true),
+	},
+	{
+		env: envIngressCallers, section: Server,
+		usage: "`file` naming the ingress's callers, their credentials and permissions",
+		def:   noDefault,
+		apply: optionalFile(func(c *Config) *string { return &c.IngressCallersFile }, true),
+	},
+	{
+		env: envIngressMaxWait, section: Server, required: true,
+		usage: "the longest Prefer: wait the ingress honours, a `duration`",
+		def:   func(c Config) string { return c.IngressMaxWait.String() },
+		apply: duration(func(c *Config) *time.Duration { return &c.IngressMaxWait }, 0),
+	},
+
 	// Logging
 	{
 		env: envLogLevel, section: Logging, required: true,
@@ -397,5 +453,6 @@ var crossChecks = []crossCheck{
 	{NATS, checkTLSPair},
 	{Streams, checkStreams},
 	{API, checkCredentials},
+	{Server, checkIngress},
 	{Worker, checkRetry},
 }

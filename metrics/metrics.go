@@ -20,8 +20,17 @@ type Metrics struct {
 	APIRetries        prometheus.Counter
 	RevocationLatency *prometheus.HistogramVec
 	OldestWaiting     *prometheus.GaugeVec
-	RateLimitWait     prometheus.Histogram
-	APIPaused         prometheus.Gauge
+	// RateLimitWait and APIPaused are the single budget's, when there is
+	// no credentials file; Budget gives each named budget's.
+	RateLimitWait prometheus.Observer
+	APIPaused     prometheus.Gauge
+	// RateLimitWaits, APIPauses and BudgetCalls are by budget (the label
+	// only with a credentials file, SPEC §8).
+	RateLimitWaits *prometheus.HistogramVec
+	APIPauses      *prometheus.GaugeVec
+	BudgetCalls    *prometheus.CounterVec
+	// budgetLabelled: the budget collectors carry the budget label.
+	budgetLabelled bool
 	Inflight          prometheus.Gauge
 	Pending           *prometheus.GaugeVec
 	NATSConnected     prometheus.Gauge
@@ -54,6 +63,20 @@ type Labels struct {
 	Subjects []string
 	// Outcomes and Reasons are the values of the outcome and reason labels.
 	Outcomes, Reasons []string
+	// Budgets are the rate budgets named in the credentials file; none
+	// with a single credential (then DefaultBudget counts the calls).
+	Budgets []string
+}
+
+// DefaultBudget is the budget label of the calls made with the single
+// credential of the CLOUDFLARE_* variables.
+const DefaultBudget = "default"
+
+// Budget is one rate budget's collectors.
+type Budget struct {
+	Wait   prometheus.Observer // revoker_rate_limit_wait_seconds
+	Paused prometheus.Gauge    // revoker_api_paused
+	Calls  prometheus.Counter  // revoker_budget_calls_total
 }
 
 // Build describes the running binary for revoker_build_info.
@@ -104,15 +127,19 @@ func New(reg prometheus.Registerer, labels Labels, build Build) *Metrics {
 			Name: "revoker_oldest_waiting_seconds",
 			Help: "Age, from its publish time, of the subject's oldest event with no final outcome yet (in the stream or held by this replica); 0 when there is none.",
 		}, []string{"subject", "priority"}),
-		RateLimitWait: f.NewHistogram(prometheus.HistogramOpts{
+		RateLimitWaits: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "revoker_rate_limit_wait_seconds",
 			Help:    "How long calls waited for their turn: a rate token, a free call slot, or the end of a 429 pause.",
 			Buckets: []float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
-		}),
-		APIPaused: f.NewGauge(prometheus.GaugeOpts{
+		}, budgetLabel(labels)),
+		APIPauses: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "revoker_api_paused",
-			Help: "1 while a hold asked for by the API (429, Retry-After, Ratelimit) stops every call.",
-		}),
+			Help: "1 while a hold asked for by the API (429, Retry-After, Ratelimit) stops every call (of the budget).",
+		}, budgetLabel(labels)),
+		BudgetCalls: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "revoker_budget_calls_total",
+			Help: "API calls charged to each rate budget: deletes, key lists and token checks.",
+		}, []string{"budget"}),
 		Inflight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "revoker_inflight_events",
 			Help: "Events taken from JetStream and not yet finished.",
@@ -146,6 +173,14 @@ func New(reg prometheus.Registerer, labels Labels, build Build) *Metrics {
 			Help: "Keys the audit trail says are gone that the last check, by any replica, found still listed.",
 		}),
 	}
+	m.budgetLabelled = len(labels.Budgets) > 0
+	if !m.budgetLabelled {
+		b := m.Budget("")
+		m.RateLimitWait, m.APIPaused = b.Wait, b.Paused
+	}
+	for _, b := range labels.Budgets {
+		m.Budget(b)
+	}
 	for _, r := range []string{AbsenceAbsent, AbsenceListed, AbsenceFailed} {
 		m.AbsenceChecks.WithLabelValues(r)
 	}
@@ -167,6 +202,30 @@ func New(reg prometheus.Registerer, labels Labels, build Build) *Metrics {
 	}
 	m.BuildInfo.WithLabelValues(build.Version, build.Revision, build.GoVersion).Set(1)
 	return m
+}
+
+// budgetLabel is the budget label where there are named budgets.
+func budgetLabel(l Labels) []string {
+	if len(l.Budgets) == 0 {
+		return nil
+	}
+	return []string{"budget"}
+}
+
+// Budget returns the collectors of the budget name ("" or any name
+// without a credentials file: the single credential's).
+func (m *Metrics) Budget(name string) Budget {
+	var labels []string
+	if m.budgetLabelled {
+		labels = []string{name}
+	} else {
+		name = DefaultBudget
+	}
+	return Budget{
+		Wait:   m.RateLimitWaits.WithLabelValues(labels...),
+		Paused: m.APIPauses.WithLabelValues(labels...),
+		Calls:  m.BudgetCalls.WithLabelValues(name),
+	}
 }
 
 // Code is the code label for an HTTP status; 0 means no response.

@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/revoker/revoker/metrics"
 	"sync"
 	"testing"
 	"time"
@@ -37,7 +39,8 @@ func TestOneListServesEarlier404s(t *testing.T) {
 	api := &countingLister{}
 	gate := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
 	t.Cleanup(gate.Close)
-	w := &Worker{Deps: Deps{API: api, Gate: gate}, lists: map[listKey]*listing{}}
+	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{}, metrics.Build{})
+	w := &Worker{Deps: Deps{API: api, Gate: gate, Metrics: m}, lists: map[listKey]*listing{}, budget: m.Budget("")}
 	ctx := context.Background()
 
 	// Every call slot is taken: the first list waits for its permit.
@@ -52,7 +55,7 @@ func TestOneListServesEarlier404s(t *testing.T) {
 	results := make(chan got, 2)
 	first404 := time.Now()
 	go func() {
-		l, at, _ := w.keyList(ctx, ctx, "acct1", 0, first404)
+		l, at, _ := w.keyList(ctx, ctx, Route{}, "acct1", 0, first404)
 		results <- got{l, at}
 	}()
 	waitFor(t, func() bool {
@@ -62,7 +65,7 @@ func TestOneListServesEarlier404s(t *testing.T) {
 	})
 	second404 := time.Now()
 	go func() {
-		l, at, _ := w.keyList(ctx, ctx, "acct1", 0, second404)
+		l, at, _ := w.keyList(ctx, ctx, Route{}, "acct1", 0, second404)
 		results <- got{l, at}
 	}()
 	// The second joins the list under way rather than fetching its own.
@@ -80,7 +83,7 @@ func TestOneListServesEarlier404s(t *testing.T) {
 		t.Fatalf("list fetched at %v, not after the 404 at %v", a.fetched, second404)
 	}
 	// A 404 after that list went out is not proven by it.
-	if _, _, err := w.keyList(ctx, ctx, "acct1", 0, time.Now()); err != nil || api.count() != 2 {
+	if _, _, err := w.keyList(ctx, ctx, Route{}, "acct1", 0, time.Now()); err != nil || api.count() != 2 {
 		t.Fatalf("a later 404 got %d lists in all (err %v), want its own", api.count(), err)
 	}
 }

@@ -148,6 +148,32 @@ type Replays interface {
 	VerifyBody(ctx context.Context, msgID, claimed string, body []byte) (bool, error)
 }
 
+// Route is how the calls for one account are made: the credential that
+// serves it and the gate of that credential's rate budget (SPEC §6, §9).
+type Route struct {
+	// Credential names the credential ("" with the single credential of
+	// the CLOUDFLARE_* variables); never a secret.
+	Credential string
+	// Gate is the budget's gate; nil for the worker's own (Deps.Gate).
+	Gate *throttle.Gate
+	// Budget is the budget's collectors; zero for the single budget's.
+	Budget metrics.Budget
+}
+
+// Routes picks the route of an account; ok is false when no credential
+// serves it.
+type Routes interface {
+	Route(account string) (r Route, ok bool)
+}
+
+// ReadyCredentialOf is the readiness condition of a named credential.
+func ReadyCredentialOf(name string) string {
+	if name == "" {
+		return ReadyCredential
+	}
+	return ReadyCredential + ":" + name
+}
+
 // The readiness conditions the worker reports on.
 const (
 	ReadyCredential = "credential"
@@ -175,8 +201,13 @@ type Config struct {
 
 // Deps are the worker's collaborators.
 type Deps struct {
-	API     API
-	Gate    *throttle.Gate
+	API API
+	// Gate bounds every call: the calls in flight and, with several
+	// budgets, the address limit; with one budget it is that budget's too.
+	Gate *throttle.Gate
+	// Routes, when set, picks each account's credential and budget: a
+	// call then waits for its budget's gate first, then for Gate.
+	Routes  Routes
 	Records Records
 	Ledger  Ledger
 	Replays Replays // nil: no replay claim is believed
@@ -191,9 +222,10 @@ type Worker struct {
 	Deps
 	allowed map[string]bool
 	lanes   []metrics.Lane
+	budget  metrics.Budget // the single budget's collectors
 
 	credMu  sync.Mutex
-	credBad bool
+	credBad map[string]bool // by readiness condition
 	apiGone bool
 
 	listMu sync.Mutex
@@ -211,7 +243,8 @@ type eventKey struct {
 
 // New makes a worker.
 func New(cfg Config, d Deps) *Worker {
-	w := &Worker{cfg: cfg, Deps: d, inHand: map[eventKey]chan struct{}{}, lists: map[listKey]*listing{}}
+	w := &Worker{cfg: cfg, Deps: d, inHand: map[eventKey]chan struct{}{}, lists: map[listKey]*listing{},
+		credBad: map[string]bool{}}
 	if len(cfg.AllowedAccounts) > 0 {
 		w.allowed = map[string]bool{}
 		for _, a := range cfg.AllowedAccounts {
@@ -221,6 +254,7 @@ func New(cfg Config, d Deps) *Worker {
 	for i, s := range cfg.Subjects {
 		w.lanes = append(w.lanes, d.Metrics.Lane(s, i))
 	}
+	w.budget = d.Metrics.Budget("")
 	d.Ready.Declare(ReadyCredential)
 	d.Ready.Declare(ReadyAPI)
 	return w
@@ -241,6 +275,7 @@ type attempt struct {
 	ev      event.Event
 	decoded bool
 	ref     Ref
+	route   Route // the account's credential and budget
 
 	seen     int   // calls known to be made for the event, ours included
 	answered int   // of those, answered on earlier deliveries
@@ -331,6 +366,13 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 		w.deadLetter(stop, work, a, event.AccountNotAllowed,
 			fmt.Sprintf("account %s is not in REVOKER_ALLOWED_ACCOUNTS", a.ev.AccountID))
 		return
+	}
+	if w.Routes != nil {
+		if a.route, ok = w.Routes.Route(a.ev.AccountID); !ok {
+			w.deadLetter(stop, work, a, event.AccountNotAllowed,
+				fmt.Sprintf("no credential in REVOKER_CREDENTIALS_FILE serves account %s", a.ev.AccountID))
+			return
+		}
 	}
 	// A redelivery first reads what earlier ones left. A first delivery
 	// need not: the ledger write before its first call finds any calls
@@ -456,14 +498,18 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 	var spent time.Duration
 	for {
 		waitFrom := time.Now()
-		permit, err := w.Gate.Acquire(stop, a.d.Priority())
+		permit, err := w.acquire(stop, a.route, a.d.Priority())
 		if err != nil {
 			return stopped
 		}
-		w.Metrics.RateLimitWait.Observe(time.Since(waitFrom).Seconds())
+		budget := w.metricsOf(a.route)
+		budget.Wait.Observe(time.Since(waitFrom).Seconds())
 		callFrom := time.Now()
 		resp, made, end, err := w.delete(stop, work, a)
 		permit.Release()
+		if made {
+			budget.Calls.Inc()
+		}
 		took := time.Since(callFrom)
 		switch {
 		case end != decided:
@@ -490,7 +536,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			w.Metrics.APIRequests.WithLabelValues(metrics.Code(a.status)).Inc()
 			w.Metrics.APIDuration.Observe(took.Seconds())
 			a.last = Classify(resp, err)
-			w.heed(rl, a.last, a.status)
+			w.heed(a.route, rl, a.last, a.status)
 			if a.last.Kind == NotFound {
 				if a.last, end = w.proveAbsence(stop, work, a, time.Now()); end != decided {
 					return end
@@ -514,7 +560,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 				if pause == 0 {
 					pause = b.NextBackOff()
 				}
-				w.Gate.Pause(pause) // the next Acquire waits it out, uncharged
+				w.gate(a.route).Pause(pause) // the next Acquire waits it out, uncharged
 			case a.last.RetryAfter > 0:
 				wait = a.last.RetryAfter
 			default:
@@ -585,7 +631,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt) (resp *cloudflar
 // account, fetched after it arrived (at the event's priority, through the
 // same gate), answers without the key (SPEC §4, "The proof", point 1).
 func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Time) (Decision, ending) {
-	list, fetched, err := w.keyList(stop, work, a.ev.AccountID, a.d.Priority(), at)
+	list, fetched, err := w.keyList(stop, work, a.route, a.ev.AccountID, a.d.Priority(), at)
 	if list == nil && err == nil {
 		return Decision{}, stopped
 	}
@@ -595,7 +641,7 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 		lrl, status = list.RateLimit, list.Status
 	}
 	d := ClassifyList(list, err, a.ev.KeyID)
-	w.heed(lrl, d, status)
+	w.heed(a.route, lrl, d, status)
 	switch d.Kind {
 	case NotFound:
 		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceAbsent).Inc()
@@ -653,7 +699,7 @@ type listing struct {
 // keyList returns a key list of account fetched after `after`, sharing one
 // under way when it qualifies; fetched is when its request went out. A nil
 // list with a nil error means stop ended first.
-func (w *Worker) keyList(stop, work context.Context, account string, priority int, after time.Time) (list *cloudflare.KeyList, fetched time.Time, err error) {
+func (w *Worker) keyList(stop, work context.Context, route Route, account string, priority int, after time.Time) (list *cloudflare.KeyList, fetched time.Time, err error) {
 	k := listKey{account, priority}
 	w.listMu.Lock()
 	l := w.lists[k]
@@ -679,7 +725,7 @@ func (w *Worker) keyList(stop, work context.Context, account string, priority in
 		close(l.done)
 	}()
 
-	permit, err := w.Gate.Acquire(stop, priority)
+	permit, err := w.acquire(stop, route, priority)
 	if err != nil {
 		l.err = err
 		return nil, time.Time{}, nil
@@ -688,8 +734,57 @@ func (w *Worker) keyList(stop, work context.Context, account string, priority in
 	w.listMu.Lock()
 	l.started = time.Now()
 	w.listMu.Unlock()
+	w.metricsOf(route).Calls.Inc()
 	l.list, l.err = w.API.ListSigningKeys(work, account)
 	return l.list, l.started, l.err
+}
+
+// gate is the gate of r's budget.
+func (w *Worker) gate(r Route) *throttle.Gate {
+	if r.Gate != nil {
+		return r.Gate
+	}
+	return w.Gate
+}
+
+// metricsOf is the collectors of r's budget.
+func (w *Worker) metricsOf(r Route) metrics.Budget {
+	if r.Budget.Calls != nil {
+		return r.Budget
+	}
+	return w.budget
+}
+
+// permit is leave to make one call: the budget's, and the worker's own
+// when the budget has a gate of its own.
+type permit struct{ budget, all *throttle.Permit }
+
+// Release gives both back.
+func (p permit) Release() {
+	if p.all != nil {
+		p.all.Release()
+	}
+	p.budget.Release()
+}
+
+// acquire waits for leave to call on route at priority p: first the
+// budget's rate (so an account never waits behind another budget's
+// backlog or hold), then the shared calls in flight and address limit.
+func (w *Worker) acquire(ctx context.Context, r Route, p int) (permit, error) {
+	if r.Gate == nil || r.Gate == w.Gate {
+		pm, err := w.Gate.Acquire(ctx, p)
+		return permit{budget: pm}, err
+	}
+	pm, err := r.Gate.Acquire(ctx, p)
+	if err != nil {
+		return permit{}, err
+	}
+	all, err := w.Gate.Acquire(ctx, p)
+	if err != nil {
+		pm.Release()
+		return permit{}, err
+	}
+	return permit{budget: pm, all: all}, nil
 }
 
 // minHeededReset: rate-limit headers count whole seconds, so over a window
@@ -699,12 +794,12 @@ const minHeededReset = 5 * time.Second
 
 // heed applies what an answer says about the API as a whole: its rate
 // budget, whether our credential works, and whether the API is there.
-func (w *Worker) heed(rl cloudflare.RateLimit, d Decision, status int) {
+func (w *Worker) heed(r Route, rl cloudflare.RateLimit, d Decision, status int) {
 	if rl.Known && rl.Reset >= minHeededReset {
 		// Spread what is left over the rest of the window when it cannot
 		// sustain our rate until the reset (with no limit of our own, always).
 		if w.cfg.RateLimit == 0 || float64(rl.Remaining) < w.cfg.RateLimit*rl.Reset.Seconds() {
-			w.Gate.Slow(time.Now().Add(rl.Reset / time.Duration(rl.Remaining+1)))
+			w.gate(r).Slow(time.Now().Add(rl.Reset / time.Duration(rl.Remaining+1)))
 		}
 	}
 	w.credMu.Lock()
@@ -713,15 +808,17 @@ func (w *Worker) heed(rl cloudflare.RateLimit, d Decision, status int) {
 	// x-should-retry made of the event.
 	refused := d.Kind == Unauthorized || status == 401 || status == 403
 	works := d.Kind == Revoked || d.Kind == NotFound || d.Kind == StillListed
+	cond := ReadyCredentialOf(r.Credential)
 	switch {
-	case refused && !w.credBad:
-		w.credBad = true
-		w.Ready.Set(ReadyCredential, "the API refused the credential: "+d.Detail)
-		w.Log.Error("the API refused the credential; not ready until a call succeeds", zap.String("detail", d.Detail))
-	case works && w.credBad:
-		w.credBad = false
-		w.Ready.Set(ReadyCredential, "")
-		w.Log.Info("the API accepts the credential again")
+	case refused && !w.credBad[cond]:
+		w.credBad[cond] = true
+		w.Ready.Set(cond, "the API refused the credential: "+d.Detail)
+		w.Log.Error("the API refused the credential; not ready until a call succeeds",
+			zap.String("credential", r.Credential), zap.String("detail", d.Detail))
+	case works && w.credBad[cond]:
+		w.credBad[cond] = false
+		w.Ready.Set(cond, "")
+		w.Log.Info("the API accepts the credential again", zap.String("credential", r.Credential))
 	}
 	switch {
 	case d.Kind == NoAPI && !w.apiGone:
@@ -966,6 +1063,7 @@ func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) 
 		PublishedAt:     a.d.StoredAt().UTC().Format(time.RFC3339Nano),
 		CompletedAt:     time.Now().UTC().Format(time.RFC3339Nano),
 		Worker:          w.cfg.Name,
+		Credential:      a.route.Credential,
 		ReplayOf:        w.replayOf(a),
 		UnansweredCalls: a.unanswered(),
 	}
@@ -1029,6 +1127,9 @@ func (w *Worker) fields(a *attempt, extra ...zap.Field) []zap.Field {
 	}
 	if a.decoded {
 		f = append(f, zap.String("account", a.ev.AccountID), zap.String("key", a.ev.KeyID))
+		if a.route.Credential != "" {
+			f = append(f, zap.String("credential", a.route.Credential))
+		}
 		if a.ev.Reason != "" {
 			f = append(f, zap.String("event_reason", untrusted.Line(a.ev.Reason, maxLoggedText)))
 		}

@@ -1,0 +1,121 @@
+package worker_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/metrics"
+	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/worker"
+)
+
+// fakeRoutes serves the accounts it names, each with its credential and
+// budget gate.
+type fakeRoutes map[string]worker.Route
+
+func (r fakeRoutes) Route(account string) (worker.Route, bool) {
+	rt, ok := r[account]
+	return rt, ok
+}
+
+// routed is a worker whose accounts acct1 and acct2 have credentials of
+// their own, with budgets "a" and "b"; other accounts have none.
+type routed struct {
+	*harness
+	gates  map[string]*throttle.Gate
+	budget map[string]metrics.Budget
+}
+
+func newRouted(t *testing.T, answers ...*cloudflare.Response) *routed {
+	t.Helper()
+	h := &harness{
+		api:     &fakeAPI{answers: answers},
+		records: &fakeRecords{},
+		ledger:  &fakeLedger{entries: map[uint64]worker.Entry{}},
+		gate:    throttle.New(throttle.Config{Priorities: 2, Concurrency: 4}),
+	}
+	t.Cleanup(h.gate.Close)
+	reg := prometheus.NewRegistry()
+	subjects := []string{"revoke.urgent", "revoke.scheduled"}
+	h.m = metrics.New(reg, metrics.Labels{Subjects: subjects, Outcomes: event.Names(event.Outcomes),
+		Reasons: event.Names(event.Reasons), Budgets: []string{"a", "b"}}, metrics.Build{})
+	h.ready = metrics.NewReadiness(reg)
+	r := &routed{harness: h, gates: map[string]*throttle.Gate{}, budget: map[string]metrics.Budget{}}
+	routes := fakeRoutes{}
+	for i, name := range []string{"a", "b"} {
+		g := throttle.New(throttle.Config{Priorities: 2, Concurrency: 4})
+		t.Cleanup(g.Close)
+		r.gates[name], r.budget[name] = g, h.m.Budget(name)
+		h.ready.Declare(worker.ReadyCredentialOf("cred-" + name))
+		routes["acct"+string(rune('1'+i))] = worker.Route{Credential: "cred-" + name, Gate: g, Budget: r.budget[name]}
+	}
+	h.w = worker.New(worker.Config{
+		Subjects: subjects, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
+		RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+	}, worker.Deps{API: h.api, Gate: h.gate, Routes: routes, Records: h.records, Ledger: h.ledger,
+		Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
+	return r
+}
+
+// TestRouteNamesTheCredential: the record names the credential of the
+// event's account, and the call is charged to that account's budget only.
+func TestRouteNamesTheCredential(t *testing.T) {
+	r := newRouted(t, answer(200, revoked, 0))
+	r.handle(&fakeDelivery{body: `{"account_id":"acct2","key_id":"key1"}`})
+	if len(r.records.outcomes) != 1 || r.records.outcomes[0].Credential != "cred-b" || r.records.outcomes[0].Outcome != event.Revoked {
+		t.Fatalf("records %+v, want one revoked naming cred-b", r.records.outcomes)
+	}
+	if a, b := testutil.ToFloat64(r.budget["a"].Calls), testutil.ToFloat64(r.budget["b"].Calls); a != 0 || b != 1 {
+		t.Errorf("calls charged: a %v, b %v; want 0 and 1", a, b)
+	}
+}
+
+// TestRouteUnknownAccount: an account no credential serves is dead-lettered
+// account_not_allowed with no call.
+func TestRouteUnknownAccount(t *testing.T) {
+	r := newRouted(t, answer(200, revoked, 0))
+	d := &fakeDelivery{body: `{"account_id":"acct9","key_id":"key1"}`}
+	r.handle(d)
+	if r.api.calls != 0 {
+		t.Errorf("%d calls for an account no credential serves", r.api.calls)
+	}
+	if len(r.records.dlq) != 1 || r.records.dlq[0].Reason != event.AccountNotAllowed || d.settled[0] != "term" {
+		t.Fatalf("dead letters %+v, settled %v; want one account_not_allowed, terminated", r.records.dlq, d.settled)
+	}
+}
+
+// TestRouteRefusedCredentialOnlyItsOwn: a 403 makes only that credential's
+// condition false; a 429 holds only that budget's gate.
+func TestRouteRefusedCredentialOnlyItsOwn(t *testing.T) {
+	r := newRouted(t, answer(403, rejected, 0))
+	r.handle(&fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`})
+	if v := testutil.ToFloat64(r.ready.Gauge(worker.ReadyCredentialOf("cred-a"))); v != 0 {
+		t.Errorf("credential:cred-a ready = %v after a 403, want 0", v)
+	}
+	if v := testutil.ToFloat64(r.ready.Gauge(worker.ReadyCredentialOf("cred-b"))); v != 1 {
+		t.Errorf("credential:cred-b ready = %v after cred-a's 403, want 1", v)
+	}
+
+	r2 := newRouted(t, answer(429, rejected, time.Hour), answer(200, revoked, 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	// acct1's 429 asks for an hour; the delivery waits it out until stop.
+	r2.w.Handle(ctx, context.Background(), &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: 1, maxDeliver: 3})
+	if r2.gates["a"].PausedFor() < time.Minute {
+		t.Fatalf("budget a paused for %v after a 429 asking for an hour", r2.gates["a"].PausedFor())
+	}
+	if p := r2.gates["b"].PausedFor(); p != 0 || r2.gate.PausedFor() != 0 {
+		t.Errorf("budget b paused for %v, the shared gate for %v: a 429 holds only its own budget", p, r2.gate.PausedFor())
+	}
+	r2.handle(&fakeDelivery{body: `{"account_id":"acct2","key_id":"key1"}`})
+	if n := len(r2.records.outcomes); n != 1 || r2.records.outcomes[0].Credential != "cred-b" {
+		t.Errorf("records %+v: acct2 must be revoked while budget a is held", r2.records.outcomes)
+	}
+}

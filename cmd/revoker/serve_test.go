@@ -109,21 +109,6 @@ func TestServeEmbeddedStartsAndStops(t *testing.T) {
 	}
 }
 
-func TestDemoAccountsForEveryEvent(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the demo takes several seconds")
-	}
-	code, out, stderr := runCmd(context.Background(), nil, "demo")
-	if code != exitOK {
-		t.Fatalf("demo exited %d: %s\n%s", code, stderr, out)
-	}
-	for _, want := range []string{"all 13 events accounted for", "leak01", "retries_exhausted", "api_rejected", "invalid_event", "not_found"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, out)
-		}
-	}
-}
-
 func TestVersionAndUsage(t *testing.T) {
 	if code, out, _ := runCmd(context.Background(), nil, "version"); code != 0 || !strings.Contains(out, "revoker dev") {
 		t.Errorf("version: %d %q", code, out)

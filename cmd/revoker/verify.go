@@ -40,6 +40,18 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "revoker verify: %v\n", verify.ErrNoTrail)
 		return exitUsage
 	}
+	// The key lists' client spans (SPEC §13) go where serve's go, when the
+	// OTEL variables say where; they are flushed before the exit.
+	stopTracing, err := tracing.Setup(ctx, "revoker", version)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker verify: %v\n", err)
+		return exitUsage
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = stopTracing(sctx)
+	}()
 	cred, err := credential(cfg)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "revoker verify: CLOUDFLARE_API_TOKEN_FILE: %v\n", err)

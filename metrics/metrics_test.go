@@ -107,3 +107,34 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("/metrics = %d", code)
 	}
 }
+
+// TestReadyWithOneCredentialRefused: of several named credentials, one
+// refused leaves /readyz 200 naming it; all refused make it 503 (SPEC §6).
+func TestReadyWithOneCredentialRefused(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	ready := metrics.NewReadiness(reg)
+	ready.Declare("credential:media-eu")
+	ready.Declare("credential:ops")
+	srv := httptest.NewServer(metrics.Handler(reg, ready))
+	defer srv.Close()
+	get := func() (int, string) {
+		resp, err := http.Get(srv.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	ready.Set("credential:media-eu", "token refused")
+	if code, body := get(); code != 200 || !strings.Contains(body, "credential:media-eu: token refused") || strings.Contains(body, "credential:ops") {
+		t.Errorf("/readyz with one of two credentials refused = %d %q; want 200 naming media-eu only", code, body)
+	}
+	if v := testutil.ToFloat64(ready.Gauge("credential:media-eu")); v != 0 {
+		t.Errorf("revoker_ready{condition=credential:media-eu} = %v while refused", v)
+	}
+	ready.Set("credential:ops", "token refused")
+	if code, _ := get(); code != 503 {
+		t.Errorf("/readyz with every credential refused = %d, want 503", code)
+	}
+}

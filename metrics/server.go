@@ -71,17 +71,36 @@ func (r *Readiness) Set(name, why string) {
 // Gauge is the revoker_ready series of condition name.
 func (r *Readiness) Gauge(name string) prometheus.Gauge { return r.gauge.WithLabelValues(name) }
 
-// Ready reports whether every condition is met, and otherwise what is not.
+// CredentialGroup is the prefix of the conditions of named credentials
+// (SPEC §6): ready needs only one of them met, as a refused credential
+// makes only its own accounts wait.
+const CredentialGroup = "credential:"
+
+// Ready reports whether every condition is met (of the credential group,
+// at least one), and what is not met, ready or not.
 func (r *Readiness) Ready() (bool, string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var not []string
+	ok, creds, credsMet := true, 0, 0
 	for _, n := range r.order {
-		if why := r.conds[n]; why != "" {
+		why := r.conds[n]
+		if strings.HasPrefix(n, CredentialGroup) {
+			creds++
+			if why == "" {
+				credsMet++
+			}
+		} else if why != "" {
+			ok = false
+		}
+		if why != "" {
 			not = append(not, n+": "+why)
 		}
 	}
-	return len(not) == 0, strings.Join(not, "; ")
+	if creds > 0 && credsMet == 0 {
+		ok = false
+	}
+	return ok, strings.Join(not, "; ")
 }
 
 // Handler serves /metrics from g, /healthz, and /readyz from ready.
@@ -97,6 +116,11 @@ func Handler(g prometheus.Gatherer, ready *Readiness) http.Handler {
 		ok, why := ready.Ready()
 		if !ok {
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		if why != "" {
+			// Ready with a credential refused: its accounts wait.
+			fmt.Fprintln(w, "ready; not met: "+why)
 			return
 		}
 		fmt.Fprintln(w, "ready")

@@ -266,6 +266,7 @@ func (c *Client) call(ctx context.Context, method string, limit int, path ...str
 	resp.RetryAfter, resp.HasRetryAfter = parseRetryAfter(hr.Header, now)
 	resp.ShouldRetry = parseShouldRetry(hr.Header)
 	resp.RateLimit = parseRateLimit(hr.Header, now)
+	resp.Policy = parseRatePolicy(hr.Header)
 	if oversized {
 		resp.BodyError = fmt.Sprintf("body larger than %d bytes", limit)
 		return resp, nil, nil

@@ -144,6 +144,9 @@ type TokenFile struct {
 	path  string
 	every time.Duration
 	start time.Time // monotonic base for due
+	// email is set for a legacy key file (NewLegacyKeyFile): the file then
+	// holds the X-Auth-Key sent with this X-Auth-Email.
+	email string
 
 	cur      atomic.Pointer[tokenState]
 	due      atomic.Int64 // nanoseconds since start when the next check is due
@@ -165,6 +168,14 @@ type tokenState struct {
 	id    string
 }
 
+// what names the file in errors.
+func (f *TokenFile) what() string {
+	if f.email != "" {
+		return "API key file"
+	}
+	return "token file"
+}
+
 // NewTokenFile reads the token from path (surrounding white space trimmed)
 // and returns a Credential that re-reads it when it may have changed, at most
 // once every `every` (every <= 0 means on every call). A change is detected
@@ -174,14 +185,31 @@ type tokenState struct {
 // error names the path (unless the path looks like a pasted secret), never
 // the content.
 func NewTokenFile(path string, every time.Duration) (*TokenFile, error) {
-	f := &TokenFile{path: path, every: every, start: time.Now()}
-	tok, fi, err := readTokenFile(path)
+	return newSecretFile(path, "", every)
+}
+
+// NewLegacyKeyFile is NewTokenFile for the legacy pair: the file at path
+// holds the Global API Key sent as X-Auth-Key, with email as X-Auth-Email.
+// It is re-read, reported and fingerprinted ("keyfile:…") as a token file.
+// An email that cannot go into a header is an error; the error does not
+// quote it.
+func NewLegacyKeyFile(email, path string, every time.Duration) (*TokenFile, error) {
+	email = strings.TrimSpace(email)
+	if !ValidSecret(email) {
+		return nil, errBadEmail
+	}
+	return newSecretFile(path, email, every)
+}
+
+func newSecretFile(path, email string, every time.Duration) (*TokenFile, error) {
+	f := &TokenFile{path: path, every: every, start: time.Now(), email: email}
+	tok, fi, err := readTokenFile(path, f.what())
 	if err != nil {
 		return nil, err
 	}
 	f.fi = fi
 	f.racy = isRacy(fi, time.Now())
-	f.cur.Store(newState(tok))
+	f.cur.Store(f.newState(tok))
 	f.due.Store(int64(every))
 	return f, nil
 }
@@ -189,11 +217,22 @@ func NewTokenFile(path string, every time.Duration) (*TokenFile, error) {
 // Apply sets "Authorization: Bearer <token>", checking the file first when
 // a check is due.
 func (f *TokenFile) Apply(req *http.Request) error {
-	req.Header.Set("Authorization", "Bearer "+f.current().token)
+	tok := f.current().token
+	if f.email != "" {
+		req.Header.Set("X-Auth-Email", f.email)
+		req.Header.Set("X-Auth-Key", tok)
+		return nil
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
 	return nil
 }
 
-// ID is "file:" and the fingerprint of the token in use.
+// Legacy reports whether f sends the legacy pair (NewLegacyKeyFile) rather
+// than a bearer token.
+func (f *TokenFile) Legacy() bool { return f.email != "" }
+
+// ID is "file:" (a legacy key file: "keyfile:") and the fingerprint of the
+// secret in use.
 func (f *TokenFile) ID() string { return f.cur.Load().id }
 
 // String renders the fingerprint, never the token or the path.
@@ -216,7 +255,12 @@ func (f *TokenFile) current() *tokenState {
 	return f.cur.Load()
 }
 
-func newState(tok string) *tokenState { return &tokenState{token: tok, id: "file:" + fingerprint(tok)} }
+func (f *TokenFile) newState(tok string) *tokenState {
+	if f.email != "" {
+		return &tokenState{token: tok, id: "keyfile:" + fingerprint(f.email+"\x00"+tok)}
+	}
+	return &tokenState{token: tok, id: "file:" + fingerprint(tok)}
+}
 
 // Refresh checks the file when a check is due, as a call would. Calling it
 // on a timer keeps an idle worker's token current and its file's trouble
@@ -305,12 +349,12 @@ func (f *TokenFile) check() (oldID, newID string, changed, report bool, err erro
 func (f *TokenFile) reload() (oldID, newID string, changed bool, err error) {
 	fi, err := os.Stat(f.path)
 	if err != nil {
-		return "", "", false, pathError("stat", f.path, err)
+		return "", "", false, pathError(f.what(), "stat", f.path, err)
 	}
 	if !f.racy && sameVersion(f.fi, fi) {
 		return "", "", false, nil
 	}
-	tok, rfi, err := readTokenFile(f.path)
+	tok, rfi, err := readTokenFile(f.path, f.what())
 	if err != nil {
 		return "", "", false, err
 	}
@@ -320,7 +364,7 @@ func (f *TokenFile) reload() (oldID, newID string, changed bool, err error) {
 	if tok == old.token {
 		return "", "", false, nil
 	}
-	st := newState(tok)
+	st := f.newState(tok)
 	f.cur.Store(st)
 	f.reloads.Add(1)
 	return old.id, st.id, true, nil
@@ -338,44 +382,44 @@ func isRacy(fi os.FileInfo, readAt time.Time) bool {
 // readTokenFile opens, reads and validates the token. The FileInfo comes
 // from the open file, so it describes what was read even if the path is
 // renamed over meanwhile.
-func readTokenFile(path string) (string, os.FileInfo, error) {
+func readTokenFile(path, what string) (string, os.FileInfo, error) {
 	fh, err := os.Open(path)
 	if err != nil {
-		return "", nil, pathError("open", path, err)
+		return "", nil, pathError(what, "open", path, err)
 	}
 	defer fh.Close()
 	fi, err := fh.Stat()
 	if err != nil {
-		return "", nil, pathError("stat", path, err)
+		return "", nil, pathError(what, "stat", path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return "", nil, fmt.Errorf("cloudflare: token file %s: not a regular file", displayPath(path))
+		return "", nil, fmt.Errorf("cloudflare: %s %s: not a regular file", what, displayPath(path))
 	}
 	b, err := io.ReadAll(io.LimitReader(fh, maxTokenFile+1))
 	if err != nil {
-		return "", nil, pathError("read", path, err)
+		return "", nil, pathError(what, "read", path, err)
 	}
 	if len(b) > maxTokenFile {
-		return "", nil, fmt.Errorf("cloudflare: token file %s: larger than %d bytes", displayPath(path), maxTokenFile)
+		return "", nil, fmt.Errorf("cloudflare: %s %s: larger than %d bytes", what, displayPath(path), maxTokenFile)
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" {
-		return "", nil, fmt.Errorf("cloudflare: token file %s: empty", displayPath(path))
+		return "", nil, fmt.Errorf("cloudflare: %s %s: empty", what, displayPath(path))
 	}
 	if !ValidSecret(tok) {
-		return "", nil, fmt.Errorf("cloudflare: token file %s: content holds white space or characters not allowed in an HTTP header", displayPath(path))
+		return "", nil, fmt.Errorf("cloudflare: %s %s: content holds white space or characters not allowed in an HTTP header", what, displayPath(path))
 	}
 	return tok, fi, nil
 }
 
 // pathError rebuilds an *fs.PathError message with displayPath, keeping the
 // cause (errors.Is(err, fs.ErrNotExist) still works).
-func pathError(op, path string, err error) error {
+func pathError(what, op, path string, err error) error {
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
-	return fmt.Errorf("cloudflare: token file %s: %s: %w", displayPath(path), op, err)
+	return fmt.Errorf("cloudflare: %s %s: %s: %w", what, displayPath(path), op, err)
 }
 
 // displayPath quotes the path for messages, unless it looks like a token

@@ -12,3 +12,9 @@ func NewKeyList(resp *Response, ids ...string) *KeyList {
 	}
 	return l
 }
+
+// Unanswered is the key list of a call that was not made (Listed false,
+// Why "no answer", an empty Response), for callers that decide not to call.
+func Unanswered() *KeyList {
+	return &KeyList{Response: &Response{}, why: "no answer"}
+}

@@ -32,8 +32,29 @@ type Response struct {
 	// ShouldRetry is x-should-retry: "true" or "false" (any case); nil when
 	// absent or anything else.
 	ShouldRetry *bool
-	RateLimit   RateLimit     // parsed rate-limit headers
-	Duration    time.Duration // wall time of the call, body read included
+	RateLimit   RateLimit // parsed rate-limit headers
+	// Policy is the quota the Ratelimit-Policy header announces (the most
+	// restrictive one when several are given).
+	Policy   RatePolicy
+	Duration time.Duration // wall time of the call, body read included
+}
+
+// RatePolicy is what a Ratelimit-Policy header says of the quota:
+// `"default";q=1200;w=300` is 1,200 calls per 300 s. Enterprise accounts
+// may have more than the documented 1,200 per 5 minutes, some less.
+type RatePolicy struct {
+	Known  bool          // a policy with both a quota and a window was given
+	Quota  int           // calls allowed per window
+	Window time.Duration // the window, at least 1 s when Known
+}
+
+// PerSecond is the policy's rate, Quota/Window in calls per second; 0 when
+// the policy is not Known.
+func (p RatePolicy) PerSecond() float64 {
+	if !p.Known || p.Window <= 0 {
+		return 0
+	}
+	return float64(p.Quota) / p.Window.Seconds()
 }
 
 // RateLimit is what the rate-limit headers of a response say.
@@ -490,4 +511,55 @@ func resetDuration(n int, ref time.Time) time.Duration {
 		return clampDuration(float64(time.Unix(int64(n), 0).Sub(ref)))
 	}
 	return clampDuration(float64(n) * float64(time.Second))
+}
+
+// maxPolicyWindow bounds a policy's window: Cloudflare's longest is a day,
+// and a larger one would only make a hostile header overflow.
+const maxPolicyWindow = 7 * 24 * 60 * 60
+
+// parseRatePolicy reads Ratelimit-Policy, every line joined: items of the
+// current draft, `"default";q=1200;w=300`, and of older ones, `1200;w=300`
+// (the quota as the item). Items without both a quota and a window of at
+// least one second are skipped; of the rest, the one allowing the fewest
+// calls per second wins (a 429 comes from the first exhausted).
+func parseRatePolicy(h http.Header) RatePolicy {
+	vs := h.Values("Ratelimit-Policy")
+	if len(vs) == 0 {
+		return RatePolicy{}
+	}
+	var best RatePolicy
+	for _, member := range splitOutsideQuotes(strings.Join(vs, ","), ',') {
+		var q, w int
+		var hasQ, hasW bool
+		for i, part := range splitOutsideQuotes(member, ';') {
+			part = strings.TrimSpace(part)
+			k, val, ok := strings.Cut(part, "=")
+			if !ok {
+				if i == 0 {
+					// An older draft's item: the quota itself.
+					q, hasQ = parseCount(part)
+				}
+				continue
+			}
+			n, ok := parseCount(strings.Trim(strings.TrimSpace(val), `"`))
+			if !ok {
+				continue
+			}
+			switch strings.ToLower(strings.TrimSpace(k)) {
+			case "q":
+				q, hasQ = n, true
+			case "w":
+				w, hasW = n, true
+			}
+		}
+		if !hasQ || !hasW || w < 1 || w > maxPolicyWindow {
+			continue
+		}
+		p := RatePolicy{Known: true, Quota: q, Window: time.Duration(w) * time.Second}
+		// q1/w1 < q2/w2 as q1*w2 < q2*w1; a tie keeps the first.
+		if !best.Known || float64(p.Quota)*best.Window.Seconds() < float64(best.Quota)*p.Window.Seconds() {
+			best = p
+		}
+	}
+	return best
 }

@@ -4,6 +4,13 @@
 // key list, can be scripted per key, can rate-limit like the real API (429,
 // code 971) and logs every request (never a secret).
 //
+// It can stand in for several credentials at once (WithAccountToken,
+// WithUserToken, WithUserKey): each is allowed its own accounts and charged
+// to a named rate budget, each budget limited on its own, as Cloudflare
+// limits each user and each account token (SPEC §1, §6). It answers the
+// token checks (GET /user/tokens/verify, GET
+// /accounts/{account_id}/tokens/verify, and GET /user for the legacy pair).
+//
 // The behaviour is modelled on what SPEC §1 records of the real API. Every
 // key exists until its first successful delete; deleting it again answers
 // 404, the answer the worker is specified to expect where Cloudflare's
@@ -15,7 +22,9 @@
 package cloudflaretest
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -47,6 +56,7 @@ const (
 	CodeNotFound       = 10003 // 404: no such key (the stand-in's choice)
 	CodeMethod         = 10405 // 405: method not allowed (the stand-in's choice)
 	CodeScripted       = 10999 // any other scripted 4xx (the stand-in's choice)
+	CodeInvalidToken   = 1000  // 401: a token check of a token unknown to that endpoint
 )
 
 // HTML404 is a status for Script and ScriptList: a 404 whose body is an
@@ -67,11 +77,19 @@ type Request struct {
 	// Auth is "bearer", "legacy", "none", or "malformed" (an auth header
 	// that does not parse: answered 400, code 6003).
 	Auth string
-	// TokenOK reports that the credential was accepted: it matched
-	// WithToken/WithLegacyKey, or, when neither is set, that a well-formed
-	// credential was sent at all.
+	// TokenOK reports that the credential was accepted: it matched a
+	// configured one (WithToken, WithLegacyKey, WithAccountToken,
+	// WithUserToken, WithUserKey) allowed for the path's account, or, when
+	// none is configured, that a well-formed credential was sent at all.
 	TokenOK bool
-	Status  int // the status answered; 0 while the Responder runs
+	// Credential is the name of the configured credential the request's
+	// matched (allowed for the account or not); "" when none matched, and
+	// for WithToken and WithLegacyKey, which are unnamed.
+	Credential string
+	// Budget is the rate budget the request was charged to: its
+	// credential's, "" for WithToken, WithLegacyKey and unknown credentials.
+	Budget string
+	Status int // the status answered; 0 while the Responder runs
 }
 
 // Responder decides the answer to a request before the default behaviour
@@ -84,14 +102,51 @@ type Responder func(r Request) (status int, header http.Header, body string, han
 type Option func(*config)
 
 type config struct {
-	responder  Responder
-	token      string
-	hasToken   bool
-	email, key string
-	hasLegacy  bool
-	perSecond  int
-	latency    time.Duration
-	withoutAPI bool
+	responder   Responder
+	principals  []*principal
+	perSecond   int
+	budgetRates map[string]int
+	lockout     time.Duration
+	latency     time.Duration
+	withoutAPI  bool
+}
+
+type principalKind int
+
+const (
+	userToken principalKind = iota
+	accountToken
+	userKey
+)
+
+// principal is one configured credential.
+type principal struct {
+	name       string
+	kind       principalKind
+	token      string // the token, or the legacy key
+	email      string
+	budget     string
+	all        bool // "*": every account
+	accounts   map[string]bool
+	fingerprnt string // the result.id of its token check
+}
+
+func (p *principal) allows(account string) bool { return p.all || p.accounts[account] }
+
+func newPrincipal(kind principalKind, name, email, secret, budget string, accounts []string) *principal {
+	if budget == "" {
+		budget = name
+	}
+	p := &principal{name: name, kind: kind, token: secret, email: email, budget: budget, accounts: map[string]bool{}}
+	for _, a := range accounts {
+		if a == "*" {
+			p.all = true
+		}
+		p.accounts[a] = true
+	}
+	sum := sha256.Sum256([]byte(name + "\x00" + secret))
+	p.fingerprnt = hex.EncodeToString(sum[:16])
+	return p
 }
 
 // WithResponder makes f answer first; see Responder.
@@ -100,21 +155,77 @@ func WithResponder(f Responder) Option { return func(c *config) { c.responder = 
 // WithToken requires "Authorization: Bearer tok": a wrong or missing
 // credential gets 403 with code 10000, a malformed Authorization header 400
 // with code 6003 (chain 6111). It may be combined with WithLegacyKey.
+// The token is a user's token valid for every account, charged to the
+// budget "" (WithRateLimit's).
 func WithToken(tok string) Option {
-	return func(c *config) { c.token, c.hasToken = tok, true }
+	return func(c *config) {
+		c.principals = append(c.principals, newPrincipal(userToken, "", "", tok, "", []string{"*"}))
+	}
 }
 
 // WithLegacyKey requires the legacy pair X-Auth-Email/X-Auth-Key (or the
 // WithToken token, when both are set); a wrong pair gets 403, code 10000.
 func WithLegacyKey(email, key string) Option {
-	return func(c *config) { c.email, c.key, c.hasLegacy = email, key, true }
+	return func(c *config) {
+		c.principals = append(c.principals, newPrincipal(userKey, "", email, key, "", []string{"*"}))
+	}
 }
+
+// WithAccountToken adds an account API token named name (the name appears
+// in the request log; the token never does), allowed for accounts ("*":
+// every account), charged to budget ("" means name). Any credential option
+// makes credentials required: a request whose credential is not allowed
+// for the path's account gets 403 with code 10000. Its token check answers
+// only on /accounts/{account_id}/tokens/verify, for its accounts.
+func WithAccountToken(name, token, budget string, accounts ...string) Option {
+	return func(c *config) {
+		c.principals = append(c.principals, newPrincipal(accountToken, name, "", token, budget, accounts))
+	}
+}
+
+// WithUserToken adds a user's API token, as WithAccountToken does; a
+// user's tokens share the user's budget, so give them one budget name. Its
+// token check answers only on /user/tokens/verify.
+func WithUserToken(name, token, budget string, accounts ...string) Option {
+	return func(c *config) {
+		c.principals = append(c.principals, newPrincipal(userToken, name, "", token, budget, accounts))
+	}
+}
+
+// WithUserKey adds a user's legacy pair (X-Auth-Email, X-Auth-Key), as
+// WithAccountToken does. It has no token check; GET /user answers it.
+func WithUserKey(name, email, key, budget string, accounts ...string) Option {
+	return func(c *config) {
+		c.principals = append(c.principals, newPrincipal(userKey, name, email, key, budget, accounts))
+	}
+}
+
+// WithBudgetRate limits budget to perSecond as WithRateLimit does, in place
+// of WithRateLimit's value (0 or less: no limit for that budget).
+func WithBudgetRate(budget string, perSecond int) Option {
+	return func(c *config) {
+		if c.budgetRates == nil {
+			c.budgetRates = map[string]int{}
+		}
+		c.budgetRates[budget] = perSecond
+	}
+}
+
+// WithLockout makes a rate-limited budget behave as Cloudflare does past
+// its limit: once a request is refused for the rate, every request charged
+// to that budget is refused (429, code 971, Retry-After the seconds left)
+// for d, whatever the window says. Other budgets are not affected. 0 (the
+// default) refuses only the requests over the limit.
+func WithLockout(d time.Duration) Option { return func(c *config) { c.lockout = d } }
 
 // WithRateLimit answers 429 (code 971) to any request that would make more
 // than perSecond requests answered with something other than 429 in the
 // last second (a sliding window over arrival times, as the worker's own
 // limiter must keep under). Retry-After is the whole seconds until the
-// window has room, at least 1. 0 or less turns it off.
+// window has room, at least 1. 0 or less turns it off. With several
+// credentials, it is the limit of each budget not given WithBudgetRate, each
+// counted apart. Every answer charged to a limited budget carries Ratelimit
+// and Ratelimit-Policy (`"default";q=<perSecond>;w=1`).
 func WithRateLimit(perSecond int) Option { return func(c *config) { c.perSecond = perSecond } }
 
 // WithoutAPI makes the server something that is not the API, as a wrong
@@ -140,9 +251,19 @@ type Server struct {
 	keys        map[[2]string]*keyState // by account, key
 	scripts     map[string][]int        // deletes, by key
 	listScripts map[string][]int        // key lists, by account
-	window      []time.Time             // arrivals answered non-429 within the last second
+	budgets     map[string]*budgetState
+	statuses    map[string]string // token check status by credential name, when not "active"
 	throttled   int
 	rayNext     uint64
+}
+
+// budgetState is one rate budget's window.
+type budgetState struct {
+	perSecond   int
+	window      []time.Time // arrivals answered non-429 within the last second
+	lockedUntil time.Time
+	count       int
+	throttled   int
 }
 
 // keyState is what the server knows of one key.
@@ -158,6 +279,8 @@ func NewServer(opts ...Option) *Server {
 		keys:        make(map[[2]string]*keyState),
 		scripts:     make(map[string][]int),
 		listScripts: make(map[string][]int),
+		budgets:     make(map[string]*budgetState),
+		statuses:    make(map[string]string),
 		// CF-Ray values look like Cloudflare's (16 hex digits and a colo)
 		// and are unique per server: a random start, then a counter.
 		rayNext: rand.Uint64() >> 1,
@@ -169,6 +292,9 @@ func NewServer(opts ...Option) *Server {
 	mux.HandleFunc("DELETE "+APIPrefix+"/accounts/{account}/stream/keys/{key}", s.handle(routeDelete))
 	mux.HandleFunc("GET "+APIPrefix+"/accounts/{account}/stream/keys", s.handle(routeList))
 	mux.HandleFunc(APIPrefix+"/accounts/{account}/stream/keys/{key}", s.handle(routeMethod))
+	mux.HandleFunc("GET "+APIPrefix+"/user/tokens/verify", s.handle(routeVerifyUser))
+	mux.HandleFunc("GET "+APIPrefix+"/accounts/{account}/tokens/verify", s.handle(routeVerifyAccount))
+	mux.HandleFunc("GET "+APIPrefix+"/user", s.handle(routeUser))
 	mux.HandleFunc("/", s.handle(routeOther))
 	s.ts = httptest.NewServer(mux)
 	s.URL = s.ts.URL + APIPrefix
@@ -200,11 +326,47 @@ func (s *Server) Count() int {
 }
 
 // Throttled reports how many requests WithRateLimit answered with 429
-// (scripted 429s not included).
+// (scripted 429s not included), every budget together.
 func (s *Server) Throttled() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.throttled
+}
+
+// BudgetCount reports how many requests were charged to budget (every
+// route, every answer, 429s included).
+func (s *Server) BudgetCount(budget string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := s.budgets[budget]; b != nil {
+		return b.count
+	}
+	return 0
+}
+
+// BudgetThrottled reports how many requests of budget were answered 429 for
+// its rate.
+func (s *Server) BudgetThrottled(budget string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b := s.budgets[budget]; b != nil {
+		return b.throttled
+	}
+	return 0
+}
+
+// SetTokenStatus makes the token check of the named credential answer
+// success true with result.status status ("disabled", "expired"; "active"
+// restores it), and its other calls 403 (code 10000) while it is not
+// "active".
+func (s *Server) SetTokenStatus(name, status string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if status == "active" {
+		delete(s.statuses, name)
+		return
+	}
+	s.statuses[name] = status
 }
 
 // Deleted reports whether key of account has been deleted.
@@ -296,6 +458,9 @@ const (
 	routeList
 	routeMethod
 	routeOther
+	routeVerifyUser
+	routeVerifyAccount
+	routeUser
 )
 
 type reply struct {
@@ -313,7 +478,7 @@ func (s *Server) handle(rt route) http.HandlerFunc {
 			AccountID: r.PathValue("account"),
 			KeyID:     r.PathValue("key"),
 		}
-		authReply := s.authenticate(r, &req)
+		p, authReply := s.authenticate(r, &req)
 
 		var rep reply
 		handled := false
@@ -325,20 +490,26 @@ func (s *Server) handle(rt route) http.HandlerFunc {
 		// The window uses the time taken under the lock, not req.At, so
 		// it stays sorted however goroutines interleave.
 		now := time.Now()
-		limited := s.cfg.perSecond > 0
+		b := s.budget(req.Budget)
+		limited := b.perSecond > 0
 		switch {
 		case handled:
 		case s.cfg.withoutAPI:
 			// Not the API answering: no envelope, no budget.
 			rep, limited = htmlReply(http.StatusNotFound), false
 		default:
-			rep = s.decide(rt, req, authReply, now)
+			b.count++
+			if p != nil && authReply == nil && s.statuses[p.name] != "" && !isVerify(rt) {
+				authReply = authError()
+				req.TokenOK = false
+			}
+			rep = s.decide(rt, req, p, b, authReply, now)
 		}
 		if limited {
 			if rep.status != http.StatusTooManyRequests {
-				s.window = append(s.window, now)
+				b.window = append(b.window, now)
 			}
-			s.addRateHeaders(&rep, now)
+			s.addRateHeaders(b, &rep, now)
 		}
 		ray := s.rayNext
 		s.rayNext++
@@ -353,19 +524,48 @@ func (s *Server) handle(rt route) http.HandlerFunc {
 	}
 }
 
+// budget returns the state of the named budget, made on first use; s.mu is
+// held.
+func (s *Server) budget(name string) *budgetState {
+	b := s.budgets[name]
+	if b == nil {
+		b = &budgetState{perSecond: s.cfg.perSecond}
+		if r, ok := s.cfg.budgetRates[name]; ok {
+			b.perSecond = r
+		}
+		s.budgets[name] = b
+	}
+	return b
+}
+
+// ceilSeconds is d in whole seconds rounded up, at least 1.
+func ceilSeconds(d time.Duration) int { return max(1, int((d+time.Second-1)/time.Second)) }
+
 // decide is the default behaviour; s.mu is held.
-func (s *Server) decide(rt route, req Request, authReply *reply, now time.Time) reply {
-	if s.cfg.perSecond > 0 {
-		s.prune(now)
-		if len(s.window) >= s.cfg.perSecond {
-			s.throttled++
+func (s *Server) decide(rt route, req Request, p *principal, b *budgetState, authReply *reply, now time.Time) reply {
+	if b.perSecond > 0 {
+		b.prune(now)
+		secs := 0
+		switch {
+		case now.Before(b.lockedUntil):
+			secs = ceilSeconds(b.lockedUntil.Sub(now))
+		case len(b.window) >= b.perSecond && s.cfg.lockout > 0:
+			b.lockedUntil = now.Add(s.cfg.lockout)
+			secs = ceilSeconds(s.cfg.lockout)
+		case len(b.window) >= b.perSecond:
 			// Honest Retry-After: when the oldest call in the window
-			// leaves it, in whole seconds rounded up, at least 1.
-			wait := s.window[0].Add(time.Second).Sub(now)
-			secs := max(1, int((wait+time.Second-1)/time.Second))
+			// leaves it.
+			secs = ceilSeconds(b.window[0].Add(time.Second).Sub(now))
+		}
+		if secs > 0 {
+			s.throttled++
+			b.throttled++
 			return withHeader(envelopeReply(http.StatusTooManyRequests, msg{CodeRateLimited, "Rate limited. Please wait and consider throttling your request speed", nil}),
 				"Retry-After", strconv.Itoa(secs))
 		}
+	}
+	if isVerify(rt) {
+		return s.verify(rt, req, p, authReply)
 	}
 	if authReply != nil {
 		return *authReply
@@ -483,45 +683,130 @@ func (s *Server) scripted(st int, req Request, now time.Time) reply {
 	return envelopeReply(st, msg{CodeScripted, text, nil})
 }
 
-// authenticate classifies the credential of r into req.Auth/TokenOK and
-// returns the rejection, if any, that the default behaviour answers with.
-func (s *Server) authenticate(r *http.Request, req *Request) *reply {
-	c := &s.cfg
-	required := c.hasToken || c.hasLegacy
+func isVerify(rt route) bool {
+	return rt == routeVerifyUser || rt == routeVerifyAccount || rt == routeUser
+}
+
+// verify answers the token checks; s.mu is held. A token check answers for
+// the credential itself, so an account it is not allowed for only matters
+// on the account endpoint.
+func (s *Server) verify(rt route, req Request, p *principal, authReply *reply) reply {
+	if authReply != nil && req.Auth == "malformed" {
+		return *authReply
+	}
+	open := len(s.cfg.principals) == 0
+	invalid := envelopeReply(http.StatusUnauthorized, msg{CodeInvalidToken, "Invalid API Token", nil})
+	switch rt {
+	case routeUser:
+		// Whoever the API knows may read its own user; an account token
+		// belongs to no user.
+		if req.Auth == "none" || !open && (p == nil || p.kind == accountToken) {
+			return *authError()
+		}
+		return resultReply(map[string]string{"id": fingerprintOf(p)})
+	case routeVerifyAccount:
+		if !cloudflare.ValidIdentifier(req.AccountID) {
+			return envelopeReply(http.StatusBadRequest, msg{CodeBadIdentifier, "Could not route to " + req.Path + ", perhaps your object identifier is invalid?", nil})
+		}
+		if req.Auth != "bearer" || open || p == nil || p.kind != accountToken || !p.allows(req.AccountID) {
+			return invalid
+		}
+	default:
+		if req.Auth != "bearer" || !open && (p == nil || p.kind != userToken) {
+			return invalid
+		}
+	}
+	status := "active"
+	if p != nil && s.statuses[p.name] != "" {
+		status = s.statuses[p.name]
+	}
+	rep := resultReply(map[string]string{"id": fingerprintOf(p), "status": status})
+	// Cloudflare's message on success carries code 10000, the code of its
+	// authentication error too: clients must judge success and status.
+	rep.body = strings.Replace(rep.body, `"messages":[]`, `"messages":[{"code":10000,"message":"This API Token is valid and active","type":null}]`, 1)
+	return rep
+}
+
+func fingerprintOf(p *principal) string {
+	if p == nil {
+		return "00000000000000000000000000000000"
+	}
+	return p.fingerprnt
+}
+
+// resultReply is a successful envelope holding result.
+func resultReply(result any) reply {
+	b, _ := json.Marshal(struct {
+		Success  bool  `json:"success"`
+		Errors   []msg `json:"errors"`
+		Messages []msg `json:"messages"`
+		Result   any   `json:"result"`
+	}{Success: true, Errors: []msg{}, Messages: []msg{}, Result: result})
+	return reply{status: http.StatusOK, body: string(b)}
+}
+
+func authError() *reply {
+	r := envelopeReply(http.StatusForbidden, msg{CodeAuthError, "Authentication error", nil})
+	return &r
+}
+
+// authenticate classifies the credential of r into req (Auth, TokenOK,
+// Credential, Budget) and returns the configured credential it matched, if
+// any, and the rejection, if any, that the default behaviour answers with.
+func (s *Server) authenticate(r *http.Request, req *Request) (*principal, *reply) {
+	ps := s.cfg.principals
+	required := len(ps) > 0
 	authz, hasAuthz := r.Header["Authorization"]
 	email, key := r.Header.Get("X-Auth-Email"), r.Header.Get("X-Auth-Key")
+	var p *principal
 	switch {
 	case hasAuthz:
 		tok, ok := bearer(authz)
 		if !ok {
 			req.Auth = "malformed"
-			return badHeaders(CodeBadAuthzHeader, "Invalid format for Authorization header")
+			return nil, badHeaders(CodeBadAuthzHeader, "Invalid format for Authorization header")
 		}
 		req.Auth = "bearer"
-		req.TokenOK = !required || c.hasToken && equal(tok, c.token)
+		p = match(ps, func(p *principal) bool { return p.kind != userKey && equal(tok, p.token) })
 	case email != "" || key != "" || r.Header["X-Auth-Email"] != nil || r.Header["X-Auth-Key"] != nil:
 		switch {
 		case !cloudflare.ValidSecret(email):
 			req.Auth = "malformed"
-			return badHeaders(CodeBadAuthEmail, "Invalid format for X-Auth-Email header")
+			return nil, badHeaders(CodeBadAuthEmail, "Invalid format for X-Auth-Email header")
 		case !cloudflare.ValidSecret(key):
 			req.Auth = "malformed"
-			return badHeaders(CodeBadAuthKey, "Invalid format for X-Auth-Key header")
+			return nil, badHeaders(CodeBadAuthKey, "Invalid format for X-Auth-Key header")
 		}
 		req.Auth = "legacy"
-		req.TokenOK = !required || c.hasLegacy && equal(email, c.email) && equal(key, c.key)
+		p = match(ps, func(p *principal) bool { return p.kind == userKey && equal(email, p.email) && equal(key, p.token) })
 	default:
 		req.Auth = "none"
-		req.TokenOK = false
 		if !required {
-			return nil // nothing required, nothing sent: let it through
+			return nil, nil // nothing required, nothing sent: let it through
 		}
 	}
-	if !req.TokenOK {
-		r := envelopeReply(http.StatusForbidden, msg{CodeAuthError, "Authentication error", nil})
-		return &r
+	if p != nil {
+		req.Credential, req.Budget = p.name, p.budget
 	}
-	return nil
+	// A path without an account (the user's routes, unknown paths) asks
+	// nothing of the credential's accounts.
+	req.TokenOK = !required || p != nil && (req.AccountID == "" || p.allows(req.AccountID))
+	if !req.TokenOK {
+		return p, authError()
+	}
+	return p, nil
+}
+
+// match returns the first credential ok accepts. Every one is compared, so
+// the time taken does not tell which matched.
+func match(ps []*principal, ok func(*principal) bool) *principal {
+	var found *principal
+	for _, p := range ps {
+		if ok(p) && found == nil {
+			found = p
+		}
+	}
+	return found
 }
 
 // bearer parses "Bearer <token>" (scheme in any case, one space, a token of
@@ -545,31 +830,33 @@ func badHeaders(chainCode int, text string) *reply {
 }
 
 // prune drops arrivals older than one second before now; s.mu is held.
-func (s *Server) prune(now time.Time) {
+func (b *budgetState) prune(now time.Time) {
 	cut := now.Add(-time.Second)
 	i := 0
-	for i < len(s.window) && !s.window[i].After(cut) {
+	for i < len(b.window) && !b.window[i].After(cut) {
 		i++
 	}
-	s.window = append(s.window[:0], s.window[i:]...)
+	b.window = append(b.window[:0], b.window[i:]...)
 }
 
 // addRateHeaders adds the IETF draft headers the real API may send, so
 // clients can be tested against them; s.mu is held.
-func (s *Server) addRateHeaders(rep *reply, now time.Time) {
-	s.prune(now)
-	left := max(0, s.cfg.perSecond-len(s.window))
+func (s *Server) addRateHeaders(b *budgetState, rep *reply, now time.Time) {
+	b.prune(now)
+	left := max(0, b.perSecond-len(b.window))
 	reset := 1
-	if len(s.window) > 0 {
-		wait := s.window[0].Add(time.Second).Sub(now)
-		reset = max(1, int((wait+time.Second-1)/time.Second))
+	switch {
+	case now.Before(b.lockedUntil):
+		left, reset = 0, ceilSeconds(b.lockedUntil.Sub(now))
+	case len(b.window) > 0:
+		reset = ceilSeconds(b.window[0].Add(time.Second).Sub(now))
 	}
 	if rep.header == nil {
 		rep.header = http.Header{}
 	}
 	if rep.header.Get("Ratelimit") == "" {
 		rep.header.Set("Ratelimit", fmt.Sprintf(`"default";r=%d;t=%d`, left, reset))
-		rep.header.Set("Ratelimit-Policy", fmt.Sprintf(`"default";q=%d;w=1`, s.cfg.perSecond))
+		rep.header.Set("Ratelimit-Policy", fmt.Sprintf(`"default";q=%d;w=1`, b.perSecond))
 	}
 }
 

@@ -414,7 +414,7 @@ func TestOtherRoutes(t *testing.T) {
 		method, path string
 		status, code int
 	}{
-		{"GET", "/client/v4/user/tokens/verify", 404, cloudflaretest.CodeNoRoute},
+		{"GET", "/client/v4/user/tokens", 404, cloudflaretest.CodeNoRoute},
 		{"DELETE", "/client/v4/accounts/a/stream/keys", 404, cloudflaretest.CodeNoRoute},
 		{"DELETE", "/", 404, cloudflaretest.CodeNoRoute},
 		{"GET", "/client/v4/accounts/a/stream/keys/k", 405, cloudflaretest.CodeMethod},

@@ -1,0 +1,4 @@
+package cloudflare
+
+// Hook for the Ratelimit-Policy tests in package cloudflare_test.
+var ParseRatePolicy = parseRatePolicy

@@ -1,0 +1,113 @@
+package cloudflare
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+)
+
+// Endpoints VerifyToken may report in Verification.Endpoint.
+const (
+	VerifyUser    = "user"    // GET /user/tokens/verify: a user's API token
+	VerifyAccount = "account" // GET /accounts/{account_id}/tokens/verify: an account API token
+	VerifyLegacy  = "legacy"  // GET /user: the legacy pair, which has no token to verify
+)
+
+// TokenActive is the result.status of a token that may be used.
+const TokenActive = "active"
+
+// Verification is what a token check learned.
+type Verification struct {
+	// Response is the answer of the last call made (the account endpoint's
+	// when the user endpoint refused); never nil. Its Policy tells the
+	// credential's real quota when the API sent Ratelimit-Policy.
+	*Response
+	// Endpoint is the endpoint that gave Response (VerifyUser,
+	// VerifyAccount or VerifyLegacy).
+	Endpoint string
+	// Active reports that the credential may be used: a 2xx answer whose
+	// envelope says success true and, for a token, whose result.status is
+	// "active". Message codes are never looked at: Cloudflare sends 10000
+	// with "This API Token is valid and active" too.
+	Active bool
+	// TokenStatus is result.status on one safe line ("active", "disabled",
+	// "expired"); "" when the answer had none.
+	TokenStatus string
+}
+
+// VerifyToken checks the client's credential, as SPEC §1 and §6 say:
+// GET {base}/user/tokens/verify first (a user's token), and when that is
+// refused with a 4xx other than 429 and accountID is given, GET
+// {base}/accounts/{accountID}/tokens/verify (an account API token, which
+// only that endpoint knows). A legacy pair (LegacyKey, NewLegacyKeyFile) has
+// no token: GET {base}/user is asked instead and success decides.
+//
+// The returned *Verification and its Response are never nil. err is as for
+// DeleteSigningKey (no answer: connection error, timeout, a bad accountID);
+// a refusal is an answer: (v, nil) with v.Active false and v.Status telling
+// 401, 403 or 429. Each request is one API call, charged to the
+// credential's rate budget by the real API.
+func (c *Client) VerifyToken(ctx context.Context, accountID string) (*Verification, error) {
+	if accountID != "" && !ValidIdentifier(accountID) {
+		return &Verification{Response: &Response{}}, fmt.Errorf("%w: the account id is not 1-32 characters of [A-Za-z0-9]", ErrInvalidIdentifier)
+	}
+	if isLegacy(c.cred) {
+		return c.verify(ctx, VerifyLegacy, "user")
+	}
+	v, err := c.verify(ctx, VerifyUser, "user", "tokens", "verify")
+	if err != nil || v.Active || accountID == "" || !refused(v.Status) {
+		return v, err
+	}
+	return c.verify(ctx, VerifyAccount, "accounts", accountID, "tokens", "verify")
+}
+
+// refused reports a 4xx that says "not this token here", as opposed to a
+// 429, which says nothing about the token.
+func refused(status int) bool {
+	return status >= 400 && status <= 499 && status != http.StatusTooManyRequests
+}
+
+func (c *Client) verify(ctx context.Context, endpoint string, path ...string) (*Verification, error) {
+	resp, _, err := c.call(ctx, http.MethodGet, maxBody, path...)
+	v := &Verification{Response: resp, Endpoint: endpoint}
+	if err != nil {
+		return v, err
+	}
+	env := resp.Envelope
+	v.TokenStatus = resultStatus(env)
+	ok := resp.Status >= 200 && resp.Status <= 299 && env != nil && env.Success
+	v.Active = ok && (endpoint == VerifyLegacy || v.TokenStatus == TokenActive)
+	return v, nil
+}
+
+// resultStatus is result.status when the result is an object holding it as
+// a string, on one line; "" otherwise.
+func resultStatus(env *Envelope) string {
+	if env == nil || len(bytes.TrimSpace(env.Result)) == 0 || bytes.TrimSpace(env.Result)[0] != '{' {
+		return ""
+	}
+	var r struct {
+		Status json.RawMessage `json:"status"`
+	}
+	if json.Unmarshal(env.Result, &r) != nil {
+		return ""
+	}
+	var s string
+	if len(r.Status) == 0 || r.Status[0] != '"' || json.Unmarshal(r.Status, &s) != nil {
+		return ""
+	}
+	return oneLine(s, 64)
+}
+
+// isLegacy reports whether cred sends the legacy pair.
+func isLegacy(cred Credential) bool {
+	switch c := cred.(type) {
+	case *legacyCred:
+		return true
+	case *TokenFile:
+		return c.Legacy()
+	}
+	return false
+}

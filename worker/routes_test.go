@@ -54,7 +54,7 @@ func newRouted(t *testing.T, answers ...*cloudflare.Response) *routed {
 		t.Cleanup(g.Close)
 		r.gates[name], r.budget[name] = g, h.m.Budget(name)
 		h.ready.Declare(worker.ReadyCredentialOf("cred-" + name))
-		routes["acct"+string(rune('1'+i))] = worker.Route{Credential: "cred-" + name, Gate: g, Budget: r.budget[name]}
+		routes["acct"+string(rune('1'+i))] = worker.Route{Credential: "cred-" + name, Gate: g, Budget: r.budget[name], Rate: 4}
 	}
 	h.w = worker.New(worker.Config{
 		Subjects: subjects, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
@@ -118,4 +118,25 @@ func TestRouteRefusedCredentialOnlyItsOwn(t *testing.T) {
 	if n := len(r2.records.outcomes); n != 1 || r2.records.outcomes[0].Credential != "cred-b" {
 		t.Errorf("records %+v: acct2 must be revoked while budget a is held", r2.records.outcomes)
 	}
+}
+
+// TestRouteFollowsALowerQuota: an answer stating a quota below the
+// budget's rate (Ratelimit-Policy: 60 calls a minute, rate 4/s) spaces
+// that budget's next call a second out, and only that budget's.
+func TestRouteFollowsALowerQuota(t *testing.T) {
+	resp := answer(200, revoked, 0)
+	resp.Policy = cloudflare.RatePolicy{Known: true, Quota: 60, Window: time.Minute}
+	r := newRouted(t, resp)
+	r.handle(&fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if pm, err := r.gates["a"].Acquire(ctx, 0); err == nil {
+		pm.Release()
+		t.Fatal("budget a granted a call at once after a quota of 1/s was stated; want it spaced a second out")
+	}
+	pm, err := r.gates["b"].Acquire(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.Release()
 }

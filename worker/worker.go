@@ -158,6 +158,9 @@ type Route struct {
 	Gate *throttle.Gate
 	// Budget is the budget's collectors; zero for the single budget's.
 	Budget metrics.Budget
+	// Rate is the budget's calls per second (0: no limit), when Gate is
+	// set; the API's stated quota is followed where it is lower.
+	Rate float64
 }
 
 // Routes picks the route of an account; ok is false when no credential
@@ -529,6 +532,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			var rl cloudflare.RateLimit
 			if resp != nil {
 				a.status, a.cfRay, rl = resp.Status, resp.CFRay, resp.RateLimit
+				w.followQuota(a.route, resp.Policy)
 			}
 			if a.status != 0 {
 				a.heard++
@@ -737,6 +741,22 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 	w.metricsOf(route).Calls.Inc()
 	l.list, l.err = w.API.ListSigningKeys(work, account)
 	return l.list, l.started, l.err
+}
+
+// followQuota spaces the calls of r's budget to the quota the API states
+// (Ratelimit-Policy) where it is lower than the configured rate (SPEC §6).
+func (w *Worker) followQuota(r Route, p cloudflare.RatePolicy) {
+	q := p.PerSecond()
+	if !p.Known || q <= 0 {
+		return
+	}
+	rate := w.cfg.RateLimit
+	if r.Gate != nil {
+		rate = r.Rate
+	}
+	if rate == 0 || q < rate {
+		w.gate(r).Slow(time.Now().Add(time.Duration(float64(time.Second) / q)))
+	}
 }
 
 // gate is the gate of r's budget.

@@ -177,7 +177,7 @@ func TestRateLimit429PausesEveryCall(t *testing.T) {
 	if got := testutil.ToFloat64(s.m.APIRequests.WithLabelValues("429")); got != 1 {
 		t.Errorf("api_requests{429} = %v", got)
 	}
-	if testutil.CollectAndCount(s.m.RateLimitWait) != 1 {
+	if testutil.CollectAndCount(s.m.RateLimitWaits) != 1 {
 		t.Error("rate-limit wait histogram missing")
 	}
 }

@@ -1,0 +1,241 @@
+package ingress
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/queue"
+)
+
+// The ingress's key-value bucket: one entry per event it stored, for the
+// idempotency of repeats and for GET /v1/revocations/{id}.
+const (
+	Bucket    = "revoker_ingress"
+	BucketTTL = 24 * time.Hour
+	// StaleClaim is how long a "storing" claim holds off others: a replica
+	// that died while storing must not block its event's id for a day.
+	StaleClaim = 30 * time.Second
+)
+
+// States of an entry.
+const (
+	stateStoring = "storing"
+	stateStored  = "stored"
+)
+
+// BucketConfig is the bucket's configuration with replicas replicas.
+func BucketConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "revoker: per event taken by the HTTP ingress, its caller, body digest and place in the work stream",
+		History:     1,
+		TTL:         BucketTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// entry is what the bucket keeps of one event.
+type entry struct {
+	Caller     string    `json:"caller"`
+	BodySHA256 string    `json:"body_sha256"`
+	State      string    `json:"state"`
+	EventID    string    `json:"event_id"`
+	Subject    string    `json:"subject"`
+	AccountID  string    `json:"account_id"`
+	KeyID      string    `json:"key_id"`
+	Urgent     bool      `json:"urgent,omitempty"`
+	Stream     string    `json:"stream,omitempty"`
+	Sequence   uint64    `json:"sequence,omitempty"`
+	TraceID    string    `json:"trace_id,omitempty"`
+	ClaimedAt  time.Time `json:"claimed_at"`
+	StoredAt   time.Time `json:"stored_at,omitzero"`
+}
+
+// published is the stored event an entry names.
+func (e entry) published() queue.Published {
+	return queue.Published{EventID: e.EventID, AccountID: e.AccountID, KeyID: e.KeyID, Subject: e.Subject,
+		Stream: e.Stream, Sequence: e.Sequence, TraceID: e.TraceID}
+}
+
+// sane reports whether an entry read from the bucket is one the ingress
+// could have written for id (SPEC §4 "The proof", point 8: what is read
+// from shared state is checked, not believed).
+func (e entry) sane(id string) bool {
+	ok := e.EventID == id && callerName.MatchString(e.Caller) && len(e.BodySHA256) == 64 &&
+		cloudflare.ValidIdentifier(e.AccountID) && cloudflare.ValidIdentifier(e.KeyID)
+	switch e.State {
+	case stateStoring:
+		return ok
+	case stateStored:
+		return ok && e.Stream != "" && e.Sequence > 0
+	}
+	return false
+}
+
+// entryKey is the bucket key of an event id: a digest, since ids hold
+// characters keys may not.
+func entryKey(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return "e." + hex.EncodeToString(sum[:])
+}
+
+func bodyDigest(body []byte) string {
+	sum := sha256.Sum256(body)
+	return hex.EncodeToString(sum[:])
+}
+
+// bucket binds the bucket (creating it when told to) on first use, and
+// again after a failure: NATS may be away when the ingress starts.
+func (s *Server) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	if kv := s.kv.Load(); kv != nil {
+		return *kv, nil
+	}
+	js := s.cfg.Client.JetStream()
+	kv, err := js.KeyValue(ctx, Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) && s.cfg.Create {
+		kv, err = js.CreateKeyValue(ctx, BucketConfig(s.cfg.Replicas))
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, Bucket)
+		} else if err == nil {
+			s.log.Info("created bucket", zap.String("bucket", Bucket))
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", Bucket, err)
+	}
+	s.kv.Store(&kv)
+	return kv, nil
+}
+
+// lookup returns the entry of event id, found false when there is none.
+func (s *Server) lookup(ctx context.Context, id string) (e entry, found bool, err error) {
+	kv, err := s.bucket(ctx)
+	if err != nil {
+		return e, false, err
+	}
+	got, err := kv.Get(ctx, entryKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return e, false, nil
+	}
+	if err != nil {
+		return e, false, err
+	}
+	if json.Unmarshal(got.Value(), &e) != nil || !e.sane(id) {
+		return entry{}, false, nil
+	}
+	return e, true, nil
+}
+
+// store stores the event of claim (its body) once per event id, and
+// returns its entry: the first
+// request claims the id with a Create (one winner among racing replicas),
+// publishes, and marks the entry stored; a repeat with the same body gets
+// the stored event, one with another body 422, and one while the first is
+// still storing 409.
+func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []byte) (entry, *Problem) {
+	kv, err := s.bucket(ctx)
+	if err != nil {
+		s.log.Warn("ingress: bucket unreachable", zap.Error(err))
+		return entry{}, problem(KindUnavailable, "the ingress bucket cannot be reached: try again").retry(retryUnavailable)
+	}
+	key := entryKey(claim.EventID)
+	for range 3 {
+		claim.ClaimedAt = s.now()
+		value, _ := json.Marshal(claim)
+		rev, err := kv.Create(ctx, key, value)
+		if err == nil {
+			return s.publish(ctx, kv, key, rev, claim, ev, body)
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			s.log.Warn("ingress: claim not stored", zap.Error(err))
+			return entry{}, problem(KindUnavailable, "the event was not stored: try again").retry(retryUnavailable)
+		}
+		got, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // released meanwhile: claim again
+		}
+		if err != nil {
+			return entry{}, problem(KindUnavailable, "the event was not stored: try again").retry(retryUnavailable)
+		}
+		var first entry
+		if json.Unmarshal(got.Value(), &first) != nil || !first.sane(claim.EventID) || first.Caller != claim.Caller {
+			return entry{}, problem(KindIDTaken, "the idempotency key names an entry this request cannot use: use another key")
+		}
+		if first.BodySHA256 != claim.BodySHA256 {
+			return entry{}, problem(KindKeyReused, "this idempotency key was used with another body within 24 hours: use another key")
+		}
+		if first.State == stateStored {
+			return first, nil
+		}
+		if s.now().Sub(first.ClaimedAt) < StaleClaim {
+			return entry{}, problem(KindInProgress, "a request with this idempotency key is still being stored: repeat it shortly").retry(1)
+		}
+		// The first request's replica stopped while storing: take its claim
+		// over. Publishing under the same id is safe (the work stream drops
+		// a duplicate within its window).
+		claim.ClaimedAt = s.now()
+		value, _ = json.Marshal(claim)
+		rev, err = kv.Update(ctx, key, value, got.Revision())
+		if err == nil {
+			return s.publish(ctx, kv, key, rev, claim, ev, body)
+		}
+		if !wrongLastSequence(err) {
+			return entry{}, problem(KindUnavailable, "the event was not stored: try again").retry(retryUnavailable)
+		}
+		// Another request took it over first: look again.
+	}
+	return entry{}, problem(KindInProgress, "a request with this idempotency key is still being stored: repeat it shortly").retry(1)
+}
+
+// publish stores the claimed event in the work stream and marks its entry
+// stored. A publish that fails releases the claim, so a retry is not
+// refused as in progress.
+func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, claim entry, ev event.Event, body []byte) (entry, *Problem) {
+	p, err := s.cfg.Client.Publish(ctx, claim.Subject, claim.EventID, ev, body)
+	if err != nil {
+		if derr := kv.Delete(ctx, key, jetstream.LastRevision(rev)); derr != nil {
+			s.log.Warn("ingress: a failed claim could not be released; its id waits out the stale-claim time",
+				zap.Duration("stale_after", StaleClaim), zap.Error(derr))
+		}
+		if errors.Is(err, queue.ErrIDTaken) || errors.Is(err, queue.ErrIDUnverified) {
+			return entry{}, problem(KindIDTaken, "%v", err)
+		}
+		s.log.Warn("ingress: an event could not be stored", zap.Error(err))
+		return entry{}, problem(KindUnavailable, "the event was not stored (NATS unreachable or the work stream refused it): try again").retry(retryUnavailable)
+	}
+	stored := claim
+	stored.State, stored.Stream, stored.Sequence, stored.TraceID, stored.StoredAt = stateStored, p.Stream, p.Sequence, p.TraceID, s.now()
+	value, _ := json.Marshal(stored)
+	var uerr error
+	for range 3 {
+		if _, uerr = kv.Update(ctx, key, value, rev); uerr == nil || wrongLastSequence(uerr) {
+			break
+		}
+	}
+	if uerr != nil {
+		// The event is stored, and the answer says so; a repeat of the
+		// request meets the claim, and after StaleClaim publishes under
+		// the same id again (dropped as a duplicate within the window).
+		s.log.Warn("ingress: a stored event's entry could not be marked stored", zap.Error(uerr))
+	}
+	return stored, nil
+}
+
+// wrongLastSequence reports a write refused because the key's revision
+// was not the one expected.
+func wrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}

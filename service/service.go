@@ -24,7 +24,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/cloudflare"
-	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/untrusted"
@@ -524,29 +523,16 @@ func newID() string {
 	return "svc-" + hex.EncodeToString(b)
 }
 
-// Serve runs the service on the worker's connection for `revoker serve`:
-// a client of topology t, a waiter when outcome records are on, and the
-// service. A service that cannot start (a connection not allowed to serve
-// its subjects, say) is logged and left off: the worker's own work does
-// not depend on it. The returned stop ends it.
-func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, t config.Topology, version string, log *zap.Logger) (stop func()) {
-	client := queue.ClientOn(nc, js, t)
-	cfg := Config{Client: client, Subjects: t.Subjects, Version: version, Log: log}
-	var waiter *queue.Waiter
-	if t.OutcomePrefix != "" {
-		w, err := queue.NewWaiter(client)
-		if err != nil {
-			log.Warn("the NATS service will not wait for outcomes", zap.Error(err))
-		} else {
-			waiter, cfg.Waiter = w, w
-		}
-	}
-	svc, err := Start(ctx, nc, cfg)
+// Serve runs the service on the worker's connection for `revoker serve`,
+// with the process's one client and waiter (nil when outcome records are
+// off), which it shares with the HTTP ingress and does not close. A
+// service that cannot start (a connection not allowed to serve its
+// subjects, say) is logged and left off: the worker's own work does not
+// depend on it. The returned stop ends it.
+func Serve(ctx context.Context, nc *nats.Conn, client *queue.Client, waiter *queue.Waiter, subjects []string, version string, log *zap.Logger) (stop func()) {
+	svc, err := Start(ctx, nc, Config{Client: client, Waiter: waiter, Subjects: subjects, Version: version, Log: log})
 	if err != nil {
 		log.Error("the NATS service is off", zap.Error(err))
-		if waiter != nil {
-			waiter.Close()
-		}
 		return func() {}
 	}
 	log.Info("NATS service started", zap.String("name", Name),
@@ -554,9 +540,6 @@ func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, t config.
 	return func() {
 		if err := svc.Stop(); err != nil {
 			log.Warn("stopping the NATS service", zap.Error(err))
-		}
-		if waiter != nil {
-			waiter.Close()
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/ingress"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/service"
@@ -120,6 +121,9 @@ type serveOptions struct {
 	fetchWait time.Duration
 	// connected, when set, is given each NATS connection serve opens.
 	connected func(*queue.Conn)
+	// ingressReady, when set, is called with the HTTP ingress's bound
+	// address each time it starts listening.
+	ingressReady func(addr string)
 }
 
 // tokenFileCheck is how often the token file is checked for a change.
@@ -150,6 +154,22 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		Reasons:  event.Names(event.Reasons),
 	}, metrics.Build{Version: version, Revision: commit, GoVersion: runtime.Version()})
 	ready := metrics.NewReadiness(reg, queue.ReadyNATS, queue.ReadyConsumers)
+	// The ingress's callers and certificate are checked before NATS is
+	// connected, so a bad file stops the start at once (exit 2).
+	var callers *ingress.Callers
+	var ingressMetrics *ingress.Metrics
+	if cfg.IngressAddr != "" {
+		var err error
+		if callers, err = ingress.LoadCallers(cfg.IngressCallersFile); err != nil {
+			return fmt.Errorf("%w: REVOKER_INGRESS_CALLERS_FILE: %w", errUsage, err)
+		}
+		if cfg.IngressTLSCert != "" {
+			if err := ingress.CheckTLS(cfg.IngressTLSCert, cfg.IngressTLSKey); err != nil {
+				return fmt.Errorf("%w: REVOKER_INGRESS_TLS_CERT, REVOKER_INGRESS_TLS_KEY: %w", errUsage, err)
+			}
+		}
+		ingressMetrics = ingress.NewMetrics(reg, callers.Names())
+	}
 
 	api := o.api
 	// budgetID names the credential's shared rate budget: its short hash.
@@ -222,7 +242,8 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 			ready.Set(queue.ReadyNATS, "disconnected")
 		}
 	}
-	run := wiring{cfg: cfg, o: o, api: api, budgetID: budgetID, m: m, ready: ready, log: log, onState: onState}
+	run := wiring{cfg: cfg, o: o, api: api, budgetID: budgetID, m: m, ready: ready, log: log, onState: onState,
+		callers: callers, ingressMetrics: ingressMetrics}
 	var runErr error
 	// The client reconnects by itself for ever; a connection it gave up on
 	// for good cannot come back, so a new one is opened and the worker run
@@ -266,6 +287,9 @@ type wiring struct {
 	ready    *metrics.Readiness
 	log      *zap.Logger
 	onState  func(bool)
+	// callers and ingressMetrics are the HTTP ingress's, when it is on.
+	callers        *ingress.Callers
+	ingressMetrics *ingress.Metrics
 }
 
 // onNewConnection connects, wires budget → gate → consumer → worker on the
@@ -360,9 +384,43 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		case <-runCtx.Done():
 		}
 	}()
-	// The NATS service (SPEC §12) on this connection, until the run ends.
-	stopService := service.Serve(runCtx, nc.Conn, js, cfg.Topology(), version, log)
+	// One client and one waiter (one subscription on the outcome
+	// subjects) per process, shared by the NATS service (SPEC §12) and the
+	// HTTP ingress (§11), which run on this connection until the run ends.
+	client := queue.ClientOn(nc.Conn, js, cfg.Topology())
+	var waiter *queue.Waiter
+	if cfg.OutcomeEnabled() {
+		if waiter, err = queue.NewWaiter(client); err != nil {
+			log.Warn("the NATS service and the ingress will not wait for outcomes", zap.Error(err))
+			waiter = nil
+		} else {
+			defer waiter.Close()
+		}
+	}
+	stopService := service.Serve(runCtx, nc.Conn, client, waiter, cfg.Subjects, version, log)
 	defer stopService()
+	if cfg.IngressAddr != "" {
+		in, err := ingress.Start(runCtx, js, ingress.Config{
+			Addr: cfg.IngressAddr, TLSCert: cfg.IngressTLSCert, TLSKey: cfg.IngressTLSKey,
+			CallersFile: cfg.IngressCallersFile, Callers: w.callers,
+			MaxWait: cfg.IngressMaxWait, MaxWaiting: cfg.Concurrency * 16,
+			Client: client, Waiter: waiter, Subjects: cfg.Subjects,
+			Replicas: cfg.StreamReplicas, Create: cfg.CreateStreams, Log: log, Metrics: w.ingressMetrics,
+		})
+		if err != nil {
+			return false, fmt.Errorf("REVOKER_INGRESS_ADDR: %w", err)
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+			defer cancel()
+			if err := in.Close(cctx); err != nil {
+				log.Warn("stopping the ingress", zap.Error(err))
+			}
+		}()
+		if w.o.ingressReady != nil {
+			w.o.ingressReady(in.Addr())
+		}
+	}
 	err = consumer.Run(runCtx)
 	stopRun()
 	// Acks and records are buffered by the client: send them before closing.

@@ -60,12 +60,18 @@ func TestAlertsAndDashboardAgainstPrometheus(t *testing.T) {
 	}
 
 	nameRE := regexp.MustCompile(`\brevoker_[a-z_]+`)
+	usedAbsent := map[string]bool{}
 	check := func(what, expr string) []sample {
 		t.Helper()
 		for _, n := range nameRE.FindAllString(expr, -1) {
-			if !metricNames[n] {
-				t.Errorf("%s uses %s, which revoker does not export", what, n)
+			if metricNames[n] {
+				continue
 			}
+			if _, ok := notExportedByDemo[n]; ok {
+				usedAbsent[n] = true
+				continue
+			}
+			t.Errorf("%s uses %s, which revoker does not export", what, n)
 		}
 		r, err := query(api, expr)
 		if err != nil {
@@ -89,11 +95,34 @@ func TestAlertsAndDashboardAgainstPrometheus(t *testing.T) {
 	wantLabels(t, byTitle["Events processed by outcome"], "outcome", "revoked", "not_found", "dead_lettered", "requeued")
 	wantLabels(t, byTitle["Dead letters by reason (per 5m)"], "reason", "invalid_event", "api_rejected", "retries_exhausted")
 	wantLabels(t, byTitle["Time to revoke p50 / p99 by priority"], "priority", "0", "1")
-	for _, title := range []string{"Replicas up", "Replicas ready", "API paused", "Urgent: oldest waiting", "Rate-limit wait p50 / p99", "Pending by priority"} {
+	for _, title := range []string{"Replicas up", "Replicas ready", "API paused", "Urgent: oldest waiting", "Rate-limit wait p50 / p99", "Pending by priority",
+		"Keys still listed", "Absence checks by result"} {
 		if len(byTitle[title]) == 0 {
 			t.Errorf("panel %q returned no data", title)
 		}
 	}
+	// The demo's one credential is the budget "default", in every panel
+	// of the budgets, labelled or not.
+	for _, title := range []string{"Calls by budget", "Holds by budget", "Rate-limit wait p95 by budget"} {
+		wantLabels(t, byTitle[title], "budget", "default")
+	}
+	// The list of names the demo cannot show stays true and short.
+	for n, why := range notExportedByDemo {
+		if metricNames[n] {
+			t.Errorf("the demo exports %s now (listed because %s): remove it from notExportedByDemo so that it is checked", n, why)
+		} else if !usedAbsent[n] {
+			t.Errorf("no rule or panel uses %s: remove it from notExportedByDemo", n)
+		}
+	}
+}
+
+// notExportedByDemo are the names that rules and panels use and that
+// `revoker demo` cannot export, with the reason. Their queries still run in
+// Prometheus (so they parse and evaluate); the names themselves are checked
+// against the code that registers them by TestMetricNamesRegistered.
+var notExportedByDemo = map[string]string{
+	"revoker_ingress_requests_total":      "the demo runs no HTTP ingress (REVOKER_INGRESS_ADDR)",
+	"revoker_ingress_wait_seconds_bucket": "the demo runs no HTTP ingress (REVOKER_INGRESS_ADDR)",
 }
 
 // prometheusBin is the path of prometheus; the test is skipped without it,
@@ -556,14 +585,15 @@ var urlWithUser = regexp.MustCompile(`[a-z]+://[^/\s,]*@`)
 
 // TestKubernetesSecretsStayInSecrets: nothing secret is in config.env (a
 // ConfigMap) or written into the Deployment; the NATS URL (which may hold
-// a password) comes from a Secret, and the creds file, the TLS files and
-// the API token are files of Secret volumes.
+// a password) comes from a Secret, and the creds file, the TLS files, the
+// API token and the ingress's callers are files of Secret volumes.
 func TestKubernetesSecretsStayInSecrets(t *testing.T) {
 	for k, v := range readEnvFile(t) {
 		switch {
 		case k == "REVOKER_NATS_URL":
 			t.Errorf("config.env sets REVOKER_NATS_URL: it may hold a password, so it belongs in a Secret")
-		case secretName.MatchString(k), strings.HasPrefix(k, "REVOKER_NATS_CREDS"), strings.HasPrefix(k, "REVOKER_NATS_TLS_"):
+		case secretName.MatchString(k), strings.HasPrefix(k, "REVOKER_NATS_CREDS"), strings.HasPrefix(k, "REVOKER_NATS_TLS_"),
+			strings.HasPrefix(k, "REVOKER_INGRESS_TLS_"), k == "REVOKER_INGRESS_CALLERS_FILE", k == "REVOKER_CREDENTIALS_FILE":
 			t.Errorf("config.env sets %s: secrets and their files come from Secrets", k)
 		case urlWithUser.MatchString(v):
 			t.Errorf("config.env: %s holds a URL with a user or password", k)
@@ -601,7 +631,8 @@ func TestKubernetesSecretsStayInSecrets(t *testing.T) {
 			secretVolumes[v["name"].(string)] = s
 		}
 	}
-	for _, name := range []string{"CLOUDFLARE_API_TOKEN_FILE", "REVOKER_NATS_CREDS", "REVOKER_NATS_TLS_CA", "REVOKER_NATS_TLS_CERT", "REVOKER_NATS_TLS_KEY"} {
+	for _, name := range []string{"CLOUDFLARE_API_TOKEN_FILE", "REVOKER_NATS_CREDS", "REVOKER_NATS_TLS_CA", "REVOKER_NATS_TLS_CERT", "REVOKER_NATS_TLS_KEY",
+		"REVOKER_INGRESS_TLS_CERT", "REVOKER_INGRESS_TLS_KEY", "REVOKER_INGRESS_CALLERS_FILE"} {
 		e, ok := env[name]
 		if !ok {
 			t.Errorf("%s is not set", name)
@@ -637,8 +668,8 @@ func TestKubernetesSecretsStayInSecrets(t *testing.T) {
 }
 
 // TestKubernetesNetworkPolicy: the pods may reach only NATS, the API on
-// 443 and DNS, and only the monitoring namespace may reach them, on the
-// metrics port.
+// 443 and DNS; only the monitoring namespace may reach them on the metrics
+// port, and only the incident-automation namespace on the ingress port.
 func TestKubernetesNetworkPolicy(t *testing.T) {
 	np := k8sObject(t, "networkpolicy.yaml", "NetworkPolicy")
 	d := k8sObject(t, "deployment.yaml", "Deployment")
@@ -666,22 +697,34 @@ func TestKubernetesNetworkPolicy(t *testing.T) {
 		return strings.Join(ps, ",")
 	}
 
-	ingress := maps(dig(np, "spec", "ingress"))
-	if len(ingress) == 0 {
-		t.Error("no ingress rule: Prometheus could not scrape")
+	// Each port open to one namespace only: the metrics to Prometheus's,
+	// the HTTP ingress (REVOKER_INGRESS_ADDR) to incident automation's.
+	fromNamespace := map[string]string{
+		"8080/TCP":                              "monitoring",
+		ingressPort(t, readEnvFile(t)) + "/TCP": "incident-automation",
 	}
-	for _, r := range ingress {
-		if got := portSet(r); got != "8080/TCP" {
-			t.Errorf("ingress to ports %q, want the metrics port 8080/TCP only", got)
+	admitted := map[string]bool{}
+	for _, r := range maps(dig(np, "spec", "ingress")) {
+		ports := portSet(r)
+		ns, known := fromNamespace[ports]
+		if !known {
+			t.Errorf("ingress to ports %q, want the metrics port 8080/TCP or the ingress port, one rule each", ports)
+			continue
 		}
 		from := maps(r["from"])
 		if len(from) == 0 {
-			t.Error("an ingress rule from anywhere")
+			t.Errorf("ingress to %s from anywhere", ports)
 		}
 		for _, f := range from {
-			if len(f) != 1 || dig(f, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name") != "monitoring" {
-				t.Errorf("ingress from %v, want the monitoring namespace only", f)
+			if len(f) != 1 || dig(f, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name") != ns {
+				t.Errorf("ingress to %s from %v, want the %s namespace only", ports, f, ns)
 			}
+		}
+		admitted[ports] = true
+	}
+	for ports, ns := range fromNamespace {
+		if !admitted[ports] {
+			t.Errorf("no ingress rule admits %s from the %s namespace", ports, ns)
 		}
 	}
 

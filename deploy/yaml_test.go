@@ -10,9 +10,10 @@ import (
 
 // The manifests are read with the small YAML reader below: the module has
 // no YAML library, and the manifests use only block mappings and
-// sequences, plain and quoted scalars, flow sequences and comments. Anything
-// else (anchors, block scalars, flow mappings with content, tabs) is an
-// error, so a manifest the reader does not understand fails the test
+// sequences, plain and quoted scalars, flow sequences, literal block
+// scalars (| and |-, a file inside a Secret's stringData) and comments.
+// Anything else (anchors, folded scalars, flow mappings with content, tabs)
+// is an error, so a manifest the reader does not understand fails the test
 // instead of being misread.
 
 // yamlLine is one meaningful line: its indentation and its text without
@@ -60,7 +61,9 @@ func parseYAML(src string) ([]map[string]any, error) {
 		cur = nil
 		return nil
 	}
-	for n, raw := range strings.Split(src, "\n") {
+	raws := strings.Split(src, "\n")
+	for n := 0; n < len(raws); n++ {
+		raw := raws[n]
 		if strings.Contains(raw, "\t") {
 			return nil, fmt.Errorf("line %d: a tab", n+1)
 		}
@@ -75,12 +78,85 @@ func parseYAML(src string) ([]map[string]any, error) {
 			continue
 		}
 		indent := len(text) - len(strings.TrimLeft(text, " "))
-		cur = append(cur, yamlLine{indent: indent, text: strings.TrimSpace(text), no: n + 1})
+		line := yamlLine{indent: indent, text: strings.TrimSpace(text), no: n + 1}
+		if head, keep, ok := blockHeader(line.text); ok {
+			// The block's lines are taken as written (a '#' in them is
+			// text): every following line indented deeper, or blank.
+			// The block is indented deeper than its key, which follows
+			// any "- " of the line.
+			key := line.text
+			for strings.HasPrefix(key, "- ") {
+				key = strings.TrimLeft(key[2:], " ")
+			}
+			content, used, err := blockScalar(raws[n+1:], indent+len(line.text)-len(key), keep, n+2)
+			if err != nil {
+				return nil, err
+			}
+			line.text = head + " " + strconv.Quote(content)
+			n += used
+		}
+		cur = append(cur, line)
 	}
 	if err := flush(); err != nil {
 		return nil, err
 	}
 	return docs, nil
+}
+
+// blockHeader reports whether text is "key: |" or "key: |-" (or the same
+// after "- "), and returns it without the indicator, and whether the final
+// line break is kept.
+func blockHeader(text string) (head string, keep, ok bool) {
+	for _, ind := range []string{": |-", ": |"} {
+		if h, found := strings.CutSuffix(text, ind); found && isMappingEntry(h+":") {
+			return h + ":", ind == ": |", true
+		}
+	}
+	return "", false, false
+}
+
+// blockScalar reads a literal block scalar from lines, whose key is
+// indented by indent: its text with the block's indentation removed, and
+// how many lines it took. first is the 1-based number of lines[0].
+func blockScalar(lines []string, indent int, keep bool, first int) (string, int, error) {
+	var out []string
+	blockIndent := -1
+	used := 0
+	for i, l := range lines {
+		if strings.Contains(l, "\t") {
+			return "", 0, fmt.Errorf("line %d: a tab", first+i)
+		}
+		if strings.TrimSpace(l) == "" {
+			out = append(out, "")
+			used++
+			continue
+		}
+		in := len(l) - len(strings.TrimLeft(l, " "))
+		if in <= indent {
+			break
+		}
+		if blockIndent < 0 {
+			blockIndent = in
+		}
+		if in < blockIndent {
+			return "", 0, fmt.Errorf("line %d: less indented than its block", first+i)
+		}
+		out = append(out, strings.TrimRight(l[blockIndent:], " "))
+		used++
+	}
+	// Trailing blank lines belong to no one ("clip" and "strip").
+	for len(out) > 0 && out[len(out)-1] == "" {
+		out = out[:len(out)-1]
+		used--
+	}
+	if len(out) == 0 {
+		return "", used, nil
+	}
+	text := strings.Join(out, "\n")
+	if keep {
+		text += "\n"
+	}
+	return text, used, nil
 }
 
 // stripComment removes a comment: a '#' at the start or after a space,
@@ -320,7 +396,29 @@ l: m
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
-	for _, bad := range []string{"a: |\n  x\n", "a: &x 1\n", "a:\n\tb: 1\n", "a: 1\n  b: 2\n", "a: 1\na: 2\n", "a: {b: 1}\n", "a: \"x\n"} {
+	// Literal blocks: taken as written, '#' included, blank lines inside
+	// kept, the final line break kept by | and dropped by |-.
+	docs, err = parseYAML(`s:
+  f: |
+    a: 1 # kept
+
+    b: [2]
+
+  g: |-
+    x
+  h:
+    - i: |
+        y
+      j: z
+t: u
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprintf("%q", docs), `[map["s":map["f":"a: 1 # kept\n\nb: [2]\n" "g":"x" "h":[map["i":"y\n" "j":"z"]]] "t":"u"]]`; got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	for _, bad := range []string{"a: >\n  x\n", "a: |\n  x\n y\n", "a: |\n  x\n\ty\n", "a: &x 1\n", "a:\n\tb: 1\n", "a: 1\n  b: 2\n", "a: 1\na: 2\n", "a: {b: 1}\n", "a: \"x\n"} {
 		if _, err := parseYAML(bad); err == nil {
 			t.Errorf("%q: read without complaint", bad)
 		}

@@ -49,7 +49,7 @@ func BenchmarkDrain(b *testing.B) {
 		self1 := cpuOf(os.Getpid())
 
 		// The worker, as its own process.
-		vars := append([]string{"REVOKER_CONCURRENCY=64", "REVOKER_RATE_LIMIT=0"}, strings.Fields(os.Getenv("BENCH_EXTRA_ENV"))...)
+		vars := append([]string{"REVOKER_CONCURRENCY=64", "REVOKER_RATE_LIMIT=0", "REVOKER_IP_RATE_LIMIT=0"}, strings.Fields(os.Getenv("BENCH_EXTRA_ENV"))...)
 		prof := newProfiler(b)
 		vars = append(vars, prof.vars()...)
 		p := r.startWorker(vars...)

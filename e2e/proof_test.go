@@ -39,6 +39,7 @@ import (
 var proofEnv = []string{
 	"REVOKER_STREAM_REPLICAS=1",
 	"REVOKER_RATE_LIMIT=0",
+	"REVOKER_IP_RATE_LIMIT=0",
 }
 
 // A replica (A) reaches NATS through a proxy that goes silent while A's

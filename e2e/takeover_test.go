@@ -25,6 +25,7 @@ func TestTakeoverAfterReplicaKilled(t *testing.T) {
 	env := []string{
 		"REVOKER_ACK_WAIT=" + takeoverAckWait.String(),
 		"REVOKER_RATE_LIMIT=0",
+		"REVOKER_IP_RATE_LIMIT=0",
 		// The first four calls of each key fail; the holder dies once every
 		// key has had three, so each still has a failure ahead of it.
 		"REVOKER_RETRY_INITIAL=1s",

@@ -35,6 +35,7 @@ const (
 // with latency, so that calls are in flight whenever a fault lands.
 var trailEnv = []string{
 	"REVOKER_RATE_LIMIT=0",
+	"REVOKER_IP_RATE_LIMIT=0",
 	"REVOKER_CONCURRENCY=" + strconv.Itoa(trailConcurrency),
 }
 

@@ -35,6 +35,7 @@ var hFastEnv = map[string]string{
 	"REVOKER_RETRY_MAX_ELAPSED":  "200ms",
 	"REVOKER_MAX_DELIVER":        "2",
 	"REVOKER_RATE_LIMIT":         "0",
+	"REVOKER_IP_RATE_LIMIT":      "0",
 	"REVOKER_HTTP_ADDR":          "127.0.0.1:0",
 	"REVOKER_SHUTDOWN_TIMEOUT":   "2s",
 }

@@ -146,12 +146,22 @@ func exitCode(err error) int {
 // until ctx ends.
 func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	log := o.log
+	// Several credentials (SPEC §6) are read first: a file that does not
+	// load stops the start (exit 2), and their budgets label the metrics.
+	var creds *credentialsFile
+	if o.api == nil && cfg.CredentialsFile != "" {
+		var err error
+		if creds, err = loadCredentials(cfg, log); err != nil {
+			return fmt.Errorf("%w: REVOKER_CREDENTIALS_FILE: %w", errUsage, err)
+		}
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg, metrics.Labels{
 		Subjects: cfg.Subjects,
 		Outcomes: event.Names(event.Outcomes),
 		Reasons:  event.Names(event.Reasons),
+		Budgets:  creds.budgets(),
 	}, metrics.Build{Version: version, Revision: commit, GoVersion: runtime.Version()})
 	ready := metrics.NewReadiness(reg, queue.ReadyNATS, queue.ReadyConsumers)
 	// The ingress's callers and certificate are checked before NATS is
@@ -174,6 +184,10 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	api := o.api
 	// budgetID names the credential's shared rate budget: its short hash.
 	budgetID := func() string { return "injected" }
+	if creds != nil {
+		api = creds.router
+		go creds.watch(ctx)
+	}
 	if api == nil {
 		cred, err := credential(cfg)
 		if err != nil {
@@ -243,7 +257,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		}
 	}
 	run := wiring{cfg: cfg, o: o, api: api, budgetID: budgetID, m: m, ready: ready, log: log, onState: onState,
-		callers: callers, ingressMetrics: ingressMetrics}
+		callers: callers, ingressMetrics: ingressMetrics, creds: creds}
 	var runErr error
 	// The client reconnects by itself for ever; a connection it gave up on
 	// for good cannot come back, so a new one is opened and the worker run
@@ -290,6 +304,8 @@ type wiring struct {
 	// callers and ingressMetrics are the HTTP ingress's, when it is on.
 	callers        *ingress.Callers
 	ingressMetrics *ingress.Metrics
+	// creds are the credentials of a credentials file, nil without one.
+	creds *credentialsFile
 }
 
 // onNewConnection connects, wires budget → gate → consumer → worker on the
@@ -310,34 +326,37 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		return false, err
 	}
 
-	// One budget for every replica using this credential (SPEC §9).
-	budget, err := queue.NewBudget(js, queue.BudgetConfig{
-		ID: w.budgetID, Rate: cfg.RateLimit, Create: cfg.CreateStreams, Log: log,
-		Replicas: cfg.StreamReplicas,
-	})
+	// The gate every call passes. With one credential, its budget, shared
+	// by every replica using it (SPEC §9), held to the address limit too.
+	// With several, the calls in flight and the address limit across all
+	// budgets; each budget has a gate of its own, passed first.
+	var (
+		shared *budgetGate
+		routes worker.Routes
+		rate   = cfg.RateLimit
+	)
+	if w.creds == nil {
+		if ip := cfg.IPRateLimit; ip > 0 && (rate == 0 || ip < rate) {
+			rate = ip
+		}
+		shared, err = newBudgetGate(js, cfg, w.budgetID, "", rate, cfg.Concurrency, m.Budget(""), log)
+	} else {
+		shared, err = newBudgetGate(js, cfg, func() string { return "address" }, "", cfg.IPRateLimit, cfg.Concurrency,
+			metrics.Budget{Paused: prometheus.NewGauge(prometheus.GaugeOpts{Name: "unexported"})}, log)
+	}
 	if err != nil {
 		return false, err
 	}
-	defer budget.Close()
-	gate := throttle.New(throttle.Config{
-		Priorities:  len(cfg.Subjects),
-		Concurrency: cfg.Concurrency,
-		Rate:        cfg.RateLimit,
-		Budget:      budget,
-		OnPause: func(paused bool) {
-			if paused {
-				m.APIPaused.Set(1)
-			} else {
-				m.APIPaused.Set(0)
-				log.Info("hold over: calls resume at the configured rate")
-			}
-		},
-		OnHold: func(length time.Duration, cause string) {
-			log.Warn("the API asked for a hold: every call of every replica waits",
-				zap.Duration("length", length), zap.String("cause", cause))
-		},
-	})
-	defer gate.Close()
+	defer shared.Close()
+	gate := shared.gate
+	if w.creds != nil {
+		r := w.creds.routesOn(js, cfg, m, log)
+		defer r.Close()
+		vctx, stopVerifying := context.WithCancel(ctx)
+		defer stopVerifying()
+		go w.creds.verifying(vctx, r, gate, len(cfg.Subjects)-1, w.ready)
+		routes = r
+	}
 
 	host, _ := os.Hostname()
 	if cfg.VerifyInterval > 0 && cfg.OutcomeEnabled() {
@@ -359,14 +378,14 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		Subjects:           cfg.Subjects,
 		AllowedAccounts:    cfg.AllowedAccounts,
 		NotFoundDeadLetter: cfg.NotFoundDeadLetter,
-		RateLimit:          cfg.RateLimit,
+		RateLimit:          rate,
 		RetryInitial:       cfg.RetryInitial,
 		RetryMaxInterval:   cfg.RetryMaxInterval,
 		RetryMaxElapsed:    cfg.RetryMaxElapsed,
 		HandBackDelay:      consumer.HandBackDelay(),
 		Name:               host,
 	}, worker.Deps{
-		API: w.api, Gate: gate, Ledger: ledger, Replays: replays, Metrics: m, Ready: w.ready, Log: log,
+		API: w.api, Gate: gate, Routes: routes, Ledger: ledger, Replays: replays, Metrics: m, Ready: w.ready, Log: log,
 		Records: &queue.Records{
 			JS: js, Log: log, Timeout: 10 * time.Second,
 			DLQStream: cfg.DLQStream, DLQSubject: cfg.DLQSubject,

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/credentials"
+	"github.com/revoker/revoker/metrics"
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/tracing"
+	"github.com/revoker/revoker/worker"
+)
+
+// budgetGate is one rate budget shared by every replica (SPEC §9), kept
+// under id in JetStream, and the gate that hands out its calls.
+type budgetGate struct {
+	gate   *throttle.Gate
+	budget *queue.Budget
+	m      metrics.Budget
+}
+
+// newBudgetGate makes the budget named by id at rate, its gate taking
+// concurrency calls at once; name is the budget's name in logs.
+func newBudgetGate(js jetstream.JetStream, cfg config.Config, id func() string, name string, rate float64,
+	concurrency int, m metrics.Budget, log *zap.Logger) (*budgetGate, error) {
+	b, err := queue.NewBudget(js, queue.BudgetConfig{
+		ID: id, Rate: rate, Create: cfg.CreateStreams, Log: log, Replicas: cfg.StreamReplicas,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if name != "" {
+		log = log.With(zap.String("budget", name))
+	}
+	g := throttle.New(throttle.Config{
+		Priorities:  len(cfg.Subjects),
+		Concurrency: concurrency,
+		Rate:        rate,
+		Budget:      b,
+		OnPause: func(paused bool) {
+			if paused {
+				m.Paused.Set(1)
+			} else {
+				m.Paused.Set(0)
+				log.Info("hold over: calls resume at the configured rate")
+			}
+		},
+		OnHold: func(length time.Duration, cause string) {
+			log.Warn("the API asked for a hold: every call of every replica waits",
+				zap.Duration("length", length), zap.String("cause", cause))
+		},
+	})
+	return &budgetGate{gate: g, budget: b, m: m}, nil
+}
+
+func (b *budgetGate) Close() {
+	b.gate.Close()
+	b.budget.Close()
+}
+
+// routes meets worker.Routes from the credentials file: an account's
+// credential, and the gate of its budget, made on this connection the
+// first time the budget is needed (a budget added by a reload included).
+type routes struct {
+	router *credentials.Router
+	make   func(name string, rate float64) (*budgetGate, error)
+	log    *zap.Logger
+
+	mu      sync.Mutex
+	budgets map[string]*budgetGate
+	closed  bool
+}
+
+// Route implements worker.Routes. A budget whose gate cannot be made
+// (its bucket away) is tried again by the next event; meanwhile the
+// account's events are given back like any other unreachable budget's.
+func (r *routes) Route(account string) (worker.Route, bool) {
+	c, ok := r.router.For(account)
+	if !ok {
+		return worker.Route{}, false
+	}
+	b := r.budget(c.Budget, c.Rate)
+	if b == nil {
+		return worker.Route{Credential: c.Name}, true
+	}
+	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: c.Rate}, true
+}
+
+// budget returns the gate of budget name, made at rate if new.
+func (r *routes) budget(name string, rate float64) *budgetGate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if b, ok := r.budgets[name]; ok || r.closed {
+		return b
+	}
+	b, err := r.make(name, rate)
+	if err != nil {
+		r.log.Error("a rate budget could not be set up", zap.String("budget", name), zap.Error(err))
+		return nil
+	}
+	r.budgets[name] = b
+	return b
+}
+
+// Close stops every budget's gate.
+func (r *routes) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	for _, b := range r.budgets {
+		b.Close()
+	}
+}
+
+// verifyAll checks every credential of set with the API, each charged to
+// its budget at the lowest priority and to the shared gate, and sets its
+// readiness condition (SPEC §6: a refused credential makes only its own
+// accounts wait).
+func (r *routes) verifyAll(ctx context.Context, set *credentials.Set, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
+	for _, c := range set.Credentials() {
+		ready.Declare(worker.ReadyCredentialOf(c.Name))
+		go r.verify(ctx, c, all, lowest, ready)
+	}
+}
+
+// verify checks one credential.
+func (r *routes) verify(ctx context.Context, c *credentials.Credential, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
+	cond := worker.ReadyCredentialOf(c.Name)
+	b := r.budget(c.Budget, c.Rate)
+	if b == nil {
+		return
+	}
+	pm, err := b.gate.Acquire(ctx, lowest)
+	if err != nil {
+		return
+	}
+	defer pm.Release()
+	pa, err := all.Acquire(ctx, lowest)
+	if err != nil {
+		return
+	}
+	defer pa.Release()
+	b.m.Calls.Inc()
+	v, err := c.Verify(ctx)
+	switch {
+	case err != nil:
+		// No answer proves nothing either way: the first call will tell.
+		r.log.Warn("a credential could not be checked", zap.String("credential", c.Name), zap.Error(err))
+	case !v.Active:
+		ready.Set(cond, "the API refused the credential ("+v.Endpoint+" check, status "+v.TokenStatus+")")
+		r.log.Error("the API refused a credential; its accounts wait until it works",
+			zap.String("credential", c.Name), zap.Int("status", v.Status), zap.String("token_status", v.TokenStatus),
+			zap.String("cf_ray", v.CFRay))
+	default:
+		ready.Set(cond, "")
+		r.log.Info("credential accepted", zap.String("credential", c.Name), zap.String("check", v.Endpoint))
+		if p := v.Policy; p.Known && (c.Rate == 0 || p.PerSecond() < c.Rate) {
+			r.log.Warn("the API states a lower quota than the budget's rate; calls are spaced to it",
+				zap.String("budget", c.Budget), zap.Float64("rate", c.Rate), zap.Float64("quota_per_second", p.PerSecond()))
+		}
+	}
+}
+
+// credentialsFile is the credentials file in use (SPEC §6): the router
+// that calls with each account's credential, reloaded when the file
+// changes, and the checks of its credentials.
+type credentialsFile struct {
+	router *credentials.Router
+	log    *zap.Logger
+	// recheck names a credential to check again ("" for every one): its
+	// secret file changed, or the file did.
+	recheck chan string
+}
+
+// loadCredentials reads the credentials file; its error names the line
+// and the reason, never a secret.
+func loadCredentials(cfg config.Config, log *zap.Logger) (*credentialsFile, error) {
+	if names := cfg.IgnoredCredentials(); len(names) > 0 {
+		log.Warn("REVOKER_CREDENTIALS_FILE is set: these variables are ignored", zap.Strings("variables", names))
+	}
+	f := &credentialsFile{log: log, recheck: make(chan string, 64)}
+	set, err := credentials.Load(cfg.CredentialsFile, credentials.Options{
+		DefaultRate: cfg.RateLimit, BaseURL: cfg.BaseURL, Timeout: cfg.HTTPTimeout, UserAgent: "revoker/" + version,
+		Transport: tracing.Transport(cloudflare.DefaultTransport()),
+		OnSecretChange: func(name string) {
+			log.Info("a credential's secret file changed; checking it again", zap.String("credential", name))
+			f.ask(name)
+		},
+		OnSecretError: func(name string, err error) {
+			if err != nil {
+				log.Error("a credential's secret file cannot be used; keeping the previous secret",
+					zap.String("credential", name), zap.Error(err))
+			} else {
+				log.Info("a credential's secret file is readable again", zap.String("credential", name))
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.router = credentials.NewRouter(set)
+	names := make([]string, 0, len(set.Credentials()))
+	for _, c := range set.Credentials() {
+		names = append(names, c.Name)
+	}
+	log.Info("API credentials from REVOKER_CREDENTIALS_FILE", zap.Strings("credentials", names), zap.Strings("budgets", f.budgets()))
+	return f, nil
+}
+
+// budgets names the budgets of the credentials in use, sorted; none
+// without a credentials file.
+func (f *credentialsFile) budgets() []string {
+	if f == nil {
+		return nil
+	}
+	var out []string
+	for b := range f.router.Set().Budgets() {
+		out = append(out, b)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ask has the credential name checked again ("" every one); a full
+// queue of checks already covers it.
+func (f *credentialsFile) ask(name string) {
+	select {
+	case f.recheck <- name:
+	default:
+	}
+}
+
+// watch re-reads the file until ctx ends (SPEC §6: within 5 s of a change);
+// a change that does not load keeps the credentials in use.
+func (f *credentialsFile) watch(ctx context.Context) {
+	credentials.Watch(ctx, f.router.Set(), 0, func(s *credentials.Set) {
+		f.router.Store(s)
+		f.log.Info("credentials file changed: its credentials are in use from now on", zap.Int("credentials", len(s.Credentials())))
+		f.ask("")
+	}, func(err error) {
+		f.log.Error("credentials file cannot be used; keeping the credentials in use", zap.Error(err))
+	})
+}
+
+// routesOn makes the routes of one NATS connection: each budget's gate is
+// kept in JetStream on it.
+func (f *credentialsFile) routesOn(js jetstream.JetStream, cfg config.Config, m *metrics.Metrics, log *zap.Logger) *routes {
+	return &routes{
+		router: f.router, log: log, budgets: map[string]*budgetGate{},
+		make: func(name string, rate float64) (*budgetGate, error) {
+			return newBudgetGate(js, cfg, func() string { return "budget:" + name }, name, rate, cfg.Concurrency, m.Budget(name), log)
+		},
+	}
+}
+
+// verifying checks every credential at once, then each one asked for,
+// until ctx ends.
+func (f *credentialsFile) verifying(ctx context.Context, r *routes, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
+	r.verifyAll(ctx, f.router.Set(), all, lowest, ready)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case name := <-f.recheck:
+			set := f.router.Set()
+			if name == "" {
+				r.verifyAll(ctx, set, all, lowest, ready)
+			} else if c, ok := set.Credential(name); ok {
+				go r.verify(ctx, c, all, lowest, ready)
+			}
+		}
+	}
+}

@@ -2,76 +2,26 @@ package e2e
 
 import (
 	"context"
-	"encoding/hex"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue/queuetest"
+	"github.com/revoker/revoker/tracing/tracingtest"
 )
 
-// collector plays an OTLP/HTTP receiver: it decodes the protobuf the
-// exporters send and keeps each span with its process's instance id.
-type collector struct {
-	mu    sync.Mutex
-	spans []exported
-}
-
-type exported struct {
-	instance string
-	span     *tracepb.Span
-}
-
-func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || r.URL.Path != "/v1/traces" {
-		http.NotFound(w, r)
-		return
-	}
-	body, _ := io.ReadAll(r.Body)
-	var req collectortrace.ExportTraceServiceRequest
-	if err := proto.Unmarshal(body, &req); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	c.mu.Lock()
-	for _, rs := range req.GetResourceSpans() {
-		var instance string
-		for _, a := range rs.GetResource().GetAttributes() {
-			if a.GetKey() == "service.instance.id" {
-				instance = a.GetValue().GetStringValue()
-			}
-		}
-		for _, ss := range rs.GetScopeSpans() {
-			for _, s := range ss.GetSpans() {
-				c.spans = append(c.spans, exported{instance, s})
-			}
-		}
-	}
-	c.mu.Unlock()
-	w.Header().Set("Content-Type", "application/x-protobuf")
-	out, _ := proto.Marshal(&collectortrace.ExportTraceServiceResponse{})
-	_, _ = w.Write(out)
-}
-
-// consumers returns, by instance, the consumer spans of trace tid and
-// their parents.
-func (c *collector) consumers(tid string) map[string][]string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// consumers returns, by process instance, the parents of the consumer
+// spans of trace tid.
+func consumers(rc *tracingtest.Receiver, tid string) map[string][]string {
 	out := map[string][]string{}
-	for _, e := range c.spans {
-		if hex.EncodeToString(e.span.GetTraceId()) == tid && e.span.GetKind() == tracepb.Span_SPAN_KIND_CONSUMER {
-			out[e.instance] = append(out[e.instance], hex.EncodeToString(e.span.GetParentSpanId()))
+	for _, s := range rc.Of(tid) {
+		if s.GetKind() == tracepb.Span_SPAN_KIND_CONSUMER {
+			out[s.Instance] = append(out[s.Instance], s.ParentID())
 		}
 	}
 	return out
@@ -88,21 +38,16 @@ func TestRedeliveryOnAnotherReplicaJoinsTheTrace(t *testing.T) {
 	srv := queuetest.Server(t)
 	api := cloudflaretest.NewServer(cloudflaretest.WithToken(token))
 	t.Cleanup(api.Close)
-	rc := &collector{}
-	otlp := httptest.NewServer(rc)
-	t.Cleanup(otlp.Close)
+	rc := tracingtest.NewReceiver(t)
 	env := func(instance string) []string {
-		return []string{
+		return append(rc.Env(),
 			"REVOKER_STREAM_REPLICAS=1",
 			"REVOKER_RETRY_MAX_ELAPSED=1ms", // one call a delivery
 			"REVOKER_RETRY_MAX_INTERVAL=3s", // the give-back's delay
 			"REVOKER_MAX_DELIVER=5",
-			"OTEL_EXPORTER_OTLP_ENDPOINT=" + otlp.URL,
-			"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
-			"OTEL_TRACES_SAMPLER=parentbased_always_on",
 			"OTEL_BSP_SCHEDULE_DELAY=100",
-			"OTEL_RESOURCE_ATTRIBUTES=service.instance.id=" + instance,
-		}
+			"OTEL_RESOURCE_ATTRIBUTES=service.instance.id="+instance,
+		)
 	}
 	const key = "traced00001"
 	api.Script(key, http.StatusServiceUnavailable)
@@ -139,10 +84,10 @@ func TestRedeliveryOnAnotherReplicaJoinsTheTrace(t *testing.T) {
 		t.Fatalf("record %+v; want revoked after 2 calls, trace_id %s", rec, tid)
 	}
 	waitUntil(t, 20*time.Second, "both replicas' consumer spans in the trace", func() bool {
-		c := rc.consumers(tid)
+		c := consumers(rc, tid)
 		return len(c["one"]) > 0 && len(c["two"]) > 0
 	})
-	for instance, parents := range rc.consumers(tid) {
+	for instance, parents := range consumers(rc, tid) {
 		for _, p := range parents {
 			if p != publisherSpan {
 				t.Errorf("replica %s: a consumer span's parent is %s, want the publisher's span %s", instance, p, publisherSpan)

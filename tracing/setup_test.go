@@ -3,22 +3,17 @@ package tracing_test
 import (
 	"context"
 	"errors"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace/noop"
-	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/revoker/revoker/tracing"
+	"github.com/revoker/revoker/tracing/tracingtest"
 )
 
 // cleanEnv unsets every OTEL variable for the test, so the machine's own
@@ -133,52 +128,11 @@ func TestSetupRefusesBadValues(t *testing.T) {
 	}
 }
 
-// receiver plays an OTLP/HTTP collector and keeps the spans' names.
-type receiver struct {
-	mu       sync.Mutex
-	requests int
-	names    []string
-	services []string
-}
-
-func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || r.URL.Path != "/v1/traces" {
-		http.NotFound(w, r)
-		return
-	}
-	body, _ := io.ReadAll(r.Body)
-	var req collectortrace.ExportTraceServiceRequest
-	if err := proto.Unmarshal(body, &req); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	rc.requests++
-	for _, rs := range req.GetResourceSpans() {
-		for _, a := range rs.GetResource().GetAttributes() {
-			if a.GetKey() == "service.name" {
-				rc.services = append(rc.services, a.GetValue().GetStringValue())
-			}
-		}
-		for _, ss := range rs.GetScopeSpans() {
-			for _, s := range ss.GetSpans() {
-				rc.names = append(rc.names, s.GetName())
-			}
-		}
-	}
-	w.Header().Set("Content-Type", "application/x-protobuf")
-	out, _ := proto.Marshal(&collectortrace.ExportTraceServiceResponse{})
-	_, _ = w.Write(out)
-}
-
 func TestSetupExportsOverOTLPHTTP(t *testing.T) {
-	rc := &receiver{}
-	srv := httptest.NewServer(rc)
-	t.Cleanup(srv.Close)
+	rc := tracingtest.NewReceiver(t)
 
 	cleanEnv(t)
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", srv.URL)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rc.URL)
 	t.Setenv("OTEL_TRACES_SAMPLER", "always_on")
 	shutdown := setup(t)
 	if !tracing.Enabled() {
@@ -203,17 +157,19 @@ func TestSetupExportsOverOTLPHTTP(t *testing.T) {
 		t.Error("tracing still on after shutdown")
 	}
 
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	if rc.requests == 0 {
+	if rc.Requests() == 0 {
 		t.Fatal("the collector got nothing")
 	}
-	got := strings.Join(rc.names, ",")
+	var names []string
+	for _, s := range rc.Spans() {
+		names = append(names, s.GetName())
+		if s.Service != "revoker" {
+			t.Errorf("span %q from service.name %q", s.GetName(), s.Service)
+		}
+	}
+	got := strings.Join(names, ",")
 	if !strings.Contains(got, "process revoke.urgent") || !strings.Contains(got, "write outcome") {
 		t.Errorf("spans received: %s", got)
-	}
-	if len(rc.services) == 0 || rc.services[0] != "revoker" {
-		t.Errorf("service.name = %v", rc.services)
 	}
 }
 

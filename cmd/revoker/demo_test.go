@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/hex"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/tracing"
+	"github.com/revoker/revoker/tracing/tracingtest"
 )
 
 func TestDemoAccountsForEveryEvent(t *testing.T) {
@@ -75,23 +75,12 @@ func TestDemoLogIsPrivate(t *testing.T) {
 
 // otlpCollector starts an OTLP/HTTP receiver and points the standard
 // variables at it, as an operator would for serve.
-func otlpCollector(t *testing.T) *otlpReceiver {
+func otlpCollector(t *testing.T) *tracingtest.Receiver {
 	t.Helper()
-	rc := &otlpReceiver{}
-	collector := httptest.NewServer(rc)
-	t.Cleanup(collector.Close)
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
-	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+	rc := tracingtest.NewReceiver(t)
+	rc.Export(t)
 	t.Cleanup(func() { tracing.SetTracerProvider(nil) })
 	return rc
-}
-
-// all returns every span received.
-func (rc *otlpReceiver) all() []*tracepb.Span {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	return append([]*tracepb.Span(nil), rc.spans...)
 }
 
 // TestDemoExportsSpans: with the OTEL variables set, the demo exports what
@@ -107,8 +96,8 @@ func TestDemoExportsSpans(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("demo exited %d: %s\n%s", code, stderr, out)
 	}
-	spans := rc.all()
-	publishes := map[string]*tracepb.Span{} // by span id
+	spans := rc.Spans()
+	publishes := map[string]tracingtest.Span{} // by span id
 	var process, deletes int
 	for _, sp := range spans {
 		switch {
@@ -123,7 +112,7 @@ func TestDemoExportsSpans(t *testing.T) {
 			continue
 		}
 		process++
-		if _, ok := publishes[hex.EncodeToString(sp.GetParentSpanId())]; !ok {
+		if _, ok := publishes[sp.ParentID()]; !ok {
 			t.Errorf("consumer span %q is not a child of a sample's publish span", sp.GetName())
 		}
 	}
@@ -141,7 +130,7 @@ func TestVerifyExportsSpans(t *testing.T) {
 	rc := otlpCollector(t)
 	s.run("verify").want(t, exitOK)
 	lists := 0
-	for _, sp := range rc.all() {
+	for _, sp := range rc.Spans() {
 		if sp.GetKind() == tracepb.Span_SPAN_KIND_CLIENT && sp.GetName() == "GET /accounts/{account_id}/stream/keys" {
 			lists++
 		}

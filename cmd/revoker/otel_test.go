@@ -2,77 +2,21 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"go.uber.org/zap/zaptest"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue/queuetest"
 	"github.com/revoker/revoker/tracing"
+	"github.com/revoker/revoker/tracing/tracingtest"
 )
-
-// otlpReceiver plays an OTLP/HTTP collector: it decodes the protobuf the
-// exporter really sends and keeps every span.
-type otlpReceiver struct {
-	mu    sync.Mutex
-	spans []*tracepb.Span
-}
-
-func (rc *otlpReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || r.URL.Path != "/v1/traces" {
-		http.NotFound(w, r)
-		return
-	}
-	body, _ := io.ReadAll(r.Body)
-	var req collectortrace.ExportTraceServiceRequest
-	if err := proto.Unmarshal(body, &req); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	rc.mu.Lock()
-	for _, rs := range req.GetResourceSpans() {
-		for _, ss := range rs.GetScopeSpans() {
-			rc.spans = append(rc.spans, ss.GetSpans()...)
-		}
-	}
-	rc.mu.Unlock()
-	w.Header().Set("Content-Type", "application/x-protobuf")
-	out, _ := proto.Marshal(&collectortrace.ExportTraceServiceResponse{})
-	_, _ = w.Write(out)
-}
-
-// of returns the spans of trace tid.
-func (rc *otlpReceiver) of(tid string) []*tracepb.Span {
-	rc.mu.Lock()
-	defer rc.mu.Unlock()
-	var out []*tracepb.Span
-	for _, s := range rc.spans {
-		if hex.EncodeToString(s.GetTraceId()) == tid {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-func attr(s *tracepb.Span, key string) (string, int64, bool) {
-	for _, a := range s.GetAttributes() {
-		if a.GetKey() == key {
-			return a.GetValue().GetStringValue(), a.GetValue().GetIntValue(), true
-		}
-	}
-	return "", 0, false
-}
 
 // TestOneTracePerEvent: an event published with a lower-case traceparent,
 // answered 503 on its first delivery and 200 on its second, reaches a real
@@ -81,12 +25,8 @@ func attr(s *tracepb.Span, key string) (string, int64, bool) {
 // CF-Ray, the record's trace_id the trace's id, and the latency histogram's
 // exemplar in OpenMetrics naming it (SPEC §13).
 func TestOneTracePerEvent(t *testing.T) {
-	rc := &otlpReceiver{}
-	collector := httptest.NewServer(rc)
-	t.Cleanup(collector.Close)
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
-	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+	rc := tracingtest.NewReceiver(t)
+	rc.Export(t)
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
 	shutdown, err := tracing.Setup(context.Background(), "revoker", "test")
 	if err != nil {
@@ -124,7 +64,7 @@ func TestOneTracePerEvent(t *testing.T) {
 
 	queuetest.Eventually(t, 10*time.Second, "the trace's spans exported", func() bool {
 		var process, client int
-		for _, sp := range rc.of(tid) {
+		for _, sp := range rc.Of(tid) {
 			switch sp.GetKind() {
 			case tracepb.Span_SPAN_KIND_CONSUMER:
 				process++
@@ -135,15 +75,15 @@ func TestOneTracePerEvent(t *testing.T) {
 		return process >= 2 && client >= 2
 	})
 	var statuses []int64
-	for _, sp := range rc.of(tid) {
+	for _, sp := range rc.Of(tid) {
 		switch sp.GetKind() {
 		case tracepb.Span_SPAN_KIND_CONSUMER:
-			if sp.GetName() != "process revoke.scheduled" || hex.EncodeToString(sp.GetParentSpanId()) != publisherSpan {
+			if sp.GetName() != "process revoke.scheduled" || sp.ParentID() != publisherSpan {
 				t.Errorf("consumer span %q with parent %x; want process revoke.scheduled under the publisher's span", sp.GetName(), sp.GetParentSpanId())
 			}
 		case tracepb.Span_SPAN_KIND_CLIENT:
-			_, status, _ := attr(sp, "http.response.status_code")
-			ray, _, hasRay := attr(sp, "cf_ray")
+			_, status, _ := sp.Attr("http.response.status_code")
+			ray, _, hasRay := sp.Attr("cf_ray")
 			if !hasRay || ray == "" {
 				t.Errorf("client span %q has no cf_ray", sp.GetName())
 			}

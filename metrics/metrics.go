@@ -31,10 +31,10 @@ type Metrics struct {
 	BudgetCalls    *prometheus.CounterVec
 	// budgetLabelled: the budget collectors carry the budget label.
 	budgetLabelled bool
-	Inflight          prometheus.Gauge
-	Pending           *prometheus.GaugeVec
-	NATSConnected     prometheus.Gauge
-	BuildInfo         *prometheus.GaugeVec
+	Inflight       prometheus.Gauge
+	Pending        *prometheus.GaugeVec
+	NATSConnected  prometheus.Gauge
+	BuildInfo      *prometheus.GaugeVec
 	// OutcomeFailures counts failed writes of outcome records (the audit
 	// trail); the event is held, never acked, until its record is stored.
 	OutcomeFailures prometheus.Counter

@@ -68,6 +68,13 @@ func (r *Readiness) Set(name, why string) {
 	r.gauge.WithLabelValues(name).Set(v)
 }
 
+// Met reports whether condition name is met (an unknown one is).
+func (r *Readiness) Met(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.conds[name] == ""
+}
+
 // Gauge is the revoker_ready series of condition name.
 func (r *Readiness) Gauge(name string) prometheus.Gauge { return r.gauge.WithLabelValues(name) }
 

@@ -140,3 +140,15 @@ func TestRouteFollowsALowerQuota(t *testing.T) {
 	}
 	pm.Release()
 }
+
+// TestRouteWorkingCallClearsACheckedRefusal: a credential refused by its
+// check at start (not by a call) is ready again once one of its calls
+// works (SPEC §8: ready again on the next successful call).
+func TestRouteWorkingCallClearsACheckedRefusal(t *testing.T) {
+	r := newRouted(t, answer(200, revoked, 0))
+	r.ready.Set(worker.ReadyCredentialOf("cred-a"), "refused by its check")
+	r.handle(&fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`})
+	if v := testutil.ToFloat64(r.ready.Gauge(worker.ReadyCredentialOf("cred-a"))); v != 1 {
+		t.Errorf("credential:cred-a ready = %v after a call that worked, want 1", v)
+	}
+}

@@ -257,7 +257,10 @@ func New(cfg Config, d Deps) *Worker {
 	for i, s := range cfg.Subjects {
 		w.lanes = append(w.lanes, d.Metrics.Lane(s, i))
 	}
-	w.budget = d.Metrics.Budget("")
+	if d.Routes == nil {
+		// With routes, every route brings its budget's collectors.
+		w.budget = d.Metrics.Budget("")
+	}
 	d.Ready.Declare(ReadyCredential)
 	d.Ready.Declare(ReadyAPI)
 	return w
@@ -835,7 +838,9 @@ func (w *Worker) heed(r Route, rl cloudflare.RateLimit, d Decision, status int) 
 		w.Ready.Set(cond, "the API refused the credential: "+d.Detail)
 		w.Log.Error("the API refused the credential; not ready until a call succeeds",
 			zap.String("credential", r.Credential), zap.String("detail", d.Detail))
-	case works && w.credBad[cond]:
+	case works && (w.credBad[cond] || r.Credential != "" && !w.Ready.Met(cond)):
+		// A named credential may have been refused by its check at start
+		// rather than by a call: a call that works clears that too.
 		w.credBad[cond] = false
 		w.Ready.Set(cond, "")
 		w.Log.Info("the API accepts the credential again", zap.String("credential", r.Credential))

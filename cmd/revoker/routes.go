@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -70,9 +72,10 @@ func (b *budgetGate) Close() {
 // credential, and the gate of its budget, made on this connection the
 // first time the budget is needed (a budget added by a reload included).
 type routes struct {
-	router *credentials.Router
-	make   func(name string, rate float64) (*budgetGate, error)
-	log    *zap.Logger
+	router  *credentials.Router
+	make    func(name string, rate float64) (*budgetGate, error)
+	metrics func(name string) metrics.Budget
+	log     *zap.Logger
 
 	mu      sync.Mutex
 	budgets map[string]*budgetGate
@@ -89,7 +92,7 @@ func (r *routes) Route(account string) (worker.Route, bool) {
 	}
 	b := r.budget(c.Budget, c.Rate)
 	if b == nil {
-		return worker.Route{Credential: c.Name}, true
+		return worker.Route{Credential: c.Name, Budget: r.metrics(c.Budget)}, true
 	}
 	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: c.Rate}, true
 }
@@ -131,6 +134,12 @@ func (r *routes) verifyAll(ctx context.Context, set *credentials.Set, all *throt
 	}
 }
 
+// credentialRefused reports whether a check's answer refuses the
+// credential: a 2xx that does not call it active, or a 4xx other than 429.
+func credentialRefused(v *cloudflare.Verification) bool {
+	return v.Status >= 200 && v.Status <= 299 || v.Status >= 400 && v.Status <= 499 && v.Status != http.StatusTooManyRequests
+}
+
 // verify checks one credential.
 func (r *routes) verify(ctx context.Context, c *credentials.Credential, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
 	cond := worker.ReadyCredentialOf(c.Name)
@@ -154,17 +163,28 @@ func (r *routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 	case err != nil:
 		// No answer proves nothing either way: the first call will tell.
 		r.log.Warn("a credential could not be checked", zap.String("credential", c.Name), zap.Error(err))
+	case !v.Active && !credentialRefused(v):
+		// A 429 or a 5xx says nothing of the credential.
+		r.log.Warn("a credential could not be checked", zap.String("credential", c.Name),
+			zap.Int("status", v.Status), zap.String("cf_ray", v.CFRay))
 	case !v.Active:
-		ready.Set(cond, "the API refused the credential ("+v.Endpoint+" check, status "+v.TokenStatus+")")
+		why := "the API refused the credential (" + v.Endpoint + " check, HTTP " + strconv.Itoa(v.Status)
+		if v.TokenStatus != "" {
+			why += ", token " + v.TokenStatus
+		}
+		ready.Set(cond, why+")")
 		r.log.Error("the API refused a credential; its accounts wait until it works",
 			zap.String("credential", c.Name), zap.Int("status", v.Status), zap.String("token_status", v.TokenStatus),
 			zap.String("cf_ray", v.CFRay))
 	default:
 		ready.Set(cond, "")
 		r.log.Info("credential accepted", zap.String("credential", c.Name), zap.String("check", v.Endpoint))
-		if p := v.Policy; p.Known && (c.Rate == 0 || p.PerSecond() < c.Rate) {
+		if q := v.Policy.PerSecond(); q > 0 && (c.Rate == 0 || q < c.Rate) {
+			// As the worker does on every answer: the next call waits one
+			// interval of the quota.
+			b.gate.Slow(time.Now().Add(time.Duration(float64(time.Second) / q)))
 			r.log.Warn("the API states a lower quota than the budget's rate; calls are spaced to it",
-				zap.String("budget", c.Budget), zap.Float64("rate", c.Rate), zap.Float64("quota_per_second", p.PerSecond()))
+				zap.String("budget", c.Budget), zap.Float64("rate", c.Rate), zap.Float64("quota_per_second", q))
 		}
 	}
 }
@@ -254,7 +274,7 @@ func (f *credentialsFile) watch(ctx context.Context) {
 // kept in JetStream on it.
 func (f *credentialsFile) routesOn(js jetstream.JetStream, cfg config.Config, m *metrics.Metrics, log *zap.Logger) *routes {
 	return &routes{
-		router: f.router, log: log, budgets: map[string]*budgetGate{},
+		router: f.router, log: log, budgets: map[string]*budgetGate{}, metrics: m.Budget,
 		make: func(name string, rate float64) (*budgetGate, error) {
 			return newBudgetGate(js, cfg, func() string { return "budget:" + name }, name, rate, cfg.Concurrency, m.Budget(name), log)
 		},

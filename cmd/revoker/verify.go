@@ -8,6 +8,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/throttle"
@@ -52,19 +54,31 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 		defer cancel()
 		_ = stopTracing(sctx)
 	}()
-	cred, err := credential(cfg)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker verify: CLOUDFLARE_API_TOKEN_FILE: %v\n", err)
-		return exitUsage
-	}
-	api, err := cloudflare.New(cloudflare.Config{
-		BaseURL: cfg.BaseURL, Credential: cred, Timeout: cfg.HTTPTimeout,
-		UserAgent: "revoker/" + version,
-		Transport: tracing.Transport(cloudflare.DefaultTransport()),
-	})
-	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker verify: CLOUDFLARE_BASE_URL: %v\n", err)
-		return exitUsage
+	var api verify.Lister
+	if cfg.CredentialsFile != "" {
+		// Each account's list with its own credential, as serve calls.
+		creds, err := loadCredentials(cfg, zap.NewNop())
+		if err != nil {
+			fmt.Fprintf(e.stderr, "revoker verify: REVOKER_CREDENTIALS_FILE: %v\n", err)
+			return exitUsage
+		}
+		api = creds.router
+	} else {
+		cred, err := credential(cfg)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "revoker verify: CLOUDFLARE_API_TOKEN_FILE: %v\n", err)
+			return exitUsage
+		}
+		client, err := cloudflare.New(cloudflare.Config{
+			BaseURL: cfg.BaseURL, Credential: cred, Timeout: cfg.HTTPTimeout,
+			UserAgent: "revoker/" + version,
+			Transport: tracing.Transport(cloudflare.DefaultTransport()),
+		})
+		if err != nil {
+			fmt.Fprintf(e.stderr, "revoker verify: CLOUDFLARE_BASE_URL: %v\n", err)
+			return exitUsage
+		}
+		api = client
 	}
 	c := dialFor("revoker verify", cfg, e)
 	if c == nil {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -241,5 +243,35 @@ func TestVerifyServeExportsStillListed(t *testing.T) {
 	})
 	if vLists(s, vAcct) == 0 {
 		t.Error("no key list fetched")
+	}
+}
+
+// TestVerifyWithCredentialsFile: with only a credentials file (no single
+// credential), verify lists each account with the credential the file
+// names for it, as serve calls.
+func TestVerifyWithCredentialsFile(t *testing.T) {
+	s := vStack(t)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(hToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "credentials.yaml")
+	body := "credentials:\n  - name: media-eu\n    token_file: " + tokenFile + "\n    accounts: [" + vAcct + "]\n"
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	delete(s.env, "CLOUDFLARE_API_TOKEN")
+	s.env["REVOKER_CREDENTIALS_FILE"] = file
+	s.api.AddKey(vAcct, "alive1")
+	vRecord(t, s, vAcct, "alive1", event.Record{Outcome: event.Revoked, Status: 200})
+
+	r := s.run("verify")
+	r.want(t, exitFailed)
+	if !strings.Contains(r.stdout, "alive1") {
+		t.Errorf("stdout %q, want the still-listed key", r.stdout)
+	}
+	if n := vLists(s, vAcct); n != 1 {
+		t.Errorf("%d key lists of %s, want 1", n, vAcct)
 	}
 }

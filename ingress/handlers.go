@@ -295,6 +295,18 @@ func (s *Server) postRevocation(w http.ResponseWriter, r *http.Request, c *call)
 		c.traceID = e.TraceID
 	}
 	p := e.published()
+	if e.repeat && !waiting && s.cfg.Waiter != nil {
+		// A repeat answers what the event has earned by now: its record
+		// once there is one, as the first request would have been
+		// answered had it waited.
+		rctx, cancel := context.WithTimeout(r.Context(), s.cfg.Client.Timeout)
+		rec, ok, err := s.cfg.Client.Recorded(rctx, p)
+		cancel()
+		if err == nil && ok {
+			s.reply(w, c, http.StatusOK, rec)
+			return
+		}
+	}
 	if waiting {
 		start := s.now()
 		wctx, cancel := context.WithTimeout(r.Context(), wait)

@@ -69,6 +69,27 @@ func TestIngressQueuedThenGet(t *testing.T) {
 	}
 }
 
+// A repeat of a request (same Idempotency-Key and body) answers what the
+// event has earned: 202 while it is queued, its record once there is one,
+// without Prefer: wait and without storing anything again (SPEC §11).
+func TestIngressRepeatAnswersTheRecord(t *testing.T) {
+	h := newHarness(t)
+	body := evBody(tAccount, "key3")
+	req := func() resp {
+		return h.do(h.post(body, hdrs(bearer(tToken), []string{HeaderIdempotencyKey, "inc-7"})...))
+	}
+	req().want(t, http.StatusAccepted)
+	h.startWorker()
+	var again resp
+	queuetest.Eventually(t, 10*time.Second, "the repeat answered the record", func() bool {
+		again = req()
+		return again.StatusCode == http.StatusOK
+	})
+	if rec := again.record(t); rec.Outcome != event.Revoked || rec.EventID != "ingress:soar:inc-7" || rec.Sequence != 1 {
+		t.Fatalf("repeat answered %s; want the record of the one event stored, sequence 1", again.body)
+	}
+}
+
 // Signed callers: Standard Webhooks and PagerDuty v3 signatures are
 // accepted; a bad or stale one is 401.
 func TestIngressSignedCallers(t *testing.T) {

@@ -60,6 +60,9 @@ type entry struct {
 	TraceID    string    `json:"trace_id,omitempty"`
 	ClaimedAt  time.Time `json:"claimed_at"`
 	StoredAt   time.Time `json:"stored_at,omitzero"`
+
+	// repeat: a request before this one stored the event.
+	repeat bool
 }
 
 // published is the stored event an entry names.
@@ -176,6 +179,7 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 			return entry{}, problem(KindKeyReused, "this idempotency key was used with another body within 24 hours: use another key")
 		}
 		if first.State == stateStored {
+			first.repeat = true
 			return first, nil
 		}
 		if s.now().Sub(first.ClaimedAt) < StaleClaim {

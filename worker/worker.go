@@ -778,36 +778,27 @@ func (w *Worker) metricsOf(r Route) metrics.Budget {
 	return w.budget
 }
 
-// permit is leave to make one call: the budget's, and the worker's own
-// when the budget has a gate of its own.
-type permit struct{ budget, all *throttle.Permit }
+// permit is leave to make one call: the worker's own gate's, or a
+// budget's and the shared gate's.
+type permit interface{ Release() }
 
-// Release gives both back.
-func (p permit) Release() {
-	if p.all != nil {
-		p.all.Release()
-	}
-	p.budget.Release()
-}
-
-// acquire waits for leave to call on route at priority p: first the
-// budget's rate (so an account never waits behind another budget's
-// backlog or hold), then the shared calls in flight and address limit.
+// acquire waits for leave to call on route at priority p: with a budget
+// of its own, first the budget's rate (so an account never waits behind
+// another budget's backlog or hold), then the shared calls in flight and
+// address limit.
 func (w *Worker) acquire(ctx context.Context, r Route, p int) (permit, error) {
 	if r.Gate == nil || r.Gate == w.Gate {
 		pm, err := w.Gate.Acquire(ctx, p)
-		return permit{budget: pm}, err
+		if err != nil {
+			return nil, err
+		}
+		return pm, nil
 	}
-	pm, err := r.Gate.Acquire(ctx, p)
+	pm, err := throttle.AcquirePair(ctx, r.Gate, w.Gate, p)
 	if err != nil {
-		return permit{}, err
+		return nil, err
 	}
-	all, err := w.Gate.Acquire(ctx, p)
-	if err != nil {
-		pm.Release()
-		return permit{}, err
-	}
-	return permit{budget: pm, all: all}, nil
+	return pm, nil
 }
 
 // minHeededReset: rate-limit headers count whole seconds, so over a window

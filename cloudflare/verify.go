@@ -50,17 +50,35 @@ type Verification struct {
 // 401, 403 or 429. Each request is one API call, charged to the
 // credential's rate budget by the real API.
 func (c *Client) VerifyToken(ctx context.Context, accountID string) (*Verification, error) {
+	return c.VerifyTokenEach(ctx, accountID, nil)
+}
+
+// VerifyTokenEach is VerifyToken with each request made only after before
+// (when not nil) gives leave, and its release called when the request is
+// answered: a rate budget charged per call, whether one call or two are
+// made. An error from before ends the check with that error.
+func (c *Client) VerifyTokenEach(ctx context.Context, accountID string, before func(context.Context) (release func(), err error)) (*Verification, error) {
 	if accountID != "" && !ValidIdentifier(accountID) {
 		return &Verification{Response: &Response{}}, fmt.Errorf("%w: the account id is not 1-32 characters of [A-Za-z0-9]", ErrInvalidIdentifier)
 	}
-	if isLegacy(c.cred) {
-		return c.verify(ctx, VerifyLegacy, "user")
+	call := func(endpoint string, path ...string) (*Verification, error) {
+		if before != nil {
+			release, err := before(ctx)
+			if err != nil {
+				return &Verification{Response: &Response{}, Endpoint: endpoint}, err
+			}
+			defer release()
+		}
+		return c.verify(ctx, endpoint, path...)
 	}
-	v, err := c.verify(ctx, VerifyUser, "user", "tokens", "verify")
+	if isLegacy(c.cred) {
+		return call(VerifyLegacy, "user")
+	}
+	v, err := call(VerifyUser, "user", "tokens", "verify")
 	if err != nil || v.Active || accountID == "" || !refused(v.Status) {
 		return v, err
 	}
-	return c.verify(ctx, VerifyAccount, "accounts", accountID, "tokens", "verify")
+	return call(VerifyAccount, "accounts", accountID, "tokens", "verify")
 }
 
 // refused reports a 4xx that says "not this token here", as opposed to a

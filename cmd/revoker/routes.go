@@ -147,19 +147,19 @@ func (r *routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 	if b == nil {
 		return
 	}
-	pm, err := b.gate.Acquire(ctx, lowest)
-	if err != nil {
-		return
-	}
-	defer pm.Release()
-	pa, err := all.Acquire(ctx, lowest)
-	if err != nil {
-		return
-	}
-	defer pa.Release()
-	b.m.Calls.Inc()
-	v, err := c.Verify(ctx)
+	// Each request of the check is a call of the budget and the address
+	// limit (an account token's check is two: the user endpoint first).
+	v, err := c.Client.VerifyTokenEach(ctx, c.VerifyAccount(), func(ctx context.Context) (func(), error) {
+		pm, err := throttle.AcquirePair(ctx, b.gate, all, lowest)
+		if err != nil {
+			return nil, err
+		}
+		b.m.Calls.Inc()
+		return pm.Release, nil
+	})
 	switch {
+	case ctx.Err() != nil:
+		return
 	case err != nil:
 		// No answer proves nothing either way: the first call will tell.
 		r.log.Warn("a credential could not be checked", zap.String("credential", c.Name), zap.Error(err))

@@ -27,6 +27,7 @@ type budgetGate struct {
 	gate   *throttle.Gate
 	budget *queue.Budget
 	m      metrics.Budget
+	rate   float64 // calls per second, after any cut (budgetRate)
 }
 
 // newBudgetGate makes the budget named by id at rate, its gate taking
@@ -60,7 +61,7 @@ func newBudgetGate(js jetstream.JetStream, cfg config.Config, id func() string, 
 				zap.Duration("length", length), zap.String("cause", cause))
 		},
 	})
-	return &budgetGate{gate: g, budget: b, m: m}, nil
+	return &budgetGate{gate: g, budget: b, m: m, rate: rate}, nil
 }
 
 func (b *budgetGate) Close() {
@@ -68,10 +69,37 @@ func (b *budgetGate) Close() {
 	b.budget.Close()
 }
 
+// budgetRate is the rate a budget configured at rate (0: no limit of its
+// own) runs at so that the budgets of all, together, stay under the
+// address limit ip (0: none): each is cut in the same proportion, a budget
+// with no limit of its own counted at the whole address limit. A cut is
+// exact and costs nothing per call, where a second rate gate in a row
+// would leave slots of one unused while calls wait for the other.
+func budgetRate(rate float64, all map[string]float64, ip float64) float64 {
+	if ip <= 0 {
+		return rate
+	}
+	sum := 0.0
+	for _, r := range all {
+		if r <= 0 || r > ip {
+			r = ip
+		}
+		sum += r
+	}
+	if rate <= 0 || rate > ip {
+		rate = ip
+	}
+	if sum > ip {
+		rate *= ip / sum
+	}
+	return rate
+}
+
 // routes meets worker.Routes from the credentials file: an account's
 // credential, and the gate of its budget, made on this connection the
 // first time the budget is needed (a budget added by a reload included).
 type routes struct {
+	ipLimit float64 // REVOKER_IP_RATE_LIMIT
 	router  *credentials.Router
 	make    func(name string, rate float64) (*budgetGate, error)
 	metrics func(name string) metrics.Budget
@@ -94,7 +122,7 @@ func (r *routes) Route(account string) (worker.Route, bool) {
 	if b == nil {
 		return worker.Route{Credential: c.Name, Budget: r.metrics(c.Budget)}, true
 	}
-	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: c.Rate}, true
+	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: b.rate}, true
 }
 
 // budget returns the gate of budget name, made at rate if new.
@@ -103,6 +131,13 @@ func (r *routes) budget(name string, rate float64) *budgetGate {
 	defer r.mu.Unlock()
 	if b, ok := r.budgets[name]; ok || r.closed {
 		return b
+	}
+	all := r.router.Set().Budgets() // a copy: the budgets of the set in use
+	all[name] = rate
+	if cut := budgetRate(rate, all, r.ipLimit); cut != rate {
+		r.log.Info("the budget's rate is cut so that every budget together stays under REVOKER_IP_RATE_LIMIT",
+			zap.String("budget", name), zap.Float64("rate", rate), zap.Float64("cut_to", cut))
+		rate = cut
 	}
 	b, err := r.make(name, rate)
 	if err != nil {
@@ -179,12 +214,12 @@ func (r *routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 	default:
 		ready.Set(cond, "")
 		r.log.Info("credential accepted", zap.String("credential", c.Name), zap.String("check", v.Endpoint))
-		if q := v.Policy.PerSecond(); q > 0 && (c.Rate == 0 || q < c.Rate) {
+		if q := v.Policy.PerSecond(); q > 0 && (b.rate == 0 || q < b.rate) {
 			// As the worker does on every answer: the next call waits one
 			// interval of the quota.
 			b.gate.Slow(time.Now().Add(time.Duration(float64(time.Second) / q)))
 			r.log.Warn("the API states a lower quota than the budget's rate; calls are spaced to it",
-				zap.String("budget", c.Budget), zap.Float64("rate", c.Rate), zap.Float64("quota_per_second", q))
+				zap.String("budget", c.Budget), zap.Float64("rate", b.rate), zap.Float64("quota_per_second", q))
 		}
 	}
 }
@@ -274,7 +309,7 @@ func (f *credentialsFile) watch(ctx context.Context) {
 // kept in JetStream on it.
 func (f *credentialsFile) routesOn(js jetstream.JetStream, cfg config.Config, m *metrics.Metrics, log *zap.Logger) *routes {
 	return &routes{
-		router: f.router, log: log, budgets: map[string]*budgetGate{}, metrics: m.Budget,
+		router: f.router, log: log, budgets: map[string]*budgetGate{}, metrics: m.Budget, ipLimit: cfg.IPRateLimit,
 		make: func(name string, rate float64) (*budgetGate, error) {
 			return newBudgetGate(js, cfg, func() string { return "budget:" + name }, name, rate, cfg.Concurrency, m.Budget(name), log)
 		},

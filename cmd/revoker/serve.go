@@ -336,12 +336,14 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		rate   = cfg.RateLimit
 	)
 	if w.creds == nil {
-		if ip := cfg.IPRateLimit; ip > 0 && (rate == 0 || ip < rate) {
-			rate = ip
-		}
+		rate = budgetRate(rate, map[string]float64{"": rate}, cfg.IPRateLimit)
 		shared, err = newBudgetGate(js, cfg, w.budgetID, "", rate, cfg.Concurrency, m.Budget(""), log)
 	} else {
-		shared, err = newBudgetGate(js, cfg, func() string { return "address" }, "", cfg.IPRateLimit, cfg.Concurrency,
+		// No rate of its own: each budget's rate is cut so that together
+		// they stay under the address limit (budgetRate). Two rate gates
+		// in a row would leave one's slots unused while the other waits.
+		// Its budget shares holds and priority claims across replicas.
+		shared, err = newBudgetGate(js, cfg, func() string { return "address" }, "", 0, cfg.Concurrency,
 			metrics.Budget{Paused: prometheus.NewGauge(prometheus.GaugeOpts{Name: "unexported"})}, log)
 	}
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -32,11 +33,18 @@ func ClientOn(nc *nats.Conn, js jetstream.JetStream, t config.Topology) *Client 
 // the subject may yet be refused by the stream (a racing replica's write,
 // say), so the answer is always read back from the audit trail, with the
 // believed-record rule (a revoked record beats every other one).
+//
+// The subscription is held only while someone waits, and for idleLinger
+// after: every record of the fleet is delivered to it, which a worker
+// that nobody asks anything of should not pay for.
 type Waiter struct {
-	c   *Client
-	sub *nats.Subscription
+	c *Client
+	n atomic.Int64 // waits in progress
 
 	mu      sync.Mutex
+	sub     *nats.Subscription // nil while idle
+	idle    *time.Timer        // ends the subscription once idle long enough
+	closed  bool
 	waiting map[waitKey]map[*waitEntry]struct{}
 }
 
@@ -55,9 +63,10 @@ type waitEntry struct {
 // a notice it is still read every recheckEvery, because notices sent while
 // the connection was down are lost for good.
 var (
-	noticeRetryFirst = 20 * time.Millisecond
+	noticeRetryFirst = 2 * time.Millisecond
 	noticeRetryMax   = time.Second
 	recheckEvery     = 5 * time.Second
+	idleLinger       = 30 * time.Second
 )
 
 // NewWaiter subscribes to every outcome subject of c (<prefix>.>). Close
@@ -67,22 +76,63 @@ func NewWaiter(c *Client) (*Waiter, error) {
 		return nil, errors.New("outcome records are off (REVOKER_OUTCOME_SUBJECT is empty)")
 	}
 	w := &Waiter{c: c, waiting: map[waitKey]map[*waitEntry]struct{}{}}
+	// Subscribed once at once, so that a subscription the permissions
+	// refuse is an error here rather than a silent wait later; then idle
+	// until someone waits.
 	sub, err := c.subscribeOutcomes(c.OutcomePrefix+".>", w.heard)
 	if err != nil {
 		return nil, err
 	}
-	w.sub = sub
+	_ = sub.Unsubscribe()
+	w.idle = time.AfterFunc(idleLinger, w.quiet)
+	w.idle.Stop()
 	return w, nil
 }
 
 // Close ends the subscription; waits in progress still end with their
 // context (they read the trail every recheckEvery).
-func (w *Waiter) Close() { _ = w.sub.Unsubscribe() }
+func (w *Waiter) Close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.closed = true
+	w.idle.Stop()
+	if w.sub != nil {
+		_ = w.sub.Unsubscribe()
+		w.sub = nil
+	}
+}
+
+// quiet ends the subscription if nobody has waited for idleLinger.
+func (w *Waiter) quiet() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n.Load() == 0 && w.sub != nil {
+		_ = w.sub.Unsubscribe()
+		w.sub = nil
+	}
+}
+
+// listen makes sure the subscription is there before a wait reads the
+// trail, so a record stored after that read is heard. w.mu is held. A
+// subscription that fails leaves the wait to its rechecks.
+func (w *Waiter) listen() {
+	w.idle.Stop()
+	if w.sub != nil || w.closed {
+		return
+	}
+	sub, err := w.c.subscribeOutcomes(w.c.OutcomePrefix+".>", w.heard)
+	if err == nil {
+		w.sub = sub
+	}
+}
 
 // heard is the subscription's callback: O(1) per record whatever the
 // number of waiters. A body that does not parse, or that names another key
 // than its subject's, is ignored.
 func (w *Waiter) heard(m *nats.Msg) {
+	if w.n.Load() == 0 {
+		return // nobody waits: not even decoded
+	}
 	var rec event.Record
 	if json.Unmarshal(m.Data, &rec) != nil || !onOwnSubject(m.Subject, rec) {
 		return
@@ -109,6 +159,8 @@ func (w *Waiter) register(p Published) *waitEntry {
 		w.waiting[k] = map[*waitEntry]struct{}{}
 	}
 	w.waiting[k][e] = struct{}{}
+	w.n.Add(1)
+	w.listen()
 	return e
 }
 
@@ -119,6 +171,9 @@ func (w *Waiter) unregister(e *waitEntry) {
 	delete(w.waiting[k], e)
 	if len(w.waiting[k]) == 0 {
 		delete(w.waiting, k)
+	}
+	if w.n.Add(-1) == 0 && !w.closed {
+		w.idle.Reset(idleLinger)
 	}
 }
 

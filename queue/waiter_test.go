@@ -85,8 +85,8 @@ func TestWaiterThousandWaitersOneSubscription(t *testing.T) {
 		}(i)
 	}
 	queuetest.Eventually(t, 30*time.Second, "every waiter registered", func() bool { return w.Waiting() == n })
-	if now := nc.NumSubscriptions(); now != base {
-		t.Fatalf("subscriptions with %d waiters: %d, want %d (one for all, made before)", n, now, base)
+	if now := nc.NumSubscriptions(); now != base+1 {
+		t.Fatalf("subscriptions with %d waiters: %d, want %d (one for all)", n, now, base+1)
 	}
 	for i, p := range pubs {
 		rec := waiterRecord(p, event.Revoked)
@@ -106,8 +106,8 @@ func TestWaiterThousandWaitersOneSubscription(t *testing.T) {
 		t.Fatalf("waiters left registered: %d", w.Waiting())
 	}
 	w.Close()
-	if now := nc.NumSubscriptions(); now != base-1 {
-		t.Fatalf("subscriptions after Close: %d, want %d: the waiter held exactly one", now, base-1)
+	if now := nc.NumSubscriptions(); now != base {
+		t.Fatalf("subscriptions after Close: %d, want %d: the waiter held exactly one", now, base)
 	}
 }
 
@@ -182,4 +182,33 @@ func TestWaiterEndsWithContext(t *testing.T) {
 	if w.Waiting() != 0 {
 		t.Fatal("the ended wait is still registered")
 	}
+}
+
+// A waiter nobody waits on holds no subscription (every record of the
+// fleet would reach it); a wait subscribes before it reads the trail, and
+// hears its record.
+func TestWaiterIdleHoldsNoSubscription(t *testing.T) {
+	t.Cleanup(queue.SetWaiterLinger(50 * time.Millisecond))
+	nc, js, c, w, topo := waiterSetup(t)
+	if _, _, err := c.Recorded(context.Background(), queue.Published{AccountID: "a", KeyID: "warm", Stream: topo.Stream, Sequence: 1}); err != nil {
+		t.Fatal(err)
+	}
+	withSub := nc.NumSubscriptions() + 1 // none yet: nobody has waited
+
+	p := queue.Published{EventID: "e1", AccountID: "acct", KeyID: "idle1", Stream: topo.Stream, Sequence: 3}
+	done := make(chan bool, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, ok, _ := w.Wait(ctx, p)
+		done <- ok
+	}()
+	queuetest.Eventually(t, 10*time.Second, "the wait subscribed", func() bool {
+		return w.Waiting() == 1 && nc.NumSubscriptions() == withSub
+	})
+	storeRecord(t, js, topo, p.AccountID, p.KeyID, waiterRecord(p, event.Revoked))
+	if !<-done {
+		t.Fatal("the wait ended without its record")
+	}
+	queuetest.Eventually(t, 10*time.Second, "idle again, no subscription", func() bool { return nc.NumSubscriptions() == withSub-1 })
 }

@@ -2,6 +2,7 @@ package cloudflare
 
 import (
 	"bytes"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -159,11 +160,14 @@ func decodeEnvelope(body []byte, contentType string) (*Envelope, string) {
 	if len(trimmed) == 0 {
 		return nil, "empty body"
 	}
-	if !json.Valid(trimmed) {
-		return nil, "not JSON" + describeType(contentType) + ": " + oneLine(string(trimmed), bodySnippet)
-	}
+	// One pass: Unmarshal checks the whole body's syntax before it decodes.
 	var top map[string]json.RawMessage
-	if err := json.Unmarshal(trimmed, &top); err != nil || top == nil {
+	err := json.Unmarshal(trimmed, &top)
+	var syntax *json.SyntaxError
+	switch {
+	case errors.As(err, &syntax):
+		return nil, "not JSON" + describeType(contentType) + ": " + oneLine(string(trimmed), bodySnippet)
+	case err != nil || top == nil:
 		return nil, "JSON but not an object: " + oneLine(string(trimmed), bodySnippet)
 	}
 	var env Envelope
@@ -197,7 +201,7 @@ func describeType(ct string) string {
 // decodeMessages decodes an array of messages; absent or null is an empty
 // list, anything but an array is not ok.
 func decodeMessages(raw json.RawMessage, depth int) ([]Message, bool) {
-	if len(raw) == 0 || string(raw) == "null" {
+	if len(raw) == 0 || string(raw) == "null" || string(raw) == "[]" {
 		return nil, true
 	}
 	var items []json.RawMessage

@@ -2,8 +2,8 @@ package cloudflare
 
 import (
 	"bytes"
-	"errors"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"

@@ -22,6 +22,7 @@ import (
 	"github.com/revoker/revoker/ingress"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/routing"
 	"github.com/revoker/revoker/service"
 	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/tracing"
@@ -148,10 +149,10 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	log := o.log
 	// Several credentials (SPEC §6) are read first: a file that does not
 	// load stops the start (exit 2), and their budgets label the metrics.
-	var creds *credentialsFile
+	var creds *routing.File
 	if o.api == nil && cfg.CredentialsFile != "" {
 		var err error
-		if creds, err = loadCredentials(cfg, log); err != nil {
+		if creds, err = routing.Load(cfg, "revoker/"+version, log); err != nil {
 			return fmt.Errorf("%w: REVOKER_CREDENTIALS_FILE: %w", errUsage, err)
 		}
 	}
@@ -161,7 +162,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		Subjects: cfg.Subjects,
 		Outcomes: event.Names(event.Outcomes),
 		Reasons:  event.Names(event.Reasons),
-		Budgets:  creds.budgets(),
+		Budgets:  creds.Budgets(),
 	}, metrics.Build{Version: version, Revision: commit, GoVersion: runtime.Version()})
 	ready := metrics.NewReadiness(reg, queue.ReadyNATS, queue.ReadyConsumers)
 	// The ingress's callers and certificate are checked before NATS is
@@ -185,8 +186,8 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	// budgetID names the credential's shared rate budget: its short hash.
 	budgetID := func() string { return "injected" }
 	if creds != nil {
-		api = creds.router
-		go creds.watch(ctx)
+		api = creds.Router()
+		go creds.Watch(ctx)
 	}
 	if api == nil {
 		cred, err := credential(cfg)
@@ -305,7 +306,7 @@ type wiring struct {
 	callers        *ingress.Callers
 	ingressMetrics *ingress.Metrics
 	// creds are the credentials of a credentials file, nil without one.
-	creds *credentialsFile
+	creds *routing.File
 }
 
 // onNewConnection connects, wires budget → gate → consumer → worker on the
@@ -331,32 +332,32 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	// With several, the calls in flight and the address limit across all
 	// budgets; each budget has a gate of its own, passed first.
 	var (
-		shared *budgetGate
+		shared *routing.BudgetGate
 		routes worker.Routes
 		rate   = cfg.RateLimit
 	)
 	if w.creds == nil {
-		rate = budgetRate(rate, map[string]float64{"": rate}, cfg.IPRateLimit)
-		shared, err = newBudgetGate(js, cfg, w.budgetID, "", rate, cfg.Concurrency, m.Budget(""), log)
+		rate = routing.Rate(rate, map[string]float64{"": rate}, cfg.IPRateLimit)
+		shared, err = routing.NewBudgetGate(js, cfg, w.budgetID, "", rate, cfg.Concurrency, m.Budget(""), log)
 	} else {
 		// No rate of its own: each budget's rate is cut so that together
-		// they stay under the address limit (budgetRate). Two rate gates
+		// they stay under the address limit (routing.Rate). Two rate gates
 		// in a row would leave one's slots unused while the other waits.
 		// Its budget shares holds and priority claims across replicas.
-		shared, err = newBudgetGate(js, cfg, func() string { return "address" }, "", 0, cfg.Concurrency,
+		shared, err = routing.NewBudgetGate(js, cfg, func() string { return "address" }, "", 0, cfg.Concurrency,
 			metrics.Budget{Paused: prometheus.NewGauge(prometheus.GaugeOpts{Name: "unexported"})}, log)
 	}
 	if err != nil {
 		return false, err
 	}
 	defer shared.Close()
-	gate := shared.gate
+	gate := shared.Gate()
 	if w.creds != nil {
-		r := w.creds.routesOn(js, cfg, m, log)
+		r := w.creds.RoutesOn(js, cfg, m, log)
 		defer r.Close()
 		vctx, stopVerifying := context.WithCancel(ctx)
 		defer stopVerifying()
-		go w.creds.verifying(vctx, r, gate, len(cfg.Subjects)-1, w.ready)
+		go w.creds.Verifying(vctx, r, gate, len(cfg.Subjects)-1, w.ready)
 		routes = r
 	}
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/routing"
 	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/verify"
@@ -57,12 +58,12 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 	var api verify.Lister
 	if cfg.CredentialsFile != "" {
 		// Each account's list with its own credential, as serve calls.
-		creds, err := loadCredentials(cfg, zap.NewNop())
+		creds, err := routing.Load(cfg, "revoker/"+version, zap.NewNop())
 		if err != nil {
 			fmt.Fprintf(e.stderr, "revoker verify: REVOKER_CREDENTIALS_FILE: %v\n", err)
 			return exitUsage
 		}
-		api = creds.router
+		api = creds.Router()
 	} else {
 		cred, err := credential(cfg)
 		if err != nil {

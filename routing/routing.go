@@ -1,4 +1,9 @@
-package main
+// Package routing sends each account's calls through its credential and
+// the gate of that credential's rate budget (SPEC §6, §9): the budgets
+// kept in JetStream and shared by every replica, each cut to stay under
+// the address limit, the credentials file reloaded as it changes, and
+// every credential checked with the API.
+package routing
 
 import (
 	"context"
@@ -21,19 +26,19 @@ import (
 	"github.com/revoker/revoker/worker"
 )
 
-// budgetGate is one rate budget shared by every replica (SPEC §9), kept
+// BudgetGate is one rate budget shared by every replica (SPEC §9), kept
 // under id in JetStream, and the gate that hands out its calls.
-type budgetGate struct {
+type BudgetGate struct {
 	gate   *throttle.Gate
 	budget *queue.Budget
 	m      metrics.Budget
-	rate   float64 // calls per second, after any cut (budgetRate)
+	rate   float64 // calls per second, after any cut (Rate)
 }
 
-// newBudgetGate makes the budget named by id at rate, its gate taking
+// NewBudgetGate makes the budget named by id at rate, its gate taking
 // concurrency calls at once; name is the budget's name in logs.
-func newBudgetGate(js jetstream.JetStream, cfg config.Config, id func() string, name string, rate float64,
-	concurrency int, m metrics.Budget, log *zap.Logger) (*budgetGate, error) {
+func NewBudgetGate(js jetstream.JetStream, cfg config.Config, id func() string, name string, rate float64,
+	concurrency int, m metrics.Budget, log *zap.Logger) (*BudgetGate, error) {
 	b, err := queue.NewBudget(js, queue.BudgetConfig{
 		ID: id, Rate: rate, Create: cfg.CreateStreams, Log: log, Replicas: cfg.StreamReplicas,
 	})
@@ -61,21 +66,25 @@ func newBudgetGate(js jetstream.JetStream, cfg config.Config, id func() string, 
 				zap.Duration("length", length), zap.String("cause", cause))
 		},
 	})
-	return &budgetGate{gate: g, budget: b, m: m, rate: rate}, nil
+	return &BudgetGate{gate: g, budget: b, m: m, rate: rate}, nil
 }
 
-func (b *budgetGate) Close() {
+// Gate is the gate that hands out the budget's calls.
+func (b *BudgetGate) Gate() *throttle.Gate { return b.gate }
+
+// Close stops the gate and the budget.
+func (b *BudgetGate) Close() {
 	b.gate.Close()
 	b.budget.Close()
 }
 
-// budgetRate is the rate a budget configured at rate (0: no limit of its
+// Rate is the rate a budget configured at rate (0: no limit of its
 // own) runs at so that the budgets of all, together, stay under the
 // address limit ip (0: none): each is cut in the same proportion, a budget
 // with no limit of its own counted at the whole address limit. A cut is
 // exact and costs nothing per call, where a second rate gate in a row
 // would leave slots of one unused while calls wait for the other.
-func budgetRate(rate float64, all map[string]float64, ip float64) float64 {
+func Rate(rate float64, all map[string]float64, ip float64) float64 {
 	if ip <= 0 {
 		return rate
 	}
@@ -95,25 +104,25 @@ func budgetRate(rate float64, all map[string]float64, ip float64) float64 {
 	return rate
 }
 
-// routes meets worker.Routes from the credentials file: an account's
+// Routes meets worker.Routes from the credentials file: an account's
 // credential, and the gate of its budget, made on this connection the
 // first time the budget is needed (a budget added by a reload included).
-type routes struct {
+type Routes struct {
 	ipLimit float64 // REVOKER_IP_RATE_LIMIT
 	router  *credentials.Router
-	make    func(name string, rate float64) (*budgetGate, error)
+	make    func(name string, rate float64) (*BudgetGate, error)
 	metrics func(name string) metrics.Budget
 	log     *zap.Logger
 
 	mu      sync.Mutex
-	budgets map[string]*budgetGate
+	budgets map[string]*BudgetGate
 	closed  bool
 }
 
 // Route implements worker.Routes. A budget whose gate cannot be made
 // (its bucket away) is tried again by the next event; meanwhile the
 // account's events are given back like any other unreachable budget's.
-func (r *routes) Route(account string) (worker.Route, bool) {
+func (r *Routes) Route(account string) (worker.Route, bool) {
 	c, ok := r.router.For(account)
 	if !ok {
 		return worker.Route{}, false
@@ -126,7 +135,7 @@ func (r *routes) Route(account string) (worker.Route, bool) {
 }
 
 // budget returns the gate of budget name, made at rate if new.
-func (r *routes) budget(name string, rate float64) *budgetGate {
+func (r *Routes) budget(name string, rate float64) *BudgetGate {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if b, ok := r.budgets[name]; ok || r.closed {
@@ -134,7 +143,7 @@ func (r *routes) budget(name string, rate float64) *budgetGate {
 	}
 	all := r.router.Set().Budgets() // a copy: the budgets of the set in use
 	all[name] = rate
-	if cut := budgetRate(rate, all, r.ipLimit); cut != rate {
+	if cut := Rate(rate, all, r.ipLimit); cut != rate {
 		r.log.Info("the budget's rate is cut so that every budget together stays under REVOKER_IP_RATE_LIMIT",
 			zap.String("budget", name), zap.Float64("rate", rate), zap.Float64("cut_to", cut))
 		rate = cut
@@ -149,7 +158,7 @@ func (r *routes) budget(name string, rate float64) *budgetGate {
 }
 
 // Close stops every budget's gate.
-func (r *routes) Close() {
+func (r *Routes) Close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.closed = true
@@ -162,7 +171,7 @@ func (r *routes) Close() {
 // its budget at the lowest priority and to the shared gate, and sets its
 // readiness condition (SPEC §6: a refused credential makes only its own
 // accounts wait).
-func (r *routes) verifyAll(ctx context.Context, set *credentials.Set, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
+func (r *Routes) verifyAll(ctx context.Context, set *credentials.Set, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
 	for _, c := range set.Credentials() {
 		ready.Declare(worker.ReadyCredentialOf(c.Name))
 		go r.verify(ctx, c, all, lowest, ready)
@@ -176,7 +185,7 @@ func credentialRefused(v *cloudflare.Verification) bool {
 }
 
 // verify checks one credential.
-func (r *routes) verify(ctx context.Context, c *credentials.Credential, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
+func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
 	cond := worker.ReadyCredentialOf(c.Name)
 	b := r.budget(c.Budget, c.Rate)
 	if b == nil {
@@ -224,10 +233,10 @@ func (r *routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 	}
 }
 
-// credentialsFile is the credentials file in use (SPEC §6): the router
+// File is the credentials file in use (SPEC §6): the router
 // that calls with each account's credential, reloaded when the file
 // changes, and the checks of its credentials.
-type credentialsFile struct {
+type File struct {
 	router *credentials.Router
 	log    *zap.Logger
 	// recheck names a credential to check again ("" for every one): its
@@ -235,15 +244,15 @@ type credentialsFile struct {
 	recheck chan string
 }
 
-// loadCredentials reads the credentials file; its error names the line
+// Load reads the credentials file; its error names the line
 // and the reason, never a secret.
-func loadCredentials(cfg config.Config, log *zap.Logger) (*credentialsFile, error) {
+func Load(cfg config.Config, userAgent string, log *zap.Logger) (*File, error) {
 	if names := cfg.IgnoredCredentials(); len(names) > 0 {
 		log.Warn("REVOKER_CREDENTIALS_FILE is set: these variables are ignored", zap.Strings("variables", names))
 	}
-	f := &credentialsFile{log: log, recheck: make(chan string, 64)}
+	f := &File{log: log, recheck: make(chan string, 64)}
 	set, err := credentials.Load(cfg.CredentialsFile, credentials.Options{
-		DefaultRate: cfg.RateLimit, BaseURL: cfg.BaseURL, Timeout: cfg.HTTPTimeout, UserAgent: "revoker/" + version,
+		DefaultRate: cfg.RateLimit, BaseURL: cfg.BaseURL, Timeout: cfg.HTTPTimeout, UserAgent: userAgent,
 		Transport: tracing.Transport(cloudflare.DefaultTransport()),
 		OnSecretChange: func(name string) {
 			log.Info("a credential's secret file changed; checking it again", zap.String("credential", name))
@@ -266,13 +275,16 @@ func loadCredentials(cfg config.Config, log *zap.Logger) (*credentialsFile, erro
 	for _, c := range set.Credentials() {
 		names = append(names, c.Name)
 	}
-	log.Info("API credentials from REVOKER_CREDENTIALS_FILE", zap.Strings("credentials", names), zap.Strings("budgets", f.budgets()))
+	log.Info("API credentials from REVOKER_CREDENTIALS_FILE", zap.Strings("credentials", names), zap.Strings("budgets", f.Budgets()))
 	return f, nil
 }
 
-// budgets names the budgets of the credentials in use, sorted; none
-// without a credentials file.
-func (f *credentialsFile) budgets() []string {
+// Router calls with each account's credential from the set in use.
+func (f *File) Router() *credentials.Router { return f.router }
+
+// Budgets names the budgets of the credentials in use, sorted; none for a
+// nil File (no credentials file).
+func (f *File) Budgets() []string {
 	if f == nil {
 		return nil
 	}
@@ -286,16 +298,16 @@ func (f *credentialsFile) budgets() []string {
 
 // ask has the credential name checked again ("" every one); a full
 // queue of checks already covers it.
-func (f *credentialsFile) ask(name string) {
+func (f *File) ask(name string) {
 	select {
 	case f.recheck <- name:
 	default:
 	}
 }
 
-// watch re-reads the file until ctx ends (SPEC §6: within 5 s of a change);
+// Watch re-reads the file until ctx ends (SPEC §6: within 5 s of a change);
 // a change that does not load keeps the credentials in use.
-func (f *credentialsFile) watch(ctx context.Context) {
+func (f *File) Watch(ctx context.Context) {
 	credentials.Watch(ctx, f.router.Set(), 0, func(s *credentials.Set) {
 		f.router.Store(s)
 		f.log.Info("credentials file changed: its credentials are in use from now on", zap.Int("credentials", len(s.Credentials())))
@@ -305,20 +317,20 @@ func (f *credentialsFile) watch(ctx context.Context) {
 	})
 }
 
-// routesOn makes the routes of one NATS connection: each budget's gate is
+// RoutesOn makes the routes of one NATS connection: each budget's gate is
 // kept in JetStream on it.
-func (f *credentialsFile) routesOn(js jetstream.JetStream, cfg config.Config, m *metrics.Metrics, log *zap.Logger) *routes {
-	return &routes{
-		router: f.router, log: log, budgets: map[string]*budgetGate{}, metrics: m.Budget, ipLimit: cfg.IPRateLimit,
-		make: func(name string, rate float64) (*budgetGate, error) {
-			return newBudgetGate(js, cfg, func() string { return "budget:" + name }, name, rate, cfg.Concurrency, m.Budget(name), log)
+func (f *File) RoutesOn(js jetstream.JetStream, cfg config.Config, m *metrics.Metrics, log *zap.Logger) *Routes {
+	return &Routes{
+		router: f.router, log: log, budgets: map[string]*BudgetGate{}, metrics: m.Budget, ipLimit: cfg.IPRateLimit,
+		make: func(name string, rate float64) (*BudgetGate, error) {
+			return NewBudgetGate(js, cfg, func() string { return "budget:" + name }, name, rate, cfg.Concurrency, m.Budget(name), log)
 		},
 	}
 }
 
-// verifying checks every credential at once, then each one asked for,
+// Verifying checks every credential at once, then each one asked for,
 // until ctx ends.
-func (f *credentialsFile) verifying(ctx context.Context, r *routes, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
+func (f *File) Verifying(ctx context.Context, r *Routes, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
 	r.verifyAll(ctx, f.router.Set(), all, lowest, ready)
 	for {
 		select {

@@ -1,4 +1,4 @@
-package main
+package routing
 
 import "testing"
 
@@ -19,8 +19,8 @@ func TestBudgetRate(t *testing.T) {
 		{"no limit beside another: a share", 0, 150, map[string]float64{"a": 0, "b": 50}, 112.5},
 		{"single credential above the limit", 400, 150, map[string]float64{"": 400}, 150},
 	} {
-		if got := budgetRate(tc.rate, tc.all, tc.ip); got != tc.want {
-			t.Errorf("%s: budgetRate(%v, %v, %v) = %v, want %v", tc.name, tc.rate, tc.all, tc.ip, got, tc.want)
+		if got := Rate(tc.rate, tc.all, tc.ip); got != tc.want {
+			t.Errorf("%s: Rate(%v, %v, %v) = %v, want %v", tc.name, tc.rate, tc.all, tc.ip, got, tc.want)
 		}
 	}
 }

@@ -1,7 +1,10 @@
 // Package demo is the whole system in one process on this machine: an
 // embedded JetStream, the Cloudflare stand-in and the worker, fed with
-// sample events. It is what `revoker demo` runs; it prints nothing itself,
-// the command prints what Run and Trickle report.
+// sample events. The stand-in serves two accounts, each with its own
+// account token and rate budget (Accounts), and the worker reads them from
+// a credentials file (SPEC §6), as an organisation with several accounts
+// runs it. It is what `revoker demo` runs; it prints nothing itself, the
+// command prints what Run and Trickle report.
 package demo
 
 import (
@@ -27,9 +30,6 @@ import (
 	"github.com/revoker/revoker/tracing"
 )
 
-// Token is the API token the stand-in accepts and the worker sends.
-const Token = "demo-token"
-
 // readyWithin bounds how long Start waits for the worker to turn ready.
 const readyWithin = 15 * time.Second
 
@@ -52,6 +52,9 @@ type Config struct {
 	// Log receives what the demo itself has to say (failed publishes);
 	// nil discards it.
 	Log *zap.Logger
+	// StandIn are options for the stand-in, applied after the demo's own
+	// (tests lift its rate limits with WithBudgetRate).
+	StandIn []cloudflaretest.Option
 }
 
 // Stack is a running demo: JetStream, the stand-in and the worker, with a
@@ -73,7 +76,9 @@ type Stack struct {
 
 // Start starts JetStream, the stand-in and the worker, and returns once the
 // worker is ready. The worker's configuration is the defaults with short
-// retries, so that every outcome shows within seconds.
+// retries, so that every outcome shows within seconds, and a credentials
+// file naming each account's token, written with the tokens in a private
+// directory that Close removes.
 func Start(ctx context.Context, c Config) (st *Stack, err error) {
 	if c.Serve == nil {
 		return nil, errors.New("demo: no Serve")
@@ -103,7 +108,16 @@ func Start(ctx context.Context, c Config) (st *Stack, err error) {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.ns.Shutdown)
-	s.api = cloudflaretest.NewServer(cloudflaretest.WithToken(Token))
+	// dir is this user's only (MkdirTemp), and so are the files in it.
+	credDir := filepath.Join(dir, "credentials")
+	if err := os.Mkdir(credDir, 0o700); err != nil {
+		return nil, err
+	}
+	credFile, apiOpts, err := writeCredentials(credDir)
+	if err != nil {
+		return nil, err
+	}
+	s.api = cloudflaretest.NewServer(append(apiOpts, c.StandIn...)...)
 	s.closers = append(s.closers, s.api.Close)
 
 	cfg := config.Default()
@@ -112,7 +126,8 @@ func Start(ctx context.Context, c Config) (st *Stack, err error) {
 		cfg.HTTPAddr = "127.0.0.1:0"
 	}
 	cfg.NATSURL = s.ns.ClientURL()
-	cfg.APIToken = Token
+	cfg.CredentialsFile = credFile
+	cfg.RateLimit = Rate
 	cfg.BaseURL = s.api.URL
 	cfg.RetryInitial = 200 * time.Millisecond
 	cfg.RetryMaxInterval = time.Second
@@ -165,6 +180,10 @@ func (s *Stack) APIURL() string { return s.api.URL }
 
 // MetricsAddr is where the worker serves /metrics, /healthz and /readyz.
 func (s *Stack) MetricsAddr() string { return s.metricsAddr }
+
+// APIRequests is the stand-in's request log so far: every call, with the
+// credential and budget it was charged to (never a secret).
+func (s *Stack) APIRequests() []cloudflaretest.Request { return s.api.Requests() }
 
 // WorkerConfig is the configuration the worker runs with.
 func (s *Stack) WorkerConfig() config.Config { return s.cfg }
@@ -236,9 +255,9 @@ func (s *Stack) subscribeOutcomes(f func(event.Record)) (*nats.Subscription, err
 	})
 }
 
-// eventBody is a well-formed sample event for key.
-func eventBody(key, reason string) string {
-	return fmt.Sprintf(`{"account_id":"demoacct","key_id":%q,"reason":%q,"requested_by":"demo"}`, key, reason)
+// eventBody is a well-formed sample event for key of account.
+func eventBody(account, key, reason string) string {
+	return fmt.Sprintf(`{"account_id":%q,"key_id":%q,"reason":%q,"requested_by":"demo"}`, account, key, reason)
 }
 
 func repeat(status, n int) []int {

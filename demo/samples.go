@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 )
@@ -16,6 +18,9 @@ import (
 type Sample struct {
 	// ID names the event: its Nats-Msg-Id is "demo-" + ID.
 	ID string
+	// Account is the account the event names ("" when it names none
+	// that can be read).
+	Account string
 	// Urgent events go to the highest-priority subject, the others to
 	// the lowest.
 	Urgent bool
@@ -29,29 +34,33 @@ type Sample struct {
 }
 
 // Samples are the events of `revoker demo`: scheduled ones first, then
-// urgent ones, earning every outcome and every dead-letter reason the
-// stand-in can provoke.
+// urgent ones, spread over both accounts, earning every outcome and every
+// dead-letter reason the stand-in can provoke, and one for an account no
+// credential serves.
 func Samples() []Sample {
-	rot := func(id, what string, script ...int) Sample {
-		return Sample{ID: id, Body: eventBody(id, "rotation"), Script: script, What: what}
+	accts := Accounts()
+	a, b := accts[0].ID, accts[1].ID
+	rot := func(id, account, what string, script ...int) Sample {
+		return Sample{ID: id, Account: account, Body: eventBody(account, id, "rotation"), Script: script, What: what}
 	}
-	leak := func(id, what string, script ...int) Sample {
-		return Sample{ID: id, Urgent: true, Body: eventBody(id, "leaked in a public repo"), Script: script, What: what}
+	leak := func(id, account, what string, script ...int) Sample {
+		return Sample{ID: id, Account: account, Urgent: true, Body: eventBody(account, id, "leaked in a public repo"), Script: script, What: what}
 	}
 	return []Sample{
-		rot("rot01", "success"),
-		rot("rot02", "success"),
-		rot("rot03", "two 503s, then success", 503, 503), // a flaky edge
-		rot("rot04", "success"),
-		rot("rot05", "429 Retry-After: 1 (pauses every call)", 429), // the account's rate limit
-		rot("rot06", "already deleted (404)", 404),                  // deleted earlier by someone else
-		rot("rot07", "400: refused by the API", 400),                // dead-lettered at once
-		{ID: "rot08", Body: `{"account_id":"demoacct","key_id":"../../etc"}`, What: "invalid key id"},
-		rot("rot09", "503 on every call", repeat(503, 100)...), // retried, then dead-lettered
-		{ID: "bad01", Body: `revoke demoacct rot10 please`, What: "not JSON"},
-		leak("leak01", "urgent, success"),
-		leak("leak02", "urgent, success"),
-		leak("leak03", "urgent, one 503", 503),
+		rot("rot01", a, "success"),
+		rot("rot02", b, "success"),
+		rot("rot03", a, "two 503s, then success", 503, 503), // a flaky edge
+		rot("rot04", b, "success"),
+		rot("rot05", a, "429 Retry-After: 1 (holds this token's calls)", 429), // the token's rate limit: the other token goes on
+		rot("rot06", b, "already deleted (404)", 404),                         // deleted earlier by someone else
+		rot("rot07", a, "400: refused by the API", 400),                       // dead-lettered at once
+		{ID: "rot08", Account: b, Body: fmt.Sprintf(`{"account_id":%q,"key_id":"../../etc"}`, b), What: "invalid key id"},
+		rot("rot09", b, "503 on every call", repeat(503, 100)...), // retried, then dead-lettered
+		rot("rot10", Unserved, "none: no credential for the account"),
+		{ID: "bad01", Body: `revoke demoacct rot11 please`, What: "not JSON"},
+		leak("leak01", a, "urgent, success"),
+		leak("leak02", b, "urgent, success"),
+		leak("leak03", a, "urgent, one 503", 503),
 	}
 }
 
@@ -89,6 +98,9 @@ type Report struct {
 	// APICalls is how many calls the stand-in answered, RateLimited how
 	// many of them with 429.
 	APICalls, RateLimited int
+	// Budgets are the stand-in's calls by the budget they were charged
+	// to, by name; a call no credential matched has the budget "".
+	Budgets []BudgetCalls
 	// DeadLetterStream holds DeadLetters, in the order stored; when they
 	// could not be read, DeadLettersErr says why.
 	DeadLetterStream string
@@ -164,12 +176,14 @@ func (s *Stack) Run(ctx context.Context, samples []Sample, timeout time.Duration
 		rep.Results = append(rep.Results, byID[id])
 	}
 	rep.Overtaken = overtaken(rep.Results)
-	for _, q := range s.api.Requests() {
+	reqs := s.api.Requests()
+	for _, q := range reqs {
 		rep.APICalls++
 		if q.Status == http.StatusTooManyRequests {
 			rep.RateLimited++
 		}
 	}
+	rep.Budgets = byBudget(reqs)
 	rep.DeadLetters, rep.DeadLettersErr = queue.ListDeadLetters(ctx, s.js, s.cfg.DLQStream, nil, 0)
 	sort.Slice(rep.DeadLetters, func(i, j int) bool { return rep.DeadLetters[i].Sequence < rep.DeadLetters[j].Sequence })
 	return rep, nil
@@ -188,4 +202,54 @@ func overtaken(results []Result) int {
 		}
 	}
 	return behind
+}
+
+// BudgetCalls is what the stand-in saw of one rate budget.
+type BudgetCalls struct {
+	// Budget is the budget's name.
+	Budget string
+	// Credentials name the credentials whose calls were charged to it,
+	// sorted.
+	Credentials []string
+	// Calls counts every call charged to it: Deletes, Lists (key lists,
+	// proving 404s), Checks (token checks) and any other.
+	Calls, Deletes, Lists, Checks int
+	// RateLimited counts its calls answered 429, scripted or not.
+	RateLimited int
+}
+
+// byBudget sums the request log by budget, sorted by name.
+func byBudget(reqs []cloudflaretest.Request) []BudgetCalls {
+	by := map[string]*BudgetCalls{}
+	var names []string
+	for _, q := range reqs {
+		b := by[q.Budget]
+		if b == nil {
+			b = &BudgetCalls{Budget: q.Budget}
+			by[q.Budget] = b
+			names = append(names, q.Budget)
+		}
+		b.Calls++
+		switch {
+		case strings.HasSuffix(q.Path, "/tokens/verify"):
+			b.Checks++
+		case q.Method == http.MethodDelete:
+			b.Deletes++
+		case q.Method == http.MethodGet && q.AccountID != "" && q.KeyID == "":
+			b.Lists++
+		}
+		if q.Status == http.StatusTooManyRequests {
+			b.RateLimited++
+		}
+		if !slices.Contains(b.Credentials, q.Credential) {
+			b.Credentials = append(b.Credentials, q.Credential)
+		}
+	}
+	sort.Strings(names)
+	out := make([]BudgetCalls, 0, len(names))
+	for _, n := range names {
+		sort.Strings(by[n].Credentials)
+		out = append(out, *by[n])
+	}
+	return out
 }

@@ -23,30 +23,35 @@ const (
 // trickleKind is one kind of event in the trickle: what the stand-in does
 // with it and which outcome it earns.
 type trickleKind struct {
-	urgent bool
-	script []int                   // the stand-in's answers for the event's key
-	body   func(key string) string // nil: a well-formed event for key
+	urgent  bool
+	account string                  // the account the event names
+	script  []int                   // the stand-in's answers for the event's key
+	body    func(key string) string // nil: a well-formed event for key
 }
 
-// trickle is one cycle of the trickle's events: every outcome (revoked,
-// not_found, requeued, dead_lettered for invalid_event, api_rejected and
-// retries_exhausted), urgent work, a 429 that pauses every call for a
-// second. At one event every TrickleEvery, about 3 API calls a second in
-// all, under the default rate limit of 4, so nothing backs up; the key that
-// never succeeds answers 408 rather than 5xx, so the API-error alert stays
-// quiet while retries, requeues and dead letters still show.
+// trickle is one cycle of the trickle's events, two of every four for each
+// account: every outcome (revoked, not_found, requeued, dead_lettered for
+// invalid_event, api_rejected, retries_exhausted and account_not_allowed),
+// urgent work, a 429 that pauses one token's calls for a second. At one
+// event every TrickleEvery, about 3 API calls a second in all, under the
+// Rate of either token alone, so nothing backs up; the key that never
+// succeeds answers 408 rather than 5xx, so the API-error alert stays quiet
+// while retries, requeues and dead letters still show.
 var trickle = func() []trickleKind {
+	accts := Accounts()
 	c := make([]trickleKind, 40)
 	for i := range c {
 		c[i].urgent = i%5 == 0
+		c[i].account = accts[i/2%len(accts)].ID
 	}
 	c[3].script = []int{404}                                             // deleted earlier by someone else
 	c[11].script = []int{503, 503}                                       // a flaky edge
-	c[17].script = []int{429}                                            // the account's limit: Retry-After: 1
+	c[17].script = []int{429}                                            // the token's limit: Retry-After: 1
 	c[23].script = []int{400}                                            // refused: dead-lettered at once
 	c[29].body = func(string) string { return "revoke demoacct please" } // not JSON
 	c[33].body = func(string) string { return `{"account_id":"demoacct","key_id":"../../etc"}` }
 	c[37].script = repeat(408, 100) // never succeeds: requeued, then dead-lettered
+	c[39].account = Unserved        // no credential: dead-lettered, no call
 	return c
 }()
 
@@ -110,9 +115,9 @@ func (s *Stack) Trickle(ctx context.Context, every, reportEvery time.Duration, r
 		if len(k.script) > 0 {
 			s.api.Script(key, k.script...)
 		}
-		subject, body := sched, eventBody(key, "scheduled rotation")
+		subject, body := sched, eventBody(k.account, key, "scheduled rotation")
 		if k.urgent {
-			subject, body = urgent, eventBody(key, "leaked")
+			subject, body = urgent, eventBody(k.account, key, "leaked")
 		}
 		if k.body != nil {
 			body = k.body(key)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -89,6 +90,7 @@ func demoCmd(ctx context.Context, args []string, e env) int {
 	}
 	defer st.Close()
 	fmt.Fprintf(e.stdout, "revoker demo: embedded JetStream %s, API stand-in %s\n", st.NATSURL(), st.APIURL())
+	printDemoAccounts(e.stdout, st.WorkerConfig().CredentialsFile)
 
 	if *serveMode {
 		fmt.Fprintf(e.stdout, "metrics: http://%s/metrics  health: /healthz, /readyz\n", st.MetricsAddr())
@@ -111,8 +113,7 @@ func demoCmd(ctx context.Context, args []string, e env) int {
 			nUrgent++
 		}
 	}
-	fmt.Fprintf(e.stdout, "publishing %d events: the scheduled ones first, then %d urgent ones (rate limit %g calls/s)\n\n",
-		len(samples), nUrgent, st.WorkerConfig().RateLimit)
+	fmt.Fprintf(e.stdout, "publishing %d events: the scheduled ones first, then %d urgent ones\n\n", len(samples), nUrgent)
 	rep, err := st.Run(ctx, samples, *timeout)
 	if err != nil {
 		return fail(fmt.Errorf("%w; log: %s", err, logPath))
@@ -128,11 +129,22 @@ func demoCmd(ctx context.Context, args []string, e env) int {
 	return exitOK
 }
 
+// printDemoAccounts says which account each credential of the demo's
+// credentials file serves, and which account none does.
+func printDemoAccounts(w io.Writer, credentialsFile string) {
+	fmt.Fprintf(w, "credentials file %s (removed at exit): one account API token each, each its own budget of %d calls/s (%v lockout past it)\n",
+		credentialsFile, demo.Rate, demo.Lockout)
+	for _, a := range demo.Accounts() {
+		fmt.Fprintf(w, "  account %-10s credential %s\n", a.ID, a.Credential)
+	}
+	fmt.Fprintf(w, "  account %-10s none: its events are dead-lettered (account_not_allowed) with no call\n", demo.Unserved)
+}
+
 // printDemoReport prints what became of each sample, in the order their
 // outcomes arrived, and the totals.
 func printDemoReport(w io.Writer, rep *demo.Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tEVENT\tSUBJECT\tSTAND-IN DOES\tOUTCOME\tREASON\tATTEMPTS\tSTATUS\tTIME-TO-OUTCOME")
+	fmt.Fprintln(tw, "#\tEVENT\tACCOUNT\tCREDENTIAL\tSUBJECT\tSTAND-IN DOES\tOUTCOME\tREASON\tATTEMPTS\tSTATUS\tTIME-TO-OUTCOME")
 	for i, r := range rep.Results {
 		o := r.Record
 		took := "-"
@@ -143,14 +155,23 @@ func printDemoReport(w io.Writer, rep *demo.Report) {
 		if o.Status != 0 {
 			status = fmt.Sprint(o.Status)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", i+1, r.ID, r.Subject, r.What,
+		// The credential is the record's: the one the worker called with.
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", i+1, r.ID, cell(r.Account), cell(o.Credential), r.Subject, r.What,
 			cell(string(o.Outcome)), cell(string(o.Reason)), o.Attempts, status, took)
 	}
 	tw.Flush()
 
 	fmt.Fprintf(w, "\nall %d events accounted for in %s.\n", len(rep.Results), rep.Elapsed.Round(10*time.Millisecond))
 	fmt.Fprintf(w, "priority: %d scheduled events published before the urgent ones finished after the last urgent one.\n", rep.Overtaken)
-	fmt.Fprintf(w, "API calls: %d (%d answered 429)\n", rep.APICalls, rep.RateLimited)
+	fmt.Fprintf(w, "API calls: %d (%d answered 429), by budget:\n", rep.APICalls, rep.RateLimited)
+	for _, b := range rep.Budgets {
+		name, by := b.Budget, "token "+strings.Join(b.Credentials, ", ")
+		if name == "" {
+			name, by = "(none)", "no known credential"
+		}
+		fmt.Fprintf(w, "  %-8s %3d calls (deletes %d, key lists %d, token checks %d), %d answered 429; all with %s\n",
+			cell(name), b.Calls, b.Deletes, b.Lists, b.Checks, b.RateLimited, cell(by))
+	}
 	if rep.DeadLettersErr != nil {
 		fmt.Fprintf(w, "dead letters in %s not read: %s\n", rep.DeadLetterStream, cell(rep.DeadLettersErr.Error()))
 		return
@@ -158,6 +179,6 @@ func printDemoReport(w io.Writer, rep *demo.Report) {
 	fmt.Fprintf(w, "dead letters in %s (replay with `revoker dlq replay`):\n", rep.DeadLetterStream)
 	for _, r := range rep.DeadLetters {
 		// The detail holds what the API answered: one safe line.
-		fmt.Fprintf(w, "  %-18s %s\n", cell(r.Reason), untrusted.Line(r.Detail, 1024))
+		fmt.Fprintf(w, "  %-20s %s\n", cell(r.Reason), untrusted.Line(r.Detail, 1024))
 	}
 }

@@ -48,6 +48,7 @@ COPY --from=build /out/revoker /revoker
 # distroless's "nonroot" user, given by number so that Kubernetes'
 # runAsNonRoot can verify it without looking the name up.
 USER 65532:65532
-EXPOSE 8080
+# /metrics and health; the HTTP ingress when REVOKER_INGRESS_ADDR=:8443.
+EXPOSE 8080 8443
 ENTRYPOINT ["/revoker"]
 CMD ["serve"]

@@ -7,6 +7,7 @@ package routing
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"slices"
 	"strconv"
@@ -75,7 +76,9 @@ func (b *BudgetGate) Gate() *throttle.Gate { return b.gate }
 // Close stops the gate and the budget.
 func (b *BudgetGate) Close() {
 	b.gate.Close()
-	b.budget.Close()
+	if b.budget != nil {
+		b.budget.Close()
+	}
 }
 
 // Rate is the rate a budget configured at rate (0: no limit of its
@@ -155,6 +158,27 @@ func (r *Routes) budget(name string, rate float64) *BudgetGate {
 	}
 	r.budgets[name] = b
 	return b
+}
+
+// Turn returns what charges one call for an account to its budget and to
+// shared, at priority p: a key list of the periodic check, say. An account
+// no credential serves has no turn.
+func (r *Routes) Turn(shared *throttle.Gate, p int) func(ctx context.Context, account string) (func(), error) {
+	return func(ctx context.Context, account string) (func(), error) {
+		rt, ok := r.Route(account)
+		if !ok {
+			return nil, credentials.ErrAccountNotAllowed
+		}
+		if rt.Gate == nil {
+			return nil, errors.New("the account's rate budget could not be set up")
+		}
+		pm, err := throttle.AcquirePair(ctx, rt.Gate, shared, p)
+		if err != nil {
+			return nil, err
+		}
+		rt.Budget.Calls.Inc()
+		return pm.Release, nil
+	}
 }
 
 // Close stops every budget's gate.

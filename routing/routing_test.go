@@ -1,6 +1,21 @@
 package routing
 
-import "testing"
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/credentials"
+	"github.com/revoker/revoker/metrics"
+	"github.com/revoker/revoker/throttle"
+)
 
 // TestBudgetRate: budgets are cut in one proportion so that together they
 // stay under the address limit; one with no limit of its own counts at the
@@ -22,5 +37,49 @@ func TestBudgetRate(t *testing.T) {
 		if got := Rate(tc.rate, tc.all, tc.ip); got != tc.want {
 			t.Errorf("%s: Rate(%v, %v, %v) = %v, want %v", tc.name, tc.rate, tc.all, tc.ip, got, tc.want)
 		}
+	}
+}
+
+// TestTurnChargesTheAccountsBudget: a call outside an event (a key list of
+// the periodic check) is charged to its account's budget, not another's;
+// an account no credential serves gets no turn.
+func TestTurnChargesTheAccountsBudget(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"a", "b"} {
+		if err := os.WriteFile(filepath.Join(dir, n+".token"), []byte("token-"+n), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(dir, "credentials.yaml")
+	body := "credentials:\n" +
+		"  - name: cred-a\n    token_file: a.token\n    accounts: [acct1]\n    budget: a\n" +
+		"  - name: cred-b\n    token_file: b.token\n    accounts: [acct2]\n    budget: b\n"
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	set, err := credentials.Load(file, credentials.Options{BaseURL: "http://127.0.0.1:1", Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{Budgets: []string{"a", "b"}}, metrics.Build{})
+	r := &Routes{router: credentials.NewRouter(set), log: zap.NewNop(), budgets: map[string]*BudgetGate{}, metrics: m.Budget,
+		make: func(name string, rate float64) (*BudgetGate, error) {
+			return &BudgetGate{gate: throttle.New(throttle.Config{Priorities: 1, Concurrency: 1, Rate: rate}), m: m.Budget(name), rate: rate}, nil
+		}}
+	t.Cleanup(r.Close)
+	shared := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+	t.Cleanup(shared.Close)
+
+	turn := r.Turn(shared, 0)
+	release, err := turn(context.Background(), "acct2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if a, b := testutil.ToFloat64(m.Budget("a").Calls), testutil.ToFloat64(m.Budget("b").Calls); a != 0 || b != 1 {
+		t.Errorf("calls charged: a %v, b %v; want 0 and 1", a, b)
+	}
+	if _, err := turn(context.Background(), "acct9"); !errors.Is(err, credentials.ErrAccountNotAllowed) {
+		t.Errorf("turn for an account none serves: %v", err)
 	}
 }

@@ -35,7 +35,7 @@ type Config struct {
 	API    Lister
 	// Acquire, when set, is called before each key list and the release
 	// it returns after it: the worker charges lists to its rate budget.
-	Acquire func(ctx context.Context) (release func(), err error)
+	Acquire func(ctx context.Context, account string) (release func(), err error)
 }
 
 // Claim is a key the trail says is gone, and the record that says so.
@@ -120,7 +120,7 @@ func Check(ctx context.Context, cfg Config, account string, since time.Time) (Re
 // request started, or why it proves nothing.
 func fetch(ctx context.Context, cfg Config, account string) (*cloudflare.KeyList, time.Time, string) {
 	if cfg.Acquire != nil {
-		release, err := cfg.Acquire(ctx)
+		release, err := cfg.Acquire(ctx, account)
 		if err != nil {
 			return nil, time.Time{}, "no turn to call: " + err.Error()
 		}

@@ -352,13 +352,14 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	}
 	defer shared.Close()
 	gate := shared.Gate()
+	var budgets *routing.Routes
 	if w.creds != nil {
-		r := w.creds.RoutesOn(js, cfg, m, log)
-		defer r.Close()
+		budgets = w.creds.RoutesOn(js, cfg, m, log)
+		defer budgets.Close()
 		vctx, stopVerifying := context.WithCancel(ctx)
 		defer stopVerifying()
-		go w.creds.Verifying(vctx, r, gate, len(cfg.Subjects)-1, w.ready)
-		routes = r
+		go w.creds.Verifying(vctx, budgets, gate, len(cfg.Subjects)-1, w.ready)
+		routes = budgets
 	}
 
 	host, _ := os.Hostname()
@@ -366,7 +367,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		// SPEC §7 verify: one replica at a time proves the trail against the API.
 		defer verify.Start(ctx, &verify.Schedule{
 			Check: verify.Config{JS: js, Stream: cfg.OutcomeStream, Prefix: cfg.OutcomeSubject, API: w.api,
-				Acquire: gateTurn(gate, len(cfg.Subjects)-1)},
+				Acquire: gateTurn(gate, len(cfg.Subjects)-1, m.Budget("").Calls, budgets)},
 			Interval: cfg.VerifyInterval, Create: cfg.CreateStreams, Replicas: cfg.StreamReplicas,
 			Gauge: m.KeysStillListed, Log: log, Replica: host,
 		})()

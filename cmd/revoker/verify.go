@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/cloudflare"
@@ -135,13 +136,18 @@ func printStillListed(e env, keys []verify.Claim, asJSON bool) {
 
 // gateTurn charges each key list of serve's checks to the rate budget and
 // the call slots, at the priority given (the lowest: a check never delays
-// a revocation).
-func gateTurn(gate *throttle.Gate, priority int) func(context.Context) (func(), error) {
-	return func(ctx context.Context) (func(), error) {
+// a revocation); calls counts them. With several credentials, routes
+// charges each to its account's budget as well.
+func gateTurn(gate *throttle.Gate, priority int, calls prometheus.Counter, routes *routing.Routes) func(context.Context, string) (func(), error) {
+	if routes != nil {
+		return routes.Turn(gate, priority)
+	}
+	return func(ctx context.Context, _ string) (func(), error) {
 		p, err := gate.Acquire(ctx, priority)
 		if err != nil {
 			return nil, err
 		}
+		calls.Inc()
 		return p.Release, nil
 	}
 }

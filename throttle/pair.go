@@ -5,14 +5,14 @@ import (
 	"time"
 )
 
-// PairTolerance is how long after its rate slot a call may start: half of
-// what a shared budget's spacing leaves to spare in any one-second window
-// (queue.WindowSlack, 20 ms), so calls that start late by up to this much
-// still never bunch in a second.
-const PairTolerance = 10 * time.Millisecond
+// PairTolerance is how long after its rate slot was handed out a call may
+// start: what a shared budget's spacing leaves to spare in any one-second
+// window (queue.WindowSlack, 20 ms), less the SlotGrace a slot may already
+// be late by when it is handed out, less a margin for the way to the API.
+const PairTolerance = 5 * time.Millisecond
 
 // Pair is leave from two gates at once: a rate budget's and the shared
-// one (the calls in flight and the address limit). Release both.
+// one (the calls in flight). Release both.
 type Pair struct{ budget, shared *Permit }
 
 // Release gives both back.
@@ -26,33 +26,38 @@ func (p Pair) Release() {
 // AcquirePair waits for leave from budget, then from shared, at priority
 // p. The budget is passed first so that a call never waits for its rate
 // while holding a shared slot another budget's call could use. A rate slot
-// is spent the moment it is granted, so one that went by while the call
-// waited for the shared gate cannot be used: calls started late would
-// bunch in a second. The pair is then given back and taken again, and a
-// call starts at most PairTolerance after its budget's slot (the slot
-// given back is spent, unused: the rate is never exceeded, only not
-// reached while the shared gate keeps calls waiting).
+// is spent the moment it is handed out, so one that went by while the call
+// waited for the shared gate is not used late (calls started late would
+// bunch in a second): it is given up, spent, and the call, keeping the
+// shared slot it waited its turn for, takes the budget's next slot. So a
+// call keeps its place among every budget's waiters, holds a shared slot
+// for at most one of its budget's intervals without calling, and starts at
+// most PairTolerance after its rate slot.
 func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error) {
 	now := budget.cfg.Clock
+	var s *Permit
 	for {
 		b, err := budget.Acquire(ctx, p)
 		if err != nil {
+			if s != nil {
+				s.Release()
+			}
 			return Pair{}, err
 		}
 		granted := now()
-		s, err := shared.Acquire(ctx, p)
-		if err != nil {
-			b.Release()
-			return Pair{}, err
+		if s == nil {
+			if s, err = shared.Acquire(ctx, p); err != nil {
+				b.Release()
+				return Pair{}, err
+			}
 		}
-		if !budget.limited() || now().Sub(granted) <= PairTolerance {
+		if !budget.cfg.limited() || now().Sub(granted) <= PairTolerance {
 			return Pair{budget: b, shared: s}, nil
 		}
-		s.Release()
 		b.Release()
 	}
 }
 
-// limited reports whether g spaces its permits: a rate of its own, or a
-// shared budget's.
-func (g *Gate) limited() bool { return g.cfg.Rate > 0 || g.budget != nil }
+// limited reports whether a gate so configured spaces its permits (a
+// shared budget's gate is given the budget's rate too).
+func (c Config) limited() bool { return c.Rate > 0 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -134,7 +135,7 @@ func (r *Routes) Route(account string) (worker.Route, bool) {
 	if b == nil {
 		return worker.Route{Credential: c.Name, Budget: r.metrics(c.Budget)}, true
 	}
-	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: b.rate}, true
+	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: b.rate, API: c.Client}, true
 }
 
 // budget returns the gate of budget name, made at rate if new.
@@ -146,7 +147,24 @@ func (r *Routes) budget(name string, rate float64) *BudgetGate {
 	}
 	all := r.router.Set().Budgets() // a copy: the budgets of the set in use
 	all[name] = rate
-	if cut := Rate(rate, all, r.ipLimit); cut != rate {
+	cut := Rate(rate, all, r.ipLimit)
+	if r.ipLimit > 0 {
+		// Budgets made earlier keep their rates (a reload may have added
+		// this one): this one gets at most what they leave of the limit.
+		// Budgets no longer in the set get no calls and count for nothing.
+		left := r.ipLimit
+		for n, b := range r.budgets {
+			if _, inUse := all[n]; inUse {
+				left -= b.rate
+			}
+		}
+		if cut > left {
+			cut = max(left, minRate)
+			r.log.Warn("the budgets made before this one leave it little of REVOKER_IP_RATE_LIMIT; a restart shares the limit out again",
+				zap.String("budget", name), zap.Float64("rate", cut))
+		}
+	}
+	if cut != rate {
 		r.log.Info("the budget's rate is cut so that every budget together stays under REVOKER_IP_RATE_LIMIT",
 			zap.String("budget", name), zap.Float64("rate", rate), zap.Float64("cut_to", cut))
 		rate = cut
@@ -159,6 +177,9 @@ func (r *Routes) budget(name string, rate float64) *BudgetGate {
 	r.budgets[name] = b
 	return b
 }
+
+// minRate is the least rate a budget is cut to: 0 would mean no limit.
+const minRate = 0.1
 
 // Turn returns what charges one call for an account to its budget and to
 // shared, at priority p: a key list of the periodic check, say. An account
@@ -196,6 +217,13 @@ func (r *Routes) Close() {
 // readiness condition (SPEC §6: a refused credential makes only its own
 // accounts wait).
 func (r *Routes) verifyAll(ctx context.Context, set *credentials.Set, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
+	// A credential no longer in the file no longer counts for /readyz.
+	for _, n := range ready.Names() {
+		name, ok := strings.CutPrefix(n, metrics.CredentialGroup)
+		if _, inSet := set.Credential(name); ok && !inSet {
+			ready.Remove(n)
+		}
+	}
 	for _, c := range set.Credentials() {
 		ready.Declare(worker.ReadyCredentialOf(c.Name))
 		go r.verify(ctx, c, all, lowest, ready)

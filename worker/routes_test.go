@@ -152,3 +152,20 @@ func TestRouteWorkingCallClearsACheckedRefusal(t *testing.T) {
 		t.Errorf("credential:cred-a ready = %v after a call that worked, want 1", v)
 	}
 }
+
+// TestRouteRefusalAfterAPassedCheck: a credential refused by a call, then
+// passed by its check, then refused by a call again is not ready again:
+// the condition is the state, whoever set it last.
+func TestRouteRefusalAfterAPassedCheck(t *testing.T) {
+	r := newRouted(t, answer(403, rejected, 0))
+	cond := worker.ReadyCredentialOf("cred-a")
+	r.handle(&fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`})
+	if v := testutil.ToFloat64(r.ready.Gauge(cond)); v != 0 {
+		t.Fatalf("credential:cred-a ready = %v after a 403, want 0", v)
+	}
+	r.ready.Set(cond, "") // its check, after its file changed, said active
+	r.handle(&fakeDelivery{body: `{"account_id":"acct1","key_id":"key2"}`})
+	if v := testutil.ToFloat64(r.ready.Gauge(cond)); v != 0 {
+		t.Errorf("credential:cred-a ready = %v after another 403, want 0", v)
+	}
+}

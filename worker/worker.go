@@ -161,6 +161,10 @@ type Route struct {
 	// Rate is the budget's calls per second (0: no limit), when Gate is
 	// set; the API's stated quota is followed where it is lower.
 	Rate float64
+	// API calls with the credential (nil: Deps.API). The one chosen when
+	// the delivery began is used for all its calls, so a reload that moves
+	// the account elsewhere cannot charge one budget for another's token.
+	API API
 }
 
 // Routes picks the route of an account; ok is false when no credential
@@ -227,8 +231,7 @@ type Worker struct {
 	lanes   []metrics.Lane
 	budget  metrics.Budget // the single budget's collectors
 
-	credMu  sync.Mutex
-	credBad map[string]bool // by readiness condition
+	credMu  sync.Mutex // one change of a credential's condition at a time
 	apiGone bool
 
 	listMu sync.Mutex
@@ -246,8 +249,7 @@ type eventKey struct {
 
 // New makes a worker.
 func New(cfg Config, d Deps) *Worker {
-	w := &Worker{cfg: cfg, Deps: d, inHand: map[eventKey]chan struct{}{}, lists: map[listKey]*listing{},
-		credBad: map[string]bool{}}
+	w := &Worker{cfg: cfg, Deps: d, inHand: map[eventKey]chan struct{}{}, lists: map[listKey]*listing{}}
 	if len(cfg.AllowedAccounts) > 0 {
 		w.allowed = map[string]bool{}
 		for _, a := range cfg.AllowedAccounts {
@@ -608,7 +610,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt) (resp *cloudflar
 		})
 		if err == nil {
 			a.seen = e.Calls
-			resp, err := w.API.DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
+			resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
 			return resp, true, decided, err
 		}
 		if !errors.Is(err, errMoved) {
@@ -742,7 +744,7 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 	l.started = time.Now()
 	w.listMu.Unlock()
 	w.metricsOf(route).Calls.Inc()
-	l.list, l.err = w.API.ListSigningKeys(work, account)
+	l.list, l.err = w.apiOf(route).ListSigningKeys(work, account)
 	return l.list, l.started, l.err
 }
 
@@ -768,6 +770,14 @@ func (w *Worker) gate(r Route) *throttle.Gate {
 		return r.Gate
 	}
 	return w.Gate
+}
+
+// apiOf is what calls the API for r.
+func (w *Worker) apiOf(r Route) API {
+	if r.API != nil {
+		return r.API
+	}
+	return w.API
 }
 
 // metricsOf is the collectors of r's budget.
@@ -812,7 +822,11 @@ func (w *Worker) heed(r Route, rl cloudflare.RateLimit, d Decision, status int) 
 	if rl.Known && rl.Reset >= minHeededReset {
 		// Spread what is left over the rest of the window when it cannot
 		// sustain our rate until the reset (with no limit of our own, always).
-		if w.cfg.RateLimit == 0 || float64(rl.Remaining) < w.cfg.RateLimit*rl.Reset.Seconds() {
+		rate := w.cfg.RateLimit
+		if r.Gate != nil {
+			rate = r.Rate
+		}
+		if rate == 0 || float64(rl.Remaining) < rate*rl.Reset.Seconds() {
 			w.gate(r).Slow(time.Now().Add(rl.Reset / time.Duration(rl.Remaining+1)))
 		}
 	}
@@ -823,16 +837,14 @@ func (w *Worker) heed(r Route, rl cloudflare.RateLimit, d Decision, status int) 
 	refused := d.Kind == Unauthorized || status == 401 || status == 403
 	works := d.Kind == Revoked || d.Kind == NotFound || d.Kind == StillListed
 	cond := ReadyCredentialOf(r.Credential)
+	// The condition itself is the state, whoever set it (a call, a
+	// credential's check, an earlier worker on a connection given up).
 	switch {
-	case refused && !w.credBad[cond]:
-		w.credBad[cond] = true
+	case refused && w.Ready.Met(cond):
 		w.Ready.Set(cond, "the API refused the credential: "+d.Detail)
 		w.Log.Error("the API refused the credential; not ready until a call succeeds",
 			zap.String("credential", r.Credential), zap.String("detail", d.Detail))
-	case works && (w.credBad[cond] || r.Credential != "" && !w.Ready.Met(cond)):
-		// A named credential may have been refused by its check at start
-		// rather than by a call: a call that works clears that too.
-		w.credBad[cond] = false
+	case works && !w.Ready.Met(cond):
 		w.Ready.Set(cond, "")
 		w.Log.Info("the API accepts the credential again", zap.String("credential", r.Credential))
 	}

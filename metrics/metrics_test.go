@@ -137,4 +137,18 @@ func TestReadyWithOneCredentialRefused(t *testing.T) {
 	if code, _ := get(); code != 503 {
 		t.Errorf("/readyz with every credential refused = %d, want 503", code)
 	}
+	// The file changes: ops is gone, a new one works. A removed
+	// credential counts for nothing, and its series goes.
+	ready.Remove("credential:ops")
+	ready.Declare("credential:news")
+	if code, body := get(); code != 200 || strings.Contains(body, "credential:ops") {
+		t.Errorf("/readyz after ops was removed = %d %q", code, body)
+	}
+	ready.Remove("credential:news")
+	if code, _ := get(); code != 503 {
+		t.Errorf("/readyz with only a refused credential left = %d, want 503", code)
+	}
+	if n, err := testutil.GatherAndCount(reg, "revoker_ready"); err != nil || n != 1 {
+		t.Errorf("%d revoker_ready series (%v), want 1: the removed credentials' series gone", n, err)
+	}
 }

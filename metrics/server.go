@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -66,6 +67,26 @@ func (r *Readiness) Set(name, why string) {
 		v = 1
 	}
 	r.gauge.WithLabelValues(name).Set(v)
+}
+
+// Remove forgets condition name and its series: a credential taken out of
+// the credentials file no longer counts, met or not.
+func (r *Readiness) Remove(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.conds[name]; !ok {
+		return
+	}
+	delete(r.conds, name)
+	r.order = slices.DeleteFunc(r.order, func(n string) bool { return n == name })
+	r.gauge.DeleteLabelValues(name)
+}
+
+// Names lists the conditions known, in the order they were first named.
+func (r *Readiness) Names() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.order)
 }
 
 // Met reports whether condition name is met (an unknown one is).

@@ -83,3 +83,41 @@ func TestTurnChargesTheAccountsBudget(t *testing.T) {
 		t.Errorf("turn for an account none serves: %v", err)
 	}
 }
+
+// TestReloadedBudgetKeepsTheAddressLimit: a budget added by a reload gets
+// at most what the budgets made before it leave of the address limit,
+// since their rates stand (100 + 100 under 150: the new one gets 50).
+func TestReloadedBudgetKeepsTheAddressLimit(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "t"), []byte("token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write := func(body string) *credentials.Set {
+		file := filepath.Join(dir, "credentials.yaml")
+		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		set, err := credentials.Load(file, credentials.Options{BaseURL: "http://127.0.0.1:1", Timeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return set
+	}
+	one := "credentials:\n  - name: a\n    token_file: t\n    accounts: [acct1]\n    rate: 100\n"
+	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{Budgets: []string{"a", "b"}}, metrics.Build{})
+	router := credentials.NewRouter(write(one))
+	r := &Routes{router: router, log: zap.NewNop(), budgets: map[string]*BudgetGate{}, metrics: m.Budget, ipLimit: 150,
+		make: func(name string, rate float64) (*BudgetGate, error) {
+			return &BudgetGate{gate: throttle.New(throttle.Config{Priorities: 1, Concurrency: 1, Rate: rate}), m: m.Budget(name), rate: rate}, nil
+		}}
+	t.Cleanup(r.Close)
+	a, ok := r.Route("acct1")
+	if !ok || a.Rate != 100 {
+		t.Fatalf("budget a at %v, want 100 (alone under 150)", a.Rate)
+	}
+	router.Store(write(one + "  - name: b\n    token_file: t\n    accounts: [acct2]\n    rate: 100\n"))
+	b, ok := r.Route("acct2")
+	if !ok || a.Rate+b.Rate > 150 {
+		t.Errorf("budgets at %v and %v after the reload: together over the address limit of 150", a.Rate, b.Rate)
+	}
+}

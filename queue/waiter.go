@@ -41,6 +41,11 @@ type Waiter struct {
 	c *Client
 	n atomic.Int64 // waits in progress
 
+	// subscribing is held by the one wait that subscribes, outside mu: a
+	// subscription is a round trip to the server, which must not stall
+	// the others' bookkeeping (or the records heard) if NATS is slow.
+	subscribing chan struct{}
+
 	mu      sync.Mutex
 	sub     *nats.Subscription // nil while idle
 	idle    *time.Timer        // ends the subscription once idle long enough
@@ -75,7 +80,7 @@ func NewWaiter(c *Client) (*Waiter, error) {
 	if c.OutcomePrefix == "" {
 		return nil, errors.New("outcome records are off (REVOKER_OUTCOME_SUBJECT is empty)")
 	}
-	w := &Waiter{c: c, waiting: map[waitKey]map[*waitEntry]struct{}{}}
+	w := &Waiter{c: c, waiting: map[waitKey]map[*waitEntry]struct{}{}, subscribing: make(chan struct{}, 1)}
 	// Subscribed once at once, so that a subscription the permissions
 	// refuse is an error here rather than a silent wait later; then idle
 	// until someone waits.
@@ -113,16 +118,40 @@ func (w *Waiter) quiet() {
 }
 
 // listen makes sure the subscription is there before a wait reads the
-// trail, so a record stored after that read is heard. w.mu is held. A
-// subscription that fails leaves the wait to its rechecks.
-func (w *Waiter) listen() {
-	w.idle.Stop()
-	if w.sub != nil || w.closed {
+// trail, so a record stored after that read is heard. A subscription that
+// fails, or that ctx ends before, leaves the wait to its rechecks.
+func (w *Waiter) listen(ctx context.Context) {
+	listening := func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.idle.Stop()
+		return w.sub != nil || w.closed
+	}
+	if listening() {
+		return
+	}
+	select {
+	case w.subscribing <- struct{}{}:
+		defer func() { <-w.subscribing }()
+	case <-ctx.Done():
+		return
+	}
+	if listening() { // another wait subscribed meanwhile
 		return
 	}
 	sub, err := w.c.subscribeOutcomes(w.c.OutcomePrefix+".>", w.heard)
-	if err == nil {
-		w.sub = sub
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		_ = sub.Unsubscribe()
+		return
+	}
+	w.sub = sub
+	if w.n.Load() == 0 {
+		w.idle.Reset(idleLinger) // its waits ended meanwhile
 	}
 }
 
@@ -160,7 +189,6 @@ func (w *Waiter) register(p Published) *waitEntry {
 	}
 	w.waiting[k][e] = struct{}{}
 	w.n.Add(1)
-	w.listen()
 	return e
 }
 
@@ -199,6 +227,7 @@ func (w *Waiter) Waiting() int {
 func (w *Waiter) Wait(ctx context.Context, p Published) (event.Record, bool, error) {
 	e := w.register(p)
 	defer w.unregister(e)
+	w.listen(ctx)
 	retry := noticeRetryFirst
 	next := time.Duration(0) // read the trail at once
 	noticed := false

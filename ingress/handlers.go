@@ -356,10 +356,10 @@ func (s *Server) getRevocation(w http.ResponseWriter, r *http.Request, c *call) 
 	case !found || e.Caller != c.caller.Name:
 		s.fail(w, c, problem(KindNotFound, "no event of this caller has this id (ids are kept 24 hours)"))
 		return
-	case e.State == stateStoring && s.now().Sub(e.ClaimedAt) >= StaleClaim:
-		s.fail(w, c, problem(KindNotFound, "the event with this id was never stored"))
-		return
 	case e.State == stateStoring:
+		// Being stored, or stored with its entry not yet marked (or, once
+		// the claim is stale, perhaps never stored: a repeat of the
+		// request settles it). Never "not found": a paging tool drops 4xx.
 		s.queued(w, c, e, StateStoring)
 		return
 	}

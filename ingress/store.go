@@ -228,12 +228,33 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 		}
 	}
 	if uerr != nil {
-		// The event is stored, and the answer says so; a repeat of the
-		// request meets the claim, and after StaleClaim publishes under
-		// the same id again (dropped as a duplicate within the window).
-		s.log.Warn("ingress: a stored event's entry could not be marked stored", zap.Error(uerr))
+		// The event is stored, and the answer says so. Marking it is
+		// tried again in the background until the claim would go stale; a
+		// GET meanwhile answers "storing", never "not found".
+		s.log.Warn("ingress: a stored event's entry could not be marked stored; trying again", zap.Error(uerr))
+		go s.markStored(kv, key, value, rev)
 	}
 	return stored, nil
+}
+
+// markStored writes a stored event's entry, retrying until it is written,
+// someone else wrote the key, or StaleClaim has passed.
+func (s *Server) markStored(kv jetstream.KeyValue, key string, value []byte, rev uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), StaleClaim)
+	defer cancel()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.log.Error("ingress: a stored event's entry could not be marked stored; a repeat of its request stores it again under the same id")
+			return
+		case <-t.C:
+		}
+		if _, err := kv.Update(ctx, key, value, rev); err == nil || wrongLastSequence(err) {
+			return
+		}
+	}
 }
 
 // wrongLastSequence reports a write refused because the key's revision

@@ -101,10 +101,10 @@ func TestAlertsAndDashboardAgainstPrometheus(t *testing.T) {
 			t.Errorf("panel %q returned no data", title)
 		}
 	}
-	// The demo's one credential is the budget "default", in every panel
-	// of the budgets, labelled or not.
+	// The demo's two account tokens are the budgets "media" and "news",
+	// in every panel of the budgets.
 	for _, title := range []string{"Calls by budget", "Holds by budget", "Rate-limit wait p95 by budget"} {
-		wantLabels(t, byTitle[title], "budget", "default")
+		wantLabels(t, byTitle[title], "budget", "media", "news")
 	}
 	// The list of names the demo cannot show stays true and short.
 	for n, why := range notExportedByDemo {

@@ -112,15 +112,18 @@ func Rate(rate float64, all map[string]float64, ip float64) float64 {
 // credential, and the gate of its budget, made on this connection the
 // first time the budget is needed (a budget added by a reload included).
 type Routes struct {
-	ipLimit float64 // REVOKER_IP_RATE_LIMIT
+	ipLimit float64            // REVOKER_IP_RATE_LIMIT
+	shared  *throttle.Gate     // the calls in flight, every budget's
+	ready   *metrics.Readiness // where each credential's condition is kept
 	router  *credentials.Router
 	make    func(name string, rate float64) (*BudgetGate, error)
 	metrics func(name string) metrics.Budget
 	log     *zap.Logger
 
-	mu      sync.Mutex
-	budgets map[string]*BudgetGate
-	closed  bool
+	mu       sync.Mutex
+	budgets  map[string]*BudgetGate
+	checking map[string]*recheck // by credential: one recheck at a time
+	closed   bool
 }
 
 // Route implements worker.Routes. A budget whose gate cannot be made
@@ -135,7 +138,8 @@ func (r *Routes) Route(account string) (worker.Route, bool) {
 	if b == nil {
 		return worker.Route{Credential: c.Name, Budget: r.metrics(c.Budget)}, true
 	}
-	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: b.rate, API: c.Client}, true
+	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: b.rate, API: c.Client,
+		Recheck: func(ctx context.Context, p int) bool { return r.recheck(ctx, c, p) }}, true
 }
 
 // budget returns the gate of budget name, made at rate if new.
@@ -234,6 +238,39 @@ func (r *Routes) verifyAll(ctx context.Context, set *credentials.Set, all *throt
 // credential: a 2xx that does not call it active, or a 4xx other than 429.
 func credentialRefused(v *cloudflare.Verification) bool {
 	return v.Status >= 200 && v.Status <= 299 || v.Status >= 400 && v.Status <= 499 && v.Status != http.StatusTooManyRequests
+}
+
+// recheck is one credential's checks made before calls.
+type recheck struct {
+	mu   sync.Mutex
+	done time.Time // when the last one ended
+}
+
+// recheckServes is how long a check serves the calls waiting for one, as
+// one key list serves the 404s before it: deliveries of a refused
+// credential's accounts come together, and one check answers them all.
+const recheckServes = time.Second
+
+// recheck checks a refused credential again, at priority p, one check at a
+// time per credential (one that ended within recheckServes is taken as it
+// found), and reports whether it works now.
+func (r *Routes) recheck(ctx context.Context, c *credentials.Credential, p int) bool {
+	cond := worker.ReadyCredentialOf(c.Name)
+	r.mu.Lock()
+	rc, ok := r.checking[c.Name]
+	if !ok {
+		rc = &recheck{}
+		r.checking[c.Name] = rc
+	}
+	r.mu.Unlock()
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if r.ready.Met(cond) || time.Since(rc.done) < recheckServes {
+		return r.ready.Met(cond)
+	}
+	r.verify(ctx, c, r.shared, p, r.ready)
+	rc.done = time.Now()
+	return r.ready.Met(cond)
 }
 
 // verify checks one credential.
@@ -371,9 +408,10 @@ func (f *File) Watch(ctx context.Context) {
 
 // RoutesOn makes the routes of one NATS connection: each budget's gate is
 // kept in JetStream on it.
-func (f *File) RoutesOn(js jetstream.JetStream, cfg config.Config, m *metrics.Metrics, log *zap.Logger) *Routes {
+func (f *File) RoutesOn(js jetstream.JetStream, cfg config.Config, m *metrics.Metrics, shared *throttle.Gate, ready *metrics.Readiness, log *zap.Logger) *Routes {
 	return &Routes{
-		router: f.router, log: log, budgets: map[string]*BudgetGate{}, metrics: m.Budget, ipLimit: cfg.IPRateLimit,
+		router: f.router, log: log, budgets: map[string]*BudgetGate{}, checking: map[string]*recheck{},
+		metrics: m.Budget, ipLimit: cfg.IPRateLimit, shared: shared, ready: ready,
 		make: func(name string, rate float64) (*BudgetGate, error) {
 			return NewBudgetGate(js, cfg, func() string { return "budget:" + name }, name, rate, cfg.Concurrency, m.Budget(name), log)
 		},

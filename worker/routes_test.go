@@ -169,3 +169,39 @@ func TestRouteRefusalAfterAPassedCheck(t *testing.T) {
 		t.Errorf("credential:cred-a ready = %v after another 403, want 0", v)
 	}
 }
+
+// TestRouteRefusedCredentialCheckedBeforeItsCall: a refused credential is
+// checked again before the next call; still refused, no DELETE is made and
+// the event is given back like an unauthorized one; accepted, the call is
+// made (SPEC §6).
+func TestRouteRefusedCredentialCheckedBeforeItsCall(t *testing.T) {
+	for _, works := range []bool{false, true} {
+		r := newRouted(t, answer(200, revoked, 0))
+		cond := worker.ReadyCredentialOf("cred-a")
+		r.ready.Set(cond, "refused by its check")
+		checks := 0
+		routes := fakeRoutes{"acct1": {Credential: "cred-a", Gate: r.gates["a"], Budget: r.budget["a"], Rate: 4,
+			Recheck: func(context.Context, int) bool {
+				checks++
+				if works {
+					r.ready.Set(cond, "")
+				}
+				return works
+			}}}
+		w := worker.New(worker.Config{
+			Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
+			RetryMaxElapsed: 20 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+		}, worker.Deps{API: r.api, Gate: r.gate, Routes: routes, Records: r.records, Ledger: r.ledger,
+			Metrics: r.m, Ready: r.ready, Log: zap.NewNop()})
+		d := &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: 1, maxDeliver: 3}
+		w.Handle(context.Background(), context.Background(), d)
+		switch {
+		case checks == 0:
+			t.Errorf("works=%v: no check before the call", works)
+		case !works && (r.api.calls != 0 || len(d.settled) != 1 || d.settled[0] != "giveback"):
+			t.Errorf("still refused: %d DELETEs, settled %v; want none, given back", r.api.calls, d.settled)
+		case works && (r.api.calls != 1 || d.settled[0] != "ack"):
+			t.Errorf("accepted again: %d DELETEs, settled %v; want one, acked", r.api.calls, d.settled)
+		}
+	}
+}

@@ -165,6 +165,10 @@ type Route struct {
 	// the delivery began is used for all its calls, so a reload that moves
 	// the account elsewhere cannot charge one budget for another's token.
 	API API
+	// Recheck, when set, checks a refused credential with the API again
+	// (at priority p) and reports whether it works now: a refused
+	// credential is checked before its next call, not called blindly.
+	Recheck func(ctx context.Context, p int) bool
 }
 
 // Routes picks the route of an account; ok is false when no credential
@@ -505,6 +509,20 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 	// but not waits for a permit, so a 429 pause cannot dead-letter.
 	var spent time.Duration
 	for {
+		if w.refused(stop, a) {
+			if stop.Err() != nil {
+				return stopped
+			}
+			wait := w.cfg.RetryMaxInterval
+			if spent+wait > w.cfg.RetryMaxElapsed {
+				return exhausted
+			}
+			if !throttle.Sleep(stop, wait) {
+				return stopped
+			}
+			spent += wait
+			continue
+		}
 		waitFrom := time.Now()
 		permit, err := w.acquire(stop, a.route, a.d.Priority())
 		if err != nil {
@@ -590,6 +608,22 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 		}
 		spent += wait
 	}
+}
+
+// refused reports whether the delivery's credential is refused and, with
+// a recheck, still refused when checked again: then no DELETE is made,
+// and a.last says why (retried like unauthorized, SPEC §6).
+func (w *Worker) refused(stop context.Context, a *attempt) bool {
+	r := a.route
+	if r.Recheck == nil || w.Ready.Met(ReadyCredentialOf(r.Credential)) {
+		return false
+	}
+	if r.Recheck(stop, a.d.Priority()) {
+		return false
+	}
+	a.last = Decision{Kind: Unauthorized, Detail: "credential " + r.Credential + " is refused: its check, made again before this call, says so"}
+	w.Log.Debug("credential refused; no call", w.fields(a)...)
+	return true
 }
 
 // delete stores the call in the ledger, then makes it; made is false when

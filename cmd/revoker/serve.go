@@ -354,7 +354,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	gate := shared.Gate()
 	var budgets *routing.Routes
 	if w.creds != nil {
-		budgets = w.creds.RoutesOn(js, cfg, m, log)
+		budgets = w.creds.RoutesOn(js, cfg, m, gate, w.ready, log)
 		defer budgets.Close()
 		vctx, stopVerifying := context.WithCancel(ctx)
 		defer stopVerifying()

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -21,16 +20,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
-	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/docs"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/ingress"
+	"github.com/revoker/revoker/ingress/ingresstest"
 	"github.com/revoker/revoker/queue/queuetest"
 )
 
@@ -99,19 +97,7 @@ type contract struct {
 
 func newContract(t *testing.T, base string) *contract {
 	t.Helper()
-	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromData(docs.OpenAPI)
-	if err != nil {
-		t.Fatalf("docs/openapi.json does not load: %v", err)
-	}
-	if err := doc.Validate(loader.Context); err != nil {
-		t.Fatalf("docs/openapi.json is not valid OpenAPI: %v", err)
-	}
-	r, err := legacy.NewRouter(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &contract{base: base, router: r, client: &http.Client{Timeout: time.Minute}}
+	return &contract{base: base, router: ingresstest.OpenAPIRouter(t), client: &http.Client{Timeout: time.Minute}}
 }
 
 // ctRequest is one request to the ingress.
@@ -343,28 +329,12 @@ func ctHeaders(parts ...[]string) []string {
 	return out
 }
 
-// ctSignPagerDuty signs body as PagerDuty v3 does.
-func ctSignPagerDuty(secret []byte, body string) []string {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(body))
-	return []string{ingress.HeaderPagerDuty, "v1=" + hex.EncodeToString(m.Sum(nil))}
-}
-
-// ctSignStandard signs body as Standard Webhooks does.
-func ctSignStandard(secret []byte, id string, at time.Time, body string) []string {
-	ts := strconv.FormatInt(at.Unix(), 10)
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(id + "." + ts + "." + body))
-	return []string{ingress.HeaderWebhookID, id, ingress.HeaderWebhookTimestamp, ts,
-		ingress.HeaderWebhookSignature, "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))}
-}
-
 // ctLocation is the Location of event id.
 func ctLocation(id string) string { return "/v1/revocations/" + url.PathEscape(id) }
 
-// ctLastSeq is the last sequence the work stream assigned, waiting for
+// workLastSeq is the last sequence the work stream assigned, waiting for
 // the stream to be readable (after a server restart, say).
-func ctLastSeq(t *testing.T, js jetstream.JetStream) uint64 {
+func workLastSeq(t *testing.T, js jetstream.JetStream) uint64 {
 	t.Helper()
 	var last uint64
 	waitUntil(t, 30*time.Second, "the work stream readable", func() bool {
@@ -474,7 +444,7 @@ func TestIngressContract(t *testing.T) {
 	t.Run("PagerDuty signature waits for the record", func(t *testing.T) {
 		const key = "ctpagerduty"
 		body := ctBody(account, key)
-		a := c.do(t, c.post(body, ctHeaders(ctSignPagerDuty(ctPDSecret, body),
+		a := c.do(t, c.post(body, ctHeaders(ingresstest.SignPagerDuty(ctPDSecret, body),
 			[]string{ingress.HeaderIdempotencyKey, "ct-pd", ingress.HeaderPrefer, "wait=5"})...))
 		a.revoked(t, "ingress:pagerduty:ct-pd", key)
 		if !api.Deleted(account, key) {
@@ -487,7 +457,7 @@ func TestIngressContract(t *testing.T) {
 	t.Run("Standard Webhooks signature is taken", func(t *testing.T) {
 		const key = "ctstd"
 		body := ctBody(account, key)
-		a := c.do(t, c.post(body, ctHeaders(ctSignStandard(ctStdSecret, "msg_ct_std", time.Now(), body),
+		a := c.do(t, c.post(body, ctHeaders(ingresstest.SignStandard(ctStdSecret, "msg_ct_std", time.Now(), body),
 			[]string{ingress.HeaderPrefer, "wait=5"})...))
 		a.revoked(t, "ingress:std:msg_ct_std", key)
 	})
@@ -533,7 +503,7 @@ func TestIngressContract(t *testing.T) {
 
 	t.Run("bad signature is 401", func(t *testing.T) {
 		body := ctBody(account, "ctbadsig")
-		a := c.do(t, c.post(body, ctHeaders(ctSignPagerDuty([]byte("not-the-secret"), body),
+		a := c.do(t, c.post(body, ctHeaders(ingresstest.SignPagerDuty([]byte("not-the-secret"), body),
 			[]string{ingress.HeaderIdempotencyKey, "ct-badsig"})...))
 		a.want(t, http.StatusUnauthorized, ingress.KindUnauthorized)
 		if a.header.Get("WWW-Authenticate") == "" {
@@ -543,7 +513,7 @@ func TestIngressContract(t *testing.T) {
 
 	t.Run("Standard Webhooks timestamp 10 minutes old is 401", func(t *testing.T) {
 		body := ctBody(account, "ctstale")
-		a := c.do(t, c.post(body, ctSignStandard(ctStdSecret, "msg_ct_stale", time.Now().Add(-10*time.Minute), body)...))
+		a := c.do(t, c.post(body, ingresstest.SignStandard(ctStdSecret, "msg_ct_stale", time.Now().Add(-10*time.Minute), body)...))
 		a.want(t, http.StatusUnauthorized, ingress.KindUnauthorized)
 	})
 
@@ -605,7 +575,7 @@ func TestIngressContract(t *testing.T) {
 		const key, idem = "ctnatsdown", "ct-nats-down"
 		id := "ingress:soar:" + idem
 		req := c.post(ctBody(account, key), ctHeaders(soar, []string{ingress.HeaderIdempotencyKey, idem})...)
-		before := ctLastSeq(t, js)
+		before := workLastSeq(t, js)
 		srv.Shutdown()
 		srv.WaitForShutdown()
 		waitUntil(t, 30*time.Second, "the worker not ready", func() bool { return !w.ready() })
@@ -620,7 +590,7 @@ func TestIngressContract(t *testing.T) {
 			restarted.WaitForShutdown()
 		})
 		w.waitReady(60 * time.Second)
-		if after := ctLastSeq(t, js); after != before {
+		if after := workLastSeq(t, js); after != before {
 			t.Fatalf("the work stream's last sequence went from %d to %d while the only request answered 503", before, after)
 		}
 		var got ctResp

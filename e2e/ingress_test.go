@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/config"
@@ -419,22 +417,10 @@ func TestIngressKillLosesNothing(t *testing.T) {
 	}
 	// No repeat stored a second event: the work stream took exactly one
 	// per key.
-	if last := ingLastSeq(t, js); last != uint64(len(all)) {
+	if last := workLastSeq(t, js); last != uint64(len(all)) {
 		t.Errorf("the work stream stored %d events for %d keys", last, len(all))
 	}
 	t.Logf("every one of %d keys revoked; outcomes %v; DELETEs per key %v", len(all), outcomes, ingDeleteCounts(deletes))
-}
-
-// ingLastSeq is the last sequence the work stream assigned.
-func ingLastSeq(t *testing.T, js jetstream.JetStream) uint64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, workStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s.CachedInfo().State.LastSeq
 }
 
 // ingDeleteCounts is how many keys had each number of DELETEs.

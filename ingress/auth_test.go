@@ -1,6 +1,7 @@
 package ingress
 
 import (
+	"github.com/revoker/revoker/ingress/ingresstest"
 	"net/http"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ func TestSignatureVerification(t *testing.T) {
 	body := evBody(tAccount, "k")
 	std := func(secret []byte, id string, ts time.Time, b string) http.Header {
 		h := http.Header{}
-		kv := signStandard(secret, id, ts, b)
+		kv := ingresstest.SignStandard(secret, id, ts, b)
 		for i := 0; i < len(kv); i += 2 {
 			h.Set(kv[i], kv[i+1])
 		}
@@ -22,7 +23,7 @@ func TestSignatureVerification(t *testing.T) {
 	}
 	pd := func(v string) http.Header { h := http.Header{}; h.Set(HeaderPagerDuty, v); return h }
 	good := std(tStdSecret, "msg_1", now, body)
-	pdGood := signPagerDuty(tPDSecret, body)[1]
+	pdGood := ingresstest.SignPagerDuty(tPDSecret, body)[1]
 	cases := []struct {
 		name   string
 		h      http.Header
@@ -59,7 +60,7 @@ func TestSignatureVerification(t *testing.T) {
 		{"pagerduty, upper-case hex", pd("v1=" + upper(pdGood[3:])), "pd"},
 		{"pagerduty, wrong version", pd("v0=" + pdGood[3:]), ""},
 		{"pagerduty, one digit off", pd(pdGood[:len(pdGood)-1] + flip(pdGood[len(pdGood)-1])), ""},
-		{"pagerduty, wrong secret", pd(signPagerDuty([]byte("x"), body)[1]), ""},
+		{"pagerduty, wrong secret", pd(ingresstest.SignPagerDuty([]byte("x"), body)[1]), ""},
 		{"bearer", http.Header{"Authorization": {"Bearer " + tToken}}, "soar"},
 		{"bearer, scheme in lower case", http.Header{"Authorization": {"bearer " + tLowToken}}, "low"},
 		{"bearer, unknown", http.Header{"Authorization": {"Bearer nope"}}, ""},
@@ -119,7 +120,7 @@ func TestSecretsComparedInConstantTimeAll(t *testing.T) {
 	for _, secret := range [][]byte{tStdSecret, tPDSecret, []byte("none")} {
 		calls = 0
 		h := http.Header{}
-		h.Set(HeaderPagerDuty, signPagerDuty(secret, body)[1]+",v1="+signPagerDuty([]byte("y"), body)[1][3:])
+		h.Set(HeaderPagerDuty, ingresstest.SignPagerDuty(secret, body)[1]+",v1="+ingresstest.SignPagerDuty([]byte("y"), body)[1][3:])
 		a.authenticate(h, []byte(body), now)
 		if want := 2 * len(a.webhooks); calls != want {
 			t.Fatalf("%d comparisons, want %d (every signature with every webhook caller)", calls, want)

@@ -3,23 +3,17 @@ package ingress
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
-	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,8 +23,8 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/revoker/revoker/config"
-	"github.com/revoker/revoker/docs"
 	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/ingress/ingresstest"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
@@ -149,26 +143,8 @@ func newHarness(t *testing.T, tweak ...func(*Config)) *harness {
 		}
 	})
 	h.s, h.base = s, "http://"+s.Addr()
-	h.router = openAPIRouter(t)
+	h.router = ingresstest.OpenAPIRouter(t)
 	return h
-}
-
-// openAPIRouter loads docs/openapi.json with a maintained validator.
-func openAPIRouter(t testing.TB) routers.Router {
-	t.Helper()
-	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromData(docs.OpenAPI)
-	if err != nil {
-		t.Fatalf("docs/openapi.json does not load: %v", err)
-	}
-	if err := doc.Validate(loader.Context); err != nil {
-		t.Fatalf("docs/openapi.json is not valid OpenAPI: %v", err)
-	}
-	r, err := legacy.NewRouter(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
 }
 
 // resp is one answer, its body read.
@@ -308,22 +284,6 @@ func evBody(account, key string, extra ...string) string {
 		b += "," + e
 	}
 	return b + "}"
-}
-
-// signStandard signs body as Standard Webhooks does.
-func signStandard(secret []byte, id string, ts time.Time, body string) []string {
-	t := strconv.FormatInt(ts.Unix(), 10)
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(id + "." + t + "." + body))
-	return []string{HeaderWebhookID, id, HeaderWebhookTimestamp, t,
-		HeaderWebhookSignature, "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))}
-}
-
-// signPagerDuty signs body as PagerDuty v3 does.
-func signPagerDuty(secret []byte, body string) []string {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(body))
-	return []string{HeaderPagerDuty, "v1=" + hex.EncodeToString(m.Sum(nil))}
 }
 
 // msgs is how many events the work stream holds.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/revoker/revoker/docs"
 	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/ingress/ingresstest"
 	"github.com/revoker/revoker/queue/queuetest"
 )
 
@@ -96,19 +97,19 @@ func TestIngressSignedCallers(t *testing.T) {
 	h := newHarness(t)
 	body := evBody(tAccount, "key3")
 	now := time.Now()
-	h.do(h.post(body, signStandard(tStdSecret, "msg_1", now, body)...)).want(t, http.StatusAccepted)
-	h.do(h.post(body, signPagerDuty(tPDSecret, body)...)).want(t, http.StatusAccepted)
+	h.do(h.post(body, ingresstest.SignStandard(tStdSecret, "msg_1", now, body)...)).want(t, http.StatusAccepted)
+	h.do(h.post(body, ingresstest.SignPagerDuty(tPDSecret, body)...)).want(t, http.StatusAccepted)
 
 	bad := []struct {
 		name string
 		hdr  []string
 	}{
-		{"standard, wrong secret", signStandard([]byte("nope"), "msg_2", now, body)},
-		{"standard, other body", signStandard(tStdSecret, "msg_2", now, evBody(tAccount, "other"))},
-		{"standard, 6 minutes old", signStandard(tStdSecret, "msg_2", now.Add(-6*time.Minute), body)},
-		{"standard, 6 minutes ahead", signStandard(tStdSecret, "msg_2", now.Add(6*time.Minute), body)},
-		{"pagerduty, wrong secret", signPagerDuty([]byte("nope"), body)},
-		{"pagerduty, other body", signPagerDuty(tPDSecret, body+" ")},
+		{"standard, wrong secret", ingresstest.SignStandard([]byte("nope"), "msg_2", now, body)},
+		{"standard, other body", ingresstest.SignStandard(tStdSecret, "msg_2", now, evBody(tAccount, "other"))},
+		{"standard, 6 minutes old", ingresstest.SignStandard(tStdSecret, "msg_2", now.Add(-6*time.Minute), body)},
+		{"standard, 6 minutes ahead", ingresstest.SignStandard(tStdSecret, "msg_2", now.Add(6*time.Minute), body)},
+		{"pagerduty, wrong secret", ingresstest.SignPagerDuty([]byte("nope"), body)},
+		{"pagerduty, other body", ingresstest.SignPagerDuty(tPDSecret, body+" ")},
 		{"bearer, unknown token", bearer("not-a-token")},
 		{"basic auth", []string{"Authorization", "Basic dXNlcjpwdw=="}},
 		{"nothing", nil},
@@ -158,8 +159,8 @@ func TestIngressIdempotency(t *testing.T) {
 		t.Fatalf("%d events in the work stream, want 2", got)
 	}
 	// webhook-id is the key of a signed request.
-	s1 := h.do(h.post(body, signStandard(tStdSecret, "msg_7", time.Now(), body)...))
-	s2 := h.do(h.post(body, signStandard(tStdSecret, "msg_7", time.Now(), body)...))
+	s1 := h.do(h.post(body, ingresstest.SignStandard(tStdSecret, "msg_7", time.Now(), body)...))
+	s2 := h.do(h.post(body, ingresstest.SignStandard(tStdSecret, "msg_7", time.Now(), body)...))
 	s1.want(t, http.StatusAccepted)
 	s2.want(t, http.StatusAccepted)
 	if s1.queued(t).EventID != "ingress:std:msg_7" || s1.queued(t).Sequence != s2.queued(t).Sequence {
@@ -258,7 +259,7 @@ func TestIngressPermissions(t *testing.T) {
 	h := newHarness(t)
 	h.do(h.post(evBody(tAccount, "k8", `"urgent":true`), bearer(tLowToken)...)).want(t, http.StatusForbidden, KindUrgentNotAllowed)
 	h.do(h.post(evBody(tOther, "k8"), bearer(tLowToken)...)).want(t, http.StatusForbidden, KindAccountNotAllowed)
-	h.do(h.post(evBody(tOther, "k8"), signPagerDuty(tPDSecret, evBody(tOther, "k8"))...)).want(t, http.StatusForbidden, KindAccountNotAllowed)
+	h.do(h.post(evBody(tOther, "k8"), ingresstest.SignPagerDuty(tPDSecret, evBody(tOther, "k8"))...)).want(t, http.StatusForbidden, KindAccountNotAllowed)
 	h.do(h.post(evBody(tAccount, "k8", `"urgent":"yes"`), bearer(tToken)...)).want(t, http.StatusBadRequest, KindInvalidEvent)
 	h.do(h.get("/v1/keys/"+tOther+"/k8", bearer(tLowToken)...)).want(t, http.StatusForbidden, KindAccountNotAllowed)
 

@@ -102,9 +102,12 @@ func TestDeliveredCountsDeliveriesOfALostConsumer(t *testing.T) {
 	if err := js.DeleteStream(ctx, "S"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.CreateStream(ctx, streamCfg); err != nil {
-		t.Fatal(err)
-	}
+	// The server may still be removing the old stream's store: making it
+	// again fails until it is gone.
+	queuetest.Eventually(t, 10*time.Second, "the stream made again", func() bool {
+		_, err := js.CreateStream(ctx, streamCfg)
+		return err == nil
+	})
 	rebindOK.Store(true)
 	queuetest.Eventually(t, 10*time.Second, "the consumer made again", func() bool {
 		_, err := js.Consumer(ctx, "S", "d")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +37,10 @@ type Lane struct {
 
 	mu   sync.Mutex
 	cons jetstream.Consumer
-	gen  int // counts bindings
+	// fresh tells whether an event was stored after the consumer was
+	// made, so that no older one can have delivered it.
+	fresh func(*jetstream.MsgMetadata) bool
+	gen   int // counts bindings
 	// seen holds, by stream sequence, the events of the latest deliveries:
 	// a consumer made again counts deliveries from 1, and the worker must
 	// still know that an event was delivered before (its ack may have been
@@ -128,6 +132,7 @@ func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBat
 		minBatch:  max(1, minBatch),
 		fetchWait: fetchWait,
 		cons:      cons,
+		fresh:     freshOf(cons),
 		seen:      map[uint64]*seenEvent{},
 		held:      map[uint64]int{},
 	}
@@ -266,7 +271,7 @@ func (l *Lane) rebind(ctx context.Context, h Hooks, log *zap.Logger) error {
 func (l *Lane) bind(b Binding) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.cons, l.gen = b.Consumer, l.gen+1
+	l.cons, l.fresh, l.gen = b.Consumer, freshOf(b.Consumer), l.gen+1
 	if b.AckWait > 0 {
 		l.AckWait = b.AckWait
 	}
@@ -295,7 +300,35 @@ func (l *Lane) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) *Delivery
 		msg: msg, meta: meta,
 		priority: l.Priority, maxDeliver: l.MaxDeliver, ackWait: l.AckWait,
 		delivered: e.total,
+		first:     e.total == 1 && l.fresh(meta),
 	}
+}
+
+// createdMargin covers the clocks of two servers of a cluster (the
+// consumer's and the stream's leaders): of a consumer not made by revoker,
+// an event stored less than this after it was made may have been
+// delivered by an older one.
+const createdMargin = time.Minute
+
+// freshOf tells the events no consumer before cons can have delivered: from
+// the sequence a consumer revoker made names, else those stored well after
+// it was made (unknown: after now).
+func freshOf(cons jetstream.Consumer) func(*jetstream.MsgMetadata) bool {
+	var info *jetstream.ConsumerInfo
+	if cons != nil {
+		info = cons.CachedInfo()
+	}
+	if info != nil {
+		if from, err := strconv.ParseUint(info.Config.Metadata[MetaFreshFrom], 10, 64); err == nil {
+			return func(m *jetstream.MsgMetadata) bool { return m.Sequence.Stream >= from }
+		}
+	}
+	after := time.Now()
+	if info != nil && !info.Created.IsZero() {
+		after = info.Created
+	}
+	after = after.Add(createdMargin)
+	return func(m *jetstream.MsgMetadata) bool { return m.Timestamp.After(after) }
 }
 
 // forget keeps what the lane remembers bounded: past twice its measure, it
@@ -478,6 +511,7 @@ type Delivery struct {
 	priority, maxDeliver int
 	ackWait              time.Duration
 	delivered            int
+	first                bool
 
 	// mu is held while anything is sent for the delivery, so a keep-alive
 	// racing a settle goes out before it or not at all.
@@ -508,6 +542,12 @@ func (d *Delivery) Sequence() uint64 { return d.meta.Sequence.Stream }
 // consumer's count, plus the deliveries this lane had of it from a
 // consumer that was lost since (one made again counts from 1).
 func (d *Delivery) Delivered() int { return d.delivered }
+
+// First reports whether no delivery of the event can have come before
+// this one: the consumer counts it the first, and was made over a minute
+// before the event was stored (a consumer made again, here or by another
+// replica, counts from 1 what an older one delivered).
+func (d *Delivery) First() bool { return d.first }
 
 // StoredAt is when the stream stored the event.
 func (d *Delivery) StoredAt() time.Time { return d.meta.Timestamp }

@@ -29,7 +29,12 @@ const ledgerTTL = 7 * 24 * time.Hour
 // Ledger meets worker.Ledger with a key-value bucket. It is usable once
 // the consumer's setup has bound the bucket.
 type Ledger struct {
-	kv atomic.Pointer[jetstream.KeyValue]
+	// Replica names this process in the journal's messages.
+	Replica string
+
+	kv      atomic.Pointer[jetstream.KeyValue]
+	js      atomic.Pointer[jetstream.JetStream] // reads the journal
+	journal journal
 }
 
 // errLedgerUnbound means the bucket is not bound yet.
@@ -62,6 +67,7 @@ func (l *Ledger) bind(ctx context.Context, js jetstream.JetStream, create bool, 
 		return err
 	}
 	l.kv.Store(&kv)
+	l.js.Store(&js)
 	return nil
 }
 
@@ -103,15 +109,17 @@ const (
 	maxLedgerRay   = 128
 )
 
-// Load returns what is kept for the event; nothing, or an entry naming
-// another account or key (a stream made again reuses sequences), is an
-// empty entry, not an error.
+// Load returns what is kept for the event, its entry and its first calls
+// in the journal; nothing, or an entry naming another account or key (a
+// stream made again reuses sequences), is an empty entry, not an error.
 func (l *Ledger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, error) {
 	e, _, err := l.get(ctx, ref)
 	return e, err
 }
 
-// get reads the event's entry and its revision (0 when there is none).
+// get reads the event's entry and its revision (0 when there is none),
+// with the journal's first calls that the entry does not count yet
+// counted in.
 func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64, error) {
 	kv := l.kv.Load()
 	if kv == nil {
@@ -119,14 +127,27 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	var (
+		e   worker.Entry
+		rev uint64
+	)
 	kve, err := (*kv).Get(ctx, ledgerKey(ref.Stream, ref.Seq))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return worker.Entry{}, 0, nil
 	case err != nil:
 		return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
+	default:
+		e, rev = decodeEntry(kve.Value(), ref), kve.Revision()
 	}
-	return decodeEntry(kve.Value(), ref), kve.Revision(), nil
+	j, err := l.journaled(ctx, ref)
+	if err != nil {
+		return worker.Entry{}, 0, err
+	}
+	if j > e.Journaled {
+		e.Calls = min(e.Calls+j-e.Journaled, maxLedgerCalls)
+	}
+	e.Journaled = j
+	return e, rev, nil
 }
 
 // decodeEntry is the entry b holds for ref, clamped to what a worker could
@@ -139,6 +160,7 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 		return worker.Entry{}
 	}
 	e.Calls = min(max(e.Calls, 0), maxLedgerCalls)
+	e.Journaled = min(max(e.Journaled, 0), e.Calls)
 	e.Answered = min(max(e.Answered, 0), e.Calls)
 	if c := e.Confirmed; c != nil && (c.Status < 200 || c.Status > 299 || len(c.CFRay) > maxLedgerRay) {
 		e.Confirmed = nil // not a confirmation any worker records

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/revoker/revoker/config"
@@ -18,14 +19,7 @@ import (
 // removed by hand leaves a marker that a later call writes over rather
 // than stalling the event forever.
 func TestLedgerEntriesNameTheirEvent(t *testing.T) {
-	ns := queuetest.Server(t)
-	_, js := queuetest.Connect(t, ns)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	l, err := queue.BindLedger(ctx, js, config.Default().Topology(), zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, l := boundLedger(t)
 	stored := time.Date(2026, 12, 5, 10, 0, 0, 123456789, time.UTC)
 	ref := worker.Ref{Stream: "REVOCATIONS", Seq: 1, Account: "acct", Key: "k1", Stored: stored}
 	confirm := func(e *worker.Entry) error {
@@ -59,4 +53,19 @@ func TestLedgerEntriesNameTheirEvent(t *testing.T) {
 	if err != nil || e.Calls != 1 || e.Confirmed != nil {
 		t.Fatalf("after the entry was deleted by hand: %+v, %v; want a fresh entry with one call", e, err)
 	}
+}
+
+// boundLedger is a ledger bound on a server of its own, and a context for
+// the test's requests.
+func boundLedger(t *testing.T) (context.Context, jetstream.JetStream, *queue.Ledger) {
+	t.Helper()
+	ns := queuetest.Server(t)
+	_, js := queuetest.Connect(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	l, err := queue.BindLedger(ctx, js, config.Default().Topology(), zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, js, l
 }

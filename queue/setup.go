@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -183,6 +184,14 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 	c, err := js.Consumer(ctx, stream, want.Durable)
 	switch {
 	case errors.Is(err, jetstream.ErrConsumerNotFound) && create:
+		// What the stream holds now may have been delivered by a consumer
+		// of this name before (deleted by hand, lost with a leader): the
+		// consumer says from where on it is the first to deliver.
+		s, err := js.Stream(ctx, stream)
+		if err != nil {
+			return fmt.Errorf("look up stream %s: %w", stream, err)
+		}
+		want.Metadata = map[string]string{MetaFreshFrom: strconv.FormatUint(s.CachedInfo().State.LastSeq+1, 10)}
 		if _, err := js.CreateConsumer(ctx, stream, want); err != nil {
 			return fmt.Errorf("create consumer %s: %w", want.Durable, err)
 		}
@@ -212,6 +221,12 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 	}
 	return nil
 }
+
+// MetaFreshFrom is the metadata of a consumer revoker made: the first
+// stream sequence stored after it was made. No older consumer can have
+// delivered an event from there on, so a first delivery of one is the
+// first of all.
+const MetaFreshFrom = "revoker_fresh_from"
 
 type diff struct{ name, have, want string }
 

@@ -31,6 +31,7 @@ type fakeDelivery struct {
 	ackWait    time.Duration
 	replayOf   string
 	header     map[string]string
+	remade     bool // its consumer was made after the event was stored
 
 	mu         sync.Mutex
 	settled    []string // "ack", "term", "giveback <delay>"
@@ -43,6 +44,7 @@ func (d *fakeDelivery) Subject() string     { return "revoke.scheduled" }
 func (d *fakeDelivery) Stream() string      { return "REVOCATIONS" }
 func (d *fakeDelivery) Sequence() uint64    { return 7 }
 func (d *fakeDelivery) Delivered() int      { return d.delivered }
+func (d *fakeDelivery) First() bool         { return d.delivered <= 1 && !d.remade }
 func (d *fakeDelivery) StoredAt() time.Time { return time.Now().Add(-time.Second) }
 func (d *fakeDelivery) ReplayOf() string    { return d.replayOf }
 func (d *fakeDelivery) Header(name string) string {
@@ -133,12 +135,14 @@ func (r *fakeRecords) Prior(_ context.Context, ref worker.Ref) (event.Record, bo
 	return rec, found, nil
 }
 
-// fakeLedger keeps entries by sequence; an entry of another account or key
-// is none, as the real ledger has it. failUpdates makes that many updates
+// fakeLedger keeps entries by sequence, and the journal's first calls by
+// event; an entry of another account or key is none, as the real ledger
+// has it. failUpdates makes that many writes (updates or announcements)
 // fail first, closing failing at the first.
 type fakeLedger struct {
 	mu          sync.Mutex
 	entries     map[uint64]worker.Entry
+	journal     map[journalKey]int
 	failUpdates int
 	failing     chan struct{}
 	once        sync.Once
@@ -153,20 +157,51 @@ func (l *fakeLedger) Load(_ context.Context, ref worker.Ref) (worker.Entry, erro
 func (l *fakeLedger) entry(ref worker.Ref) worker.Entry {
 	e := l.entries[ref.Seq]
 	if e.Account != ref.Account || e.Key != ref.Key {
-		return worker.Entry{}
+		e = worker.Entry{}
+	}
+	if j := l.journal[journalKey{ref.Seq, ref.Account, ref.Key}]; j > e.Journaled {
+		e.Calls += j - e.Journaled
+		e.Journaled = j
 	}
 	return e
+}
+
+// journalKey names an event in the fake's journal.
+type journalKey struct {
+	seq          uint64
+	account, key string
+}
+
+// fail makes a write fail while failUpdates says so.
+func (l *fakeLedger) fail() error {
+	if l.failUpdates == 0 {
+		return nil
+	}
+	l.failUpdates--
+	if l.failing != nil {
+		l.once.Do(func() { close(l.failing) })
+	}
+	return errors.New("ledger unavailable")
+}
+
+func (l *fakeLedger) Announce(_ context.Context, ref worker.Ref) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.fail(); err != nil {
+		return err
+	}
+	if l.journal == nil {
+		l.journal = map[journalKey]int{}
+	}
+	l.journal[journalKey{ref.Seq, ref.Account, ref.Key}]++
+	return nil
 }
 
 func (l *fakeLedger) Update(_ context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.failUpdates > 0 {
-		l.failUpdates--
-		if l.failing != nil {
-			l.once.Do(func() { close(l.failing) })
-		}
-		return worker.Entry{}, errors.New("ledger unavailable")
+	if err := l.fail(); err != nil {
+		return worker.Entry{}, err
 	}
 	e := l.entry(ref)
 	if err := change(&e); err != nil {
@@ -566,7 +601,7 @@ func TestRedeliveryWhileHeldWaits(t *testing.T) {
 func TestRedeliveryAfterLostAck(t *testing.T) {
 	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
 	h.handle(&fakeDelivery{body: goodEvent})
-	if e := h.ledger.entries[7]; e.Confirmed != nil || e.Calls != 1 {
+	if e := h.ledger.entry(worker.Ref{Seq: 7, Account: "acct1", Key: "key1"}); e.Confirmed != nil || e.Calls != 1 {
 		t.Fatalf("ledger after the happy path: %+v; want the one call and no confirmation", e)
 	}
 	again := &fakeDelivery{body: goodEvent, delivered: 2}

@@ -153,6 +153,7 @@ func TestStaleConfirmationNotInherited(t *testing.T) {
 		}
 		h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "oldkey", Calls: 1,
 			Confirmed: &worker.Call{Status: 200, CFRay: "old-ray"}}
+		h.ledger.journal = nil // the next event is another, stored at another time
 	}
 	if h.api.calls != 2 {
 		t.Fatalf("%d calls, want one per event", h.api.calls)
@@ -191,7 +192,7 @@ func TestFirstDeliveryFindsEarlierCalls(t *testing.T) {
 	h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "key1", Calls: 1}
 	h.records.outcomes = []event.Record{{Stream: "REVOCATIONS", Sequence: 7, AccountID: "acct1", KeyID: "key1",
 		Outcome: event.Revoked, Status: 200, CFRay: "first-ray", Attempts: 1}}
-	d := &fakeDelivery{body: goodEvent}
+	d := &fakeDelivery{body: goodEvent, remade: true}
 	h.handle(d)
 	if h.api.calls != 0 || d.settled[0] != "ack" || len(h.records.outcomes) != 1 {
 		t.Fatalf("calls %d, settled %v, records %d; want the earlier revocation to stand", h.api.calls, d.settled, len(h.records.outcomes))
@@ -210,6 +211,7 @@ func TestRevokedBeatsNotFound(t *testing.T) {
 		h.api.onCall = func() {
 			h.ledger.mu.Lock()
 			e := h.ledger.entries[7]
+			e.Account, e.Key = "acct1", "key1"
 			e.Calls++
 			e.Confirmed = &worker.Call{Status: 200, CFRay: "other-ray"}
 			h.ledger.entries[7] = e
@@ -328,4 +330,33 @@ func TestConfirmationBeatsADeadLetter(t *testing.T) {
 	if o := onlyRecord(t, h); o.Outcome != event.Revoked || o.CFRay != "other-ray" || len(h.records.dlq) != 0 || d.settled[0] != "ack" {
 		t.Fatalf("record %+v, dead letters %d, settled %v; want the other replica's revocation and no dead letter", o, len(h.records.dlq), d.settled)
 	}
+}
+
+// TestJournaledCallsCountedOnce: a delivery's first call is announced in
+// the journal, its later calls in the entry, and the two are counted
+// together once; a first call whose delivery died is counted, and
+// unanswered, on the next delivery.
+func TestJournaledCallsCountedOnce(t *testing.T) {
+	t.Run("first call journaled, retry in the entry", func(t *testing.T) {
+		h := newHarness(t, nil, answer(503, nil, 0), answer(200, revoked, 0))
+		h.handle(&fakeDelivery{body: goodEvent})
+		if o := onlyRecord(t, h); o.Outcome != event.Revoked || o.Attempts != 2 || o.UnansweredCalls != 0 {
+			t.Fatalf("record %+v; want revoked, 2 attempts, none unanswered", o)
+		}
+		ref := worker.Ref{Seq: 7, Account: "acct1", Key: "key1"}
+		if j := h.ledger.journal[journalKey{7, "acct1", "key1"}]; j != 1 {
+			t.Fatalf("%d first calls in the journal, want 1", j)
+		}
+		if e := h.ledger.entry(ref); e.Calls != 2 || e.Journaled != 1 {
+			t.Fatalf("ledger %+v; want 2 calls, 1 of them journaled", e)
+		}
+	})
+	t.Run("first call of a delivery that died", func(t *testing.T) {
+		h := newHarness(t, nil, answer(200, revoked, 0))
+		h.ledger.journal = map[journalKey]int{{7, "acct1", "key1"}: 1}
+		h.handle(&fakeDelivery{body: goodEvent, delivered: 2})
+		if o := onlyRecord(t, h); o.Outcome != event.Revoked || o.Attempts != 2 || o.UnansweredCalls != 1 {
+			t.Fatalf("record %+v; want revoked, 2 attempts, 1 unanswered", o)
+		}
+	})
 }

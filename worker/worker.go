@@ -39,6 +39,11 @@ type Delivery interface {
 	Sequence() uint64
 	// Delivered counts deliveries of this event, this one included.
 	Delivered() int
+	// First reports whether no delivery of the event can have come
+	// before this one: the broker counts it the first, on a consumer
+	// that was there before the event was stored (one made again counts
+	// from 1 what an older one delivered).
+	First() bool
 	// StoredAt is when the stream stored the event.
 	StoredAt() time.Time
 	// ReplayOf is the original event's id when this is a replayed dead letter.
@@ -103,6 +108,12 @@ type Ledger interface {
 	// and returns the entry stored. If change fails, nothing is stored
 	// and the entry as read is returned with change's error.
 	Update(ctx context.Context, ref Ref, change func(*Entry) error) (Entry, error)
+	// Announce stores that a delivery knowing of no earlier call of the
+	// event is about to make its first, in a journal whose writes the
+	// first calls starting together share (the common path costs a
+	// fraction of a write); Load counts it. An error means it may not be
+	// stored: then no call may be made.
+	Announce(ctx context.Context, ref Ref) error
 }
 
 // Entry is the ledger's record of one event. It names the event's account
@@ -116,6 +127,9 @@ type Entry struct {
 	// Calls counts the DELETE calls made for the event, each stored
 	// before it was made.
 	Calls int `json:"calls"`
+	// Journaled is how many of the journal's first calls Calls counts:
+	// Load adds those the journal holds beyond it.
+	Journaled int `json:"journaled,omitempty"`
 	// Answered counts the calls whose answer a delivery heard and left
 	// here; the rest may have revoked the key unheard.
 	Answered int `json:"answered"`
@@ -289,13 +303,16 @@ type attempt struct {
 	ref     Ref
 	route   Route // the account's credential and budget
 
-	seen     int   // calls known to be made for the event, ours included
-	answered int   // of those, answered on earlier deliveries
-	heard    int   // calls of this delivery whose answer was heard
-	calls    int   // calls made on this delivery
-	revoked  *Call // the confirming call, from this delivery or an earlier one
-	kept     bool  // the confirmation is in the ledger
-	absentAt time.Time
+	seen int // calls known to be made for the event, ours included
+	// journaled is how many of seen are the journal's first calls, which
+	// the ledger's entry must be told so as not to count them twice.
+	journaled int
+	answered  int   // of those, answered on earlier deliveries
+	heard     int   // calls of this delivery whose answer was heard
+	calls     int   // calls made on this delivery
+	revoked   *Call // the confirming call, from this delivery or an earlier one
+	kept      bool  // the confirmation is in the ledger
+	absentAt  time.Time
 
 	status int // the deciding (or last) call's status, 0 if none came back
 	cfRay  string
@@ -386,10 +403,9 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 			return
 		}
 	}
-	// A redelivery first reads what earlier ones left. A first delivery
-	// need not: the ledger write before its first call finds any calls
-	// made before (a consumer made again counts deliveries from 1).
-	if d.Delivered() > 1 && !w.recall(stop, work, a) {
+	// A redelivery first reads what earlier ones left; only a first
+	// delivery may go straight to its call.
+	if !d.First() && !w.recall(stop, work, a) {
 		return
 	}
 
@@ -450,6 +466,7 @@ func (w *Worker) learn(a *attempt, e Entry) {
 	if e.Calls > a.seen {
 		a.seen, a.answered = e.Calls, e.Answered
 	}
+	a.journaled = max(a.journaled, e.Journaled)
 	if e.Confirmed != nil && a.revoked == nil {
 		a.revoked = e.Confirmed
 		a.status, a.cfRay, a.last = e.Confirmed.Status, e.Confirmed.CFRay, Decision{Kind: Revoked}
@@ -631,6 +648,16 @@ func (w *Worker) refused(stop context.Context, a *attempt) bool {
 // confirmation made the call needless). When the ledger shows calls this
 // delivery did not know of, it looks for their outcome before calling.
 func (w *Worker) delete(stop, work context.Context, a *attempt) (resp *cloudflare.Response, made bool, end ending, err error) {
+	if a.seen == 0 {
+		// The common path: a first call, announced in a write it shares
+		// with the first calls starting with it.
+		if err := w.Ledger.Announce(work, a.ref); err != nil {
+			return nil, false, decided, err
+		}
+		a.seen, a.journaled = 1, a.journaled+1
+		resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
+		return resp, true, decided, err
+	}
 	for {
 		e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
 			if e.Confirmed != nil || e.Calls > a.seen {
@@ -638,7 +665,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt) (resp *cloudflar
 			}
 			// Counted from what this delivery knows, in case the entry
 			// was lost meanwhile.
-			e.Calls = a.seen + 1
+			e.Calls, e.Journaled = a.seen+1, max(e.Journaled, a.journaled)
 			e.Replica = w.cfg.Name
 			return nil
 		})
@@ -931,7 +958,7 @@ func observe(h prometheus.Observer, v float64, ctx context.Context) {
 // keepConfirmation stores a's confirmation in the ledger.
 func (w *Worker) keepConfirmation(ctx context.Context, a *attempt) error {
 	_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
-		e.Calls = max(e.Calls, a.seen)
+		e.Calls, e.Journaled = max(e.Calls, a.seen), max(e.Journaled, a.journaled)
 		e.Confirmed = a.revoked
 		return nil
 	})
@@ -1098,7 +1125,7 @@ func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.work), 2*time.Second)
 		// Compare-and-swap: another replica's confirmation is kept.
 		_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
-			e.Calls = max(e.Calls, a.seen)
+			e.Calls, e.Journaled = max(e.Calls, a.seen), max(e.Journaled, a.journaled)
 			e.Answered = min(e.Answered+a.heard, e.Calls)
 			return nil
 		})

@@ -372,7 +372,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 			Gauge: m.KeysStillListed, Log: log, Replica: host,
 		})()
 	}
-	ledger := &queue.Ledger{}
+	ledger := &queue.Ledger{Replica: host}
 	replays := &queue.Replays{}
 	consumer := &queue.Consumer{
 		JS: js, Cfg: cfg.Topology(), ShutdownTimeout: cfg.ShutdownTimeout, Gate: gate, Ledger: ledger, Replays: replays,

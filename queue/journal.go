@@ -1,0 +1,196 @@
+package queue
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/revoker/revoker/worker"
+)
+
+// The journal is the ledger's write-ahead for first calls. Every call is
+// stored before it is made (SPEC §4, "The proof", point 2), and on the
+// common path — a delivery that knows of no earlier call — one write of
+// its own per call would double the writes of the whole drain. So the
+// first calls that start together share one write: a message of the
+// ledger's bucket listing them, under a key of their events' sequence
+// range, which a later delivery of any of them reads. Later calls, rare,
+// go through the entry's compare-and-swap as before.
+
+// journalRange is how many sequences of a work stream share a journal key
+// prefix: a later delivery reads the journal messages of its range.
+const journalRange = 64
+
+// Bounds of what the journal holds, so that reading a range stays cheap
+// and a value read back is clamped to what a worker could have written
+// (SPEC §4, "The proof", point 8).
+const (
+	maxJournalMsgs  = 4096 // messages under one range
+	maxJournalCalls = 4096 // calls in one message
+)
+
+// journalWriteTimeout bounds one journal write; it serves every call in it.
+const journalWriteTimeout = 5 * time.Second
+
+// journalCall is one first call in a journal message.
+type journalCall struct {
+	Seq     uint64    `json:"seq"`
+	Account string    `json:"account"`
+	Key     string    `json:"key"`
+	Stored  time.Time `json:"stored,omitzero"`
+	// Count is the call's number as its delivery knew it: 1, a first
+	// call. Each entry is one call, whatever it says.
+	Count int `json:"count"`
+}
+
+// journalMsg is the body of one journal message.
+type journalMsg struct {
+	Replica string        `json:"replica,omitempty"`
+	Calls   []journalCall `json:"calls"`
+}
+
+// announced is one call waiting for its journal write.
+type announced struct {
+	ref  worker.Ref
+	done chan error
+}
+
+// journal gathers the first calls announced while a write is under way
+// into the next write: the more calls start at once, the fewer writes.
+type journal struct {
+	mu      sync.Mutex
+	pending []announced
+	writing bool
+}
+
+func journalPrefix(stream string, seq uint64) string {
+	return "calls." + stream + "." + strconv.FormatUint(seq/journalRange, 10)
+}
+
+// Announce stores that a delivery knowing of no earlier call of ref's event
+// is about to make its first call, in one write shared with the first
+// calls starting meanwhile, and returns once it is stored. An error means
+// it may not be: then no call may be made.
+func (l *Ledger) Announce(ctx context.Context, ref worker.Ref) error {
+	if l.kv.Load() == nil {
+		return errLedgerUnbound
+	}
+	a := announced{ref: ref, done: make(chan error, 1)}
+	j := &l.journal
+	j.mu.Lock()
+	j.pending = append(j.pending, a)
+	start := !j.writing
+	j.writing = true
+	j.mu.Unlock()
+	if start {
+		go l.writeJournal()
+	}
+	select {
+	case err := <-a.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// writeJournal writes what is pending, one message per range, until
+// nothing is.
+func (l *Ledger) writeJournal() {
+	j := &l.journal
+	for {
+		j.mu.Lock()
+		batch := j.pending
+		j.pending = nil
+		if len(batch) == 0 {
+			j.writing = false
+			j.mu.Unlock()
+			return
+		}
+		j.mu.Unlock()
+
+		groups := make(map[string][]announced, 2)
+		for _, a := range batch {
+			p := journalPrefix(a.ref.Stream, a.ref.Seq)
+			groups[p] = append(groups[p], a)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), journalWriteTimeout)
+		for prefix, group := range groups {
+			err := l.putJournal(ctx, prefix, group)
+			for _, a := range group {
+				a.done <- err
+			}
+		}
+		cancel()
+	}
+}
+
+// putJournal stores one message of first calls under a new key of prefix.
+func (l *Ledger) putJournal(ctx context.Context, prefix string, group []announced) error {
+	kv := l.kv.Load()
+	if kv == nil {
+		return errLedgerUnbound
+	}
+	m := journalMsg{Replica: l.Replica, Calls: make([]journalCall, len(group))}
+	for i, a := range group {
+		m.Calls[i] = journalCall{Seq: a.ref.Seq, Account: a.ref.Account, Key: a.ref.Key, Count: 1}
+		if !a.ref.Stored.IsZero() {
+			m.Calls[i].Stored = a.ref.Stored.UTC()
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	// A key of its own: a write retried after a lost answer replaces
+	// itself, never another replica's.
+	if _, err := (*kv).Put(ctx, prefix+"."+rand.Text(), b); err != nil {
+		return fmt.Errorf("write ledger journal: %w", err)
+	}
+	return nil
+}
+
+// journaled counts the first calls the journal holds for ref's event:
+// those naming its sequence, account, key and storing time.
+func (l *Ledger) journaled(ctx context.Context, ref worker.Ref) (int, error) {
+	js := l.js.Load()
+	if js == nil {
+		return 0, errLedgerUnbound
+	}
+	filter := "$KV." + LedgerBucket + "." + journalPrefix(ref.Stream, ref.Seq) + ".*"
+	n := 0
+	next := uint64(0)
+	for range maxJournalMsgs {
+		m, err := msgGet(ctx, *js, "KV_"+LedgerBucket, msgGetRequest{Seq: next, NextFor: filter})
+		if err != nil {
+			return 0, fmt.Errorf("read ledger journal: %w", err)
+		}
+		if m == nil {
+			return n, nil
+		}
+		n += countJournaled(m.Data, ref)
+		next = m.Seq + 1
+	}
+	return 0, errors.New("read ledger journal: more messages under one range than any worker writes")
+}
+
+// countJournaled counts ref's calls in one journal message; a message that
+// does not parse (a delete marker among them) counts none.
+func countJournaled(b []byte, ref worker.Ref) int {
+	var m journalMsg
+	if len(b) == 0 || json.Unmarshal(b, &m) != nil {
+		return 0
+	}
+	n := 0
+	for _, c := range m.Calls[:min(len(m.Calls), maxJournalCalls)] {
+		if c.Seq == ref.Seq && c.Account == ref.Account && c.Key == ref.Key &&
+			(ref.Stored.IsZero() || c.Stored.IsZero() || c.Stored.Equal(ref.Stored)) {
+			n++
+		}
+	}
+	return n
+}

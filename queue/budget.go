@@ -407,6 +407,24 @@ func (b *Budget) Allows(p int) bool {
 	return !blocked
 }
 
+// Free implements throttle.Budget: what Reserve answers for a budget
+// without a rate, from the cache alone.
+func (b *Budget) Free(p int) bool {
+	if b.interval != 0 || b.kv.Load() == nil || !b.clock.ready() {
+		return false
+	}
+	c, known := b.cached(b.key())
+	if !known {
+		return false
+	}
+	now, _ := b.clock.serverNow()
+	if now.Before(c.st.Hold) {
+		return false
+	}
+	_, blocked := b.blockedUntil(c.st, p, now)
+	return !blocked
+}
+
 // Held implements throttle.Budget.
 func (b *Budget) Held() (time.Time, string) {
 	c, _ := b.cached(b.key())

@@ -400,3 +400,40 @@ func TestBudgetHoldCappedAndShown(t *testing.T) {
 		}
 	}
 }
+
+// TestUnlimitedBudgetFree: a budget without a rate lets a call start from
+// what it knows, with no slot to write, but not through another replica's
+// hold or below a priority another replica claims; a budget with a rate
+// always reserves.
+func TestUnlimitedBudgetFree(t *testing.T) {
+	ns := queuetest.Server(t)
+	api := cloudflaretest.NewServer()
+	defer api.Close()
+	a := newBReplica(t, ns, api, "a", 0, 2)
+	b := newBReplica(t, ns, api, "b", 0, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, ok, err := a.budget.Reserve(ctx, 1); err != nil || !ok {
+		t.Fatalf("Reserve: %v, %v", ok, err) // binds and reads the bucket
+	}
+	queuetest.Eventually(t, 10*time.Second, "a free call", func() bool { return a.budget.Free(1) })
+
+	b.budget.Claim(0)
+	queuetest.Eventually(t, 10*time.Second, "b's urgent claim seen by a", func() bool { return !a.budget.Free(1) })
+	if !a.budget.Free(0) {
+		t.Fatal("an urgent call held back by another replica's urgent claim")
+	}
+	b.budget.Claim(-1)
+	queuetest.Eventually(t, 10*time.Second, "b's claim gone", func() bool { return a.budget.Free(1) })
+
+	b.budget.Hold(time.Now().Add(time.Minute), "test")
+	queuetest.Eventually(t, 10*time.Second, "b's hold seen by a", func() bool { return !a.budget.Free(0) })
+
+	limited := newBReplica(t, ns, api, "c", 4, 2)
+	if _, _, err := limited.budget.Reserve(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if limited.budget.Free(0) {
+		t.Fatal("a budget with a rate lets a call start without a slot")
+	}
+}

@@ -139,6 +139,13 @@ func (v *fakeView) allows(p int) bool {
 	return true
 }
 
+func (v *fakeView) Free(p int) bool {
+	b := v.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.interval == 0 && !b.fail && !time.Now().Before(b.holdEnd) && v.allows(p)
+}
+
 func (v *fakeView) Allows(p int) bool {
 	v.b.mu.Lock()
 	defer v.b.mu.Unlock()
@@ -264,36 +271,57 @@ func TestSharedHoldStopsOtherReplicas(t *testing.T) {
 }
 
 // TestSharedClaimHoldsLowerPriorityElsewhere: while one gate has urgent
-// work waiting, the other grants no lower-priority permit.
+// work waiting, the other grants no lower-priority permit, whether their
+// budget has a rate or not.
 func TestSharedClaimHoldsLowerPriorityElsewhere(t *testing.T) {
-	b := newFakeBudget(time.Millisecond)
-	a := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1, Budget: b.view()})
-	defer a.Close()
-	other := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1, Budget: b.view()})
-	defer other.Close()
+	for name, interval := range map[string]time.Duration{"rate": time.Millisecond, "no rate": 0} {
+		t.Run(name, func(t *testing.T) {
+			b := newFakeBudget(interval)
+			a := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1, Budget: b.view()})
+			defer a.Close()
+			other := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1, Budget: b.view()})
+			defer other.Close()
 
-	held, err := a.Acquire(context.Background(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan string, 2)
-	acquireAsync(t, a, 0, "urgent", got) // waits: a's only slot is held
-	waitQueued(t, a, 0, 1)
-	waitFor(t, func() bool { return !b.views[1].Allows(1) })
+			held, err := a.Acquire(context.Background(), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan string, 2)
+			acquireAsync(t, a, 0, "urgent", got) // waits: a's only slot is held
+			waitQueued(t, a, 0, 1)
+			waitFor(t, func() bool { return !b.views[1].Allows(1) })
 
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	if _, err := other.Acquire(ctx, 1); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("low priority got a permit while urgent work waited on another replica: %v", err)
-	}
-	acquireAsync(t, other, 1, "low", got)
-	waitQueued(t, other, 1, 1)
-	held.Release()
-	if first := <-got; first != "urgent" {
-		t.Fatalf("first permit went to %s, want urgent", first)
-	}
-	if second := <-got; second != "low" {
-		t.Fatalf("second permit went to %s, want low", second)
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			if _, err := other.Acquire(ctx, 1); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("low priority got a permit while urgent work waited on another replica: %v", err)
+			}
+			go func() {
+				pm, err := other.Acquire(context.Background(), 1)
+				switch {
+				case err != nil:
+					got <- "error: " + err.Error()
+				case a.Queued(0) > 0:
+					got <- "low, while urgent work waited"
+				default:
+					got <- "low"
+				}
+				if pm != nil {
+					pm.Release()
+				}
+			}()
+			waitQueued(t, other, 1, 1)
+			held.Release()
+			first, second := <-got, <-got
+			if interval == 0 && first == "low" {
+				// Without a rate both may start at once; what counts is
+				// that low started only once urgent no longer waited.
+				first, second = second, first
+			}
+			if first != "urgent" || second != "low" {
+				t.Fatalf("permits went to %q then %q, want urgent then low", first, second)
+			}
+		})
 	}
 }
 
@@ -458,4 +486,39 @@ func maxTime(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// TestUnlimitedBudgetGrantsAtOnce: a shared budget without a rate grants
+// a permit without the gate's loop asking it for a slot, yet a hold
+// elsewhere still holds permits back (and a claim: see
+// TestSharedClaimHoldsLowerPriorityElsewhere).
+func TestUnlimitedBudgetGrantsAtOnce(t *testing.T) {
+	b := newFakeBudget(0)
+	a := throttle.New(throttle.Config{Priorities: 2, Concurrency: 2, Budget: b.view()})
+	defer a.Close()
+	other := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1, Budget: b.view()})
+	defer other.Close()
+
+	pm, err := a.Acquire(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.Release()
+	b.mu.Lock()
+	asked := b.asked
+	b.mu.Unlock()
+	if asked != 0 {
+		t.Fatalf("the budget was asked for %d slots; a budget without a rate has none to give", asked)
+	}
+
+	const pause = 200 * time.Millisecond
+	start := time.Now()
+	other.Pause(pause)
+	if pm, err = a.Acquire(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	pm.Release()
+	if d := time.Since(start); d < pause {
+		t.Fatalf("a permit %v into another replica's %v hold", d, pause)
+	}
 }

@@ -69,6 +69,11 @@ type Budget interface {
 	// Allows reports, from what is known without asking, whether no other
 	// sharer claims a priority higher than p.
 	Allows(p int) bool
+	// Free reports, from what is known without asking, whether a call of
+	// priority p may start now with nothing to reserve: the budget sets
+	// no rate, no hold is in force and no sharer claims a higher priority.
+	// Such a permit is granted at once, not through the gate's loop.
+	Free(p int) bool
 	// Hold stops every sharer's calls until `until` for cause; it never
 	// shortens a hold in force.
 	Hold(until time.Time, cause string)
@@ -147,10 +152,14 @@ type Permit struct {
 // Release returns the permit's concurrency slot. It is safe to call twice.
 func (p *Permit) Release() {
 	p.once.Do(func() {
-		p.g.mu.Lock()
-		p.g.free++
-		p.g.mu.Unlock()
-		p.g.poke()
+		g := p.g
+		g.mu.Lock()
+		g.free++
+		handed, emptied := g.handOn()
+		g.mu.Unlock()
+		if !handed || emptied {
+			g.poke()
+		}
 	})
 }
 
@@ -243,16 +252,39 @@ func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
 
 // grantNow takes a permit at once when nobody of equal or higher priority
 // is queued or pending and nothing holds permits back: the common case,
-// without a round trip through the loop. A shared budget is only asked from
-// the loop, so with one every permit goes through it. g.mu is held.
+// without a round trip through the loop. g.mu is held.
 func (g *Gate) grantNow(p int) bool {
-	if g.free == 0 || g.budget != nil {
-		return false
-	}
 	for q := 0; q <= p; q++ {
 		if len(g.queues[q]) > 0 || (q < p && g.pending[q]) {
 			return false
 		}
+	}
+	return g.mayGrant(p)
+}
+
+// handOn gives a permit just released to the waiter the loop would serve
+// next, when nothing holds it back, sparing the loop's round trip; emptied
+// says a level above the lowest has no waiter left, which the loop must
+// hear of for its claim. g.mu is held.
+func (g *Gate) handOn() (handed, emptied bool) {
+	p := g.next()
+	if p < 0 || g.closed || !g.mayGrant(p) {
+		return false, false
+	}
+	w := g.queues[p][0]
+	g.queues[p] = g.queues[p][1:]
+	w.granted = true
+	close(w.ch)
+	return true, len(g.queues[p]) == 0 && p < len(g.queues)-1
+}
+
+// mayGrant takes a permit of level p if nothing holds it back: a free
+// slot, no hold or pacing, a local rate token. A shared budget with a rate
+// is only asked from the loop, so with one every permit goes through it;
+// one without a rate is asked what it knows. g.mu is held.
+func (g *Gate) mayGrant(p int) bool {
+	if g.free == 0 || g.budget != nil && !g.budget.Free(p) {
+		return false
 	}
 	now := g.cfg.Clock()
 	if now.Before(g.holdEnd) || now.Before(g.notEarly) {

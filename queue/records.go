@@ -102,10 +102,12 @@ func OutcomeSubject(prefix, account, key string) string {
 	return prefix + "." + account + "." + key
 }
 
-// OutcomeMsg builds the outcome record of rec under prefix. Its Nats-Msg-Id
-// makes a repeated write of the same outcome a no-op; it names the outcome,
-// so that a revoked record correcting a not_found is not taken for a
-// repeat of it.
+// OutcomeMsg builds the outcome record of rec under prefix. A record on its
+// key's own subject needs no Nats-Msg-Id: its write expects the subject's
+// last sequence, so a repeated write is refused and reads what is there.
+// Records of events without a valid key share one subject and are written
+// without that check: their Nats-Msg-Id makes a repeat of the same outcome
+// a no-op, and names the outcome.
 func OutcomeMsg(prefix string, rec event.Record) (*nats.Msg, error) {
 	body, err := json.Marshal(rec)
 	if err != nil {
@@ -117,7 +119,9 @@ func OutcomeMsg(prefix string, rec event.Record) (*nats.Msg, error) {
 	if rec.TraceID != "" {
 		m.Header.Set(HeaderTraceID, rec.TraceID)
 	}
-	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("outcome:%s:%d:%s", rec.Stream, rec.Sequence, rec.Outcome))
+	if !cloudflare.ValidIdentifier(rec.AccountID) || !cloudflare.ValidIdentifier(rec.KeyID) {
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("outcome:%s:%d:%s", rec.Stream, rec.Sequence, rec.Outcome))
+	}
 	return m, nil
 }
 
@@ -148,7 +152,7 @@ func (r *Records) DeadLetter(ctx context.Context, d event.DeadLetter, body []byt
 	m := DeadLetterMsg(r.DLQSubject, d, body, r.maxRecord(ctx))
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	return r.write(ctx, r.DLQStream, m, func(stored *jetstream.RawStreamMsg) bool {
+	return r.write(ctx, r.DLQStream, m, nil, func(stored *jetstream.RawStreamMsg) bool {
 		// Ours if it names the same reason for the same event, from the
 		// same place: a retried write of our own record, not one planted
 		// in advance. The source subject counts, since a replay follows
@@ -204,7 +208,7 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 		if err != nil {
 			return rec, err
 		}
-		return rec, r.write(ctx, r.OutcomeStream, m, func(stored *jetstream.RawStreamMsg) bool {
+		return rec, r.write(ctx, r.OutcomeStream, m, nil, func(stored *jetstream.RawStreamMsg) bool {
 			var o event.Record
 			return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
 		})
@@ -242,10 +246,10 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 		if err != nil {
 			return rec, err
 		}
-		err = r.write(ctx, r.OutcomeStream, m, func(stored *jetstream.RawStreamMsg) bool {
+		err = r.write(ctx, r.OutcomeStream, m, &b.last, func(stored *jetstream.RawStreamMsg) bool {
 			var o event.Record
 			return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
-		}, jetstream.WithExpectLastSequencePerSubject(b.last))
+		})
 		if !wrongLastSequence(err) {
 			return rec, err
 		}
@@ -294,14 +298,14 @@ func (r *Records) believe(ctx context.Context, subject string, storedAt time.Tim
 	return b, err
 }
 
-// write publishes m to stream and waits for its acknowledgement. A
+// write publishes m to stream and waits for its acknowledgement, expecting
+// the subject's last sequence to be *expectLast when that is not nil. A
 // duplicate answer is taken as written only if ours says the stored record
 // is ours; otherwise somebody wrote under our id first, and the record is
 // written again under an id nobody can guess. The caller bounds ctx (by
 // Timeout): one timer per record, not one per write.
-func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, ours func(*jetstream.RawStreamMsg) bool, opts ...jetstream.PublishOpt) error {
-	opts = append(opts, jetstream.WithExpectStream(stream))
-	ack, err := r.JS.PublishMsg(ctx, m, opts...)
+func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, expectLast *uint64, ours func(*jetstream.RawStreamMsg) bool) error {
+	ack, err := publish(ctx, r.JS.Conn(), stream, m, expectLast)
 	if err != nil {
 		return err
 	}
@@ -312,7 +316,7 @@ func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, ours fu
 	if err != nil {
 		return fmt.Errorf("check the record stored under %s: %w", m.Header.Get(jetstream.MsgIDHeader), err)
 	}
-	stored, err := s.GetMsg(ctx, ack.Sequence)
+	stored, err := s.GetMsg(ctx, ack.Seq)
 	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("check the record stored under %s: %w", m.Header.Get(jetstream.MsgIDHeader), err)
 	}
@@ -321,8 +325,8 @@ func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, ours fu
 	}
 	id := m.Header.Get(jetstream.MsgIDHeader)
 	r.Log.Error("a record that is not ours is stored under our record's id; writing ours again under a new id",
-		zap.String("stream", stream), zap.String("msg_id", untrusted.Line(id, maxHeader)), zap.Uint64("stored_sequence", ack.Sequence))
+		zap.String("stream", stream), zap.String("msg_id", untrusted.Line(id, maxHeader)), zap.Uint64("stored_sequence", ack.Seq))
 	m.Header.Set(jetstream.MsgIDHeader, id+":"+rand.Text())
-	_, err = r.JS.PublishMsg(ctx, m, opts...)
+	_, err = publish(ctx, r.JS.Conn(), stream, m, expectLast)
 	return err
 }

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/logging"
 )
 
 // Set at build time with -ldflags "-X main.version=... -X main.commit=...".
@@ -133,17 +134,5 @@ func newLogger(cfg config.Config, w io.Writer) (*zap.Logger, error) {
 	if err != nil {
 		return nil, err
 	}
-	ec := zap.NewProductionEncoderConfig()
-	ec.TimeKey = "time"
-	ec.EncodeTime = zapcore.RFC3339NanoTimeEncoder
-	ec.EncodeDuration = zapcore.StringDurationEncoder
-	var enc zapcore.Encoder
-	if cfg.LogFormat == "console" {
-		ec.EncodeLevel = zapcore.CapitalLevelEncoder
-		enc = zapcore.NewConsoleEncoder(ec)
-	} else {
-		enc = zapcore.NewJSONEncoder(ec)
-	}
-	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)
-	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(w))), nil
+	return logging.New(level, cfg.LogFormat, w), nil
 }

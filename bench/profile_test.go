@@ -12,16 +12,21 @@ import (
 )
 
 // profiler takes a CPU profile of the worker through its profiler address
-// (REVOKER_DEBUG_ADDR) when BENCH_PROFILE names a file; otherwise it does
-// nothing.
+// (REVOKER_DEBUG_ADDR) when BENCH_PROFILE names a file (BENCH_PROFILE_KIND
+// =allocs: what it allocated over those seconds instead); otherwise it
+// does nothing.
 type profiler struct {
 	file    string
+	kind    string
 	seconds int
 	addr    string
 }
 
 func newProfiler(b *testing.B) *profiler {
-	p := &profiler{file: os.Getenv("BENCH_PROFILE"), seconds: envInt(b, "BENCH_PROFILE_SECONDS", 20)}
+	p := &profiler{file: os.Getenv("BENCH_PROFILE"), kind: os.Getenv("BENCH_PROFILE_KIND"), seconds: envInt(b, "BENCH_PROFILE_SECONDS", 20)}
+	if p.kind == "" {
+		p.kind = "profile"
+	}
 	if p.file != "" {
 		p.addr = "127.0.0.1:" + strconv.Itoa(freePort(b))
 	}
@@ -49,7 +54,7 @@ func (p *profiler) start() <-chan error {
 
 func (p *profiler) take() error {
 	c := &http.Client{Timeout: time.Duration(p.seconds+30) * time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.addr, p.seconds))
+	resp, err := c.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", p.addr, p.kind, p.seconds))
 	if err != nil {
 		return fmt.Errorf("%w (a binary without REVOKER_DEBUG_ADDR cannot be profiled)", err)
 	}

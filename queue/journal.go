@@ -75,7 +75,9 @@ func journalPrefix(stream string, seq uint64) string {
 // Announce stores that a delivery knowing of no earlier call of ref's event
 // is about to make its first call, in one write shared with the first
 // calls starting meanwhile, and returns once it is stored. An error means
-// it may not be: then no call may be made.
+// it may not be: then no call may be made. If ctx ends first, the entry may
+// still be stored: a call counted, never made, is one unanswered call more,
+// never one less.
 func (l *Ledger) Announce(ctx context.Context, ref worker.Ref) error {
 	if l.kv.Load() == nil {
 		return errLedgerUnbound

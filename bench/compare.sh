@@ -2,7 +2,8 @@
 # compare.sh — BenchmarkDrain of an older commit's revoker beside this
 # working tree's, on today's rig, in alternating rounds.
 #
-#   bench/compare.sh [OLD_COMMIT [ROUNDS]]     (defaults: 361f1b0, 3)
+#   bench/compare.sh [OLD_COMMIT [ROUNDS]]     (defaults: 361f1b0, 3; take 6 or
+#                                               more where a few per cent matter)
 #
 # The old binary is built from a temporary `git worktree` (removed at the
 # end), the new one from the working tree as it is, uncommitted changes
@@ -72,7 +73,13 @@ awk '
 		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
 		return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 	}
+	# The pair of each round is also compared on its own: the speed of the machine
+	# drifts by a third within minutes, and a pair run back to back shares
+	# the speed of the moment.
+	$2 == "old" { lastRate = $3; lastCPU = $4 }
+	$2 == "new" && lastRate > 0 { pr = pr " " $3 / lastRate; pc = pc " " $4 / lastCPU; pairs++ }
 	END {
 		ro = median(rate["old"]); rn = median(rate["new"]); co = median(cpu["old"]); cn = median(cpu["new"])
 		printf "median old %.0f events/s, %.4f s CPU/1k; new %.0f events/s, %.4f s CPU/1k; new/old: %.2fx events/s, %.2fx CPU per event\n", ro, co, rn, cn, rn / ro, cn / co
+		printf "pairs: median of the %d per-round ratios: %.2fx events/s, %.2fx CPU per event\n", pairs, median(pr), median(pc)
 	}' "$results"

@@ -7,7 +7,10 @@ var (
 	ParseRateLimit   = parseRateLimit
 	ParseShouldRetry = parseShouldRetry
 	DecodeEnvelope   = decodeEnvelope
-	OneLine          = oneLine
+	// The plain envelope's reading, and the full one it must agree with.
+	DecodePlainEnvelope = decodePlainEnvelope
+	DecodeEnvelopeFully = decodeEnvelopeFully
+	OneLine             = oneLine
 )
 
 // MaxBody is the body read limit, for the oversized-body test.

@@ -321,6 +321,12 @@ type attempt struct {
 
 func (a *attempt) attempts() int { return a.seen }
 
+// countIn makes the entry e count at least calls calls, and tells it how
+// many of them are the journal's, so that Load does not count those twice.
+func (a *attempt) countIn(e *Entry, calls int) {
+	e.Calls, e.Journaled = max(e.Calls, calls), max(e.Journaled, a.journaled)
+}
+
 // unanswered counts the event's calls whose answer nobody heard.
 func (a *attempt) unanswered() int { return max(a.seen-a.answered-a.heard, 0) }
 
@@ -665,7 +671,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt) (resp *cloudflar
 			}
 			// Counted from what this delivery knows, in case the entry
 			// was lost meanwhile.
-			e.Calls, e.Journaled = a.seen+1, max(e.Journaled, a.journaled)
+			a.countIn(e, a.seen+1)
 			e.Replica = w.cfg.Name
 			return nil
 		})
@@ -958,7 +964,7 @@ func observe(h prometheus.Observer, v float64, ctx context.Context) {
 // keepConfirmation stores a's confirmation in the ledger.
 func (w *Worker) keepConfirmation(ctx context.Context, a *attempt) error {
 	_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
-		e.Calls, e.Journaled = max(e.Calls, a.seen), max(e.Journaled, a.journaled)
+		a.countIn(e, a.seen)
 		e.Confirmed = a.revoked
 		return nil
 	})
@@ -1125,7 +1131,7 @@ func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.work), 2*time.Second)
 		// Compare-and-swap: another replica's confirmation is kept.
 		_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
-			e.Calls, e.Journaled = max(e.Calls, a.seen), max(e.Journaled, a.journaled)
+			a.countIn(e, a.seen)
 			e.Answered = min(e.Answered+a.heard, e.Calls)
 			return nil
 		})

@@ -57,7 +57,7 @@ func TestProofSilentCut(t *testing.T) {
 	api := cloudflaretest.NewServer(cloudflaretest.WithToken(token))
 	t.Cleanup(api.Close)
 	tapA, tapB := newTap(t, api), newTap(t, api)
-	hole := newBlackhole(t, srv.Addr().String())
+	hole := queuetest.NewBlackhole(t, srv.Addr().String())
 	env := append([]string{"REVOKER_ACK_WAIT=" + ackWait.String()}, proofEnv...)
 
 	key := "cut00001"
@@ -100,7 +100,7 @@ func TestProofSilentCut(t *testing.T) {
 		}
 		return true
 	})
-	hole.Blackhole()
+	hole.Cut()
 	cut := time.Now()
 	release.release() // A hears the stand-in's answer only now, cut off
 	if held.Status != http.StatusOK {

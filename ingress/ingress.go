@@ -35,9 +35,12 @@ import (
 const (
 	DefaultMaxWait    = 60 * time.Second
 	DefaultMaxWaiting = 256
-	readHeaderTimeout = 10 * time.Second
-	readTimeout       = 30 * time.Second
-	idleTimeout       = 2 * time.Minute
+	// DefaultCloseTimeout bounds the close that the end of Start's
+	// context makes, when Config.CloseTimeout is not set.
+	DefaultCloseTimeout = 10 * time.Second
+	readHeaderTimeout   = 10 * time.Second
+	readTimeout         = 30 * time.Second
+	idleTimeout         = 2 * time.Minute
 	// writeMargin is the write time beyond the longest wait: storing the
 	// event and writing the answer.
 	writeMargin    = 30 * time.Second
@@ -49,8 +52,6 @@ const (
 	// 503 and of a 202.
 	retryUnavailable = 5
 	retryQueued      = 2
-	// closeTimeout bounds the close that the end of Start's context makes.
-	closeTimeout = 10 * time.Second
 )
 
 // Config is what the ingress is built from.
@@ -69,6 +70,11 @@ type Config struct {
 	// MaxWaiting bounds the requests waiting for an outcome at once;
 	// beyond, 503 (default DefaultMaxWaiting).
 	MaxWaiting int
+	// CloseTimeout is how long the requests in hand may finish once
+	// Start's context ends (REVOKER_SHUTDOWN_TIMEOUT; default
+	// DefaultCloseTimeout): an event being stored then still gets its
+	// answer.
+	CloseTimeout time.Duration
 	// Client stores events and reads the audit trail; Waiter hears
 	// outcomes (nil when outcome records are off: answers are then 202).
 	Client *queue.Client
@@ -115,6 +121,9 @@ func Start(ctx context.Context, js jetstream.JetStream, cfg Config) (*Server, er
 	}
 	if js != nil && cfg.Client.JetStream() != js {
 		return nil, errors.New("ingress: the client must be on the JetStream handle given")
+	}
+	if cfg.CloseTimeout <= 0 {
+		cfg.CloseTimeout = DefaultCloseTimeout
 	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = DefaultMaxWait
@@ -189,7 +198,7 @@ func Start(ctx context.Context, js jetstream.JetStream, cfg Config) (*Server, er
 	}()
 	// The end of ctx closes the ingress as Close does.
 	context.AfterFunc(s.ctx, func() {
-		cctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		cctx, cancel := context.WithTimeout(context.Background(), s.cfg.CloseTimeout)
 		defer cancel()
 		_ = s.Close(cctx)
 	})

@@ -3,6 +3,7 @@ package ingress
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -11,10 +12,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/docs"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/ingress/ingresstest"
+	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
 
@@ -525,5 +528,73 @@ func TestIngressCloseEndsWaits(t *testing.T) {
 	}
 	if time.Since(start) > 4*time.Second {
 		t.Fatal("close waited out the wait")
+	}
+}
+
+// When Start's context ends, the requests in hand get CloseTimeout
+// (REVOKER_SHUTDOWN_TIMEOUT) to finish, not a fixed time of the ingress's
+// own: here a store held by a silent cut is given up after it.
+func TestIngressContextEndClosesWithinCloseTimeout(t *testing.T) {
+	dir := t.TempDir()
+	ns := startNATS(t, 0, dir)
+	_, direct := queuetest.Connect(t, ns)
+	topo := tTopology()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := queue.Ensure(ctx, direct, topo, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	hole := queuetest.NewBlackhole(t, ns.Addr().String())
+	nc, js := queuetest.ConnectURL(t, hole.URL())
+	const closeTimeout = 500 * time.Millisecond
+	run, stop := context.WithCancel(context.Background())
+	defer stop()
+	s, err := Start(run, js, Config{
+		Addr: "127.0.0.1:0", Callers: tCallers(), Client: queue.ClientOn(nc, js, topo),
+		Subjects: topo.Subjects, Replicas: 1, Create: true, CloseTimeout: closeTimeout, Log: zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := func(key string) (*http.Response, error) {
+		req, err := http.NewRequest(http.MethodPost, "http://"+s.Addr()+"/v1/revocations", strings.NewReader(evBody(tAccount, key)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+tToken)
+		return http.DefaultClient.Do(req)
+	}
+	// A first request binds what the ingress binds on first use.
+	res, err := post("k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusAccepted {
+		t.Fatalf("first request answered %d", res.StatusCode)
+	}
+
+	hole.Cut()
+	sent := nc.Stats().OutMsgs
+	ended := make(chan error, 1)
+	go func() {
+		res, err := post("k2")
+		if err == nil {
+			res.Body.Close()
+			err = fmt.Errorf("answered %d", res.StatusCode)
+		}
+		ended <- err
+	}()
+	queuetest.Eventually(t, 5*time.Second, "the second request storing its event", func() bool { return nc.Stats().OutMsgs > sent })
+	start := time.Now()
+	stop()
+	// The store would hold on for its own 15 s; without CloseTimeout the
+	// close gave up on it only after 10 s.
+	select {
+	case err := <-ended:
+		t.Logf("the request held by the cut ended %v after the context: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the request held by the cut still open 5 s after the context ended (CloseTimeout %s)", closeTimeout)
 	}
 }

@@ -426,7 +426,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		in, err := ingress.Start(runCtx, js, ingress.Config{
 			Addr: cfg.IngressAddr, TLSCert: cfg.IngressTLSCert, TLSKey: cfg.IngressTLSKey,
 			CallersFile: cfg.IngressCallersFile, Callers: w.callers,
-			MaxWait: cfg.IngressMaxWait, MaxWaiting: cfg.Concurrency * 16,
+			MaxWait: cfg.IngressMaxWait, MaxWaiting: cfg.Concurrency * 16, CloseTimeout: cfg.ShutdownTimeout,
 			Client: client, Waiter: waiter, Subjects: cfg.Subjects,
 			Replicas: cfg.StreamReplicas, Create: cfg.CreateStreams, Log: log, Metrics: w.ingressMetrics,
 		})

@@ -1,4 +1,4 @@
-package e2e
+package queuetest
 
 import (
 	"net"
@@ -6,19 +6,19 @@ import (
 	"testing"
 )
 
-// blackhole is a TCP proxy on 127.0.0.1 that can cut the path between its
-// clients and the target silently: Blackhole stops forwarding in both
+// Blackhole is a TCP proxy on 127.0.0.1 that can cut the path between its
+// clients and the target silently: Cut stops forwarding in both
 // directions but closes nothing and sends no reset, as a partition or a
 // dead switch does. Bytes sent meanwhile wait in the sockets' buffers, as
 // TCP retransmissions would; Heal delivers them and forwards again. A
 // connection accepted while the path is cut reaches the target only after
 // Heal.
-type blackhole struct {
+type Blackhole struct {
 	ln     net.Listener
 	target string
 
 	// mu guards the state below; forward writes under its read lock, so
-	// Blackhole returns only once no write is under way.
+	// Cut returns only once no write is under way.
 	mu     sync.RWMutex
 	cut    bool
 	closed bool
@@ -31,15 +31,15 @@ type blackhole struct {
 	wg sync.WaitGroup
 }
 
-// newBlackhole starts a proxy to target (host:port), forwarding, and closes
+// NewBlackhole starts a proxy to target (host:port), forwarding, and closes
 // it when the test ends.
-func newBlackhole(t *testing.T, target string) *blackhole {
+func NewBlackhole(t testing.TB, target string) *Blackhole {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &blackhole{ln: ln, target: target, healed: make(chan struct{})}
+	b := &Blackhole{ln: ln, target: target, healed: make(chan struct{})}
 	close(b.healed)
 	b.wg.Add(1)
 	go b.accept()
@@ -48,10 +48,10 @@ func newBlackhole(t *testing.T, target string) *blackhole {
 }
 
 // URL is the proxy's address as a NATS URL.
-func (b *blackhole) URL() string { return "nats://" + b.ln.Addr().String() }
+func (b *Blackhole) URL() string { return "nats://" + b.ln.Addr().String() }
 
-// Blackhole stops forwarding, in both directions, on every connection.
-func (b *blackhole) Blackhole() {
+// Cut stops forwarding, in both directions, on every connection.
+func (b *Blackhole) Cut() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.cut && !b.closed {
@@ -61,7 +61,7 @@ func (b *blackhole) Blackhole() {
 }
 
 // Heal forwards again what was held and what comes next.
-func (b *blackhole) Heal() {
+func (b *Blackhole) Heal() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.cut {
@@ -72,7 +72,7 @@ func (b *blackhole) Heal() {
 
 // pass waits while the path is cut, then runs send (if any) before the
 // path can be cut again; false once the proxy is closed.
-func (b *blackhole) pass(send func()) bool {
+func (b *Blackhole) pass(send func()) bool {
 	for {
 		b.mu.RLock()
 		closed, cut, healed := b.closed, b.cut, b.healed
@@ -91,7 +91,7 @@ func (b *blackhole) pass(send func()) bool {
 }
 
 // track keeps c to close with the proxy; false if the proxy is closed.
-func (b *blackhole) track(c net.Conn) bool {
+func (b *Blackhole) track(c net.Conn) bool {
 	b.connsMu.Lock()
 	defer b.connsMu.Unlock()
 	if b.ended {
@@ -101,7 +101,7 @@ func (b *blackhole) track(c net.Conn) bool {
 	return true
 }
 
-func (b *blackhole) accept() {
+func (b *Blackhole) accept() {
 	defer b.wg.Done()
 	for {
 		client, err := b.ln.Accept()
@@ -119,7 +119,7 @@ func (b *blackhole) accept() {
 
 // serve joins client to the target once the path is open, then forwards
 // each way until either side ends.
-func (b *blackhole) serve(client net.Conn) {
+func (b *Blackhole) serve(client net.Conn) {
 	defer b.wg.Done()
 	defer client.Close()
 	if !b.pass(nil) {
@@ -146,8 +146,8 @@ func (b *blackhole) serve(client net.Conn) {
 
 // forward copies src to dst while the path is open. What is read while
 // the path is cut is held until Heal (and nothing more is read meanwhile),
-// so nothing passes once Blackhole has returned.
-func (b *blackhole) forward(dst, src net.Conn) {
+// so nothing passes once Cut has returned.
+func (b *Blackhole) forward(dst, src net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -164,7 +164,7 @@ func (b *blackhole) forward(dst, src net.Conn) {
 }
 
 // close stops the proxy and every connection through it.
-func (b *blackhole) close() {
+func (b *Blackhole) close() {
 	b.ln.Close()
 	// The connections first: a write under way ends with them, and lets
 	// go of the read lock that the state below needs.

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -240,10 +241,28 @@ func credentialRefused(v *cloudflare.Verification) bool {
 	return v.Status >= 200 && v.Status <= 299 || v.Status >= 400 && v.Status <= 499 && v.Status != http.StatusTooManyRequests
 }
 
-// recheck is one credential's checks made before calls.
+// recheck is one credential's checks: those made before calls, one at a
+// time, and the order of all of them.
 type recheck struct {
 	mu   sync.Mutex
-	done time.Time // when the last one ended
+	done time.Time // when the last one before a call ended
+	// started counts the checks started. Only the latest one's answer is
+	// applied, under applying: a slow answer to an older check (of a
+	// token since replaced) must not undo a newer one's.
+	started  atomic.Uint64
+	applying sync.Mutex
+}
+
+// checks is the credential's recheck, made on first use.
+func (r *Routes) checks(name string) *recheck {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rc, ok := r.checking[name]
+	if !ok {
+		rc = &recheck{}
+		r.checking[name] = rc
+	}
+	return rc
 }
 
 // recheckServes is how long a check serves the calls waiting for one, as
@@ -256,13 +275,7 @@ const recheckServes = time.Second
 // found), and reports whether it works now.
 func (r *Routes) recheck(ctx context.Context, c *credentials.Credential, p int) bool {
 	cond := worker.ReadyCredentialOf(c.Name)
-	r.mu.Lock()
-	rc, ok := r.checking[c.Name]
-	if !ok {
-		rc = &recheck{}
-		r.checking[c.Name] = rc
-	}
-	r.mu.Unlock()
+	rc := r.checks(c.Name)
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	if r.ready.Met(cond) || time.Since(rc.done) < recheckServes {
@@ -280,6 +293,8 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 	if b == nil {
 		return
 	}
+	order := r.checks(c.Name)
+	ticket := order.started.Add(1)
 	// Each request of the check is a call of the budget and the address
 	// limit (an account token's check is two: the user endpoint first).
 	v, err := c.Client.VerifyTokenEach(ctx, c.VerifyAccount(), func(ctx context.Context) (func(), error) {
@@ -290,9 +305,14 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 		b.m.Calls.Inc()
 		return pm.Release, nil
 	})
+	order.applying.Lock()
+	defer order.applying.Unlock()
 	switch {
 	case ctx.Err() != nil:
 		return
+	case order.started.Load() != ticket:
+		r.log.Info("a credential check's answer came after a newer check started; the newer one's counts",
+			zap.String("credential", c.Name))
 	case err != nil:
 		// No answer proves nothing either way: the first call will tell.
 		r.log.Warn("a credential could not be checked", zap.String("credential", c.Name), zap.Error(err))

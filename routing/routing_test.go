@@ -3,8 +3,12 @@ package routing
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 	"github.com/revoker/revoker/credentials"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/worker"
 )
 
 // TestBudgetRate: budgets are cut in one proportion so that together they
@@ -119,5 +124,80 @@ func TestReloadedBudgetKeepsTheAddressLimit(t *testing.T) {
 	b, ok := r.Route("acct2")
 	if !ok || a.Rate+b.Rate > 150 {
 		t.Errorf("budgets at %v and %v after the reload: together over the address limit of 150", a.Rate, b.Rate)
+	}
+}
+
+// TestCredentialCheckAnswersApplyInOrder: of two checks of one credential
+// (its token file changed twice), only the later one's answer counts. Here
+// the first check, of a token since replaced, is answered last, refusing:
+// the credential stays accepted, as the second check found.
+func TestCredentialCheckAnswersApplyInOrder(t *testing.T) {
+	firstIn, releaseFirst := make(chan struct{}), make(chan struct{})
+	var checks atomic.Int32
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		// The second request is the second check's; every other one is the
+		// first check's (it may ask the account endpoint too), and refused.
+		w.Header().Set("Content-Type", "application/json")
+		switch checks.Add(1) {
+		case 2:
+			_, _ = io.WriteString(w, `{"success":true,"errors":[],"messages":[],"result":{"id":"t1","status":"active"}}`)
+			return
+		case 1:
+			close(firstIn)
+			<-releaseFirst
+		}
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = io.WriteString(w, `{"success":false,"errors":[{"code":1000,"message":"Invalid API Token"}],"messages":[],"result":null}`)
+	}))
+	t.Cleanup(api.Close)
+	t.Cleanup(func() {
+		select {
+		case <-releaseFirst:
+		default:
+			close(releaseFirst)
+		}
+	})
+
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.token"), []byte("token-a"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "credentials.yaml")
+	if err := os.WriteFile(file, []byte("credentials:\n  - name: cred-a\n    token_file: a.token\n    accounts: [acct1]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	set, err := credentials.Load(file, credentials.Options{BaseURL: api.URL, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := set.Credential("cred-a")
+	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{Budgets: []string{"cred-a"}}, metrics.Build{})
+	ready := metrics.NewReadiness(prometheus.NewRegistry())
+	r := &Routes{router: credentials.NewRouter(set), log: zap.NewNop(), budgets: map[string]*BudgetGate{}, checking: map[string]*recheck{},
+		metrics: m.Budget, ready: ready,
+		make: func(name string, rate float64) (*BudgetGate, error) {
+			return &BudgetGate{gate: throttle.New(throttle.Config{Priorities: 1, Concurrency: 4}), m: m.Budget(name)}, nil
+		}}
+	t.Cleanup(r.Close)
+	all := throttle.New(throttle.Config{Priorities: 1, Concurrency: 4})
+	t.Cleanup(all.Close)
+	cond := worker.ReadyCredentialOf("cred-a")
+	ready.Declare(cond)
+
+	ctx := context.Background()
+	firstDone := make(chan struct{})
+	go func() {
+		defer close(firstDone)
+		r.verify(ctx, c, all, 0, ready)
+	}()
+	<-firstIn
+	r.verify(ctx, c, all, 0, ready)
+	if !ready.Met(cond) {
+		t.Fatal("the second check's acceptance was not applied")
+	}
+	close(releaseFirst)
+	<-firstDone
+	if !ready.Met(cond) {
+		t.Fatal("the first check's late refusal undid the second check's acceptance")
 	}
 }

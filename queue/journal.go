@@ -120,13 +120,19 @@ func (l *Ledger) writeJournal() {
 			p := journalPrefix(a.ref.Stream, a.ref.Seq)
 			groups[p] = append(groups[p], a)
 		}
+		// The ranges' writes go out together: each call waits for one
+		// round trip, not one per range before its own.
 		ctx, cancel := context.WithTimeout(context.Background(), journalWriteTimeout)
+		var wg sync.WaitGroup
 		for prefix, group := range groups {
-			err := l.putJournal(ctx, prefix, group)
-			for _, a := range group {
-				a.done <- err
-			}
+			wg.Go(func() {
+				err := l.putJournal(ctx, prefix, group)
+				for _, a := range group {
+					a.done <- err
+				}
+			})
 		}
+		wg.Wait()
 		cancel()
 	}
 }

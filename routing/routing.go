@@ -246,11 +246,14 @@ func credentialRefused(v *cloudflare.Verification) bool {
 type recheck struct {
 	mu   sync.Mutex
 	done time.Time // when the last one before a call ended
-	// started counts the checks started. Only the latest one's answer is
-	// applied, under applying: a slow answer to an older check (of a
-	// token since replaced) must not undo a newer one's.
+	// started numbers the checks as they start. An answer is applied,
+	// under applying, unless a newer check's answer was applied first
+	// (applied): a slow answer to an older check (of a token since
+	// replaced) must not undo a newer one's, while a newer check that
+	// got no answer leaves an older one's to count.
 	started  atomic.Uint64
 	applying sync.Mutex
+	applied  uint64
 }
 
 // checks is the credential's recheck, made on first use.
@@ -310,8 +313,8 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 	switch {
 	case ctx.Err() != nil:
 		return
-	case order.started.Load() != ticket:
-		r.log.Info("a credential check's answer came after a newer check started; the newer one's counts",
+	case ticket < order.applied:
+		r.log.Info("a credential check's answer came after a newer check's; the newer one's counts",
 			zap.String("credential", c.Name))
 	case err != nil:
 		// No answer proves nothing either way: the first call will tell.
@@ -326,11 +329,13 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 			why += ", token " + v.TokenStatus
 		}
 		ready.Set(cond, why+")")
+		order.applied = ticket
 		r.log.Error("the API refused a credential; its accounts wait until it works",
 			zap.String("credential", c.Name), zap.Int("status", v.Status), zap.String("token_status", v.TokenStatus),
 			zap.String("cf_ray", v.CFRay))
 	default:
 		ready.Set(cond, "")
+		order.applied = ticket
 		r.log.Info("credential accepted", zap.String("credential", c.Name), zap.String("check", v.Endpoint))
 		if q := v.Policy.PerSecond(); q > 0 && (b.rate == 0 || q < b.rate) {
 			// As the worker does on every answer: the next call waits one

@@ -128,36 +128,90 @@ func TestReloadedBudgetKeepsTheAddressLimit(t *testing.T) {
 }
 
 // TestCredentialCheckAnswersApplyInOrder: of two checks of one credential
-// (its token file changed twice), only the later one's answer counts. Here
-// the first check, of a token since replaced, is answered last, refusing:
-// the credential stays accepted, as the second check found.
+// (its token file changed twice), an answer to the first that comes after
+// the second's is dropped; one that comes when the second got no answer
+// (a 503 says nothing of the credential) still counts. The first check's
+// answer is held until the second's is in.
 func TestCredentialCheckAnswersApplyInOrder(t *testing.T) {
-	firstIn, releaseFirst := make(chan struct{}), make(chan struct{})
-	var checks atomic.Int32
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		// The second request is the second check's; every other one is the
-		// first check's (it may ask the account endpoint too), and refused.
-		w.Header().Set("Content-Type", "application/json")
-		switch checks.Add(1) {
-		case 2:
-			_, _ = io.WriteString(w, `{"success":true,"errors":[],"messages":[],"result":{"id":"t1","status":"active"}}`)
-			return
-		case 1:
-			close(firstIn)
-			<-releaseFirst
-		}
-		w.WriteHeader(http.StatusUnauthorized)
-		_, _ = io.WriteString(w, `{"success":false,"errors":[{"code":1000,"message":"Invalid API Token"}],"messages":[],"result":null}`)
-	}))
-	t.Cleanup(api.Close)
-	t.Cleanup(func() {
-		select {
-		case <-releaseFirst:
-		default:
-			close(releaseFirst)
-		}
-	})
+	const (
+		active  = `{"success":true,"errors":[],"messages":[],"result":{"id":"t1","status":"active"}}`
+		invalid = `{"success":false,"errors":[{"code":1000,"message":"Invalid API Token"}],"messages":[],"result":null}`
+		down    = `{"success":false,"errors":[{"code":10000,"message":"try again"}],"messages":[],"result":null}`
+	)
+	type answer struct {
+		status int
+		body   string
+	}
+	for _, tc := range []struct {
+		name          string
+		first, second answer // the first check's (every request of it), the second's
+		refusedBefore bool
+		wantMet       bool
+	}{
+		{"a late refusal does not undo a newer acceptance",
+			answer{http.StatusUnauthorized, invalid}, answer{http.StatusOK, active}, false, true},
+		{"a late acceptance counts when the newer check got no answer",
+			answer{http.StatusOK, active}, answer{http.StatusServiceUnavailable, down}, true, true},
+		{"a late refusal counts when the newer check got no answer",
+			answer{http.StatusUnauthorized, invalid}, answer{http.StatusServiceUnavailable, down}, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			firstIn, releaseFirst := make(chan struct{}), make(chan struct{})
+			var requests atomic.Int32
+			api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				// The second request is the second check's; every other
+				// one is the first check's (it may ask the account
+				// endpoint too).
+				a := tc.first
+				switch requests.Add(1) {
+				case 1:
+					close(firstIn)
+					<-releaseFirst
+				case 2:
+					a = tc.second
+				}
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(a.status)
+				_, _ = io.WriteString(w, a.body)
+			}))
+			t.Cleanup(api.Close)
+			released := false
+			t.Cleanup(func() {
+				if !released {
+					close(releaseFirst)
+				}
+			})
+			r, c, ready := checkedRoutes(t, api.URL)
+			cond := worker.ReadyCredentialOf(c.Name)
+			ready.Declare(cond)
+			if tc.refusedBefore {
+				ready.Set(cond, "refused before")
+			}
+			all := throttle.New(throttle.Config{Priorities: 1, Concurrency: 4})
+			t.Cleanup(all.Close)
 
+			ctx := context.Background()
+			firstDone := make(chan struct{})
+			go func() {
+				defer close(firstDone)
+				r.verify(ctx, c, all, 0, ready)
+			}()
+			<-firstIn
+			r.verify(ctx, c, all, 0, ready)
+			released = true
+			close(releaseFirst)
+			<-firstDone
+			if got := ready.Met(cond); got != tc.wantMet {
+				t.Fatalf("credential accepted: %v, want %v", got, tc.wantMet)
+			}
+		})
+	}
+}
+
+// checkedRoutes are the routes of one token credential, cred-a, whose
+// checks go to base.
+func checkedRoutes(t *testing.T, base string) (*Routes, *credentials.Credential, *metrics.Readiness) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "a.token"), []byte("token-a"), 0o600); err != nil {
 		t.Fatal(err)
@@ -166,7 +220,7 @@ func TestCredentialCheckAnswersApplyInOrder(t *testing.T) {
 	if err := os.WriteFile(file, []byte("credentials:\n  - name: cred-a\n    token_file: a.token\n    accounts: [acct1]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	set, err := credentials.Load(file, credentials.Options{BaseURL: api.URL, Timeout: 5 * time.Second})
+	set, err := credentials.Load(file, credentials.Options{BaseURL: base, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,25 +233,5 @@ func TestCredentialCheckAnswersApplyInOrder(t *testing.T) {
 			return &BudgetGate{gate: throttle.New(throttle.Config{Priorities: 1, Concurrency: 4}), m: m.Budget(name)}, nil
 		}}
 	t.Cleanup(r.Close)
-	all := throttle.New(throttle.Config{Priorities: 1, Concurrency: 4})
-	t.Cleanup(all.Close)
-	cond := worker.ReadyCredentialOf("cred-a")
-	ready.Declare(cond)
-
-	ctx := context.Background()
-	firstDone := make(chan struct{})
-	go func() {
-		defer close(firstDone)
-		r.verify(ctx, c, all, 0, ready)
-	}()
-	<-firstIn
-	r.verify(ctx, c, all, 0, ready)
-	if !ready.Met(cond) {
-		t.Fatal("the second check's acceptance was not applied")
-	}
-	close(releaseFirst)
-	<-firstDone
-	if !ready.Met(cond) {
-		t.Fatal("the first check's late refusal undid the second check's acceptance")
-	}
+	return r, c, ready
 }

@@ -73,7 +73,7 @@ type Config struct {
 	// CloseTimeout is how long the requests in hand may finish once
 	// Start's context ends (REVOKER_SHUTDOWN_TIMEOUT; default
 	// DefaultCloseTimeout): an event being stored then still gets its
-	// answer.
+	// answer, within the store's own bound (15 s).
 	CloseTimeout time.Duration
 	// Client stores events and reads the audit trail; Waiter hears
 	// outcomes (nil when outcome records are off: answers are then 202).

@@ -589,11 +589,19 @@ func TestIngressContextEndClosesWithinCloseTimeout(t *testing.T) {
 	queuetest.Eventually(t, 5*time.Second, "the second request storing its event", func() bool { return nc.Stats().OutMsgs > sent })
 	start := time.Now()
 	stop()
-	// The store would hold on for its own 15 s; without CloseTimeout the
-	// close gave up on it only after 10 s.
+	// The store would hold on for its own 15 s: the close waits for it
+	// CloseTimeout, no less (it could finish meanwhile) and not the 10 s
+	// it once took whatever the setting, then closes the connection.
 	select {
 	case err := <-ended:
-		t.Logf("the request held by the cut ended %v after the context: %v", time.Since(start).Round(time.Millisecond), err)
+		took := time.Since(start)
+		t.Logf("the request held by the cut ended %v after the context: %v", took.Round(time.Millisecond), err)
+		if err == nil {
+			t.Fatal("the request held by the cut was answered")
+		}
+		if took < closeTimeout*9/10 {
+			t.Fatalf("the close gave the request in hand %v, less than its CloseTimeout %s", took, closeTimeout)
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatalf("the request held by the cut still open 5 s after the context ended (CloseTimeout %s)", closeTimeout)
 	}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"strings"
@@ -52,6 +53,7 @@ func BenchmarkDrain(b *testing.B) {
 		vars := append([]string{"REVOKER_CONCURRENCY=64", "REVOKER_RATE_LIMIT=0", "REVOKER_IP_RATE_LIMIT=0"}, strings.Fields(os.Getenv("BENCH_EXTRA_ENV"))...)
 		prof := newProfiler(b)
 		vars = append(vars, prof.vars()...)
+		served0 := r.served()
 		p := r.startWorker(vars...)
 		ks := keys("w", drainEvents)
 		start := time.Now()
@@ -60,6 +62,7 @@ func BenchmarkDrain(b *testing.B) {
 		pub := r.publishAsync(cfg.LowestPriority(), ks)
 		r.waitCalls(10*time.Minute, "every event revoked", "w", drainEvents)
 		stopRig()
+		served := r.served().since(served0, drainEvents)
 		call := r.calls("w")
 		var last time.Time
 		for _, c := range call {
@@ -72,6 +75,7 @@ func BenchmarkDrain(b *testing.B) {
 		self2 := cpuOf(os.Getpid())
 		b.Logf("this process (JetStream, stand-in, publisher; the floor's loop too): %.3f s CPU per 1,000 events with the floor, %.3f s with the worker",
 			1000*(self1-self0)/float64(drainEvents), 1000*(self2-self1)/float64(drainEvents))
+		b.Logf("the JetStream server while the worker drained, per event (the publisher's messages included): %s", served)
 		rss := p.peakRSS()
 		cpuPerK := 1000 * p.cpuSeconds() / float64(drainEvents)
 		if err := <-profiled; err != nil {
@@ -146,4 +150,25 @@ func (r *rig) minimalLoop(ctx context.Context, cfg config.Config, ks []string) (
 	}
 	lat := latencies(pub, call)
 	return float64(len(ks)) / last.Sub(start).Seconds(), pct(lat, .5), pct(lat, .99)
+}
+
+// traffic is what the JetStream server has taken in and sent out.
+type traffic struct{ inMsgs, outMsgs, inBytes, outBytes int64 }
+
+// served is the server's traffic so far.
+func (r *rig) served() traffic {
+	v, err := r.srv.Varz(nil)
+	if err != nil {
+		r.b.Fatal(err)
+	}
+	return traffic{v.InMsgs, v.OutMsgs, v.InBytes, v.OutBytes}
+}
+
+// since is the traffic from then to t, per event of n: a build that sends
+// the server more (or larger) messages per event shows it here, apart
+// from how it times them.
+func (t traffic) since(then traffic, n int) string {
+	per := func(now, before int64) float64 { return float64(now-before) / float64(n) }
+	return fmt.Sprintf("%.2f messages in, %.2f out, %.0f bytes in, %.0f out",
+		per(t.inMsgs, then.inMsgs), per(t.outMsgs, then.outMsgs), per(t.inBytes, then.inBytes), per(t.outBytes, then.outBytes))
 }

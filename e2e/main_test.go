@@ -296,7 +296,7 @@ func recordOutcomes(t *testing.T, js jetstream.JetStream, ks []string) {
 	// An event's record is stored before it leaves the work stream: wait
 	// for them all to leave before counting.
 	waitSettled(t, js, len(ks), 60*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	s, err := js.Stream(ctx, "REVOCATION_OUTCOMES")
 	if err != nil {
@@ -304,36 +304,50 @@ func recordOutcomes(t *testing.T, js jetstream.JetStream, ks []string) {
 		return
 	}
 	total := s.CachedInfo().State.Msgs
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Logf("outcome records: %v", err)
-		return
-	}
 	perKey := map[string]int{}
 	outcomes := map[string]int{}
-	for read := uint64(0); read < total; {
-		batch, err := cons.Fetch(int(min(total-read, 500)), jetstream.FetchMaxWait(5*time.Second))
+	// Right after a node's restart a fetch can come back empty while the
+	// stream's leader settles: read on from the last record, with a new
+	// consumer, until every stored record is read.
+	var read, last uint64 // records read; the stream sequence of the last
+	readOn := func() bool {
+		cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+			DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1,
+		})
 		if err != nil {
-			t.Logf("outcome records: read %d of %d: %v", read, total, err)
-			return
+			t.Logf("outcome records: after %d of %d: %v", read, total, err)
+			return false
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var rec struct{ KeyID, Outcome string }
-			if json.Unmarshal(m.Data(), &struct {
-				KeyID   *string `json:"key_id"`
-				Outcome *string `json:"outcome"`
-			}{&rec.KeyID, &rec.Outcome}) == nil {
-				perKey[rec.KeyID]++
-				outcomes[rec.Outcome]++
+		for read < total {
+			batch, err := cons.Fetch(int(min(total-read, 500)), jetstream.FetchMaxWait(5*time.Second))
+			if err != nil {
+				t.Logf("outcome records: after %d of %d: %v", read, total, err)
+				return false
 			}
+			n := 0
+			for m := range batch.Messages() {
+				n++
+				if meta, err := m.Metadata(); err == nil {
+					last = meta.Sequence.Stream
+				}
+				var rec struct{ KeyID, Outcome string }
+				if json.Unmarshal(m.Data(), &struct {
+					KeyID   *string `json:"key_id"`
+					Outcome *string `json:"outcome"`
+				}{&rec.KeyID, &rec.Outcome}) == nil {
+					perKey[rec.KeyID]++
+					outcomes[rec.Outcome]++
+				}
+			}
+			if n == 0 {
+				t.Logf("outcome records: a read came back empty after %d of %d; reading on", read, total)
+				return false
+			}
+			read += uint64(n)
 		}
-		if n == 0 {
-			break
-		}
-		read += uint64(n)
+		return true
 	}
+	waitUntil(t, 30*time.Second, "every outcome record read", readOn)
 	missing, doubled := 0, 0
 	for _, k := range ks {
 		switch perKey[k] {
@@ -344,8 +358,8 @@ func recordOutcomes(t *testing.T, js jetstream.JetStream, ks []string) {
 			doubled++
 		}
 	}
-	t.Logf("outcome records: %d for %d events; %d events without one, %d with more than one; by outcome %v",
-		total, len(ks), missing, doubled, outcomes)
+	t.Logf("outcome records: %d stored, %d read, for %d events; %d events without one, %d with more than one; by outcome %v",
+		total, read, len(ks), missing, doubled, outcomes)
 	if missing > 0 || doubled > 0 {
 		t.Errorf("every event must have exactly one outcome record")
 	}

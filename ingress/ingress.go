@@ -101,6 +101,7 @@ type Server struct {
 	m       *Metrics
 	log     *zap.Logger
 	kv      atomic.Pointer[jetstream.KeyValue]
+	binding chan struct{} // held while the bucket is bound
 	waiting chan struct{}
 	now     func() time.Time
 
@@ -152,7 +153,7 @@ func Start(ctx context.Context, js jetstream.JetStream, cfg Config) (*Server, er
 	s := &Server{
 		cfg: cfg, auth: newAuthenticator(cfg.Callers), limits: map[string]*bucket{}, m: m,
 		log: cfg.Log.With(zap.String("component", "ingress")), waiting: make(chan struct{}, cfg.MaxWaiting),
-		now: time.Now, done: make(chan error, 1),
+		binding: make(chan struct{}, 1), now: time.Now, done: make(chan error, 1),
 	}
 	for _, c := range cfg.Callers.List {
 		s.limits[c.Name] = newBucket(c.Rate)

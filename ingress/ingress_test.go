@@ -221,6 +221,50 @@ func TestIngressConcurrentFirstRequests(t *testing.T) {
 	}
 }
 
+// A burst of first requests binds the bucket once: one request creates it
+// and the others wait for that, rather than each proposing the same stream
+// (on a loaded cluster, some of forty such proposals went unanswered for
+// the whole store timeout, and their requests failed 503).
+func TestIngressFirstRequestsCreateTheBucketOnce(t *testing.T) {
+	h := newHarness(t)
+	creates, err := h.nc.SubscribeSync("$JS.API.STREAM.CREATE.KV_" + Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	var wg sync.WaitGroup
+	codes := make([]int, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := h.post(evBody(tAccount, fmt.Sprintf("burst%02d", i)), bearer(tToken)...)
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			res.Body.Close()
+			codes[i] = res.StatusCode
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != http.StatusAccepted {
+			t.Errorf("request %d: status %d, want 202", i, c)
+		}
+	}
+	if err := h.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := creates.Pending(); got != 1 {
+		t.Fatalf("%d requests to create the bucket for %d first requests, want 1", got, n)
+	}
+}
+
 // A claim left "storing" blocks its key with 409 while fresh, and is taken
 // over once stale.
 func TestIngressStaleClaim(t *testing.T) {

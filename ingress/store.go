@@ -99,10 +99,23 @@ func bodyDigest(body []byte) string {
 }
 
 // bucket binds the bucket (creating it when told to) on first use, and
-// again after a failure: NATS may be away when the ingress starts.
+// again after a failure: NATS may be away when the ingress starts. One
+// request binds at a time and the others wait for it: a burst of first
+// requests each creating the bucket is a burst of identical stream
+// proposals, and on a loaded cluster some went unanswered for the whole
+// store timeout.
 func (s *Server) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if kv := s.kv.Load(); kv != nil {
 		return *kv, nil
+	}
+	select {
+	case s.binding <- struct{}{}:
+		defer func() { <-s.binding }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("bucket %s: %w", Bucket, ctx.Err())
+	}
+	if kv := s.kv.Load(); kv != nil {
+		return *kv, nil // bound while this request waited
 	}
 	js := s.cfg.Client.JetStream()
 	kv, err := js.KeyValue(ctx, Bucket)

@@ -219,22 +219,22 @@ func TestIngressKillLosesNothing(t *testing.T) {
 	// reused, so the client library repeats nothing behind the test's back.
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Minute}
 	first := make([]ingAnswer, len(waitKeys))
-	var (
-		posts   sync.WaitGroup
-		firstMu sync.Mutex
-		failed  = map[string]int{} // keys whose POST failed before the kill, by index
-	)
+	refused := make([][]ingAnswer, len(waitKeys)) // answers before the last, logged after
+	var posts sync.WaitGroup
 	for i, k := range waitKeys {
 		posts.Add(1)
 		go func() {
 			defer posts.Done()
 			a := ingPost(client, base, k, 10)
-			firstMu.Lock()
-			defer firstMu.Unlock()
-			first[i] = a
-			if a.err != nil || a.code >= 500 || a.code == http.StatusTooManyRequests {
-				failed[k] = i
+			// A store refused on a loaded machine (an answer, not a cut
+			// connection) is sent again, as a paging tool retries a
+			// 5xx, and waits again: it stays a request the kill may cut.
+			for a.err == nil && (a.code >= 500 || a.code == http.StatusTooManyRequests) {
+				refused[i] = append(refused[i], a)
+				time.Sleep(100 * time.Millisecond) // the client's pace, not a wait for anything
+				a = ingPost(client, base, k, 10)
 			}
+			first[i] = a
 		}()
 	}
 	queuedFirst := map[string]ingAnswer{}
@@ -262,19 +262,7 @@ func TestIngressKillLosesNothing(t *testing.T) {
 			case a.err == nil && a.code == http.StatusAccepted && a.queued.State == ingress.StateQueued:
 				seq[k] = a.queued.Sequence
 			default:
-				// Not stored yet. A POST that failed before the kill (a
-				// store refused on a loaded machine) is sent again, as
-				// a paging tool retries a 5xx.
-				firstMu.Lock()
-				defer firstMu.Unlock()
-				if i, retry := failed[k]; retry {
-					t.Logf("POST %s failed before the kill (%v); sending it again", k, first[i])
-					if a := ingPost(client, base, k, 0); a.err == nil && a.code == http.StatusAccepted {
-						first[i] = a
-						delete(failed, k)
-					}
-				}
-				return false
+				return false // not stored yet
 			}
 		}
 		now := time.Now()
@@ -295,6 +283,11 @@ func TestIngressKillLosesNothing(t *testing.T) {
 	killed := time.Now()
 	w1.kill()
 	posts.Wait()
+	for i, as := range refused {
+		for _, a := range as {
+			t.Logf("POST %s failed before the kill (%v); sent again", waitKeys[i], a)
+		}
+	}
 
 	// What the kill left: answered POSTs, cut ones, calls in flight.
 	answered, cut := map[string]ingAnswer{}, map[string]ingAnswer{}

@@ -64,6 +64,11 @@ type DeadLetter struct {
 	Sequence uint64
 	FailedAt time.Time
 	TraceID  string // the event's trace id (SPEC §13), "" when none
+	// ContentType and TraceParent are the original message's Content-Type
+	// and W3C trace context: a replay republishes them with the body, so
+	// a CloudEvent is read as one again and its trace goes on.
+	ContentType string
+	TraceParent string
 }
 
 // NoKey stands for an account or key id in an outcome subject when the

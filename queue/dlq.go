@@ -35,6 +35,10 @@ type DeadLetterRecord struct {
 	SourceSubject  string    `json:"source_subject"`
 	SourceSequence uint64    `json:"source_sequence"`
 	FailedAt       time.Time `json:"failed_at,omitzero"`
+	// ContentType and TraceParent are the original message's, republished
+	// with the body by a replay.
+	ContentType string `json:"content_type,omitempty"`
+	TraceParent string `json:"traceparent,omitempty"`
 	// Body is the original event, byte for byte: what a replay publishes.
 	Body []byte `json:"-"`
 }
@@ -51,6 +55,8 @@ func deadLetterRecord(seq uint64, stored time.Time, h nats.Header, body []byte) 
 		Status:        h.Get(HeaderStatus),
 		EventID:       h.Get(HeaderEventID),
 		SourceSubject: h.Get(HeaderSourceSubject),
+		ContentType:   h.Get(HeaderContentType),
+		TraceParent:   h.Get(HeaderTraceParent),
 		Body:          body,
 	}
 	r.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
@@ -268,6 +274,12 @@ func (p *Replayer) publish(ctx context.Context, rec DeadLetterRecord, msgID, rep
 	m.Header.Set(jetstream.MsgIDHeader, msgID)
 	if replayOf != "" {
 		m.Header.Set(HeaderReplayOf, replayOf)
+	}
+	if rec.ContentType != "" {
+		m.Header.Set(HeaderContentType, rec.ContentType)
+	}
+	if rec.TraceParent != "" {
+		m.Header.Set(HeaderTraceParent, rec.TraceParent)
 	}
 	// The expected stream makes a subject that left the work stream an
 	// error instead of a message stored somewhere nobody consumes.

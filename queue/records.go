@@ -36,6 +36,11 @@ const (
 	HeaderReplayOf       = "Revoker-Replay-Of"
 	HeaderBodyTruncated  = "Revoker-Body-Truncated"
 	HeaderTraceID        = "Revoker-Trace-Id"
+	// The original message's own headers a dead letter keeps for its
+	// replay: without its Content-Type a CloudEvent would come back as a
+	// plain event, and be dead-lettered again as invalid.
+	HeaderContentType = "Content-Type"
+	HeaderTraceParent = "traceparent"
 )
 
 // Bounds of what a record carries (SPEC §5).
@@ -81,6 +86,12 @@ func DeadLetterMsg(subject string, d event.DeadLetter, body []byte, maxMsg int) 
 	h.Set(HeaderFailedAt, d.FailedAt.UTC().Format(time.RFC3339Nano))
 	if d.TraceID != "" {
 		h.Set(HeaderTraceID, d.TraceID)
+	}
+	if d.ContentType != "" {
+		h.Set(HeaderContentType, untrusted.Line(d.ContentType, maxHeader))
+	}
+	if d.TraceParent != "" {
+		h.Set(HeaderTraceParent, untrusted.Line(d.TraceParent, maxHeader))
 	}
 	if maxMsg > 0 && len(body)+recordOverhead > maxMsg {
 		sum := sha256.Sum256(body)

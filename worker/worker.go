@@ -1074,7 +1074,14 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 		Status: a.status, Called: a.attempts() > 0, Attempts: a.attempts(),
 		EventID: a.id, Stream: a.d.Stream(), Subject: a.d.Subject(), TraceID: a.traceID,
 		Sequence: a.d.Sequence(), FailedAt: time.Now(),
+		// What a replay needs to be read as this delivery was.
+		ContentType: a.d.Header("Content-Type"),
 	}
+	tracing.Inject(a.work, func(name, value string) {
+		if name == "traceparent" {
+			rec.TraceParent = value
+		}
+	})
 	if !w.durably(stop, work, a, "dead-letter record", func(ctx context.Context, a *attempt) (err error) {
 		ctx, span := tracing.StartRecordWrite(ctx, "dead_letter")
 		defer func() { tracing.End(span, err) }()

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,5 +64,58 @@ func TestCloudEventsRevoked(t *testing.T) {
 	}
 	if n := s.okDeletes("badce1"); n != 0 {
 		t.Fatalf("%d calls for an invalid CloudEvent", n)
+	}
+}
+
+// TestCloudEventDeadLetterReplayedAsCloudEvent: a dead-lettered CloudEvent
+// keeps its Content-Type, so `dlq list` shows its account and key and a
+// replay is read as a CloudEvent again, and revokes the key in the event's
+// own trace; a plain event's replay keeps its trace too (SPEC §5, §13, §14).
+func TestCloudEventDeadLetterReplayedAsCloudEvent(t *testing.T) {
+	s := hStack(t, nil)
+	s.startWorker()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	body, err := os.ReadFile("testdata/cloudevents/dapr.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = bytes.ReplaceAll(body, []byte("daprkey1"), []byte("cereplay1"))
+	s.api.Script("cereplay1", 400)
+	m := nats.NewMsg(s.cfg().LowestPriority())
+	m.Data = body
+	m.Header.Set("Content-Type", "application/cloudevents+json")
+	if _, err := s.js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	s.api.Script("plainreplay1", 400)
+	s.run("publish", "--account", "acct", "--key", "plainreplay1", "--wait", "--timeout", "20s").want(t, exitFailed, "dead_lettered")
+	queuetest.Eventually(t, 10*time.Second, "both dead-lettered", func() bool { return s.msgs(s.cfg().DLQStream) == 2 })
+
+	r := s.run("dlq", "list")
+	r.want(t, exitOK, "acct")
+	shown := 0
+	for _, line := range hLines(r.stdout)[1:] {
+		if row := strings.Fields(line); row[4] == "acct" && (row[5] == "cereplay1" || row[5] == "plainreplay1") {
+			shown++
+		}
+	}
+	if shown != 2 {
+		t.Fatalf("dlq list shows the account and key of %d of the two events:\n%s", shown, r.stdout)
+	}
+
+	s.run("dlq", "replay", "--all").want(t, exitOK, "replayed 1:", "replayed 2:")
+	for _, key := range []string{"cereplay1", "plainreplay1"} {
+		queuetest.Eventually(t, 10*time.Second, key+" revoked by its replay", func() bool { return len(s.outcomes(key)) == 2 })
+		o := s.outcomes(key)
+		if o[0].Outcome != event.DeadLettered || o[1].Outcome != event.Revoked || !s.api.Deleted("acct", key) {
+			t.Fatalf("%s: outcomes %+v; want dead_lettered, then revoked by the replay", key, o)
+		}
+		if o[0].TraceID == "" || o[1].TraceID != o[0].TraceID {
+			t.Fatalf("%s: the replay's trace %q is not the event's %q", key, o[1].TraceID, o[0].TraceID)
+		}
+	}
+	if o := s.outcomes("cereplay1"); o[0].TraceID != "0af7651916cd43dd8448eb211c80319c" {
+		t.Fatalf("the CloudEvent's trace is %q, want its traceparent's", o[0].TraceID)
 	}
 }

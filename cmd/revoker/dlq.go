@@ -113,7 +113,8 @@ func dlqList(ctx context.Context, args []string, e env) int {
 }
 
 // deadLetterRow is a record as `dlq list --json` prints it: with the
-// event's account and key when its body is a valid event, and the body.
+// event's account and key when its body is a valid event (or CloudEvent,
+// by its kept Content-Type), and the body.
 type deadLetterRow struct {
 	queue.DeadLetterRecord
 	AccountID string `json:"account_id,omitempty"`
@@ -125,7 +126,14 @@ func dlqRow(r queue.DeadLetterRecord) deadLetterRow {
 	row := deadLetterRow{DeadLetterRecord: r, Body: string(r.Body)}
 	// The worker's rules, so an identifier shown is one it would accept;
 	// the body of an invalid event is shown only in --json.
-	if ev, err := event.Decode(r.Body); err == nil {
+	decode := event.Decode
+	if event.IsCloudEvent(r.ContentType) {
+		decode = func(b []byte) (event.Event, error) {
+			ev, _, err := event.DecodeCloudEvent(b)
+			return ev, err
+		}
+	}
+	if ev, err := decode(r.Body); err == nil {
 		row.AccountID, row.KeyID = ev.AccountID, ev.KeyID
 	}
 	return row

@@ -93,7 +93,7 @@ func decodeFields(fields [][]byte) (Event, error) {
 		case "requested_by":
 			ev.RequestedBy = s
 		case "requested_at":
-			t, err := time.Parse(time.RFC3339, s)
+			t, err := parseRFC3339(s)
 			if err != nil {
 				return ev, invalid("requested_at must be an RFC 3339 time, got %s", quote(s))
 			}
@@ -341,4 +341,29 @@ func (n *fieldNames) add(name []byte) bool {
 	n.hashes[h] = struct{}{}
 	n.names = append(n.names, name)
 	return true
+}
+
+// parseRFC3339 parses s as RFC 3339 (§5.6) allows, which time.Parse does
+// not whole: a lower-case t and z, and a leap second (second 60, at the
+// last minute of a UTC day), taken as the first second after it.
+func parseRFC3339(s string) (time.Time, error) {
+	b := []byte(s)
+	if len(b) > 10 && b[10] == 't' {
+		b[10] = 'T'
+	}
+	if n := len(b); n > 0 && b[n-1] == 'z' {
+		b[n-1] = 'Z'
+	}
+	leap := len(b) > 18 && b[17] == '6' && b[18] == '0'
+	if leap {
+		b[17], b[18] = '5', '9'
+	}
+	t, err := time.Parse(time.RFC3339, string(b))
+	if err != nil || !leap {
+		return t, err
+	}
+	if u := t.UTC(); u.Hour() != 23 || u.Minute() != 59 {
+		return time.Time{}, errors.New("second 60 outside the last minute of a UTC day")
+	}
+	return t.Add(time.Second), nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/revoker/revoker/cloudflare"
@@ -26,6 +27,14 @@ func TestDecodeEvent(t *testing.T) {
 			event.Event{AccountID: "a1", KeyID: "k1", Reason: "leaked in ticket 42", RequestedBy: "ir-bot"}},
 		{"a case-folded name is another, unknown field", `{"account_id":"a1","Account_Id":"zz","key_id":"k1"}`, event.Event{AccountID: "a1", KeyID: "k1"}},
 		{"same name in nested objects", `{"account_id":"a1","key_id":"k1","m":{"key_id":1},"n":{"key_id":2}}`, event.Event{AccountID: "a1", KeyID: "k1"}},
+		// RFC 3339 §5.6 allows what time.Parse does not: lower-case t and z,
+		// and a leap second.
+		{"requested_at in lower case", `{"account_id":"a1","key_id":"k1","requested_at":"2026-12-06t00:00:00z"}`,
+			event.Event{AccountID: "a1", KeyID: "k1", RequestedAt: time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC)}},
+		{"requested_at on a leap second", `{"account_id":"a1","key_id":"k1","requested_at":"2016-12-31T23:59:60Z"}`,
+			event.Event{AccountID: "a1", KeyID: "k1", RequestedAt: time.Date(2017, 1, 1, 0, 0, 0, 0, time.UTC)}},
+		{"requested_at on a leap second, offset", `{"account_id":"a1","key_id":"k1","requested_at":"2016-12-31T18:59:60.5-05:00"}`,
+			event.Event{AccountID: "a1", KeyID: "k1", RequestedAt: time.Date(2017, 1, 1, 0, 0, 0, 5e8, time.UTC)}},
 	}
 	for _, tc := range good {
 		t.Run(tc.name, func(t *testing.T) {
@@ -33,6 +42,10 @@ func TestDecodeEvent(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if !ev.RequestedAt.Equal(tc.want.RequestedAt) {
+				t.Fatalf("requested_at %v, want %v", ev.RequestedAt, tc.want.RequestedAt)
+			}
+			ev.RequestedAt, tc.want.RequestedAt = time.Time{}, time.Time{}
 			if ev != tc.want {
 				t.Fatalf("got %+v, want %+v", ev, tc.want)
 			}
@@ -55,6 +68,8 @@ func TestDecodeEvent(t *testing.T) {
 		"unicode escape to a dot":          `{"account_id":"a1","key_id":"\u002e\u002e"}`,
 		"NUL in id":                        `{"account_id":"a1","key_id":"k\u0000"}`,
 		"requested_at without a time zone": `{"account_id":"a1","key_id":"k1","requested_at":"2026-01-02T03:04:05"}`,
+		"second 60 not before midnight":    `{"account_id":"a1","key_id":"k1","requested_at":"2026-01-02T03:04:60Z"}`,
+		"second 61":                        `{"account_id":"a1","key_id":"k1","requested_at":"2016-12-31T23:59:61Z"}`,
 	}
 	for name, body := range bad {
 		t.Run(name, func(t *testing.T) {

@@ -384,43 +384,81 @@ func (w *Watcher) Close() { _ = w.sub.Unsubscribe() }
 
 // Await waits until every event in want has its outcome, calling on with
 // each (want loses the events answered), or until deadline (nil error,
-// events left in want) or ctx ends. A record answers an event only when
-// it names the event's account, key, stream and sequence; events that were
-// duplicates of one stored earlier are first looked up on their key's own
-// subject, where their outcome may be already.
+// events left in want) or ctx ends. What the subscription hears is only a
+// notice, as for Waiter: a record published on the subject may yet be
+// refused by the stream (a racing replica's), so an answer is always read
+// back from the key's own subject, where the believed-record rule holds
+// (a revoked record beats every other). A record answers an event only
+// when it names the event's account, key, stream and sequence. Events that
+// were duplicates of one stored earlier are first looked up in the trail,
+// and so, at the deadline, is every event still waiting: a notice sent
+// while the connection was down is lost for good.
 func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline time.Time, on func(Published, event.Record)) error {
-	for seq, p := range want {
-		if !p.Duplicate {
-			continue
+	answer := func(p Published) (bool, error) {
+		rec, ok, err := w.c.Recorded(ctx, p)
+		if err != nil || !ok {
+			return false, err
 		}
-		if rec, ok, err := w.c.Recorded(ctx, p); err == nil && ok {
-			delete(want, seq)
-			on(p, rec)
+		delete(want, p.Sequence)
+		on(p, rec)
+		return true, nil
+	}
+	for _, p := range want {
+		if p.Duplicate {
+			_, _ = answer(p)
 		}
 	}
-	wctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
+	// heard holds the events whose record was heard but not yet read back,
+	// with when to read again: soon, then less often, then not until the
+	// next notice (the stream refused that record).
+	type recheck struct {
+		at    time.Time
+		retry time.Duration
+	}
+	heard := map[uint64]*recheck{}
 	for len(want) > 0 {
+		next := deadline
+		for _, r := range heard {
+			if r.at.Before(next) {
+				next = r.at
+			}
+		}
+		wctx, cancel := context.WithDeadline(ctx, next)
 		m, err := w.sub.NextMsgWithContext(wctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case err == nil:
+			var rec event.Record
+			if json.Unmarshal(m.Data, &rec) != nil || !onOwnSubject(m.Subject, rec) {
+				break
 			}
-			if wctx.Err() != nil {
-				return nil
+			if p, ok := want[rec.Sequence]; ok && p.Answers(rec) && heard[rec.Sequence] == nil {
+				heard[rec.Sequence] = &recheck{at: time.Now(), retry: noticeRetryFirst}
 			}
+		case wctx.Err() == nil:
 			return err
 		}
-		var rec event.Record
-		if json.Unmarshal(m.Data, &rec) != nil {
-			continue
+		now := time.Now()
+		if !now.Before(deadline) {
+			break
 		}
-		p, ok := want[rec.Sequence]
-		if !ok || !p.Answers(rec) {
-			continue // another event's, or not a true answer to ours
+		for seq, r := range heard {
+			if r.at.After(now) {
+				continue
+			}
+			if ok, _ := answer(want[seq]); ok || r.retry > noticeRetryMax {
+				delete(heard, seq)
+				continue
+			}
+			r.at, r.retry = now.Add(r.retry), 2*r.retry
 		}
-		delete(want, rec.Sequence)
-		on(p, rec)
+	}
+	for _, p := range want {
+		if _, err := answer(p); err != nil {
+			break // the trail cannot be read: the rest would wait as long
+		}
 	}
 	return nil
 }

@@ -212,3 +212,51 @@ func TestWaiterIdleHoldsNoSubscription(t *testing.T) {
 	}
 	queuetest.Eventually(t, 10*time.Second, "idle again, no subscription", func() bool { return nc.NumSubscriptions() == withSub-1 })
 }
+
+// publish --wait's watcher believes the trail, not what it hears: a record
+// the stream refused is heard but answers nothing, a revoked record in the
+// trail beats a not_found heard, and a record stored while nobody listened
+// is still found by the deadline.
+func TestWatcherBelievesTheTrailNotWhatItHears(t *testing.T) {
+	nc, js, c, _, topo := waiterSetup(t)
+	pub := func(key string, seq uint64) queue.Published {
+		return queue.Published{EventID: key, AccountID: "acct", KeyID: key, Stream: topo.Stream, Sequence: seq}
+	}
+	revoked, refusedOnly, unheard := pub("wkey1", 21), pub("wkey2", 22), pub("wkey3", 23)
+	storeRecord(t, js, topo, revoked.AccountID, revoked.KeyID, waiterRecord(revoked, event.Revoked))
+	storeRecord(t, js, topo, unheard.AccountID, unheard.KeyID, waiterRecord(unheard, event.NotFound))
+
+	w, err := c.Watch("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for _, p := range []queue.Published{revoked, refusedOnly} {
+		// Heard by every subscriber, refused by the stream: a losing
+		// replica's write expecting another last sequence.
+		body, _ := json.Marshal(waiterRecord(p, event.NotFound))
+		m := nats.NewMsg(queue.OutcomeSubject(topo.OutcomePrefix, p.AccountID, p.KeyID))
+		m.Data = body
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "999999")
+		if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	want := map[uint64]queue.Published{revoked.Sequence: revoked, refusedOnly.Sequence: refusedOnly, unheard.Sequence: unheard}
+	got := map[string]event.Outcome{}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.Await(ctx, want, time.Now().Add(time.Second), func(p queue.Published, rec event.Record) { got[p.KeyID] = rec.Outcome }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["wkey1"] != event.Revoked || got["wkey3"] != event.NotFound {
+		t.Fatalf("answers %v; want wkey1 revoked (the trail's), wkey3 not_found (stored unheard), nothing for wkey2 (refused)", got)
+	}
+	if _, left := want[refusedOnly.Sequence]; !left || len(want) != 1 {
+		t.Fatalf("left waiting: %v; want only wkey2", want)
+	}
+}

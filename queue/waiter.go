@@ -83,12 +83,18 @@ func NewWaiter(c *Client) (*Waiter, error) {
 	w := &Waiter{c: c, waiting: map[waitKey]map[*waitEntry]struct{}{}, subscribing: make(chan struct{}, 1)}
 	// Subscribed once at once, so that a subscription the permissions
 	// refuse is an error here rather than a silent wait later; then idle
-	// until someone waits.
-	sub, err := c.subscribeOutcomes(c.OutcomePrefix+".>", w.heard)
-	if err != nil {
-		return nil, err
+	// until someone waits. Only a refusal is: NATS away at start (no
+	// connection yet, or no answer) must not turn waiting off for the life
+	// of the process, and each wait subscribes again before it reads.
+	if c.nc.IsConnected() {
+		sub, err := c.subscribeOutcomes(c.OutcomePrefix+".>", w.heard)
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			return nil, err
+		}
+		if err == nil {
+			_ = sub.Unsubscribe()
+		}
 	}
-	_ = sub.Unsubscribe()
 	w.idle = time.AfterFunc(idleLinger, w.quiet)
 	w.idle.Stop()
 	return w, nil

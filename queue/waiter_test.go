@@ -260,3 +260,51 @@ func TestWatcherBelievesTheTrailNotWhatItHears(t *testing.T) {
 		t.Fatalf("left waiting: %v; want only wkey2", want)
 	}
 }
+
+// NATS away when the waiter is made (here: a silent cut, so the check of
+// its subscription gets no answer) does not turn waiting off: once NATS is
+// back, a wait subscribes and gets its record.
+func TestWaiterMadeWhileNATSIsAwayStillWaits(t *testing.T) {
+	srv := queuetest.Server(t)
+	bh := queuetest.NewBlackhole(t, srv.Addr().String())
+	nc, err := nats.Connect(bh.URL(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := config.Default().Topology()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := queue.Ensure(ctx, js, topo, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	c := queue.ClientOn(nc, js, topo)
+	c.Timeout = 300 * time.Millisecond
+
+	bh.Cut()
+	w, err := queue.NewWaiter(c)
+	if err != nil {
+		t.Fatalf("waiter made while NATS does not answer: %v; want one that waits once NATS is back", err)
+	}
+	defer w.Close()
+	bh.Heal()
+
+	c.Timeout = 5 * time.Second
+	p := queue.Published{EventID: "away1", AccountID: "acct", KeyID: "awaykey", Stream: topo.Stream, Sequence: 31}
+	done := make(chan event.Record, 1)
+	go func() {
+		if rec, ok, _ := w.Wait(ctx, p); ok {
+			done <- rec
+		}
+		close(done)
+	}()
+	queuetest.Eventually(t, 10*time.Second, "the wait registered", func() bool { return w.Waiting() == 1 })
+	storeRecord(t, js, topo, p.AccountID, p.KeyID, waiterRecord(p, event.Revoked))
+	if rec, ok := <-done; !ok || rec.Outcome != event.Revoked {
+		t.Fatalf("got %+v (%v), want p's revoked record", rec, ok)
+	}
+}

@@ -158,8 +158,10 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Service, error) {
 	}
 	s.svc = svc
 	// Registered at the server when Start returns; if NATS is away, the
-	// client subscribes again when it reconnects.
-	_ = nc.FlushTimeout(5 * time.Second)
+	// client subscribes when it connects, and nothing waits for it here.
+	if nc.IsConnected() {
+		_ = nc.FlushTimeout(5 * time.Second)
+	}
 	return s, nil
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/untrusted"
 )
 
@@ -64,6 +65,9 @@ type Queued struct {
 	KeyID     string `json:"key_id,omitempty"`
 	Stream    string `json:"stream,omitempty"`
 	Sequence  uint64 `json:"sequence,omitempty"`
+	// TraceID is the event's trace (SPEC §13): the caller's, when its
+	// request carried a traceparent.
+	TraceID string `json:"trace_id,omitempty"`
 }
 
 // StatusRequest is the body of revoker.status. Stream and Sequence (from
@@ -356,9 +360,12 @@ func (s *Service) revoke(req micro.Request) {
 		s.fail(req, 400, "%s must be at most %d bytes with no control characters", jetstream.MsgIDHeader, maxIDLen)
 		return
 	}
+	// The caller's trace goes on in the event (SPEC §13), whatever the
+	// letter case of its header.
+	traced := tracing.Extract(s.ctx, tracing.HeaderGetter(h))
 	s.async(req, func(req micro.Request) {
 		// Stored before anything is answered: a lost reply loses nothing.
-		p, err := s.cfg.Client.Publish(s.ctx, subject, id, ev, body)
+		p, err := s.cfg.Client.Publish(traced, subject, id, ev, body)
 		switch {
 		case errors.Is(err, queue.ErrIDTaken), errors.Is(err, queue.ErrIDUnverified):
 			s.fail(req, 409, "%v", err)
@@ -369,7 +376,7 @@ func (s *Service) revoke(req micro.Request) {
 			return
 		}
 		queued := Queued{EventID: p.EventID, State: StateQueued, AccountID: p.AccountID, KeyID: p.KeyID,
-			Stream: p.Stream, Sequence: p.Sequence}
+			Stream: p.Stream, Sequence: p.Sequence, TraceID: p.TraceID}
 		if wait > 0 && s.cfg.Waiter != nil {
 			ctx, cancel := context.WithTimeout(s.ctx, wait)
 			rec, ok, _ := s.cfg.Waiter.Wait(ctx, p)

@@ -229,6 +229,25 @@ func TestServiceRevokeWaitsForRevoked(t *testing.T) {
 
 func jsonUint(n uint64) string { b, _ := json.Marshal(n); return string(b) }
 
+// The caller's trace context, in any letter case, goes on in the event:
+// the record and the queued reply carry its trace id (SPEC §13).
+func TestServiceRevokeContinuesTheCallersTrace(t *testing.T) {
+	s := newStack(t, nil)
+	s.api.AddKey("acct1", "tracekey1")
+	const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	rec := decodeRecord(t, s.request(service.RevokeSubject, evJSON("acct1", "tracekey1"),
+		"TraceParent", "00-"+trace+"-00f067aa0ba902b7-01", service.HeaderWait, "15s"))
+	if rec.Outcome != event.Revoked || rec.TraceID != trace {
+		t.Fatalf("record %+v, want revoked in the caller's trace %s", rec, trace)
+	}
+	const other = "0af7651916cd43dd8448eb211c80319c"
+	q := decodeQueued(t, s.request(service.RevokeSubject, evJSON("acct1", "tracekey2"),
+		"traceparent", "00-"+other+"-b7ad6b7169203331-01"))
+	if q.TraceID != other {
+		t.Fatalf("queued reply %+v, want trace id %s", q, other)
+	}
+}
+
 // An invalid event, or a bad header, is refused with 400 in the service
 // headers and nothing is stored.
 func TestServiceRefusesInvalidRequests(t *testing.T) {

@@ -15,9 +15,9 @@ import (
 // Ellipsis marks text that was cut.
 const Ellipsis = "…"
 
-// Line returns s as one safe line of at most n bytes (plus the ellipsis
-// when cut): every unsafe character becomes a space, and surrounding
-// white space is trimmed.
+// Line returns s as one safe line of at most n bytes, the ellipsis
+// included when cut: every unsafe character becomes a space, and
+// surrounding white space is trimmed.
 func Line(s string, n int) string {
 	if strings.IndexFunc(s, Unsafe) >= 0 {
 		s = strings.Map(func(r rune) rune {
@@ -30,13 +30,14 @@ func Line(s string, n int) string {
 	return strings.TrimSpace(Cut(s, n))
 }
 
-// Cut shortens s to at most n bytes, on a character boundary, and marks the
-// cut with an ellipsis; s is returned as it is when it fits.
+// Cut shortens s to at most n bytes, on a character boundary, the
+// ellipsis that marks the cut included (so a limit of n characters holds
+// too); s is returned as it is when it fits.
 func Cut(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	cut := max(n, 0)
+	cut := max(n-len(Ellipsis), 0)
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

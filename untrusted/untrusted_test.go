@@ -20,7 +20,9 @@ func TestLine(t *testing.T) {
 		{"bidi override", "evil\u202egnp.exe", 64, "evil gnp.exe"},
 		{"bidi isolates and marks", "\u2066a\u2069\u200fb\u061c", 64, "a  b"},
 		{"line separators", "a\u2028b\u2029c", 64, "a b c"},
-		{"cut on a boundary", "ééé", 3, "é" + untrusted.Ellipsis},
+		{"cut on a boundary", "ééé", 5, "é" + untrusted.Ellipsis},
+		// SPEC §5: at most 256 characters, the ellipsis one of them.
+		{"ellipsis within the limit", strings.Repeat("a", 300), 256, strings.Repeat("a", 253) + untrusted.Ellipsis},
 		{"surrounding space", "  x \n", 64, "x"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,7 +44,7 @@ func FuzzLine(f *testing.F) {
 		if strings.IndexFunc(got, untrusted.Unsafe) >= 0 {
 			t.Fatalf("Line(%q) = %q keeps an unsafe character", s, got)
 		}
-		if len(got) > n+len(untrusted.Ellipsis) {
+		if len(got) > max(n, len(untrusted.Ellipsis)) {
 			t.Fatalf("Line(%q, %d) is %d bytes", s, n, len(got))
 		}
 	})

@@ -38,8 +38,13 @@ type fakeDelivery struct {
 	keepAlives int
 }
 
-func (d *fakeDelivery) Body() []byte        { return []byte(d.body) }
-func (d *fakeDelivery) ID() string          { return "ev-1" }
+func (d *fakeDelivery) Body() []byte { return []byte(d.body) }
+func (d *fakeDelivery) ID() string {
+	if d.id != "" {
+		return d.id
+	}
+	return "ev-1"
+}
 func (d *fakeDelivery) Subject() string     { return "revoke.scheduled" }
 func (d *fakeDelivery) Stream() string      { return "REVOCATIONS" }
 func (d *fakeDelivery) Sequence() uint64    { return 7 }

@@ -1,9 +1,11 @@
 package worker_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/untrusted"
 )
 
 const (
@@ -66,5 +68,18 @@ func TestCloudEvent(t *testing.T) {
 	h.handle(&fakeDelivery{body: ce})
 	if o := onlyRecord(t, h); o.Reason != event.InvalidEvent {
 		t.Fatalf("record %+v; a CloudEvent body without its content type is not an event", o)
+	}
+}
+
+// A long event id is cut in the outcome record as in the dead-letter
+// record and the logs (SPEC §10): at most 256 characters, the ellipsis
+// one of them.
+func TestRecordCutsALongEventID(t *testing.T) {
+	long := strings.Repeat("i", 400)
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{id: long, body: goodEvent})
+	o := onlyRecord(t, h)
+	if want := strings.Repeat("i", 253) + untrusted.Ellipsis; o.EventID != want {
+		t.Fatalf("record event_id is %d bytes; want it cut to 256 with an ellipsis", len(o.EventID))
 	}
 }

@@ -1158,7 +1158,9 @@ func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 // record is the outcome record of a.
 func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) event.Record {
 	r := event.Record{
-		EventID: a.id, AccountID: event.NoKey, KeyID: event.NoKey, TraceID: a.traceID,
+		// Cut as in the dead-letter record and the logs (SPEC §10), so the
+		// three name the event alike.
+		EventID: untrusted.Line(a.id, maxLoggedID), AccountID: event.NoKey, KeyID: event.NoKey, TraceID: a.traceID,
 		Outcome: outcome, Reason: reason,
 		Status: a.status, CFRay: a.cfRay, Attempts: a.attempts(),
 		Stream: a.d.Stream(), Subject: a.d.Subject(), Sequence: a.d.Sequence(),

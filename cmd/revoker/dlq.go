@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -58,6 +59,10 @@ func dlqList(ctx context.Context, args []string, e env) int {
 	}
 	if *limit < 0 {
 		fmt.Fprintf(e.stderr, "revoker dlq list: --limit must be 0 or more, got %d\n", *limit)
+		return exitUsage
+	}
+	if err := knownReason(*reason); err != nil {
+		fmt.Fprintf(e.stderr, "revoker dlq list: %v\n", err)
 		return exitUsage
 	}
 	c := dialFor("revoker dlq list", cfg, e)
@@ -163,6 +168,9 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 		return usageErr("give --all or --seq, not both")
 	case given["reason"] && *reason == "":
 		return usageErr("--reason needs a reason (e.g. api_rejected)")
+	}
+	if err := knownReason(*reason); err != nil {
+		return usageErr("%v", err)
 	}
 	var seqs []uint64
 	if given["seq"] {
@@ -298,4 +306,13 @@ func parseSeqs(s string) ([]uint64, error) {
 		}
 	}
 	return out, nil
+}
+
+// knownReason refuses a --reason no record can have: a typo during an
+// incident must not pass for "nothing to replay".
+func knownReason(reason string) error {
+	if reason == "" || slices.Contains(event.Reasons, event.Reason(reason)) {
+		return nil
+	}
+	return fmt.Errorf("--reason %q is not a dead-letter reason (%s)", cell(reason), strings.Join(event.Names(event.Reasons), ", "))
 }

@@ -269,7 +269,7 @@ var settings = []setting{
 	},
 	{
 		env: envRateLimit, section: Worker, required: true,
-		usage: "API calls per second for this replica, a `rate` (0 = no limit)",
+		usage: "API calls per second for the credential, one budget shared by every replica using it, a `rate` (0 = no limit)",
 		def:   func(c Config) string { return strconv.FormatFloat(c.RateLimit, 'g', -1, 64) },
 		apply: rate(func(c *Config) *float64 { return &c.RateLimit }),
 	},

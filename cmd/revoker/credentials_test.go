@@ -31,4 +31,8 @@ func TestCredentialsFileBadExits2(t *testing.T) {
 	if strings.Contains(r.stderr, "s3cr3t") {
 		t.Fatalf("the secret reached stderr: %s", r.stderr)
 	}
+	// Given as a flag, the message names the flag (SPEC §6).
+	delete(env, "REVOKER_CREDENTIALS_FILE")
+	r = hRun(t, env, "", "serve", "--credentials-file", path)
+	r.want(t, exitUsage, "--credentials-file: ", "line 5")
 }

@@ -71,7 +71,7 @@ func demoCmd(ctx context.Context, args []string, e env) int {
 	}
 	log, err = newLogger(cfg, logTo)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker demo: REVOKER_LOG_LEVEL: %v\n", err)
+		fmt.Fprintf(e.stderr, "revoker demo: %s: %v\n", settingName(fs, "REVOKER_LOG_LEVEL"), err)
 		return exitUsage
 	}
 

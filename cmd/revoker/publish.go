@@ -80,7 +80,7 @@ func publishCmd(ctx context.Context, args []string, e env) int {
 	}
 	if *wait {
 		if !cfg.OutcomeEnabled() {
-			return usageErr("--wait needs outcome records, but REVOKER_OUTCOME_SUBJECT is empty (outcome records are off)")
+			return usageErr("--wait needs outcome records, but %s is empty (outcome records are off)", settingName(fs, "REVOKER_OUTCOME_SUBJECT"))
 		}
 		if *timeout <= 0 {
 			return usageErr("--timeout must be positive, got %s", *timeout)

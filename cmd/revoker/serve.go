@@ -40,7 +40,7 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 	}
 	log, err := newLogger(cfg, e.stderr)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "revoker serve: REVOKER_LOG_LEVEL: %v\n", err)
+		fmt.Fprintf(e.stderr, "revoker serve: %s: %v\n", settingName(fs, "REVOKER_LOG_LEVEL"), err)
 		return exitUsage
 	}
 	defer log.Sync() //nolint:errcheck // stderr cannot be synced on every system
@@ -83,9 +83,30 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 	}
 	err = serve(ctx, cfg, serveOptions{log: log})
 	if err != nil {
+		var bad *settingError
+		if errors.As(err, &bad) {
+			bad.name = settingName(fs, bad.name)
+		}
 		fmt.Fprintf(e.stderr, "revoker serve: %v\n", err)
 	}
 	return exitCode(err)
+}
+
+// settingError is an error of the setting named by its variable, shown
+// under the flag's name instead when the flag was given (SPEC §6); with
+// usage, the configuration's fault (exit status 2).
+type settingError struct {
+	name  string
+	err   error
+	usage bool
+}
+
+func (e *settingError) Error() string { return e.name + ": " + e.err.Error() }
+func (e *settingError) Unwrap() []error {
+	if e.usage {
+		return []error{errUsage, e.err}
+	}
+	return []error{e.err}
 }
 
 // settingName is the flag named after variable env when the flag was
@@ -153,7 +174,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	if o.api == nil && cfg.CredentialsFile != "" {
 		var err error
 		if creds, err = routing.Load(cfg, "revoker/"+version, log); err != nil {
-			return fmt.Errorf("%w: REVOKER_CREDENTIALS_FILE: %w", errUsage, err)
+			return &settingError{name: "REVOKER_CREDENTIALS_FILE", err: err, usage: true}
 		}
 	}
 	reg := prometheus.NewRegistry()
@@ -239,7 +260,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if err := serveDebug(ctx, cfg.DebugAddr, log); err != nil {
-		return fmt.Errorf("REVOKER_DEBUG_ADDR: %w", err)
+		return &settingError{name: "REVOKER_DEBUG_ADDR", err: err}
 	}
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ctx) }()
@@ -431,7 +452,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 			Replicas: cfg.StreamReplicas, Create: cfg.CreateStreams, Log: log, Metrics: w.ingressMetrics,
 		})
 		if err != nil {
-			return false, fmt.Errorf("REVOKER_INGRESS_ADDR: %w", err)
+			return false, &settingError{name: "REVOKER_INGRESS_ADDR", err: err}
 		}
 		defer func() {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)

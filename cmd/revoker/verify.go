@@ -61,14 +61,14 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 		// Each account's list with its own credential, as serve calls.
 		creds, err := routing.Load(cfg, "revoker/"+version, zap.NewNop())
 		if err != nil {
-			fmt.Fprintf(e.stderr, "revoker verify: REVOKER_CREDENTIALS_FILE: %v\n", err)
+			fmt.Fprintf(e.stderr, "revoker verify: %s: %v\n", settingName(fs, "REVOKER_CREDENTIALS_FILE"), err)
 			return exitUsage
 		}
 		api = creds.Router()
 	} else {
 		cred, err := credential(cfg)
 		if err != nil {
-			fmt.Fprintf(e.stderr, "revoker verify: CLOUDFLARE_API_TOKEN_FILE: %v\n", err)
+			fmt.Fprintf(e.stderr, "revoker verify: %s: %v\n", settingName(fs, "CLOUDFLARE_API_TOKEN_FILE"), err)
 			return exitUsage
 		}
 		client, err := cloudflare.New(cloudflare.Config{
@@ -77,7 +77,7 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 			Transport: tracing.Transport(cloudflare.DefaultTransport()),
 		})
 		if err != nil {
-			fmt.Fprintf(e.stderr, "revoker verify: CLOUDFLARE_BASE_URL: %v\n", err)
+			fmt.Fprintf(e.stderr, "revoker verify: %s: %v\n", settingName(fs, "CLOUDFLARE_BASE_URL"), err)
 			return exitUsage
 		}
 		api = client

@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -100,8 +99,7 @@ type Server struct {
 	limits  map[string]*bucket
 	m       *Metrics
 	log     *zap.Logger
-	kv      atomic.Pointer[jetstream.KeyValue]
-	binding chan struct{} // held while the bucket is bound
+	kv      *queue.LazyBucket
 	waiting chan struct{}
 	now     func() time.Time
 
@@ -153,7 +151,8 @@ func Start(ctx context.Context, js jetstream.JetStream, cfg Config) (*Server, er
 	s := &Server{
 		cfg: cfg, auth: newAuthenticator(cfg.Callers), limits: map[string]*bucket{}, m: m,
 		log: cfg.Log.With(zap.String("component", "ingress")), waiting: make(chan struct{}, cfg.MaxWaiting),
-		binding: make(chan struct{}, 1), now: time.Now, done: make(chan error, 1),
+		kv:  queue.NewLazyBucket(js, BucketConfig(cfg.Replicas), cfg.Create, cfg.Log.With(zap.String("component", "ingress"))),
+		now: time.Now, done: make(chan error, 1),
 	}
 	for _, c := range cfg.Callers.List {
 		s.limits[c.Name] = newBucket(c.Rate)

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -99,39 +98,9 @@ func bodyDigest(body []byte) string {
 }
 
 // bucket binds the bucket (creating it when told to) on first use, and
-// again after a failure: NATS may be away when the ingress starts. One
-// request binds at a time and the others wait for it: a burst of first
-// requests each creating the bucket is a burst of identical stream
-// proposals, and on a loaded cluster some went unanswered for the whole
-// store timeout.
+// again after a failure: NATS may be away when the ingress starts.
 func (s *Server) bucket(ctx context.Context) (jetstream.KeyValue, error) {
-	if kv := s.kv.Load(); kv != nil {
-		return *kv, nil
-	}
-	select {
-	case s.binding <- struct{}{}:
-		defer func() { <-s.binding }()
-	case <-ctx.Done():
-		return nil, fmt.Errorf("bucket %s: %w", Bucket, ctx.Err())
-	}
-	if kv := s.kv.Load(); kv != nil {
-		return *kv, nil // bound while this request waited
-	}
-	js := s.cfg.Client.JetStream()
-	kv, err := js.KeyValue(ctx, Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) && s.cfg.Create {
-		kv, err = js.CreateKeyValue(ctx, BucketConfig(s.cfg.Replicas))
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = js.KeyValue(ctx, Bucket)
-		} else if err == nil {
-			s.log.Info("created bucket", zap.String("bucket", Bucket))
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", Bucket, err)
-	}
-	s.kv.Store(&kv)
-	return kv, nil
+	return s.kv.Get(ctx)
 }
 
 // lookup returns the entry of event id, found false when there is none.

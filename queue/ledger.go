@@ -240,3 +240,46 @@ func warnBucketReplicas(ctx context.Context, kv jetstream.KeyValue, bucket strin
 			zap.String("have", strconv.Itoa(have)), zap.String("want", strconv.Itoa(want)))
 	}
 }
+
+// LazyBucket binds a key-value bucket at its first use, and again after a
+// failure: NATS may be away when its user starts. One caller binds at a
+// time and the others wait for it with their own context, then use what
+// it bound: a burst of first requests each creating the bucket would be a
+// burst of identical stream proposals, and on a loaded cluster some went
+// unanswered for the whole store timeout.
+type LazyBucket struct {
+	js      jetstream.JetStream
+	want    jetstream.KeyValueConfig
+	create  bool
+	log     *zap.Logger
+	binding chan struct{} // held by the one caller binding
+	kv      atomic.Pointer[jetstream.KeyValue]
+}
+
+// NewLazyBucket binds the bucket want describes on js at first use,
+// creating it when create is set.
+func NewLazyBucket(js jetstream.JetStream, want jetstream.KeyValueConfig, create bool, log *zap.Logger) *LazyBucket {
+	return &LazyBucket{js: js, want: want, create: create, log: log, binding: make(chan struct{}, 1)}
+}
+
+// Get returns the bucket, binding it first if no caller has yet.
+func (b *LazyBucket) Get(ctx context.Context) (jetstream.KeyValue, error) {
+	if kv := b.kv.Load(); kv != nil {
+		return *kv, nil
+	}
+	select {
+	case b.binding <- struct{}{}:
+		defer func() { <-b.binding }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("bucket %s: %w", b.want.Bucket, ctx.Err())
+	}
+	if kv := b.kv.Load(); kv != nil {
+		return *kv, nil // bound while this caller waited
+	}
+	kv, err := bindBucket(ctx, b.js, b.want, b.create, b.log)
+	if err != nil {
+		return nil, err
+	}
+	b.kv.Store(&kv)
+	return kv, nil
+}

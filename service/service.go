@@ -73,9 +73,10 @@ type Queued struct {
 // StatusRequest is the body of revoker.status. Stream and Sequence (from
 // the revoke reply) name one event beyond doubt; AccountID and KeyID name
 // a key, whose latest believed record is the answer when no sequence is
-// given. An event id alone proves nothing (ids can be reused or forged,
-// and finding one would mean scanning the trail): with a key it picks
-// among that key's records, and alone it is refused with 400.
+// given. An event id alone names an event this service stored in the last
+// day (its index, kept by the worker, says where; the answer is then read
+// by stream and sequence, never by the id, which proves nothing alone);
+// with a key it picks among that key's records.
 type StatusRequest struct {
 	EventID   string `json:"event_id,omitempty"`
 	AccountID string `json:"account_id,omitempty"`
@@ -93,6 +94,9 @@ type Config struct {
 	Waiter *queue.Waiter
 	// Subjects of the work stream, highest priority first.
 	Subjects []string
+	// Index, when set, notes where each event stored through revoker.revoke
+	// is, so that revoker.status answers for its id alone.
+	Index *queue.EventIndex
 	// Version is the binary's version; one that is not semantic becomes
 	// 0.0.0-<it> (micro requires semver).
 	Version string
@@ -375,6 +379,18 @@ func (s *Service) revoke(req micro.Request) {
 			s.fail(req, 503, "the event was not stored (NATS unreachable or the work stream refused it): try again")
 			return
 		}
+		if s.cfg.Index != nil {
+			// Only a help to revoker.status by id: the event is stored,
+			// so a failure here fails nothing. A duplicate names the
+			// event stored first, which a retried request is.
+			ictx, cancel := context.WithTimeout(s.ctx, s.cfg.Client.Timeout)
+			err := s.cfg.Index.Remember(ictx, p)
+			cancel()
+			if err != nil {
+				s.cfg.Log.Warn("service: the event index did not take an event; status by its id alone will not find it",
+					zap.String("event_id", p.EventID), zap.Error(err))
+			}
+		}
 		queued := Queued{EventID: p.EventID, State: StateQueued, AccountID: p.AccountID, KeyID: p.KeyID,
 			Stream: p.Stream, Sequence: p.Sequence, TraceID: p.TraceID}
 		if wait > 0 && s.cfg.Waiter != nil {
@@ -409,17 +425,34 @@ func (s *Service) status(req micro.Request) {
 	case (r.AccountID != "") != (r.KeyID != ""):
 		s.fail(req, 400, "account_id and key_id go together")
 		return
+	case s.cfg.Client.OutcomePrefix == "":
+		s.fail(req, 503, "outcome records are off: no outcome can be known")
+		return
+	case !hasKey && !hasSeq && r.EventID != "" && s.cfg.Index == nil:
+		s.fail(req, 400, "no event index here: give stream and sequence (from the revoke reply), or account_id and key_id")
+		return
 	case !hasKey && !hasSeq && r.EventID != "":
-		s.fail(req, 400, "an event id alone proves nothing (ids can be reused or forged): give stream and sequence (from the revoke reply), or account_id and key_id")
+		s.async(req, func(req micro.Request) {
+			ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Client.Timeout)
+			defer cancel()
+			p, found, err := s.cfg.Index.Find(ctx, r.EventID)
+			switch {
+			case err != nil:
+				s.cfg.Log.Warn("service: the event index cannot be read", zap.Error(err))
+				s.fail(req, 503, "the event index cannot be read: try again")
+			case !found:
+				s.fail(req, 404, "no event with this id was stored through revoker.revoke in the last %s: give stream and sequence, or account_id and key_id", queue.EventIndexTTL)
+			default:
+				r.AccountID, r.KeyID, r.Stream, r.Sequence = p.AccountID, p.KeyID, p.Stream, p.Sequence
+				s.statusOfEvent(ctx, req, r)
+			}
+		})
 		return
 	case !hasKey && !hasSeq:
 		s.fail(req, 400, "give stream and sequence, or account_id and key_id")
 		return
 	case hasSeq && r.Stream != s.cfg.Client.Stream:
 		s.fail(req, 404, "stream %s is not the work stream", r.Stream)
-		return
-	case s.cfg.Client.OutcomePrefix == "":
-		s.fail(req, 503, "outcome records are off: no outcome can be known")
 		return
 	}
 	s.async(req, func(req micro.Request) {
@@ -538,8 +571,9 @@ func newID() string {
 // service that cannot start (a connection not allowed to serve its
 // subjects, say) is logged and left off: the worker's own work does not
 // depend on it. The returned stop ends it.
-func Serve(ctx context.Context, nc *nats.Conn, client *queue.Client, waiter *queue.Waiter, subjects []string, version string, log *zap.Logger) (stop func()) {
-	svc, err := Start(ctx, nc, Config{Client: client, Waiter: waiter, Subjects: subjects, Version: version, Log: log})
+func Serve(ctx context.Context, nc *nats.Conn, cfg Config) (stop func()) {
+	log := cfg.Log
+	svc, err := Start(ctx, nc, cfg)
 	if err != nil {
 		log.Error("the NATS service is off", zap.Error(err))
 		return func() {}

@@ -75,6 +75,7 @@ func newStack(t *testing.T, tune func(*config.Config), apiOpts ...cloudflaretest
 	svc, err := service.Start(context.Background(), nc, service.Config{
 		Client: client, Waiter: waiter, Subjects: cfg.Subjects, Version: "1.2.3",
 		MaxWait: 10 * time.Second, Log: zaptest.NewLogger(t),
+		Index: queue.NewEventIndex(js, cfg.Stream, 1, true, zaptest.NewLogger(t)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -216,10 +217,14 @@ func TestServiceRevokeWaitsForRevoked(t *testing.T) {
 	if code := serviceError(gone); code != "404" {
 		t.Fatalf("status of a done event without its key: code %q, want 404", code)
 	}
-	// An id alone proves nothing.
-	idOnly := s.request(service.StatusSubject, `{"event_id":"incident-42"}`)
-	if code := serviceError(idOnly); code != "400" {
-		t.Fatalf("status by id alone: code %q, want 400", code)
+	// An id alone names the event this service stored under it (SPEC §12);
+	// an id it stored nothing under is 404.
+	byID := decodeRecord(t, s.request(service.StatusSubject, `{"event_id":"incident-42"}`))
+	if byID.Outcome != event.Revoked || byID.Sequence != rec.Sequence || byID.EventID != "incident-42" {
+		t.Fatalf("status by id alone %+v, want %+v", byID, rec)
+	}
+	if code := serviceError(s.request(service.StatusSubject, `{"event_id":"never-stored"}`)); code != "404" {
+		t.Fatalf("status by an unknown id: code %q, want 404", code)
 	}
 	// Unknown key: 404.
 	if code := serviceError(s.request(service.StatusSubject, `{"account_id":"acct1","key_id":"nokey"}`)); code != "404" {

@@ -441,7 +441,10 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 			defer waiter.Close()
 		}
 	}
-	stopService := service.Serve(runCtx, nc.Conn, client, waiter, cfg.Subjects, version, log)
+	stopService := service.Serve(runCtx, nc.Conn, service.Config{
+		Client: client, Waiter: waiter, Subjects: cfg.Subjects, Version: version, Log: log,
+		Index: queue.NewEventIndex(js, cfg.Stream, cfg.StreamReplicas, cfg.CreateStreams, log),
+	})
 	defer stopService()
 	if cfg.IngressAddr != "" {
 		in, err := ingress.Start(runCtx, js, ingress.Config{

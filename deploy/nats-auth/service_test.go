@@ -87,6 +87,15 @@ func TestServiceClientRevokesThroughService(t *testing.T) {
 	if err := json.Unmarshal(status.Data, &rec); err != nil || rec.Outcome != event.Revoked {
 		t.Fatalf("status reply %s (%v), want the revoked record", status.Data, err)
 	}
+	// By its id alone, through the worker's event index (its bucket is
+	// the worker's to write, under these permissions).
+	status, err = nc.Request(service.StatusSubject, []byte(`{"event_id":"svc-1"}`), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(status.Data, &rec); err != nil || rec.Outcome != event.Revoked || rec.EventID != "svc-1" {
+		t.Fatalf("status by id: reply %s (%s %v), want the revoked record", status.Data, status.Header.Get(micro.ErrorHeader), err)
+	}
 
 	// No discovery under the shipped permissions: the library would answer
 	// wherever a request says, with the worker's permissions.

@@ -1,0 +1,108 @@
+package queue
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare"
+)
+
+// The bucket of the NATS service's event index.
+const (
+	EventIndexBucket = "revoker_service"
+	EventIndexTTL    = 24 * time.Hour
+)
+
+// EventIndexConfig is the bucket revoker creates for the index.
+func EventIndexConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      EventIndexBucket,
+		Description: "revoker: where the events stored through the NATS service are, by id",
+		History:     1,
+		TTL:         EventIndexTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// EventIndex remembers for a day where each event stored through the NATS
+// service is, by its id, so that revoker.status can answer for an id
+// (SPEC §12) without scanning the trail. Only the worker writes the
+// bucket; an entry read back is believed only for the id it names, and
+// names the event by stream and sequence, which the answer is then read
+// by, never by the id. The bucket is bound at first use: NATS may be away
+// when the service starts.
+type EventIndex struct {
+	stream string // the work stream: an entry naming another is not believed
+	log    *zap.Logger
+	kv     *LazyBucket
+}
+
+// indexEntry is the value kept under an event id's key.
+type indexEntry struct {
+	EventID   string    `json:"event_id"`
+	AccountID string    `json:"account_id"`
+	KeyID     string    `json:"key_id"`
+	Subject   string    `json:"subject,omitempty"`
+	Stream    string    `json:"stream"`
+	Sequence  uint64    `json:"sequence"`
+	StoredAt  time.Time `json:"stored_at,omitzero"`
+}
+
+// indexKey is an id's key: ids may hold what keys may not.
+func indexKey(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return "id." + hex.EncodeToString(sum[:16])
+}
+
+// Remember notes where p is, under its event id.
+func (x *EventIndex) Remember(ctx context.Context, p Published) error {
+	kv, err := x.kv.Get(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(indexEntry{EventID: p.EventID, AccountID: p.AccountID, KeyID: p.KeyID,
+		Subject: p.Subject, Stream: p.Stream, Sequence: p.Sequence, StoredAt: p.StoredAt})
+	if err != nil {
+		return err
+	}
+	_, err = kv.Put(ctx, indexKey(p.EventID), b)
+	return err
+}
+
+// Find returns where the event with id was stored through the service in
+// the last day; found is false when the index knows of none.
+func (x *EventIndex) Find(ctx context.Context, id string) (p Published, found bool, err error) {
+	kv, err := x.kv.Get(ctx)
+	if err != nil {
+		return p, false, err
+	}
+	e, err := kv.Get(ctx, indexKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return p, false, nil
+	}
+	if err != nil {
+		return p, false, err
+	}
+	var v indexEntry
+	if json.Unmarshal(e.Value(), &v) != nil || v.EventID != id || v.Stream != x.stream || v.Sequence == 0 ||
+		!cloudflare.ValidIdentifier(v.AccountID) || !cloudflare.ValidIdentifier(v.KeyID) {
+		x.log.Warn("an event index entry does not name a stored event; not believed", zap.String("key", e.Key()))
+		return p, false, nil
+	}
+	return Published{EventID: v.EventID, AccountID: v.AccountID, KeyID: v.KeyID, Subject: v.Subject,
+		Stream: v.Stream, Sequence: v.Sequence, StoredAt: v.StoredAt}, true, nil
+}
+
+// NewEventIndex is the index of the events of stream, in a bucket of
+// replicas replicas, created when create is set.
+func NewEventIndex(js jetstream.JetStream, stream string, replicas int, create bool, log *zap.Logger) *EventIndex {
+	return &EventIndex{stream: stream, log: log, kv: NewLazyBucket(js, EventIndexConfig(replicas), create, log)}
+}

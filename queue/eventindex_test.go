@@ -1,0 +1,60 @@
+package queue_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+)
+
+// The event index answers for the id it was given, and believes an entry
+// only where it names that id, the work stream and a valid key: a value
+// planted under an id's key points nowhere.
+func TestEventIndexBelievesOnlyWhatNamesTheID(t *testing.T) {
+	_, _, js := queuetest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	x := queue.NewEventIndex(js, "REVOCATIONS", 1, true, zap.NewNop())
+	p := queue.Published{EventID: "svc-1", AccountID: "acct", KeyID: "key1", Stream: "REVOCATIONS", Sequence: 5}
+	if err := x.Remember(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	got, found, err := x.Find(ctx, "svc-1")
+	if err != nil || !found || got.AccountID != "acct" || got.KeyID != "key1" || got.Sequence != 5 {
+		t.Fatalf("Find(svc-1) = %+v, %v, %v; want p", got, found, err)
+	}
+	if _, found, err := x.Find(ctx, "svc-2"); err != nil || found {
+		t.Fatalf("Find of an id never remembered: found %v, err %v", found, err)
+	}
+
+	kv, err := js.KeyValue(ctx, queue.EventIndexBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plant := func(id string, v map[string]any) {
+		t.Helper()
+		sum := sha256.Sum256([]byte(id))
+		b, _ := json.Marshal(v)
+		if _, err := kv.Put(ctx, "id."+hex.EncodeToString(sum[:16]), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, v := range map[string]map[string]any{
+		"another id":     {"event_id": "other", "account_id": "acct", "key_id": "key1", "stream": "REVOCATIONS", "sequence": 5},
+		"another stream": {"event_id": "planted", "account_id": "acct", "key_id": "key1", "stream": "ELSEWHERE", "sequence": 5},
+		"a bad key":      {"event_id": "planted", "account_id": "acct", "key_id": "../x", "stream": "REVOCATIONS", "sequence": 5},
+		"no sequence":    {"event_id": "planted", "account_id": "acct", "key_id": "key1", "stream": "REVOCATIONS"},
+	} {
+		plant("planted", v)
+		if got, found, err := x.Find(ctx, "planted"); err != nil || found {
+			t.Errorf("%s: Find believed %+v (err %v)", name, got, err)
+		}
+	}
+}

@@ -131,10 +131,13 @@ const (
 	// API: cloudflare-api-token, cloudflare-api-token-file, credentials-file,
 	// cloudflare-email, cloudflare-api-key, cloudflare-base-url, http-timeout.
 	API
-	// Worker: concurrency, rate-limit, ip-rate-limit, retry-initial, retry-max-interval,
+	// Worker: concurrency, retry-initial, retry-max-interval,
 	// retry-max-elapsed, max-deliver, ack-wait, not-found, allowed-accounts,
 	// shutdown-timeout, verify-interval.
 	Worker
+	// Rates: rate-limit, ip-rate-limit (what paces any API call, `verify`'s
+	// key lists included).
+	Rates
 	// Server: http-addr, debug-addr, and the ingress-* settings.
 	Server
 	// Logging: log-level, log-format.
@@ -143,7 +146,7 @@ const (
 	// Streams is every stream and consumer setting.
 	Streams = Work | Consumers | DeadLetters | Outcomes
 	// All is every section: what `revoker serve` uses.
-	All = NATS | Streams | API | Worker | Server | Logging
+	All = NATS | Streams | API | Worker | Rates | Server | Logging
 )
 
 // The defaults of SPEC §3 and §6.

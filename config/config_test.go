@@ -46,7 +46,7 @@ var variables = map[string]config.Section{
 	"CLOUDFLARE_BASE_URL":          config.API,
 	"REVOKER_HTTP_TIMEOUT":         config.API,
 	"REVOKER_CONCURRENCY":          config.Worker,
-	"REVOKER_RATE_LIMIT":           config.Worker,
+	"REVOKER_RATE_LIMIT":           config.Rates,
 	"REVOKER_RETRY_INITIAL":        config.Worker,
 	"REVOKER_RETRY_MAX_INTERVAL":   config.Worker,
 	"REVOKER_RETRY_MAX_ELAPSED":    config.Worker,
@@ -59,7 +59,7 @@ var variables = map[string]config.Section{
 	"REVOKER_HTTP_ADDR":            config.Server,
 	"REVOKER_DEBUG_ADDR":           config.Server,
 	"REVOKER_CREDENTIALS_FILE":     config.API,
-	"REVOKER_IP_RATE_LIMIT":        config.Worker,
+	"REVOKER_IP_RATE_LIMIT":        config.Rates,
 	"REVOKER_INGRESS_ADDR":         config.Server,
 	"REVOKER_INGRESS_TLS_CERT":     config.Server,
 	"REVOKER_INGRESS_TLS_KEY":      config.Server,
@@ -69,7 +69,7 @@ var variables = map[string]config.Section{
 	"REVOKER_LOG_FORMAT":           config.Logging,
 }
 
-var sections = []config.Section{config.NATS, config.Streams, config.API, config.Worker, config.Server, config.Logging}
+var sections = []config.Section{config.NATS, config.Streams, config.API, config.Worker, config.Rates, config.Server, config.Logging}
 
 // flagOf returns the flag matching a variable, by the rule of the package
 // documentation.
@@ -603,7 +603,7 @@ func TestUnregisteredSection(t *testing.T) {
 func TestLoadNilLookupUsesEnvironment(t *testing.T) {
 	t.Setenv("REVOKER_RATE_LIMIT", "fast")
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
-	l := config.Register(fs, config.Worker)
+	l := config.Register(fs, config.Rates)
 	_, err := l.Load(nil)
 	if err == nil || !strings.HasPrefix(err.Error(), "REVOKER_RATE_LIMIT: ") {
 		t.Errorf("err = %v", err)

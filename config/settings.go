@@ -268,13 +268,13 @@ var settings = []setting{
 		apply: intRange(func(c *Config) *int { return &c.Concurrency }, 1, MaxConcurrency),
 	},
 	{
-		env: envRateLimit, section: Worker, required: true,
+		env: envRateLimit, section: Rates, required: true,
 		usage: "API calls per second for the credential, one budget shared by every replica using it, a `rate` (0 = no limit)",
 		def:   func(c Config) string { return strconv.FormatFloat(c.RateLimit, 'g', -1, 64) },
 		apply: rate(func(c *Config) *float64 { return &c.RateLimit }),
 	},
 	{
-		env: envIPRateLimit, section: Worker, required: true,
+		env: envIPRateLimit, section: Rates, required: true,
 		usage: "API calls per second of all credentials together from this fleet, a `rate` (0 = no limit)",
 		def:   func(c Config) string { return strconv.FormatFloat(c.IPRateLimit, 'g', -1, 64) },
 		apply: rate(func(c *Config) *float64 { return &c.IPRateLimit }),

@@ -28,7 +28,7 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 	account := fs.String("account", "", "only keys of this account `ID`")
 	since := fs.Duration("since", verify.Window, "only records of the last `duration`")
 	asJSON := fs.Bool("json", false, "print one JSON object per still-listed key")
-	cfg, code := parse(fs, config.NATS|config.Outcomes|config.API, args, e)
+	cfg, code := parse(fs, config.NATS|config.Outcomes|config.API|config.Rates, args, e)
 	if code >= 0 {
 		return code
 	}
@@ -56,7 +56,11 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 		defer cancel()
 		_ = stopTracing(sctx)
 	}()
-	var api verify.Lister
+	var (
+		api      verify.Lister
+		budgets  map[string]float64 // each budget's rate; "" the single credential's
+		budgetOf = func(string) string { return "" }
+	)
 	if cfg.CredentialsFile != "" {
 		// Each account's list with its own credential, as serve calls.
 		creds, err := routing.Load(cfg, "revoker/"+version, zap.NewNop())
@@ -65,6 +69,11 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 			return exitUsage
 		}
 		api = creds.Router()
+		budgets = creds.Router().Set().Budgets()
+		budgetOf = func(account string) string {
+			_, budget, _ := creds.Router().CredentialOf(account)
+			return budget
+		}
 	} else {
 		cred, err := credential(cfg)
 		if err != nil {
@@ -81,6 +90,7 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 			return exitUsage
 		}
 		api = client
+		budgets = map[string]float64{"": cfg.RateLimit}
 	}
 	c := dialFor("revoker verify", cfg, e)
 	if c == nil {
@@ -88,8 +98,10 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 	}
 	defer c.Close()
 
+	acquire, stop := pacedLists(budgets, budgetOf, cfg.IPRateLimit)
+	defer stop()
 	r, err := verify.Check(ctx, verify.Config{
-		JS: c.JetStream(), Stream: cfg.OutcomeStream, Prefix: cfg.OutcomeSubject, API: api,
+		JS: c.JetStream(), Stream: cfg.OutcomeStream, Prefix: cfg.OutcomeSubject, API: api, Acquire: acquire,
 	}, *account, time.Now().Add(-*since))
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
@@ -149,5 +161,33 @@ func gateTurn(gate *throttle.Gate, priority int, calls prometheus.Counter, route
 		}
 		calls.Inc()
 		return p.Release, nil
+	}
+}
+
+// pacedLists paces a check's key lists by hand: they are API calls,
+// charged to their budget (SPEC §6), at each budget's rate cut to the
+// address limit as serve cuts it. A check run by hand cannot take part in
+// the replicas' shared budget (an operator may not write it), so it goes
+// no faster than one replica alone would; budgetOf names an account's.
+func pacedLists(rates map[string]float64, budgetOf func(account string) string, ip float64) (acquire func(context.Context, string) (func(), error), stop func()) {
+	gates := map[string]*throttle.Gate{}
+	for name, r := range rates {
+		gates[name] = throttle.New(throttle.Config{Priorities: 1, Concurrency: 1, Rate: routing.Rate(r, rates, ip)})
+	}
+	acquire = func(ctx context.Context, account string) (func(), error) {
+		g, ok := gates[budgetOf(account)]
+		if !ok {
+			return func() {}, nil // no credential serves it: its list fails without a call
+		}
+		p, err := g.Acquire(ctx, 0)
+		if err != nil {
+			return nil, err
+		}
+		return p.Release, nil
+	}
+	return acquire, func() {
+		for _, g := range gates {
+			g.Close()
+		}
 	}
 }

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -194,6 +196,34 @@ func TestVerifyRecordAfterTheListStartedNotJudged(t *testing.T) {
 	r.want(t, exitFailed, "not judged")
 	if r.stdout != "" {
 		t.Errorf("stdout %q: a key the list cannot judge was printed as still listed", r.stdout)
+	}
+}
+
+// A check run by hand paces its key lists at the credential's rate (SPEC
+// §6: key lists are API calls, charged to the budget): six accounts at
+// --rate-limit 2 are listed 500 ms apart (a margin of a tenth is left for
+// the lists' own travel), where unpaced they go out at once.
+func TestVerifyPacesItsLists(t *testing.T) {
+	s := vStack(t)
+	for i := range 6 {
+		account := fmt.Sprintf("acct%02d", i)
+		vRecord(t, s, account, "paced", event.Record{Outcome: event.Revoked, Status: 200})
+	}
+	s.run("verify", "--rate-limit", "2").want(t, exitOK)
+	var at []time.Time
+	for _, q := range s.api.Requests() {
+		if q.Method == http.MethodGet {
+			at = append(at, q.At)
+		}
+	}
+	if len(at) != 6 {
+		t.Fatalf("%d key lists, want 6", len(at))
+	}
+	slices.SortFunc(at, time.Time.Compare)
+	for i := 2; i < len(at); i++ {
+		if gap := at[i].Sub(at[i-2]); gap < 900*time.Millisecond {
+			t.Fatalf("lists %d to %d within %s: more than 2 in a second", i-1, i+1, gap)
+		}
 	}
 }
 

@@ -476,6 +476,9 @@ func checkOutcomeNames(c *Config, st *state) *Error {
 			if s == c.OutcomeSubject {
 				return clash(st, envOutcomeSubject, envSubjects, s, "outcome records must not go to a work subject")
 			}
+			if overlap(s, c.OutcomeSubject+".>") {
+				return overlaps(st, envSubjects, s, c.OutcomeSubject)
+			}
 		}
 	}
 	if st.has(DeadLetters) {
@@ -484,6 +487,9 @@ func checkOutcomeNames(c *Config, st *state) *Error {
 		}
 		if c.OutcomeSubject == c.DLQSubject {
 			return clash(st, envOutcomeSubject, envDLQSubject, c.DLQSubject, "outcome records and dead letters need subjects of their own")
+		}
+		if overlap(c.DLQSubject, c.OutcomeSubject+".>") {
+			return overlaps(st, envDLQSubject, c.DLQSubject, c.OutcomeSubject)
 		}
 	}
 	return nil
@@ -573,4 +579,33 @@ func checkRetry(c *Config, st *state) *Error {
 	}
 	return &Error{Name: st.name(envRetryInitial), Problem: quote(st.shown(envRetryInitial, c.RetryInitial.String())) +
 		" is more than " + st.name(envRetryMaxInterval) + " (" + c.RetryMaxInterval.String() + ")"}
+}
+
+// overlaps is the error of subject, the value of env, falling under the
+// outcome subjects of prefix. It names env, unless only the prefix was
+// given by the user.
+func overlaps(st *state, env, subject, prefix string) *Error {
+	if !st.userSet(env) && st.userSet(envOutcomeSubject) {
+		return &Error{Name: st.name(envOutcomeSubject), Problem: "the outcome subjects " + quote(prefix+".>") +
+			" would hold " + quote(subject) + " of " + st.name(env) + ": two streams cannot hold one subject"}
+	}
+	return &Error{Name: st.name(env), Problem: quote(subject) + " falls under the outcome subjects " +
+		quote(prefix+".>") + " of " + st.name(envOutcomeSubject) + ": two streams cannot hold one subject"}
+}
+
+// overlap reports whether some subject matches both a and b, NATS
+// wildcards included ("*" one token, ">" the rest): JetStream refuses a
+// stream whose subjects overlap another's, and the worker would retry its
+// setup for ever.
+func overlap(a, b string) bool {
+	at, bt := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(at) && i < len(bt); i++ {
+		switch {
+		case at[i] == ">" || bt[i] == ">":
+			return true
+		case at[i] != "*" && bt[i] != "*" && at[i] != bt[i]:
+			return false
+		}
+	}
+	return len(at) == len(bt)
 }

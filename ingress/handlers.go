@@ -196,14 +196,19 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, c *call, body []b
 func (s *Server) postRevocation(w http.ResponseWriter, r *http.Request, c *call) {
 	c.traceID = tracing.TraceID(r.Context())
 	// A bearer caller is known before the body is read; a signing one
-	// only with it.
-	if r.Header.Get("Authorization") != "" {
+	// only with it. A request with no credential of either kind is
+	// refused as such (SPEC §11: 401), whatever else is wrong with it.
+	switch {
+	case r.Header.Get("Authorization") != "":
 		caller, why := s.auth.bearer(r.Header.Get("Authorization"))
 		if caller == nil {
 			s.fail(w, c, problem(KindUnauthorized, "%s", why))
 			return
 		}
 		c.caller = caller
+	case r.Header.Get(HeaderWebhookSignature) == "" && r.Header.Get(HeaderPagerDuty) == "":
+		s.fail(w, c, problem(KindUnauthorized, "no credential: send Authorization: Bearer <token>, or a webhook signature"))
+		return
 	}
 	if !jsonContentType(r.Header.Get("Content-Type")) {
 		s.fail(w, c, problem(KindUnsupportedMedia, "send Content-Type: application/json"))

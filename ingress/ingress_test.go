@@ -339,6 +339,9 @@ func TestIngressBodyRules(t *testing.T) {
 	for _, bad := range []string{`{"account_id":"a b","key_id":"k"}`, `{"account_id":"a","account_id":"b","key_id":"k"}`, `[]`, `{"account_id":"a"}`} {
 		h.do(h.post(bad, bearer(tToken)...)).want(t, http.StatusBadRequest, KindInvalidEvent)
 	}
+	// No credential at all is 401 first (SPEC §11), whatever else is wrong.
+	h.do(h.post(big)).want(t, http.StatusUnauthorized, KindUnauthorized)
+	h.do(h.post(evBody(tAccount, "k10"), "Content-Type", "text/plain")).want(t, http.StatusUnauthorized, KindUnauthorized)
 	h.do(h.post(evBody(tAccount, "k10"), hdrs(bearer(tToken), []string{"Content-Type", "application/json; charset=UTF-8"})...)).want(t, http.StatusAccepted)
 	if got := h.msgs(); got != 1 {
 		t.Fatalf("%d events stored, want 1", got)

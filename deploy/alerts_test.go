@@ -4,7 +4,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -107,5 +109,48 @@ func TestMetricNamesRegistered(t *testing.T) {
 		if !names[n] {
 			t.Errorf("%s is not exported by the ingress's collectors (exported: %v)", n, names)
 		}
+	}
+}
+
+// TestReplicasReadyPanelWithPromtool: the "Replicas ready" panel counts a
+// replica as /readyz does (SPEC §6, §8): one refused credential of a
+// credentials file (credential:<name> 0) leaves it ready while another
+// works; any other condition at 0 does not. The panel's own expression is
+// evaluated by promtool over made-up series.
+func TestReplicasReadyPanelWithPromtool(t *testing.T) {
+	bin := promtoolBin(t)
+	var expr string
+	for _, p := range dashboardQueries(t, "grafana/revoker-dashboard.json") {
+		if p.title == "Replicas ready" {
+			expr = p.expr
+		}
+	}
+	if expr == "" {
+		t.Fatal("no Replicas ready panel")
+	}
+	dir := t.TempDir()
+	rules := "groups:\n  - name: panel\n    rules:\n      - record: panel:replicas_ready\n        expr: " + strconv.Quote(expr) + "\n"
+	series := func(instance, condition, v string) string {
+		return "      - series: 'revoker_ready{job=\"revoker\",instance=\"" + instance + "\",condition=\"" + condition + "\"}'\n        values: '" + v + " " + v + "'\n"
+	}
+	test := "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n" +
+		// a: one credential refused, another working: ready.
+		series("a", "nats", "1") + series("a", "consumers", "1") + series("a", "credential", "1") +
+		series("a", "credential:media", "0") + series("a", "credential:news", "1") +
+		// b: all well.
+		series("b", "nats", "1") + series("b", "consumers", "1") + series("b", "credential", "1") +
+		// c: NATS lost: not ready.
+		series("c", "nats", "0") + series("c", "consumers", "1") + series("c", "credential", "1") +
+		"    promql_expr_test:\n      - expr: panel:replicas_ready\n        eval_time: 1m\n        exp_samples:\n" +
+		"          - labels: 'panel:replicas_ready'\n            value: 2\n"
+	for name, body := range map[string]string{"rules.yml": rules, "test.yml": test} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(bin, "test", "rules", "test.yml")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool test rules: %v\n%s", err, out)
 	}
 }

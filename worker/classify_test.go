@@ -59,7 +59,10 @@ func TestClassify(t *testing.T) {
 		{"500 HTML", 500, nil, html, worker.Retry, false, 0},
 		{"501 HTML", 501, nil, html, worker.Retry, false, 0},
 		{"502 HTML", 502, nil, html, worker.Retry, false, 0},
-		{"503 HTML with Retry-After", 503, map[string]string{"Retry-After": "2"}, html, worker.Retry, false, 2 * time.Second},
+		// Any hold the API asks for holds every call (SPEC §4), not just
+		// the 429's.
+		{"503 HTML with Retry-After", 503, map[string]string{"Retry-After": "2"}, html, worker.Retry, true, 2 * time.Second},
+		{"408 with Retry-After-Ms", 408, map[string]string{"Retry-After-Ms": "700"}, envelope(1, "timeout"), worker.Retry, true, 700 * time.Millisecond},
 		{"504 HTML", 504, nil, html, worker.Retry, false, 0},
 		{"401", 401, nil, auth, worker.Unauthorized, false, 0},
 		{"403 code 10000", 403, nil, auth, worker.Unauthorized, false, 0},

@@ -69,3 +69,29 @@ func boundLedger(t *testing.T) (context.Context, jetstream.JetStream, *queue.Led
 	}
 	return ctx, js, l
 }
+
+// TestLedgerClampsWhatItReads: a kept answer or confirmation no worker
+// could have written (a status outside HTTP's, a CF-Ray past its bound)
+// is dropped when read (SPEC §4, "The proof", point 8).
+func TestLedgerClampsWhatItReads(t *testing.T) {
+	ctx, _, l := boundLedger(t)
+	ref := worker.Ref{Stream: "REVOCATIONS", Seq: 2, Account: "acct", Key: "k1"}
+	if _, err := l.Update(ctx, ref, func(e *worker.Entry) error {
+		e.Calls = 1
+		e.Last = &worker.Call{Status: 403, CFRay: "ray-1"}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := l.Load(ctx, ref); err != nil || e.Last == nil || e.Last.Status != 403 {
+		t.Fatalf("a kept 403 reads %+v (err %v)", e.Last, err)
+	}
+	for _, bad := range []worker.Call{{Status: 99}, {Status: 600}, {Status: 503, CFRay: string(make([]byte, 4096))}} {
+		if _, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.Last = &bad; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if e, err := l.Load(ctx, ref); err != nil || e.Last != nil {
+			t.Fatalf("a kept answer of status %d, CF-Ray of %d bytes, reads %+v (err %v); want none", bad.Status, len(bad.CFRay), e.Last, err)
+		}
+	}
+}

@@ -205,3 +205,32 @@ func TestRouteRefusedCredentialCheckedBeforeItsCall(t *testing.T) {
 		}
 	}
 }
+
+// TestLastStatusKeptAcrossDeliveriesWithoutACall: the only call got a 403;
+// the next delivery makes none (its credential is still refused) and
+// dead-letters the event as unauthorized with that 403 as its last status,
+// not "error" (SPEC §5: Revoker-Status is the last HTTP status).
+func TestLastStatusKeptAcrossDeliveriesWithoutACall(t *testing.T) {
+	r := newRouted(t, answer(403, nil, 0))
+	cond := worker.ReadyCredentialOf("cred-a")
+	routes := fakeRoutes{"acct1": {Credential: "cred-a", Gate: r.gates["a"], Budget: r.budget["a"], Rate: 4,
+		Recheck: func(context.Context, int) bool { return false }}}
+	w := worker.New(worker.Config{
+		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
+		RetryMaxElapsed: 20 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+	}, worker.Deps{API: r.api, Gate: r.gate, Routes: routes, Records: r.records, Ledger: r.ledger,
+		Metrics: r.m, Ready: r.ready, Log: zap.NewNop()})
+	for n := 1; n <= 2; n++ {
+		d := &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: n, maxDeliver: 2}
+		w.Handle(context.Background(), context.Background(), d)
+		if n == 1 && (r.ready.Met(cond) || len(d.settled) != 1 || d.settled[0] != "giveback") {
+			t.Fatalf("delivery 1: settled %v, credential met %v; want given back, refused", d.settled, r.ready.Met(cond))
+		}
+	}
+	if r.api.calls != 1 || len(r.records.dlq) != 1 {
+		t.Fatalf("%d calls, %d dead letters; want one of each", r.api.calls, len(r.records.dlq))
+	}
+	if dl := r.records.dlq[0]; dl.Reason != event.Unauthorized || dl.Status != 403 || dl.Attempts != 1 {
+		t.Fatalf("dead letter %+v; want unauthorized, last status 403, 1 attempt", dl)
+	}
+}

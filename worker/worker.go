@@ -137,6 +137,10 @@ type Entry struct {
 	Replica string `json:"replica,omitempty"`
 	// Confirmed is the call that revoked the key, once there was one.
 	Confirmed *Call `json:"confirmed,omitempty"`
+	// Last is the last answer a delivery heard and left here: a later
+	// delivery that makes no call (its credential refused) still reports
+	// it as the last status (SPEC §5, Revoker-Status).
+	Last *Call `json:"last,omitempty"`
 }
 
 // Call is what the worker keeps of one API call.
@@ -473,6 +477,9 @@ func (w *Worker) learn(a *attempt, e Entry) {
 		a.seen, a.answered = e.Calls, e.Answered
 	}
 	a.journaled = max(a.journaled, e.Journaled)
+	if e.Last != nil && a.status == 0 && a.calls == 0 {
+		a.status, a.cfRay = e.Last.Status, e.Last.CFRay
+	}
 	if e.Confirmed != nil && a.revoked == nil {
 		a.revoked = e.Confirmed
 		a.status, a.cfRay, a.last = e.Confirmed.Status, e.Confirmed.CFRay, Decision{Kind: Revoked}
@@ -1140,6 +1147,9 @@ func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 		_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
 			a.countIn(e, a.seen)
 			e.Answered = min(e.Answered+a.heard, e.Calls)
+			if a.status != 0 {
+				e.Last = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
+			}
 			return nil
 		})
 		cancel()

@@ -37,16 +37,22 @@ func IsCloudEvent(contentType string) bool {
 	return err == nil && mt == CloudEventsContentType
 }
 
+// MaxCloudEventBytes bounds a CloudEvent's whole body: its data is held to
+// MaxBytes as an event is, and the envelope around it may take as much
+// again (the work stream's message limit).
+const MaxCloudEventBytes = 2 * MaxBytes
+
 // DecodeCloudEvent parses and validates a structured-mode CloudEvent whose
-// data is the event. Every rule of Decode holds for the whole body (one
-// object, valid UTF-8, no repeated names, nesting, size) and for data as
-// the event; an envelope that breaks the CloudEvents rules (specversion
-// other than "1.0", no id, source or type, data that is not a JSON object)
-// is an invalid event too.
+// data is the event. Every rule of Decode holds for data as the event (SPEC
+// §14), its size and nesting counted from data itself; the whole body is
+// one object of valid UTF-8 with no repeated names, nested one level more
+// than data may be, and at most MaxCloudEventBytes. An envelope that
+// breaks the CloudEvents rules (specversion other than "1.0", no id,
+// source or type, data that is not a JSON object) is an invalid event too.
 func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 	var ce CloudEvent
-	if len(body) > MaxBytes {
-		return Event{}, ce, invalid("body is %d bytes, more than %d", len(body), MaxBytes)
+	if len(body) > MaxCloudEventBytes {
+		return Event{}, ce, invalid("body is %d bytes, more than %d", len(body), MaxCloudEventBytes)
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return Event{}, ce, invalid("body is empty")
@@ -54,7 +60,7 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 	if !utf8.Valid(body) {
 		return Event{}, ce, invalid("body is not valid UTF-8")
 	}
-	raw, err := scanObject(body, cloudEventFields[:])
+	raw, err := scanObject(body, cloudEventFields[:], MaxDepth+1)
 	if err != nil {
 		return Event{}, ce, err
 	}
@@ -94,9 +100,12 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 	if data[0] != '{' {
 		return Event{}, ce, invalid("CloudEvent data must be a JSON object, got %s", jsonKind(data))
 	}
-	// data passed the structural rules with the body; its fields are read
-	// as an event's.
-	fields, err := scanObject(data, knownFields[:])
+	if len(data) > MaxBytes {
+		return Event{}, ce, invalid("CloudEvent data is %d bytes, more than %d", len(data), MaxBytes)
+	}
+	// data passed the structural rules with the body; its depth is checked
+	// from itself, and its fields are read as an event's.
+	fields, err := scanObject(data, knownFields[:], MaxDepth)
 	if err != nil {
 		return Event{}, ce, err
 	}

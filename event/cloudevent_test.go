@@ -45,6 +45,8 @@ func TestDecodeCloudEventRefuses(t *testing.T) {
 		{"bad key in data", `{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"account_id":"a","key_id":"../x"}}`, "key_id must be"},
 		{"two objects", `{"specversion":"1.0"} {}`, "not JSON"},
 		{"too deep", `{"specversion":"1.0","id":"1","source":"s","type":"t","x":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `,` + data + `}`, "nested deeper"},
+		{"data nested 33 levels", ceWith(`{"account_id":"a","key_id":"k","d":` + nested(32) + `}`), "nested deeper"},
+		{"data over 64 KiB", ceWith(`{"account_id":"a","key_id":"k","x":"` + strings.Repeat("x", event.MaxBytes) + `"}`), "data is"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := event.DecodeCloudEvent([]byte(tc.body))
@@ -88,4 +90,33 @@ func FuzzDecodeCloudEvent(f *testing.F) {
 			t.Fatalf("accepted %+v %+v", ev, ce)
 		}
 	})
+}
+
+// ceWith is a CloudEvent around data.
+func ceWith(data string) string {
+	return `{"specversion":"1.0","id":"1","source":"s","type":"t","data":` + data + `}`
+}
+
+// nested is n levels of objects.
+func nested(n int) string { return strings.Repeat(`{"a":`, n) + "1" + strings.Repeat("}", n) }
+
+// Every rule of §2 applies to data, counted from data (SPEC §14): data
+// nested exactly 32 levels deep is taken, and so is data just under 64 KiB
+// in an envelope that takes the body past it.
+func TestDecodeCloudEventHoldsDataToTheEventsBounds(t *testing.T) {
+	deep := `{"account_id":"a","key_id":"k","d":` + nested(31) + `}` // 32 levels
+	if _, err := event.Decode([]byte(deep)); err != nil {
+		t.Fatalf("as an event: %v", err)
+	}
+	if _, _, err := event.DecodeCloudEvent([]byte(ceWith(deep))); err != nil {
+		t.Fatalf("32 levels of data refused: %v", err)
+	}
+	big := `{"account_id":"a","key_id":"k","x":"` + strings.Repeat("x", event.MaxBytes-64) + `"}`
+	if _, err := event.Decode([]byte(big)); err != nil {
+		t.Fatalf("as an event: %v", err)
+	}
+	body := `{"specversion":"1.0","id":"1","source":"s","type":"t","ext":"` + strings.Repeat("e", 1024) + `","data":` + big + `}`
+	if _, _, err := event.DecodeCloudEvent([]byte(body)); err != nil || len(body) <= event.MaxBytes {
+		t.Fatalf("data of %d bytes in a body of %d refused: %v", len(big), len(body), err)
+	}
 }

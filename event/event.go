@@ -57,7 +57,7 @@ func Decode(body []byte) (Event, error) {
 	if !utf8.Valid(body) {
 		return ev, invalid("body is not valid UTF-8")
 	}
-	fields, err := scanObject(body, knownFields[:])
+	fields, err := scanObject(body, knownFields[:], MaxDepth)
 	if err != nil {
 		return ev, err
 	}
@@ -157,7 +157,7 @@ var knownFields = [...]string{"account_id", "key_id", "reason", "requested_by", 
 // JSON value of each top-level field named in want (nil when absent). It
 // first lets json.Valid judge the syntax (including "exactly one value"),
 // then walks the bytes once, so it only ever reads well-formed JSON.
-func scanObject(body []byte, want []string) ([][]byte, error) {
+func scanObject(body []byte, want []string, maxDepth int) ([][]byte, error) {
 	if !json.Valid(body) {
 		var v any
 		err := json.Unmarshal(body, &v) // only for its description of the fault
@@ -166,7 +166,7 @@ func scanObject(body []byte, want []string) ([][]byte, error) {
 		}
 		return nil, invalid("not JSON: %v", err)
 	}
-	sc := scanner{b: body}
+	sc := scanner{b: body, maxDepth: maxDepth}
 	sc.space()
 	if sc.b[sc.i] != '{' {
 		return nil, invalid("body must be a JSON object")
@@ -180,8 +180,9 @@ func scanObject(body []byte, want []string) ([][]byte, error) {
 
 // scanner walks JSON that json.Valid has accepted.
 type scanner struct {
-	b []byte
-	i int
+	b        []byte
+	i        int
+	maxDepth int // the deepest nesting allowed; the body is level 1
 }
 
 func (sc *scanner) space() {
@@ -216,7 +217,7 @@ func (sc *scanner) str() (quoted []byte, escaped bool) {
 // object reads the object at sc.i, nested depth deep (the body is 1); top,
 // when not nil, receives the raw values of the fields named in want.
 func (sc *scanner) object(depth int, want []string, top [][]byte) error {
-	if depth > MaxDepth {
+	if depth > sc.maxDepth {
 		return invalid("nested deeper than %d levels", MaxDepth)
 	}
 	sc.i++ // {
@@ -267,7 +268,7 @@ func (sc *scanner) value(depth int) error {
 	case '{':
 		return sc.object(depth+1, nil, nil)
 	case '[':
-		if depth+1 > MaxDepth {
+		if depth+1 > sc.maxDepth {
 			return invalid("nested deeper than %d levels", MaxDepth)
 		}
 		sc.i++

@@ -242,6 +242,12 @@ func streamDiffs(have, want jetstream.StreamConfig) []diff {
 	add("max_age", have.MaxAge, want.MaxAge)
 	add("duplicate_window", have.Duplicates, want.Duplicates)
 	add("replicas", have.Replicas, want.Replicas)
+	if want.DenyDelete || want.DenyPurge {
+		// The audit trail's: one that the API can delete or purge is not
+		// append-only (SPEC §3), and an operator should hear of it.
+		add("deny_delete", have.DenyDelete, want.DenyDelete)
+		add("deny_purge", have.DenyPurge, want.DenyPurge)
+	}
 	return out
 }
 

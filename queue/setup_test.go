@@ -94,6 +94,32 @@ func TestEnsureLeavesExistingStreamsAndWarns(t *testing.T) {
 	}
 }
 
+// An audit trail that the API can delete or purge is not append-only
+// (SPEC §3): an existing outcome stream allowing either is warned of.
+func TestEnsureWarnsOfADeletableTrail(t *testing.T) {
+	js := setupJS(t)
+	cfg := config.Default()
+	ctx := context.Background()
+	open := queue.OutcomeStream(cfg.Topology())
+	open.DenyDelete, open.DenyPurge = false, false
+	if _, err := js.CreateStream(ctx, open); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.WarnLevel)
+	if err := queue.Ensure(ctx, js, cfg.Topology(), zap.New(core)); err != nil {
+		t.Fatal(err)
+	}
+	warned := map[string]bool{}
+	for _, e := range logs.All() {
+		if e.ContextMap()["stream"] == cfg.OutcomeStream {
+			warned[e.ContextMap()["setting"].(string)] = true
+		}
+	}
+	if !warned["deny_delete"] || !warned["deny_purge"] || len(warned) != 2 {
+		t.Fatalf("warnings = %v, want deny_delete and deny_purge only", warned)
+	}
+}
+
 func TestEnsureRefusesWhatMakesTheWorkImpossible(t *testing.T) {
 	ctx := context.Background()
 	t.Run("stream without a configured subject", func(t *testing.T) {

@@ -65,7 +65,7 @@ Usage:
   revoker publish --from-file F|-    one event per line (same flags)
   revoker dlq list [--reason R] [--limit N] [--json]
   revoker dlq replay --all | --seq N,... | --reason R [--dry-run] [--json]
-  revoker outcomes [--account A] [--key K] [--since D] [--json]
+  revoker outcomes [--account A] [--key K] [--since D] [--json] [--follow]
   revoker verify [--account A] [--since D] [--json]
                                      print keys the trail says are gone that the API still lists
   revoker demo [--keep | --serve]    everything in one process, no outside services

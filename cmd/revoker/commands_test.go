@@ -395,6 +395,9 @@ func TestBadInput(t *testing.T) {
 		{"publish missing file", nil, []string{"publish", "--from-file", "/nonexistent/events.jsonl"}, exitUsage, "no such file"},
 		{"publish bad config", map[string]string{"REVOKER_NATS_URL": "http://x"}, []string{"publish", "--account", "a", "--key", "k"}, exitUsage, "REVOKER_NATS_URL"},
 		{"dlq without command", nil, []string{"dlq"}, exitUsage, "list or replay"},
+		// A secret as a flag works, with a warning on any command (SPEC §6).
+		{"verify with a token flag", map[string]string{"REVOKER_NATS_URL": "nats://127.0.0.1:1"}, []string{"verify", "--cloudflare-api-token", "s3cr3t"}, exitFailed, "revoker verify: warning: --cloudflare-api-token is readable by anyone"},
+		{"outcomes with a password in the URL", nil, []string{"outcomes", "--nats-url", "nats://u:pw@127.0.0.1:1"}, exitFailed, "revoker outcomes: warning: the secret in --nats-url is readable by anyone"},
 		{"dlq replay unknown reason", nil, []string{"dlq", "replay", "--reason", "retries-exhausted"}, exitUsage, `--reason "retries-exhausted" is not a dead-letter reason (invalid_event, account_not_allowed, api_rejected, retries_exhausted, unauthorized, not_found)`},
 		{"dlq list unknown reason", nil, []string{"dlq", "list", "--reason", "bogus"}, exitUsage, `--reason "bogus" is not a dead-letter reason`},
 		{"dlq unknown command", nil, []string{"dlq", "purge"}, exitUsage, `unknown command "purge"`},

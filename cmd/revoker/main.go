@@ -125,6 +125,11 @@ func parse(fs *flag.FlagSet, sections config.Section, args []string, e env) (con
 		fmt.Fprintf(e.stderr, "revoker %s: %v\n", fs.Name(), err)
 		return config.Config{}, exitUsage
 	}
+	if fs.Name() != "serve" { // serve logs them, with its other warnings
+		for _, w := range config.SecretFlagWarnings(fs) {
+			fmt.Fprintf(e.stderr, "revoker %s: warning: %s\n", fs.Name(), w)
+		}
+	}
 	return cfg, -1
 }
 

@@ -66,6 +66,9 @@ type Decision struct {
 	// that asks for a wait (SPEC §4: any hold the API asks for holds every
 	// call, capped at 5 minutes).
 	Pause bool
+	// RateLimited marks a 429's hold, the one hold SPEC §4 keeps off the
+	// event's retry budget; another answer's wait is the event's too.
+	RateLimited bool
 }
 
 // Classify decides what an API answer means. It is a pure function of the
@@ -94,7 +97,7 @@ func Classify(resp *cloudflare.Response, err error) Decision {
 	if sr := resp.ShouldRetry; sr != nil {
 		if *sr {
 			d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP %d with x-should-retry: true%s", st, summary(resp))
-			d.Pause = st == 429 || resp.HasRetryAfter
+			d.Pause, d.RateLimited = st == 429 || d.RetryAfter > 0, st == 429
 			return d
 		}
 		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d with x-should-retry: false%s", st, summary(resp))
@@ -112,7 +115,7 @@ func Classify(resp *cloudflare.Response, err error) Decision {
 		d.Kind, d.Detail = NoAPI, fmt.Sprintf("HTTP 404 without the API's envelope (%s): the API is not where it should be", resp.BodyError)
 	case st == 408 || st == 409 || st == 429 || st >= 500:
 		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP %d%s", st, summary(resp))
-		d.Pause = st == 429 || resp.HasRetryAfter
+		d.Pause, d.RateLimited = st == 429 || d.RetryAfter > 0, st == 429
 	case st == 401 || st == 403 || (st == 400 && env != nil && env.HasCode(codeBadAuthHeader)):
 		d.Kind, d.Detail = Unauthorized, fmt.Sprintf("HTTP %d: credential refused%s", st, summary(resp))
 	default:
@@ -163,7 +166,7 @@ func ClassifyList(list *cloudflare.KeyList, err error, key string) Decision {
 		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d without a list%s", st, summary(resp))
 	case st == 408 || st == 409 || st == 429 || st >= 500:
 		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d%s", st, summary(resp))
-		d.Pause = st == 429 || resp.HasRetryAfter
+		d.Pause, d.RateLimited = st == 429 || d.RetryAfter > 0, st == 429
 	case st == 401 || st == 403 || (st == 400 && resp.Envelope != nil && resp.Envelope.HasCode(codeBadAuthHeader)):
 		d.Kind, d.Detail = Unauthorized, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d: credential refused%s", st, summary(resp))
 	default:

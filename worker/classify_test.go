@@ -63,6 +63,7 @@ func TestClassify(t *testing.T) {
 		// the 429's.
 		{"503 HTML with Retry-After", 503, map[string]string{"Retry-After": "2"}, html, worker.Retry, true, 2 * time.Second},
 		{"408 with Retry-After-Ms", 408, map[string]string{"Retry-After-Ms": "700"}, envelope(1, "timeout"), worker.Retry, true, 700 * time.Millisecond},
+		{"503 with Retry-After 0", 503, map[string]string{"Retry-After": "0"}, envelope(1, "busy"), worker.Retry, false, 0},
 		{"504 HTML", 504, nil, html, worker.Retry, false, 0},
 		{"401", 401, nil, auth, worker.Unauthorized, false, 0},
 		{"403 code 10000", 403, nil, auth, worker.Unauthorized, false, 0},

@@ -630,3 +630,23 @@ func TestRedeliveryAfterLostAck(t *testing.T) {
 		t.Fatalf("calls %d, records %d, dead letters %d, settled %v", h2.api.callCount(), len(h2.records.outcomes), len(h2.records.dlq), redo.settled)
 	}
 }
+
+// TestHoldOfA503ChargedToTheEvent: a 503's Retry-After holds every call
+// (SPEC §4), and it is this event's wait too: only a 429's hold is kept
+// off the retry budget. 20 ms holds against a 50 ms budget: three calls,
+// then the event is given back (stop ends the test if it never is).
+func TestHoldOfA503ChargedToTheEvent(t *testing.T) {
+	h := newHarness(t, nil, answer(503, nil, 20*time.Millisecond))
+	stop, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h.api.onCall = func() {
+		if h.api.calls >= 50 {
+			cancel()
+		}
+	}
+	d := &fakeDelivery{body: goodEvent, maxDeliver: 3}
+	h.w.Handle(stop, context.Background(), d)
+	if h.api.calls != 3 || len(d.settled) != 1 || d.settled[0] != "giveback" {
+		t.Fatalf("%d calls, settled %v; want 3 calls within the budget, then given back", h.api.calls, d.settled)
+	}
+}

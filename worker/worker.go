@@ -535,8 +535,9 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 		backoff.WithMaxInterval(w.cfg.RetryMaxInterval),
 		backoff.WithMaxElapsedTime(0), // the budget is kept below, without pauses
 	)
-	// spent is the delivery's retry budget used: calls and backoff sleeps,
-	// but not waits for a permit, so a 429 pause cannot dead-letter.
+	// spent is the delivery's retry budget used: calls, backoff sleeps and
+	// holds asked for by answers other than a 429, but not waits for a
+	// permit, so a 429 pause cannot dead-letter (SPEC §4).
 	var spent time.Duration
 	for {
 		if w.refused(stop, a) {
@@ -601,7 +602,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			}
 		}
 
-		var wait time.Duration
+		var wait, held time.Duration // held: a hold of every call, charged to this event
 		switch a.last.Kind {
 		case Revoked, Rejected:
 			return decided
@@ -617,14 +618,17 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 				if pause == 0 {
 					pause = b.NextBackOff()
 				}
-				w.gate(a.route).Pause(pause) // the next Acquire waits it out, uncharged
+				w.gate(a.route).Pause(pause) // the next Acquire waits it out
+				if !a.last.RateLimited {
+					held = pause // only a 429's hold is off the budget
+				}
 			case a.last.RetryAfter > 0:
 				wait = a.last.RetryAfter
 			default:
 				wait = b.NextBackOff()
 			}
 		}
-		spent += took
+		spent += took + held
 		if spent+wait > w.cfg.RetryMaxElapsed {
 			return exhausted
 		}

@@ -318,6 +318,9 @@ func (c *Client) publishError(subject string, err error) error {
 type Watcher struct {
 	c   *Client
 	sub *nats.Subscription
+	// reconnects is the connection's count when the watch began: one
+	// more, and notices may have been lost meanwhile.
+	reconnects uint64
 }
 
 // Watch listens for the records of one key (account and key given) or of
@@ -334,7 +337,7 @@ func (c *Client) Watch(account, key string) (*Watcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Watcher{c: c, sub: sub}, nil
+	return &Watcher{c: c, sub: sub, reconnects: c.nc.Stats().Reconnects}, nil
 }
 
 // subscribeOutcomes subscribes to outcome records on subject (with cb, or
@@ -390,11 +393,12 @@ func (w *Watcher) Close() { _ = w.sub.Unsubscribe() }
 // back from the key's own subject, where the believed-record rule holds
 // (a revoked record beats every other). A record answers an event only
 // when it names the event's account, key, stream and sequence. Events that
-// were duplicates of one stored earlier are first looked up in the trail,
-// and so, at the deadline, is every event still waiting: a notice sent
-// while the connection was down is lost for good.
+// were duplicates of one stored earlier are first looked up in the trail;
+// so, at the deadline, is every event still waiting if the connection was
+// made again since the watch began (a notice sent while it was down is
+// lost for good), for at most one request timeout more.
 func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline time.Time, on func(Published, event.Record)) error {
-	answer := func(p Published) (bool, error) {
+	answer := func(ctx context.Context, p Published) (bool, error) {
 		rec, ok, err := w.c.Recorded(ctx, p)
 		if err != nil || !ok {
 			return false, err
@@ -405,7 +409,7 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 	}
 	for _, p := range want {
 		if p.Duplicate {
-			_, _ = answer(p)
+			_, _ = answer(ctx, p)
 		}
 	}
 	// heard holds the events whose record was heard but not yet read back,
@@ -425,6 +429,7 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 		}
 		wctx, cancel := context.WithDeadline(ctx, next)
 		m, err := w.sub.NextMsgWithContext(wctx)
+		timedOut := wctx.Err() != nil
 		cancel()
 		switch {
 		case ctx.Err() != nil:
@@ -437,8 +442,8 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 			if p, ok := want[rec.Sequence]; ok && p.Answers(rec) && heard[rec.Sequence] == nil {
 				heard[rec.Sequence] = &recheck{at: time.Now(), retry: noticeRetryFirst}
 			}
-		case wctx.Err() == nil:
-			return err
+		case !timedOut:
+			return err // the subscription failed: nothing more can be heard
 		}
 		now := time.Now()
 		if !now.Before(deadline) {
@@ -448,16 +453,21 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 			if r.at.After(now) {
 				continue
 			}
-			if ok, _ := answer(want[seq]); ok || r.retry > noticeRetryMax {
+			if ok, _ := answer(ctx, want[seq]); ok || r.retry > noticeRetryMax {
 				delete(heard, seq)
 				continue
 			}
 			r.at, r.retry = now.Add(r.retry), 2*r.retry
 		}
 	}
+	if dropped, _ := w.sub.Dropped(); w.c.nc.Stats().Reconnects == w.reconnects && dropped == 0 {
+		return nil // every notice was heard
+	}
+	sctx, cancel := context.WithTimeout(ctx, w.c.timeout())
+	defer cancel()
 	for _, p := range want {
-		if _, err := answer(p); err != nil {
-			break // the trail cannot be read: the rest would wait as long
+		if _, err := answer(sctx, p); err != nil {
+			break // the trail cannot be read, or the time is up
 		}
 	}
 	return nil

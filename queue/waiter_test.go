@@ -215,8 +215,9 @@ func TestWaiterIdleHoldsNoSubscription(t *testing.T) {
 
 // publish --wait's watcher believes the trail, not what it hears: a record
 // the stream refused is heard but answers nothing, a revoked record in the
-// trail beats a not_found heard, and a record stored while nobody listened
-// is still found by the deadline.
+// trail beats a not_found heard, and once the connection was made again
+// (notices sent meanwhile are lost), a record stored unheard is still
+// found by the deadline.
 func TestWatcherBelievesTheTrailNotWhatItHears(t *testing.T) {
 	nc, js, c, _, topo := waiterSetup(t)
 	pub := func(key string, seq uint64) queue.Published {
@@ -245,6 +246,10 @@ func TestWatcherBelievesTheTrailNotWhatItHears(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	if err := nc.ForceReconnect(); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 10*time.Second, "reconnected", func() bool { return nc.Stats().Reconnects > 0 && nc.IsConnected() })
 
 	want := map[uint64]queue.Published{revoked.Sequence: revoked, refusedOnly.Sequence: refusedOnly, unheard.Sequence: unheard}
 	got := map[string]event.Outcome{}
@@ -306,5 +311,45 @@ func TestWaiterMadeWhileNATSIsAwayStillWaits(t *testing.T) {
 	storeRecord(t, js, topo, p.AccountID, p.KeyID, waiterRecord(p, event.Revoked))
 	if rec, ok := <-done; !ok || rec.Outcome != event.Revoked {
 		t.Fatalf("got %+v (%v), want p's revoked record", rec, ok)
+	}
+}
+
+// A watcher whose subscription is gone ends its wait with the error at
+// once, rather than waiting out the deadline hearing nothing.
+func TestWatcherEndsOnAFailedSubscription(t *testing.T) {
+	_, _, c, _, topo := waiterSetup(t)
+	w, err := c.Watch("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	want := map[uint64]queue.Published{1: {AccountID: "acct", KeyID: "gone1", Stream: topo.Stream, Sequence: 1}}
+	start := time.Now()
+	err = w.Await(context.Background(), want, time.Now().Add(10*time.Second), func(queue.Published, event.Record) {})
+	if err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("Await on a closed subscription: %v after %s; want its error at once", err, time.Since(start))
+	}
+}
+
+// Without a reconnect every notice was heard: at the deadline the watcher
+// returns, leaving the unanswered events waiting, without reading the
+// trail for each (a batch of thousands would overrun --timeout).
+func TestWatcherReturnsAtTheDeadline(t *testing.T) {
+	_, js, c, _, topo := waiterSetup(t)
+	unheard := queue.Published{EventID: "u1", AccountID: "acct", KeyID: "ukey1", Stream: topo.Stream, Sequence: 41}
+	storeRecord(t, js, topo, unheard.AccountID, unheard.KeyID, waiterRecord(unheard, event.Revoked))
+	w, err := c.Watch("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	want := map[uint64]queue.Published{unheard.Sequence: unheard}
+	if err := w.Await(context.Background(), want, time.Now().Add(200*time.Millisecond), func(queue.Published, event.Record) {
+		t.Error("answered from the trail with no reconnect")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(want) != 1 {
+		t.Fatalf("left waiting: %v", want)
 	}
 }

@@ -115,7 +115,7 @@ func TestMetricNamesRegistered(t *testing.T) {
 // TestReplicasReadyPanelWithPromtool: the "Replicas ready" panel counts a
 // replica as /readyz does (SPEC §6, §8): one refused credential of a
 // credentials file (credential:<name> 0) leaves it ready while another
-// works; any other condition at 0 does not. The panel's own expression is
+// works, every one refused does not, and nor does any other condition at 0. The panel's own expression is
 // evaluated by promtool over made-up series.
 func TestReplicasReadyPanelWithPromtool(t *testing.T) {
 	bin := promtoolBin(t)
@@ -141,6 +141,9 @@ func TestReplicasReadyPanelWithPromtool(t *testing.T) {
 		series("b", "nats", "1") + series("b", "consumers", "1") + series("b", "credential", "1") +
 		// c: NATS lost: not ready.
 		series("c", "nats", "0") + series("c", "consumers", "1") + series("c", "credential", "1") +
+		// d: every credential of its file refused: not ready.
+		series("d", "nats", "1") + series("d", "consumers", "1") + series("d", "credential", "1") +
+		series("d", "credential:media", "0") + series("d", "credential:news", "0") +
 		"    promql_expr_test:\n      - expr: panel:replicas_ready\n        eval_time: 1m\n        exp_samples:\n" +
 		"          - labels: 'panel:replicas_ready'\n            value: 2\n"
 	for name, body := range map[string]string{"rules.yml": rules, "test.yml": test} {

@@ -165,7 +165,7 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 	if c := e.Confirmed; c != nil && (c.Status < 200 || c.Status > 299 || len(c.CFRay) > maxLedgerRay) {
 		e.Confirmed = nil // not a confirmation any worker records
 	}
-	if c := e.Last; c != nil && (c.Status < 100 || c.Status > 599 || len(c.CFRay) > maxLedgerRay) {
+	if c := e.Last; c != nil && (c.Status != 0 && (c.Status < 100 || c.Status > 599) || len(c.CFRay) > maxLedgerRay) {
 		e.Last = nil // not an answer any worker records
 	}
 	return e

@@ -234,3 +234,40 @@ func TestLastStatusKeptAcrossDeliveriesWithoutACall(t *testing.T) {
 		t.Fatalf("dead letter %+v; want unauthorized, last status 403, 1 attempt", dl)
 	}
 }
+
+// TestLastStatusIsTheLastCallsEvenWithoutAnswer: a 403, then a delivery
+// whose calls got no answer, then one that makes no call: the last status
+// is "none" (error), not the older 403.
+func TestLastStatusIsTheLastCallsEvenWithoutAnswer(t *testing.T) {
+	r := newRouted(t, answer(403, nil, 0), nil)
+	cond := worker.ReadyCredentialOf("cred-a")
+	works := false
+	routes := fakeRoutes{"acct1": {Credential: "cred-a", Gate: r.gates["a"], Budget: r.budget["a"], Rate: 4,
+		Recheck: func(context.Context, int) bool {
+			if works {
+				r.ready.Set(cond, "")
+			}
+			return works
+		}}}
+	w := worker.New(worker.Config{
+		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
+		RetryMaxElapsed: 20 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+	}, worker.Deps{API: r.api, Gate: r.gate, Routes: routes, Records: r.records, Ledger: r.ledger,
+		Metrics: r.m, Ready: r.ready, Log: zap.NewNop()})
+	handle := func(n int) {
+		w.Handle(context.Background(), context.Background(), &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: n, maxDeliver: 3})
+	}
+	handle(1) // 403: refused
+	works = true
+	handle(2) // accepted again; its calls get no answer
+	calls := r.api.calls
+	works = false
+	r.ready.Set(cond, "refused again")
+	handle(3) // no call; dead-lettered
+	if r.api.calls != calls || calls < 2 || len(r.records.dlq) != 1 {
+		t.Fatalf("%d calls (%d before the last delivery), %d dead letters", r.api.calls, calls, len(r.records.dlq))
+	}
+	if dl := r.records.dlq[0]; dl.Status != 0 || !dl.Called || dl.Attempts != calls {
+		t.Fatalf("dead letter %+v; want last status none (error) after %d calls", dl, calls)
+	}
+}

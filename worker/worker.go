@@ -137,9 +137,9 @@ type Entry struct {
 	Replica string `json:"replica,omitempty"`
 	// Confirmed is the call that revoked the key, once there was one.
 	Confirmed *Call `json:"confirmed,omitempty"`
-	// Last is the last answer a delivery heard and left here: a later
-	// delivery that makes no call (its credential refused) still reports
-	// it as the last status (SPEC §5, Revoker-Status).
+	// Last is what the last call of a delivery that gave the event back
+	// got (status 0: no answer): a later delivery that makes no call (its
+	// credential refused) still reports it (SPEC §5, Revoker-Status).
 	Last *Call `json:"last,omitempty"`
 }
 
@@ -1143,17 +1143,17 @@ func (w *Worker) durably(stop, work context.Context, a *attempt, what string, wr
 }
 
 // giveBack returns the event to the broker for a later delivery, leaving
-// in the ledger how many of this delivery's calls were answered.
+// in the ledger how many of this delivery's calls were answered, and what
+// the last of them got.
 func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
-	if a.heard > 0 && a.revoked == nil {
+	if a.calls > 0 && a.revoked == nil {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.work), 2*time.Second)
 		// Compare-and-swap: another replica's confirmation is kept.
 		_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
 			a.countIn(e, a.seen)
 			e.Answered = min(e.Answered+a.heard, e.Calls)
-			if a.status != 0 {
-				e.Last = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
-			}
+			// Status 0: the last call got no answer.
+			e.Last = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
 			return nil
 		})
 		cancel()

@@ -121,6 +121,7 @@ func Start(ctx context.Context, js jetstream.JetStream, cfg Config) (*Server, er
 	if js != nil && cfg.Client.JetStream() != js {
 		return nil, errors.New("ingress: the client must be on the JetStream handle given")
 	}
+	js = cfg.Client.JetStream() // the bucket's, whether given or not
 	if cfg.CloseTimeout <= 0 {
 		cfg.CloseTimeout = DefaultCloseTimeout
 	}

@@ -64,9 +64,10 @@ type DeadLetter struct {
 	Sequence uint64
 	FailedAt time.Time
 	TraceID  string // the event's trace id (SPEC §13), "" when none
-	// ContentType and TraceParent are the original message's Content-Type
-	// and W3C trace context: a replay republishes them with the body, so
-	// a CloudEvent is read as one again and its trace goes on.
+	// ContentType is the original message's Content-Type, and TraceParent
+	// the dead-lettering delivery's W3C trace context (the event's trace):
+	// a replay republishes them with the body, so a CloudEvent is read as
+	// one again and the replay's spans join the event's trace.
 	ContentType string
 	TraceParent string
 }

@@ -35,8 +35,8 @@ type DeadLetterRecord struct {
 	SourceSubject  string    `json:"source_subject"`
 	SourceSequence uint64    `json:"source_sequence"`
 	FailedAt       time.Time `json:"failed_at,omitzero"`
-	// ContentType and TraceParent are the original message's, republished
-	// with the body by a replay.
+	// ContentType (the original message's) and TraceParent (the event's
+	// trace context) are republished with the body by a replay.
 	ContentType string `json:"content_type,omitempty"`
 	TraceParent string `json:"traceparent,omitempty"`
 	// Body is the original event, byte for byte: what a replay publishes.

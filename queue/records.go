@@ -36,9 +36,10 @@ const (
 	HeaderReplayOf       = "Revoker-Replay-Of"
 	HeaderBodyTruncated  = "Revoker-Body-Truncated"
 	HeaderTraceID        = "Revoker-Trace-Id"
-	// The original message's own headers a dead letter keeps for its
-	// replay: without its Content-Type a CloudEvent would come back as a
-	// plain event, and be dead-lettered again as invalid.
+	// Headers a dead letter keeps for its replay: the original's
+	// Content-Type (without it a CloudEvent would come back as a plain
+	// event, and be dead-lettered again as invalid) and the event's trace
+	// context.
 	HeaderContentType = "Content-Type"
 	HeaderTraceParent = "traceparent"
 )

@@ -188,11 +188,7 @@ func TestRouteRefusedCredentialCheckedBeforeItsCall(t *testing.T) {
 				}
 				return works
 			}}}
-		w := worker.New(worker.Config{
-			Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
-			RetryMaxElapsed: 20 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
-		}, worker.Deps{API: r.api, Gate: r.gate, Routes: routes, Records: r.records, Ledger: r.ledger,
-			Metrics: r.m, Ready: r.ready, Log: zap.NewNop()})
+		w := r.workerOn(routes)
 		d := &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: 1, maxDeliver: 3}
 		w.Handle(context.Background(), context.Background(), d)
 		switch {
@@ -215,11 +211,7 @@ func TestLastStatusKeptAcrossDeliveriesWithoutACall(t *testing.T) {
 	cond := worker.ReadyCredentialOf("cred-a")
 	routes := fakeRoutes{"acct1": {Credential: "cred-a", Gate: r.gates["a"], Budget: r.budget["a"], Rate: 4,
 		Recheck: func(context.Context, int) bool { return false }}}
-	w := worker.New(worker.Config{
-		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
-		RetryMaxElapsed: 20 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
-	}, worker.Deps{API: r.api, Gate: r.gate, Routes: routes, Records: r.records, Ledger: r.ledger,
-		Metrics: r.m, Ready: r.ready, Log: zap.NewNop()})
+	w := r.workerOn(routes)
 	for n := 1; n <= 2; n++ {
 		d := &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: n, maxDeliver: 2}
 		w.Handle(context.Background(), context.Background(), d)
@@ -249,11 +241,7 @@ func TestLastStatusIsTheLastCallsEvenWithoutAnswer(t *testing.T) {
 			}
 			return works
 		}}}
-	w := worker.New(worker.Config{
-		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
-		RetryMaxElapsed: 20 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
-	}, worker.Deps{API: r.api, Gate: r.gate, Routes: routes, Records: r.records, Ledger: r.ledger,
-		Metrics: r.m, Ready: r.ready, Log: zap.NewNop()})
+	w := r.workerOn(routes)
 	handle := func(n int) {
 		w.Handle(context.Background(), context.Background(), &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: n, maxDeliver: 3})
 	}
@@ -270,4 +258,14 @@ func TestLastStatusIsTheLastCallsEvenWithoutAnswer(t *testing.T) {
 	if dl := r.records.dlq[0]; dl.Status != 0 || !dl.Called || dl.Attempts != calls {
 		t.Fatalf("dead letter %+v; want last status none (error) after %d calls", dl, calls)
 	}
+}
+
+// workerOn is a worker of r's fakes routing by routes, with a 20 ms retry
+// budget.
+func (r *routed) workerOn(routes fakeRoutes) *worker.Worker {
+	return worker.New(worker.Config{
+		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
+		RetryMaxElapsed: 20 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+	}, worker.Deps{API: r.api, Gate: r.gate, Routes: routes, Records: r.records, Ledger: r.ledger,
+		Metrics: r.m, Ready: r.ready, Log: zap.NewNop()})
 }

@@ -124,6 +124,10 @@ type Service struct {
 
 	mu      sync.Mutex
 	stopped bool // no new goroutine once Stop waits for them
+	// indexErr is the index's last failure, logged once until it changes
+	// or the index takes an event again (a missing bucket would otherwise
+	// fill the log, one line per request).
+	indexErr string
 }
 
 // Start registers the service on nc. The requests it takes run until ctx
@@ -386,10 +390,7 @@ func (s *Service) revoke(req micro.Request) {
 			ictx, cancel := context.WithTimeout(s.ctx, s.cfg.Client.Timeout)
 			err := s.cfg.Index.Remember(ictx, p)
 			cancel()
-			if err != nil {
-				s.cfg.Log.Warn("service: the event index did not take an event; status by its id alone will not find it",
-					zap.String("event_id", p.EventID), zap.Error(err))
-			}
+			s.indexed(p, err)
 		}
 		queued := Queued{EventID: p.EventID, State: StateQueued, AccountID: p.AccountID, KeyID: p.KeyID,
 			Stream: p.Stream, Sequence: p.Sequence, TraceID: p.TraceID}
@@ -584,5 +585,24 @@ func Serve(ctx context.Context, nc *nats.Conn, cfg Config) (stop func()) {
 		if err := svc.Stop(); err != nil {
 			log.Warn("stopping the NATS service", zap.Error(err))
 		}
+	}
+}
+
+// indexed logs the index's failure to take p, once per distinct cause.
+func (s *Service) indexed(p queue.Published, err error) {
+	why := ""
+	if err != nil {
+		why = err.Error()
+	}
+	s.mu.Lock()
+	changed := why != s.indexErr
+	s.indexErr = why
+	s.mu.Unlock()
+	switch {
+	case changed && err != nil:
+		s.cfg.Log.Warn("service: the event index does not take events; status by an event id alone will not find them",
+			zap.String("event_id", p.EventID), zap.Error(err))
+	case changed:
+		s.cfg.Log.Info("service: the event index takes events again")
 	}
 }

@@ -3,6 +3,7 @@ package service_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -11,7 +12,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
@@ -429,5 +432,39 @@ func TestServiceStopAnswersQueued(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("answered %v after Stop, want at once", d)
+	}
+}
+
+// An index that cannot take events (its bucket missing, creating nothing)
+// fails no revoke, and is logged once, not once per request.
+func TestServiceIndexFailureLoggedOnce(t *testing.T) {
+	srv, nc, js := queuetest.JetStream(t)
+	cfg := config.Default()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.WarnLevel)
+	svc, err := service.Start(context.Background(), nc, service.Config{
+		Client: queue.ClientOn(nc, js, cfg.Topology()), Subjects: cfg.Subjects, Version: "1.2.3", Log: zap.New(core),
+		Index: queue.NewEventIndex(js, cfg.Stream, 1, false, zap.NewNop()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = svc.Stop() }()
+	caller, _ := queuetest.Connect(t, srv)
+	for i := range 3 {
+		reply, err := caller.Request(service.RevokeSubject, []byte(evJSON("acct1", fmt.Sprintf("idx%d", i))), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := serviceError(reply); code != "" {
+			t.Fatalf("revoke %d: error %s", i, code)
+		}
+	}
+	if n := logs.FilterMessageSnippet("event index").Len(); n != 1 {
+		t.Fatalf("%d warnings about the event index for three requests, want 1", n)
 	}
 }

@@ -545,8 +545,18 @@ func (b *Budget) write(ctx context.Context, kv jetstream.KeyValue, key string, s
 	ctx, cancel := context.WithTimeout(ctx, budgetOpTimeout)
 	defer cancel()
 	b.stats.writes.Add(1)
-	// Revision 0 expects no entry yet: the first write creates it.
-	nrev, err := kv.Update(ctx, key, data, rev)
+	// Revision 0 expects no entry yet: the first write creates it. Create,
+	// not Update: an entry deleted by hand leaves a marker that an update
+	// expecting nothing conflicts with for ever, stopping every call.
+	var nrev uint64
+	if rev == 0 {
+		nrev, err = kv.Create(ctx, key, data)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			err = jetstream.ErrKeyRevisionMismatch // written meanwhile: read again
+		}
+	} else {
+		nrev, err = kv.Update(ctx, key, data, rev)
+	}
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		b.stats.conflicts.Add(1)
 		b.ok()

@@ -219,3 +219,46 @@ func TestBudgetPlantedEntryBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetEntryDeletedByHand: an operator deleting the budget's entry
+// (to clear a hold that looks stuck, say) leaves a delete marker; a replica
+// starting after it still reserves, rather than conflicting with the
+// marker for ever and stopping every call of the budget.
+func TestBudgetEntryDeletedByHand(t *testing.T) {
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := queue.BudgetConfig{ID: func() string { return "token:de1e7ed0" }, Rate: 4, Create: true, Log: zap.NewNop()}
+	first, err := queue.NewBudget(js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := first.Reserve(ctx, 0); err != nil || !ok {
+		t.Fatalf("first reservation: %v %v", ok, err)
+	}
+	first.Close()
+	kv, err := js.KeyValue(ctx, queue.BudgetBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "token_de1e7ed0"); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		b, err := queue.NewBudget(js, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		_, ok, err := b.Reserve(rctx, 0)
+		rcancel()
+		b.Close()
+		if err != nil || !ok {
+			t.Fatalf("a replica started after the entry was deleted reserves nothing: ok=%v err=%v", ok, err)
+		}
+		if err := kv.Delete(ctx, "token_de1e7ed0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

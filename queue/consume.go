@@ -301,6 +301,10 @@ func (c *Consumer) refresh(ctx context.Context, l *boundLane) {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	info, err := l.lane.Consumer().Info(ictx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		// A full lane is not fetching and would not find out itself.
+		l.lane.Gone()
+	}
 	if err == nil {
 		l.metrics.Pending.Set(float64(info.NumPending))
 		if l.lane.Full() {

@@ -34,6 +34,10 @@ type Lane struct {
 	fetchWait  time.Duration
 
 	room chan struct{} // one token per message we may still take
+	// gone tells a lane waiting for room that its consumer was found
+	// missing: a full lane does not fetch, and would not learn it from a
+	// fetch until an event in hand finished (SPEC §4, "The proof", point 7).
+	gone chan struct{}
 
 	mu   sync.Mutex
 	cons jetstream.Consumer
@@ -138,6 +142,7 @@ func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBat
 	}
 	l.minBatch = min(l.minBatch, l.Capacity)
 	l.room = make(chan struct{}, l.Capacity)
+	l.gone = make(chan struct{}, 1)
 	for range l.Capacity {
 		l.room <- struct{}{}
 	}
@@ -180,7 +185,17 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 	}()
 	f := fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
 	for ctx.Err() == nil {
-		n := l.waitRoom(ctx)
+		n, gone := l.waitRoom(ctx)
+		if gone {
+			if h.Rebind == nil {
+				return ErrConsumerGone
+			}
+			if err := l.rebind(ctx, h, log); err != nil {
+				return err
+			}
+			f = fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
+			continue
+		}
 		if n == 0 {
 			break
 		}
@@ -244,6 +259,10 @@ func (l *Lane) rebind(ctx context.Context, h Hooks, log *zap.Logger) error {
 		b, err := h.Rebind(ctx)
 		if err == nil {
 			l.bind(b)
+			select {
+			case <-l.gone: // news of the consumer just replaced
+			default:
+			}
 			h.trouble("")
 			log.Info("consumer bound again", zap.String("subject", l.Subject), zap.String("consumer", name),
 				zap.Duration("after", time.Since(from)))
@@ -467,20 +486,25 @@ func gone(err error) bool {
 
 // waitRoom takes every free place in hand, waiting until there is at least
 // one; 0 means ctx ended first.
-func (l *Lane) waitRoom(ctx context.Context) int {
+func (l *Lane) waitRoom(ctx context.Context) (n int, gone bool) {
 	select {
 	case <-l.room:
+	case <-l.gone:
+		return 0, true
 	case <-ctx.Done():
-		return 0
+		return 0, false
 	}
-	n := 1
+	n = 1
 	for n < l.minBatch {
 		select {
 		case <-l.room:
 			n++
+		case <-l.gone:
+			l.putRoom(n)
+			return 0, true
 		case <-ctx.Done():
 			l.putRoom(n)
-			return 0
+			return 0, false
 		}
 	}
 	for {
@@ -488,8 +512,17 @@ func (l *Lane) waitRoom(ctx context.Context) int {
 		case <-l.room:
 			n++
 		default:
-			return n
+			return n, false
 		}
+	}
+}
+
+// Gone tells the lane its consumer was found missing; a lane waiting for
+// room binds it again at once.
+func (l *Lane) Gone() {
+	select {
+	case l.gone <- struct{}{}:
+	default: // already told
 	}
 }
 

@@ -233,3 +233,49 @@ func TestLostConsumerWithAFullLane(t *testing.T) {
 		}
 	}
 }
+
+// TestLostConsumerOfAFullLaneMadeAgainWhileItsCallsHold: the lane is full
+// and its call held (a long hold, a slow API): it fetches nothing, so only
+// the lane's watch can find its consumer gone. It is made again while the
+// call still holds (SPEC §4, "The proof", point 7: within 5 s; the issue's
+// test allows 10), and the events in hand then finish with one call each.
+func TestLostConsumerOfAFullLaneMadeAgainWhileItsCallsHold(t *testing.T) {
+	var (
+		held    atomic.Int32
+		release = make(chan struct{})
+		once    sync.Once
+	)
+	free := func() { once.Do(func() { close(release) }) }
+	s := newStack(t, func(c *config.Config) {
+		c.HTTPTimeout = time.Minute
+		c.Concurrency = 1 // the lane holds 2: one in a call, one waiting
+	}, holdKeys("full", &held, release))
+	s.start()
+	t.Cleanup(free)
+
+	scheduled := s.cfg.LowestPriority()
+	keys := []string{"full1", "full2", "full3"}
+	for _, k := range keys {
+		s.publish(scheduled, eventJSON(acct, k), "id-"+k)
+	}
+	s.waitFor("the lane full: one call held, one event waiting", func() bool {
+		return held.Load() == 1 && testutil.ToFloat64(s.m.Inflight) == 2
+	})
+	if err := s.js.DeleteConsumer(context.Background(), s.cfg.Stream, s.cfg.Durable(scheduled)); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 10*time.Second, "the consumer made again while the call holds", func() bool {
+		return s.consumerExists(scheduled)
+	})
+	if held.Load() != 1 {
+		t.Fatalf("%d calls held; the test needs the one call still held", held.Load())
+	}
+	free()
+	s.waitFor("every event revoked", func() bool { return s.revoked(keys...) })
+	s.waitFor("work stream empty", func() bool { return s.count(s.cfg.Stream) == 0 })
+	for _, k := range keys {
+		if n := s.deletes(k); n != 1 {
+			t.Errorf("%s: %d DELETE calls, want 1", k, n)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -603,10 +604,20 @@ func (b *Budget) decode(e jetstream.KeyValueEntry) cachedState {
 		st  budgetState
 		out []string
 	)
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
-		// A damaged entry must not stop every call for ever: it is
-		// overwritten by the next reservation, which starts from now.
-		out = []string{"entry (not JSON)"}
+	dec := json.NewDecoder(bytes.NewReader(e.Value()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		// Not a replica's entry: damaged, or a message another role had
+		// the server store there (an API answer sent to the key as a
+		// reply subject). It must neither stop every call for ever nor
+		// wipe a hold: the state last believed here stands, and the next
+		// reservation writes over the entry.
+		out = []string{"entry (not a budget state)"}
+		b.mu.Lock()
+		if old, ok := b.cache[e.Key()]; ok {
+			c.st = old.st
+		}
+		b.mu.Unlock()
 	} else {
 		c.st, out = clampState(st, c.created, b.interval)
 	}

@@ -262,3 +262,47 @@ func TestBudgetEntryDeletedByHand(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetForeignEntryKeepsTheHold: another role can have the server
+// store its own answer on the budget's key (a request whose reply subject
+// is the key). Such an entry is no replica's: it neither wipes a hold (so
+// calls would resume inside the API's block) nor stops calls for ever.
+func TestBudgetForeignEntryKeepsTheHold(t *testing.T) {
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:f0e1a2b3" }, Rate: 4, Create: true, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	if _, ok, err := b.Reserve(ctx, 0); err != nil || !ok {
+		t.Fatalf("first reservation: %v %v", ok, err)
+	}
+	b.Hold(time.Now().Add(throttle.MaxPause), "429 from the API")
+	queuetest.Eventually(t, 10*time.Second, "the hold stored", func() bool {
+		_, ok, err := b.Reserve(ctx, 0)
+		until, _ := b.Held()
+		return err == nil && !ok && time.Until(until) > time.Minute
+	})
+	kv, err := js.KeyValue(ctx, queue.BudgetBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, foreign := range []string{`{"stream":"REVOCATIONS","seq":1}`, ``} {
+		rev, err := kv.Put(ctx, "token_f0e1a2b3", []byte(foreign))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Read through to the foreign entry, then ask again.
+		queuetest.Eventually(t, 10*time.Second, "the foreign entry read", func() bool {
+			e, err := kv.Get(ctx, "token_f0e1a2b3")
+			return err == nil && e.Revision() >= rev
+		})
+		at, ok, err := b.Reserve(ctx, 0)
+		if err != nil || ok || time.Until(at) < time.Minute {
+			t.Fatalf("after the entry %q: Reserve %v ok=%v err=%v; want the hold still standing", foreign, time.Until(at), ok, err)
+		}
+	}
+}

@@ -552,8 +552,11 @@ func (b *Budget) write(ctx context.Context, kv jetstream.KeyValue, key string, s
 	var nrev uint64
 	if rev == 0 {
 		nrev, err = kv.Create(ctx, key, data)
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			err = jetstream.ErrKeyRevisionMismatch // written meanwhile: read again
+		// Written meanwhile: read again. Over a delete marker Create
+		// updates at the marker's revision and returns the stream's own
+		// wrong-last-sequence error when another replica wrote first.
+		if errors.Is(err, jetstream.ErrKeyExists) || wrongLastSequence(err) {
+			err = jetstream.ErrKeyRevisionMismatch
 		}
 	} else {
 		nrev, err = kv.Update(ctx, key, data, rev)

@@ -281,15 +281,17 @@ func TestBudgetForeignEntryKeepsTheHold(t *testing.T) {
 		t.Fatalf("first reservation: %v %v", ok, err)
 	}
 	b.Hold(time.Now().Add(throttle.MaxPause), "429 from the API")
-	queuetest.Eventually(t, 10*time.Second, "the hold stored", func() bool {
-		_, ok, err := b.Reserve(ctx, 0)
-		until, _ := b.Held()
-		return err == nil && !ok && time.Until(until) > time.Minute
-	})
 	kv, err := js.KeyValue(ctx, queue.BudgetBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// In the entry itself, not only pending here: the foreign entry must
+	// land after it, not race its write.
+	queuetest.Eventually(t, 10*time.Second, "the hold stored in the entry", func() bool {
+		e, err := kv.Get(ctx, "token_f0e1a2b3")
+		_, ok, rerr := b.Reserve(ctx, 0)
+		return err == nil && strings.Contains(string(e.Value()), `"hold"`) && rerr == nil && !ok
+	})
 	for _, foreign := range []string{`{"stream":"REVOCATIONS","seq":1}`, ``} {
 		rev, err := kv.Put(ctx, "token_f0e1a2b3", []byte(foreign))
 		if err != nil {

@@ -186,6 +186,9 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 	f := fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
 	for ctx.Err() == nil {
 		n, gone := l.waitRoom(ctx)
+		if gone && !l.missing(ctx) {
+			continue // news from before the consumer was made again
+		}
 		if gone {
 			if h.Rebind == nil {
 				return ErrConsumerGone
@@ -515,6 +518,16 @@ func (l *Lane) waitRoom(ctx context.Context) (n int, gone bool) {
 			return n, false
 		}
 	}
+}
+
+// missing asks the server whether the lane's consumer is gone: a binding
+// made again needlessly would count the deliveries in hand as a lost
+// consumer's.
+func (l *Lane) missing(ctx context.Context) bool {
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := l.Consumer().Info(ictx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
 }
 
 // Gone tells the lane its consumer was found missing; a lane waiting for

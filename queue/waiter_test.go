@@ -353,3 +353,46 @@ func TestWatcherReturnsAtTheDeadline(t *testing.T) {
 		t.Fatalf("left waiting: %v", want)
 	}
 }
+
+// A refused record is heard first; the real one is stored later, while the
+// watcher waits to read the first one back again. It is answered by the
+// deadline, with no reconnect: a new notice is read soon, and what was
+// heard is looked up once more at the deadline. (The store is timed into
+// the gap between two read-backs of the first notice, 510 and 1022 ms
+// after it; the deadline falls inside it too.)
+func TestWatcherAnswersARecordStoredAfterARefusedOne(t *testing.T) {
+	nc, js, c, _, topo := waiterSetup(t)
+	p := queue.Published{EventID: "late1", AccountID: "acct", KeyID: "latekey", Stream: topo.Stream, Sequence: 51}
+	w, err := c.Watch("", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	body, _ := json.Marshal(waiterRecord(p, event.NotFound))
+	m := nats.NewMsg(queue.OutcomeSubject(topo.OutcomePrefix, p.AccountID, p.KeyID))
+	m.Data = body
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "999999") // heard, refused
+	if err := nc.PublishMsg(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	stored := make(chan error, 1)
+	real, _ := json.Marshal(waiterRecord(p, event.Revoked))
+	time.AfterFunc(600*time.Millisecond, func() {
+		_, err := js.Publish(context.Background(), queue.OutcomeSubject(topo.OutcomePrefix, p.AccountID, p.KeyID), real)
+		stored <- err
+	})
+	want := map[uint64]queue.Published{p.Sequence: p}
+	var got event.Outcome
+	if err := w.Await(context.Background(), want, time.Now().Add(900*time.Millisecond), func(_ queue.Published, rec event.Record) { got = rec.Outcome }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stored; err != nil {
+		t.Fatal(err)
+	}
+	if got != event.Revoked {
+		t.Fatalf("answer %q; want the revoked record stored after the refused one", got)
+	}
+}

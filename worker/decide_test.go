@@ -646,7 +646,8 @@ func TestHoldOfA503ChargedToTheEvent(t *testing.T) {
 	}
 	d := &fakeDelivery{body: goodEvent, maxDeliver: 3}
 	h.w.Handle(stop, context.Background(), d)
-	if h.api.calls != 3 || len(d.settled) != 1 || d.settled[0] != "giveback" {
-		t.Fatalf("%d calls, settled %v; want 3 calls within the budget, then given back", h.api.calls, d.settled)
+	// Three calls fit (two on a slow machine); uncharged, it runs to 50.
+	if h.api.calls < 2 || h.api.calls > 3 || len(d.settled) != 1 || d.settled[0] != "giveback" {
+		t.Fatalf("%d calls, settled %v; want 2 or 3 calls within the budget, then given back", h.api.calls, d.settled)
 	}
 }

@@ -184,19 +184,25 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 		wg.Wait()
 	}()
 	f := fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
+	bindAgain := func() error {
+		if h.Rebind == nil {
+			return ErrConsumerGone
+		}
+		if err := l.rebind(ctx, h, log); err != nil {
+			return err
+		}
+		f = fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
+		return nil
+	}
 	for ctx.Err() == nil {
 		n, gone := l.waitRoom(ctx)
-		if gone && !l.missing(ctx) {
-			continue // news from before the consumer was made again
-		}
 		if gone {
-			if h.Rebind == nil {
-				return ErrConsumerGone
+			// Unless the news is from before the consumer was made again.
+			if l.missing(ctx) {
+				if err := bindAgain(); err != nil {
+					return err
+				}
 			}
-			if err := l.rebind(ctx, h, log); err != nil {
-				return err
-			}
-			f = fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
 			continue
 		}
 		if n == 0 {
@@ -206,13 +212,9 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 		if err != nil {
 			h.NoNews()
 			if l.lost(ctx, err) {
-				if h.Rebind == nil {
-					return ErrConsumerGone
-				}
-				if err := l.rebind(ctx, h, log); err != nil {
+				if err := bindAgain(); err != nil {
 					return err
 				}
-				f = fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
 				continue
 			}
 			f.failed(err)

@@ -199,39 +199,7 @@ func TestLostConsumerIsBoundWhenMadeElsewhere(t *testing.T) {
 // it may is noticed all the same (a pull request sent after the loss finds
 // nobody to answer it, rather than being told of a deletion).
 func TestLostConsumerWithAFullLane(t *testing.T) {
-	var (
-		held    atomic.Int32
-		release = make(chan struct{})
-		once    sync.Once
-	)
-	free := func() { once.Do(func() { close(release) }) }
-	s := newStack(t, func(c *config.Config) {
-		c.HTTPTimeout = time.Minute
-		c.Concurrency = 1 // the lane holds 2: one in a call, one waiting
-	}, holdKeys("sched", &held, release))
-	s.start()
-	t.Cleanup(free)
-
-	scheduled := s.cfg.LowestPriority()
-	sched := []string{"sched1", "sched2", "sched3"}
-	for _, k := range sched {
-		s.publish(scheduled, eventJSON(acct, k), "id-"+k)
-	}
-	s.waitFor("the lane full: one call held, one event waiting", func() bool {
-		return held.Load() == 1 && testutil.ToFloat64(s.m.Inflight) == 2
-	})
-	if err := s.js.DeleteConsumer(context.Background(), s.cfg.Stream, s.cfg.Durable(scheduled)); err != nil {
-		t.Fatal(err)
-	}
-	free()
-	s.waitFor("the consumer made again", func() bool { return s.consumerExists(scheduled) })
-	s.waitFor("every scheduled event revoked", func() bool { return s.revoked(sched...) })
-	s.waitFor("work stream empty", func() bool { return s.count(s.cfg.Stream) == 0 })
-	for _, k := range sched {
-		if n := s.deletes(k); n != 1 {
-			t.Errorf("%s: %d DELETE calls, want 1", k, n)
-		}
-	}
+	lostWithAFullLane(t, "sched", true)
 }
 
 // TestLostConsumerOfAFullLaneMadeAgainWhileItsCallsHold: the lane is full
@@ -240,6 +208,14 @@ func TestLostConsumerWithAFullLane(t *testing.T) {
 // call still holds (SPEC §4, "The proof", point 7: within 5 s; the issue's
 // test allows 10), and the events in hand then finish with one call each.
 func TestLostConsumerOfAFullLaneMadeAgainWhileItsCallsHold(t *testing.T) {
+	lostWithAFullLane(t, "full", false)
+}
+
+// lostWithAFullLane fills the scheduled lane (one call held on keys named
+// prefix, one event waiting), deletes its consumer, and frees the held
+// call either at once (freeFirst) or only once the consumer is back; then
+// every event must be revoked with one call.
+func lostWithAFullLane(t *testing.T, prefix string, freeFirst bool) {
 	var (
 		held    atomic.Int32
 		release = make(chan struct{})
@@ -249,12 +225,12 @@ func TestLostConsumerOfAFullLaneMadeAgainWhileItsCallsHold(t *testing.T) {
 	s := newStack(t, func(c *config.Config) {
 		c.HTTPTimeout = time.Minute
 		c.Concurrency = 1 // the lane holds 2: one in a call, one waiting
-	}, holdKeys("full", &held, release))
+	}, holdKeys(prefix, &held, release))
 	s.start()
 	t.Cleanup(free)
 
 	scheduled := s.cfg.LowestPriority()
-	keys := []string{"full1", "full2", "full3"}
+	keys := []string{prefix + "1", prefix + "2", prefix + "3"}
 	for _, k := range keys {
 		s.publish(scheduled, eventJSON(acct, k), "id-"+k)
 	}
@@ -264,13 +240,18 @@ func TestLostConsumerOfAFullLaneMadeAgainWhileItsCallsHold(t *testing.T) {
 	if err := s.js.DeleteConsumer(context.Background(), s.cfg.Stream, s.cfg.Durable(scheduled)); err != nil {
 		t.Fatal(err)
 	}
-	queuetest.Eventually(t, 10*time.Second, "the consumer made again while the call holds", func() bool {
-		return s.consumerExists(scheduled)
-	})
-	if held.Load() != 1 {
-		t.Fatalf("%d calls held; the test needs the one call still held", held.Load())
+	if freeFirst {
+		free()
+		s.waitFor("the consumer made again", func() bool { return s.consumerExists(scheduled) })
+	} else {
+		queuetest.Eventually(t, 10*time.Second, "the consumer made again while the call holds", func() bool {
+			return s.consumerExists(scheduled)
+		})
+		if held.Load() != 1 {
+			t.Fatalf("%d calls held; the test needs the one call still held", held.Load())
+		}
+		free()
 	}
-	free()
 	s.waitFor("every event revoked", func() bool { return s.revoked(keys...) })
 	s.waitFor("work stream empty", func() bool { return s.count(s.cfg.Stream) == 0 })
 	for _, k := range keys {

@@ -26,15 +26,6 @@ import (
 // credential, keyed by the credential's short hash, never the credential.
 const BudgetBucket = "revoker_budget"
 
-// WindowSlack is how much longer than a second N+1 consecutive calls at a
-// rate of N a second take. Calls reach the API a little after their slot
-// (timer wake-up, scheduling, the HTTP client) and replicas' clocks differ
-// a little; as long as the sum stays under the slack, a strict sliding
-// window on the API's side never counts N+1. It costs 2% of the rate. Of
-// it, throttle.SlotGrace goes to a slot used a little late; the rest to the
-// way from permit to API and clock skew.
-const WindowSlack = 20 * time.Millisecond
-
 // Timing of the shared budget.
 const (
 	// budgetLead: a slot is reserved at most this long before it is due,
@@ -198,13 +189,13 @@ func NewBudget(js jetstream.JetStream, cfg BudgetConfig) (*Budget, error) {
 }
 
 // BudgetInterval is the spacing of calls shared at rate r, 0 for no limit:
-// N+1 calls at rate N take a second and WindowSlack, and never less than
-// one process's own spacing.
+// one process's own (throttle.Interval), so that N+1 calls at rate N take
+// a second and throttle.WindowSlack.
 func BudgetInterval(r float64) time.Duration {
 	if r <= 0 {
 		return 0
 	}
-	return max(time.Duration(float64(time.Second+WindowSlack)/r), throttle.Interval(r))
+	return throttle.Interval(r)
 }
 
 // Close stops the budget's background work. A claim it made lapses on its

@@ -22,11 +22,20 @@ var ErrClosed = errors.New("throttle: gate closed")
 // five minutes after its limit is exceeded, so a longer hold is bogus.
 const MaxPause = 5 * time.Minute
 
-// SpacingMargin is added to the interval between permits. Calls reach the
-// API a few milliseconds apart from when they were let go; the margin,
-// accumulated over a second of calls, keeps a sliding-window counter on the
-// API's side from ever seeing one call more than the rate.
+// SpacingMargin is the least added to the interval between permits. Calls
+// reach the API a few milliseconds apart from when they were let go; the
+// margin, accumulated over a second of calls, keeps a sliding-window
+// counter on the API's side from ever seeing one call more than the rate.
 const SpacingMargin = time.Millisecond
+
+// WindowSlack is how much longer than a second N+1 consecutive permits at
+// a rate of N a second take. Calls start a little after their slot (timer
+// wake-up, the write that stores a call before it is made, scheduling, the
+// HTTP client) and replicas' clocks differ a little; as long as the sum
+// stays under the slack, a strict sliding window on the API's side never
+// counts N+1. It costs 2% of the rate. Of it, StartTolerance goes to a
+// call started late; the rest to the way to the API and clock skew.
+const WindowSlack = 20 * time.Millisecond
 
 // SlowHold: a Slow longer than this is a hold (shown, reported), not pacing.
 // Our own pacing never spaces calls further apart than a second at any rate
@@ -38,6 +47,13 @@ const SlowHold = time.Second
 // comes nearer the next sharer's call, which keeps to its own time: a
 // budget's slack must cover this grace and the way from permit to API.
 const SlotGrace = 10 * time.Millisecond
+
+// StartTolerance is how long after its rate slot was due a call may
+// start: a shared slot may be handed out SlotGrace late, and the call is
+// made PairTolerance after that at most. A permit held longer before its
+// call (the call's write-ahead was slow, say) is late: its slot is spent,
+// and the call takes the next one (Permit.Late).
+const StartTolerance = SlotGrace + PairTolerance
 
 // Causes of holds, as reported to Config.OnHold.
 const (
@@ -141,12 +157,22 @@ type Gate struct {
 type waiter struct {
 	ch      chan struct{}
 	granted bool
+	due     time.Time // the granted permit's rate slot
 }
 
 // Permit is held for the duration of one API call.
 type Permit struct {
 	g    *Gate
+	due  time.Time // when its rate slot was due; zero without a rate
 	once sync.Once
+}
+
+// Late reports whether the call may no longer start on this permit: its
+// rate slot was due more than StartTolerance ago, so a call started now
+// could come within a second of the rate's next calls. Release it and take
+// another. A permit of a gate without a rate is never late.
+func (p *Permit) Late() bool {
+	return !p.due.IsZero() && p.g.cfg.Clock().Sub(p.due) > StartTolerance
 }
 
 // Release returns the permit's concurrency slot. It is safe to call twice.
@@ -191,9 +217,11 @@ func New(cfg Config) *Gate {
 	return g
 }
 
-// Interval is the spacing of permits at rate r (r > 0) in one process.
+// Interval is the spacing of permits at rate r (r > 0): N+1 permits at
+// rate N take a second and WindowSlack, and never less than a second and
+// SpacingMargin per permit.
 func Interval(r float64) time.Duration {
-	return time.Duration(float64(time.Second)/r) + SpacingMargin
+	return max(time.Duration(float64(time.Second+WindowSlack)/r), time.Duration(float64(time.Second)/r)+SpacingMargin)
 }
 
 // Close stops the gate; waiting and later Acquire calls return ErrClosed.
@@ -226,9 +254,9 @@ func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
 		g.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if g.grantNow(p) {
+	if due, ok := g.grantNow(p); ok {
 		g.mu.Unlock()
-		return &Permit{g: g}, nil
+		return &Permit{g: g, due: due}, nil
 	}
 	g.queues[p] = append(g.queues[p], w)
 	g.mu.Unlock()
@@ -241,7 +269,7 @@ func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if w.granted {
-		return &Permit{g: g}, nil
+		return &Permit{g: g, due: w.due}, nil
 	}
 	g.remove(p, w)
 	if g.closed {
@@ -253,10 +281,10 @@ func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
 // grantNow takes a permit at once when nobody of equal or higher priority
 // is queued or pending and nothing holds permits back: the common case,
 // without a round trip through the loop. g.mu is held.
-func (g *Gate) grantNow(p int) bool {
+func (g *Gate) grantNow(p int) (due time.Time, ok bool) {
 	for q := 0; q <= p; q++ {
 		if len(g.queues[q]) > 0 || (q < p && g.pending[q]) {
-			return false
+			return time.Time{}, false
 		}
 	}
 	return g.mayGrant(p)
@@ -268,12 +296,16 @@ func (g *Gate) grantNow(p int) bool {
 // hear of for its claim. g.mu is held.
 func (g *Gate) handOn() (handed, emptied bool) {
 	p := g.next()
-	if p < 0 || g.closed || !g.mayGrant(p) {
+	if p < 0 || g.closed {
+		return false, false
+	}
+	due, ok := g.mayGrant(p)
+	if !ok {
 		return false, false
 	}
 	w := g.queues[p][0]
 	g.queues[p] = g.queues[p][1:]
-	w.granted = true
+	w.granted, w.due = true, due
 	close(w.ch)
 	return true, len(g.queues[p]) == 0 && p < len(g.queues)-1
 }
@@ -281,20 +313,24 @@ func (g *Gate) handOn() (handed, emptied bool) {
 // mayGrant takes a permit of level p if nothing holds it back: a free
 // slot, no hold or pacing, a local rate token. A shared budget with a rate
 // is only asked from the loop, so with one every permit goes through it;
-// one without a rate is asked what it knows. g.mu is held.
-func (g *Gate) mayGrant(p int) bool {
+// one without a rate is asked what it knows. due is the local rate
+// token's time, zero without one. g.mu is held.
+func (g *Gate) mayGrant(p int) (due time.Time, ok bool) {
 	if g.free == 0 || g.budget != nil && !g.budget.Free(p) {
-		return false
+		return time.Time{}, false
 	}
 	now := g.cfg.Clock()
 	if now.Before(g.holdEnd) || now.Before(g.notEarly) {
-		return false
+		return time.Time{}, false
 	}
-	if g.limiter != nil && !g.limiter.AllowN(now, 1) {
-		return false
+	if g.limiter != nil {
+		if !g.limiter.AllowN(now, 1) {
+			return time.Time{}, false
+		}
+		due = now
 	}
 	g.free--
-	return true
+	return due, true
 }
 
 // SetPending tells the gate whether priority level p knows of work that is
@@ -445,11 +481,12 @@ const (
 func (g *Gate) loop() {
 	var (
 		timer *time.Timer
-		// res is the local rate token we are waiting for. Keeping it,
-		// rather than asking again after the wait, keeps permits on the
-		// limiter's exact schedule: a late wake-up does not push every
-		// later permit back.
-		res *rate.Reservation
+		// res is the local rate token we are waiting for, due at resDue.
+		// Keeping it, rather than asking again after the wait, keeps
+		// permits on the limiter's exact schedule: a late wake-up does
+		// not push every later permit back (the permit is late instead).
+		res    *rate.Reservation
+		resDue time.Time
 		// slot is the start time reserved in the shared budget; zero
 		// when none.
 		slot time.Time
@@ -518,6 +555,7 @@ func (g *Gate) loop() {
 			// choice includes everyone who arrived meanwhile.
 			if res == nil {
 				res = g.limiter.ReserveN(now, 1)
+				resDue = now.Add(res.DelayFrom(now))
 			}
 			hold = res.DelayFrom(g.cfg.Clock())
 		}
@@ -557,7 +595,11 @@ func (g *Gate) loop() {
 			continue
 		}
 		if ready && hold == 0 {
-			if !g.grant() {
+			due := slot
+			if res != nil {
+				due = resDue
+			}
+			if !g.grant(due) {
 				if res != nil {
 					res.Cancel()
 				}
@@ -598,8 +640,9 @@ func (g *Gate) loop() {
 // grant gives a permit to the first waiter of the level to serve; false if
 // there was none after all, or if, with a Budget, another sharer now claims
 // a higher level: a slot reserved before that claim was known yields to it
-// rather than start a lower-priority call ahead of it.
-func (g *Gate) grant() bool {
+// rather than start a lower-priority call ahead of it. due is the permit's
+// rate slot, zero without a rate.
+func (g *Gate) grant(due time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	// Re-check under the lock: a waiter may have left since.
@@ -612,7 +655,7 @@ func (g *Gate) grant() bool {
 	}
 	w := g.queues[p][0]
 	g.queues[p] = g.queues[p][1:]
-	w.granted = true
+	w.granted, w.due = true, due
 	g.free--
 	close(w.ch)
 	return true

@@ -6,14 +6,19 @@ import (
 )
 
 // PairTolerance is how long after its rate slot was handed out a call may
-// start: what a shared budget's spacing leaves to spare in any one-second
-// window (queue.WindowSlack, 20 ms), less the SlotGrace a slot may already
-// be late by when it is handed out, less a margin for the way to the API.
+// start: what the spacing leaves to spare in any one-second window
+// (WindowSlack, 20 ms), less the SlotGrace a slot may already be late by
+// when it is handed out, less a margin for the way to the API.
 const PairTolerance = 5 * time.Millisecond
 
 // Pair is leave from two gates at once: a rate budget's and the shared
 // one (the calls in flight). Release both.
 type Pair struct{ budget, shared *Permit }
+
+// Late reports whether either permit is (Permit.Late).
+func (p Pair) Late() bool {
+	return p.budget.Late() || p.shared != nil && p.shared.Late()
+}
 
 // Release gives both back.
 func (p Pair) Release() {
@@ -31,10 +36,9 @@ func (p Pair) Release() {
 // bunch in a second): it is given up, spent, and the call, keeping the
 // shared slot it waited its turn for, takes the budget's next slot. So a
 // call keeps its place among every budget's waiters, holds a shared slot
-// for at most one of its budget's intervals without calling, and starts at
-// most PairTolerance after its rate slot.
+// for at most one of its budget's intervals without calling, and is late
+// (Late) only if its caller waits before calling.
 func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error) {
-	now := budget.cfg.Clock
 	var s *Permit
 	for {
 		b, err := budget.Acquire(ctx, p)
@@ -44,20 +48,15 @@ func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error)
 			}
 			return Pair{}, err
 		}
-		granted := now()
 		if s == nil {
 			if s, err = shared.Acquire(ctx, p); err != nil {
 				b.Release()
 				return Pair{}, err
 			}
 		}
-		if !budget.cfg.limited() || now().Sub(granted) <= PairTolerance {
+		if !b.Late() {
 			return Pair{budget: b, shared: s}, nil
 		}
 		b.Release()
 	}
 }
-
-// limited reports whether a gate so configured spaces its permits (a
-// shared budget's gate is given the budget's rate too).
-func (c Config) limited() bool { return c.Rate > 0 }

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,11 +152,19 @@ type fakeLedger struct {
 	failUpdates int
 	failing     chan struct{}
 	once        sync.Once
+	// slowWrite, when set, is how long a first call's write-ahead takes.
+	slowWrite func(worker.Ref) time.Duration
+	silent    bool // the server stopped answering: every read and write fails
+	loads     int
 }
 
 func (l *fakeLedger) Load(_ context.Context, ref worker.Ref) (worker.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.loads++
+	if l.silent {
+		return worker.Entry{}, errors.New("no answer")
+	}
 	return l.entry(ref), nil
 }
 
@@ -190,8 +199,23 @@ func (l *fakeLedger) fail() error {
 }
 
 func (l *fakeLedger) Announce(_ context.Context, ref worker.Ref) error {
+	if err := l.announce(ref); err != nil {
+		return err
+	}
+	if l.slowWrite != nil {
+		// Stored at once, answered late: the answer's latency, not a
+		// synchronisation.
+		time.Sleep(l.slowWrite(ref))
+	}
+	return nil
+}
+
+func (l *fakeLedger) announce(ref worker.Ref) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.silent {
+		return errors.New("no answer")
+	}
 	if err := l.fail(); err != nil {
 		return err
 	}
@@ -205,6 +229,9 @@ func (l *fakeLedger) Announce(_ context.Context, ref worker.Ref) error {
 func (l *fakeLedger) Update(_ context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.silent {
+		return worker.Entry{}, errors.New("no answer")
+	}
 	if err := l.fail(); err != nil {
 		return worker.Entry{}, err
 	}
@@ -226,8 +253,9 @@ type fakeAPI struct {
 	listed  []string
 	list    *cloudflare.Response // the list's answer when not a list; nil: a list
 	lists   int
-	order   []string // "delete <status>" and "list", as called
-	onCall  func()   // runs as each DELETE is answered
+	order   []string    // "delete <status>" and "list", as called
+	onCall  func()      // runs as each DELETE is answered
+	starts  []time.Time // when each DELETE came in
 }
 
 func (a *fakeAPI) ListSigningKeys(context.Context, string) (*cloudflare.KeyList, error) {
@@ -244,6 +272,7 @@ func (a *fakeAPI) ListSigningKeys(context.Context, string) (*cloudflare.KeyList,
 func (a *fakeAPI) DeleteSigningKey(context.Context, string, string) (*cloudflare.Response, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.starts = append(a.starts, time.Now())
 	r := a.answers[min(a.calls, len(a.answers)-1)]
 	a.calls++
 	if a.onCall != nil {
@@ -288,12 +317,16 @@ func newHarness(t *testing.T, tune func(*worker.Config), answers ...*cloudflare.
 }
 
 func newHarnessLog(t *testing.T, tune func(*worker.Config), log *zap.Logger, answers ...*cloudflare.Response) *harness {
+	return newHarnessGate(t, throttle.Config{Priorities: 2, Concurrency: 4}, tune, log, answers...)
+}
+
+func newHarnessGate(t *testing.T, gate throttle.Config, tune func(*worker.Config), log *zap.Logger, answers ...*cloudflare.Response) *harness {
 	t.Helper()
 	h := &harness{
 		api:     &fakeAPI{answers: answers},
 		records: &fakeRecords{},
 		ledger:  &fakeLedger{entries: map[uint64]worker.Entry{}},
-		gate:    throttle.New(throttle.Config{Priorities: 2, Concurrency: 4}),
+		gate:    throttle.New(gate),
 	}
 	t.Cleanup(h.gate.Close)
 	reg := prometheus.NewRegistry()
@@ -649,5 +682,77 @@ func TestHoldOfA503ChargedToTheEvent(t *testing.T) {
 	// Three calls fit (two on a slow machine); uncharged, it runs to 50.
 	if h.api.calls < 2 || h.api.calls > 3 || len(d.settled) != 1 || d.settled[0] != "giveback" {
 		t.Fatalf("%d calls, settled %v; want 2 or 3 calls within the budget, then given back", h.api.calls, d.settled)
+	}
+}
+
+// slowFirstWrite makes the answer to the write-ahead of key's first call
+// take 40 ms, and closes the channel returned as the write is stored.
+func slowFirstWrite(l *fakeLedger, key string) <-chan struct{} {
+	writing := make(chan struct{})
+	var once sync.Once
+	l.slowWrite = func(ref worker.Ref) time.Duration {
+		if ref.Key != key {
+			return 0
+		}
+		once.Do(func() { close(writing) })
+		return 40 * time.Millisecond
+	}
+	return writing
+}
+
+// TestSlowWriteAheadTakesTheNextSlot: at a rate of 4, a first call whose
+// write-ahead takes 40 ms does not start on its rate slot, gone by
+// meanwhile, but on a later one, so five calls never start within one
+// second (SPEC §6).
+func TestSlowWriteAheadTakesTheNextSlot(t *testing.T) {
+	const rate = 4
+	h := newHarnessGate(t, throttle.Config{Priorities: 2, Concurrency: 8, Rate: rate}, nil, zap.NewNop(), answer(200, revoked, 0))
+	writing := slowFirstWrite(h.ledger, "slow")
+	var wg sync.WaitGroup
+	handle := func(key string) {
+		d := &fakeDelivery{id: key, body: fmt.Sprintf(`{"account_id":"acct1","key_id":%q}`, key), ackWait: 30 * time.Second}
+		wg.Go(func() { h.handle(d) })
+	}
+	handle("slow")
+	<-writing // the slow call holds the first slot; the others wait for theirs
+	for i := range rate {
+		handle(fmt.Sprintf("fast%d", i))
+	}
+	wg.Wait()
+	h.api.mu.Lock()
+	starts := append([]time.Time(nil), h.api.starts...)
+	h.api.mu.Unlock()
+	if len(starts) != rate+1 {
+		t.Fatalf("%d calls, want %d", len(starts), rate+1)
+	}
+	if d := starts[rate].Sub(starts[0]); d < time.Second {
+		t.Errorf("%d calls within %v", rate+1, d)
+	}
+}
+
+// TestNoCallAfterALongWaitWithoutTheServersWord: a call stored ahead whose
+// permit went by waits for the next; by then more than half the ack wait
+// has passed since the server last answered, so it asks again, and gets no
+// answer: no call (SPEC §4, "The proof", point 4). The event is given back.
+func TestNoCallAfterALongWaitWithoutTheServersWord(t *testing.T) {
+	h := newHarnessGate(t, throttle.Config{Priorities: 2, Concurrency: 8, Rate: 4}, nil, zap.NewNop(), answer(200, revoked, 0))
+	writing := slowFirstWrite(h.ledger, "key1")
+	// The next slot is 250 ms away, over half of the ack wait.
+	d := &fakeDelivery{body: goodEvent, ackWait: 300 * time.Millisecond, maxDeliver: 10}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.handle(d)
+	}()
+	<-writing
+	h.ledger.mu.Lock()
+	h.ledger.silent = true // the write under way is stored; nothing after it is answered
+	h.ledger.mu.Unlock()
+	<-done
+	if h.api.calls != 0 || h.ledger.loads == 0 {
+		t.Errorf("%d calls, %d questions to the server after the wait; want none and at least one", h.api.calls, h.ledger.loads)
+	}
+	if len(d.settled) != 1 || d.settled[0] != "giveback" {
+		t.Errorf("settled %v, want [giveback]", d.settled)
 	}
 }

@@ -321,6 +321,8 @@ type attempt struct {
 	status int // the deciding (or last) call's status, 0 if none came back
 	cfRay  string
 	last   Decision
+	callAt time.Time     // when the last DELETE started
+	rewait time.Duration // waited, since the call was stored, for a permit to replace a late one
 }
 
 func (a *attempt) attempts() int { return a.seen }
@@ -559,24 +561,28 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 		if err != nil {
 			return stopped
 		}
-		budget := w.metricsOf(a.route)
-		budget.Wait.Observe(time.Since(waitFrom).Seconds())
+		w.metricsOf(a.route).Wait.Observe(time.Since(waitFrom).Seconds())
 		callFrom := time.Now()
-		resp, made, end, err := w.delete(stop, work, a)
+		a.rewait = 0
+		resp, made, end, err := w.delete(stop, work, a, &permit)
 		permit.Release()
+		// took is charged to the retry budget: the call, or the failed
+		// write that stopped it, never a wait for a permit (a hold).
+		took := time.Since(callFrom) - a.rewait
 		if made {
-			budget.Calls.Inc()
+			w.metricsOf(a.route).Calls.Inc()
+			took = time.Since(a.callAt)
 		}
-		took := time.Since(callFrom)
 		switch {
 		case end != decided:
 			return end
 		case !made && err == nil:
 			return decided // revoked by another delivery: a.last says so
 		case !made:
-			// The call was not stored ahead, so not made: retry within the
-			// budget, but never dead-letter the event for it.
-			a.last = Decision{Kind: Unrecorded, Detail: "call not stored ahead in the ledger: " + err.Error()}
+			// The call was not stored ahead (or the server went silent
+			// after), so not made: retry within the budget, but never
+			// dead-letter the event for it.
+			a.last = Decision{Kind: Unrecorded, Detail: "no call made: " + err.Error()}
 		default:
 			a.calls++
 			if a.seen > 1 {
@@ -660,18 +666,23 @@ func (w *Worker) refused(stop context.Context, a *attempt) bool {
 	return true
 }
 
-// delete stores the call in the ledger, then makes it; made is false when
-// no call was made (err then says why, unless another delivery's
+// delete stores the call in the ledger, then makes it on pm, or on the
+// permit that replaced pm if the write made it late; made is false when no
+// call was made (err then says why, unless another delivery's
 // confirmation made the call needless). When the ledger shows calls this
 // delivery did not know of, it looks for their outcome before calling.
-func (w *Worker) delete(stop, work context.Context, a *attempt) (resp *cloudflare.Response, made bool, end ending, err error) {
+func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (resp *cloudflare.Response, made bool, end ending, err error) {
 	if a.seen == 0 {
 		// The common path: a first call, announced in a write it shares
 		// with the first calls starting with it.
 		if err := w.Ledger.Announce(work, a.ref); err != nil {
-			return nil, false, decided, err
+			return nil, false, decided, fmt.Errorf("not stored ahead in the ledger: %w", err)
 		}
 		a.seen, a.journaled = 1, a.journaled+1
+		if end, err := w.onTime(stop, work, a, pm, time.Now()); end != decided || err != nil {
+			return nil, false, end, err
+		}
+		a.callAt = time.Now()
 		resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
 		return resp, true, decided, err
 	}
@@ -688,11 +699,15 @@ func (w *Worker) delete(stop, work context.Context, a *attempt) (resp *cloudflar
 		})
 		if err == nil {
 			a.seen = e.Calls
+			if end, err := w.onTime(stop, work, a, pm, time.Now()); end != decided || err != nil {
+				return nil, false, end, err
+			}
+			a.callAt = time.Now()
 			resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
 			return resp, true, decided, err
 		}
 		if !errors.Is(err, errMoved) {
-			return nil, false, decided, err
+			return nil, false, decided, fmt.Errorf("not stored ahead in the ledger: %w", err)
 		}
 		w.learn(a, e)
 		if a.revoked != nil {
@@ -711,6 +726,39 @@ func (w *Worker) delete(stop, work context.Context, a *attempt) (resp *cloudflar
 		if stop.Err() != nil {
 			return nil, false, stopped, nil
 		}
+	}
+}
+
+// onTime makes sure that the call just stored ahead may start now, on *pm
+// or on a permit that replaces it (SPEC §6; §4, "The proof", point 4). A
+// permit whose rate slot went by while the call was stored is late: a call
+// started on it could come within a second of the rate's next calls, so it
+// is given back, its slot spent, and the next one taken. And the server
+// must have been heard from within half the ack wait (heard: the write's
+// answer); after a long wait for a permit it is asked again. An error
+// means it did not answer: no call, as when the write fails (the call is
+// counted; a later delivery reports it unanswered).
+func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, heard time.Time) (ending, error) {
+	for {
+		if time.Since(heard) >= a.d.AckWait()/2 {
+			if _, err := w.Ledger.Load(work, a.ref); err != nil {
+				return decided, fmt.Errorf("no word from the server before the call: %w", err)
+			}
+			heard = time.Now()
+		}
+		if !(*pm).Late() {
+			return decided, nil
+		}
+		w.Log.Debug("call stored ahead after its rate slot went by; it takes the next", w.fields(a)...)
+		(*pm).Release()
+		waitFrom := time.Now()
+		next, err := w.acquire(stop, a.route, a.d.Priority())
+		if err != nil {
+			return stopped, nil
+		}
+		a.rewait += time.Since(waitFrom)
+		w.metricsOf(a.route).Wait.Observe(time.Since(waitFrom).Seconds())
+		*pm = next
 	}
 }
 
@@ -868,7 +916,11 @@ func (w *Worker) metricsOf(r Route) metrics.Budget {
 
 // permit is leave to make one call: the worker's own gate's, or a
 // budget's and the shared gate's.
-type permit interface{ Release() }
+type permit interface {
+	Release()
+	// Late: the call may no longer start on it (throttle.Permit.Late).
+	Late() bool
+}
 
 // acquire waits for leave to call on route at priority p: with a budget
 // of its own, first the budget's rate (so an account never waits behind

@@ -240,10 +240,12 @@ func (s *Service) guard(h micro.HandlerFunc) micro.HandlerFunc {
 // under an inbox prefix (a first token starting with "_INBOX", as
 // REVOKER_NATS_INBOX_PREFIX values do), and not under own unless own is
 // the default "_INBOX" that callers share without roles (the worker's
-// inboxes then end in random tokens no caller can guess).
+// inboxes then end in random tokens no caller can guess); or the reply
+// subject the server made for a request from another account, "_R_.…",
+// which leads back into that account (deploy/nats-auth).
 func ReplyAllowed(reply, own string) bool {
 	first, rest, ok := strings.Cut(reply, ".")
-	return ok && rest != "" && strings.HasPrefix(first, "_INBOX") && (first != own || own == "_INBOX") &&
+	return ok && rest != "" && (strings.HasPrefix(first, "_INBOX") && (first != own || own == "_INBOX") || first == "_R_") &&
 		!strings.ContainsAny(reply, "*> \t\r\n")
 }
 

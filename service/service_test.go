@@ -394,6 +394,7 @@ func TestServiceDropsRepliesOutsideInboxes(t *testing.T) {
 	for reply, want := range map[string]bool{
 		"_INBOX.abc.1": true, "_INBOX_service.x.y": true, "_INBOX_worker.x": false,
 		"revoke.urgent": false, "_INBOX": false, "_INBOX.>": false, "$KV.revoker_budget.x": false,
+		"_R_.aB3.x9Q": true, "_R_": false, "_R_.>": false, "_R_x.y": false,
 	} {
 		if got := service.ReplyAllowed(reply, "_INBOX_worker"); got != want {
 			t.Errorf("ReplyAllowed(%q) = %v, want %v", reply, got, want)

@@ -22,12 +22,13 @@ import (
 
 // inboxOf is each role's REVOKER_NATS_INBOX_PREFIX, as README.md gives it.
 var inboxOf = map[string]string{
-	"publisher": "_INBOX_publisher",
-	"worker":    "_INBOX_worker",
-	"operator":  "_INBOX_operator",
+	"publisher":      "_INBOX_publisher",
+	"worker":         "_INBOX_worker",
+	"operator":       "_INBOX_operator",
+	"service-client": "_INBOX_service",
 }
 
-var passwordOf = map[string]string{"publisher": publisherPW, "worker": workerPW, "operator": operatorPW}
+var passwordOf = map[string]string{"publisher": publisherPW, "worker": workerPW, "operator": operatorPW, "service-client": serviceClientPW}
 
 // role is a connection as one of the shipped users, with its own inbox
 // prefix, that keeps the refusals the server tells it of.
@@ -455,6 +456,105 @@ func serveAsWorker(ctx context.Context, t *testing.T, bin string, srv *server.Se
 		<-done
 		if t.Failed() {
 			t.Logf("worker output:\n%s", outBuf.String())
+		}
+	}
+}
+
+// No role but the worker can have the server store anything among the
+// records or the shared state by naming it as the reply subject of a
+// request it may make: the answer (an acknowledgement, an API answer, a
+// service reply) goes back into the role's own account, never onto the
+// worker's subjects (SPEC §4, "The proof", point 8).
+func TestRepliesNeverReachTheWorkersState(t *testing.T) {
+	srv, _ := startServer(t)
+	ctx := t.Context()
+	w := connectAs(t, srv, "worker")
+	createTopology(ctx, t, w)
+	// A stand-in for the NATS service, answering as the worker does.
+	if _, err := w.nc.Subscribe("revoker.status", func(m *nats.Msg) { _ = m.Respond([]byte(`{"state":"unknown"}`)) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.js.Publish(ctx, "revoke.dlq", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	targets := []struct{ stream, subject string }{
+		{"KV_" + queue.LedgerBucket, "$KV." + queue.LedgerBucket + ".REVOCATIONS.1"},
+		{"KV_" + queue.BudgetBucket, "$KV." + queue.BudgetBucket + ".default"},
+		{"REVOCATION_OUTCOMES", "revoke.outcome.a1.k1"},
+		{"REVOCATIONS_DLQ", "revoke.dlq"},
+		{"REVOCATIONS", "revoke.urgent"},
+	}
+	lastSeq := func(stream string) uint64 {
+		s, err := w.js.Stream(ctx, stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.LastSeq
+	}
+	before := map[string]uint64{}
+	for _, target := range targets {
+		before[target.stream] = lastSeq(target.stream)
+	}
+
+	const event = `{"account_id":"a1","key_id":"k1"}`
+	requests := []struct{ user, subject, body string }{
+		{"publisher", "revoke.urgent", event},
+		{"publisher", "$JS.API.STREAM.MSG.GET.REVOCATIONS", `{"seq":1}`},
+		{"publisher", "$JS.API.STREAM.INFO.REVOCATION_OUTCOMES", ``},
+		{"operator", "revoke.scheduled", event},
+		{"operator", "$JS.API.STREAM.MSG.GET.REVOCATIONS_DLQ", `{"seq":1}`},
+		{"operator", "$JS.API.STREAM.MSG.DELETE.REVOCATIONS_DLQ", `{"seq":999}`},
+		{"operator", "$KV.revoker_replays.probe", `{}`},
+		{"service-client", "revoker.status", event},
+	}
+	events := uint64(0) // stored on the work subjects, by right
+	roles := map[string]*role{}
+	for _, r := range requests {
+		if roles[r.user] == nil {
+			roles[r.user] = connectAs(t, srv, r.user)
+		}
+		nc := roles[r.user].nc
+		sent := 0
+		for _, target := range targets {
+			if target.stream == "REVOCATIONS" && r.user != "service-client" {
+				// The publisher and the operator may put anything on the
+				// work subjects themselves, the server's answers included.
+				continue
+			}
+			if err := nc.PublishRequest(r.subject, target.subject, []byte(r.body)); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+		}
+		// Answered on its own inbox after those: the server has sent
+		// every answer to the requests above by now.
+		if _, err := nc.Request(r.subject, []byte(r.body), 10*time.Second); err != nil {
+			t.Fatalf("%s on %s: %v", r.user, r.subject, err)
+		}
+		if strings.HasPrefix(r.subject, "revoke.") {
+			events += uint64(sent) + 1
+		}
+	}
+	for _, target := range targets {
+		// The worker's own write, stored after anything the answers
+		// above could have put in the stream.
+		marker := target.subject
+		if target.stream == "REVOCATIONS" {
+			marker = "revoke.scheduled"
+		}
+		if _, err := w.js.Publish(ctx, marker, []byte(event)); err != nil {
+			t.Fatal(err)
+		}
+		want := before[target.stream] + 1
+		if target.stream == "REVOCATIONS" {
+			want += events
+		}
+		if got := lastSeq(target.stream); got != want {
+			t.Errorf("%s stored %d messages, want %d: answers to other roles were stored there", target.stream, got, want)
 		}
 	}
 }

@@ -756,3 +756,26 @@ func TestNoCallAfterALongWaitWithoutTheServersWord(t *testing.T) {
 		t.Errorf("settled %v, want [giveback]", d.settled)
 	}
 }
+
+// TestNoKeyListWithoutTheServersWord: a DELETE answered 404 after more
+// than half the ack wait, by when the server has gone silent: the key list
+// that would prove the absence is an API call for the delivery too, and
+// is not made (SPEC §4, "The proof", points 1 and 4). The event is given
+// back, not recorded.
+func TestNoKeyListWithoutTheServersWord(t *testing.T) {
+	h := newHarness(t, nil, answer(404, gone, 0))
+	h.api.onCall = func() {
+		h.ledger.mu.Lock()
+		h.ledger.silent = true
+		h.ledger.mu.Unlock()
+		time.Sleep(60 * time.Millisecond) // the call's own latency, not a synchronisation
+	}
+	d := &fakeDelivery{body: goodEvent, ackWait: 100 * time.Millisecond, maxDeliver: 10}
+	h.handle(d)
+	if h.api.lists != 0 || h.ledger.loads == 0 {
+		t.Errorf("%d key lists, %d questions to the server after the 404; want none and at least one", h.api.lists, h.ledger.loads)
+	}
+	if len(d.settled) != 1 || d.settled[0] != "giveback" || len(h.records.outcomes) != 0 {
+		t.Errorf("settled %v with records %+v, want given back with none", d.settled, h.records.outcomes)
+	}
+}

@@ -322,6 +322,7 @@ type attempt struct {
 	cfRay  string
 	last   Decision
 	callAt time.Time     // when the last DELETE started
+	word   time.Time     // when the server last answered for this delivery (a ledger write or read)
 	rewait time.Duration // waited, since the call was stored, for a permit to replace a late one
 }
 
@@ -526,6 +527,9 @@ const jetstreamMsgID = "Nats-Msg-Id"
 // it (another replica's delivery, or one before a crash, made calls).
 var errMoved = errors.New("the event's calls changed under this delivery")
 
+// errNoWord: the server did not answer when asked before a call (hasWord).
+var errNoWord = errors.New("no word from the server before the call")
+
 // call makes the API call, retrying retryable answers with exponential
 // backoff within this delivery's budget, and proves a 404 with a key list.
 // Before each call it stores in the ledger that the call is about to be
@@ -678,8 +682,8 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		if err := w.Ledger.Announce(work, a.ref); err != nil {
 			return nil, false, decided, fmt.Errorf("not stored ahead in the ledger: %w", err)
 		}
-		a.seen, a.journaled = 1, a.journaled+1
-		if end, err := w.onTime(stop, work, a, pm, time.Now()); end != decided || err != nil {
+		a.seen, a.journaled, a.word = 1, a.journaled+1, time.Now()
+		if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
 			return nil, false, end, err
 		}
 		a.callAt = time.Now()
@@ -698,8 +702,8 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 			return nil
 		})
 		if err == nil {
-			a.seen = e.Calls
-			if end, err := w.onTime(stop, work, a, pm, time.Now()); end != decided || err != nil {
+			a.seen, a.word = e.Calls, time.Now()
+			if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
 				return nil, false, end, err
 			}
 			a.callAt = time.Now()
@@ -734,17 +738,14 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 // permit whose rate slot went by while the call was stored is late: a call
 // started on it could come within a second of the rate's next calls, so it
 // is given back, its slot spent, and the next one taken. And the server
-// must have been heard from within half the ack wait (heard: the write's
-// answer); after a long wait for a permit it is asked again. An error
-// means it did not answer: no call, as when the write fails (the call is
-// counted; a later delivery reports it unanswered).
-func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, heard time.Time) (ending, error) {
+// must have answered within half the ack wait (hasWord): after a long
+// wait for a permit it is asked again. An error means it did not answer:
+// no call, as when the write fails (the call is counted; a later delivery
+// reports it unanswered).
+func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit) (ending, error) {
 	for {
-		if time.Since(heard) >= a.d.AckWait()/2 {
-			if _, err := w.Ledger.Load(work, a.ref); err != nil {
-				return decided, fmt.Errorf("no word from the server before the call: %w", err)
-			}
-			heard = time.Now()
+		if err := w.hasWord(work, a); err != nil {
+			return decided, err
 		}
 		if !(*pm).Late() {
 			return decided, nil
@@ -762,13 +763,32 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, hear
 	}
 }
 
+// hasWord makes sure the server answered for the delivery within half the
+// ack wait, asking it again (a ledger read) if not: a replica cut off from
+// NATS, silently too, makes no call for a delivery JetStream may meanwhile
+// hand to another replica (SPEC §4, "The proof", point 4).
+func (w *Worker) hasWord(work context.Context, a *attempt) error {
+	if time.Since(a.word) < a.d.AckWait()/2 {
+		return nil
+	}
+	if _, err := w.Ledger.Load(work, a.ref); err != nil {
+		return fmt.Errorf("%w: %w", errNoWord, err)
+	}
+	a.word = time.Now()
+	return nil
+}
+
 // proveAbsence turns a 404 into not_found only if a key list of the
 // account, fetched after it arrived (at the event's priority, through the
 // same gate), answers without the key (SPEC §4, "The proof", point 1).
 func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Time) (Decision, ending) {
-	list, fetched, err := w.keyList(stop, work, a.route, a.ev.AccountID, a.d.Priority(), at)
+	list, fetched, err := w.keyList(stop, work, a.route, a.ev.AccountID, a.d.Priority(), at,
+		func() error { return w.hasWord(work, a) })
 	if list == nil && err == nil {
 		return Decision{}, stopped
+	}
+	if errors.Is(err, errNoWord) {
+		return Decision{Kind: Unrecorded, Detail: "no key list made: " + err.Error()}, decided
 	}
 	var lrl cloudflare.RateLimit
 	status := 0
@@ -832,9 +852,10 @@ type listing struct {
 }
 
 // keyList returns a key list of account fetched after `after`, sharing one
-// under way when it qualifies; fetched is when its request went out. A nil
-// list with a nil error means stop ended first.
-func (w *Worker) keyList(stop, work context.Context, route Route, account string, priority int, after time.Time) (list *cloudflare.KeyList, fetched time.Time, err error) {
+// under way when it qualifies; fetched is when its request went out. A
+// list it fetches itself is fetched only if ready, called once the permit
+// is held, says so. A nil list with a nil error means stop ended first.
+func (w *Worker) keyList(stop, work context.Context, route Route, account string, priority int, after time.Time, ready func() error) (list *cloudflare.KeyList, fetched time.Time, err error) {
 	k := listKey{account, priority}
 	w.listMu.Lock()
 	l := w.lists[k]
@@ -866,6 +887,9 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 		return nil, time.Time{}, nil
 	}
 	defer permit.Release()
+	if l.err = ready(); l.err != nil {
+		return nil, time.Time{}, l.err
+	}
 	w.listMu.Lock()
 	l.started = time.Now()
 	w.listMu.Unlock()

@@ -522,3 +522,40 @@ func TestUnlimitedBudgetGrantsAtOnce(t *testing.T) {
 		t.Fatalf("a permit %v into another replica's %v hold", d, pause)
 	}
 }
+
+// TestRatelessSharedPermitNeverLate: a gate that shares only its calls in
+// flight (a budget without a rate, as the address gate of several
+// credentials) hands out permits through its loop when another sharer's
+// claim held it back; such a permit has no rate slot, so holding it is
+// never late (Permit.Late), or a call would give up a good slot of its own
+// budget for nothing.
+func TestRatelessSharedPermitNeverLate(t *testing.T) {
+	b := newFakeBudget(0)
+	other := b.view()
+	g := throttle.New(throttle.Config{Priorities: 2, Concurrency: 4, Budget: b.view()})
+	t.Cleanup(g.Close)
+	other.Claim(0) // urgent work elsewhere: this level-1 permit waits in the loop
+	got := make(chan *throttle.Permit, 1)
+	go func() {
+		pm, err := g.Acquire(context.Background(), 1)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- pm
+	}()
+	for deadline := time.Now().Add(10 * time.Second); g.Queued(1) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the permit never queued")
+		}
+	}
+	other.Claim(-1)
+	pm := <-got
+	if pm == nil {
+		t.FailNow()
+	}
+	defer pm.Release()
+	time.Sleep(2 * throttle.StartTolerance) // the permit ages; nothing to wait for
+	if pm.Late() {
+		t.Error("a permit of a gate without a rate is late")
+	}
+}

@@ -244,6 +244,16 @@ func (g *Gate) Close() {
 // Acquire waits for a permit at priority p (0 is the highest). The wait ends
 // early with ctx's error or ErrClosed.
 func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
+	return g.acquire(ctx, p, false)
+}
+
+// Reacquire is Acquire for a call that held a permit and lost it (Late):
+// it waits first in line at priority p, so the call keeps its place.
+func (g *Gate) Reacquire(ctx context.Context, p int) (*Permit, error) {
+	return g.acquire(ctx, p, true)
+}
+
+func (g *Gate) acquire(ctx context.Context, p int, first bool) (*Permit, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err // at shutdown, no new call starts
 	}
@@ -258,7 +268,11 @@ func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
 		g.mu.Unlock()
 		return &Permit{g: g, due: due}, nil
 	}
-	g.queues[p] = append(g.queues[p], w)
+	if first {
+		g.queues[p] = append([]*waiter{w}, g.queues[p]...)
+	} else {
+		g.queues[p] = append(g.queues[p], w)
+	}
 	g.mu.Unlock()
 	g.poke()
 
@@ -595,9 +609,12 @@ func (g *Gate) loop() {
 			continue
 		}
 		if ready && hold == 0 {
-			due := slot
-			if res != nil {
+			var due time.Time // only a rate's slot can be late
+			switch {
+			case res != nil:
 				due = resDue
+			case g.cfg.Rate > 0:
+				due = slot
 			}
 			if !g.grant(due) {
 				if res != nil {

@@ -39,9 +39,20 @@ func (p Pair) Release() {
 // for at most one of its budget's intervals without calling, and is late
 // (Late) only if its caller waits before calling.
 func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error) {
+	return acquirePair(ctx, budget, shared, p, false)
+}
+
+// ReacquirePair is AcquirePair for a call that held a pair and lost it
+// (Late): it waits first in line at priority p at both gates, so the call
+// keeps its place.
+func ReacquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error) {
+	return acquirePair(ctx, budget, shared, p, true)
+}
+
+func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool) (Pair, error) {
 	var s *Permit
 	for {
-		b, err := budget.Acquire(ctx, p)
+		b, err := budget.acquire(ctx, p, first)
 		if err != nil {
 			if s != nil {
 				s.Release()
@@ -49,7 +60,7 @@ func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error)
 			return Pair{}, err
 		}
 		if s == nil {
-			if s, err = shared.Acquire(ctx, p); err != nil {
+			if s, err = shared.acquire(ctx, p, first); err != nil {
 				b.Release()
 				return Pair{}, err
 			}
@@ -58,5 +69,6 @@ func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error)
 			return Pair{budget: b, shared: s}, nil
 		}
 		b.Release()
+		first = true // its slot went by: it waits for the next first in line
 	}
 }

@@ -100,4 +100,4 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 // noWait is a key list's readiness check that always passes.
-func noWait() error { return nil }
+func noWait(*permit) (ending, error) { return decided, nil }

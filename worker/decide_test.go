@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,7 +33,8 @@ type fakeDelivery struct {
 	ackWait    time.Duration
 	replayOf   string
 	header     map[string]string
-	remade     bool // its consumer was made after the event was stored
+	remade     bool   // its consumer was made after the event was stored
+	seq        uint64 // its sequence; 0 means 7
 
 	mu         sync.Mutex
 	settled    []string // "ack", "term", "giveback <delay>"
@@ -46,9 +48,14 @@ func (d *fakeDelivery) ID() string {
 	}
 	return "ev-1"
 }
-func (d *fakeDelivery) Subject() string     { return "revoke.scheduled" }
-func (d *fakeDelivery) Stream() string      { return "REVOCATIONS" }
-func (d *fakeDelivery) Sequence() uint64    { return 7 }
+func (d *fakeDelivery) Subject() string { return "revoke.scheduled" }
+func (d *fakeDelivery) Stream() string  { return "REVOCATIONS" }
+func (d *fakeDelivery) Sequence() uint64 {
+	if d.seq != 0 {
+		return d.seq
+	}
+	return 7
+}
 func (d *fakeDelivery) Delivered() int      { return d.delivered }
 func (d *fakeDelivery) First() bool         { return d.delivered <= 1 && !d.remade }
 func (d *fakeDelivery) StoredAt() time.Time { return time.Now().Add(-time.Second) }
@@ -154,11 +161,13 @@ type fakeLedger struct {
 	once        sync.Once
 	// slowWrite, when set, is how long a first call's write-ahead takes.
 	slowWrite func(worker.Ref) time.Duration
-	silent    bool // the server stopped answering: every read and write fails
+	silent    bool          // the server stopped answering: every read and write fails
+	slowLoad  time.Duration // how long a read's answer takes
 	loads     int
 }
 
 func (l *fakeLedger) Load(_ context.Context, ref worker.Ref) (worker.Entry, error) {
+	time.Sleep(l.slowLoad) // the answer's latency, not a synchronisation
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.loads++
@@ -256,12 +265,15 @@ type fakeAPI struct {
 	order   []string    // "delete <status>" and "list", as called
 	onCall  func()      // runs as each DELETE is answered
 	starts  []time.Time // when each DELETE came in
+	keys    []string    // the key of each DELETE
+	listAt  []time.Time // when each key list came in
 }
 
 func (a *fakeAPI) ListSigningKeys(context.Context, string) (*cloudflare.KeyList, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.lists++
+	a.listAt = append(a.listAt, time.Now())
 	a.order = append(a.order, "list")
 	if a.list != nil {
 		return &cloudflare.KeyList{Response: a.list}, nil
@@ -269,10 +281,10 @@ func (a *fakeAPI) ListSigningKeys(context.Context, string) (*cloudflare.KeyList,
 	return cloudflare.NewKeyList(answer(200, revoked, 0), a.listed...), nil
 }
 
-func (a *fakeAPI) DeleteSigningKey(context.Context, string, string) (*cloudflare.Response, error) {
+func (a *fakeAPI) DeleteSigningKey(_ context.Context, _, key string) (*cloudflare.Response, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.starts = append(a.starts, time.Now())
+	a.starts, a.keys = append(a.starts, time.Now()), append(a.keys, key)
 	r := a.answers[min(a.calls, len(a.answers)-1)]
 	a.calls++
 	if a.onCall != nil {
@@ -702,31 +714,111 @@ func slowFirstWrite(l *fakeLedger, key string) <-chan struct{} {
 
 // TestSlowWriteAheadTakesTheNextSlot: at a rate of 4, a first call whose
 // write-ahead takes 40 ms does not start on its rate slot, gone by
-// meanwhile, but on a later one, so five calls never start within one
-// second (SPEC §6).
+// meanwhile, but on the next one, ahead of the events that queued behind
+// it: five calls never start within one second (SPEC §6), and the call
+// keeps its place (SPEC §3).
 func TestSlowWriteAheadTakesTheNextSlot(t *testing.T) {
 	const rate = 4
 	h := newHarnessGate(t, throttle.Config{Priorities: 2, Concurrency: 8, Rate: rate}, nil, zap.NewNop(), answer(200, revoked, 0))
 	writing := slowFirstWrite(h.ledger, "slow")
 	var wg sync.WaitGroup
-	handle := func(key string) {
-		d := &fakeDelivery{id: key, body: fmt.Sprintf(`{"account_id":"acct1","key_id":%q}`, key), ackWait: 30 * time.Second}
+	handle := func(seq uint64, key string) {
+		d := &fakeDelivery{id: key, seq: seq, body: fmt.Sprintf(`{"account_id":"acct1","key_id":%q}`, key), ackWait: 30 * time.Second}
 		wg.Go(func() { h.handle(d) })
 	}
-	handle("slow")
-	<-writing // the slow call holds the first slot; the others wait for theirs
+	handle(1, "slow")
+	<-writing // the slow call holds the first slot; the others queue for theirs
 	for i := range rate {
-		handle(fmt.Sprintf("fast%d", i))
+		handle(uint64(2+i), fmt.Sprintf("fast%d", i))
 	}
+	waitUntil(t, "the others queued at the gate", func() bool { return h.gate.Queued(1) == rate })
 	wg.Wait()
 	h.api.mu.Lock()
-	starts := append([]time.Time(nil), h.api.starts...)
+	starts, keys := append([]time.Time(nil), h.api.starts...), append([]string(nil), h.api.keys...)
 	h.api.mu.Unlock()
-	if len(starts) != rate+1 {
-		t.Fatalf("%d calls, want %d", len(starts), rate+1)
+	if len(starts) != rate+1 || keys[0] != "slow" {
+		t.Fatalf("calls %v, want %d with the slow one first", keys, rate+1)
 	}
 	if d := starts[rate].Sub(starts[0]); d < time.Second {
 		t.Errorf("%d calls within %v", rate+1, d)
+	}
+}
+
+// waitUntil polls cond until it holds, or fails the test after 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond) // the poll's pace
+	}
+}
+
+// TestKeyListTakesTheNextSlotToo: a key list whose permit came after more
+// than half the ack wait asks the server first (a ledger read, 40 ms here);
+// its slot has gone by meanwhile, so it takes the next: no five calls
+// within a second at a rate of 4, key lists included (SPEC §6).
+func TestKeyListTakesTheNextSlotToo(t *testing.T) {
+	h := newHarnessGate(t, throttle.Config{Priorities: 2, Concurrency: 16, Rate: 4}, nil, zap.NewNop())
+	h.api.answers = []*cloudflare.Response{answer(404, gone, 0), answer(200, revoked, 0)}
+	h.ledger.slowLoad = 40 * time.Millisecond
+	first := make(chan struct{})
+	var once sync.Once
+	h.api.onCall = func() { once.Do(func() { close(first) }) }
+	var wg sync.WaitGroup
+	a := &fakeDelivery{id: "A", seq: 1, body: `{"account_id":"acct1","key_id":"gone"}`, ackWait: 300 * time.Millisecond, maxDeliver: 10}
+	wg.Go(func() { h.handle(a) })
+	<-first
+	for i := range 6 {
+		d := &fakeDelivery{id: fmt.Sprint("B", i), seq: uint64(10 + i), body: fmt.Sprintf(`{"account_id":"acct1","key_id":"b%d"}`, i), ackWait: 30 * time.Second}
+		wg.Go(func() { h.handle(d) })
+	}
+	wg.Wait()
+	h.api.mu.Lock()
+	all := append(append([]time.Time(nil), h.api.starts...), h.api.listAt...)
+	lists := len(h.api.listAt)
+	h.api.mu.Unlock()
+	if lists == 0 {
+		t.Fatal("no key list")
+	}
+	slices.SortFunc(all, func(x, y time.Time) int { return x.Compare(y) })
+	for i := 0; i+4 < len(all); i++ {
+		if d := all[i+4].Sub(all[i]); d < time.Second {
+			t.Errorf("5 calls within %v (calls %d to %d)", d, i, i+4)
+		}
+	}
+}
+
+// TestCallNotMadeIsTakenBack: a call stored ahead whose permit went by,
+// and whose delivery is stopped while it waits for the next: no call, and
+// the ledger no longer counts one, so no record will say a call was made
+// (SPEC §5a: attempts count calls).
+func TestCallNotMadeIsTakenBack(t *testing.T) {
+	h := newHarnessGate(t, throttle.Config{Priorities: 2, Concurrency: 8, Rate: 4}, nil, zap.NewNop(), answer(200, revoked, 0))
+	// A call just made holds the gate's next slot 250 ms away.
+	h.handle(&fakeDelivery{id: "before", seq: 1, body: `{"account_id":"acct1","key_id":"before"}`, ackWait: 30 * time.Second})
+	writing := slowFirstWrite(h.ledger, "key1")
+	d := &fakeDelivery{body: goodEvent, ackWait: 30 * time.Second, maxDeliver: 10, delivered: 1}
+	stop, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.w.Handle(stop, context.Background(), d)
+	}()
+	<-writing
+	waitUntil(t, "the late call waiting for the next slot", func() bool { return h.gate.Queued(1) == 1 })
+	cancel()
+	<-done
+	e, err := h.ledger.Load(context.Background(), worker.Ref{Stream: "REVOCATIONS", Seq: 7, Account: "acct1", Key: "key1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.api.calls != 1 || e.Calls != 0 {
+		t.Errorf("%d calls of key1 made, the ledger counts %d; want none and none", h.api.calls-1, e.Calls)
+	}
+	if len(d.settled) != 1 || d.settled[0] != "giveback" {
+		t.Errorf("settled %v, want [giveback]", d.settled)
 	}
 }
 

@@ -684,6 +684,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		}
 		a.seen, a.journaled, a.word = 1, a.journaled+1, time.Now()
 		if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
+			w.retract(work, a)
 			return nil, false, end, err
 		}
 		a.callAt = time.Now()
@@ -704,6 +705,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		if err == nil {
 			a.seen, a.word = e.Calls, time.Now()
 			if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
+				w.retract(work, a)
 				return nil, false, end, err
 			}
 			a.callAt = time.Now()
@@ -750,16 +752,69 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit) (end
 		if !(*pm).Late() {
 			return decided, nil
 		}
-		w.Log.Debug("call stored ahead after its rate slot went by; it takes the next", w.fields(a)...)
+		w.Log.Debug("call's rate slot went by before it could start; it takes the next", w.fields(a)...)
 		(*pm).Release()
 		waitFrom := time.Now()
-		next, err := w.acquire(stop, a.route, a.d.Priority())
+		next, err := w.reacquireHearing(stop, work, a)
 		if err != nil {
 			return stopped, nil
 		}
 		a.rewait += time.Since(waitFrom)
 		w.metricsOf(a.route).Wait.Observe(time.Since(waitFrom).Seconds())
 		*pm = next
+	}
+}
+
+// reacquireHearing is reacquire for a's call, keeping the server's word
+// fresh while it waits (a ledger read every quarter of the ack wait): a
+// read made once the permit came would make it late again, and at a slow
+// enough rate no permit would ever be on time.
+func (w *Worker) reacquireHearing(stop, work context.Context, a *attempt) (permit, error) {
+	every := a.d.AckWait() / 4
+	if every <= 0 {
+		return w.reacquire(stop, a.route, a.d.Priority())
+	}
+	ctx, cancel := context.WithCancel(work)
+	heard := make(chan time.Time, 1)
+	go func() {
+		defer close(heard)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		var last time.Time
+		for {
+			select {
+			case <-ctx.Done():
+				heard <- last
+				return
+			case <-t.C:
+				if _, err := w.Ledger.Load(ctx, a.ref); err == nil {
+					last = time.Now()
+				}
+			}
+		}
+	}()
+	pm, err := w.reacquire(stop, a.route, a.d.Priority())
+	cancel()
+	if last := <-heard; last.After(a.word) {
+		a.word = last
+	}
+	return pm, err
+}
+
+// retract takes back the call just stored ahead and then not made (a
+// shutdown came, or the server went silent), unless a call was counted
+// after it: attempts count calls made. If it cannot, the call stays
+// counted, and a later delivery reports it unanswered.
+func (w *Worker) retract(work context.Context, a *attempt) {
+	e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
+		if e.Calls != a.seen || e.Confirmed != nil {
+			return errMoved
+		}
+		e.Calls--
+		return nil
+	})
+	if err == nil {
+		a.seen = e.Calls
 	}
 }
 
@@ -783,7 +838,7 @@ func (w *Worker) hasWord(work context.Context, a *attempt) error {
 // same gate), answers without the key (SPEC §4, "The proof", point 1).
 func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Time) (Decision, ending) {
 	list, fetched, err := w.keyList(stop, work, a.route, a.ev.AccountID, a.d.Priority(), at,
-		func() error { return w.hasWord(work, a) })
+		func(pm *permit) (ending, error) { return w.onTime(stop, work, a, pm) })
 	if list == nil && err == nil {
 		return Decision{}, stopped
 	}
@@ -853,9 +908,11 @@ type listing struct {
 
 // keyList returns a key list of account fetched after `after`, sharing one
 // under way when it qualifies; fetched is when its request went out. A
-// list it fetches itself is fetched only if ready, called once the permit
-// is held, says so. A nil list with a nil error means stop ended first.
-func (w *Worker) keyList(stop, work context.Context, route Route, account string, priority int, after time.Time, ready func() error) (list *cloudflare.KeyList, fetched time.Time, err error) {
+// list it fetches itself goes out only once ready, called with the permit
+// held (and free to replace it), says so. A nil list with a nil error
+// means stop ended first.
+func (w *Worker) keyList(stop, work context.Context, route Route, account string, priority int, after time.Time,
+	ready func(*permit) (ending, error)) (list *cloudflare.KeyList, fetched time.Time, err error) {
 	k := listKey{account, priority}
 	w.listMu.Lock()
 	l := w.lists[k]
@@ -886,9 +943,15 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 		l.err = err
 		return nil, time.Time{}, nil
 	}
-	defer permit.Release()
-	if l.err = ready(); l.err != nil {
-		return nil, time.Time{}, l.err
+	defer func() { permit.Release() }() // ready may replace it
+	end, err := ready(&permit)
+	if end != decided {
+		l.err = errors.New("stopped")
+		return nil, time.Time{}, nil
+	}
+	if err != nil {
+		l.err = err
+		return nil, time.Time{}, err
 	}
 	w.listMu.Lock()
 	l.started = time.Now()
@@ -951,14 +1014,26 @@ type permit interface {
 // another budget's backlog or hold), then the shared calls in flight and
 // address limit.
 func (w *Worker) acquire(ctx context.Context, r Route, p int) (permit, error) {
+	return w.acquireFrom(ctx, r, p, w.Gate.Acquire, throttle.AcquirePair)
+}
+
+// reacquire is acquire for a call whose permit went by before it could
+// start (permit.Late): first in line, so it keeps its place.
+func (w *Worker) reacquire(ctx context.Context, r Route, p int) (permit, error) {
+	return w.acquireFrom(ctx, r, p, w.Gate.Reacquire, throttle.ReacquirePair)
+}
+
+func (w *Worker) acquireFrom(ctx context.Context, r Route, p int,
+	one func(context.Context, int) (*throttle.Permit, error),
+	pair func(context.Context, *throttle.Gate, *throttle.Gate, int) (throttle.Pair, error)) (permit, error) {
 	if r.Gate == nil || r.Gate == w.Gate {
-		pm, err := w.Gate.Acquire(ctx, p)
+		pm, err := one(ctx, p)
 		if err != nil {
 			return nil, err
 		}
 		return pm, nil
 	}
-	pm, err := throttle.AcquirePair(ctx, r.Gate, w.Gate, p)
+	pm, err := pair(ctx, r.Gate, w.Gate, p)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -126,5 +127,34 @@ func TestJournalCountsInTheLedger(t *testing.T) {
 	}
 	if e, err := l.Load(ctx, ref); err != nil || e.Calls != 4 || e.Journaled != 3 {
 		t.Fatalf("Load after one more first call: %+v, %v; want 4 calls, 3 of them journaled", e, err)
+	}
+}
+
+// TestLedgerUpdateDecidesOnTheStoredEntry: a change that refuses the guess
+// of no entry (a first write's) is decided on the entry as stored, the
+// journal's calls included: a first call stored ahead and then not made
+// can be taken back, and the entry then counts none.
+func TestLedgerUpdateDecidesOnTheStoredEntry(t *testing.T) {
+	ctx, _, l := boundLedger(t)
+	ref := worker.Ref{Stream: "REVOCATIONS", Seq: 90, Account: "acct", Key: "k1"}
+	if err := l.Announce(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	takeBack := func(e *worker.Entry) error {
+		if e.Calls != 1 {
+			return errors.New("not the entry the call was counted in")
+		}
+		e.Calls--
+		return nil
+	}
+	if e, err := l.Update(ctx, ref, takeBack); err != nil || e.Calls != 0 {
+		t.Fatalf("Update: %+v, %v; want the journaled call taken back", e, err)
+	}
+	if e, err := l.Load(ctx, ref); err != nil || e.Calls != 0 {
+		t.Fatalf("Load: %+v, %v; want no call", e, err)
+	}
+	// Refused on the stored entry too: nothing stored, that entry returned.
+	if e, err := l.Update(ctx, ref, takeBack); err == nil || e.Calls != 0 || e.Journaled != 1 {
+		t.Fatalf("Update refused: %+v, %v; want the stored entry and the change's error", e, err)
 	}
 }

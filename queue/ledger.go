@@ -160,7 +160,8 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 		return worker.Entry{}
 	}
 	e.Calls = min(max(e.Calls, 0), maxLedgerCalls)
-	e.Journaled = min(max(e.Journaled, 0), e.Calls)
+	// Journaled may exceed Calls by the first calls taken back (never made).
+	e.Journaled = min(max(e.Journaled, 0), maxLedgerCalls)
 	e.Answered = min(max(e.Answered, 0), e.Calls)
 	if c := e.Confirmed; c != nil && (c.Status < 200 || c.Status > 299 || len(c.CFRay) > maxLedgerRay) {
 		e.Confirmed = nil // not a confirmation any worker records
@@ -173,9 +174,11 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 
 // Update applies change to the event's entry by compare-and-swap, again on
 // the entry as stored after a conflict, and returns the entry it stored.
-// If change fails, nothing is stored and the entry as read is returned with
-// change's error. A first write assumes no entry (one round trip on the
-// common path); an entry of another event is replaced.
+// If change fails on the entry as stored, nothing is stored and that entry
+// is returned with change's error. A first write assumes no entry (one
+// round trip on the common path), and reads the entry only if that is
+// refused or change refuses the empty entry; an entry of another event is
+// replaced.
 func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	kv := l.kv.Load()
 	if kv == nil {
@@ -185,13 +188,22 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 	defer cancel()
 	key := ledgerKey(ref.Stream, ref.Seq)
 	var (
-		e   worker.Entry
-		rev uint64
+		e    worker.Entry
+		rev  uint64
+		read bool // e is the entry as stored, not the guess of none
 	)
 	for {
 		before := e
 		if err := change(&e); err != nil {
-			return before, err
+			if read {
+				return before, err
+			}
+			// The guess of no entry is not the stored entry: decide on that.
+			if e, rev, err = l.get(ctx, ref); err != nil {
+				return e, err
+			}
+			read = true
+			continue
 		}
 		e.Account, e.Key = ref.Account, ref.Key
 		if !ref.Stored.IsZero() {
@@ -213,6 +225,7 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 		if e, rev, err = l.get(ctx, ref); err != nil {
 			return e, err
 		}
+		read = true
 		if rev == 0 {
 			// A delete or purge marker (someone removed the entry by
 			// hand): Create writes over it.

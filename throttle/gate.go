@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -111,8 +112,9 @@ type Config struct {
 	// Concurrency is the number of permits that may be held at once (>= 1).
 	Concurrency int
 	// Rate is permits per second; 0 means no limit. Burst is 1: calls are
-	// spaced evenly, never N at once. Ignored when Budget is set: the
-	// budget keeps the rate.
+	// spaced evenly, never N at once. When Budget is set, the budget keeps
+	// the rate, and Rate > 0 only says that it has one: permits then have
+	// rate slots, and can be late (Permit.Late).
 	Rate float64
 	// Budget, when set, is shared with the other replicas using the same
 	// credential; nil keeps rate and holds in this process.
@@ -158,6 +160,7 @@ type waiter struct {
 	ch      chan struct{}
 	granted bool
 	due     time.Time // the granted permit's rate slot
+	first   bool      // it came back for a permit it lost (Reacquire)
 }
 
 // Permit is held for the duration of one API call.
@@ -269,7 +272,14 @@ func (g *Gate) acquire(ctx context.Context, p int, first bool) (*Permit, error) 
 		return &Permit{g: g, due: due}, nil
 	}
 	if first {
-		g.queues[p] = append([]*waiter{w}, g.queues[p]...)
+		// Ahead of every waiter but those that came back first before it.
+		w.first = true
+		q := g.queues[p]
+		i := 0
+		for i < len(q) && q[i].first {
+			i++
+		}
+		g.queues[p] = slices.Insert(q, i, w)
 	} else {
 		g.queues[p] = append(g.queues[p], w)
 	}

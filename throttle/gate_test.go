@@ -190,3 +190,45 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestReacquiredFirstInLine: permits asked again for calls that lost
+// theirs go ahead of the waiters already queued at their priority, in
+// the order they came back.
+func TestReacquiredFirstInLine(t *testing.T) {
+	g := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+	t.Cleanup(g.Close)
+	held, err := g.Acquire(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 3)
+	queue := func(name string, again bool, want int) {
+		go func() {
+			acquire := g.Acquire
+			if again {
+				acquire = g.Reacquire
+			}
+			pm, err := acquire(context.Background(), 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- name
+			pm.Release()
+		}()
+		for deadline := time.Now().Add(10 * time.Second); g.Queued(0) < want; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never queued", name)
+			}
+		}
+	}
+	queue("new", false, 1)
+	queue("back first", true, 2)
+	queue("back second", true, 3)
+	held.Release()
+	for _, want := range []string{"back first", "back second", "new"} {
+		if got := <-order; got != want {
+			t.Fatalf("served %q, want %q", got, want)
+		}
+	}
+}

@@ -166,8 +166,12 @@ type fakeLedger struct {
 	loads     int
 }
 
-func (l *fakeLedger) Load(_ context.Context, ref worker.Ref) (worker.Entry, error) {
-	time.Sleep(l.slowLoad) // the answer's latency, not a synchronisation
+func (l *fakeLedger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, error) {
+	select {
+	case <-time.After(l.slowLoad): // the answer's latency, not a synchronisation
+	case <-ctx.Done():
+		return worker.Entry{}, ctx.Err()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.loads++

@@ -127,8 +127,9 @@ type Entry struct {
 	// Calls counts the DELETE calls made for the event, each stored
 	// before it was made.
 	Calls int `json:"calls"`
-	// Journaled is how many of the journal's first calls Calls counts:
-	// Load adds those the journal holds beyond it.
+	// Journaled is how many of the journal's first calls Calls took in
+	// (less any taken back, never made): Load adds those the journal holds
+	// beyond it.
 	Journaled int `json:"journaled,omitempty"`
 	// Answered counts the calls whose answer a delivery heard and left
 	// here; the rest may have revoked the key unheard.
@@ -684,7 +685,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		}
 		a.seen, a.journaled, a.word = 1, a.journaled+1, time.Now()
 		if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
-			w.retract(work, a)
+			w.retract(work, a, end)
 			return nil, false, end, err
 		}
 		a.callAt = time.Now()
@@ -705,7 +706,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		if err == nil {
 			a.seen, a.word = e.Calls, time.Now()
 			if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
-				w.retract(work, a)
+				w.retract(work, a, end)
 				return nil, false, end, err
 			}
 			a.callAt = time.Now()
@@ -801,11 +802,15 @@ func (w *Worker) reacquireHearing(stop, work context.Context, a *attempt) (permi
 	return pm, err
 }
 
-// retract takes back the call just stored ahead and then not made (a
-// shutdown came, or the server went silent), unless a call was counted
-// after it: attempts count calls made. If it cannot, the call stays
-// counted, and a later delivery reports it unanswered.
-func (w *Worker) retract(work context.Context, a *attempt) {
+// retract takes back the call just stored ahead and then not made because
+// the delivery stopped, unless a call was counted after it: attempts count
+// calls made. When the server went silent instead (end is decided), a
+// write would fail too, and only hold the permit: the call stays counted,
+// and a later delivery reports it unanswered.
+func (w *Worker) retract(work context.Context, a *attempt, end ending) {
+	if end != stopped {
+		return
+	}
 	e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
 		if e.Calls != a.seen || e.Confirmed != nil {
 			return errMoved

@@ -951,7 +951,7 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 	defer func() { permit.Release() }() // ready may replace it
 	end, err := ready(&permit)
 	if end != decided {
-		l.err = errors.New("stopped")
+		l.err = context.Canceled // sharers retry, as after any list that failed
 		return nil, time.Time{}, nil
 	}
 	if err != nil {

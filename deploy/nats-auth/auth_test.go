@@ -100,6 +100,12 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 // free loopback port and a temporary store.
 func startServer(t *testing.T) (*server.Server, *serverLog) {
 	t.Helper()
+	return startServerIn(t, t.TempDir())
+}
+
+// startServerIn is startServer on the store in dir.
+func startServerIn(t *testing.T, dir string) (*server.Server, *serverLog) {
+	t.Helper()
 	t.Setenv("REVOKER_PUBLISHER_PASSWORD", publisherPW)
 	t.Setenv("REVOKER_WORKER_PASSWORD", workerPW)
 	t.Setenv("REVOKER_OPERATOR_PASSWORD", operatorPW)
@@ -107,7 +113,7 @@ func startServer(t *testing.T) (*server.Server, *serverLog) {
 	if err != nil {
 		t.Fatalf("the shipped configuration does not load: %v", err)
 	}
-	opts.Host, opts.Port, opts.StoreDir, opts.NoSigs = "127.0.0.1", -1, t.TempDir(), true
+	opts.Host, opts.Port, opts.StoreDir, opts.NoSigs = "127.0.0.1", -1, dir, true
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)

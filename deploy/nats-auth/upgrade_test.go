@@ -58,24 +58,7 @@ func TestUpgradeFromOneAccount(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	t.Setenv("REVOKER_PUBLISHER_PASSWORD", publisherPW)
-	t.Setenv("REVOKER_WORKER_PASSWORD", workerPW)
-	t.Setenv("REVOKER_OPERATOR_PASSWORD", operatorPW)
-	opts, err := server.ProcessConfigFile("nats-server.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Host, opts.Port, opts.StoreDir, opts.NoSigs = "127.0.0.1", -1, store, true
-	srv, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-
+	srv, _ := startServerIn(t, store)
 	w := connectAs(t, srv, "worker")
 	for _, stream := range []string{"REVOCATIONS", "REVOCATION_OUTCOMES", "REVOCATIONS_DLQ"} {
 		s, err := w.js.Stream(ctx, stream)

@@ -875,3 +875,41 @@ func TestNoKeyListWithoutTheServersWord(t *testing.T) {
 		t.Errorf("settled %v with records %+v, want given back with none", d.settled, h.records.outcomes)
 	}
 }
+
+// TestLateSlotsDoNotRepeatForEver: with the ack wait short beside the
+// rate's interval (200 ms, at 4 a second) and the server slow to answer a
+// read (130 ms), every replacement permit comes more than half the ack wait
+// after the server was last heard, the read made then makes it late
+// again, and the call would wait for slot after slot, spending each, for
+// ever. The worker gives up after a few: no call on a late slot, the call
+// it stored ahead taken back, the event given back.
+func TestLateSlotsDoNotRepeatForEver(t *testing.T) {
+	h := newHarnessGate(t, throttle.Config{Priorities: 2, Concurrency: 8, Rate: 4}, nil, zap.NewNop(), answer(200, revoked, 0))
+	h.ledger.slowWrite = func(worker.Ref) time.Duration { return 100 * time.Millisecond }
+	h.ledger.slowLoad = 130 * time.Millisecond
+	d := &fakeDelivery{body: goodEvent, ackWait: 200 * time.Millisecond, maxDeliver: 10}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.handle(d)
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		h.ledger.mu.Lock()
+		loads := h.ledger.loads
+		h.ledger.mu.Unlock()
+		t.Fatalf("still waiting for an on-time slot after 20 s (%d reads of the ledger meanwhile)", loads)
+	}
+	e, err := h.ledger.Load(context.Background(), worker.Ref{Stream: "REVOCATIONS", Seq: 7, Account: "acct1", Key: "key1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Calls != h.api.calls {
+		t.Errorf("the ledger counts %d calls, %d were made", e.Calls, h.api.calls)
+	}
+	t.Logf("%d calls, settled %v", h.api.calls, d.settled)
+	if h.api.calls == 0 && (len(d.settled) != 1 || d.settled[0] != "giveback") {
+		t.Errorf("no call, settled %v; want [giveback]", d.settled)
+	}
+}

@@ -531,6 +531,17 @@ var errMoved = errors.New("the event's calls changed under this delivery")
 // errNoWord: the server did not answer when asked before a call (hasWord).
 var errNoWord = errors.New("no word from the server before the call")
 
+// errLate: a call found its rate slot gone by maxLateSlots times in a row
+// (onTime), and was not made.
+var errLate = errors.New("its rate slot went by each time before it could start")
+
+// maxLateSlots bounds the replacement permits one call may take. Where a
+// read of the server outlasts the rate's slack and the ack wait is short
+// beside the rate's interval, every permit would come too long after the
+// server was last heard, and the read made then would make it late: the
+// call would spend slot after slot of the budget, for ever.
+const maxLateSlots = 3
+
 // call makes the API call, retrying retryable answers with exponential
 // backoff within this delivery's budget, and proves a 404 with a key list.
 // Before each call it stores in the ledger that the call is about to be
@@ -685,7 +696,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		}
 		a.seen, a.journaled, a.word = 1, a.journaled+1, time.Now()
 		if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
-			w.retract(work, a, end)
+			w.retract(work, a, end, err)
 			return nil, false, end, err
 		}
 		a.callAt = time.Now()
@@ -706,7 +717,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		if err == nil {
 			a.seen, a.word = e.Calls, time.Now()
 			if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
-				w.retract(work, a, end)
+				w.retract(work, a, end, err)
 				return nil, false, end, err
 			}
 			a.callAt = time.Now()
@@ -742,16 +753,20 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 // started on it could come within a second of the rate's next calls, so it
 // is given back, its slot spent, and the next one taken. And the server
 // must have answered within half the ack wait (hasWord): after a long
-// wait for a permit it is asked again. An error means it did not answer:
-// no call, as when the write fails (the call is counted; a later delivery
-// reports it unanswered).
+// wait for a permit it is asked again. An error means it did not answer,
+// or that slot after slot went by (errLate): no call, as when the write
+// fails (the call is counted, and a later delivery reports it unanswered,
+// unless retract takes it back).
 func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit) (ending, error) {
-	for {
+	for late := 0; ; late++ {
 		if err := w.hasWord(work, a); err != nil {
 			return decided, err
 		}
 		if !(*pm).Late() {
 			return decided, nil
+		}
+		if late == maxLateSlots {
+			return decided, fmt.Errorf("%w (%d slots)", errLate, late+1)
 		}
 		w.Log.Debug("call's rate slot went by before it could start; it takes the next", w.fields(a)...)
 		(*pm).Release()
@@ -803,12 +818,13 @@ func (w *Worker) reacquireHearing(stop, work context.Context, a *attempt) (permi
 }
 
 // retract takes back the call just stored ahead and then not made because
-// the delivery stopped, unless a call was counted after it: attempts count
-// calls made. When the server went silent instead (end is decided), a
-// write would fail too, and only hold the permit: the call stays counted,
-// and a later delivery reports it unanswered.
-func (w *Worker) retract(work context.Context, a *attempt, end ending) {
-	if end != stopped {
+// the delivery stopped or its slots kept going by (errLate), unless a call
+// was counted after it: attempts count calls made. When the server went
+// silent instead (errNoWord, or the write failed), a write would fail
+// too, and only hold the permit: the call stays counted, and a later
+// delivery reports it unanswered.
+func (w *Worker) retract(work context.Context, a *attempt, end ending, err error) {
+	if end != stopped && !errors.Is(err, errLate) {
 		return
 	}
 	e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
@@ -847,7 +863,7 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 	if list == nil && err == nil {
 		return Decision{}, stopped
 	}
-	if errors.Is(err, errNoWord) {
+	if errors.Is(err, errNoWord) || errors.Is(err, errLate) {
 		return Decision{Kind: Unrecorded, Detail: "no key list made: " + err.Error()}, decided
 	}
 	var lrl cloudflare.RateLimit

@@ -269,6 +269,13 @@ func (p *Replayer) publish(ctx context.Context, rec DeadLetterRecord, msgID, rep
 			return nil, err
 		}
 	}
+	// The expected stream makes a subject that left the work stream an
+	// error instead of a message stored somewhere nobody consumes.
+	return p.js.PublishMsg(ctx, replayMsg(rec, msgID, replayOf), jetstream.WithExpectStream(p.stream))
+}
+
+// replayMsg is the message that replays rec under msgID.
+func replayMsg(rec DeadLetterRecord, msgID, replayOf string) *nats.Msg {
 	m := nats.NewMsg(rec.SourceSubject)
 	m.Data = rec.Body
 	m.Header.Set(jetstream.MsgIDHeader, msgID)
@@ -281,9 +288,7 @@ func (p *Replayer) publish(ctx context.Context, rec DeadLetterRecord, msgID, rep
 	if rec.TraceParent != "" {
 		m.Header.Set(HeaderTraceParent, rec.TraceParent)
 	}
-	// The expected stream makes a subject that left the work stream an
-	// error instead of a message stored somewhere nobody consumes.
-	return p.js.PublishMsg(ctx, m, jetstream.WithExpectStream(p.stream))
+	return m
 }
 
 // isReplay reports whether the message the work stream reported as stored
@@ -311,8 +316,26 @@ func (p *Replayer) isReplay(ctx context.Context, rec DeadLetterRecord, msgID, re
 	if err != nil {
 		return false, fmt.Errorf("read work stream message %d: %w", seq, err)
 	}
-	return m.Subject == rec.SourceSubject && bytes.Equal(m.Data, rec.Body) &&
-		m.Header.Get(jetstream.MsgIDHeader) == msgID && m.Header.Get(HeaderReplayOf) == replayOf, nil
+	// Every header counts: one the replay would not carry (a Content-Type
+	// that makes the worker read a CloudEvent, say) makes it another event.
+	want := replayMsg(rec, msgID, replayOf)
+	return m.Subject == want.Subject && bytes.Equal(m.Data, want.Data) && sameHeaders(m.Header, want.Header), nil
+}
+
+// sameHeaders reports whether stored carries exactly the headers of want,
+// apart from the expectations a publish states to the server.
+func sameHeaders(stored, want nats.Header) bool {
+	n := 0
+	for k, v := range stored {
+		if strings.HasPrefix(k, "Nats-Expected-") {
+			continue
+		}
+		if !slices.Equal(v, want[k]) {
+			return false
+		}
+		n++
+	}
+	return n == len(want)
 }
 
 // Replay republishes the record and, once the work stream has acknowledged

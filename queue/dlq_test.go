@@ -373,6 +373,58 @@ func TestReplayNotSuppressedByPlantedID(t *testing.T) {
 	}
 }
 
+// TestReplayNotSuppressedByPlantedHeaders: a message planted under the
+// replay's id with the dead letter's own body and Revoker-Replay-Of, but
+// headers the replay would not carry, is not the replay either: a
+// Content-Type that makes the worker read it as a CloudEvent (or drops
+// that of a CloudEvent), or any header the replayer does not write. The
+// record is republished under a new id.
+func TestReplayNotSuppressedByPlantedHeaders(t *testing.T) {
+	const plain, ce = `{"account_id":"a","key_id":"k"}`, `{"specversion":"1.0","id":"c1","source":"s","type":"t","data":{"account_id":"a","key_id":"k"}}`
+	for _, tc := range []struct {
+		name, body, contentType string
+		planted                 map[string]string
+	}{
+		{"a plain event planted as a CloudEvent", plain, "", map[string]string{queue.HeaderContentType: "application/cloudevents+json"}},
+		{"a CloudEvent planted without its Content-Type", ce, "application/cloudevents+json", nil},
+		{"a header the replay does not carry", plain, "", map[string]string{"Traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			js, cfg := dlqTSetup(t)
+			dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "unauthorized", EventID: "orig-1", Stream: cfg.Stream,
+				Subject: "revoke.urgent", Sequence: 9, FailedAt: time.Now(), ContentType: tc.contentType}, tc.body)
+			rec, err := queue.GetDeadLetter(dlqTCtx(t), js, cfg.DLQStream, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := nats.NewMsg("revoke.urgent")
+			m.Data = []byte(tc.body)
+			m.Header.Set(jetstream.MsgIDHeader, queue.ReplayMsgID(1))
+			m.Header.Set(queue.HeaderReplayOf, "orig-1")
+			for k, v := range tc.planted {
+				m.Header[k] = []string{v}
+			}
+			ack, err := js.PublishMsg(dlqTCtx(t), m)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Duplicate || res.WorkSequence == ack.Sequence || !strings.HasPrefix(res.MsgID, "replay:1:") {
+				t.Fatalf("the planted message %d passed for the replay: result %+v", ack.Sequence, res)
+			}
+			stored := dlqTStored(t, js, cfg.Stream)
+			last := stored[len(stored)-1]
+			if last.Sequence != res.WorkSequence || string(last.Data) != tc.body || last.Header.Get(queue.HeaderContentType) != tc.contentType {
+				t.Fatalf("republished %d %q with %v; result %+v", last.Sequence, last.Data, last.Header, res)
+			}
+		})
+	}
+}
+
 // TestReplayKeepsDeadLetterUntilRepublished: when the replay's id is taken
 // and the republish under a fresh one fails, the dead letter stays.
 func TestReplayKeepsDeadLetterUntilRepublished(t *testing.T) {

@@ -168,9 +168,12 @@ func (r *Records) DeadLetter(ctx context.Context, d event.DeadLetter, body []byt
 		// Ours if it names the same reason for the same event, from the
 		// same place: a retried write of our own record, not one planted
 		// in advance. The source subject counts, since a replay follows
-		// it; what may change between deliveries (detail, status,
-		// attempts, time) does not.
+		// it, and so does the Content-Type a replay carries back (it
+		// would make the event a CloudEvent); what may change between
+		// deliveries (detail, status, attempts, time, the trace's span)
+		// does not.
 		return stored.Header.Get(HeaderReason) == m.Header.Get(HeaderReason) &&
+			stored.Header.Get(HeaderContentType) == m.Header.Get(HeaderContentType) &&
 			stored.Header.Get(HeaderSourceSequence) == m.Header.Get(HeaderSourceSequence) &&
 			stored.Header.Get(HeaderSourceSubject) == m.Header.Get(HeaderSourceSubject) &&
 			stored.Header.Get(HeaderBodyTruncated) == m.Header.Get(HeaderBodyTruncated) &&

@@ -145,6 +145,10 @@ func TestPlantedDeadLetterDoesNotStandInForTheWorkers(t *testing.T) {
 		// subject: replayed, it would land on the urgent subject.
 		{"another source subject", event.DeadLetter{Reason: event.APIRejected, Detail: "planted", Status: 400, Called: true, Attempts: 1,
 			EventID: "ev-2", Subject: "revoke.urgent"}},
+		// Everything, but a Content-Type the event did not carry: replayed,
+		// it would come back as a CloudEvent, and be invalid.
+		{"another Content-Type", event.DeadLetter{Reason: event.APIRejected, Detail: "planted", Status: 400, Called: true, Attempts: 1,
+			EventID: "ev-2", Subject: "revoke.scheduled", ContentType: event.CloudEventsContentType}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := hStack(t, nil)

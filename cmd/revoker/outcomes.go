@@ -67,7 +67,13 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		if o.Status != 0 {
 			status = strconv.Itoa(o.Status)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cell(o.CompletedAt), cell(string(o.Outcome)), cell(string(o.Reason)),
+		outcome := cell(string(o.Outcome))
+		if o.Supersedes != 0 {
+			// The record it corrects is listed too (before it): say
+			// which of the two the trail believes (SPEC §4, point 3).
+			outcome += fmt.Sprintf(" (supersedes record %d)", o.Supersedes)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cell(o.CompletedAt), outcome, cell(string(o.Reason)),
 			cell(o.AccountID), cell(o.KeyID), status, o.Attempts, cell(o.CFRay), cell(o.EventID))
 		if *follow {
 			tw.Flush() // a live feed shows each record as it comes

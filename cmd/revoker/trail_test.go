@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
@@ -269,5 +270,32 @@ func TestPublishWaitWithReusedID(t *testing.T) {
 	}
 	if n := s.okDeletes("keyA"); n != 1 {
 		t.Fatalf("keyA deleted %d times", n)
+	}
+}
+
+// TestOutcomesShowsTheCorrection: a not_found record followed by the
+// revoked record that supersedes it (a replica cut off from NATS heard its
+// 200 late): the table says which one corrects the other, so a reader of
+// `outcomes` believes the revoked one (SPEC §4, "The proof", point 3).
+func TestOutcomesShowsTheCorrection(t *testing.T) {
+	s := hStack(t, nil)
+	s.ensure()
+	cfg := s.cfg()
+	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: cfg.OutcomeStream, OutcomePrefix: cfg.OutcomeSubject, Timeout: 5 * time.Second}
+	base := event.Record{EventID: "ev-s", AccountID: "acc1", KeyID: "kS", Stream: cfg.Stream, Sequence: 5,
+		Subject: "revoke.urgent", PublishedAt: time.Now().UTC().Format(time.RFC3339Nano), Attempts: 1}
+	notFound, revoked := base, base
+	notFound.Outcome, notFound.Status, notFound.CFRay = event.NotFound, 404, "ray-404"
+	revoked.Outcome, revoked.Status, revoked.CFRay = event.Revoked, 200, "ray-200"
+	for _, rec := range []event.Record{notFound, revoked} {
+		if _, err := recs.Outcome(trailCtx(t), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := s.run("outcomes", "--key", "kS")
+	r.want(t, exitOK)
+	rows := hLines(r.stdout)
+	if len(rows) != 3 || !strings.Contains(rows[1], "not_found") || !strings.Contains(rows[2], "revoked (supersedes record 1)") {
+		t.Fatalf("outcomes --key kS:\n%s", r.stdout)
 	}
 }

@@ -619,7 +619,10 @@ func (l *slowLedger) Update(ctx context.Context, ref worker.Ref, change func(*wo
 // confirmation.
 func TestRedeliveryWhileHeldWaits(t *testing.T) {
 	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
-	h.records.failOutcome = 1 // so the confirmation goes to the ledger, which is slow
+	// The outcome stream refuses the record's quick write and each retry
+	// until the slow ledger has taken the confirmation (three refusals
+	// later); then it takes the record.
+	h.records.failOutcome = 5
 	ledger := &slowLedger{fakeLedger: fakeLedger{entries: map[uint64]worker.Entry{}}, failSaves: 3, saving: make(chan struct{})}
 	reg := prometheus.NewRegistry()
 	subjects := []string{"revoke.urgent", "revoke.scheduled"}

@@ -280,6 +280,34 @@ func TestLostConfirmationShouted(t *testing.T) {
 	}
 }
 
+// TestConfirmationReachesTheTrailWhenItComesBack: the outcome stream
+// refuses the revoked record once (a leader election), and the ledger is
+// away for the whole shutdown: the confirmation is retried into the trail
+// as well as the ledger, and recorded by whichever takes it first, not
+// lost while the trail would take it.
+func TestConfirmationReachesTheTrailWhenItComesBack(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.failOutcome = 1
+	stop, cancel := context.WithCancel(context.Background())
+	// The shutdown timeout: what the worker may use, not a synchronisation.
+	work, cancelWork := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelWork()
+	h.api.onCall = func() {
+		h.ledger.mu.Lock()
+		h.ledger.failUpdates = 1 << 30
+		h.ledger.mu.Unlock()
+		cancel()
+	}
+	d := &fakeDelivery{body: goodEvent, maxDeliver: 3, delivered: 1}
+	h.w.Handle(stop, work, d)
+	if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != 0 || len(h.records.outcomes) != 1 || h.records.outcomes[0].Outcome != event.Revoked {
+		t.Fatalf("%v confirmations lost, records %+v; want the revoked record", n, h.records.outcomes)
+	}
+	if len(d.settled) != 1 || d.settled[0] != "ack" {
+		t.Fatalf("settled %v, want [ack]", d.settled)
+	}
+}
+
 // fakeReplays says which replay claims are true.
 type fakeReplays map[string]string
 

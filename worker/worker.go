@@ -1123,13 +1123,26 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	if w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
 		return
 	}
-	if !w.durably(stop, work, a, "revocation", w.keepConfirmation) {
+	// Each try offers the confirmation to the trail first, then to the
+	// ledger: whichever takes it first holds it, and a trail back before
+	// the ledger records the event at once (SPEC §4, "The proof", point 6:
+	// lost only when both refuse for the whole shutdown timeout).
+	recorded := false
+	if !w.durably(stop, work, a, "revocation", func(ctx context.Context, a *attempt) error {
+		if w.writeOutcome(stop, ctx, a, event.Revoked, "", a.d.Ack, true) {
+			recorded = true
+			return nil
+		}
+		return w.keepConfirmation(ctx, a)
+	}) {
 		w.Metrics.ConfirmationsLost.Inc()
 		w.Log.Error("CONFIRMATION LOST: the API revoked the key, but neither the outcome record nor the ledger could store it before shutdown",
 			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
 		return
 	}
-	w.finish(stop, work, a, event.Revoked, "", a.d.Ack)
+	if !recorded {
+		w.finish(stop, work, a, event.Revoked, "", a.d.Ack)
+	}
 }
 
 // observe records v in h, with the event's trace as an exemplar when it

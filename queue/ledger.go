@@ -175,10 +175,10 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 // Update applies change to the event's entry by compare-and-swap, again on
 // the entry as stored after a conflict, and returns the entry it stored.
 // If change fails on the entry as stored, nothing is stored and that entry
-// is returned with change's error. A first write assumes no entry (one
-// round trip on the common path), and reads the entry only if that is
-// refused or change refuses the empty entry; an entry of another event is
-// replaced.
+// is returned with change's error. The entry change sees counts the
+// journal's first calls, so a write-ahead refused on calls it did not know
+// of sees them all, not only those of the entry; an entry of another event
+// is replaced.
 func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	kv := l.kv.Load()
 	if kv == nil {
@@ -187,23 +187,14 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	key := ledgerKey(ref.Stream, ref.Seq)
-	var (
-		e    worker.Entry
-		rev  uint64
-		read bool // e is the entry as stored, not the guess of none
-	)
+	e, rev, err := l.get(ctx, ref)
+	if err != nil {
+		return e, err
+	}
 	for {
 		before := e
 		if err := change(&e); err != nil {
-			if read {
-				return before, err
-			}
-			// The guess of no entry is not the stored entry: decide on that.
-			if e, rev, err = l.get(ctx, ref); err != nil {
-				return e, err
-			}
-			read = true
-			continue
+			return before, err
 		}
 		e.Account, e.Key = ref.Account, ref.Key
 		if !ref.Stored.IsZero() {
@@ -225,7 +216,6 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 		if e, rev, err = l.get(ctx, ref); err != nil {
 			return e, err
 		}
-		read = true
 		if rev == 0 {
 			// A delete or purge marker (someone removed the entry by
 			// hand): Create writes over it.

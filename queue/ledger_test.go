@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -93,5 +94,33 @@ func TestLedgerClampsWhatItReads(t *testing.T) {
 		if e, err := l.Load(ctx, ref); err != nil || e.Last != nil {
 			t.Fatalf("a kept answer of status %d, CF-Ray of %d bytes, reads %+v (err %v); want none", bad.Status, len(bad.CFRay), e.Last, err)
 		}
+	}
+}
+
+// TestLedgerUpdateSeesTheJournal: with no entry yet and two first calls in
+// the journal (this delivery's and another's), a write-ahead that knows of
+// one is refused: the change decides on the entry as the ledger counts it,
+// the journal's calls included, never on a guess that there is none.
+func TestLedgerUpdateSeesTheJournal(t *testing.T) {
+	ctx, _, l := boundLedger(t)
+	ref := worker.Ref{Stream: "REVOCATIONS", Seq: 5, Account: "acct", Key: "k1"}
+	for range 2 {
+		if err := l.Announce(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const seen = 1
+	var saw []int
+	moved := errors.New("moved")
+	e, err := l.Update(ctx, ref, func(e *worker.Entry) error {
+		saw = append(saw, e.Calls)
+		if e.Calls > seen {
+			return moved
+		}
+		e.Calls = seen + 1
+		return nil
+	})
+	if !errors.Is(err, moved) || e.Calls != 2 || len(saw) != 1 || saw[0] != 2 {
+		t.Fatalf("the change saw %v calls, Update returned %+v, %v; want it to see both journaled calls and refuse", saw, e, err)
 	}
 }

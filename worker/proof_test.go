@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -387,4 +388,52 @@ func TestJournaledCallsCountedOnce(t *testing.T) {
 			t.Fatalf("record %+v; want revoked, 2 attempts, 1 unanswered", o)
 		}
 	})
+}
+
+// announceFailsOnce is a ledger whose first write-ahead fails (its answer
+// lost with the connection); onFail runs as it fails.
+type announceFailsOnce struct {
+	*fakeLedger
+	failed bool
+	onFail func()
+}
+
+func (l *announceFailsOnce) Announce(ctx context.Context, ref worker.Ref) error {
+	if !l.failed {
+		l.failed = true
+		l.onFail()
+		return errors.New("journal write timed out")
+	}
+	return l.fakeLedger.Announce(ctx, ref)
+}
+
+// TestRetriedWriteAheadReadsFirst: a first delivery's write-ahead fails,
+// and while it backs off, another replica's delivery of the event calls,
+// gets 200 and records it. The retry is no longer the first write-ahead of
+// anything: it reads the ledger, finds the call it did not know of, then
+// the record, and settles from it without a call (SPEC §4, "The proof",
+// points 3 and 4).
+func TestRetriedWriteAheadReadsFirst(t *testing.T) {
+	h := newHarness(t, nil, answer(404, gone, 0))
+	l := &announceFailsOnce{fakeLedger: h.ledger}
+	l.onFail = func() {
+		h.ledger.mu.Lock()
+		h.ledger.journal = map[journalKey]int{{7, "acct1", "key1"}: 1}
+		h.ledger.mu.Unlock()
+		h.records.mu.Lock()
+		h.records.outcomes = []event.Record{{Stream: "REVOCATIONS", Sequence: 7, AccountID: "acct1", KeyID: "key1",
+			Outcome: event.Revoked, Status: 200, CFRay: "ray-other", Attempts: 1}}
+		h.records.mu.Unlock()
+	}
+	h.w = worker.New(worker.Config{Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
+		RetryMaxInterval: 5 * time.Millisecond, RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test"},
+		worker.Deps{API: h.api, Gate: h.gate, Records: h.records, Ledger: l, Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
+	d := &fakeDelivery{body: goodEvent}
+	h.handle(d)
+	if h.api.calls != 0 || h.api.lists != 0 {
+		t.Fatalf("%d DELETEs and %d key lists after the event was revoked and recorded elsewhere", h.api.calls, h.api.lists)
+	}
+	if len(d.settled) != 1 || d.settled[0] != "ack" || len(h.records.outcomes) != 1 {
+		t.Fatalf("settled %v, records %+v; want acked on the other delivery's record", d.settled, h.records.outcomes)
+	}
 }

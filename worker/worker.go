@@ -309,6 +309,11 @@ type attempt struct {
 	route   Route // the account's credential and budget
 
 	seen int // calls known to be made for the event, ours included
+	// blind: the next write-ahead may skip reading what is stored, as a
+	// first delivery's first may (nothing came before it). Any later one
+	// reads: a delivery cut off meanwhile may find the event handed to
+	// another replica, called for and recorded.
+	blind bool
 	// journaled is how many of seen are the journal's first calls, which
 	// the ledger's entry must be told so as not to count them twice.
 	journaled int
@@ -352,7 +357,7 @@ const (
 // call starts after it. work outlives stop by the shutdown timeout, so a
 // call in flight can finish and its outcome be made durable.
 func (w *Worker) Handle(stop, work context.Context, d Delivery) {
-	a := &attempt{d: d, id: d.ID(), lane: w.lane(d.Priority()), start: time.Now()}
+	a := &attempt{d: d, id: d.ID(), lane: w.lane(d.Priority()), start: time.Now(), blind: d.First()}
 	// One event's spans form one trace, across deliveries and replicas: the
 	// context it carries, or one derived from where it is stored.
 	work = tracing.Extract(work, d.Header)
@@ -688,9 +693,10 @@ func (w *Worker) refused(stop context.Context, a *attempt) bool {
 // confirmation made the call needless). When the ledger shows calls this
 // delivery did not know of, it looks for their outcome before calling.
 func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (resp *cloudflare.Response, made bool, end ending, err error) {
-	if a.seen == 0 {
+	if a.seen == 0 && a.blind {
 		// The common path: a first call, announced in a write it shares
 		// with the first calls starting with it.
+		a.blind = false
 		if err := w.Ledger.Announce(work, a.ref); err != nil {
 			return nil, false, decided, fmt.Errorf("not stored ahead in the ledger: %w", err)
 		}

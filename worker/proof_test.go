@@ -437,3 +437,26 @@ func TestRetriedWriteAheadReadsFirst(t *testing.T) {
 		t.Fatalf("settled %v, records %+v; want acked on the other delivery's record", d.settled, h.records.outcomes)
 	}
 }
+
+// TestRecordCountsACallMadeBesideIt: a later delivery calls, and while its
+// DELETE is out the earlier delivery, back from a cut, stores and makes a
+// call of its own. The revoked record counts both calls, and the other's
+// answer as unheard, though this delivery is young (SPEC §5a: attempts
+// count every call, unanswered_calls every answer nobody heard).
+func TestRecordCountsACallMadeBesideIt(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.api.onCall = func() {
+		h.ledger.mu.Lock()
+		defer h.ledger.mu.Unlock()
+		e := h.ledger.entry(ref7)
+		e.Account, e.Key = "acct1", "key1"
+		e.Calls++ // the other delivery's write-ahead
+		h.ledger.entries[7] = e
+		h.api.onCall = nil
+	}
+	h.handle(&fakeDelivery{body: goodEvent, delivered: 2, ackWait: 30 * time.Second})
+	o := onlyRecord(t, h)
+	if o.Outcome != event.Revoked || o.Attempts != 2 || o.UnansweredCalls != 1 {
+		t.Fatalf("record %+v; want revoked, 2 attempts, 1 unanswered", o)
+	}
+}

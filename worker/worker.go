@@ -1190,11 +1190,14 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 	write := func(ctx context.Context, a *attempt) (err error) {
 		ctx, span := tracing.StartRecordWrite(ctx, "outcome")
 		defer func() { tracing.End(span, err) }()
-		if a.revoked != nil && time.Since(a.start) >= a.d.AckWait()/2 {
+		if a.revoked != nil && (!a.d.First() || time.Since(a.start) >= a.d.AckWait()/2) {
 			// Held this long, the event may have been handed to another
-			// replica meanwhile: the record counts its calls too. Only a
-			// refinement: a ledger that cannot be read must not keep the
-			// confirmation out of the trail.
+			// replica meanwhile; and a later delivery may have an earlier
+			// one, back from a cut, calling beside it: the record counts
+			// their calls too. A first delivery held briefly has neither,
+			// and is spared the read. Only a refinement: a ledger that
+			// cannot be read must not keep the confirmation out of the
+			// trail.
 			if e, lerr := w.Ledger.Load(ctx, a.ref); lerr == nil {
 				w.learn(a, e)
 			}

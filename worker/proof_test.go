@@ -460,3 +460,21 @@ func TestRecordCountsACallMadeBesideIt(t *testing.T) {
 		t.Fatalf("record %+v; want revoked, 2 attempts, 1 unanswered", o)
 	}
 }
+
+// TestNoCallStartsAfterShutdownDuringTheWriteAhead: SIGTERM comes while
+// the call's write-ahead is out: the call is not made (SPEC §7: no new
+// call starts for an event not already in one), the ledger no longer
+// counts it, and the event is given back.
+func TestNoCallStartsAfterShutdownDuringTheWriteAhead(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	stop, cancel := context.WithCancel(context.Background())
+	h.ledger.slowWrite = func(worker.Ref) time.Duration { cancel(); return 20 * time.Millisecond }
+	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3, ackWait: 30 * time.Second}
+	h.w.Handle(stop, context.Background(), d)
+	if e := h.ledger.entry(ref7); h.api.calls != 0 || e.Calls != 0 {
+		t.Fatalf("%d calls made after shutdown began, the ledger counts %d; want none and none", h.api.calls, e.Calls)
+	}
+	if len(d.settled) != 1 || d.settled[0] != "giveback" {
+		t.Fatalf("settled %v, want [giveback]", d.settled)
+	}
+}

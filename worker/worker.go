@@ -765,6 +765,11 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 // unless retract takes it back).
 func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit) (ending, error) {
 	for late := 0; ; late++ {
+		if stop.Err() != nil {
+			// Shutdown came while the call was stored: it is not in a
+			// call yet, so none starts (SPEC §7); retract takes it back.
+			return stopped, nil
+		}
 		if err := w.hasWord(work, a); err != nil {
 			return decided, err
 		}

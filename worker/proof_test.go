@@ -478,3 +478,34 @@ func TestNoCallStartsAfterShutdownDuringTheWriteAhead(t *testing.T) {
 		t.Fatalf("settled %v, want [giveback]", d.settled)
 	}
 }
+
+// TestKeptConfirmationKeepsItsAnswers: a delivery hears a 503, then a
+// 200; the trail refuses the record until shutdown, so the confirmation
+// waits in the ledger. The delivery that records it counts both calls
+// answered: none unanswered (SPEC §5a).
+func TestKeptConfirmationKeepsItsAnswers(t *testing.T) {
+	h := newHarness(t, nil, answer(503, nil, 0), answer(200, revoked, 0))
+	h.records.failOutcome = 1 << 30
+	stop, cancel := context.WithCancel(context.Background())
+	work, cancelWork := context.WithCancel(context.Background())
+	defer cancelWork()
+	calls := 0
+	h.api.onCall = func() {
+		if calls++; calls == 2 {
+			cancel()
+			time.AfterFunc(50*time.Millisecond, cancelWork) // the shutdown timeout, not a synchronisation
+		}
+	}
+	a := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
+	h.w.Handle(stop, work, a)
+	h.records.mu.Lock()
+	h.records.failOutcome = 0
+	h.records.mu.Unlock()
+	h.api.onCall = nil
+	b := &fakeDelivery{body: goodEvent, delivered: 2, maxDeliver: 3}
+	h.handle(b)
+	o := onlyRecord(t, h)
+	if h.api.calls != 2 || o.Outcome != event.Revoked || o.Attempts != 2 || o.UnansweredCalls != 0 {
+		t.Fatalf("%d calls, record %+v; want revoked after 2 attempts, none unanswered", h.api.calls, o)
+	}
+}

@@ -1168,10 +1168,15 @@ func observe(h prometheus.Observer, v float64, ctx context.Context) {
 	h.Observe(v)
 }
 
-// keepConfirmation stores a's confirmation in the ledger.
+// keepConfirmation stores a's confirmation in the ledger, and the answers
+// this delivery heard: the confirming call among them is no unanswered
+// call for the delivery that records it. Answered is raised to what this
+// delivery knows, never added to, so a retried write counts no answer
+// twice (counting too few only makes a call look unanswered).
 func (w *Worker) keepConfirmation(ctx context.Context, a *attempt) error {
 	_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
 		a.countIn(e, a.seen)
+		e.Answered = min(max(e.Answered, a.answered+a.heard), e.Calls)
 		e.Confirmed = a.revoked
 		return nil
 	})

@@ -59,6 +59,10 @@ type entry struct {
 	TraceID    string    `json:"trace_id,omitempty"`
 	ClaimedAt  time.Time `json:"claimed_at"`
 	StoredAt   time.Time `json:"stored_at,omitzero"`
+	// EventStoredAt is when the work stream stored the event, where the
+	// ingress could read it back (StoredAt is the ingress's own clock):
+	// only records of that very event are believed.
+	EventStoredAt time.Time `json:"event_stored_at,omitzero"`
 
 	// repeat: a request before this one stored the event.
 	repeat bool
@@ -67,7 +71,7 @@ type entry struct {
 // published is the stored event an entry names.
 func (e entry) published() queue.Published {
 	return queue.Published{EventID: e.EventID, AccountID: e.AccountID, KeyID: e.KeyID, Subject: e.Subject,
-		Stream: e.Stream, Sequence: e.Sequence, TraceID: e.TraceID}
+		Stream: e.Stream, Sequence: e.Sequence, TraceID: e.TraceID, StoredAt: e.EventStoredAt}
 }
 
 // sane reports whether an entry read from the bucket is one the ingress
@@ -202,6 +206,7 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 	}
 	stored := claim
 	stored.State, stored.Stream, stored.Sequence, stored.TraceID, stored.StoredAt = stateStored, p.Stream, p.Sequence, p.TraceID, s.now()
+	stored.EventStoredAt = p.StoredAt
 	value, _ := json.Marshal(stored)
 	var uerr error
 	for range 3 {

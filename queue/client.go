@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -163,6 +164,14 @@ func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event
 		if err := c.sameEvent(ctx, &p); err != nil {
 			return p, err
 		}
+		return p, nil
+	}
+	// When the stream stored it, read back while it waits there: readers
+	// then believe only records of this very event, not one of an older
+	// event at the same sequence of a stream made again (SPEC §4, "The
+	// proof", point 5). An event already done is read without it.
+	if m, err := c.storedEvent(ctx, p.Stream, p.Sequence); err == nil && m.Subject == subject && bytes.Equal(m.Data, body) {
+		p.StoredAt = m.Time
 	}
 	return p, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -37,5 +38,40 @@ func TestPublishWithAnIDTaken(t *testing.T) {
 	}
 	if _, err := pub("keyB"); !errors.Is(err, queue.ErrIDTaken) {
 		t.Fatalf("another key under a taken id: %v, want ErrIDTaken", err)
+	}
+}
+
+// TestPublishedEventIgnoresAnOlderStreamsRecord: the work stream was made
+// again, so its sequences start over, and the trail holds the record of
+// an older event for the same key at the sequence the new one gets. The
+// publisher knows when its event was stored, and does not take that
+// record for the new event's outcome (SPEC §4, "The proof", point 5).
+func TestPublishedEventIgnoresAnOlderStreamsRecord(t *testing.T) {
+	s := newStack(t, nil)
+	if err := queue.Ensure(dlqTCtx(t), s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
+	old := event.Record{EventID: "old", AccountID: "acct01", KeyID: "keyS", Outcome: event.DeadLettered, Reason: event.Unauthorized,
+		Stream: s.cfg.Stream, Sequence: 1, PublishedAt: time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano)}
+	if _, err := recs.Outcome(dlqTCtx(t), old); err != nil {
+		t.Fatal(err)
+	}
+	c, err := queue.Dial(s.cfg.Connection(), s.cfg.Topology(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ev := event.Event{AccountID: "acct01", KeyID: "keyS"}
+	body, _ := json.Marshal(ev)
+	p, err := c.Publish(dlqTCtx(t), s.cfg.LowestPriority(), "new", ev, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Sequence != 1 || p.StoredAt.IsZero() {
+		t.Fatalf("published %+v; want sequence 1 and the time it was stored", p)
+	}
+	if rec, found, err := c.Recorded(dlqTCtx(t), p); err != nil || found {
+		t.Fatalf("the new event's outcome is %+v (found %v, %v): the older event's record", rec, found, err)
 	}
 }

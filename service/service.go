@@ -447,7 +447,7 @@ func (s *Service) status(req micro.Request) {
 				s.fail(req, 404, "no event with this id was stored through revoker.revoke in the last %s: give stream and sequence, or account_id and key_id", queue.EventIndexTTL)
 			default:
 				r.AccountID, r.KeyID, r.Stream, r.Sequence = p.AccountID, p.KeyID, p.Stream, p.Sequence
-				s.statusOfEvent(ctx, req, r)
+				s.statusOfEvent(ctx, req, r, p.StoredAt)
 			}
 		})
 		return
@@ -462,7 +462,7 @@ func (s *Service) status(req micro.Request) {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Client.Timeout)
 		defer cancel()
 		if hasSeq {
-			s.statusOfEvent(ctx, req, r)
+			s.statusOfEvent(ctx, req, r, time.Time{})
 			return
 		}
 		s.statusOfKey(ctx, req, r)
@@ -471,9 +471,11 @@ func (s *Service) status(req micro.Request) {
 
 // statusOfEvent answers for the event at stream/sequence: its believed
 // record, else queued while it is still in the work stream, else 404.
-func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r StatusRequest) {
+// storedAt, when known (the index keeps it), is when the event was
+// stored: only records of that very event are believed.
+func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r StatusRequest, storedAt time.Time) {
 	c := s.cfg.Client
-	p := queue.Published{EventID: r.EventID, AccountID: r.AccountID, KeyID: r.KeyID, Stream: r.Stream, Sequence: r.Sequence}
+	p := queue.Published{EventID: r.EventID, AccountID: r.AccountID, KeyID: r.KeyID, Stream: r.Stream, Sequence: r.Sequence, StoredAt: storedAt}
 	// The event still in the work stream names its key (and is the truth
 	// about it); one that is done must be asked for with its key.
 	st, err := c.JetStream().Stream(ctx, r.Stream)

@@ -93,7 +93,8 @@ func (d *fakeDelivery) settle(how string) error {
 type fakeRecords struct {
 	mu                   sync.Mutex
 	failDLQ, failOutcome int
-	off                  bool // outcome records turned off
+	slow                 time.Duration // how long an outcome write takes to answer
+	off                  bool          // outcome records turned off
 	dlq                  []event.DeadLetter
 	outcomes             []event.Record
 }
@@ -109,7 +110,14 @@ func (r *fakeRecords) DeadLetter(_ context.Context, d event.DeadLetter, _ []byte
 	return nil
 }
 
-func (r *fakeRecords) Outcome(_ context.Context, rec event.Record) (event.Record, error) {
+func (r *fakeRecords) Outcome(ctx context.Context, rec event.Record) (event.Record, error) {
+	if r.slow > 0 {
+		select {
+		case <-time.After(r.slow): // the answer's latency, not a synchronisation
+		case <-ctx.Done():
+			return rec, ctx.Err()
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failOutcome > 0 {
@@ -239,7 +247,10 @@ func (l *fakeLedger) announce(ref worker.Ref) error {
 	return nil
 }
 
-func (l *fakeLedger) Update(_ context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
+func (l *fakeLedger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return worker.Entry{}, err // as the real ledger, which cannot ask after ctx ends
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.silent {
@@ -619,10 +630,7 @@ func (l *slowLedger) Update(ctx context.Context, ref worker.Ref, change func(*wo
 // confirmation.
 func TestRedeliveryWhileHeldWaits(t *testing.T) {
 	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
-	// The outcome stream refuses the record's quick write and each retry
-	// until the slow ledger has taken the confirmation (three refusals
-	// later); then it takes the record.
-	h.records.failOutcome = 5
+	h.records.failOutcome = 1 // so the confirmation goes to the ledger, which is slow
 	ledger := &slowLedger{fakeLedger: fakeLedger{entries: map[uint64]worker.Entry{}}, failSaves: 3, saving: make(chan struct{})}
 	reg := prometheus.NewRegistry()
 	subjects := []string{"revoke.urgent", "revoke.scheduled"}

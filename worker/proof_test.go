@@ -509,3 +509,26 @@ func TestKeptConfirmationKeepsItsAnswers(t *testing.T) {
 		t.Fatalf("%d calls, record %+v; want revoked after 2 attempts, none unanswered", h.api.calls, o)
 	}
 }
+
+// TestConfirmationKeptWhileTheTrailHangs: SIGTERM comes while the DELETE
+// is out; its 200 arrives while every outcome write hangs until it times
+// out, and the shutdown timeout leaves room for little more than one. The
+// ledger answers at once: the confirmation goes there before the trail is
+// tried again, not after (SPEC §4, "The proof", point 6).
+func TestConfirmationKeptWhileTheTrailHangs(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.failOutcome = 1 << 30
+	h.records.slow = 100 * time.Millisecond
+	stop, cancel := context.WithCancel(context.Background())
+	work, cancelWork := context.WithCancel(context.Background())
+	defer cancelWork()
+	h.api.onCall = func() {
+		cancel()
+		time.AfterFunc(150*time.Millisecond, cancelWork) // the shutdown timeout, not a synchronisation
+	}
+	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
+	h.w.Handle(stop, work, d)
+	if e := h.ledger.entry(ref7); e.Confirmed == nil || testutil.ToFloat64(h.m.ConfirmationsLost) != 0 {
+		t.Fatalf("ledger %+v, %v confirmations lost; want the confirmation kept", e, testutil.ToFloat64(h.m.ConfirmationsLost))
+	}
+}

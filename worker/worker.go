@@ -1134,17 +1134,22 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	if w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
 		return
 	}
-	// Each try offers the confirmation to the trail first, then to the
-	// ledger: whichever takes it first holds it, and a trail back before
-	// the ledger records the event at once (SPEC §4, "The proof", point 6:
-	// lost only when both refuse for the whole shutdown timeout).
+	// Each try offers the confirmation to the ledger, the quicker to
+	// answer while the trail is failing, then to the trail: whichever
+	// takes it first holds it, and a trail back before the ledger records
+	// the event at once (SPEC §4, "The proof", point 6: lost only when
+	// both refuse for the whole shutdown timeout).
 	recorded := false
 	if !w.durably(stop, work, a, "revocation", func(ctx context.Context, a *attempt) error {
+		err := w.keepConfirmation(ctx, a)
+		if err == nil {
+			return nil
+		}
 		if w.writeOutcome(stop, ctx, a, event.Revoked, "", a.d.Ack, true) {
 			recorded = true
 			return nil
 		}
-		return w.keepConfirmation(ctx, a)
+		return err
 	}) {
 		w.Metrics.ConfirmationsLost.Inc()
 		w.Log.Error("CONFIRMATION LOST: the API revoked the key, but neither the outcome record nor the ledger could store it before shutdown",

@@ -89,10 +89,11 @@ func (d *fakeDelivery) settle(how string) error {
 }
 
 // fakeRecords stores records in memory; failDLQ and failOutcome make that
-// many writes fail first.
+// many writes fail first, and onFail runs as an outcome write fails.
 type fakeRecords struct {
 	mu                   sync.Mutex
 	failDLQ, failOutcome int
+	onFail               func()
 	slow                 time.Duration // how long an outcome write takes to answer
 	off                  bool          // outcome records turned off
 	dlq                  []event.DeadLetter
@@ -122,6 +123,9 @@ func (r *fakeRecords) Outcome(ctx context.Context, rec event.Record) (event.Reco
 	defer r.mu.Unlock()
 	if r.failOutcome > 0 {
 		r.failOutcome--
+		if r.onFail != nil {
+			r.onFail()
+		}
 		return rec, errors.New("outcome stream unavailable")
 	}
 	if r.off {

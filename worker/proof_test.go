@@ -510,6 +510,30 @@ func TestKeptConfirmationKeepsItsAnswers(t *testing.T) {
 	}
 }
 
+// TestKeptAnswersAreNotCountedTwice: a later delivery hears its call's 200,
+// the trail refuses the record once, and meanwhile the earlier delivery,
+// back from a cut, stores a call of its own. The confirmation kept in the
+// ledger counts this delivery's answer; read back with the other's call,
+// it must not be subtracted twice: the record counts 2 calls, 1 of them
+// unanswered (SPEC §5a).
+func TestKeptAnswersAreNotCountedTwice(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.failOutcome = 1
+	h.records.onFail = func() {
+		h.ledger.mu.Lock()
+		defer h.ledger.mu.Unlock()
+		e := h.ledger.entry(ref7)
+		e.Account, e.Key = "acct1", "key1"
+		e.Calls++ // the other delivery's write-ahead
+		h.ledger.entries[7] = e
+	}
+	h.handle(&fakeDelivery{body: goodEvent, delivered: 2, ackWait: 30 * time.Second})
+	o := onlyRecord(t, h)
+	if o.Outcome != event.Revoked || o.Attempts != 2 || o.UnansweredCalls != 1 {
+		t.Fatalf("record %+v; want revoked, 2 attempts, 1 unanswered", o)
+	}
+}
+
 // TestConfirmationKeptWhileTheTrailHangs: SIGTERM comes while the DELETE
 // is out; its 200 arrives while every outcome write hangs until it times
 // out, and the shutdown timeout leaves room for little more than one. The

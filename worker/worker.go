@@ -483,7 +483,13 @@ func (w *Worker) recall(stop, work context.Context, a *attempt) bool {
 // learn takes in what the ledger says of the event's calls.
 func (w *Worker) learn(a *attempt, e Entry) {
 	if e.Calls > a.seen {
-		a.seen, a.answered = e.Calls, e.Answered
+		answered := e.Answered
+		if a.kept {
+			// The entry counts this delivery's answers too
+			// (keepConfirmation), and a.heard counts them again.
+			answered -= a.heard
+		}
+		a.seen, a.answered = e.Calls, max(answered, 0)
 	}
 	a.journaled = max(a.journaled, e.Journaled)
 	if e.Last != nil && a.status == 0 && a.calls == 0 {

@@ -546,7 +546,7 @@ var errNoWord = errors.New("no word from the server before the call")
 // (onTime), and was not made.
 var errLate = errors.New("its rate slot went by each time before it could start")
 
-// maxLateSlots bounds the replacement permits one call may take. Where a
+// maxLateSlots bounds the late slots one call may find in a row. Where a
 // read of the server outlasts the rate's slack and the ack wait is short
 // beside the rate's interval, every permit would come too long after the
 // server was last heard, and the read made then would make it late: the
@@ -782,8 +782,8 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit) (end
 		if !(*pm).Late() {
 			return decided, nil
 		}
-		if late == maxLateSlots {
-			return decided, fmt.Errorf("%w (%d slots)", errLate, late+1)
+		if late+1 == maxLateSlots {
+			return decided, fmt.Errorf("%w (%d slots)", errLate, maxLateSlots)
 		}
 		w.Log.Debug("call's rate slot went by before it could start; it takes the next", w.fields(a)...)
 		(*pm).Release()

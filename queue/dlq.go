@@ -303,23 +303,21 @@ func (p *Replayer) isReplay(ctx context.Context, rec DeadLetterRecord, msgID, re
 	if found && n.WorkSequence == seq && n.names(replayOf, rec.Body) {
 		return true, nil
 	}
-	work, err := p.js.Stream(ctx, p.stream)
+	// STREAM.MSG.GET, not a direct get, even where the stream allows one:
+	// a direct get's answer adds headers of its own (Nats-Stream, ...).
+	m, err := msgGet(ctx, p.js, p.stream, msgGetRequest{Seq: seq})
 	if err != nil {
-		return false, fmt.Errorf("stream %s: %w", p.stream, err)
+		return false, fmt.Errorf("read work stream message %d: %w", seq, err)
 	}
-	m, err := work.GetMsg(ctx, seq)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
+	if m == nil {
 		// Consumed, and nothing says whose it was: republishing costs at
 		// worst one more call, believing it could lose the event.
 		return false, nil
 	}
-	if err != nil {
-		return false, fmt.Errorf("read work stream message %d: %w", seq, err)
-	}
 	// Every header counts: one the replay would not carry (a Content-Type
 	// that makes the worker read a CloudEvent, say) makes it another event.
 	want := replayMsg(rec, msgID, replayOf)
-	return m.Subject == want.Subject && bytes.Equal(m.Data, want.Data) && sameHeaders(m.Header, want.Header), nil
+	return m.Subject == want.Subject && bytes.Equal(m.Data, want.Data) && sameHeaders(m.header(), want.Header), nil
 }
 
 // sameHeaders reports whether stored carries exactly the headers of want,

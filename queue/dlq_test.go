@@ -463,11 +463,17 @@ func TestReplayOwnEarlierRepublishCountsAsDone(t *testing.T) {
 		// returns where the work stream stored it.
 		earlier func(t *testing.T, js jetstream.JetStream, cfg config.Config, rec queue.DeadLetterRecord) uint64
 		waiting bool // still in the work stream when the run repeats
+		direct  bool // the work stream allows direct gets (one an operator made)
 	}{
 		{"same id, body and claim, waiting", func(t *testing.T, js jetstream.JetStream, cfg config.Config, rec queue.DeadLetterRecord) uint64 {
 			// No note of it: a run stopped right after publishing.
 			return dlqTPlant(t, js, rec.SourceSubject, queue.ReplayMsgID(rec.Sequence), body, rec.EventID)
-		}, true},
+		}, true, false},
+		// A direct get answers with headers of its own: the replay must
+		// still know its own message.
+		{"same id, body and claim, waiting, direct gets allowed", func(t *testing.T, js jetstream.JetStream, cfg config.Config, rec queue.DeadLetterRecord) uint64 {
+			return dlqTPlant(t, js, rec.SourceSubject, queue.ReplayMsgID(rec.Sequence), body, rec.EventID)
+		}, true, true},
 		{"republished, then consumed", func(t *testing.T, js jetstream.JetStream, cfg config.Config, rec queue.DeadLetterRecord) uint64 {
 			res, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
 			if err != nil || res.Duplicate {
@@ -475,10 +481,17 @@ func TestReplayOwnEarlierRepublishCountsAsDone(t *testing.T) {
 			}
 			consume(t, js, cfg.Stream, res.WorkSequence)
 			return res.WorkSequence
-		}, false},
+		}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			js, cfg := dlqTSetup(t)
+			if tc.direct {
+				work := queue.WorkStream(cfg.Topology())
+				work.AllowDirect = true
+				if _, err := js.UpdateStream(dlqTCtx(t), work); err != nil {
+					t.Fatal(err)
+				}
+			}
 			dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
 				Subject: "revoke.scheduled", Sequence: 9, FailedAt: time.Now()}, body)
 			rec, err := queue.GetDeadLetter(dlqTCtx(t), js, cfg.DLQStream, 1)

@@ -112,6 +112,9 @@ func (r *fakeRecords) DeadLetter(_ context.Context, d event.DeadLetter, _ []byte
 }
 
 func (r *fakeRecords) Outcome(ctx context.Context, rec event.Record) (event.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return rec, err // as the real stream, which cannot be asked after ctx ends
+	}
 	if r.slow > 0 {
 		select {
 		case <-time.After(r.slow): // the answer's latency, not a synchronisation
@@ -176,6 +179,10 @@ type fakeLedger struct {
 	silent    bool          // the server stopped answering: every read and write fails
 	slowLoad  time.Duration // how long a read's answer takes
 	loads     int
+	// hang makes every update wait for its context to end; lostAnswers
+	// makes that many updates stored but answered with an error.
+	hang        bool
+	lostAnswers int
 }
 
 func (l *fakeLedger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, error) {
@@ -256,6 +263,11 @@ func (l *fakeLedger) Update(ctx context.Context, ref worker.Ref, change func(*wo
 		return worker.Entry{}, err // as the real ledger, which cannot ask after ctx ends
 	}
 	l.mu.Lock()
+	if l.hang {
+		l.mu.Unlock()
+		<-ctx.Done()
+		return worker.Entry{}, ctx.Err()
+	}
 	defer l.mu.Unlock()
 	if l.silent {
 		return worker.Entry{}, errors.New("no answer")
@@ -269,6 +281,10 @@ func (l *fakeLedger) Update(ctx context.Context, ref worker.Ref, change func(*wo
 	}
 	e.Account, e.Key = ref.Account, ref.Key
 	l.entries[ref.Seq] = e
+	if l.lostAnswers > 0 {
+		l.lostAnswers--
+		return worker.Entry{}, errors.New("stored, but the answer was lost")
+	}
 	return e, nil
 }
 
@@ -634,7 +650,10 @@ func (l *slowLedger) Update(ctx context.Context, ref worker.Ref, change func(*wo
 // confirmation.
 func TestRedeliveryWhileHeldWaits(t *testing.T) {
 	h := newHarness(t, nil, answer(200, revoked, 0), answer(404, gone, 0))
-	h.records.failOutcome = 1 // so the confirmation goes to the ledger, which is slow
+	// The outcome stream refuses the record's quick write and each retry
+	// until the slow ledger has taken the confirmation (on the fourth);
+	// then it takes the record.
+	h.records.failOutcome = 5
 	ledger := &slowLedger{fakeLedger: fakeLedger{entries: map[uint64]worker.Entry{}}, failSaves: 3, saving: make(chan struct{})}
 	reg := prometheus.NewRegistry()
 	subjects := []string{"revoke.urgent", "revoke.scheduled"}

@@ -556,3 +556,28 @@ func TestConfirmationKeptWhileTheTrailHangs(t *testing.T) {
 		t.Fatalf("ledger %+v, %v confirmations lost; want the confirmation kept", e, testutil.ToFloat64(h.m.ConfirmationsLost))
 	}
 }
+
+// TestConfirmationRecordedWhileTheLedgerHangs: the mirror of
+// TestConfirmationKeptWhileTheTrailHangs. The outcome stream refuses the
+// quick write once and is back; the ledger hangs until the shutdown
+// timeout. The confirmation is recorded in the trail: neither store
+// hanging keeps it from the other (SPEC §4, "The proof", point 6).
+func TestConfirmationRecordedWhileTheLedgerHangs(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.failOutcome = 1
+	stop, cancel := context.WithCancel(context.Background())
+	work, cancelWork := context.WithCancel(context.Background())
+	defer cancelWork()
+	h.api.onCall = func() {
+		h.ledger.mu.Lock()
+		h.ledger.hang = true
+		h.ledger.mu.Unlock()
+		cancel()
+		time.AfterFunc(150*time.Millisecond, cancelWork) // the shutdown timeout, not a synchronisation
+	}
+	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
+	h.w.Handle(stop, work, d)
+	if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != 0 || len(h.records.outcomes) != 1 || len(d.settled) != 1 || d.settled[0] != "ack" {
+		t.Fatalf("%v confirmations lost, records %+v, settled %v; want the revoked record, acked", n, h.records.outcomes, d.settled)
+	}
+}

@@ -1140,18 +1140,23 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	if w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
 		return
 	}
-	// Each try offers the confirmation to the ledger, the quicker to
-	// answer while the trail is failing, then to the trail: whichever
-	// takes it first holds it, and a trail back before the ledger records
-	// the event at once (SPEC §4, "The proof", point 6: lost only when
-	// both refuse for the whole shutdown timeout).
+	// Each try offers the confirmation to the ledger and to the trail at
+	// once: one of them hanging until its timeout must not keep it from
+	// the other, whichever it is (SPEC §4, "The proof", point 6: lost only
+	// when both refuse for the whole shutdown timeout). The ledger's write
+	// works on a copy of what the delivery knows, as the trail's may
+	// learn more meanwhile; a record written settles the event at once.
 	recorded := false
 	if !w.durably(stop, work, a, "revocation", func(ctx context.Context, a *attempt) error {
-		err := w.keepConfirmation(ctx, a)
+		snap := *a
+		kept := make(chan error, 1)
+		go func() { kept <- w.keepConfirmation(ctx, &snap) }()
+		wrote := w.writeOutcome(stop, ctx, a, event.Revoked, "", a.d.Ack, true)
+		err := <-kept
 		if err == nil {
-			return nil
+			a.kept = true
 		}
-		if w.writeOutcome(stop, ctx, a, event.Revoked, "", a.d.Ack, true) {
+		if wrote {
 			recorded = true
 			return nil
 		}

@@ -581,3 +581,27 @@ func TestConfirmationRecordedWhileTheLedgerHangs(t *testing.T) {
 		t.Fatalf("%v confirmations lost, records %+v, settled %v; want the revoked record, acked", n, h.records.outcomes, d.settled)
 	}
 }
+
+// TestKeptAnswersCountedOnceWhenTheLedgerAnswerIsLost: as
+// TestKeptAnswersAreNotCountedTwice, but the ledger stores the kept
+// confirmation and its answer is lost: the entry read back holds this
+// delivery's answers all the same, and they are not subtracted twice.
+func TestKeptAnswersCountedOnceWhenTheLedgerAnswerIsLost(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.failOutcome = 1
+	h.records.onFail = func() {
+		h.ledger.mu.Lock()
+		defer h.ledger.mu.Unlock()
+		e := h.ledger.entry(ref7)
+		e.Account, e.Key = "acct1", "key1"
+		e.Calls++ // the other delivery's write-ahead
+		h.ledger.entries[7] = e
+		h.ledger.lostAnswers = 1 // the confirmation's write, next
+		h.ledger.slowLoad = 20 * time.Millisecond
+	}
+	h.handle(&fakeDelivery{body: goodEvent, delivered: 2, ackWait: 30 * time.Second})
+	o := onlyRecord(t, h)
+	if o.Outcome != event.Revoked || o.Attempts != 2 || o.UnansweredCalls != 1 {
+		t.Fatalf("record %+v; want revoked, 2 attempts, 1 unanswered", o)
+	}
+}

@@ -484,9 +484,12 @@ func (w *Worker) recall(stop, work context.Context, a *attempt) bool {
 func (w *Worker) learn(a *attempt, e Entry) {
 	if e.Calls > a.seen {
 		answered := e.Answered
-		if a.kept {
-			// The entry counts this delivery's answers too
-			// (keepConfirmation), and a.heard counts them again.
+		if c := e.Confirmed; c != nil && a.revoked != nil && c.At.Equal(a.revoked.At) && c.CFRay == a.revoked.CFRay {
+			// The entry holds this delivery's confirmation, so it may
+			// count the answers this delivery heard (keepConfirmation),
+			// which a.heard counts again: whether or not that write was
+			// answered. Taking them out when they were not in only counts
+			// a call more as unanswered, never one less.
 			answered -= a.heard
 		}
 		a.seen, a.answered = e.Calls, max(answered, 0)

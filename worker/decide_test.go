@@ -115,9 +115,12 @@ func (r *fakeRecords) Outcome(ctx context.Context, rec event.Record) (event.Reco
 	if err := ctx.Err(); err != nil {
 		return rec, err // as the real stream, which cannot be asked after ctx ends
 	}
-	if r.slow > 0 {
+	r.mu.Lock()
+	slow := r.slow
+	r.mu.Unlock()
+	if slow > 0 {
 		select {
-		case <-time.After(r.slow): // the answer's latency, not a synchronisation
+		case <-time.After(slow): // the answer's latency, not a synchronisation
 		case <-ctx.Done():
 			return rec, ctx.Err()
 		}
@@ -179,13 +182,20 @@ type fakeLedger struct {
 	silent    bool          // the server stopped answering: every read and write fails
 	slowLoad  time.Duration // how long a read's answer takes
 	loads     int
-	// hang makes every update wait for its context to end; lostAnswers
+	// hang makes every read and update wait for its context to end; lostAnswers
 	// makes that many updates stored but answered with an error.
 	hang        bool
 	lostAnswers int
 }
 
 func (l *fakeLedger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, error) {
+	l.mu.Lock()
+	hang := l.hang
+	l.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return worker.Entry{}, ctx.Err()
+	}
 	select {
 	case <-time.After(l.slowLoad): // the answer's latency, not a synchronisation
 	case <-ctx.Done():

@@ -535,21 +535,16 @@ func TestKeptAnswersAreNotCountedTwice(t *testing.T) {
 }
 
 // TestConfirmationKeptWhileTheTrailHangs: SIGTERM comes while the DELETE
-// is out; its 200 arrives while every outcome write hangs until it times
-// out, and the shutdown timeout leaves room for little more than one. The
-// ledger answers at once: the confirmation goes there before the trail is
-// tried again, not after (SPEC §4, "The proof", point 6).
+// is out; its 200 arrives as the outcome stream refuses the record, and
+// from then on every outcome write hangs until the shutdown timeout. The
+// ledger refuses its first write and then answers: the confirmation goes
+// there, not held back behind the trail's hanging try (SPEC §4, "The
+// proof", point 6).
 func TestConfirmationKeptWhileTheTrailHangs(t *testing.T) {
 	h := newHarness(t, nil, answer(200, revoked, 0))
 	h.records.failOutcome = 1 << 30
-	h.records.slow = 100 * time.Millisecond
-	stop, cancel := context.WithCancel(context.Background())
-	work, cancelWork := context.WithCancel(context.Background())
-	defer cancelWork()
-	h.api.onCall = func() {
-		cancel()
-		time.AfterFunc(150*time.Millisecond, cancelWork) // the shutdown timeout, not a synchronisation
-	}
+	h.records.onFail = func() { h.records.slow = time.Hour } // until the write's context ends
+	stop, work := shutdownAtTheCall(t, h, 300*time.Millisecond, func(l *fakeLedger) { l.failUpdates = 1 })
 	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
 	h.w.Handle(stop, work, d)
 	if e := h.ledger.entry(ref7); e.Confirmed == nil || testutil.ToFloat64(h.m.ConfirmationsLost) != 0 {
@@ -559,23 +554,15 @@ func TestConfirmationKeptWhileTheTrailHangs(t *testing.T) {
 
 // TestConfirmationRecordedWhileTheLedgerHangs: the mirror of
 // TestConfirmationKeptWhileTheTrailHangs. The outcome stream refuses the
-// quick write once and is back; the ledger hangs until the shutdown
-// timeout. The confirmation is recorded in the trail: neither store
-// hanging keeps it from the other (SPEC §4, "The proof", point 6).
+// quick write and two tries more, then is back; the ledger hangs until
+// the shutdown timeout. The confirmation is recorded in the trail:
+// neither store hanging keeps it from the other (SPEC §4, "The proof",
+// point 6).
 func TestConfirmationRecordedWhileTheLedgerHangs(t *testing.T) {
 	h := newHarness(t, nil, answer(200, revoked, 0))
-	h.records.failOutcome = 1
-	stop, cancel := context.WithCancel(context.Background())
-	work, cancelWork := context.WithCancel(context.Background())
-	defer cancelWork()
-	h.api.onCall = func() {
-		h.ledger.mu.Lock()
-		h.ledger.hang = true
-		h.ledger.mu.Unlock()
-		cancel()
-		time.AfterFunc(150*time.Millisecond, cancelWork) // the shutdown timeout, not a synchronisation
-	}
-	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
+	h.records.failOutcome = 3
+	stop, work := shutdownAtTheCall(t, h, time.Second, func(l *fakeLedger) { l.hang = true })
+	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3, ackWait: 30 * time.Second}
 	h.w.Handle(stop, work, d)
 	if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != 0 || len(h.records.outcomes) != 1 || len(d.settled) != 1 || d.settled[0] != "ack" {
 		t.Fatalf("%v confirmations lost, records %+v, settled %v; want the revoked record, acked", n, h.records.outcomes, d.settled)
@@ -604,4 +591,38 @@ func TestKeptAnswersCountedOnceWhenTheLedgerAnswerIsLost(t *testing.T) {
 	if o.Outcome != event.Revoked || o.Attempts != 2 || o.UnansweredCalls != 1 {
 		t.Fatalf("record %+v; want revoked, 2 attempts, 1 unanswered", o)
 	}
+}
+
+// TestLedgerReadDoesNotHoldTheRecord: a later delivery's revoked record
+// reads the ledger first, to count calls made beside it; with the ledger
+// hanging, reads and writes alike, that read gives up after a second, and
+// the record is written well within the shutdown timeout.
+func TestLedgerReadDoesNotHoldTheRecord(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.failOutcome = 1
+	stop, work := shutdownAtTheCall(t, h, 4*time.Second, func(l *fakeLedger) { l.hang = true })
+	d := &fakeDelivery{body: goodEvent, delivered: 2, maxDeliver: 3, ackWait: 30 * time.Second}
+	h.w.Handle(stop, work, d)
+	if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != 0 || len(h.records.outcomes) != 1 || len(d.settled) != 1 || d.settled[0] != "ack" {
+		t.Fatalf("%v confirmations lost, records %+v, settled %v; want the revoked record, acked", n, h.records.outcomes, d.settled)
+	}
+}
+
+// shutdownAtTheCall makes SIGTERM come as the API call is made (stop
+// ends), with the shutdown timeout (work) ending after timeout; change, if
+// any, then changes the ledger.
+func shutdownAtTheCall(t *testing.T, h *harness, timeout time.Duration, change func(*fakeLedger)) (stop, work context.Context) {
+	stop, cancel := context.WithCancel(context.Background())
+	work, cancelWork := context.WithCancel(context.Background())
+	t.Cleanup(cancelWork)
+	h.api.onCall = func() {
+		if change != nil {
+			h.ledger.mu.Lock()
+			change(h.ledger)
+			h.ledger.mu.Unlock()
+		}
+		cancel()
+		time.AfterFunc(timeout, cancelWork) // the shutdown timeout, not a synchronisation
+	}
+	return stop, work
 }

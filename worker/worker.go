@@ -1143,37 +1143,64 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	if w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
 		return
 	}
-	// Each try offers the confirmation to the ledger and to the trail at
-	// once: one of them hanging until its timeout must not keep it from
-	// the other, whichever it is (SPEC §4, "The proof", point 6: lost only
-	// when both refuse for the whole shutdown timeout). The ledger's write
-	// works on a copy of what the delivery knows, as the trail's may
-	// learn more meanwhile; a record written settles the event at once.
-	recorded := false
-	if !w.durably(stop, work, a, "revocation", func(ctx context.Context, a *attempt) error {
-		snap := *a
-		kept := make(chan error, 1)
-		go func() { kept <- w.keepConfirmation(ctx, &snap) }()
-		wrote := w.writeOutcome(stop, ctx, a, event.Revoked, "", a.d.Ack, true)
-		err := <-kept
-		if err == nil {
-			a.kept = true
+	// The trail refused it. The ledger is asked to keep it, in a loop of
+	// its own, while this one asks the trail again: neither store, hanging
+	// until its timeout, holds the other back (SPEC §4, "The proof", point
+	// 6: lost only when both refuse for the whole shutdown timeout). The
+	// ledger's writes work on a copy of what the delivery knows, as the
+	// trail's may learn more meanwhile; a record written settles the event.
+	keeping, stopKeeping := context.WithCancel(work)
+	defer stopKeeping()
+	kept, kdone := make(chan struct{}), make(chan struct{})
+	snap := *a
+	go func() {
+		defer close(kdone)
+		b := recordBackoff()
+		for {
+			if w.keepConfirmation(keeping, &snap) == nil {
+				close(kept)
+				return
+			}
+			if !throttle.Sleep(keeping, b.NextBackOff()) {
+				return
+			}
 		}
-		if wrote {
-			recorded = true
+	}()
+	isKept := func() bool {
+		select {
+		case <-kept:
+			a.kept = true // durably then waits for the record only until shutdown
+		default:
+		}
+		return a.kept
+	}
+	recorded := w.durably(stop, work, a, "revocation", func(ctx context.Context, a *attempt) error {
+		isKept()
+		if w.writeOutcome(stop, ctx, a, event.Revoked, "", a.d.Ack, true) {
 			return nil
 		}
-		return err
-	}) {
+		isKept()
+		return errNotRecorded
+	})
+	if recorded {
+		stopKeeping()
+	}
+	<-kdone
+	if !recorded && !isKept() {
 		w.Metrics.ConfirmationsLost.Inc()
 		w.Log.Error("CONFIRMATION LOST: the API revoked the key, but neither the outcome record nor the ledger could store it before shutdown",
 			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
-		return
-	}
-	if !recorded {
-		w.finish(stop, work, a, event.Revoked, "", a.d.Ack)
 	}
 }
+
+// refreshTimeout bounds the ledger read before a revoked record: only a
+// refinement of the record's counts, it must not hold the record up for
+// the ledger's whole timeout while the ledger hangs.
+const refreshTimeout = time.Second
+
+// errNotRecorded: the revoked record was not written on this try; the
+// ledger is asked to keep the confirmation meanwhile.
+var errNotRecorded = errors.New("the outcome record was not written; the ledger is asked to keep the confirmation meanwhile")
 
 // observe records v in h, with the event's trace as an exemplar when it
 // is kept (SPEC §13).
@@ -1227,9 +1254,11 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 			// and is spared the read. Only a refinement: a ledger that
 			// cannot be read must not keep the confirmation out of the
 			// trail.
-			if e, lerr := w.Ledger.Load(ctx, a.ref); lerr == nil {
+			lctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+			if e, lerr := w.Ledger.Load(lctx, a.ref); lerr == nil {
 				w.learn(a, e)
 			}
+			cancel()
 		}
 		rec = w.record(a, outcome, reason)
 		believed, err = w.Records.Outcome(ctx, rec)
@@ -1327,17 +1356,22 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 	w.finish(stop, work, a, event.DeadLettered, reason, a.d.Term)
 }
 
+// recordBackoff spaces the tries of a record write.
+func recordBackoff() *backoff.ExponentialBackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(recordRetry.initial),
+		backoff.WithMaxInterval(recordRetry.max),
+		backoff.WithMaxElapsedTime(0),
+	)
+}
+
 // durably runs write until it succeeds, retrying with backoff while the
 // delivery is kept alive. If shutdown comes first, it tries until the work
 // context ends (the shutdown timeout) and then gives the event back (the
 // ledger spares the next delivery a second call); it reports whether the
 // write succeeded.
 func (w *Worker) durably(stop, work context.Context, a *attempt, what string, write func(context.Context, *attempt) error) bool {
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(recordRetry.initial),
-		backoff.WithMaxInterval(recordRetry.max),
-		backoff.WithMaxElapsedTime(0),
-	)
+	b := recordBackoff()
 	for i := 0; ; i++ {
 		err := write(work, a)
 		if err == nil {

@@ -1156,10 +1156,14 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	go func() {
 		defer close(kdone)
 		b := recordBackoff()
-		for {
-			if w.keepConfirmation(keeping, &snap) == nil {
+		for i := 0; ; i++ {
+			err := w.keepConfirmation(keeping, &snap)
+			if err == nil {
 				close(kept)
 				return
+			}
+			if i == 0 && keeping.Err() == nil {
+				w.Log.Error("revocation not written; holding the event and retrying", w.fields(&snap, zap.Error(err))...)
 			}
 			if !throttle.Sleep(keeping, b.NextBackOff()) {
 				return
@@ -1174,7 +1178,7 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 		}
 		return a.kept
 	}
-	recorded := w.durably(stop, work, a, "revocation", func(ctx context.Context, a *attempt) error {
+	recorded := w.durably(stop, work, a, "outcome record", func(ctx context.Context, a *attempt) error {
 		isKept()
 		if w.writeOutcome(stop, ctx, a, event.Revoked, "", a.d.Ack, true) {
 			return nil

@@ -444,21 +444,7 @@ func TestRetriedWriteAheadReadsFirst(t *testing.T) {
 // answer as unheard, though this delivery is young (SPEC §5a: attempts
 // count every call, unanswered_calls every answer nobody heard).
 func TestRecordCountsACallMadeBesideIt(t *testing.T) {
-	h := newHarness(t, nil, answer(200, revoked, 0))
-	h.api.onCall = func() {
-		h.ledger.mu.Lock()
-		defer h.ledger.mu.Unlock()
-		e := h.ledger.entry(ref7)
-		e.Account, e.Key = "acct1", "key1"
-		e.Calls++ // the other delivery's write-ahead
-		h.ledger.entries[7] = e
-		h.api.onCall = nil
-	}
-	h.handle(&fakeDelivery{body: goodEvent, delivered: 2, ackWait: 30 * time.Second})
-	o := onlyRecord(t, h)
-	if o.Outcome != event.Revoked || o.Attempts != 2 || o.UnansweredCalls != 1 {
-		t.Fatalf("record %+v; want revoked, 2 attempts, 1 unanswered", o)
-	}
+	recordWithACallBeside(t, 0)
 }
 
 // TestNoCallStartsAfterShutdownDuringTheWriteAhead: SIGTERM comes while
@@ -522,10 +508,7 @@ func TestKeptAnswersAreNotCountedTwice(t *testing.T) {
 	h.records.onFail = func() {
 		h.ledger.mu.Lock()
 		defer h.ledger.mu.Unlock()
-		e := h.ledger.entry(ref7)
-		e.Account, e.Key = "acct1", "key1"
-		e.Calls++ // the other delivery's write-ahead
-		h.ledger.entries[7] = e
+		h.ledger.callBeside(ref7)
 	}
 	h.handle(&fakeDelivery{body: goodEvent, delivered: 2, ackWait: 30 * time.Second})
 	o := onlyRecord(t, h)
@@ -579,10 +562,7 @@ func TestKeptAnswersCountedOnceWhenTheLedgerAnswerIsLost(t *testing.T) {
 	h.records.onFail = func() {
 		h.ledger.mu.Lock()
 		defer h.ledger.mu.Unlock()
-		e := h.ledger.entry(ref7)
-		e.Account, e.Key = "acct1", "key1"
-		e.Calls++ // the other delivery's write-ahead
-		h.ledger.entries[7] = e
+		h.ledger.callBeside(ref7)
 		h.ledger.lostAnswers = 1 // the confirmation's write, next
 		h.ledger.slowLoad = 20 * time.Millisecond
 	}
@@ -625,4 +605,42 @@ func shutdownAtTheCall(t *testing.T, h *harness, timeout time.Duration, change f
 		time.AfterFunc(timeout, cancelWork) // the shutdown timeout, not a synchronisation
 	}
 	return stop, work
+}
+
+// TestSlowLedgerReadStillCounted: as TestRecordCountsACallMadeBesideIt,
+// with the ledger busy: its read before the revoked record takes a second
+// and a half. Outside shutdown the read is waited for, and the record
+// counts the call made beside it.
+func TestSlowLedgerReadStillCounted(t *testing.T) {
+	recordWithACallBeside(t, 1500*time.Millisecond)
+}
+
+// recordWithACallBeside has a later delivery call while the earlier one
+// stores a call of its own, with reads of the ledger taking read from
+// then on, and checks that the revoked record counts both calls, the
+// other's unanswered.
+func recordWithACallBeside(t *testing.T, read time.Duration) {
+	t.Helper()
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.api.onCall = func() {
+		h.ledger.mu.Lock()
+		defer h.ledger.mu.Unlock()
+		h.ledger.callBeside(ref7)
+		h.ledger.slowLoad = read
+		h.api.onCall = nil
+	}
+	h.handle(&fakeDelivery{body: goodEvent, delivered: 2, ackWait: 30 * time.Second})
+	o := onlyRecord(t, h)
+	if o.Outcome != event.Revoked || o.Attempts != 2 || o.UnansweredCalls != 1 {
+		t.Fatalf("record %+v; want revoked, 2 attempts, 1 unanswered", o)
+	}
+}
+
+// callBeside stores a call another delivery made for ref's event, as its
+// write-ahead does; l.mu is held.
+func (l *fakeLedger) callBeside(ref worker.Ref) {
+	e := l.entry(ref)
+	e.Account, e.Key = ref.Account, ref.Key
+	e.Calls++
+	l.entries[ref.Seq] = e
 }

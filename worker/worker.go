@@ -330,6 +330,8 @@ type attempt struct {
 	callAt time.Time     // when the last DELETE started
 	word   time.Time     // when the server last answered for this delivery (a ledger write or read)
 	rewait time.Duration // waited, since the call was stored, for a permit to replace a late one
+	// recordErr is why the last outcome record was refused.
+	recordErr error
 }
 
 func (a *attempt) attempts() int { return a.seen }
@@ -1184,6 +1186,9 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 			return nil
 		}
 		isKept()
+		if a.recordErr != nil {
+			return fmt.Errorf("%w; the ledger is asked to keep the confirmation meanwhile", a.recordErr)
+		}
 		return errNotRecorded
 	})
 	if recorded {
@@ -1197,9 +1202,10 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	}
 }
 
-// refreshTimeout bounds the ledger read before a revoked record: only a
-// refinement of the record's counts, it must not hold the record up for
-// the ledger's whole timeout while the ledger hangs.
+// refreshTimeout bounds the ledger read before a revoked record once
+// shutdown has come: only a refinement of the record's counts, it must not
+// use up the shutdown timeout while the ledger hangs. Before that it has
+// the ledger's own timeout, as a busy ledger's read can take seconds.
 const refreshTimeout = time.Second
 
 // errNotRecorded: the revoked record was not written on this try; the
@@ -1258,7 +1264,12 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 			// and is spared the read. Only a refinement: a ledger that
 			// cannot be read must not keep the confirmation out of the
 			// trail.
-			lctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+			lctx, cancel := ctx, context.CancelFunc(func() {})
+			if stop.Err() != nil {
+				// Shutdown came: the ledger read must not use up the
+				// time left for the record while the ledger hangs.
+				lctx, cancel = context.WithTimeout(ctx, refreshTimeout)
+			}
 			if e, lerr := w.Ledger.Load(lctx, a.ref); lerr == nil {
 				w.learn(a, e)
 			}
@@ -1276,6 +1287,7 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 			return nil
 		case err != nil:
 			w.Metrics.OutcomeFailures.Inc()
+			a.recordErr = err
 		}
 		return err
 	}

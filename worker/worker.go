@@ -547,11 +547,12 @@ var errMoved = errors.New("the event's calls changed under this delivery")
 // errNoWord: the server did not answer when asked before a call (hasWord).
 var errNoWord = errors.New("no word from the server before the call")
 
-// errLate: a call found its rate slot gone by maxLateSlots times in a row
-// (onTime), and was not made.
+// errLate: a call found its rate slot gone by, after asking the server
+// for its word, maxLateSlots times (onTime), and was not made.
 var errLate = errors.New("its rate slot went by each time before it could start")
 
-// maxLateSlots bounds the late slots one call may find in a row. Where a
+// maxLateSlots bounds the slots one call may find gone by while it asked
+// the server for its word. Where a
 // read of the server outlasts the rate's slack and the ack wait is short
 // beside the rate's interval, every permit would come too long after the
 // server was last heard, and the read made then would make it late: the
@@ -775,20 +776,26 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 // fails (the call is counted, and a later delivery reports it unanswered,
 // unless retract takes it back).
 func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit) (ending, error) {
-	for late := 0; ; late++ {
+	for late := 0; ; {
 		if stop.Err() != nil {
 			// Shutdown came while the call was stored: it is not in a
 			// call yet, so none starts (SPEC §7); retract takes it back.
 			return stopped, nil
 		}
+		asked := time.Since(a.word) >= a.d.AckWait()/2
 		if err := w.hasWord(work, a); err != nil {
 			return decided, err
 		}
 		if !(*pm).Late() {
 			return decided, nil
 		}
-		if late+1 == maxLateSlots {
-			return decided, fmt.Errorf("%w (%d slots)", errLate, maxLateSlots)
+		// Only a slot made late by asking the server counts towards the
+		// bound: that can repeat for ever; a slot missed by a slow write
+		// or a busy machine is taken again as often as it comes.
+		if asked {
+			if late++; late == maxLateSlots {
+				return decided, fmt.Errorf("%w (%d slots)", errLate, maxLateSlots)
+			}
 		}
 		w.Log.Debug("call's rate slot went by before it could start; it takes the next", w.fields(a)...)
 		(*pm).Release()

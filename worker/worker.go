@@ -782,8 +782,8 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit) (end
 			// call yet, so none starts (SPEC §7); retract takes it back.
 			return stopped, nil
 		}
-		asked := time.Since(a.word) >= a.d.AckWait()/2
-		if err := w.hasWord(work, a); err != nil {
+		asked, err := w.hasWord(work, a)
+		if err != nil {
 			return decided, err
 		}
 		if !(*pm).Late() {
@@ -871,16 +871,16 @@ func (w *Worker) retract(work context.Context, a *attempt, end ending, err error
 // hasWord makes sure the server answered for the delivery within half the
 // ack wait, asking it again (a ledger read) if not: a replica cut off from
 // NATS, silently too, makes no call for a delivery JetStream may meanwhile
-// hand to another replica (SPEC §4, "The proof", point 4).
-func (w *Worker) hasWord(work context.Context, a *attempt) error {
+// hand to another replica (SPEC §4, "The proof", point 4). asked says whether it had to ask.
+func (w *Worker) hasWord(work context.Context, a *attempt) (asked bool, err error) {
 	if time.Since(a.word) < a.d.AckWait()/2 {
-		return nil
+		return false, nil
 	}
 	if _, err := w.Ledger.Load(work, a.ref); err != nil {
-		return fmt.Errorf("%w: %w", errNoWord, err)
+		return true, fmt.Errorf("%w: %w", errNoWord, err)
 	}
 	a.word = time.Now()
-	return nil
+	return true, nil
 }
 
 // proveAbsence turns a 404 into not_found only if a key list of the

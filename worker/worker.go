@@ -871,7 +871,8 @@ func (w *Worker) retract(work context.Context, a *attempt, end ending, err error
 // hasWord makes sure the server answered for the delivery within half the
 // ack wait, asking it again (a ledger read) if not: a replica cut off from
 // NATS, silently too, makes no call for a delivery JetStream may meanwhile
-// hand to another replica (SPEC §4, "The proof", point 4). asked says whether it had to ask.
+// hand to another replica (SPEC §4, "The proof", point 4). asked says
+// whether it had to ask.
 func (w *Worker) hasWord(work context.Context, a *attempt) (asked bool, err error) {
 	if time.Since(a.word) < a.d.AckWait()/2 {
 		return false, nil

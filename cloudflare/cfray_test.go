@@ -43,3 +43,18 @@ func TestCFRayBounded(t *testing.T) {
 		})
 	}
 }
+
+// The fast path for plain rays must say exactly what cleaning says.
+func FuzzCutRayFastPathAgrees(f *testing.F) {
+	for _, s := range []string{
+		"8f1c2a3b4d5e6f70-SJC", "", " ", "a b", "\x7f", "~", "!", "é", "a\tb",
+		strings.Repeat("a", cloudflare.MaxCFRay), strings.Repeat("a", cloudflare.MaxCFRay+1),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, ray string) {
+		if got, want := cloudflare.CutRay(ray), cloudflare.CleanRay(ray); got != want {
+			t.Fatalf("cutRay(%q) = %q, cleaning gives %q", ray, got, want)
+		}
+	})
+}

@@ -11,6 +11,9 @@ var (
 	DecodePlainEnvelope = decodePlainEnvelope
 	DecodeEnvelopeFully = decodeEnvelopeFully
 	OneLine             = oneLine
+	// The plain ray's fast path, and the cleaning it must agree with.
+	CutRay   = cutRay
+	CleanRay = cleanRay
 )
 
 // MaxBody is the body read limit, for the oversized-body test.

@@ -427,6 +427,14 @@ const MaxCFRay = 128
 // cutRay keeps at most MaxCFRay characters of ray, on one line (as
 // oneLine), ending in "…" when cut.
 func cutRay(ray string) string {
+	if len(ray) <= MaxCFRay && visibleASCII(ray) {
+		return ray // what every real CF-Ray is: nothing to cut or clean
+	}
+	return cleanRay(ray)
+}
+
+// cleanRay is cutRay for a ray that may need cutting or cleaning.
+func cleanRay(ray string) string {
 	// Cut the bytes first, so a 2 MiB header costs what a short one does.
 	cut := len(ray) > 4*MaxCFRay
 	if cut {
@@ -437,6 +445,17 @@ func cutRay(ray string) string {
 		return string(r)
 	}
 	return string(r[:min(len(r), MaxCFRay-1)]) + "…"
+}
+
+// visibleASCII reports whether s holds only printable ASCII other than
+// the space, which oneLine keeps as it is.
+func visibleASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // MaxRetryAfter caps RetryAfter and RateLimit.Reset so that a broken or
@@ -529,6 +548,11 @@ const epochThreshold = 1e9
 // `X-RateLimit-Remaining`/`X-RateLimit-Reset`. A reset above 1e9 is a Unix
 // time, taken relative to the Date header, else to now.
 func parseRateLimit(h http.Header, now time.Time) RateLimit {
+	// Most answers carry none of these: then the Date header, which only
+	// places an absolute reset, is not parsed at all.
+	if len(h.Values("Ratelimit")) == 0 && h.Get("Ratelimit-Remaining") == "" && h.Get("X-Ratelimit-Remaining") == "" {
+		return RateLimit{}
+	}
 	ref := now
 	if d, err := http.ParseTime(strings.TrimSpace(h.Get("Date"))); err == nil {
 		ref = d

@@ -1,6 +1,10 @@
 package event
 
-import "time"
+import (
+	"encoding/json"
+	"strconv"
+	"time"
+)
 
 // Record is the outcome record of SPEC §5a: the audit trail's entry for one
 // event's final outcome.
@@ -75,3 +79,70 @@ type DeadLetter struct {
 // NoKey stands for an account or key id in an outcome subject when the
 // event has no valid one.
 const NoKey = "_"
+
+// AppendJSON appends r encoded exactly as encoding/json encodes it, without
+// its reflection: every event's record is encoded on the way to its ack.
+func (r *Record) AppendJSON(b []byte) []byte {
+	b = appendField(b, '{', "event_id", r.EventID)
+	b = appendField(b, ',', "account_id", r.AccountID)
+	b = appendField(b, ',', "key_id", r.KeyID)
+	b = appendField(b, ',', "outcome", string(r.Outcome))
+	if r.Reason != "" {
+		b = appendField(b, ',', "reason", string(r.Reason))
+	}
+	b = strconv.AppendInt(append(b, `,"status":`...), int64(r.Status), 10)
+	b = appendField(b, ',', "cf_ray", r.CFRay)
+	b = strconv.AppendInt(append(b, `,"attempts":`...), int64(r.Attempts), 10)
+	b = appendField(b, ',', "subject", r.Subject)
+	b = strconv.AppendUint(append(b, `,"sequence":`...), r.Sequence, 10)
+	if r.RequestedAt != "" {
+		b = appendField(b, ',', "requested_at", r.RequestedAt)
+	}
+	b = appendField(b, ',', "published_at", r.PublishedAt)
+	b = appendField(b, ',', "completed_at", r.CompletedAt)
+	if r.RequestedBy != "" {
+		b = appendField(b, ',', "requested_by", r.RequestedBy)
+	}
+	b = appendField(b, ',', "worker", r.Worker)
+	if r.Stream != "" {
+		b = appendField(b, ',', "stream", r.Stream)
+	}
+	if r.ReplayOf != "" {
+		b = appendField(b, ',', "replay_of", r.ReplayOf)
+	}
+	if r.UnansweredCalls != 0 {
+		b = strconv.AppendInt(append(b, `,"unanswered_calls":`...), int64(r.UnansweredCalls), 10)
+	}
+	if r.AbsenceCheckedAt != "" {
+		b = appendField(b, ',', "absence_checked_at", r.AbsenceCheckedAt)
+	}
+	if r.Supersedes != 0 {
+		b = strconv.AppendUint(append(b, `,"supersedes":`...), r.Supersedes, 10)
+	}
+	if r.TraceID != "" {
+		b = appendField(b, ',', "trace_id", r.TraceID)
+	}
+	if r.Credential != "" {
+		b = appendField(b, ',', "credential", r.Credential)
+	}
+	return append(b, '}')
+}
+
+// appendField appends sep, then "name":value with value as AppendJSONString
+// writes it.
+func appendField(b []byte, sep byte, name, value string) []byte {
+	return AppendJSONString(append(append(append(b, sep, '"'), name...), '"', ':'), value)
+}
+
+// AppendJSONString appends s as a JSON string exactly as encoding/json
+// writes it: as it is when it needs no escape, which is what ids, times and
+// names in records are, else by encoding/json itself.
+func AppendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' || c > '~' || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	return append(append(append(b, '"'), s...), '"')
+}

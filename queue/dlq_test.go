@@ -216,10 +216,7 @@ func TestEachOutcomeSince(t *testing.T) {
 	js, cfg := dlqTSetup(t)
 	pub := func(o event.Record) {
 		o.AccountID, o.Stream = "a", cfg.Stream
-		m, err := queue.OutcomeMsg(cfg.OutcomeSubject, o)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m := queue.OutcomeMsg(cfg.OutcomeSubject, o)
 		if _, err := js.PublishMsg(dlqTCtx(t), m); err != nil {
 			t.Fatal(err)
 		}

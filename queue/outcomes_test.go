@@ -15,11 +15,8 @@ func TestFollowOutcomes(t *testing.T) {
 	js, cfg := dlqTSetup(t)
 	pub := func(key string) {
 		t.Helper()
-		m, err := queue.OutcomeMsg(cfg.OutcomeSubject, event.Record{EventID: "e-" + key, AccountID: "a", KeyID: key,
+		m := queue.OutcomeMsg(cfg.OutcomeSubject, event.Record{EventID: "e-" + key, AccountID: "a", KeyID: key,
 			Outcome: event.Revoked, Stream: cfg.Stream, Sequence: uint64(len(key))})
-		if err != nil {
-			t.Fatal(err)
-		}
 		if _, err := js.PublishMsg(dlqTCtx(t), m); err != nil {
 			t.Fatal(err)
 		}

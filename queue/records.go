@@ -120,13 +120,9 @@ func OutcomeSubject(prefix, account, key string) string {
 // Records of events without a valid key share one subject and are written
 // without that check: their Nats-Msg-Id makes a repeat of the same outcome
 // a no-op, and names the outcome.
-func OutcomeMsg(prefix string, rec event.Record) (*nats.Msg, error) {
-	body, err := json.Marshal(rec)
-	if err != nil {
-		return nil, err
-	}
+func OutcomeMsg(prefix string, rec event.Record) *nats.Msg {
 	m := nats.NewMsg(OutcomeSubject(prefix, rec.AccountID, rec.KeyID))
-	m.Data = body
+	m.Data = rec.AppendJSON(make([]byte, 0, 512))
 	m.Header.Set(HeaderEventID, untrusted.Line(rec.EventID, maxHeader))
 	if rec.TraceID != "" {
 		m.Header.Set(HeaderTraceID, rec.TraceID)
@@ -134,7 +130,7 @@ func OutcomeMsg(prefix string, rec event.Record) (*nats.Msg, error) {
 	if !cloudflare.ValidIdentifier(rec.AccountID) || !cloudflare.ValidIdentifier(rec.KeyID) {
 		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("outcome:%s:%d:%s", rec.Stream, rec.Sequence, rec.Outcome))
 	}
-	return m, nil
+	return m
 }
 
 // Records writes dead-letter and outcome records and waits for the
@@ -219,10 +215,7 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 		// The records of events without a valid key share one subject, too
 		// many to read through; the record's Nats-Msg-Id still drops a
 		// repeat within the duplicate window.
-		m, err := OutcomeMsg(r.OutcomePrefix, rec)
-		if err != nil {
-			return rec, err
-		}
+		m := OutcomeMsg(r.OutcomePrefix, rec)
 		return rec, r.write(ctx, r.OutcomeStream, m, nil, func(stored *jetstream.RawStreamMsg) bool {
 			var o event.Record
 			return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
@@ -257,11 +250,8 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 				rec.Attempts, rec.UnansweredCalls = b.rec.Attempts, max(b.rec.UnansweredCalls-1, 0)
 			}
 		}
-		m, err := OutcomeMsg(r.OutcomePrefix, rec)
-		if err != nil {
-			return rec, err
-		}
-		err = r.write(ctx, r.OutcomeStream, m, &b.last, func(stored *jetstream.RawStreamMsg) bool {
+		m := OutcomeMsg(r.OutcomePrefix, rec)
+		err := r.write(ctx, r.OutcomeStream, m, &b.last, func(stored *jetstream.RawStreamMsg) bool {
 			var o event.Record
 			return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
 		})

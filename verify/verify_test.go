@@ -68,10 +68,7 @@ func (r *rig) record(account, key string, outcome event.Outcome) {
 	if outcome == event.DeadLettered {
 		rec.Reason = event.APIRejected
 	}
-	m, err := queue.OutcomeMsg(r.cfg.Prefix, rec)
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	m := queue.OutcomeMsg(r.cfg.Prefix, rec)
 	if _, err := r.js.PublishMsg(testCtx(r.t), m); err != nil {
 		r.t.Fatal(err)
 	}

@@ -60,10 +60,7 @@ func TestPlantedOutcomeDoesNotStandInForTheWorkers(t *testing.T) {
 	// The work stream is empty: the event will be sequence 1.
 	forged := event.Record{EventID: "ev-1", AccountID: "acc1", KeyID: "k1", Outcome: event.Revoked,
 		Status: 200, CFRay: "forged-ray", Attempts: 1, Subject: cfg.LowestPriority(), Sequence: 1, Stream: cfg.Stream}
-	m, err := queue.OutcomeMsg(cfg.OutcomeSubject, forged)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := queue.OutcomeMsg(cfg.OutcomeSubject, forged)
 	m.Header.Set(jetstream.MsgIDHeader, "outcome:REVOCATIONS:1:revoked")
 	if _, err := s.js.PublishMsg(trailCtx(t), m); err != nil {
 		t.Fatal(err)
@@ -229,11 +226,8 @@ func TestPublishWaitWithReusedID(t *testing.T) {
 	// answer names.
 	forge := func(stream string, seq uint64) {
 		t.Helper()
-		m, err := queue.OutcomeMsg(cfg.OutcomeSubject, event.Record{EventID: "X", AccountID: "acc1", KeyID: "keyB",
+		m := queue.OutcomeMsg(cfg.OutcomeSubject, event.Record{EventID: "X", AccountID: "acc1", KeyID: "keyB",
 			Outcome: event.Revoked, Status: 200, CFRay: "forged", Attempts: 1, Subject: cfg.LowestPriority(), Stream: stream, Sequence: seq})
-		if err != nil {
-			t.Fatal(err)
-		}
 		m.Header.Set(jetstream.MsgIDHeader, nats.NewInbox()) // a fresh id each time: stored, never a duplicate
 		if _, err := s.js.PublishMsg(trailCtx(t), m); err != nil {
 			t.Fatal(err)

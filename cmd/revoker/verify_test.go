@@ -37,10 +37,7 @@ func vRecord(t *testing.T, s *stack, account, key string, rec event.Record) {
 		rec.CompletedAt = time.Now().UTC().Format(time.RFC3339Nano)
 	}
 	rec.CFRay, rec.Stream, rec.Sequence, rec.EventID = "ray-"+rec.KeyID, "REVOCATIONS", uint64(time.Now().UnixNano()), "e-"+rec.KeyID
-	m, err := queue.OutcomeMsg(s.cfg().OutcomeSubject, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := queue.OutcomeMsg(s.cfg().OutcomeSubject, rec)
 	m.Subject = queue.OutcomeSubject(s.cfg().OutcomeSubject, account, key)
 	if _, err := s.js.PublishMsg(trailCtx(t), m); err != nil {
 		t.Fatal(err)

@@ -261,7 +261,6 @@ func (g *Gate) acquire(ctx context.Context, p int, first bool) (*Permit, error) 
 		return nil, err // at shutdown, no new call starts
 	}
 	p = g.clamp(p)
-	w := &waiter{ch: make(chan struct{})}
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
@@ -271,6 +270,7 @@ func (g *Gate) acquire(ctx context.Context, p int, first bool) (*Permit, error) 
 		g.mu.Unlock()
 		return &Permit{g: g, due: due}, nil
 	}
+	w := &waiter{ch: make(chan struct{})}
 	if first {
 		// Ahead of every waiter but those that came back first before it.
 		w.first = true

@@ -565,11 +565,17 @@ const maxLateSlots = 3
 // made: no store, no call. So a replica cut off from NATS makes no call,
 // and every call is counted whatever becomes of this process.
 func (w *Worker) call(stop, work context.Context, a *attempt) ending {
-	b := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(w.cfg.RetryInitial),
-		backoff.WithMaxInterval(w.cfg.RetryMaxInterval),
-		backoff.WithMaxElapsedTime(0), // the budget is kept below, without pauses
-	)
+	var b *backoff.ExponentialBackOff // made at the first retry: most events have none
+	nextBackOff := func() time.Duration {
+		if b == nil {
+			b = backoff.NewExponentialBackOff(
+				backoff.WithInitialInterval(w.cfg.RetryInitial),
+				backoff.WithMaxInterval(w.cfg.RetryMaxInterval),
+				backoff.WithMaxElapsedTime(0), // the budget is kept below, without pauses
+			)
+		}
+		return b.NextBackOff()
+	}
 	// spent is the delivery's retry budget used: calls, backoff sleeps and
 	// holds asked for by answers other than a 429, but not waits for a
 	// permit, so a 429 pause cannot dead-letter (SPEC §4).
@@ -655,7 +661,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			case a.last.Pause:
 				pause := a.last.RetryAfter
 				if pause == 0 {
-					pause = b.NextBackOff()
+					pause = nextBackOff()
 				}
 				w.gate(a.route).Pause(pause) // the next Acquire waits it out
 				if !a.last.RateLimited {
@@ -664,7 +670,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			case a.last.RetryAfter > 0:
 				wait = a.last.RetryAfter
 			default:
-				wait = b.NextBackOff()
+				wait = nextBackOff()
 			}
 		}
 		spent += took + held

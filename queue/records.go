@@ -265,6 +265,9 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 // wrongLastSequence reports a write refused because the subject's last
 // sequence was not the one expected.
 func wrongLastSequence(err error) bool {
+	if err == nil {
+		return false // the common case, spared errors.As's reflection
+	}
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)

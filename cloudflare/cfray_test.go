@@ -49,6 +49,7 @@ func FuzzCutRayFastPathAgrees(f *testing.F) {
 	for _, s := range []string{
 		"8f1c2a3b4d5e6f70-SJC", "", " ", "a b", "\x7f", "~", "!", "é", "a\tb",
 		strings.Repeat("a", cloudflare.MaxCFRay), strings.Repeat("a", cloudflare.MaxCFRay+1),
+		visible(), // every character the fast path keeps as it is
 	} {
 		f.Add(s)
 	}
@@ -57,4 +58,13 @@ func FuzzCutRayFastPathAgrees(f *testing.F) {
 			t.Fatalf("cutRay(%q) = %q, cleaning gives %q", ray, got, want)
 		}
 	})
+}
+
+// visible is every printable ASCII character but the space, once each.
+func visible() string {
+	var b strings.Builder
+	for c := byte('!'); c <= '~'; c++ {
+		b.WriteByte(c)
+	}
+	return b.String()
 }

@@ -68,3 +68,19 @@ func FuzzRecordAppendJSON(f *testing.F) {
 		}
 	})
 }
+
+// Every byte alone, and after a plain prefix: the fast path of
+// AppendJSONString must leave exactly to encoding/json what needs it.
+func TestAppendJSONStringEveryByte(t *testing.T) {
+	for c := range 256 {
+		for _, s := range []string{string(rune(c)), string([]byte{byte(c)}), "id-" + string([]byte{byte(c)}) + "-x"} {
+			want, err := json.Marshal(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := event.AppendJSONString([]byte("x"), s); string(got) != "x"+string(want) {
+				t.Errorf("AppendJSONString(%q) = %s, encoding/json = %s", s, got[1:], want)
+			}
+		}
+	}
+}

@@ -55,15 +55,23 @@ type journalMsg struct {
 	Calls   []journalCall `json:"calls"`
 }
 
-// appendJSON appends m as encoding/json encodes it: a journal write is on
-// the path of every first call, and reflection was most of its cost.
-func (m *journalMsg) appendJSON(b []byte) []byte {
+// appendJSON appends m as encoding/json encodes it, and fails where it
+// fails: a journal write is on the path of every first call, and
+// reflection was most of its cost.
+func (m *journalMsg) appendJSON(b []byte) ([]byte, error) {
+	for _, c := range m.Calls {
+		if y := c.Stored.Year(); y < 0 || y > 9999 || c.Stored.Location() != time.UTC && !c.Stored.IsZero() {
+			// Times encoding/json refuses, or might (a zone's offset):
+			// its own answer. A stored time is the server's, in UTC.
+			return json.Marshal(m)
+		}
+	}
 	b = append(b, '{')
 	if m.Replica != "" {
 		b = append(event.AppendJSONString(append(b, `"replica":`...), m.Replica), ',')
 	}
 	if m.Calls == nil {
-		return append(b, `"calls":null}`...)
+		return append(b, `"calls":null}`...), nil
 	}
 	b = append(b, `"calls":[`...)
 	for i, c := range m.Calls {
@@ -78,7 +86,7 @@ func (m *journalMsg) appendJSON(b []byte) []byte {
 		}
 		b = append(strconv.AppendInt(append(b, `,"count":`...), int64(c.Count), 10), '}')
 	}
-	return append(b, "]}"...)
+	return append(b, "]}"...), nil
 }
 
 // announced is one call waiting for its journal write.
@@ -177,7 +185,10 @@ func (l *Ledger) putJournal(ctx context.Context, prefix string, group []announce
 			m.Calls[i].Stored = a.ref.Stored.UTC()
 		}
 	}
-	b := m.appendJSON(make([]byte, 0, 32+len(m.Replica)+len(group)*128))
+	b, err := m.appendJSON(make([]byte, 0, 32+len(m.Replica)+len(group)*128))
+	if err != nil {
+		return fmt.Errorf("write ledger journal: %w", err)
+	}
 	// A key of its own: a write retried after a lost answer replaces
 	// itself, never another replica's.
 	if _, err := (*kv).Put(ctx, prefix+"."+rand.Text(), b); err != nil {

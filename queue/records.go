@@ -266,7 +266,7 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 // sequence was not the one expected.
 func wrongLastSequence(err error) bool {
 	if err == nil {
-		return false // the common case, spared errors.As's reflection
+		return false // the common case, spared the allocation of apiErr
 	}
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||

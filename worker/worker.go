@@ -565,7 +565,7 @@ const maxLateSlots = 3
 // made: no store, no call. So a replica cut off from NATS makes no call,
 // and every call is counted whatever becomes of this process.
 func (w *Worker) call(stop, work context.Context, a *attempt) ending {
-	var b *backoff.ExponentialBackOff // made at the first retry: most events have none
+	var b *backoff.ExponentialBackOff // made at its first use: most events never back off
 	nextBackOff := func() time.Duration {
 		if b == nil {
 			b = backoff.NewExponentialBackOff(

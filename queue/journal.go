@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/worker"
 )
@@ -150,48 +152,76 @@ func (l *Ledger) writeJournal() {
 		}
 		j.mu.Unlock()
 
-		groups := make(map[string][]announced, 2)
-		for _, a := range batch {
-			p := journalPrefix(a.ref.Stream, a.ref.Seq)
-			groups[p] = append(groups[p], a)
-		}
 		// The ranges' writes go out together: each call waits for one
-		// round trip, not one per range before its own.
+		// round trip, not one per range before its own. The first is
+		// written here, the others (rarer) each from a goroutine of its own.
+		groups := groupByRange(batch)
 		ctx, cancel := context.WithTimeout(context.Background(), journalWriteTimeout)
 		var wg sync.WaitGroup
-		for prefix, group := range groups {
-			wg.Go(func() {
-				err := l.putJournal(ctx, prefix, group)
-				for _, a := range group {
-					a.done <- err
-				}
-			})
+		for _, g := range groups[1:] {
+			wg.Go(func() { l.putJournal(ctx, g) })
 		}
+		l.putJournal(ctx, groups[0])
 		wg.Wait()
 		cancel()
 	}
 }
 
-// putJournal stores one message of first calls under a new key of prefix.
-func (l *Ledger) putJournal(ctx context.Context, prefix string, group []announced) error {
-	kv := l.kv.Load()
-	if kv == nil {
+// rangeGroup is the announcements of one journal key prefix.
+type rangeGroup struct {
+	prefix string
+	calls  []announced
+}
+
+// groupByRange groups a batch by journal key prefix, in the order of its
+// first announcements.
+func groupByRange(batch []announced) []rangeGroup {
+	var groups []rangeGroup
+next:
+	for _, a := range batch {
+		p := journalPrefix(a.ref.Stream, a.ref.Seq)
+		for i := range groups {
+			if groups[i].prefix == p {
+				groups[i].calls = append(groups[i].calls, a)
+				continue next
+			}
+		}
+		groups = append(groups, rangeGroup{prefix: p, calls: []announced{a}})
+	}
+	return groups
+}
+
+// putJournal stores one message of g's first calls under a new key of its
+// prefix, and tells each call how that went.
+func (l *Ledger) putJournal(ctx context.Context, g rangeGroup) {
+	err := l.storeJournal(ctx, g)
+	for _, a := range g.calls {
+		a.done <- err
+	}
+}
+
+func (l *Ledger) storeJournal(ctx context.Context, g rangeGroup) error {
+	js := l.js.Load()
+	if js == nil {
 		return errLedgerUnbound
 	}
-	m := journalMsg{Replica: l.Replica, Calls: make([]journalCall, len(group))}
-	for i, a := range group {
+	m := journalMsg{Replica: l.Replica, Calls: make([]journalCall, len(g.calls))}
+	for i, a := range g.calls {
 		m.Calls[i] = journalCall{Seq: a.ref.Seq, Account: a.ref.Account, Key: a.ref.Key, Count: 1}
 		if !a.ref.Stored.IsZero() {
 			m.Calls[i].Stored = a.ref.Stored.UTC()
 		}
 	}
-	b, err := m.appendJSON(make([]byte, 0, 32+len(m.Replica)+len(group)*128))
+	b, err := m.appendJSON(make([]byte, 0, 32+len(m.Replica)+len(g.calls)*128))
 	if err != nil {
 		return fmt.Errorf("write ledger journal: %w", err)
 	}
 	// A key of its own: a write retried after a lost answer replaces
-	// itself, never another replica's.
-	if _, err := (*kv).Put(ctx, prefix+"."+rand.Text(), b); err != nil {
+	// itself, never another replica's. Written as KeyValue.Put writes it,
+	// but with the answer read by hand (publish): its decoding by
+	// reflection was most of the writer's cost.
+	msg := &nats.Msg{Subject: "$KV." + LedgerBucket + "." + g.prefix + "." + rand.Text(), Data: b}
+	if _, err := publish(ctx, (*js).Conn(), "KV_"+LedgerBucket, msg, nil); err != nil {
 		return fmt.Errorf("write ledger journal: %w", err)
 	}
 	return nil

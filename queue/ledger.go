@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/worker"
 )
 
@@ -168,6 +169,9 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 	}
 	if c := e.Last; c != nil && (c.Status != 0 && (c.Status < 100 || c.Status > 599) || len(c.CFRay) > maxLedgerRay) {
 		e.Last = nil // not an answer any worker records
+	}
+	if e.DeadLettered != event.InvalidEvent {
+		e.DeadLettered = "" // the only reason a worker keeps here
 	}
 	return e
 }

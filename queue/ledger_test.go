@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 	"github.com/revoker/revoker/worker"
@@ -94,6 +95,32 @@ func TestLedgerClampsWhatItReads(t *testing.T) {
 		if e, err := l.Load(ctx, ref); err != nil || e.Last != nil {
 			t.Fatalf("a kept answer of status %d, CF-Ray of %d bytes, reads %+v (err %v); want none", bad.Status, len(bad.CFRay), e.Last, err)
 		}
+	}
+}
+
+// TestLedgerKeepsAnInvalidEventsDeadLetter: the mark an invalid event's
+// dead letter leaves is read back for that event only, and no other
+// reason is believed from the bucket.
+func TestLedgerKeepsAnInvalidEventsDeadLetter(t *testing.T) {
+	ctx, _, l := boundLedger(t)
+	stored := time.Date(2026, 12, 6, 8, 0, 0, 0, time.UTC)
+	ref := worker.Ref{Stream: "REVOCATIONS", Seq: 3, Account: event.NoKey, Key: event.NoKey, Stored: stored}
+	if _, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.DeadLettered = event.InvalidEvent; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := l.Load(ctx, ref); err != nil || e.DeadLettered != event.InvalidEvent {
+		t.Fatalf("the mark reads %q (err %v)", e.DeadLettered, err)
+	}
+	later := ref
+	later.Stored = stored.Add(time.Hour) // the stream made again: another event
+	if e, err := l.Load(ctx, later); err != nil || e.DeadLettered != "" {
+		t.Fatalf("another event at the sequence reads the mark %q (err %v)", e.DeadLettered, err)
+	}
+	if _, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.DeadLettered = event.APIRejected; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := l.Load(ctx, ref); err != nil || e.DeadLettered != "" {
+		t.Fatalf("a kept reason no worker writes here reads %q (err %v); want none", e.DeadLettered, err)
 	}
 }
 

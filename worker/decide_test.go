@@ -724,6 +724,57 @@ func TestRedeliveryAfterLostAck(t *testing.T) {
 	}
 }
 
+// An event dead-lettered before any call — it does not decode, or its
+// account is not served — and redelivered after its Term was lost is
+// terminated again with nothing stored twice: its dead letter's and
+// record's ids drop a repeat only within the streams' duplicate window,
+// which a late redelivery is past (the fakes keep no window at all).
+func TestDeadLetterBeforeAnyCallNotStoredAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		tune       func(*worker.Config)
+	}{
+		{name: "invalid event", body: `{"account_id":"acct1","key_id":"../etc"}`},
+		{name: "not JSON", body: `not json`},
+		{name: "account not allowed", body: goodEvent, tune: func(c *worker.Config) { c.AllowedAccounts = []string{"other"} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, tc.tune)
+			first := &fakeDelivery{body: tc.body}
+			h.handle(first)
+			again := &fakeDelivery{body: tc.body, delivered: 2}
+			h.handle(again)
+			if len(h.records.dlq) != 1 || len(h.records.outcomes) != 1 {
+				t.Fatalf("%d dead letters and %d records after a redelivery; want the first delivery's one of each", len(h.records.dlq), len(h.records.outcomes))
+			}
+			if len(first.settled) != 1 || first.settled[0] != "term" || len(again.settled) != 1 || again.settled[0] != "term" {
+				t.Fatalf("settled %v, then %v; want term both times", first.settled, again.settled)
+			}
+			if h.api.callCount() != 0 {
+				t.Fatalf("%d calls for an event that is never called for", h.api.callCount())
+			}
+		})
+	}
+}
+
+// An invalid event in a stream made again, at the sequence of one that
+// was dead-lettered, is another event: the mark the old one left does not
+// settle it.
+func TestInvalidEventMarkNamesItsEvent(t *testing.T) {
+	h := newHarness(t, nil)
+	h.handle(&fakeDelivery{body: `not json`})
+	remade := &fakeDelivery{body: `not json`, delivered: 2}
+	h.ledger.mu.Lock()
+	e := h.ledger.entries[7]
+	e.Account = "acct1" // as if the entry named another event's key
+	h.ledger.entries[7] = e
+	h.ledger.mu.Unlock()
+	h.handle(remade)
+	if len(h.records.dlq) != 2 || len(remade.settled) != 1 || remade.settled[0] != "term" {
+		t.Fatalf("%d dead letters, the second event settled %v; it must get its own dead letter", len(h.records.dlq), remade.settled)
+	}
+}
+
 // TestHoldOfA503ChargedToTheEvent: a 503's Retry-After holds every call
 // (SPEC §4), and it is this event's wait too: only a 429's hold is kept
 // off the retry budget. 20 ms holds against a 50 ms budget: three calls,

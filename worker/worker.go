@@ -142,6 +142,11 @@ type Entry struct {
 	// got (status 0: no answer): a later delivery that makes no call (its
 	// credential refused) still reports it (SPEC §5, Revoker-Status).
 	Last *Call `json:"last,omitempty"`
+	// DeadLettered is set, to invalid_event, once an event that does not
+	// decode has its dead letter and outcome record stored: they have no
+	// subject of their own to be found under again (SPEC §5a), so a later
+	// delivery learns it here.
+	DeadLettered event.Reason `json:"dead_lettered,omitempty"`
 }
 
 // Call is what the worker keeps of one API call.
@@ -407,26 +412,27 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 		a.ev, err = event.Decode(d.Body())
 	}
 	if err != nil {
-		w.deadLetter(stop, work, a, event.InvalidEvent, err.Error())
+		w.invalid(stop, work, a, err)
 		return
 	}
 	a.decoded = true
 	a.ref = Ref{Stream: d.Stream(), Seq: d.Sequence(), Account: a.ev.AccountID, Key: a.ev.KeyID, Stored: d.StoredAt()}
+	var notAllowed string
 	if w.allowed != nil && !w.allowed[a.ev.AccountID] {
-		w.deadLetter(stop, work, a, event.AccountNotAllowed,
-			fmt.Sprintf("account %s is not in REVOKER_ALLOWED_ACCOUNTS", a.ev.AccountID))
-		return
-	}
-	if w.Routes != nil {
+		notAllowed = fmt.Sprintf("account %s is not in REVOKER_ALLOWED_ACCOUNTS", a.ev.AccountID)
+	} else if w.Routes != nil {
 		if a.route, ok = w.Routes.Route(a.ev.AccountID); !ok {
-			w.deadLetter(stop, work, a, event.AccountNotAllowed,
-				fmt.Sprintf("no credential in REVOKER_CREDENTIALS_FILE serves account %s", a.ev.AccountID))
-			return
+			notAllowed = fmt.Sprintf("no credential in REVOKER_CREDENTIALS_FILE serves account %s", a.ev.AccountID)
 		}
 	}
-	// A redelivery first reads what earlier ones left; only a first
-	// delivery may go straight to its call.
+	// A redelivery first reads what earlier ones left, whatever becomes of
+	// the event now: a dead letter stored before a Term that was lost must
+	// not be stored again. Only a first delivery may go straight on.
 	if !d.First() && !w.recall(stop, work, a) {
+		return
+	}
+	if notAllowed != "" {
+		w.deadLetter(stop, work, a, event.AccountNotAllowed, notAllowed)
 		return
 	}
 
@@ -448,6 +454,28 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	default:
 		w.giveBack(a, w.cfg.RetryMaxInterval, "retry budget of this delivery spent")
 	}
+}
+
+// invalid dead-letters an event that does not decode. Its records are
+// found under no key of their own (SPEC §5a), and their ids drop a repeat
+// only within the streams' duplicate window: so once they are stored, the
+// ledger keeps that the event was dead-lettered, and a later delivery
+// (after a Term that was lost) settles as recorded, writing nothing again.
+func (w *Worker) invalid(stop, work context.Context, a *attempt, err error) {
+	a.ref = Ref{Stream: a.d.Stream(), Seq: a.d.Sequence(), Account: event.NoKey, Key: event.NoKey, Stored: a.d.StoredAt()}
+	if !a.d.First() {
+		e, lerr := w.Ledger.Load(work, a.ref)
+		if lerr != nil {
+			w.giveBack(a, w.cfg.RetryMaxInterval, "ledger not readable: "+lerr.Error())
+			return
+		}
+		if e.DeadLettered == event.InvalidEvent {
+			w.Log.Info("finished by another delivery; settling it as recorded", w.fields(a, zap.String("outcome", string(event.DeadLettered)))...)
+			w.done(a, event.DeadLettered, event.InvalidEvent, a.d.Term)
+			return
+		}
+	}
+	w.deadLetter(stop, work, a, event.InvalidEvent, err.Error())
 }
 
 // recall reads what earlier deliveries (here or on other replicas) left:
@@ -1383,7 +1411,23 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 		return
 	}
 	w.Metrics.DeadLetters.WithLabelValues(string(reason)).Inc()
-	w.finish(stop, work, a, event.DeadLettered, reason, a.d.Term)
+	settle := a.d.Term
+	if !a.decoded {
+		settle = func() error {
+			// Its records are stored: kept for a later delivery to find
+			// (invalid). If this cannot be kept, a delivery after the
+			// duplicate window would store them again, which is all the
+			// more reason to terminate the message now.
+			if _, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
+				e.DeadLettered = event.InvalidEvent
+				return nil
+			}); err != nil {
+				w.Log.Warn("dead-lettered invalid event not kept in the ledger", w.fields(a, zap.Error(err))...)
+			}
+			return a.d.Term()
+		}
+	}
+	w.finish(stop, work, a, event.DeadLettered, reason, settle)
 }
 
 // recordBackoff spaces the tries of a record write.

@@ -140,6 +140,9 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 	default:
 		e, rev = decodeEntry(kve.Value(), ref), kve.Revision()
 	}
+	if ref.Account == event.NoKey {
+		return e, rev, nil // never called for: nothing of its in the journal
+	}
 	j, err := l.journaled(ctx, ref)
 	if err != nil {
 		return worker.Entry{}, 0, err
@@ -160,6 +163,19 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 		!ref.Stored.IsZero() && !e.Stored.IsZero() && !e.Stored.Equal(ref.Stored) {
 		return worker.Entry{}
 	}
+	if ref.Account == event.NoKey {
+		// An event that does not decode: its storing time is all that
+		// tells it from another at the sequence, and no call is ever made
+		// for it, so only its dead letter is kept.
+		if ref.Stored.IsZero() || !e.Stored.Equal(ref.Stored) {
+			return worker.Entry{}
+		}
+		kept := worker.Entry{Account: e.Account, Key: e.Key, Stored: e.Stored}
+		if e.DeadLettered == event.InvalidEvent {
+			kept.DeadLettered = e.DeadLettered // the only reason kept here
+		}
+		return kept
+	}
 	e.Calls = min(max(e.Calls, 0), maxLedgerCalls)
 	// Journaled may exceed Calls by the first calls taken back (never made).
 	e.Journaled = min(max(e.Journaled, 0), maxLedgerCalls)
@@ -170,9 +186,7 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 	if c := e.Last; c != nil && (c.Status != 0 && (c.Status < 100 || c.Status > 599) || len(c.CFRay) > maxLedgerRay) {
 		e.Last = nil // not an answer any worker records
 	}
-	if e.DeadLettered != event.InvalidEvent {
-		e.DeadLettered = "" // the only reason a worker keeps here
-	}
+	e.DeadLettered = "" // kept only for an event that does not decode
 	return e
 }
 

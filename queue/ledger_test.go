@@ -116,11 +116,28 @@ func TestLedgerKeepsAnInvalidEventsDeadLetter(t *testing.T) {
 	if e, err := l.Load(ctx, later); err != nil || e.DeadLettered != "" {
 		t.Fatalf("another event at the sequence reads the mark %q (err %v)", e.DeadLettered, err)
 	}
-	if _, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.DeadLettered = event.APIRejected; return nil }); err != nil {
+	unknown := ref
+	unknown.Stored = time.Time{} // no storing time: nothing tells the event apart
+	if e, err := l.Load(ctx, unknown); err != nil || e.DeadLettered != "" {
+		t.Fatalf("an event with no storing time reads the mark %q (err %v)", e.DeadLettered, err)
+	}
+	// What no worker writes is not believed: a call for an event that is
+	// never called for, another reason, a mark on a real key's entry.
+	if _, err := l.Update(ctx, ref, func(e *worker.Entry) error {
+		e.DeadLettered, e.Calls, e.Confirmed = event.APIRejected, 2, &worker.Call{Status: 200, CFRay: "forged"}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if e, err := l.Load(ctx, ref); err != nil || e.DeadLettered != "" {
-		t.Fatalf("a kept reason no worker writes here reads %q (err %v); want none", e.DeadLettered, err)
+	if e, err := l.Load(ctx, ref); err != nil || e.DeadLettered != "" || e.Calls != 0 || e.Confirmed != nil {
+		t.Fatalf("an invalid event's entry reads %+v (err %v); want nothing but a mark", e, err)
+	}
+	real := worker.Ref{Stream: "REVOCATIONS", Seq: 4, Account: "acct", Key: "k1", Stored: stored}
+	if _, err := l.Update(ctx, real, func(e *worker.Entry) error { e.DeadLettered = event.InvalidEvent; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := l.Load(ctx, real); err != nil || e.DeadLettered != "" {
+		t.Fatalf("a valid event's entry reads the mark %q (err %v)", e.DeadLettered, err)
 	}
 }
 

@@ -726,9 +726,9 @@ func TestRedeliveryAfterLostAck(t *testing.T) {
 
 // An event dead-lettered before any call — it does not decode, or its
 // account is not served — and redelivered after its Term was lost is
-// terminated again with nothing stored twice: its dead letter's and
-// record's ids drop a repeat only within the streams' duplicate window,
-// which a late redelivery is past (the fakes keep no window at all).
+// terminated again with nothing stored twice: its dead letter's id drops
+// a repeat only within the stream's duplicate window, which a late
+// redelivery is past (the fake dead-letter stream keeps no window).
 func TestDeadLetterBeforeAnyCallNotStoredAgain(t *testing.T) {
 	for _, tc := range []struct {
 		name, body string
@@ -757,21 +757,40 @@ func TestDeadLetterBeforeAnyCallNotStoredAgain(t *testing.T) {
 	}
 }
 
-// An invalid event in a stream made again, at the sequence of one that
-// was dead-lettered, is another event: the mark the old one left does not
-// settle it.
-func TestInvalidEventMarkNamesItsEvent(t *testing.T) {
+// A redelivered invalid event whose ledger cannot be read is given back,
+// not dead-lettered again blind; a mark that cannot be written does not
+// hold the Term back.
+func TestInvalidEventWithoutTheLedger(t *testing.T) {
 	h := newHarness(t, nil)
-	h.handle(&fakeDelivery{body: `not json`})
-	remade := &fakeDelivery{body: `not json`, delivered: 2}
+	h.ledger.failUpdates = 1
+	first := &fakeDelivery{body: `not json`}
+	h.handle(first)
+	if len(h.records.dlq) != 1 || len(first.settled) != 1 || first.settled[0] != "term" {
+		t.Fatalf("with the mark refused: %d dead letters, settled %v; want one, terminated", len(h.records.dlq), first.settled)
+	}
 	h.ledger.mu.Lock()
-	e := h.ledger.entries[7]
-	e.Account = "acct1" // as if the entry named another event's key
-	h.ledger.entries[7] = e
+	h.ledger.silent = true
 	h.ledger.mu.Unlock()
-	h.handle(remade)
-	if len(h.records.dlq) != 2 || len(remade.settled) != 1 || remade.settled[0] != "term" {
-		t.Fatalf("%d dead letters, the second event settled %v; it must get its own dead letter", len(h.records.dlq), remade.settled)
+	again := &fakeDelivery{body: `not json`, delivered: 2}
+	h.handle(again)
+	if len(h.records.dlq) != 1 || len(again.settled) != 1 || !strings.HasPrefix(again.settled[0], "giveback") {
+		t.Fatalf("with the ledger silent: %d dead letters, settled %v; want it given back", len(h.records.dlq), again.settled)
+	}
+}
+
+// A redelivery of an event whose account is no longer served, revoked by
+// an earlier delivery while it was, records that confirmation: revoked
+// beats a dead letter.
+func TestNotServedRedeliveryKeepsItsConfirmation(t *testing.T) {
+	h := newHarness(t, func(c *worker.Config) { c.AllowedAccounts = []string{"other"} })
+	h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "key1", Calls: 1, Answered: 1,
+		Confirmed: &worker.Call{Status: 200, CFRay: "ray-earlier", At: time.Now()}}
+	d := &fakeDelivery{body: goodEvent, delivered: 2}
+	h.handle(d)
+	if len(h.records.outcomes) != 1 || h.records.outcomes[0].Outcome != event.Revoked || h.records.outcomes[0].CFRay != "ray-earlier" ||
+		len(h.records.dlq) != 0 || len(d.settled) != 1 || d.settled[0] != "ack" || h.api.callCount() != 0 {
+		t.Fatalf("records %+v, dead letters %d, settled %v, calls %d; want the earlier confirmation recorded and acked",
+			h.records.outcomes, len(h.records.dlq), d.settled, h.api.callCount())
 	}
 }
 

@@ -418,12 +418,15 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	a.decoded = true
 	a.ref = Ref{Stream: d.Stream(), Seq: d.Sequence(), Account: a.ev.AccountID, Key: a.ev.KeyID, Stored: d.StoredAt()}
 	var notAllowed string
-	if w.allowed != nil && !w.allowed[a.ev.AccountID] {
-		notAllowed = fmt.Sprintf("account %s is not in REVOKER_ALLOWED_ACCOUNTS", a.ev.AccountID)
-	} else if w.Routes != nil {
+	if w.Routes != nil {
+		// Looked up whatever else is decided: a confirmation found below
+		// names its credential.
 		if a.route, ok = w.Routes.Route(a.ev.AccountID); !ok {
 			notAllowed = fmt.Sprintf("no credential in REVOKER_CREDENTIALS_FILE serves account %s", a.ev.AccountID)
 		}
+	}
+	if w.allowed != nil && !w.allowed[a.ev.AccountID] {
+		notAllowed = fmt.Sprintf("account %s is not in REVOKER_ALLOWED_ACCOUNTS", a.ev.AccountID)
 	}
 	// A redelivery first reads what earlier ones left, whatever becomes of
 	// the event now: a dead letter stored before a Term that was lost must
@@ -1415,20 +1418,28 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 	if !a.decoded {
 		settle = func() error {
 			// Its records are stored: kept for a later delivery to find
-			// (invalid). If this cannot be kept, a delivery after the
-			// duplicate window would store them again, which is all the
-			// more reason to terminate the message now.
-			if _, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
+			// (invalid). Best effort, bounded, at shutdown too: if it
+			// cannot be kept, only a delivery after the duplicate window
+			// would store them again, which is all the more reason to
+			// terminate the message now.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(work), markTimeout)
+			defer cancel()
+			if _, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
 				e.DeadLettered = event.InvalidEvent
 				return nil
 			}); err != nil {
-				w.Log.Warn("dead-lettered invalid event not kept in the ledger", w.fields(a, zap.Error(err))...)
+				w.Log.Warn("dead-lettered invalid event not kept in the ledger; a delivery after the duplicate window would dead-letter it again",
+					w.fields(a, zap.Error(err))...)
 			}
 			return a.d.Term()
 		}
 	}
 	w.finish(stop, work, a, event.DeadLettered, reason, settle)
 }
+
+// markTimeout bounds the write that keeps an invalid event's dead letter
+// in the ledger before its Term.
+const markTimeout = 2 * time.Second
 
 // recordBackoff spaces the tries of a record write.
 func recordBackoff() *backoff.ExponentialBackOff {

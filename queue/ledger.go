@@ -98,8 +98,17 @@ func bindBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyV
 	return kv, nil
 }
 
-func ledgerKey(stream string, seq uint64) string {
-	return stream + "." + strconv.FormatUint(seq, 10)
+// entryKey is the key of ref's entry: its stream and sequence. An event
+// that does not decode keeps its entry (the mark of its dead letter) under
+// a key of its own, so that writing it can never replace the entry of a
+// valid event at the sequence (a stream made again reuses sequences while
+// older deliveries may still be in hand).
+func entryKey(ref worker.Ref) string {
+	key := ref.Stream + "." + strconv.FormatUint(ref.Seq, 10)
+	if ref.Account == event.NoKey {
+		key += "." + event.NoKey
+	}
+	return key
 }
 
 // Bounds of what a replica could have written in an entry: anything read
@@ -120,7 +129,8 @@ func (l *Ledger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, error)
 
 // get reads the event's entry and its revision (0 when there is none),
 // with the journal's first calls that the entry does not count yet
-// counted in.
+// counted in (none for an event that does not decode: it is never called
+// for).
 func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64, error) {
 	kv := l.kv.Load()
 	if kv == nil {
@@ -132,7 +142,7 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 		e   worker.Entry
 		rev uint64
 	)
-	kve, err := (*kv).Get(ctx, ledgerKey(ref.Stream, ref.Seq))
+	kve, err := (*kv).Get(ctx, entryKey(ref))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 	case err != nil:
@@ -204,7 +214,7 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	key := ledgerKey(ref.Stream, ref.Seq)
+	key := entryKey(ref)
 	e, rev, err := l.get(ctx, ref)
 	if err != nil {
 		return e, err

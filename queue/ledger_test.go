@@ -141,6 +141,29 @@ func TestLedgerKeepsAnInvalidEventsDeadLetter(t *testing.T) {
 	}
 }
 
+// TestLedgerInvalidMarkLeavesTheValidEntry: an invalid event's mark at the
+// sequence of a valid event's entry (a stream made again while the invalid
+// event was still in hand) is kept beside it, never over it.
+func TestLedgerInvalidMarkLeavesTheValidEntry(t *testing.T) {
+	ctx, _, l := boundLedger(t)
+	stored := time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)
+	valid := worker.Ref{Stream: "REVOCATIONS", Seq: 5, Account: "acct", Key: "k1", Stored: stored.Add(time.Minute)}
+	confirmed := &worker.Call{Status: 200, CFRay: "ray-1", At: stored}
+	if _, err := l.Update(ctx, valid, func(e *worker.Entry) error { e.Calls, e.Answered, e.Confirmed = 1, 1, confirmed; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	invalid := worker.Ref{Stream: "REVOCATIONS", Seq: 5, Account: event.NoKey, Key: event.NoKey, Stored: stored}
+	if _, err := l.Update(ctx, invalid, func(e *worker.Entry) error { e.DeadLettered = event.InvalidEvent; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := l.Load(ctx, valid); err != nil || e.Confirmed == nil || e.Confirmed.CFRay != "ray-1" {
+		t.Fatalf("the valid event's entry reads %+v (err %v); its confirmation must stay", e, err)
+	}
+	if e, err := l.Load(ctx, invalid); err != nil || e.DeadLettered != event.InvalidEvent {
+		t.Fatalf("the invalid event's mark reads %q (err %v)", e.DeadLettered, err)
+	}
+}
+
 // TestLedgerUpdateSeesTheJournal: with no entry yet and two first calls in
 // the journal (this delivery's and another's), a write-ahead that knows of
 // one is refused: the change decides on the entry as the ledger counts it,

@@ -35,6 +35,11 @@ type routed struct {
 
 func newRouted(t *testing.T, answers ...*cloudflare.Response) *routed {
 	t.Helper()
+	return newRoutedTuned(t, nil, answers...)
+}
+
+func newRoutedTuned(t *testing.T, tune func(*worker.Config), answers ...*cloudflare.Response) *routed {
+	t.Helper()
 	h := &harness{
 		api:     &fakeAPI{answers: answers},
 		records: &fakeRecords{},
@@ -56,10 +61,14 @@ func newRouted(t *testing.T, answers ...*cloudflare.Response) *routed {
 		h.ready.Declare(worker.ReadyCredentialOf("cred-" + name))
 		routes["acct"+string(rune('1'+i))] = worker.Route{Credential: "cred-" + name, Gate: g, Budget: r.budget[name], Rate: 4}
 	}
-	h.w = worker.New(worker.Config{
+	cfg := worker.Config{
 		Subjects: subjects, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
 		RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
-	}, worker.Deps{API: h.api, Gate: h.gate, Routes: routes, Records: h.records, Ledger: h.ledger,
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	h.w = worker.New(cfg, worker.Deps{API: h.api, Gate: h.gate, Routes: routes, Records: h.records, Ledger: h.ledger,
 		Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
 	return r
 }
@@ -88,6 +97,18 @@ func TestRouteUnknownAccount(t *testing.T) {
 	}
 	if len(r.records.dlq) != 1 || r.records.dlq[0].Reason != event.AccountNotAllowed || d.settled[0] != "term" {
 		t.Fatalf("dead letters %+v, settled %v; want one account_not_allowed, terminated", r.records.dlq, d.settled)
+	}
+}
+
+// TestRouteNotAllowedNamesNoCredential: an account a credential serves but
+// REVOKER_ALLOWED_ACCOUNTS leaves out is dead-lettered with no call, and
+// its record names no credential: none was used (SPEC §5a).
+func TestRouteNotAllowedNamesNoCredential(t *testing.T) {
+	r := newRoutedTuned(t, func(c *worker.Config) { c.AllowedAccounts = []string{"acct2"} }, answer(200, revoked, 0))
+	d := &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`}
+	r.handle(d)
+	if r.api.calls != 0 || len(r.records.outcomes) != 1 || r.records.outcomes[0].Reason != event.AccountNotAllowed || r.records.outcomes[0].Credential != "" {
+		t.Fatalf("calls %d, records %+v; want one account_not_allowed naming no credential, no call", r.api.calls, r.records.outcomes)
 	}
 }
 

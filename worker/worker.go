@@ -435,6 +435,9 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 		return
 	}
 	if notAllowed != "" {
+		if a.seen == 0 {
+			a.route = Route{} // no credential was used: the record names none
+		}
 		w.deadLetter(stop, work, a, event.AccountNotAllowed, notAllowed)
 		return
 	}
@@ -1415,7 +1418,7 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 	}
 	w.Metrics.DeadLetters.WithLabelValues(string(reason)).Inc()
 	settle := a.d.Term
-	if !a.decoded {
+	if !a.decoded && !a.ref.Stored.IsZero() { // without its storing time, no delivery could believe the mark
 		settle = func() error {
 			// Its records are stored: kept for a later delivery to find
 			// (invalid). Best effort, bounded, at shutdown too: if it

@@ -105,6 +105,10 @@ type journal struct {
 	writing bool
 }
 
+// ledgerSubject is the subject of key in the ledger's bucket, as the
+// bucket's own writes use it.
+func ledgerSubject(key string) string { return "$KV." + LedgerBucket + "." + key }
+
 func journalPrefix(stream string, seq uint64) string {
 	return "calls." + stream + "." + strconv.FormatUint(seq/journalRange, 10)
 }
@@ -220,7 +224,7 @@ func (l *Ledger) storeJournal(ctx context.Context, g rangeGroup) error {
 	// itself, never another replica's. Written as KeyValue.Put writes it,
 	// but with the answer read by hand (publish): its decoding by
 	// reflection was most of the writer's cost.
-	msg := &nats.Msg{Subject: "$KV." + LedgerBucket + "." + g.prefix + "." + rand.Text(), Data: b}
+	msg := &nats.Msg{Subject: ledgerSubject(g.prefix + "." + rand.Text()), Data: b}
 	if _, err := publish(ctx, (*js).Conn(), "KV_"+LedgerBucket, msg, nil); err != nil {
 		return fmt.Errorf("write ledger journal: %w", err)
 	}
@@ -234,7 +238,7 @@ func (l *Ledger) journaled(ctx context.Context, ref worker.Ref) (int, error) {
 	if js == nil {
 		return 0, errLedgerUnbound
 	}
-	filter := "$KV." + LedgerBucket + "." + journalPrefix(ref.Stream, ref.Seq) + ".*"
+	filter := ledgerSubject(journalPrefix(ref.Stream, ref.Seq) + ".*")
 	n := 0
 	next := uint64(0)
 	for range maxJournalMsgs {

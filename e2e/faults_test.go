@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -40,6 +41,25 @@ func makeStreams(t *testing.T, urls string, api *cloudflaretest.Server, env ...s
 	setup := startWorker(t, "setup", urls, api, env...)
 	setup.waitReady(30 * time.Second)
 	setup.stop()
+}
+
+// adminCreate runs an idempotent create, asking again when an attempt gets
+// no answer: a cluster under load can drop an API request as its meta
+// leadership moves, and the request would wait out its whole deadline.
+func adminCreate(t *testing.T, create func(ctx context.Context) error) {
+	t.Helper()
+	var err error
+	for range 4 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = create(ctx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // A worker killed with SIGKILL three times mid-run, each time replaced by a
@@ -189,21 +209,20 @@ func TestTrailTrueAcrossOutcomeStreamOutage(t *testing.T) {
 	start := time.Now()
 	c := queuetest.Cluster(t, 3)
 	_, admin := queuetest.ConnectURL(t, c.URLs())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	// The outcome stream as the worker would make it, but on one node.
-	if _, err := admin.CreateStream(ctx, jetstream.StreamConfig{
-		Name:       outcomeStream,
-		Subjects:   []string{"revoke.outcome.>"},
-		Storage:    jetstream.FileStorage,
-		MaxAge:     queue.OutcomeMaxAge,
-		Duplicates: queue.DuplicateWindow,
-		DenyDelete: true,
-		DenyPurge:  true,
-		Replicas:   1,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	adminCreate(t, func(ctx context.Context) error {
+		_, err := admin.CreateStream(ctx, jetstream.StreamConfig{
+			Name:       outcomeStream,
+			Subjects:   []string{"revoke.outcome.>"},
+			Storage:    jetstream.FileStorage,
+			MaxAge:     queue.OutcomeMaxAge,
+			Duplicates: queue.DuplicateWindow,
+			DenyDelete: true,
+			DenyPurge:  true,
+			Replicas:   1,
+		})
+		return err
+	})
 	holder := c.WaitStreamLeader(outcomeStream)
 	// Everything else talks to the other two nodes, so the outage takes
 	// away the outcome stream and nothing else.
@@ -261,11 +280,10 @@ func TestTrailTrueAcrossLedgerOutage(t *testing.T) {
 	start := time.Now()
 	c := queuetest.Cluster(t, 3)
 	nc, admin := queuetest.ConnectURL(t, c.URLs())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := admin.CreateKeyValue(ctx, queue.LedgerConfig(1)); err != nil {
-		t.Fatal(err)
-	}
+	adminCreate(t, func(ctx context.Context) error {
+		_, err := admin.CreateKeyValue(ctx, queue.LedgerConfig(1))
+		return err
+	})
 	holder := c.WaitStreamLeader("KV_" + queue.LedgerBucket)
 	var others []string
 	for i := range c.Size() {

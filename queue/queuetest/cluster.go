@@ -1,6 +1,7 @@
 package queuetest
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/revoker/revoker/queue"
 )
@@ -249,8 +251,34 @@ func (c *ClusterT) WaitReady() {
 		if peers := leader.JetStreamClusterPeers(); len(peers) < running {
 			return fmt.Errorf("meta leader sees %d peers of %d running", len(peers), running)
 		}
-		return nil
+		return answers(leader)
 	})
+}
+
+// answers asks the meta leader for the stream names, a request only the
+// meta leader answers: a leader just elected can drop an API request
+// without a word, and the test's first create would wait out its whole
+// deadline.
+func answers(leader *server.Server) error {
+	nc, err := nats.Connect(leader.ClientURL(), nats.MaxReconnects(0))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	msg, err := nc.Request("$JS.API.STREAM.NAMES", nil, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("the meta leader's API: %w", err)
+	}
+	var answer struct {
+		Error *struct{ Description string } `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &answer); err != nil {
+		return fmt.Errorf("the meta leader's API: %w", err)
+	}
+	if answer.Error != nil {
+		return fmt.Errorf("the meta leader's API: %s", answer.Error.Description)
+	}
+	return nil
 }
 
 // WaitHealthy waits until every running node reports JetStream healthy:

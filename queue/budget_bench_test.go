@@ -39,7 +39,7 @@ func BenchmarkBudget(b *testing.B) {
 						go func() {
 							defer r.wg.Done()
 							for time.Since(start) < run {
-								if !r.call(0, fmt.Sprintf("k%d", seq.Add(1))) {
+								if _, ok := r.call(0, fmt.Sprintf("k%d", seq.Add(1))); !ok {
 									return
 								}
 							}

@@ -68,9 +68,14 @@ func (d *fakeDelivery) Header(name string) string {
 	}
 	return ""
 }
-func (d *fakeDelivery) Priority() int                { return 1 }
-func (d *fakeDelivery) MaxDeliver() int              { return d.maxDeliver }
-func (d *fakeDelivery) AckWait() time.Duration       { return d.ackWait }
+func (d *fakeDelivery) Priority() int   { return 1 }
+func (d *fakeDelivery) MaxDeliver() int { return d.maxDeliver }
+func (d *fakeDelivery) AckWait() time.Duration {
+	if d.ackWait == 0 {
+		return 30 * time.Second // the consumers' default (SPEC §6)
+	}
+	return d.ackWait
+}
 func (d *fakeDelivery) Ack() error                   { return d.settle("ack") }
 func (d *fakeDelivery) Term() error                  { return d.settle("term") }
 func (d *fakeDelivery) GiveBack(time.Duration) error { return d.settle("giveback") }

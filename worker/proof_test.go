@@ -646,3 +646,40 @@ func (l *fakeLedger) callBeside(ref worker.Ref) {
 	e.Calls++
 	l.entries[ref.Seq] = e
 }
+
+// TestFirstDeliveryHeldLongReadsFirst: a first delivery held for half its
+// ack wait or more before its first call (here by a pause of every call)
+// may meanwhile have been handed to another replica, which revoked the
+// key: it reads what that replica left and records its confirmation,
+// without a call of its own. Held briefly, it calls without reading.
+func TestFirstDeliveryHeldLongReadsFirst(t *testing.T) {
+	const ackWait = 200 * time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		pause time.Duration
+		calls int
+	}{
+		{"held past half the ack wait", ackWait, 0},
+		{"held briefly", 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil, answer(404, gone, 0))
+			// What the other replica left: its call and its confirmation.
+			h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "key1", Calls: 1, Answered: 1,
+				Confirmed: &worker.Call{Status: 200, CFRay: "other-ray"}}
+			h.records.outcomes = []event.Record{{Stream: "REVOCATIONS", Sequence: 7, AccountID: "acct1", KeyID: "key1",
+				Outcome: event.Revoked, Status: 200, CFRay: "other-ray", Attempts: 1}}
+			h.gate.Pause(tc.pause)
+			d := &fakeDelivery{body: goodEvent, delivered: 1, ackWait: ackWait}
+			h.handle(d)
+			if h.api.calls != tc.calls || d.settled[0] != "ack" {
+				t.Fatalf("calls %d, settled %v; want %d calls and an ack", h.api.calls, d.settled, tc.calls)
+			}
+			for _, o := range h.records.outcomes {
+				if o.Outcome != event.Revoked || o.CFRay != "other-ray" {
+					t.Fatalf("records %+v; want only the other replica's revocation", h.records.outcomes)
+				}
+			}
+		})
+	}
+}

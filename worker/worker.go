@@ -315,9 +315,10 @@ type attempt struct {
 
 	seen int // calls known to be made for the event, ours included
 	// blind: the next write-ahead may skip reading what is stored, as a
-	// first delivery's first may (nothing came before it). Any later one
-	// reads: a delivery cut off meanwhile may find the event handed to
-	// another replica, called for and recorded.
+	// first delivery's first may if it comes within half the ack wait
+	// (nothing came before it, and nothing can be beside it yet). Any
+	// later one reads: a delivery held or cut off meanwhile may find the
+	// event handed to another replica, called for and recorded.
 	blind bool
 	// journaled is how many of seen are the journal's first calls, which
 	// the ledger's entry must be told so as not to count them twice.
@@ -745,6 +746,17 @@ func (w *Worker) refused(stop context.Context, a *attempt) bool {
 // confirmation made the call needless). When the ledger shows calls this
 // delivery did not know of, it looks for their outcome before calling.
 func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (resp *cloudflare.Response, made bool, end ending, err error) {
+	if a.blind && time.Since(a.start) >= a.d.AckWait()/2 {
+		// Held this long (a pause, a backlog, higher priorities), the
+		// event may have been handed to another replica meanwhile (a new
+		// consumer leader does not know of our keep-alives): read what
+		// earlier deliveries left, as a redelivery does, before its first
+		// call.
+		a.blind = false
+		if !w.recall(stop, work, a) {
+			return nil, false, settled, nil
+		}
+	}
 	if a.seen == 0 && a.blind {
 		// The common path: a first call, announced in a write it shares
 		// with the first calls starting with it.

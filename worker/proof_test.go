@@ -683,3 +683,44 @@ func TestFirstDeliveryHeldLongReadsFirst(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordCountsACallMadeWhileItWasRefused: a redelivery proves a key
+// absent; while the trail refuses its not_found record, another delivery
+// stores a call of its own. The record, written once the trail is back,
+// counts that call, unanswered as far as it knows (SPEC §5a: attempts
+// count every call made for the event).
+func TestRecordCountsACallMadeWhileItWasRefused(t *testing.T) {
+	h := newHarness(t, nil, answer(404, gone, 0))
+	h.records.failOutcome = 1
+	h.records.onFail = func() {
+		h.ledger.mu.Lock()
+		defer h.ledger.mu.Unlock()
+		h.ledger.callBeside(ref7)
+	}
+	h.handle(&fakeDelivery{body: goodEvent, delivered: 2})
+	o := onlyRecord(t, h)
+	if o.Outcome != event.NotFound || o.Attempts != 2 || o.UnansweredCalls != 1 {
+		t.Fatalf("record %+v; want not_found, 2 attempts, 1 unanswered", o)
+	}
+}
+
+// TestNoRetryAfterTheEventIsRecorded: while a delivery waits to retry a
+// failed call, another delivery records the event: the retry is not made
+// (a record cannot count a call made after it), and the delivery settles
+// as that record did.
+func TestNoRetryAfterTheEventIsRecorded(t *testing.T) {
+	h := newHarness(t, nil, answer(503, nil, 0), answer(404, gone, 0))
+	h.api.onCall = func() {
+		h.records.mu.Lock()
+		defer h.records.mu.Unlock()
+		h.records.outcomes = append(h.records.outcomes, event.Record{Stream: "REVOCATIONS", Sequence: 7,
+			AccountID: "acct1", KeyID: "key1", Outcome: event.NotFound, Status: 404, CFRay: "other-ray", Attempts: 2})
+		h.api.onCall = nil
+	}
+	d := &fakeDelivery{body: goodEvent, delivered: 2}
+	h.handle(d)
+	if h.api.calls != 1 || d.settled[0] != "ack" || len(h.records.outcomes) != 1 {
+		t.Fatalf("calls %d, settled %v, records %+v; want one call, an ack, the other's record alone",
+			h.api.calls, d.settled, h.records.outcomes)
+	}
+}

@@ -517,8 +517,22 @@ func (w *Worker) recall(stop, work context.Context, a *attempt) bool {
 	return true
 }
 
-// learn takes in what the ledger says of the event's calls.
+// learn takes in what the ledger says of the event's calls and of their
+// answers: a confirmation among them too.
 func (w *Worker) learn(a *attempt, e Entry) {
+	learnCalls(a, e)
+	if e.Last != nil && a.status == 0 && a.calls == 0 {
+		a.status, a.cfRay = e.Last.Status, e.Last.CFRay
+	}
+	if e.Confirmed != nil && a.revoked == nil {
+		a.revoked = e.Confirmed
+		a.status, a.cfRay, a.last = e.Confirmed.Status, e.Confirmed.CFRay, Decision{Kind: Revoked}
+	}
+}
+
+// learnCalls takes in how many calls the ledger counts for the event, and
+// how many of them were answered.
+func learnCalls(a *attempt, e Entry) {
 	if e.Calls > a.seen {
 		answered := e.Answered
 		if c := e.Confirmed; c != nil && a.revoked != nil && c.At.Equal(a.revoked.At) && c.CFRay == a.revoked.CFRay {
@@ -532,13 +546,6 @@ func (w *Worker) learn(a *attempt, e Entry) {
 		a.seen, a.answered = e.Calls, max(answered, 0)
 	}
 	a.journaled = max(a.journaled, e.Journaled)
-	if e.Last != nil && a.status == 0 && a.calls == 0 {
-		a.status, a.cfRay = e.Last.Status, e.Last.CFRay
-	}
-	if e.Confirmed != nil && a.revoked == nil {
-		a.revoked = e.Confirmed
-		a.status, a.cfRay, a.last = e.Confirmed.Status, e.Confirmed.CFRay, Decision{Kind: Revoked}
-	}
 }
 
 // take waits until no other delivery of the event is being handled here,
@@ -744,7 +751,8 @@ func (w *Worker) refused(stop context.Context, a *attempt) bool {
 // permit that replaced pm if the write made it late; made is false when no
 // call was made (err then says why, unless another delivery's
 // confirmation made the call needless). When the ledger shows calls this
-// delivery did not know of, it looks for their outcome before calling.
+// delivery did not know of, and before a retry, it looks for the event's
+// record before calling.
 func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (resp *cloudflare.Response, made bool, end ending, err error) {
 	if a.blind && time.Since(a.start) >= a.d.AckWait()/2 {
 		// Held this long (a pause, a backlog, higher priorities), the
@@ -773,7 +781,25 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
 		return resp, true, decided, err
 	}
+	// A retry reads the trail first: a delivery this one was beside (back
+	// from a cut, or handed the event meanwhile) may have recorded the
+	// event since, and a record cannot count a call made after it.
+	readTrail := a.calls > 0
 	for {
+		if readTrail {
+			prior, found, err := w.Records.Prior(work, a.ref)
+			if err != nil {
+				w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
+				return nil, false, settled, nil
+			}
+			if found {
+				w.settlePrior(a, prior)
+				return nil, false, settled, nil
+			}
+			if stop.Err() != nil {
+				return nil, false, stopped, nil
+			}
+		}
 		e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
 			if e.Confirmed != nil || e.Calls > a.seen {
 				return errMoved
@@ -802,18 +828,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 			w.Log.Info("revoked by another delivery; recording it without a call", w.fields(a)...)
 			return nil, false, decided, nil
 		}
-		prior, found, err := w.Records.Prior(work, a.ref)
-		if err != nil {
-			w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
-			return nil, false, settled, nil
-		}
-		if found {
-			w.settlePrior(a, prior)
-			return nil, false, settled, nil
-		}
-		if stop.Err() != nil {
-			return nil, false, stopped, nil
-		}
+		readTrail = true // calls this delivery did not know of: their outcome?
 	}
 }
 
@@ -1316,14 +1331,14 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 	write := func(ctx context.Context, a *attempt) (err error) {
 		ctx, span := tracing.StartRecordWrite(ctx, "outcome")
 		defer func() { tracing.End(span, err) }()
-		if a.revoked != nil && (!a.d.First() || time.Since(a.start) >= a.d.AckWait()/2) {
+		if !a.d.First() || time.Since(a.start) >= a.d.AckWait()/2 {
 			// Held this long, the event may have been handed to another
 			// replica meanwhile; and a later delivery may have an earlier
 			// one, back from a cut, calling beside it: the record counts
-			// their calls too. A first delivery held briefly has neither,
-			// and is spared the read. Only a refinement: a ledger that
-			// cannot be read must not keep the confirmation out of the
-			// trail.
+			// their calls too, whatever its outcome. A first delivery
+			// held briefly has neither, and is spared the read. Only a
+			// refinement: a ledger that cannot be read must not keep the
+			// record out of the trail.
 			lctx, cancel := ctx, context.CancelFunc(func() {})
 			if stop.Err() != nil {
 				// Shutdown came: the ledger read must not use up the
@@ -1331,7 +1346,14 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 				lctx, cancel = context.WithTimeout(ctx, refreshTimeout)
 			}
 			if e, lerr := w.Ledger.Load(lctx, a.ref); lerr == nil {
-				w.learn(a, e)
+				if a.revoked != nil {
+					w.learn(a, e)
+				} else {
+					// Its calls only: a confirmation found here came
+					// after this outcome was decided, and the delivery
+					// that holds it writes its own record.
+					learnCalls(a, e)
+				}
 			}
 			cancel()
 		}

@@ -123,58 +123,45 @@ const (
 // in the journal; nothing, or an entry naming another account or key (a
 // stream made again reuses sequences), is an empty entry, not an error.
 func (l *Ledger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, error) {
-	e, _, _, err := l.get(ctx, ref)
+	e, _, err := l.get(ctx, ref)
 	return e, err
 }
-
-// errNewerEvent refuses a write over the entry of an event stored after
-// the writer's at the same sequence.
-var errNewerEvent = errors.New("the ledger's entry at this sequence is a newer event's (the stream was made again); it is left as it is")
 
 // get reads the event's entry and its revision (0 when there is none),
 // with the journal's first calls that the entry does not count yet
 // counted in (none for an event that does not decode: it is never called
-// for). newer says the key holds the entry of an event stored after ref's.
-func (l *Ledger) get(ctx context.Context, ref worker.Ref) (e worker.Entry, rev uint64, newer bool, err error) {
+// for).
+func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64, error) {
 	kv := l.kv.Load()
 	if kv == nil {
-		return worker.Entry{}, 0, false, errLedgerUnbound
+		return worker.Entry{}, 0, errLedgerUnbound
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	var (
+		e   worker.Entry
+		rev uint64
+	)
 	kve, err := (*kv).Get(ctx, entryKey(ref))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 	case err != nil:
-		return worker.Entry{}, 0, false, fmt.Errorf("read ledger: %w", err)
+		return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
 	default:
 		e, rev = decodeEntry(kve.Value(), ref), kve.Revision()
-		if e.Account == "" {
-			newer = storedAfter(kve.Value(), ref)
-		}
 	}
 	if ref.Account == event.NoKey {
-		return e, rev, newer, nil // never called for: nothing of its in the journal
+		return e, rev, nil // never called for: nothing of its in the journal
 	}
 	j, err := l.journaled(ctx, ref)
 	if err != nil {
-		return worker.Entry{}, 0, false, err
+		return worker.Entry{}, 0, err
 	}
 	if j > e.Journaled {
 		e.Calls = min(e.Calls+j-e.Journaled, maxLedgerCalls)
 	}
 	e.Journaled = j
-	return e, rev, newer, nil
-}
-
-// storedAfter reports whether b is the entry of an event stored after
-// ref's. A stream made again reuses sequences while deliveries of its
-// older events may still be in hand: their writes must not replace the
-// entry of a new event, and its confirmation with it; a new event's write
-// replaces an older one's.
-func storedAfter(b []byte, ref worker.Ref) bool {
-	var e worker.Entry
-	return !ref.Stored.IsZero() && json.Unmarshal(b, &e) == nil && e.Stored.After(ref.Stored)
+	return e, rev, nil
 }
 
 // decodeEntry is the entry b holds for ref, clamped to what a worker could
@@ -219,7 +206,7 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 // is returned with change's error. The entry change sees counts the
 // journal's first calls, so a write-ahead refused on calls it did not know
 // of sees them all, not only those of the entry; an entry of another event
-// is replaced, unless that event was stored later (errNewerEvent).
+// is replaced.
 func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	kv := l.kv.Load()
 	if kv == nil {
@@ -228,12 +215,9 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	key := entryKey(ref)
-	e, rev, newer, err := l.get(ctx, ref)
+	e, rev, err := l.get(ctx, ref)
 	if err != nil {
 		return e, err
-	}
-	if newer {
-		return worker.Entry{}, errNewerEvent
 	}
 	for {
 		before := e
@@ -257,11 +241,8 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 		}
 		// Someone wrote first (another delivery, another replica, or an
 		// entry of an older event at this sequence): read and decide again.
-		if e, rev, newer, err = l.get(ctx, ref); err != nil {
+		if e, rev, err = l.get(ctx, ref); err != nil {
 			return e, err
-		}
-		if newer {
-			return worker.Entry{}, errNewerEvent
 		}
 		if rev == 0 {
 			// A delete or purge marker (someone removed the entry by

@@ -191,36 +191,3 @@ func TestLedgerUpdateSeesTheJournal(t *testing.T) {
 		t.Fatalf("the change saw %v calls, Update returned %+v, %v; want it to see both journaled calls and refuse", saw, e, err)
 	}
 }
-
-// TestLedgerOlderEventLeavesANewerOnesEntry: a stream made again reuses
-// sequences while a delivery of its older event may still be in hand. The
-// new event's entry replaces the old one's, never the other way round, so
-// an old delivery still writing cannot drop the new event's confirmation
-// (SPEC §4, "The proof", point 5).
-func TestLedgerOlderEventLeavesANewerOnesEntry(t *testing.T) {
-	ctx, _, l := boundLedger(t)
-	stored := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
-	old := worker.Ref{Stream: "REVOCATIONS", Seq: 9, Account: "acct", Key: "old", Stored: stored}
-	cur := worker.Ref{Stream: "REVOCATIONS", Seq: 9, Account: "acct", Key: "new", Stored: stored.Add(time.Hour)}
-	call := func(e *worker.Entry) error { e.Calls++; return nil }
-	confirm := func(e *worker.Entry) error {
-		e.Calls++
-		e.Confirmed = &worker.Call{Status: 200, CFRay: "ray-new"}
-		return nil
-	}
-	if _, err := l.Update(ctx, old, call); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := l.Update(ctx, cur, confirm); err != nil {
-		t.Fatalf("the new event's write over the old one's entry: %v", err)
-	}
-	if _, err := l.Update(ctx, old, confirm); err == nil {
-		t.Fatal("the old event's write replaced the new event's entry")
-	}
-	if e, err := l.Load(ctx, cur); err != nil || e.Confirmed == nil || e.Confirmed.CFRay != "ray-new" || e.Calls != 1 {
-		t.Fatalf("the new event's entry reads %+v (err %v); want its own confirmation", e, err)
-	}
-	if e, err := l.Load(ctx, old); err != nil || e.Calls != 0 || e.Confirmed != nil {
-		t.Fatalf("the old event reads %+v (err %v); want nothing of the new one's", e, err)
-	}
-}

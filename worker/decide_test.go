@@ -191,6 +191,8 @@ type fakeLedger struct {
 	// makes that many updates stored but answered with an error.
 	hang        bool
 	lostAnswers int
+	// onUpdate, when set, runs once an update is stored (l.mu not held).
+	onUpdate func()
 }
 
 func (l *fakeLedger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, error) {
@@ -296,6 +298,11 @@ func (l *fakeLedger) Update(ctx context.Context, ref worker.Ref, change func(*wo
 	}
 	e.Account, e.Key = ref.Account, ref.Key
 	l.entries[ref.Seq] = e
+	if f := l.onUpdate; f != nil {
+		l.mu.Unlock()
+		f()
+		l.mu.Lock()
+	}
 	if l.lostAnswers > 0 {
 		l.lostAnswers--
 		return worker.Entry{}, errors.New("stored, but the answer was lost")

@@ -649,31 +649,41 @@ func (l *fakeLedger) callBeside(ref worker.Ref) {
 
 // TestFirstDeliveryHeldLongReadsFirst: a first delivery held for half its
 // ack wait or more before its first call (here by a pause of every call)
-// may meanwhile have been handed to another replica, which revoked the
-// key: it reads what that replica left and records its confirmation,
-// without a call of its own. Held briefly, it calls without reading.
+// may meanwhile have been handed to another replica, which finished the
+// event: it reads what that replica left — a confirmation in the ledger,
+// a record in the trail — and settles as it did, without a call of its
+// own and with no call left counted. Held briefly, it calls without
+// reading.
 func TestFirstDeliveryHeldLongReadsFirst(t *testing.T) {
-	const ackWait = 200 * time.Millisecond
+	const held = 200 * time.Millisecond
+	other := event.Record{Stream: "REVOCATIONS", Sequence: 7, AccountID: "acct1", KeyID: "key1",
+		Outcome: event.Revoked, Status: 200, CFRay: "other-ray", Attempts: 1}
 	for _, tc := range []struct {
-		name  string
-		pause time.Duration
-		calls int
+		name      string
+		ackWait   time.Duration
+		confirmed bool // the other replica's confirmation is in the ledger too
+		calls     int
 	}{
-		{"held past half the ack wait", ackWait, 0},
-		{"held briefly", 0, 1},
+		{"held past half the ack wait, confirmed in the ledger", held, true, 0},
+		{"held past half the ack wait, recorded in the trail", held, false, 0},
+		{"held briefly", 30 * time.Second, true, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, nil, answer(404, gone, 0))
-			// What the other replica left: its call and its confirmation.
-			h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "key1", Calls: 1, Answered: 1,
-				Confirmed: &worker.Call{Status: 200, CFRay: "other-ray"}}
-			h.records.outcomes = []event.Record{{Stream: "REVOCATIONS", Sequence: 7, AccountID: "acct1", KeyID: "key1",
-				Outcome: event.Revoked, Status: 200, CFRay: "other-ray", Attempts: 1}}
-			h.gate.Pause(tc.pause)
-			d := &fakeDelivery{body: goodEvent, delivered: 1, ackWait: ackWait}
+			e := worker.Entry{Account: "acct1", Key: "key1", Calls: 1, Answered: 1}
+			if tc.confirmed {
+				e.Confirmed = &worker.Call{Status: 200, CFRay: "other-ray"}
+			}
+			h.ledger.entries[7] = e
+			h.records.outcomes = []event.Record{other}
+			h.gate.Pause(held)
+			d := &fakeDelivery{body: goodEvent, delivered: 1, ackWait: tc.ackWait}
 			h.handle(d)
 			if h.api.calls != tc.calls || d.settled[0] != "ack" {
 				t.Fatalf("calls %d, settled %v; want %d calls and an ack", h.api.calls, d.settled, tc.calls)
+			}
+			if n := h.ledger.entry(ref7).Calls; n != 1+tc.calls {
+				t.Fatalf("the ledger counts %d calls, want %d", n, 1+tc.calls)
 			}
 			for _, o := range h.records.outcomes {
 				if o.Outcome != event.Revoked || o.CFRay != "other-ray" {
@@ -684,43 +694,78 @@ func TestFirstDeliveryHeldLongReadsFirst(t *testing.T) {
 	}
 }
 
-// TestRecordCountsACallMadeWhileItWasRefused: a redelivery proves a key
-// absent; while the trail refuses its not_found record, another delivery
-// stores a call of its own. The record, written once the trail is back,
-// counts that call, unanswered as far as it knows (SPEC §5a: attempts
-// count every call made for the event).
-func TestRecordCountsACallMadeWhileItWasRefused(t *testing.T) {
-	h := newHarness(t, nil, answer(404, gone, 0))
-	h.records.failOutcome = 1
-	h.records.onFail = func() {
-		h.ledger.mu.Lock()
-		defer h.ledger.mu.Unlock()
-		h.ledger.callBeside(ref7)
-	}
-	h.handle(&fakeDelivery{body: goodEvent, delivered: 2})
-	o := onlyRecord(t, h)
-	if o.Outcome != event.NotFound || o.Attempts != 2 || o.UnansweredCalls != 1 {
-		t.Fatalf("record %+v; want not_found, 2 attempts, 1 unanswered", o)
+// TestRecordTakesInWhatWasStoredWhileItWasRefused: a redelivery proves a
+// key absent; while the trail refuses its not_found record, another
+// delivery stores a call of its own, and in the second case keeps the
+// call's confirmation in the ledger and gives the event back. The record
+// written once the trail is back counts that call, unanswered as far as
+// it knows (SPEC §5a: attempts count every call made for the event); and
+// where the call was confirmed, it is that revocation (SPEC §4, "The
+// proof", point 3: revoked beats everything).
+func TestRecordTakesInWhatWasStoredWhileItWasRefused(t *testing.T) {
+	for _, tc := range []struct {
+		confirmed  bool
+		outcome    event.Outcome
+		ray        string
+		unanswered int
+	}{
+		{false, event.NotFound, "ray-404", 1},
+		{true, event.Revoked, "kept-ray", 0},
+	} {
+		h := newHarness(t, nil, answer(404, gone, 0))
+		h.records.failOutcome = 1
+		h.records.onFail = func() {
+			h.ledger.mu.Lock()
+			defer h.ledger.mu.Unlock()
+			h.ledger.callBeside(ref7)
+			if tc.confirmed {
+				e := h.ledger.entries[7]
+				e.Confirmed = &worker.Call{Status: 200, CFRay: "kept-ray"}
+				e.Answered++ // its 200 was heard, as keepConfirmation leaves it
+				h.ledger.entries[7] = e
+			}
+		}
+		d := &fakeDelivery{body: goodEvent, delivered: 2}
+		h.handle(d)
+		o := onlyRecord(t, h)
+		if o.Outcome != tc.outcome || o.CFRay != tc.ray || o.Attempts != 2 || o.UnansweredCalls != tc.unanswered || d.settled[0] != "ack" {
+			t.Fatalf("confirmed beside %v: record %+v, settled %v; want %s, %s, 2 attempts, %d unanswered, an ack",
+				tc.confirmed, o, d.settled, tc.outcome, tc.ray, tc.unanswered)
+		}
 	}
 }
 
-// TestNoRetryAfterTheEventIsRecorded: while a delivery waits to retry a
-// failed call, another delivery records the event: the retry is not made
-// (a record cannot count a call made after it), and the delivery settles
-// as that record did.
+// TestNoRetryAfterTheEventIsRecorded: another delivery records the event
+// while this one waits to retry a failed call, or while the retry is
+// being stored ahead: the retry is not made (a record cannot count a call
+// made after it), nor left counted, and the delivery settles as that
+// record did.
 func TestNoRetryAfterTheEventIsRecorded(t *testing.T) {
-	h := newHarness(t, nil, answer(503, nil, 0), answer(404, gone, 0))
-	h.api.onCall = func() {
-		h.records.mu.Lock()
-		defer h.records.mu.Unlock()
-		h.records.outcomes = append(h.records.outcomes, event.Record{Stream: "REVOCATIONS", Sequence: 7,
-			AccountID: "acct1", KeyID: "key1", Outcome: event.NotFound, Status: 404, CFRay: "other-ray", Attempts: 2})
-		h.api.onCall = nil
-	}
-	d := &fakeDelivery{body: goodEvent, delivered: 2}
-	h.handle(d)
-	if h.api.calls != 1 || d.settled[0] != "ack" || len(h.records.outcomes) != 1 {
-		t.Fatalf("calls %d, settled %v, records %+v; want one call, an ack, the other's record alone",
-			h.api.calls, d.settled, h.records.outcomes)
+	for _, duringWriteAhead := range []bool{false, true} {
+		h := newHarness(t, nil, answer(503, nil, 0), answer(404, gone, 0))
+		record := func() {
+			h.records.mu.Lock()
+			defer h.records.mu.Unlock()
+			h.records.outcomes = append(h.records.outcomes, event.Record{Stream: "REVOCATIONS", Sequence: 7,
+				AccountID: "acct1", KeyID: "key1", Outcome: event.NotFound, Status: 404, CFRay: "other-ray", Attempts: 2})
+			h.ledger.onUpdate = nil
+		}
+		h.api.onCall = func() {
+			if duringWriteAhead {
+				h.ledger.onUpdate = record
+			} else {
+				record()
+			}
+			h.api.onCall = nil
+		}
+		d := &fakeDelivery{body: goodEvent, delivered: 2}
+		h.handle(d)
+		if h.api.calls != 1 || d.settled[0] != "ack" || len(h.records.outcomes) != 1 {
+			t.Fatalf("recorded during the write-ahead %v: calls %d, settled %v, records %+v; want one call, an ack, the other's record alone",
+				duringWriteAhead, h.api.calls, d.settled, h.records.outcomes)
+		}
+		if n := h.ledger.entry(ref7).Calls; n != 1 {
+			t.Fatalf("recorded during the write-ahead %v: the ledger counts %d calls, want the one made", duringWriteAhead, n)
+		}
 	}
 }

@@ -517,22 +517,8 @@ func (w *Worker) recall(stop, work context.Context, a *attempt) bool {
 	return true
 }
 
-// learn takes in what the ledger says of the event's calls and of their
-// answers: a confirmation among them too.
+// learn takes in what the ledger says of the event's calls.
 func (w *Worker) learn(a *attempt, e Entry) {
-	learnCalls(a, e)
-	if e.Last != nil && a.status == 0 && a.calls == 0 {
-		a.status, a.cfRay = e.Last.Status, e.Last.CFRay
-	}
-	if e.Confirmed != nil && a.revoked == nil {
-		a.revoked = e.Confirmed
-		a.status, a.cfRay, a.last = e.Confirmed.Status, e.Confirmed.CFRay, Decision{Kind: Revoked}
-	}
-}
-
-// learnCalls takes in how many calls the ledger counts for the event, and
-// how many of them were answered.
-func learnCalls(a *attempt, e Entry) {
 	if e.Calls > a.seen {
 		answered := e.Answered
 		if c := e.Confirmed; c != nil && a.revoked != nil && c.At.Equal(a.revoked.At) && c.CFRay == a.revoked.CFRay {
@@ -546,6 +532,13 @@ func learnCalls(a *attempt, e Entry) {
 		a.seen, a.answered = e.Calls, max(answered, 0)
 	}
 	a.journaled = max(a.journaled, e.Journaled)
+	if e.Last != nil && a.status == 0 && a.calls == 0 {
+		a.status, a.cfRay = e.Last.Status, e.Last.CFRay
+	}
+	if e.Confirmed != nil && a.revoked == nil {
+		a.revoked = e.Confirmed
+		a.status, a.cfRay, a.last = e.Confirmed.Status, e.Confirmed.CFRay, Decision{Kind: Revoked}
+	}
 }
 
 // take waits until no other delivery of the event is being handled here,
@@ -750,22 +743,11 @@ func (w *Worker) refused(stop context.Context, a *attempt) bool {
 // delete stores the call in the ledger, then makes it on pm, or on the
 // permit that replaced pm if the write made it late; made is false when no
 // call was made (err then says why, unless another delivery's
-// confirmation made the call needless). When the ledger shows calls this
-// delivery did not know of, and before a retry, it looks for the event's
-// record before calling.
+// confirmation made the call needless). A call that may come after the
+// event's record (recordedMeanwhile) reads it first, and is not made if
+// there is one.
 func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (resp *cloudflare.Response, made bool, end ending, err error) {
-	if a.blind && time.Since(a.start) >= a.d.AckWait()/2 {
-		// Held this long (a pause, a backlog, higher priorities), the
-		// event may have been handed to another replica meanwhile (a new
-		// consumer leader does not know of our keep-alives): read what
-		// earlier deliveries left, as a redelivery does, before its first
-		// call.
-		a.blind = false
-		if !w.recall(stop, work, a) {
-			return nil, false, settled, nil
-		}
-	}
-	if a.seen == 0 && a.blind {
+	if a.seen == 0 && a.blind && !w.late(a) {
 		// The common path: a first call, announced in a write it shares
 		// with the first calls starting with it.
 		a.blind = false
@@ -777,29 +759,19 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 			w.retract(work, a, end, err)
 			return nil, false, end, err
 		}
+		if w.late(a) && w.recordedMeanwhile(work, a) {
+			return nil, false, settled, nil
+		}
 		a.callAt = time.Now()
 		resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
 		return resp, true, decided, err
 	}
-	// A retry reads the trail first: a delivery this one was beside (back
-	// from a cut, or handed the event meanwhile) may have recorded the
-	// event since, and a record cannot count a call made after it.
-	readTrail := a.calls > 0
+	// Any other call reads what is stored: a first delivery held for half
+	// its ack wait (a pause, a backlog, higher priorities) may meanwhile
+	// have been handed to another replica, as a redelivery may have been.
+	a.blind = false
+	moved := false
 	for {
-		if readTrail {
-			prior, found, err := w.Records.Prior(work, a.ref)
-			if err != nil {
-				w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
-				return nil, false, settled, nil
-			}
-			if found {
-				w.settlePrior(a, prior)
-				return nil, false, settled, nil
-			}
-			if stop.Err() != nil {
-				return nil, false, stopped, nil
-			}
-		}
 		e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
 			if e.Confirmed != nil || e.Calls > a.seen {
 				return errMoved
@@ -816,6 +788,9 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 				w.retract(work, a, end, err)
 				return nil, false, end, err
 			}
+			if (moved || a.calls > 0 || w.late(a)) && w.recordedMeanwhile(work, a) {
+				return nil, false, settled, nil
+			}
 			a.callAt = time.Now()
 			resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
 			return resp, true, decided, err
@@ -828,8 +803,32 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 			w.Log.Info("revoked by another delivery; recording it without a call", w.fields(a)...)
 			return nil, false, decided, nil
 		}
-		readTrail = true // calls this delivery did not know of: their outcome?
+		moved = true // calls this delivery did not know of: their outcome is read before its call
 	}
+}
+
+// late reports whether a was held for half its ack wait: the broker may
+// have handed the event to another replica meanwhile.
+func (w *Worker) late(a *attempt) bool {
+	return time.Since(a.start) >= a.d.AckWait()/2
+}
+
+// recordedMeanwhile reads the event's record just before a call stored
+// ahead that may come after one: a retry, a call after calls this
+// delivery did not know of, or a call held for half the ack wait. A
+// delivery beside this one may have recorded the event meanwhile, and a
+// record cannot count a call made after it. If one is there, the call is
+// taken back and the delivery settled as recorded. A trail that cannot be
+// read does not hold the call back: the revocation matters more than the
+// count, and the call is stored.
+func (w *Worker) recordedMeanwhile(work context.Context, a *attempt) bool {
+	prior, found, err := w.Records.Prior(work, a.ref)
+	if err != nil || !found {
+		return false
+	}
+	w.takeBack(work, a)
+	w.settlePrior(a, prior)
+	return true
 }
 
 // onTime makes sure that the call just stored ahead may start now, on *pm
@@ -923,6 +922,12 @@ func (w *Worker) retract(work context.Context, a *attempt, end ending, err error
 	if end != stopped && !errors.Is(err, errLate) {
 		return
 	}
+	w.takeBack(work, a)
+}
+
+// takeBack takes back the call just stored ahead and not made, unless a
+// call was counted after it.
+func (w *Worker) takeBack(work context.Context, a *attempt) {
 	e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
 		if e.Calls != a.seen || e.Confirmed != nil {
 			return errMoved
@@ -1331,14 +1336,14 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 	write := func(ctx context.Context, a *attempt) (err error) {
 		ctx, span := tracing.StartRecordWrite(ctx, "outcome")
 		defer func() { tracing.End(span, err) }()
-		if !a.d.First() || time.Since(a.start) >= a.d.AckWait()/2 {
+		if !a.d.First() || w.late(a) {
 			// Held this long, the event may have been handed to another
 			// replica meanwhile; and a later delivery may have an earlier
 			// one, back from a cut, calling beside it: the record counts
-			// their calls too, whatever its outcome. A first delivery
-			// held briefly has neither, and is spared the read. Only a
-			// refinement: a ledger that cannot be read must not keep the
-			// record out of the trail.
+			// their calls (and a confirmation) too, whatever its outcome.
+			// A first delivery held briefly has neither, and is spared
+			// the read. Only a refinement: a ledger that cannot be read
+			// must not keep the record out of the trail.
 			lctx, cancel := ctx, context.CancelFunc(func() {})
 			if stop.Err() != nil {
 				// Shutdown came: the ledger read must not use up the
@@ -1346,13 +1351,12 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 				lctx, cancel = context.WithTimeout(ctx, refreshTimeout)
 			}
 			if e, lerr := w.Ledger.Load(lctx, a.ref); lerr == nil {
-				if a.revoked != nil {
-					w.learn(a, e)
-				} else {
-					// Its calls only: a confirmation found here came
-					// after this outcome was decided, and the delivery
-					// that holds it writes its own record.
-					learnCalls(a, e)
+				w.learn(a, e)
+				if a.revoked != nil && outcome != event.Revoked {
+					// A confirmation another delivery kept, and gave
+					// the event back before its record was written: it
+					// beats this outcome (SPEC §4, "The proof", point 3).
+					outcome, reason, settle = event.Revoked, "", a.d.Ack
 				}
 			}
 			cancel()

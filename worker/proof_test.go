@@ -259,6 +259,35 @@ func TestNoTrailKeepsConfirmation(t *testing.T) {
 
 // TestLostConfirmationShouted: a confirmation that neither the trail nor
 // the ledger takes before the shutdown timeout is counted and logged.
+// TestConfirmationReadFromTheLedgerIsNotLost: a redelivery finds the
+// event's confirmation in the ledger and cannot write its record before
+// shutdown, nor write the ledger again: the confirmation stays where it
+// was kept, and is not shouted as lost.
+func TestConfirmationReadFromTheLedgerIsNotLost(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.ledger.entries[7] = worker.Entry{Account: "acct1", Key: "key1", Calls: 1, Answered: 1,
+		Confirmed: &worker.Call{Status: 200, CFRay: "kept-ray"}}
+	h.records.failOutcome = 1 << 30
+	stop, cancel := context.WithCancel(context.Background())
+	work, cancelWork := context.WithCancel(context.Background())
+	h.records.onFail = func() {
+		h.ledger.mu.Lock()
+		h.ledger.failUpdates = 1 << 30 // it can keep nothing more
+		h.ledger.mu.Unlock()
+		cancel()
+		time.AfterFunc(50*time.Millisecond, cancelWork)
+		h.records.onFail = nil
+	}
+	d := &fakeDelivery{body: goodEvent, maxDeliver: 3, delivered: 2}
+	h.w.Handle(stop, work, d)
+	if h.api.calls != 0 || d.settled[0] != "giveback" {
+		t.Fatalf("calls %d, settled %v; want no call and a give-back", h.api.calls, d.settled)
+	}
+	if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != 0 {
+		t.Fatalf("revoker_confirmations_lost_total = %v, want 0: the confirmation is in the ledger", n)
+	}
+}
+
 func TestLostConfirmationShouted(t *testing.T) {
 	h := newHarness(t, nil, answer(200, revoked, 0))
 	h.records.failOutcome = 1 << 30
@@ -664,8 +693,8 @@ func TestFirstDeliveryHeldLongReadsFirst(t *testing.T) {
 		confirmed bool // the other replica's confirmation is in the ledger too
 		calls     int
 	}{
-		{"held past half the ack wait, confirmed in the ledger", held, true, 0},
-		{"held past half the ack wait, recorded in the trail", held, false, 0},
+		{"held past half the ack wait, confirmed in the ledger", held / 5, true, 0},
+		{"held past half the ack wait, recorded in the trail", held / 5, false, 0},
 		{"held briefly", 30 * time.Second, true, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -536,7 +536,7 @@ func (w *Worker) learn(a *attempt, e Entry) {
 		a.status, a.cfRay = e.Last.Status, e.Last.CFRay
 	}
 	if e.Confirmed != nil && a.revoked == nil {
-		a.revoked = e.Confirmed
+		a.revoked, a.kept = e.Confirmed, true // read from the ledger: kept there
 		a.status, a.cfRay, a.last = e.Confirmed.Status, e.Confirmed.CFRay, Decision{Kind: Revoked}
 	}
 }
@@ -755,12 +755,9 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 			return nil, false, decided, fmt.Errorf("not stored ahead in the ledger: %w", err)
 		}
 		a.seen, a.journaled, a.word = 1, a.journaled+1, time.Now()
-		if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
+		if end, err := w.onTime(stop, work, a, pm, readIfLate); end != decided || err != nil {
 			w.retract(work, a, end, err)
 			return nil, false, end, err
-		}
-		if w.late(a) && w.recordedMeanwhile(work, a) {
-			return nil, false, settled, nil
 		}
 		a.callAt = time.Now()
 		resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
@@ -784,12 +781,16 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		})
 		if err == nil {
 			a.seen, a.word = e.Calls, time.Now()
-			if end, err := w.onTime(stop, work, a, pm); end != decided || err != nil {
+			read := readIfLate
+			switch {
+			case moved:
+				read = readOrGiveBack
+			case a.calls > 0:
+				read = readOrCall
+			}
+			if end, err := w.onTime(stop, work, a, pm, read); end != decided || err != nil {
 				w.retract(work, a, end, err)
 				return nil, false, end, err
-			}
-			if (moved || a.calls > 0 || w.late(a)) && w.recordedMeanwhile(work, a) {
-				return nil, false, settled, nil
 			}
 			a.callAt = time.Now()
 			resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
@@ -813,17 +814,33 @@ func (w *Worker) late(a *attempt) bool {
 	return time.Since(a.start) >= a.d.AckWait()/2
 }
 
-// recordedMeanwhile reads the event's record just before a call stored
-// ahead that may come after one: a retry, a call after calls this
-// delivery did not know of, or a call held for half the ack wait. A
-// delivery beside this one may have recorded the event meanwhile, and a
-// record cannot count a call made after it. If one is there, the call is
-// taken back and the delivery settled as recorded. A trail that cannot be
-// read does not hold the call back: the revocation matters more than the
-// count, and the call is stored.
-func (w *Worker) recordedMeanwhile(work context.Context, a *attempt) bool {
+// trailRead says whether a call stored ahead reads the event's record
+// just before it starts (recordedMeanwhile): a call that may come after
+// one does, since a record cannot count a call made after it.
+type trailRead int
+
+const (
+	noTrailRead    trailRead = iota // a key list: no call of the event
+	readIfLate                      // once held half the ack wait; a read that fails lets the call go
+	readOrCall                      // a retry; a read that fails lets the call go: the revocation matters more than the count
+	readOrGiveBack                  // after calls this delivery did not know of, whose end it must know: a read that fails gives the event back
+)
+
+// recordedMeanwhile reads the event's record before a call stored ahead
+// (as read says): a delivery beside this one may have recorded the event
+// meanwhile. If it has, or the read fails under readOrGiveBack, the call
+// is taken back and the delivery settled, as recorded or given back.
+func (w *Worker) recordedMeanwhile(work context.Context, a *attempt, read trailRead) bool {
+	if read == noTrailRead || read == readIfLate && !w.late(a) {
+		return false
+	}
 	prior, found, err := w.Records.Prior(work, a.ref)
-	if err != nil || !found {
+	switch {
+	case err != nil && read == readOrGiveBack:
+		w.takeBack(work, a)
+		w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
+		return true
+	case err != nil || !found:
 		return false
 	}
 	w.takeBack(work, a)
@@ -841,8 +858,13 @@ func (w *Worker) recordedMeanwhile(work context.Context, a *attempt) bool {
 // or that slot after slot went by (errLate): no call, as when the write
 // fails (the call is counted, and a later delivery reports it unanswered,
 // unless retract takes it back).
-func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit) (ending, error) {
+func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read trailRead) (ending, error) {
 	for late := 0; ; {
+		// Read first, as it may take a while: the checks below then hold
+		// when the call starts.
+		if w.recordedMeanwhile(work, a, read) {
+			return settled, nil
+		}
 		if stop.Err() != nil {
 			// Shutdown came while the call was stored: it is not in a
 			// call yet, so none starts (SPEC §7); retract takes it back.
@@ -961,7 +983,7 @@ func (w *Worker) hasWord(work context.Context, a *attempt) (asked bool, err erro
 // same gate), answers without the key (SPEC §4, "The proof", point 1).
 func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Time) (Decision, ending) {
 	list, fetched, err := w.keyList(stop, work, a.route, a.ev.AccountID, a.d.Priority(), at,
-		func(pm *permit) (ending, error) { return w.onTime(stop, work, a, pm) })
+		func(pm *permit) (ending, error) { return w.onTime(stop, work, a, pm, noTrailRead) })
 	if list == nil && err == nil {
 		return Decision{}, stopped
 	}
@@ -1356,6 +1378,10 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 					// A confirmation another delivery kept, and gave
 					// the event back before its record was written: it
 					// beats this outcome (SPEC §4, "The proof", point 3).
+					if outcome == event.DeadLettered {
+						w.Log.Warn("revoked by another delivery after this one stored its dead letter: recording the revocation; the dead letter stays, and a replay of it would find the key gone",
+							w.fields(a, zap.String("reason", string(reason)))...)
+					}
 					outcome, reason, settle = event.Revoked, "", a.d.Ack
 				}
 			}
@@ -1420,10 +1446,10 @@ func (w *Worker) settlePrior(a *attempt, prior event.Record) {
 // deadLetter writes the dead-letter record, then the outcome record, and
 // only then terminates the original.
 func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event.Reason, detail string) {
-	if a.decoded && a.seen > 0 && a.revoked == nil {
-		// Calls were made: one of them, heard elsewhere, may have revoked
-		// the key. A confirmation beats a dead letter (SPEC §4, "The
-		// proof", point 3).
+	if a.decoded && a.revoked == nil && (a.seen > 0 || !a.d.First() || w.late(a)) {
+		// Calls were made, or may have been beside this delivery: one of
+		// them, heard elsewhere, may have revoked the key. A confirmation
+		// beats a dead letter (SPEC §4, "The proof", point 3).
 		switch w.checkBeforeNotFound(stop, work, a) {
 		case settled:
 			return

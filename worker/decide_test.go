@@ -100,6 +100,7 @@ type fakeRecords struct {
 	failDLQ, failOutcome int
 	onFail               func()
 	slow                 time.Duration // how long an outcome write takes to answer
+	slowPrior            time.Duration // how long a read of the event's record takes
 	off                  bool          // outcome records turned off
 	dlq                  []event.DeadLetter
 	outcomes             []event.Record
@@ -164,7 +165,15 @@ func (r *fakeRecords) believed(ref worker.Ref) (rec event.Record, seq uint64, fo
 	return rec, seq, found
 }
 
-func (r *fakeRecords) Prior(_ context.Context, ref worker.Ref) (event.Record, bool, error) {
+func (r *fakeRecords) Prior(ctx context.Context, ref worker.Ref) (event.Record, bool, error) {
+	r.mu.Lock()
+	slow := r.slowPrior
+	r.mu.Unlock()
+	select {
+	case <-time.After(slow): // the answer's latency, not a synchronisation
+	case <-ctx.Done():
+		return event.Record{}, false, ctx.Err()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rec, _, found := r.believed(ref)

@@ -14,6 +14,7 @@ import (
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/metrics"
+	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/worker"
 )
 
@@ -796,5 +797,65 @@ func TestNoRetryAfterTheEventIsRecorded(t *testing.T) {
 		if n := h.ledger.entry(ref7).Calls; n != 1 {
 			t.Fatalf("recorded during the write-ahead %v: the ledger counts %d calls, want the one made", duringWriteAhead, n)
 		}
+	}
+}
+
+// TestSlowRecordReadDoesNotSpinOnSlots: a retry reads the event's record
+// before its call, and the read takes longer than a rate slot may wait, so
+// the slot goes by: the call takes the next slot without reading again,
+// and is made.
+func TestSlowRecordReadDoesNotSpinOnSlots(t *testing.T) {
+	h := newHarnessGate(t, throttle.Config{Priorities: 2, Concurrency: 8, Rate: 20}, func(c *worker.Config) {
+		c.RetryMaxElapsed = 5 * time.Second
+	}, zap.NewNop(), answer(503, nil, 0), answer(200, revoked, 0))
+	h.records.slowPrior = 4 * throttle.StartTolerance
+	d := &fakeDelivery{body: goodEvent, delivered: 2}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.handle(d)
+	}()
+	waitUntil(t, "the retry made", func() bool {
+		h.api.mu.Lock()
+		defer h.api.mu.Unlock()
+		return h.api.calls == 2
+	})
+	<-done
+	if o := onlyRecord(t, h); o.Outcome != event.Revoked || o.Attempts != 2 {
+		t.Fatalf("record %+v; want revoked after 2 calls", o)
+	}
+}
+
+// TestConfirmationFoundTakingACallBack: while a retry is stored ahead,
+// another delivery records not_found, and a third keeps its call's
+// confirmation in the ledger: the retry is not made, and the confirmation
+// found as it takes the call back is recorded, after the not_found it
+// corrects (SPEC §4, "The proof", point 3), not buried under it.
+func TestConfirmationFoundTakingACallBack(t *testing.T) {
+	h := newHarness(t, nil, answer(503, nil, 0), answer(404, gone, 0))
+	h.api.onCall = func() {
+		h.ledger.onUpdate = func() {
+			h.ledger.onUpdate = nil
+			h.records.mu.Lock()
+			h.records.outcomes = append(h.records.outcomes, event.Record{Stream: "REVOCATIONS", Sequence: 7,
+				AccountID: "acct1", KeyID: "key1", Outcome: event.NotFound, Status: 404, CFRay: "other-ray", Attempts: 2})
+			h.records.mu.Unlock()
+			h.ledger.mu.Lock()
+			defer h.ledger.mu.Unlock()
+			h.ledger.callBeside(ref7)
+			e := h.ledger.entries[7]
+			e.Confirmed, e.Answered = &worker.Call{Status: 200, CFRay: "kept-ray"}, e.Answered+1
+			h.ledger.entries[7] = e
+		}
+		h.api.onCall = nil
+	}
+	d := &fakeDelivery{body: goodEvent, delivered: 2}
+	h.handle(d)
+	if h.api.calls != 1 || d.settled[0] != "ack" {
+		t.Fatalf("calls %d, settled %v; want the one call and an ack", h.api.calls, d.settled)
+	}
+	if n := len(h.records.outcomes); n != 2 || h.records.outcomes[1].Outcome != event.Revoked ||
+		h.records.outcomes[1].CFRay != "kept-ray" || h.records.outcomes[1].Supersedes != 1 {
+		t.Fatalf("records %+v; want the not_found, then the kept revocation superseding it", h.records.outcomes)
 	}
 }

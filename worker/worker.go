@@ -755,7 +755,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 			return nil, false, decided, fmt.Errorf("not stored ahead in the ledger: %w", err)
 		}
 		a.seen, a.journaled, a.word = 1, a.journaled+1, time.Now()
-		if end, err := w.onTime(stop, work, a, pm, readIfLate); end != decided || err != nil {
+		if end, err := w.onTime(stop, work, a, pm, readIfLate); end != decided || err != nil || a.revoked != nil {
 			w.retract(work, a, end, err)
 			return nil, false, end, err
 		}
@@ -788,7 +788,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 			case a.calls > 0:
 				read = readOrCall
 			}
-			if end, err := w.onTime(stop, work, a, pm, read); end != decided || err != nil {
+			if end, err := w.onTime(stop, work, a, pm, read); end != decided || err != nil || a.revoked != nil {
 				w.retract(work, a, end, err)
 				return nil, false, end, err
 			}
@@ -829,23 +829,26 @@ const (
 // recordedMeanwhile reads the event's record before a call stored ahead
 // (as read says): a delivery beside this one may have recorded the event
 // meanwhile. If it has, or the read fails under readOrGiveBack, the call
-// is taken back and the delivery settled, as recorded or given back.
-func (w *Worker) recordedMeanwhile(work context.Context, a *attempt, read trailRead) bool {
-	if read == noTrailRead || read == readIfLate && !w.late(a) {
-		return false
-	}
+// is taken back and the delivery settled, as recorded or given back; if
+// taking it back finds a confirmation, it ends decided with the
+// confirmation learned, and no call. done is false when the call may go.
+func (w *Worker) recordedMeanwhile(work context.Context, a *attempt, read trailRead) (end ending, done bool) {
 	prior, found, err := w.Records.Prior(work, a.ref)
 	switch {
 	case err != nil && read == readOrGiveBack:
-		w.takeBack(work, a)
+		if w.takeBack(work, a); a.revoked != nil {
+			return decided, true
+		}
 		w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
-		return true
+		return settled, true
 	case err != nil || !found:
-		return false
+		return decided, false
 	}
-	w.takeBack(work, a)
+	if w.takeBack(work, a); a.revoked != nil {
+		return decided, true
+	}
 	w.settlePrior(a, prior)
-	return true
+	return settled, true
 }
 
 // onTime makes sure that the call just stored ahead may start now, on *pm
@@ -854,21 +857,34 @@ func (w *Worker) recordedMeanwhile(work context.Context, a *attempt, read trailR
 // started on it could come within a second of the rate's next calls, so it
 // is given back, its slot spent, and the next one taken. And the server
 // must have answered within half the ack wait (hasWord): after a long
-// wait for a permit it is asked again. An error means it did not answer,
+// wait for a permit it is asked again. Before those checks, a call that
+// may come after the event's record reads it (read, recordedMeanwhile),
+// and is not made if there is one: then onTime ends settled, or decided
+// with a confirmation learned. An error means it did not answer,
 // or that slot after slot went by (errLate): no call, as when the write
 // fails (the call is counted, and a later delivery reports it unanswered,
 // unless retract takes it back).
 func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read trailRead) (ending, error) {
+	var readAt time.Time
 	for late := 0; ; {
-		// Read first, as it may take a while: the checks below then hold
-		// when the call starts.
-		if w.recordedMeanwhile(work, a, read) {
-			return settled, nil
-		}
 		if stop.Err() != nil {
 			// Shutdown came while the call was stored: it is not in a
 			// call yet, so none starts (SPEC §7); retract takes it back.
 			return stopped, nil
+		}
+		// The record is read before the checks below, as it may take a
+		// while; once per call, and again only after a long wait for a
+		// slot: a read on every slot could make each one late.
+		reading := (read == readOrCall || read == readOrGiveBack || read == readIfLate && w.late(a)) &&
+			(readAt.IsZero() || time.Since(readAt) >= a.d.AckWait()/4)
+		if reading {
+			if end, done := w.recordedMeanwhile(work, a, read); done {
+				return end, nil
+			}
+			readAt = time.Now()
+			if stop.Err() != nil {
+				return stopped, nil
+			}
 		}
 		asked, err := w.hasWord(work, a)
 		if err != nil {
@@ -877,10 +893,11 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read
 		if !(*pm).Late() {
 			return decided, nil
 		}
-		// Only a slot made late by asking the server counts towards the
-		// bound: that can repeat for ever; a slot missed by a slow write
-		// or a busy machine is taken again as often as it comes.
-		if asked {
+		// Only a slot made late by asking the server (or reading the
+		// record) counts towards the bound: that can repeat for ever; a
+		// slot missed by a slow write or a busy machine is taken again as
+		// often as it comes.
+		if asked || reading {
 			if late++; late == maxLateSlots {
 				return decided, fmt.Errorf("%w (%d slots)", errLate, maxLateSlots)
 			}
@@ -957,8 +974,11 @@ func (w *Worker) takeBack(work context.Context, a *attempt) {
 		e.Calls--
 		return nil
 	})
-	if err == nil {
+	switch {
+	case err == nil:
 		a.seen = e.Calls
+	case errors.Is(err, errMoved):
+		w.learn(a, e) // a confirmation among what moved is not left behind
 	}
 }
 

@@ -417,7 +417,10 @@ func TestAttemptsCountEveryDelivery(t *testing.T) {
 	s.cfg.MaxDeliver = 2
 	s.cfg.RetryMaxElapsed = 100 * time.Millisecond
 	s.start()
-	s.waitFor("dead-lettered", func() bool { return s.count(s.cfg.DLQStream) == 1 })
+	// The outcome record follows the dead letter.
+	s.waitFor("dead-lettered and recorded", func() bool {
+		return s.count(s.cfg.DLQStream) == 1 && s.count(s.cfg.OutcomeStream) == 1
+	})
 	rec := s.msgs(s.cfg.DLQStream)[0]
 	if got, want := rec.Header.Get(queue.HeaderAttempts), strconv.Itoa(s.deletes("kdown")); got != want {
 		t.Fatalf("Revoker-Attempts = %s, want %s (every call of both workers)", got, want)

@@ -535,9 +535,15 @@ func (w *Worker) learn(a *attempt, e Entry) {
 	if e.Last != nil && a.status == 0 && a.calls == 0 {
 		a.status, a.cfRay = e.Last.Status, e.Last.CFRay
 	}
-	if e.Confirmed != nil && a.revoked == nil {
-		a.revoked, a.kept = e.Confirmed, true // read from the ledger: kept there
-		a.status, a.cfRay, a.last = e.Confirmed.Status, e.Confirmed.CFRay, Decision{Kind: Revoked}
+	adopt(a, e.Confirmed)
+}
+
+// adopt takes in c, a confirmation read from the ledger (so kept there),
+// unless a has one.
+func adopt(a *attempt, c *Call) {
+	if c != nil && a.revoked == nil {
+		a.revoked, a.kept = c, true
+		a.status, a.cfRay, a.last = c.Status, c.CFRay, Decision{Kind: Revoked}
 	}
 }
 
@@ -756,8 +762,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		}
 		a.seen, a.journaled, a.word = 1, a.journaled+1, time.Now()
 		if end, err := w.onTime(stop, work, a, pm, readIfLate); end != decided || err != nil || a.revoked != nil {
-			w.retract(work, a, end, err)
-			return nil, false, end, err
+			return w.notMade(work, a, end, err)
 		}
 		a.callAt = time.Now()
 		resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
@@ -789,8 +794,7 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 				read = readOrCall
 			}
 			if end, err := w.onTime(stop, work, a, pm, read); end != decided || err != nil || a.revoked != nil {
-				w.retract(work, a, end, err)
-				return nil, false, end, err
+				return w.notMade(work, a, end, err)
 			}
 			a.callAt = time.Now()
 			resp, err := w.apiOf(a.route).DeleteSigningKey(work, a.ev.AccountID, a.ev.KeyID)
@@ -806,6 +810,18 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 		}
 		moved = true // calls this delivery did not know of: their outcome is read before its call
 	}
+}
+
+// notMade ends delete for a call stored ahead and then not made, as
+// onTime ended it: taken back where it must be (retract), and, if a
+// confirmation was found meanwhile, decided without an error, so that
+// Handle records it.
+func (w *Worker) notMade(work context.Context, a *attempt, end ending, err error) (*cloudflare.Response, bool, ending, error) {
+	w.retract(work, a, end, err)
+	if a.revoked != nil && end == decided {
+		return nil, false, decided, nil
+	}
+	return nil, false, end, err
 }
 
 // late reports whether a was held for half its ack wait: the broker may
@@ -865,7 +881,10 @@ func (w *Worker) recordedMeanwhile(work context.Context, a *attempt, read trailR
 // fails (the call is counted, and a later delivery reports it unanswered,
 // unless retract takes it back).
 func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read trailRead) (ending, error) {
-	var readAt time.Time
+	var (
+		readAt   time.Time
+		readLast bool // the last pass read
+	)
 	for late := 0; ; {
 		if stop.Err() != nil {
 			// Shutdown came while the call was stored: it is not in a
@@ -873,10 +892,12 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read
 			return stopped, nil
 		}
 		// The record is read before the checks below, as it may take a
-		// while; once per call, and again only after a long wait for a
-		// slot: a read on every slot could make each one late.
+		// while: once per call, and again only after a long wait for a
+		// slot, never on the slot after one a read made late: a read on
+		// every slot could make each one late.
 		reading := (read == readOrCall || read == readOrGiveBack || read == readIfLate && w.late(a)) &&
-			(readAt.IsZero() || time.Since(readAt) >= a.d.AckWait()/4)
+			(readAt.IsZero() || !readLast && time.Since(readAt) >= a.d.AckWait()/4)
+		readLast = reading
 		if reading {
 			if end, done := w.recordedMeanwhile(work, a, read); done {
 				return end, nil
@@ -893,11 +914,10 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read
 		if !(*pm).Late() {
 			return decided, nil
 		}
-		// Only a slot made late by asking the server (or reading the
-		// record) counts towards the bound: that can repeat for ever; a
-		// slot missed by a slow write or a busy machine is taken again as
-		// often as it comes.
-		if asked || reading {
+		// Only a slot made late by asking the server counts towards the
+		// bound: that can repeat for ever; a slot missed by a slow write,
+		// a read or a busy machine is taken again as often as it comes.
+		if asked {
 			if late++; late == maxLateSlots {
 				return decided, fmt.Errorf("%w (%d slots)", errLate, maxLateSlots)
 			}
@@ -968,18 +988,19 @@ func (w *Worker) retract(work context.Context, a *attempt, end ending, err error
 // call was counted after it.
 func (w *Worker) takeBack(work context.Context, a *attempt) {
 	e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
-		if e.Calls != a.seen || e.Confirmed != nil {
+		if e.Calls != a.seen {
 			return errMoved
 		}
 		e.Calls--
 		return nil
 	})
-	switch {
-	case err == nil:
+	if err == nil {
 		a.seen = e.Calls
-	case errors.Is(err, errMoved):
-		w.learn(a, e) // a confirmation among what moved is not left behind
 	}
+	// A confirmation kept meanwhile by another delivery is not left
+	// behind; calls this delivery did not know of are for its next
+	// write-ahead to find (errMoved).
+	adopt(a, e.Confirmed)
 }
 
 // hasWord makes sure the server answered for the delivery within half the

@@ -8,11 +8,13 @@
 # The old binary is built from a temporary `git worktree` (removed at the
 # end), the new one from the working tree as it is, uncommitted changes
 # included; the benchmark is compiled once and run with BENCH_BINARY set to
-# each in turn: old, new, old, new, ... Each round prints the worker's
-# events/s and CPU seconds per 1,000 events (its own process, user +
-# system), the floor's events/s (the minimal loop, measured in the same
-# round: it shows how loaded the machine was) and this process's CPU per
-# 1,000 events while the worker drained (JetStream, stand-in, publisher).
+# each in turn, the order swapped every round (old, new; new, old; ...)
+# so that neither build always runs second on a machine whose speed
+# drifts. Each round prints the worker's events/s and CPU seconds per
+# 1,000 events (its own process, user + system), the floor's events/s
+# (the minimal loop, measured in the same round: it shows how loaded the
+# machine was) and this process's CPU per 1,000 events while the worker
+# drained (JetStream, stand-in, publisher).
 # The rig sets only what every revoker since 361f1b0 reads
 # (REVOKER_NATS_URL, CLOUDFLARE_API_TOKEN, CLOUDFLARE_BASE_URL,
 # REVOKER_HTTP_ADDR, REVOKER_CONCURRENCY, REVOKER_RATE_LIMIT) and the
@@ -45,7 +47,9 @@ results="$tmp/results"
 : >"$results"
 i=1
 while [ "$i" -le "$rounds" ]; do
-	for which in old new; do
+	order="old new"
+	[ $((i % 2)) -eq 0 ] && order="new old"
+	for which in $order; do
 		out=$(cd "$root/bench" && BENCH_BINARY="$tmp/revoker-$which" "$tmp/bench.test" \
 			-test.run '^$' -test.bench '^BenchmarkDrain$' -test.benchtime 1x 2>&1) || {
 			echo "$out" >&2
@@ -76,9 +80,11 @@ awk '
 	# The pair of each round is also compared on its own: the speed of the machine
 	# drifts by a third within minutes, and a pair run back to back shares
 	# the speed of the moment.
-	$2 == "old" { lastRate = $3; lastCPU = $4 }
-	$2 == "new" && lastRate > 0 { pr = pr " " $3 / lastRate; pc = pc " " $4 / lastCPU; pairs++ }
+	{ r[$1, $2] = $3; c[$1, $2] = $4; if ($1 > last) last = $1 }
 	END {
+		for (i = 1; i <= last; i++) if (r[i, "old"] > 0 && r[i, "new"] > 0) {
+			pr = pr " " r[i, "new"] / r[i, "old"]; pc = pc " " c[i, "new"] / c[i, "old"]; pairs++
+		}
 		ro = median(rate["old"]); rn = median(rate["new"]); co = median(cpu["old"]); cn = median(cpu["new"])
 		printf "median old %.0f events/s, %.4f s CPU/1k; new %.0f events/s, %.4f s CPU/1k; new/old: %.2fx events/s, %.2fx CPU per event\n", ro, co, rn, cn, rn / ro, cn / co
 		printf "pairs: median of the %d per-round ratios: %.2fx events/s, %.2fx CPU per event\n", pairs, median(pr), median(pc)

@@ -883,7 +883,7 @@ func (w *Worker) recordedMeanwhile(work context.Context, a *attempt, read trailR
 func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read trailRead) (ending, error) {
 	var (
 		readAt   time.Time
-		readLast bool // the last pass read
+		readLate bool // the last read made its slot late
 	)
 	for late := 0; ; {
 		if stop.Err() != nil {
@@ -892,24 +892,28 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read
 			return stopped, nil
 		}
 		// The record is read before the checks below, as it may take a
-		// while: once per call, and again only after a long wait for a
-		// slot, never on the slot after one a read made late: a read on
-		// every slot could make each one late.
-		reading := (read == readOrCall || read == readOrGiveBack || read == readIfLate && w.late(a)) &&
-			(readAt.IsZero() || !readLast && time.Since(readAt) >= a.d.AckWait()/4)
-		readLast = reading
-		if reading {
+		// while: once per call, and again after a wait for a slot of a
+		// quarter of the ack wait, but not on the slot after one the read
+		// itself made late: a read on every slot could make each late.
+		if (read == readOrCall || read == readOrGiveBack || read == readIfLate && w.late(a)) &&
+			(readAt.IsZero() || !readLate && time.Since(readAt) >= a.d.AckWait()/4) {
+			lateBefore := (*pm).Late()
 			if end, done := w.recordedMeanwhile(work, a, read); done {
 				return end, nil
 			}
-			readAt = time.Now()
+			readAt, readLate = time.Now(), !lateBefore && (*pm).Late()
 			if stop.Err() != nil {
 				return stopped, nil
 			}
+		} else {
+			readLate = false
 		}
 		asked, err := w.hasWord(work, a)
 		if err != nil {
 			return decided, err
+		}
+		if stop.Err() != nil {
+			return stopped, nil // shutdown came while the server was asked
 		}
 		if !(*pm).Late() {
 			return decided, nil
@@ -988,7 +992,10 @@ func (w *Worker) retract(work context.Context, a *attempt, end ending, err error
 // call was counted after it.
 func (w *Worker) takeBack(work context.Context, a *attempt) {
 	e, err := w.Ledger.Update(work, a.ref, func(e *Entry) error {
-		if e.Calls != a.seen {
+		// With a confirmation there, the last call counted may be the
+		// confirming one (an entry lost and written again counts from
+		// what its writer knew): it stays counted, one too many at worst.
+		if e.Calls != a.seen || e.Confirmed != nil {
 			return errMoved
 		}
 		e.Calls--

@@ -185,10 +185,10 @@ func describe429(reqs []cloudflaretest.Request) string {
 	return strings.TrimSuffix(b.String(), "\n")
 }
 
-// spanOf is when the first and last DELETE of budget arrived, and how
-// many there were.
-func spanOf(reqs []cloudflaretest.Request, budget string) (first, last time.Time, n int) {
-	for _, r := range ofBudget(reqs, budget) {
+// spanOf is when the first and last DELETE of reqs arrived, and how many
+// there were.
+func spanOf(reqs []cloudflaretest.Request) (first, last time.Time, n int) {
+	for _, r := range reqs {
 		if r.Method != http.MethodDelete {
 			continue
 		}
@@ -385,20 +385,9 @@ func TestAccountsOnTwoBudgets(t *testing.T) {
 	if n := statusCount(reqs, http.StatusTooManyRequests); n != 0 || api.Throttled() != 0 {
 		t.Errorf("%d requests answered 429:\n%s", n, describe429(reqs))
 	}
-	var first, last time.Time
-	deletes := 0
+	first, last, deletes := spanOf(reqs)
 	for _, r := range reqs {
-		if r.Method != http.MethodDelete {
-			continue
-		}
-		if deletes == 0 || r.At.Before(first) {
-			first = r.At
-		}
-		if r.At.After(last) {
-			last = r.At
-		}
-		deletes++
-		if r.Credential != map[string]string{maAccA: "cred-a", maAccB: "cred-bc", maAccC: "cred-bc"}[r.AccountID] {
+		if r.Method == http.MethodDelete && r.Credential != map[string]string{maAccA: "cred-a", maAccB: "cred-bc", maAccC: "cred-bc"}[r.AccountID] {
 			t.Errorf("DELETE of %s/%s sent with credential %q", r.AccountID, r.KeyID, r.Credential)
 		}
 	}
@@ -407,7 +396,7 @@ func TestAccountsOnTwoBudgets(t *testing.T) {
 	// Both budgets at work at once, not one after the other: while
 	// acct-a's DELETEs went on, user-bc's did too, at about the same
 	// pace. Counted, not timed, so a slow machine slows both alike.
-	aFirst, aLast, aDeletes := spanOf(reqs, "acct-a")
+	aFirst, aLast, aDeletes := spanOf(ofBudget(reqs, "acct-a"))
 	beside := 0
 	for _, r := range ofBudget(reqs, "user-bc") {
 		if r.Method == http.MethodDelete && !r.At.Before(aFirst) && !r.At.After(aLast) {

@@ -668,6 +668,15 @@ func recordWithACallBeside(t *testing.T, read time.Duration) {
 	}
 }
 
+// confirmBeside keeps the confirmation of the last call another delivery
+// made for ref's event, its 200 heard, as keepConfirmation leaves it; l.mu
+// is held.
+func (l *fakeLedger) confirmBeside(ref worker.Ref, ray string) {
+	e := l.entry(ref)
+	e.Confirmed, e.Answered = &worker.Call{Status: 200, CFRay: ray}, e.Answered+1
+	l.entries[ref.Seq] = e
+}
+
 // callBeside stores a call another delivery made for ref's event, as its
 // write-ahead does; l.mu is held.
 func (l *fakeLedger) callBeside(ref worker.Ref) {
@@ -749,10 +758,7 @@ func TestRecordTakesInWhatWasStoredWhileItWasRefused(t *testing.T) {
 			defer h.ledger.mu.Unlock()
 			h.ledger.callBeside(ref7)
 			if tc.confirmed {
-				e := h.ledger.entries[7]
-				e.Confirmed = &worker.Call{Status: 200, CFRay: "kept-ray"}
-				e.Answered++ // its 200 was heard, as keepConfirmation leaves it
-				h.ledger.entries[7] = e
+				h.ledger.confirmBeside(ref7, "kept-ray")
 			}
 		}
 		d := &fakeDelivery{body: goodEvent, delivered: 2}
@@ -843,9 +849,7 @@ func TestConfirmationFoundTakingACallBack(t *testing.T) {
 			h.ledger.mu.Lock()
 			defer h.ledger.mu.Unlock()
 			h.ledger.callBeside(ref7)
-			e := h.ledger.entries[7]
-			e.Confirmed, e.Answered = &worker.Call{Status: 200, CFRay: "kept-ray"}, e.Answered+1
-			h.ledger.entries[7] = e
+			h.ledger.confirmBeside(ref7, "kept-ray")
 		}
 		h.api.onCall = nil
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"mime"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -43,7 +44,8 @@ func IsCloudEvent(contentType string) bool {
 const MaxCloudEventBytes = 2 * MaxBytes
 
 // DecodeCloudEvent parses and validates a structured-mode CloudEvent whose
-// data is the event. Every rule of Decode holds for data as the event (SPEC
+// data is the event. The envelope it returns holds what could be read of
+// it even with an error, so a refused event still carries its id and trace. Every rule of Decode holds for data as the event (SPEC
 // §14), its size and nesting counted from data itself; the whole body is
 // one object of valid UTF-8 with no repeated names, nested one level more
 // than data may be, and at most MaxCloudEventBytes. An envelope that
@@ -76,6 +78,10 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 		}
 		attr[name] = s
 	}
+	// The envelope's id and trace context name the event even when the
+	// rest is refused: its dead letter and record carry them (SPEC §14).
+	ce = CloudEvent{ID: attr["id"], Source: attr["source"], Type: attr["type"],
+		TraceParent: attr["traceparent"], TraceState: attr["tracestate"]}
 	switch {
 	case attr["specversion"] != "1.0":
 		return Event{}, ce, invalid("CloudEvent specversion must be \"1.0\", got %s", quote(attr["specversion"]))
@@ -88,10 +94,8 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 	case raw[6] != nil:
 		return Event{}, ce, invalid("CloudEvent data_base64 is not taken: send the event as JSON in data")
 	}
-	if ct := attr["datacontenttype"]; ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			return Event{}, ce, invalid("CloudEvent datacontenttype must be application/json, got %s", quote(ct))
-		}
+	if ct := attr["datacontenttype"]; ct != "" && !jsonMediaType(ct) {
+		return Event{}, ce, invalid("CloudEvent datacontenttype must be JSON (application/json, text/json or a +json type), got %s", quote(ct))
 	}
 	data := raw[4]
 	if data == nil {
@@ -110,10 +114,13 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 		return Event{}, ce, err
 	}
 	ev, err := decodeFields(fields)
-	if err != nil {
-		return ev, ce, err
-	}
-	ce = CloudEvent{ID: attr["id"], Source: attr["source"], Type: attr["type"],
-		TraceParent: attr["traceparent"], TraceState: attr["tracestate"]}
-	return ev, ce, nil
+	return ev, ce, err
+}
+
+// jsonMediaType reports whether a datacontenttype says data is JSON, as
+// the CloudEvents JSON format reads it: application/json, text/json, or
+// any type with the structured suffix +json (parameters aside).
+func jsonMediaType(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/json" || mt == "text/json" || strings.HasSuffix(mt, "+json"))
 }

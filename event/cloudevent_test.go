@@ -37,7 +37,8 @@ func TestDecodeCloudEventRefuses(t *testing.T) {
 		{"no source", `{"specversion":"1.0","id":"1","type":"t",` + data + `}`, "source"},
 		{"no type", `{"specversion":"1.0","id":"1","source":"s",` + data + `}`, "type"},
 		{"no data", `{"specversion":"1.0","id":"1","source":"s","type":"t"}`, "data is missing"},
-		{"data a string", `{"specversion":"1.0","id":"1","source":"s","type":"t","data":"{}"}`, "data must be a JSON object"},
+		{"data a string", `{"specversion":"1.0","id":"1","source":"s","type":"t","data":"{}"}`, "data must be a JSON object, got a string"},
+		{"data an array", `{"specversion":"1.0","id":"1","source":"s","type":"t","data":[]}`, "data must be a JSON object, got an array"},
 		{"data_base64", `{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"e30="}`, "data_base64"},
 		{"xml data", `{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"application/xml",` + data + `}`, "datacontenttype"},
 		{"repeated attribute", `{"specversion":"1.0","id":"1","id":"2","source":"s","type":"t",` + data + `}`, "appears twice"},
@@ -54,6 +55,33 @@ func TestDecodeCloudEventRefuses(t *testing.T) {
 				t.Fatalf("error %v, want one saying %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestDecodeCloudEventJSONDataTypes: every datacontenttype the CloudEvents
+// JSON format reads as JSON carries the event.
+func TestDecodeCloudEventJSONDataTypes(t *testing.T) {
+	for _, ct := range []string{"application/json", "application/json; charset=utf-8", "text/json",
+		"application/vnd.example.revoke+json", "Application/JSON"} {
+		body := `{"specversion":"1.0","id":"1","source":"s","type":"t","datacontenttype":"` + ct + `",` +
+			`"data":{"account_id":"acct1","key_id":"key1"}}`
+		if ev, _, err := event.DecodeCloudEvent([]byte(body)); err != nil || ev.KeyID != "key1" {
+			t.Errorf("datacontenttype %q: %+v, %v", ct, ev, err)
+		}
+	}
+}
+
+// TestDecodeCloudEventRefusedKeepsItsEnvelope: a CloudEvent refused for
+// its data or its envelope's rules still names its id and trace context,
+// for its dead letter and record. (A body that is not sound JSON names
+// nothing: nothing read from it can be trusted.)
+func TestDecodeCloudEventRefusedKeepsItsEnvelope(t *testing.T) {
+	for _, data := range []string{`{"account_id":"acct1","key_id":"../x"}`, `"x"`, `{"account_id":"acct1","key_id":"k"},"data_base64":"e30="`} {
+		body := `{"specversion":"1.0","id":"ce-9","source":"s","type":"t","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","data":` + data + `}`
+		_, ce, err := event.DecodeCloudEvent([]byte(body))
+		if !errors.Is(err, event.ErrInvalid) || ce.ID != "ce-9" || ce.TraceParent == "" {
+			t.Errorf("data %s: envelope %+v, error %v; want an invalid event keeping id ce-9 and its traceparent", data, ce, err)
+		}
 	}
 }
 

@@ -143,8 +143,12 @@ func jsonKind(raw []byte) string {
 		return "null"
 	case 't', 'f':
 		return "a boolean"
-	case '{', '[':
-		return "an object or array"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
 	}
 	return "a number"
 }

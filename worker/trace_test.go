@@ -62,6 +62,17 @@ func TestCloudEvent(t *testing.T) {
 	if o := onlyRecord(t, h); o.Outcome != event.DeadLettered || o.Reason != event.InvalidEvent || h.api.calls != 0 {
 		t.Fatalf("record %+v after %d calls; a CloudEvent breaking its rules is an invalid event", o, h.api.calls)
 	}
+	// A valid envelope whose data breaks SPEC §2 is dead-lettered under
+	// the envelope's id and trace.
+	h = newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: `{"specversion":"1.0","id":"ce-43","source":"s","type":"t","traceparent":"` + traceParent +
+		`","data":{"account_id":"acct1","key_id":"no-dashes"}}`, header: ct})
+	if o := onlyRecord(t, h); o.Reason != event.InvalidEvent || o.EventID != "ce-43" || o.TraceID != traceID {
+		t.Fatalf("record %+v; want invalid_event under event id ce-43, trace %s", o, traceID)
+	}
+	if dl := h.records.dlq[0]; dl.EventID != "ce-43" || dl.TraceID != traceID {
+		t.Fatalf("dead letter event id %q, trace id %q; want ce-43, %s", dl.EventID, dl.TraceID, traceID)
+	}
 	// Without the content type, the same body is an event of its own, and
 	// lacks account_id.
 	h = newHarness(t, nil, answer(200, revoked, 0))

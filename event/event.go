@@ -40,7 +40,9 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
 }
 
-// Decode parses and validates body. It is strict on purpose: the body
+// Decode parses and validates body. An event it refuses holds only those
+// of its ids that pass their rule, and only when the body is sound JSON.
+// It is strict on purpose: the body
 // must be exactly one JSON object of valid UTF-8, with no field name repeated
 // in any object and no nesting deeper than MaxDepth. Field names match
 // exactly (encoding/json would also take "ACCOUNT_ID"), so there is one
@@ -65,7 +67,28 @@ func Decode(body []byte) (Event, error) {
 }
 
 // decodeFields reads the event from the raw values of its known fields.
+// An event it refuses still holds those of its ids that pass their rule
+// (the others empty), so that its record is filed under its key (SPEC §5a).
 func decodeFields(fields [][]byte) (Event, error) {
+	ev, err := readFields(fields)
+	if err != nil {
+		ev = Event{AccountID: validID(fields[0]), KeyID: validID(fields[1])}
+	}
+	return ev, err
+}
+
+// validID is the identifier raw holds, or "" unless it is a JSON string
+// that passes the identifier rule.
+func validID(raw []byte) string {
+	var s string
+	if raw == nil || raw[0] != '"' || json.Unmarshal(raw, &s) != nil || !cloudflare.ValidIdentifier(s) {
+		return ""
+	}
+	return s
+}
+
+// readFields reads and checks the event's fields.
+func readFields(fields [][]byte) (Event, error) {
 	var ev Event
 	var seen [len(knownFields)]bool
 	for i, name := range knownFields {

@@ -778,6 +778,30 @@ func TestDeadLetterBeforeAnyCallNotStoredAgain(t *testing.T) {
 	}
 }
 
+// TestInvalidEventFiledUnderItsValidIDs: an invalid event's record names
+// those of its ids that pass their rule, "_" in place of the others (SPEC
+// §5a), so that a look-up of its key finds it.
+func TestInvalidEventFiledUnderItsValidIDs(t *testing.T) {
+	for _, tc := range []struct{ name, body, account, key string }{
+		{"bad requested_at", `{"account_id":"acct1","key_id":"key1","requested_at":"yesterday"}`, "acct1", "key1"},
+		{"reason too long", `{"account_id":"acct1","key_id":"key1","reason":"` + strings.Repeat("r", 1025) + `"}`, "acct1", "key1"},
+		{"bad key", `{"account_id":"acct1","key_id":"../etc"}`, "acct1", event.NoKey},
+		{"bad account", `{"account_id":"a-1","key_id":"key1"}`, event.NoKey, "key1"},
+		{"key a number", `{"account_id":"acct1","key_id":7}`, "acct1", event.NoKey},
+		{"repeated field", `{"account_id":"acct1","key_id":"key1","key_id":"key2"}`, event.NoKey, event.NoKey},
+		{"not json", `{"account_id":"acct1","key_id":"key1"`, event.NoKey, event.NoKey},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			h.handle(&fakeDelivery{body: tc.body})
+			o := onlyRecord(t, h)
+			if o.Reason != event.InvalidEvent || o.AccountID != tc.account || o.KeyID != tc.key || h.api.calls != 0 {
+				t.Fatalf("record %+v after %d calls; want invalid_event filed under %s/%s, no call", o, h.api.calls, tc.account, tc.key)
+			}
+		})
+	}
+}
+
 // A redelivered invalid event whose ledger cannot be read is given back,
 // not dead-lettered again blind; a mark that cannot be written does not
 // hold the Term back.

@@ -1649,10 +1649,20 @@ func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) 
 	} else if !a.absentAt.IsZero() {
 		r.AbsenceCheckedAt = a.absentAt.UTC().Format(time.RFC3339Nano)
 	}
-	if a.decoded {
+	switch {
+	case a.decoded:
 		r.AccountID, r.KeyID, r.RequestedBy = a.ev.AccountID, a.ev.KeyID, a.ev.RequestedBy
 		if !a.ev.RequestedAt.IsZero() {
 			r.RequestedAt = a.ev.RequestedAt.Format(time.RFC3339Nano)
+		}
+	default:
+		// An invalid event is filed under those of its ids that pass their
+		// rule (SPEC §5a), which the decoder alone kept.
+		if cloudflare.ValidIdentifier(a.ev.AccountID) {
+			r.AccountID = a.ev.AccountID
+		}
+		if cloudflare.ValidIdentifier(a.ev.KeyID) {
+			r.KeyID = a.ev.KeyID
 		}
 	}
 	return r

@@ -229,18 +229,24 @@ func TestEachOutcomeSince(t *testing.T) {
 	pub(event.Record{EventID: "e2", KeyID: "k2", Outcome: "not_found", Sequence: 2})
 	pub(event.Record{EventID: "e3", KeyID: "k3", Outcome: "dead_lettered", Reason: "api_rejected", Sequence: 3})
 
+	var strays []queue.Stray
 	read := func(since time.Time) (ids []string) {
 		t.Helper()
+		strays = nil
 		if err := queue.EachOutcome(dlqTCtx(t), js, cfg.OutcomeStream, cfg.OutcomeSubject+".>", since, func(o event.Record) error {
 			ids = append(ids, o.EventID)
 			return nil
-		}); err != nil {
+		}, func(s queue.Stray) { strays = append(strays, s) }); err != nil {
 			t.Fatal(err)
 		}
 		return ids
 	}
 	if got := fmt.Sprint(read(time.Time{})); got != "[e1 e2 e3]" {
 		t.Fatalf("all: %s", got)
+	}
+	// What is not a record of its subject's key is reported, not believed.
+	if len(strays) != 1 || strays[0].Subject != cfg.OutcomeSubject+".a.k9" {
+		t.Fatalf("strays %+v, want the message on %s.a.k9", strays, cfg.OutcomeSubject)
 	}
 	if got := fmt.Sprint(read(mid)); got != "[e2 e3]" {
 		t.Fatalf("since: %s", got)
@@ -254,7 +260,7 @@ func TestEachOutcomeSince(t *testing.T) {
 	}
 	stop := errors.New("enough")
 	n := 0
-	err := queue.EachOutcome(dlqTCtx(t), js, cfg.OutcomeStream, cfg.OutcomeSubject+".>", time.Time{}, func(event.Record) error { n++; return stop })
+	err := queue.EachOutcome(dlqTCtx(t), js, cfg.OutcomeStream, cfg.OutcomeSubject+".>", time.Time{}, func(event.Record) error { n++; return stop }, nil)
 	if !errors.Is(err, stop) || n != 1 {
 		t.Fatalf("stop: %v after %d", err, n)
 	}

@@ -15,18 +15,36 @@ import (
 	"github.com/revoker/revoker/event"
 )
 
+// Stray is a message on a key's subject of the outcome stream that is not
+// a record of that key (it does not parse, or names another key): never
+// believed, and reported (SPEC §4, "The proof", point 8).
+type Stray struct {
+	Subject  string
+	Sequence uint64
+}
+
+// recordOn is the record m holds, if it is one of its subject's key; if
+// not, ok is false and m is reported to stray (which may be nil).
+func recordOn(m *jetstream.RawStreamMsg, stray func(Stray)) (o event.Record, ok bool) {
+	if json.Unmarshal(m.Data, &o) != nil || !onOwnSubject(m.Subject, o) {
+		if stray != nil {
+			stray(Stray{Subject: m.Subject, Sequence: m.Sequence})
+		}
+		return event.Record{}, false
+	}
+	return o, true
+}
+
 // EachOutcome reads the outcome records (SPEC §5a) on subject (a key's own
 // subject, or a wildcard such as <prefix>.<account>.>), oldest first, from
 // the records stored at since onwards (zero: from the first) to the last
-// one stored when the call began, and calls fn with each record whose body
-// parses. It only reads. An error from fn stops the reading and is
-// returned.
-func EachOutcome(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, fn func(event.Record) error) error {
+// one stored when the call began, and calls fn with each record of its
+// subject's key; any other message there goes to stray (nil: skipped).
+// It only reads. An error from fn stops the reading and is returned.
+func EachOutcome(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, fn func(event.Record) error, stray func(Stray)) error {
 	return scan(ctx, js, stream, subject, since, func(m *jetstream.RawStreamMsg) (bool, error) {
-		var o event.Record
-		if err := json.Unmarshal(m.Data, &o); err != nil || !onOwnSubject(m.Subject, o) {
-			// Not a record of ours (someone else published on the
-			// subject); the audit trail is the records that are.
+		o, ok := recordOn(m, stray)
+		if !ok {
 			return true, nil
 		}
 		return true, fn(o)
@@ -150,11 +168,12 @@ func KeyOutcomes(ctx context.Context, js jetstream.JetStream, stream, prefix, ac
 const followPoll = 250 * time.Millisecond
 
 // FollowOutcomes calls fn with each outcome record on subject stored from
-// since on (zero: all), and then with each new one as it is stored, until
+// since on (zero: all), and then with each new one as it is stored (any
+// other message there going to stray, as in EachOutcome), until
 // ctx ends (nil) or fn fails. Like scan it reads with STREAM.MSG.GET, one
 // record at a time, and asks again every followPoll once it has read all;
 // a NATS outage is waited out.
-func FollowOutcomes(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, fn func(event.Record) error) error {
+func FollowOutcomes(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, fn func(event.Record) error, stray func(Stray)) error {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", stream, err)
@@ -177,8 +196,8 @@ func FollowOutcomes(ctx context.Context, js jetstream.JetStream, stream, subject
 			return nil
 		case err == nil:
 			seq = m.Sequence + 1
-			var o event.Record
-			if json.Unmarshal(m.Data, &o) != nil || !onOwnSubject(m.Subject, o) {
+			o, ok := recordOn(m, stray)
+			if !ok {
 				continue
 			}
 			if err := fn(o); err != nil {

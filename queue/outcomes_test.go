@@ -30,7 +30,7 @@ func TestFollowOutcomes(t *testing.T) {
 		done <- queue.FollowOutcomes(ctx, js, cfg.OutcomeStream, cfg.OutcomeSubject+".a.*", time.Time{}, func(r event.Record) error {
 			got <- r.KeyID
 			return nil
-		})
+		}, nil)
 	}()
 	want := func(key string) {
 		t.Helper()

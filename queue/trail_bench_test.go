@@ -81,7 +81,7 @@ func BenchmarkKeyLookup(b *testing.B) {
 				for range b.N {
 					got := 0
 					err := queue.EachOutcome(ctx, js, cfg.OutcomeStream, queue.OutcomeSubject(cfg.OutcomeSubject, "acct", "k0"), time.Time{},
-						func(event.Record) error { got++; return nil })
+						func(event.Record) error { got++; return nil }, nil)
 					if err != nil || got != 3 {
 						b.Fatalf("%d records, %v", got, err)
 					}

@@ -190,6 +190,10 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 	if len(r.Unjudged) > 0 {
 		s.Log.Info("verify: keys recorded after their list started are left to the next check", zap.Int("keys", len(r.Unjudged)))
 	}
+	for _, m := range r.Strays {
+		s.Log.Warn("verify: a message on a key's outcome subject is not a record of that key: not believed",
+			zap.String("subject", untrusted.Line(m.Subject, 256)), zap.Uint64("sequence", m.Sequence))
+	}
 	s.Gauge.Set(float64(len(r.StillListed)))
 	body, _ := json.Marshal(last{StillListed: len(r.StillListed), Checked: r.Checked, Failed: len(r.Failed),
 		At: time.Now().UTC().Format(time.RFC3339Nano), By: untrusted.Line(s.Replica, 256)})

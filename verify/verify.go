@@ -67,6 +67,10 @@ type Report struct {
 	// Unjudged are keys recorded as completed after their account's list
 	// was started (a clock ahead of this one): that list cannot judge them.
 	Unjudged []Claim
+	// Strays are messages on keys' subjects that are not records of
+	// those keys: not believed, and reported (SPEC §4, "The proof",
+	// point 8).
+	Strays []queue.Stray
 }
 
 // Proven reports whether every key the trail says is gone was shown gone.
@@ -80,7 +84,8 @@ func (r Report) Proven() bool {
 // record judged was stored before its list was asked for. It returns an
 // error only when the trail cannot be read.
 func Check(ctx context.Context, cfg Config, account string, since time.Time) (Report, error) {
-	claims, err := Claims(ctx, cfg.JS, cfg.Stream, cfg.Prefix, account, since)
+	var r Report
+	claims, err := Claims(ctx, cfg.JS, cfg.Stream, cfg.Prefix, account, since, func(s queue.Stray) { r.Strays = append(r.Strays, s) })
 	if err != nil {
 		return Report{}, err
 	}
@@ -92,7 +97,6 @@ func Check(ctx context.Context, cfg Config, account string, since time.Time) (Re
 		}
 		byAccount[c.AccountID] = append(byAccount[c.AccountID], c)
 	}
-	var r Report
 	for _, acct := range accounts {
 		if err := ctx.Err(); err != nil {
 			return r, err
@@ -143,7 +147,9 @@ func fetch(ctx context.Context, cfg Config, account string) (*cloudflare.KeyList
 // the others the latest stored counts: a key whose latest record is
 // dead_lettered is not claimed gone. Records of keys without a valid
 // account or key id (stored under "_") name nothing that can be listed.
-func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account string, since time.Time) ([]Claim, error) {
+// Messages there that are not records of their key go to stray (nil:
+// skipped).
+func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account string, since time.Time, stray func(queue.Stray)) ([]Claim, error) {
 	if prefix == "" {
 		return nil, ErrNoTrail
 	}
@@ -166,7 +172,7 @@ func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account
 			believed[k] = o
 		}
 		return nil
-	})
+	}, stray)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", stream, err)
 	}

@@ -94,10 +94,21 @@ func TestVerifyClaimsFollowTheBelievedRecord(t *testing.T) {
 	r.record(acct, "k3", event.DeadLettered) // a confirmation is never buried
 	r.record(acct, "k4", event.NotFound)
 	r.record("_", "k5", event.Revoked) // no account to list
+	// A revoked record of k1 planted on k6's subject: not believed for
+	// either key, and reported.
+	planted := queue.OutcomeMsg(r.cfg.Prefix, event.Record{EventID: "x", AccountID: acct, KeyID: "k1", Outcome: event.Revoked})
+	planted.Subject = queue.OutcomeSubject(r.cfg.Prefix, acct, "k6")
+	if _, err := r.js.PublishMsg(testCtx(t), planted); err != nil {
+		t.Fatal(err)
+	}
 
-	got, err := verify.Claims(testCtx(t), r.js, r.cfg.Stream, r.cfg.Prefix, "", time.Time{})
+	var strays []queue.Stray
+	got, err := verify.Claims(testCtx(t), r.js, r.cfg.Stream, r.cfg.Prefix, "", time.Time{}, func(s queue.Stray) { strays = append(strays, s) })
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(strays) != 1 || strays[0].Subject != planted.Subject {
+		t.Errorf("strays %+v, want the record planted on %s", strays, planted.Subject)
 	}
 	want := map[string]event.Outcome{"k2": event.Revoked, "k3": event.Revoked, "k4": event.NotFound}
 	if len(got) != len(want) {

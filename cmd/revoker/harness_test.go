@@ -232,7 +232,7 @@ func (s *stack) outcomes(key string) []event.Record {
 			out = append(out, o)
 		}
 		return nil
-	})
+	}, nil)
 	if err != nil {
 		s.t.Fatal(err)
 	}

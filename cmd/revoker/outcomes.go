@@ -80,11 +80,19 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		}
 		return nil
 	}
+	// Anything else on a key's subject is not believed, but said (SPEC §4,
+	// "The proof", point 8): someone other than a worker wrote there.
+	stray := func(s queue.Stray) {
+		if tw != nil {
+			tw.Flush() // keep the warning beside where it was found
+		}
+		fmt.Fprintf(e.stderr, "revoker outcomes: %s\n", strayLine(s))
+	}
 	var err error
 	if *follow {
-		err = queue.FollowOutcomes(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, print)
+		err = queue.FollowOutcomes(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, print, stray)
 	} else {
-		err = queue.EachOutcome(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, print)
+		err = queue.EachOutcome(ctx, c.JetStream(), cfg.OutcomeStream, subject, from, print, stray)
 	}
 	if tw != nil {
 		tw.Flush()
@@ -97,4 +105,10 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "no outcome records match in %s\n", cfg.OutcomeStream)
 	}
 	return exitOK
+}
+
+// strayLine says, in one line, that a message on a key's subject is not a
+// record of that key and is not believed.
+func strayLine(s queue.Stray) string {
+	return fmt.Sprintf("message %d on %s is not an outcome record of that key: not believed", s.Sequence, cell(s.Subject))
 }

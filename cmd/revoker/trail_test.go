@@ -293,3 +293,30 @@ func TestOutcomesShowsTheCorrection(t *testing.T) {
 		t.Fatalf("outcomes --key kS:\n%s", r.stdout)
 	}
 }
+
+// TestOutcomesReportsWhatIsNotARecordOfItsKey: a record naming another key,
+// or a body that is no record, on a key's subject is not listed, and is
+// said on standard error (SPEC §4, "The proof", point 8).
+func TestOutcomesReportsWhatIsNotARecordOfItsKey(t *testing.T) {
+	s := hStack(t, nil)
+	s.ensure()
+	cfg := s.cfg()
+	subject := queue.OutcomeSubject(cfg.OutcomeSubject, "acc1", "kF")
+	foreign := queue.OutcomeMsg(cfg.OutcomeSubject, event.Record{EventID: "ev-f", AccountID: "acc1", KeyID: "other",
+		Outcome: event.Revoked, Stream: cfg.Stream, Sequence: 9})
+	foreign.Subject = subject
+	if _, err := s.js.PublishMsg(trailCtx(t), foreign); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.js.Publish(trailCtx(t), subject, []byte("not a record")); err != nil {
+		t.Fatal(err)
+	}
+	r := s.run("outcomes", "--key", "kF", "--account", "acc1")
+	r.want(t, exitOK)
+	if strings.Contains(r.stdout, "revoked") {
+		t.Fatalf("a record of another key was listed:\n%s", r.stdout)
+	}
+	if n := strings.Count(r.stderr, "is not an outcome record of that key: not believed"); n != 2 {
+		t.Fatalf("stderr says %d messages are not believed, want 2:\n%s", n, r.stderr)
+	}
+}

@@ -119,6 +119,9 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "revoker verify: account %s key %s: recorded at %s, after its list started; not judged, run again\n",
 			cell(u.AccountID), cell(u.KeyID), cell(u.CompletedAt))
 	}
+	for _, s := range r.Strays {
+		fmt.Fprintf(e.stderr, "revoker verify: %s\n", strayLine(s))
+	}
 	if r.Proven() {
 		return exitOK
 	}

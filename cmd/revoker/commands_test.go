@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -150,12 +151,18 @@ not json
 	if err := os.WriteFile(f, []byte(`{"account_id":"a1","key_id":"c1"}`+"\n"+`{"account_id":"a1","key_id":"c2"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.run("publish", "--from-file", f, "--urgent", "--wait", "--timeout", "200ms").
-		want(t, exitTimeout, "line 1: timeout account=a1 key=c1", "line 2: timeout account=a1 key=c2", "2 timed out")
+	r = s.run("publish", "--from-file", f, "--urgent", "--wait", "--timeout", "200ms")
+	r.want(t, exitTimeout, "line 1: timeout account=a1 key=c1", "line 2: timeout account=a1 key=c2", "2 timed out")
+	if n := len(regexp.MustCompile(`trace_id=[0-9a-f]{32}`).FindAllString(r.stdout, -1)); n != 2 {
+		t.Fatalf("%d lines name their trace, want 2 (SPEC §13):\n%s", n, r.stdout)
+	}
 
 	// A file as editors leave them (byte-order mark, CRLF, no final line
 	// end) with the worker's subtler refusals.
 	r = s.run("publish", "--from-file", "testdata/mixed.jsonl")
+	if n := len(regexp.MustCompile(`(?m)^line \d+: published \S+ \(sequence \d+, trace [0-9a-f]{32}\)$`).FindAllString(r.stdout, -1)); n != 2 {
+		t.Fatalf("%d published lines name their event and trace, want 2 (SPEC §13):\n%s", n, r.stdout)
+	}
 	r.want(t, exitUsage, "summary: 2 published to revoke.scheduled, 3 invalid lines skipped",
 		`line 3: invalid event: field "key_id" appears twice`,
 		"line 4: invalid event: requested_at must be an RFC 3339 time",

@@ -252,6 +252,9 @@ func (p *publisher) printOutcome(line int, o event.Record) {
 		fmt.Fprintf(&b, " status=%d attempts=%d cf_ray=%s completed_at=%s", o.Status, o.Attempts, cell(o.CFRay), cell(o.CompletedAt))
 	}
 	fmt.Fprintf(&b, " event_id=%s", cell(o.EventID))
+	if o.TraceID != "" {
+		fmt.Fprintf(&b, " trace_id=%s", cell(o.TraceID))
+	}
 	fmt.Fprintln(p.e.stdout, b.String())
 }
 
@@ -311,8 +314,14 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 			sum.Duplicate++
 		}
 		events = append(events, pub)
-		if p.json && !p.wait {
+		switch {
+		case p.wait: // each line's outcome is printed instead
+		case p.json:
 			printJSON(e.stdout, published{Line: lines[pub.EventID], Published: pub})
+		default:
+			// Each event's id and trace, for the incident's tooling to
+			// follow (SPEC §13).
+			fmt.Fprintf(e.stdout, "line %d: published %s (sequence %d, trace %s)\n", lines[pub.EventID], pub.EventID, pub.Sequence, pub.TraceID)
 		}
 	})
 
@@ -386,7 +395,8 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 		for _, pub := range events { // in line order
 			if _, left := want[pub.Sequence]; left {
 				sum.TimedOut++
-				p.printOutcome(lines[pub.EventID], event.Record{EventID: pub.EventID, AccountID: pub.AccountID, KeyID: pub.KeyID, Outcome: timedOut})
+				p.printOutcome(lines[pub.EventID], event.Record{EventID: pub.EventID, AccountID: pub.AccountID, KeyID: pub.KeyID,
+					Outcome: timedOut, TraceID: pub.TraceID})
 			}
 		}
 	}

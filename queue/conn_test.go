@@ -99,9 +99,20 @@ func (o *operator) server(t *testing.T) *server.Server {
 // creds returns a .creds file's content for a new user signed by signer.
 func creds(t *testing.T, signer nkeys.KeyPair) (content []byte, seed string) {
 	t.Helper()
+	return shapedCreds(t, signer, nil)
+}
+
+// shapedCreds is creds with the user's claims shaped by shape (nil: as
+// made).
+func shapedCreds(t *testing.T, signer nkeys.KeyPair, shape func(*jwt.UserClaims)) (content []byte, seed string) {
+	t.Helper()
 	ukp, _ := nkeys.CreateUser()
 	upub, _ := ukp.PublicKey()
-	ujwt, err := jwt.NewUserClaims(upub).Encode(signer)
+	uc := jwt.NewUserClaims(upub)
+	if shape != nil {
+		shape(uc)
+	}
+	ujwt, err := uc.Encode(signer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ const (
 // Embedded starts a JetStream server inside the process, storing in dir,
 // for the clients conn describes: it listens on the address of conn's URL
 // (the first of a list), requires the URL's user and password (or its
-// token) and, when conn names a certificate, TLS with that certificate and
+// token, or the identity of conn's .creds file) and, when conn names a certificate, TLS with that certificate and
 // key, verifying client certificates against conn's CA when one is named.
 // On an address that is not loopback it refuses to start without both a
 // password (or token) and TLS. A setting it cannot honour is a
@@ -70,15 +70,20 @@ func EmbeddedOptions(dir string, conn config.Connection) (*server.Options, error
 	}
 	opts := &server.Options{Host: host, Port: port, StoreDir: dir}
 
-	// A .creds file is a user JWT signed by an account that an operator
-	// signed: the server would need that operator's and that account's
-	// JWTs to believe it, and a creds file does not hold them. Ignoring it
-	// would leave the server open while the worker believes it is not.
-	if conn.Creds != "" {
-		return nil, bad(embeddedCreds, "a .creds file needs an operator and account setup the embedded server does not have;"+
-			" give a user and password in "+embeddedURL+" (nats://user:password@host:port) instead")
-	}
 	auth := "none"
+	if conn.Creds != "" {
+		if u.User != nil {
+			return nil, bad(embeddedCreds, "set, and "+embeddedURL+" names a user too: give the embedded server one identity to require")
+		}
+		ca, err := embeddedCredsAuth(conn.Creds)
+		if err != nil {
+			return nil, err
+		}
+		// The nonce the client signs comes with the server's INFO only
+		// when the server is told to send one.
+		opts.CustomClientAuthentication, opts.AlwaysEnableNonce = ca, true
+		auth = "creds"
+	}
 	if u.User != nil {
 		user := u.User.Username()
 		pw, hasPW := u.User.Password()
@@ -124,7 +129,7 @@ func EmbeddedOptions(dir string, conn config.Connection) (*server.Options, error
 		// rewrite the audit trail; a password sent in clear is as bad.
 		switch {
 		case auth == "none":
-			return nil, bad(embeddedURL, fmt.Sprintf("%q is not a loopback address: the embedded server needs a user and password there (nats://user:password@host:port)", host))
+			return nil, bad(embeddedURL, fmt.Sprintf("%q is not a loopback address: the embedded server needs a user and password there (nats://user:password@host:port), or %s", host, embeddedCreds))
 		case opts.TLSConfig == nil:
 			return nil, bad(embeddedTLSCert, fmt.Sprintf("not set, but %q is not a loopback address: the embedded server needs TLS there (%s and %s)", host, embeddedTLSCert, embeddedTLSKey))
 		}

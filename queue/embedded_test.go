@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -9,8 +10,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/queue"
@@ -108,7 +113,7 @@ func TestEmbeddedOptions(t *testing.T) {
 		{"a name, open", config.Connection{URL: "nats://nats.internal:4222"}, "REVOKER_NATS_URL", nil},
 		{"every interface, TLS, no password", config.Connection{URL: "nats://[::]:4222", TLSCert: cert, TLSKey: key}, "REVOKER_NATS_URL", nil},
 		{"every interface, a password, no TLS", config.Connection{URL: "nats://revoker:" + pw + "@0.0.0.0:4222"}, "REVOKER_NATS_TLS_CERT", nil},
-		{"creds", config.Connection{URL: "nats://127.0.0.1:4222", Creds: "/run/secrets/revoker.creds"}, "REVOKER_NATS_CREDS", nil},
+		{"creds file unreadable", config.Connection{URL: "nats://127.0.0.1:4222", Creds: "/run/secrets/revoker.creds"}, "REVOKER_NATS_CREDS", nil},
 		{"a CA alone", config.Connection{URL: "nats://127.0.0.1:4222", TLSCA: ca}, "REVOKER_NATS_TLS_CERT", nil},
 		{"tls:// without a certificate", config.Connection{URL: "tls://127.0.0.1:4222"}, "REVOKER_NATS_TLS_CERT", nil},
 		{"a key of another certificate", config.Connection{URL: "nats://127.0.0.1:4222", TLSCert: cert, TLSKey: ca}, "REVOKER_NATS_TLS_CERT", nil},
@@ -156,5 +161,110 @@ func TestRunEmbeddedIsLoopbackAndOpenOnly(t *testing.T) {
 		} else if strings.Contains(err.Error(), secret) {
 			t.Errorf("%s: the error shows the secret: %v", u, err)
 		}
+	}
+}
+
+// credsFile writes a .creds file of a new user of a new account, its
+// claims shaped by shape (nil: as made), and returns its path.
+func credsFile(t *testing.T, shape func(*jwt.UserClaims)) string {
+	t.Helper()
+	akp, _ := nkeys.CreateAccount()
+	b, _ := shapedCreds(t, akp, shape)
+	path := filepath.Join(t.TempDir(), "revoker.creds")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestEmbeddedRequiresTheCredsIdentity: with REVOKER_NATS_CREDS, the
+// embedded server admits the file's user alone (SPEC §7; the worker's use
+// of it is TestServeEmbeddedRequiresTheURLsUser): not a client
+// without credentials, not another user, not the same JWT signed by
+// another key; the JWT's permissions hold. A file it cannot believe stops
+// the start, naming the variable.
+func TestEmbeddedRequiresTheCredsIdentity(t *testing.T) {
+	path := credsFile(t, func(uc *jwt.UserClaims) { uc.Pub.Deny.Add("forbidden.>") })
+	opts, err := queue.EmbeddedOptions(t.TempDir(), config.Connection{URL: "nats://127.0.0.1:4222", Creds: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Port = -1 // a free one
+	s, err := queue.StartServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	url := s.ClientURL()
+
+	nc, err := nats.Connect(url, nats.UserCredentials(path))
+	if err != nil {
+		t.Fatalf("the file's own user refused: %v", err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// A publish the JWT denies is refused by the server.
+	refused := make(chan error, 1)
+	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { refused <- err })
+	if err := nc.Publish("forbidden.x", nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-refused:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Fatalf("error %v, want a permissions violation", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("a publish the JWT denies was not refused")
+	}
+
+	other := credsFile(t, nil)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The file's JWT with another user's seed: the signature fails.
+	ob, err := os.ReadFile(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ujwt, _ := jwt.ParseDecoratedJWT(b)
+	okp, _ := jwt.ParseDecoratedUserNKey(ob)
+	oseed, _ := okp.Seed()
+	forged, _ := jwt.FormatUserConfig(ujwt, oseed)
+	forgedPath := filepath.Join(t.TempDir(), "forged.creds")
+	if err := os.WriteFile(forgedPath, forged, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, opt := range map[string]nats.Option{
+		"no credentials":       func(*nats.Options) error { return nil },
+		"another user":         nats.UserCredentials(other),
+		"the JWT, another key": nats.UserCredentials(forgedPath),
+	} {
+		if nc, err := nats.Connect(url, opt, nats.MaxReconnects(0)); err == nil {
+			nc.Close()
+			t.Errorf("%s: admitted", name)
+		} else if !errors.Is(err, nats.ErrAuthorization) && !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+			t.Errorf("%s: error %v, want an authorization refusal", name, err)
+		}
+	}
+
+	expired := credsFile(t, func(uc *jwt.UserClaims) { uc.Expires = time.Now().Add(-time.Minute).Unix() })
+	for name, conn := range map[string]config.Connection{
+		"expired":          {URL: "nats://127.0.0.1:4222", Creds: expired},
+		"not a creds file": {URL: "nats://127.0.0.1:4222", Creds: filepath.Join("testdata", "nothing-here")},
+		"and a URL user":   {URL: "nats://revoker:pw@127.0.0.1:4222", Creds: path},
+	} {
+		_, err := queue.EmbeddedOptions(t.TempDir(), conn)
+		var bad *config.Error
+		if !errors.As(err, &bad) || bad.Name != "REVOKER_NATS_CREDS" {
+			t.Errorf("%s: error %v, want one naming REVOKER_NATS_CREDS", name, err)
+		}
+	}
+	// On an address that is not loopback, creds and TLS are enough.
+	ca, cert, key := embeddedFiles(t)
+	if _, err := queue.EmbeddedOptions(t.TempDir(), config.Connection{URL: "nats://0.0.0.0:4222", Creds: path, TLSCA: ca, TLSCert: cert, TLSKey: key}); err != nil {
+		t.Errorf("creds and TLS on every interface refused: %v", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 )
 
 // embeddedPassword is the password of the embedded server's URL in these
@@ -158,6 +159,19 @@ func TestServeEmbeddedRequiresTheURLsUser(t *testing.T) {
 		mustBeRefused(t, "no token", plain)
 		mustBeRefused(t, "a wrong token", plain, nats.Token("guess"))
 		mustWork(t, plain, nats.Token(embeddedPassword))
+	})
+	t.Run("creds", func(t *testing.T) {
+		// The identity of REVOKER_NATS_CREDS (SPEC §7): no operator or
+		// account JWTs given, only the user's own file.
+		account, _ := nkeys.CreateAccount()
+		path, _ := userCreds(t, account)
+		other, _ := userCreds(t, account)
+		port := freePort(t)
+		plain := fmt.Sprintf("nats://127.0.0.1:%d", port)
+		serveEmbedded(t, map[string]string{"REVOKER_NATS_URL": plain, "REVOKER_NATS_CREDS": path})
+		mustBeRefused(t, "no credentials", plain)
+		mustBeRefused(t, "another user of the account", plain, nats.UserCredentials(other))
+		mustWork(t, plain, nats.UserCredentials(path))
 	})
 }
 

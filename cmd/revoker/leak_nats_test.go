@@ -56,6 +56,28 @@ func tokenServer(t *testing.T) natsSecrets {
 	}
 }
 
+// userCreds writes a .creds file of a new user that signer (an account)
+// signed, and returns its path and the user's seed.
+func userCreds(t *testing.T, signer nkeys.KeyPair) (path string, seed []byte) {
+	t.Helper()
+	ukp, _ := nkeys.CreateUser()
+	upub, _ := ukp.PublicKey()
+	ujwt, err := jwt.NewUserClaims(upub).Encode(signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ = ukp.Seed()
+	creds, err := jwt.FormatUserConfig(ujwt, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(t.TempDir(), "revoker.creds")
+	if err := os.WriteFile(path, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, seed
+}
+
 // credsServer trusts one operator; revoker connects with a .creds file of a
 // user of its JetStream-enabled account.
 func credsServer(t *testing.T) natsSecrets {
@@ -84,21 +106,7 @@ func credsServer(t *testing.T) natsSecrets {
 	}
 	_, sysPub := account(false)
 	akp, _ := account(true)
-	ukp, _ := nkeys.CreateUser()
-	upub, _ := ukp.PublicKey()
-	ujwt, err := jwt.NewUserClaims(upub).Encode(akp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed, _ := ukp.Seed()
-	creds, err := jwt.FormatUserConfig(ujwt, seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "revoker.creds")
-	if err := os.WriteFile(path, creds, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path, seed := userCreds(t, akp)
 	srv, err := queue.StartServer(&server.Options{
 		Host: "127.0.0.1", Port: -1, StoreDir: t.TempDir(),
 		TrustedOperators: []*jwt.OperatorClaims{oc}, AccountResolver: res, SystemAccount: sysPub,

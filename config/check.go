@@ -527,17 +527,17 @@ func checkCredentials(c *Config, st *state) *Error {
 }
 
 // IgnoredCredentials names the single-credential variables set beside a
-// credentials file: they are ignored, and serve says so once.
+// credentials file: they are ignored, neither read nor checked, and serve
+// says so once.
 func (c Config) IgnoredCredentials() []string {
 	if c.CredentialsFile == "" {
 		return nil
 	}
 	var set []string
-	for _, v := range []struct {
-		name, value string
-	}{{envAPIToken, c.APIToken}, {envAPITokenFile, c.APITokenFile}, {envEmail, c.Email}, {envAPIKey, c.APIKey}} {
-		if v.value != "" {
-			set = append(set, v.name)
+	for _, name := range c.unused {
+		switch name {
+		case envAPIToken, envAPITokenFile, envEmail, envAPIKey:
+			set = append(set, name)
 		}
 	}
 	return set

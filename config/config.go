@@ -111,6 +111,10 @@ type Config struct {
 	// Logging
 	LogLevel  string // REVOKER_LOG_LEVEL: debug, info, warn or error (lower case)
 	LogFormat string // REVOKER_LOG_FORMAT: json or console (lower case)
+
+	// unused names the settings given but not used, and so not read
+	// (setting.unused).
+	unused []string
 }
 
 // Section says which settings a command uses; only those are read and

@@ -728,6 +728,25 @@ func TestOnlyUsedSettingsAreChecked(t *testing.T) {
 			t.Errorf("sections %b, %v: %v", c.sections, c.env, err)
 		}
 	}
+	// Within the settings read, one that another makes unused is not
+	// checked (SPEC §6): the single credential beside a credentials file,
+	// the legacy pair beside a token, the ingress's settings while it is
+	// off.
+	for _, env := range []map[string]string{
+		{"REVOKER_CREDENTIALS_FILE": "testdata/token.txt", "CLOUDFLARE_API_TOKEN": "", "CLOUDFLARE_API_TOKEN_FILE": "/nonexistent", "CLOUDFLARE_EMAIL": "bad"},
+		{"CLOUDFLARE_API_TOKEN": "tok", "CLOUDFLARE_EMAIL": "bad", "CLOUDFLARE_API_KEY": ""},
+		{"CLOUDFLARE_API_TOKEN": "tok", "REVOKER_INGRESS_MAX_WAIT": "soon", "REVOKER_INGRESS_TLS_CERT": "/nonexistent", "REVOKER_INGRESS_CALLERS_FILE": ""},
+		{"CLOUDFLARE_API_TOKEN": "tok", "REVOKER_INGRESS_ADDR": "", "REVOKER_INGRESS_MAX_WAIT": "soon"},
+	} {
+		if _, err := load(t, config.All, env); err != nil {
+			t.Errorf("%v: %v", env, err)
+		}
+	}
+	c, err := load(t, config.All, map[string]string{"REVOKER_CREDENTIALS_FILE": "testdata/token.txt",
+		"CLOUDFLARE_API_TOKEN_FILE": "/nonexistent", "CLOUDFLARE_EMAIL": "bad", "CLOUDFLARE_API_KEY": ""})
+	if got := c.IgnoredCredentials(); err != nil || !slices.Equal(got, []string{"CLOUDFLARE_API_TOKEN_FILE", "CLOUDFLARE_EMAIL"}) {
+		t.Errorf("ignored %v, %v; want the token file and email named (an empty key is not set)", got, err)
+	}
 	// The same values stop a command that uses them.
 	if _, err := load(t, config.All, map[string]string{"CLOUDFLARE_API_TOKEN": "tok", "REVOKER_CREATE_STREAMS": "maybe"}); err == nil {
 		t.Error("a bad REVOKER_CREATE_STREAMS did not stop serve")

@@ -52,21 +52,33 @@ func (l *Loader) Load(lookup func(string) (string, bool)) (Config, error) {
 	}
 	cfg := Default()
 	st := &state{origin: make(map[string]origin), raw: make(map[string]string), sections: l.sections}
+	// given is what was given for a setting, a flag over its variable.
+	given := func(env string) (v string, from origin) {
+		if fv := l.flags[env]; fv != nil && fv.set {
+			return fv.val, fromFlag
+		}
+		if ev, ok := lookup(env); ok {
+			return ev, fromEnv
+		}
+		return "", unset
+	}
+	text := func(env string) string { v, _ := given(env); return v }
 	for i := range settings {
 		s := &settings[i]
 		if s.section&l.sections == 0 {
 			continue
 		}
-		var v string
-		if fv := l.flags[s.env]; fv != nil && fv.set {
-			v = fv.val
-			st.origin[s.env] = fromFlag
-		} else if ev, ok := lookup(s.env); ok {
-			v = ev
-			st.origin[s.env] = fromEnv
-		} else {
+		v, from := given(s.env)
+		if from == unset {
 			continue
 		}
+		if s.unused != nil && s.unused(text) {
+			if v != "" {
+				cfg.unused = append(cfg.unused, s.env)
+			}
+			continue
+		}
+		st.origin[s.env] = from
 		st.raw[s.env] = v
 		if v == "" && s.required {
 			how := "unset it"

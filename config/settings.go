@@ -70,7 +70,25 @@ type setting struct {
 	// is wrong; for a secret or a path that may hold one by mistake, what
 	// is wrong never includes v.
 	apply func(c *Config, v string) string
+	// unused, when set, reports from the other values given (given
+	// returns "" for one not given) that this setting is not used: it is
+	// then neither read nor checked (SPEC §6: only the value actually
+	// used is checked).
+	unused func(given func(env string) string) bool
 }
+
+// besideCredentialsFile: a single credential is not used beside a
+// credentials file (SPEC §6), which replaces it.
+func besideCredentialsFile(given func(string) string) bool { return given(envCredentialsFile) != "" }
+
+// legacyUnused: the legacy pair is not used beside a credentials file or a
+// token, which SPEC §1 prefers.
+func legacyUnused(given func(string) string) bool {
+	return besideCredentialsFile(given) || given(envAPIToken) != "" || given(envAPITokenFile) != ""
+}
+
+// ingressOff: the ingress's settings are not used while it is off.
+func ingressOff(given func(string) string) bool { return given(envIngressAddr) == "" }
 
 func (s *setting) flagName() string { return flagName(s.env) }
 
@@ -208,13 +226,13 @@ var settings = []setting{
 
 	// API
 	{
-		env: envAPIToken, section: API,
+		env: envAPIToken, section: API, unused: besideCredentialsFile,
 		usage: "Cloudflare API `token` (prefer --cloudflare-api-token-file or the variable: flags show in ps)",
 		def:   noDefault,
 		apply: secret(func(c *Config) *string { return &c.APIToken }),
 	},
 	{
-		env: envAPITokenFile, section: API,
+		env: envAPITokenFile, section: API, unused: besideCredentialsFile,
 		usage: "`file` holding the Cloudflare API token, re-read when it changes",
 		def:   noDefault,
 		apply: optionalFile(func(c *Config) *string { return &c.APITokenFile }, false),
@@ -226,7 +244,7 @@ var settings = []setting{
 		apply: optionalFile(func(c *Config) *string { return &c.CredentialsFile }, true),
 	},
 	{
-		env: envEmail, section: API,
+		env: envEmail, section: API, unused: legacyUnused,
 		usage: "Cloudflare account `email` (legacy auth, with --cloudflare-api-key)",
 		def:   noDefault,
 		apply: func(c *Config, v string) string {
@@ -238,7 +256,7 @@ var settings = []setting{
 		},
 	},
 	{
-		env: envAPIKey, section: API,
+		env: envAPIKey, section: API, unused: legacyUnused,
 		usage: "Cloudflare global API `key` (legacy auth, with --cloudflare-email)",
 		def:   noDefault,
 		apply: secret(func(c *Config) *string { return &c.APIKey }),
@@ -395,25 +413,25 @@ var settings = []setting{
 		},
 	},
 	{
-		env: envIngressTLSCert, section: Server,
+		env: envIngressTLSCert, section: Server, unused: ingressOff,
 		usage: "`file` with the ingress's TLS certificate chain (PEM), re-read when it changes",
 		def:   noDefault,
 		apply: optionalFile(func(c *Config) *string { return &c.IngressTLSCert }, true),
 	},
 	{
-		env: envIngressTLSKey, section: Server,
+		env: envIngressTLSKey, section: Server, unused: ingressOff,
 		usage: "`file` with the ingress's TLS private key (PEM), re-read when it changes",
 		def:   noDefault,
 		apply: optionalFile(func(c *Config) *string { return &c.IngressTLSKey }, true),
 	},
 	{
-		env: envIngressCallers, section: Server,
+		env: envIngressCallers, section: Server, unused: ingressOff,
 		usage: "`file` naming the ingress's callers, their credentials and permissions",
 		def:   noDefault,
 		apply: optionalFile(func(c *Config) *string { return &c.IngressCallersFile }, true),
 	},
 	{
-		env: envIngressMaxWait, section: Server, required: true,
+		env: envIngressMaxWait, section: Server, required: true, unused: ingressOff,
 		usage: "the longest Prefer: wait the ingress honours, a `duration`",
 		def:   func(c Config) string { return c.IngressMaxWait.String() },
 		apply: duration(func(c *Config) *time.Duration { return &c.IngressMaxWait }, 0),

@@ -191,9 +191,11 @@ func TestLoadErrors(t *testing.T) {
 		{"rate a string", entry("    rate: fast\n"), 5, "rate: must be a number"},
 		{"rate infinite", entry("    rate: .inf\n"), 5, "rate: must be a finite number"},
 		{"budgets disagree", entry("    budget: shared\n    rate: 2\n  - name: b\n    token_file: tok-b\n    accounts: [" + accB + "]\n    budget: shared\n"), 7, `budget "shared" has rate 4 here but 2 for credential "a"`},
-		{"token file missing", "credentials:\n  - name: a\n    token_file: nope\n    accounts: [\"*\"]\n", 3, `credential "a": token_file: token file`},
+		{"token file missing", "credentials:\n  - name: a\n    token_file: ./nope\n    accounts: [\"*\"]\n", 3, `credential "a": token_file: token file`},
+		{"a token where its file belongs", "credentials:\n  - name: a\n    token_file: " + tokB + "\n    accounts: [\"*\"]\n", 3, `token_file: token file (a value of 31 characters, not shown`},
 		{"token file empty", "credentials:\n  - name: a\n    token_file: empty\n    accounts: [\"*\"]\n", 3, "empty"},
-		{"key file missing", "credentials:\n  - name: a\n    email: ops@example.com\n    api_key_file: nope\n    accounts: [\"*\"]\n", 4, `api_key_file: API key file`},
+		{"key file missing", "credentials:\n  - name: a\n    email: ops@example.com\n    api_key_file: keys/nope\n    accounts: [\"*\"]\n", 4, `api_key_file: API key file`},
+		{"a key where its file belongs", "credentials:\n  - name: a\n    email: ops@example.com\n    api_key_file: " + apiKey + "\n    accounts: [\"*\"]\n", 4, `api_key_file: API key file (a value of 31 characters, not shown`},
 		{"anchor", "credentials:\n  - &x\n    name: a\n    token_file: tok-a\n    accounts: [\"*\"]\n  - *x\n", 2, "anchors, aliases and tags are not allowed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -160,17 +161,22 @@ func load(path string, data []byte, opts Options) (*Set, error) {
 	for _, e := range entries {
 		var auth *cloudflare.TokenFile
 		var err error
+		field, given := fieldTokenFile, e.tokenFile
 		if e.tokenFile != "" {
 			auth, err = cloudflare.NewTokenFile(resolve(dir, e.tokenFile), every)
 		} else {
+			field, given = fieldKeyFile, e.keyFile
 			auth, err = cloudflare.NewLegacyKeyFile(e.email, resolve(dir, e.keyFile), every)
 		}
 		if err != nil {
-			field := fieldTokenFile
-			if e.tokenFile == "" {
-				field = fieldKeyFile
+			why := strings.TrimPrefix(err.Error(), "cloudflare: ")
+			if !strings.ContainsAny(given, `/.\`) {
+				// Maybe a secret pasted where its path belongs: the path
+				// made of it, joined to the file's folder, is not shown.
+				why = strings.ReplaceAll(why, strconv.Quote(resolve(dir, given)),
+					fmt.Sprintf("(a value of %d characters, not shown: it has no '/' or '.' and may be a pasted secret)", len(given)))
 			}
-			return nil, &Error{Path: path, Line: e.secretLine, Reason: fmt.Sprintf("credential %q: %s: %s", e.name, field, strings.TrimPrefix(err.Error(), "cloudflare: "))}
+			return nil, &Error{Path: path, Line: e.secretLine, Reason: fmt.Sprintf("credential %q: %s: %s", e.name, field, why)}
 		}
 		name := e.name
 		if fn := opts.OnSecretChange; fn != nil {

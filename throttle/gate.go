@@ -60,6 +60,7 @@ const StartTolerance = SlotGrace + PairTolerance
 const (
 	CausePause      = "the API refused a call (429)"
 	CauseRateHeader = "the API's rate-limit header says its budget is spent"
+	CauseRetryAfter = "the API asked to be called again later (Retry-After on a %d)"
 )
 
 // Budget is a rate budget shared by every gate (every replica) that calls
@@ -376,10 +377,16 @@ func (g *Gate) SetPending(p int, pending bool) {
 // every call of the credential after a 429; with a Budget, every replica's
 // permits. A shorter pause never cuts a longer one that is already running.
 func (g *Gate) Pause(d time.Duration) {
+	g.Hold(d, CausePause)
+}
+
+// Hold is Pause for a hold the API asked for other than by refusing a
+// call: cause says why, for the log line.
+func (g *Gate) Hold(d time.Duration, cause string) {
 	if d <= 0 {
 		return
 	}
-	g.hold(g.cfg.Clock(), d, CausePause)
+	g.hold(g.cfg.Clock(), d, cause)
 }
 
 // Slow delays the next permit until at least `until`: used when the API says

@@ -842,9 +842,16 @@ func TestNotServedRedeliveryKeepsItsConfirmation(t *testing.T) {
 // TestHoldOfA503ChargedToTheEvent: a 503's Retry-After holds every call
 // (SPEC §4), and it is this event's wait too: only a 429's hold is kept
 // off the retry budget. 20 ms holds against a 50 ms budget: three calls,
-// then the event is given back (stop ends the test if it never is).
+// then the event is given back (stop ends the test if it never is). The
+// hold is said to be a 503's, not a 429's.
 func TestHoldOfA503ChargedToTheEvent(t *testing.T) {
-	h := newHarness(t, nil, answer(503, nil, 20*time.Millisecond))
+	var mu sync.Mutex
+	var causes []string
+	h := newHarnessGate(t, throttle.Config{Priorities: 2, Concurrency: 4, OnHold: func(_ time.Duration, cause string) {
+		mu.Lock()
+		causes = append(causes, cause)
+		mu.Unlock()
+	}}, nil, zap.NewNop(), answer(503, nil, 20*time.Millisecond))
 	stop, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	h.api.onCall = func() {
@@ -857,6 +864,11 @@ func TestHoldOfA503ChargedToTheEvent(t *testing.T) {
 	// Three calls fit (two on a slow machine); uncharged, it runs to 50.
 	if h.api.calls < 2 || h.api.calls > 3 || len(d.settled) != 1 || d.settled[0] != "giveback" {
 		t.Fatalf("%d calls, settled %v; want 2 or 3 calls within the budget, then given back", h.api.calls, d.settled)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(causes) == 0 || causes[0] != "the API asked to be called again later (Retry-After on a 503)" {
+		t.Fatalf("holds reported with causes %q; want the 503's Retry-After named", causes)
 	}
 }
 

@@ -704,8 +704,11 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 				if pause == 0 {
 					pause = nextBackOff()
 				}
-				w.gate(a.route).Pause(pause) // the next Acquire waits it out
-				if !a.last.RateLimited {
+				// The next Acquire waits it out.
+				if a.last.RateLimited {
+					w.gate(a.route).Pause(pause)
+				} else {
+					w.gate(a.route).Hold(pause, fmt.Sprintf(throttle.CauseRetryAfter, a.status))
 					held = pause // only a 429's hold is off the budget
 				}
 			case a.last.RetryAfter > 0:

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/untrusted"
 )
 
@@ -56,7 +57,7 @@ type Schedule struct {
 	// LeaseTTL: 0 means DefaultLeaseTTL.
 	LeaseTTL time.Duration
 
-	kv jetstream.KeyValue // bound on first use
+	bucket *queue.LazyBucket // bound on first use
 	// first is the server's time of this replica's first lease: with no
 	// check on record, the first is due an Interval after it, so a
 	// starting fleet does not list every account at once.
@@ -224,24 +225,10 @@ func (s *Schedule) export(ctx context.Context, kv jetstream.KeyValue) (time.Time
 
 // bind finds the bucket, or makes it (when Create) if it is missing.
 func (s *Schedule) bind(ctx context.Context) (jetstream.KeyValue, error) {
-	if s.kv != nil {
-		return s.kv, nil
+	if s.bucket == nil {
+		// Bound as the worker's other buckets are: an existing one is
+		// never altered, and other settings (replicas) are a warning.
+		s.bucket = queue.NewLazyBucket(s.Check.JS, BucketConfig(s.Replicas), s.Create, s.Log)
 	}
-	js := s.Check.JS
-	kv, err := js.KeyValue(ctx, Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) && s.Create {
-		kv, err = js.CreateKeyValue(ctx, BucketConfig(s.Replicas))
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = js.KeyValue(ctx, Bucket) // another replica was first
-		} else if err == nil {
-			s.Log.Info("created bucket", zap.String("bucket", Bucket))
-		}
-	} else if errors.Is(err, jetstream.ErrBucketNotFound) {
-		err = errors.New("it does not exist and REVOKER_CREATE_STREAMS is false")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", Bucket, err)
-	}
-	s.kv = kv
-	return kv, nil
+	return s.bucket.Get(ctx)
 }

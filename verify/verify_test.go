@@ -9,7 +9,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
@@ -247,4 +249,24 @@ func TestVerifyLeaseOfADeadReplicaExpires(t *testing.T) {
 		}
 		return ran
 	})
+}
+
+// TestVerifyBucketOtherSettingsWarned: an existing revoker_verify bucket
+// with other replicas than the worker would create is used as it is, with
+// a warning, as every stream and bucket is (SPEC §3).
+func TestVerifyBucketOtherSettingsWarned(t *testing.T) {
+	r := newRig(t)
+	if _, err := r.js.CreateKeyValue(testCtx(t), verify.BucketConfig(1)); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	s, _ := r.schedule("a", time.Hour)
+	s.Replicas, s.Log = 3, zap.New(core)
+	if _, err := s.Tick(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	warned := logs.FilterField(zap.String("bucket", verify.Bucket)).FilterField(zap.String("setting", "replicas")).Len()
+	if warned != 1 {
+		t.Fatalf("%d warnings about the bucket's replicas, want 1: %v", warned, logs.All())
+	}
 }

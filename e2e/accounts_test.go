@@ -377,6 +377,12 @@ func TestAccountsOnTwoBudgets(t *testing.T) {
 			t.Errorf("revoker_budget_calls_total{budget=%q} is %v over both replicas; the API saw %d calls of the budget", b, n, len(got))
 		}
 	}
+	// Budgets are the credentials file's names (SPEC §8): none is nameless.
+	for _, name := range []string{"revoker_budget_calls_total", "revoker_api_paused", "revoker_rate_limit_wait_seconds_count"} {
+		if _, found := w1.sample(name, `budget=""`); found {
+			t.Errorf(`%s has a series with budget="" beside the file's budgets`, name)
+		}
+	}
 	most, at := mostWithin(reqs)
 	t.Logf("all budgets: %d calls, at most %d within a second (REVOKER_IP_RATE_LIMIT=%d)", len(reqs), most, ipLimit)
 	if most > ipLimit {

@@ -386,9 +386,13 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	host, _ := os.Hostname()
 	if cfg.VerifyInterval > 0 && cfg.OutcomeEnabled() {
 		// SPEC §7 verify: one replica at a time proves the trail against the API.
+		var calls prometheus.Counter // with a credentials file, each list counts in its account's budget
+		if budgets == nil {
+			calls = m.Budget("").Calls
+		}
 		defer verify.Start(ctx, &verify.Schedule{
 			Check: verify.Config{JS: js, Stream: cfg.OutcomeStream, Prefix: cfg.OutcomeSubject, API: w.api,
-				Acquire: gateTurn(gate, len(cfg.Subjects)-1, m.Budget("").Calls, budgets)},
+				Acquire: gateTurn(gate, len(cfg.Subjects)-1, calls, budgets)},
 			Interval: cfg.VerifyInterval, Create: cfg.CreateStreams, Replicas: cfg.StreamReplicas,
 			Gauge: m.KeysStillListed, Log: log, Replica: host,
 		})()

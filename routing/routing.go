@@ -361,9 +361,6 @@ type File struct {
 // Load reads the credentials file; its error names the line
 // and the reason, never a secret.
 func Load(cfg config.Config, userAgent string, log *zap.Logger) (*File, error) {
-	if names := cfg.IgnoredCredentials(); len(names) > 0 {
-		log.Warn("REVOKER_CREDENTIALS_FILE is set: these variables are ignored", zap.Strings("variables", names))
-	}
 	f := &File{log: log, recheck: make(chan string, 64)}
 	set, err := credentials.Load(cfg.CredentialsFile, credentials.Options{
 		DefaultRate: cfg.RateLimit, BaseURL: cfg.BaseURL, Timeout: cfg.HTTPTimeout, UserAgent: userAgent,
@@ -382,7 +379,10 @@ func Load(cfg config.Config, userAgent string, log *zap.Logger) (*File, error) {
 		},
 	})
 	if err != nil {
-		return nil, err
+		return nil, err // the one line of a bad configuration (SPEC §6)
+	}
+	if names := cfg.IgnoredCredentials(); len(names) > 0 {
+		log.Warn("REVOKER_CREDENTIALS_FILE is set: these variables are ignored", zap.Strings("variables", names))
 	}
 	f.router = credentials.NewRouter(set)
 	names := make([]string, 0, len(set.Credentials()))

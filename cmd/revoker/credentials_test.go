@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,4 +36,14 @@ func TestCredentialsFileBadExits2(t *testing.T) {
 	delete(env, "REVOKER_CREDENTIALS_FILE")
 	r = hRun(t, env, "", "serve", "--credentials-file", path)
 	r.want(t, exitUsage, "--credentials-file: ", "line 5")
+	// The file is read before anything starts: with an embedded server and
+	// a variable the file makes unused, its error is still the one line.
+	env["REVOKER_CREDENTIALS_FILE"] = path
+	env["CLOUDFLARE_API_TOKEN"] = "ignored-beside-the-file"
+	env["REVOKER_NATS_URL"] = fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
+	r = hRun(t, env, "", "serve", "--embedded-nats", t.TempDir())
+	r.want(t, exitUsage, "REVOKER_CREDENTIALS_FILE", "line 5")
+	if lines := hLines(r.stderr); len(lines) != 1 {
+		t.Fatalf("%d lines on stderr, want the one naming the variable:\n%s", len(lines), r.stderr)
+	}
 }

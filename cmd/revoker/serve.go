@@ -62,6 +62,15 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 		}
 	}()
 
+	// A credentials file is read before anything starts: one that does not
+	// load is a bad configuration, its line the only one (SPEC §6).
+	var creds *routing.File
+	if cfg.CredentialsFile != "" {
+		if creds, err = routing.Load(cfg, "revoker/"+version, log); err != nil {
+			fmt.Fprintf(e.stderr, "revoker serve: %s: %v\n", settingName(fs, "REVOKER_CREDENTIALS_FILE"), err)
+			return exitUsage
+		}
+	}
 	if *embedded != "" {
 		ns, err := queue.Embedded(*embedded, cfg.Connection())
 		var bad *config.Error
@@ -81,7 +90,7 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 			zap.Bool("authentication", urlHasUser(cfg.NATSURL)),
 			zap.Bool("tls", cfg.NATSTLSCert != ""), zap.Bool("client_certificates", cfg.NATSTLSCA != ""))
 	}
-	err = serve(ctx, cfg, serveOptions{log: log})
+	err = serve(ctx, cfg, serveOptions{log: log, creds: creds})
 	if err != nil {
 		var bad *settingError
 		if errors.As(err, &bad) {
@@ -146,6 +155,8 @@ type serveOptions struct {
 	// ingressReady, when set, is called with the HTTP ingress's bound
 	// address each time it starts listening.
 	ingressReady func(addr string)
+	// creds are the credentials file's, when the caller has read it.
+	creds *routing.File
 }
 
 // tokenFileCheck is how often the token file is checked for a change.
@@ -168,10 +179,11 @@ func exitCode(err error) int {
 // until ctx ends.
 func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	log := o.log
-	// Several credentials (SPEC §6) are read first: a file that does not
-	// load stops the start (exit 2), and their budgets label the metrics.
-	var creds *routing.File
-	if o.api == nil && cfg.CredentialsFile != "" {
+	// Several credentials (SPEC §6) are read first, unless the caller
+	// has: a file that does not load stops the start (exit 2), and their
+	// budgets label the metrics.
+	creds := o.creds
+	if creds == nil && o.api == nil && cfg.CredentialsFile != "" {
 		var err error
 		if creds, err = routing.Load(cfg, "revoker/"+version, log); err != nil {
 			return &settingError{name: "REVOKER_CREDENTIALS_FILE", err: err, usage: true}

@@ -145,8 +145,10 @@ func fetch(ctx context.Context, cfg Config, account string) (*cloudflare.KeyList
 // in the window says they are gone. Per key, a revoked record beats every
 // other (a confirmation is never buried, SPEC §4 "The proof"), and among
 // the others the latest stored counts: a key whose latest record is
-// dead_lettered is not claimed gone. Records of keys without a valid
-// account or key id (stored under "_") name nothing that can be listed.
+// dead_lettered is not claimed gone, unless no call was made for that
+// event (an invalid event, an account not served): it says nothing of the
+// key. Records of keys without a valid account or key id (stored under
+// "_") name nothing that can be listed.
 // Messages there that are not records of their key go to stray (nil:
 // skipped).
 func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account string, since time.Time, stray func(queue.Stray)) ([]Claim, error) {
@@ -166,6 +168,9 @@ func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account
 	err := queue.EachOutcome(ctx, js, stream, prefix+"."+acct+".*", since, func(o event.Record) error {
 		if !cloudflare.ValidIdentifier(o.AccountID) || !cloudflare.ValidIdentifier(o.KeyID) {
 			return nil
+		}
+		if o.Outcome == event.DeadLettered && o.Attempts == 0 {
+			return nil // refused before any call
 		}
 		k := [2]string{o.AccountID, o.KeyID}
 		if prev, ok := believed[k]; !ok || o.Outcome == event.Revoked || prev.Outcome != event.Revoked {

@@ -95,6 +95,12 @@ func TestVerifyClaimsFollowTheBelievedRecord(t *testing.T) {
 	r.record(acct, "k3", event.Revoked)
 	r.record(acct, "k3", event.DeadLettered) // a confirmation is never buried
 	r.record(acct, "k4", event.NotFound)
+	// A later event of k4 refused before any call says nothing of the key.
+	refused := queue.OutcomeMsg(r.cfg.Prefix, event.Record{EventID: "ek4b", AccountID: acct, KeyID: "k4",
+		Outcome: event.DeadLettered, Reason: event.InvalidEvent, Stream: "REVOCATIONS", Sequence: 99})
+	if _, err := r.js.PublishMsg(testCtx(t), refused); err != nil {
+		t.Fatal(err)
+	}
 	r.record("_", "k5", event.Revoked) // no account to list
 	// A revoked record of k1 planted on k6's subject: not believed for
 	// either key, and reported.

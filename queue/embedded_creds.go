@@ -58,6 +58,16 @@ func embeddedCredsAuth(path string) (*credsAuth, error) {
 	if claims.Expires != 0 && time.Unix(claims.Expires, 0).Before(time.Now()) {
 		return nil, bad("holds a user JWT that has expired")
 	}
+	// Limits an operator's server would hold and this one could not are
+	// refused rather than dropped: the file would give more than it says.
+	switch {
+	case !claims.Limits.IsUnlimited():
+		return nil, bad("holds a user JWT with limits (source networks, times, subscriptions, data or payload) the embedded server does not enforce")
+	case claims.ProxyRequired:
+		return nil, bad("holds a user JWT that requires a proxy, which the embedded server does not have")
+	case len(claims.AllowedConnectionTypes) > 0 && !claims.AllowedConnectionTypes.Contains(jwt.ConnectionTypeStandard):
+		return nil, bad("holds a user JWT that does not allow standard client connections, the embedded server's only kind")
+	}
 	user, err := nkeys.FromPublicKey(pub)
 	if err != nil {
 		return nil, bad("holds a user JWT with an invalid subject")
@@ -72,7 +82,9 @@ func (a *credsAuth) Check(c server.ClientAuthentication) bool {
 	if opts == nil || opts.Sig == "" {
 		return false
 	}
-	if a.claims.Expires != 0 && time.Unix(a.claims.Expires, 0).Before(time.Now()) {
+	now := time.Now()
+	if a.claims.Expires != 0 && !now.Before(time.Unix(a.claims.Expires, 0)) ||
+		a.claims.NotBefore != 0 && now.Before(time.Unix(a.claims.NotBefore, 0)) {
 		return false
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(opts.Sig)
@@ -86,25 +98,49 @@ func (a *credsAuth) Check(c server.ClientAuthentication) bool {
 	if len(nonce) == 0 || a.user.Verify(nonce, sig) != nil {
 		return false
 	}
-	c.RegisterUser(&server.User{Username: a.claims.Subject, Permissions: permissionsOf(a.claims.Permissions)})
+	u := &server.User{Username: a.claims.Subject, Permissions: permissionsOf(a.claims.Permissions)}
+	if a.claims.Expires != 0 {
+		u.ConnectionDeadline = time.Unix(a.claims.Expires, 0) // closed at expiry, as an operator's server does
+	}
+	c.RegisterUser(u)
 	return true
 }
 
-// permissionsOf is the server's form of a user JWT's permissions; nil
-// (everything allowed) when the JWT sets none.
-func permissionsOf(p jwt.Permissions) *server.Permissions {
-	subject := func(sp jwt.Permission) *server.SubjectPermission {
-		if len(sp.Allow) == 0 && len(sp.Deny) == 0 {
-			return nil
+// permissionsOf is the server's form of a user JWT's permissions, built
+// as the server builds them for a JWT it believes (its
+// buildPermissionsFromJwt and validateResponsePermissions, which the path
+// of a registered user skips): nil (everything allowed) when the JWT sets
+// none; with a response permission, publishing only where allowed (none
+// but replies when no list is given), and its defaults of one reply
+// within two minutes.
+func permissionsOf(jp jwt.Permissions) *server.Permissions {
+	var p *server.Permissions
+	if len(jp.Pub.Allow) > 0 || len(jp.Pub.Deny) > 0 {
+		p = &server.Permissions{Publish: &server.SubjectPermission{Allow: jp.Pub.Allow, Deny: jp.Pub.Deny}}
+	}
+	if len(jp.Sub.Allow) > 0 || len(jp.Sub.Deny) > 0 {
+		if p == nil {
+			p = &server.Permissions{}
 		}
-		return &server.SubjectPermission{Allow: sp.Allow, Deny: sp.Deny}
+		p.Subscribe = &server.SubjectPermission{Allow: jp.Sub.Allow, Deny: jp.Sub.Deny}
 	}
-	out := &server.Permissions{Publish: subject(p.Pub), Subscribe: subject(p.Sub)}
-	if p.Resp != nil {
-		out.Response = &server.ResponsePermission{MaxMsgs: p.Resp.MaxMsgs, Expires: p.Resp.Expires}
+	if jp.Resp != nil {
+		if p == nil {
+			p = &server.Permissions{}
+		}
+		p.Response = &server.ResponsePermission{MaxMsgs: jp.Resp.MaxMsgs, Expires: jp.Resp.Expires}
+		if p.Publish == nil {
+			p.Publish = &server.SubjectPermission{}
+		}
+		if p.Publish.Allow == nil {
+			p.Publish.Allow = []string{} // no blanket allow beside replies
+		}
+		if p.Response.MaxMsgs == 0 {
+			p.Response.MaxMsgs = server.DEFAULT_ALLOW_RESPONSE_MAX_MSGS
+		}
+		if p.Response.Expires == 0 {
+			p.Response.Expires = server.DEFAULT_ALLOW_RESPONSE_EXPIRATION
+		}
 	}
-	if out.Publish == nil && out.Subscribe == nil && out.Response == nil {
-		return nil
-	}
-	return out
+	return p
 }

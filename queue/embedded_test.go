@@ -177,14 +177,10 @@ func credsFile(t *testing.T, shape func(*jwt.UserClaims)) string {
 	return path
 }
 
-// TestEmbeddedRequiresTheCredsIdentity: with REVOKER_NATS_CREDS, the
-// embedded server admits the file's user alone (SPEC §7; the worker's use
-// of it is TestServeEmbeddedRequiresTheURLsUser): not a client
-// without credentials, not another user, not the same JWT signed by
-// another key; the JWT's permissions hold. A file it cannot believe stops
-// the start, naming the variable.
-func TestEmbeddedRequiresTheCredsIdentity(t *testing.T) {
-	path := credsFile(t, func(uc *jwt.UserClaims) { uc.Pub.Deny.Add("forbidden.>") })
+// credsServer starts the embedded server requiring the identity of the
+// .creds file at path, on a free port, and returns its URL.
+func credsServer(t *testing.T, path string) string {
+	t.Helper()
 	opts, err := queue.EmbeddedOptions(t.TempDir(), config.Connection{URL: "nats://127.0.0.1:4222", Creds: path})
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +191,91 @@ func TestEmbeddedRequiresTheCredsIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Shutdown)
-	url := s.ClientURL()
+	return s.ClientURL()
+}
+
+// refusedPublish publishes to subject on nc and reports whether the server
+// refused it for permissions within 10 s.
+func refusedPublish(t *testing.T, nc *nats.Conn, subject string, errs <-chan error) bool {
+	t.Helper()
+	if err := nc.Publish(subject, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.FlushTimeout(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		return errors.Is(err, nats.ErrPermissionViolation)
+	case <-time.After(10 * time.Second):
+		return false
+	}
+}
+
+// TestEmbeddedCredsHoldsTheJWTsTerms: the embedded server holds what the
+// .creds file's JWT says as an operator's server would: a response
+// permission with no publish list allows no other publish; a connection is
+// closed when the JWT expires and refused before it is valid; limits it
+// could not enforce stop the start.
+func TestEmbeddedCredsHoldsTheJWTsTerms(t *testing.T) {
+	replier := credsFile(t, func(uc *jwt.UserClaims) {
+		uc.Sub.Allow.Add("_INBOX.>")
+		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1}
+	})
+	nc, err := nats.Connect(credsServer(t, replier), nats.UserCredentials(replier))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	errs := make(chan error, 4)
+	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err })
+	if !refusedPublish(t, nc, "revoke.outcome.acct1.key1", errs) {
+		t.Error("a JWT allowing replies only may publish a record")
+	}
+
+	expiring := credsFile(t, func(uc *jwt.UserClaims) { uc.Expires = time.Now().Add(3 * time.Second).Unix() })
+	closed := make(chan struct{})
+	nc2, err := nats.Connect(credsServer(t, expiring), nats.UserCredentials(expiring), nats.MaxReconnects(0),
+		nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc2.Close()
+	select {
+	case <-closed:
+	case <-time.After(15 * time.Second):
+		t.Error("a connection outlived its JWT's expiry by 10 s")
+	}
+
+	early := credsFile(t, func(uc *jwt.UserClaims) { uc.NotBefore = time.Now().Add(time.Hour).Unix() })
+	if nc3, err := nats.Connect(credsServer(t, early), nats.UserCredentials(early), nats.MaxReconnects(0)); err == nil {
+		nc3.Close()
+		t.Error("a JWT not valid for an hour yet was admitted")
+	}
+
+	for name, shape := range map[string]func(*jwt.UserClaims){
+		"source networks": func(uc *jwt.UserClaims) { uc.Src.Add("10.0.0.0/8") },
+		"a payload limit": func(uc *jwt.UserClaims) { uc.Limits.Payload = 1024 },
+		"a proxy":         func(uc *jwt.UserClaims) { uc.ProxyRequired = true },
+		"websockets only": func(uc *jwt.UserClaims) { uc.AllowedConnectionTypes.Add(jwt.ConnectionTypeWebsocket) },
+	} {
+		_, err := queue.EmbeddedOptions(t.TempDir(), config.Connection{URL: "nats://127.0.0.1:4222", Creds: credsFile(t, shape)})
+		var bad *config.Error
+		if !errors.As(err, &bad) || bad.Name != "REVOKER_NATS_CREDS" {
+			t.Errorf("%s: error %v, want one naming REVOKER_NATS_CREDS", name, err)
+		}
+	}
+}
+
+// TestEmbeddedRequiresTheCredsIdentity: with REVOKER_NATS_CREDS, the
+// embedded server admits the file's user alone (SPEC §7; the worker's use
+// of it is TestServeEmbeddedRequiresTheURLsUser): not a client
+// without credentials, not another user, not the same JWT signed by
+// another key; the JWT's permissions hold. A file it cannot believe stops
+// the start, naming the variable.
+func TestEmbeddedRequiresTheCredsIdentity(t *testing.T) {
+	path := credsFile(t, func(uc *jwt.UserClaims) { uc.Pub.Deny.Add("forbidden.>") })
+	url := credsServer(t, path)
 
 	nc, err := nats.Connect(url, nats.UserCredentials(path))
 	if err != nil {

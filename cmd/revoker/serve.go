@@ -84,10 +84,10 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 			return exitFailed
 		}
 		defer ns.Shutdown()
-		// Embedded refuses a URL user it would not require, so a user in
-		// the URL means the server asks for it.
+		// Embedded refuses a URL user or a creds file it would not
+		// require, so either means the server asks for it.
 		log.Info("embedded JetStream running", zap.String("dir", *embedded), zap.String("url", ns.ClientURL()),
-			zap.Bool("authentication", urlHasUser(cfg.NATSURL)),
+			zap.Bool("authentication", urlHasUser(cfg.NATSURL) || cfg.NATSCreds != ""),
 			zap.Bool("tls", cfg.NATSTLSCert != ""), zap.Bool("client_certificates", cfg.NATSTLSCA != ""))
 	}
 	err = serve(ctx, cfg, serveOptions{log: log, creds: creds})

@@ -103,10 +103,12 @@ type Published struct {
 
 // Answers reports whether rec is the outcome of p: the same account, key,
 // stream and sequence. An event id alone proves nothing (ids can be reused
-// or forged).
+// or forged). A record of an invalid event never is: p was checked before
+// it was published, so such a record at its sequence is another event's
+// (one published raw under the same id, filed under the same key).
 func (p Published) Answers(rec event.Record) bool {
 	return rec.AccountID == p.AccountID && rec.KeyID == p.KeyID &&
-		rec.Stream == p.Stream && rec.Sequence == p.Sequence
+		rec.Stream == p.Stream && rec.Sequence == p.Sequence && rec.Reason != event.InvalidEvent
 }
 
 // CheckSubject makes sure the work stream exists and holds subject: a

@@ -547,8 +547,17 @@ func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRe
 }
 
 // latestBelieved picks, among one key's records (oldest first), the
-// believed record of the event recorded last.
+// believed record of the event recorded last. Records of invalid events
+// filed under the key say nothing of it (no call was made), and anyone who
+// may publish can add them: they are passed over.
 func latestBelieved(recs []event.Record) (event.Record, bool) {
+	kept := make([]event.Record, 0, len(recs))
+	for _, rec := range recs {
+		if rec.Reason != event.InvalidEvent {
+			kept = append(kept, rec)
+		}
+	}
+	recs = kept
 	if len(recs) == 0 {
 		return event.Record{}, false
 	}

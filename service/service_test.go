@@ -205,6 +205,15 @@ func TestServiceRevokeWaitsForRevoked(t *testing.T) {
 		t.Fatal("the key was not deleted")
 	}
 
+	// A later invalid event filed under the key (anyone who may publish
+	// can add one) says nothing of it: the key's status stays revoked.
+	invalid := queue.OutcomeMsg(s.cfg.OutcomeSubject, event.Record{EventID: "bad-1", AccountID: "acct1", KeyID: "key1",
+		Outcome: event.DeadLettered, Reason: event.InvalidEvent, Stream: s.cfg.Stream, Sequence: rec.Sequence + 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.js.PublishMsg(ctx, invalid); err != nil {
+		t.Fatal(err)
+	}
 	byKey := decodeRecord(t, s.request(service.StatusSubject, `{"account_id":"acct1","key_id":"key1"}`))
 	if byKey.Outcome != event.Revoked || byKey.Sequence != rec.Sequence {
 		t.Fatalf("status by key %+v, want %+v", byKey, rec)

@@ -320,3 +320,35 @@ func TestOutcomesReportsWhatIsNotARecordOfItsKey(t *testing.T) {
 		t.Fatalf("stderr says %d messages are not believed, want 2:\n%s", n, r.stderr)
 	}
 }
+
+// TestPublishWithTheIDOfAnInvalidEvent: an invalid event published raw
+// with id X is dead-lettered, its record filed under its key. A valid
+// event for that key published with X within the duplicate window is
+// dropped by the work stream; the invalid event's record must not pass
+// for its outcome: it was NOT published, and the publisher is told so.
+func TestPublishWithTheIDOfAnInvalidEvent(t *testing.T) {
+	s := hStack(t, nil)
+	s.startWorker()
+	cfg := s.cfg()
+	m := nats.NewMsg(cfg.LowestPriority())
+	m.Header.Set(jetstream.MsgIDHeader, "X")
+	m.Data = []byte(`{"account_id":"acc1","key_id":"keyI","requested_at":"yesterday"}`)
+	if _, err := s.js.PublishMsg(trailCtx(t), m); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(s.outcomes("keyI")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the invalid event was not recorded within 20 s")
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+	if o := s.outcomes("keyI")[0]; o.Reason != event.InvalidEvent || o.AccountID != "acc1" {
+		t.Fatalf("record %+v, want invalid_event filed under acc1/keyI", o)
+	}
+	r := s.run("publish", "--account", "acc1", "--key", "keyI", "--id", "X")
+	r.want(t, exitFailed, "keyI was NOT published", "use another id")
+	if s.api.Deleted("acc1", "keyI") {
+		t.Fatal("keyI deleted, yet no valid event of it was stored")
+	}
+}

@@ -742,6 +742,10 @@ func TestOnlyUsedSettingsAreChecked(t *testing.T) {
 			t.Errorf("%v: %v", env, err)
 		}
 	}
+	// A blank token is no token: the legacy pair beside it is used.
+	if c, err := load(t, config.All, map[string]string{"CLOUDFLARE_API_TOKEN": " ", "CLOUDFLARE_EMAIL": "ops@example.com", "CLOUDFLARE_API_KEY": "k3y"}); err != nil || c.Email == "" || c.APIKey != "k3y" {
+		t.Errorf("a blank token beside the legacy pair: %+v, %v; want the pair used", c.Email, err)
+	}
 	c, err := load(t, config.All, map[string]string{"REVOKER_CREDENTIALS_FILE": "testdata/token.txt",
 		"CLOUDFLARE_API_TOKEN_FILE": "/nonexistent", "CLOUDFLARE_EMAIL": "bad", "CLOUDFLARE_API_KEY": ""})
 	if got := c.IgnoredCredentials(); err != nil || !slices.Equal(got, []string{"CLOUDFLARE_API_TOKEN_FILE", "CLOUDFLARE_EMAIL"}) {

@@ -79,16 +79,20 @@ type setting struct {
 
 // besideCredentialsFile: a single credential is not used beside a
 // credentials file (SPEC §6), which replaces it.
-func besideCredentialsFile(given func(string) string) bool { return given(envCredentialsFile) != "" }
+func besideCredentialsFile(given func(string) string) bool { return isGiven(given, envCredentialsFile) }
+
+// isGiven reports whether env was given a value that is not blank: a blank
+// one is read as not set, and leaves the settings beside it in use.
+func isGiven(given func(string) string, env string) bool { return strings.TrimSpace(given(env)) != "" }
 
 // legacyUnused: the legacy pair is not used beside a credentials file or a
 // token, which SPEC §1 prefers.
 func legacyUnused(given func(string) string) bool {
-	return besideCredentialsFile(given) || given(envAPIToken) != "" || given(envAPITokenFile) != ""
+	return besideCredentialsFile(given) || isGiven(given, envAPIToken) || isGiven(given, envAPITokenFile)
 }
 
 // ingressOff: the ingress's settings are not used while it is off.
-func ingressOff(given func(string) string) bool { return given(envIngressAddr) == "" }
+func ingressOff(given func(string) string) bool { return !isGiven(given, envIngressAddr) }
 
 func (s *setting) flagName() string { return flagName(s.env) }
 

@@ -318,6 +318,8 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 		case p.wait: // each line's outcome is printed instead
 		case p.json:
 			printJSON(e.stdout, published{Line: lines[pub.EventID], Published: pub})
+		case pub.Duplicate:
+			fmt.Fprintf(e.stdout, "line %d: duplicate of the event %s already stored (sequence %d)\n", lines[pub.EventID], pub.EventID, pub.Sequence)
 		default:
 			// Each event's id and trace, for the incident's tooling to
 			// follow (SPEC §13).

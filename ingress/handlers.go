@@ -361,6 +361,13 @@ func (s *Server) getRevocation(w http.ResponseWriter, r *http.Request, c *call) 
 	case !found || e.Caller != c.caller.Name:
 		s.fail(w, c, problem(KindNotFound, "no event of this caller has this id (ids are kept 24 hours)"))
 		return
+	}
+	if e.TraceID != "" {
+		// The answer and its log line are about the event: they name its
+		// trace (SPEC §13), not the lookup's own.
+		c.traceID = e.TraceID
+	}
+	switch {
 	case e.State == stateStoring:
 		// Being stored, or stored with its entry not yet marked (or, once
 		// the claim is stale, perhaps never stored: a repeat of the

@@ -548,6 +548,13 @@ func TestIngressContinuesTrace(t *testing.T) {
 	if m.Header.Get(jetstream.MsgIDHeader) != r.queued(t).EventID {
 		t.Fatal("stored event has another id")
 	}
+	// A lookup of the event, carrying no trace of its own, names the
+	// event's trace.
+	g := h.do(h.get(r.Header.Get("Location"), bearer(tToken)...))
+	g.want(t, http.StatusAccepted)
+	if got := g.Header.Get(HeaderTraceID); got != traceID {
+		t.Fatalf("lookup's Revoker-Trace-Id %q, want the event's %s", got, traceID)
+	}
 }
 
 // Closing the ingress ends the waits in hand: each answers 202.

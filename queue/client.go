@@ -183,7 +183,9 @@ func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event
 // be checked: the event may not have been published.
 var ErrIDUnverified = errors.New("the id already names an event that could not be checked")
 
-// sameEvent checks that the event stored at p's sequence is for p's key:
+// sameEvent checks that the event stored at p's sequence is for p's key,
+// on p's subject (an event planted under the id on a lower priority must
+// not pass for an urgent one):
 // read back while it is in the stream; once it is done, its outcome record
 // must be on p's key's own subject (records are stored before an event
 // leaves the stream). What cannot be read is not given the benefit of the
@@ -198,22 +200,22 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 	switch m, err := c.storedEvent(ctx, p.Stream, p.Sequence); {
 	case err == nil:
 		stored, err := event.Decode(m.Data)
-		same = err == nil && stored.AccountID == p.AccountID && stored.KeyID == p.KeyID
+		same = err == nil && stored.AccountID == p.AccountID && stored.KeyID == p.KeyID && m.Subject == p.Subject
 		p.StoredAt = m.Time
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
 		return unverified("reading it back", err)
 	case c.OutcomePrefix == "":
 		return unverified("it is done and outcome records are off", err)
 	default:
-		_, recorded, rerr := c.Recorded(ctx, *p)
+		rec, recorded, rerr := c.Recorded(ctx, *p)
 		if rerr != nil {
 			return unverified("it is done, and reading its outcome record", rerr)
 		}
-		same = recorded
+		same = recorded && rec.Subject == p.Subject
 	}
 	if !same {
-		return fmt.Errorf("%w: id %s was used for the event at sequence %d of %s (another key) within the duplicate window; %s/%s was NOT published: use another id",
-			ErrIDTaken, p.EventID, p.Sequence, p.Stream, p.AccountID, p.KeyID)
+		return fmt.Errorf("%w: id %s was used for the event at sequence %d of %s (another key, or another subject) within the duplicate window; %s/%s was NOT published to %s: use another id",
+			ErrIDTaken, p.EventID, p.Sequence, p.Stream, p.AccountID, p.KeyID, p.Subject)
 	}
 	return nil
 }

@@ -352,3 +352,28 @@ func TestPublishWithTheIDOfAnInvalidEvent(t *testing.T) {
 		t.Fatal("keyI deleted, yet no valid event of it was stored")
 	}
 }
+
+// TestPublishUrgentWithAScheduledEventsID: an event planted under id X on
+// the scheduled subject must not pass for an urgent one published with X,
+// neither while it waits in the stream nor once it is done: the urgent
+// one was NOT published, and its publisher is told so.
+func TestPublishUrgentWithAScheduledEventsID(t *testing.T) {
+	s := hStack(t, nil)
+	s.ensure()
+	s.run("publish", "--account", "acc1", "--key", "keyU", "--id", "X").want(t, exitOK)
+	s.run("publish", "--account", "acc1", "--key", "keyU", "--id", "X", "--urgent").
+		want(t, exitFailed, "keyU was NOT published to revoke.urgent", "use another id")
+
+	s.startWorker()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(s.outcomes("keyU")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the scheduled event was not recorded within 20 s")
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+	s.run("publish", "--account", "acc1", "--key", "keyU", "--id", "X", "--urgent").
+		want(t, exitFailed, "keyU was NOT published to revoke.urgent", "use another id")
+	// The same id and subject again is the same event: published.
+	s.run("publish", "--account", "acc1", "--key", "keyU", "--id", "X").want(t, exitOK)
+}

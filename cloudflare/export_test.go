@@ -11,6 +11,7 @@ var (
 	DecodePlainEnvelope = decodePlainEnvelope
 	DecodeEnvelopeFully = decodeEnvelopeFully
 	OneLine             = oneLine
+	ResultStatus        = resultStatus
 	// The plain ray's fast path, and the cleaning it must agree with.
 	CutRay   = cutRay
 	CleanRay = cleanRay

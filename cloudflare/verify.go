@@ -94,29 +94,46 @@ func (c *Client) verify(ctx context.Context, endpoint string, path ...string) (*
 		return v, err
 	}
 	env := resp.Envelope
-	v.TokenStatus = resultStatus(env)
+	status := resultStatus(env)
+	v.TokenStatus = oneLine(status, 64)
 	ok := resp.Status >= 200 && resp.Status <= 299 && env != nil && env.Success
-	v.Active = ok && (endpoint == VerifyLegacy || v.TokenStatus == TokenActive)
+	// The status as sent, byte for byte: "active" with a NUL or a line
+	// end is not the word.
+	v.Active = ok && (endpoint == VerifyLegacy || status == TokenActive)
 	return v, nil
 }
 
-// resultStatus is result.status when the result is an object holding it as
-// a string, on one line; "" otherwise.
+// resultStatus is result.status when the result is an object holding it,
+// under that name exactly and once, as a string; "" otherwise. (A struct
+// would match "Status" or "STATUS" too, and take the last of several.)
 func resultStatus(env *Envelope) string {
-	if env == nil || len(bytes.TrimSpace(env.Result)) == 0 || bytes.TrimSpace(env.Result)[0] != '{' {
+	if env == nil || len(bytes.TrimSpace(env.Result)) == 0 || bytes.TrimSpace(env.Result)[0] != '{' || !json.Valid(env.Result) {
 		return ""
 	}
-	var r struct {
-		Status json.RawMessage `json:"status"`
-	}
-	if json.Unmarshal(env.Result, &r) != nil {
+	dec := json.NewDecoder(bytes.NewReader(env.Result))
+	if _, err := dec.Token(); err != nil { // the object's '{'
 		return ""
 	}
-	var s string
-	if len(r.Status) == 0 || r.Status[0] != '"' || json.Unmarshal(r.Status, &s) != nil {
-		return ""
+	var status string
+	seen := false
+	for dec.More() {
+		name, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return ""
+		}
+		if name != "status" {
+			continue
+		}
+		if seen || len(value) == 0 || value[0] != '"' || json.Unmarshal(value, &status) != nil {
+			return "" // twice, or not a string: no status to believe
+		}
+		seen = true
 	}
-	return oneLine(s, 64)
+	return status
 }
 
 // isLegacy reports whether cred sends the legacy pair.

@@ -1,6 +1,7 @@
 package cloudflare_test
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
@@ -127,6 +128,12 @@ func TestVerifyTokenJudgesStatus(t *testing.T) {
 		{"status not a string", 200, `{"success":true,"errors":[],"messages":[],"result":{"status":true}}`, false},
 		{"result a string", 200, `{"success":true,"errors":[],"messages":[],"result":"active"}`, false},
 		{"status Active", 200, `{"success":true,"errors":[],"messages":[],"result":{"status":"Active"}}`, false},
+		{"STATUS beside status", 200, `{"success":true,"errors":[],"messages":[],"result":{"status":"disabled","STATUS":"active"}}`, false},
+		{"only Status", 200, `{"success":true,"errors":[],"messages":[],"result":{"Status":"active"}}`, false},
+		{"status twice", 200, `{"success":true,"errors":[],"messages":[],"result":{"status":"disabled","status":"active"}}`, false},
+		{"status with a NUL", 200, `{"success":true,"errors":[],"messages":[],"result":{"status":"active\u0000"}}`, false},
+		{"status with white space", 200, `{"success":true,"errors":[],"messages":[],"result":{"status":" active\n"}}`, false},
+		{"status after nested objects", 200, `{"success":true,"errors":[],"messages":[],"result":{"id":"x","policies":[{"status":"x"}],"status":"active"}}`, true},
 		{"not the envelope", 200, `<html>active</html>`, false},
 		{"201 is still 2xx", 201, `{"success":true,"errors":[],"messages":[],"result":{"status":"active"}}`, true},
 		{"3xx", 302, `{"success":true,"errors":[],"messages":[],"result":{"status":"active"}}`, false},
@@ -218,4 +225,28 @@ func TestLegacyKeyFile(t *testing.T) {
 	if req.Header.Get("X-Auth-Key") != "rotatedKEY0123456789" {
 		t.Errorf("after rotation: %q", req.Header.Get("X-Auth-Key"))
 	}
+}
+
+// FuzzResultStatus: whatever a verify answer's result holds, a status is
+// read only where the result is an object naming "status" exactly once,
+// as a string, and it is that string.
+func FuzzResultStatus(f *testing.F) {
+	for _, s := range []string{`{"status":"active"}`, `{"status":"disabled","STATUS":"active"}`, `{"Status":"active"}`,
+		`{"status":"a","status":"b"}`, `{"x":[{"status":"y"}],"status":"active"}`, `"active"`, `{"status":1}`, `{`, `{"status":"\u0000"}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, result string) {
+		got := cloudflare.ResultStatus(&cloudflare.Envelope{Result: json.RawMessage(result)})
+		if got == "" {
+			return
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(result), &m); err != nil {
+			t.Fatalf("status %q read from a result that is not an object: %q", got, result)
+		}
+		var want string
+		if err := json.Unmarshal(m["status"], &want); err != nil || want != got {
+			t.Fatalf("status %q read from %q, whose status is %s", got, result, m["status"])
+		}
+	})
 }

@@ -839,6 +839,18 @@ func TestNotServedRedeliveryKeepsItsConfirmation(t *testing.T) {
 	}
 }
 
+// TestRateLimitHeaderWithNothingLeftHolds: a Ratelimit header saying no
+// call is left holds every call until its reset, however short (SPEC §4).
+func TestRateLimitHeaderWithNothingLeftHolds(t *testing.T) {
+	resp := answer(200, revoked, 0)
+	resp.RateLimit = cloudflare.RateLimit{Known: true, Remaining: 0, Reset: 3 * time.Second}
+	h := newHarness(t, nil, resp)
+	h.handle(&fakeDelivery{body: goodEvent})
+	if left := h.gate.PausedFor(); left < 2*time.Second || left > 3*time.Second {
+		t.Fatalf("every call held for %v more; want about 3 s", left)
+	}
+}
+
 // TestHoldOfA503ChargedToTheEvent: a 503's Retry-After holds every call
 // (SPEC §4), and it is this event's wait too: only a 429's hold is kept
 // off the retry budget. 20 ms holds against a 50 ms budget: three calls,

@@ -1238,13 +1238,14 @@ func (w *Worker) acquireFrom(ctx context.Context, r Route, p int,
 
 // minHeededReset: rate-limit headers count whole seconds, so over a window
 // of a few seconds they cannot pace calls more finely than our own limiter;
-// they are heeded for longer windows, such as Cloudflare's five minutes.
+// they pace calls over longer windows, such as Cloudflare's five minutes.
+// A window with nothing left is a hold whatever its length (SPEC §4).
 const minHeededReset = 5 * time.Second
 
 // heed applies what an answer says about the API as a whole: its rate
 // budget, whether our credential works, and whether the API is there.
 func (w *Worker) heed(r Route, rl cloudflare.RateLimit, d Decision, status int) {
-	if rl.Known && rl.Reset >= minHeededReset {
+	if rl.Known && (rl.Reset >= minHeededReset || rl.Remaining == 0 && rl.Reset > 0) {
 		// Spread what is left over the rest of the window when it cannot
 		// sustain our rate until the reset (with no limit of our own, always).
 		rate := w.cfg.RateLimit

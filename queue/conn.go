@@ -66,7 +66,11 @@ func Connect(cfg config.Connection, log *zap.Logger, onState func(connected bool
 	}
 	c := &Conn{closed: make(chan struct{}), lost: make(chan struct{}), stop: make(chan struct{})}
 	scrub := urlSecrets(cfg.URL)
-	causes := &causeLog{log: log, scrub: scrub}
+	causes := &causeLog{log: log, scrub: scrub, msg: "nats not reachable, retrying", field: "cause"}
+	// Other trouble the client reports (a consumer's missed heartbeats
+	// while the server is away, say) repeats on a timer: once per distinct
+	// cause as well (SPEC §10), until the connection is back.
+	troubles := &causeLog{log: log, scrub: scrub, msg: "nats error", field: "error"}
 	opts := []nats.Option{
 		nats.Name("revoker"),
 		nats.MaxReconnects(-1),
@@ -96,6 +100,7 @@ func Connect(cfg config.Connection, log *zap.Logger, onState func(connected bool
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			causes.reset()
+			troubles.reset()
 			log.Info("nats reconnected", zap.String("server", serverURL(nc)))
 			onState(true)
 		}),
@@ -115,7 +120,7 @@ func Connect(cfg config.Connection, log *zap.Logger, onState func(connected bool
 				causes.report(err)
 				return
 			}
-			log.Warn("nats error", zap.String("error", scrub(errText(err))))
+			troubles.report(err)
 		}),
 	}
 	nc, err := nats.Connect(cfg.URL, append(opts, AuthOptions(cfg)...)...)
@@ -164,13 +169,14 @@ func isConnectError(err error) bool {
 		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired)
 }
 
-// causeLog logs each distinct reason for failing to connect once, until the
-// connection is up again: a server down for an hour is one line, not 3,600.
+// causeLog logs each distinct cause of trouble once, until the connection
+// is up again: a server down for an hour is one line, not 3,600.
 type causeLog struct {
-	log   *zap.Logger
-	scrub func(string) string
-	mu    sync.Mutex
-	seen  map[string]bool
+	log        *zap.Logger
+	scrub      func(string) string
+	msg, field string // the line logged, and its field for the cause
+	mu         sync.Mutex
+	seen       map[string]bool
 }
 
 func (l *causeLog) report(err error) {
@@ -186,7 +192,7 @@ func (l *causeLog) report(err error) {
 	l.seen[msg] = true
 	l.mu.Unlock()
 	if !dup {
-		l.log.Warn("nats not reachable, retrying", zap.String("cause", msg))
+		l.log.Warn(l.msg, zap.String(l.field, msg))
 	}
 }
 

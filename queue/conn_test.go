@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -307,5 +308,32 @@ func TestConnLostOnlyWhenClosedForGood(t *testing.T) {
 	case <-c.Lost():
 	case <-time.After(10 * time.Second):
 		t.Fatal("a connection closed for good was not reported lost")
+	}
+}
+
+// TestConnLogsEachTroubleOnce: trouble the client reports again and again
+// (a consumer's missed heartbeats while the server is away come every few
+// seconds) is logged once per distinct cause (SPEC §10).
+func TestConnLogsEachTroubleOnce(t *testing.T) {
+	srv := startServer(t, &server.Options{})
+	cfg := config.Default()
+	cfg.NATSURL = srv.ClientURL()
+	core, logs := observer.New(zap.WarnLevel)
+	c, err := queue.Connect(cfg.Connection(), zap.New(core), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	report := c.Conn.Opts.AsyncErrorCB
+	for range 5 {
+		report(c.Conn, nil, nats.ErrConsumerNotActive)
+	}
+	report(c.Conn, nil, nats.ErrSlowConsumer)
+	report(c.Conn, nil, nats.ErrBadSubscription)
+	if n := logs.FilterField(zap.String("error", nats.ErrConsumerNotActive.Error())).Len(); n != 1 {
+		t.Fatalf("%q logged %d times, want once", nats.ErrConsumerNotActive, n)
+	}
+	if n := logs.FilterMessage("nats error").Len(); n != 3 {
+		t.Fatalf("%d nats error lines, want one per distinct cause (3)", n)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -373,8 +374,12 @@ func (n *fieldNames) add(name []byte) bool {
 
 // parseRFC3339 parses s as RFC 3339 (§5.6) allows, which time.Parse does
 // not whole: a lower-case t and z, and a leap second (second 60, at the
-// last minute of a UTC day), taken as the first second after it.
+// last minute of a UTC day), taken as the first second after it. What
+// time.Parse takes beyond it, a comma before the fraction, is refused.
 func parseRFC3339(s string) (time.Time, error) {
+	if strings.IndexByte(s, ',') >= 0 {
+		return time.Time{}, errors.New("a comma is not RFC 3339")
+	}
 	b := []byte(s)
 	if len(b) > 10 && b[10] == 't' {
 		b[10] = 'T'

@@ -70,6 +70,7 @@ func TestDecodeEvent(t *testing.T) {
 		"requested_at without a time zone": `{"account_id":"a1","key_id":"k1","requested_at":"2026-01-02T03:04:05"}`,
 		"second 60 not before midnight":    `{"account_id":"a1","key_id":"k1","requested_at":"2026-01-02T03:04:60Z"}`,
 		"second 61":                        `{"account_id":"a1","key_id":"k1","requested_at":"2016-12-31T23:59:61Z"}`,
+		"a comma before the fraction":      `{"account_id":"a1","key_id":"k1","requested_at":"2024-05-01T10:00:00,5Z"}`,
 	}
 	for name, body := range bad {
 		t.Run(name, func(t *testing.T) {

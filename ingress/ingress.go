@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/revoker/revoker/logging"
 	"github.com/revoker/revoker/queue"
 )
 
@@ -204,7 +205,7 @@ func Start(ctx context.Context, js jetstream.JetStream, cfg Config) (*Server, er
 		_ = s.Close(cctx)
 	})
 	s.log.Info("ingress listening", zap.String("addr", ln.Addr().String()), zap.Bool("tls", tlsConfig != nil),
-		zap.Strings("callers", cfg.Callers.Names()))
+		zap.Strings("callers", logging.Few(cfg.Callers.Names())))
 	return s, nil
 }
 

@@ -5,6 +5,7 @@
 package logging
 
 import (
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -148,4 +149,18 @@ func (c urgent) Write(e zapcore.Entry, fields []zapcore.Field) error {
 		return c.b.flush()
 	}
 	return nil
+}
+
+// maxListed is how many names a log line lists at most.
+const maxListed = 50
+
+// Few is names cut to the first maxListed, with the count of the others as
+// a last entry: a log line stays within 16 KiB (SPEC §10) whatever the size
+// of a file it lists.
+func Few(names []string) []string {
+	if len(names) <= maxListed {
+		return names
+	}
+	out := append([]string(nil), names[:maxListed]...)
+	return append(out, fmt.Sprintf("… and %d more", len(names)-maxListed))
 }

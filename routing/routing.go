@@ -22,6 +22,7 @@ import (
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/credentials"
+	"github.com/revoker/revoker/logging"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/throttle"
@@ -389,7 +390,8 @@ func Load(cfg config.Config, userAgent string, log *zap.Logger) (*File, error) {
 	for _, c := range set.Credentials() {
 		names = append(names, c.Name)
 	}
-	log.Info("API credentials from REVOKER_CREDENTIALS_FILE", zap.Strings("credentials", names), zap.Strings("budgets", f.Budgets()))
+	log.Info("API credentials from REVOKER_CREDENTIALS_FILE", zap.Int("count", len(names)),
+		zap.Strings("credentials", logging.Few(names)), zap.Strings("budgets", logging.Few(f.Budgets())))
 	return f, nil
 }
 

@@ -1,13 +1,16 @@
 package routing
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,7 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
+	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/credentials"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/throttle"
@@ -234,4 +239,37 @@ func checkedRoutes(t *testing.T, base string) (*Routes, *credentials.Credential,
 		}}
 	t.Cleanup(r.Close)
 	return r, c, ready
+}
+
+// TestLoadLogLineStaysShort: a credentials file of 600 credentials is
+// named in a start-up line of at most 16 KiB (SPEC §10), with its count.
+func TestLoadLogLineStaysShort(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "t"), []byte("token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	b.WriteString("credentials:\n")
+	for i := range 600 {
+		fmt.Fprintf(&b, "  - name: credential-with-a-long-name-%04d\n    token_file: t\n    accounts: [acct%04d]\n    budget: budget-with-a-long-name-%04d\n", i, i, i)
+	}
+	file := filepath.Join(dir, "credentials.yaml")
+	if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&out), zap.InfoLevel))
+	cfg := config.Default()
+	cfg.CredentialsFile, cfg.BaseURL = file, "http://127.0.0.1:1"
+	if _, err := Load(cfg, "test", log); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if len(line) > 16<<10 {
+			t.Errorf("a log line of %d bytes: %.200s…", len(line), line)
+		}
+	}
+	if !strings.Contains(out.String(), `"count":600`) || !strings.Contains(out.String(), "and 550 more") {
+		t.Errorf("the start-up line does not say how many credentials there are:\n%.600s", out.String())
+	}
 }

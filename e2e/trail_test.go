@@ -133,9 +133,44 @@ func streamMsgs(js jetstream.JetStream, stream string) int {
 // each.
 func waitSettled(t *testing.T, js jetstream.JetStream, events int, within time.Duration) {
 	t.Helper()
-	waitUntil(t, within, "every event settled", func() bool {
-		return streamMsgs(js, workStream) == 0 && streamMsgs(js, outcomeStream) >= events
-	})
+	deadline := time.Now().Add(within)
+	for {
+		work, records := streamMsgs(js, workStream), streamMsgs(js, outcomeStream)
+		if work == 0 && records >= events {
+			return
+		}
+		if time.Now().After(deadline) {
+			// Say where it stands, so that a failure can be read: events
+			// left in the stream, records missing, or the test's own view.
+			t.Fatalf("timed out after %v waiting for every event settled: %d events in %s (-1: not readable), %d of %d records; %s",
+				within, work, workStream, records, events, consumerStates(js))
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition with a deadline
+	}
+}
+
+// consumerStates describes the work stream's consumers: what each has
+// pending, in hand and acked, and the stream's first and last sequence.
+func consumerStates(js jetstream.JetStream) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, workStream)
+	if err != nil {
+		return "stream not readable: " + err.Error()
+	}
+	st := s.CachedInfo().State
+	out := fmt.Sprintf("stream sequences %d-%d", st.FirstSeq, st.LastSeq)
+	for name := range s.ConsumerNames(ctx).Name() {
+		c, err := s.Consumer(ctx, name)
+		if err != nil {
+			out += fmt.Sprintf("; %s: %v", name, err)
+			continue
+		}
+		ci := c.CachedInfo()
+		out += fmt.Sprintf("; %s: %d pending, %d in hand, %d redelivered, ack floor %d, delivered %d",
+			name, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.AckFloor.Stream, ci.Delivered.Stream)
+	}
+	return out
 }
 
 // trailFigures are what checkTrail found.

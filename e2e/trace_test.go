@@ -35,6 +35,7 @@ func consumers(rc *tracingtest.Receiver, tid string) map[string][]string {
 // record names that trace (SPEC §13: one trace across deliveries and
 // replicas).
 func TestRedeliveryOnAnotherReplicaJoinsTheTrace(t *testing.T) {
+	skipShort(t) // it runs the built binary, which -short does not build
 	srv := queuetest.Server(t)
 	api := cloudflaretest.NewServer(cloudflaretest.WithToken(token))
 	t.Cleanup(api.Close)

@@ -124,8 +124,14 @@ func Classify(resp *cloudflare.Response, err error) Decision {
 	return d
 }
 
+// summary is what an answer's body says, for a detail line: the API's
+// errors and messages, or why there is no envelope to read them from (a
+// body too large, say), so that a person can act on it.
 func summary(resp *cloudflare.Response) string {
 	if resp.Envelope == nil {
+		if resp.BodyError != "" {
+			return " (" + resp.BodyError + ")"
+		}
 		return ""
 	}
 	if s := resp.Envelope.Summary(); s != "" {

@@ -170,3 +170,26 @@ func ExampleClassify() {
 	fmt.Println(d.Kind)
 	// Output: no_api
 }
+
+// TestDetailSaysWhyThereIsNoEnvelope: a refusal whose body could not be
+// read as the envelope says why in its detail (a body too large, not
+// JSON), so that a person can act on the dead letter (SPEC §5).
+func TestDetailSaysWhyThereIsNoEnvelope(t *testing.T) {
+	for name, body := range map[string]string{
+		"over 64 KiB": `{"success":false,"errors":[{"code":10005,"message":"` + strings.Repeat("x", 70<<10) + `"}]}`,
+		"HTML":        "<html><body>Bad Request</body></html>",
+	} {
+		t.Run(name, func(t *testing.T) {
+			ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(400)
+				io.WriteString(w, body)
+			}))
+			defer ts.Close()
+			resp, err := client(t, ts.URL, time.Second).DeleteSigningKey(context.Background(), "acct", "key")
+			d := worker.Classify(resp, err)
+			if d.Kind != worker.Rejected || resp.BodyError == "" || !strings.Contains(d.Detail, resp.BodyError) {
+				t.Fatalf("detail %q (%v); want the rejection to say %q", d.Detail, d.Kind, resp.BodyError)
+			}
+		})
+	}
+}

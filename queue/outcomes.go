@@ -154,8 +154,7 @@ func KeyOutcomes(ctx context.Context, js jetstream.JetStream, stream, prefix, ac
 	var out []event.Record
 	subject := OutcomeSubject(prefix, account, key)
 	err := eachOnSubject(ctx, js, stream, subject, func(m *jetstream.RawStreamMsg) bool {
-		var o event.Record
-		if json.Unmarshal(m.Data, &o) == nil && onOwnSubject(subject, o) {
+		if o, ok := recordOn(m, nil); ok {
 			out = append(out, o)
 		}
 		return true

@@ -93,6 +93,7 @@ type cachedState struct {
 type reservation struct {
 	key           string
 	local, server time.Time
+	interval      time.Duration // the spacing it was reserved with
 }
 
 // Budget is the throttle.Budget kept in a JetStream key-value bucket. A
@@ -112,11 +113,13 @@ type reservation struct {
 // replica whose clock is off, nor one that died, nor a hand-written entry
 // holds the others up for longer.
 type Budget struct {
-	js       jetstream.JetStream
-	cfg      BudgetConfig
-	log      *zap.Logger
-	interval time.Duration // 0: no limit
-	owner    string        // this replica, in claims
+	js  jetstream.JetStream
+	cfg BudgetConfig
+	log *zap.Logger
+	// interval is the spacing of calls: the configured rate's (0: no
+	// limit), or the API's stated quota's where that is lower (Follow).
+	interval atomic.Int64
+	owner    string // this replica, in claims
 	clock    *serverClock
 
 	bindMu sync.Mutex
@@ -171,21 +174,36 @@ func NewBudget(js jetstream.JetStream, cfg BudgetConfig) (*Budget, error) {
 		return nil, fmt.Errorf("budget: owner id: %w", err)
 	}
 	b := &Budget{
-		js:       js,
-		cfg:      cfg,
-		log:      cfg.Log.With(zap.String("bucket", BudgetBucket)),
-		interval: BudgetInterval(cfg.Rate),
-		owner:    hex.EncodeToString(id[:]),
-		clock:    &serverClock{now: cfg.Clock},
-		cache:    map[string]cachedState{},
-		claim:    -1,
-		changed:  make(chan struct{}, 1),
-		kick:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+		js:      js,
+		cfg:     cfg,
+		log:     cfg.Log.With(zap.String("bucket", BudgetBucket)),
+		owner:   hex.EncodeToString(id[:]),
+		clock:   &serverClock{now: cfg.Clock},
+		cache:   map[string]cachedState{},
+		claim:   -1,
+		changed: make(chan struct{}, 1),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
+	b.interval.Store(int64(BudgetInterval(cfg.Rate)))
 	go b.run()
 	return b, nil
+}
+
+// spacing is the interval between calls now; 0 for no limit.
+func (b *Budget) spacing() time.Duration { return time.Duration(b.interval.Load()) }
+
+// Follow implements throttle.Budget: this replica spaces the calls it
+// reserves at rate r where r is below the configured rate, and at the
+// configured rate again where it is not; never further apart than
+// throttle.MaxPause, whatever an answer states. A budget without a rate
+// has no spacing to change.
+func (b *Budget) Follow(r float64) {
+	if b.cfg.Rate <= 0 || r <= 0 {
+		return
+	}
+	b.interval.Store(int64(max(BudgetInterval(b.cfg.Rate), throttle.QuotaInterval(r))))
 }
 
 // BudgetInterval is the spacing of calls shared at rate r, 0 for no limit:
@@ -264,7 +282,8 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		if until, blocked := b.blockedUntil(c.st, p, now); blocked {
 			return b.clock.toLocal(until), false, nil
 		}
-		if b.interval == 0 {
+		interval := b.spacing()
+		if interval == 0 {
 			return local, true, nil // no limit: holds and claims only
 		}
 		at := c.st.Next
@@ -279,7 +298,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 			return b.clock.toLocal(at).Add(-lead + mrand.N(lead/2+1)), false, nil
 		}
 		st := c.st
-		st.Next = at.Add(b.interval)
+		st.Next = at.Add(interval)
 		st.Claims = liveClaims(st.Claims, now)
 		_, err := b.write(ctx, kv, key, st, c.rev, now)
 		switch {
@@ -287,7 +306,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 			b.stats.reserved.Add(1)
 			slot := b.clock.notBefore(at)
 			b.mu.Lock()
-			b.slot = reservation{key: key, local: slot, server: at}
+			b.slot = reservation{key: key, local: slot, server: at, interval: interval}
 			b.mu.Unlock()
 			return slot, true, nil
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
@@ -311,14 +330,15 @@ func (b *Budget) reserved(slot time.Time) (string, cachedState, reservation, boo
 	defer b.mu.Unlock()
 	c, known := b.cache[key]
 	r := b.slot
-	ok := known && r.key == key && r.local.Equal(slot) && c.st.Next.Equal(r.server.Add(b.interval))
+	ok := known && r.key == key && r.local.Equal(slot) && c.st.Next.Equal(r.server.Add(r.interval))
 	return key, c, r, ok
 }
 
 // Rebook implements throttle.Budget: one compare-and-swap, made only when
 // the entry still shows the slot as the last one reserved.
 func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, error) {
-	if b.interval == 0 {
+	interval := b.spacing()
+	if interval == 0 {
 		return b.cfg.Clock(), true, nil
 	}
 	kv, err := b.bind(ctx)
@@ -331,7 +351,7 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 		return time.Time{}, false, nil
 	}
 	st := c.st
-	st.Next = now.Add(b.interval)
+	st.Next = now.Add(interval)
 	if _, err := b.write(ctx, kv, key, st, c.rev, now); err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return time.Time{}, false, nil
@@ -340,7 +360,7 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 	}
 	b.stats.rebooked.Add(1)
 	b.mu.Lock()
-	b.slot = reservation{key: key, local: local, server: now}
+	b.slot = reservation{key: key, local: local, server: now, interval: interval}
 	b.mu.Unlock()
 	return local, true, nil
 }
@@ -349,7 +369,7 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 // entry's next slot back to the one given, made only when the entry still
 // shows it as the last one reserved.
 func (b *Budget) GiveBack(ctx context.Context, slot time.Time) {
-	if b.interval == 0 {
+	if b.spacing() == 0 {
 		return
 	}
 	kv, err := b.bind(ctx)
@@ -373,7 +393,7 @@ func (b *Budget) GiveBack(ctx context.Context, slot time.Time) {
 
 // lead is how long before it is due a slot may be reserved.
 func (b *Budget) lead() time.Duration {
-	return min(budgetLead, b.interval/2)
+	return min(budgetLead, b.spacing()/2)
 }
 
 // blockedUntil reports whether another replica claims a level above p at
@@ -402,7 +422,7 @@ func (b *Budget) Allows(p int) bool {
 // Free implements throttle.Budget: what Reserve answers for a budget
 // without a rate, from the cache alone.
 func (b *Budget) Free(p int) bool {
-	if b.interval != 0 || b.kv.Load() == nil || !b.clock.ready() {
+	if b.spacing() != 0 || b.kv.Load() == nil || !b.clock.ready() {
 		return false
 	}
 	c, known := b.cached(b.key())
@@ -613,7 +633,7 @@ func (b *Budget) decode(e jetstream.KeyValueEntry) cachedState {
 		}
 		b.mu.Unlock()
 	} else {
-		c.st, out = clampState(st, c.created, b.interval)
+		c.st, out = clampState(st, c.created, b.spacing())
 	}
 	b.checked(e.Key(), c.rev, out)
 	return c

@@ -464,3 +464,33 @@ func TestUnlimitedBudgetFree(t *testing.T) {
 		t.Fatal("a budget with a rate lets a call start without a slot")
 	}
 }
+
+// TestBudgetFollowsTheStatedQuota: replicas sharing a budget of 10 calls a
+// second, each told by an answer that the API's quota is 2 a second, start
+// no more than 2 calls in any second between them from then on (SPEC §6:
+// the budget follows the API's quota where it is lower).
+func TestBudgetFollowsTheStatedQuota(t *testing.T) {
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer(cloudflaretest.WithRateLimit(10))
+	t.Cleanup(api.Close)
+	var rs []*bReplica
+	for _, n := range []string{"a", "b"} {
+		r := newBReplica(t, srv, api, n, 10, 1)
+		// As serve makes it: a gate told that its budget has a rate.
+		r.gate.Close()
+		r.gate = throttle.New(throttle.Config{Priorities: 1, Concurrency: 4, Rate: 10, Budget: r.budget})
+		if !r.gate.Follow(2) {
+			t.Fatal("a gate with a shared rate reported no rate to lower")
+		}
+		rs = append(rs, r)
+	}
+	for _, r := range rs {
+		r.work(0, 2, keysOf(r.name, 3))
+	}
+	for _, r := range rs {
+		for _, k := range keysOf(r.name, 3) {
+			queuetest.Eventually(t, 30*time.Second, "replica "+r.name+" done", func() bool { return api.Deleted(budgetTAccount, k) })
+		}
+	}
+	checkWindow(t, api.Requests(), 2)
+}

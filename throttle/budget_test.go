@@ -172,6 +172,13 @@ func (v *fakeView) Defer(until time.Time) {
 	}
 }
 
+// Follow changes the spacing of every view: the fake has one interval.
+func (v *fakeView) Follow(r float64) {
+	v.b.mu.Lock()
+	v.b.interval = throttle.QuotaInterval(r)
+	v.b.mu.Unlock()
+}
+
 func (v *fakeView) Held() (time.Time, string) {
 	v.b.mu.Lock()
 	defer v.b.mu.Unlock()

@@ -97,6 +97,10 @@ type Budget interface {
 	Hold(until time.Time, cause string)
 	// Defer moves the earliest start of any sharer's next call to until.
 	Defer(until time.Time)
+	// Follow spaces the calls this sharer reserves at rate r (calls per
+	// second) where r is below the budget's rate, and at the budget's rate
+	// where it is not: the API's stated quota (SPEC §6).
+	Follow(r float64)
 	// Held is the hold in force as far as known; zero when none.
 	Held() (until time.Time, cause string)
 	// Claim states the highest priority with work waiting here, -1 for
@@ -226,6 +230,15 @@ func New(cfg Config) *Gate {
 // SpacingMargin per permit.
 func Interval(r float64) time.Duration {
 	return max(time.Duration(float64(time.Second+WindowSlack)/r), time.Duration(float64(time.Second)/r)+SpacingMargin)
+}
+
+// QuotaInterval is Interval(r) for a rate an answer states, never longer
+// than MaxPause: nothing an answer says stops calls for longer (SPEC §4).
+func QuotaInterval(r float64) time.Duration {
+	if float64(time.Second+WindowSlack)/r >= float64(MaxPause) {
+		return MaxPause // also where the division would overflow a Duration
+	}
+	return min(Interval(r), MaxPause)
 }
 
 // Close stops the gate; waiting and later Acquire calls return ErrClosed.
@@ -409,6 +422,24 @@ func (g *Gate) Slow(until time.Time) {
 		g.budget.Defer(until)
 	}
 	g.poke()
+}
+
+// Follow spaces permits at the API's stated quota q (calls per second)
+// where it is below the gate's rate, and at the gate's rate where it is
+// not, from the next permit on; never further apart than MaxPause. It
+// reports false for a gate without a rate, which has no spacing to
+// follow with: its caller paces with Slow instead.
+func (g *Gate) Follow(q float64) bool {
+	if g.cfg.Rate <= 0 || q <= 0 {
+		return false
+	}
+	if g.budget != nil {
+		g.budget.Follow(q)
+	} else {
+		g.limiter.SetLimit(rate.Every(max(Interval(g.cfg.Rate), QuotaInterval(q))))
+	}
+	g.poke()
+	return true
 }
 
 func (g *Gate) hold(now time.Time, d time.Duration, cause string) {

@@ -232,3 +232,52 @@ func TestReacquiredFirstInLine(t *testing.T) {
 		}
 	}
 }
+
+// TestGateFollowLowersTheRate: after Follow with a quota below the gate's
+// rate, every later permit keeps the quota's spacing, not only the next
+// one; a quota above the rate leaves the rate as it is; and no quota,
+// however small, spaces permits further than MaxPause.
+func TestGateFollowLowersTheRate(t *testing.T) {
+	g := throttle.New(throttle.Config{Priorities: 1, Concurrency: 10, Rate: 50})
+	defer g.Close()
+	acquire := func() time.Time {
+		pm, err := g.Acquire(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pm.Release()
+		return time.Now()
+	}
+	acquire()
+	if !g.Follow(4) {
+		t.Fatal("Follow on a gate with a rate reported nothing to follow with")
+	}
+	times := []time.Time{acquire(), acquire(), acquire(), acquire()}
+	want := throttle.Interval(4)
+	for i := 1; i < len(times); i++ {
+		if d := times[i].Sub(times[i-1]); d < want-time.Millisecond {
+			t.Errorf("permits %d and %d %v apart after a quota of 4/s, want at least %v", i-1, i, d, want)
+		}
+	}
+
+	g.Follow(1000) // above the rate: the rate stands
+	acquire()
+	start := time.Now()
+	for range 9 {
+		acquire()
+	}
+	if d := time.Since(start); d >= 9*want {
+		t.Errorf("nine permits took %v after a quota above the rate of 50/s: still spaced at the quota of 4/s", d)
+	}
+
+	g2 := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+	defer g2.Close()
+	if g2.Follow(1) {
+		t.Error("Follow on a gate without a rate reported a rate to lower")
+	}
+	for _, q := range []float64{1e-300, 1.0 / 3600, 5e-324} {
+		if d := throttle.QuotaInterval(q); d != throttle.MaxPause {
+			t.Errorf("QuotaInterval(%g) = %v, want the cap %v", q, d, throttle.MaxPause)
+		}
+	}
+}

@@ -162,6 +162,35 @@ func TestRouteFollowsALowerQuota(t *testing.T) {
 	pm.Release()
 }
 
+// TestRouteQuotaLowersTheBudgetsRate: an answer stating a quota below the
+// budget's rate (60 calls a minute, rate 4/s) lowers the rate itself, so
+// every later call keeps the quota's spacing, not only the next one: calls
+// already under way when it is stated cannot take the budget past it.
+func TestRouteQuotaLowersTheBudgetsRate(t *testing.T) {
+	resp := answer(200, revoked, 0)
+	resp.Policy = cloudflare.RatePolicy{Known: true, Quota: 60, Window: time.Minute}
+	r := newRouted(t, resp)
+	g := throttle.New(throttle.Config{Priorities: 2, Concurrency: 4, Rate: 4})
+	t.Cleanup(g.Close)
+	w := r.workerOn(fakeRoutes{"acct1": {Credential: "cred-a", Gate: g, Budget: r.budget["a"], Rate: 4}})
+	w.Handle(context.Background(), context.Background(), &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`})
+	var granted []time.Time
+	for range 3 {
+		pm, err := g.Acquire(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		granted = append(granted, time.Now())
+		pm.Release()
+	}
+	want := throttle.Interval(1)
+	for i := 1; i < len(granted); i++ {
+		if d := granted[i].Sub(granted[i-1]); d < want-time.Millisecond {
+			t.Errorf("calls %d and %d %v apart after a quota of 1/s was stated, want at least %v", i-1, i, d, want)
+		}
+	}
+}
+
 // TestRouteWorkingCallClearsACheckedRefusal: a credential refused by its
 // check at start (not by a call) is ready again once one of its calls
 // works (SPEC §8: ready again on the next successful call).

@@ -1158,19 +1158,19 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 }
 
 // followQuota spaces the calls of r's budget to the quota the API states
-// (Ratelimit-Policy) where it is lower than the configured rate (SPEC §6).
+// (Ratelimit-Policy) where it is lower than the configured rate (SPEC §6):
+// the budget's rate itself is lowered, so calls already started, whose
+// answers have not come, cannot take it past the quota meanwhile.
 func (w *Worker) followQuota(r Route, p cloudflare.RatePolicy) {
 	q := p.PerSecond()
 	if !p.Known || q <= 0 {
 		return
 	}
-	rate := w.cfg.RateLimit
-	if r.Gate != nil {
-		rate = r.Rate
+	if w.gate(r).Follow(q) {
+		return
 	}
-	if rate == 0 || q < rate {
-		w.gate(r).Slow(time.Now().Add(time.Duration(float64(time.Second) / q)))
-	}
+	// No rate of our own to lower: the next call is paced instead.
+	w.gate(r).Slow(time.Now().Add(throttle.QuotaInterval(q)))
 }
 
 // gate is the gate of r's budget.

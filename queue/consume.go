@@ -252,6 +252,7 @@ func (c *Consumer) tryBind(ctx context.Context) ([]*boundLane, error) {
 		}
 		lane := NewLane(cons, subj, i, capacity, minBatch, c.fetchWait())
 		lane.AckWait, lane.MaxDeliver = c.limits(cons.CachedInfo().Config)
+		lane.Stream = stream
 		lanes = append(lanes, &boundLane{lane: lane, stream: stream, metrics: c.Metrics.Lane(subj, i)})
 	}
 	return lanes, nil

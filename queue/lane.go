@@ -30,8 +30,11 @@ type Lane struct {
 	// before Run; a rebinding replaces them for later deliveries.
 	AckWait    time.Duration
 	MaxDeliver int
-	minBatch   int
-	fetchWait  time.Duration
+	// Stream is the work stream, which a delivery asks whether it still
+	// holds its event (Delivery.Held). Set it before Run.
+	Stream    jetstream.Stream
+	minBatch  int
+	fetchWait time.Duration
 
 	room chan struct{} // one token per message we may still take
 	// gone tells a lane waiting for room that its consumer was found
@@ -321,7 +324,7 @@ func (l *Lane) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) *Delivery
 	l.held[seq]++
 	l.forget()
 	return &Delivery{
-		msg: msg, meta: meta,
+		msg: msg, meta: meta, stream: l.Stream,
 		priority: l.Priority, maxDeliver: l.MaxDeliver, ackWait: l.AckWait,
 		delivered: e.total,
 		first:     e.total == 1 && l.fresh(meta),
@@ -553,8 +556,9 @@ func (l *Lane) putRoom(n int) {
 // life can reach the server after a give-back and reset its redelivery
 // timer.
 type Delivery struct {
-	msg  jetstream.Msg
-	meta *jetstream.MsgMetadata
+	msg    jetstream.Msg
+	meta   *jetstream.MsgMetadata
+	stream jetstream.Stream // the work stream, asked whether it still holds the event
 
 	priority, maxDeliver int
 	ackWait              time.Duration
@@ -647,6 +651,24 @@ func (d *Delivery) KeepAlive() error {
 		return nil
 	}
 	return d.msg.InProgress()
+}
+
+// Held reports whether the work stream still holds the event, so that a
+// later delivery will come: a work queue drops an event once a delivery
+// acked or terminated it. The same sequence stored at another time is
+// another event, of a stream made again.
+func (d *Delivery) Held(ctx context.Context) (bool, error) {
+	if d.stream == nil {
+		return false, errors.New("the work stream is not known")
+	}
+	m, err := d.stream.GetMsg(ctx, d.meta.Sequence.Stream)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return m.Time.Equal(d.meta.Timestamp), nil
 }
 
 // settle sends the delivery's one settle. It counts as made even if

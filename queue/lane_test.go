@@ -107,3 +107,67 @@ func TestLaneReportsFetchTrouble(t *testing.T) {
 // troubleAfterInTest is queue's troubleAfter: reports start at that many
 // failures in a row, one per failure.
 const troubleAfterInTest = 3
+
+// TestDeliveryHeldUntilSettled: a delivery reports that the work stream
+// holds its event while it is in hand and after a give-back (a later
+// delivery will come), and not once a delivery acked it (SPEC §4, "The
+// proof", point 6: a confirmation only a later delivery could record is
+// lost when none will come).
+func TestDeliveryHeldUntilSettled(t *testing.T) {
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "H", Subjects: []string{"h"}, Retention: jetstream.WorkQueuePolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateConsumer(ctx, "H", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "h", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	lane := queue.NewLane(cons, "h", 0, 1, 1, 100*time.Millisecond)
+	lane.Stream = stream
+	type step struct {
+		held bool
+		err  error
+	}
+	steps := make(chan step, 4)
+	run, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	deliveries := 0
+	go func() {
+		done <- lane.Run(run, ctx, queue.Hooks{
+			Handle: func(_ context.Context, d *queue.Delivery) {
+				deliveries++
+				held, err := d.Held(ctx)
+				steps <- step{held, err}
+				if deliveries == 1 {
+					_ = d.GiveBack(0)
+				} else {
+					_ = d.Ack()
+				}
+				held, err = d.Held(ctx)
+				steps <- step{held, err}
+			},
+			GiveBack: func(d *queue.Delivery) { _ = d.GiveBack(0) },
+			Pending:  func(uint64) {},
+			NoNews:   func() {},
+		}, zap.NewNop())
+	}()
+	defer func() { stop(); <-done }()
+	for i, want := range []bool{true, true, true, false} {
+		var s step
+		select {
+		case s = <-steps:
+		case <-ctx.Done():
+			t.Fatalf("step %d: no delivery", i)
+		}
+		if s.err != nil || s.held != want {
+			t.Errorf("step %d (in hand, given back, in hand again, acked): held %v, %v; want %v", i, s.held, s.err, want)
+		}
+	}
+}

@@ -35,6 +35,7 @@ type fakeDelivery struct {
 	header     map[string]string
 	remade     bool   // its consumer was made after the event was stored
 	seq        uint64 // its sequence; 0 means 7
+	gone       bool   // the broker no longer holds the event (another delivery settled it)
 
 	mu         sync.Mutex
 	settled    []string // "ack", "term", "giveback <delay>"
@@ -84,6 +85,20 @@ func (d *fakeDelivery) KeepAlive() error {
 	defer d.mu.Unlock()
 	d.keepAlives++
 	return nil
+}
+
+func (d *fakeDelivery) Held(context.Context) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// A give-back leaves the event with the broker; an ack or a term
+	// does not.
+	held := !d.gone
+	for _, how := range d.settled {
+		if how == "ack" || how == "term" {
+			held = false
+		}
+	}
+	return held, nil
 }
 
 func (d *fakeDelivery) settle(how string) error {
@@ -422,6 +437,22 @@ func newHarnessGate(t *testing.T, gate throttle.Config, tune func(*worker.Config
 	h.w = worker.New(cfg, worker.Deps{API: h.api, Gate: h.gate, Records: h.records, Ledger: h.ledger,
 		Metrics: m, Ready: h.ready, Log: log})
 	return h
+}
+
+// beside is another replica named name, with its own API answers, gate
+// and metrics, sharing h's trail and ledger.
+func (h *harness) beside(t *testing.T, name string, answers ...*cloudflare.Response) *worker.Worker {
+	t.Helper()
+	gate := throttle.New(throttle.Config{Priorities: 2, Concurrency: 4})
+	t.Cleanup(gate.Close)
+	reg := prometheus.NewRegistry()
+	subjects := []string{"revoke.urgent", "revoke.scheduled"}
+	m := metrics.New(reg, metrics.Labels{Subjects: subjects, Outcomes: event.Names(event.Outcomes), Reasons: event.Names(event.Reasons)}, metrics.Build{})
+	return worker.New(worker.Config{
+		Subjects: subjects, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
+		RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: name,
+	}, worker.Deps{API: &fakeAPI{answers: answers}, Gate: gate, Records: h.records, Ledger: h.ledger,
+		Metrics: m, Ready: metrics.NewReadiness(reg), Log: zap.NewNop()})
 }
 
 func (h *harness) handle(d *fakeDelivery) {

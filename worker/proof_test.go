@@ -311,6 +311,52 @@ func TestLostConfirmationShouted(t *testing.T) {
 	}
 }
 
+// TestConfirmationKeptWhereNoDeliveryReadsItIsShouted: replica A, cut off,
+// hears its DELETE's 200 only after replica B took the event over, got a
+// 404 proven absent, recorded not_found and acked it. A's revoked record
+// is refused to the end of the shutdown timeout and the ledger keeps the
+// confirmation; but only a later delivery reads the ledger. Where the
+// broker no longer holds the event, none will come: the confirmation is
+// shouted and counted lost (SPEC §4, "The proof", points 3 and 6), not
+// left silently under the not_found. Where it still holds it (B's ack was
+// lost), the next delivery records it, and nothing is shouted.
+func TestConfirmationKeptWhereNoDeliveryReadsItIsShouted(t *testing.T) {
+	for _, dropped := range []bool{true, false} {
+		h := newHarness(t, nil, answer(200, revoked, 0))
+		b := h.beside(t, "replica-b", answer(404, gone, 0))
+		stop, cancelStop := context.WithCancel(context.Background())
+		work, cancelWork := context.WithCancel(context.Background())
+		dA := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 10}
+		dB := &fakeDelivery{body: goodEvent, delivered: 2, maxDeliver: 10}
+		h.api.onCall = func() {
+			b.Handle(context.Background(), context.Background(), dB) // B has the event while A's answer is out
+			dA.mu.Lock()
+			dA.gone = dropped // B's ack reached the broker, or was lost
+			dA.mu.Unlock()
+			h.records.mu.Lock()
+			h.records.failOutcome = 1 << 30 // the trail refuses A to the end; the ledger works
+			h.records.mu.Unlock()
+			cancelStop()
+			time.AfterFunc(300*time.Millisecond, cancelWork) // the shutdown timeout
+		}
+		h.w.Handle(stop, work, dA)
+		cancelWork()
+		if len(dB.settled) != 1 || dB.settled[0] != "ack" || h.records.outcomes[0].Outcome != event.NotFound {
+			t.Fatalf("dropped=%v: B settled %v, records %+v; want not_found recorded and acked", dropped, dB.settled, h.records.outcomes)
+		}
+		if e := h.ledger.entry(ref7); e.Confirmed == nil || e.Confirmed.Status != 200 {
+			t.Fatalf("dropped=%v: ledger %+v; want A's confirmation kept", dropped, e)
+		}
+		want := 0.0
+		if dropped {
+			want = 1
+		}
+		if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != want {
+			t.Errorf("dropped=%v: revoker_confirmations_lost_total = %v, want %v", dropped, n, want)
+		}
+	}
+}
+
 // TestConfirmationReachesTheTrailWhenItComesBack: the outcome stream
 // refuses the revoked record once (a leader election), and the ledger is
 // away for the whole shutdown: the confirmation is retried into the trail

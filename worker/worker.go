@@ -64,6 +64,10 @@ type Delivery interface {
 	// KeepAlive tells the broker the delivery is still being worked on,
 	// so it is not handed to another replica meanwhile.
 	KeepAlive() error
+	// Held reports whether the broker still holds the event, so that a
+	// later delivery of it will come: none will once any delivery acked
+	// or terminated it. An error means it cannot tell.
+	Held(ctx context.Context) (bool, error)
 }
 
 // Ref names an event beyond doubt: where it is stored and what it is
@@ -328,7 +332,10 @@ type attempt struct {
 	calls     int   // calls made on this delivery
 	revoked   *Call // the confirming call, from this delivery or an earlier one
 	kept      bool  // the confirmation is in the ledger
-	absentAt  time.Time
+	// orphaned: kept in the ledger, but the broker no longer holds the
+	// event, so no later delivery will read it there.
+	orphaned bool
+	absentAt time.Time
 
 	status int // the deciding (or last) call's status, 0 if none came back
 	cfRay  string
@@ -1349,11 +1356,39 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 		stopKeeping()
 	}
 	<-kdone
-	if !recorded && !isKept() {
+	switch {
+	case recorded:
+	case !isKept():
 		w.Metrics.ConfirmationsLost.Inc()
 		w.Log.Error("CONFIRMATION LOST: the API revoked the key, but neither the outcome record nor the ledger could store it before shutdown",
 			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
+	case a.orphaned || !w.comesAgain(a):
+		// The ledger holds it, but only a later delivery of the event
+		// reads the ledger, and none will come: another delivery finished
+		// the event (its record, a not_found say, stands in the trail), or
+		// the broker cannot say that it still holds it.
+		w.Metrics.ConfirmationsLost.Inc()
+		w.Log.Error("CONFIRMATION LOST: the API revoked the key and the ledger holds it, but the outcome record could not be stored before shutdown and no later delivery of the event will record it",
+			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
 	}
+}
+
+// heldTimeout bounds asking the broker, at shutdown, whether it still holds
+// an event.
+const heldTimeout = 2 * time.Second
+
+// comesAgain reports whether the broker still holds a's event, so that a
+// later delivery will come and find what this one left in the ledger; false
+// when it cannot tell. Asked once the delivery's time is up, it has a
+// bound of its own.
+func (w *Worker) comesAgain(a *attempt) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), heldTimeout)
+	defer cancel()
+	held, err := a.d.Held(ctx)
+	if err != nil {
+		w.Log.Warn("cannot tell whether the broker still holds the event", w.fields(a, zap.Error(err))...)
+	}
+	return held && err == nil
 }
 
 // refreshTimeout bounds the ledger read before a revoked record once
@@ -1588,12 +1623,18 @@ func (w *Worker) durably(stop, work context.Context, a *attempt, what string, wr
 			w.Log.Error(what+" not written; holding the event and retrying", w.fields(a, zap.Error(err))...)
 		}
 		wait := stop
-		if a.revoked != nil && !a.kept {
+		if a.revoked != nil && (!a.kept || a.orphaned) {
 			// A confirmation not yet durable is worth the whole shutdown
 			// timeout.
 			wait = work
 		}
 		if wait.Err() != nil || !throttle.Sleep(wait, b.NextBackOff()) {
+			if a.revoked != nil && a.kept && !a.orphaned && work.Err() == nil && !w.comesAgain(a) {
+				// Only a later delivery reads the ledger's copy, and none
+				// will come: the trail is the only place left for it.
+				a.orphaned = true
+				continue
+			}
 			if err := write(work, a); err == nil {
 				return true
 			}

@@ -243,11 +243,18 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 				return b.rec, nil
 			}
 			rec.Supersedes = b.seq
-			if b.rec.Attempts > rec.Attempts {
-				// The record corrected counted calls this one's writer did
-				// not know of (it was cut off meanwhile), the confirming
-				// call among them as unanswered: it is answered now.
-				rec.Attempts, rec.UnansweredCalls = b.rec.Attempts, max(b.rec.UnansweredCalls-1, 0)
+			// The record corrected counted the confirming call
+			// unanswered (its writer did not hear it), and heard its own
+			// calls' answers, which this one's writer cannot know (an ack
+			// leaves nothing in the ledger). Each count errs only by the
+			// calls the other heard: with the same calls known, the lower
+			// stands; where the corrected one knew of more (this writer
+			// was cut off meanwhile), its count does.
+			switch unanswered := max(b.rec.UnansweredCalls-1, 0); {
+			case b.rec.Attempts > rec.Attempts:
+				rec.Attempts, rec.UnansweredCalls = b.rec.Attempts, unanswered
+			case b.rec.Attempts == rec.Attempts:
+				rec.UnansweredCalls = min(rec.UnansweredCalls, unanswered)
 			}
 		}
 		m := OutcomeMsg(r.OutcomePrefix, rec)

@@ -265,3 +265,27 @@ func TestRecordsPriorAfterTheStreamIsMadeAgain(t *testing.T) {
 	}
 	t.Fatalf("Prior failed twice on the stream made again: %v", err)
 }
+
+// TestRecordsCorrectionCountsTheConfirmingCallAnswered: a not_found that
+// counted two calls, one unanswered (the call of a replica cut off, which
+// it did not hear), is corrected by that replica's revoked record once it
+// heard its 200. The writer of the correction knows of the same two calls
+// but not that the other was answered (an ack leaves nothing in the
+// ledger): the correction takes the not_found's count of unanswered calls,
+// less the confirming call, now answered (SPEC §5a).
+func TestRecordsCorrectionCountsTheConfirmingCallAnswered(t *testing.T) {
+	o := newOutcomeT(t)
+	stored := time.Now()
+	nf := o.record("k1", 7, event.NotFound, stored)
+	nf.Status, nf.Attempts, nf.UnansweredCalls = 404, 2, 1
+	o.outcome(nf)
+	rv := o.record("k1", 7, event.Revoked, stored)
+	rv.Attempts, rv.UnansweredCalls = 2, 1
+	got := o.outcome(rv)
+	if got.Outcome != event.Revoked || got.Supersedes == 0 || got.Attempts != 2 || got.UnansweredCalls != 0 {
+		t.Fatalf("correction %+v; want revoked, superseding, 2 calls, none unanswered", got)
+	}
+	if recs := o.onSubject("k1"); len(recs) != 2 || recs[1].UnansweredCalls != 0 {
+		t.Fatalf("stored %+v; want the not_found and its correction with no call unanswered", recs)
+	}
+}

@@ -440,7 +440,7 @@ func (f *File) RoutesOn(js jetstream.JetStream, cfg config.Config, m *metrics.Me
 		router: f.router, log: log, budgets: map[string]*BudgetGate{}, checking: map[string]*recheck{},
 		metrics: m.Budget, ipLimit: cfg.IPRateLimit, shared: shared, ready: ready,
 		make: func(name string, rate float64) (*BudgetGate, error) {
-			return NewBudgetGate(js, cfg, func() string { return "budget:" + name }, name, rate, cfg.Concurrency, m.Budget(name), log)
+			return NewBudgetGate(js, cfg, func() string { return "budget:" + name }, name, rate, throttle.Unbounded, m.Budget(name), log)
 		},
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/credentials"
 	"github.com/revoker/revoker/metrics"
+	"github.com/revoker/revoker/queue/queuetest"
 	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/worker"
 )
@@ -271,5 +272,83 @@ func TestLoadLogLineStaysShort(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), `"count":600`) || !strings.Contains(out.String(), "and 550 more") {
 		t.Errorf("the start-up line does not say how many credentials there are:\n%.600s", out.String())
+	}
+}
+
+// TestBudgetGatesLeaveTheCallsInFlightToTheSharedGate: with one call
+// slot in all (REVOKER_CONCURRENCY=1), a scheduled call of a budget holds
+// a rate slot of it while it waits for the shared slot, busy with another
+// budget's call; an urgent call of the same budget comes. The other call
+// ends after the scheduled call's rate slot went by, so that call keeps
+// the shared slot and waits for the budget's next slot, which the urgent
+// call, first by priority, takes. A budget's gate bounds only its rate:
+// had it bounded the calls in flight too, the urgent call would wait for
+// the budget's only permit, held by the scheduled call, which waits for
+// the shared slot the urgent call... and every call of every budget would
+// stop (SPEC §9).
+func TestBudgetGatesLeaveTheCallsInFlightToTheSharedGate(t *testing.T) {
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.token"), []byte("token-a"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "credentials.yaml")
+	body := "credentials:\n  - name: cred-a\n    token_file: a.token\n    accounts: [acct1]\n    rate: 10\n"
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	set, err := credentials.Load(file, credentials.Options{BaseURL: "http://127.0.0.1:1", Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Concurrency = 1
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, metrics.Labels{Subjects: cfg.Subjects, Budgets: []string{"cred-a"}}, metrics.Build{})
+	shared := throttle.New(throttle.Config{Priorities: len(cfg.Subjects), Concurrency: cfg.Concurrency})
+	t.Cleanup(shared.Close)
+	f := &File{router: credentials.NewRouter(set), log: zap.NewNop(), recheck: make(chan string, 1)}
+	r := f.RoutesOn(js, cfg, m, shared, metrics.NewReadiness(reg), zap.NewNop())
+	t.Cleanup(r.Close)
+	rt, ok := r.Route("acct1")
+	if !ok {
+		t.Fatal("no route for acct1")
+	}
+
+	other, err := shared.Acquire(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	done := make(chan error, 2)
+	call := func(p int) {
+		pm, err := throttle.AcquirePair(ctx, rt.Gate, shared, p)
+		if err == nil {
+			pm.Release()
+		}
+		done <- err
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10 s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	go call(1)
+	waitFor("the scheduled call waiting for the shared slot", func() bool { return shared.Queued(1) == 1 })
+	go call(0)
+	waitFor("the urgent call waiting", func() bool { return shared.Queued(0)+rt.Gate.Queued(0) == 1 })
+	time.Sleep(150 * time.Millisecond) // the other call, longer than a rate slot may wait
+	other.Release()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Errorf("a call got no permits: %v", err)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -110,6 +111,11 @@ type Budget interface {
 	Changed() <-chan struct{}
 }
 
+// Unbounded is a Concurrency that bounds nothing: the gate of a rate
+// budget paired with a shared gate that bounds the calls in flight
+// (AcquirePair).
+const Unbounded = 1 << 30
+
 // Config sets up a Gate.
 type Config struct {
 	// Priorities is the number of priority levels; 0 is the highest.
@@ -155,6 +161,10 @@ type Gate struct {
 	holdCause string
 	notEarly  time.Time // set by a short Slow: no permit before this instant
 	closed    bool
+
+	// followed is the spacing of permits a stated quota asked for
+	// (Follow), 0 before any.
+	followed atomic.Int64
 
 	wake chan struct{}
 	done chan struct{}
@@ -424,6 +434,13 @@ func (g *Gate) Slow(until time.Time) {
 	g.poke()
 }
 
+// pairWait is how long a call holding a shared slot waits for this
+// gate's next permit (AcquirePair): one interval of its rate, as it is
+// now, and the tolerance of a start.
+func (g *Gate) pairWait() time.Duration {
+	return max(Interval(g.cfg.Rate), time.Duration(g.followed.Load())) + StartTolerance
+}
+
 // Follow spaces permits at the API's stated quota q (calls per second)
 // where it is below the gate's rate, and at the gate's rate where it is
 // not, from the next permit on; never further apart than MaxPause. It
@@ -433,10 +450,12 @@ func (g *Gate) Follow(q float64) bool {
 	if g.cfg.Rate <= 0 || q <= 0 {
 		return false
 	}
+	spacing := max(Interval(g.cfg.Rate), QuotaInterval(q))
+	g.followed.Store(int64(spacing))
 	if g.budget != nil {
 		g.budget.Follow(q)
 	} else {
-		g.limiter.SetLimit(rate.Every(max(Interval(g.cfg.Rate), QuotaInterval(q))))
+		g.limiter.SetLimit(rate.Every(spacing))
 	}
 	g.poke()
 	return true

@@ -2,6 +2,7 @@ package throttle
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -29,15 +30,21 @@ func (p Pair) Release() {
 }
 
 // AcquirePair waits for leave from budget, then from shared, at priority
-// p. The budget is passed first so that a call never waits for its rate
+// p. The budget gate bounds only the rate (its Concurrency Unbounded): the
+// calls in flight are the shared gate's to bound. A budget that bounded
+// them too would let a call hold the budget's permit while it waits for a
+// shared slot held by a call that waits for that permit. The budget is passed first so that a call never waits for its rate
 // while holding a shared slot another budget's call could use. A rate slot
 // is spent the moment it is handed out, so one that went by while the call
 // waited for the shared gate is not used late (calls started late would
 // bunch in a second): it is given up, spent, and the call, keeping the
-// shared slot it waited its turn for, takes the budget's next slot. So a
-// call keeps its place among every budget's waiters, holds a shared slot
-// for at most one of its budget's intervals without calling, and is late
-// (Late) only if its caller waits before calling.
+// shared slot it waited its turn for, takes the budget's next slot, if
+// that comes within one of the budget's intervals; if not (another call of
+// the budget took it, or a hold came), it gives the shared slot back and
+// starts over. So a call keeps its place among every budget's waiters,
+// holds a shared slot for at most one of its budget's intervals without
+// calling, never holds one while a call that needs it holds the permit it
+// waits for, and is late (Late) only if its caller waits before calling.
 func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error) {
 	return acquirePair(ctx, budget, shared, p, false)
 }
@@ -52,10 +59,25 @@ func ReacquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, erro
 func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool) (Pair, error) {
 	var s *Permit
 	for {
-		b, err := budget.acquire(ctx, p, first)
+		bctx, cancel := ctx, context.CancelFunc(func() {})
+		if s != nil {
+			// Holding a shared slot, it waits at the budget for one of the
+			// budget's intervals at most: a call of the budget with a
+			// higher priority may take the budget's next permit and then
+			// wait for a shared slot, this one, while this call waits for
+			// the permit that one holds. Past that, the shared slot goes
+			// back and the call starts over, at the budget first.
+			bctx, cancel = context.WithTimeout(ctx, budget.pairWait())
+		}
+		b, err := budget.acquire(bctx, p, first)
+		cancel()
 		if err != nil {
 			if s != nil {
 				s.Release()
+				s = nil
+			}
+			if ctx.Err() == nil && bctx.Err() != nil && !errors.Is(err, ErrClosed) {
+				continue // gave the shared slot up; first in line again at both
 			}
 			return Pair{}, err
 		}

@@ -131,3 +131,102 @@ func TestPairKeepsPriority(t *testing.T) {
 		t.Errorf("%d scheduled calls started while an urgent one waited", overtook)
 	}
 }
+
+// TestPairNoDeadlockWithAHigherCallOfTheBudget: a scheduled call L of a
+// budget holds a rate slot of the budget while it waits for the shared
+// gate, busy with another budget's call; an urgent call U of the same
+// budget queues at the budget. The shared slot frees after L's rate slot
+// went by, so L keeps the shared slot and waits at the budget again, where
+// U, first by priority, takes the next slot and waits for the shared slot
+// L holds. Both calls get their permits: no call waits on a call that
+// waits on it (SPEC §9: an incident waits only for the shared slots and
+// the address limit). Then the same with four calls of each and four
+// shared slots.
+func TestPairNoDeadlockWithAHigherCallOfTheBudget(t *testing.T) {
+	for _, n := range []int{1, 4} {
+		budget := throttle.New(throttle.Config{Priorities: 2, Concurrency: throttle.Unbounded, Rate: 10 * float64(n)})
+		shared := throttle.New(throttle.Config{Priorities: 2, Concurrency: n})
+		var others []*throttle.Permit
+		for range n { // another budget's calls in flight
+			pm, err := shared.Acquire(context.Background(), 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			others = append(others, pm)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		done := make(chan error, 2*n)
+		call := func(p int) {
+			pm, err := throttle.AcquirePair(ctx, budget, shared, p)
+			if err == nil {
+				pm.Release()
+			}
+			done <- err
+		}
+		for range n {
+			go call(1)
+		}
+		waitQueued(t, shared, 1, n) // the scheduled calls hold rate slots of the budget
+		for range n {
+			go call(0)
+		}
+		waitQueued(t, budget, 0, n)
+		// The other calls take longer than the scheduled calls' rate slots
+		// may wait.
+		time.Sleep(100 * time.Millisecond)
+		for _, o := range others {
+			o.Release()
+		}
+		for i := range 2 * n {
+			if err := <-done; err != nil {
+				t.Errorf("n=%d: call %d got no permits: %v", n, i, err)
+			}
+		}
+		cancel()
+		budget.Close()
+		shared.Close()
+	}
+}
+
+// TestPairHoldsNoSharedSlotThroughABudgetsHold: a call whose rate slot
+// went by while it waited for the shared slot waits for its budget's next
+// slot holding the shared one for one of the budget's intervals at most.
+// When the budget is held (a 429), it gives the shared slot back, so
+// another budget's call is not held up by this budget's hold (SPEC §9: a
+// 429 holds every credential of that principal, and only those).
+func TestPairHoldsNoSharedSlotThroughABudgetsHold(t *testing.T) {
+	budget := throttle.New(throttle.Config{Priorities: 2, Concurrency: throttle.Unbounded, Rate: 10})
+	defer budget.Close()
+	shared := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1})
+	defer shared.Close()
+	other, err := shared.Acquire(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		pm, err := throttle.AcquirePair(ctx, budget, shared, 1)
+		if err == nil {
+			pm.Release()
+		}
+		done <- err
+	}()
+	waitQueued(t, shared, 1, 1) // its rate slot taken, it waits for the shared slot
+	budget.Pause(3 * time.Second)
+	time.Sleep(150 * time.Millisecond) // the other call, longer than a rate slot may wait
+	other.Release()
+	// Another budget's call: the shared slot is free again long before the
+	// hold ends.
+	pm, err := shared.Acquire(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := budget.PausedFor(); left < time.Second {
+		t.Errorf("another budget's call got the shared slot with %v of the hold left: it was held through the hold", left)
+	}
+	pm.Release()
+	cancel()
+	<-done
+}

@@ -113,13 +113,11 @@ type reservation struct {
 // replica whose clock is off, nor one that died, nor a hand-written entry
 // holds the others up for longer.
 type Budget struct {
-	js  jetstream.JetStream
-	cfg BudgetConfig
-	log *zap.Logger
-	// interval is the spacing of calls: the configured rate's (0: no
-	// limit), or the API's stated quota's where that is lower (Follow).
-	interval atomic.Int64
-	owner    string // this replica, in claims
+	js       jetstream.JetStream
+	cfg      BudgetConfig
+	log      *zap.Logger
+	interval time.Duration // of the configured rate; 0: no limit
+	owner    string        // this replica, in claims
 	clock    *serverClock
 
 	bindMu sync.Mutex
@@ -132,7 +130,12 @@ type Budget struct {
 	hold    time.Time // a hold to publish, local clock
 	cause   string
 	deferTo time.Time // a Defer to publish, local clock
-	trouble string    // last trouble logged, "" when none
+	// quota is the spacing the API's stated quota asks for, as heard here
+	// last (Follow), to write in the entry while quoting: 0 for none
+	// beyond the configured rate's.
+	quota   time.Duration
+	quoting bool
+	trouble string // last trouble logged, "" when none
 	// checkedRev is the last revision whose values were checked; foreign
 	// says it held values out of range, so that is logged once, not on
 	// every read.
@@ -174,36 +177,80 @@ func NewBudget(js jetstream.JetStream, cfg BudgetConfig) (*Budget, error) {
 		return nil, fmt.Errorf("budget: owner id: %w", err)
 	}
 	b := &Budget{
-		js:      js,
-		cfg:     cfg,
-		log:     cfg.Log.With(zap.String("bucket", BudgetBucket)),
-		owner:   hex.EncodeToString(id[:]),
-		clock:   &serverClock{now: cfg.Clock},
-		cache:   map[string]cachedState{},
-		claim:   -1,
-		changed: make(chan struct{}, 1),
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		js:       js,
+		cfg:      cfg,
+		log:      cfg.Log.With(zap.String("bucket", BudgetBucket)),
+		interval: BudgetInterval(cfg.Rate),
+		owner:    hex.EncodeToString(id[:]),
+		clock:    &serverClock{now: cfg.Clock},
+		cache:    map[string]cachedState{},
+		claim:    -1,
+		changed:  make(chan struct{}, 1),
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
-	b.interval.Store(int64(BudgetInterval(cfg.Rate)))
 	go b.run()
 	return b, nil
 }
 
-// spacing is the interval between calls now; 0 for no limit.
-func (b *Budget) spacing() time.Duration { return time.Duration(b.interval.Load()) }
+// spacing is the interval between calls by st, the entry as known: the
+// configured rate's, or the API's stated quota's where that is longer (the
+// quota as heard here last, else as the entry says); 0 for no limit.
+func (b *Budget) spacing(st budgetState) time.Duration {
+	if b.interval == 0 {
+		return 0
+	}
+	quota, quoted := b.quoted()
+	if !quoted {
+		quota = st.Spacing
+	}
+	return max(b.interval, quota)
+}
 
-// Follow implements throttle.Budget: this replica spaces the calls it
-// reserves at rate r where r is below the configured rate, and at the
-// configured rate again where it is not; never further apart than
-// throttle.MaxPause, whatever an answer states. A budget without a rate
-// has no spacing to change.
+// quoted is the quota's spacing heard here and not yet written in the
+// entry, if any.
+func (b *Budget) quoted() (time.Duration, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.quota, b.quoting
+}
+
+// published forgets the quota's spacing once written, unless another was
+// heard meanwhile.
+func (b *Budget) published(quota time.Duration, quoted bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if quoted && b.quoting && b.quota == quota {
+		b.quoting = false
+	}
+}
+
+// Follow implements throttle.Budget: calls of every replica are spaced at
+// rate r where r is below the configured rate, and at the configured rate
+// again where it is not, from the next reservation on; never further
+// apart than throttle.MaxPause, whatever an answer states. The spacing is
+// written in the entry (in the background), so replicas that have not
+// heard an answer yet, and replicas started later, keep to it too. A
+// budget without a rate has no spacing to change.
 func (b *Budget) Follow(r float64) {
-	if b.cfg.Rate <= 0 || r <= 0 {
+	if b.interval == 0 || r <= 0 {
 		return
 	}
-	b.interval.Store(int64(max(BudgetInterval(b.cfg.Rate), throttle.QuotaInterval(r))))
+	quota := throttle.QuotaInterval(r)
+	if quota <= b.interval {
+		quota = 0 // the configured rate's spacing is enough
+	}
+	c, _ := b.cached(b.key())
+	b.mu.Lock()
+	changed := quota != c.st.Spacing && (!b.quoting || quota != b.quota)
+	if changed {
+		b.quota, b.quoting = quota, true
+	}
+	b.mu.Unlock()
+	if changed {
+		b.poke(b.kick)
+	}
 }
 
 // BudgetInterval is the spacing of calls shared at rate r, 0 for no limit:
@@ -282,7 +329,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		if until, blocked := b.blockedUntil(c.st, p, now); blocked {
 			return b.clock.toLocal(until), false, nil
 		}
-		interval := b.spacing()
+		interval := b.spacing(c.st)
 		if interval == 0 {
 			return local, true, nil // no limit: holds and claims only
 		}
@@ -290,7 +337,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		if at.Before(now) {
 			at = now
 		}
-		lead := b.lead()
+		lead := lead(interval)
 		if at.After(now.Add(lead)) {
 			// Not due yet. Waking at a random point of the lead's first
 			// half spreads the replicas: the first to write wins, and the
@@ -300,10 +347,15 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		st := c.st
 		st.Next = at.Add(interval)
 		st.Claims = liveClaims(st.Claims, now)
+		quota, quoted := b.quoted()
+		if quoted {
+			st.Spacing = quota // a sharer reserving after this one keeps to it
+		}
 		_, err := b.write(ctx, kv, key, st, c.rev, now)
 		switch {
 		case err == nil:
 			b.stats.reserved.Add(1)
+			b.published(quota, quoted)
 			slot := b.clock.notBefore(at)
 			b.mu.Lock()
 			b.slot = reservation{key: key, local: slot, server: at, interval: interval}
@@ -337,8 +389,7 @@ func (b *Budget) reserved(slot time.Time) (string, cachedState, reservation, boo
 // Rebook implements throttle.Budget: one compare-and-swap, made only when
 // the entry still shows the slot as the last one reserved.
 func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, error) {
-	interval := b.spacing()
-	if interval == 0 {
+	if b.interval == 0 {
 		return b.cfg.Clock(), true, nil
 	}
 	kv, err := b.bind(ctx)
@@ -350,8 +401,13 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 	if !ok || now.Before(c.st.Hold) {
 		return time.Time{}, false, nil
 	}
+	interval := b.spacing(c.st)
 	st := c.st
 	st.Next = now.Add(interval)
+	quota, quoted := b.quoted()
+	if quoted {
+		st.Spacing = quota
+	}
 	if _, err := b.write(ctx, kv, key, st, c.rev, now); err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return time.Time{}, false, nil
@@ -359,6 +415,7 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 		return time.Time{}, false, err
 	}
 	b.stats.rebooked.Add(1)
+	b.published(quota, quoted)
 	b.mu.Lock()
 	b.slot = reservation{key: key, local: local, server: now, interval: interval}
 	b.mu.Unlock()
@@ -369,7 +426,7 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 // entry's next slot back to the one given, made only when the entry still
 // shows it as the last one reserved.
 func (b *Budget) GiveBack(ctx context.Context, slot time.Time) {
-	if b.spacing() == 0 {
+	if b.interval == 0 {
 		return
 	}
 	kv, err := b.bind(ctx)
@@ -391,9 +448,10 @@ func (b *Budget) GiveBack(ctx context.Context, slot time.Time) {
 	}
 }
 
-// lead is how long before it is due a slot may be reserved.
-func (b *Budget) lead() time.Duration {
-	return min(budgetLead, b.spacing()/2)
+// lead is how long before it is due a slot spaced by interval may be
+// reserved.
+func lead(interval time.Duration) time.Duration {
+	return min(budgetLead, interval/2)
 }
 
 // blockedUntil reports whether another replica claims a level above p at
@@ -422,7 +480,7 @@ func (b *Budget) Allows(p int) bool {
 // Free implements throttle.Budget: what Reserve answers for a budget
 // without a rate, from the cache alone.
 func (b *Budget) Free(p int) bool {
-	if b.spacing() != 0 || b.kv.Load() == nil || !b.clock.ready() {
+	if b.interval != 0 || b.kv.Load() == nil || !b.clock.ready() {
 		return false
 	}
 	c, known := b.cached(b.key())
@@ -633,7 +691,7 @@ func (b *Budget) decode(e jetstream.KeyValueEntry) cachedState {
 		}
 		b.mu.Unlock()
 	} else {
-		c.st, out = clampState(st, c.created, b.spacing())
+		c.st, out = clampState(st, c.created)
 	}
 	b.checked(e.Key(), c.rev, out)
 	return c
@@ -787,6 +845,7 @@ func (b *Budget) flush(ctx context.Context) error {
 		c, known := b.cached(key)
 		b.mu.Lock()
 		hold, cause, deferTo, claim := b.hold, b.cause, b.deferTo, b.claim
+		quota, quoted := b.quota, b.quoting
 		b.mu.Unlock()
 		if !known {
 			if c, err = b.read(ctx, kv, key); err != nil {
@@ -805,6 +864,9 @@ func (b *Budget) flush(ctx context.Context) error {
 				st.Next, dirty = d, true
 			}
 		}
+		if quoted && st.Spacing != quota {
+			st.Spacing, dirty = quota, true
+		}
 		mine, has := st.Claims[b.owner]
 		switch {
 		case claim >= 0 && (!has || mine.P != claim || mine.lapse().Sub(now) < claimTTL-claimRefresh):
@@ -820,11 +882,13 @@ func (b *Budget) flush(ctx context.Context) error {
 		}
 		if !dirty {
 			b.settled(hold, deferTo)
+			b.published(quota, quoted)
 			return nil
 		}
 		_, err := b.write(ctx, kv, key, st, c.rev, now)
 		if err == nil {
 			b.settled(hold, deferTo)
+			b.published(quota, quoted)
 			return nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {

@@ -44,8 +44,16 @@ func TestClampState(t *testing.T) {
 			[]string{"hold"}},
 		{"next years ahead",
 			budgetState{Next: far},
-			budgetState{Next: created.Add(interval + throttle.MaxPause)},
+			budgetState{Next: created.Add(throttle.MaxPause)},
 			[]string{"next"}},
+		{"spacing beyond the cap",
+			budgetState{Spacing: time.Hour},
+			budgetState{Spacing: throttle.MaxPause},
+			[]string{"spacing"}},
+		{"spacing below zero",
+			budgetState{Spacing: -time.Second},
+			budgetState{},
+			[]string{"spacing"}},
 		{"estimate a little ahead of the server",
 			budgetState{Hold: created.Add(throttle.MaxPause + time.Millisecond),
 				Claims: map[string]budgetClaim{"r": {P: 0, At: created.Add(time.Millisecond), Until: created.Add(claimTTL + time.Millisecond)}}},
@@ -63,11 +71,11 @@ func TestClampState(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, out := clampState(tt.in, created, interval)
+			got, out := clampState(tt.in, created)
 			if !slices.Equal(out, tt.out) {
 				t.Errorf("out of range %v, want %v", out, tt.out)
 			}
-			if !got.Next.Equal(tt.want.Next) || !got.Hold.Equal(tt.want.Hold) || got.Cause != tt.want.Cause || len(got.Claims) != len(tt.want.Claims) {
+			if !got.Next.Equal(tt.want.Next) || !got.Hold.Equal(tt.want.Hold) || got.Cause != tt.want.Cause || got.Spacing != tt.want.Spacing || len(got.Claims) != len(tt.want.Claims) {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 			for o, w := range tt.want.Claims {
@@ -79,7 +87,7 @@ func TestClampState(t *testing.T) {
 	}
 	// The input is not changed: it may be a cached entry.
 	in := budgetState{Claims: map[string]budgetClaim{"r": {P: 0}}}
-	clampState(in, created, interval)
+	clampState(in, created)
 	if !in.Claims["r"].At.IsZero() {
 		t.Error("clampState changed its input's claims")
 	}

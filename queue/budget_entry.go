@@ -19,6 +19,10 @@ type budgetState struct {
 	Cause string    `json:"cause,omitempty"`
 	// Claims are, per replica, the highest priority with work waiting.
 	Claims map[string]budgetClaim `json:"claims,omitempty"`
+	// Spacing is the interval between calls that the API's stated quota
+	// asks for, where it is longer than the configured rate's, as the
+	// replica that heard it last wrote it; 0 for none.
+	Spacing time.Duration `json:"spacing,omitempty"`
 }
 
 // budgetClaim is one replica's claim of a priority. Its freshness is the
@@ -54,13 +58,14 @@ const maxCauseLen = 200
 const clampSlack = time.Second
 
 // clampState bounds what st, stored by the server at created, may say to
-// what a replica could have written then (SPEC §4 "The proof", point 8):
-// a hold of at most throttle.MaxPause, a next slot at most one interval
-// plus that cap ahead, claims renewed no later than the entry was stored.
+// what a replica could have written then (SPEC §4 "The proof", point 8),
+// and so that nothing read holds calls for longer than throttle.MaxPause
+// (SPEC §9): a hold and a next slot at most that cap ahead, a spacing of
+// at most that cap, claims renewed no later than the entry was stored.
 // It fills in the At of claims renewed by this very write. It returns the
 // bounded state, a copy, and the names of the fields found out of range
 // (beyond clampSlack).
-func clampState(st budgetState, created time.Time, interval time.Duration) (budgetState, []string) {
+func clampState(st budgetState, created time.Time) (budgetState, []string) {
 	var out []string
 	// bound caps *t at limit, and reports whether it was far beyond.
 	bound := func(t *time.Time, limit time.Time) bool {
@@ -74,8 +79,12 @@ func clampState(st budgetState, created time.Time, interval time.Duration) (budg
 	if bound(&st.Hold, created.Add(throttle.MaxPause)) {
 		out = append(out, "hold")
 	}
-	if bound(&st.Next, created.Add(interval+throttle.MaxPause)) {
+	if bound(&st.Next, created.Add(throttle.MaxPause)) {
 		out = append(out, "next")
+	}
+	if st.Spacing < 0 || st.Spacing > throttle.MaxPause {
+		st.Spacing = min(max(st.Spacing, 0), throttle.MaxPause)
+		out = append(out, "spacing")
 	}
 	if c := untrusted.Line(st.Cause, maxCauseLen); c != st.Cause {
 		st.Cause = c

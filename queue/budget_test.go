@@ -466,29 +466,35 @@ func TestUnlimitedBudgetFree(t *testing.T) {
 }
 
 // TestBudgetFollowsTheStatedQuota: replicas sharing a budget of 10 calls a
-// second, each told by an answer that the API's quota is 2 a second, start
-// no more than 2 calls in any second between them from then on (SPEC §6:
-// the budget follows the API's quota where it is lower).
+// second, one told by an answer that the API's quota is 2 a second, start
+// no more than 2 calls in any second between them from then on, the other
+// replica included, and one started later, that has heard no answer yet
+// (SPEC §6: the budget follows the API's quota where it is lower; §9:
+// together the replicas never start more calls in a second than allowed).
 func TestBudgetFollowsTheStatedQuota(t *testing.T) {
 	srv := queuetest.Server(t)
 	api := cloudflaretest.NewServer(cloudflaretest.WithRateLimit(10))
 	t.Cleanup(api.Close)
-	var rs []*bReplica
-	for _, n := range []string{"a", "b"} {
-		r := newBReplica(t, srv, api, n, 10, 1)
+	replica := func(name string) *bReplica {
+		r := newBReplica(t, srv, api, name, 10, 1)
 		// As serve makes it: a gate told that its budget has a rate.
 		r.gate.Close()
 		r.gate = throttle.New(throttle.Config{Priorities: 1, Concurrency: 4, Rate: 10, Budget: r.budget})
-		if !r.gate.Follow(2) {
-			t.Fatal("a gate with a shared rate reported no rate to lower")
-		}
-		rs = append(rs, r)
+		return r
 	}
-	for _, r := range rs {
-		r.work(0, 2, keysOf(r.name, 3))
+	a, b := replica("a"), replica("b")
+	if !a.gate.Follow(2) {
+		t.Fatal("a gate with a shared rate reported no rate to lower")
 	}
-	for _, r := range rs {
-		for _, k := range keysOf(r.name, 3) {
+	a.work(0, 2, keysOf("a", 3))
+	// Once a has reserved a call, the quota it heard is in the entry.
+	queuetest.Eventually(t, 30*time.Second, "a's first call", func() bool { return api.Count() >= 1 })
+	b.work(0, 2, keysOf("b", 3))
+	queuetest.Eventually(t, 30*time.Second, "two calls more", func() bool { return api.Count() >= 3 })
+	c := replica("c") // started later
+	c.work(0, 2, keysOf("c", 2))
+	for _, r := range []*bReplica{a, b, c} {
+		for _, k := range keysOf(r.name, map[string]int{"a": 3, "b": 3, "c": 2}[r.name]) {
 			queuetest.Eventually(t, 30*time.Second, "replica "+r.name+" done", func() bool { return api.Deleted(budgetTAccount, k) })
 		}
 	}

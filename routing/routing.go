@@ -338,10 +338,9 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 		ready.Set(cond, "")
 		order.applied = ticket
 		r.log.Info("credential accepted", zap.String("credential", c.Name), zap.String("check", v.Endpoint))
-		if q := v.Policy.PerSecond(); q > 0 && (b.rate == 0 || q < b.rate) {
-			// As the worker does on every answer: the next call waits one
-			// interval of the quota.
-			b.gate.Slow(time.Now().Add(time.Duration(float64(time.Second) / q)))
+		// As the worker does on every answer: the budget follows the
+		// quota where it is lower than its rate.
+		if q := v.Policy.PerSecond(); v.Policy.Known && b.gate.Quota(q) {
 			r.log.Warn("the API states a lower quota than the budget's rate; calls are spaced to it",
 				zap.String("budget", c.Budget), zap.Float64("rate", b.rate), zap.Float64("quota_per_second", q))
 		}

@@ -187,7 +187,7 @@ func TestCredentialCheckAnswersApplyInOrder(t *testing.T) {
 					close(releaseFirst)
 				}
 			})
-			r, c, ready := checkedRoutes(t, api.URL)
+			r, c, ready := checkedRoutes(t, api.URL, 0)
 			cond := worker.ReadyCredentialOf(c.Name)
 			ready.Declare(cond)
 			if tc.refusedBefore {
@@ -215,15 +215,19 @@ func TestCredentialCheckAnswersApplyInOrder(t *testing.T) {
 }
 
 // checkedRoutes are the routes of one token credential, cred-a, whose
-// checks go to base.
-func checkedRoutes(t *testing.T, base string) (*Routes, *credentials.Credential, *metrics.Readiness) {
+// checks go to base, with a budget of rate calls a second (0: none).
+func checkedRoutes(t *testing.T, base string, rate float64) (*Routes, *credentials.Credential, *metrics.Readiness) {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "a.token"), []byte("token-a"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(dir, "credentials.yaml")
-	if err := os.WriteFile(file, []byte("credentials:\n  - name: cred-a\n    token_file: a.token\n    accounts: [acct1]\n"), 0o600); err != nil {
+	body := "credentials:\n  - name: cred-a\n    token_file: a.token\n    accounts: [acct1]\n"
+	if rate > 0 {
+		body += fmt.Sprintf("    rate: %v\n", rate)
+	}
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	set, err := credentials.Load(file, credentials.Options{BaseURL: base, Timeout: 5 * time.Second})
@@ -236,7 +240,7 @@ func checkedRoutes(t *testing.T, base string) (*Routes, *credentials.Credential,
 	r := &Routes{router: credentials.NewRouter(set), log: zap.NewNop(), budgets: map[string]*BudgetGate{}, checking: map[string]*recheck{},
 		metrics: m.Budget, ready: ready,
 		make: func(name string, rate float64) (*BudgetGate, error) {
-			return &BudgetGate{gate: throttle.New(throttle.Config{Priorities: 1, Concurrency: 4}), m: m.Budget(name)}, nil
+			return &BudgetGate{gate: throttle.New(throttle.Config{Priorities: 1, Concurrency: throttle.Unbounded, Rate: rate}), m: m.Budget(name), rate: rate}, nil
 		}}
 	t.Cleanup(r.Close)
 	return r, c, ready
@@ -350,5 +354,37 @@ func TestBudgetGatesLeaveTheCallsInFlightToTheSharedGate(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Errorf("a call got no permits: %v", err)
 		}
+	}
+}
+
+// TestCheckQuotaLowersTheBudgetsRate: a credential's check answers with
+// Ratelimit-Policy q=1;w=1 for a budget configured at 10/s: every call of
+// the budget after it is spaced to the quota, not only the next (SPEC §6:
+// token checks are calls of the budget, and the budget follows a stated
+// quota lower than its rate).
+func TestCheckQuotaLowersTheBudgetsRate(t *testing.T) {
+	const active = `{"success":true,"errors":[],"messages":[],"result":{"id":"t1","status":"active"}}`
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Ratelimit-Policy", `"default";q=1;w=1`)
+		_, _ = io.WriteString(w, active)
+	}))
+	t.Cleanup(api.Close)
+	r, c, ready := checkedRoutes(t, api.URL, 10)
+	all := throttle.New(throttle.Config{Priorities: 1, Concurrency: 4})
+	t.Cleanup(all.Close)
+	r.verify(context.Background(), c, all, 0, ready)
+	rt, _ := r.Route("acct1")
+	var at []time.Time
+	for range 4 {
+		pm, err := rt.Gate.Acquire(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		at = append(at, time.Now())
+		pm.Release()
+	}
+	if d, want := at[3].Sub(at[0]), 2*throttle.Interval(1); d < want {
+		t.Errorf("4 calls of the budget within %v after its check stated a quota of 1 a second, want them %v apart at least", d, want)
 	}
 }

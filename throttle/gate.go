@@ -461,6 +461,22 @@ func (g *Gate) Follow(q float64) bool {
 	return true
 }
 
+// Quota follows the quota q (calls per second) an answer states
+// (Ratelimit-Policy): the gate's rate is lowered to it (Follow), or, for a
+// gate without a rate, its next permit waits one interval of it. It
+// reports whether q is below the gate's rate, or the gate has none: the
+// quota then spaces calls.
+func (g *Gate) Quota(q float64) bool {
+	if q <= 0 {
+		return false
+	}
+	if !g.Follow(q) {
+		g.Slow(g.cfg.Clock().Add(QuotaInterval(q)))
+		return true
+	}
+	return q < g.cfg.Rate
+}
+
 func (g *Gate) hold(now time.Time, d time.Duration, cause string) {
 	if d > MaxPause {
 		cause = fmt.Sprintf("%s (asked for %v, capped at %v)", cause, d.Round(time.Second), MaxPause)

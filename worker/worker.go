@@ -679,7 +679,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			var rl cloudflare.RateLimit
 			if resp != nil {
 				a.status, a.cfRay, rl = resp.Status, resp.CFRay, resp.RateLimit
-				w.followQuota(a.route, resp.Policy)
+				w.followQuota(a.route, resp)
 			}
 			if a.status != 0 {
 				a.heard++
@@ -1054,6 +1054,9 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 		lrl, status = list.RateLimit, list.Status
 	}
 	d := ClassifyList(list, err, a.ev.KeyID)
+	if list != nil {
+		w.followQuota(a.route, list.Response)
+	}
 	w.heed(a.route, lrl, d, status)
 	switch d.Kind {
 	case NotFound:
@@ -1166,18 +1169,12 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 
 // followQuota spaces the calls of r's budget to the quota the API states
 // (Ratelimit-Policy) where it is lower than the configured rate (SPEC §6):
-// the budget's rate itself is lowered, so calls already started, whose
-// answers have not come, cannot take it past the quota meanwhile.
-func (w *Worker) followQuota(r Route, p cloudflare.RatePolicy) {
-	q := p.PerSecond()
-	if !p.Known || q <= 0 {
-		return
+// the budget's rate itself is lowered, for every replica, so calls already
+// started, whose answers have not come, cannot take it past the quota.
+func (w *Worker) followQuota(r Route, resp *cloudflare.Response) {
+	if resp != nil && resp.Policy.Known {
+		w.gate(r).Quota(resp.Policy.PerSecond())
 	}
-	if w.gate(r).Follow(q) {
-		return
-	}
-	// No rate of our own to lower: the next call is paced instead.
-	w.gate(r).Slow(time.Now().Add(throttle.QuotaInterval(q)))
 }
 
 // gate is the gate of r's budget.

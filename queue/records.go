@@ -151,6 +151,7 @@ type Records struct {
 	// stream-info request before each would cost more than the read.
 	// A failed read drops it, so a stream made again is looked up again.
 	outcomes atomic.Pointer[jetstream.Stream]
+	first    firstAnswers // the answers to first records (FirstOutcome)
 }
 
 var _ worker.Records = (*Records)(nil)

@@ -289,3 +289,63 @@ func TestRecordsCorrectionCountsTheConfirmingCallAnswered(t *testing.T) {
 		t.Fatalf("stored %+v; want the not_found and its correction with no call unanswered", recs)
 	}
 }
+
+// TestFirstOutcome: a key's first record is stored and told on the
+// answers' goroutine; one on a subject that holds a record already is not
+// stored, and told as an error, so that the caller writes it the way that
+// reads what is there; a record without a valid key, or without records,
+// does not go this way at all.
+func TestFirstOutcome(t *testing.T) {
+	o := newOutcomeT(t)
+	first := func(rec event.Record) (bool, error) {
+		t.Helper()
+		told := make(chan error, 1)
+		if !o.recs.FirstOutcome(rec, func(err error) { told <- err }) {
+			return false, nil
+		}
+		select {
+		case err := <-told:
+			return true, err
+		case <-time.After(10 * time.Second):
+			t.Fatal("FirstOutcome never told")
+			return true, nil
+		}
+	}
+	stored := time.Now()
+	rec := o.record("k1", 7, event.Revoked, stored)
+	if went, err := first(rec); !went || err != nil {
+		t.Fatalf("first record of k1: went %v, %v; want stored", went, err)
+	}
+	if recs := o.onSubject("k1"); len(recs) != 1 || !recs[0].SameFacts(rec) {
+		t.Fatalf("stored on k1: %+v", recs)
+	}
+	// Another event's record on the same key: the subject holds one.
+	if went, err := first(o.record("k1", 8, event.Revoked, stored)); !went || err == nil {
+		t.Fatalf("a second record of k1: went %v, %v; want an error, nothing stored", went, err)
+	}
+	if recs := o.onSubject("k1"); len(recs) != 1 {
+		t.Fatalf("%d records on k1 after a refused first record, want 1", len(recs))
+	}
+	bad := o.record("k2", 9, event.Revoked, stored)
+	bad.KeyID = "no good"
+	if went, _ := first(bad); went {
+		t.Error("a record without a valid key went the first record's way")
+	}
+	off := &queue.Records{JS: o.js, Log: o.recs.Log, Timeout: o.recs.Timeout, OutcomeStream: o.cfg.OutcomeStream}
+	if off.FirstOutcome(o.record("k3", 10, event.Revoked, stored), func(error) { t.Error("told with records off") }) {
+		t.Error("a record went the first record's way with records off")
+	}
+	// No stream to answer: told, not left waiting.
+	gone := &queue.Records{JS: o.js, Log: o.recs.Log, Timeout: o.recs.Timeout, OutcomeStream: "NOSTREAM", OutcomePrefix: "nostream.outcome"}
+	told := make(chan error, 1)
+	if gone.FirstOutcome(o.record("k4", 11, event.Revoked, stored), func(err error) { told <- err }) {
+		select {
+		case err := <-told:
+			if err == nil {
+				t.Error("a record nobody stored was told stored")
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("a record nobody could store was never told")
+		}
+	}
+}

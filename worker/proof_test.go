@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
@@ -907,5 +909,64 @@ func TestConfirmationFoundTakingACallBack(t *testing.T) {
 	if n := len(h.records.outcomes); n != 2 || h.records.outcomes[1].Outcome != event.Revoked ||
 		h.records.outcomes[1].CFRay != "kept-ray" || h.records.outcomes[1].Supersedes != 1 {
 		t.Fatalf("records %+v; want the not_found, then the kept revocation superseding it", h.records.outcomes)
+	}
+}
+
+// firstRecords is the fake trail able to store a key's first record with
+// its answer handled on another goroutine (worker.FirstRecords), as the
+// queue does where the stream's answers are read; refuse makes it tell an
+// error instead, storing nothing.
+type firstRecords struct {
+	*fakeRecords
+	refuse bool
+	firsts int
+}
+
+func (r *firstRecords) FirstOutcome(rec event.Record, then func(error)) bool {
+	r.mu.Lock()
+	r.firsts++
+	_, _, found := r.believed(worker.Ref{Stream: rec.Stream, Seq: rec.Sequence, Account: rec.AccountID, Key: rec.KeyID})
+	var err error
+	switch {
+	case r.refuse:
+		err = errors.New("no answer in time")
+	case found:
+		err = errors.New("wrong last sequence")
+	default:
+		r.outcomes = append(r.outcomes, rec)
+	}
+	r.mu.Unlock()
+	go then(err)
+	return true
+}
+
+// TestFirstRecordSettledWhereAnswersAreRead: a first delivery's revoked
+// record goes the first record's way, and the event is acked, counted and
+// logged once where the answer is handled; told an error (no answer in
+// time), the record is written the way that reads what is there, once,
+// and the event acked once all the same.
+func TestFirstRecordSettledWhereAnswersAreRead(t *testing.T) {
+	for _, refuse := range []bool{false, true} {
+		core, logs := observer.New(zapcore.InfoLevel)
+		h := newHarnessLog(t, nil, zap.New(core), answer(200, revoked, 0))
+		fr := &firstRecords{fakeRecords: h.records, refuse: refuse}
+		h.w = worker.New(worker.Config{
+			Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
+			RetryMaxInterval: 5 * time.Millisecond, RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+		}, worker.Deps{API: h.api, Gate: h.gate, Records: fr, Ledger: h.ledger, Metrics: h.m, Ready: h.ready, Log: zap.New(core)})
+		d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
+		h.w.Handle(context.Background(), context.Background(), d)
+		if fr.firsts != 1 {
+			t.Fatalf("refuse=%v: %d first-record writes, want 1", refuse, fr.firsts)
+		}
+		if len(d.settled) != 1 || d.settled[0] != "ack" {
+			t.Errorf("refuse=%v: settled %v, want one ack", refuse, d.settled)
+		}
+		if n := len(h.records.outcomes); n != 1 || h.records.outcomes[0].Outcome != event.Revoked {
+			t.Errorf("refuse=%v: records %+v, want one revoked", refuse, h.records.outcomes)
+		}
+		if n := logs.FilterMessage("event revoked").Len(); n != 1 {
+			t.Errorf("refuse=%v: %d outcome lines, want 1", refuse, n)
+		}
 	}
 }

@@ -97,6 +97,19 @@ type Records interface {
 	Prior(ctx context.Context, ref Ref) (rec event.Record, found bool, err error)
 }
 
+// FirstRecords is Records that can also store a key's first record
+// without a goroutine waiting for the answer: the answer is handled where
+// the answers are read, and the event settled there, one after another.
+type FirstRecords interface {
+	// FirstOutcome stores rec as the only record on its key's subject,
+	// which must hold none yet, and calls then once: with nil, where the
+	// answers are read, once rec is stored; with an error when it is not
+	// known to be (a record is there already, no answer in time), and the
+	// caller then writes rec with Outcome, which reads what is there. It
+	// reports false, calling nothing, when rec cannot go this way.
+	FirstOutcome(rec event.Record, then func(error)) bool
+}
+
 // ErrNoTrail is returned by Records.Outcome when outcome records are
 // turned off: a confirmation must then be kept in the ledger.
 var ErrNoTrail = errors.New("outcome records are turned off")
@@ -1300,7 +1313,7 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
 		observe(a.lane.Latency, time.Since(a.d.StoredAt()).Seconds(), a.work)
 	}
-	if w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
+	if w.firstRecord(work, a) || w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
 		return
 	}
 	// The trail refused it. The ledger is asked to keep it, in a loop of
@@ -1386,6 +1399,34 @@ func (w *Worker) comesAgain(a *attempt) bool {
 		w.Log.Warn("cannot tell whether the broker still holds the event", w.fields(a, zap.Error(err))...)
 	}
 	return held && err == nil
+}
+
+// firstRecord stores the revoked record of a first delivery held briefly
+// (writeOutcome spares it the ledger's read) the way of the common case, a
+// key's first record, when Records can (FirstRecords): the event is then
+// acked, counted and logged where the stream's answers are read, as done
+// does, one event after another, and this goroutine only told. It reports
+// false, having settled nothing, when the record was not stored that way:
+// it is then written as any other, reading what is there.
+func (w *Worker) firstRecord(work context.Context, a *attempt) bool {
+	fr, ok := w.Records.(FirstRecords)
+	if !ok || !a.d.First() || w.late(a) {
+		return false
+	}
+	_, span := tracing.StartRecordWrite(work, "outcome")
+	stored := make(chan error, 1)
+	if !fr.FirstOutcome(w.record(a, event.Revoked, ""), func(err error) {
+		if err == nil {
+			w.done(a, event.Revoked, "", a.d.Ack)
+		}
+		stored <- err
+	}) {
+		tracing.End(span, nil)
+		return false
+	}
+	err := <-stored
+	tracing.End(span, err)
+	return err == nil
 }
 
 // refreshTimeout bounds the ledger read before a revoked record once

@@ -349,3 +349,66 @@ func TestFirstOutcome(t *testing.T) {
 		}
 	}
 }
+
+// TestSweepUnrecorded: a revoked record the trail refused, kept in the
+// ledger, is written by the sweep whatever became of its event: here
+// after another delivery's not_found, which it corrects (SPEC §4, "The
+// proof", point 3); then dropped from the ledger. A record whose event the
+// trail believes revoked already is dropped without a write; one no
+// worker could have kept there is dropped with a word.
+func TestSweepUnrecorded(t *testing.T) {
+	o := newOutcomeT(t)
+	ctx := dlqTCtx(t)
+	l, err := queue.BindLedger(ctx, o.js, o.cfg.Topology(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := time.Now()
+	nf := o.record("k1", 7, event.NotFound, stored)
+	nf.Status, nf.Attempts, nf.UnansweredCalls = 404, 2, 1
+	o.outcome(nf)
+	rv := o.record("k1", 7, event.Revoked, stored)
+	rv.Attempts, rv.UnansweredCalls = 2, 1
+	if err := l.Unrecorded(ctx, rv); err != nil {
+		t.Fatal(err)
+	}
+	done := o.record("k2", 8, event.Revoked, stored)
+	o.outcome(done)
+	if err := l.Unrecorded(ctx, done); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := o.js.KeyValue(ctx, queue.LedgerBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "unrecorded.REVOCATIONS.99", []byte(`{"outcome":"revoked","account_id":"acct01","key_id":"k3","stream":"REVOCATIONS","sequence":5}`)); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	n, err := l.SweepUnrecorded(ctx, o.recs, zap.New(core))
+	if err != nil || n != 1 {
+		t.Fatalf("swept %d, %v; want the one record the trail lacked", n, err)
+	}
+	if recs := o.onSubject("k1"); len(recs) != 2 || recs[1].Outcome != event.Revoked || recs[1].Supersedes == 0 {
+		t.Fatalf("k1: %+v; want the not_found and the revoked record correcting it", recs)
+	}
+	if recs := o.onSubject("k2"); len(recs) != 1 {
+		t.Errorf("k2: %d records; want the one already there", len(recs))
+	}
+	if recs := o.onSubject("k3"); len(recs) != 0 {
+		t.Errorf("k3: %+v; a record kept under another event's key was written", recs)
+	}
+	if logs.FilterMessage("the ledger holds, among the revoked records for the trail, one no worker wrote; dropped").Len() != 1 {
+		t.Errorf("the planted record not reported: %v", logs.All())
+	}
+	keys, err := kv.ListKeysFiltered(ctx, "unrecorded.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range keys.Keys() {
+		t.Errorf("still kept after the sweep: %s", k)
+	}
+	if n, err := l.SweepUnrecorded(ctx, o.recs, zap.NewNop()); err != nil || n != 0 {
+		t.Errorf("a second sweep wrote %d, %v; want nothing", n, err)
+	}
+}

@@ -217,6 +217,23 @@ type fakeLedger struct {
 	lostAnswers int
 	// onUpdate, when set, runs once an update is stored (l.mu not held).
 	onUpdate func()
+	// unrecorded are the revoked records kept for the sweep;
+	// failUnrecorded makes keeping them fail.
+	unrecorded     []event.Record
+	failUnrecorded bool
+}
+
+func (l *fakeLedger) Unrecorded(_ context.Context, rec event.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.silent || l.failUnrecorded {
+		return errors.New("ledger unavailable")
+	}
+	if err := l.fail(); err != nil {
+		return err
+	}
+	l.unrecorded = append(l.unrecorded, rec)
+	return nil
 }
 
 func (l *fakeLedger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, error) {

@@ -316,15 +316,26 @@ func TestLostConfirmationShouted(t *testing.T) {
 // TestConfirmationKeptWhereNoDeliveryReadsItIsShouted: replica A, cut off,
 // hears its DELETE's 200 only after replica B took the event over, got a
 // 404 proven absent, recorded not_found and acked it. A's revoked record
-// is refused to the end of the shutdown timeout and the ledger keeps the
-// confirmation; but only a later delivery reads the ledger. Where the
-// broker no longer holds the event, none will come: the confirmation is
-// shouted and counted lost (SPEC §4, "The proof", points 3 and 6), not
-// left silently under the not_found. Where it still holds it (B's ack was
-// lost), the next delivery records it, and nothing is shouted.
+// is refused to the end of the shutdown timeout. The ledger keeps the
+// confirmation, which only a later delivery reads, and the record itself,
+// which the sweep of the trail writes whatever comes (SPEC §4, "The
+// proof", point 3): then nothing is lost. Where the ledger cannot keep the
+// record and the broker no longer holds the event, no delivery will come
+// to record it: the confirmation is shouted and counted lost (point 6),
+// not left silently under the not_found; where the broker still holds it
+// (B's ack was lost), the next delivery records it.
 func TestConfirmationKeptWhereNoDeliveryReadsItIsShouted(t *testing.T) {
-	for _, dropped := range []bool{true, false} {
+	for _, tc := range []struct {
+		name             string
+		dropped, noSweep bool
+		lost             float64
+	}{
+		{name: "kept for the sweep", dropped: true},
+		{name: "not kept for the sweep, event gone", dropped: true, noSweep: true, lost: 1},
+		{name: "not kept for the sweep, event held", noSweep: true},
+	} {
 		h := newHarness(t, nil, answer(200, revoked, 0))
+		h.ledger.failUnrecorded = tc.noSweep
 		b := h.beside(t, "replica-b", answer(404, gone, 0))
 		stop, cancelStop := context.WithCancel(context.Background())
 		work, cancelWork := context.WithCancel(context.Background())
@@ -333,7 +344,7 @@ func TestConfirmationKeptWhereNoDeliveryReadsItIsShouted(t *testing.T) {
 		h.api.onCall = func() {
 			b.Handle(context.Background(), context.Background(), dB) // B has the event while A's answer is out
 			dA.mu.Lock()
-			dA.gone = dropped // B's ack reached the broker, or was lost
+			dA.gone = tc.dropped // B's ack reached the broker, or was lost
 			dA.mu.Unlock()
 			h.records.mu.Lock()
 			h.records.failOutcome = 1 << 30 // the trail refuses A to the end; the ledger works
@@ -344,17 +355,17 @@ func TestConfirmationKeptWhereNoDeliveryReadsItIsShouted(t *testing.T) {
 		h.w.Handle(stop, work, dA)
 		cancelWork()
 		if len(dB.settled) != 1 || dB.settled[0] != "ack" || h.records.outcomes[0].Outcome != event.NotFound {
-			t.Fatalf("dropped=%v: B settled %v, records %+v; want not_found recorded and acked", dropped, dB.settled, h.records.outcomes)
+			t.Fatalf("%s: B settled %v, records %+v; want not_found recorded and acked", tc.name, dB.settled, h.records.outcomes)
 		}
 		if e := h.ledger.entry(ref7); e.Confirmed == nil || e.Confirmed.Status != 200 {
-			t.Fatalf("dropped=%v: ledger %+v; want A's confirmation kept", dropped, e)
+			t.Fatalf("%s: ledger %+v; want A's confirmation kept", tc.name, e)
 		}
-		want := 0.0
-		if dropped {
-			want = 1
+		swept := len(h.ledger.unrecorded) == 1 && h.ledger.unrecorded[0].Outcome == event.Revoked && h.ledger.unrecorded[0].Status == 200
+		if swept == tc.noSweep {
+			t.Errorf("%s: kept for the sweep %+v", tc.name, h.ledger.unrecorded)
 		}
-		if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != want {
-			t.Errorf("dropped=%v: revoker_confirmations_lost_total = %v, want %v", dropped, n, want)
+		if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != tc.lost {
+			t.Errorf("%s: revoker_confirmations_lost_total = %v, want %v", tc.name, n, tc.lost)
 		}
 	}
 }

@@ -125,6 +125,13 @@ type Ledger interface {
 	// and returns the entry stored. If change fails, nothing is stored
 	// and the entry as read is returned with change's error.
 	Update(ctx context.Context, ref Ref, change func(*Entry) error) (Entry, error)
+	// Unrecorded keeps rec, a revoked record the trail refused, where a
+	// sweep of the trail finds it and writes it there, whether or not a
+	// later delivery of the event comes: another delivery may have
+	// finished the event meanwhile, or this process may die before the
+	// trail takes it (SPEC §4, "The proof", point 3). An error means it
+	// may not be kept.
+	Unrecorded(ctx context.Context, rec event.Record) error
 	// Announce stores that a delivery knowing of no earlier call of the
 	// event is about to make its first, in a journal whose writes the
 	// first calls starting together share (the common path costs a
@@ -1324,16 +1331,25 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	// trail's may learn more meanwhile; a record written settles the event.
 	keeping, stopKeeping := context.WithCancel(work)
 	defer stopKeeping()
-	kept, kdone := make(chan struct{}), make(chan struct{})
+	kept, swept, kdone := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	snap := *a
 	go func() {
 		defer close(kdone)
 		b := recordBackoff()
 		for i := 0; ; i++ {
-			err := w.keepConfirmation(keeping, &snap)
-			if err == nil {
-				close(kept)
-				return
+			err := error(nil)
+			if !snap.kept {
+				if err = w.keepConfirmation(keeping, &snap); err == nil {
+					close(kept)
+				}
+			}
+			if snap.kept {
+				// And the record itself, for the sweep: only a later
+				// delivery reads the entry.
+				if err = w.Ledger.Unrecorded(keeping, w.record(&snap, event.Revoked, "")); err == nil {
+					close(swept)
+					return
+				}
 			}
 			if i == 0 && keeping.Err() == nil {
 				w.Log.Error("revocation not written; holding the event and retrying", w.fields(&snap, zap.Error(err))...)
@@ -1372,6 +1388,9 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 		w.Metrics.ConfirmationsLost.Inc()
 		w.Log.Error("CONFIRMATION LOST: the API revoked the key, but neither the outcome record nor the ledger could store it before shutdown",
 			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
+	case isSwept(swept):
+		w.Log.Error("the API revoked the key, but the outcome record could not be stored before shutdown; the ledger keeps the record, and a sweep of the trail writes it",
+			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
 	case a.orphaned || !w.comesAgain(a):
 		// The ledger holds it, but only a later delivery of the event
 		// reads the ledger, and none will come: another delivery finished
@@ -1380,6 +1399,17 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 		w.Metrics.ConfirmationsLost.Inc()
 		w.Log.Error("CONFIRMATION LOST: the API revoked the key and the ledger holds it, but the outcome record could not be stored before shutdown and no later delivery of the event will record it",
 			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
+	}
+}
+
+// isSwept reports whether swept is closed: the ledger keeps the record for
+// the sweep.
+func isSwept(swept chan struct{}) bool {
+	select {
+	case <-swept:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -410,6 +410,11 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		})()
 	}
 	ledger := &queue.Ledger{Replica: host}
+	records := &queue.Records{
+		JS: js, Log: log, Timeout: 10 * time.Second,
+		DLQStream: cfg.DLQStream, DLQSubject: cfg.DLQSubject,
+		OutcomeStream: cfg.OutcomeStream, OutcomePrefix: cfg.OutcomeSubject,
+	}
 	replays := &queue.Replays{}
 	consumer := &queue.Consumer{
 		JS: js, Cfg: cfg.Topology(), ShutdownTimeout: cfg.ShutdownTimeout, Gate: gate, Ledger: ledger, Replays: replays,
@@ -427,11 +432,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		Name:               host,
 	}, worker.Deps{
 		API: w.api, Gate: gate, Routes: routes, Ledger: ledger, Replays: replays, Metrics: m, Ready: w.ready, Log: log,
-		Records: &queue.Records{
-			JS: js, Log: log, Timeout: 10 * time.Second,
-			DLQStream: cfg.DLQStream, DLQSubject: cfg.DLQSubject,
-			OutcomeStream: cfg.OutcomeStream, OutcomePrefix: cfg.OutcomeSubject,
-		},
+		Records: records,
 	})
 	consumer.Handle = wk.Handle
 
@@ -444,6 +445,11 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		case <-runCtx.Done():
 		}
 	}()
+	if cfg.OutcomeEnabled() {
+		// Revoked records the trail refused, kept in the ledger, are
+		// written once it takes them, whatever became of their events.
+		go ledger.SweepingUnrecorded(runCtx, records, log)
+	}
 	// One client and one waiter (one subscription on the outcome
 	// subjects) per process, shared by the NATS service (SPEC §12) and the
 	// HTTP ingress (§11), which run on this connection until the run ends.

@@ -208,6 +208,13 @@ func (b *Budget) spacing(st budgetState) time.Duration {
 	return max(b.interval, quota)
 }
 
+// Spacing implements throttle.Budget: the spacing of calls by the entry as
+// known, and the quota heard here.
+func (b *Budget) Spacing() time.Duration {
+	c, _ := b.cached(b.key())
+	return b.spacing(c.st)
+}
+
 // quoted is the quota's spacing heard here and not yet written in the
 // entry, if any.
 func (b *Budget) quoted() (time.Duration, bool) {
@@ -691,7 +698,7 @@ func (b *Budget) decode(e jetstream.KeyValueEntry) cachedState {
 		}
 		b.mu.Unlock()
 	} else {
-		c.st, out = clampState(st, c.created)
+		c.st, out = clampState(st, c.created, b.interval)
 	}
 	b.checked(e.Key(), c.rev, out)
 	return c

@@ -71,7 +71,7 @@ func TestClampState(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, out := clampState(tt.in, created)
+			got, out := clampState(tt.in, created, interval)
 			if !slices.Equal(out, tt.out) {
 				t.Errorf("out of range %v, want %v", out, tt.out)
 			}
@@ -85,9 +85,15 @@ func TestClampState(t *testing.T) {
 			}
 		})
 	}
+	// A configured rate slower than one call per cap: its next slot, one
+	// of its intervals ahead, is what a replica writes, not out of range.
+	slow := BudgetInterval(0.001)
+	if got, out := clampState(budgetState{Next: created.Add(slow)}, created, slow); !got.Next.Equal(created.Add(slow)) || out != nil {
+		t.Errorf("a next slot one interval of a rate of 0.001/s ahead read as %v (out of range %v)", got.Next.Sub(created), out)
+	}
 	// The input is not changed: it may be a cached entry.
 	in := budgetState{Claims: map[string]budgetClaim{"r": {P: 0}}}
-	clampState(in, created)
+	clampState(in, created, interval)
 	if !in.Claims["r"].At.IsZero() {
 		t.Error("clampState changed its input's claims")
 	}

@@ -60,12 +60,14 @@ const clampSlack = time.Second
 // clampState bounds what st, stored by the server at created, may say to
 // what a replica could have written then (SPEC §4 "The proof", point 8),
 // and so that nothing read holds calls for longer than throttle.MaxPause
-// (SPEC §9): a hold and a next slot at most that cap ahead, a spacing of
-// at most that cap, claims renewed no later than the entry was stored.
+// (SPEC §9): a hold at most that cap ahead, a next slot at most that cap
+// or one interval of the configured rate (and a reservation's lead)
+// ahead, whichever is longer, a spacing of at most that cap, claims
+// renewed no later than the entry was stored.
 // It fills in the At of claims renewed by this very write. It returns the
 // bounded state, a copy, and the names of the fields found out of range
 // (beyond clampSlack).
-func clampState(st budgetState, created time.Time) (budgetState, []string) {
+func clampState(st budgetState, created time.Time, interval time.Duration) (budgetState, []string) {
 	var out []string
 	// bound caps *t at limit, and reports whether it was far beyond.
 	bound := func(t *time.Time, limit time.Time) bool {
@@ -79,7 +81,7 @@ func clampState(st budgetState, created time.Time) (budgetState, []string) {
 	if bound(&st.Hold, created.Add(throttle.MaxPause)) {
 		out = append(out, "hold")
 	}
-	if bound(&st.Next, created.Add(throttle.MaxPause)) {
+	if bound(&st.Next, created.Add(max(throttle.MaxPause, interval+budgetLead))) {
 		out = append(out, "next")
 	}
 	if st.Spacing < 0 || st.Spacing > throttle.MaxPause {

@@ -500,3 +500,66 @@ func TestBudgetFollowsTheStatedQuota(t *testing.T) {
 	}
 	checkWindow(t, api.Requests(), 2)
 }
+
+// TestPairKeepsToASpacingHeardElsewhere: replica a heard a quota of 1 a
+// second and wrote its spacing into the shared entry; replica b, started
+// later, has heard none. b's call, holding a shared slot while its rate
+// slot went by (the shared gate is busy with other budgets' calls), waits
+// for the budget's next slot as long as the entry spaces them, not one
+// interval of b's own rate: else it gives the shared slot up before each
+// slot comes, spends the slot without a call, and never calls (SPEC §9).
+func TestPairKeepsToASpacingHeardElsewhere(t *testing.T) {
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer()
+	t.Cleanup(api.Close)
+	gateOf := func(r *bReplica) {
+		r.gate.Close()
+		r.gate = throttle.New(throttle.Config{Priorities: 1, Concurrency: throttle.Unbounded, Rate: 10, Budget: r.budget})
+	}
+	a := newBReplica(t, srv, api, "a", 10, 1)
+	gateOf(a)
+	a.gate.Follow(1)
+	pm, err := a.gate.Acquire(context.Background(), 0) // a reserves: the spacing is in the entry
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.Release()
+	b := newBReplica(t, srv, api, "b", 10, 1)
+	gateOf(b)
+	queuetest.Eventually(t, 10*time.Second, "b to know the entry's spacing", func() bool { return b.budget.Spacing() >= time.Second })
+
+	shared := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+	t.Cleanup(shared.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range 3 { // other budgets' calls keep the one shared slot busy
+		go func() {
+			for ctx.Err() == nil {
+				p, err := shared.Acquire(ctx, 0)
+				if err != nil {
+					return
+				}
+				time.Sleep(400 * time.Millisecond) // the call
+				p.Release()
+			}
+		}()
+	}
+	go func() { // and replica a calls as fast as the budget lets it
+		for ctx.Err() == nil {
+			p, err := a.gate.Acquire(ctx, 0)
+			if err != nil {
+				return
+			}
+			p.Release()
+		}
+	}()
+	pctx, pcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer pcancel()
+	for i := range 2 {
+		pr, err := throttle.AcquirePair(pctx, b.gate, shared, 0)
+		if err != nil {
+			t.Fatalf("b's call %d got no pair within 15 s of a budget spaced 1 s apart: %v", i, err)
+		}
+		pr.Release()
+	}
+}

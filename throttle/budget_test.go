@@ -172,6 +172,12 @@ func (v *fakeView) Defer(until time.Time) {
 	}
 }
 
+func (v *fakeView) Spacing() time.Duration {
+	v.b.mu.Lock()
+	defer v.b.mu.Unlock()
+	return v.b.interval
+}
+
 // Follow changes the spacing of every view: the fake has one interval.
 func (v *fakeView) Follow(r float64) {
 	v.b.mu.Lock()

@@ -102,6 +102,9 @@ type Budget interface {
 	// second) where r is below the budget's rate, and at the budget's rate
 	// where it is not: the API's stated quota (SPEC §6).
 	Follow(r float64)
+	// Spacing is the interval the budget keeps between calls now, as far
+	// as known: a quota another sharer heard included.
+	Spacing() time.Duration
 	// Held is the hold in force as far as known; zero when none.
 	Held() (until time.Time, cause string)
 	// Claim states the highest priority with work waiting here, -1 for
@@ -438,7 +441,11 @@ func (g *Gate) Slow(until time.Time) {
 // gate's next permit (AcquirePair): one interval of its rate, as it is
 // now, and the tolerance of a start.
 func (g *Gate) pairWait() time.Duration {
-	return max(Interval(g.cfg.Rate), time.Duration(g.followed.Load())) + StartTolerance
+	spacing := max(Interval(g.cfg.Rate), time.Duration(g.followed.Load()))
+	if g.budget != nil {
+		spacing = max(spacing, g.budget.Spacing())
+	}
+	return spacing + StartTolerance
 }
 
 // Follow spaces permits at the API's stated quota q (calls per second)

@@ -38,13 +38,13 @@ func (p Pair) Release() {
 // is spent the moment it is handed out, so one that went by while the call
 // waited for the shared gate is not used late (calls started late would
 // bunch in a second): it is given up, spent, and the call, keeping the
-// shared slot it waited its turn for, takes the budget's next slot, if
-// that comes within one of the budget's intervals; if not (another call of
-// the budget took it, or a hold came), it gives the shared slot back and
+// shared slot it waited its turn for, takes the budget's next slot; but
+// not through a hold of the budget: then it gives the shared slot back and
 // starts over. So a call keeps its place among every budget's waiters,
-// holds a shared slot for at most one of its budget's intervals without
-// calling, never holds one while a call that needs it holds the permit it
-// waits for, and is late (Late) only if its caller waits before calling.
+// holds a shared slot without calling only while its budget's slots come
+// (one interval, or a few where other replicas take the budget's slots
+// first), never while a call that needs it holds the permit it waits for,
+// and is late (Late) only if its caller waits before calling.
 func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error) {
 	return acquirePair(ctx, budget, shared, p, false)
 }
@@ -61,23 +61,26 @@ func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool) (
 	for {
 		bctx, cancel := ctx, context.CancelFunc(func() {})
 		if s != nil {
-			// Holding a shared slot, it waits at the budget for one of the
-			// budget's intervals at most: a call of the budget with a
-			// higher priority may take the budget's next permit and then
-			// wait for a shared slot, this one, while this call waits for
-			// the permit that one holds. Past that, the shared slot goes
-			// back and the call starts over, at the budget first.
+			// Holding a shared slot, it looks up from its wait at the
+			// budget once every one of the budget's intervals: not through
+			// a hold the API asked for, which stops this budget only.
 			bctx, cancel = context.WithTimeout(ctx, budget.pairWait())
 		}
 		b, err := budget.acquire(bctx, p, first)
 		cancel()
 		if err != nil {
-			if s != nil {
+			if s != nil && ctx.Err() == nil && bctx.Err() != nil && !errors.Is(err, ErrClosed) {
+				if budget.PausedFor() == 0 {
+					continue // no hold: it keeps the shared slot and its place
+				}
+				// A hold: the shared slot goes back, and the call starts
+				// over, at the budget first, first in line.
 				s.Release()
 				s = nil
+				continue
 			}
-			if ctx.Err() == nil && bctx.Err() != nil && !errors.Is(err, ErrClosed) {
-				continue // gave the shared slot up; first in line again at both
+			if s != nil {
+				s.Release()
 			}
 			return Pair{}, err
 		}

@@ -381,7 +381,16 @@ func TestSweepUnrecorded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(ctx, "unrecorded.REVOCATIONS.99", []byte(`{"outcome":"revoked","account_id":"acct01","key_id":"k3","stream":"REVOCATIONS","sequence":5}`)); err != nil {
+	// An entry of a work stream named as the sweep's keys begin is none of
+	// them.
+	other := worker.Ref{Stream: "unrecorded", Seq: 7, Account: "acct01", Key: "k1", Stored: stored}
+	if _, err := l.Update(ctx, other, func(e *worker.Entry) error {
+		e.Calls, e.Confirmed = 1, &worker.Call{Status: 200, CFRay: "ray-1", At: time.Now()}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "trail/unrecorded.REVOCATIONS.99", []byte(`{"outcome":"revoked","account_id":"acct01","key_id":"k3","stream":"REVOCATIONS","sequence":5}`)); err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.WarnLevel)
@@ -401,7 +410,10 @@ func TestSweepUnrecorded(t *testing.T) {
 	if logs.FilterMessage("the ledger holds, among the revoked records for the trail, one no worker wrote; dropped").Len() != 1 {
 		t.Errorf("the planted record not reported: %v", logs.All())
 	}
-	keys, err := kv.ListKeysFiltered(ctx, "unrecorded.>")
+	if e, err := l.Load(ctx, other); err != nil || e.Confirmed == nil {
+		t.Errorf("the entry of stream unrecorded's event 7 after the sweep: %+v, %v; want its confirmation kept", e, err)
+	}
+	keys, err := kv.ListKeysFiltered(ctx, "trail/unrecorded.>")
 	if err != nil {
 		t.Fatal(err)
 	}

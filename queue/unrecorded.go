@@ -19,8 +19,10 @@ import (
 )
 
 // unrecordedPrefix is where the ledger keeps revoked records the trail
-// refused, one key per event, until a sweep writes them to the trail.
-const unrecordedPrefix = "unrecorded."
+// refused, one key per event, until a sweep writes them to the trail. Its
+// first token holds a '/', which no stream name may: an entry's key
+// (<stream>.<seq>, entryKey) can never fall under it.
+const unrecordedPrefix = "trail/unrecorded."
 
 // unrecordedKey is the key of the revoked record of stream's event seq.
 func unrecordedKey(stream string, seq uint64) string {
@@ -67,7 +69,7 @@ func (l *Ledger) SweepUnrecorded(ctx context.Context, recs worker.Records, log *
 	prefix := ledgerSubject(unrecordedPrefix)
 	written := 0
 	for next := uint64(0); ; {
-		m, err := msgGet(ctx, *js, "KV_"+LedgerBucket, msgGetRequest{Seq: next, NextFor: prefix + ">"})
+		m, err := msgGet(ctx, *js, "KV_"+LedgerBucket, msgGetRequest{Seq: next, NextFor: prefix + "*.*"})
 		if err != nil {
 			return written, fmt.Errorf("read the ledger's revoked records: %w", err)
 		}

@@ -931,9 +931,16 @@ type firstRecords struct {
 	*fakeRecords
 	refuse bool
 	firsts int
+	// held, when set, takes then instead of answering: no answer comes
+	// until the test calls it.
+	held chan func(error)
 }
 
 func (r *firstRecords) FirstOutcome(rec event.Record, then func(error)) bool {
+	if r.held != nil {
+		r.held <- then
+		return true
+	}
 	r.mu.Lock()
 	r.firsts++
 	_, _, found := r.believed(worker.Ref{Stream: rec.Stream, Seq: rec.Sequence, Account: rec.AccountID, Key: rec.KeyID})
@@ -978,6 +985,43 @@ func TestFirstRecordSettledWhereAnswersAreRead(t *testing.T) {
 		}
 		if n := logs.FilterMessage("event revoked").Len(); n != 1 {
 			t.Errorf("refuse=%v: %d outcome lines, want 1", refuse, n)
+		}
+	}
+}
+
+// TestFirstRecordGivesUpAtTheShutdownTimeout: a first record whose answer
+// has not come when the shutdown timeout ends holds the delivery no
+// longer (SPEC §7), and an answer coming after settles nothing: the
+// event's next delivery finds the record, if it was stored.
+func TestFirstRecordGivesUpAtTheShutdownTimeout(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	fr := &firstRecords{fakeRecords: h.records, held: make(chan func(error), 1)}
+	h.w = worker.New(worker.Config{
+		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
+		RetryMaxInterval: 5 * time.Millisecond, RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+	}, worker.Deps{API: h.api, Gate: h.gate, Records: fr, Ledger: h.ledger, Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
+	stop, cancelStop := context.WithCancel(context.Background())
+	work, cancelWork := context.WithCancel(context.Background())
+	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.w.Handle(stop, work, d)
+	}()
+	then := <-fr.held // the record is out; its answer has not come
+	cancelStop()
+	cancelWork() // the shutdown timeout ends
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the delivery still waits for its record's answer after the shutdown timeout")
+	}
+	then(nil) // the answer, too late
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, how := range d.settled {
+		if how == "ack" {
+			t.Errorf("settled %v: acked by an answer that came after the delivery gave up", d.settled)
 		}
 	}
 }

@@ -1444,8 +1444,17 @@ func (w *Worker) firstRecord(work context.Context, a *attempt) bool {
 		return false
 	}
 	_, span := tracing.StartRecordWrite(work, "outcome")
+	var (
+		mu     sync.Mutex
+		gaveUp bool // the delivery's time ran out first: the answer settles nothing
+	)
 	stored := make(chan error, 1)
 	if !fr.FirstOutcome(w.record(a, event.Revoked, ""), func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if gaveUp {
+			return
+		}
 		if err == nil {
 			w.done(a, event.Revoked, "", a.d.Ack)
 		}
@@ -1454,7 +1463,22 @@ func (w *Worker) firstRecord(work context.Context, a *attempt) bool {
 		tracing.End(span, nil)
 		return false
 	}
-	err := <-stored
+	var err error
+	select {
+	case err = <-stored:
+	case <-work.Done():
+		// The shutdown timeout is over: the answer, if it comes, settles
+		// nothing; a record stored meanwhile is found by the event's next
+		// delivery.
+		mu.Lock()
+		gaveUp = true
+		mu.Unlock()
+		select {
+		case err = <-stored: // told just before
+		default:
+			err = work.Err()
+		}
+	}
 	tracing.End(span, err)
 	return err == nil
 }

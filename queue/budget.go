@@ -117,8 +117,11 @@ type Budget struct {
 	cfg      BudgetConfig
 	log      *zap.Logger
 	interval time.Duration // of the configured rate; 0: no limit
-	owner    string        // this replica, in claims
-	clock    *serverClock
+	// floor is the spacing of the budget's share of the address limit,
+	// where it is longer than interval (Cap); 0 for none.
+	floor atomic.Int64
+	owner string // this replica, in claims
+	clock *serverClock
 
 	bindMu sync.Mutex
 	kv     atomic.Pointer[jetstream.KeyValue]
@@ -205,7 +208,16 @@ func (b *Budget) spacing(st budgetState) time.Duration {
 	if !quoted {
 		quota = st.Spacing
 	}
-	return max(b.interval, quota)
+	return max(b.interval, time.Duration(b.floor.Load()), quota)
+}
+
+// Cap implements throttle.Budget: this replica's reservations are spaced
+// at least spacing apart; every replica cuts the share alike, from the
+// credentials in use.
+func (b *Budget) Cap(spacing time.Duration) {
+	if b.interval != 0 {
+		b.floor.Store(int64(min(spacing, throttle.MaxPause)))
+	}
 }
 
 // Spacing implements throttle.Budget: the spacing of calls by the entry as

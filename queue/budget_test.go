@@ -563,3 +563,23 @@ func TestPairKeepsToASpacingHeardElsewhere(t *testing.T) {
 		pr.Release()
 	}
 }
+
+// TestBudgetCappedAtItsShare: a budget made at 10 calls a second and cut
+// to a share of 2 (the budgets of the credentials in use together under
+// the address limit) starts no more than 2 calls in any second.
+func TestBudgetCappedAtItsShare(t *testing.T) {
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer(cloudflaretest.WithRateLimit(10))
+	t.Cleanup(api.Close)
+	r := newBReplica(t, srv, api, "a", 10, 1)
+	r.gate.Close()
+	r.gate = throttle.New(throttle.Config{Priorities: 1, Concurrency: throttle.Unbounded, Rate: 10, Budget: r.budget})
+	if !r.gate.Cap(2) {
+		t.Fatal("a gate with a shared rate reported no rate to cap")
+	}
+	r.work(0, 2, keysOf("a", 4))
+	for _, k := range keysOf("a", 4) {
+		queuetest.Eventually(t, 30*time.Second, "key "+k, func() bool { return api.Deleted(budgetTAccount, k) })
+	}
+	checkWindow(t, api.Requests(), 2)
+}

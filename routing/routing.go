@@ -126,6 +126,7 @@ type Routes struct {
 	budgets  map[string]*BudgetGate
 	checking map[string]*recheck // by credential: one recheck at a time
 	closed   bool
+	cutFor   *credentials.Set // the set the budgets' rates were last cut for
 }
 
 // Route implements worker.Routes. A budget whose gate cannot be made
@@ -136,12 +137,48 @@ func (r *Routes) Route(account string) (worker.Route, bool) {
 	if !ok {
 		return worker.Route{}, false
 	}
+	r.recut()
 	b := r.budget(c.Budget, c.Rate)
 	if b == nil {
 		return worker.Route{Credential: c.Name, Budget: r.metrics(c.Budget)}, true
 	}
-	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: b.rate, API: c.Client,
+	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: r.rateOf(b), API: c.Client,
 		Recheck: func(ctx context.Context, p int) bool { return r.recheck(ctx, c, p) }}, true
+}
+
+// rateOf is b's rate, as last cut.
+func (r *Routes) rateOf(b *BudgetGate) float64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return b.rate
+}
+
+// recut cuts the rates of the budgets made so far again, once the
+// credentials in use change: every replica cuts each budget from the set
+// in use alone (Rate), whatever it made before, so that all the budgets
+// of the fleet together stay under the address limit (SPEC §9). A budget
+// made at a higher rate is capped at its cut; one made at a lower rate
+// keeps it.
+func (r *Routes) recut() {
+	set := r.router.Set()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if set == r.cutFor || r.ipLimit <= 0 {
+		return
+	}
+	r.cutFor = set
+	all := set.Budgets()
+	for name, b := range r.budgets {
+		rate, inUse := all[name]
+		if !inUse {
+			continue // no calls: it counts for nothing
+		}
+		if cut := Rate(rate, all, r.ipLimit); cut < b.rate && b.gate.Cap(cut) {
+			r.log.Info("the budget's rate is cut again so that every budget together stays under REVOKER_IP_RATE_LIMIT",
+				zap.String("budget", name), zap.Float64("rate", b.rate), zap.Float64("cut_to", cut))
+			b.rate = cut
+		}
+	}
 }
 
 // budget returns the gate of budget name, made at rate if new.
@@ -154,22 +191,6 @@ func (r *Routes) budget(name string, rate float64) *BudgetGate {
 	all := r.router.Set().Budgets() // a copy: the budgets of the set in use
 	all[name] = rate
 	cut := Rate(rate, all, r.ipLimit)
-	if r.ipLimit > 0 {
-		// Budgets made earlier keep their rates (a reload may have added
-		// this one): this one gets at most what they leave of the limit.
-		// Budgets no longer in the set get no calls and count for nothing.
-		left := r.ipLimit
-		for n, b := range r.budgets {
-			if _, inUse := all[n]; inUse {
-				left -= b.rate
-			}
-		}
-		if cut > left {
-			cut = max(left, minRate)
-			r.log.Warn("the budgets made before this one leave it little of REVOKER_IP_RATE_LIMIT; a restart shares the limit out again",
-				zap.String("budget", name), zap.Float64("rate", cut))
-		}
-	}
 	if cut != rate {
 		r.log.Info("the budget's rate is cut so that every budget together stays under REVOKER_IP_RATE_LIMIT",
 			zap.String("budget", name), zap.Float64("rate", rate), zap.Float64("cut_to", cut))
@@ -183,9 +204,6 @@ func (r *Routes) budget(name string, rate float64) *BudgetGate {
 	r.budgets[name] = b
 	return b
 }
-
-// minRate is the least rate a budget is cut to: 0 would mean no limit.
-const minRate = 0.1
 
 // Turn returns what charges one call for an account to its budget and to
 // shared, at priority p: a key list of the periodic check, say. An account
@@ -293,6 +311,7 @@ func (r *Routes) recheck(ctx context.Context, c *credentials.Credential, p int) 
 // verify checks one credential.
 func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
 	cond := worker.ReadyCredentialOf(c.Name)
+	r.recut()
 	b := r.budget(c.Budget, c.Rate)
 	if b == nil {
 		return
@@ -342,7 +361,7 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 		// quota where it is lower than its rate.
 		if q := v.Policy.PerSecond(); v.Policy.Known && b.gate.Quota(q) {
 			r.log.Warn("the API states a lower quota than the budget's rate; calls are spaced to it",
-				zap.String("budget", c.Budget), zap.Float64("rate", b.rate), zap.Float64("quota_per_second", q))
+				zap.String("budget", c.Budget), zap.Float64("rate", r.rateOf(b)), zap.Float64("quota_per_second", q))
 		}
 	}
 }

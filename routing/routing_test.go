@@ -95,9 +95,11 @@ func TestTurnChargesTheAccountsBudget(t *testing.T) {
 	}
 }
 
-// TestReloadedBudgetKeepsTheAddressLimit: a budget added by a reload gets
-// at most what the budgets made before it leave of the address limit,
-// since their rates stand (100 + 100 under 150: the new one gets 50).
+// TestReloadedBudgetKeepsTheAddressLimit: a budget added by a reload is
+// cut from the credentials in use, and the budgets made before it are cut
+// again, as a replica started after the reload cuts them: 100 + 100 under
+// 150 is 75 + 75 on every replica, whatever each made before (SPEC §9:
+// together they stay under the address limit).
 func TestReloadedBudgetKeepsTheAddressLimit(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "t"), []byte("token"), 0o600); err != nil {
@@ -126,10 +128,24 @@ func TestReloadedBudgetKeepsTheAddressLimit(t *testing.T) {
 	if !ok || a.Rate != 100 {
 		t.Fatalf("budget a at %v, want 100 (alone under 150)", a.Rate)
 	}
-	router.Store(write(one + "  - name: b\n    token_file: t\n    accounts: [acct2]\n    rate: 100\n"))
+	two := one + "  - name: b\n    token_file: t\n    accounts: [acct2]\n    rate: 100\n"
+	router.Store(write(two))
 	b, ok := r.Route("acct2")
-	if !ok || a.Rate+b.Rate > 150 {
-		t.Errorf("budgets at %v and %v after the reload: together over the address limit of 150", a.Rate, b.Rate)
+	a, _ = r.Route("acct1")
+	if !ok || a.Rate != 75 || b.Rate != 75 {
+		t.Errorf("budgets at %v and %v after the reload, want 75 and 75: the share of 150 of each", a.Rate, b.Rate)
+	}
+	// The gate made at 100 keeps to its cut.
+	start := time.Now()
+	for range 11 {
+		pm, err := a.Gate.Acquire(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pm.Release()
+	}
+	if d, want := time.Since(start), 10*throttle.Interval(75); d < want {
+		t.Errorf("11 calls of budget a within %v after it was cut to 75/s, want at least %v", d, want)
 	}
 }
 

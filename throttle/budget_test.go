@@ -172,6 +172,14 @@ func (v *fakeView) Defer(until time.Time) {
 	}
 }
 
+// Cap spaces every view's slots at least spacing apart: the fake has one
+// interval.
+func (v *fakeView) Cap(spacing time.Duration) {
+	v.b.mu.Lock()
+	v.b.interval = max(v.b.interval, spacing)
+	v.b.mu.Unlock()
+}
+
 func (v *fakeView) Spacing() time.Duration {
 	v.b.mu.Lock()
 	defer v.b.mu.Unlock()

@@ -105,6 +105,9 @@ type Budget interface {
 	// Spacing is the interval the budget keeps between calls now, as far
 	// as known: a quota another sharer heard included.
 	Spacing() time.Duration
+	// Cap spaces the calls this sharer reserves at least spacing apart:
+	// the budget's share of a limit several budgets share.
+	Cap(spacing time.Duration)
 	// Held is the hold in force as far as known; zero when none.
 	Held() (until time.Time, cause string)
 	// Claim states the highest priority with work waiting here, -1 for
@@ -166,8 +169,9 @@ type Gate struct {
 	closed    bool
 
 	// followed is the spacing of permits a stated quota asked for
-	// (Follow), 0 before any.
-	followed atomic.Int64
+	// (Follow), 0 before any; capped the spacing of a share of a limit
+	// (Cap), 0 for none.
+	followed, capped atomic.Int64
 
 	wake chan struct{}
 	done chan struct{}
@@ -441,11 +445,37 @@ func (g *Gate) Slow(until time.Time) {
 // gate's next permit (AcquirePair): one interval of its rate, as it is
 // now, and the tolerance of a start.
 func (g *Gate) pairWait() time.Duration {
-	spacing := max(Interval(g.cfg.Rate), time.Duration(g.followed.Load()))
+	spacing := g.spacing()
 	if g.budget != nil {
 		spacing = max(spacing, g.budget.Spacing())
 	}
 	return spacing + StartTolerance
+}
+
+// spacing is the interval between permits this gate keeps: its rate's, or
+// a stated quota's or a share's where longer.
+func (g *Gate) spacing() time.Duration {
+	return max(Interval(g.cfg.Rate), time.Duration(g.followed.Load()), time.Duration(g.capped.Load()))
+}
+
+// Cap spaces permits at rate r (calls per second) at most, from the next
+// permit on, where r is below the gate's rate, and at the gate's rate
+// where it is not: a budget's share of a limit several budgets share, cut
+// again when the budgets change. It reports false for a gate without a
+// rate.
+func (g *Gate) Cap(r float64) bool {
+	if g.cfg.Rate <= 0 || r <= 0 {
+		return false
+	}
+	capped := max(Interval(g.cfg.Rate), Interval(r))
+	g.capped.Store(int64(capped))
+	if g.budget != nil {
+		g.budget.Cap(capped)
+	} else {
+		g.limiter.SetLimit(rate.Every(g.spacing()))
+	}
+	g.poke()
+	return true
 }
 
 // Follow spaces permits at the API's stated quota q (calls per second)
@@ -457,12 +487,11 @@ func (g *Gate) Follow(q float64) bool {
 	if g.cfg.Rate <= 0 || q <= 0 {
 		return false
 	}
-	spacing := max(Interval(g.cfg.Rate), QuotaInterval(q))
-	g.followed.Store(int64(spacing))
+	g.followed.Store(int64(max(Interval(g.cfg.Rate), QuotaInterval(q))))
 	if g.budget != nil {
 		g.budget.Follow(q)
 	} else {
-		g.limiter.SetLimit(rate.Every(spacing))
+		g.limiter.SetLimit(rate.Every(g.spacing()))
 	}
 	g.poke()
 	return true

@@ -452,6 +452,26 @@ func (g *Gate) pairWait() time.Duration {
 	return spacing + StartTolerance
 }
 
+// yields reports whether a call of priority p waiting here should let go
+// of what it holds meanwhile (AcquirePair): the gate is held, or a call of
+// a higher priority waits for it, here or, with a shared budget, on
+// another replica.
+func (g *Gate) yields(p int) bool {
+	if g.PausedFor() > 0 {
+		return true
+	}
+	p = g.clamp(p)
+	g.mu.Lock()
+	for q := 0; q < p; q++ {
+		if len(g.queues[q]) > 0 || g.pending[q] {
+			g.mu.Unlock()
+			return true
+		}
+	}
+	g.mu.Unlock()
+	return g.budget != nil && !g.budget.Allows(p)
+}
+
 // spacing is the interval between permits this gate keeps: its rate's, or
 // a stated quota's or a share's where longer.
 func (g *Gate) spacing() time.Duration {

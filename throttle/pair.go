@@ -39,12 +39,13 @@ func (p Pair) Release() {
 // waited for the shared gate is not used late (calls started late would
 // bunch in a second): it is given up, spent, and the call, keeping the
 // shared slot it waited its turn for, takes the budget's next slot; but
-// not through a hold of the budget: then it gives the shared slot back and
+// not through a hold of the budget, nor while the budget's slots go to
+// calls of a higher priority: then it gives the shared slot back and
 // starts over. So a call keeps its place among every budget's waiters,
-// holds a shared slot without calling only while its budget's slots come
-// (one interval, or a few where other replicas take the budget's slots
-// first), never while a call that needs it holds the permit it waits for,
-// and is late (Late) only if its caller waits before calling.
+// holds a shared slot without calling only while it is its budget's next
+// call (one interval, or a few where other replicas take the budget's
+// slots first), never while a call that needs it holds the permit it
+// waits for, and is late (Late) only if its caller waits before calling.
 func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error) {
 	return acquirePair(ctx, budget, shared, p, false)
 }
@@ -56,25 +57,32 @@ func ReacquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, erro
 	return acquirePair(ctx, budget, shared, p, true)
 }
 
+// pairStep bounds how long a call holding a shared slot waits at its
+// budget before it looks up (acquirePair).
+const pairStep = time.Second
+
 func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool) (Pair, error) {
 	var s *Permit
 	for {
 		bctx, cancel := ctx, context.CancelFunc(func() {})
 		if s != nil {
 			// Holding a shared slot, it looks up from its wait at the
-			// budget once every one of the budget's intervals: not through
-			// a hold the API asked for, which stops this budget only.
-			bctx, cancel = context.WithTimeout(ctx, budget.pairWait())
+			// budget once every one of the budget's intervals (a second at
+			// most): it keeps the slot only while it is the budget's next
+			// call, not through a hold of the budget, nor while the
+			// budget's slots go to calls of a higher priority, here or on
+			// another replica.
+			bctx, cancel = context.WithTimeout(ctx, min(budget.pairWait(), pairStep))
 		}
 		b, err := budget.acquire(bctx, p, first)
 		cancel()
 		if err != nil {
 			if s != nil && ctx.Err() == nil && bctx.Err() != nil && !errors.Is(err, ErrClosed) {
-				if budget.PausedFor() == 0 {
-					continue // no hold: it keeps the shared slot and its place
+				if !budget.yields(p) {
+					continue // it keeps the shared slot and its place
 				}
-				// A hold: the shared slot goes back, and the call starts
-				// over, at the budget first, first in line.
+				// The shared slot goes back, and the call starts over, at
+				// the budget first, first in line.
 				s.Release()
 				s = nil
 				continue

@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -229,4 +230,86 @@ func TestPairHoldsNoSharedSlotThroughABudgetsHold(t *testing.T) {
 	pm.Release()
 	cancel()
 	<-done
+}
+
+// TestPairYieldsToHigherCallsOfItsBudget: a scheduled call of a budget
+// holds the only shared slot, its rate slot having gone by while it waited
+// for it; urgent calls of the same budget keep coming, each taking the
+// budget's next slot and waiting for a shared slot. The scheduled call
+// gives its shared slot up rather than wait out the urgent calls, so calls
+// go on starting (SPEC §3, §9).
+func TestPairYieldsToHigherCallsOfItsBudget(t *testing.T) {
+	budget := throttle.New(throttle.Config{Priorities: 2, Concurrency: throttle.Unbounded, Rate: 10})
+	defer budget.Close()
+	shared := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1})
+	defer shared.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	other, err := shared.Acquire(ctx, 0) // another budget's call in flight
+	if err != nil {
+		t.Fatal(err)
+	}
+	var started atomic.Int64
+	var wg sync.WaitGroup
+	call := func(p int) {
+		pr, err := throttle.AcquirePair(ctx, budget, shared, p)
+		if err != nil {
+			return
+		}
+		started.Add(1)
+		time.Sleep(5 * time.Millisecond) // the call
+		pr.Release()
+	}
+	wg.Go(func() { call(1) })
+	waitQueued(t, shared, 1, 1)       // the scheduled call holds a rate slot, waits for the shared slot
+	time.Sleep(60 * time.Millisecond) // the other call, longer than the rate slot may wait
+	other.Release()
+	for range 40 { // urgent calls of the budget, 20 a second for 2 s
+		wg.Go(func() { call(0) })
+		time.Sleep(50 * time.Millisecond) // the urgent calls' pace
+	}
+	n := started.Load()
+	wg.Wait()
+	if n < 5 {
+		t.Errorf("%d calls started in the 2 s the urgent calls came (budget at 10/s): the scheduled call kept the only shared slot", n)
+	}
+}
+
+// TestPairYieldsToAnotherReplicasClaim: replica 2 has urgent work for
+// budget X and claims it; on replica 1 a scheduled call of X holds the
+// only shared slot, its X slot having gone by while it waited for it. It
+// gives the slot up, so an urgent call of another budget on replica 1 does
+// not wait behind X's backlog on replica 2 (SPEC §9).
+func TestPairYieldsToAnotherReplicasClaim(t *testing.T) {
+	fb := newFakeBudget(100 * time.Millisecond)
+	x1 := throttle.New(throttle.Config{Priorities: 2, Concurrency: throttle.Unbounded, Rate: 10, Budget: fb.view()})
+	defer x1.Close()
+	replica2 := fb.view()
+	shared := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1})
+	defer shared.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	other, err := shared.Acquire(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if pr, err := throttle.AcquirePair(ctx, x1, shared, 1); err == nil {
+			pr.Release()
+		}
+	}()
+	waitQueued(t, shared, 1, 1)
+	replica2.Claim(0) // urgent work of X on replica 2, for the rest of the test
+	time.Sleep(60 * time.Millisecond)
+	other.Release()
+	start := time.Now()
+	y, err := shared.Acquire(ctx, 0) // an urgent call of budget Y on replica 1
+	if err != nil {
+		t.Fatal(err)
+	}
+	y.Release()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("an urgent call of another budget waited %v for the shared slot, held by a call of X waiting out X's backlog elsewhere", d.Round(time.Millisecond))
+	}
+	replica2.Claim(-1)
 }

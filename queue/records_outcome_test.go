@@ -266,6 +266,20 @@ func TestRecordsPriorAfterTheStreamIsMadeAgain(t *testing.T) {
 	t.Fatalf("Prior failed twice on the stream made again: %v", err)
 }
 
+// notFoundThenRevoked stores the not_found of event seq of key k that a
+// replica recorded while another, cut off, had a call out (two calls, one
+// unanswered), and returns the revoked record the cut-off one writes once
+// it heard its 200, knowing of the same two calls.
+func (o *outcomeT) notFoundThenRevoked(k string, seq uint64, stored time.Time) event.Record {
+	o.t.Helper()
+	nf := o.record(k, seq, event.NotFound, stored)
+	nf.Status, nf.Attempts, nf.UnansweredCalls = 404, 2, 1
+	o.outcome(nf)
+	rv := o.record(k, seq, event.Revoked, stored)
+	rv.Attempts, rv.UnansweredCalls = 2, 1
+	return rv
+}
+
 // TestRecordsCorrectionCountsTheConfirmingCallAnswered: a not_found that
 // counted two calls, one unanswered (the call of a replica cut off, which
 // it did not hear), is corrected by that replica's revoked record once it
@@ -276,11 +290,7 @@ func TestRecordsPriorAfterTheStreamIsMadeAgain(t *testing.T) {
 func TestRecordsCorrectionCountsTheConfirmingCallAnswered(t *testing.T) {
 	o := newOutcomeT(t)
 	stored := time.Now()
-	nf := o.record("k1", 7, event.NotFound, stored)
-	nf.Status, nf.Attempts, nf.UnansweredCalls = 404, 2, 1
-	o.outcome(nf)
-	rv := o.record("k1", 7, event.Revoked, stored)
-	rv.Attempts, rv.UnansweredCalls = 2, 1
+	rv := o.notFoundThenRevoked("k1", 7, stored)
 	got := o.outcome(rv)
 	if got.Outcome != event.Revoked || got.Supersedes == 0 || got.Attempts != 2 || got.UnansweredCalls != 0 {
 		t.Fatalf("correction %+v; want revoked, superseding, 2 calls, none unanswered", got)
@@ -364,11 +374,7 @@ func TestSweepUnrecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	stored := time.Now()
-	nf := o.record("k1", 7, event.NotFound, stored)
-	nf.Status, nf.Attempts, nf.UnansweredCalls = 404, 2, 1
-	o.outcome(nf)
-	rv := o.record("k1", 7, event.Revoked, stored)
-	rv.Attempts, rv.UnansweredCalls = 2, 1
+	rv := o.notFoundThenRevoked("k1", 7, stored)
 	if err := l.Unrecorded(ctx, rv); err != nil {
 		t.Fatal(err)
 	}

@@ -489,13 +489,20 @@ func (g *Gate) Cap(r float64) bool {
 	}
 	capped := max(Interval(g.cfg.Rate), Interval(r))
 	g.capped.Store(int64(capped))
+	g.respace(func(b Budget) { b.Cap(capped) })
+	return true
+}
+
+// respace applies a new spacing from the next permit on: the shared
+// budget is told by tell, the gate's own limiter takes the longest of its
+// rate's, the quota's and the share's.
+func (g *Gate) respace(tell func(Budget)) {
 	if g.budget != nil {
-		g.budget.Cap(capped)
+		tell(g.budget)
 	} else {
 		g.limiter.SetLimit(rate.Every(g.spacing()))
 	}
 	g.poke()
-	return true
 }
 
 // Follow spaces permits at the API's stated quota q (calls per second)
@@ -508,12 +515,7 @@ func (g *Gate) Follow(q float64) bool {
 		return false
 	}
 	g.followed.Store(int64(max(Interval(g.cfg.Rate), QuotaInterval(q))))
-	if g.budget != nil {
-		g.budget.Follow(q)
-	} else {
-		g.limiter.SetLimit(rate.Every(g.spacing()))
-	}
-	g.poke()
+	g.respace(func(b Budget) { b.Follow(q) })
 	return true
 }
 

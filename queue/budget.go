@@ -208,7 +208,13 @@ func (b *Budget) spacing(st budgetState) time.Duration {
 	if !quoted {
 		quota = st.Spacing
 	}
-	return max(b.interval, time.Duration(b.floor.Load()), quota)
+	return max(b.own(), quota)
+}
+
+// own is the spacing of the budget's own rate: the configured rate's, or
+// its share's (Cap) where longer; 0 for no limit.
+func (b *Budget) own() time.Duration {
+	return max(b.interval, time.Duration(b.floor.Load()))
 }
 
 // Cap implements throttle.Budget: this replica's reservations are spaced
@@ -216,7 +222,7 @@ func (b *Budget) spacing(st budgetState) time.Duration {
 // credentials in use.
 func (b *Budget) Cap(spacing time.Duration) {
 	if b.interval != 0 {
-		b.floor.Store(int64(min(spacing, throttle.MaxPause)))
+		b.floor.Store(int64(spacing))
 	}
 }
 
@@ -257,8 +263,8 @@ func (b *Budget) Follow(r float64) {
 		return
 	}
 	quota := throttle.QuotaInterval(r)
-	if quota <= b.interval {
-		quota = 0 // the configured rate's spacing is enough
+	if quota <= b.own() {
+		quota = 0 // the budget's own spacing is enough
 	}
 	c, _ := b.cached(b.key())
 	b.mu.Lock()
@@ -710,7 +716,7 @@ func (b *Budget) decode(e jetstream.KeyValueEntry) cachedState {
 		}
 		b.mu.Unlock()
 	} else {
-		c.st, out = clampState(st, c.created, b.interval)
+		c.st, out = clampState(st, c.created, b.own())
 	}
 	b.checked(e.Key(), c.rev, out)
 	return c

@@ -61,7 +61,7 @@ const clampSlack = time.Second
 // what a replica could have written then (SPEC §4 "The proof", point 8),
 // and so that nothing read holds calls for longer than throttle.MaxPause
 // (SPEC §9): a hold at most that cap ahead, a next slot at most that cap
-// or one interval of the configured rate (and a reservation's lead)
+// or one interval of the budget's own rate (and a reservation's lead)
 // ahead, whichever is longer, a spacing of at most that cap, claims
 // renewed no later than the entry was stored.
 // It fills in the At of claims renewed by this very write. It returns the

@@ -33,10 +33,11 @@ import (
 // BudgetGate is one rate budget shared by every replica (SPEC §9), kept
 // under id in JetStream, and the gate that hands out its calls.
 type BudgetGate struct {
-	gate   *throttle.Gate
-	budget *queue.Budget
-	m      metrics.Budget
-	rate   float64 // calls per second, after any cut (Rate)
+	gate    *throttle.Gate
+	budget  *queue.Budget
+	m       metrics.Budget
+	rate    float64 // calls per second, after any cut (Rate)
+	ceiling float64 // the rate the gate was made at: rate can be set up to it
 }
 
 // NewBudgetGate makes the budget named by id at rate, its gate taking
@@ -153,17 +154,17 @@ func (r *Routes) rateOf(b *BudgetGate) float64 {
 	return b.rate
 }
 
-// recut cuts the rates of the budgets made so far again, once the
+// recut sets the rates of the budgets made so far again, once the
 // credentials in use change: every replica cuts each budget from the set
 // in use alone (Rate), whatever it made before, so that all the budgets
-// of the fleet together stay under the address limit (SPEC §9). A budget
-// made at a higher rate is capped at its cut; one made at a lower rate
-// keeps it.
+// of the fleet together stay under the address limit (SPEC §9), and a
+// rate changed in the file, or a share freed by a budget removed, applies
+// as the file is re-read (§6), not at the next start.
 func (r *Routes) recut() {
 	set := r.router.Set()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if set == r.cutFor || r.ipLimit <= 0 {
+	if set == r.cutFor {
 		return
 	}
 	r.cutFor = set
@@ -173,11 +174,37 @@ func (r *Routes) recut() {
 		if !inUse {
 			continue // no calls: it counts for nothing
 		}
-		if cut := Rate(rate, all, r.ipLimit); cut < b.rate && b.gate.Cap(cut) {
-			r.log.Info("the budget's rate is cut again so that every budget together stays under REVOKER_IP_RATE_LIMIT",
-				zap.String("budget", name), zap.Float64("rate", b.rate), zap.Float64("cut_to", cut))
-			b.rate = cut
-		}
+		r.setRate(name, b, Rate(rate, all, r.ipLimit))
+	}
+}
+
+// ceiling is the rate a budget's gate is made at: the address limit, which
+// no budget's cut exceeds, so that the gate's rate can later be set lower
+// or higher (throttle.Gate.Cap); without an address limit, the budget's
+// own rate, which the gate can then only be set under.
+func (r *Routes) ceiling(rate float64) float64 {
+	if r.ipLimit > 0 {
+		return r.ipLimit
+	}
+	return rate
+}
+
+// setRate runs b's calls at rate (0: no limit of its own) from its next
+// permit on, as far as its gate, made at its ceiling, can go; what it
+// cannot applies at the next start, and the log says so.
+func (r *Routes) setRate(name string, b *BudgetGate, rate float64) {
+	set := rate
+	if b.ceiling > 0 && (rate <= 0 || rate > b.ceiling) {
+		set = b.ceiling
+	}
+	if set != b.rate && b.gate.Cap(set) {
+		r.log.Info("the budget's rate is set again for the credentials in use",
+			zap.String("budget", name), zap.Float64("rate", b.rate), zap.Float64("now", set))
+		b.rate = set
+	}
+	if set != rate || b.rate != rate {
+		r.log.Warn("the budget's new rate applies when revoker starts again: without REVOKER_IP_RATE_LIMIT, a rate can only be lowered while it runs",
+			zap.String("budget", name), zap.Float64("rate", b.rate), zap.Float64("asked", rate))
 	}
 }
 
@@ -194,13 +221,16 @@ func (r *Routes) budget(name string, rate float64) *BudgetGate {
 	if cut != rate {
 		r.log.Info("the budget's rate is cut so that every budget together stays under REVOKER_IP_RATE_LIMIT",
 			zap.String("budget", name), zap.Float64("rate", rate), zap.Float64("cut_to", cut))
-		rate = cut
 	}
-	b, err := r.make(name, rate)
+	ceiling := r.ceiling(cut)
+	b, err := r.make(name, ceiling)
 	if err != nil {
 		r.log.Error("a rate budget could not be set up", zap.String("budget", name), zap.Error(err))
 		return nil
 	}
+	// Before its first permit: it never runs faster than its cut.
+	b.gate.Cap(cut)
+	b.rate, b.ceiling = cut, ceiling
 	r.budgets[name] = b
 	return b
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/credentials"
@@ -95,17 +96,16 @@ func TestTurnChargesTheAccountsBudget(t *testing.T) {
 	}
 }
 
-// TestReloadedBudgetKeepsTheAddressLimit: a budget added by a reload is
-// cut from the credentials in use, and the budgets made before it are cut
-// again, as a replica started after the reload cuts them: 100 + 100 under
-// 150 is 75 + 75 on every replica, whatever each made before (SPEC §9:
-// together they stay under the address limit).
-func TestReloadedBudgetKeepsTheAddressLimit(t *testing.T) {
+// reloading is Routes over a credentials file that reload rewrites, the
+// way the file's watch stores a set it has read, with budgets made as
+// test gates at the rate asked for.
+func reloading(t *testing.T, ip float64, body string, log *zap.Logger) (r *Routes, reload func(body string)) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "t"), []byte("token"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	write := func(body string) *credentials.Set {
+	load := func(body string) *credentials.Set {
 		file := filepath.Join(dir, "credentials.yaml")
 		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -116,36 +116,124 @@ func TestReloadedBudgetKeepsTheAddressLimit(t *testing.T) {
 		}
 		return set
 	}
-	one := "credentials:\n  - name: a\n    token_file: t\n    accounts: [acct1]\n    rate: 100\n"
 	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{Budgets: []string{"a", "b"}}, metrics.Build{})
-	router := credentials.NewRouter(write(one))
-	r := &Routes{router: router, log: zap.NewNop(), budgets: map[string]*BudgetGate{}, metrics: m.Budget, ipLimit: 150,
+	router := credentials.NewRouter(load(body))
+	r = &Routes{router: router, log: log, budgets: map[string]*BudgetGate{}, metrics: m.Budget, ipLimit: ip,
 		make: func(name string, rate float64) (*BudgetGate, error) {
 			return &BudgetGate{gate: throttle.New(throttle.Config{Priorities: 1, Concurrency: 1, Rate: rate}), m: m.Budget(name), rate: rate}, nil
 		}}
 	t.Cleanup(r.Close)
+	return r, func(body string) { router.Store(load(body)) }
+}
+
+// credential is one credential of a credentials file, a budget of its own.
+func credential(name, account string, rate int) string {
+	return fmt.Sprintf("  - name: %s\n    token_file: t\n    accounts: [%s]\n    rate: %d\n", name, account, rate)
+}
+
+// permitsTake is how long n permits of rt's gate take, one after another.
+func permitsTake(t *testing.T, rt worker.Route, n int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for range n {
+		pm, err := rt.Gate.Acquire(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pm.Release()
+	}
+	return time.Since(start)
+}
+
+// TestReloadedBudgetKeepsTheAddressLimit: a budget added by a reload is
+// cut from the credentials in use, and the budgets made before it are cut
+// again, as a replica started after the reload cuts them: 100 + 100 under
+// 150 is 75 + 75 on every replica, whatever each made before (SPEC §9:
+// together they stay under the address limit).
+func TestReloadedBudgetKeepsTheAddressLimit(t *testing.T) {
+	one := "credentials:\n" + credential("a", "acct1", 100)
+	r, reload := reloading(t, 150, one, zap.NewNop())
 	a, ok := r.Route("acct1")
 	if !ok || a.Rate != 100 {
 		t.Fatalf("budget a at %v, want 100 (alone under 150)", a.Rate)
 	}
-	two := one + "  - name: b\n    token_file: t\n    accounts: [acct2]\n    rate: 100\n"
-	router.Store(write(two))
+	reload(one + credential("b", "acct2", 100))
 	b, ok := r.Route("acct2")
 	a, _ = r.Route("acct1")
 	if !ok || a.Rate != 75 || b.Rate != 75 {
 		t.Errorf("budgets at %v and %v after the reload, want 75 and 75: the share of 150 of each", a.Rate, b.Rate)
 	}
 	// The gate made at 100 keeps to its cut.
-	start := time.Now()
-	for range 11 {
-		pm, err := a.Gate.Acquire(context.Background(), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pm.Release()
-	}
-	if d, want := time.Since(start), 10*throttle.Interval(75); d < want {
+	if d, want := permitsTake(t, a, 11), 10*throttle.Interval(75); d < want {
 		t.Errorf("11 calls of budget a within %v after it was cut to 75/s, want at least %v", d, want)
+	}
+}
+
+// TestReloadedBudgetRateFollowsTheFile: a rate changed in the credentials
+// file, and a share of the address limit freed by a budget removed, apply
+// when the file is read again (SPEC §6), higher as well as lower; without
+// an address limit a rate can be lowered and raised back while revoker
+// runs, and one raised beyond the rate the budget started at applies at
+// the next start, which the log says.
+func TestReloadedBudgetRateFollowsTheFile(t *testing.T) {
+	head := "credentials:\n"
+	r, reload := reloading(t, 150, head+credential("a", "acct1", 4), zap.NewNop())
+	a, _ := r.Route("acct1")
+	if a.Rate != 4 {
+		t.Fatalf("budget a at %v, want 4", a.Rate)
+	}
+	if d, want := permitsTake(t, a, 3), 2*throttle.Interval(4); d < want {
+		t.Errorf("3 calls of budget a within %v at 4/s, want at least %v", d, want)
+	}
+
+	reload(head + credential("a", "acct1", 100))
+	if a, _ = r.Route("acct1"); a.Rate != 100 {
+		t.Errorf("budget a at %v after its rate was raised to 100, want 100", a.Rate)
+	}
+	permitsTake(t, a, 1) // the slot spaced at 4/s
+	// At 100/s, not 4/s: well within the time 9 calls take at 4/s.
+	if d, slow := permitsTake(t, a, 10), 9*throttle.Interval(4); d >= slow {
+		t.Errorf("10 calls of budget a took %v after its rate was raised to 100/s: still at 4/s", d)
+	}
+
+	reload(head + credential("a", "acct1", 100) + credential("b", "acct2", 150))
+	b, _ := r.Route("acct2")
+	if a, _ = r.Route("acct1"); a.Rate != 60 || b.Rate != 90 {
+		t.Errorf("budgets at %v and %v, want 60 and 90: 100 and 150 cut to 150 together", a.Rate, b.Rate)
+	}
+	if d, want := permitsTake(t, a, 7), 6*throttle.Interval(60); d < want {
+		t.Errorf("7 calls of budget a within %v at its share of 60/s, want at least %v", d, want)
+	}
+	reload(head + credential("a", "acct1", 100))
+	if a, _ = r.Route("acct1"); a.Rate != 100 {
+		t.Errorf("budget a at %v once b was removed, want its own 100 back", a.Rate)
+	}
+
+	core, logs := observer.New(zapcore.WarnLevel)
+	r, reload = reloading(t, 0, head+credential("a", "acct1", 8), zap.New(core))
+	if a, _ = r.Route("acct1"); a.Rate != 8 {
+		t.Fatalf("budget a at %v without an address limit, want 8", a.Rate)
+	}
+	reload(head + credential("a", "acct1", 2))
+	if a, _ = r.Route("acct1"); a.Rate != 2 {
+		t.Errorf("budget a at %v after its rate was lowered to 2 without an address limit, want 2", a.Rate)
+	}
+	if d, want := permitsTake(t, a, 4), 3*throttle.Interval(2); d < want {
+		t.Errorf("4 calls of budget a within %v after its rate was lowered to 2/s, want at least %v", d, want)
+	}
+	reload(head + credential("a", "acct1", 8))
+	if a, _ = r.Route("acct1"); a.Rate != 8 {
+		t.Errorf("budget a at %v after its rate was raised back to 8, want 8", a.Rate)
+	}
+	if logs.Len() != 0 {
+		t.Errorf("warnings for rates the budget can keep: %v", logs.All())
+	}
+	reload(head + credential("a", "acct1", 16))
+	if a, _ = r.Route("acct1"); a.Rate != 8 {
+		t.Errorf("budget a at %v after its rate was raised to 16 beyond the 8 it started at, without an address limit: want 8 until the next start", a.Rate)
+	}
+	if logs.FilterMessageSnippet("applies when revoker starts again").Len() != 1 {
+		t.Errorf("a raise that applies at the next start, not logged once as such: %v", logs.All())
 	}
 }
 

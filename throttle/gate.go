@@ -480,9 +480,9 @@ func (g *Gate) spacing() time.Duration {
 
 // Cap spaces permits at rate r (calls per second) at most, from the next
 // permit on, where r is below the gate's rate, and at the gate's rate
-// where it is not: a budget's share of a limit several budgets share, cut
-// again when the budgets change. It reports false for a gate without a
-// rate.
+// where it is not: a budget's rate, cut to its share of a limit several
+// budgets share, and set again, higher or lower, when the budgets change.
+// It reports false for a gate without a rate.
 func (g *Gate) Cap(r float64) bool {
 	if g.cfg.Rate <= 0 || r <= 0 {
 		return false
@@ -522,8 +522,8 @@ func (g *Gate) Follow(q float64) bool {
 // Quota follows the quota q (calls per second) an answer states
 // (Ratelimit-Policy): the gate's rate is lowered to it (Follow), or, for a
 // gate without a rate, its next permit waits one interval of it. It
-// reports whether q is below the gate's rate, or the gate has none: the
-// quota then spaces calls.
+// reports whether q spaces calls further apart than the gate's rate, as
+// capped, would, or the gate has none: the quota then spaces calls.
 func (g *Gate) Quota(q float64) bool {
 	if q <= 0 {
 		return false
@@ -532,7 +532,7 @@ func (g *Gate) Quota(q float64) bool {
 		g.Slow(g.cfg.Clock().Add(QuotaInterval(q)))
 		return true
 	}
-	return q < g.cfg.Rate
+	return QuotaInterval(q) > max(Interval(g.cfg.Rate), time.Duration(g.capped.Load()))
 }
 
 func (g *Gate) hold(now time.Time, d time.Duration, cause string) {

@@ -141,14 +141,14 @@ func fetch(ctx context.Context, cfg Config, account string) (*cloudflare.KeyList
 	return list, started, ""
 }
 
-// Claims returns, sorted by account and key, the keys whose believed record
-// in the window says they are gone. Per key, a revoked record beats every
-// other (a confirmation is never buried, SPEC §4 "The proof"), and among
-// the others the latest stored counts: a key whose latest record is
-// dead_lettered is not claimed gone, unless no call was made for that
-// event (an invalid event, an account not served): it says nothing of the
-// key. Records of keys without a valid account or key id (stored under
-// "_") name nothing that can be listed.
+// Claims returns, sorted by account and key, the keys that a record in
+// the window says are gone (SPEC §7: every key with a revoked or
+// not_found record), whatever the key's later records say: a not_found
+// followed by a dead letter ("404 on delete, but the key is still
+// listed") is exactly the false record the check is there to find. Per
+// key, a revoked record is the claim shown, else the latest not_found.
+// Records of keys without a valid account or key id (stored under "_")
+// name nothing that can be listed.
 // Messages there that are not records of their key go to stray (nil:
 // skipped).
 func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account string, since time.Time, stray func(queue.Stray)) ([]Claim, error) {
@@ -162,19 +162,16 @@ func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account
 		}
 		acct = account
 	}
-	believed := make(map[[2]string]event.Record)
+	claimed := make(map[[2]string]event.Record)
 	// EachOutcome believes a record only on its own key's subject and
 	// only if it names that key.
 	err := queue.EachOutcome(ctx, js, stream, prefix+"."+acct+".*", since, func(o event.Record) error {
-		if !cloudflare.ValidIdentifier(o.AccountID) || !cloudflare.ValidIdentifier(o.KeyID) {
+		if !o.Outcome.Succeeded() || !cloudflare.ValidIdentifier(o.AccountID) || !cloudflare.ValidIdentifier(o.KeyID) {
 			return nil
 		}
-		if o.Outcome == event.DeadLettered && o.Attempts == 0 {
-			return nil // refused before any call
-		}
 		k := [2]string{o.AccountID, o.KeyID}
-		if prev, ok := believed[k]; !ok || o.Outcome == event.Revoked || prev.Outcome != event.Revoked {
-			believed[k] = o
+		if prev, ok := claimed[k]; !ok || o.Outcome == event.Revoked || prev.Outcome != event.Revoked {
+			claimed[k] = o
 		}
 		return nil
 	}, stray)
@@ -182,10 +179,7 @@ func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account
 		return nil, fmt.Errorf("read %s: %w", stream, err)
 	}
 	var out []Claim
-	for _, o := range believed {
-		if !o.Outcome.Succeeded() {
-			continue
-		}
+	for _, o := range claimed {
 		out = append(out, Claim{AccountID: o.AccountID, KeyID: o.KeyID, Outcome: o.Outcome,
 			CompletedAt: o.CompletedAt, CFRay: o.CFRay, EventID: o.EventID})
 	}

@@ -86,10 +86,17 @@ func (r *rig) lists() int {
 	return n
 }
 
-func TestVerifyClaimsFollowTheBelievedRecord(t *testing.T) {
+// TestVerifyClaimsEveryKeyRecordedGone: every key with a revoked or
+// not_found record in the window is a claim, whatever came after it; a
+// revoked record is the one shown; records of events refused before a
+// call, of keys with no valid id, and messages that are not their key's
+// records claim nothing.
+func TestVerifyClaimsEveryKeyRecordedGone(t *testing.T) {
 	r := newRig(t)
 	r.record(acct, "k1", event.NotFound)
-	r.record(acct, "k1", event.DeadLettered) // latest: not claimed gone
+	// A later dead letter (say, "404 on delete, but the key is still
+	// listed") does not take back the claim: it is what the check is for.
+	r.record(acct, "k1", event.DeadLettered)
 	r.record(acct, "k2", event.DeadLettered)
 	r.record(acct, "k2", event.Revoked) // claimed
 	r.record(acct, "k3", event.Revoked)
@@ -118,7 +125,7 @@ func TestVerifyClaimsFollowTheBelievedRecord(t *testing.T) {
 	if len(strays) != 1 || strays[0].Subject != planted.Subject {
 		t.Errorf("strays %+v, want the record planted on %s", strays, planted.Subject)
 	}
-	want := map[string]event.Outcome{"k2": event.Revoked, "k3": event.Revoked, "k4": event.NotFound}
+	want := map[string]event.Outcome{"k1": event.NotFound, "k2": event.Revoked, "k3": event.Revoked, "k4": event.NotFound}
 	if len(got) != len(want) {
 		t.Fatalf("claims %+v, want keys %v", got, want)
 	}
@@ -126,6 +133,24 @@ func TestVerifyClaimsFollowTheBelievedRecord(t *testing.T) {
 		if want[c.KeyID] != c.Outcome || c.AccountID != acct || c.CFRay != "ray-"+c.KeyID {
 			t.Errorf("claim %+v, want outcome %q", c, want[c.KeyID])
 		}
+	}
+}
+
+// TestVerifyFindsANotFoundALaterDeadLetterFollowed: the trail says a key
+// is gone (not_found), a later event of the key was dead-lettered after a
+// call, and the key is still listed: the check prints it and fails (SPEC
+// §7), where it once took the dead letter as the key's last word.
+func TestVerifyFindsANotFoundALaterDeadLetterFollowed(t *testing.T) {
+	r := newRig(t)
+	r.api.KeepListed(acct, "alive")
+	r.record(acct, "alive", event.NotFound)
+	r.record(acct, "alive", event.DeadLettered)
+	rep, err := verify.Check(testCtx(t), r.cfg, "", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.StillListed) != 1 || rep.StillListed[0].KeyID != "alive" || rep.Proven() {
+		t.Fatalf("report %+v: the not_found record of %s/alive says the key is gone while the list holds it; want it still listed, not proven", rep, acct)
 	}
 }
 

@@ -38,6 +38,17 @@ func IsCloudEvent(contentType string) bool {
 	return err == nil && mt == CloudEventsContentType
 }
 
+// DecodeMessage decodes a message's body as the worker reads it: as a
+// structured-mode CloudEvent's data when contentType says it is one
+// (IsCloudEvent), else as the event itself.
+func DecodeMessage(contentType string, body []byte) (Event, error) {
+	if IsCloudEvent(contentType) {
+		ev, _, err := DecodeCloudEvent(body)
+		return ev, err
+	}
+	return Decode(body)
+}
+
 // MaxCloudEventBytes bounds a CloudEvent's whole body: its data is held to
 // MaxBytes as an event is, and the envelope around it may take as much
 // again (the work stream's message limit).

@@ -199,7 +199,9 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 	same := false
 	switch m, err := c.storedEvent(ctx, p.Stream, p.Sequence); {
 	case err == nil:
-		stored, err := event.Decode(m.Data)
+		// Read as the worker will read it: the same body under another
+		// Content-Type (a CloudEvent) is another event.
+		stored, err := event.DecodeMessage(m.header().Get("Content-Type"), m.Data)
 		same = err == nil && stored.AccountID == p.AccountID && stored.KeyID == p.KeyID && m.Subject == p.Subject
 		p.StoredAt = m.Time
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
@@ -225,38 +227,17 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 // envelope, so the permission to ask (the publisher's, deploy/nats-auth)
 // cannot be turned into writing a stored body onto another subject, as a
 // direct get's raw answer could.
-func (c *Client) storedEvent(ctx context.Context, stream string, seq uint64) (*jetstream.RawStreamMsg, error) {
-	req, err := json.Marshal(struct {
-		Seq uint64 `json:"seq"`
-	}{seq})
-	if err != nil {
-		return nil, err
-	}
-	reply, err := c.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, req)
-	if err != nil {
-		return nil, err
-	}
-	var resp struct {
-		Error *jetstream.APIError `json:"error"`
-		Msg   *struct {
-			Subject string    `json:"subject"`
-			Seq     uint64    `json:"seq"`
-			Data    []byte    `json:"data"`
-			Time    time.Time `json:"time"`
-		} `json:"message"`
-	}
-	if err := json.Unmarshal(reply.Data, &resp); err != nil {
-		return nil, fmt.Errorf("read message %d of %s: %w", seq, stream, err)
-	}
+func (c *Client) storedEvent(ctx context.Context, stream string, seq uint64) (*storedMsg, error) {
+	m, err := msgGetOn(ctx, c.nc, stream, msgGetRequest{Seq: seq})
 	switch {
-	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+	case err != nil:
+		return nil, err
+	case m == nil:
 		return nil, jetstream.ErrMsgNotFound
-	case resp.Error != nil:
-		return nil, resp.Error
-	case resp.Msg == nil || resp.Msg.Seq != seq:
+	case m.Seq != seq:
 		return nil, fmt.Errorf("read message %d of %s: no such message in the answer", seq, stream)
 	}
-	return &jetstream.RawStreamMsg{Subject: resp.Msg.Subject, Sequence: resp.Msg.Seq, Data: resp.Msg.Data, Time: resp.Msg.Time}, nil
+	return m, nil
 }
 
 // Batch publishes many events with up to publishWindow acknowledgements

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/event"
@@ -38,6 +40,22 @@ func TestPublishWithAnIDTaken(t *testing.T) {
 	}
 	if _, err := pub("keyB"); !errors.Is(err, queue.ErrIDTaken) {
 		t.Fatalf("another key under a taken id: %v, want ErrIDTaken", err)
+	}
+
+	// The same body stored first as a CloudEvent (planted under an id a
+	// caller will use) is not the same event: the worker reads it as an
+	// envelope, dead-letters it as invalid, and calls for no key.
+	ev := event.Event{AccountID: "acct01", KeyID: "keyC"}
+	body, _ := json.Marshal(ev)
+	planted := nats.NewMsg(s.cfg.LowestPriority())
+	planted.Data = body
+	planted.Header.Set(jetstream.MsgIDHeader, "Y")
+	planted.Header.Set("Content-Type", event.CloudEventsContentType)
+	if _, err := s.js.PublishMsg(dlqTCtx(t), planted); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.Publish(dlqTCtx(t), s.cfg.LowestPriority(), "Y", ev, body); !errors.Is(err, queue.ErrIDTaken) {
+		t.Fatalf("the same body stored as a CloudEvent under the id: %+v, %v; want ErrIDTaken", p, err)
 	}
 }
 

@@ -34,6 +34,11 @@ type msgGetRequest struct {
 // stored bytes themselves and can be sent to any subject (deploy/nats-auth).
 // It answers nil, nil when there is no such message.
 func msgGet(ctx context.Context, js jetstream.JetStream, stream string, req msgGetRequest) (*storedMsg, error) {
+	return msgGetOn(ctx, js.Conn(), stream, req)
+}
+
+// msgGetOn is msgGet on a connection without a JetStream context.
+func msgGetOn(ctx context.Context, nc *nats.Conn, stream string, req msgGetRequest) (*storedMsg, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -43,7 +48,7 @@ func msgGet(ctx context.Context, js jetstream.JetStream, stream string, req msgG
 		ctx, cancel = context.WithTimeout(ctx, defaultTimeout)
 		defer cancel()
 	}
-	msg, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, body)
+	msg, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, body)
 	if err != nil {
 		return nil, fmt.Errorf("read stream %s: %w", stream, err)
 	}

@@ -131,14 +131,7 @@ func dlqRow(r queue.DeadLetterRecord) deadLetterRow {
 	row := deadLetterRow{DeadLetterRecord: r, Body: string(r.Body)}
 	// The worker's rules, so an identifier shown is one it would accept;
 	// the body of an invalid event is shown only in --json.
-	decode := event.Decode
-	if event.IsCloudEvent(r.ContentType) {
-		decode = func(b []byte) (event.Event, error) {
-			ev, _, err := event.DecodeCloudEvent(b)
-			return ev, err
-		}
-	}
-	if ev, err := decode(r.Body); err == nil {
+	if ev, err := event.DecodeMessage(r.ContentType, r.Body); err == nil {
 		row.AccountID, row.KeyID = ev.AccountID, ev.KeyID
 	}
 	return row

@@ -38,12 +38,13 @@ var (
 	KindKeyReused         = Kind{"idempotency-key-reused", "The idempotency key was used with another body", http.StatusUnprocessableEntity}
 	KindRateLimited       = Kind{"rate-limited", "Too many requests from this caller", http.StatusTooManyRequests}
 	KindUnavailable       = Kind{"unavailable", "NATS is unreachable or the work stream refused the event: nothing was stored", http.StatusServiceUnavailable}
+	KindStoreUnknown      = Kind{"store-unknown", "The work stream's answer was lost: the event may have been stored; repeat the request with the same idempotency key, which never stores it twice", http.StatusServiceUnavailable}
 	KindTooManyWaiting    = Kind{"too-many-waiting", "Too many requests are waiting for outcomes: nothing was stored", http.StatusServiceUnavailable}
 	KindTrailUnavailable  = Kind{"trail-unavailable", "The audit trail cannot be read now", http.StatusServiceUnavailable}
 	KindOutcomeRecordsOff = Kind{"outcome-records-off", "Outcome records are off: no record can be read", http.StatusNotFound}
 	KindInternal          = Kind{"internal", "Internal error", http.StatusInternalServerError}
 	// allKinds lists every kind, for the check that each is documented.
-	allKinds = []Kind{KindInvalidEvent, KindInvalidRequest, KindUnauthorized, KindUrgentNotAllowed, KindAccountNotAllowed, KindNotFound, KindMethodNotAllowed, KindInProgress, KindIDTaken, KindTooLarge, KindUnsupportedMedia, KindKeyReused, KindRateLimited, KindUnavailable, KindTooManyWaiting, KindTrailUnavailable, KindOutcomeRecordsOff, KindInternal}
+	allKinds = []Kind{KindInvalidEvent, KindInvalidRequest, KindUnauthorized, KindUrgentNotAllowed, KindAccountNotAllowed, KindNotFound, KindMethodNotAllowed, KindInProgress, KindIDTaken, KindTooLarge, KindUnsupportedMedia, KindKeyReused, KindRateLimited, KindUnavailable, KindStoreUnknown, KindTooManyWaiting, KindTrailUnavailable, KindOutcomeRecordsOff, KindInternal}
 )
 
 // Type is the kind's type URI.

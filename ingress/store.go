@@ -2,18 +2,22 @@ package ingress
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // The ingress's key-value bucket: one entry per event it stored, for the
@@ -63,6 +67,9 @@ type entry struct {
 	// ingress could read it back (StoredAt is the ingress's own clock):
 	// only records of that very event are believed.
 	EventStoredAt time.Time `json:"event_stored_at,omitzero"`
+	// StoredAs is the id the event is stored under when it is not
+	// EventID: another event held that id (see publish).
+	StoredAs string `json:"stored_as,omitempty"`
 
 	// repeat: a request before this one stored the event.
 	repeat bool
@@ -70,8 +77,16 @@ type entry struct {
 
 // published is the stored event an entry names.
 func (e entry) published() queue.Published {
-	return queue.Published{EventID: e.EventID, AccountID: e.AccountID, KeyID: e.KeyID, Subject: e.Subject,
+	return queue.Published{EventID: e.storedID(), AccountID: e.AccountID, KeyID: e.KeyID, Subject: e.Subject,
 		Stream: e.Stream, Sequence: e.Sequence, TraceID: e.TraceID, StoredAt: e.EventStoredAt}
+}
+
+// storedID is the id the work stream holds the event under.
+func (e entry) storedID() string {
+	if e.StoredAs != "" {
+		return e.StoredAs
+	}
+	return e.EventID
 }
 
 // sane reports whether an entry read from the bucket is one the ingress
@@ -79,7 +94,8 @@ func (e entry) published() queue.Published {
 // from shared state is checked, not believed).
 func (e entry) sane(id string) bool {
 	ok := e.EventID == id && callerName.MatchString(e.Caller) && len(e.BodySHA256) == 64 &&
-		cloudflare.ValidIdentifier(e.AccountID) && cloudflare.ValidIdentifier(e.KeyID)
+		cloudflare.ValidIdentifier(e.AccountID) && cloudflare.ValidIdentifier(e.KeyID) &&
+		(e.StoredAs == "" || strings.HasPrefix(e.StoredAs, id+":"))
 	switch e.State {
 	case stateStoring:
 		return ok
@@ -171,10 +187,10 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 		if s.now().Sub(first.ClaimedAt) < StaleClaim {
 			return entry{}, problem(KindInProgress, "a request with this idempotency key is still being stored: repeat it shortly").retry(1)
 		}
-		// The first request's replica stopped while storing: take its claim
-		// over. Publishing under the same id is safe (the work stream drops
-		// a duplicate within its window).
-		claim.ClaimedAt = s.now()
+		// The first request's replica stopped while storing, or lost the
+		// stream's answer: take its claim over. Publishing under the same
+		// id is safe (the work stream drops a duplicate within its window).
+		claim.ClaimedAt, claim.StoredAs = s.now(), first.StoredAs
 		value, _ = json.Marshal(claim)
 		rev, err = kv.Update(ctx, key, value, got.Revision())
 		if err == nil {
@@ -189,16 +205,46 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 }
 
 // publish stores the claimed event in the work stream and marks its entry
-// stored. A publish that fails releases the claim, so a retry is not
-// refused as in progress.
+// stored.
+//
+// An id another event holds (a publisher may plant one under the id a
+// caller's key will make) does not refuse the request: an incident's
+// revocation must not be lost to a 409 a paging tool drops. The event is
+// stored under the id, a colon and a suffix nobody can guess, kept in the
+// claim first so that a request taking the claim over uses it too.
+//
+// A publish the stream refused releases the claim, so a retry is not
+// refused as in progress. One whose answer was lost (a timeout, a dropped
+// connection) may have been stored: the claim is kept, marked stale, so
+// that a repeat takes it over at once and publishes under the same id,
+// which the stream drops as a duplicate if the first was stored.
 func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, claim entry, ev event.Event, body []byte) (entry, *Problem) {
-	p, err := s.cfg.Client.Publish(ctx, claim.Subject, claim.EventID, ev, body)
+	p, err := s.cfg.Client.Publish(ctx, claim.Subject, claim.storedID(), ev, body)
+	if errors.Is(err, queue.ErrIDTaken) && claim.StoredAs == "" {
+		s.log.Warn("ingress: another event holds the id this request makes; storing it under an id of its own",
+			zap.String("event_id", untrusted.Line(claim.EventID, 256)))
+		claim.StoredAs = claim.EventID + ":" + rand.Text()
+		value, _ := json.Marshal(claim)
+		if rev, err = kv.Update(ctx, key, value, rev); err == nil {
+			p, err = s.cfg.Client.Publish(ctx, claim.Subject, claim.StoredAs, ev, body)
+		}
+	}
 	if err != nil {
+		if !refused(err) {
+			claim.ClaimedAt = time.Time{}
+			value, _ := json.Marshal(claim)
+			if _, uerr := kv.Update(ctx, key, value, rev); uerr != nil {
+				s.log.Warn("ingress: a claim whose event may be stored could not be marked for a repeat; a repeat waits out the stale-claim time",
+					zap.Duration("stale_after", StaleClaim), zap.Error(uerr))
+			}
+			s.log.Warn("ingress: the work stream's answer was lost; the event may be stored", zap.Error(err))
+			return entry{}, problem(KindStoreUnknown, "the work stream's answer was lost: the event may have been stored; repeat the request with the same idempotency key, which never stores it twice").retry(retryUnavailable)
+		}
 		if derr := kv.Delete(ctx, key, jetstream.LastRevision(rev)); derr != nil {
 			s.log.Warn("ingress: a failed claim could not be released; its id waits out the stale-claim time",
 				zap.Duration("stale_after", StaleClaim), zap.Error(derr))
 		}
-		if errors.Is(err, queue.ErrIDTaken) || errors.Is(err, queue.ErrIDUnverified) {
+		if errors.Is(err, queue.ErrIDTaken) {
 			return entry{}, problem(KindIDTaken, "%v", err)
 		}
 		s.log.Warn("ingress: an event could not be stored", zap.Error(err))
@@ -242,6 +288,16 @@ func (s *Server) markStored(kv jetstream.KeyValue, key string, value []byte, rev
 			return
 		}
 	}
+}
+
+// refused reports whether a publish error proves the event was not
+// stored: the stream answered no, no stream answered at all, or the
+// publisher could not tell whether it was the same event (nothing new was
+// stored then). A timeout or a connection lost in between proves nothing.
+func refused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, queue.ErrIDTaken) || errors.Is(err, queue.ErrIDUnverified)
 }
 
 // wrongLastSequence reports a write refused because the key's revision

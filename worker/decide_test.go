@@ -43,9 +43,16 @@ type fakeDelivery struct {
 }
 
 func (d *fakeDelivery) Body() []byte { return []byte(d.body) }
+
+// ID is id, else "ev-1", the message's own id; a delivery given headers
+// has that id only where they hold Nats-Msg-Id in JetStream's letter case,
+// else it is named by its place, as queue.Delivery's is.
 func (d *fakeDelivery) ID() string {
 	if d.id != "" {
 		return d.id
+	}
+	if _, ok := d.header["Nats-Msg-Id"]; d.header != nil && !ok {
+		return fmt.Sprintf("%s:%d", d.Stream(), d.Sequence())
 	}
 	return "ev-1"
 }

@@ -57,6 +57,23 @@ func TestCloudEvent(t *testing.T) {
 		t.Fatalf("event id %q; a Nats-Msg-Id beats the CloudEvent's id", o.EventID)
 	}
 
+	// A header in another letter case is no Nats-Msg-Id to JetStream,
+	// which neither dedupes on it nor names the event by it.
+	lower := map[string]string{"Content-Type": ct["Content-Type"], "nats-msg-id": "pub-2"}
+	h = newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: ce, header: lower})
+	if o := onlyRecord(t, h); o.EventID != "ce-42" {
+		t.Fatalf("event id %q with a lower-case nats-msg-id header; want the CloudEvent's ce-42", o.EventID)
+	}
+	// A traceparent header that is no trace context leaves the
+	// CloudEvent's own.
+	badTrace := map[string]string{"Content-Type": ct["Content-Type"], "traceparent": "not-a-traceparent"}
+	h = newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: ce, header: badTrace})
+	if o := onlyRecord(t, h); o.TraceID != traceID {
+		t.Fatalf("trace_id %q with an invalid traceparent header; want the CloudEvent's %s", o.TraceID, traceID)
+	}
+
 	h = newHarness(t, nil, answer(200, revoked, 0))
 	h.handle(&fakeDelivery{body: `{"specversion":"0.3","id":"x","source":"s","type":"t","data":` + goodEvent + `}`, header: ct})
 	if o := onlyRecord(t, h); o.Outcome != event.DeadLettered || o.Reason != event.InvalidEvent || h.api.calls != 0 {

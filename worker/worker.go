@@ -396,6 +396,7 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	// One event's spans form one trace, across deliveries and replicas: the
 	// context it carries, or one derived from where it is stored.
 	work = tracing.Extract(work, d.Header)
+	headerTrace := tracing.TraceID(work) != "" // a valid traceparent header
 	if tracing.Enabled() {
 		// Only a recording provider makes trace ids from it; with tracing
 		// off, an event carries the trace id it was given, if any.
@@ -409,10 +410,12 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	if cloudEvent {
 		// A CloudEvent carries its id and trace context in its envelope.
 		a.ev, ce, decodeErr = event.DecodeCloudEvent(d.Body())
-		if ce.TraceParent != "" && d.Header("traceparent") == "" {
+		if ce.TraceParent != "" && !headerTrace {
 			work = tracing.FromTraceParent(work, ce.TraceParent, ce.TraceState)
 		}
-		if ce.ID != "" && d.Header(jetstreamMsgID) == "" {
+		// Unless the message has an id of its own: a Nats-Msg-Id header
+		// as JetStream reads it (in that letter case), which ID returns.
+		if ce.ID != "" && a.id == d.Stream()+":"+strconv.FormatUint(d.Sequence(), 10) {
 			a.id = ce.ID
 		}
 	}
@@ -603,10 +606,6 @@ func (w *Worker) take(ctx context.Context, k eventKey) (release func(), ok bool)
 func (w *Worker) lane(p int) metrics.Lane {
 	return w.lanes[min(max(p, 0), len(w.lanes)-1)]
 }
-
-// jetstreamMsgID is the header of a publisher's message id (the event's id
-// when set; SPEC §2).
-const jetstreamMsgID = "Nats-Msg-Id"
 
 // errMoved: the event's ledger entry changed since this delivery last read
 // it (another replica's delivery, or one before a crash, made calls).

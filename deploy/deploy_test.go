@@ -5,6 +5,7 @@ package deploy_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -582,6 +583,24 @@ var secretName = regexp.MustCompile(`TOKEN$|PASSWORD|SECRET|API_KEY$`)
 
 // urlWithUser matches a URL carrying a user or password.
 var urlWithUser = regexp.MustCompile(`[a-z]+://[^/\s,]*@`)
+
+// TestKubernetesWorkerReadsItsOwnInbox: the Deployment's worker uses the
+// inbox prefix whose replies deploy/nats-auth lets the worker user read;
+// with any other (the default _INBOX) its first request is refused.
+func TestKubernetesWorkerReadsItsOwnInbox(t *testing.T) {
+	prefix := readEnvFile(t)["REVOKER_NATS_INBOX_PREFIX"]
+	conf, err := os.ReadFile(filepath.Join("nats-auth", "nats-server.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	worker := regexp.MustCompile(`(?s)WORKER_PERMISSIONS = \{.*?subscribe = \[(.*?)\]`).FindSubmatch(conf)
+	if worker == nil {
+		t.Fatal("nats-server.conf: no subscribe list in WORKER_PERMISSIONS")
+	}
+	if prefix == "" || !bytes.Contains(worker[1], []byte(`"`+prefix+`.>"`)) {
+		t.Errorf("config.env: REVOKER_NATS_INBOX_PREFIX=%q, but the worker user of nats-auth may read replies only on %s", prefix, worker[1])
+	}
+}
 
 // TestKubernetesSecretsStayInSecrets: nothing secret is in config.env (a
 // ConfigMap) or written into the Deployment; the NATS URL (which may hold

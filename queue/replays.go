@@ -222,9 +222,11 @@ func (r *Replays) Verify(ctx context.Context, msgID, claimed string) (bool, erro
 }
 
 // VerifyBody is Verify that also requires the delivery's body to be the
-// one the replayer republished under msgID, so that a message published
-// later under the same id, claiming the same event, does not pass.
-func (r *Replays) VerifyBody(ctx context.Context, msgID, claimed string, body []byte) (bool, error) {
+// one the replayer republished under msgID and, once the replayer knows
+// where the work stream stored it, the delivery's sequence seq to be
+// that: a message published later under the same id, claiming the same
+// event with the same body, does not pass.
+func (r *Replays) VerifyBody(ctx context.Context, msgID, claimed string, body []byte, seq uint64) (bool, error) {
 	if msgID == "" || claimed == "" {
 		return false, nil
 	}
@@ -232,5 +234,5 @@ func (r *Replays) VerifyBody(ctx context.Context, msgID, claimed string, body []
 	if err != nil {
 		return false, err
 	}
-	return found && n.names(claimed, body), nil
+	return found && n.names(claimed, body) && (n.WorkSequence == 0 || n.WorkSequence == seq), nil
 }

@@ -64,7 +64,7 @@ func TestVerifyBelievesOnlyNotedReplays(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		withBody, err := replays.VerifyBody(ctx, id, claim, m.Data)
+		withBody, err := replays.VerifyBody(ctx, id, claim, m.Data, seq)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,20 +116,34 @@ func TestVerifyBodyRefusesReusedReplayID(t *testing.T) {
 	if err != nil || res.MsgID != queue.ReplayMsgID(1) {
 		t.Fatalf("replay %+v %v", res, err)
 	}
-	decoy := nats.NewMsg("revoke.urgent")
-	decoy.Data = []byte(`{"account_id":"a","key_id":"decoy"}`)
-	decoy.Header.Set(jetstream.MsgIDHeader, res.MsgID)
-	decoy.Header.Set(queue.HeaderReplayOf, "orig-1")
-	queuetest.Eventually(t, 5*time.Second, "the decoy stored under the replay's id", func() bool {
-		ack, err := js.PublishMsg(ctx, decoy)
-		return err == nil && !ack.Duplicate
-	})
+	// Once the duplicate window has passed, anyone may publish under the
+	// replay's id again: another body, or the replayed body itself.
+	republish := func(body string) uint64 {
+		t.Helper()
+		decoy := nats.NewMsg("revoke.urgent")
+		decoy.Data = []byte(body)
+		decoy.Header.Set(jetstream.MsgIDHeader, res.MsgID)
+		decoy.Header.Set(queue.HeaderReplayOf, "orig-1")
+		var seq uint64
+		queuetest.Eventually(t, 5*time.Second, "a decoy stored under the replay's id", func() bool {
+			ack, err := js.PublishMsg(ctx, decoy)
+			seq = ack.Sequence
+			return err == nil && !ack.Duplicate
+		})
+		return seq
+	}
+	other := `{"account_id":"a","key_id":"decoy"}`
+	otherSeq := republish(other)
+	sameSeq := republish(body)
 
 	replays := dlqTReplays(t, js, cfg)
-	if ok, err := replays.VerifyBody(ctx, res.MsgID, "orig-1", decoy.Data); err != nil || ok {
+	if ok, err := replays.VerifyBody(ctx, res.MsgID, "orig-1", []byte(other), otherSeq); err != nil || ok {
 		t.Fatalf("the decoy verified as the replay: %v %v", ok, err)
 	}
-	if ok, err := replays.VerifyBody(ctx, res.MsgID, "orig-1", []byte(body)); err != nil || !ok {
+	if ok, err := replays.VerifyBody(ctx, res.MsgID, "orig-1", []byte(body), sameSeq); err != nil || ok {
+		t.Fatalf("the replayed body published again at %d verified as the replay at %d: %v %v", sameSeq, res.WorkSequence, ok, err)
+	}
+	if ok, err := replays.VerifyBody(ctx, res.MsgID, "orig-1", []byte(body), res.WorkSequence); err != nil || !ok {
 		t.Fatalf("the replay itself not verified: %v %v", ok, err)
 	}
 }

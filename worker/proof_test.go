@@ -401,7 +401,7 @@ func TestConfirmationReachesTheTrailWhenItComesBack(t *testing.T) {
 // fakeReplays says which replay claims are true.
 type fakeReplays map[string]string
 
-func (r fakeReplays) VerifyBody(_ context.Context, msgID, claimed string, _ []byte) (bool, error) {
+func (r fakeReplays) VerifyBody(_ context.Context, msgID, claimed string, _ []byte, _ uint64) (bool, error) {
 	return r[msgID] == claimed, nil
 }
 

@@ -191,9 +191,9 @@ var _ API = (*cloudflare.Client)(nil)
 // Replays tells whether a delivery's claim to replay a dead letter is true:
 // only the operator's replay leaves the mark it checks.
 type Replays interface {
-	// VerifyBody reports whether the message msgID with body is the
-	// operator's replay of the event claimed.
-	VerifyBody(ctx context.Context, msgID, claimed string, body []byte) (bool, error)
+	// VerifyBody reports whether the message msgID with body, at seq of
+	// the work stream, is the operator's replay of the event claimed.
+	VerifyBody(ctx context.Context, msgID, claimed string, body []byte, seq uint64) (bool, error)
 }
 
 // Route is how the calls for one account are made: the credential that
@@ -1811,7 +1811,7 @@ func (w *Worker) replayOf(a *attempt) string {
 	if claimed == "" || w.Replays == nil {
 		return ""
 	}
-	ok, err := w.Replays.VerifyBody(a.work, a.d.ID(), claimed, a.d.Body())
+	ok, err := w.Replays.VerifyBody(a.work, a.d.ID(), claimed, a.d.Body(), a.d.Sequence())
 	if err != nil || !ok {
 		if err == nil {
 			w.Log.Warn("the event claims to replay a dead letter, but no replay left its mark; replay_of left out",

@@ -280,7 +280,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := wReplays.VerifyBody(ctx, "replay:99", "ev-2", []byte("body")); err != nil || !ok {
+	if ok, err := wReplays.VerifyBody(ctx, "replay:99", "ev-2", []byte("body"), 1); err != nil || !ok {
 		t.Fatalf("worker's check of the operator's replay note: %v, %v", ok, err)
 	}
 	wKV := bucketAs(ctx, t, srv, "worker", workerPW, "revoker_replays", &workerRefusals)
@@ -293,7 +293,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	waitFor(t, 10*time.Second, "worker refused on $KV.revoker_replays", func() bool {
 		return workerRefusals.has("$KV.revoker_replays." + noteKey)
 	})
-	if ok, err := opReplays.VerifyBody(ctx, "replay:99", "ev-2", []byte("body")); err != nil || !ok {
+	if ok, err := opReplays.VerifyBody(ctx, "replay:99", "ev-2", []byte("body"), 1); err != nil || !ok {
 		t.Fatalf("the note after the worker's refused write: %v, %v", ok, err)
 	}
 

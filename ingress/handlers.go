@@ -413,7 +413,7 @@ func (s *Server) getKey(w http.ResponseWriter, r *http.Request, c *call) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), cl.Timeout)
 	defer cancel()
-	recs, err := queue.KeyOutcomes(ctx, cl.JetStream(), cl.OutcomeStream, cl.OutcomePrefix, account, key)
+	recs, err := queue.KeyOutcomes(ctx, cl.JetStream(), cl.OutcomeStream, cl.OutcomePrefix, account, key, cl.Stray)
 	if err != nil {
 		s.log.Warn("ingress: audit trail unreadable", zap.Error(err))
 		s.fail(w, c, problem(KindTrailUnavailable, "the audit trail cannot be read: try again").retry(retryUnavailable))

@@ -476,6 +476,24 @@ func TestIngressKeyRecords(t *testing.T) {
 		t.Fatalf("%s", r.body)
 	}
 	h.do(h.get("/v1/keys/"+tAccount+"/bad%2Did", bearer(tToken)...)).want(t, http.StatusBadRequest, KindInvalidRequest)
+
+	// A record of another key stored on this key's subject is neither
+	// answered nor passed over in silence (SPEC §4 "The proof", point 8).
+	var strays []queue.Stray
+	var mu sync.Mutex
+	h.client.Stray = func(s queue.Stray) { mu.Lock(); strays = append(strays, s); mu.Unlock() }
+	planted := queue.OutcomeMsg(h.topo.OutcomePrefix, event.Record{EventID: "x", AccountID: tAccount, KeyID: "other", Outcome: event.Revoked})
+	planted.Subject = queue.OutcomeSubject(h.topo.OutcomePrefix, tAccount, "plantk")
+	if _, err := h.js.PublishMsg(context.Background(), planted); err != nil {
+		t.Fatal(err)
+	}
+	r = h.do(h.get("/v1/keys/"+tAccount+"/plantk", bearer(tToken)...))
+	r.want(t, http.StatusOK)
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(string(r.body), `"records":[]`) || len(strays) != 1 || strays[0].Subject != planted.Subject {
+		t.Fatalf("answer %s, strays reported %+v; want no records and the planted message reported", r.body, strays)
+	}
 }
 
 // The OpenAPI document is served; unknown routes and methods are problems.

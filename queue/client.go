@@ -27,6 +27,10 @@ type Client struct {
 	Stream, OutcomeStream, OutcomePrefix string
 	// Timeout bounds one request (default 10 s).
 	Timeout time.Duration
+	// Stray hears of each message found on a key's outcome subject that
+	// is not a record of that key, and so is not believed (SPEC §4 "The
+	// proof", point 8); nil: not reported.
+	Stray func(Stray)
 }
 
 // ClientTimeouts of a one-shot connection: an operator is told at once
@@ -488,6 +492,6 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 func (c *Client) Recorded(ctx context.Context, p Published) (event.Record, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
-	b, err := believe(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), p.StoredAt, p.Answers)
+	b, err := believe(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), p.StoredAt, p.Answers, c.Stray)
 	return b.rec, b.found, err
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
@@ -124,20 +125,21 @@ type believed struct {
 // event existed could not know it. (Comparing the record's own store time
 // with the event's would compare two servers' clocks: the work and outcome
 // streams may have different leaders.)
-func believe(ctx context.Context, js jetstream.JetStream, stream, subject string, storedAt time.Time, match func(event.Record) bool) (believed, error) {
+func believe(ctx context.Context, js jetstream.JetStream, stream, subject string, storedAt time.Time, match func(event.Record) bool, stray func(Stray)) (believed, error) {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return believed{}, fmt.Errorf("stream %s: %w", stream, err)
 	}
-	return believeIn(ctx, s, subject, storedAt, match)
+	return believeIn(ctx, s, subject, storedAt, match, stray)
 }
 
-// believeIn is believe on a stream already at hand.
-func believeIn(ctx context.Context, s msgGetter, subject string, storedAt time.Time, match func(event.Record) bool) (b believed, err error) {
+// believeIn is believe on a stream already at hand. A message on subject
+// that is not a record of its key goes to stray (nil: skipped).
+func believeIn(ctx context.Context, s msgGetter, subject string, storedAt time.Time, match func(event.Record) bool, stray func(Stray)) (b believed, err error) {
 	err = eachIn(ctx, s, subject, func(m *jetstream.RawStreamMsg) bool {
 		b.last = m.Sequence
-		var o event.Record
-		if json.Unmarshal(m.Data, &o) != nil || !onOwnSubject(subject, o) || !match(o) || !sameStoredAt(o, storedAt) {
+		o, ok := recordOn(m, stray)
+		if !ok || !match(o) || !sameStoredAt(o, storedAt) {
 			return true
 		}
 		if !b.found || o.Outcome == event.Revoked || b.rec.Outcome != event.Revoked {
@@ -148,13 +150,25 @@ func believeIn(ctx context.Context, s msgGetter, subject string, storedAt time.T
 	return b, err
 }
 
+// LogStray reports a stray message on log (nil: nowhere) as a warning.
+func LogStray(log *zap.Logger) func(Stray) {
+	if log == nil {
+		return nil
+	}
+	return func(s Stray) {
+		log.Warn("a message on a key's outcome subject is not a record of that key: not believed",
+			zap.String("subject", s.Subject), zap.Uint64("sequence", s.Sequence))
+	}
+}
+
 // KeyOutcomes returns the records of one key, oldest first, reading only
-// the key's own subject.
-func KeyOutcomes(ctx context.Context, js jetstream.JetStream, stream, prefix, account, key string) ([]event.Record, error) {
+// the key's own subject; any other message there goes to stray (nil:
+// skipped).
+func KeyOutcomes(ctx context.Context, js jetstream.JetStream, stream, prefix, account, key string, stray func(Stray)) ([]event.Record, error) {
 	var out []event.Record
 	subject := OutcomeSubject(prefix, account, key)
 	err := eachOnSubject(ctx, js, stream, subject, func(m *jetstream.RawStreamMsg) bool {
-		if o, ok := recordOn(m, nil); ok {
+		if o, ok := recordOn(m, stray); ok {
 			out = append(out, o)
 		}
 		return true

@@ -307,7 +307,7 @@ func (r *Records) believe(ctx context.Context, subject string, storedAt time.Tim
 		sp = &s
 		r.outcomes.Store(sp)
 	}
-	b, err := believeIn(ctx, *sp, subject, storedAt, match)
+	b, err := believeIn(ctx, *sp, subject, storedAt, match, LogStray(r.Log))
 	if err != nil {
 		r.outcomes.CompareAndSwap(sp, nil)
 	}

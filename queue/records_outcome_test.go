@@ -80,7 +80,7 @@ func (o *outcomeT) outcome(rec event.Record) event.Record {
 // onSubject returns the records stored on key k's subject.
 func (o *outcomeT) onSubject(k string) []event.Record {
 	o.t.Helper()
-	recs, err := queue.KeyOutcomes(dlqTCtx(o.t), o.js, o.cfg.OutcomeStream, o.cfg.OutcomeSubject, "acct01", k)
+	recs, err := queue.KeyOutcomes(dlqTCtx(o.t), o.js, o.cfg.OutcomeStream, o.cfg.OutcomeSubject, "acct01", k, nil)
 	if err != nil {
 		o.t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ func BenchmarkKeyLookup(b *testing.B) {
 
 			b.Run("KeyOutcomes/3", func(b *testing.B) {
 				for range b.N {
-					recs, err := queue.KeyOutcomes(ctx, js, cfg.OutcomeStream, cfg.OutcomeSubject, "acct", "k0")
+					recs, err := queue.KeyOutcomes(ctx, js, cfg.OutcomeStream, cfg.OutcomeSubject, "acct", "k0", nil)
 					if err != nil || len(recs) != 3 {
 						b.Fatalf("%d records, %v", len(recs), err)
 					}
@@ -61,7 +61,7 @@ func BenchmarkKeyLookup(b *testing.B) {
 			})
 			b.Run("KeyOutcomes/1", func(b *testing.B) {
 				for range b.N {
-					recs, err := queue.KeyOutcomes(ctx, js, cfg.OutcomeStream, cfg.OutcomeSubject, "acct", "solo")
+					recs, err := queue.KeyOutcomes(ctx, js, cfg.OutcomeStream, cfg.OutcomeSubject, "acct", "solo", nil)
 					if err != nil || len(recs) != 1 {
 						b.Fatalf("%d records, %v", len(recs), err)
 					}

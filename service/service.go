@@ -524,7 +524,7 @@ func hasKeyOf(r StatusRequest) bool { return r.AccountID != "" }
 // (a weaker match than a sequence: ids can be reused).
 func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRequest) {
 	c := s.cfg.Client
-	recs, err := queue.KeyOutcomes(ctx, c.JetStream(), c.OutcomeStream, c.OutcomePrefix, r.AccountID, r.KeyID)
+	recs, err := queue.KeyOutcomes(ctx, c.JetStream(), c.OutcomeStream, c.OutcomePrefix, r.AccountID, r.KeyID, c.Stray)
 	if err != nil {
 		s.fail(req, 503, "the audit trail cannot be read: try again")
 		return

@@ -454,6 +454,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	// subjects) per process, shared by the NATS service (SPEC §12) and the
 	// HTTP ingress (§11), which run on this connection until the run ends.
 	client := queue.ClientOn(nc.Conn, js, cfg.Topology())
+	client.Stray = queue.LogStray(log)
 	var waiter *queue.Waiter
 	if cfg.OutcomeEnabled() {
 		if waiter, err = queue.NewWaiter(client); err != nil {

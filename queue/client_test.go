@@ -57,6 +57,17 @@ func TestPublishWithAnIDTaken(t *testing.T) {
 	if p, err := c.Publish(dlqTCtx(t), s.cfg.LowestPriority(), "Y", ev, body); !errors.Is(err, queue.ErrIDTaken) {
 		t.Fatalf("the same body stored as a CloudEvent under the id: %+v, %v; want ErrIDTaken", p, err)
 	}
+	// The worker reads headers in any letter case: so does the check.
+	lower := nats.NewMsg(s.cfg.LowestPriority())
+	lower.Data = body
+	lower.Header.Set(jetstream.MsgIDHeader, "Z")
+	lower.Header["content-type"] = []string{event.CloudEventsContentType}
+	if _, err := s.js.PublishMsg(dlqTCtx(t), lower); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.Publish(dlqTCtx(t), s.cfg.LowestPriority(), "Z", ev, body); !errors.Is(err, queue.ErrIDTaken) {
+		t.Fatalf("the same body stored as a CloudEvent under the id, its content-type in lower case: %+v, %v; want ErrIDTaken", p, err)
+	}
 }
 
 // TestPublishedEventIgnoresAnOlderStreamsRecord: the work stream was made

@@ -606,8 +606,11 @@ func (d *Delivery) StoredAt() time.Time { return d.meta.Timestamp }
 
 // Header is the message header name, whatever its letter case (NATS
 // headers keep the case they were sent in).
-func (d *Delivery) Header(name string) string {
-	h := d.msg.Headers()
+func (d *Delivery) Header(name string) string { return headerFold(d.msg.Headers(), name) }
+
+// headerFold is h's value of name in any letter case, as the worker reads
+// a delivery's headers.
+func headerFold(h nats.Header, name string) string {
 	if v := h.Get(name); v != "" {
 		return v
 	}

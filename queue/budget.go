@@ -263,8 +263,10 @@ func (b *Budget) Follow(r float64) {
 		return
 	}
 	quota := throttle.QuotaInterval(r)
-	if quota <= b.own() {
-		quota = 0 // the budget's own spacing is enough
+	// Kept whatever the budget's share is now: a share set higher later,
+	// by this replica or another, must still keep to the quota.
+	if quota <= b.interval {
+		quota = 0 // not slower than the rate the budget was made at
 	}
 	c, _ := b.cached(b.key())
 	b.mu.Lock()

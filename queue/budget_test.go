@@ -583,3 +583,35 @@ func TestBudgetCappedAtItsShare(t *testing.T) {
 	}
 	checkWindow(t, api.Requests(), 2)
 }
+
+// TestBudgetKeepsAQuotaHeardUnderItsShare: a budget made at the address
+// limit and cut to 2/s hears a stated quota of 5/s, then its share is set
+// to 10/s (the credentials file changed): it keeps to the quota (SPEC §6),
+// which a quota forgotten as "not below the share" would not.
+func TestBudgetKeepsAQuotaHeardUnderItsShare(t *testing.T) {
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer()
+	t.Cleanup(api.Close)
+	r := newBReplica(t, srv, api, "a", 150, 1)
+	r.gate.Close()
+	r.gate = throttle.New(throttle.Config{Priorities: 1, Concurrency: throttle.Unbounded, Rate: 150, Budget: r.budget})
+	r.gate.Cap(2)
+	r.gate.Quota(5)
+	take := func(n int) time.Duration {
+		start := time.Now()
+		for range n {
+			pm, err := r.gate.Acquire(context.Background(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pm.Release()
+		}
+		return time.Since(start)
+	}
+	take(1)
+	r.gate.Cap(10)
+	take(1)
+	if d, want := take(6), 5*throttle.QuotaInterval(5); d < want {
+		t.Errorf("6 calls within %v after the share was raised to 10/s over a stated quota of 5/s, want at least %v", d, want)
+	}
+}

@@ -191,7 +191,9 @@ func (r *Routes) ceiling(rate float64) float64 {
 
 // setRate runs b's calls at rate (0: no limit of its own) from its next
 // permit on, as far as its gate, made at its ceiling, can go; what it
-// cannot applies at the next start, and the log says so.
+// cannot applies at the next start, and the log says so. A gate made
+// without any rate (no rate of its own, no address limit) takes none
+// while it runs: a gate made again would strand the calls waiting at it.
 func (r *Routes) setRate(name string, b *BudgetGate, rate float64) {
 	set := rate
 	if b.ceiling > 0 && (rate <= 0 || rate > b.ceiling) {
@@ -203,7 +205,7 @@ func (r *Routes) setRate(name string, b *BudgetGate, rate float64) {
 		b.rate = set
 	}
 	if set != rate || b.rate != rate {
-		r.log.Warn("the budget's new rate applies when revoker starts again: without REVOKER_IP_RATE_LIMIT, a rate can only be lowered while it runs",
+		r.log.Warn("the budget's new rate applies when revoker starts again: without REVOKER_IP_RATE_LIMIT, a budget's rate can be set while it runs only at or under the rate it started with, and not at all if it started with none",
 			zap.String("budget", name), zap.Float64("rate", b.rate), zap.Float64("asked", rate))
 	}
 }

@@ -235,6 +235,16 @@ func TestReloadedBudgetRateFollowsTheFile(t *testing.T) {
 	if logs.FilterMessageSnippet("applies when revoker starts again").Len() != 1 {
 		t.Errorf("a raise that applies at the next start, not logged once as such: %v", logs.All())
 	}
+
+	// A budget that started with no limit at all takes one only at the
+	// next start, and says so.
+	core, logs = observer.New(zapcore.WarnLevel)
+	r, reload = reloading(t, 0, head+credential("a", "acct1", 0), zap.New(core))
+	r.Route("acct1")
+	reload(head + credential("a", "acct1", 2))
+	if a, _ = r.Route("acct1"); a.Rate != 0 || logs.FilterMessageSnippet("not at all if it started with none").Len() != 1 {
+		t.Errorf("budget a at %v after a rate was set on a budget that started with none, logs %v; want 0 until the next start, logged", a.Rate, logs.All())
+	}
 }
 
 // TestCredentialCheckAnswersApplyInOrder: of two checks of one credential

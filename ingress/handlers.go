@@ -367,6 +367,12 @@ func (s *Server) getRevocation(w http.ResponseWriter, r *http.Request, c *call) 
 		// trace (SPEC §13), not the lookup's own.
 		c.traceID = e.TraceID
 	}
+	if e.State == stateStoring && e.Lost {
+		// Its store went unanswered: the trail may show it stored.
+		if found, ok := s.recorded(ctx, e); ok {
+			e = found
+		}
+	}
 	switch {
 	case e.State == stateStoring:
 		// Being stored, or stored with its entry not yet marked (or, once

@@ -32,6 +32,11 @@ import (
 )
 
 // Defaults and bounds of the HTTP server.
+// storeTimeout bounds storing one event (the claim, the publishes, the
+// mark), whether or not the caller is still there. A variable only so that
+// a test need not wait it out.
+var storeTimeout = 15 * time.Second
+
 const (
 	DefaultMaxWait    = 60 * time.Second
 	DefaultMaxWaiting = 256
@@ -45,9 +50,6 @@ const (
 	// event and writing the answer.
 	writeMargin    = 30 * time.Second
 	maxHeaderBytes = 32 << 10
-	// storeTimeout bounds storing one event (the claim, the publish, the
-	// mark), whether or not the caller is still there.
-	storeTimeout = 15 * time.Second
 	// retryUnavailable and retryQueued are the Retry-After seconds of a
 	// 503 and of a 202.
 	retryUnavailable = 5

@@ -17,6 +17,7 @@ import (
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/untrusted"
 )
 
@@ -25,9 +26,21 @@ import (
 const (
 	Bucket    = "revoker_ingress"
 	BucketTTL = 24 * time.Hour
-	// StaleClaim is how long a "storing" claim holds off others: a replica
-	// that died while storing must not block its event's id for a day.
+	// StaleClaim is how long a "storing" claim that names no end (one
+	// written before claims did) holds off others: a replica that died
+	// while storing must not block its event's id for a day.
 	StaleClaim = 30 * time.Second
+	// claimMargin is how long past its end a claim is still taken as
+	// being stored: for the clocks of replicas.
+	claimMargin = 2 * time.Second
+	// republishMargin is taken off the work stream's duplicate window for
+	// how long after an event's first publish it may be published again
+	// under its id without being stored twice: for the clocks of replicas
+	// and server.
+	republishMargin = 30 * time.Second
+	// republishPause spaces the publishes of an event whose answer was
+	// lost, within one request.
+	republishPause = 500 * time.Millisecond
 )
 
 // States of an entry.
@@ -70,6 +83,16 @@ type entry struct {
 	// StoredAs is the id the event is stored under when it is not
 	// EventID: another event held that id (see publish).
 	StoredAs string `json:"stored_as,omitempty"`
+	// Tried is when the event was first published under its id, by this
+	// claim or one it took over: within the work stream's duplicate
+	// window from then, publishing it again cannot store it twice.
+	Tried time.Time `json:"tried,omitzero"`
+	// Until is when the request that claimed it stops storing, answered
+	// or not (its store time): a repeat after it takes the claim over
+	// rather than be told 409, which paging tools drop.
+	Until time.Time `json:"until,omitzero"`
+	// Lost: a publish of the event went unanswered, so it may be stored.
+	Lost bool `json:"lost,omitempty"`
 
 	// repeat: a request before this one stored the event.
 	repeat bool
@@ -79,6 +102,15 @@ type entry struct {
 func (e entry) published() queue.Published {
 	return queue.Published{EventID: e.storedID(), AccountID: e.AccountID, KeyID: e.KeyID, Subject: e.Subject,
 		Stream: e.Stream, Sequence: e.Sequence, TraceID: e.TraceID, StoredAt: e.EventStoredAt}
+}
+
+// end is when a "storing" claim stops holding off others: its request's
+// end, and a margin for clocks (or StaleClaim, for a claim naming none).
+func (e entry) end() time.Time {
+	if e.Until.IsZero() {
+		return e.ClaimedAt.Add(StaleClaim)
+	}
+	return e.Until.Add(claimMargin)
 }
 
 // storedID is the id the work stream holds the event under.
@@ -156,7 +188,7 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 	}
 	key := entryKey(claim.EventID)
 	for range 3 {
-		claim.ClaimedAt = s.now()
+		claim.ClaimedAt, claim.Tried, claim.Until = s.now(), s.now(), s.now().Add(storeTimeout)
 		value, _ := json.Marshal(claim)
 		rev, err := kv.Create(ctx, key, value)
 		if err == nil {
@@ -184,16 +216,29 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 			first.repeat = true
 			return first, nil
 		}
-		if s.now().Sub(first.ClaimedAt) < StaleClaim {
+		if s.now().Before(first.end()) {
 			return entry{}, problem(KindInProgress, "a request with this idempotency key is still being stored: repeat it shortly").retry(1)
 		}
 		// The first request's replica stopped while storing, or lost the
 		// stream's answer: take its claim over. Publishing under the same
-		// id is safe (the work stream drops a duplicate within its window).
-		claim.ClaimedAt, claim.StoredAs = s.now(), first.StoredAs
+		// id is safe within the work stream's duplicate window; after it,
+		// the trail may show the event stored.
+		claim.ClaimedAt, claim.StoredAs, claim.Tried, claim.Until, claim.Lost = s.now(), first.StoredAs, first.Tried, s.now().Add(storeTimeout), first.Lost
+		if claim.Tried.IsZero() {
+			claim.Tried = first.ClaimedAt
+		}
 		value, _ = json.Marshal(claim)
 		rev, err = kv.Update(ctx, key, value, got.Revision())
 		if err == nil {
+			if s.now().Sub(claim.Tried) > s.republishWithin(ctx) {
+				if found, ok := s.recorded(ctx, claim); ok {
+					s.mark(ctx, kv, key, rev, found)
+					found.repeat = true
+					return found, nil
+				}
+				s.log.Warn("ingress: an event whose store went unanswered is stored again past the work stream's duplicate window, with no record of it yet: it may be stored twice (a key revoked twice, never not at all)",
+					zap.String("event_id", untrusted.Line(claim.EventID, 256)))
+			}
 			return s.publish(ctx, kv, key, rev, claim, ev, body)
 		}
 		if !wrongLastSequence(err) {
@@ -229,16 +274,23 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 			p, err = s.cfg.Client.Publish(ctx, claim.Subject, claim.StoredAs, ev, body)
 		}
 	}
+	// An answer lost: the same id again, while the work stream would drop
+	// a second copy as a duplicate, until one is answered.
+	// A duplicate that could not be checked will not check better now.
+	for err != nil && !refused(err) && !errors.Is(err, queue.ErrIDUnverified) &&
+		s.now().Sub(claim.Tried) < s.republishWithin(ctx) && throttle.Sleep(ctx, republishPause) {
+		p, err = s.cfg.Client.Publish(ctx, claim.Subject, claim.storedID(), ev, body)
+	}
 	if err != nil {
 		if !refused(err) {
-			claim.ClaimedAt = time.Time{}
+			claim.Lost, claim.Until = true, s.now()
 			value, _ := json.Marshal(claim)
 			if _, uerr := kv.Update(ctx, key, value, rev); uerr != nil {
-				s.log.Warn("ingress: a claim whose event may be stored could not be marked for a repeat; a repeat waits out the stale-claim time",
-					zap.Duration("stale_after", StaleClaim), zap.Error(uerr))
+				s.log.Warn("ingress: a claim whose event may be stored could not be marked so; a repeat takes it over once its store time is over",
+					zap.Error(uerr))
 			}
 			s.log.Warn("ingress: the work stream's answer was lost; the event may be stored", zap.Error(err))
-			return entry{}, problem(KindStoreUnknown, "the work stream's answer was lost: the event may have been stored; repeat the request with the same idempotency key, which never stores it twice").retry(retryUnavailable)
+			return entry{}, problem(KindStoreUnknown, "the work stream's answer was lost, and NATS did not answer again within the request: the event may have been stored; repeat the request with the same idempotency key, which looks for it before storing it again").retry(retryUnavailable)
 		}
 		if derr := kv.Delete(ctx, key, jetstream.LastRevision(rev)); derr != nil {
 			s.log.Warn("ingress: a failed claim could not be released; its id waits out the stale-claim time",
@@ -253,6 +305,53 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 	stored := claim
 	stored.State, stored.Stream, stored.Sequence, stored.TraceID, stored.StoredAt = stateStored, p.Stream, p.Sequence, p.TraceID, s.now()
 	stored.EventStoredAt = p.StoredAt
+	s.mark(ctx, kv, key, rev, stored)
+	return stored, nil
+}
+
+// republishWithin is how long after an event's first publish it may be
+// published again under its id without being stored twice: the work
+// stream's duplicate window, as the stream says (as revoker makes it, when
+// the stream cannot be asked), less republishMargin.
+func (s *Server) republishWithin(ctx context.Context) time.Duration {
+	window := queue.DuplicateWindow
+	if st, err := s.cfg.Client.JetStream().Stream(ctx, s.cfg.Client.Stream); err == nil {
+		window = st.CachedInfo().Config.Duplicates
+	}
+	return window - republishMargin
+}
+
+// recorded finds claim's event in the trail, for an event whose store went
+// unanswered longer ago than the work stream remembers its ids: a record
+// on its key's subject naming its id (as records cut it) and the work
+// stream. It returns the entry of the event so found.
+func (s *Server) recorded(ctx context.Context, claim entry) (entry, bool) {
+	cl := s.cfg.Client
+	if cl.OutcomePrefix == "" {
+		return entry{}, false
+	}
+	recs, err := queue.KeyOutcomes(ctx, cl.JetStream(), cl.OutcomeStream, cl.OutcomePrefix, claim.AccountID, claim.KeyID, cl.Stray)
+	if err != nil {
+		s.log.Warn("ingress: the trail could not be read for an event whose store went unanswered", zap.Error(err))
+		return entry{}, false
+	}
+	id := untrusted.Line(claim.storedID(), 256)
+	for i := len(recs) - 1; i >= 0; i-- {
+		rec := recs[i]
+		if rec.EventID != id || rec.Stream != cl.Stream || rec.Sequence == 0 {
+			continue
+		}
+		found := claim
+		found.State, found.Stream, found.Sequence, found.TraceID, found.StoredAt = stateStored, rec.Stream, rec.Sequence, rec.TraceID, s.now()
+		found.EventStoredAt, _ = time.Parse(time.RFC3339Nano, rec.PublishedAt)
+		return found, true
+	}
+	return entry{}, false
+}
+
+// mark writes the entry of a stored event over its claim (at rev); a
+// write that fails is tried again in the background.
+func (s *Server) mark(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, stored entry) {
 	value, _ := json.Marshal(stored)
 	var uerr error
 	for range 3 {
@@ -267,7 +366,6 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 		s.log.Warn("ingress: a stored event's entry could not be marked stored; trying again", zap.Error(uerr))
 		go s.markStored(kv, key, value, rev)
 	}
-	return stored, nil
 }
 
 // markStored writes a stored event's entry, retrying until it is written,
@@ -291,13 +389,14 @@ func (s *Server) markStored(kv jetstream.KeyValue, key string, value []byte, rev
 }
 
 // refused reports whether a publish error proves the event was not
-// stored: the stream answered no, no stream answered at all, or the
-// publisher could not tell whether it was the same event (nothing new was
-// stored then). A timeout or a connection lost in between proves nothing.
+// stored: the stream answered no, no stream answered at all, or another
+// event holds the id. A timeout or a connection lost in between proves
+// nothing, nor does a duplicate that could not be checked (it may be this
+// very event, stored by an earlier try).
 func refused(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, queue.ErrIDTaken) || errors.Is(err, queue.ErrIDUnverified)
+		errors.Is(err, queue.ErrIDTaken)
 }
 
 // wrongLastSequence reports a write refused because the key's revision

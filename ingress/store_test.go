@@ -3,6 +3,7 @@ package ingress
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"strings"
@@ -66,11 +67,57 @@ func TestRequestStoredWhenAnotherEventHoldsItsID(t *testing.T) {
 }
 
 // TestLostStoreAnswerIsNeitherNotStoredNorStoredTwice: the work stream
-// stores the event, and its answer is lost on the way back (the
-// connection drops). The ingress does not say nothing was stored (SPEC
-// §11): it answers store-unknown, a lookup of the event is not a 404, and
-// the repeat the answer asks for finds the event stored once.
+// stores the event, and its answer is lost on the way back (the connection
+// drops). Where NATS is back within the request's store time, the event is
+// published again under its id, the stream drops the copy as a duplicate,
+// and the request is answered for the one event. Where it is not, the
+// ingress does not say nothing was stored (SPEC §11): it answers
+// store-unknown, a lookup meanwhile is "storing", never a 404, and the
+// repeat the answer asks for finds the event stored once.
 func TestLostStoreAnswerIsNeitherNotStoredNorStoredTwice(t *testing.T) {
+	t.Run("back within the request", func(t *testing.T) {
+		h, p, _, post := lostAnswer(t)
+		r := post()
+		r.want(t, http.StatusAccepted)
+		if !p.ate.Load() {
+			t.Fatal("the proxy never dropped the stream's answer")
+		}
+		if q := r.queued(t); q.Sequence != 1 || h.msgs() != 1 {
+			t.Fatalf("answered %+v with %d events stored, want the one event at sequence 1", q, h.msgs())
+		}
+	})
+	t.Run("away for the whole request", func(t *testing.T) {
+		defer func(d time.Duration) { storeTimeout = d }(storeTimeout)
+		storeTimeout = 4 * time.Second
+		h, p, nc, post := lostAnswer(t)
+		p.away.Store(true)
+		post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+		if !p.ate.Load() || h.msgs() != 1 {
+			t.Fatalf("the proxy dropped the answer: %v; the work stream holds %d events, want the one whose answer was lost", p.ate.Load(), h.msgs())
+		}
+		p.away.Store(false)
+		queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
+		h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).want(t, http.StatusAccepted)
+		// Its claim could not be marked while NATS was away: a repeat is
+		// told 409 until the first request's store time is over, then
+		// takes the claim over.
+		var again resp
+		queuetest.Eventually(t, 10*time.Second, "the repeat taking the claim over", func() bool {
+			again = post()
+			return again.StatusCode != http.StatusConflict
+		})
+		again.want(t, http.StatusAccepted)
+		if q := again.queued(t); q.Sequence != 1 || h.msgs() != 1 {
+			t.Fatalf("the repeat answered %+v with %d events stored, want the one event at sequence 1", q, h.msgs())
+		}
+	})
+}
+
+// lostAnswer is an ingress whose connection to NATS runs through an
+// answerEater, its client as tweak leaves it, and its POST of one event
+// under one idempotency key.
+func lostAnswer(t *testing.T, tweak ...func(*queue.Client)) (*harness, *answerEater, *nats.Conn, func() resp) {
+	t.Helper()
 	h := newHarness(t)
 	p := &answerEater{target: h.ns.Addr().String(), publish: []byte(h.topo.Subjects[1] + " _INBOX"), stored: func() bool {
 		st, err := h.js.Stream(context.Background(), h.topo.Stream)
@@ -79,7 +126,10 @@ func TestLostStoreAnswerIsNeitherNotStoredNorStoredTwice(t *testing.T) {
 	addr := p.listen(t)
 	nc, js := queuetest.ConnectURL(t, "nats://"+addr)
 	client := queue.ClientOn(nc, js, h.topo)
-	client.Timeout = 2 * time.Second
+	client.Timeout = time.Second
+	for _, f := range tweak {
+		f(client)
+	}
 	s, err := Start(context.Background(), js, Config{
 		Addr: "127.0.0.1:0", Callers: tCallers(), Client: client, Subjects: h.topo.Subjects,
 		Replicas: 1, Create: true, Log: zap.NewNop(),
@@ -89,38 +139,22 @@ func TestLostStoreAnswerIsNeitherNotStoredNorStoredTwice(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = s.Close(context.Background()) })
 	h.base = "http://" + s.Addr()
-
-	post := func() resp {
+	return h, p, nc, func() resp {
 		return h.do(h.post(evBody(tAccount, "ackkey"), hdrs(bearer(tToken), []string{HeaderIdempotencyKey, "lost-ack"})...))
-	}
-	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
-	if !p.ate.Load() {
-		t.Fatal("the proxy never dropped the stream's answer")
-	}
-	if n := h.msgs(); n != 1 {
-		t.Fatalf("the work stream holds %d events, want the one whose answer was lost", n)
-	}
-	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
-	h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).want(t, http.StatusAccepted)
-	again := post()
-	again.want(t, http.StatusAccepted)
-	if q := again.queued(t); q.Sequence != 1 {
-		t.Fatalf("the repeat answered %+v, want the event stored at sequence 1", q)
-	}
-	if n := h.msgs(); n != 1 {
-		t.Fatalf("the work stream holds %d events after the repeat, want 1", n)
 	}
 }
 
 // answerEater is a TCP proxy to a NATS server that, on the first
 // connection carrying a publish to the work subject, forwards it, drops
 // everything the server sends from then on, and cuts the connection once
-// the event is stored: stored, its answer lost. Later connections pass.
+// the event is stored: stored, its answer lost. Later connections pass,
+// except while away is set: then they are cut at once.
 type answerEater struct {
 	target  string
 	publish []byte
 	stored  func() bool
 	ate     atomic.Bool
+	away    atomic.Bool
 }
 
 func (p *answerEater) listen(t *testing.T) string {
@@ -143,6 +177,10 @@ func (p *answerEater) listen(t *testing.T) string {
 }
 
 func (p *answerEater) pipe(client net.Conn) {
+	if p.away.Load() {
+		client.Close()
+		return
+	}
 	server, err := net.Dial("tcp", p.target)
 	if err != nil {
 		client.Close()
@@ -197,4 +235,82 @@ func (p *answerEater) pipe(client net.Conn) {
 			return
 		}
 	}
+}
+
+// TestLostStoreAnswerOutlivesTheDuplicateWindow: a request's store went
+// unanswered longer ago than the work stream remembers its ids, and the
+// worker has since recorded the event. A lookup answers that record, and
+// a repeat is answered for that event without storing it again: the
+// trail shows it stored.
+func TestLostStoreAnswerOutlivesTheDuplicateWindow(t *testing.T) {
+	h := newHarness(t)
+	h.startWorker()
+	const id = "ingress:soar:old"
+	body := evBody(tAccount, "oldkey")
+	m := nats.NewMsg(h.topo.Subjects[1])
+	m.Data = []byte(body)
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	if _, err := h.js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	kv, err := h.s.bucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := time.Now().Add(-queue.DuplicateWindow - time.Minute)
+	claim := entry{Caller: "soar", BodySHA256: bodyDigest([]byte(body)), State: stateStoring, EventID: id,
+		Subject: h.topo.Subjects[1], AccountID: tAccount, KeyID: "oldkey", ClaimedAt: long, Tried: long, Until: long, Lost: true}
+	v, _ := json.Marshal(claim)
+	if _, err := kv.Create(ctx, entryKey(id), v); err != nil {
+		t.Fatal(err)
+	}
+	var got resp
+	queuetest.Eventually(t, 10*time.Second, "the lookup answering the event's record", func() bool {
+		got = h.do(h.get("/v1/revocations/"+id, bearer(tToken)...))
+		return got.StatusCode == http.StatusOK
+	})
+	if rec := got.record(t); rec.EventID != id || rec.Sequence != 1 {
+		t.Fatalf("lookup answered %+v, want the record of %s at sequence 1", rec, id)
+	}
+	again := h.do(h.post(body, hdrs(bearer(tToken), []string{HeaderIdempotencyKey, "old"})...))
+	if again.StatusCode != http.StatusOK || again.record(t).Sequence != 1 {
+		t.Fatalf("repeat answered %d %s, want the record of the event at sequence 1", again.StatusCode, again.body)
+	}
+	st, err := h.js.Stream(ctx, h.topo.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(ctx); err != nil || info.State.LastSeq != 1 {
+		t.Fatalf("the work stream's last sequence %d (%v), want 1: the event stored again", info.State.LastSeq, err)
+	}
+}
+
+// TestLostStoreAnswerUncheckableDuplicate: the repeat of a request whose
+// store went unanswered finds its id a duplicate it cannot check (the
+// event done, no outcome records to show it): it answers store-unknown
+// and keeps the claim, never "nothing was stored", and a lookup is not a
+// 404.
+func TestLostStoreAnswerUncheckableDuplicate(t *testing.T) {
+	defer func(d time.Duration) { storeTimeout = d }(storeTimeout)
+	storeTimeout = 4 * time.Second
+	h, p, nc, post := lostAnswer(t, func(c *queue.Client) { c.OutcomePrefix = "" })
+	p.away.Store(true)
+	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	p.away.Store(false)
+	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
+	st, err := h.js.Stream(context.Background(), h.topo.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteMsg(context.Background(), 1); err != nil { // done, as a worker acks it
+		t.Fatal(err)
+	}
+	var again resp
+	queuetest.Eventually(t, 10*time.Second, "the repeat taking the claim over", func() bool {
+		again = post()
+		return again.StatusCode != http.StatusConflict
+	})
+	again.want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).want(t, http.StatusAccepted)
 }

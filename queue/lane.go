@@ -609,17 +609,22 @@ func (d *Delivery) StoredAt() time.Time { return d.meta.Timestamp }
 func (d *Delivery) Header(name string) string { return headerFold(d.msg.Headers(), name) }
 
 // headerFold is h's value of name in any letter case, as the worker reads
-// a delivery's headers.
+// a delivery's headers: name as given first, else the first spelling in
+// byte order, so that every reader of one message reads the same value.
 func headerFold(h nats.Header, name string) string {
 	if v := h.Get(name); v != "" {
 		return v
 	}
+	var key string
 	for k, vs := range h {
-		if len(vs) > 0 && strings.EqualFold(k, name) {
-			return vs[0]
+		if len(vs) > 0 && strings.EqualFold(k, name) && (key == "" || k < key) {
+			key = k
 		}
 	}
-	return ""
+	if key == "" {
+		return ""
+	}
+	return h[key][0]
 }
 
 // ReplayOf is the original event's id when this is a replayed dead letter.

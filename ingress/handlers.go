@@ -367,8 +367,9 @@ func (s *Server) getRevocation(w http.ResponseWriter, r *http.Request, c *call) 
 		// trace (SPEC §13), not the lookup's own.
 		c.traceID = e.TraceID
 	}
-	if e.State == stateStoring && e.Lost {
-		// Its store went unanswered: the trail may show it stored.
+	if e.State == stateStoring && (e.Lost || s.now().After(e.end())) {
+		// Its store went unanswered, or its request ended without
+		// marking it: the trail may show it stored.
 		if found, ok := s.recorded(ctx, e); ok {
 			e = found
 		}

@@ -41,6 +41,9 @@ const (
 	// republishPause spaces the publishes of an event whose answer was
 	// lost, within one request.
 	republishPause = 500 * time.Millisecond
+	// markTimeout bounds marking a claim whose store went unanswered,
+	// after the request's own time is over.
+	markTimeout = 2 * time.Second
 )
 
 // States of an entry.
@@ -107,8 +110,10 @@ func (e entry) published() queue.Published {
 // end is when a "storing" claim stops holding off others: its request's
 // end, and a margin for clocks (or StaleClaim, for a claim naming none).
 func (e entry) end() time.Time {
-	if e.Until.IsZero() {
-		return e.ClaimedAt.Add(StaleClaim)
+	// No later than StaleClaim after the claim, whatever it says.
+	stale := e.ClaimedAt.Add(StaleClaim)
+	if e.Until.IsZero() || e.Until.After(stale) {
+		return stale
 	}
 	return e.Until.Add(claimMargin)
 }
@@ -264,33 +269,50 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 // that a repeat takes it over at once and publishes under the same id,
 // which the stream drops as a duplicate if the first was stored.
 func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, claim entry, ev event.Event, body []byte) (entry, *Problem) {
-	p, err := s.cfg.Client.Publish(ctx, claim.Subject, claim.storedID(), ev, body)
-	if errors.Is(err, queue.ErrIDTaken) && claim.StoredAs == "" {
-		s.log.Warn("ingress: another event holds the id this request makes; storing it under an id of its own",
-			zap.String("event_id", untrusted.Line(claim.EventID, 256)))
-		claim.StoredAs = claim.EventID + ":" + rand.Text()
-		value, _ := json.Marshal(claim)
-		if rev, err = kv.Update(ctx, key, value, rev); err == nil {
-			p, err = s.cfg.Client.Publish(ctx, claim.Subject, claim.StoredAs, ev, body)
-		}
-	}
-	// An answer lost: the same id again, while the work stream would drop
-	// a second copy as a duplicate, until one is answered.
-	// A duplicate that could not be checked will not check better now.
-	for err != nil && !refused(err) && !errors.Is(err, queue.ErrIDUnverified) &&
-		s.now().Sub(claim.Tried) < s.republishWithin(ctx) && throttle.Sleep(ctx, republishPause) {
+	var (
+		p   queue.Published
+		err error
+	)
+	for {
 		p, err = s.cfg.Client.Publish(ctx, claim.Subject, claim.storedID(), ev, body)
+		if errors.Is(err, queue.ErrIDTaken) && claim.StoredAs == "" {
+			s.log.Warn("ingress: another event holds the id this request makes; storing it under an id of its own",
+				zap.String("event_id", untrusted.Line(claim.EventID, 256)))
+			claim.StoredAs = claim.EventID + ":" + rand.Text()
+			value, _ := json.Marshal(claim)
+			next, uerr := kv.Update(ctx, key, value, rev)
+			if uerr != nil {
+				// Taken over meanwhile, or not written: the claim is not
+				// this request's to release, nor to mark.
+				s.log.Warn("ingress: a claim could not be given its own id; the request is left to a repeat", zap.Error(uerr))
+				return entry{}, s.storeUnknown()
+			}
+			rev = next
+			continue
+		}
+		// An answer lost: the same id again, while the work stream would
+		// drop a second copy as a duplicate, until one is answered. A
+		// duplicate that could not be checked will not check better now.
+		if err == nil || refused(err) || errors.Is(err, queue.ErrIDUnverified) ||
+			s.now().Sub(claim.Tried) >= s.republishWithin(ctx) || !throttle.Sleep(ctx, republishPause) {
+			break
+		}
 	}
 	if err != nil {
 		if !refused(err) {
+			// Marked for a repeat, and for a lookup to look in the trail;
+			// with a moment of its own, as the request's time is over.
 			claim.Lost, claim.Until = true, s.now()
 			value, _ := json.Marshal(claim)
-			if _, uerr := kv.Update(ctx, key, value, rev); uerr != nil {
+			mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
+			_, uerr := kv.Update(mctx, key, value, rev)
+			cancel()
+			if uerr != nil {
 				s.log.Warn("ingress: a claim whose event may be stored could not be marked so; a repeat takes it over once its store time is over",
 					zap.Error(uerr))
 			}
 			s.log.Warn("ingress: the work stream's answer was lost; the event may be stored", zap.Error(err))
-			return entry{}, problem(KindStoreUnknown, "the work stream's answer was lost, and NATS did not answer again within the request: the event may have been stored; repeat the request with the same idempotency key, which looks for it before storing it again").retry(retryUnavailable)
+			return entry{}, s.storeUnknown()
 		}
 		if derr := kv.Delete(ctx, key, jetstream.LastRevision(rev)); derr != nil {
 			s.log.Warn("ingress: a failed claim could not be released; its id waits out the stale-claim time",
@@ -309,6 +331,11 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 	return stored, nil
 }
 
+// storeUnknown is the answer to a request whose event may be stored.
+func (s *Server) storeUnknown() *Problem {
+	return problem(KindStoreUnknown, "the work stream's answer was lost, and NATS did not answer again within the request: the event may have been stored; repeat the request with the same idempotency key, which looks for it before storing it again").retry(retryUnavailable)
+}
+
 // republishWithin is how long after an event's first publish it may be
 // published again under its id without being stored twice: the work
 // stream's duplicate window, as the stream says (as revoker makes it, when
@@ -322,9 +349,12 @@ func (s *Server) republishWithin(ctx context.Context) time.Duration {
 }
 
 // recorded finds claim's event in the trail, for an event whose store went
-// unanswered longer ago than the work stream remembers its ids: a record
-// on its key's subject naming its id (as records cut it) and the work
-// stream. It returns the entry of the event so found.
+// unanswered: a record on its key's subject naming its id (as records cut
+// it), its subject and the work stream, of an event the stream stored
+// while this claim's publishes could have stored it (from its first try
+// to the end of the stream's duplicate window, with a margin for clocks):
+// an id and key reused after the bucket forgot them are another event. It
+// returns the entry of the event so found.
 func (s *Server) recorded(ctx context.Context, claim entry) (entry, bool) {
 	cl := s.cfg.Client
 	if cl.OutcomePrefix == "" {
@@ -336,14 +366,18 @@ func (s *Server) recorded(ctx context.Context, claim entry) (entry, bool) {
 		return entry{}, false
 	}
 	id := untrusted.Line(claim.storedID(), 256)
+	from := claim.Tried.Add(-republishMargin)
+	until := claim.Tried.Add(s.republishWithin(ctx) + 2*republishMargin)
 	for i := len(recs) - 1; i >= 0; i-- {
 		rec := recs[i]
-		if rec.EventID != id || rec.Stream != cl.Stream || rec.Sequence == 0 {
+		stored, err := time.Parse(time.RFC3339Nano, rec.PublishedAt)
+		if rec.EventID != id || rec.Stream != cl.Stream || rec.Subject != claim.Subject || rec.Sequence == 0 ||
+			rec.Reason == event.InvalidEvent || err != nil || stored.Before(from) || stored.After(until) {
 			continue
 		}
 		found := claim
 		found.State, found.Stream, found.Sequence, found.TraceID, found.StoredAt = stateStored, rec.Stream, rec.Sequence, rec.TraceID, s.now()
-		found.EventStoredAt, _ = time.Parse(time.RFC3339Nano, rec.PublishedAt)
+		found.EventStoredAt = stored
 		return found, true
 	}
 	return entry{}, false

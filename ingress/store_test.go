@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
@@ -118,11 +119,21 @@ func TestLostStoreAnswerIsNeitherNotStoredNorStoredTwice(t *testing.T) {
 // under one idempotency key.
 func lostAnswer(t *testing.T, tweak ...func(*queue.Client)) (*harness, *answerEater, *nats.Conn, func() resp) {
 	t.Helper()
+	return lostAnswerWith(t, nil, tweak...)
+}
+
+// lostAnswerWith is lostAnswer whose proxy loses the publish itself, after
+// calling lose, where that is not nil.
+func lostAnswerWith(t *testing.T, lose func(*harness), tweak ...func(*queue.Client)) (*harness, *answerEater, *nats.Conn, func() resp) {
+	t.Helper()
 	h := newHarness(t)
 	p := &answerEater{target: h.ns.Addr().String(), publish: []byte(h.topo.Subjects[1] + " _INBOX"), stored: func() bool {
 		st, err := h.js.Stream(context.Background(), h.topo.Stream)
 		return err == nil && st.CachedInfo().State.Msgs == 1
 	}}
+	if lose != nil {
+		p.lose = func() { lose(h) }
+	}
 	addr := p.listen(t)
 	nc, js := queuetest.ConnectURL(t, "nats://"+addr)
 	client := queue.ClientOn(nc, js, h.topo)
@@ -155,6 +166,9 @@ type answerEater struct {
 	stored  func() bool
 	ate     atomic.Bool
 	away    atomic.Bool
+	// lose, when set, loses the publish itself instead, and is called
+	// before the connection is cut: it never reached the server.
+	lose func()
 }
 
 func (p *answerEater) listen(t *testing.T) string {
@@ -200,6 +214,11 @@ func (p *answerEater) pipe(client net.Conn) {
 				if eat {
 					p.ate.Store(true)
 					eating.Store(true)
+				}
+				if eat && p.lose != nil {
+					p.lose()
+					cut()
+					return
 				}
 				if _, werr := server.Write(buf[:n]); werr != nil {
 					cut()
@@ -258,7 +277,9 @@ func TestLostStoreAnswerOutlivesTheDuplicateWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	long := time.Now().Add(-queue.DuplicateWindow - time.Minute)
+	// First tried just past the window in which a repeat may publish it
+	// again, and stored then (as far as the record's time can tell).
+	long := time.Now().Add(-(queue.DuplicateWindow - republishMargin) - 10*time.Second)
 	claim := entry{Caller: "soar", BodySHA256: bodyDigest([]byte(body)), State: stateStoring, EventID: id,
 		Subject: h.topo.Subjects[1], AccountID: tAccount, KeyID: "oldkey", ClaimedAt: long, Tried: long, Until: long, Lost: true}
 	v, _ := json.Marshal(claim)
@@ -313,4 +334,60 @@ func TestLostStoreAnswerUncheckableDuplicate(t *testing.T) {
 	})
 	again.want(t, http.StatusServiceUnavailable, KindStoreUnknown)
 	h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).want(t, http.StatusAccepted)
+}
+
+// TestLostPublishThenAnotherEventTakesItsID: the first publish never
+// reaches the server, and meanwhile a decoy for another key is stored under
+// the request's id. The publish made again finds the id taken, and stores
+// the request under an id of its own, as a first publish would: never a
+// 409, which a paging tool drops.
+func TestLostPublishThenAnotherEventTakesItsID(t *testing.T) {
+	h, p, _, post := lostAnswerWith(t, func(h *harness) {
+		decoy := nats.NewMsg(h.topo.Subjects[1])
+		decoy.Data = []byte(evBody(tAccount, "decoy"))
+		decoy.Header.Set(jetstream.MsgIDHeader, "ingress:soar:lost-ack")
+		if _, err := h.js.PublishMsg(context.Background(), decoy); err != nil {
+			h.t.Error(err)
+		}
+	})
+	r := post()
+	r.want(t, http.StatusAccepted)
+	if q := r.queued(t); !p.ate.Load() || q.Sequence != 2 || h.msgs() != 2 {
+		t.Fatalf("answered %+v (publish lost: %v), %d events stored; want the request stored at sequence 2 beside the decoy", q, p.ate.Load(), h.msgs())
+	}
+}
+
+// TestLostStoreAnswerIgnoresAnOlderEventsRecord: an idempotency key used
+// again after the bucket forgot it is a new event, even where the trail
+// holds a record of the old one under the same id and key. A request of
+// it whose store went unanswered is neither looked up as that record nor,
+// when repeated, answered with it: it is stored.
+func TestLostStoreAnswerIgnoresAnOlderEventsRecord(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	const id, key = "ingress:soar:INC-7", "reused"
+	week := time.Now().UTC().Add(-7 * 24 * time.Hour)
+	old := queue.OutcomeMsg(h.topo.OutcomePrefix, event.Record{EventID: id, AccountID: tAccount, KeyID: key,
+		Outcome: event.DeadLettered, Reason: event.APIRejected, Status: 403, Attempts: 1, Subject: h.topo.Subjects[1],
+		Sequence: 1, Stream: h.topo.Stream, PublishedAt: week.Format(time.RFC3339Nano), CompletedAt: week.Add(time.Minute).Format(time.RFC3339Nano)})
+	if _, err := h.js.PublishMsg(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := h.s.bucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tried := time.Now().Add(-(queue.DuplicateWindow - republishMargin) - 10*time.Second)
+	claim := entry{Caller: "soar", BodySHA256: bodyDigest([]byte(evBody(tAccount, key))), State: stateStoring, EventID: id,
+		Subject: h.topo.Subjects[1], AccountID: tAccount, KeyID: key, ClaimedAt: tried, Tried: tried, Until: tried.Add(storeTimeout), Lost: true}
+	v, _ := json.Marshal(claim)
+	if _, err := kv.Create(ctx, entryKey(id), v); err != nil {
+		t.Fatal(err)
+	}
+	h.do(h.get("/v1/revocations/"+id, bearer(tToken)...)).want(t, http.StatusAccepted)
+	r := h.do(h.post(evBody(tAccount, key), hdrs(bearer(tToken), []string{HeaderIdempotencyKey, "INC-7"})...))
+	r.want(t, http.StatusAccepted)
+	if q := r.queued(t); q.Sequence != 1 || h.msgs() != 1 {
+		t.Fatalf("repeat answered %+v with %d events stored, want the new event stored", q, h.msgs())
+	}
 }

@@ -78,8 +78,17 @@ type Client struct {
 	cred      Credential
 	timeout   time.Duration
 	userAgent string
-	hc        *http.Client
+	ua        []string // userAgent as the header's value, made once
+	// rt makes the calls, without http.Client: no redirect is ever
+	// followed (a redirect would carry the credential to wherever
+	// Location points; Go only strips Authorization across hosts, not
+	// X-Auth-Key), so the 3xx is returned for the caller to classify, and
+	// no copy of the headers is made per call for redirects.
+	rt http.RoundTripper
 }
+
+// acceptJSON is the Accept header's value of every call.
+var acceptJSON = []string{"application/json"}
 
 // New checks cfg and returns a Client. Its errors never contain the
 // credential, nor the base URL's user info.
@@ -120,13 +129,8 @@ func New(cfg Config) (*Client, error) {
 		cred:      cfg.Credential,
 		timeout:   cfg.Timeout,
 		userAgent: ua,
-		hc: &http.Client{
-			Transport: rt,
-			// A redirect would carry the credential to wherever Location
-			// points (Go only strips Authorization across hosts, not
-			// X-Auth-Key); the 3xx is returned for the caller to classify.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+		ua:        []string{ua},
+		rt:        rt,
 	}, nil
 }
 
@@ -243,13 +247,14 @@ func (c *Client) call(ctx context.Context, method string, limit int, path ...str
 	if err != nil {
 		return resp, nil, fmt.Errorf("cloudflare: building request: %w", err)
 	}
-	req.Header.Set("User-Agent", c.userAgent)
-	req.Header.Set("Accept", "application/json")
+	// Values shared by every call: nothing on the way changes them (a
+	// transport that adds a header, as tracing's, works on a copy).
+	req.Header = http.Header{"User-Agent": c.ua, "Accept": acceptJSON}
 	if err := c.cred.Apply(req); err != nil {
 		return resp, nil, fmt.Errorf("cloudflare: credential %s: %w", c.cred.ID(), err)
 	}
 
-	hr, err := c.hc.Do(req)
+	hr, err := c.rt.RoundTrip(req)
 	if err != nil {
 		resp.Duration = time.Since(start)
 		return resp, nil, c.callError(ctx, callCtx, method, target, "", err)

@@ -53,12 +53,13 @@ func ValidSecret(s string) bool {
 // characters that cannot appear in a header, makes Apply (and so New) fail.
 func Token(token string) Credential {
 	t := strings.TrimSpace(token)
-	return &tokenCred{token: t, id: "token:" + fingerprint(t)}
+	return &tokenCred{token: t, id: "token:" + fingerprint(t), auth: []string{"Bearer " + t}}
 }
 
 type tokenCred struct {
 	token string
 	id    string
+	auth  []string // the header's value, made once: every call sends it
 }
 
 var errBadToken = errors.New("cloudflare: API token is empty or holds characters not allowed in an HTTP header")
@@ -67,7 +68,8 @@ func (c *tokenCred) Apply(req *http.Request) error {
 	if !ValidSecret(c.token) {
 		return errBadToken
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	// Never changed once sent: the transport only reads it.
+	req.Header["Authorization"] = c.auth
 	return nil
 }
 
@@ -166,6 +168,7 @@ type TokenFile struct {
 type tokenState struct {
 	token string
 	id    string
+	auth  []string // "Bearer <token>" as the header's value, made once
 }
 
 // what names the file in errors.
@@ -217,13 +220,13 @@ func newSecretFile(path, email string, every time.Duration) (*TokenFile, error) 
 // Apply sets "Authorization: Bearer <token>", checking the file first when
 // a check is due.
 func (f *TokenFile) Apply(req *http.Request) error {
-	tok := f.current().token
+	cur := f.current()
 	if f.email != "" {
 		req.Header.Set("X-Auth-Email", f.email)
-		req.Header.Set("X-Auth-Key", tok)
+		req.Header.Set("X-Auth-Key", cur.token)
 		return nil
 	}
-	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header["Authorization"] = cur.auth
 	return nil
 }
 
@@ -259,7 +262,7 @@ func (f *TokenFile) newState(tok string) *tokenState {
 	if f.email != "" {
 		return &tokenState{token: tok, id: "keyfile:" + fingerprint(f.email+"\x00"+tok)}
 	}
-	return &tokenState{token: tok, id: "file:" + fingerprint(tok)}
+	return &tokenState{token: tok, id: "file:" + fingerprint(tok), auth: []string{"Bearer " + tok}}
 }
 
 // Refresh checks the file when a check is due, as a call would. Calling it

@@ -99,6 +99,9 @@ type entry struct {
 
 	// repeat: a request before this one stored the event.
 	repeat bool
+	// written is when the server stored the entry, where it was read:
+	// what the entry says of its own times is bounded by it.
+	written time.Time
 }
 
 // published is the stored event an entry names.
@@ -110,12 +113,17 @@ func (e entry) published() queue.Published {
 // end is when a "storing" claim stops holding off others: its request's
 // end, and a margin for clocks (or StaleClaim, for a claim naming none).
 func (e entry) end() time.Time {
-	// No later than StaleClaim after the claim, whatever it says.
-	stale := e.ClaimedAt.Add(StaleClaim)
-	if e.Until.IsZero() || e.Until.After(stale) {
-		return stale
+	// No later than StaleClaim after the claim, whatever it says, nor a
+	// store time after the server stored it: a replica's clock ahead
+	// must not hold its claim's key for as long.
+	end := e.ClaimedAt.Add(StaleClaim)
+	if !e.Until.IsZero() && e.Until.Add(claimMargin).Before(end) {
+		end = e.Until.Add(claimMargin)
 	}
-	return e.Until.Add(claimMargin)
+	if !e.written.IsZero() && e.written.Add(storeTimeout+claimMargin).Before(end) {
+		end = e.written.Add(storeTimeout + claimMargin)
+	}
+	return end
 }
 
 // storedID is the id the work stream holds the event under.
@@ -176,6 +184,7 @@ func (s *Server) lookup(ctx context.Context, id string) (e entry, found bool, er
 	if json.Unmarshal(got.Value(), &e) != nil || !e.sane(id) {
 		return entry{}, false, nil
 	}
+	e.written = got.Created()
 	return e, true, nil
 }
 
@@ -208,9 +217,12 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 			continue // released meanwhile: claim again
 		}
 		if err != nil {
-			return entry{}, problem(KindUnavailable, "the event was not stored: try again").retry(retryUnavailable)
+			// A claim is there, unread: an earlier request's event may be
+			// stored.
+			return entry{}, s.storeUnknown()
 		}
 		var first entry
+		first.written = got.Created()
 		if json.Unmarshal(got.Value(), &first) != nil || !first.sane(claim.EventID) || first.Caller != claim.Caller {
 			return entry{}, problem(KindIDTaken, "the idempotency key names an entry this request cannot use: use another key")
 		}
@@ -247,7 +259,8 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 			return s.publish(ctx, kv, key, rev, claim, ev, body)
 		}
 		if !wrongLastSequence(err) {
-			return entry{}, problem(KindUnavailable, "the event was not stored: try again").retry(retryUnavailable)
+			// The claim it would replace may have stored the event.
+			return entry{}, s.storeUnknown()
 		}
 		// Another request took it over first: look again.
 	}
@@ -272,9 +285,13 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 	var (
 		p   queue.Published
 		err error
+		// unanswered: a publish of this request went unanswered, so the
+		// event may be stored whatever a later one is told.
+		unanswered bool
 	)
 	for {
 		p, err = s.cfg.Client.Publish(ctx, claim.Subject, claim.storedID(), ev, body)
+		unanswered = unanswered || err != nil && !refused(err)
 		if errors.Is(err, queue.ErrIDTaken) && claim.StoredAs == "" {
 			s.log.Warn("ingress: another event holds the id this request makes; storing it under an id of its own",
 				zap.String("event_id", untrusted.Line(claim.EventID, 256)))
@@ -299,7 +316,8 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 		}
 	}
 	if err != nil {
-		if !refused(err) {
+		// A claim marked lost before (taken over here) may be stored too.
+		if !refused(err) || unanswered || claim.Lost {
 			// Marked for a repeat, and for a lookup to look in the trail;
 			// with a moment of its own, as the request's time is over.
 			claim.Lost, claim.Until = true, s.now()
@@ -366,8 +384,14 @@ func (s *Server) recorded(ctx context.Context, claim entry) (entry, bool) {
 		return entry{}, false
 	}
 	id := untrusted.Line(claim.storedID(), 256)
+	// From the first try to the end of the duplicate window of the last
+	// (a request taking the claim over may have stored it later).
 	from := claim.Tried.Add(-republishMargin)
-	until := claim.Tried.Add(s.republishWithin(ctx) + 2*republishMargin)
+	last := claim.Until
+	if last.Before(claim.Tried) {
+		last = claim.Tried
+	}
+	until := last.Add(s.republishWithin(ctx) + 2*republishMargin)
 	for i := len(recs) - 1; i >= 0; i-- {
 		rec := recs[i]
 		stored, err := time.Parse(time.RFC3339Nano, rec.PublishedAt)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -127,10 +128,17 @@ func lostAnswer(t *testing.T, tweak ...func(*queue.Client)) (*harness, *answerEa
 func lostAnswerWith(t *testing.T, lose func(*harness), tweak ...func(*queue.Client)) (*harness, *answerEater, *nats.Conn, func() resp) {
 	t.Helper()
 	h := newHarness(t)
-	p := &answerEater{target: h.ns.Addr().String(), publish: []byte(h.topo.Subjects[1] + " _INBOX"), stored: func() bool {
+	return lostAnswerOn(t, h, []byte(h.topo.Subjects[1]+" _INBOX"), func() bool {
 		st, err := h.js.Stream(context.Background(), h.topo.Stream)
 		return err == nil && st.CachedInfo().State.Msgs == 1
-	}}
+	}, lose, tweak...)
+}
+
+// lostAnswerOn is lostAnswerWith on h, its proxy eating the answer to the
+// first publish holding pattern once stored says it is stored.
+func lostAnswerOn(t *testing.T, h *harness, pattern []byte, stored func() bool, lose func(*harness), tweak ...func(*queue.Client)) (*harness, *answerEater, *nats.Conn, func() resp) {
+	t.Helper()
+	p := &answerEater{target: h.ns.Addr().String(), publish: pattern, stored: stored}
 	if lose != nil {
 		p.lose = func() { lose(h) }
 	}
@@ -389,5 +397,150 @@ func TestLostStoreAnswerIgnoresAnOlderEventsRecord(t *testing.T) {
 	r.want(t, http.StatusAccepted)
 	if q := r.queued(t); q.Sequence != 1 || h.msgs() != 1 {
 		t.Fatalf("repeat answered %+v with %d events stored, want the new event stored", q, h.msgs())
+	}
+}
+
+// setSubjects gives the work stream these subjects.
+func setSubjects(t testing.TB, h *harness, subjects []string) {
+	ctx := context.Background()
+	st, err := h.js.Stream(ctx, h.topo.Stream)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	cfg := st.CachedInfo().Config
+	cfg.Subjects = subjects
+	if _, err := h.js.UpdateStream(ctx, cfg); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestLostAnswerThenRefusedStaysUnknown: the first publish is stored and
+// its answer lost; the publish made again is refused (for a moment no
+// stream takes the subject). A refusal then proves nothing of the first:
+// the answer is store-unknown and the claim is kept, never "not stored"
+// and a lookup that is a 404.
+func TestLostAnswerThenRefusedStaysUnknown(t *testing.T) {
+	h, p, nc, post := lostAnswer(t)
+	stored, once := p.stored, sync.Once{}
+	p.stored = func() bool {
+		if !stored() {
+			return false
+		}
+		once.Do(func() { setSubjects(h.t, h, h.topo.Subjects[:1]) })
+		return true
+	}
+	r := post()
+	setSubjects(t, h, h.topo.Subjects)
+	r.want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	if !p.ate.Load() || h.msgs() != 1 {
+		t.Fatalf("answer lost: %v; %d events stored, want the first publish's", p.ate.Load(), h.msgs())
+	}
+	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
+	h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).want(t, http.StatusAccepted)
+}
+
+// lostClaim writes the claim a request leaves whose store went
+// unanswered, first tried at tried, its last request over at until, and
+// publishes the event under its id (as that store did) unless told not to.
+func lostClaim(t *testing.T, h *harness, id, key string, tried, until time.Time, publish bool) {
+	t.Helper()
+	ctx := context.Background()
+	body := evBody(tAccount, key)
+	if publish {
+		m := nats.NewMsg(h.topo.Subjects[1])
+		m.Data = []byte(body)
+		m.Header.Set(jetstream.MsgIDHeader, id)
+		if _, err := h.js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kv, err := h.s.bucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := entry{Caller: "soar", BodySHA256: bodyDigest([]byte(body)), State: stateStoring, EventID: id,
+		Subject: h.topo.Subjects[1], AccountID: tAccount, KeyID: key, ClaimedAt: tried, Tried: tried, Until: until, Lost: true}
+	v, _ := json.Marshal(claim)
+	if _, err := kv.Create(ctx, entryKey(id), v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLostStoreFoundAfterATakeoverStoredIt: the first try of an event went
+// unanswered long ago; a request that took its claim over later stored it
+// (its answer lost too), and the worker recorded it. A lookup finds that
+// record: the range of the trail looked at runs to the last request's end,
+// not the first try's.
+func TestLostStoreFoundAfterATakeoverStoredIt(t *testing.T) {
+	h := newHarness(t)
+	h.startWorker()
+	const id = "ingress:soar:late"
+	lostClaim(t, h, id, "latekey", time.Now().Add(-10*time.Minute), time.Now().Add(-5*time.Second), true)
+	queuetest.Eventually(t, 10*time.Second, "the lookup answering the event's record", func() bool {
+		return h.do(h.get("/v1/revocations/"+id, bearer(tToken)...)).StatusCode == http.StatusOK
+	})
+}
+
+// TestLostTakeoverAnswerIsUnknown: a repeat takes over the claim of a
+// request whose store went unanswered, and the bucket's answer to the
+// takeover is lost. The event may be stored (it is): the answer is
+// store-unknown, not "the event was not stored".
+func TestLostTakeoverAnswerIsUnknown(t *testing.T) {
+	defer func(d time.Duration) { storeTimeout = d }(storeTimeout)
+	storeTimeout = 3 * time.Second
+	h := newHarness(t)
+	const id = "ingress:soar:lost-ack"
+	lostClaim(t, h, id, "ackkey", time.Now().Add(-10*time.Second), time.Now().Add(-5*time.Second), true)
+	kv, err := h.s.bucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := kv.Get(context.Background(), entryKey(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The takeover's write, not the create that finds the claim there.
+	update := fmt.Sprintf("%s: %d\r\n", jetstream.ExpectedLastSubjSeqHeader, first.Revision())
+	_, p, _, post := lostAnswerOn(t, h, []byte(update), func() bool {
+		e, err := kv.Get(context.Background(), entryKey(id))
+		return err == nil && e.Revision() > first.Revision()
+	}, nil)
+	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	if !p.ate.Load() || h.msgs() != 1 {
+		t.Fatalf("takeover's answer lost: %v; %d events stored, want the first request's", p.ate.Load(), h.msgs())
+	}
+}
+
+// TestClaimFromAClockAheadHoldsNoLonger: a replica whose clock is an hour
+// ahead claimed an id and died while storing. What the claim says of its
+// own times is bounded by when the server stored it: a repeat takes it
+// over once a store time has passed, not in an hour.
+func TestClaimFromAClockAheadHoldsNoLonger(t *testing.T) {
+	defer func(d time.Duration) { storeTimeout = d }(storeTimeout)
+	storeTimeout = time.Second
+	h := newHarness(t)
+	ctx := context.Background()
+	const id = "ingress:soar:ahead"
+	body := evBody(tAccount, "aheadkey")
+	kv, err := h.s.bucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead := time.Now().Add(time.Hour)
+	claim := entry{Caller: "soar", BodySHA256: bodyDigest([]byte(body)), State: stateStoring, EventID: id,
+		Subject: h.topo.Subjects[1], AccountID: tAccount, KeyID: "aheadkey", ClaimedAt: ahead, Tried: ahead, Until: ahead.Add(15 * time.Second)}
+	v, _ := json.Marshal(claim)
+	if _, err := kv.Create(ctx, entryKey(id), v); err != nil {
+		t.Fatal(err)
+	}
+	var r resp
+	queuetest.Eventually(t, 10*time.Second, "the repeat taking the claim over", func() bool {
+		r = h.do(h.post(body, hdrs(bearer(tToken), []string{HeaderIdempotencyKey, "ahead"})...))
+		return r.StatusCode != http.StatusConflict
+	})
+	r.want(t, http.StatusAccepted)
+	if h.msgs() != 1 {
+		t.Fatalf("%d events stored, want 1", h.msgs())
 	}
 }

@@ -47,6 +47,16 @@ func TestPublishWaitReportsEachOutcome(t *testing.T) {
 	s.run("publish", "--account", "acc1", "--key", "key1", "--wait", "--urgent").
 		want(t, exitOK, "to revoke.urgent", "not_found account=acc1 key=key1 status=404")
 
+	// A message on the key's subject that is not its record is said on
+	// the way, never believed (SPEC §4, "The proof", point 8).
+	planted := queue.OutcomeMsg("revoke.outcome", event.Record{EventID: "x", AccountID: "acc1", KeyID: "other", Outcome: event.Revoked})
+	planted.Subject = queue.OutcomeSubject("revoke.outcome", "acc1", "key9")
+	if _, err := s.js.PublishMsg(context.Background(), planted); err != nil {
+		t.Fatal(err)
+	}
+	s.run("publish", "--account", "acc1", "--key", "key9", "--wait").
+		want(t, exitOK, "revoked account=acc1 key=key9", "is not an outcome record of that key: not believed")
+
 	// The API refuses: dead-lettered, exit 1, and the operator is told where to look.
 	s.api.Script("key2", 400)
 	s.run("publish", "--account", "acc1", "--key", "key2", "--wait").

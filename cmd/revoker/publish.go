@@ -474,7 +474,13 @@ func readLine(r *bufio.Reader, max int) (line []byte, tooLong bool, err error) {
 // for an unreachable server: the operator is told at once, naming the
 // server (without credentials).
 func dial(cfg config.Config, e env) (*queue.Client, error) {
-	return queue.Dial(cfg.Connection(), cfg.Topology(), func(err error) { fmt.Fprintf(e.stderr, "revoker: nats: %v\n", err) })
+	c, err := queue.Dial(cfg.Connection(), cfg.Topology(), func(err error) { fmt.Fprintf(e.stderr, "revoker: nats: %v\n", err) })
+	if err == nil {
+		// What is on a key's subject but not its record is said, as
+		// outcomes says it (SPEC §4, "The proof", point 8).
+		c.Stray = func(s queue.Stray) { fmt.Fprintf(e.stderr, "revoker: %s\n", strayLine(s)) }
+	}
+	return c, err
 }
 
 // dialFor is dial for the command named cmd, which reports a failure

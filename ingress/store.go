@@ -44,6 +44,9 @@ const (
 	// markTimeout bounds marking a claim whose store went unanswered,
 	// after the request's own time is over.
 	markTimeout = 2 * time.Second
+	// clockMargin is how far a replica's clock may be from the server's
+	// for the trail's records to be matched to a claim's times.
+	clockMargin = time.Hour
 )
 
 // States of an entry.
@@ -94,8 +97,12 @@ type entry struct {
 	// or not (its store time): a repeat after it takes the claim over
 	// rather than be told 409, which paging tools drop.
 	Until time.Time `json:"until,omitzero"`
-	// Lost: a publish of the event went unanswered, so it may be stored.
+	// Lost: the request that wrote this claim ended with a publish
+	// unanswered; nobody is storing the event now.
 	Lost bool `json:"lost,omitempty"`
+	// Unsure: some try of the event, by this claim or one it took over,
+	// went unanswered, so it may be stored whatever a later try is told.
+	Unsure bool `json:"unsure,omitempty"`
 
 	// repeat: a request before this one stored the event.
 	repeat bool
@@ -113,6 +120,10 @@ func (e entry) published() queue.Published {
 // end is when a "storing" claim stops holding off others: its request's
 // end, and a margin for clocks (or StaleClaim, for a claim naming none).
 func (e entry) end() time.Time {
+	if e.Lost {
+		// Its request has ended: nobody is storing it.
+		return time.Time{}
+	}
 	// No later than StaleClaim after the claim, whatever it says, nor a
 	// store time after the server stored it: a replica's clock ahead
 	// must not hold its claim's key for as long.
@@ -237,24 +248,29 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 			return entry{}, problem(KindInProgress, "a request with this idempotency key is still being stored: repeat it shortly").retry(1)
 		}
 		// The first request's replica stopped while storing, or lost the
-		// stream's answer: take its claim over. Publishing under the same
-		// id is safe within the work stream's duplicate window; after it,
-		// the trail may show the event stored.
-		claim.ClaimedAt, claim.StoredAs, claim.Tried, claim.Until, claim.Lost = s.now(), first.StoredAs, first.Tried, s.now().Add(storeTimeout), first.Lost
+		// stream's answer: take its claim over, on the first's subject.
+		// Publishing under the same id is safe within the work stream's
+		// duplicate window of the first's store; the trail is looked at
+		// first all the same, since the first's times are its replica's
+		// clock's.
+		claim.ClaimedAt, claim.Until, claim.Lost = s.now(), s.now().Add(storeTimeout), false
+		claim.StoredAs, claim.Tried, claim.Unsure, claim.Subject, claim.Urgent = first.StoredAs, first.Tried, first.Unsure || first.Lost, first.Subject, first.Urgent
 		if claim.Tried.IsZero() {
 			claim.Tried = first.ClaimedAt
 		}
 		value, _ = json.Marshal(claim)
 		rev, err = kv.Update(ctx, key, value, got.Revision())
 		if err == nil {
-			if s.now().Sub(claim.Tried) > s.republishWithin(ctx) {
+			if claim.Unsure {
 				if found, ok := s.recorded(ctx, claim); ok {
 					s.mark(ctx, kv, key, rev, found)
 					found.repeat = true
 					return found, nil
 				}
-				s.log.Warn("ingress: an event whose store went unanswered is stored again past the work stream's duplicate window, with no record of it yet: it may be stored twice (a key revoked twice, never not at all)",
-					zap.String("event_id", untrusted.Line(claim.EventID, 256)))
+				if s.now().Sub(claim.Tried) > s.republishWithin(ctx) {
+					s.log.Warn("ingress: an event whose store went unanswered may be stored again past the work stream's duplicate window, with no record of it yet (a key revoked twice, never not at all)",
+						zap.String("event_id", untrusted.Line(claim.EventID, 256)))
+				}
 			}
 			return s.publish(ctx, kv, key, rev, claim, ev, body)
 		}
@@ -288,6 +304,10 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 		// unanswered: a publish of this request went unanswered, so the
 		// event may be stored whatever a later one is told.
 		unanswered bool
+		// began: this request's first publish, on this replica's clock;
+		// the stream drops a copy of what it stored from then on, within
+		// its duplicate window.
+		began = s.now()
 	)
 	for {
 		p, err = s.cfg.Client.Publish(ctx, claim.Subject, claim.storedID(), ev, body)
@@ -311,16 +331,16 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 		// drop a second copy as a duplicate, until one is answered. A
 		// duplicate that could not be checked will not check better now.
 		if err == nil || refused(err) || errors.Is(err, queue.ErrIDUnverified) ||
-			s.now().Sub(claim.Tried) >= s.republishWithin(ctx) || !throttle.Sleep(ctx, republishPause) {
+			s.now().Sub(began) >= s.republishWithin(ctx) || !throttle.Sleep(ctx, republishPause) {
 			break
 		}
 	}
 	if err != nil {
 		// A claim marked lost before (taken over here) may be stored too.
-		if !refused(err) || unanswered || claim.Lost {
+		if !refused(err) || unanswered || claim.Unsure {
 			// Marked for a repeat, and for a lookup to look in the trail;
 			// with a moment of its own, as the request's time is over.
-			claim.Lost, claim.Until = true, s.now()
+			claim.Lost, claim.Unsure, claim.Until = true, true, s.now()
 			value, _ := json.Marshal(claim)
 			mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markTimeout)
 			_, uerr := kv.Update(mctx, key, value, rev)
@@ -385,13 +405,16 @@ func (s *Server) recorded(ctx context.Context, claim entry) (entry, bool) {
 	}
 	id := untrusted.Line(claim.storedID(), 256)
 	// From the first try to the end of the duplicate window of the last
-	// (a request taking the claim over may have stored it later).
-	from := claim.Tried.Add(-republishMargin)
+	// (a request taking the claim over may have stored it later), give or
+	// take clockMargin: the claim's times are its replicas' clocks, the
+	// record's the server's. An older event under a reused key is a day
+	// older at least: its entry held the key that long.
+	from := claim.Tried.Add(-clockMargin)
 	last := claim.Until
 	if last.Before(claim.Tried) {
 		last = claim.Tried
 	}
-	until := last.Add(s.republishWithin(ctx) + 2*republishMargin)
+	until := last.Add(s.republishWithin(ctx) + republishMargin + clockMargin)
 	for i := len(recs) - 1; i >= 0; i-- {
 		rec := recs[i]
 		stored, err := time.Parse(time.RFC3339Nano, rec.PublishedAt)

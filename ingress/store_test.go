@@ -400,6 +400,20 @@ func TestLostStoreAnswerIgnoresAnOlderEventsRecord(t *testing.T) {
 	}
 }
 
+// refuseOnceStored makes the work stream refuse the normal lane's subject
+// from the moment p's event is stored: a try made again is refused. The
+// caller gives the subject back.
+func refuseOnceStored(h *harness, p *answerEater) {
+	stored, once := p.stored, sync.Once{}
+	p.stored = func() bool {
+		if !stored() {
+			return false
+		}
+		once.Do(func() { setSubjects(h.t, h, h.topo.Subjects[:1]) })
+		return true
+	}
+}
+
 // setSubjects gives the work stream these subjects.
 func setSubjects(t testing.TB, h *harness, subjects []string) {
 	ctx := context.Background()
@@ -422,14 +436,7 @@ func setSubjects(t testing.TB, h *harness, subjects []string) {
 // and a lookup that is a 404.
 func TestLostAnswerThenRefusedStaysUnknown(t *testing.T) {
 	h, p, nc, post := lostAnswer(t)
-	stored, once := p.stored, sync.Once{}
-	p.stored = func() bool {
-		if !stored() {
-			return false
-		}
-		once.Do(func() { setSubjects(h.t, h, h.topo.Subjects[:1]) })
-		return true
-	}
+	refuseOnceStored(h, p)
 	r := post()
 	setSubjects(t, h, h.topo.Subjects)
 	r.want(t, http.StatusServiceUnavailable, KindStoreUnknown)
@@ -542,5 +549,71 @@ func TestClaimFromAClockAheadHoldsNoLonger(t *testing.T) {
 	r.want(t, http.StatusAccepted)
 	if h.msgs() != 1 {
 		t.Fatalf("%d events stored, want 1", h.msgs())
+	}
+}
+
+// TestLostClaimFromASkewedClock: a replica whose clock is half an hour
+// off stored an event, its answer lost, and marked its claim so; the
+// worker recorded the event. The claim's times are that replica's clock's,
+// the record's the server's: a lookup still finds the record, and a repeat
+// is answered with it rather than publishing again.
+func TestLostClaimFromASkewedClock(t *testing.T) {
+	for _, skew := range []time.Duration{30 * time.Minute, -30 * time.Minute} {
+		t.Run(skew.String(), func(t *testing.T) {
+			h := newHarness(t)
+			h.startWorker()
+			const id = "ingress:soar:skewed"
+			at := time.Now().Add(skew)
+			lostClaim(t, h, id, "skewkey", at, at, true)
+			queuetest.Eventually(t, 10*time.Second, "the lookup answering the event's record", func() bool {
+				return h.do(h.get("/v1/revocations/"+id, bearer(tToken)...)).StatusCode == http.StatusOK
+			})
+			r := h.do(h.post(evBody(tAccount, "skewkey"), hdrs(bearer(tToken), []string{HeaderIdempotencyKey, "skewed"})...))
+			if r.StatusCode != http.StatusOK || r.record(t).Sequence != 1 {
+				t.Fatalf("repeat answered %d %s, want the event's record at sequence 1", r.StatusCode, r.body)
+			}
+		})
+	}
+}
+
+// TestRepeatRightAfterStoreUnknown: the first request answered
+// store-unknown (its store unanswered, a try made again refused) and
+// marked its claim so. A repeat sent at once is not told 409: nobody is
+// storing the event any more, and a paging tool drops a 409.
+func TestRepeatRightAfterStoreUnknown(t *testing.T) {
+	h, p, nc, post := lostAnswer(t)
+	refuseOnceStored(h, p)
+	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	setSubjects(t, h, h.topo.Subjects)
+	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
+	again := post()
+	again.want(t, http.StatusAccepted)
+	if q := again.queued(t); q.Sequence != 1 || h.msgs() != 1 {
+		t.Fatalf("repeat answered %+v with %d events stored, want the one event at sequence 1", q, h.msgs())
+	}
+}
+
+// TestTakeoverKeepsTheFirstsSubject: a replica with another set of
+// subjects (a rolling change of REVOKER_SUBJECTS) takes over the claim of
+// a request whose store went unanswered. It publishes on the subject the
+// first request chose, where the stream drops the copy, not on its own
+// lowest, where it would be a second event.
+func TestTakeoverKeepsTheFirstsSubject(t *testing.T) {
+	h := newHarness(t)
+	subjects := append(append([]string{}, h.topo.Subjects...), "revoke.low")
+	setSubjects(t, h, subjects)
+	const id = "ingress:soar:subj"
+	lostClaim(t, h, id, "subjkey", time.Now().Add(-10*time.Second), time.Now().Add(-5*time.Second), true)
+	s, err := Start(context.Background(), h.js, Config{Addr: "127.0.0.1:0", Callers: tCallers(), Client: h.client,
+		Subjects: subjects, Replicas: 1, Create: true, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	h.base = "http://" + s.Addr()
+	r := h.do(h.post(evBody(tAccount, "subjkey"), hdrs(bearer(tToken), []string{HeaderIdempotencyKey, "subj"})...))
+	r.want(t, http.StatusAccepted)
+	if q := r.queued(t); q.Sequence != 1 || q.Subject != h.topo.Subjects[1] || h.msgs() != 1 {
+		t.Fatalf("repeat answered %+v with %d events stored, want the one event at sequence 1 on %s", q, h.msgs(), h.topo.Subjects[1])
 	}
 }

@@ -279,7 +279,7 @@ func (s *Server) postRevocation(w http.ResponseWriter, r *http.Request, c *call)
 		}
 	}
 	if !s.cfg.Client.JetStream().Conn().IsConnected() {
-		s.fail(w, c, problem(KindUnavailable, "NATS is unreachable: nothing was stored, try again").retry(retryUnavailable))
+		s.fail(w, c, problem(KindUnavailable, "NATS is unreachable: this request stored nothing (an earlier one with the same idempotency key may have); try again").retry(retryUnavailable))
 		return
 	}
 	subject := s.cfg.Subjects[len(s.cfg.Subjects)-1]

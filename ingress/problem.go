@@ -37,7 +37,7 @@ var (
 	KindUnsupportedMedia  = Kind{"unsupported-media-type", "The body must be application/json", http.StatusUnsupportedMediaType}
 	KindKeyReused         = Kind{"idempotency-key-reused", "The idempotency key was used with another body", http.StatusUnprocessableEntity}
 	KindRateLimited       = Kind{"rate-limited", "Too many requests from this caller", http.StatusTooManyRequests}
-	KindUnavailable       = Kind{"unavailable", "NATS is unreachable or the work stream refused the event: nothing was stored", http.StatusServiceUnavailable}
+	KindUnavailable       = Kind{"unavailable", "NATS is unreachable or the work stream refused the event: this request stored nothing", http.StatusServiceUnavailable}
 	KindStoreUnknown      = Kind{"store-unknown", "The work stream's answer was lost: the event may have been stored; repeat the request with the same idempotency key", http.StatusServiceUnavailable}
 	KindTooManyWaiting    = Kind{"too-many-waiting", "Too many requests are waiting for outcomes: nothing was stored", http.StatusServiceUnavailable}
 	KindTrailUnavailable  = Kind{"trail-unavailable", "The audit trail cannot be read now", http.StatusServiceUnavailable}

@@ -251,10 +251,13 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 		// stream's answer: take its claim over, on the first's subject.
 		// Publishing under the same id is safe within the work stream's
 		// duplicate window of the first's store; the trail is looked at
-		// first all the same, since the first's times are its replica's
-		// clock's.
+		// first all the same, since whether that window has passed is
+		// known only by the first's replica's clock.
 		claim.ClaimedAt, claim.Until, claim.Lost = s.now(), s.now().Add(storeTimeout), false
-		claim.StoredAs, claim.Tried, claim.Unsure, claim.Subject, claim.Urgent = first.StoredAs, first.Tried, first.Unsure || first.Lost, first.Subject, first.Urgent
+		// Unsure whatever the first says: a request that neither marked its
+		// event stored nor released its claim may have stored it (a crash,
+		// or NATS away before the mark).
+		claim.StoredAs, claim.Tried, claim.Unsure, claim.Subject, claim.Urgent = first.StoredAs, first.Tried, true, first.Subject, first.Urgent
 		if claim.Tried.IsZero() {
 			claim.Tried = first.ClaimedAt
 		}
@@ -352,15 +355,19 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 			s.log.Warn("ingress: the work stream's answer was lost; the event may be stored", zap.Error(err))
 			return entry{}, s.storeUnknown()
 		}
+		retry := retryUnavailable
 		if derr := kv.Delete(ctx, key, jetstream.LastRevision(rev)); derr != nil {
-			s.log.Warn("ingress: a failed claim could not be released; its id waits out the stale-claim time",
-				zap.Duration("stale_after", StaleClaim), zap.Error(derr))
+			// A repeat before the claim's end would be told 409, which
+			// paging tools drop: it is asked to come after.
+			retry = max(retry, int(claim.end().Sub(s.now())/time.Second)+1)
+			s.log.Warn("ingress: a failed claim could not be released; a repeat takes it over at its end",
+				zap.Int("retry_after_seconds", retry), zap.Error(derr))
 		}
 		if errors.Is(err, queue.ErrIDTaken) {
 			return entry{}, problem(KindIDTaken, "%v", err)
 		}
 		s.log.Warn("ingress: an event could not be stored", zap.Error(err))
-		return entry{}, problem(KindUnavailable, "the event was not stored (NATS unreachable or the work stream refused it): try again").retry(retryUnavailable)
+		return entry{}, problem(KindUnavailable, "the event was not stored (NATS unreachable or the work stream refused it): try again").retry(retry)
 	}
 	stored := claim
 	stored.State, stored.Stream, stored.Sequence, stored.TraceID, stored.StoredAt = stateStored, p.Stream, p.Sequence, p.TraceID, s.now()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,6 +178,9 @@ type answerEater struct {
 	// lose, when set, loses the publish itself instead, and is called
 	// before the connection is cut: it never reached the server.
 	lose func()
+	// hook, when set, is called before the publish is forwarded, and
+	// nothing is lost.
+	hook func()
 }
 
 func (p *answerEater) listen(t *testing.T) string {
@@ -219,6 +223,11 @@ func (p *answerEater) pipe(client net.Conn) {
 			n, err := client.Read(buf)
 			if n > 0 {
 				eat := !p.ate.Load() && bytes.Contains(buf[:n], p.publish)
+				if eat && p.hook != nil {
+					p.ate.Store(true)
+					p.hook()
+					eat = false
+				}
 				if eat {
 					p.ate.Store(true)
 					eating.Store(true)
@@ -416,17 +425,7 @@ func refuseOnceStored(h *harness, p *answerEater) {
 
 // setSubjects gives the work stream these subjects.
 func setSubjects(t testing.TB, h *harness, subjects []string) {
-	ctx := context.Background()
-	st, err := h.js.Stream(ctx, h.topo.Stream)
-	if err != nil {
-		t.Error(err)
-		return
-	}
-	cfg := st.CachedInfo().Config
-	cfg.Subjects = subjects
-	if _, err := h.js.UpdateStream(ctx, cfg); err != nil {
-		t.Error(err)
-	}
+	setStreamSubjects(t, h.js, h.topo.Stream, subjects)
 }
 
 // TestLostAnswerThenRefusedStaysUnknown: the first publish is stored and
@@ -615,5 +614,117 @@ func TestTakeoverKeepsTheFirstsSubject(t *testing.T) {
 	r.want(t, http.StatusAccepted)
 	if q := r.queued(t); q.Sequence != 1 || q.Subject != h.topo.Subjects[1] || h.msgs() != 1 {
 		t.Fatalf("repeat answered %+v with %d events stored, want the one event at sequence 1 on %s", q, h.msgs(), h.topo.Subjects[1])
+	}
+}
+
+// setStreamSubjects gives stream these subjects.
+func setStreamSubjects(t testing.TB, js jetstream.JetStream, stream string, subjects []string) {
+	ctx := context.Background()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	cfg := st.CachedInfo().Config
+	cfg.Subjects = subjects
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestNotStoredThenRetryIsNoConflict: a NATS leader election (modelled as
+// no stream taking the work subject nor the bucket's subjects for a
+// moment) refuses the publish and the claim's release. The caller is told
+// 503 "not stored: try again" with Retry-After; its retry, sent after
+// Retry-After, is told 409, which a paging tool drops.
+func TestNotStoredThenRetryIsNoConflict(t *testing.T) {
+	h := newHarness(t)
+	kvStream := "KV_" + Bucket
+	work := h.topo.Subjects
+	setSubjects(t, h, work[:1]) // the normal lane: no responders
+	// The publish is sent as HPUB (it has headers).
+	p := &answerEater{target: h.ns.Addr().String(), publish: []byte("PUB " + work[1] + " "), hook: func() {
+		setStreamSubjects(h.t, h.js, kvStream, []string{"$KV.elsewhere.>"}) // the bucket's leader gone too
+	}}
+	addr := p.listen(t)
+	nc, js := queuetest.ConnectURL(t, "nats://"+addr)
+	client := queue.ClientOn(nc, js, h.topo)
+	client.Timeout = time.Second
+	s, err := Start(context.Background(), js, Config{Addr: "127.0.0.1:0", Callers: tCallers(), Client: client,
+		Subjects: h.topo.Subjects, Replicas: 1, Create: true, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	h.base = "http://" + s.Addr()
+	post := func() resp {
+		return h.do(h.post(evBody(tAccount, "electkey"), hdrs(bearer(tToken), []string{HeaderIdempotencyKey, "elect"})...))
+	}
+	r := post()
+	setStreamSubjects(t, h.js, kvStream, []string{"$KV." + Bucket + ".>"})
+	setSubjects(t, h, work)
+	r.want(t, http.StatusServiceUnavailable, KindUnavailable)
+	if h.msgs() != 0 {
+		t.Fatalf("%d events stored, want none", h.msgs())
+	}
+	// The caller honours Retry-After: the server's clock moves on so.
+	after, err := strconv.Atoi(r.Header.Get("Retry-After"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.now = func() time.Time { return time.Now().Add(time.Duration(after) * time.Second) }
+	again := post()
+	if again.StatusCode != http.StatusAccepted || h.msgs() != 1 {
+		t.Fatalf("the retry of a request answered 'not stored: try again', after its Retry-After, answered %d %s with %d events stored; want it stored", again.StatusCode, again.body, h.msgs())
+	}
+}
+
+// TestUnmarkedClaimTakenOverFromTheTrail: the first request's store is
+// stored, its answer lost, and NATS stays away for the rest of the request,
+// so its claim cannot be marked lost or unsure. The worker records the
+// event once NATS is back. A repeat after the work stream's duplicate
+// window (shrunk here to 1 s for the test; 2 min in production) takes the
+// claim over without looking in the trail and stores the event again.
+func TestUnmarkedClaimTakenOverFromTheTrail(t *testing.T) {
+	defer func(d time.Duration) { storeTimeout = d }(storeTimeout)
+	storeTimeout = 4 * time.Second
+	h, p, nc, post := lostAnswer(t)
+	ctx := context.Background()
+	st, err := h.js.Stream(ctx, h.topo.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.Duplicates = time.Second
+	if _, err := h.js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.startWorker()
+	p.away.Store(true)
+	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	p.away.Store(false)
+	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
+	queuetest.Eventually(t, 10*time.Second, "the lookup answering the event's record", func() bool {
+		return h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).StatusCode == http.StatusOK
+	})
+	// The stream has forgotten the event's id once it has forgotten a
+	// probe's stored after it: a copy of the probe is then stored anew.
+	probe := nats.NewMsg(h.topo.Subjects[0])
+	probe.Data = []byte(evBody(tAccount, "probe"))
+	probe.Header.Set(jetstream.MsgIDHeader, "probe")
+	if _, err := h.js.PublishMsg(ctx, probe); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 30*time.Second, "the stream forgetting the ids", func() bool {
+		ack, err := h.js.PublishMsg(ctx, probe)
+		return err == nil && !ack.Duplicate
+	})
+	var again resp
+	queuetest.Eventually(t, 10*time.Second, "the repeat taking the claim over", func() bool {
+		again = post()
+		return again.StatusCode != http.StatusConflict
+	})
+	if again.StatusCode != http.StatusAccepted || again.queued(t).Sequence != 1 {
+		t.Fatalf("repeat answered %d %s: want the event at sequence 1, not stored again", again.StatusCode, again.body)
 	}
 }

@@ -285,12 +285,14 @@ func TestBudgetForeignEntryKeepsTheHold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// In the entry itself, not only pending here: the foreign entry must
-	// land after it, not race its write.
+	// In the entry itself and in the budget's own copy of it, not only
+	// pending here: the foreign entry must land after the hold's write is
+	// answered, not race it. A reservation refused for the hold (not for
+	// the next slot, a quarter of a second away) says the copy has it.
 	queuetest.Eventually(t, 10*time.Second, "the hold stored in the entry", func() bool {
 		e, err := kv.Get(ctx, "token_f0e1a2b3")
-		_, ok, rerr := b.Reserve(ctx, 0)
-		return err == nil && strings.Contains(string(e.Value()), `"hold"`) && rerr == nil && !ok
+		at, ok, rerr := b.Reserve(ctx, 0)
+		return err == nil && strings.Contains(string(e.Value()), `"hold"`) && rerr == nil && !ok && time.Until(at) > time.Minute
 	})
 	for _, foreign := range []string{`{"stream":"REVOCATIONS","seq":1}`, ``} {
 		rev, err := kv.Put(ctx, "token_f0e1a2b3", []byte(foreign))

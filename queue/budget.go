@@ -86,6 +86,9 @@ type cachedState struct {
 	// for this replica's own write, its estimate until the watch brings
 	// the entry.
 	created time.Time
+	// from is the revision st was read from when it is older than rev: an
+	// entry that was not a budget state keeps the state believed before it.
+	from uint64
 }
 
 // reservation is the last slot this replica reserved, in both clocks, so
@@ -671,14 +674,26 @@ func (b *Budget) write(ctx context.Context, kv jetstream.KeyValue, key string, s
 		return 0, b.failed(fmt.Errorf("write budget: %w", err))
 	}
 	b.ok()
-	// The server stored it a little after `sent`; the watch brings its
-	// exact time, and is not overridden if it came first.
-	b.mu.Lock()
-	if old, ok := b.cache[key]; !ok || old.rev < nrev {
-		b.cache[key] = cachedState{st: withClaimsAt(st, sent), rev: nrev, created: sent}
-	}
-	b.mu.Unlock()
+	b.wrote(key, st, nrev, sent)
 	return nrev, nil
+}
+
+// wrote takes this replica's own write of st, stored at nrev, into the
+// cache. The server stored it a little after sent; the watch brings its
+// exact time, and is not overridden if it came first. An entry after it
+// that was not a budget state, read before this write was answered,
+// stood on the state from before the write: it stands on this one now.
+func (b *Budget) wrote(key string, st budgetState, nrev uint64, sent time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old, ok := b.cache[key]
+	switch {
+	case !ok || old.rev < nrev:
+		b.cache[key] = cachedState{st: withClaimsAt(st, sent), rev: nrev, created: sent}
+	case old.from != 0 && old.from < nrev:
+		old.st, old.from = withClaimsAt(st, sent), nrev
+		b.cache[key] = old
+	}
 }
 
 // store keeps c as key's entry unless a newer one is known; it returns the
@@ -714,7 +729,10 @@ func (b *Budget) decode(e jetstream.KeyValueEntry) cachedState {
 		out = []string{"entry (not a budget state)"}
 		b.mu.Lock()
 		if old, ok := b.cache[e.Key()]; ok {
-			c.st = old.st
+			c.st, c.from = old.st, old.rev
+			if old.from != 0 {
+				c.from = old.from
+			}
 		}
 		b.mu.Unlock()
 	} else {

@@ -297,9 +297,9 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 //
 // A publish the stream refused releases the claim, so a retry is not
 // refused as in progress. One whose answer was lost (a timeout, a dropped
-// connection) may have been stored: the claim is kept, marked stale, so
-// that a repeat takes it over at once and publishes under the same id,
-// which the stream drops as a duplicate if the first was stored.
+// connection) is published again under the same id within the request;
+// if none is answered, the event may have been stored: the claim is kept,
+// marked lost, so that a repeat takes it over at once.
 func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, claim entry, ev event.Event, body []byte) (entry, *Problem) {
 	var (
 		p   queue.Published
@@ -309,8 +309,11 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 		unanswered bool
 		// began: this request's first publish, on this replica's clock;
 		// the stream drops a copy of what it stored from then on, within
-		// its duplicate window.
-		began = s.now()
+		// its duplicate window (window: asked for at the first lost
+		// answer, not on every request).
+		began  = s.now()
+		window time.Duration
+		asked  bool
 	)
 	for {
 		p, err = s.cfg.Client.Publish(ctx, claim.Subject, claim.storedID(), ev, body)
@@ -333,8 +336,13 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 		// An answer lost: the same id again, while the work stream would
 		// drop a second copy as a duplicate, until one is answered. A
 		// duplicate that could not be checked will not check better now.
-		if err == nil || refused(err) || errors.Is(err, queue.ErrIDUnverified) ||
-			s.now().Sub(began) >= s.republishWithin(ctx) || !throttle.Sleep(ctx, republishPause) {
+		if err == nil || refused(err) || errors.Is(err, queue.ErrIDUnverified) {
+			break
+		}
+		if !asked {
+			window, asked = s.republishWithin(ctx), true
+		}
+		if s.now().Sub(began) >= window || !throttle.Sleep(ctx, republishPause) {
 			break
 		}
 	}

@@ -488,10 +488,21 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 // Recorded looks up the outcome record of p on its key's own subject, so
 // its cost does not grow with the trail. Where several records name p, a
 // revoked one is believed over any other, and else the last one stored (see
-// believe).
+// believe). Where p does not know when its event was stored, records stored
+// before its stream was made are not believed: a stream deleted and made
+// again numbers its events from 1 again (SPEC §4, "The proof", point 5),
+// and an older event's record at the same sequence is not p's.
 func (c *Client) Recorded(ctx context.Context, p Published) (event.Record, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
-	b, err := believe(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), p.StoredAt, p.Answers, c.Stray)
+	stored := storedAt(p.StoredAt)
+	if p.StoredAt.IsZero() {
+		s, err := c.js.Stream(ctx, p.Stream)
+		if err != nil {
+			return event.Record{}, false, fmt.Errorf("when stream %q was made, to tell its events' records from older ones: %w", p.Stream, err)
+		}
+		stored.after = s.CachedInfo().Created
+	}
+	b, err := believe(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), stored, p.Answers, c.Stray)
 	return b.rec, b.found, err
 }

@@ -94,14 +94,33 @@ func onOwnSubject(subject string, o event.Record) bool {
 	return token(o.AccountID) && token(o.KeyID) && strings.HasSuffix(subject, "."+o.AccountID+"."+o.KeyID)
 }
 
-// sameStoredAt reports whether o says its event was stored at storedAt
-// (zero: not known, anything goes).
-func sameStoredAt(o event.Record, storedAt time.Time) bool {
-	if storedAt.IsZero() {
+// storedWhen is what a reader knows of when its event was stored: the
+// time itself, or only that its stream was made before it.
+type storedWhen struct {
+	// at is when the stream stored the event; zero: not known.
+	at time.Time
+	// after bounds it when at is not known: the time its stream was made
+	// (zero: no bound). A record of an older event at the same sequence
+	// of a stream deleted and made again was stored before it.
+	after time.Time
+}
+
+// storedAt is a storedWhen that knows the time (zero: knows nothing).
+func storedAt(t time.Time) storedWhen { return storedWhen{at: t} }
+
+// says reports whether o's published_at agrees with what w knows.
+func (w storedWhen) says(o event.Record) bool {
+	if w.at.IsZero() && w.after.IsZero() {
 		return true
 	}
 	t, err := time.Parse(time.RFC3339Nano, o.PublishedAt)
-	return err == nil && t.Equal(storedAt)
+	if err != nil {
+		return false
+	}
+	if !w.at.IsZero() {
+		return t.Equal(w.at)
+	}
+	return !t.Before(w.after)
 }
 
 // believed is what one key's subject says of one event.
@@ -122,24 +141,25 @@ type believed struct {
 // it names the subject's key, and, when the event's storing time is known
 // (storedAt), only if its published_at is that time to the nanosecond: the
 // worker copies it from the delivery, while a record planted before the
-// event existed could not know it. (Comparing the record's own store time
+// event existed could not know it. When only its stream's making is known,
+// a record stored before that is another event's, of an older stream. (Comparing the record's own store time
 // with the event's would compare two servers' clocks: the work and outcome
 // streams may have different leaders.)
-func believe(ctx context.Context, js jetstream.JetStream, stream, subject string, storedAt time.Time, match func(event.Record) bool, stray func(Stray)) (believed, error) {
+func believe(ctx context.Context, js jetstream.JetStream, stream, subject string, stored storedWhen, match func(event.Record) bool, stray func(Stray)) (believed, error) {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return believed{}, fmt.Errorf("stream %s: %w", stream, err)
 	}
-	return believeIn(ctx, s, subject, storedAt, match, stray)
+	return believeIn(ctx, s, subject, stored, match, stray)
 }
 
 // believeIn is believe on a stream already at hand. A message on subject
 // that is not a record of its key goes to stray (nil: skipped).
-func believeIn(ctx context.Context, s msgGetter, subject string, storedAt time.Time, match func(event.Record) bool, stray func(Stray)) (b believed, err error) {
+func believeIn(ctx context.Context, s msgGetter, subject string, stored storedWhen, match func(event.Record) bool, stray func(Stray)) (b believed, err error) {
 	err = eachIn(ctx, s, subject, func(m *jetstream.RawStreamMsg) bool {
 		b.last = m.Sequence
 		o, ok := recordOn(m, stray)
-		if !ok || !match(o) || !sameStoredAt(o, storedAt) {
+		if !ok || !match(o) || !stored.says(o) {
 			return true
 		}
 		if !b.found || o.Outcome == event.Revoked || b.rec.Outcome != event.Revoked {

@@ -297,7 +297,7 @@ func (r *Records) Prior(ctx context.Context, ref worker.Ref) (rec event.Record, 
 
 // believe is queue's believe on the outcome stream, through the kept
 // handle.
-func (r *Records) believe(ctx context.Context, subject string, storedAt time.Time, match func(event.Record) bool) (believed, error) {
+func (r *Records) believe(ctx context.Context, subject string, stored time.Time, match func(event.Record) bool) (believed, error) {
 	sp := r.outcomes.Load()
 	if sp == nil {
 		s, err := r.JS.Stream(ctx, r.OutcomeStream)
@@ -307,7 +307,7 @@ func (r *Records) believe(ctx context.Context, subject string, storedAt time.Tim
 		sp = &s
 		r.outcomes.Store(sp)
 	}
-	b, err := believeIn(ctx, *sp, subject, storedAt, match, LogStray(r.Log))
+	b, err := believeIn(ctx, *sp, subject, storedAt(stored), match, LogStray(r.Log))
 	if err != nil {
 		r.outcomes.CompareAndSwap(sp, nil)
 	}

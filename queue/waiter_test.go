@@ -52,9 +52,12 @@ func storeRecord(t *testing.T, js jetstream.JetStream, topo config.Topology, acc
 	}
 }
 
+// waiterRecord is the record of p's event, stored (published_at) now:
+// after its stream was made, as a reader that does not know when the event
+// was stored requires.
 func waiterRecord(p queue.Published, outcome event.Outcome) event.Record {
 	return event.Record{EventID: p.EventID, AccountID: p.AccountID, KeyID: p.KeyID, Outcome: outcome,
-		Stream: p.Stream, Sequence: p.Sequence, Status: 200}
+		Stream: p.Stream, Sequence: p.Sequence, Status: 200, PublishedAt: time.Now().UTC().Format(time.RFC3339Nano)}
 }
 
 // A thousand waiters share one subscription, and each gets the record of

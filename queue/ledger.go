@@ -147,6 +147,8 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 	case err != nil:
 		return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
+	case newerThan(kve.Value(), ref):
+		return worker.Entry{}, 0, errNewerEntry
 	default:
 		e, rev = decodeEntry(kve.Value(), ref), kve.Revision()
 	}
@@ -162,6 +164,26 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 	}
 	e.Journaled = j
 	return e, rev, nil
+}
+
+// errNewerEntry means the event's entry names another event at its
+// sequence, stored after it: the delivery is of a stream since deleted and
+// made again, and must neither read nor replace the newer event's entry
+// (its calls and confirmation).
+var errNewerEntry = errors.New("the ledger's entry at this sequence is a newer event's: this delivery is of a stream since deleted and made again")
+
+// newerThan reports whether b is the entry of another event than ref's,
+// stored after it.
+func newerThan(b []byte, ref worker.Ref) bool {
+	var e struct {
+		Account, Key string
+		Stored       time.Time
+	}
+	if ref.Stored.IsZero() || json.Unmarshal(b, &e) != nil || e.Stored.IsZero() {
+		return false
+	}
+	other := e.Account != ref.Account || e.Key != ref.Key || !e.Stored.Equal(ref.Stored)
+	return other && e.Stored.After(ref.Stored)
 }
 
 // decodeEntry is the entry b holds for ref, clamped to what a worker could
@@ -205,8 +227,9 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 // If change fails on the entry as stored, nothing is stored and that entry
 // is returned with change's error. The entry change sees counts the
 // journal's first calls, so a write-ahead refused on calls it did not know
-// of sees them all, not only those of the entry; an entry of another event
-// is replaced.
+// of sees them all, not only those of the entry; an entry of an older
+// event at the sequence is replaced, and one of a newer event is left
+// alone (errNewerEntry).
 func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	kv := l.kv.Load()
 	if kv == nil {

@@ -24,14 +24,21 @@ import (
 // (<stream>.<seq>, entryKey) can never fall under it.
 const unrecordedPrefix = "trail/unrecorded."
 
-// unrecordedKey is the key of the revoked record of stream's event seq.
-func unrecordedKey(stream string, seq uint64) string {
-	return unrecordedPrefix + stream + "." + strconv.FormatUint(seq, 10)
+// unrecordedKey is the key of rec, the revoked record of an event: its
+// stream, sequence, account and key. A stream made again reuses sequences,
+// and one event's kept record must not replace another's.
+func unrecordedKey(rec event.Record) string {
+	return unrecordedPrefix + rec.Stream + "." + strconv.FormatUint(rec.Sequence, 10) + "." + rec.AccountID + "." + rec.KeyID
+}
+
+// unrecordedOlderKey is where versions before account and key were in the
+// key kept rec: a sweep still writes what they kept.
+func unrecordedOlderKey(rec event.Record) string {
+	return unrecordedPrefix + rec.Stream + "." + strconv.FormatUint(rec.Sequence, 10)
 }
 
 // Unrecorded implements worker.Ledger: rec is kept under a key of its own
-// (its stream and sequence: a write retried replaces itself), for
-// SweepUnrecorded.
+// (unrecordedKey: a write retried replaces itself), for SweepUnrecorded.
 func (l *Ledger) Unrecorded(ctx context.Context, rec event.Record) error {
 	kv := l.kv.Load()
 	if kv == nil {
@@ -39,7 +46,7 @@ func (l *Ledger) Unrecorded(ctx context.Context, rec event.Record) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := (*kv).Put(ctx, unrecordedKey(rec.Stream, rec.Sequence), rec.AppendJSON(nil)); err != nil {
+	if _, err := (*kv).Put(ctx, unrecordedKey(rec), rec.AppendJSON(nil)); err != nil {
 		return fmt.Errorf("keep the revoked record in the ledger: %w", err)
 	}
 	return nil
@@ -69,7 +76,7 @@ func (l *Ledger) SweepUnrecorded(ctx context.Context, recs worker.Records, log *
 	prefix := ledgerSubject(unrecordedPrefix)
 	written := 0
 	for next := uint64(0); ; {
-		m, err := msgGet(ctx, *js, "KV_"+LedgerBucket, msgGetRequest{Seq: next, NextFor: prefix + "*.*"})
+		m, err := msgGet(ctx, *js, "KV_"+LedgerBucket, msgGetRequest{Seq: next, NextFor: prefix + ">"})
 		if err != nil {
 			return written, fmt.Errorf("read the ledger's revoked records: %w", err)
 		}
@@ -84,7 +91,7 @@ func (l *Ledger) SweepUnrecorded(ctx context.Context, recs worker.Records, log *
 		var rec event.Record
 		if json.Unmarshal(m.Data, &rec) != nil || rec.Outcome != event.Revoked ||
 			!cloudflare.ValidIdentifier(rec.AccountID) || !cloudflare.ValidIdentifier(rec.KeyID) ||
-			unrecordedKey(rec.Stream, rec.Sequence) != key {
+			unrecordedKey(rec) != key && unrecordedOlderKey(rec) != key {
 			log.Warn("the ledger holds, among the revoked records for the trail, one no worker wrote; dropped",
 				zap.String("key", untrusted.Line(key, 256)))
 			_ = (*kv).Delete(ctx, key, jetstream.LastRevision(m.Seq))

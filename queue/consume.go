@@ -306,6 +306,9 @@ func (c *Consumer) refresh(ctx context.Context, l *boundLane) {
 		// A full lane is not fetching and would not find out itself.
 		l.lane.Gone()
 	}
+	if err == nil && (l.lane.MadeAgain(info) || l.lane.Suspect()) {
+		l.lane.Gone() // made again, or maybe: the lane looks and binds it
+	}
 	if err == nil {
 		l.metrics.Pending.Set(float64(info.NumPending))
 		if l.lane.Full() {

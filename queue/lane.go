@@ -48,6 +48,17 @@ type Lane struct {
 	// made, so that no older one can have delivered it.
 	fresh func(*jetstream.MsgMetadata) bool
 	gen   int // counts bindings
+	// made is when the bound consumer was made. A consumer deleted and
+	// made again between two looks is another one under the same name.
+	made time.Time
+	// lastCseq is the consumer sequence of the latest delivery: a consumer
+	// numbers its deliveries upwards, one made again from 1.
+	lastCseq uint64
+	// suspect is set by a delivery numbered no higher than the one
+	// before: the consumer may have been made again unnoticed. Until the
+	// lane has looked, no delivery is first (a new consumer counts from 1
+	// what an old one delivered before).
+	suspect bool
 	// seen holds, by stream sequence, the events of the latest deliveries:
 	// a consumer made again counts deliveries from 1, and the worker must
 	// still know that an event was delivered before (its ack may have been
@@ -140,6 +151,7 @@ func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBat
 		fetchWait: fetchWait,
 		cons:      cons,
 		fresh:     freshOf(cons),
+		made:      madeOf(cons),
 		seen:      map[uint64]*seenEvent{},
 		held:      map[uint64]int{},
 	}
@@ -299,6 +311,7 @@ func (l *Lane) bind(b Binding) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.cons, l.fresh, l.gen = b.Consumer, freshOf(b.Consumer), l.gen+1
+	l.made, l.lastCseq, l.suspect = madeOf(b.Consumer), 0, false
 	if b.AckWait > 0 {
 		l.AckWait = b.AckWait
 	}
@@ -323,12 +336,44 @@ func (l *Lane) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) *Delivery
 	e.total = int(meta.NumDelivered) + e.prior
 	l.held[seq]++
 	l.forget()
+	if meta.Sequence.Consumer <= l.lastCseq && !l.suspect {
+		l.suspect = true
+		l.Gone() // Run looks (missing) at once, or once its fetch ends
+	}
+	l.lastCseq = meta.Sequence.Consumer
 	return &Delivery{
 		msg: msg, meta: meta, stream: l.Stream,
 		priority: l.Priority, maxDeliver: l.MaxDeliver, ackWait: l.AckWait,
 		delivered: e.total,
-		first:     e.total == 1 && l.fresh(meta),
+		first:     e.total == 1 && !l.suspect && l.fresh(meta),
 	}
+}
+
+// madeOf is when cons was made, as it was bound (zero: not known).
+func madeOf(cons jetstream.Consumer) time.Time {
+	if cons == nil {
+		return time.Time{}
+	}
+	if info := cons.CachedInfo(); info != nil {
+		return info.Created
+	}
+	return time.Time{}
+}
+
+// MadeAgain reports whether info is of another consumer than the one
+// bound, made since under its name.
+func (l *Lane) MadeAgain(info *jetstream.ConsumerInfo) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.made.IsZero() && !info.Created.Equal(l.made)
+}
+
+// Suspect reports whether a delivery numbered out of order waits for the
+// lane to look at its consumer.
+func (l *Lane) Suspect() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.suspect
 }
 
 // createdMargin covers the clocks of two servers of a cluster (the
@@ -525,14 +570,26 @@ func (l *Lane) waitRoom(ctx context.Context) (n int, gone bool) {
 	}
 }
 
-// missing asks the server whether the lane's consumer is gone: a binding
-// made again needlessly would count the deliveries in hand as a lost
-// consumer's.
+// missing asks the server whether the lane's consumer is gone, or was
+// replaced by one made again under its name: a binding made again
+// needlessly would count the deliveries in hand as a lost consumer's. A
+// consumer found as bound ends a suspicion (deliver).
 func (l *Lane) missing(ctx context.Context) bool {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_, err := l.Consumer().Info(ictx)
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+	info, err := l.Consumer().Info(ictx)
+	if err != nil {
+		return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+	}
+	if l.MadeAgain(info) {
+		return true // the one bound is gone
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// The same consumer: deliveries out of order came from a leader that
+	// took over with an older count.
+	l.suspect = false
+	return false
 }
 
 // Gone tells the lane its consumer was found missing; a lane waiting for

@@ -172,14 +172,20 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 // (its calls and confirmation).
 var errNewerEntry = errors.New("the ledger's entry at this sequence is a newer event's: this delivery is of a stream since deleted and made again")
 
+// entrySkew bounds how far ahead of this replica's clock a server's may
+// be: an entry stored later than that from now was planted.
+const entrySkew = time.Hour
+
 // newerThan reports whether b is the entry of another event than ref's,
-// stored after it.
+// stored after it. A storing time beyond the clocks' skew from now is
+// none a worker wrote (SPEC §4, "The proof", point 8): such an entry is
+// replaced as any other event's.
 func newerThan(b []byte, ref worker.Ref) bool {
 	var e struct {
 		Account, Key string
 		Stored       time.Time
 	}
-	if ref.Stored.IsZero() || json.Unmarshal(b, &e) != nil || e.Stored.IsZero() {
+	if ref.Stored.IsZero() || json.Unmarshal(b, &e) != nil || e.Stored.IsZero() || e.Stored.After(time.Now().Add(entrySkew)) {
 		return false
 	}
 	other := e.Account != ref.Account || e.Key != ref.Key || !e.Stored.Equal(ref.Stored)

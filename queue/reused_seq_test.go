@@ -46,6 +46,17 @@ func TestOlderEventLeavesANewerEntry(t *testing.T) {
 	if e.Confirmed == nil || e.Calls != 2 {
 		t.Fatalf("the newer event's entry after a write for the older one: %+v; want its confirmation and 2 calls kept", e)
 	}
+
+	// An entry stored, it says, a day from now is none a worker wrote: it
+	// holds no delivery off.
+	planted := worker.Ref{Stream: "REVOCATIONS", Seq: 2, Account: "acct", Key: "kplant", Stored: time.Now().Add(24 * time.Hour)}
+	mine := worker.Ref{Stream: "REVOCATIONS", Seq: 2, Account: "acct", Key: "kreal", Stored: time.Now()}
+	if _, err := l.Update(ctx, planted, func(e *worker.Entry) error { e.Calls = 1; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := l.Update(ctx, mine, func(e *worker.Entry) error { e.Calls = 1; return nil }); err != nil || e.Key != "kreal" {
+		t.Fatalf("a delivery's write over an entry stored in the future: %+v, %v; want it written", e, err)
+	}
 }
 
 // TestUnrecordedOfAReusedSequence: two events at the same stream and

@@ -86,6 +86,9 @@ type entry struct {
 	// ingress could read it back (StoredAt is the ingress's own clock):
 	// only records of that very event are believed.
 	EventStoredAt time.Time `json:"event_stored_at,omitzero"`
+	// EventStoredAfter, where EventStoredAt is not known, is when the work
+	// stream that stored the event was made (queue.Published.StoredAfter).
+	EventStoredAfter time.Time `json:"event_stored_after,omitzero"`
 	// StoredAs is the id the event is stored under when it is not
 	// EventID: another event held that id (see publish).
 	StoredAs string `json:"stored_as,omitempty"`
@@ -114,7 +117,7 @@ type entry struct {
 // published is the stored event an entry names.
 func (e entry) published() queue.Published {
 	return queue.Published{EventID: e.storedID(), AccountID: e.AccountID, KeyID: e.KeyID, Subject: e.Subject,
-		Stream: e.Stream, Sequence: e.Sequence, TraceID: e.TraceID, StoredAt: e.EventStoredAt}
+		Stream: e.Stream, Sequence: e.Sequence, TraceID: e.TraceID, StoredAt: e.EventStoredAt, StoredAfter: e.EventStoredAfter}
 }
 
 // end is when a "storing" claim stops holding off others: its request's
@@ -379,7 +382,7 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 	}
 	stored := claim
 	stored.State, stored.Stream, stored.Sequence, stored.TraceID, stored.StoredAt = stateStored, p.Stream, p.Sequence, p.TraceID, s.now()
-	stored.EventStoredAt = p.StoredAt
+	stored.EventStoredAt, stored.EventStoredAfter = p.StoredAt, p.StoredAfter
 	s.mark(ctx, kv, key, rev, stored)
 	return stored, nil
 }

@@ -103,6 +103,10 @@ type Published struct {
 	// StoredAt is when the stream stored the event, where it could be read
 	// (zero otherwise): a record stored before it was planted.
 	StoredAt time.Time `json:"-"`
+	// StoredAfter, where StoredAt is not known, is when the stream that
+	// stored the event was made (zero: not known either): a record of an
+	// event stored before then is an older stream's (Recorded).
+	StoredAfter time.Time `json:"-"`
 }
 
 // Answers reports whether rec is the outcome of p: the same account, key,
@@ -178,8 +182,19 @@ func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event
 	// proof", point 5). An event already done is read without it.
 	if m, err := c.storedEvent(ctx, p.Stream, p.Sequence); err == nil && m.Subject == subject && bytes.Equal(m.Data, body) {
 		p.StoredAt = m.Time
+	} else if made, err := c.streamMade(ctx, p.Stream); err == nil {
+		p.StoredAfter = made
 	}
 	return p, nil
+}
+
+// streamMade is when stream, as it is now, was made.
+func (c *Client) streamMade(ctx context.Context, stream string) (time.Time, error) {
+	s, err := c.js.Stream(ctx, stream)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("when stream %q was made, to tell its events' records from an older stream's: %w", stream, err)
+	}
+	return s.CachedInfo().Created, nil
 }
 
 // ErrIDUnverified means the event's id already names an event in the work
@@ -213,7 +228,16 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 	case c.OutcomePrefix == "":
 		return unverified("it is done and outcome records are off", err)
 	default:
-		rec, recorded, rerr := c.Recorded(ctx, *p)
+		// Only a record of an event the stream as it is now stored: one of
+		// an older stream at the same sequence proves nothing of this id,
+		// and the servers' clocks get no margin here, where doubt costs a
+		// second event for the key, not a key left alive.
+		made, err := c.streamMade(ctx, p.Stream)
+		if err != nil {
+			return unverified("it is done, and reading its stream", err)
+		}
+		p.StoredAfter = made
+		rec, recorded, rerr := c.recorded(ctx, *p, storedWhen{after: made})
 		if rerr != nil {
 			return unverified("it is done, and reading its outcome record", rerr)
 		}
@@ -251,6 +275,7 @@ type Batch struct {
 	subject  string
 	inflight []pending
 	done     func(Published, error)
+	made     time.Time // when the work stream was made, read once
 }
 
 type pending struct {
@@ -295,6 +320,10 @@ func (b *Batch) settle(ctx context.Context) {
 	select {
 	case ack := <-f.fut.Ok():
 		f.p.Stream, f.p.Sequence, f.p.Duplicate = ack.Stream, ack.Sequence, ack.Duplicate
+		if b.made.IsZero() {
+			b.made, _ = b.c.streamMade(ctx, ack.Stream) // zero if not: Recorded reads it then
+		}
+		f.p.StoredAfter = b.made
 		b.done(f.p, nil)
 	case err := <-f.fut.Err():
 		b.done(f.p, b.c.publishError(b.subject, err))
@@ -488,21 +517,30 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 // Recorded looks up the outcome record of p on its key's own subject, so
 // its cost does not grow with the trail. Where several records name p, a
 // revoked one is believed over any other, and else the last one stored (see
-// believe). Where p does not know when its event was stored, records stored
-// before its stream was made are not believed: a stream deleted and made
-// again numbers its events from 1 again (SPEC §4, "The proof", point 5),
-// and an older event's record at the same sequence is not p's.
+// believe). Where p does not know when its event was stored, a record of
+// an event stored before its stream was made (StoredAfter, else the
+// stream as it is now), less a margin for the servers' clocks, is an older
+// stream's and not believed: a stream deleted and made again numbers its
+// events from 1 again (SPEC §4, "The proof", point 5).
 func (c *Client) Recorded(ctx context.Context, p Published) (event.Record, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
 	stored := storedAt(p.StoredAt)
 	if p.StoredAt.IsZero() {
-		s, err := c.js.Stream(ctx, p.Stream)
-		if err != nil {
-			return event.Record{}, false, fmt.Errorf("when stream %q was made, to tell its events' records from older ones: %w", p.Stream, err)
+		made := p.StoredAfter
+		if made.IsZero() {
+			var err error
+			if made, err = c.streamMade(ctx, p.Stream); err != nil {
+				return event.Record{}, false, err
+			}
 		}
-		stored.after = s.CachedInfo().Created
+		stored.after = made.Add(-createdMargin)
 	}
+	return c.recorded(ctx, p, stored)
+}
+
+// recorded is Recorded with what is known of when p's event was stored.
+func (c *Client) recorded(ctx context.Context, p Published, stored storedWhen) (event.Record, bool, error) {
 	b, err := believe(ctx, c.js, c.OutcomeStream, OutcomeSubject(c.OutcomePrefix, p.AccountID, p.KeyID), stored, p.Answers, c.Stray)
 	return b.rec, b.found, err
 }

@@ -54,6 +54,8 @@ type indexEntry struct {
 	Stream    string    `json:"stream"`
 	Sequence  uint64    `json:"sequence"`
 	StoredAt  time.Time `json:"stored_at,omitzero"`
+	// StoredAfter: Published.StoredAfter.
+	StoredAfter time.Time `json:"stored_after,omitzero"`
 }
 
 // indexKey is an id's key: ids may hold what keys may not.
@@ -69,7 +71,7 @@ func (x *EventIndex) Remember(ctx context.Context, p Published) error {
 		return err
 	}
 	b, err := json.Marshal(indexEntry{EventID: p.EventID, AccountID: p.AccountID, KeyID: p.KeyID,
-		Subject: p.Subject, Stream: p.Stream, Sequence: p.Sequence, StoredAt: p.StoredAt})
+		Subject: p.Subject, Stream: p.Stream, Sequence: p.Sequence, StoredAt: p.StoredAt, StoredAfter: p.StoredAfter})
 	if err != nil {
 		return err
 	}
@@ -98,7 +100,7 @@ func (x *EventIndex) Find(ctx context.Context, id string) (p Published, found bo
 		return p, false, nil
 	}
 	return Published{EventID: v.EventID, AccountID: v.AccountID, KeyID: v.KeyID, Subject: v.Subject,
-		Stream: v.Stream, Sequence: v.Sequence, StoredAt: v.StoredAt}, true, nil
+		Stream: v.Stream, Sequence: v.Sequence, StoredAt: v.StoredAt, StoredAfter: v.StoredAfter}, true, nil
 }
 
 // NewEventIndex is the index of the events of stream, in a bucket of

@@ -447,7 +447,7 @@ func (s *Service) status(req micro.Request) {
 				s.fail(req, 404, "no event with this id was stored through revoker.revoke in the last %s: give stream and sequence, or account_id and key_id", queue.EventIndexTTL)
 			default:
 				r.AccountID, r.KeyID, r.Stream, r.Sequence = p.AccountID, p.KeyID, p.Stream, p.Sequence
-				s.statusOfEvent(ctx, req, r, p.StoredAt)
+				s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter)
 			}
 		})
 		return
@@ -462,7 +462,7 @@ func (s *Service) status(req micro.Request) {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Client.Timeout)
 		defer cancel()
 		if hasSeq {
-			s.statusOfEvent(ctx, req, r, time.Time{})
+			s.statusOfEvent(ctx, req, r, time.Time{}, time.Time{})
 			return
 		}
 		s.statusOfKey(ctx, req, r)
@@ -472,16 +472,22 @@ func (s *Service) status(req micro.Request) {
 // statusOfEvent answers for the event at stream/sequence: its believed
 // record, else queued while it is still in the work stream, else 404.
 // storedAt, when known (the index keeps it), is when the event was
-// stored: only records of that very event are believed.
-func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r StatusRequest, storedAt time.Time) {
+// stored: only records of that very event are believed. Else storedAfter
+// (the index's), or the work stream as it is now, says when its stream was
+// made: records of an older stream's events are not believed.
+func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r StatusRequest, storedAt, storedAfter time.Time) {
 	c := s.cfg.Client
-	p := queue.Published{EventID: r.EventID, AccountID: r.AccountID, KeyID: r.KeyID, Stream: r.Stream, Sequence: r.Sequence, StoredAt: storedAt}
+	p := queue.Published{EventID: r.EventID, AccountID: r.AccountID, KeyID: r.KeyID, Stream: r.Stream, Sequence: r.Sequence,
+		StoredAt: storedAt, StoredAfter: storedAfter}
 	// The event still in the work stream names its key (and is the truth
 	// about it); one that is done must be asked for with its key.
 	st, err := c.JetStream().Stream(ctx, r.Stream)
 	if err != nil {
 		s.fail(req, 503, "the work stream cannot be read: try again")
 		return
+	}
+	if p.StoredAfter.IsZero() {
+		p.StoredAfter = st.CachedInfo().Created
 	}
 	inStream := false
 	m, err := st.GetMsg(ctx, r.Sequence)

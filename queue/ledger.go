@@ -147,7 +147,7 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 	case err != nil:
 		return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
-	case newerThan(kve.Value(), ref):
+	case newerThan(kve.Value(), ref, kve.Created()):
 		return worker.Entry{}, 0, errNewerEntry
 	default:
 		e, rev = decodeEntry(kve.Value(), ref), kve.Revision()
@@ -170,22 +170,25 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 // sequence, stored after it: the delivery is of a stream since deleted and
 // made again, and must neither read nor replace the newer event's entry
 // (its calls and confirmation).
-var errNewerEntry = errors.New("the ledger's entry at this sequence is a newer event's: this delivery is of a stream since deleted and made again")
+var errNewerEntry = fmt.Errorf("%w: this delivery is of a stream since deleted and made again", worker.ErrEntryTaken)
 
-// entrySkew bounds how far ahead of this replica's clock a server's may
-// be: an entry stored later than that from now was planted.
+// entrySkew bounds how far apart two servers' clocks may be: the work
+// stream's, which stamps an event, and the ledger's, which stamps the
+// event's entry.
 const entrySkew = time.Hour
 
-// newerThan reports whether b is the entry of another event than ref's,
-// stored after it. A storing time beyond the clocks' skew from now is
-// none a worker wrote (SPEC §4, "The proof", point 8): such an entry is
-// replaced as any other event's.
-func newerThan(b []byte, ref worker.Ref) bool {
+// newerThan reports whether b, written at written (the server's time), is
+// the entry of another event than ref's, stored after it. An event stored,
+// the entry says, later than its entry was written is none a worker wrote
+// the entry of (SPEC §4, "The proof", point 8): such an entry is replaced
+// as any other event's. Both times are servers', so a replica's clock,
+// however far off, plays no part.
+func newerThan(b []byte, ref worker.Ref, written time.Time) bool {
 	var e struct {
 		Account, Key string
 		Stored       time.Time
 	}
-	if ref.Stored.IsZero() || json.Unmarshal(b, &e) != nil || e.Stored.IsZero() || e.Stored.After(time.Now().Add(entrySkew)) {
+	if ref.Stored.IsZero() || json.Unmarshal(b, &e) != nil || e.Stored.IsZero() || e.Stored.After(written.Add(entrySkew)) {
 		return false
 	}
 	other := e.Account != ref.Account || e.Key != ref.Key || !e.Stored.Equal(ref.Stored)

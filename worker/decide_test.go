@@ -228,6 +228,9 @@ type fakeLedger struct {
 	// failUnrecorded makes keeping them fail.
 	unrecorded     []event.Record
 	failUnrecorded bool
+	// entryTaken: a newer event holds the sequence's entry (a stream made
+	// again): every update is refused with worker.ErrEntryTaken.
+	entryTaken bool
 }
 
 func (l *fakeLedger) Unrecorded(_ context.Context, rec event.Record) error {
@@ -336,6 +339,9 @@ func (l *fakeLedger) Update(ctx context.Context, ref worker.Ref, change func(*wo
 	defer l.mu.Unlock()
 	if l.silent {
 		return worker.Entry{}, errors.New("no answer")
+	}
+	if l.entryTaken {
+		return worker.Entry{}, worker.ErrEntryTaken
 	}
 	if err := l.fail(); err != nil {
 		return worker.Entry{}, err

@@ -114,6 +114,12 @@ type FirstRecords interface {
 // turned off: a confirmation must then be kept in the ledger.
 var ErrNoTrail = errors.New("outcome records are turned off")
 
+// ErrEntryTaken is returned by Ledger.Update and Load when the entry at
+// the event's sequence is a newer event's: the delivery is of a stream
+// since deleted and made again. Nothing may be kept there for it; its
+// confirmation goes to the sweep's records (Ledger.Unrecorded) alone.
+var ErrEntryTaken = errors.New("the ledger's entry at this sequence is a newer event's")
+
 // Ledger keeps, per event, what one delivery leaves for the next: every
 // call before it is made, the answers heard, and the API's confirmation
 // while the outcome record cannot hold it. So attempts are counted across
@@ -1342,7 +1348,7 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 					close(kept)
 				}
 			}
-			if snap.kept {
+			if snap.kept || errors.Is(err, ErrEntryTaken) {
 				// And the record itself, for the sweep: only a later
 				// delivery reads the entry.
 				if err = w.Ledger.Unrecorded(keeping, w.record(&snap, event.Revoked, "")); err == nil {
@@ -1383,12 +1389,12 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	<-kdone
 	switch {
 	case recorded:
+	case isSwept(swept):
+		w.Log.Error("the API revoked the key, but the outcome record could not be stored before shutdown; the ledger keeps the record, and a sweep of the trail writes it",
+			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
 	case !isKept():
 		w.Metrics.ConfirmationsLost.Inc()
 		w.Log.Error("CONFIRMATION LOST: the API revoked the key, but neither the outcome record nor the ledger could store it before shutdown",
-			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
-	case isSwept(swept):
-		w.Log.Error("the API revoked the key, but the outcome record could not be stored before shutdown; the ledger keeps the record, and a sweep of the trail writes it",
 			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
 	case a.orphaned || !w.comesAgain(a):
 		// The ledger holds it, but only a later delivery of the event

@@ -51,8 +51,9 @@ type Lane struct {
 	// made is when the bound consumer was made. A consumer deleted and
 	// made again between two looks is another one under the same name.
 	made time.Time
-	// lastCseq is the consumer sequence of the latest delivery: a consumer
-	// numbers its deliveries upwards, one made again from 1.
+	// lastCseq is the consumer sequence of the latest delivery, to this
+	// lane or, before its first, to any: a consumer numbers its deliveries
+	// upwards, one made again from 1.
 	lastCseq uint64
 	// suspect is set by a delivery numbered no higher than the one
 	// before: the consumer may have been made again unnoticed. Until the
@@ -152,6 +153,7 @@ func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBat
 		cons:      cons,
 		fresh:     freshOf(cons),
 		made:      madeOf(cons),
+		lastCseq:  deliveredOf(cons),
 		seen:      map[uint64]*seenEvent{},
 		held:      map[uint64]int{},
 	}
@@ -311,7 +313,7 @@ func (l *Lane) bind(b Binding) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.cons, l.fresh, l.gen = b.Consumer, freshOf(b.Consumer), l.gen+1
-	l.made, l.lastCseq, l.suspect = madeOf(b.Consumer), 0, false
+	l.made, l.lastCseq, l.suspect = madeOf(b.Consumer), deliveredOf(b.Consumer), false
 	if b.AckWait > 0 {
 		l.AckWait = b.AckWait
 	}
@@ -366,6 +368,19 @@ func (l *Lane) MadeAgain(info *jetstream.ConsumerInfo) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return !l.made.IsZero() && !info.Created.Equal(l.made)
+}
+
+// deliveredOf is the number of cons's latest delivery, to any replica,
+// when it was bound: a consumer made again before the lane's first fetch
+// numbers its deliveries from 1 again.
+func deliveredOf(cons jetstream.Consumer) uint64 {
+	if cons == nil {
+		return 0
+	}
+	if info := cons.CachedInfo(); info != nil {
+		return info.Delivered.Consumer
+	}
+	return 0
 }
 
 // Suspect reports whether a delivery numbered out of order waits for the

@@ -1,0 +1,95 @@
+package queue_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+)
+
+// TestConsumerMadeAgainBeforeTheFirstFetch: a lane is bound to a consumer
+// that has delivered events elsewhere (another replica holds one), and the
+// consumer is deleted and made again before the lane's first fetch. The
+// new consumer's delivery of the held event is numbered 1: it must not be
+// taken for the event's first delivery by the old consumer's rules.
+func TestConsumerMadeAgainBeforeTheFirstFetch(t *testing.T) {
+	_, nc, js := queuetest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
+		t.Fatal(err)
+	}
+	consCfg := func(from string) jetstream.ConsumerConfig {
+		return jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute,
+			Metadata: map[string]string{queue.MetaFreshFrom: from}}
+	}
+	cons, err := js.CreateConsumer(ctx, "S", consCfg("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range []string{"e1", "e2"} {
+		if err := nc.Publish("s", []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Elsewhere: e1 delivered and acked, e2 delivered and held.
+	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for m := range batch.Messages() {
+		if n++; n == 1 {
+			if err := m.DoubleAck(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n != 2 {
+		t.Fatalf("fetched %d; want 2", n)
+	}
+	bound, err := js.Consumer(ctx, "S", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lane := queue.NewLane(bound, "s", 0, 2, 1, 200*time.Millisecond)
+
+	// Made again, as a replica binding it again makes it: fresh from the
+	// next sequence.
+	if err := js.DeleteConsumer(ctx, "S", "d"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateConsumer(ctx, "S", consCfg("3")); err != nil {
+		t.Fatal(err)
+	}
+
+	got := make(chan *queue.Delivery, 1)
+	run, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- lane.Run(run, ctx, queue.Hooks{
+			Handle: func(_ context.Context, d *queue.Delivery) {
+				got <- d
+				<-run.Done()
+				_ = d.GiveBack(0)
+			},
+			GiveBack: func(d *queue.Delivery) { _ = d.GiveBack(0) },
+			Pending:  func(uint64) {},
+			NoNews:   func() {},
+		}, zap.NewNop())
+	}()
+	defer func() { stop(); <-done }()
+	select {
+	case d := <-got:
+		if string(d.Body()) != "e2" || d.First() {
+			t.Fatalf("delivered %s, first %v; want e2, not first: the consumer that delivered it before was lost", d.Body(), d.First())
+		}
+	case <-ctx.Done():
+		t.Fatal("no delivery")
+	}
+}

@@ -23,6 +23,9 @@ const (
 	MaxDepth          = 32
 	MaxReasonRunes    = 1024
 	MaxRequesterRunes = 256
+	// MaxRecordedID is how much of an event id records and logs keep
+	// (SPEC §10): a reader compares an id cut as much.
+	MaxRecordedID = 256
 )
 
 // Event is one validated "revoke key" request.

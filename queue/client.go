@@ -15,6 +15,7 @@ import (
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/tracing"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // Client publishes revoke events and awaits their outcomes: what `revoker
@@ -110,13 +111,17 @@ type Published struct {
 }
 
 // Answers reports whether rec is the outcome of p: the same account, key,
-// stream and sequence. An event id alone proves nothing (ids can be reused
-// or forged). A record of an invalid event never is: p was checked before
-// it was published, so such a record at its sequence is another event's
-// (one published raw under the same id, filed under the same key).
+// stream and sequence, and, where p knows it, the same event id (cut as
+// records cut it). An event id alone proves nothing (ids can be reused or
+// forged), but another id proves another event: one of a stream since
+// deleted and made again, at the same sequence. A record of an invalid
+// event never is: p was checked before it was published, so such a record
+// at its sequence is another event's (one published raw under the same id,
+// filed under the same key).
 func (p Published) Answers(rec event.Record) bool {
 	return rec.AccountID == p.AccountID && rec.KeyID == p.KeyID &&
-		rec.Stream == p.Stream && rec.Sequence == p.Sequence && rec.Reason != event.InvalidEvent
+		rec.Stream == p.Stream && rec.Sequence == p.Sequence && rec.Reason != event.InvalidEvent &&
+		(p.EventID == "" || rec.EventID == untrusted.Line(p.EventID, event.MaxRecordedID))
 }
 
 // CheckSubject makes sure the work stream exists and holds subject: a
@@ -320,6 +325,12 @@ func (b *Batch) settle(ctx context.Context) {
 	select {
 	case ack := <-f.fut.Ok():
 		f.p.Stream, f.p.Sequence, f.p.Duplicate = ack.Stream, ack.Sequence, ack.Duplicate
+		if f.p.Duplicate {
+			// As Publish: a duplicate is this event only if the stored
+			// one names its key, on its subject.
+			b.done(f.p, b.c.sameEvent(ctx, &f.p))
+			return
+		}
 		if b.made.IsZero() {
 			b.made, _ = b.c.streamMade(ctx, ack.Stream) // zero if not: Recorded reads it then
 		}

@@ -33,26 +33,6 @@ func batchPublishOne(t *testing.T, ctx context.Context, c *queue.Client, subject
 	return events[0]
 }
 
-// storeOwnRecord stores the record the worker writes for p's event.
-func storeOwnRecord(t *testing.T, ctx context.Context, s *stack, p queue.Published, outcome event.Outcome) {
-	t.Helper()
-	ws, err := s.js.Stream(ctx, s.cfg.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored, err := ws.GetMsg(ctx, p.Sequence)
-	if err != nil {
-		t.Fatal(err)
-	}
-	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
-	rec := event.Record{EventID: p.EventID, AccountID: p.AccountID, KeyID: p.KeyID, Outcome: outcome, Status: 200, CFRay: "ray-own",
-		Stream: p.Stream, Subject: p.Subject, Sequence: p.Sequence, Attempts: 1,
-		PublishedAt: stored.Time.UTC().Format(time.RFC3339Nano), CompletedAt: time.Now().UTC().Format(time.RFC3339Nano)}
-	if _, err := recs.Outcome(ctx, rec); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestOwnRecordAfterStreamMadeAgain: an event is published in a
 // batch (its storing time unknown), revoked and recorded; the work stream
 // is then deleted and made again (REVOKER_CREATE_STREAMS, or by hand).
@@ -68,7 +48,7 @@ func TestOwnRecordAfterStreamMadeAgain(t *testing.T) {
 	}
 	c := dialClient(t, s)
 	p := batchPublishOne(t, ctx, c, s.cfg.LowestPriority(), "ev-own", event.Event{AccountID: "acct01", KeyID: "keyO"})
-	storeOwnRecord(t, ctx, s, p, event.Revoked)
+	storeRecordOf(t, ctx, s, p, event.Revoked, "", 200, "ray-own")
 	if rec, ok, err := c.Recorded(ctx, p); err != nil || !ok || rec.EventID != "ev-own" {
 		t.Fatalf("before the stream is made again: %+v %v %v", rec, ok, err)
 	}

@@ -178,7 +178,8 @@ var errNewerEntry = fmt.Errorf("%w: this delivery is of a stream since deleted a
 const entrySkew = time.Hour
 
 // newerThan reports whether b, written at written (the server's time), is
-// the entry of another event than ref's, stored after it. An event stored,
+// the entry of another event than ref's, stored more than createdMargin
+// after it. An event stored,
 // the entry says, later than its entry was written is none a worker wrote
 // the entry of (SPEC §4, "The proof", point 8): such an entry is replaced
 // as any other event's. Both times are servers', so a replica's clock,
@@ -192,7 +193,10 @@ func newerThan(b []byte, ref worker.Ref, written time.Time) bool {
 		return false
 	}
 	other := e.Account != ref.Account || e.Key != ref.Key || !e.Stored.Equal(ref.Stored)
-	return other && e.Stored.After(ref.Stored)
+	// Two streams' events, stamped perhaps by two servers: only one stored
+	// well after is newer, or a new stream's event stamped by a server a
+	// little behind the old one's would be refused for good.
+	return other && e.Stored.After(ref.Stored.Add(createdMargin))
 }
 
 // decodeEntry is the entry b holds for ref, clamped to what a worker could

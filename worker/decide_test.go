@@ -229,7 +229,7 @@ type fakeLedger struct {
 	unrecorded     []event.Record
 	failUnrecorded bool
 	// entryTaken: a newer event holds the sequence's entry (a stream made
-	// again): every update is refused with worker.ErrEntryTaken.
+	// again): every read and update is refused with worker.ErrEntryTaken.
 	entryTaken bool
 }
 
@@ -264,6 +264,9 @@ func (l *fakeLedger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, er
 	l.loads++
 	if l.silent {
 		return worker.Entry{}, errors.New("no answer")
+	}
+	if l.entryTaken {
+		return worker.Entry{}, worker.ErrEntryTaken
 	}
 	return l.entry(ref), nil
 }

@@ -528,6 +528,14 @@ func (w *Worker) invalid(stop, work context.Context, a *attempt, err error) {
 // read them.
 func (w *Worker) recall(stop, work context.Context, a *attempt) bool {
 	e, err := w.Ledger.Load(work, a.ref)
+	if errors.Is(err, ErrEntryTaken) && a.d.Delivered() >= a.d.MaxDeliver() {
+		// Not a ledger away but one that says, delivery after delivery,
+		// that this event's sequence is a newer one's: never called for
+		// it, the event is dead-lettered for a person to look at, not
+		// given back for ever.
+		w.deadLetter(stop, work, a, event.RetriesExhausted, fmt.Sprintf("%d deliveries, no call made: %v", a.d.Delivered(), err))
+		return false
+	}
 	if err != nil {
 		// Without the ledger we cannot know whether an earlier delivery
 		// revoked the key; calling again could bury that confirmation
@@ -695,6 +703,9 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			// after), so not made: retry within the budget, but never
 			// dead-letter the event for it.
 			a.last = Decision{Kind: Unrecorded, Detail: "no call made: " + err.Error()}
+			if errors.Is(err, ErrEntryTaken) {
+				a.last.Kind = Retry // says so on every delivery: dead-lettered on the last
+			}
 		default:
 			a.calls++
 			if a.seen > 1 {
@@ -1100,7 +1111,7 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 // delivery beats it (SPEC §4, "The proof", point 3).
 func (w *Worker) checkBeforeNotFound(stop, work context.Context, a *attempt) ending {
 	e, err := w.Ledger.Load(work, a.ref)
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrEntryTaken) { // taken: nothing of this event is kept there
 		w.giveBack(a, w.cfg.RetryMaxInterval, "ledger not readable: "+err.Error())
 		return settled
 	}
@@ -1831,7 +1842,7 @@ func (w *Worker) replayOf(a *attempt) string {
 // Bounds of what a log line carries from an event or an answer, so that no
 // line grows past 16 KiB whatever they hold.
 const (
-	maxLoggedID     = 256
+	maxLoggedID     = event.MaxRecordedID
 	maxLoggedText   = 1024
 	maxLoggedDetail = 2048
 )

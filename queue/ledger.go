@@ -98,17 +98,26 @@ func bindBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyV
 	return kv, nil
 }
 
-// entryKey is the key of ref's entry: its stream and sequence. An event
-// that does not decode keeps its entry (the mark of its dead letter) under
-// a key of its own, so that writing it can never replace the entry of a
-// valid event at the sequence (a stream made again reuses sequences while
-// older deliveries may still be in hand).
+// entryKey is the key of ref's entry: its stream, sequence, account and
+// key. A stream made again reuses sequences while older deliveries may
+// still be in hand, so two events at one sequence keep entries of their
+// own, and neither can replace the other's calls or confirmation (SPEC §4,
+// "The proof", point 5); two of one key share one, told apart by their
+// storing time. An event that does not decode keeps its entry (the mark of
+// its dead letter) under a key of its own too.
 func entryKey(ref worker.Ref) string {
 	key := ref.Stream + "." + strconv.FormatUint(ref.Seq, 10)
 	if ref.Account == event.NoKey {
-		key += "." + event.NoKey
+		return key + "." + event.NoKey
 	}
-	return key
+	return key + "." + ref.Account + "." + ref.Key
+}
+
+// olderEntryKey is where versions before entryKey named the account and
+// key kept a valid event's entry: read while the event has none under its
+// own, so that an upgrade loses no call or confirmation kept before it.
+func olderEntryKey(ref worker.Ref) string {
+	return ref.Stream + "." + strconv.FormatUint(ref.Seq, 10)
 }
 
 // Bounds of what a replica could have written in an entry: anything read
@@ -144,11 +153,19 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 	)
 	kve, err := (*kv).Get(ctx, entryKey(ref))
 	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound) && ref.Account != event.NoKey:
+		// Under the key older versions used, the entry counts only if it
+		// names this event (decodeEntry); a write goes to its own key.
+		switch old, err := (*kv).Get(ctx, olderEntryKey(ref)); {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
+		default:
+			e = decodeEntry(old.Value(), ref)
+		}
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 	case err != nil:
 		return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
-	case newerThan(kve.Value(), ref, kve.Created()):
-		return worker.Entry{}, 0, errNewerEntry
 	default:
 		e, rev = decodeEntry(kve.Value(), ref), kve.Revision()
 	}
@@ -164,39 +181,6 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 	}
 	e.Journaled = j
 	return e, rev, nil
-}
-
-// errNewerEntry means the event's entry names another event at its
-// sequence, stored after it: the delivery is of a stream since deleted and
-// made again, and must neither read nor replace the newer event's entry
-// (its calls and confirmation).
-var errNewerEntry = fmt.Errorf("%w: this delivery is of a stream since deleted and made again", worker.ErrEntryTaken)
-
-// entrySkew bounds how far apart two servers' clocks may be: the work
-// stream's, which stamps an event, and the ledger's, which stamps the
-// event's entry.
-const entrySkew = time.Hour
-
-// newerThan reports whether b, written at written (the server's time), is
-// the entry of another event than ref's, stored more than createdMargin
-// after it. An event stored,
-// the entry says, later than its entry was written is none a worker wrote
-// the entry of (SPEC §4, "The proof", point 8): such an entry is replaced
-// as any other event's. Both times are servers', so a replica's clock,
-// however far off, plays no part.
-func newerThan(b []byte, ref worker.Ref, written time.Time) bool {
-	var e struct {
-		Account, Key string
-		Stored       time.Time
-	}
-	if ref.Stored.IsZero() || json.Unmarshal(b, &e) != nil || e.Stored.IsZero() || e.Stored.After(written.Add(entrySkew)) {
-		return false
-	}
-	other := e.Account != ref.Account || e.Key != ref.Key || !e.Stored.Equal(ref.Stored)
-	// Two streams' events, stamped perhaps by two servers: only one stored
-	// well after is newer, or a new stream's event stamped by a server a
-	// little behind the old one's would be refused for good.
-	return other && e.Stored.After(ref.Stored.Add(createdMargin))
 }
 
 // decodeEntry is the entry b holds for ref, clamped to what a worker could
@@ -240,9 +224,9 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 // If change fails on the entry as stored, nothing is stored and that entry
 // is returned with change's error. The entry change sees counts the
 // journal's first calls, so a write-ahead refused on calls it did not know
-// of sees them all, not only those of the entry; an entry of an older
-// event at the sequence is replaced, and one of a newer event is left
-// alone (errNewerEntry).
+// of sees them all, not only those of the entry; an entry of another
+// event under its key (one of the same key at a reused sequence) is
+// replaced.
 func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	kv := l.kv.Load()
 	if kv == nil {

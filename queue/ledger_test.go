@@ -48,7 +48,7 @@ func TestLedgerEntriesNameTheirEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := kv.Delete(ctx, "REVOCATIONS.1"); err != nil {
+	if err := kv.Delete(ctx, "REVOCATIONS.1.acct.k1"); err != nil {
 		t.Fatal(err)
 	}
 	e, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.Calls++; return nil })

@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -11,51 +12,76 @@ import (
 	"github.com/revoker/revoker/worker"
 )
 
-// TestOlderEventLeavesANewerEntry: the work stream is deleted and made
-// again; its new event at sequence 1 (key knew) has its confirmation kept
-// in the ledger (the trail refused the record). A delivery of the old
-// stream's event at sequence 1 (key kold), still in hand on another
-// replica, writes its entry (a write-ahead, or giveBack's answered count):
-// the write must fail, and the new event's confirmation and calls stay.
-func TestOlderEventLeavesANewerEntry(t *testing.T) {
-	ctx, _, l := boundLedger(t)
-	oldStored := time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)
-	newStored := oldStored.Add(time.Hour)
-	newRef := worker.Ref{Stream: "REVOCATIONS", Seq: 1, Account: "acct", Key: "knew", Stored: newStored}
-	oldRef := worker.Ref{Stream: "REVOCATIONS", Seq: 1, Account: "acct", Key: "kold", Stored: oldStored}
-	if _, err := l.Update(ctx, newRef, func(e *worker.Entry) error {
-		e.Calls, e.Answered = 2, 2
-		e.Confirmed = &worker.Call{Status: 200, CFRay: "ray-new", At: time.Now()}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
+// TestEventsOfAReusedSequenceKeepTheirEntries: the work stream is deleted
+// and made again; its new event at sequence 1 (key knew) has calls and a
+// confirmation in the ledger (the trail refused the record). A delivery of
+// the old stream's event at sequence 1 (key kold), still in hand on
+// another replica, writes its own entry (a write-ahead, giveBack's
+// answered count). Neither replaces the other's, whichever was stored
+// first by whichever server's clock: the new event stored an hour after,
+// 30 s after, or stamped 3 s before by a server whose clock is behind.
+func TestEventsOfAReusedSequenceKeepTheirEntries(t *testing.T) {
+	for _, gap := range []time.Duration{time.Hour, 30 * time.Second, -3 * time.Second} {
+		ctx, _, l := boundLedger(t)
+		oldStored := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Millisecond)
+		newRef := worker.Ref{Stream: "REVOCATIONS", Seq: 1, Account: "acct", Key: "knew", Stored: oldStored.Add(gap)}
+		oldRef := worker.Ref{Stream: "REVOCATIONS", Seq: 1, Account: "acct", Key: "kold", Stored: oldStored}
+		if _, err := l.Update(ctx, newRef, func(e *worker.Entry) error {
+			e.Calls, e.Answered = 2, 2
+			e.Confirmed = &worker.Call{Status: 200, CFRay: "ray-new", At: time.Now()}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Update(ctx, oldRef, func(e *worker.Entry) error {
+			e.Calls = max(e.Calls, 1)
+			e.Answered = min(e.Answered+1, e.Calls)
+			e.Last = &worker.Call{Status: 503, At: time.Now()}
+			return nil
+		}); err != nil {
+			t.Fatalf("gap %s: the older event's write: %v", gap, err)
+		}
+		if e, err := l.Load(ctx, newRef); err != nil || e.Confirmed == nil || e.Calls != 2 {
+			t.Errorf("gap %s: the newer event's entry after the older one's write: %+v, %v; want its confirmation and 2 calls kept", gap, e, err)
+		}
+		if e, err := l.Load(ctx, oldRef); err != nil || e.Confirmed != nil || e.Calls != 1 || e.Last == nil {
+			t.Errorf("gap %s: the older event's entry: %+v, %v; want its own call and answer, no confirmation", gap, e, err)
+		}
 	}
-	// The old event's delivery gives back: its answered calls stored.
-	if _, err := l.Update(ctx, oldRef, func(e *worker.Entry) error {
-		e.Calls = max(e.Calls, 1)
-		e.Answered = min(e.Answered+1, e.Calls)
-		e.Last = &worker.Call{Status: 503, At: time.Now()}
-		return nil
-	}); err == nil {
-		t.Error("the older event's write over the newer event's entry succeeded")
-	}
-	e, err := l.Load(ctx, newRef)
+}
+
+// TestEntryUnderTheOlderKeyIsRead: an entry kept, before an upgrade, under
+// the key older versions used (stream and sequence) still counts for its
+// event, and for no other; the event's next write goes under its own key.
+func TestEntryUnderTheOlderKeyIsRead(t *testing.T) {
+	ctx, js, l := boundLedger(t)
+	kv, err := js.KeyValue(ctx, queue.LedgerBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Confirmed == nil || e.Calls != 2 {
-		t.Fatalf("the newer event's entry after a write for the older one: %+v; want its confirmation and 2 calls kept", e)
-	}
-
-	// An entry stored, it says, a day from now is none a worker wrote: it
-	// holds no delivery off.
-	planted := worker.Ref{Stream: "REVOCATIONS", Seq: 2, Account: "acct", Key: "kplant", Stored: time.Now().Add(24 * time.Hour)}
-	mine := worker.Ref{Stream: "REVOCATIONS", Seq: 2, Account: "acct", Key: "kreal", Stored: time.Now()}
-	if _, err := l.Update(ctx, planted, func(e *worker.Entry) error { e.Calls = 1; return nil }); err != nil {
+	stored := time.Now().UTC().Truncate(time.Millisecond)
+	ref := worker.Ref{Stream: "REVOCATIONS", Seq: 4, Account: "acct", Key: "kup", Stored: stored}
+	old := worker.Entry{Account: "acct", Key: "kup", Stored: stored, Calls: 1, Answered: 1,
+		Confirmed: &worker.Call{Status: 200, CFRay: "ray-before", At: time.Now()}}
+	b, err := json.Marshal(old)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if e, err := l.Update(ctx, mine, func(e *worker.Entry) error { e.Calls = 1; return nil }); err != nil || e.Key != "kreal" {
-		t.Fatalf("a delivery's write over an entry stored in the future: %+v, %v; want it written", e, err)
+	if _, err := kv.Put(ctx, "REVOCATIONS.4", b); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := l.Load(ctx, ref); err != nil || e.Confirmed == nil || e.Confirmed.CFRay != "ray-before" {
+		t.Fatalf("the event's entry kept under the older key: %+v, %v; want its confirmation", e, err)
+	}
+	other := worker.Ref{Stream: "REVOCATIONS", Seq: 4, Account: "acct", Key: "kother", Stored: stored.Add(time.Minute)}
+	if e, err := l.Load(ctx, other); err != nil || e.Confirmed != nil || e.Calls != 0 {
+		t.Fatalf("another event at the sequence: %+v, %v; want nothing of the older key's entry", e, err)
+	}
+	if _, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.Calls++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := l.Load(ctx, ref); err != nil || e.Confirmed == nil || e.Calls != 2 {
+		t.Fatalf("after a write: %+v, %v; want the confirmation and 2 calls, under the event's own key", e, err)
 	}
 }
 

@@ -21,7 +21,7 @@ import (
 // unrecordedPrefix is where the ledger keeps revoked records the trail
 // refused, one key per event, until a sweep writes them to the trail. Its
 // first token holds a '/', which no stream name may: an entry's key
-// (<stream>.<seq>, entryKey) can never fall under it.
+// (<stream>.<seq>..., entryKey) can never fall under it.
 const unrecordedPrefix = "trail/unrecorded."
 
 // unrecordedKey is the key of rec, the revoked record of an event: its

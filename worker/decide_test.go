@@ -228,9 +228,6 @@ type fakeLedger struct {
 	// failUnrecorded makes keeping them fail.
 	unrecorded     []event.Record
 	failUnrecorded bool
-	// entryTaken: a newer event holds the sequence's entry (a stream made
-	// again): every read and update is refused with worker.ErrEntryTaken.
-	entryTaken bool
 }
 
 func (l *fakeLedger) Unrecorded(_ context.Context, rec event.Record) error {
@@ -264,9 +261,6 @@ func (l *fakeLedger) Load(ctx context.Context, ref worker.Ref) (worker.Entry, er
 	l.loads++
 	if l.silent {
 		return worker.Entry{}, errors.New("no answer")
-	}
-	if l.entryTaken {
-		return worker.Entry{}, worker.ErrEntryTaken
 	}
 	return l.entry(ref), nil
 }
@@ -342,9 +336,6 @@ func (l *fakeLedger) Update(ctx context.Context, ref worker.Ref, change func(*wo
 	defer l.mu.Unlock()
 	if l.silent {
 		return worker.Entry{}, errors.New("no answer")
-	}
-	if l.entryTaken {
-		return worker.Entry{}, worker.ErrEntryTaken
 	}
 	if err := l.fail(); err != nil {
 		return worker.Entry{}, err

@@ -370,39 +370,6 @@ func TestConfirmationKeptWhereNoDeliveryReadsItIsShouted(t *testing.T) {
 	}
 }
 
-// TestConfirmationOfAnOlderStreamsEventIsSwept: a call of an event of a
-// stream since deleted and made again is confirmed while the trail refuses
-// its record to the end, and the ledger's entry at its sequence is a newer
-// event's (ErrEntryTaken): the confirmation cannot be kept in the entry,
-// but is kept for the sweep (its record, under a key of its own event),
-// and not counted lost.
-func TestConfirmationOfAnOlderStreamsEventIsSwept(t *testing.T) {
-	h := newHarness(t, nil, answer(200, revoked, 0))
-	stop, cancelStop := context.WithCancel(context.Background())
-	work, cancelWork := context.WithCancel(context.Background())
-	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 10}
-	h.api.onCall = func() {
-		h.ledger.mu.Lock()
-		h.ledger.entryTaken = true // the stream was made again meanwhile
-		h.ledger.mu.Unlock()
-		h.records.mu.Lock()
-		h.records.failOutcome = 1 << 30 // the trail refuses it to the end
-		h.records.mu.Unlock()
-		cancelStop()
-		time.AfterFunc(300*time.Millisecond, cancelWork) // the shutdown timeout
-	}
-	h.w.Handle(stop, work, d)
-	cancelWork()
-	h.ledger.mu.Lock()
-	defer h.ledger.mu.Unlock()
-	if len(h.ledger.unrecorded) != 1 || h.ledger.unrecorded[0].Outcome != event.Revoked || h.ledger.unrecorded[0].Status != 200 {
-		t.Fatalf("kept for the sweep: %+v; want the revoked record", h.ledger.unrecorded)
-	}
-	if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != 0 {
-		t.Errorf("revoker_confirmations_lost_total = %v, want 0: the sweep has it", n)
-	}
-}
-
 // TestConfirmationReachesTheTrailWhenItComesBack: the outcome stream
 // refuses the revoked record once (a leader election), and the ledger is
 // away for the whole shutdown: the confirmation is retried into the trail

@@ -114,12 +114,6 @@ type FirstRecords interface {
 // turned off: a confirmation must then be kept in the ledger.
 var ErrNoTrail = errors.New("outcome records are turned off")
 
-// ErrEntryTaken is returned by Ledger.Update and Load when the entry at
-// the event's sequence is a newer event's: the delivery is of a stream
-// since deleted and made again. Nothing may be kept there for it; its
-// confirmation goes to the sweep's records (Ledger.Unrecorded) alone.
-var ErrEntryTaken = errors.New("the ledger's entry at this sequence is a newer event's")
-
 // Ledger keeps, per event, what one delivery leaves for the next: every
 // call before it is made, the answers heard, and the API's confirmation
 // while the outcome record cannot hold it. So attempts are counted across
@@ -528,14 +522,6 @@ func (w *Worker) invalid(stop, work context.Context, a *attempt, err error) {
 // read them.
 func (w *Worker) recall(stop, work context.Context, a *attempt) bool {
 	e, err := w.Ledger.Load(work, a.ref)
-	if errors.Is(err, ErrEntryTaken) && a.d.Delivered() >= a.d.MaxDeliver() {
-		// Not a ledger away but one that says, delivery after delivery,
-		// that this event's sequence is a newer one's: never called for
-		// it, the event is dead-lettered for a person to look at, not
-		// given back for ever.
-		w.deadLetter(stop, work, a, event.RetriesExhausted, fmt.Sprintf("%d deliveries, no call made: %v", a.d.Delivered(), err))
-		return false
-	}
 	if err != nil {
 		// Without the ledger we cannot know whether an earlier delivery
 		// revoked the key; calling again could bury that confirmation
@@ -703,9 +689,6 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			// after), so not made: retry within the budget, but never
 			// dead-letter the event for it.
 			a.last = Decision{Kind: Unrecorded, Detail: "no call made: " + err.Error()}
-			if errors.Is(err, ErrEntryTaken) {
-				a.last.Kind = Retry // says so on every delivery: dead-lettered on the last
-			}
 		default:
 			a.calls++
 			if a.seen > 1 {
@@ -1111,7 +1094,7 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 // delivery beats it (SPEC §4, "The proof", point 3).
 func (w *Worker) checkBeforeNotFound(stop, work context.Context, a *attempt) ending {
 	e, err := w.Ledger.Load(work, a.ref)
-	if err != nil && !errors.Is(err, ErrEntryTaken) { // taken: nothing of this event is kept there
+	if err != nil {
 		w.giveBack(a, w.cfg.RetryMaxInterval, "ledger not readable: "+err.Error())
 		return settled
 	}
@@ -1359,7 +1342,7 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 					close(kept)
 				}
 			}
-			if snap.kept || errors.Is(err, ErrEntryTaken) {
+			if snap.kept {
 				// And the record itself, for the sweep: only a later
 				// delivery reads the entry.
 				if err = w.Ledger.Unrecorded(keeping, w.record(&snap, event.Revoked, "")); err == nil {

@@ -98,26 +98,50 @@ func bindBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyV
 	return kv, nil
 }
 
-// entryKey is the key of ref's entry: its stream, sequence, account and
-// key. A stream made again reuses sequences while older deliveries may
-// still be in hand, so two events at one sequence keep entries of their
-// own, and neither can replace the other's calls or confirmation (SPEC §4,
-// "The proof", point 5); two of one key share one, told apart by their
-// storing time. An event that does not decode keeps its entry (the mark of
-// its dead letter) under a key of its own too.
+// entryKey is the key of ref's entry: its stream, sequence, account, key
+// and storing time. A stream made again reuses sequences while older
+// deliveries may still be in hand, and may store the same request again at
+// the same sequence: every event keeps an entry of its own, and none can
+// replace another's calls or confirmation (SPEC §4, "The proof", point 5).
+// An event that does not decode keeps its entry (the mark of its dead
+// letter) under a key of its own too.
 func entryKey(ref worker.Ref) string {
 	key := ref.Stream + "." + strconv.FormatUint(ref.Seq, 10)
 	if ref.Account == event.NoKey {
 		return key + "." + event.NoKey
 	}
-	return key + "." + ref.Account + "." + ref.Key
+	stored := "0"
+	if !ref.Stored.IsZero() {
+		stored = strconv.FormatInt(ref.Stored.UnixNano(), 10)
+	}
+	return key + "." + ref.Account + "." + ref.Key + "." + stored
 }
 
-// olderEntryKey is where versions before entryKey named the account and
-// key kept a valid event's entry: read while the event has none under its
-// own, so that an upgrade loses no call or confirmation kept before it.
+// olderEntryKey is where versions before entryKey named the event kept a
+// valid event's entry. Through a rolling upgrade, replicas of both kinds
+// handle the same events: what that key holds of the event counts too
+// (get), and each write is copied there (mirrorOlder).
 func olderEntryKey(ref worker.Ref) string {
 	return ref.Stream + "." + strconv.FormatUint(ref.Seq, 10)
+}
+
+// mergeEntries is what two entries of one event say together: each call,
+// answer and confirmation either holds.
+func mergeEntries(a, b worker.Entry) worker.Entry {
+	switch {
+	case b.Account == "":
+		return a
+	case a.Account == "":
+		return b
+	}
+	a.Calls, a.Journaled, a.Answered = max(a.Calls, b.Calls), max(a.Journaled, b.Journaled), max(a.Answered, b.Answered)
+	if a.Confirmed == nil {
+		a.Confirmed = b.Confirmed
+	}
+	if a.Last == nil || b.Last != nil && b.Last.At.After(a.Last.At) {
+		a.Last = b.Last
+	}
+	return a
 }
 
 // Bounds of what a replica could have written in an entry: anything read
@@ -153,21 +177,22 @@ func (l *Ledger) get(ctx context.Context, ref worker.Ref) (worker.Entry, uint64,
 	)
 	kve, err := (*kv).Get(ctx, entryKey(ref))
 	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound) && ref.Account != event.NoKey:
-		// Under the key older versions used, the entry counts only if it
-		// names this event (decodeEntry); a write goes to its own key.
-		switch old, err := (*kv).Get(ctx, olderEntryKey(ref)); {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
-			return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
-		default:
-			e = decodeEntry(old.Value(), ref)
-		}
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 	case err != nil:
 		return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
 	default:
 		e, rev = decodeEntry(kve.Value(), ref), kve.Revision()
+	}
+	if ref.Account != event.NoKey {
+		// What an older version's replica kept of the event (only if it
+		// names the event: decodeEntry) counts too.
+		switch old, err := (*kv).Get(ctx, olderEntryKey(ref)); {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return worker.Entry{}, 0, fmt.Errorf("read ledger: %w", err)
+		default:
+			e = mergeEntries(e, decodeEntry(old.Value(), ref))
+		}
 	}
 	if ref.Account == event.NoKey {
 		return e, rev, nil // never called for: nothing of its in the journal
@@ -224,9 +249,7 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 // If change fails on the entry as stored, nothing is stored and that entry
 // is returned with change's error. The entry change sees counts the
 // journal's first calls, so a write-ahead refused on calls it did not know
-// of sees them all, not only those of the entry; an entry of another
-// event under its key (one of the same key at a reused sequence) is
-// replaced.
+// of sees them all, not only those of the entry.
 func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
 	kv := l.kv.Load()
 	if kv == nil {
@@ -239,6 +262,7 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 	if err != nil {
 		return e, err
 	}
+	create := false // the key holds a delete or purge marker (removed by hand)
 	for {
 		before := e
 		if err := change(&e); err != nil {
@@ -252,28 +276,43 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 		if err != nil {
 			return before, err
 		}
-		_, err = (*kv).Update(ctx, key, b, rev)
+		if create {
+			_, err = (*kv).Create(ctx, key, b) // writes over the marker
+		} else {
+			_, err = (*kv).Update(ctx, key, b, rev)
+		}
 		if err == nil {
+			l.mirrorOlder(ctx, *kv, ref, b)
 			return e, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
 			return before, fmt.Errorf("write ledger: %w", err)
 		}
-		// Someone wrote first (another delivery, another replica, or an
-		// entry of an older event at this sequence): read and decide again.
+		// Someone wrote first (another delivery, another replica): read and
+		// decide again, change seeing what is there now.
 		if e, rev, err = l.get(ctx, ref); err != nil {
 			return e, err
 		}
-		if rev == 0 {
-			// A delete or purge marker (someone removed the entry by
-			// hand): Create writes over it.
-			if _, err := (*kv).Create(ctx, key, b); err == nil {
-				return decodeEntry(b, ref), nil
-			} else if !errors.Is(err, jetstream.ErrKeyExists) {
-				return e, fmt.Errorf("write ledger: %w", err)
-			}
-			continue
-		}
+		// Refused, and still nothing to read: a delete or purge marker.
+		create = rev == 0
+	}
+}
+
+// mirrorOlder copies b, the event's entry just written, under the key older
+// versions read (olderEntryKey), unless another event's entry is there:
+// through a rolling upgrade, their replicas then see this one's calls and
+// confirmations. Best effort: a write of theirs meanwhile stands, and a
+// later read (get) takes both.
+func (l *Ledger) mirrorOlder(ctx context.Context, kv jetstream.KeyValue, ref worker.Ref, b []byte) {
+	if ref.Account == event.NoKey {
+		return
+	}
+	key := olderEntryKey(ref)
+	switch old, err := kv.Get(ctx, key); {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		_, _ = kv.Create(ctx, key, b)
+	case err == nil && decodeEntry(old.Value(), ref).Account != "":
+		_, _ = kv.Update(ctx, key, b, old.Revision())
 	}
 }
 

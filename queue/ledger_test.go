@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -48,8 +49,11 @@ func TestLedgerEntriesNameTheirEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := kv.Delete(ctx, "REVOCATIONS.1.acct.k1"); err != nil {
-		t.Fatal(err)
+	// Under the event's key, and where older versions kept it.
+	for _, key := range []string{"REVOCATIONS.1.acct.k1." + strconv.FormatInt(stored.UnixNano(), 10), "REVOCATIONS.1"} {
+		if err := kv.Delete(ctx, key); err != nil {
+			t.Fatal(err)
+		}
 	}
 	e, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.Calls++; return nil })
 	if err != nil || e.Calls != 1 || e.Confirmed != nil {

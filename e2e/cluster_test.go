@@ -182,8 +182,14 @@ func TestServerListAndQuorumLoss(t *testing.T) {
 	c := queuetest.Cluster(t, 3)
 	api := cloudflaretest.NewServer(cloudflaretest.WithToken(token))
 	t.Cleanup(api.Close)
-	c.Kill(0)
 	urls := c.URL(0) + "," + c.URL(1) + "," + c.URL(2)
+	// The streams and buckets, of 3 replicas, are made while all three
+	// servers are up: once the cluster knows a server is down, it places
+	// no new 3-replica stream, and whether it knows yet is a race.
+	setup := startWorker(t, "setup", urls, api)
+	setup.waitReady(30 * time.Second)
+	setup.stop()
+	c.Kill(0)
 	w := startWorker(t, "worker", urls, api)
 	w.waitReady(30 * time.Second)
 	pub := newPublisher(t, urls)

@@ -118,9 +118,10 @@ func entryKey(ref worker.Ref) string {
 }
 
 // olderEntryKey is where versions before entryKey named the event kept a
-// valid event's entry. Through a rolling upgrade, replicas of both kinds
-// handle the same events: what that key holds of the event counts too
-// (get), and each write is copied there (mirrorOlder).
+// valid event's entry. What that key holds of the event counts too (get):
+// what replicas of those versions kept before an upgrade, or beside this
+// one during it, is not lost to it. They do not read this version's
+// entries (README, "Upgrading").
 func olderEntryKey(ref worker.Ref) string {
 	return ref.Stream + "." + strconv.FormatUint(ref.Seq, 10)
 }
@@ -282,7 +283,6 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 			_, err = (*kv).Update(ctx, key, b, rev)
 		}
 		if err == nil {
-			l.mirrorOlder(ctx, *kv, ref, b)
 			return e, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
@@ -295,24 +295,6 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 		}
 		// Refused, and still nothing to read: a delete or purge marker.
 		create = rev == 0
-	}
-}
-
-// mirrorOlder copies b, the event's entry just written, under the key older
-// versions read (olderEntryKey), unless another event's entry is there:
-// through a rolling upgrade, their replicas then see this one's calls and
-// confirmations. Best effort: a write of theirs meanwhile stands, and a
-// later read (get) takes both.
-func (l *Ledger) mirrorOlder(ctx context.Context, kv jetstream.KeyValue, ref worker.Ref, b []byte) {
-	if ref.Account == event.NoKey {
-		return
-	}
-	key := olderEntryKey(ref)
-	switch old, err := kv.Get(ctx, key); {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		_, _ = kv.Create(ctx, key, b)
-	case err == nil && decodeEntry(old.Value(), ref).Account != "":
-		_, _ = kv.Update(ctx, key, b, old.Revision())
 	}
 }
 

@@ -25,14 +25,19 @@ import (
 const unrecordedPrefix = "trail/unrecorded."
 
 // unrecordedKey is the key of rec, the revoked record of an event: its
-// stream, sequence, account and key. A stream made again reuses sequences,
-// and one event's kept record must not replace another's.
+// stream, sequence, account, key and storing time (published_at). A stream
+// made again reuses sequences, and may store the same request again at
+// one: one event's kept record must not replace another's.
 func unrecordedKey(rec event.Record) string {
-	return unrecordedPrefix + rec.Stream + "." + strconv.FormatUint(rec.Sequence, 10) + "." + rec.AccountID + "." + rec.KeyID
+	stored := "0"
+	if t, err := time.Parse(time.RFC3339Nano, rec.PublishedAt); err == nil {
+		stored = strconv.FormatInt(t.UnixNano(), 10)
+	}
+	return unrecordedPrefix + rec.Stream + "." + strconv.FormatUint(rec.Sequence, 10) + "." + rec.AccountID + "." + rec.KeyID + "." + stored
 }
 
-// unrecordedOlderKey is where versions before account and key were in the
-// key kept rec: a sweep still writes what they kept.
+// unrecordedOlderKey is where versions before unrecordedKey named the
+// event kept rec: a sweep still writes what they kept.
 func unrecordedOlderKey(rec event.Record) string {
 	return unrecordedPrefix + rec.Stream + "." + strconv.FormatUint(rec.Sequence, 10)
 }

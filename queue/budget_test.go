@@ -553,12 +553,15 @@ func TestPairKeepsToASpacingHeardElsewhere(t *testing.T) {
 			p.Release()
 		}
 	}()
-	pctx, pcancel := context.WithTimeout(ctx, 15*time.Second)
+	// What is asserted is that b calls at all (the failure was never):
+	// whether a or b takes each of the budget's slots is a race, which a
+	// loaded machine can lose for b many seconds in a row.
+	pctx, pcancel := context.WithTimeout(ctx, 45*time.Second)
 	defer pcancel()
 	for i := range 2 {
 		pr, err := throttle.AcquirePair(pctx, b.gate, shared, 0)
 		if err != nil {
-			t.Fatalf("b's call %d got no pair within 15 s of a budget spaced 1 s apart: %v", i, err)
+			t.Fatalf("b's call %d got no pair within 45 s of a budget spaced 1 s apart: %v", i, err)
 		}
 		pr.Release()
 	}

@@ -38,11 +38,7 @@ func storeRecordOf(t *testing.T, ctx context.Context, s *stack, p queue.Publishe
 // --wait), stored at sequence 1 of the new stream and not handled yet.
 // Its reader must not answer the older event's record.
 func TestOlderStreamsRecordAnswersNoNewEvent(t *testing.T) {
-	s := newStack(t, nil)
-	ctx := dlqTCtx(t)
-	if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx := ensuredStack(t)
 	c := dialClient(t, s)
 	old := batchPublishOne(t, ctx, c, s.cfg.LowestPriority(), "ev-old", event.Event{AccountID: "acct01", KeyID: "keyK"})
 	storeRecordOf(t, ctx, s, old, event.DeadLettered, "unauthorized", 403, "ray-old")
@@ -74,11 +70,7 @@ func TestOlderStreamsRecordAnswersNoNewEvent(t *testing.T) {
 // (StoredAfter the old stream's making) must not take that record for its
 // own: its event was never handled.
 func TestLostEventNotAnsweredByANewStreamsRecord(t *testing.T) {
-	s := newStack(t, nil)
-	ctx := dlqTCtx(t)
-	if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx := ensuredStack(t)
 	c := dialClient(t, s)
 	lost := batchPublishOne(t, ctx, c, s.cfg.LowestPriority(), "ev-lost", event.Event{AccountID: "acct01", KeyID: "keyL"})
 	if err := s.js.DeleteStream(ctx, s.cfg.Stream); err != nil {
@@ -104,11 +96,7 @@ func TestLostEventNotAnsweredByANewStreamsRecord(t *testing.T) {
 // (one event) refuses it with ErrIDTaken ("NOT published"); a batch must
 // too, or key B's revocation looks stored.
 func TestBatchDuplicateOfAnotherKey(t *testing.T) {
-	s := newStack(t, nil)
-	ctx := dlqTCtx(t)
-	if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx := ensuredStack(t)
 	c := dialClient(t, s)
 	batchPublishOne(t, ctx, c, s.cfg.LowestPriority(), "ev-x", event.Event{AccountID: "acct01", KeyID: "keyA"})
 	evB := event.Event{AccountID: "acct01", KeyID: "keyB"}

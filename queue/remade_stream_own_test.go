@@ -41,11 +41,7 @@ func batchPublishOne(t *testing.T, ctx context.Context, c *queue.Client, subject
 // stream, sequence), merely stored before the new stream was made: the
 // publisher knows when the stream that stored it was made.
 func TestOwnRecordAfterStreamMadeAgain(t *testing.T) {
-	s := newStack(t, nil)
-	ctx := dlqTCtx(t)
-	if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx := ensuredStack(t)
 	c := dialClient(t, s)
 	p := batchPublishOne(t, ctx, c, s.cfg.LowestPriority(), "ev-own", event.Event{AccountID: "acct01", KeyID: "keyO"})
 	storeRecordOf(t, ctx, s, p, event.Revoked, "", 200, "ray-own")
@@ -76,11 +72,7 @@ func TestOwnRecordAfterStreamMadeAgain(t *testing.T) {
 // published_at): its own record is then never believed by a reader that
 // does not know its storing time (publish --from-file --wait times out).
 func TestRecordWithinServerClockSkewOfStreamCreation(t *testing.T) {
-	s := newStack(t, nil)
-	ctx := dlqTCtx(t)
-	if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx := ensuredStack(t)
 	c := dialClient(t, s)
 	p := batchPublishOne(t, ctx, c, s.cfg.LowestPriority(), "ev-skew", event.Event{AccountID: "acct01", KeyID: "keyK"})
 	ws, err := s.js.Stream(ctx, s.cfg.Stream)

@@ -22,11 +22,7 @@ import (
 // were stored: the waiter must still answer the new event's own record
 // (dead_lettered), not the older event's revoked one.
 func TestBatchWaitIgnoresAnOlderStreamsRecord(t *testing.T) {
-	s := newStack(t, nil)
-	ctx := dlqTCtx(t)
-	if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx := ensuredStack(t)
 	recs := olderStreamsRecord(t, s, event.Record{EventID: "old", AccountID: "acct01", KeyID: "keyS", Outcome: event.Revoked, Status: 200, CFRay: "old-ray",
 		Stream: s.cfg.Stream, Subject: s.cfg.LowestPriority(), Sequence: 1, Attempts: 1})
 	c := dialClient(t, s)
@@ -95,11 +91,7 @@ func TestBatchWaitIgnoresAnOlderStreamsRecord(t *testing.T) {
 // subject, at sequence 1, for proof that it was K's: nothing was stored
 // for K.
 func TestDuplicateNotTakenForOwnThroughAnOlderStreamsRecord(t *testing.T) {
-	s := newStack(t, nil)
-	ctx := dlqTCtx(t)
-	if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
+	s, ctx := ensuredStack(t)
 	subject := s.cfg.LowestPriority()
 	olderStreamsRecord(t, s, event.Record{EventID: "old", AccountID: "acct01", KeyID: "keyK", Outcome: event.DeadLettered, Reason: event.Unauthorized,
 		Status: 403, Stream: s.cfg.Stream, Subject: subject, Sequence: 1, Attempts: 3})
@@ -168,4 +160,16 @@ func dialClient(t *testing.T, s *stack) *queue.Client {
 	}
 	t.Cleanup(c.Close)
 	return c
+}
+
+// ensuredStack is a stack with revoker's streams made, and a context for
+// the test.
+func ensuredStack(t *testing.T) (*stack, context.Context) {
+	t.Helper()
+	s := newStack(t, nil)
+	ctx := dlqTCtx(t)
+	if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	return s, ctx
 }

@@ -66,7 +66,29 @@ type Lane struct {
 	// lost with the old consumer).
 	seen map[uint64]*seenEvent
 	held map[uint64]int // deliveries in hand, by stream sequence
+	// check is the look at the consumer that the deliveries taken for
+	// first since the last look wait for (nil: none waits); checkWanted
+	// wakes the lane's checker, and checkOff, once it has stopped, makes
+	// no delivery first.
+	check       *consumerCheck
+	checkWanted chan struct{}
+	checkOff    bool
 }
+
+// consumerCheck is one look at the lane's consumer, made after the
+// deliveries it covers were received: if the consumer bound when they came
+// is still there, it delivered them. A consumer made again under the
+// lane's name between two fetches numbers its deliveries from 1, and its
+// first ones may have gone to other replicas, so neither its numbers nor
+// its counts tell the lane (SPEC §4, "The proof", point 3).
+type consumerCheck struct {
+	done chan struct{} // closed once same is known
+	same bool
+}
+
+// consumerCheckTimeout bounds one look; a look that fails makes the
+// deliveries it covers read what is stored, as a later delivery does.
+const consumerCheckTimeout = 2 * time.Second
 
 // seenEvent is what a lane remembers of an event it was handed.
 type seenEvent struct {
@@ -156,6 +178,8 @@ func NewLane(cons jetstream.Consumer, subject string, priority, capacity, minBat
 		lastCseq:  deliveredOf(cons),
 		seen:      map[uint64]*seenEvent{},
 		held:      map[uint64]int{},
+
+		checkWanted: make(chan struct{}, 1),
 	}
 	l.minBatch = min(l.minBatch, l.Capacity)
 	l.room = make(chan struct{}, l.Capacity)
@@ -199,6 +223,15 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 	defer func() {
 		close(jobs)
 		wg.Wait()
+	}()
+	// The checker stops before the handlers are waited for: a handler
+	// waiting on a check is then told no.
+	checkStop := make(chan struct{})
+	var checker sync.WaitGroup
+	checker.Go(func() { l.checkConsumer(ctx, checkStop) })
+	defer func() {
+		close(checkStop)
+		checker.Wait()
 	}()
 	f := fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
 	bindAgain := func() error {
@@ -314,6 +347,8 @@ func (l *Lane) bind(b Binding) {
 	defer l.mu.Unlock()
 	l.cons, l.fresh, l.gen = b.Consumer, freshOf(b.Consumer), l.gen+1
 	l.made, l.lastCseq, l.suspect = madeOf(b.Consumer), deliveredOf(b.Consumer), false
+	// Deliveries waiting for a look came from the consumer replaced.
+	l.endCheck(false)
 	if b.AckWait > 0 {
 		l.AckWait = b.AckWait
 	}
@@ -343,11 +378,63 @@ func (l *Lane) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) *Delivery
 		l.Gone() // Run looks (missing) at once, or once its fetch ends
 	}
 	l.lastCseq = meta.Sequence.Consumer
-	return &Delivery{
+	d := &Delivery{
 		msg: msg, meta: meta, stream: l.Stream,
 		priority: l.Priority, maxDeliver: l.MaxDeliver, ackWait: l.AckWait,
 		delivered: e.total,
-		first:     e.total == 1 && !l.suspect && l.fresh(meta),
+		first:     e.total == 1 && !l.suspect && l.fresh(meta) && !l.checkOff,
+	}
+	if d.first {
+		if l.check == nil {
+			l.check = &consumerCheck{done: make(chan struct{})}
+			select {
+			case l.checkWanted <- struct{}{}:
+			default: // already woken
+			}
+		}
+		d.check = l.check
+	}
+	return d
+}
+
+// checkConsumer looks at the lane's consumer whenever deliveries taken for
+// first wait for it, one look for all that came meanwhile, until stop.
+func (l *Lane) checkConsumer(ctx context.Context, stop <-chan struct{}) {
+	for {
+		select {
+		case <-l.checkWanted:
+		case <-stop:
+			l.mu.Lock()
+			l.checkOff = true
+			l.endCheck(false)
+			l.mu.Unlock()
+			return
+		}
+		l.mu.Lock()
+		c, cons, made := l.check, l.cons, l.made
+		l.check = nil
+		l.mu.Unlock()
+		if c == nil {
+			continue
+		}
+		ictx, cancel := context.WithTimeout(ctx, consumerCheckTimeout)
+		info, err := cons.Info(ictx)
+		cancel()
+		c.same = err == nil && !made.IsZero() && info.Created.Equal(made)
+		close(c.done)
+		if gone(err) || err == nil && !c.same {
+			l.Gone() // bound again at once, not at the watch's next look
+		}
+	}
+}
+
+// endCheck tells the deliveries waiting for a look that their consumer is
+// (same) or may not be the one bound. l.mu must be held.
+func (l *Lane) endCheck(same bool) {
+	if l.check != nil {
+		l.check.same = same
+		close(l.check.done)
+		l.check = nil
 	}
 }
 
@@ -636,6 +723,7 @@ type Delivery struct {
 	ackWait              time.Duration
 	delivered            int
 	first                bool
+	check                *consumerCheck // the look First waits for
 
 	// mu is held while anything is sent for the delivery, so a keep-alive
 	// racing a settle goes out before it or not at all.
@@ -668,10 +756,22 @@ func (d *Delivery) Sequence() uint64 { return d.meta.Sequence.Stream }
 func (d *Delivery) Delivered() int { return d.delivered }
 
 // First reports whether no delivery of the event can have come before
-// this one: the consumer counts it the first, and was made over a minute
-// before the event was stored (a consumer made again, here or by another
-// replica, counts from 1 what an older one delivered).
-func (d *Delivery) First() bool { return d.first }
+// this one: the consumer counts it the first, was made over a minute
+// before the event was stored (or names a sequence it starts fresh from),
+// and was still the one bound when the lane looked after the delivery came
+// (a consumer made again, here or by another replica, counts from 1 what
+// an older one delivered). It waits for that look: one server round trip
+// at most, shared by the deliveries that came meanwhile.
+func (d *Delivery) First() bool {
+	if !d.first {
+		return false
+	}
+	if d.check != nil {
+		<-d.check.done
+		return d.check.same
+	}
+	return true
+}
 
 // StoredAt is when the stream stored the event.
 func (d *Delivery) StoredAt() time.Time { return d.meta.Timestamp }

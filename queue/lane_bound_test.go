@@ -12,12 +12,24 @@ import (
 	"github.com/revoker/revoker/queue/queuetest"
 )
 
-// TestConsumerMadeAgainBeforeTheFirstFetch: a lane is bound to a consumer
-// that has delivered events elsewhere (another replica holds one), and the
-// consumer is deleted and made again before the lane's first fetch. The
-// new consumer's delivery of the held event is numbered 1: it must not be
-// taken for the event's first delivery by the old consumer's rules.
+// TestConsumerMadeAgainBeforeTheFirstFetch: a lane's consumer delivers
+// events elsewhere (another replica holds one), and is deleted and made
+// again before the lane's first fetch. The new consumer's delivery of the
+// held event is numbered 1: it must not be taken for the event's first
+// delivery by the old consumer's rules, whether the lane was bound after
+// those deliveries (1 is below its last) or before them (1 is above its
+// last, 0: the numbers tell nothing).
 func TestConsumerMadeAgainBeforeTheFirstFetch(t *testing.T) {
+	for _, bindFirst := range []bool{false, true} {
+		name := "bound after the deliveries elsewhere"
+		if bindFirst {
+			name = "bound before them"
+		}
+		t.Run(name, func(t *testing.T) { testMadeAgainBeforeTheFirstFetch(t, bindFirst) })
+	}
+}
+
+func testMadeAgainBeforeTheFirstFetch(t *testing.T, bindFirst bool) {
 	_, nc, js := queuetest.JetStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -31,6 +43,17 @@ func TestConsumerMadeAgainBeforeTheFirstFetch(t *testing.T) {
 	cons, err := js.CreateConsumer(ctx, "S", consCfg("1"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	var lane *queue.Lane
+	bind := func() {
+		bound, err := js.Consumer(ctx, "S", "d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lane = queue.NewLane(bound, "s", 0, 2, 1, 200*time.Millisecond)
+	}
+	if bindFirst {
+		bind()
 	}
 	for _, body := range []string{"e1", "e2"} {
 		if err := nc.Publish("s", []byte(body)); err != nil {
@@ -53,11 +76,9 @@ func TestConsumerMadeAgainBeforeTheFirstFetch(t *testing.T) {
 	if n != 2 {
 		t.Fatalf("fetched %d; want 2", n)
 	}
-	bound, err := js.Consumer(ctx, "S", "d")
-	if err != nil {
-		t.Fatal(err)
+	if !bindFirst {
+		bind()
 	}
-	lane := queue.NewLane(bound, "s", 0, 2, 1, 200*time.Millisecond)
 
 	// Made again, as a replica binding it again makes it: fresh from the
 	// next sequence.

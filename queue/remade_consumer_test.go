@@ -8,13 +8,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 
+	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/worker"
 )
 
 // TestConsumerMadeAgainUnnoticedIsNoFirstDelivery: a full lane (not fetching)
@@ -174,5 +177,118 @@ func remakeConsumer(t *testing.T, s *stack, subj string) {
 	want.Metadata = map[string]string{queue.MetaFreshFrom: strconv.FormatUint(st.CachedInfo().State.LastSeq+1, 10)}
 	if _, err := s.js.CreateConsumer(ctx, s.cfg.Stream, want); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestConsumerMadeAgainNumberedAboveCountsEveryCall: replica A's lane is
+// full (not fetching; its last delivery numbered 2). Replica B fetches
+// event E (consumer sequence 3), writes its call ahead, calls (500) and
+// dies holding E. The consumer is deleted and made again; a third
+// replica's fetch takes the new consumer's first two deliveries. A's next
+// fetch gets E numbered 3, above its last: its record must still count
+// B's call (SPEC §4, "The proof", point 2).
+func TestConsumerMadeAgainNumberedAboveCountsEveryCall(t *testing.T) {
+	var (
+		held     atomic.Int32
+		eCalls   atomic.Int32
+		releaseK = make(chan struct{})
+	)
+	s := newStack(t, func(c *config.Config) {
+		c.Concurrency = 1
+		c.HTTPTimeout = time.Minute
+	}, cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
+		if r.Method != http.MethodDelete {
+			return 0, nil, "", false
+		}
+		switch r.KeyID {
+		case "k1":
+			held.Add(1)
+			<-releaseK
+		case "ke":
+			if eCalls.Add(1) == 1 {
+				return 500, nil, `{"success":false,"errors":[{"code":10000,"message":"oops"}],"messages":[],"result":null}`, true
+			}
+		}
+		return 0, nil, "", false
+	}))
+	s.start()
+	t.Cleanup(func() {
+		select {
+		case <-releaseK:
+		default:
+			close(releaseK)
+		}
+	})
+	ctx := context.Background()
+	subj := s.cfg.LowestPriority()
+	s.publish(subj, eventJSON(acct, "k1"), "id-k1") // seq 1, call held
+	s.waitFor("k1's call held", func() bool { return held.Load() == 1 })
+	s.publish(subj, eventJSON(acct, "k2"), "id-k2") // seq 2, waits for the one permit
+	s.waitFor("the lane full", func() bool { return testutil.ToFloat64(s.m.Inflight) == 2 })
+	s.publish(subj, eventJSON(acct, "ke"), "id-ke") // seq 3
+
+	// Replica B: fetches E, writes its call ahead, calls (500), dies.
+	cons, err := s.js.Consumer(ctx, s.cfg.Stream, s.cfg.Durable(subj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta *jetstream.MsgMetadata
+	for m := range b.Messages() {
+		meta, _ = m.Metadata()
+	}
+	if meta == nil || meta.Sequence.Stream != 3 {
+		t.Fatalf("B fetched %+v; want E at sequence 3", meta)
+	}
+	lb, err := queue.BindLedger(ctx, s.js, s.cfg.Topology(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := worker.Ref{Stream: s.cfg.Stream, Seq: 3, Account: acct, Key: "ke", Stored: meta.Timestamp}
+	if _, err := lb.Update(ctx, ref, func(e *worker.Entry) error { e.Calls = 1; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	api, err := cloudflare.New(cloudflare.Config{BaseURL: s.cfg.BaseURL, Credential: cloudflare.Token(s.cfg.APIToken), Timeout: 5 * time.Second, UserAgent: "replica-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = api.DeleteSigningKey(ctx, acct, "ke") // 500: the key stays
+	if _, err := lb.Update(ctx, ref, func(e *worker.Entry) error {
+		e.Answered = 1
+		e.Last = &worker.Call{Status: 500, At: time.Now()}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	remakeConsumer(t, s, subj)
+	// A third replica takes the new consumer's first two deliveries.
+	cons2, err := s.js.Consumer(ctx, s.cfg.Stream, s.cfg.Durable(subj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := cons2.Fetch(2, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range b2.Messages() {
+		md, _ := m.Metadata()
+		t.Logf("third replica got stream seq %d, consumer seq %d", md.Sequence.Stream, md.Sequence.Consumer)
+	}
+	close(releaseK)
+	s.waitFor("ke recorded", func() bool { return len(s.outcomesOf("ke")) > 0 })
+	var rec event.Record
+	for _, o := range s.outcomes() {
+		if o.KeyID == "ke" {
+			rec = o
+		}
+	}
+	calls := s.deletes("ke")
+	t.Logf("ke: %d DELETE calls; record outcome=%s attempts=%d unanswered=%d", calls, rec.Outcome, rec.Attempts, rec.UnansweredCalls)
+	if rec.Attempts != calls {
+		t.Fatalf("record says attempts=%d, but %d DELETE calls were made for the event", rec.Attempts, calls)
 	}
 }

@@ -1025,3 +1025,91 @@ func TestFirstRecordGivesUpAtTheShutdownTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestShutdownFirstRecordHangingKeepsItInTheLedger: SIGTERM comes while a
+// first delivery's DELETE is out; its 200 arrives, and the revoked record
+// goes the first record's way (FirstRecords, as queue.Records does). The
+// outcome stream does not answer until the shutdown timeout ends; the
+// ledger answers the whole time. A confirmation is lost only when the
+// outcome stream and its fallback both refuse through the whole shutdown
+// timeout (SPEC §4, "The proof", point 6): here the ledger must keep it.
+func TestShutdownFirstRecordHangingKeepsItInTheLedger(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	fr := &firstRecords{fakeRecords: h.records, held: make(chan func(error), 1)}
+	h.records.failOutcome = 1 << 30 // the trail refuses every other write too
+	h.w = worker.New(worker.Config{
+		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
+		RetryMaxInterval: 5 * time.Millisecond, RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+	}, worker.Deps{API: h.api, Gate: h.gate, Records: fr, Ledger: h.ledger, Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
+	stop, work := shutdownAtTheCall(t, h, 500*time.Millisecond, nil)
+	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3, ackWait: 30 * time.Second}
+	h.w.Handle(stop, work, d)
+	wantKeptInTheLedger(t, h, d)
+}
+
+// TestShutdownTrailHangingKeepsItInTheLedger: as above on a redelivery
+// (no first-record path): every outcome write hangs until its context
+// ends (queue.Records bounds one by 10 s, more than a shutdown timeout
+// may be), while the ledger answers.
+func TestShutdownTrailHangingKeepsItInTheLedger(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.slow = time.Hour // until the write's context ends
+	stop, work := shutdownAtTheCall(t, h, 500*time.Millisecond, nil)
+	d := &fakeDelivery{body: goodEvent, delivered: 2, maxDeliver: 3, ackWait: 30 * time.Second}
+	h.w.Handle(stop, work, d)
+	wantKeptInTheLedger(t, h, d)
+}
+
+// slowFirst is FirstRecords whose stream never answers: then is told
+// "no answer in time" after timeout, as queue.Records' sweep does after
+// Records.Timeout (10 s in serve).
+type slowFirst struct {
+	*fakeRecords
+	timeout time.Duration
+}
+
+func (r *slowFirst) FirstOutcome(_ event.Record, then func(error)) bool {
+	time.AfterFunc(r.timeout, func() { then(errors.New("the outcome stream did not answer in time")) })
+	return true
+}
+
+// TestShutdownLedgerAskedBeforeTheTrailsTimeouts: the default timings
+// scaled by 1/40 (Records.Timeout 10 s -> 250 ms, REVOKER_SHUTDOWN_TIMEOUT
+// 25 s -> 625 ms). SIGTERM comes as the DELETE is out; its 200 arrives;
+// the outcome stream answers nothing for the whole shutdown timeout. The
+// ledger answers for the first 450 ms (18 s of 25) and then goes away:
+// it must be asked while it answers, not after the first record's and
+// the next write's timeouts.
+func TestShutdownLedgerAskedBeforeTheTrailsTimeouts(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.records.slow = 250 * time.Millisecond // each outcome write: no answer within Records.Timeout
+	h.records.failOutcome = 1 << 30
+	fr := &slowFirst{fakeRecords: h.records, timeout: 250 * time.Millisecond}
+	h.w = worker.New(worker.Config{
+		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
+		RetryMaxInterval: 5 * time.Millisecond, RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+	}, worker.Deps{API: h.api, Gate: h.gate, Records: fr, Ledger: h.ledger, Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
+	stop, work := shutdownAtTheCall(t, h, 625*time.Millisecond, func(l *fakeLedger) {
+		time.AfterFunc(450*time.Millisecond, func() { // the ledger goes away 18 s into the 25 s
+			l.mu.Lock()
+			l.silent = true
+			l.mu.Unlock()
+		})
+	})
+	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3, ackWait: 30 * time.Second}
+	h.w.Handle(stop, work, d)
+	wantKeptInTheLedger(t, h, d)
+}
+
+// wantKeptInTheLedger fails t unless the ledger keeps event 7's
+// confirmation and none was counted lost.
+func wantKeptInTheLedger(t *testing.T, h *harness, d *fakeDelivery) {
+	t.Helper()
+	h.ledger.mu.Lock()
+	e := h.ledger.entry(ref7)
+	h.ledger.mu.Unlock()
+	if lost := testutil.ToFloat64(h.m.ConfirmationsLost); e.Confirmed == nil || lost != 0 {
+		t.Fatalf("ledger entry %+v, revoker_confirmations_lost_total = %v, settled %v; want the confirmation kept in the ledger, which answered, and none lost",
+			e, lost, d.settled)
+	}
+}

@@ -1319,10 +1319,15 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
 		observe(a.lane.Latency, time.Since(a.d.StoredAt()).Seconds(), a.work)
 	}
-	if w.firstRecord(work, a) || w.writeOutcome(stop, work, a, event.Revoked, "", a.d.Ack, true) {
+	// The trail's first tries end when shutdown begins (or are not made
+	// after): each may hang until its own timeout, longer than the time
+	// left, and the ledger below must not wait for them (SPEC §4, "The
+	// proof", point 6). A record they stored meanwhile is found by the
+	// tries below, which read what is there.
+	if stop.Err() == nil && (w.firstRecord(stop, a) || w.writeOutcome(stop, stop, a, event.Revoked, "", a.d.Ack, true)) {
 		return
 	}
-	// The trail refused it. The ledger is asked to keep it, in a loop of
+	// The trail refused it, or shutdown came. The ledger is asked to keep it, in a loop of
 	// its own, while this one asks the trail again: neither store, hanging
 	// until its timeout, holds the other back (SPEC §4, "The proof", point
 	// 6: lost only when both refuse for the whole shutdown timeout). The
@@ -1437,15 +1442,15 @@ func (w *Worker) comesAgain(a *attempt) bool {
 // does, one event after another, and this goroutine only told. It reports
 // false, having settled nothing, when the record was not stored that way:
 // it is then written as any other, reading what is there.
-func (w *Worker) firstRecord(work context.Context, a *attempt) bool {
+func (w *Worker) firstRecord(ctx context.Context, a *attempt) bool {
 	fr, ok := w.Records.(FirstRecords)
 	if !ok || !a.d.First() || w.late(a) {
 		return false
 	}
-	_, span := tracing.StartRecordWrite(work, "outcome")
+	_, span := tracing.StartRecordWrite(ctx, "outcome")
 	var (
 		mu     sync.Mutex
-		gaveUp bool // the delivery's time ran out first: the answer settles nothing
+		gaveUp bool // ctx ended first: the answer settles nothing
 	)
 	stored := make(chan error, 1)
 	if !fr.FirstOutcome(w.record(a, event.Revoked, ""), func(err error) {
@@ -1465,17 +1470,17 @@ func (w *Worker) firstRecord(work context.Context, a *attempt) bool {
 	var err error
 	select {
 	case err = <-stored:
-	case <-work.Done():
-		// The shutdown timeout is over: the answer, if it comes, settles
-		// nothing; a record stored meanwhile is found by the event's next
-		// delivery.
+	case <-ctx.Done():
+		// Shutdown began: the answer, if it comes, settles nothing; a
+		// record stored meanwhile is found by the writes that follow, or
+		// by the event's next delivery.
 		mu.Lock()
 		gaveUp = true
 		mu.Unlock()
 		select {
 		case err = <-stored: // told just before
 		default:
-			err = work.Err()
+			err = ctx.Err()
 		}
 	}
 	tracing.End(span, err)
@@ -1576,7 +1581,9 @@ func (w *Worker) writeOutcome(stop, work context.Context, a *attempt, outcome ev
 			believed = rec
 			return nil
 		case err != nil:
-			w.Metrics.OutcomeFailures.Inc()
+			if ctx.Err() == nil { // not a write cut short by shutdown
+				w.Metrics.OutcomeFailures.Inc()
+			}
 			a.recordErr = err
 		}
 		return err

@@ -485,14 +485,15 @@ func (l *Lane) Suspect() bool {
 const createdMargin = time.Minute
 
 // freshOf tells the events no consumer before cons can have delivered: from
-// the sequence a consumer revoker made names, else those stored well after
-// it was made (unknown: after now).
+// the sequence a consumer revoker made names (if it is that consumer, not
+// a copy: MetaMadeAt), else those stored well after it was made (unknown:
+// after now).
 func freshOf(cons jetstream.Consumer) func(*jetstream.MsgMetadata) bool {
 	var info *jetstream.ConsumerInfo
 	if cons != nil {
 		info = cons.CachedInfo()
 	}
-	if info != nil {
+	if info != nil && madeAsNoted(info) {
 		if from, err := strconv.ParseUint(info.Config.Metadata[MetaFreshFrom], 10, 64); err == nil {
 			return func(m *jetstream.MsgMetadata) bool { return m.Sequence.Stream >= from }
 		}
@@ -503,6 +504,13 @@ func freshOf(cons jetstream.Consumer) func(*jetstream.MsgMetadata) bool {
 	}
 	after = after.Add(createdMargin)
 	return func(m *jetstream.MsgMetadata) bool { return m.Timestamp.After(after) }
+}
+
+// madeAsNoted reports whether info's consumer is the one its metadata was
+// written for (MetaMadeAt), not one made again from a copy of it.
+func madeAsNoted(info *jetstream.ConsumerInfo) bool {
+	at, err := time.Parse(time.RFC3339Nano, info.Config.Metadata[MetaMadeAt])
+	return err == nil && at.Equal(info.Created)
 }
 
 // forget keeps what the lane remembers bounded: past twice its measure, it

@@ -219,7 +219,6 @@ func TestConsumerMadeAgainNumberedAboveCountsEveryCall(t *testing.T) {
 			close(releaseK)
 		}
 	})
-	ctx := context.Background()
 	subj := s.cfg.LowestPriority()
 	s.publish(subj, eventJSON(acct, "k1"), "id-k1") // seq 1, call held
 	s.waitFor("k1's call held", func() bool { return held.Load() == 1 })
@@ -228,26 +227,98 @@ func TestConsumerMadeAgainNumberedAboveCountsEveryCall(t *testing.T) {
 	s.publish(subj, eventJSON(acct, "ke"), "id-ke") // seq 3
 
 	// Replica B: fetches E, writes its call ahead, calls (500), dies.
+	got := fetchElsewhere(t, s, subj, 1)
+	if len(got) != 1 || got[0].Sequence.Stream != 3 {
+		t.Fatalf("B fetched %+v; want E at sequence 3", got)
+	}
+	callElsewhere(t, s, got[0], "ke")
+
+	remakeConsumer(t, s, subj)
+	// A third replica takes the new consumer's first two deliveries.
+	for _, md := range fetchElsewhere(t, s, subj, 2) {
+		t.Logf("third replica got stream seq %d, consumer seq %d", md.Sequence.Stream, md.Sequence.Consumer)
+	}
+	close(releaseK)
+	wantEveryCallCounted(t, s, "ke")
+}
+
+// TestConsumerMadeAgainFromASavedConfiguration: replica B takes event ke,
+// stores its call ahead, calls (500) and dies holding it. An operator
+// deletes the consumer and makes it again from its saved configuration
+// (`nats consumer add --config`, a tool that imported it): its metadata,
+// the sequence revoker noted as fresh from, comes back as it was. The
+// worker then gets ke numbered 1; its record must count B's call too
+// (SPEC §5a, §4 "The proof", point 2).
+func TestConsumerMadeAgainFromASavedConfiguration(t *testing.T) {
+	var eCalls atomic.Int32
+	s := newStack(t, func(c *config.Config) {
+		c.Concurrency = 1
+	}, cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
+		if r.Method == http.MethodDelete && r.KeyID == "ke" && eCalls.Add(1) == 1 {
+			return 500, nil, `{"success":false,"errors":[{"code":10000,"message":"oops"}],"messages":[],"result":null}`, true
+		}
+		return 0, nil, "", false
+	}))
+	s.ensure()
+	ctx := context.Background()
+	subj := s.cfg.LowestPriority()
+	s.publish(subj, eventJSON(acct, "ke"), "id-ke")
+
 	cons, err := s.js.Consumer(ctx, s.cfg.Stream, s.cfg.Durable(subj))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+	saved := cons.CachedInfo().Config // as `nats consumer info -j` shows it
+	got := fetchElsewhere(t, s, subj, 1)
+	if len(got) != 1 {
+		t.Fatal("B fetched nothing")
+	}
+	callElsewhere(t, s, got[0], "ke")
+
+	if err := s.js.DeleteConsumer(ctx, s.cfg.Stream, s.cfg.Durable(subj)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.js.CreateConsumer(ctx, s.cfg.Stream, saved); err != nil {
+		t.Fatal(err)
+	}
+	s.start()
+	wantEveryCallCounted(t, s, "ke")
+}
+
+// TestConsumerRevokerMadeStartsFresh: the consumer revoker makes notes the
+// sequence it starts fresh from and its own creation time, so an event
+// stored right after it was made (well within a minute) is a first
+// delivery, with no read of what is stored.
+func TestConsumerRevokerMadeStartsFresh(t *testing.T) {
+	s := newStack(t, nil)
+	s.ensure()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	subj := s.cfg.LowestPriority()
+	cons, err := s.js.Consumer(ctx, s.cfg.Stream, s.cfg.Durable(subj))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var meta *jetstream.MsgMetadata
-	for m := range b.Messages() {
-		meta, _ = m.Metadata()
+	if md := cons.CachedInfo().Config.Metadata; md[queue.MetaFreshFrom] == "" || md[queue.MetaMadeAt] == "" {
+		t.Fatalf("consumer metadata %v: want %s and %s", md, queue.MetaFreshFrom, queue.MetaMadeAt)
 	}
-	if meta == nil || meta.Sequence.Stream != 3 {
-		t.Fatalf("B fetched %+v; want E at sequence 3", meta)
+	s.publish(subj, eventJSON(acct, "kfresh"), "id-kfresh")
+	if _, first := firstDelivery(t, ctx, queue.NewLane(cons, subj, 0, 2, 1, 200*time.Millisecond)); !first {
+		t.Fatal("an event stored just after revoker made its consumer is not taken for a first delivery")
 	}
+}
+
+// callElsewhere plays replica B on the event of meta (key key): its call
+// stored ahead in the ledger, made (the stand-in decides), answered 500,
+// and the replica gone with the event in hand.
+func callElsewhere(t *testing.T, s *stack, meta *jetstream.MsgMetadata, key string) {
+	t.Helper()
+	ctx := context.Background()
 	lb, err := queue.BindLedger(ctx, s.js, s.cfg.Topology(), zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := worker.Ref{Stream: s.cfg.Stream, Seq: 3, Account: acct, Key: "ke", Stored: meta.Timestamp}
+	ref := worker.Ref{Stream: s.cfg.Stream, Seq: meta.Sequence.Stream, Account: acct, Key: key, Stored: meta.Timestamp}
 	if _, err := lb.Update(ctx, ref, func(e *worker.Entry) error { e.Calls = 1; return nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +326,7 @@ func TestConsumerMadeAgainNumberedAboveCountsEveryCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = api.DeleteSigningKey(ctx, acct, "ke") // 500: the key stays
+	_, _ = api.DeleteSigningKey(ctx, acct, key)
 	if _, err := lb.Update(ctx, ref, func(e *worker.Entry) error {
 		e.Answered = 1
 		e.Last = &worker.Call{Status: 500, At: time.Now()}
@@ -263,32 +334,43 @@ func TestConsumerMadeAgainNumberedAboveCountsEveryCall(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
 
-	remakeConsumer(t, s, subj)
-	// A third replica takes the new consumer's first two deliveries.
-	cons2, err := s.js.Consumer(ctx, s.cfg.Stream, s.cfg.Durable(subj))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b2, err := cons2.Fetch(2, jetstream.FetchMaxWait(2*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for m := range b2.Messages() {
-		md, _ := m.Metadata()
-		t.Logf("third replica got stream seq %d, consumer seq %d", md.Sequence.Stream, md.Sequence.Consumer)
-	}
-	close(releaseK)
-	s.waitFor("ke recorded", func() bool { return len(s.outcomesOf("ke")) > 0 })
+// wantEveryCallCounted waits for key's record and fails t unless its
+// attempts are the DELETEs the stand-in saw for key.
+func wantEveryCallCounted(t *testing.T, s *stack, key string) {
+	t.Helper()
+	s.waitFor(key+" recorded", func() bool { return len(s.outcomesOf(key)) > 0 })
 	var rec event.Record
 	for _, o := range s.outcomes() {
-		if o.KeyID == "ke" {
+		if o.KeyID == key {
 			rec = o
 		}
 	}
-	calls := s.deletes("ke")
-	t.Logf("ke: %d DELETE calls; record outcome=%s attempts=%d unanswered=%d", calls, rec.Outcome, rec.Attempts, rec.UnansweredCalls)
+	calls := s.deletes(key)
+	t.Logf("%s: %d DELETE calls; record outcome=%s attempts=%d unanswered=%d", key, calls, rec.Outcome, rec.Attempts, rec.UnansweredCalls)
 	if rec.Attempts != calls {
 		t.Fatalf("record says attempts=%d, but %d DELETE calls were made for the event", rec.Attempts, calls)
 	}
+}
+
+// fetchElsewhere fetches up to n deliveries of subj's consumer as another
+// replica would, and keeps them in hand (never settled).
+func fetchElsewhere(t *testing.T, s *stack, subj string, n int) []*jetstream.MsgMetadata {
+	t.Helper()
+	cons, err := s.js.Consumer(context.Background(), s.cfg.Stream, s.cfg.Durable(subj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.Fetch(n, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []*jetstream.MsgMetadata
+	for m := range b.Messages() {
+		if md, err := m.Metadata(); err == nil {
+			got = append(got, md)
+		}
+	}
+	return got
 }

@@ -192,10 +192,21 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 			return fmt.Errorf("look up stream %s: %w", stream, err)
 		}
 		want.Metadata = map[string]string{MetaFreshFrom: strconv.FormatUint(s.CachedInfo().State.LastSeq+1, 10)}
-		if _, err := js.CreateConsumer(ctx, stream, want); err != nil {
+		c, err := js.CreateConsumer(ctx, stream, want)
+		if err != nil {
 			return fmt.Errorf("create consumer %s: %w", want.Durable, err)
 		}
 		log.Info("created consumer", zap.String("consumer", want.Durable), zap.String("subject", want.FilterSubject))
+		// The sequence holds only for this consumer: one made again from
+		// a copy of its configuration (by hand, by a tool) would carry it
+		// too. So the consumer is told when the server made it, which a
+		// copy cannot match. Until then, or if this fails, the lanes treat
+		// it as one revoker did not make.
+		want.Metadata[MetaMadeAt] = c.CachedInfo().Created.Format(time.RFC3339Nano)
+		if _, err := js.UpdateConsumer(ctx, stream, want); err != nil {
+			log.Warn("consumer created, but its creation time not noted in it; its first events are read as redeliveries",
+				zap.String("consumer", want.Durable), zap.Error(err))
+		}
 		return nil
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
 		return fmt.Errorf("%w: consumer %s on stream %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, want.Durable, stream)
@@ -227,6 +238,12 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 // delivered an event from there on, so a first delivery of one is the
 // first of all.
 const MetaFreshFrom = "revoker_fresh_from"
+
+// MetaMadeAt is the metadata that ties MetaFreshFrom to the consumer it
+// was written for: the server's creation time of that consumer
+// (RFC 3339). A consumer whose own creation time differs is a copy, and
+// its MetaFreshFrom says nothing.
+const MetaMadeAt = "revoker_made_at"
 
 type diff struct{ name, have, want string }
 

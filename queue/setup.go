@@ -193,6 +193,11 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 		}
 		want.Metadata = map[string]string{MetaFreshFrom: strconv.FormatUint(s.CachedInfo().State.LastSeq+1, 10)}
 		c, err := js.CreateConsumer(ctx, stream, want)
+		if errors.Is(err, jetstream.ErrConsumerExists) {
+			// Another replica made it meanwhile, and may have noted when
+			// already (so this create no longer matches it): use it.
+			return ensureConsumer(ctx, js, stream, want, false, log)
+		}
 		if err != nil {
 			return fmt.Errorf("create consumer %s: %w", want.Durable, err)
 		}

@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -285,4 +286,34 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 			t.Errorf("consumer on an R1 stream has %d replicas", r)
 		}
 	})
+}
+
+// TestEnsureByReplicasStartingTogether: replicas starting together on an
+// empty server each make what is missing. A consumer one of them made is
+// updated at once to note when it was made, so another's create, the
+// same as the first, no longer matches it: that replica must use it, not
+// fail its start.
+func TestEnsureByReplicasStartingTogether(t *testing.T) {
+	for round := range 10 {
+		js := setupJS(t)
+		cfg := config.Default()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		var wg sync.WaitGroup
+		errs := make([]error, 3)
+		start := make(chan struct{})
+		for i := range errs {
+			wg.Go(func() {
+				<-start
+				errs[i] = queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop())
+			})
+		}
+		close(start)
+		wg.Wait()
+		cancel()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("round %d, replica %d: %v", round, i, err)
+			}
+		}
+	}
 }

@@ -1,11 +1,19 @@
 package worker_test
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/untrusted"
+	"github.com/revoker/revoker/worker"
 )
 
 const (
@@ -109,5 +117,45 @@ func TestRecordCutsALongEventID(t *testing.T) {
 	o := onlyRecord(t, h)
 	if want := strings.Repeat("i", 253) + untrusted.Ellipsis; o.EventID != want {
 		t.Fatalf("record event_id is %d bytes; want it cut to 256 with an ellipsis", len(o.EventID))
+	}
+}
+
+// TestRecordWriteInTheEventsTrace: one event's spans form one trace
+// (SPEC §13). A revoked event's record write, the trail's first try, by
+// FirstOutcome or by Outcome, is in the event's trace.
+func TestRecordWriteInTheEventsTrace(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp), sdktrace.WithIDGenerator(tracing.IDGenerator()))
+	tracing.SetTracerProvider(tp)
+	t.Cleanup(func() { tracing.SetTracerProvider(nil); _ = tp.Shutdown(context.Background()) })
+
+	for _, withFirst := range []bool{false, true} {
+		exp.Reset()
+		h := newHarness(t, nil, answer(200, revoked, 0))
+		if withFirst { // queue.Records' way: FirstOutcome
+			fr := &firstRecords{fakeRecords: h.records}
+			h.w = worker.New(worker.Config{
+				Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
+				RetryMaxInterval: 5 * time.Millisecond, RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
+			}, worker.Deps{API: h.api, Gate: h.gate, Records: fr, Ledger: h.ledger, Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
+		}
+		d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
+		ctx := context.Background()
+		h.w.Handle(ctx, ctx, d)
+		if len(d.settled) != 1 || d.settled[0] != "ack" {
+			t.Fatalf("first=%v: not acked", withFirst)
+		}
+		var processTrace string
+		for _, s := range exp.GetSpans() {
+			if !s.Parent.IsValid() && s.Name != "write outcome" {
+				processTrace = s.SpanContext.TraceID().String()
+			}
+		}
+		for _, s := range exp.GetSpans() {
+			t.Logf("first=%v span %q trace %s parent %s", withFirst, s.Name, s.SpanContext.TraceID(), s.Parent.SpanID())
+			if s.Name == "write outcome" && s.SpanContext.TraceID().String() != processTrace {
+				t.Errorf("first=%v: span %q in trace %s, not the event's %s", withFirst, s.Name, s.SpanContext.TraceID(), processTrace)
+			}
+		}
 	}
 }

@@ -1324,7 +1324,7 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	// left, and the ledger below must not wait for them (SPEC §4, "The
 	// proof", point 6). A record they stored meanwhile is found by the
 	// tries below, which read what is there.
-	if stop.Err() == nil && (w.firstRecord(stop, a) || w.writeOutcome(stop, stop, a, event.Revoked, "", a.d.Ack, true)) {
+	if stop.Err() == nil && (w.firstRecord(work, stop, a) || w.writeOnceUntil(stop, work, a)) {
 		return
 	}
 	// The trail refused it, or shutdown came. The ledger is asked to keep it, in a loop of
@@ -1406,6 +1406,15 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	}
 }
 
+// writeOnceUntil tries once to store a's revoked record, in the event's
+// trace (work's), giving up when stop ends.
+func (w *Worker) writeOnceUntil(stop, work context.Context, a *attempt) bool {
+	ctx, cancel := context.WithCancel(work)
+	defer cancel()
+	defer context.AfterFunc(stop, cancel)()
+	return w.writeOutcome(stop, ctx, a, event.Revoked, "", a.d.Ack, true)
+}
+
 // isSwept reports whether swept is closed: the ledger keeps the record for
 // the sweep.
 func isSwept(swept chan struct{}) bool {
@@ -1442,15 +1451,15 @@ func (w *Worker) comesAgain(a *attempt) bool {
 // does, one event after another, and this goroutine only told. It reports
 // false, having settled nothing, when the record was not stored that way:
 // it is then written as any other, reading what is there.
-func (w *Worker) firstRecord(ctx context.Context, a *attempt) bool {
+func (w *Worker) firstRecord(work, stop context.Context, a *attempt) bool {
 	fr, ok := w.Records.(FirstRecords)
 	if !ok || !a.d.First() || w.late(a) {
 		return false
 	}
-	_, span := tracing.StartRecordWrite(ctx, "outcome")
+	_, span := tracing.StartRecordWrite(work, "outcome")
 	var (
 		mu     sync.Mutex
-		gaveUp bool // ctx ended first: the answer settles nothing
+		gaveUp bool // stop ended first: the answer settles nothing
 	)
 	stored := make(chan error, 1)
 	if !fr.FirstOutcome(w.record(a, event.Revoked, ""), func(err error) {
@@ -1470,7 +1479,7 @@ func (w *Worker) firstRecord(ctx context.Context, a *attempt) bool {
 	var err error
 	select {
 	case err = <-stored:
-	case <-ctx.Done():
+	case <-stop.Done():
 		// Shutdown began: the answer, if it comes, settles nothing; a
 		// record stored meanwhile is found by the writes that follow, or
 		// by the event's next delivery.
@@ -1480,7 +1489,7 @@ func (w *Worker) firstRecord(ctx context.Context, a *attempt) bool {
 		select {
 		case err = <-stored: // told just before
 		default:
-			err = ctx.Err()
+			err = stop.Err()
 		}
 	}
 	tracing.End(span, err)

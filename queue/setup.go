@@ -196,7 +196,11 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 		if errors.Is(err, jetstream.ErrConsumerExists) {
 			// Another replica made it meanwhile, and may have noted when
 			// already (so this create no longer matches it): use it.
-			return ensureConsumer(ctx, js, stream, want, false, log)
+			c, err := js.Consumer(ctx, stream, want.Durable)
+			if err != nil {
+				return fmt.Errorf("consumer %s made by another replica meanwhile, then not found: %w", want.Durable, err)
+			}
+			return checkConsumer(c, want, log)
 		}
 		if err != nil {
 			return fmt.Errorf("create consumer %s: %w", want.Durable, err)
@@ -218,6 +222,13 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 	case err != nil:
 		return fmt.Errorf("look up consumer %s: %w", want.Durable, err)
 	}
+	return checkConsumer(c, want, log)
+}
+
+// checkConsumer says whether an existing consumer can serve as want: an
+// error if the work is impossible with it, a warning for each other
+// difference.
+func checkConsumer(c jetstream.Consumer, want jetstream.ConsumerConfig, log *zap.Logger) error {
 	have := c.CachedInfo().Config
 	if have.FilterSubject != want.FilterSubject || len(have.FilterSubjects) > 0 {
 		return fmt.Errorf("%w: consumer %s filters %q, not %q", ErrIncompatible,

@@ -181,48 +181,56 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 }
 
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, want jetstream.ConsumerConfig, create bool, log *zap.Logger) error {
-	c, err := js.Consumer(ctx, stream, want.Durable)
-	switch {
-	case errors.Is(err, jetstream.ErrConsumerNotFound) && create:
-		// What the stream holds now may have been delivered by a consumer
-		// of this name before (deleted by hand, lost with a leader): the
-		// consumer says from where on it is the first to deliver.
-		s, err := js.Stream(ctx, stream)
-		if err != nil {
-			return fmt.Errorf("look up stream %s: %w", stream, err)
-		}
-		want.Metadata = map[string]string{MetaFreshFrom: strconv.FormatUint(s.CachedInfo().State.LastSeq+1, 10)}
-		c, err := js.CreateConsumer(ctx, stream, want)
-		if errors.Is(err, jetstream.ErrConsumerExists) {
-			// Another replica made it meanwhile, and may have noted when
-			// already (so this create no longer matches it): use it.
-			c, err := js.Consumer(ctx, stream, want.Durable)
-			if err != nil {
-				return fmt.Errorf("consumer %s made by another replica meanwhile, then not found: %w", want.Durable, err)
+	// Twice at most: a consumer another replica made while this one
+	// created it, and deleted again before this one looked, is made here.
+	for try := 0; ; try++ {
+		c, err := js.Consumer(ctx, stream, want.Durable)
+		switch {
+		case errors.Is(err, jetstream.ErrConsumerNotFound) && create:
+			err := createConsumer(ctx, js, stream, want, log)
+			if errors.Is(err, jetstream.ErrConsumerExists) && try == 0 {
+				// Another replica made it meanwhile, and may have noted
+				// when already (so this create no longer matches it):
+				// use it.
+				continue
 			}
-			return checkConsumer(c, want, log)
+			return err
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+			return fmt.Errorf("%w: consumer %s on stream %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, want.Durable, stream)
+		case err != nil:
+			return fmt.Errorf("look up consumer %s: %w", want.Durable, err)
 		}
-		if err != nil {
-			return fmt.Errorf("create consumer %s: %w", want.Durable, err)
-		}
-		log.Info("created consumer", zap.String("consumer", want.Durable), zap.String("subject", want.FilterSubject))
-		// The sequence holds only for this consumer: one made again from
-		// a copy of its configuration (by hand, by a tool) would carry it
-		// too. So the consumer is told when the server made it, which a
-		// copy cannot match. Until then, or if this fails, the lanes treat
-		// it as one revoker did not make.
-		want.Metadata[MetaMadeAt] = c.CachedInfo().Created.Format(time.RFC3339Nano)
-		if _, err := js.UpdateConsumer(ctx, stream, want); err != nil {
-			log.Warn("consumer created, but its creation time not noted in it; its first events are read as redeliveries",
-				zap.String("consumer", want.Durable), zap.Error(err))
-		}
-		return nil
-	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		return fmt.Errorf("%w: consumer %s on stream %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, want.Durable, stream)
-	case err != nil:
-		return fmt.Errorf("look up consumer %s: %w", want.Durable, err)
+		return checkConsumer(c, want, log)
 	}
-	return checkConsumer(c, want, log)
+}
+
+// createConsumer makes the consumer want describes, noting in it from
+// which stream sequence it is the first to deliver, and when it was made.
+func createConsumer(ctx context.Context, js jetstream.JetStream, stream string, want jetstream.ConsumerConfig, log *zap.Logger) error {
+	// What the stream holds now may have been delivered by a consumer of
+	// this name before (deleted by hand, lost with a leader): the consumer
+	// says from where on it is the first to deliver.
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("look up stream %s: %w", stream, err)
+	}
+	want.Metadata = map[string]string{MetaFreshFrom: strconv.FormatUint(s.CachedInfo().State.LastSeq+1, 10)}
+	c, err := js.CreateConsumer(ctx, stream, want)
+	if err != nil {
+		return fmt.Errorf("create consumer %s: %w", want.Durable, err)
+	}
+	log.Info("created consumer", zap.String("consumer", want.Durable), zap.String("subject", want.FilterSubject))
+	// The sequence holds only for this consumer: one made again from a
+	// copy of its configuration (by hand, by a tool) would carry it too.
+	// So the consumer is told when the server made it, which a copy cannot
+	// match. Until then, or if this fails, the lanes treat it as one
+	// revoker did not make.
+	want.Metadata[MetaMadeAt] = c.CachedInfo().Created.Format(time.RFC3339Nano)
+	if _, err := js.UpdateConsumer(ctx, stream, want); err != nil {
+		log.Warn("consumer created, but its creation time not noted in it; its first events are read as redeliveries",
+			zap.String("consumer", want.Durable), zap.Error(err))
+	}
+	return nil
 }
 
 // checkConsumer says whether an existing consumer can serve as want: an

@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -315,5 +316,60 @@ func TestEnsureByReplicasStartingTogether(t *testing.T) {
 				t.Errorf("round %d, replica %d: %v", round, i, err)
 			}
 		}
+	}
+}
+
+// goneAfterExists: another replica makes the consumer (its own metadata)
+// just before this create, which is refused as ErrConsumerExists; then
+// the consumer is deleted again (by hand, lost with a leader, another
+// replica's rebind) before this replica looks it up.
+type goneAfterExists struct {
+	jetstream.JetStream
+	once sync.Once
+}
+
+func (g *goneAfterExists) CreateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	var (
+		c    jetstream.Consumer
+		err  error
+		done bool
+	)
+	g.once.Do(func() {
+		done = true
+		other := cfg
+		other.Metadata = map[string]string{queue.MetaFreshFrom: "1", queue.MetaMadeAt: time.Now().Format(time.RFC3339Nano)}
+		if _, e := g.JetStream.CreateConsumer(ctx, stream, other); e != nil {
+			err = e
+			return
+		}
+		c, err = g.JetStream.CreateConsumer(ctx, stream, cfg)
+		if !errors.Is(err, jetstream.ErrConsumerExists) {
+			return
+		}
+		_ = g.JetStream.DeleteConsumer(ctx, stream, cfg.Durable)
+	})
+	if done {
+		return c, err
+	}
+	return g.JetStream.CreateConsumer(ctx, stream, cfg)
+}
+
+// TestEnsureCreateRefusedThenConsumerGone: this replica's create is
+// refused because another made the consumer meanwhile, and the consumer
+// is gone again before this one looks it up: it is made here, not
+// reported missing as if REVOKER_CREATE_STREAMS were false.
+func TestEnsureCreateRefusedThenConsumerGone(t *testing.T) {
+	js := setupJS(t)
+	cfg := config.Default()
+	top := cfg.Topology()
+	if !top.Create {
+		t.Fatal("default config does not create")
+	}
+	err := queue.Ensure(context.Background(), &goneAfterExists{JetStream: js}, top, zap.NewNop())
+	if err != nil && strings.Contains(err.Error(), "REVOKER_CREATE_STREAMS is false") {
+		t.Fatalf("REVOKER_CREATE_STREAMS is true, yet: %v", err)
+	}
+	if err != nil {
+		t.Fatalf("the consumer is missing and may be created, yet the start failed: %v", err)
 	}
 }

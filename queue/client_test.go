@@ -80,7 +80,7 @@ func TestPublishedEventIgnoresAnOlderStreamsRecord(t *testing.T) {
 	if err := queue.Ensure(dlqTCtx(t), s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
-	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
+	recs := recordsOf(s)
 	old := event.Record{EventID: "old", AccountID: "acct01", KeyID: "keyS", Outcome: event.DeadLettered, Reason: event.Unauthorized,
 		Stream: s.cfg.Stream, Sequence: 1, PublishedAt: time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano)}
 	if _, err := recs.Outcome(dlqTCtx(t), old); err != nil {

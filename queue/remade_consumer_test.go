@@ -35,27 +35,22 @@ func TestConsumerMadeAgainUnnoticedIsNoFirstDelivery(t *testing.T) {
 		releaseK = make(chan struct{})
 		releaseH = make(chan struct{})
 	)
-	s := newStack(t, func(c *config.Config) {
-		c.Concurrency = 1 // the lane holds 2
+	s := oneSlotStack(t, func(c *config.Config) {
 		c.RetryMaxElapsed = time.Millisecond
-		c.HTTPTimeout = time.Minute
-	}, cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
-		if r.Method != http.MethodDelete {
-			return 0, nil, "", false
-		}
-		switch r.KeyID {
+	}, func(key string) (int, string, bool) {
+		switch key {
 		case "kstale":
 			if kCalls.Add(1) == 1 {
 				held.Add(1)
 				<-releaseK
-				return 500, nil, `<html>oops</html>`, true
+				return 500, `<html>oops</html>`, true
 			}
 		case "khold":
 			held.Add(1)
 			<-releaseH
 		}
-		return 0, nil, "", false
-	}))
+		return 0, "", false
+	})
 	s.start()
 	t.Cleanup(func() {
 		select {
@@ -114,14 +109,8 @@ func TestConsumerMadeAgainUnnoticedCallsNotAgain(t *testing.T) {
 		releaseK = make(chan struct{})
 		releaseH = make(chan struct{})
 	)
-	s := newStack(t, func(c *config.Config) {
-		c.Concurrency = 1
-		c.HTTPTimeout = time.Minute
-	}, cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
-		if r.Method != http.MethodDelete {
-			return 0, nil, "", false
-		}
-		switch r.KeyID {
+	s := oneSlotStack(t, nil, func(key string) (int, string, bool) {
+		switch key {
 		case "kagain":
 			if held.Load() == 0 {
 				held.Add(1)
@@ -131,8 +120,8 @@ func TestConsumerMadeAgainUnnoticedCallsNotAgain(t *testing.T) {
 			held.Add(1)
 			<-releaseH
 		}
-		return 0, nil, "", false
-	}))
+		return 0, "", false
+	})
 	s.start()
 	t.Cleanup(func() {
 		for _, c := range []chan struct{}{releaseK, releaseH} {
@@ -193,24 +182,18 @@ func TestConsumerMadeAgainNumberedAboveCountsEveryCall(t *testing.T) {
 		eCalls   atomic.Int32
 		releaseK = make(chan struct{})
 	)
-	s := newStack(t, func(c *config.Config) {
-		c.Concurrency = 1
-		c.HTTPTimeout = time.Minute
-	}, cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
-		if r.Method != http.MethodDelete {
-			return 0, nil, "", false
-		}
-		switch r.KeyID {
+	s := oneSlotStack(t, nil, func(key string) (int, string, bool) {
+		switch key {
 		case "k1":
 			held.Add(1)
 			<-releaseK
 		case "ke":
 			if eCalls.Add(1) == 1 {
-				return 500, nil, `{"success":false,"errors":[{"code":10000,"message":"oops"}],"messages":[],"result":null}`, true
+				return 500, `{"success":false,"errors":[{"code":10000,"message":"oops"}],"messages":[],"result":null}`, true
 			}
 		}
-		return 0, nil, "", false
-	}))
+		return 0, "", false
+	})
 	s.start()
 	t.Cleanup(func() {
 		select {
@@ -251,14 +234,12 @@ func TestConsumerMadeAgainNumberedAboveCountsEveryCall(t *testing.T) {
 // (SPEC §5a, §4 "The proof", point 2).
 func TestConsumerMadeAgainFromASavedConfiguration(t *testing.T) {
 	var eCalls atomic.Int32
-	s := newStack(t, func(c *config.Config) {
-		c.Concurrency = 1
-	}, cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
-		if r.Method == http.MethodDelete && r.KeyID == "ke" && eCalls.Add(1) == 1 {
-			return 500, nil, `{"success":false,"errors":[{"code":10000,"message":"oops"}],"messages":[],"result":null}`, true
+	s := oneSlotStack(t, nil, func(key string) (int, string, bool) {
+		if key == "ke" && eCalls.Add(1) == 1 {
+			return 500, `{"success":false,"errors":[{"code":10000,"message":"oops"}],"messages":[],"result":null}`, true
 		}
-		return 0, nil, "", false
-	}))
+		return 0, "", false
+	})
 	s.ensure()
 	ctx := context.Background()
 	subj := s.cfg.LowestPriority()
@@ -373,4 +354,24 @@ func fetchElsewhere(t *testing.T, s *stack, subj string, n int) []*jetstream.Msg
 		}
 	}
 	return got
+}
+
+// oneSlotStack is a stack of one call slot (its lane holds two events)
+// and calls that may take a minute, with more settings from more (if
+// set); the stand-in answers a DELETE of key as onDelete says, when it
+// says it answers, else as usual.
+func oneSlotStack(t *testing.T, more func(*config.Config), onDelete func(key string) (status int, body string, answers bool)) *stack {
+	return newStack(t, func(c *config.Config) {
+		c.Concurrency = 1
+		c.HTTPTimeout = time.Minute
+		if more != nil {
+			more(c)
+		}
+	}, cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
+		if r.Method != http.MethodDelete {
+			return 0, nil, "", false
+		}
+		status, body, answers := onDelete(r.KeyID)
+		return status, nil, body, answers
+	}))
 }

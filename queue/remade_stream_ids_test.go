@@ -12,8 +12,9 @@ import (
 )
 
 // storeRecordOf stores a worker-shaped record of p's event (read from the
-// work stream while it is there), with outcome and reason.
-func storeRecordOf(t *testing.T, ctx context.Context, s *stack, p queue.Published, outcome event.Outcome, reason event.Reason, status int, ray string) {
+// work stream while it is there), with outcome and reason, and returns
+// the record the trail believes for the event.
+func storeRecordOf(t *testing.T, ctx context.Context, s *stack, p queue.Published, outcome event.Outcome, reason event.Reason, status int, ray string) event.Record {
 	t.Helper()
 	ws, err := s.js.Stream(ctx, s.cfg.Stream)
 	if err != nil {
@@ -23,13 +24,14 @@ func storeRecordOf(t *testing.T, ctx context.Context, s *stack, p queue.Publishe
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
 	rec := event.Record{EventID: p.EventID, AccountID: p.AccountID, KeyID: p.KeyID, Outcome: outcome, Reason: reason, Status: status, CFRay: ray,
 		Stream: p.Stream, Subject: p.Subject, Sequence: p.Sequence, Attempts: 5,
 		PublishedAt: stored.Time.UTC().Format(time.RFC3339Nano), CompletedAt: time.Now().UTC().Format(time.RFC3339Nano)}
-	if _, err := recs.Outcome(ctx, rec); err != nil {
+	believed, err := recordsOf(s).Outcome(ctx, rec)
+	if err != nil {
 		t.Fatal(err)
 	}
+	return believed
 }
 
 // TestOlderStreamsRecordAnswersNoNewEvent: an event of key K, stored

@@ -80,7 +80,7 @@ func TestRecordWithinServerClockSkewOfStreamCreation(t *testing.T) {
 		t.Fatal(err)
 	}
 	created := ws.CachedInfo().Created
-	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
+	recs := recordsOf(s)
 	rec := event.Record{EventID: p.EventID, AccountID: p.AccountID, KeyID: p.KeyID, Outcome: event.Revoked, Status: 200, CFRay: "ray-skew",
 		Stream: p.Stream, Subject: p.Subject, Sequence: p.Sequence, Attempts: 1,
 		PublishedAt: created.Add(-time.Millisecond).UTC().Format(time.RFC3339Nano), CompletedAt: time.Now().UTC().Format(time.RFC3339Nano)}

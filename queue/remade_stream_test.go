@@ -23,7 +23,7 @@ import (
 // (dead_lettered), not the older event's revoked one.
 func TestBatchWaitIgnoresAnOlderStreamsRecord(t *testing.T) {
 	s, ctx := ensuredStack(t)
-	recs := olderStreamsRecord(t, s, event.Record{EventID: "old", AccountID: "acct01", KeyID: "keyS", Outcome: event.Revoked, Status: 200, CFRay: "old-ray",
+	olderStreamsRecord(t, s, event.Record{EventID: "old", AccountID: "acct01", KeyID: "keyS", Outcome: event.Revoked, Status: 200, CFRay: "old-ray",
 		Stream: s.cfg.Stream, Subject: s.cfg.LowestPriority(), Sequence: 1, Attempts: 1})
 	c := dialClient(t, s)
 	w, err := c.Watch("", "")
@@ -50,19 +50,8 @@ func TestBatchWaitIgnoresAnOlderStreamsRecord(t *testing.T) {
 	p := events[0]
 
 	// The worker's own record of the new event: dead-lettered.
-	ws, err := s.js.Stream(ctx, s.cfg.Stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored, err := ws.GetMsg(ctx, p.Sequence)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mine := event.Record{EventID: "new-event", AccountID: "acct01", KeyID: "keyS", Outcome: event.DeadLettered, Reason: event.Unauthorized,
-		Status: 403, Stream: s.cfg.Stream, Subject: s.cfg.LowestPriority(), Sequence: p.Sequence, Attempts: 3,
-		PublishedAt: stored.Time.UTC().Format(time.RFC3339Nano), CompletedAt: time.Now().UTC().Format(time.RFC3339Nano)}
-	if got, err := recs.Outcome(ctx, mine); err != nil || got.EventID != "new-event" {
-		t.Fatalf("the worker's record of the new event: %+v, %v", got, err)
+	if got := storeRecordOf(t, ctx, s, p, event.DeadLettered, event.Unauthorized, 403, ""); got.EventID != "new-event" {
+		t.Fatalf("the worker's record of the new event: %+v", got)
 	}
 
 	want := map[uint64]queue.Published{p.Sequence: p}
@@ -77,7 +66,7 @@ func TestBatchWaitIgnoresAnOlderStreamsRecord(t *testing.T) {
 	}
 	if got.EventID != "new-event" || got.Outcome != event.DeadLettered {
 		t.Fatalf("publish --from-file --wait answered %s (event %s, cf_ray %s, published_at %s) for the new event, which was %s: the older event's record at a reused sequence",
-			got.Outcome, got.EventID, got.CFRay, got.PublishedAt, mine.Outcome)
+			got.Outcome, got.EventID, got.CFRay, got.PublishedAt, event.DeadLettered)
 	}
 }
 
@@ -140,15 +129,18 @@ func TestDuplicateNotTakenForOwnThroughAnOlderStreamsRecord(t *testing.T) {
 
 // olderStreamsRecord stores old, a record of an event stored an hour ago
 // (published_at), as one of a work stream since deleted and made again
-// would be, and returns the records writer it used.
-func olderStreamsRecord(t *testing.T, s *stack, old event.Record) *queue.Records {
+// would be.
+func olderStreamsRecord(t *testing.T, s *stack, old event.Record) {
 	t.Helper()
-	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
 	old.PublishedAt = time.Now().Add(-time.Hour).UTC().Format(time.RFC3339Nano)
-	if _, err := recs.Outcome(context.Background(), old); err != nil {
+	if _, err := recordsOf(s).Outcome(context.Background(), old); err != nil {
 		t.Fatal(err)
 	}
-	return recs
+}
+
+// recordsOf is a writer of s's outcome records, as the worker's.
+func recordsOf(s *stack) *queue.Records {
+	return &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
 }
 
 // dialClient is a publishing client of s, closed when the test ends.

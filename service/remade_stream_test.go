@@ -2,11 +2,15 @@ package service_test
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
@@ -14,13 +18,15 @@ import (
 	"github.com/revoker/revoker/service"
 )
 
-// TestStatusBySequenceIgnoresAnOlderStreamsRecord: the work stream
-// was made again, so sequence 1 is reused; the trail holds a revoked
-// record of an older event for the same key at sequence 1. The new event
-// at sequence 1 is dead-lettered by the worker (its account is not
-// allowed). Once it has left the work stream, revoker.status asked for
-// stream/sequence/account/key answers its record, not the older event's.
-func TestStatusBySequenceIgnoresAnOlderStreamsRecord(t *testing.T) {
+// TestStatusIgnoresAnOlderStreamsRecord: the work stream was made
+// again, so sequence 1 is reused; the trail holds a revoked record of an
+// older event for the same key at sequence 1. The new event at sequence 1
+// is dead-lettered by the worker (its account is not allowed). Once it has
+// left the work stream, revoker.status asked for stream/sequence/account/
+// key answers its record, not the older event's; and so does asked for
+// the key: a revoked record beats the other records of its own event
+// only, and the older one is of another, stored an hour before.
+func TestStatusIgnoresAnOlderStreamsRecord(t *testing.T) {
 	s := newStack(t, func(c *config.Config) { c.AllowedAccounts = []string{"acctother"} })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -52,5 +58,73 @@ func TestStatusBySequenceIgnoresAnOlderStreamsRecord(t *testing.T) {
 	if rec.Outcome != event.DeadLettered || rec.EventID != q.EventID {
 		t.Fatalf("revoker.status of the event at sequence 1 answered %s (event %s, cf_ray %s); the event there is %s, dead-lettered: the older event's record",
 			rec.Outcome, rec.EventID, rec.CFRay, q.EventID)
+	}
+	byKey := decodeRecord(t, s.request(service.StatusSubject, `{"account_id":"acct1","key_id":"keyS"}`))
+	if byKey.Outcome != event.DeadLettered || byKey.EventID != q.EventID {
+		t.Fatalf("revoker.status of the key answered %s (event %s, cf_ray %s); its latest event is %s, dead-lettered: the older event's record",
+			byKey.Outcome, byKey.EventID, byKey.CFRay, q.EventID)
+	}
+}
+
+// TestStatusByIDAfterTheStreamIsMadeAgain: event evX is stored through
+// revoker.revoke at sequence 1, revoked and recorded; the index keeps
+// where and when it was stored. The work stream is made again, and evY,
+// for the same key, is stored at sequence 1 and still in its call.
+// revoker.status {"event_id":"evX"} answers evX's revoked record: the
+// event now at sequence 1 is another (stored at another time), neither
+// queued for evX nor a reason to disbelieve its record.
+func TestStatusByIDAfterTheStreamIsMadeAgain(t *testing.T) {
+	hold := make(chan struct{})
+	var deletes atomic.Int64
+	s := newStack(t, nil, cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
+		if r.Method == "DELETE" && r.KeyID == "keyS" && deletes.Add(1) > 1 {
+			select { // the second event's call hangs while the test looks
+			case <-hold:
+			case <-time.After(4 * time.Second):
+			}
+			return 503, nil, `{"success":false,"errors":[],"messages":[],"result":null}`, true
+		}
+		return 0, nil, "", false
+	}))
+	t.Cleanup(func() { close(hold) })
+	s.api.AddKey("acct1", "keyS")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q := decodeQueued(t, s.request(service.RevokeSubject, evJSON("acct1", "keyS"), "Nats-Msg-Id", "evX"))
+	if q.Sequence != 1 {
+		t.Fatalf("evX stored at %d; want 1", q.Sequence)
+	}
+	queuetest.Eventually(t, 15*time.Second, "evX's record", func() bool {
+		rs, err := queue.KeyOutcomes(ctx, s.js, s.cfg.OutcomeStream, s.cfg.OutcomeSubject, "acct1", "keyS", nil)
+		return err == nil && len(rs) == 1 && rs[0].Outcome == event.Revoked
+	})
+	if rec := decodeRecord(t, s.request(service.StatusSubject, `{"event_id":"evX"}`)); rec.Outcome != event.Revoked {
+		t.Fatalf("before the stream is made again: %+v", rec)
+	}
+	queuetest.Eventually(t, 15*time.Second, "evX to leave the work stream", func() bool {
+		st, err := s.js.Stream(ctx, s.cfg.Stream)
+		if err != nil {
+			return false
+		}
+		_, err = st.GetMsg(ctx, 1)
+		return err != nil
+	})
+	if err := s.js.DeleteStream(ctx, s.cfg.Stream); err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	qy := decodeQueued(t, s.request(service.RevokeSubject, evJSON("acct1", "keyS"), "Nats-Msg-Id", "evY"))
+	if qy.Sequence != 1 {
+		t.Fatalf("evY stored at %d; want 1", qy.Sequence)
+	}
+	queuetest.Eventually(t, 15*time.Second, "evY's call to be in flight", func() bool { return deletes.Load() >= 2 })
+	reply := s.request(service.StatusSubject, `{"event_id":"evX"}`)
+	t.Logf("revoker.status {event_id: evX} answered %s", reply.Data)
+	var rec event.Record
+	if serviceError(reply) != "" || json.Unmarshal(reply.Data, &rec) != nil || rec.Outcome != event.Revoked || rec.EventID != "evX" {
+		t.Fatalf("revoker.status of evX (revoked and recorded) answered %q (error %q): its revoked record is not believed",
+			reply.Data, serviceError(reply))
 	}
 }

@@ -493,8 +493,12 @@ func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r Status
 	m, err := st.GetMsg(ctx, r.Sequence)
 	switch {
 	case err == nil:
+		// The message at the sequence is the event asked for only if it
+		// names the key asked for and, when the index knows when the event
+		// was stored, was stored then: a stream made again reuses sequences.
 		ev, derr := event.Decode(m.Data)
-		if derr == nil && (!hasKeyOf(r) || ev.AccountID == r.AccountID && ev.KeyID == r.KeyID) {
+		if derr == nil && (!hasKeyOf(r) || ev.AccountID == r.AccountID && ev.KeyID == r.KeyID) &&
+			(storedAt.IsZero() || m.Time.Equal(storedAt)) {
 			p.AccountID, p.KeyID, p.StoredAt, inStream = ev.AccountID, ev.KeyID, m.Time, true
 			if p.EventID == "" {
 				p.EventID = m.Header.Get(jetstream.MsgIDHeader)
@@ -569,11 +573,26 @@ func latestBelieved(recs []event.Record) (event.Record, bool) {
 	}
 	last := recs[len(recs)-1]
 	for _, rec := range recs {
-		if rec.Outcome == event.Revoked && rec.Stream == last.Stream && rec.Sequence == last.Sequence {
+		if rec.Outcome == event.Revoked && sameEvent(rec, last) {
 			return rec, true
 		}
 	}
 	return last, true
+}
+
+// sameEvent reports whether two records of one key are of one event: the
+// same stream and sequence, stored at the same time (a stream made again
+// reuses its sequences).
+func sameEvent(a, b event.Record) bool {
+	if a.Stream != b.Stream || a.Sequence != b.Sequence {
+		return false
+	}
+	ta, errA := time.Parse(time.RFC3339Nano, a.PublishedAt)
+	tb, errB := time.Parse(time.RFC3339Nano, b.PublishedAt)
+	if errA != nil || errB != nil {
+		return a.PublishedAt == b.PublishedAt
+	}
+	return ta.Equal(tb)
 }
 
 // newID is the id of an event whose request named none: random, so that

@@ -467,13 +467,6 @@ func newHarnessGate(t *testing.T, gate throttle.Config, tune func(*worker.Config
 // and metrics, sharing h's trail and ledger.
 func (h *harness) beside(t *testing.T, name string, answers ...*cloudflare.Response) *worker.Worker {
 	t.Helper()
-	return replica(t, name, &fakeAPI{answers: answers}, h.records, h.ledger, 50*time.Millisecond)
-}
-
-// replica is a worker named name on its own gate and metrics, with the
-// stores given, and retry budget spend.
-func replica(t *testing.T, name string, api worker.API, records worker.Records, ledger worker.Ledger, spend time.Duration) *worker.Worker {
-	t.Helper()
 	gate := throttle.New(throttle.Config{Priorities: 2, Concurrency: 4})
 	t.Cleanup(gate.Close)
 	reg := prometheus.NewRegistry()
@@ -481,8 +474,8 @@ func replica(t *testing.T, name string, api worker.API, records worker.Records, 
 	m := metrics.New(reg, metrics.Labels{Subjects: subjects, Outcomes: event.Names(event.Outcomes), Reasons: event.Names(event.Reasons)}, metrics.Build{})
 	return worker.New(worker.Config{
 		Subjects: subjects, RetryInitial: time.Millisecond, RetryMaxInterval: 5 * time.Millisecond,
-		RetryMaxElapsed: spend, HandBackDelay: time.Millisecond, Name: name,
-	}, worker.Deps{API: api, Gate: gate, Records: records, Ledger: ledger,
+		RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: name,
+	}, worker.Deps{API: &fakeAPI{answers: answers}, Gate: gate, Records: h.records, Ledger: h.ledger,
 		Metrics: m, Ready: metrics.NewReadiness(reg), Log: zap.NewNop()})
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -1112,97 +1111,5 @@ func wantKeptInTheLedger(t *testing.T, h *harness, d *fakeDelivery) {
 	if lost := testutil.ToFloat64(h.m.ConfirmationsLost); e.Confirmed == nil || lost != 0 {
 		t.Fatalf("ledger entry %+v, revoker_confirmations_lost_total = %v, settled %v; want the confirmation kept in the ledger, which answered, and none lost",
 			e, lost, d.settled)
-	}
-}
-
-// gatedLedger holds every Update until open is closed.
-type gatedLedger struct {
-	*fakeLedger
-	open chan struct{}
-}
-
-func (l *gatedLedger) Update(ctx context.Context, ref worker.Ref, change func(*worker.Entry) error) (worker.Entry, error) {
-	<-l.open
-	return l.fakeLedger.Update(ctx, ref, change)
-}
-
-// heldRecords closes reading as its first Outcome write begins (its writer
-// has read the ledger by then), holds that write until release is closed,
-// and closes written once it is stored.
-type heldRecords struct {
-	*fakeRecords
-	once                      sync.Once
-	reading, release, written chan struct{}
-}
-
-func (r *heldRecords) Outcome(ctx context.Context, rec event.Record) (event.Record, error) {
-	first := false
-	r.once.Do(func() { first = true })
-	if !first {
-		return r.fakeRecords.Outcome(ctx, rec)
-	}
-	close(r.reading)
-	<-r.release
-	defer close(r.written)
-	return r.fakeRecords.Outcome(ctx, rec)
-}
-
-// TestNoCallBesideAnotherDeliverysRecord: delivery A, back from a cut,
-// made a first call (503) and retries; delivery B of the same event calls,
-// gets 404, proves the key absent, reads the ledger and writes its
-// not_found record. A's retry is stored ahead after B's read, before B's
-// record lands, and finds calls it did not know of: another delivery is at
-// work on the event, and may be recording it without this call. A makes
-// no call and gives the event back, and the one record counts every
-// DELETE made (SPEC §4, "The proof", point 2; §5a).
-func TestNoCallBesideAnotherDeliverysRecord(t *testing.T) {
-	ledger := &fakeLedger{entries: map[uint64]worker.Entry{}}
-	recs := &fakeRecords{}
-	bRecs := &heldRecords{fakeRecords: recs, reading: make(chan struct{}), release: make(chan struct{}), written: make(chan struct{})}
-	release := sync.OnceFunc(func() { close(bRecs.release) })
-	apiA := &fakeAPI{answers: []*cloudflare.Response{answer(503, nil, 0), answer(404, gone, 0)}}
-	aFirst := make(chan struct{})
-	apiA.onCall = func() {
-		if apiA.calls == 1 {
-			close(aFirst)
-			return
-		}
-		release() // B's record lands while A's second DELETE is made
-		select {
-		case <-bRecs.written:
-		case <-time.After(10 * time.Second):
-			t.Error("B's record was never written")
-		}
-	}
-	apiB := &fakeAPI{answers: []*cloudflare.Response{answer(404, gone, 0)}}
-	wA := replica(t, "a", apiA, recs, &gatedLedger{fakeLedger: ledger, open: bRecs.reading}, 5*time.Second)
-	wB := replica(t, "b", apiB, bRecs, ledger, 5*time.Second)
-
-	dA := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 5, ackWait: 30 * time.Second}
-	dB := &fakeDelivery{body: goodEvent, delivered: 2, maxDeliver: 5, ackWait: 30 * time.Second}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		wA.Handle(context.Background(), context.Background(), dA)
-		release() // A is done without a second call: B's record may land
-	})
-	select {
-	case <-aFirst:
-	case <-time.After(10 * time.Second):
-		t.Fatal("A's first call never made")
-	}
-	wg.Go(func() { wB.Handle(context.Background(), context.Background(), dB) })
-	wg.Wait()
-
-	deletes := apiA.calls + apiB.calls
-	recs.mu.Lock()
-	defer recs.mu.Unlock()
-	if len(recs.outcomes) != 1 {
-		t.Fatalf("records %+v; want one", recs.outcomes)
-	}
-	o := recs.outcomes[0]
-	t.Logf("DELETEs: A %d, B %d; the ledger counts %d; record %s, %d attempts, %d unanswered; A settled %v, B %v",
-		apiA.calls, apiB.calls, ledger.entry(ref7).Calls, o.Outcome, o.Attempts, o.UnansweredCalls, dA.settled, dB.settled)
-	if o.Attempts != deletes {
-		t.Fatalf("the event's one record counts %d attempts; %d DELETEs were made for it", o.Attempts, deletes)
 	}
 }

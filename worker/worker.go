@@ -868,32 +868,23 @@ const (
 	noTrailRead    trailRead = iota // a key list: no call of the event
 	readIfLate                      // once held half the ack wait; a read that fails lets the call go
 	readOrCall                      // a retry; a read that fails lets the call go: the revocation matters more than the count
-	readOrGiveBack                  // after calls this delivery did not know of: another delivery is at work on the event; no record, or a read that fails, gives the event back
+	readOrGiveBack                  // after calls this delivery did not know of, whose end it must know: a read that fails gives the event back
 )
 
 // recordedMeanwhile reads the event's record before a call stored ahead
 // (as read says): a delivery beside this one may have recorded the event
-// meanwhile. If it has, the call is taken back and the delivery settled as
-// recorded. Under readOrGiveBack, another delivery made calls this one did
-// not know of, and may be writing its record now, counting the calls it
-// read before this one was stored: a call made beside it would be missing
-// from the record. So, with no record or none readable, the call is taken
-// back and the event given back, for the other to finish or a later
-// delivery to read. If taking the call back finds a confirmation, it ends
-// decided with the confirmation learned, and no call. done is false when
-// the call may go.
+// meanwhile. If it has, or the read fails under readOrGiveBack, the call
+// is taken back and the delivery settled, as recorded or given back; if
+// taking it back finds a confirmation, it ends decided with the
+// confirmation learned, and no call. done is false when the call may go.
 func (w *Worker) recordedMeanwhile(work context.Context, a *attempt, read trailRead) (end ending, done bool) {
 	prior, found, err := w.Records.Prior(work, a.ref)
 	switch {
-	case read == readOrGiveBack && (err != nil || !found):
+	case err != nil && read == readOrGiveBack:
 		if w.takeBack(work, a); a.revoked != nil {
 			return decided, true
 		}
-		why := "another delivery of the event is calling for it"
-		if err != nil {
-			why = "outcome records not readable: " + err.Error()
-		}
-		w.giveBack(a, w.cfg.RetryMaxInterval, why)
+		w.giveBack(a, w.cfg.RetryMaxInterval, "outcome records not readable: "+err.Error())
 		return settled, true
 	case err != nil || !found:
 		return decided, false

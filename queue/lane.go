@@ -683,7 +683,8 @@ func (l *Lane) waitRoom(ctx context.Context) (n int, gone bool) {
 // missing asks the server whether the lane's consumer is gone, or was
 // replaced by one made again under its name: a binding made again
 // needlessly would count the deliveries in hand as a lost consumer's. A
-// consumer found as bound ends a suspicion (deliver).
+// consumer found as bound ends a suspicion (deliver), once it is known
+// which of its deliveries can still be first.
 func (l *Lane) missing(ctx context.Context) bool {
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -694,10 +695,27 @@ func (l *Lane) missing(ctx context.Context) bool {
 	if l.MadeAgain(info) {
 		return true // the one bound is gone
 	}
+	// The same consumer numbered a delivery no higher than one before: it
+	// was reset (its deliveries forgotten and numbered from 1 again), or
+	// came back with its server without its last deliveries (one replica).
+	// Its count no longer tells what it delivered before from a first
+	// delivery: only events stored from now on are fresh. Until that is
+	// known, the suspicion stays, and no delivery is first.
+	if l.Stream == nil {
+		return false
+	}
+	si, err := l.Stream.Info(ictx)
+	if err != nil {
+		return false
+	}
+	from := si.State.LastSeq
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	// The same consumer: deliveries out of order came from a leader that
-	// took over with an older count.
+	fresh := l.fresh
+	l.fresh = func(m *jetstream.MsgMetadata) bool { return m.Sequence.Stream > from && fresh(m) }
+	// Delivered before the reset counts as delivered before, as for a
+	// consumer made again (bind).
+	l.gen++
 	l.suspect = false
 	return false
 }

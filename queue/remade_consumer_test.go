@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -177,36 +178,8 @@ func remakeConsumer(t *testing.T, s *stack, subj string) {
 // fetch gets E numbered 3, above its last: its record must still count
 // B's call (SPEC §4, "The proof", point 2).
 func TestConsumerMadeAgainNumberedAboveCountsEveryCall(t *testing.T) {
-	var (
-		held     atomic.Int32
-		eCalls   atomic.Int32
-		releaseK = make(chan struct{})
-	)
-	s := oneSlotStack(t, nil, func(key string) (int, string, bool) {
-		switch key {
-		case "k1":
-			held.Add(1)
-			<-releaseK
-		case "ke":
-			if eCalls.Add(1) == 1 {
-				return 500, `{"success":false,"errors":[{"code":10000,"message":"oops"}],"messages":[],"result":null}`, true
-			}
-		}
-		return 0, "", false
-	})
-	s.start()
-	t.Cleanup(func() {
-		select {
-		case <-releaseK:
-		default:
-			close(releaseK)
-		}
-	})
+	s, release := fullLaneStack(t, "ke")
 	subj := s.cfg.LowestPriority()
-	s.publish(subj, eventJSON(acct, "k1"), "id-k1") // seq 1, call held
-	s.waitFor("k1's call held", func() bool { return held.Load() == 1 })
-	s.publish(subj, eventJSON(acct, "k2"), "id-k2") // seq 2, waits for the one permit
-	s.waitFor("the lane full", func() bool { return testutil.ToFloat64(s.m.Inflight) == 2 })
 	s.publish(subj, eventJSON(acct, "ke"), "id-ke") // seq 3
 
 	// Replica B: fetches E, writes its call ahead, calls (500), dies.
@@ -221,8 +194,76 @@ func TestConsumerMadeAgainNumberedAboveCountsEveryCall(t *testing.T) {
 	for _, md := range fetchElsewhere(t, s, subj, 2) {
 		t.Logf("third replica got stream seq %d, consumer seq %d", md.Sequence.Stream, md.Sequence.Consumer)
 	}
-	close(releaseK)
+	release()
 	wantEveryCallCounted(t, s, "ke")
+}
+
+// TestConsumerResetCountsEveryCall: replica A's lane is full (k1 in its
+// call, k2 waiting for it; its last delivery numbered 2). Replica B takes
+// e1 and e2 (numbered 3 and 4), stores its calls ahead, calls (500 each)
+// and dies holding them. The consumer is reset (`nats consumer reset`):
+// the same consumer, made at the same time, its deliveries forgotten and
+// numbered from 1 again. A then gets k2, e1 and e2 numbered from 1, each
+// delivered once as far as the consumer knows: their records must still
+// count B's calls (SPEC §4, "The proof", point 2), and k2, which A held,
+// is called for once.
+func TestConsumerResetCountsEveryCall(t *testing.T) {
+	s, release := fullLaneStack(t, "e1", "e2")
+	subj := s.cfg.LowestPriority()
+	s.publish(subj, eventJSON(acct, "e1"), "id-e1") // seq 3
+	s.publish(subj, eventJSON(acct, "e2"), "id-e2") // seq 4
+	got := fetchElsewhere(t, s, subj, 2)
+	if len(got) != 2 {
+		t.Fatalf("B fetched %d deliveries; want e1 and e2", len(got))
+	}
+	for i, md := range got {
+		callElsewhere(t, s, md, []string{"e1", "e2"}[i])
+	}
+	if _, err := s.js.ResetConsumer(context.Background(), s.cfg.Stream, s.cfg.Durable(subj)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	wantEveryCallCounted(t, s, "e1")
+	wantEveryCallCounted(t, s, "e2")
+	s.waitFor("the work stream empty", func() bool { return s.count(s.cfg.Stream) == 0 })
+	if n := s.deletes("k2"); n != 1 {
+		t.Fatalf("k2, held by this replica through the reset: %d DELETE calls, want 1", n)
+	}
+}
+
+// answer500 is the body of a 500 the stand-in answers a first call with.
+const answer500 = `{"success":false,"errors":[{"code":10000,"message":"oops"}],"messages":[],"result":null}`
+
+// fullLaneStack is a one-slot stack whose lane is full: k1 (sequence 1)
+// in a call held until release, k2 (sequence 2) waiting for the slot. The
+// first DELETE of each of failFirst is answered 500.
+func fullLaneStack(t *testing.T, failFirst ...string) (s *stack, release func()) {
+	t.Helper()
+	var held atomic.Int32
+	releaseK := make(chan struct{})
+	release = sync.OnceFunc(func() { close(releaseK) })
+	calls := map[string]*atomic.Int32{}
+	for _, k := range failFirst {
+		calls[k] = &atomic.Int32{}
+	}
+	s = oneSlotStack(t, nil, func(key string) (int, string, bool) {
+		if key == "k1" {
+			held.Add(1)
+			<-releaseK
+		}
+		if n := calls[key]; n != nil && n.Add(1) == 1 {
+			return 500, answer500, true
+		}
+		return 0, "", false
+	})
+	s.start()
+	t.Cleanup(release)
+	subj := s.cfg.LowestPriority()
+	s.publish(subj, eventJSON(acct, "k1"), "id-k1") // seq 1, call held
+	s.waitFor("k1's call held", func() bool { return held.Load() == 1 })
+	s.publish(subj, eventJSON(acct, "k2"), "id-k2") // seq 2, waits for the one permit
+	s.waitFor("the lane full", func() bool { return testutil.ToFloat64(s.m.Inflight) == 2 })
+	return s, release
 }
 
 // TestConsumerMadeAgainFromASavedConfiguration: replica B takes event ke,

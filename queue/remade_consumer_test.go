@@ -234,6 +234,67 @@ func TestConsumerResetCountsEveryCall(t *testing.T) {
 // answer500 is the body of a 500 the stand-in answers a first call with.
 const answer500 = `{"success":false,"errors":[{"code":10000,"message":"oops"}],"messages":[],"result":null}`
 
+// beforeCreate is a JetStream whose first CreateConsumer of durable runs
+// before first: what other replicas do while this one is between reading
+// the stream and creating the consumer.
+type beforeCreate struct {
+	jetstream.JetStream
+	durable string
+	once    sync.Once
+	before  func()
+}
+
+func (j *beforeCreate) CreateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	if cfg.Durable == j.durable {
+		j.once.Do(j.before)
+	}
+	return j.JetStream.CreateConsumer(ctx, stream, cfg)
+}
+
+// TestConsumerMadeAndDeletedWhileOneIsMade: replica A finds its consumer
+// deleted and reads the stream's last sequence (1) to make it again.
+// Before its create reaches the server, event ke is stored (sequence 2),
+// replica B makes the consumer, is handed ke, stores its call ahead,
+// calls (500) and dies holding it, and B's consumer is deleted. A's
+// consumer then delivers ke numbered 1: its record must still count B's
+// call (SPEC §4, "The proof", point 2).
+func TestConsumerMadeAndDeletedWhileOneIsMade(t *testing.T) {
+	var eCalls atomic.Int32
+	s := oneSlotStack(t, nil, func(key string) (int, string, bool) {
+		if key == "ke" && eCalls.Add(1) == 1 {
+			return 500, answer500, true
+		}
+		return 0, "", false
+	})
+	s.ensure()
+	ctx := context.Background()
+	subj := s.cfg.LowestPriority()
+	durable := s.cfg.Durable(subj)
+	s.publish(subj, eventJSON(acct, "kold"), "id-kold") // sequence 1
+	if err := s.js.DeleteConsumer(ctx, s.cfg.Stream, durable); err != nil {
+		t.Fatal(err)
+	}
+	js := &beforeCreate{JetStream: s.js, durable: durable, before: func() {
+		s.publish(subj, eventJSON(acct, "ke"), "id-ke") // sequence 2
+		if err := queue.Ensure(ctx, s.js, s.cfg.Topology(), zap.NewNop()); err != nil {
+			t.Fatal(err)
+		}
+		var got []*jetstream.MsgMetadata
+		for len(got) == 0 || got[len(got)-1].Sequence.Stream != 2 {
+			got = append(got, fetchElsewhere(t, s, subj, 1)...)
+		}
+		callElsewhere(t, s, got[len(got)-1], "ke")
+		if err := s.js.DeleteConsumer(ctx, s.cfg.Stream, durable); err != nil {
+			t.Fatal(err)
+		}
+	}}
+	if err := queue.Ensure(ctx, js, s.cfg.Topology(), zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	s.start()
+	wantEveryCallCounted(t, s, "ke")
+}
+
 // fullLaneStack is a one-slot stack whose lane is full: k1 (sequence 1)
 // in a call held until release, k2 (sequence 2) waiting for the slot. The
 // first DELETE of each of failFirst is answered 500.

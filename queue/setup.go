@@ -225,8 +225,16 @@ func createConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 	// So the consumer is told when the server made it, which a copy cannot
 	// match. Until then, or if this fails, the lanes treat it as one
 	// revoker did not make.
-	want.Metadata[MetaMadeAt] = c.CachedInfo().Created.Format(time.RFC3339Nano)
-	if _, err := js.UpdateConsumer(ctx, stream, want); err != nil {
+	// And the sequence is read again, now that this consumer exists: events
+	// stored after the first read may have gone, before the create, to
+	// another consumer of this name, made and deleted meanwhile.
+	s, err = js.Stream(ctx, stream)
+	if err == nil {
+		want.Metadata[MetaFreshFrom] = strconv.FormatUint(s.CachedInfo().State.LastSeq+1, 10)
+		want.Metadata[MetaMadeAt] = c.CachedInfo().Created.Format(time.RFC3339Nano)
+		_, err = js.UpdateConsumer(ctx, stream, want)
+	}
+	if err != nil {
 		log.Warn("consumer created, but its creation time not noted in it; its first events are read as redeliveries",
 			zap.String("consumer", want.Durable), zap.Error(err))
 	}

@@ -695,13 +695,18 @@ func (l *Lane) missing(ctx context.Context) bool {
 	if l.MadeAgain(info) {
 		return true // the one bound is gone
 	}
-	// The same consumer numbered a delivery no higher than one before: it
-	// was reset (its deliveries forgotten and numbered from 1 again), or
-	// came back with its server without its last deliveries (one replica).
-	// Its count no longer tells what it delivered before from a first
-	// delivery: only events stored from now on are fresh. Until that is
-	// known, the suspicion stays, and no delivery is first.
-	if l.Stream == nil {
+	// The same consumer. If it numbered a delivery no higher than one
+	// before, it was reset (its deliveries forgotten and numbered from 1
+	// again), or came back with its server without its last deliveries
+	// (one replica): its count no longer tells what it delivered before
+	// from a first delivery, and only events stored from now on are
+	// fresh. Until that is known, the suspicion stays, and no delivery is
+	// first. Told it might be gone when nothing ran backwards (news older
+	// than a rebinding), there is nothing to do.
+	l.mu.Lock()
+	suspect := l.suspect
+	l.mu.Unlock()
+	if !suspect || l.Stream == nil {
 		return false
 	}
 	si, err := l.Stream.Info(ictx)
@@ -713,9 +718,6 @@ func (l *Lane) missing(ctx context.Context) bool {
 	defer l.mu.Unlock()
 	fresh := l.fresh
 	l.fresh = func(m *jetstream.MsgMetadata) bool { return m.Sequence.Stream > from && fresh(m) }
-	// Delivered before the reset counts as delivered before, as for a
-	// consumer made again (bind).
-	l.gen++
 	l.suspect = false
 	return false
 }

@@ -103,21 +103,11 @@ func firstDelivery(t *testing.T, ctx context.Context, lane *queue.Lane) (*queue.
 		first bool
 	}
 	got := make(chan handled, 1)
-	run, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- lane.Run(run, ctx, queue.Hooks{
-			Handle: func(_ context.Context, d *queue.Delivery) {
-				got <- handled{d, d.First()}
-				<-run.Done()
-				_ = d.GiveBack(0)
-			},
-			GiveBack: func(d *queue.Delivery) { _ = d.GiveBack(0) },
-			Pending:  func(uint64) {},
-			NoNews:   func() {},
-		}, zap.NewNop())
-	}()
-	defer func() { stop(); <-done }()
+	defer runLane(ctx, lane, func(run context.Context, d *queue.Delivery) {
+		got <- handled{d, d.First()}
+		<-run.Done()
+		_ = d.GiveBack(0)
+	})()
 	select {
 	case h := <-got:
 		return h.d, h.first
@@ -125,4 +115,20 @@ func firstDelivery(t *testing.T, ctx context.Context, lane *queue.Lane) (*queue.
 		t.Fatal("no delivery")
 		return nil, false
 	}
+}
+
+// runLane runs lane with handle for its deliveries (given the lane's run
+// context) until the returned stop is called.
+func runLane(ctx context.Context, lane *queue.Lane, handle func(run context.Context, d *queue.Delivery)) (stop func()) {
+	run, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- lane.Run(run, ctx, queue.Hooks{
+			Handle:   func(_ context.Context, d *queue.Delivery) { handle(run, d) },
+			GiveBack: func(d *queue.Delivery) { _ = d.GiveBack(0) },
+			Pending:  func(uint64) {},
+			NoNews:   func() {},
+		}, zap.NewNop())
+	}()
+	return func() { cancel(); <-done }
 }

@@ -121,3 +121,85 @@ func TestDeliveredCountsDeliveriesOfALostConsumer(t *testing.T) {
 		t.Fatalf("new event %q at seq %d counted %d, want %q at %d counted 1", fresh.body, fresh.seq, fresh.delivered, "two", first.seq)
 	}
 }
+
+// infoSignal is the lane's consumer; it says when the lane asks the server
+// about it (Lane.missing does, first thing).
+type infoSignal struct {
+	jetstream.Consumer
+	asked chan struct{}
+}
+
+func (c *infoSignal) Info(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	select {
+	case c.asked <- struct{}{}:
+	default:
+	}
+	return c.Consumer.Info(ctx)
+}
+
+// TestDeliveredCountKeptByANeedlessLook: the lane is told its consumer
+// may be gone (news older than a rebinding: the watcher's, a check's),
+// looks, and finds the very consumer it is bound to, which numbered
+// nothing backwards. An event in hand, given back and delivered again by
+// that consumer, is delivered for the second time: Delivered() is 2, as
+// JetStream counts it, or REVOKER_MAX_DELIVER would come early.
+func TestDeliveredCountKeptByANeedlessLook(t *testing.T) {
+	_, _, js := queuetest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s"}, Retention: jetstream.WorkQueuePolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := js.CreateConsumer(ctx, "S", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons := &infoSignal{Consumer: c, asked: make(chan struct{}, 1)}
+	type seen struct {
+		d         *queue.Delivery
+		delivered int
+	}
+	got := make(chan seen, 4)
+	settle := make(chan func(*queue.Delivery), 4)
+	lane := queue.NewLane(cons, "s", 0, 1, 1, 200*time.Millisecond) // one place: full while one is in hand
+	lane.Stream = stream
+	defer runLane(ctx, lane, func(run context.Context, d *queue.Delivery) {
+		got <- seen{d, d.Delivered()}
+		select {
+		case f := <-settle:
+			f(d)
+		case <-run.Done():
+			_ = d.GiveBack(0)
+		}
+	})()
+	next := func() seen {
+		t.Helper()
+		select {
+		case s := <-got:
+			return s
+		case <-ctx.Done():
+			t.Fatal("no delivery")
+			return seen{}
+		}
+	}
+	if _, err := js.Publish(ctx, "s", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	first := next()
+	t.Logf("first delivery: Delivered()=%d", first.delivered)
+	// The lane is full (waiting for room or news). It is told to look.
+	lane.Gone()
+	select {
+	case <-cons.asked: // the lane is in missing; it fetches only once that returns
+	case <-ctx.Done():
+		t.Fatal("the lane never looked")
+	}
+	settle <- func(d *queue.Delivery) { _ = d.GiveBack(0) }
+	again := next()
+	settle <- func(d *queue.Delivery) { _ = d.Ack() }
+	t.Logf("second delivery: Delivered()=%d", again.delivered)
+	if first.delivered != 1 || again.delivered != 2 {
+		t.Fatalf("the same consumer delivered the event twice, but the lane counted %d then %d, want 1 then 2 (REVOKER_MAX_DELIVER reached early)", first.delivered, again.delivered)
+	}
+}

@@ -39,6 +39,9 @@ type DeadLetterRecord struct {
 	// trace context) are republished with the body by a replay.
 	ContentType string `json:"content_type,omitempty"`
 	TraceParent string `json:"traceparent,omitempty"`
+	// BodyTruncated is Revoker-Body-Truncated: set when the record keeps
+	// only the start of the event (its size and hash).
+	BodyTruncated string `json:"body_truncated,omitempty"`
 	// Body is the original event, byte for byte: what a replay publishes.
 	Body []byte `json:"-"`
 }
@@ -57,6 +60,7 @@ func deadLetterRecord(seq uint64, stored time.Time, h nats.Header, body []byte) 
 		SourceSubject: h.Get(HeaderSourceSubject),
 		ContentType:   h.Get(HeaderContentType),
 		TraceParent:   h.Get(HeaderTraceParent),
+		BodyTruncated: h.Get(HeaderBodyTruncated),
 		Body:          body,
 	}
 	r.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
@@ -175,10 +179,10 @@ func NewReplayer(ctx context.Context, js jetstream.JetStream, cfg config.Topolog
 	return &Replayer{js: js, stream: cfg.Stream, subjects: cfg.Subjects, dlq: dlq, replays: replays}, nil
 }
 
-// Check refuses a record whose source subject is not a work subject: a
+// Check refuses a record whose source subject is not a work subject (a
 // record is data anyone able to write the dead-letter subject controls,
 // and a replay to "$JS.API.STREAM.PURGE…" would be the operator purging
-// their own streams.
+// their own streams), and one that keeps only the start of its event.
 func (p *Replayer) Check(rec DeadLetterRecord) error {
 	if rec.SourceSubject == "" {
 		return fmt.Errorf("no %s header: nowhere to replay it", HeaderSourceSubject)
@@ -186,6 +190,12 @@ func (p *Replayer) Check(rec DeadLetterRecord) error {
 	if !slices.Contains(p.subjects, rec.SourceSubject) {
 		return fmt.Errorf("source subject %q is not a work subject (%s)",
 			untrusted.Line(rec.SourceSubject, maxHeader), strings.Join(p.subjects, ", "))
+	}
+	if rec.BodyTruncated != "" {
+		// Put back, the start of the event would be a new, invalid event,
+		// and removing the record would lose the only copy of the rest.
+		return fmt.Errorf("the record keeps only the first %d bytes of the event (%s %s): the whole event is not here to put back",
+			len(rec.Body), HeaderBodyTruncated, untrusted.Line(rec.BodyTruncated, maxHeader))
 	}
 	return nil
 }

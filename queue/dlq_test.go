@@ -212,6 +212,39 @@ func TestReplayRefusesWhereItCannotGo(t *testing.T) {
 	}
 }
 
+// TestReplayRefusesARecordCutShort: a record cut to fit its stream
+// (Revoker-Body-Truncated: a dead-letter stream made with a smaller
+// message limit) keeps only the start of its event. Put back, that start
+// would be a new, invalid event, and the record, the only copy of the
+// rest, would be removed: the replay refuses it and leaves it in place.
+func TestReplayRefusesARecordCutShort(t *testing.T) {
+	js, cfg := dlqTSetup(t)
+	body := `{"account_id":"a","key_id":"k","reason":"` + strings.Repeat("x", 30<<10) + `"}`
+	m := queue.DeadLetterMsg(cfg.DLQSubject, event.DeadLetter{Reason: "api_rejected", EventID: "e", Stream: cfg.Stream,
+		Subject: cfg.Subjects[0], Sequence: 9, FailedAt: time.Now()}, []byte(body), 20<<10)
+	if m.Header.Get(queue.HeaderBodyTruncated) == "" {
+		t.Fatal("the record was not cut: nothing tested")
+	}
+	if _, err := js.PublishMsg(dlqTCtx(t), m); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := queue.GetDeadLetter(dlqTCtx(t), js, cfg.DLQStream, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+	if err == nil {
+		t.Fatal("a record keeping only the start of its event was replayed")
+	}
+	t.Logf("refused: %v", err)
+	if n := dlqTMsgs(t, js, cfg.Stream); n != 0 {
+		t.Fatalf("the work stream holds %d messages: a fragment was put back", n)
+	}
+	if n := dlqTMsgs(t, js, cfg.DLQStream); n != 1 {
+		t.Fatalf("the record was removed: %d left", n)
+	}
+}
+
 func TestEachOutcomeSince(t *testing.T) {
 	js, cfg := dlqTSetup(t)
 	pub := func(o event.Record) {

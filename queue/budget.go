@@ -125,6 +125,11 @@ type Budget struct {
 	floor atomic.Int64
 	owner string // this replica, in claims
 	clock *serverClock
+	// writeTrip is how long a write of the entry takes to be answered
+	// here (smoothed, ns): a slot is reserved at least that far ahead, so
+	// that it is not already late when the answer comes (a replica with
+	// a slower path to the server would otherwise never use one).
+	writeTrip atomic.Int64
 
 	bindMu sync.Mutex
 	kv     atomic.Pointer[jetstream.KeyValue]
@@ -374,6 +379,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 			// others mostly learn it from the watch before they try.
 			return b.clock.toLocal(at).Add(-lead + mrand.N(lead/2+1)), false, nil
 		}
+		at = b.ahead(at, now)
 		st := c.st
 		st.Next = at.Add(interval)
 		st.Claims = liveClaims(st.Claims, now)
@@ -432,8 +438,9 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 		return time.Time{}, false, nil
 	}
 	interval := b.spacing(c.st)
+	at := b.ahead(now, now)
 	st := c.st
-	st.Next = now.Add(interval)
+	st.Next = at.Add(interval)
 	quota, quoted := b.quoted()
 	if quoted {
 		st.Spacing = quota
@@ -446,10 +453,40 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 	}
 	b.stats.rebooked.Add(1)
 	b.published(quota, quoted)
+	booked := local
+	if at.After(now) {
+		booked = b.clock.notBefore(at)
+	}
 	b.mu.Lock()
-	b.slot = reservation{key: key, local: local, server: now, interval: interval}
+	b.slot = reservation{key: key, local: booked, server: at, interval: interval}
 	b.mu.Unlock()
-	return local, true, nil
+	return booked, true, nil
+}
+
+// ahead is slot at (server time), moved to no earlier than one write's
+// round trip after now: the write that reserves it must be answered
+// before it is due, or it is late on arrival, moved, late again, and the
+// replica (with every sharer, whose next slot each move pushes back) never
+// calls. Later is always within the budget.
+func (b *Budget) ahead(at, now time.Time) time.Time {
+	if earliest := now.Add(time.Duration(b.writeTrip.Load())); at.Before(earliest) {
+		return earliest
+	}
+	return at
+}
+
+// timeWrite notes a write answered after took.
+func (b *Budget) timeWrite(took time.Duration) {
+	for {
+		old := b.writeTrip.Load()
+		next := int64(took)
+		if old > 0 {
+			next = old + (int64(took)-old)/4
+		}
+		if b.writeTrip.CompareAndSwap(old, next) {
+			return
+		}
+	}
 }
 
 // GiveBack implements throttle.Budget: one compare-and-swap that moves the
@@ -637,7 +674,7 @@ func (b *Budget) read(ctx context.Context, kv jetstream.KeyValue, key string) (c
 
 // write stores st as the entry of key if its revision is still rev; sent
 // is the server time of sending, as estimated here.
-func (b *Budget) write(ctx context.Context, kv jetstream.KeyValue, key string, st budgetState, rev uint64, sent time.Time) (uint64, error) {
+func (b *Budget) write(ctx context.Context, kv jetstream.KeyValue, key string, st budgetState, rev uint64, sent time.Time) (_ uint64, err error) {
 	data, err := json.Marshal(st)
 	if err != nil {
 		return 0, err
@@ -649,6 +686,12 @@ func (b *Budget) write(ctx context.Context, kv jetstream.KeyValue, key string, s
 	// not Update: an entry deleted by hand leaves a marker that an update
 	// expecting nothing conflicts with for ever, stopping every call.
 	var nrev uint64
+	start := b.cfg.Clock()
+	defer func() {
+		if err == nil || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			b.timeWrite(b.cfg.Clock().Sub(start)) // answered: a round trip
+		}
+	}()
 	if rev == 0 {
 		nrev, err = kv.Create(ctx, key, data)
 		// Written meanwhile: read again. Over a delete marker Create

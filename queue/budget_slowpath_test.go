@@ -1,0 +1,134 @@
+package queue_test
+
+import (
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/revoker/revoker/cloudflare/cloudflaretest"
+	"github.com/revoker/revoker/queue/queuetest"
+)
+
+// slowPath is a TCP proxy that delays every byte by a fixed time in each
+// direction, order kept: a replica with a slower path to the server (in
+// another zone, say).
+type slowPath struct {
+	ln     net.Listener
+	target string
+	delay  time.Duration
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newSlowPath(t testing.TB, target string, delay time.Duration) *slowPath {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &slowPath{ln: ln, target: target, delay: delay}
+	go p.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+	})
+	return p
+}
+
+func (p *slowPath) URL() string { return "nats://" + p.ln.Addr().String() }
+
+func (p *slowPath) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		s, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, s)
+		p.mu.Unlock()
+		go p.forward(s, c)
+		go p.forward(c, s)
+	}
+}
+
+// forward copies src to dst, each read delivered delay after it came.
+func (p *slowPath) forward(dst, src net.Conn) {
+	type chunk struct {
+		due  time.Time
+		data []byte
+	}
+	ch := make(chan chunk, 4096)
+	go func() {
+		for c := range ch {
+			if d := time.Until(c.due); d > 0 {
+				time.Sleep(d) // the path's latency itself, not a synchronisation
+			}
+			if _, err := dst.Write(c.data); err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			ch <- chunk{due: time.Now().Add(p.delay), data: append([]byte(nil), buf[:n]...)}
+		}
+		if err != nil {
+			close(ch)
+			return
+		}
+	}
+}
+
+// TestBudgetSlowPathReplicaCalls: a replica whose path to the NATS server
+// takes 20 ms each way, alone on the budget with scheduled work at rate 4,
+// calls at the rate (SPEC §9: replicas with a slower path still get their
+// share). A slot reserved on arrival at the server's now was already late
+// when the write's answer came back, was moved to now, late again: the
+// replica never called.
+func TestBudgetSlowPathReplicaCalls(t *testing.T) {
+	_, api, slow := slowReplicaAtWork(t)
+	queuetest.Eventually(t, 15*time.Second, "8 calls of the replica with a slow path", func() bool { return api.Count() >= 8 })
+	t.Logf("budget: %+v", slow.budget.Stats())
+}
+
+// TestBudgetSlowPathHoldsNobodyUp: with a replica on a slow path at work
+// on the budget, a replica near the server calls too: moving a late slot
+// again and again pushed every sharer's next slot back with it.
+func TestBudgetSlowPathHoldsNobodyUp(t *testing.T) {
+	srv, api, slow := slowReplicaAtWork(t)
+	queuetest.Eventually(t, 15*time.Second, "the replica with a slow path at work on the budget", func() bool {
+		st := slow.budget.Stats()
+		return slow.calls.Load() > 0 || st.Rebooked > 5
+	})
+	near := newBReplica(t, srv, api, "a", 4, 2)
+	near.work(1, 2, keysOf("a", 1000))
+	queuetest.Eventually(t, 15*time.Second, "8 calls of the replica near the server", func() bool { return near.calls.Load() >= 8 })
+	t.Logf("near %d calls, slow %d; slow budget %+v", near.calls.Load(), slow.calls.Load(), slow.budget.Stats())
+}
+
+// slowReplicaAtWork starts a server, the API stand-in, and a replica 20 ms
+// each way from the server calling for scheduled keys at rate 4.
+func slowReplicaAtWork(t *testing.T) (*server.Server, *cloudflaretest.Server, *bReplica) {
+	t.Helper()
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer()
+	t.Cleanup(api.Close)
+	path := newSlowPath(t, srv.ClientURL()[len("nats://"):], 20*time.Millisecond)
+	slow := newBReplicaClock(t, path.URL(), 1, api, "s", 4, 2, nil)
+	slow.work(1, 2, keysOf("s", 1000))
+	return srv, api, slow
+}

@@ -188,20 +188,26 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 		s.Log.Warn("verify: the account's key list could not be fetched; its keys are not judged",
 			zap.String("account", f.AccountID), zap.String("why", f.Why))
 	}
-	if len(r.Unjudged) > 0 {
-		s.Log.Info("verify: keys recorded after their list started are left to the next check", zap.Int("keys", len(r.Unjudged)))
+	for _, c := range r.UnjudgedListed {
+		s.Log.Error("verify: the trail says this key is gone, and its account still lists it; its record's completion time is after the list was started (a clock ahead?), though the record was stored before",
+			zap.String("account", c.AccountID), zap.String("key", c.KeyID), zap.String("outcome", string(c.Outcome)),
+			zap.String("completed_at", untrusted.Line(c.CompletedAt, 64)), zap.String("cf_ray", untrusted.Line(c.CFRay, 128)))
+	}
+	if n := len(r.Unjudged) - len(r.UnjudgedListed); n > 0 {
+		s.Log.Info("verify: keys recorded after their list started, and not listed, are left to the next check", zap.Int("keys", n))
 	}
 	for _, m := range r.Strays {
 		s.Log.Warn("verify: a message on a key's outcome subject is not a record of that key: not believed",
 			zap.String("subject", untrusted.Line(m.Subject, 256)), zap.Uint64("sequence", m.Sequence))
 	}
-	s.Gauge.Set(float64(len(r.StillListed)))
-	body, _ := json.Marshal(last{StillListed: len(r.StillListed), Checked: r.Checked, Failed: len(r.Failed),
+	listed := len(r.StillListed) + len(r.UnjudgedListed)
+	s.Gauge.Set(float64(listed))
+	body, _ := json.Marshal(last{StillListed: listed, Checked: r.Checked, Failed: len(r.Failed),
 		At: time.Now().UTC().Format(time.RFC3339Nano), By: untrusted.Line(s.Replica, 256)})
 	if _, err := kv.Put(ctx, lastKey, body); err != nil {
 		return true, fmt.Errorf("store the count: %w", err)
 	}
-	s.Log.Info("verify: check done", zap.Int("checked", r.Checked), zap.Int("still_listed", len(r.StillListed)),
+	s.Log.Info("verify: check done", zap.Int("checked", r.Checked), zap.Int("still_listed", listed),
 		zap.Int("failed_accounts", len(r.Failed)))
 	return true, nil
 }

@@ -67,6 +67,11 @@ type Report struct {
 	// Unjudged are keys recorded as completed after their account's list
 	// was started (a clock ahead of this one): that list cannot judge them.
 	Unjudged []Claim
+	// UnjudgedListed are those of Unjudged that their list still names.
+	// Their records were read before the list was asked for, so stored
+	// before it: only a clock ahead says otherwise, and a key still
+	// listed is not hidden behind it.
+	UnjudgedListed []Claim
 	// Strays are messages on keys' subjects that are not records of
 	// those keys: not believed, and reported (SPEC §4, "The proof",
 	// point 8).
@@ -109,6 +114,9 @@ func Check(ctx context.Context, cfg Config, account string, since time.Time) (Re
 		for _, c := range byAccount[acct] {
 			if at, err := time.Parse(time.RFC3339Nano, c.CompletedAt); err == nil && at.After(started) {
 				r.Unjudged = append(r.Unjudged, c)
+				if list.Has(c.KeyID) {
+					r.UnjudgedListed = append(r.UnjudgedListed, c)
+				}
 				continue
 			}
 			r.Checked++

@@ -301,3 +301,40 @@ func TestVerifyBucketOtherSettingsWarned(t *testing.T) {
 		t.Fatalf("%d warnings about the bucket's replicas, want 1: %v", warned, logs.All())
 	}
 }
+
+// TestVerifyScheduledCountsAListedKeyRecordedAhead: a worker whose clock
+// runs a day ahead wrote a not_found record of a key the account still
+// lists. Its completion time is after every list the scheduled check
+// fetches, but the record was read, so stored, before: the key is counted
+// in revoker_keys_still_listed and named at error level, not left
+// "unjudged" to a next check that would judge it no better.
+func TestVerifyScheduledCountsAListedKeyRecordedAhead(t *testing.T) {
+	r := newRig(t)
+	r.api.KeepListed(acct, "alive")
+	rec := event.Record{EventID: "e1", AccountID: acct, KeyID: "alive", Outcome: event.NotFound, Status: 404,
+		Stream: "REVOCATIONS", Sequence: 1, CompletedAt: time.Now().Add(25 * time.Hour).UTC().Format(time.RFC3339Nano)}
+	if _, err := r.js.PublishMsg(testCtx(t), queue.OutcomeMsg(r.cfg.Prefix, rec)); err != nil {
+		t.Fatal(err)
+	}
+	s, g := r.schedule("a", time.Nanosecond)
+	core, logs := observer.New(zap.ErrorLevel)
+	s.Log = zap.New(core)
+	ctx := testCtx(t)
+	ran := 0
+	for i := 0; i < 3; i++ {
+		ok, err := s.Tick(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			ran++
+		}
+	}
+	if ran == 0 || r.lists() == 0 {
+		t.Fatalf("setup: no check ran (%d) or no list (%d)", ran, r.lists())
+	}
+	if v := testutil.ToFloat64(g); v != 1 || logs.Len() == 0 {
+		t.Fatalf("%d checks, %d lists: revoker_keys_still_listed %v and %d errors logged, while %s/alive has a not_found record and is still listed",
+			ran, r.lists(), v, logs.Len(), acct)
+	}
+}

@@ -430,6 +430,34 @@ func TestReplayClaimVerified(t *testing.T) {
 	}
 }
 
+// flakyReplays cannot be read the first time, and confirms the claim after.
+type flakyReplays struct{ calls int }
+
+func (r *flakyReplays) VerifyBody(_ context.Context, _, claimed string, _ []byte, _ uint64) (bool, error) {
+	r.calls++
+	if r.calls == 1 {
+		return false, errors.New("read revoker_replays: timeout")
+	}
+	return claimed == "INC-1", nil
+}
+
+// TestReplayClaimSurvivesAFailedRead: a true replay claim whose mark
+// cannot be read once is asked for again before the record is written:
+// the record is final, and a claim left out of it is lost for good.
+func TestReplayClaimSurvivesAFailedRead(t *testing.T) {
+	h := newHarness(t, nil, answer(200, revoked, 0))
+	h.w = worker.New(worker.Config{Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
+		RetryMaxInterval: time.Millisecond, RetryMaxElapsed: 10 * time.Millisecond},
+		worker.Deps{API: h.api, Gate: h.gate, Records: h.records, Ledger: h.ledger, Replays: &flakyReplays{},
+			Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
+	d := &fakeDelivery{body: goodEvent, replayOf: "INC-1"}
+	h.handle(d)
+	if o := onlyRecord(t, h); o.ReplayOf != "INC-1" {
+		t.Fatalf("record %s with replay_of %q (settled %v): the true claim INC-1 was left out on one failed read",
+			o.Outcome, o.ReplayOf, d.settled)
+	}
+}
+
 // TestConfirmationBeatsADeadLetter: a last delivery that spent its retries
 // looks for a confirmation recorded elsewhere before it dead-letters (here
 // another replica's revoked record lands while this one retries): it

@@ -1828,11 +1828,19 @@ func (w *Worker) replayOf(a *attempt) string {
 		return ""
 	}
 	ok, err := w.Replays.VerifyBody(a.work, a.d.ID(), claimed, a.d.Body(), a.d.Sequence())
-	if err != nil || !ok {
-		if err == nil {
-			w.Log.Warn("the event claims to replay a dead letter, but no replay left its mark; replay_of left out",
-				w.fields(a, zap.String("claimed", untrusted.Line(claimed, maxLoggedID)))...)
-		}
+	if err != nil {
+		// Asked once more: a true claim is lost from the record for good
+		// if its mark cannot be read now.
+		ok, err = w.Replays.VerifyBody(a.work, a.d.ID(), claimed, a.d.Body(), a.d.Sequence())
+	}
+	switch {
+	case err != nil:
+		w.Log.Warn("the event claims to replay a dead letter, but the replays' marks cannot be read; replay_of left out",
+			w.fields(a, zap.String("claimed", untrusted.Line(claimed, maxLoggedID)), zap.Error(err))...)
+		return ""
+	case !ok:
+		w.Log.Warn("the event claims to replay a dead letter, but no replay left its mark; replay_of left out",
+			w.fields(a, zap.String("claimed", untrusted.Line(claimed, maxLoggedID)))...)
 		return ""
 	}
 	return claimed

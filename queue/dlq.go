@@ -15,7 +15,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/untrusted"
 )
 
@@ -158,6 +160,9 @@ type Replayer struct {
 	subjects []string // the work subjects: the only ones a replay goes to
 	dlq      jetstream.Stream
 	replays  *Replays
+	// outcomeStream and outcomePrefix are where the worker's records are
+	// ("" prefix: none), read to tell a consumed replay as this one's.
+	outcomeStream, outcomePrefix string
 }
 
 // NewReplayer looks the dead-letter stream and the replays bucket up once,
@@ -176,7 +181,8 @@ func NewReplayer(ctx context.Context, js jetstream.JetStream, cfg config.Topolog
 		}
 		return nil, err
 	}
-	return &Replayer{js: js, stream: cfg.Stream, subjects: cfg.Subjects, dlq: dlq, replays: replays}, nil
+	return &Replayer{js: js, stream: cfg.Stream, subjects: cfg.Subjects, dlq: dlq, replays: replays,
+		outcomeStream: cfg.OutcomeStream, outcomePrefix: cfg.OutcomePrefix}, nil
 }
 
 // Check refuses a record whose source subject is not a work subject (a
@@ -284,6 +290,33 @@ func (p *Replayer) publish(ctx context.Context, rec DeadLetterRecord, msgID, rep
 	return p.js.PublishMsg(ctx, replayMsg(rec, msgID, replayOf), jetstream.WithExpectStream(p.stream))
 }
 
+// recordedAsReplay reports whether the worker recorded the event it
+// consumed at seq as this replay. It writes a replay's claim into the
+// record only when the message matches the note this replay wrote before
+// it was published (its id, claim and body), so such a record says the
+// message was this replay (a run whose acknowledgement was lost, say).
+// No record, or one without the claim, says nothing: republishing costs
+// at worst one more call, where believing it could lose the event.
+func (p *Replayer) recordedAsReplay(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string, seq uint64) (bool, error) {
+	if replayOf == "" || p.outcomePrefix == "" {
+		return false, nil
+	}
+	ev, err := event.DecodeMessage(rec.ContentType, rec.Body)
+	if err != nil || !cloudflare.ValidIdentifier(ev.AccountID) || !cloudflare.ValidIdentifier(ev.KeyID) {
+		return false, nil // its records are under no key of their own
+	}
+	recs, err := KeyOutcomes(ctx, p.js, p.outcomeStream, p.outcomePrefix, ev.AccountID, ev.KeyID, nil)
+	if err != nil {
+		return false, fmt.Errorf("read the records of %s/%s: %w", ev.AccountID, ev.KeyID, err)
+	}
+	for _, o := range recs {
+		if o.Stream == p.stream && o.Sequence == seq && o.EventID == msgID && o.ReplayOf == replayOf && o.Outcome.Final() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // replayMsg is the message that replays rec under msgID.
 func replayMsg(rec DeadLetterRecord, msgID, replayOf string) *nats.Msg {
 	m := nats.NewMsg(rec.SourceSubject)
@@ -320,9 +353,7 @@ func (p *Replayer) isReplay(ctx context.Context, rec DeadLetterRecord, msgID, re
 		return false, fmt.Errorf("read work stream message %d: %w", seq, err)
 	}
 	if m == nil {
-		// Consumed, and nothing says whose it was: republishing costs at
-		// worst one more call, believing it could lose the event.
-		return false, nil
+		return p.recordedAsReplay(ctx, rec, msgID, replayOf, seq)
 	}
 	// Every header counts: one the replay would not carry (a Content-Type
 	// that makes the worker read a CloudEvent, say) makes it another event.

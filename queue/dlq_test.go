@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
@@ -517,6 +518,23 @@ func TestReplayOwnEarlierRepublishCountsAsDone(t *testing.T) {
 			}
 			consume(t, js, cfg.Stream, res.WorkSequence)
 			return res.WorkSequence
+		}, false, false},
+		// Stored, but the answer lost (no sequence noted), then consumed:
+		// the worker's record names the replay's claim, which it writes
+		// only for a message matching the note.
+		{"published, its answer lost, then consumed and recorded", func(t *testing.T, js jetstream.JetStream, cfg config.Config, rec queue.DeadLetterRecord) uint64 {
+			id := queue.ReplayMsgID(rec.Sequence)
+			if err := dlqTReplays(t, js, cfg).Note(dlqTCtx(t), id, rec.EventID, rec.Body); err != nil {
+				t.Fatal(err)
+			}
+			seq := dlqTPlant(t, js, rec.SourceSubject, id, body, rec.EventID)
+			recs := &queue.Records{JS: js, Log: zap.NewNop(), OutcomeStream: cfg.OutcomeStream, OutcomePrefix: cfg.OutcomeSubject, Timeout: 5 * time.Second}
+			if _, err := recs.Outcome(dlqTCtx(t), event.Record{EventID: id, AccountID: "a", KeyID: "k", Outcome: event.Revoked,
+				Status: 200, Stream: cfg.Stream, Subject: rec.SourceSubject, Sequence: seq, Attempts: 1, ReplayOf: rec.EventID}); err != nil {
+				t.Fatal(err)
+			}
+			consume(t, js, cfg.Stream, seq)
+			return seq
 		}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

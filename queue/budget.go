@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,11 +126,15 @@ type Budget struct {
 	floor atomic.Int64
 	owner string // this replica, in claims
 	clock *serverClock
-	// writeTrip is how long a write of the entry takes to be answered
-	// here (smoothed, ns): a slot is reserved at least that far ahead, so
-	// that it is not already late when the answer comes (a replica with
-	// a slower path to the server would otherwise never use one).
-	writeTrip atomic.Int64
+	// trips are how long the last writes of the entry took to be
+	// answered here: a slot is reserved at least the shortest of them
+	// ahead, so that it is not already late when the answer comes (a
+	// replica with a slower path to the server would otherwise never use
+	// one). The shortest, so that one slow answer (a stall, a pause)
+	// books nothing far ahead.
+	tripMu sync.Mutex
+	trips  [writeTrips]time.Duration
+	tripAt int // writes timed so far
 
 	bindMu sync.Mutex
 	kv     atomic.Pointer[jetstream.KeyValue]
@@ -379,7 +384,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 			// others mostly learn it from the watch before they try.
 			return b.clock.toLocal(at).Add(-lead + mrand.N(lead/2+1)), false, nil
 		}
-		at = b.ahead(at, now)
+		at = b.ahead(at, now, interval)
 		st := c.st
 		st.Next = at.Add(interval)
 		st.Claims = liveClaims(st.Claims, now)
@@ -438,7 +443,7 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 		return time.Time{}, false, nil
 	}
 	interval := b.spacing(c.st)
-	at := b.ahead(now, now)
+	at := b.ahead(now, now, interval)
 	st := c.st
 	st.Next = at.Add(interval)
 	quota, quoted := b.quoted()
@@ -463,30 +468,47 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 	return booked, true, nil
 }
 
+// Booking ahead (Budget.ahead).
+const (
+	// writeTrips: how many of the last writes' round trips are kept.
+	writeTrips = 8
+	// maxAhead bounds how far ahead of now a slot is booked for its
+	// write's answer, whatever the writes took: further, the sharers'
+	// next slot would wait on one replica's path.
+	maxAhead = 250 * time.Millisecond
+)
+
 // ahead is slot at (server time), moved to no earlier than one write's
-// round trip after now: the write that reserves it must be answered
+// round trip after now (the shortest of the last writes', at most
+// maxAhead and one interval): the write that reserves it must be answered
 // before it is due, or it is late on arrival, moved, late again, and the
-// replica (with every sharer, whose next slot each move pushes back) never
-// calls. Later is always within the budget.
-func (b *Budget) ahead(at, now time.Time) time.Time {
-	if earliest := now.Add(time.Duration(b.writeTrip.Load())); at.Before(earliest) {
+// replica (with every sharer, whose next slot each move pushes back)
+// never calls. Later is always within the budget.
+func (b *Budget) ahead(at, now time.Time, interval time.Duration) time.Time {
+	if earliest := now.Add(min(b.writeTrip(), maxAhead, interval)); at.Before(earliest) {
 		return earliest
 	}
 	return at
 }
 
+// writeTrip is the shortest round trip of the last writes timed, 0 before
+// any.
+func (b *Budget) writeTrip() time.Duration {
+	b.tripMu.Lock()
+	defer b.tripMu.Unlock()
+	n := min(b.tripAt, writeTrips)
+	if n == 0 {
+		return 0
+	}
+	return slices.Min(b.trips[:n])
+}
+
 // timeWrite notes a write answered after took.
 func (b *Budget) timeWrite(took time.Duration) {
-	for {
-		old := b.writeTrip.Load()
-		next := int64(took)
-		if old > 0 {
-			next = old + (int64(took)-old)/4
-		}
-		if b.writeTrip.CompareAndSwap(old, next) {
-			return
-		}
-	}
+	b.tripMu.Lock()
+	defer b.tripMu.Unlock()
+	b.trips[b.tripAt%writeTrips] = max(took, 0)
+	b.tripAt++
 }
 
 // GiveBack implements throttle.Budget: one compare-and-swap that moves the

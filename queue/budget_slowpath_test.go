@@ -1,24 +1,30 @@
 package queue_test
 
 import (
+	"context"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
+	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
 
-// slowPath is a TCP proxy that delays every byte by a fixed time in each
+// slowPath is a TCP proxy that delays every byte by delay in each
 // direction, order kept: a replica with a slower path to the server (in
-// another zone, say).
+// another zone, say), or one that stalls for a while.
 type slowPath struct {
 	ln     net.Listener
 	target string
-	delay  time.Duration
+	delay  atomic.Int64 // ns
 	mu     sync.Mutex
 	conns  []net.Conn
 }
@@ -29,7 +35,8 @@ func newSlowPath(t testing.TB, target string, delay time.Duration) *slowPath {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &slowPath{ln: ln, target: target, delay: delay}
+	p := &slowPath{ln: ln, target: target}
+	p.delay.Store(int64(delay))
 	go p.accept()
 	t.Cleanup(func() {
 		ln.Close()
@@ -84,7 +91,7 @@ func (p *slowPath) forward(dst, src net.Conn) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			ch <- chunk{due: time.Now().Add(p.delay), data: append([]byte(nil), buf[:n]...)}
+			ch <- chunk{due: time.Now().Add(time.Duration(p.delay.Load())), data: append([]byte(nil), buf[:n]...)}
 		}
 		if err != nil {
 			close(ch)
@@ -131,4 +138,84 @@ func slowReplicaAtWork(t *testing.T) (*server.Server, *cloudflaretest.Server, *b
 	slow := newBReplicaClock(t, path.URL(), 1, api, "s", 4, 2, nil)
 	slow.work(1, 2, keysOf("s", 1000))
 	return srv, api, slow
+}
+
+// TestBudgetOneSlowWriteHoldsNobodyUp: a replica's path to the server
+// stalls once for 1.2 s, long enough to slow one write of the entry, well
+// short of its timeout; then it is fast again. Its slots are not booked
+// that far ahead from then on: an urgent event arriving at a replica next
+// to the server waits about one interval, not seconds (SPEC §3; §9: a
+// slower path holds nobody up).
+func TestBudgetOneSlowWriteHoldsNobodyUp(t *testing.T) {
+	const rate = 10 // an interval of 100 ms
+	srv := queuetest.Server(t)
+	path := newSlowPath(t, srv.ClientURL()[len("nats://"):], 0)
+	near := bareBudget(t, srv.ClientURL(), rate)
+	far := bareBudget(t, path.URL(), rate)
+	reserveNow(t, near, 1)
+	queuetest.Eventually(t, 10*time.Second, "the far replica watching the entry", func() bool { return far.Stats().Watched >= 1 })
+
+	path.delay.Store(int64(600 * time.Millisecond)) // each way
+	reserveNow(t, far, 1)
+	path.delay.Store(0)
+	queuetest.Eventually(t, 10*time.Second, "the far replica seeing its own write", func() bool { return far.Stats().Watched >= 2 })
+
+	for i := range 3 {
+		asked := time.Now()
+		s := reserveNow(t, far, 1)
+		t.Logf("far replica, slot %d: %v after it asked", i+1, s.Sub(asked).Round(time.Millisecond))
+	}
+	urgentAt := time.Now()
+	wait := reserveNow(t, near, 0).Sub(urgentAt)
+	t.Logf("near replica: urgent slot %v after the urgent work came", wait.Round(time.Millisecond))
+	// One interval and the far replica's booking ahead (at most one
+	// interval), with a wide margin for a loaded machine.
+	if limit := 500 * time.Millisecond; wait > limit {
+		t.Fatalf("the near replica's urgent call waits %v for a slot, more than %v", wait.Round(time.Millisecond), limit)
+	}
+}
+
+// bareBudget is a budget at rate on the server at url, without a gate.
+func bareBudget(t *testing.T, url string, rate float64) *queue.Budget {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := queue.NewBudget(js, queue.BudgetConfig{
+		ID: func() string { return "token:0a1b2c3d" }, Rate: rate, Create: true, Log: zaptest.NewLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+// reserveNow asks b for a slot at priority p as the gate does, again at
+// the time each refusal names, until one is reserved, and returns it.
+func reserveNow(t *testing.T, b *queue.Budget, p int) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		at, ok, err := b.Reserve(ctx, p)
+		cancel()
+		if err != nil {
+			t.Fatalf("reserve: %v", err)
+		}
+		if ok {
+			return at
+		}
+		if d := time.Until(at); d > 0 {
+			<-time.After(d) // the time the budget names, as the gate's timer would wait
+		}
+	}
+	t.Fatal("no slot reserved in 20 s")
+	return time.Time{}
 }

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
@@ -178,15 +176,7 @@ func TestBudgetOneSlowWriteHoldsNobodyUp(t *testing.T) {
 // bareBudget is a budget at rate on the server at url, without a gate.
 func bareBudget(t *testing.T, url string, rate float64) *queue.Budget {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := queuetest.ConnectURL(t, url)
 	b, err := queue.NewBudget(js, queue.BudgetConfig{
 		ID: func() string { return "token:0a1b2c3d" }, Rate: rate, Create: true, Log: zaptest.NewLogger(t),
 	})

@@ -144,7 +144,9 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 	all := fs.Bool("all", false, "replay every record")
 	dryRun := fs.Bool("dry-run", false, "print what would be replayed, change nothing")
 	asJSON := fs.Bool("json", false, "print one JSON object per record")
-	cfg, code := parse(fs, config.NATS|config.Work|config.DeadLetters, args, e)
+	// The outcome records too: a replay consumed before a run repeated is
+	// known by its event's record.
+	cfg, code := parse(fs, config.NATS|config.Work|config.DeadLetters|config.Outcomes, args, e)
 	if code >= 0 {
 		return code
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -58,9 +59,17 @@ func TestReplayGoesOnlyToWorkSubjects(t *testing.T) {
 // the next replay will take (replay:<dead-letter sequence>), claiming to
 // replay the dead letter's event. The worker consumes it; the operator's
 // replay, reported a duplicate, must still put the dead letter's event
-// back, and the record goes only once it has.
+// back, and the record goes only once it has. So too where the outcome
+// stream is not the default one: the replay looks for a record of the
+// consumed message in the stream configured.
 func TestReplayCannotBeSuppressed(t *testing.T) {
-	s := hStack(t, nil)
+	for _, env := range []map[string]string{nil, {"REVOKER_OUTCOME_STREAM": "AUDIT_TRAIL"}} {
+		t.Run(fmt.Sprint(env), func(t *testing.T) { replayNotSuppressed(t, env) })
+	}
+}
+
+func replayNotSuppressed(t *testing.T, env map[string]string) {
+	s := hStack(t, env)
 	s.startWorker()
 	hDeadLetter(t, s, "sup1")
 	cfg := s.cfg()

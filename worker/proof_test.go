@@ -3,8 +3,10 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -430,31 +432,63 @@ func TestReplayClaimVerified(t *testing.T) {
 	}
 }
 
-// flakyReplays cannot be read the first time, and confirms the claim after.
-type flakyReplays struct{ calls int }
-
-func (r *flakyReplays) VerifyBody(_ context.Context, _, claimed string, _ []byte, _ uint64) (bool, error) {
-	r.calls++
-	if r.calls == 1 {
-		return false, errors.New("read revoker_replays: timeout")
-	}
-	return claimed == "INC-1", nil
+// hungReplays is a replays bucket that does not answer: each read ends
+// at its own bound (queue's 5 s, scaled down), or when its context ends.
+// onFirst runs at the first read.
+type hungReplays struct {
+	mu      sync.Mutex
+	reads   int
+	onFirst func()
 }
 
-// TestReplayClaimSurvivesAFailedRead: a true replay claim whose mark
-// cannot be read once is asked for again before the record is written:
-// the record is final, and a claim left out of it is lost for good.
-func TestReplayClaimSurvivesAFailedRead(t *testing.T) {
-	h := newHarness(t, nil, answer(200, revoked, 0))
+const hungReadBound = 200 * time.Millisecond
+
+func (r *hungReplays) VerifyBody(ctx context.Context, _, _ string, _ []byte, _ uint64) (bool, error) {
+	r.mu.Lock()
+	r.reads++
+	first, f := r.reads == 1, r.onFirst
+	r.mu.Unlock()
+	if first && f != nil {
+		f()
+	}
+	ctx, cancel := context.WithTimeout(ctx, hungReadBound)
+	defer cancel()
+	<-ctx.Done()
+	return false, fmt.Errorf("read revoker_replays: %w", ctx.Err())
+}
+
+// TestReplayMarkReadDoesNotHoldTheLedgerBack: a replayed event is
+// confirmed; shutdown comes as its record is built; the trail refuses to
+// the end, the replays bucket hangs, the ledger works. The mark is read
+// once, within its own bound, so the ledger is asked in time and keeps
+// the confirmation (SPEC §4, "The proof", point 6: lost only when the
+// trail and the ledger both refuse), with shutdown 1.5 read bounds long.
+// The claim left out of the record is logged with its cause.
+func TestReplayMarkReadDoesNotHoldTheLedgerBack(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	h := newHarnessLog(t, nil, zap.New(core), answer(200, revoked, 0))
+	h.records.failOutcome = 1 << 30
+	stop, cancelStop := context.WithCancel(context.Background())
+	work, cancelWork := context.WithCancel(context.Background())
+	defer cancelWork()
+	replays := &hungReplays{onFirst: func() {
+		cancelStop()
+		time.AfterFunc(hungReadBound*3/2, cancelWork)
+	}}
 	h.w = worker.New(worker.Config{Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
-		RetryMaxInterval: time.Millisecond, RetryMaxElapsed: 10 * time.Millisecond},
-		worker.Deps{API: h.api, Gate: h.gate, Records: h.records, Ledger: h.ledger, Replays: &flakyReplays{},
-			Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
-	d := &fakeDelivery{body: goodEvent, replayOf: "INC-1"}
-	h.handle(d)
-	if o := onlyRecord(t, h); o.ReplayOf != "INC-1" {
-		t.Fatalf("record %s with replay_of %q (settled %v): the true claim INC-1 was left out on one failed read",
-			o.Outcome, o.ReplayOf, d.settled)
+		RetryMaxInterval: 5 * time.Millisecond, RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test"},
+		worker.Deps{API: h.api, Gate: h.gate, Records: h.records, Ledger: h.ledger, Replays: replays,
+			Metrics: h.m, Ready: h.ready, Log: zap.New(core)})
+	d := &fakeDelivery{body: goodEvent, replayOf: "INC-1", maxDeliver: 3, delivered: 1}
+	h.w.Handle(stop, work, d)
+	if n := testutil.ToFloat64(h.m.ConfirmationsLost); n != 0 {
+		t.Fatalf("revoker_confirmations_lost_total = %v, want 0: the ledger worked, but was asked only after the mark's reads (%d)", n, replays.reads)
+	}
+	if e := h.ledger.entry(ref7); e.Confirmed == nil || e.Confirmed.Status != 200 {
+		t.Fatalf("ledger %+v; want the confirmation kept", e)
+	}
+	if logs.FilterMessageSnippet("replays' marks cannot be read").Len() == 0 {
+		t.Fatal("the claim left out was not logged")
 	}
 }
 

@@ -1827,12 +1827,10 @@ func (w *Worker) replayOf(a *attempt) string {
 	if claimed == "" || w.Replays == nil {
 		return ""
 	}
+	// Asked once: the record waits for the answer, and at shutdown the
+	// ledger's keeping of a confirmation waits for the record's first
+	// tries (SPEC §4, "The proof", point 6). A claim left out is logged.
 	ok, err := w.Replays.VerifyBody(a.work, a.d.ID(), claimed, a.d.Body(), a.d.Sequence())
-	if err != nil {
-		// Asked once more: a true claim is lost from the record for good
-		// if its mark cannot be read now.
-		ok, err = w.Replays.VerifyBody(a.work, a.d.ID(), claimed, a.d.Body(), a.d.Sequence())
-	}
 	switch {
 	case err != nil:
 		w.Log.Warn("the event claims to replay a dead letter, but the replays' marks cannot be read; replay_of left out",

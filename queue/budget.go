@@ -384,7 +384,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 			// others mostly learn it from the watch before they try.
 			return b.clock.toLocal(at).Add(-lead + mrand.N(lead/2+1)), false, nil
 		}
-		at = b.ahead(at, now, interval)
+		at = b.ahead(at, now)
 		st := c.st
 		st.Next = at.Add(interval)
 		st.Claims = liveClaims(st.Claims, now)
@@ -443,7 +443,7 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 		return time.Time{}, false, nil
 	}
 	interval := b.spacing(c.st)
-	at := b.ahead(now, now, interval)
+	at := b.ahead(now, now)
 	st := c.st
 	st.Next = at.Add(interval)
 	quota, quoted := b.quoted()
@@ -480,12 +480,14 @@ const (
 
 // ahead is slot at (server time), moved to no earlier than one write's
 // round trip after now (the shortest of the last writes', at most
-// maxAhead and one interval): the write that reserves it must be answered
-// before it is due, or it is late on arrival, moved, late again, and the
-// replica (with every sharer, whose next slot each move pushes back)
-// never calls. Later is always within the budget.
-func (b *Budget) ahead(at, now time.Time, interval time.Duration) time.Time {
-	if earliest := now.Add(min(b.writeTrip(), maxAhead, interval)); at.Before(earliest) {
+// maxAhead): the write that reserves it must be answered before it is
+// due, or it is late on arrival, moved, late again, and the replica (with
+// every sharer, whose next slot each move pushes back) never calls. Not
+// bounded by the interval: at a high rate, a replica whose round trip is
+// longer than an interval would never call. Later is always within the
+// budget.
+func (b *Budget) ahead(at, now time.Time) time.Time {
+	if earliest := now.Add(min(b.writeTrip(), maxAhead)); at.Before(earliest) {
 		return earliest
 	}
 	return at

@@ -105,7 +105,7 @@ func (p *slowPath) forward(dst, src net.Conn) {
 // when the write's answer came back, was moved to now, late again: the
 // replica never called.
 func TestBudgetSlowPathReplicaCalls(t *testing.T) {
-	_, api, slow := slowReplicaAtWork(t)
+	_, api, slow := slowReplicaAtWork(t, 4, 20*time.Millisecond)
 	queuetest.Eventually(t, 15*time.Second, "8 calls of the replica with a slow path", func() bool { return api.Count() >= 8 })
 	t.Logf("budget: %+v", slow.budget.Stats())
 }
@@ -114,7 +114,7 @@ func TestBudgetSlowPathReplicaCalls(t *testing.T) {
 // on the budget, a replica near the server calls too: moving a late slot
 // again and again pushed every sharer's next slot back with it.
 func TestBudgetSlowPathHoldsNobodyUp(t *testing.T) {
-	srv, api, slow := slowReplicaAtWork(t)
+	srv, api, slow := slowReplicaAtWork(t, 4, 20*time.Millisecond)
 	queuetest.Eventually(t, 15*time.Second, "the replica with a slow path at work on the budget", func() bool {
 		st := slow.budget.Stats()
 		return slow.calls.Load() > 0 || st.Rebooked > 5
@@ -125,15 +125,25 @@ func TestBudgetSlowPathHoldsNobodyUp(t *testing.T) {
 	t.Logf("near %d calls, slow %d; slow budget %+v", near.calls.Load(), slow.calls.Load(), slow.budget.Stats())
 }
 
-// slowReplicaAtWork starts a server, the API stand-in, and a replica 20 ms
-// each way from the server calling for scheduled keys at rate 4.
-func slowReplicaAtWork(t *testing.T) (*server.Server, *cloudflaretest.Server, *bReplica) {
+// TestBudgetSlowPathAtAHighRate: at rate 20 (an interval of 51 ms), a
+// replica 80 ms each way from the server calls too: its round trip is
+// longer than an interval, and a slot booked at most an interval ahead was
+// late on arrival, moved, late again.
+func TestBudgetSlowPathAtAHighRate(t *testing.T) {
+	_, _, slow := slowReplicaAtWork(t, 20, 80*time.Millisecond)
+	queuetest.Eventually(t, 15*time.Second, "4 calls of the replica 160 ms from the server", func() bool { return slow.calls.Load() >= 4 })
+	t.Logf("budget: %+v", slow.budget.Stats())
+}
+
+// slowReplicaAtWork starts a server, the API stand-in, and a replica each
+// way from the server calling for scheduled keys at rate.
+func slowReplicaAtWork(t *testing.T, rate float64, each time.Duration) (*server.Server, *cloudflaretest.Server, *bReplica) {
 	t.Helper()
 	srv := queuetest.Server(t)
 	api := cloudflaretest.NewServer()
 	t.Cleanup(api.Close)
-	path := newSlowPath(t, srv.ClientURL()[len("nats://"):], 20*time.Millisecond)
-	slow := newBReplicaClock(t, path.URL(), 1, api, "s", 4, 2, nil)
+	path := newSlowPath(t, srv.ClientURL()[len("nats://"):], each)
+	slow := newBReplicaClock(t, path.URL(), 1, api, "s", rate, 2, nil)
 	slow.work(1, 2, keysOf("s", 1000))
 	return srv, api, slow
 }

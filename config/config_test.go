@@ -647,15 +647,16 @@ func TestRedaction(t *testing.T) {
 	c.APIToken = secretToken
 	c.APIKey = key
 	c.Email = "ops@example.com"
-	c.NATSURL = "nats://svc:natspa55@a:4222,nats://b:4222"
+	// A token in a URL's query is a secret in a NATS URL too.
+	c.NATSURL = "nats://svc:natspa55@a:4222,nats://b:4222?token=natsQu3ryT0ken"
 	c.BaseURL = "https://u:basepa55@api.example.com/client/v4"
-	secrets := []string{secretToken, key, "natspa55", "basepa55"}
+	secrets := []string{secretToken, key, "natspa55", "basepa55", "natsQu3ryT0ken"}
 
 	r := c.Redacted()
 	if r.APIToken != "[redacted]" || r.APIKey != "[redacted]" {
 		t.Errorf("Redacted: token %q key %q", r.APIToken, r.APIKey)
 	}
-	if r.NATSURL != "nats://[redacted]@a:4222,nats://b:4222" {
+	if r.NATSURL != "nats://[redacted]@a:4222,nats://b:4222?[redacted]" {
 		t.Errorf("Redacted NATS URL = %q", r.NATSURL)
 	}
 	if c.APIToken != secretToken {
@@ -754,5 +755,20 @@ func TestOnlyUsedSettingsAreChecked(t *testing.T) {
 	// The same values stop a command that uses them.
 	if _, err := load(t, config.All, map[string]string{"CLOUDFLARE_API_TOKEN": "tok", "REVOKER_CREATE_STREAMS": "maybe"}); err == nil {
 		t.Error("a bad REVOKER_CREATE_STREAMS did not stop serve")
+	}
+}
+
+// TestNATSURLQueryNotInErrors: a configuration error about a NATS URL
+// shows the URL without the token put in its query.
+func TestNATSURLQueryNotInErrors(t *testing.T) {
+	const tok = "natsQu3ryT0ken"
+	env := baseEnv()
+	env["REVOKER_NATS_URL"] = "nats://a:99999?token=" + tok
+	_, err := load(t, config.All, env)
+	if err == nil {
+		t.Fatal("a port out of range was taken")
+	}
+	if strings.Contains(err.Error(), tok) {
+		t.Fatalf("the error shows the token: %v", err)
 	}
 }

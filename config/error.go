@@ -56,25 +56,30 @@ func quote(v string) string {
 }
 
 // redactURL hides the user-information part (user:password@, token@) of a
-// URL-like string so it can be shown in messages and logs. It works on the
-// text, so it also hides it in strings that do not parse as URLs, and it
-// errs on the safe side: everything between the scheme and the last '@' is
-// hidden, since a password may hold '/', '?' or '#'.
+// URL-like string so it can be shown in messages and logs, and its query
+// and fragment (?token=…: a NATS URL has no use for them, and a secret put
+// there is still a secret). It works on the text, so it also hides them in
+// strings that do not parse as URLs, and it errs on the safe side:
+// everything between the scheme and the last '@' is hidden, since a
+// password may hold '/', '?' or '#'.
 func redactURL(s string) string {
 	start := 0
 	if i := strings.Index(s, "://"); i >= 0 {
 		start = i + 3
 	}
-	at := strings.LastIndex(s[start:], "@")
-	if at < 0 {
-		return s
+	prefix, rest := s[:start], s[start:]
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		prefix, rest = prefix+"[redacted]@", rest[at+1:]
 	}
-	return s[:start] + "[redacted]@" + s[start+at+1:]
+	if q := strings.IndexAny(rest, "?#"); q >= 0 {
+		rest = rest[:q] + "?[redacted]"
+	}
+	return prefix + rest
 }
 
 // redactURLList applies redactURL to each entry of a comma-separated list.
 func redactURLList(s string) string {
-	if !strings.Contains(s, "@") {
+	if !strings.ContainsAny(s, "@?#") {
 		return s
 	}
 	parts := strings.Split(s, ",")

@@ -210,13 +210,14 @@ func errText(err error) string {
 }
 
 // serverURL is the connected server's URL without any user, password or
-// token (the client's own redaction keeps a token given as the user).
+// token (the client's own redaction keeps a token given as the user), and
+// without a query or fragment, where one might be put too.
 func serverURL(nc *nats.Conn) string {
 	u, err := url.Parse(nc.ConnectedUrl())
 	if err != nil {
 		return nc.ConnectedAddr()
 	}
-	u.User = nil
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
 	return u.String()
 }
 

@@ -13,6 +13,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/untrusted"
 )
 
@@ -22,9 +23,6 @@ var idAfter = map[string]string{
 	"accounts": "{account_id}",
 	"keys":     "{identifier}",
 }
-
-// maxCFRay bounds the cf_ray attribute; a real one is about 20 bytes.
-const maxCFRay = 64
 
 // Transport returns rt (http.DefaultTransport when nil) wrapped so that,
 // while tracing is on, every API call is a client span (otelhttp: the HTTP
@@ -97,7 +95,9 @@ func (a answered) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := a.base.RoundTrip(req)
 	if resp != nil {
 		if ray := resp.Header.Get("CF-Ray"); ray != "" {
-			span.SetAttributes(CFRayKey.String(untrusted.Line(ray, maxCFRay)))
+			// As long as the records keep it, so that the span names the
+			// record's ray (a real one is about 20 bytes).
+			span.SetAttributes(CFRayKey.String(untrusted.Line(ray, cloudflare.MaxCFRay)))
 		}
 	}
 	return resp, err

@@ -182,3 +182,19 @@ func TestTransportFollowsTheProvider(t *testing.T) {
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestTransportKeepsTheRecordsRay: a CF-Ray is kept up to 128 characters
+// (SPEC §10), as the records keep it: the span's cf_ray names the same
+// ray as the record of its call.
+func TestTransportKeepsTheRecordsRay(t *testing.T) {
+	ray := strings.Repeat("a", 96) + "-AMS" // 100 characters
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("CF-Ray", ray)
+	}))
+	defer srv.Close()
+	exp := install(t)
+	call(t, context.Background(), tracing.Transport(nil), "DELETE", srv.URL+"/client/v4/accounts/"+account+"/stream/keys/"+key)
+	if got := attrs(only(t, exp))[tracing.CFRayKey].AsString(); got != ray {
+		t.Errorf("cf_ray = %q (%d characters), want the whole %d-character ray", got, len([]rune(got)), len(ray))
+	}
+}

@@ -396,6 +396,17 @@ func (s *Service) revoke(req micro.Request) {
 		}
 		queued := Queued{EventID: p.EventID, State: StateQueued, AccountID: p.AccountID, KeyID: p.KeyID,
 			Stream: p.Stream, Sequence: p.Sequence, TraceID: p.TraceID}
+		if p.Duplicate {
+			// A retried request: the event stored first may be done, and
+			// "queued" would say it is not.
+			rctx, cancel := context.WithTimeout(s.ctx, s.cfg.Client.Timeout)
+			rec, ok, err := s.cfg.Client.Recorded(rctx, p)
+			cancel()
+			if err == nil && ok {
+				s.reply(req, rec)
+				return
+			}
+		}
 		if wait > 0 && s.cfg.Waiter != nil {
 			ctx, cancel := context.WithTimeout(s.ctx, wait)
 			rec, ok, _ := s.cfg.Waiter.Wait(ctx, p)
@@ -496,7 +507,7 @@ func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r Status
 		// The message at the sequence is the event asked for only if it
 		// names the key asked for and, when the index knows when the event
 		// was stored, was stored then: a stream made again reuses sequences.
-		ev, derr := event.Decode(m.Data)
+		ev, derr := event.DecodeMessage(m.Header.Get("Content-Type"), m.Data)
 		if derr == nil && (!hasKeyOf(r) || ev.AccountID == r.AccountID && ev.KeyID == r.KeyID) &&
 			(storedAt.IsZero() || m.Time.Equal(storedAt)) {
 			p.AccountID, p.KeyID, p.StoredAt, inStream = ev.AccountID, ev.KeyID, m.Time, true

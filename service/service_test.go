@@ -478,3 +478,56 @@ func TestServiceIndexFailureLoggedOnce(t *testing.T) {
 		t.Fatalf("%d warnings about the event index for three requests, want 1", n)
 	}
 }
+
+// A CloudEvent waiting in the work stream (SPEC §14) is an event like any
+// other: revoker.status by its stream and sequence must say it is queued,
+// as it does for a plain event, not 404.
+func TestStatusBySequenceOfAQueuedCloudEvent(t *testing.T) {
+	s := newStack(t, nil, cloudflaretest.WithLatency(3*time.Second))
+	s.api.AddKey("acct1", "cekey1")
+	m := nats.NewMsg(s.cfg.Subjects[0])
+	m.Header.Set("Content-Type", event.CloudEventsContentType)
+	m.Data = []byte(`{"specversion":"1.0","id":"ce-1","source":"/soar","type":"com.example.revoke",` +
+		`"data":{"account_id":"acct1","key_id":"cekey1"}}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := s.js.PublishMsg(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply := s.request(service.StatusSubject, `{"stream":"`+ack.Stream+`","sequence":`+jsonUint(ack.Sequence)+`}`)
+	st, err := s.js.Stream(ctx, ack.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetMsg(ctx, ack.Sequence); err != nil {
+		t.Fatalf("the CloudEvent is no longer in the work stream: %v", err)
+	}
+	if code := serviceError(reply); code != "" {
+		t.Fatalf("status of the queued CloudEvent (still in the work stream) at %s/%d: error %s (%s), want queued", ack.Stream, ack.Sequence,
+			code, reply.Header.Get(micro.ErrorHeader))
+	}
+	if q := decodeQueued(t, reply); q.State != service.StateQueued || q.KeyID != "cekey1" {
+		t.Fatalf("status %+v, want queued for acct1/cekey1", q)
+	}
+}
+
+// A retried request (same Nats-Msg-Id, same event) for an event already
+// refused (dead-lettered) is answered its record, not "queued" ("a stored
+// event with no outcome record yet").
+func TestRetryOfAFinishedEventAnswersItsRecord(t *testing.T) {
+	s := newStack(t, func(c *config.Config) { c.AllowedAccounts = []string{"allowed"} })
+	rec := decodeRecord(t, s.request(service.RevokeSubject, evJSON("other", "key9"),
+		jetstream.MsgIDHeader, "retry-1", service.HeaderWait, "15s"))
+	if rec.Outcome != event.DeadLettered {
+		t.Fatalf("first: %+v, want dead_lettered", rec)
+	}
+	reply := s.request(service.RevokeSubject, evJSON("other", "key9"), jetstream.MsgIDHeader, "retry-1")
+	if code := serviceError(reply); code != "" {
+		t.Fatalf("retry: error %s (%s)", code, reply.Header.Get(micro.ErrorHeader))
+	}
+	t.Logf("retry reply: %s", reply.Data)
+	if again := decodeRecord(t, reply); again.Outcome != event.DeadLettered || again.EventID != "retry-1" {
+		t.Fatalf("retry of an event already dead-lettered (%s) answered %s: want its record", rec.Reason, reply.Data)
+	}
+}

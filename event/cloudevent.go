@@ -78,6 +78,7 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 		return Event{}, ce, err
 	}
 	attr := make(map[string]string, len(cloudEventFields))
+	var wrongType error // the first attribute that is not a string
 	for i, name := range cloudEventFields {
 		v := raw[i]
 		if v == nil || name == "data" {
@@ -85,7 +86,10 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 		}
 		var s string
 		if v[0] != '"' || json.Unmarshal(v, &s) != nil {
-			return Event{}, ce, invalid("CloudEvent attribute %s must be a string, got %s", name, jsonKind(v))
+			if wrongType == nil {
+				wrongType = invalid("CloudEvent attribute %s must be a string, got %s", name, jsonKind(v))
+			}
+			continue
 		}
 		attr[name] = s
 	}
@@ -94,6 +98,8 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 	ce = CloudEvent{ID: attr["id"], Source: attr["source"], Type: attr["type"],
 		TraceParent: attr["traceparent"], TraceState: attr["tracestate"]}
 	switch {
+	case wrongType != nil:
+		return Event{}, ce, wrongType
 	case attr["specversion"] != "1.0":
 		return Event{}, ce, invalid("CloudEvent specversion must be \"1.0\", got %s", quote(attr["specversion"]))
 	case attr["id"] == "":

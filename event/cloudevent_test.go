@@ -148,3 +148,23 @@ func TestDecodeCloudEventHoldsDataToTheEventsBounds(t *testing.T) {
 		t.Fatalf("data of %d bytes in a body of %d refused: %v", len(big), len(body), err)
 	}
 }
+
+// TestRefusedCloudEventKeepsItsID: an envelope refused because another
+// attribute is not a string still carries the id read from it, so the
+// event's dead letter and record name it (SPEC §14), not
+// <stream>:<sequence>.
+func TestRefusedCloudEventKeepsItsID(t *testing.T) {
+	for _, body := range []string{
+		`{"specversion":"1.0","id":"ce-9","source":"s","type":"t","tracestate":null,"data":{"account_id":"acct1","key_id":"key1"}}`,
+		`{"specversion":"1.0","id":"ce-9","source":"s","type":"t","traceparent":5,"data":{"account_id":"acct1","key_id":"key1"}}`,
+		`{"specversion":"1.0","id":"ce-9","source":"s","type":"t","datacontenttype":null,"data":{"account_id":"acct1","key_id":"key1"}}`,
+	} {
+		_, ce, err := event.DecodeCloudEvent([]byte(body))
+		if !errors.Is(err, event.ErrInvalid) {
+			t.Fatalf("%s: error %v, want invalid", body, err)
+		}
+		if ce.ID != "ce-9" {
+			t.Errorf("%s: refused (%v) with envelope %+v: the id ce-9 it holds is lost", body, err, ce)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/worker"
 )
 
@@ -807,6 +808,13 @@ func (d *Delivery) StoredAt() time.Time { return d.meta.Timestamp }
 // Header is the message header name, whatever its letter case (NATS
 // headers keep the case they were sent in).
 func (d *Delivery) Header(name string) string { return headerFold(d.msg.Headers(), name) }
+
+// TraceHeader is the header name in every letter case at once, as the
+// trace context is read wherever it comes in: spellings that disagree
+// make a value no trace context parses.
+func (d *Delivery) TraceHeader(name string) string {
+	return tracing.HeaderGetter(d.msg.Headers())(name)
+}
 
 // headerFold is h's value of name in any letter case, as the worker reads
 // a delivery's headers: name as given first, else the first spelling in

@@ -21,6 +21,7 @@ import (
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/metrics"
 	"github.com/revoker/revoker/throttle"
+	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/worker"
 )
 
@@ -75,6 +76,13 @@ func (d *fakeDelivery) Header(name string) string {
 		}
 	}
 	return ""
+}
+func (d *fakeDelivery) TraceHeader(name string) string {
+	h := make(map[string][]string, len(d.header))
+	for k, v := range d.header {
+		h[k] = []string{v}
+	}
+	return tracing.HeaderGetter(h)(name)
 }
 func (d *fakeDelivery) Priority() int   { return 1 }
 func (d *fakeDelivery) MaxDeliver() int { return d.maxDeliver }

@@ -41,6 +41,14 @@ func TestTraceIDInRecords(t *testing.T) {
 	if o := onlyRecord(t, h); o.TraceID != "" {
 		t.Fatalf("trace_id %q for an event that carried no trace context (tracing off)", o.TraceID)
 	}
+	// Two spellings that disagree: neither is believed, as the ingress and
+	// the service read them.
+	h = newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: goodEvent, header: map[string]string{
+		"traceparent": traceParent, "Traceparent": "00-11111111111111111111111111111111-2222222222222222-01"}})
+	if o := onlyRecord(t, h); o.TraceID != "" {
+		t.Fatalf("trace_id %q from one of two traceparent headers that disagree", o.TraceID)
+	}
 }
 
 // TestCloudEvent: a structured-mode CloudEvent is revoked like the event

@@ -51,6 +51,10 @@ type Delivery interface {
 	// Header is the message header name, whatever its letter case; "" when
 	// absent.
 	Header(name string) string
+	// TraceHeader is Header for the W3C trace context: every letter case
+	// of name at once, so that two spellings that disagree are neither
+	// believed, as the ingress and the service read them (SPEC §13).
+	TraceHeader(name string) string
 	// Priority is the subject's place in the subjects, 0 the highest.
 	Priority() int
 	// MaxDeliver is the delivery on which a retryable failure is
@@ -395,7 +399,7 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	a := &attempt{d: d, id: d.ID(), lane: w.lane(d.Priority()), start: time.Now(), blind: d.First()}
 	// One event's spans form one trace, across deliveries and replicas: the
 	// context it carries, or one derived from where it is stored.
-	work = tracing.Extract(work, d.Header)
+	work = tracing.Extract(work, d.TraceHeader)
 	headerTrace := tracing.TraceID(work) != "" // a valid traceparent header
 	if tracing.Enabled() {
 		// Only a recording provider makes trace ids from it; with tracing

@@ -259,7 +259,7 @@ func (c *Client) call(ctx context.Context, method string, limit int, path ...str
 		resp.Duration = time.Since(start)
 		return resp, nil, c.callError(ctx, callCtx, method, target, "", err)
 	}
-	resp.CFRay = cutRay(hr.Header.Get("Cf-Ray"))
+	resp.CFRay = CutRay(hr.Header.Get("Cf-Ray"))
 	body, oversized, err := readBody(hr.Body, limit)
 	resp.Duration = time.Since(start)
 	if err != nil {

@@ -13,7 +13,6 @@ var (
 	OneLine             = oneLine
 	ResultStatus        = resultStatus
 	// The plain ray's fast path, and the cleaning it must agree with.
-	CutRay   = cutRay
 	CleanRay = cleanRay
 )
 

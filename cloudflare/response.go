@@ -424,16 +424,17 @@ func oneLine(s string, max int) string {
 // so a huge header cannot bloat records and log lines.
 const MaxCFRay = 128
 
-// cutRay keeps at most MaxCFRay characters of ray, on one line (as
-// oneLine), ending in "…" when cut.
-func cutRay(ray string) string {
+// CutRay keeps at most MaxCFRay characters of ray, on one line (as
+// oneLine), ending in "…" when cut: the CF-Ray a record keeps, and a
+// call's span too.
+func CutRay(ray string) string {
 	if len(ray) <= MaxCFRay && visibleASCII(ray) {
 		return ray // what every real CF-Ray is: nothing to cut or clean
 	}
 	return cleanRay(ray)
 }
 
-// cleanRay is cutRay for a ray that may need cutting or cleaning.
+// cleanRay is CutRay for a ray that may need cutting or cleaning.
 func cleanRay(ray string) string {
 	// Cut the bytes first, so a 2 MiB header costs what a short one does.
 	cut := len(ray) > 4*MaxCFRay

@@ -14,7 +14,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/revoker/revoker/cloudflare"
-	"github.com/revoker/revoker/untrusted"
 )
 
 // Path segments whose successor is an id, and what the id becomes in span
@@ -95,9 +94,9 @@ func (a answered) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := a.base.RoundTrip(req)
 	if resp != nil {
 		if ray := resp.Header.Get("CF-Ray"); ray != "" {
-			// As long as the records keep it, so that the span names the
+			// As the records keep it, so that the span names the
 			// record's ray (a real one is about 20 bytes).
-			span.SetAttributes(CFRayKey.String(untrusted.Line(ray, cloudflare.MaxCFRay)))
+			span.SetAttributes(CFRayKey.String(cloudflare.CutRay(ray)))
 		}
 	}
 	return resp, err

@@ -183,18 +183,28 @@ type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// TestTransportKeepsTheRecordsRay: a CF-Ray is kept up to 128 characters
-// (SPEC §10), as the records keep it: the span's cf_ray names the same
-// ray as the record of its call.
+// TestTransportKeepsTheRecordsRay: a call's span names the CF-Ray its
+// record keeps (SPEC §10: up to 128 characters, on one line), whatever
+// the ray: cut by characters, not bytes, and cleaned as the record's is.
 func TestTransportKeepsTheRecordsRay(t *testing.T) {
-	ray := strings.Repeat("a", 96) + "-AMS" // 100 characters
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("CF-Ray", ray)
-	}))
-	defer srv.Close()
-	exp := install(t)
-	call(t, context.Background(), tracing.Transport(nil), "DELETE", srv.URL+"/client/v4/accounts/"+account+"/stream/keys/"+key)
-	if got := attrs(only(t, exp))[tracing.CFRayKey].AsString(); got != ray {
-		t.Errorf("cf_ray = %q (%d characters), want the whole %d-character ray", got, len([]rune(got)), len(ray))
+	for _, tc := range []struct{ name, ray, record string }{
+		{"100 characters", strings.Repeat("a", 96) + "-AMS", strings.Repeat("a", 96) + "-AMS"},
+		{"129 ASCII", strings.Repeat("b", 129), strings.Repeat("b", 127) + "…"},
+		{"2 MiB", strings.Repeat("b", 2<<20), strings.Repeat("b", 127) + "…"},
+		{"200 é (400 bytes)", strings.Repeat("é", 200), strings.Repeat("é", 127) + "…"},
+		{"100 é (200 bytes)", strings.Repeat("é", 100), strings.Repeat("é", 100)},
+		{"tab run", "8f1c2a3b\t\t4d5e-SJC", "8f1c2a3b 4d5e-SJC"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("CF-Ray", tc.ray)
+			}))
+			defer srv.Close()
+			exp := install(t)
+			call(t, context.Background(), tracing.Transport(nil), "DELETE", srv.URL+"/client/v4/accounts/"+account+"/stream/keys/"+key)
+			if got := attrs(only(t, exp))[tracing.CFRayKey].AsString(); got != tc.record {
+				t.Errorf("span cf_ray = %.60q (%d characters), the record keeps %.60q (%d)", got, len([]rune(got)), tc.record, len([]rune(tc.record)))
+			}
+		})
 	}
 }

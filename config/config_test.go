@@ -758,6 +758,23 @@ func TestOnlyUsedSettingsAreChecked(t *testing.T) {
 	}
 }
 
+// TestNATSURLQueryWithAnAtHidden: a query or fragment holding an '@' is
+// not taken for a user-information part: no part of it is shown.
+func TestNATSURLQueryWithAnAtHidden(t *testing.T) {
+	for _, tc := range []struct{ url, part string }{
+		{"nats://a:4222?token=abc@Secr3tTail", "Secr3tTail"},
+		{"nats://svc:pw@a:4222,nats://b:4222?token=x@Secr3tTail", "Secr3tTail"},
+		{"nats://a:4222#frag@Secr3tTail", "Secr3tTail"},
+		{"nats://u:pa?Zq9wX@a:4222", "Zq9wX"},
+	} {
+		var c config.Config
+		c.NATSURL = tc.url
+		if r := c.Redacted(); strings.Contains(r.NATSURL, tc.part) || strings.Contains(c.String(), tc.part) {
+			t.Errorf("%q shown as %q: part of a secret (%q) is there", tc.url, r.NATSURL, tc.part)
+		}
+	}
+}
+
 // TestNATSURLQueryNotInErrors: a configuration error about a NATS URL
 // shows the URL without the token put in its query.
 func TestNATSURLQueryNotInErrors(t *testing.T) {

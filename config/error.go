@@ -61,14 +61,22 @@ func quote(v string) string {
 // there is still a secret). It works on the text, so it also hides them in
 // strings that do not parse as URLs, and it errs on the safe side:
 // everything between the scheme and the last '@' is hidden, since a
-// password may hold '/', '?' or '#'.
+// password may hold '/', and everything past the scheme when a '?' or '#'
+// comes before that '@'.
 func redactURL(s string) string {
 	start := 0
 	if i := strings.Index(s, "://"); i >= 0 {
 		start = i + 3
 	}
 	prefix, rest := s[:start], s[start:]
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
+	at, q := strings.LastIndex(rest, "@"), strings.IndexAny(rest, "?#")
+	if at >= 0 && q >= 0 && q < at {
+		// A '?' or '#' before the last '@': a password holding one, or a
+		// query holding an '@'. Either way nothing past the scheme is
+		// sure to be no secret.
+		return prefix + "[redacted]"
+	}
+	if at >= 0 {
 		prefix, rest = prefix+"[redacted]@", rest[at+1:]
 	}
 	if q := strings.IndexAny(rest, "?#"); q >= 0 {

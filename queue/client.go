@@ -225,7 +225,7 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 	case err == nil:
 		// Read as the worker will read it: the same body under another
 		// Content-Type (a CloudEvent) is another event.
-		stored, err := event.DecodeMessage(headerFold(m.header(), "Content-Type"), m.Data)
+		stored, err := event.DecodeMessage(HeaderFold(m.header(), "Content-Type"), m.Data)
 		same = err == nil && stored.AccountID == p.AccountID && stored.KeyID == p.KeyID && m.Subject == p.Subject
 		p.StoredAt = m.Time
 	case !errors.Is(err, jetstream.ErrMsgNotFound):

@@ -13,12 +13,12 @@ import (
 func TestHeaderFoldReadsOneSpelling(t *testing.T) {
 	h := nats.Header{"content-type": {"application/json"}, "CONTENT-TYPE": {"application/cloudevents+json"}}
 	for range 200 {
-		if got := headerFold(h, "Content-Type"); got != "application/cloudevents+json" {
-			t.Fatalf("headerFold = %q, want the value under CONTENT-TYPE, first in byte order", got)
+		if got := HeaderFold(h, "Content-Type"); got != "application/cloudevents+json" {
+			t.Fatalf("HeaderFold = %q, want the value under CONTENT-TYPE, first in byte order", got)
 		}
 	}
 	h["Content-Type"] = []string{"text/plain"}
-	if got := headerFold(h, "Content-Type"); got != "text/plain" {
-		t.Fatalf("headerFold = %q, want the value under the spelling asked for", got)
+	if got := HeaderFold(h, "Content-Type"); got != "text/plain" {
+		t.Fatalf("HeaderFold = %q, want the value under the spelling asked for", got)
 	}
 }

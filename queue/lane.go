@@ -807,7 +807,7 @@ func (d *Delivery) StoredAt() time.Time { return d.meta.Timestamp }
 
 // Header is the message header name, whatever its letter case (NATS
 // headers keep the case they were sent in).
-func (d *Delivery) Header(name string) string { return headerFold(d.msg.Headers(), name) }
+func (d *Delivery) Header(name string) string { return HeaderFold(d.msg.Headers(), name) }
 
 // TraceHeader is the header name in every letter case at once, as the
 // trace context is read wherever it comes in: spellings that disagree
@@ -816,10 +816,10 @@ func (d *Delivery) TraceHeader(name string) string {
 	return tracing.HeaderGetter(d.msg.Headers())(name)
 }
 
-// headerFold is h's value of name in any letter case, as the worker reads
+// HeaderFold is h's value of name in any letter case, as the worker reads
 // a delivery's headers: name as given first, else the first spelling in
 // byte order, so that every reader of one message reads the same value.
-func headerFold(h nats.Header, name string) string {
+func HeaderFold(h nats.Header, name string) string {
 	if v := h.Get(name); v != "" {
 		return v
 	}

@@ -507,7 +507,7 @@ func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r Status
 		// The message at the sequence is the event asked for only if it
 		// names the key asked for and, when the index knows when the event
 		// was stored, was stored then: a stream made again reuses sequences.
-		ev, derr := event.DecodeMessage(m.Header.Get("Content-Type"), m.Data)
+		ev, derr := event.DecodeMessage(queue.HeaderFold(m.Header, "Content-Type"), m.Data)
 		if derr == nil && (!hasKeyOf(r) || ev.AccountID == r.AccountID && ev.KeyID == r.KeyID) &&
 			(storedAt.IsZero() || m.Time.Equal(storedAt)) {
 			p.AccountID, p.KeyID, p.StoredAt, inStream = ev.AccountID, ev.KeyID, m.Time, true

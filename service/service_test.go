@@ -481,12 +481,19 @@ func TestServiceIndexFailureLoggedOnce(t *testing.T) {
 
 // A CloudEvent waiting in the work stream (SPEC §14) is an event like any
 // other: revoker.status by its stream and sequence must say it is queued,
-// as it does for a plain event, not 404.
+// as it does for a plain event, not 404; its Content-Type read in any
+// letter case, as the worker reads it.
 func TestStatusBySequenceOfAQueuedCloudEvent(t *testing.T) {
+	for _, name := range []string{"Content-Type", "content-type"} {
+		t.Run(name, func(t *testing.T) { statusOfAQueuedCloudEvent(t, name) })
+	}
+}
+
+func statusOfAQueuedCloudEvent(t *testing.T, contentType string) {
 	s := newStack(t, nil, cloudflaretest.WithLatency(3*time.Second))
 	s.api.AddKey("acct1", "cekey1")
 	m := nats.NewMsg(s.cfg.Subjects[0])
-	m.Header.Set("Content-Type", event.CloudEventsContentType)
+	m.Header[contentType] = []string{event.CloudEventsContentType}
 	m.Data = []byte(`{"specversion":"1.0","id":"ce-1","source":"/soar","type":"com.example.revoke",` +
 		`"data":{"account_id":"acct1","key_id":"cekey1"}}`)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

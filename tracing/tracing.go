@@ -17,6 +17,7 @@ package tracing
 import (
 	"context"
 	"crypto/rand"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -77,8 +78,9 @@ func Enabled() bool { return current.Load() != nil }
 // HeaderGetter returns a lookup in h that ignores letter case, for Extract:
 // NATS headers are case-sensitive maps, and publishers write Traceparent as
 // often as traceparent. Values of every matching name are joined with
-// commas in a fixed order, so two conflicting traceparent headers make an
-// invalid one (ignored, as W3C asks) rather than a random pick.
+// commas in a fixed order, each once, so two conflicting traceparent
+// headers make an invalid one (ignored, as W3C asks) rather than a random
+// pick, and two that agree make that one.
 func HeaderGetter(h map[string][]string) func(name string) string {
 	return func(name string) string {
 		var keys []string
@@ -93,7 +95,13 @@ func HeaderGetter(h map[string][]string) func(name string) string {
 		sort.Strings(keys)
 		var vals []string
 		for _, k := range keys {
-			vals = append(vals, h[k]...)
+			for _, v := range h[k] {
+				// The same value twice (two spellings, a header sent twice)
+				// is one: only values that disagree make no context.
+				if !slices.Contains(vals, v) {
+					vals = append(vals, v)
+				}
+			}
 		}
 		return strings.Join(vals, ",")
 	}

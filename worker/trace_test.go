@@ -49,6 +49,12 @@ func TestTraceIDInRecords(t *testing.T) {
 	if o := onlyRecord(t, h); o.TraceID != "" {
 		t.Fatalf("trace_id %q from one of two traceparent headers that disagree", o.TraceID)
 	}
+	// Two that agree are that one.
+	h = newHarness(t, nil, answer(200, revoked, 0))
+	h.handle(&fakeDelivery{body: goodEvent, header: map[string]string{"traceparent": traceParent, "Traceparent": traceParent}})
+	if o := onlyRecord(t, h); o.TraceID != traceID {
+		t.Fatalf("trace_id %q from two traceparent headers that agree, want %q", o.TraceID, traceID)
+	}
 }
 
 // TestCloudEvent: a structured-mode CloudEvent is revoked like the event

@@ -115,6 +115,10 @@ func validPort(p string, min int) bool {
 // parseNATSURLs checks a comma-separated list of NATS server URLs and
 // returns it with the white space around the entries removed.
 func parseNATSURLs(v string) (string, string) {
+	if splitSecret(v) {
+		// No entry is shown: the one before holds part of the password.
+		return "", "an entry has '@' but no scheme of its own: a ',' in a password splits the list (write it as %2C)"
+	}
 	parts := strings.Split(v, ",")
 	for i, p := range parts {
 		p = strings.TrimSpace(p)

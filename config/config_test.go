@@ -766,11 +766,18 @@ func TestNATSURLQueryWithAnAtHidden(t *testing.T) {
 		{"nats://svc:pw@a:4222,nats://b:4222?token=x@Secr3tTail", "Secr3tTail"},
 		{"nats://a:4222#frag@Secr3tTail", "Secr3tTail"},
 		{"nats://u:pa?Zq9wX@a:4222", "Zq9wX"},
+		{"a:4222?token=Se://cr3tT0k", "cr3tT0k"},  // no scheme; "://" in the token
+		{"nats://svc:Kp7xQ,Zq9w@a:4222", "Kp7xQ"}, // a ',' in the password splits the list
 	} {
 		var c config.Config
 		c.NATSURL = tc.url
 		if r := c.Redacted(); strings.Contains(r.NATSURL, tc.part) || strings.Contains(c.String(), tc.part) {
 			t.Errorf("%q shown as %q: part of a secret (%q) is there", tc.url, r.NATSURL, tc.part)
+		}
+		env := baseEnv()
+		env["REVOKER_NATS_URL"] = tc.url
+		if _, err := load(t, config.All, env); err != nil && strings.Contains(err.Error(), tc.part) {
+			t.Errorf("%q: the error shows part of a secret (%q): %v", tc.url, tc.part, err)
 		}
 	}
 }

@@ -65,8 +65,8 @@ func quote(v string) string {
 // comes before that '@'.
 func redactURL(s string) string {
 	start := 0
-	if i := strings.Index(s, "://"); i >= 0 {
-		start = i + 3
+	if i := strings.Index(s, "://"); i > 0 && validScheme(s[:i]) {
+		start = i + 3 // not a "://" inside a token of a URL without a scheme
 	}
 	prefix, rest := s[:start], s[start:]
 	at, q := strings.LastIndex(rest, "@"), strings.IndexAny(rest, "?#")
@@ -85,10 +85,38 @@ func redactURL(s string) string {
 	return prefix + rest
 }
 
-// redactURLList applies redactURL to each entry of a comma-separated list.
+// validScheme reports whether s is a URL scheme: a letter, then letters,
+// digits, '+', '-' or '.'.
+func validScheme(s string) bool {
+	for i, r := range s {
+		letter := 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z'
+		if !letter && (i == 0 || !('0' <= r && r <= '9' || r == '+' || r == '-' || r == '.')) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// splitSecret reports whether splitting the list s on ',' cut through a
+// secret: an entry holding '@' with no scheme of its own is the rest of a
+// password that held a ','.
+func splitSecret(s string) bool {
+	for _, p := range strings.Split(s, ",") {
+		if i := strings.Index(p, "://"); strings.Contains(p, "@") && (i <= 0 || !validScheme(strings.TrimSpace(p[:i]))) {
+			return true
+		}
+	}
+	return false
+}
+
+// redactURLList applies redactURL to each entry of a comma-separated list,
+// and hides the whole list when a ',' inside a password split it.
 func redactURLList(s string) string {
 	if !strings.ContainsAny(s, "@?#") {
 		return s
+	}
+	if splitSecret(s) {
+		return "[redacted]"
 	}
 	parts := strings.Split(s, ",")
 	for i, p := range parts {

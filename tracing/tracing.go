@@ -77,10 +77,10 @@ func Enabled() bool { return current.Load() != nil }
 
 // HeaderGetter returns a lookup in h that ignores letter case, for Extract:
 // NATS headers are case-sensitive maps, and publishers write Traceparent as
-// often as traceparent. Values of every matching name are joined with
-// commas in a fixed order, each once, so two conflicting traceparent
-// headers make an invalid one (ignored, as W3C asks) rather than a random
-// pick, and two that agree make that one.
+// often as traceparent. Two traceparent values that disagree make none
+// (ignored, as W3C asks) rather than a random pick, and two that agree
+// make that one; tracestate's values are joined with commas in a fixed
+// order, each once, as list-members split over headers are.
 func HeaderGetter(h map[string][]string) func(name string) string {
 	return func(name string) string {
 		var keys []string
@@ -102,6 +102,12 @@ func HeaderGetter(h map[string][]string) func(name string) string {
 					vals = append(vals, v)
 				}
 			}
+		}
+		if len(vals) > 1 && !strings.EqualFold(name, "tracestate") {
+			// Joined, two traceparents that disagree could still parse
+			// (a future version may carry more fields after the flags):
+			// they make none.
+			return ""
 		}
 		return strings.Join(vals, ",")
 	}

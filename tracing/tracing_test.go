@@ -275,3 +275,19 @@ func TestEndMarksFailure(t *testing.T) {
 		t.Errorf("status = %+v", s.Status)
 	}
 }
+
+// TestConflictingTraceparentsMakeNone: two traceparent headers that
+// disagree make no trace context, whichever comes first and whatever
+// version the other claims (a future version may carry more fields, so
+// the two joined could parse as the first).
+func TestConflictingTraceparentsMakeNone(t *testing.T) {
+	const other = "01-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01-x"
+	for _, h := range []map[string][]string{
+		{"traceparent": {remoteParent}, "Traceparent": {other}},
+		{"traceparent": {other, remoteParent}},
+	} {
+		if ctx := tracing.Extract(context.Background(), tracing.HeaderGetter(h)); tracing.TraceID(ctx) != "" {
+			t.Errorf("%v: conflicting headers gave trace %s", h, tracing.TraceID(ctx))
+		}
+	}
+}

@@ -8,10 +8,12 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/worker"
@@ -150,7 +152,9 @@ func mergeEntries(a, b worker.Entry) worker.Entry {
 // proof", point 8).
 const (
 	maxLedgerCalls = 1 << 20
-	maxLedgerRay   = 128
+	// maxLedgerRay is in characters, as cloudflare.CutRay keeps a ray:
+	// 128 of them and its "…" when cut.
+	maxLedgerRay = cloudflare.MaxCFRay
 )
 
 // Load returns what is kept for the event, its entry and its first calls
@@ -235,10 +239,10 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 	// Journaled may exceed Calls by the first calls taken back (never made).
 	e.Journaled = min(max(e.Journaled, 0), maxLedgerCalls)
 	e.Answered = min(max(e.Answered, 0), e.Calls)
-	if c := e.Confirmed; c != nil && (c.Status < 200 || c.Status > 299 || len(c.CFRay) > maxLedgerRay) {
+	if c := e.Confirmed; c != nil && (c.Status < 200 || c.Status > 299 || utf8.RuneCountInString(c.CFRay) > maxLedgerRay) {
 		e.Confirmed = nil // not a confirmation any worker records
 	}
-	if c := e.Last; c != nil && (c.Status != 0 && (c.Status < 100 || c.Status > 599) || len(c.CFRay) > maxLedgerRay) {
+	if c := e.Last; c != nil && (c.Status != 0 && (c.Status < 100 || c.Status > 599) || utf8.RuneCountInString(c.CFRay) > maxLedgerRay) {
 		e.Last = nil // not an answer any worker records
 	}
 	e.DeadLettered = "" // kept only for an event that does not decode

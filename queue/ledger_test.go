@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,6 +92,17 @@ func TestLedgerClampsWhatItReads(t *testing.T) {
 	}
 	if e, err := l.Load(ctx, ref); err != nil || e.Last == nil || e.Last.Status != 403 {
 		t.Fatalf("a kept 403 reads %+v (err %v)", e.Last, err)
+	}
+	// A ray as a record keeps it: 127 characters of any kind and "…".
+	longRay := strings.Repeat("é", 127) + "…"
+	if _, err := l.Update(ctx, ref, func(e *worker.Entry) error {
+		e.Confirmed = &worker.Call{Status: 200, CFRay: longRay}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := l.Load(ctx, ref); err != nil || e.Confirmed == nil || e.Confirmed.CFRay != longRay {
+		t.Fatalf("a confirmation with a ray of 128 characters (%d bytes) reads %+v (err %v)", len(longRay), e.Confirmed, err)
 	}
 	for _, bad := range []worker.Call{{Status: 99}, {Status: 600}, {Status: 503, CFRay: string(make([]byte, 4096))}} {
 		if _, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.Last = &bad; return nil }); err != nil {

@@ -29,6 +29,7 @@ import (
 
 	"github.com/revoker/revoker/logging"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/tracing"
 )
 
 // Defaults and bounds of the HTTP server.
@@ -244,11 +245,25 @@ func (s *Server) Close(ctx context.Context) error {
 	return err
 }
 
+// traceContext is the W3C propagator reading a request's headers as
+// revoker reads trace headers everywhere (tracing.HeaderGetter): two
+// traceparent values that disagree make none, where the plain propagator
+// would continue the first.
+type traceContext struct{ propagation.TraceContext }
+
+// Extract implements propagation.TextMapPropagator.
+func (p traceContext) Extract(ctx context.Context, c propagation.TextMapCarrier) context.Context {
+	if h, ok := c.(propagation.HeaderCarrier); ok {
+		return tracing.Extract(ctx, tracing.HeaderGetter(h))
+	}
+	return p.TraceContext.Extract(ctx, c)
+}
+
 // otelOptions are the request spans' options: W3C trace context only (as
 // everywhere in revoker), no metrics of otelhttp's own.
 func (s *Server) otelOptions() []otelhttp.Option {
 	opts := []otelhttp.Option{
-		otelhttp.WithPropagators(propagation.TraceContext{}),
+		otelhttp.WithPropagators(traceContext{}),
 		otelhttp.WithMeterProvider(noop.NewMeterProvider()),
 	}
 	if s.cfg.TracerProvider != nil {

@@ -542,6 +542,20 @@ func TestIngressProblemKindsDocumented(t *testing.T) {
 	}
 }
 
+// Two traceparent values that disagree are neither continued, as
+// revoker reads trace headers everywhere (SPEC §13).
+func TestIngressContinuesNoneOfTwoTraces(t *testing.T) {
+	h := newHarness(t)
+	const first, second = "4bf92f3577b34da6a3ce929d0e0e4736", "11111111111111111111111111111111"
+	req := h.post(evBody(tAccount, "k22"), hdrs(bearer(tToken), []string{"traceparent", "00-" + first + "-00f067aa0ba902b7-01"})...)
+	req.Header.Add("traceparent", "00-"+second+"-2222222222222222-01")
+	r := h.do(req)
+	r.want(t, http.StatusAccepted)
+	if got := r.Header.Get(HeaderTraceID); got == first || got == second {
+		t.Fatalf("Revoker-Trace-Id %s: one of two traceparents that disagree was continued", got)
+	}
+}
+
 // A traceparent sent is continued: the answer names its trace, and the
 // stored event carries it on.
 func TestIngressContinuesTrace(t *testing.T) {

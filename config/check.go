@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"math"
 	"net"
@@ -125,25 +126,52 @@ func parseNATSURLs(v string) (string, string) {
 		if p == "" {
 			return "", quote(redactURLList(v)) + " has an empty entry"
 		}
-		shown := quote(redactURL(p))
-		u, err := url.Parse(p)
-		if err != nil {
-			return "", shown + " is not a URL"
-		}
-		switch u.Scheme {
-		case "nats", "tls", "ws", "wss":
-		default:
-			return "", shown + " is not a nats://, tls://, ws:// or wss:// URL"
-		}
-		if u.Opaque != "" || u.Hostname() == "" {
-			return "", shown + " has no host"
-		}
-		if port := u.Port(); port != "" && !validPort(port, 1) {
-			return "", shown + " has an invalid port " + quote(port)
+		if why := natsURLProblem(p); why != "" {
+			if len(parts) > 1 {
+				// An entry of a list that is no URL may be a piece of a
+				// secret that held a ',': it is named, not shown.
+				return "", fmt.Sprintf("entry %d of %d %s", i+1, len(parts), why)
+			}
+			if port := portOf(p); why == badPort {
+				why += " " + quote(port) // the entry is shown whole already
+			}
+			return "", quote(redactURL(p)) + " " + why
 		}
 		parts[i] = p
 	}
 	return strings.Join(parts, ","), ""
+}
+
+// natsURLProblem says what makes p no NATS server URL, "" when it is one.
+// It shows nothing of p: the caller decides what may be shown.
+func natsURLProblem(p string) string {
+	u, err := url.Parse(p)
+	if err != nil {
+		return "is not a URL"
+	}
+	switch u.Scheme {
+	case "nats", "tls", "ws", "wss":
+	default:
+		return "is not a nats://, tls://, ws:// or wss:// URL"
+	}
+	if u.Opaque != "" || u.Hostname() == "" {
+		return "has no host"
+	}
+	if port := u.Port(); port != "" && !validPort(port, 1) {
+		return badPort
+	}
+	return ""
+}
+
+const badPort = "has an invalid port"
+
+// portOf is the port of URL p, "" when there is none or p does not parse.
+func portOf(p string) string {
+	u, err := url.Parse(p)
+	if err != nil {
+		return ""
+	}
+	return u.Port()
 }
 
 // parseBaseURL checks the Cloudflare API base URL and returns it without a

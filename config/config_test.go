@@ -766,8 +766,10 @@ func TestNATSURLQueryWithAnAtHidden(t *testing.T) {
 		{"nats://svc:pw@a:4222,nats://b:4222?token=x@Secr3tTail", "Secr3tTail"},
 		{"nats://a:4222#frag@Secr3tTail", "Secr3tTail"},
 		{"nats://u:pa?Zq9wX@a:4222", "Zq9wX"},
-		{"a:4222?token=Se://cr3tT0k", "cr3tT0k"},  // no scheme; "://" in the token
-		{"nats://svc:Kp7xQ,Zq9w@a:4222", "Kp7xQ"}, // a ',' in the password splits the list
+		{"a:4222?token=Se://cr3tT0k", "cr3tT0k"},      // no scheme; "://" in the token
+		{"nats://svc:Kp7xQ,Zq9w@a:4222", "Kp7xQ"},     // a ',' in the password splits the list
+		{"nats://a:4222?token=Kp7x,Zq9wV", "Zq9wV"},   // a ',' in a query token
+		{"nats://svc:Kp7xR,y://Zq9w@a:4222", "Kp7xR"}, // a password holding ",y://"
 	} {
 		var c config.Config
 		c.NATSURL = tc.url

@@ -110,7 +110,8 @@ func splitSecret(s string) bool {
 }
 
 // redactURLList applies redactURL to each entry of a comma-separated list,
-// and hides the whole list when a ',' inside a password split it.
+// and hides the whole list when a ',' inside a secret may have split it:
+// an entry that is no NATS URL may be a piece of one.
 func redactURLList(s string) string {
 	if !strings.ContainsAny(s, "@?#") {
 		return s
@@ -119,6 +120,13 @@ func redactURLList(s string) string {
 		return "[redacted]"
 	}
 	parts := strings.Split(s, ",")
+	if len(parts) > 1 {
+		for _, p := range parts {
+			if natsURLProblem(strings.TrimSpace(p)) != "" {
+				return "[redacted]"
+			}
+		}
+	}
 	for i, p := range parts {
 		parts[i] = redactURL(p)
 	}

@@ -124,7 +124,7 @@ func parseNATSURLs(v string) (string, string) {
 	for i, p := range parts {
 		p = strings.TrimSpace(p)
 		if p == "" {
-			return "", quote(redactURLList(v)) + " has an empty entry"
+			return "", fmt.Sprintf("entry %d of %d is empty", i+1, len(parts))
 		}
 		if why := natsURLProblem(p); why != "" {
 			if len(parts) > 1 {
@@ -132,10 +132,13 @@ func parseNATSURLs(v string) (string, string) {
 				// secret that held a ',': it is named, not shown.
 				return "", fmt.Sprintf("entry %d of %d %s", i+1, len(parts), why)
 			}
-			if port := portOf(p); why == badPort {
-				why += " " + quote(port) // the entry is shown whole already
+			shown := redactURL(p)
+			if why == badPort && shown == p {
+				// Shown whole, nothing in it secret: the port too. (Where
+				// a '?' or '#' cut a password, the "port" is its head.)
+				why += " " + quote(portOf(p))
 			}
-			return "", quote(redactURL(p)) + " " + why
+			return "", quote(shown) + " " + why
 		}
 		parts[i] = p
 	}

@@ -126,17 +126,17 @@ func parseNATSURLs(v string) (string, string) {
 		if p == "" {
 			return "", fmt.Sprintf("entry %d of %d is empty", i+1, len(parts))
 		}
-		if why := natsURLProblem(p); why != "" {
+		if why, port := natsURLProblem(p); why != "" {
 			if len(parts) > 1 {
 				// An entry of a list that is no URL may be a piece of a
 				// secret that held a ',': it is named, not shown.
 				return "", fmt.Sprintf("entry %d of %d %s", i+1, len(parts), why)
 			}
 			shown := redactURL(p)
-			if why == badPort && shown == p {
+			if port != "" && shown == p {
 				// Shown whole, nothing in it secret: the port too. (Where
 				// a '?' or '#' cut a password, the "port" is its head.)
-				why += " " + quote(portOf(p))
+				why += " " + quote(port)
 			}
 			return "", quote(shown) + " " + why
 		}
@@ -145,36 +145,26 @@ func parseNATSURLs(v string) (string, string) {
 	return strings.Join(parts, ","), ""
 }
 
-// natsURLProblem says what makes p no NATS server URL, "" when it is one.
-// It shows nothing of p: the caller decides what may be shown.
-func natsURLProblem(p string) string {
+// natsURLProblem says what makes p no NATS server URL, "" when it is one,
+// and the port it names when that is what is wrong. It shows nothing of
+// p: the caller decides what may be shown.
+func natsURLProblem(p string) (why, badPort string) {
 	u, err := url.Parse(p)
 	if err != nil {
-		return "is not a URL"
+		return "is not a URL", ""
 	}
 	switch u.Scheme {
 	case "nats", "tls", "ws", "wss":
 	default:
-		return "is not a nats://, tls://, ws:// or wss:// URL"
+		return "is not a nats://, tls://, ws:// or wss:// URL", ""
 	}
 	if u.Opaque != "" || u.Hostname() == "" {
-		return "has no host"
+		return "has no host", ""
 	}
 	if port := u.Port(); port != "" && !validPort(port, 1) {
-		return badPort
+		return "has an invalid port", port
 	}
-	return ""
-}
-
-const badPort = "has an invalid port"
-
-// portOf is the port of URL p, "" when there is none or p does not parse.
-func portOf(p string) string {
-	u, err := url.Parse(p)
-	if err != nil {
-		return ""
-	}
-	return u.Port()
+	return "", ""
 }
 
 // parseBaseURL checks the Cloudflare API base URL and returns it without a

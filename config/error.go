@@ -122,7 +122,7 @@ func redactURLList(s string) string {
 	parts := strings.Split(s, ",")
 	if len(parts) > 1 {
 		for _, p := range parts {
-			if natsURLProblem(strings.TrimSpace(p)) != "" {
+			if why, _ := natsURLProblem(strings.TrimSpace(p)); why != "" {
 				return "[redacted]"
 			}
 		}

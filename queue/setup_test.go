@@ -198,10 +198,10 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 	t.Run("created R3", func(t *testing.T) {
 		cfg := config.Default()
 		cfg.StreamReplicas = 3
-		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
+		if err := ensureOnCluster(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := queue.BindLedger(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
+		if _, err := bindLedgerOnCluster(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 			t.Fatal(err)
 		}
 		for _, name := range []string{cfg.Stream, cfg.DLQStream, cfg.OutcomeStream, "KV_" + queue.LedgerBucket} {
@@ -231,12 +231,12 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 		cfg.Stream, cfg.Subjects, cfg.Consumer = "OLD", []string{"old.urgent", "old.scheduled"}, "old"
 		cfg.DLQStream, cfg.DLQSubject = "OLD_DLQ", "old.dlq"
 		cfg.OutcomeStream, cfg.OutcomeSubject = "OLD_OUTCOMES", "old.outcome"
-		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
+		if err := ensureOnCluster(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 			t.Fatal(err)
 		}
 		cfg.StreamReplicas = 3
 		core, logs := observer.New(zapcore.WarnLevel)
-		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.New(core)); err != nil {
+		if err := ensureOnCluster(ctx, js, cfg.Topology(), zap.New(core)); err != nil {
 			t.Fatalf("different replicas stopped the start: %v", err)
 		}
 		warned := map[string]bool{}
@@ -260,6 +260,7 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 		// The bucket, created R3 above, is left R3 when R1 is asked for.
 		cfg.StreamReplicas = 1
 		core, logs = observer.New(zapcore.WarnLevel)
+		// Not tried again: a second try would warn a second time.
 		if _, err := queue.BindLedger(ctx, js, cfg.Topology(), zap.New(core)); err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +277,7 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 		if err := js.DeleteConsumer(ctx, cfg.Stream, cfg.Durable(cfg.Subjects[0])); err != nil {
 			t.Fatal(err)
 		}
-		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
+		if err := ensureOnCluster(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
 			t.Fatalf("consumer on an R1 stream with R3 configured: %v", err)
 		}
 		cons, err := js.Consumer(ctx, cfg.Stream, cfg.Durable(cfg.Subjects[0]))
@@ -287,6 +288,35 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 			t.Errorf("consumer on an R1 stream has %d replicas", r)
 		}
 	})
+}
+
+// ensureOnCluster is queue.Ensure as the worker runs it (Consumer.bind):
+// each try bounded by 10 s, tried again while ctx lasts. On a loaded
+// machine a cluster's JetStream API can leave a request unanswered (its
+// meta leader moving); the worker rides that out, and so does the test.
+func ensureOnCluster(ctx context.Context, js jetstream.JetStream, topo config.Topology, log *zap.Logger) error {
+	return onCluster(ctx, func(ctx context.Context) error { return queue.Ensure(ctx, js, topo, log) })
+}
+
+// bindLedgerOnCluster is queue.BindLedger tried as ensureOnCluster tries.
+func bindLedgerOnCluster(ctx context.Context, js jetstream.JetStream, topo config.Topology, log *zap.Logger) (*queue.Ledger, error) {
+	var l *queue.Ledger
+	err := onCluster(ctx, func(ctx context.Context) (err error) {
+		l, err = queue.BindLedger(ctx, js, topo, log)
+		return err
+	})
+	return l, err
+}
+
+func onCluster(ctx context.Context, try func(context.Context) error) error {
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := try(tctx)
+		cancel()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			return err
+		}
+	}
 }
 
 // TestEnsureByReplicasStartingTogether: replicas starting together on an

@@ -378,11 +378,18 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 			at = now
 		}
 		lead := lead(interval)
-		if at.After(now.Add(lead)) {
+		// A write reaches the server one way after it is sent: a replica
+		// with a longer path judges a slot due, and wakes for it, that much
+		// earlier, so that its writes land in the same window as a near
+		// replica's. Else the near one's write always lands first, and the
+		// far one never gets a slot of its level (SPEC §9: a slower path
+		// still gets its share).
+		reach := b.reach()
+		if at.After(now.Add(reach + lead)) {
 			// Not due yet. Waking at a random point of the lead's first
 			// half spreads the replicas: the first to write wins, and the
 			// others mostly learn it from the watch before they try.
-			return b.clock.toLocal(at).Add(-lead + mrand.N(lead/2+1)), false, nil
+			return b.clock.toLocal(at).Add(-reach - lead + mrand.N(lead/2+1)), false, nil
 		}
 		at = b.ahead(at, now)
 		st := c.st
@@ -491,6 +498,12 @@ func (b *Budget) ahead(at, now time.Time) time.Time {
 		return earliest
 	}
 	return at
+}
+
+// reach is how long a write takes to reach the server: half its round
+// trip, bounded as ahead bounds it.
+func (b *Budget) reach() time.Duration {
+	return min(b.writeTrip(), maxAhead) / 2
 }
 
 // writeTrip is the shortest round trip of the last writes timed, 0 before

@@ -135,6 +135,24 @@ func TestBudgetSlowPathAtAHighRate(t *testing.T) {
 	t.Logf("budget: %+v", slow.budget.Stats())
 }
 
+// TestBudgetSlowPathGetsItsShare: a replica 20 ms each way from the
+// server and one next to it, both with scheduled work on one budget, share
+// its slots (SPEC §9: a slower path still gets its fair share). Both woke
+// for a slot at the same point before it was due, and the near one's write
+// always landed first: the far one got 0 to 2 of 40 calls.
+func TestBudgetSlowPathGetsItsShare(t *testing.T) {
+	srv, api, slow := slowReplicaAtWork(t, 4, 20*time.Millisecond)
+	near := newBReplica(t, srv, api, "a", 4, 2)
+	near.work(1, 2, keysOf("a", 1000))
+	const calls, least = 40, 6 // a fair share is about 20; noise helps the far one
+	queuetest.Eventually(t, 30*time.Second, "40 calls", func() bool { return slow.calls.Load()+near.calls.Load() >= calls })
+	n, s := near.calls.Load(), slow.calls.Load()
+	t.Logf("near %d calls, far %d; far budget %+v", n, s, slow.budget.Stats())
+	if s < least*(n+s)/calls {
+		t.Errorf("the far replica made %d of %d calls, want at least %d", s, n+s, least*(n+s)/calls)
+	}
+}
+
 // slowReplicaAtWork starts a server, the API stand-in, and a replica each
 // way from the server calling for scheduled keys at rate.
 func slowReplicaAtWork(t *testing.T, rate float64, each time.Duration) (*server.Server, *cloudflaretest.Server, *bReplica) {

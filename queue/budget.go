@@ -366,7 +366,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 			}
 			return at, false, nil
 		}
-		if until, blocked := b.blockedUntil(c.st, p, now); blocked {
+		if until, blocked := b.blockedUntil(key, c.st, p, now); blocked {
 			return b.clock.toLocal(until), false, nil
 		}
 		interval := b.spacing(c.st)
@@ -559,15 +559,76 @@ func lead(interval time.Duration) time.Duration {
 }
 
 // blockedUntil reports whether another replica claims a level above p at
-// server time now, and until when at most (server time).
-func (b *Budget) blockedUntil(st budgetState, p int, now time.Time) (time.Time, bool) {
+// server time now, in key's entry st or in its own claim key, and until
+// when at most (server time).
+func (b *Budget) blockedUntil(key string, st budgetState, p int, now time.Time) (time.Time, bool) {
 	var until time.Time
-	for o, c := range st.Claims {
+	block := func(o string, c budgetClaim) {
 		if end := c.lapse(); o != b.owner && c.P < p && now.Before(end) && end.After(until) {
 			until = end
 		}
 	}
+	for o, c := range st.Claims {
+		block(o, c)
+	}
+	b.mu.Lock()
+	for k, kept := range b.cache {
+		if o, ok := strings.CutPrefix(k, key+claimInfix); ok {
+			if c, ok := kept.st.Claims[o]; ok { // believed only for its own replica
+				block(o, c)
+			}
+		}
+	}
+	b.mu.Unlock()
 	return until, !until.IsZero()
+}
+
+// claimInfix joins a budget's key and a replica's id into the key of that
+// replica's claim (see claimKey).
+const claimInfix = ".claim."
+
+// claimKey is where this replica keeps its claim on key's budget: a key of
+// its own, written without compare-and-swap. In the shared entry only, the
+// claim of a replica whose writes keep losing to nearer ones (its path to
+// the server longer than an interval) was never stored, and its urgent
+// events waited behind others' scheduled calls (SPEC §9). The claim is
+// still written in the entry too, for replicas of earlier versions.
+func (b *Budget) claimKey(key string) string { return key + claimInfix + b.owner }
+
+// putClaim stores this replica's claim (or its end: claim < 0) in its own
+// key where that key does not say it yet, or the claim will lapse before
+// the next renewal. Its value is a budget state holding that one claim, so
+// that replicas of earlier versions read it as an entry they never use.
+func (b *Budget) putClaim(ctx context.Context, kv jetstream.KeyValue, key string, claim int, now time.Time) error {
+	ck := b.claimKey(key)
+	c, _ := b.cached(ck)
+	mine, has := c.st.Claims[b.owner]
+	live := has && now.Before(mine.lapse())
+	switch {
+	case claim >= 0 && (!live || mine.P != claim || mine.lapse().Sub(now) < claimTTL-claimRefresh):
+		st := budgetState{Claims: map[string]budgetClaim{b.owner: {P: claim}}}
+		data, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, budgetOpTimeout)
+		defer cancel()
+		b.stats.writes.Add(1)
+		rev, err := kv.Put(ctx, ck, data)
+		if err != nil {
+			return b.failed(fmt.Errorf("write budget claim: %w", err))
+		}
+		b.wrote(ck, st, rev, now)
+	case claim < 0 && live:
+		ctx, cancel := context.WithTimeout(ctx, budgetOpTimeout)
+		defer cancel()
+		b.stats.writes.Add(1)
+		if err := kv.Delete(ctx, ck); err != nil {
+			return b.failed(fmt.Errorf("write budget claim: %w", err))
+		}
+		b.wrote(ck, budgetState{}, c.rev+1, now)
+	}
+	return nil
 }
 
 // Allows implements throttle.Budget.
@@ -575,9 +636,10 @@ func (b *Budget) Allows(p int) bool {
 	if !b.clock.ready() {
 		return true // nothing known yet; Reserve asks
 	}
-	c, _ := b.cached(b.key())
+	key := b.key()
+	c, _ := b.cached(key)
 	now, _ := b.clock.serverNow()
-	_, blocked := b.blockedUntil(c.st, p, now)
+	_, blocked := b.blockedUntil(key, c.st, p, now)
 	return !blocked
 }
 
@@ -587,7 +649,8 @@ func (b *Budget) Free(p int) bool {
 	if b.interval != 0 || b.kv.Load() == nil || !b.clock.ready() {
 		return false
 	}
-	c, known := b.cached(b.key())
+	key := b.key()
+	c, known := b.cached(key)
 	if !known {
 		return false
 	}
@@ -595,7 +658,7 @@ func (b *Budget) Free(p int) bool {
 	if now.Before(c.st.Hold) {
 		return false
 	}
-	_, blocked := b.blockedUntil(c.st, p, now)
+	_, blocked := b.blockedUntil(key, c.st, p, now)
 	return !blocked
 }
 
@@ -959,13 +1022,27 @@ func (b *Budget) apply(e jetstream.KeyValueEntry) {
 }
 
 // flush writes what this replica has to tell the others: a hold, a
-// deferral, its claim (renewed before it lapses, removed when over).
+// deferral, its claim (renewed before it lapses, removed when over), the
+// claim in its own key first.
 func (b *Budget) flush(ctx context.Context) error {
 	kv, err := b.bind(ctx)
 	if err != nil {
 		return err
 	}
 	key := b.key()
+	b.mu.Lock()
+	claim := b.claim
+	b.mu.Unlock()
+	now, _ := b.clock.serverNow()
+	claimErr := b.putClaim(ctx, kv, key, claim, now)
+	if err := b.flushEntry(ctx, kv, key); err != nil {
+		return err
+	}
+	return claimErr
+}
+
+// flushEntry writes what flush has to tell in the shared entry.
+func (b *Budget) flushEntry(ctx context.Context, kv jetstream.KeyValue, key string) error {
 	for range casTries {
 		c, known := b.cached(key)
 		b.mu.Lock()
@@ -973,6 +1050,7 @@ func (b *Budget) flush(ctx context.Context) error {
 		quota, quoted := b.quota, b.quoting
 		b.mu.Unlock()
 		if !known {
+			var err error
 			if c, err = b.read(ctx, kv, key); err != nil {
 				return err
 			}

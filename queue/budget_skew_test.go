@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
@@ -217,6 +218,56 @@ func TestBudgetPlantedEntryBounded(t *testing.T) {
 		if !strings.Contains(fields, f) {
 			t.Errorf("warning names %s, want %s among them", fields, f)
 		}
+	}
+}
+
+// TestBudgetPlantedClaimKey: a replica's claim key is believed only for
+// the replica it names, and, whatever its times say, for claimTTL after the
+// server stored it. One naming another replica inside holds nobody up.
+func TestBudgetPlantedClaimKey(t *testing.T) {
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:feedf00d" }, Rate: 4, Create: true, Log: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	ctx := context.Background()
+	if _, ok, err := b.Reserve(ctx, 0); err != nil || !ok {
+		t.Fatalf("first reservation: %v %v", ok, err)
+	}
+	kv, err := js.KeyValue(ctx, queue.BudgetBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const far = "2125-01-01T00:00:00Z"
+	claim := func(owner string) string {
+		return `{"claims":{"` + owner + `":{"p":0,"at":"` + far + `","until":"` + far + `"}}}`
+	}
+	// Another replica's claim inside x's key; and one of another budget.
+	if _, err := kv.Put(ctx, "token_feedf00d.claim.x", []byte(claim("y"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "token_0ther000.claim.z", []byte(claim("z"))); err != nil {
+		t.Fatal(err)
+	}
+	// Seen once the next write, after both, is seen.
+	if _, err := kv.Put(ctx, "token_feedf00d.claim.w", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 10*time.Second, "the planted keys seen", func() bool { return b.Stats().Watched >= 4 })
+	if !b.Allows(1) {
+		t.Fatal("a claim key naming another replica, or of another budget, held scheduled calls")
+	}
+	stored := time.Now()
+	if _, err := kv.Put(ctx, "token_feedf00d.claim.x", []byte(claim("x"))); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 10*time.Second, "the claim seen", func() bool { return !b.Allows(1) })
+	queuetest.Eventually(t, 10*time.Second, "the claim lapsed", func() bool { return b.Allows(1) })
+	// 3 s after it was stored (claimTTL), give or take a loaded machine.
+	if d := time.Since(stored); d > 6*time.Second {
+		t.Errorf("a planted claim key held scheduled calls for %v", d)
 	}
 }
 

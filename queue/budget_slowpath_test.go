@@ -153,6 +153,38 @@ func TestBudgetSlowPathGetsItsShare(t *testing.T) {
 	}
 }
 
+// TestBudgetFarReplicasUrgentFirst: at rate 20 (an interval of 51 ms), a
+// replica 80 ms each way from the server has urgent work while one next
+// to the server calls for a scheduled backlog. The far replica's claim of
+// its level, written only in the shared entry, lost every compare-and-swap
+// to the near one's reservations (each landing within its round trip): no
+// urgent call was made in 30 s, and the scheduled calls went on (SPEC §9:
+// an urgent event held by any replica is served before newer scheduled
+// ones anywhere).
+func TestBudgetFarReplicasUrgentFirst(t *testing.T) {
+	const rate = 20
+	srv := queuetest.Server(t)
+	api := cloudflaretest.NewServer()
+	t.Cleanup(api.Close)
+	path := newSlowPath(t, srv.ClientURL()[len("nats://"):], 80*time.Millisecond)
+	far := newBReplicaClock(t, path.URL(), 1, api, "f", rate, 2, nil)
+	near := newBReplica(t, srv, api, "a", rate, 2)
+	near.work(1, 2, keysOf("a", 1000))
+	queuetest.Eventually(t, 15*time.Second, "the near replica calling", func() bool { return near.calls.Load() >= 20 })
+	before, start := near.calls.Load(), time.Now()
+	far.work(0, 2, keysOf("f", 10))
+	queuetest.Eventually(t, 20*time.Second, "10 urgent calls of the far replica", func() bool { return far.calls.Load() >= 10 })
+	took, scheduled := time.Since(start), near.calls.Load()-before
+	t.Logf("10 urgent calls in %v, %d scheduled calls meanwhile; far budget %+v", took.Round(time.Millisecond), scheduled, far.budget.Stats())
+	// Each far reservation takes its round trip (160 ms), so 10 take
+	// about 2 s: at rate 20 the scheduled backlog would have had 40 calls.
+	// A few slip in while the claim travels, or while every urgent event
+	// is in a call and none waits.
+	if limit := int64(took.Seconds()*rate) / 4; scheduled > limit {
+		t.Errorf("%d scheduled calls while the far replica's urgent events waited, want at most %d", scheduled, limit)
+	}
+}
+
 // slowReplicaAtWork starts a server, the API stand-in, and a replica each
 // way from the server calling for scheduled keys at rate.
 func slowReplicaAtWork(t *testing.T, rate float64, each time.Duration) (*server.Server, *cloudflaretest.Server, *bReplica) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
@@ -153,25 +154,12 @@ func testBudgetSkew(t *testing.T, skew time.Duration) {
 // the 5-minute cap (the claim for seconds), and is logged once, its cause
 // made one safe line. The check is on the waits computed, not by waiting.
 func TestBudgetPlantedEntryBounded(t *testing.T) {
-	srv := queuetest.Server(t)
-	_, js := queuetest.Connect(t, srv)
 	core, logs := observer.New(zapcore.WarnLevel)
 	const rate = 4
-	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:feedf00d" }, Rate: rate, Create: true, Log: zap.New(core)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	b, kv := budgetToPlantIn(t, rate, zap.New(core))
 	g := throttle.New(throttle.Config{Priorities: 2, Concurrency: 1, Budget: b})
 	t.Cleanup(g.Close)
 	ctx := context.Background()
-	if _, ok, err := b.Reserve(ctx, 0); err != nil || !ok {
-		t.Fatalf("first reservation: %v %v", ok, err)
-	}
-	kv, err := js.KeyValue(ctx, queue.BudgetBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const key = "token_feedf00d"
 	plant := func(entry string) {
 		t.Helper()
@@ -225,21 +213,8 @@ func TestBudgetPlantedEntryBounded(t *testing.T) {
 // the replica it names, and, whatever its times say, for claimTTL after the
 // server stored it. One naming another replica inside holds nobody up.
 func TestBudgetPlantedClaimKey(t *testing.T) {
-	srv := queuetest.Server(t)
-	_, js := queuetest.Connect(t, srv)
-	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:feedf00d" }, Rate: 4, Create: true, Log: zaptest.NewLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	b, kv := budgetToPlantIn(t, 4, zaptest.NewLogger(t))
 	ctx := context.Background()
-	if _, ok, err := b.Reserve(ctx, 0); err != nil || !ok {
-		t.Fatalf("first reservation: %v %v", ok, err)
-	}
-	kv, err := js.KeyValue(ctx, queue.BudgetBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const far = "2125-01-01T00:00:00Z"
 	claim := func(owner string) string {
 		return `{"claims":{"` + owner + `":{"p":0,"at":"` + far + `","until":"` + far + `"}}}`
@@ -269,6 +244,28 @@ func TestBudgetPlantedClaimKey(t *testing.T) {
 	if d := time.Since(stored); d > 6*time.Second {
 		t.Errorf("a planted claim key held scheduled calls for %v", d)
 	}
+}
+
+// budgetToPlantIn is a budget at rate, of the credential token:feedf00d,
+// with its entry written once, and its bucket to plant entries in.
+func budgetToPlantIn(t *testing.T, rate float64, log *zap.Logger) (*queue.Budget, jetstream.KeyValue) {
+	t.Helper()
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:feedf00d" }, Rate: rate, Create: true, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	ctx := context.Background()
+	if _, ok, err := b.Reserve(ctx, 0); err != nil || !ok {
+		t.Fatalf("first reservation: %v %v", ok, err)
+	}
+	kv, err := js.KeyValue(ctx, queue.BudgetBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, kv
 }
 
 // TestBudgetEntryDeletedByHand: an operator deleting the budget's entry

@@ -160,9 +160,11 @@ type Budget struct {
 
 	changed chan struct{}
 	kick    chan struct{}
-	stop    chan struct{}
-	done    chan struct{}
-	close   sync.Once
+	// claimKick wakes keepClaim when the claim changes.
+	claimKick chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+	close     sync.Once
 
 	stats struct {
 		reserved, rebooked, returned, writes, conflicts, reads, watched, synced atomic.Uint64
@@ -193,18 +195,19 @@ func NewBudget(js jetstream.JetStream, cfg BudgetConfig) (*Budget, error) {
 		return nil, fmt.Errorf("budget: owner id: %w", err)
 	}
 	b := &Budget{
-		js:       js,
-		cfg:      cfg,
-		log:      cfg.Log.With(zap.String("bucket", BudgetBucket)),
-		interval: BudgetInterval(cfg.Rate),
-		owner:    hex.EncodeToString(id[:]),
-		clock:    &serverClock{now: cfg.Clock},
-		cache:    map[string]cachedState{},
-		claim:    -1,
-		changed:  make(chan struct{}, 1),
-		kick:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+		js:        js,
+		cfg:       cfg,
+		log:       cfg.Log.With(zap.String("bucket", BudgetBucket)),
+		interval:  BudgetInterval(cfg.Rate),
+		owner:     hex.EncodeToString(id[:]),
+		clock:     &serverClock{now: cfg.Clock},
+		cache:     map[string]cachedState{},
+		claim:     -1,
+		changed:   make(chan struct{}, 1),
+		kick:      make(chan struct{}, 1),
+		claimKick: make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	go b.run()
 	return b, nil
@@ -573,10 +576,19 @@ func (b *Budget) blockedUntil(key string, st budgetState, p int, now time.Time) 
 	}
 	b.mu.Lock()
 	for k, kept := range b.cache {
-		if o, ok := strings.CutPrefix(k, key+claimInfix); ok {
-			if c, ok := kept.st.Claims[o]; ok { // believed only for its own replica
-				block(o, c)
-			}
+		budget, o, isClaim := strings.Cut(k, claimInfix)
+		if !isClaim || o == b.owner {
+			continue
+		}
+		c, ok := kept.st.Claims[o] // believed only for its own replica
+		if !ok || !now.Before(c.lapse()) {
+			// Ended or lapsed: a replica gone for good leaves its key in
+			// the bucket (the watch brings it at start), not in this scan.
+			delete(b.cache, k)
+			continue
+		}
+		if budget == key {
+			block(o, c)
 		}
 	}
 	b.mu.Unlock()
@@ -704,6 +716,7 @@ func (b *Budget) Claim(p int) {
 	b.mu.Unlock()
 	if changed {
 		b.poke(b.kick)
+		b.poke(b.claimKick)
 	}
 }
 
@@ -926,10 +939,16 @@ func (b *Budget) ok() {
 	}
 }
 
-// run keeps the watch on the bucket, writes holds, deferrals and claims,
-// and measures the server's clock again every budgetSyncEvery.
+// run keeps the watch on the bucket, writes holds, deferrals and claims
+// (the claim key through keepClaim), and measures the server's clock again every budgetSyncEvery.
 func (b *Budget) run() {
 	defer close(b.done)
+	claiming := make(chan struct{})
+	go func() {
+		defer close(claiming)
+		b.keepClaim()
+	}()
+	defer func() { <-claiming }()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -1007,6 +1026,40 @@ func (b *Budget) run() {
 	}
 }
 
+// keepClaim keeps this replica's claim key saying what it claims: at once
+// when the claim changes, and renewed every claimRefresh while it lasts.
+// It runs apart from the shared entry's writes, whose conflicts and
+// backoff would otherwise let a far replica's claim lapse while it still
+// claims.
+func (b *Budget) keepClaim() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-b.stop
+		cancel()
+	}()
+	tick := time.NewTicker(claimRefresh / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-b.claimKick:
+		case <-tick.C:
+		}
+		kv, err := b.bind(ctx)
+		if err != nil {
+			continue // the next tick tries again; bind says why
+		}
+		key := b.key()
+		b.mu.Lock()
+		claim := b.claim
+		b.mu.Unlock()
+		now, _ := b.clock.serverNow()
+		_ = b.putClaim(ctx, kv, key, claim, now) // failed reports it
+	}
+}
+
 // apply takes an entry from the watch into the cache.
 func (b *Budget) apply(e jetstream.KeyValueEntry) {
 	b.stats.watched.Add(1)
@@ -1021,28 +1074,15 @@ func (b *Budget) apply(e jetstream.KeyValueEntry) {
 	b.poke(b.changed)
 }
 
-// flush writes what this replica has to tell the others: a hold, a
-// deferral, its claim (renewed before it lapses, removed when over), the
-// claim in its own key first.
+// flush writes what this replica has to tell the others in the shared
+// entry: a hold, a deferral, its claim (renewed before it lapses, removed
+// when over; kept for replicas of earlier versions, see claimKey).
 func (b *Budget) flush(ctx context.Context) error {
 	kv, err := b.bind(ctx)
 	if err != nil {
 		return err
 	}
 	key := b.key()
-	b.mu.Lock()
-	claim := b.claim
-	b.mu.Unlock()
-	now, _ := b.clock.serverNow()
-	claimErr := b.putClaim(ctx, kv, key, claim, now)
-	if err := b.flushEntry(ctx, kv, key); err != nil {
-		return err
-	}
-	return claimErr
-}
-
-// flushEntry writes what flush has to tell in the shared entry.
-func (b *Budget) flushEntry(ctx context.Context, kv jetstream.KeyValue, key string) error {
 	for range casTries {
 		c, known := b.cached(key)
 		b.mu.Lock()
@@ -1050,7 +1090,6 @@ func (b *Budget) flushEntry(ctx context.Context, kv jetstream.KeyValue, key stri
 		quota, quoted := b.quota, b.quoting
 		b.mu.Unlock()
 		if !known {
-			var err error
 			if c, err = b.read(ctx, kv, key); err != nil {
 				return err
 			}

@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -39,5 +41,41 @@ func TestForeignEntryBeforeOwnWriteKeepsTheHold(t *testing.T) {
 	c, _ := b.cached(key)
 	if c.rev != 3 || !c.st.Hold.Equal(hold) {
 		t.Fatalf("after the foreign entry and the answer to the hold's write: revision %d, hold %v; want revision 3 standing on the hold %v", c.rev, c.st.Hold, hold)
+	}
+}
+
+// TestBudgetForgetsGoneClaimKeys: the watch brings, at start, the claim
+// key of every replica that ever ran (each restart is a new replica, and
+// its key stays in the bucket). Ended and lapsed ones are dropped from the
+// cache at the next look, so that the look, made at every reservation,
+// does not grow with them; live ones, and this replica's own, are kept.
+func TestBudgetForgetsGoneClaimKeys(t *testing.T) {
+	const key = "token_f0e1a2b3"
+	b := &Budget{cache: map[string]cachedState{}, log: zap.NewNop(), owner: "self"}
+	now := time.Now()
+	claimAt := func(owner string, stored time.Time) cachedState {
+		return cachedState{st: budgetState{Claims: map[string]budgetClaim{owner: {P: 0, At: stored}}}, created: stored}
+	}
+	b.cache[key] = cachedState{st: budgetState{Next: now}}
+	for i := range 1000 {
+		o := fmt.Sprintf("gone%d", i)
+		b.cache[key+claimInfix+o] = claimAt(o, now.Add(-time.Hour))
+	}
+	b.cache[key+claimInfix+"ended"] = cachedState{} // a delete marker
+	b.cache[key+claimInfix+"live"] = claimAt("live", now)
+	b.cache["token_0ther000"+claimInfix+"other"] = claimAt("other", now.Add(-time.Hour))
+	b.cache[key+claimInfix+"self"] = claimAt("self", now.Add(-time.Hour))
+
+	if _, blocked := b.blockedUntil(key, b.cache[key].st, 1, now); !blocked {
+		t.Error("a live claim of the urgent level did not block a scheduled call")
+	}
+	var kept []string
+	for k := range b.cache {
+		kept = append(kept, k)
+	}
+	slices.Sort(kept)
+	want := []string{key, key + claimInfix + "live", key + claimInfix + "self"}
+	if !slices.Equal(kept, want) {
+		t.Errorf("cache holds %d keys after the look, want %v", len(kept), want)
 	}
 }

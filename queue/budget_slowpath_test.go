@@ -185,6 +185,61 @@ func TestBudgetFarReplicasUrgentFirst(t *testing.T) {
 	}
 }
 
+// TestBudgetFarClaimKeptWhileEntryBusy: a replica 80 ms each way from the
+// server claims the urgent level all along while the shared entry changes
+// every 51 ms (a replica of the previous version reserving at rate 20; it
+// reads claims in the entry only, where the far one's never lands). The
+// claim key was renewed only after the entry's write, whose conflicts
+// ended in a backoff growing to 2 s: the key went unrenewed for longer
+// than it lives, and a near replica was free to take scheduled slots.
+func TestBudgetFarClaimKeptWhileEntryBusy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs 14 s")
+	}
+	const rate = 20
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	path := newSlowPath(t, srv.ClientURL()[len("nats://"):], 80*time.Millisecond)
+	near := bareBudget(t, srv.ClientURL(), rate)
+	far := bareBudget(t, path.URL(), rate)
+	reserveNow(t, near, 1) // the bucket and the entry exist
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	kv, err := js.KeyValue(ctx, queue.BudgetBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			if e, err := kv.Get(ctx, "token_0a1b2c3d"); err == nil {
+				next := time.Now().UTC().Add(51 * time.Millisecond).Format(time.RFC3339Nano)
+				_, _ = kv.Update(ctx, "token_0a1b2c3d", []byte(`{"next":"`+next+`"}`), e.Revision())
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(51 * time.Millisecond): // the old replica's rate, not a synchronisation
+			}
+		}
+	})
+
+	far.Claim(0)
+	queuetest.Eventually(t, 10*time.Second, "the far replica's claim seen by the near one", func() bool { return !near.Allows(1) })
+	free := 0
+	for start := time.Now(); time.Since(start) < 14*time.Second; {
+		if near.Allows(1) {
+			free++
+		}
+		<-time.After(10 * time.Millisecond) // sampling the near replica's view, not a synchronisation
+	}
+	t.Logf("far budget %+v", far.Stats())
+	if free > 0 {
+		t.Errorf("the near replica was free to take scheduled slots in %d checks while the far replica claimed the urgent level", free)
+	}
+}
+
 // slowReplicaAtWork starts a server, the API stand-in, and a replica each
 // way from the server calling for scheduled keys at rate.
 func slowReplicaAtWork(t *testing.T, rate float64, each time.Duration) (*server.Server, *cloudflaretest.Server, *bReplica) {

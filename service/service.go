@@ -341,9 +341,13 @@ func (s *Service) revoke(req micro.Request) {
 		s.fail(req, 400, "%v", err)
 		return
 	}
-	h := req.Headers()
+	// Headers count in any letter case, as the trace context does: a
+	// caller's lower-case revoker-urgent must not leave an incident's
+	// revocation behind the scheduled backlog.
+	h := nats.Header(req.Headers())
+	header := func(name string) string { return queue.HeaderFold(h, name) }
 	subject := s.cfg.Subjects[len(s.cfg.Subjects)-1]
-	if v := h.Get(HeaderUrgent); v != "" {
+	if v := header(HeaderUrgent); v != "" {
 		urgent, err := strconv.ParseBool(v)
 		if err != nil {
 			s.fail(req, 400, "%s must be true or false", HeaderUrgent)
@@ -354,7 +358,7 @@ func (s *Service) revoke(req micro.Request) {
 		}
 	}
 	var wait time.Duration
-	if v := h.Get(HeaderWait); v != "" {
+	if v := header(HeaderWait); v != "" {
 		wait, err = time.ParseDuration(v)
 		if err != nil || wait < 0 {
 			s.fail(req, 400, "%s must be a Go duration such as 10s", HeaderWait)
@@ -362,7 +366,7 @@ func (s *Service) revoke(req micro.Request) {
 		}
 		wait = min(wait, s.cfg.MaxWait)
 	}
-	id := h.Get(jetstream.MsgIDHeader)
+	id := header(jetstream.MsgIDHeader)
 	switch {
 	case id == "":
 		id = newID()

@@ -265,6 +265,23 @@ func TestServiceRevokeContinuesTheCallersTrace(t *testing.T) {
 	}
 }
 
+// The request's headers count in any letter case, as its trace context
+// does: an incident tool that sends revoker-urgent in lower case must not
+// have its revocation wait behind the scheduled backlog.
+func TestServiceHeadersInAnyLetterCase(t *testing.T) {
+	s := newStack(t, nil)
+	s.api.AddKey("acct1", "casekey1")
+	rec := decodeRecord(t, s.request(service.RevokeSubject, evJSON("acct1", "casekey1"),
+		"nats-msg-id", "incident-lc", "revoker-urgent", "true", "REVOKER-WAIT", "15s"))
+	if rec.Outcome != event.Revoked || rec.EventID != "incident-lc" || rec.Subject != s.cfg.Subjects[0] {
+		t.Fatalf("record %+v, want revoked incident-lc on the urgent subject %s", rec, s.cfg.Subjects[0])
+	}
+	reply := s.request(service.RevokeSubject, evJSON("acct1", "casekey2"), "revoker-urgent", "maybe")
+	if code := serviceError(reply); code != "400" {
+		t.Fatalf("a bad revoker-urgent: code %q, want 400", code)
+	}
+}
+
 // An invalid event, or a bad header, is refused with 400 in the service
 // headers and nothing is stored.
 func TestServiceRefusesInvalidRequests(t *testing.T) {

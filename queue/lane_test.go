@@ -41,10 +41,14 @@ func TestLaneReportsFetchTrouble(t *testing.T) {
 	_, js := queuetest.ConnectURL(t, c.URLs())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "L", Subjects: []string{"l"}, Replicas: 1}); err != nil {
-		t.Fatal(err)
-	}
-	cons, err := js.CreateConsumer(ctx, "L", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
+	var cons jetstream.Consumer
+	err := queuetest.Answered(ctx, func(ctx context.Context) (err error) {
+		if _, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: "L", Subjects: []string{"l"}, Replicas: 1}); err != nil {
+			return err
+		}
+		cons, err = js.CreateConsumer(ctx, "L", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -290,33 +290,19 @@ func TestEnsureReplicasOnCluster(t *testing.T) {
 	})
 }
 
-// ensureOnCluster is queue.Ensure as the worker runs it (Consumer.bind):
-// each try bounded by 10 s, tried again while ctx lasts. On a loaded
-// machine a cluster's JetStream API can leave a request unanswered (its
-// meta leader moving); the worker rides that out, and so does the test.
+// ensureOnCluster is queue.Ensure tried as the worker tries it.
 func ensureOnCluster(ctx context.Context, js jetstream.JetStream, topo config.Topology, log *zap.Logger) error {
-	return onCluster(ctx, func(ctx context.Context) error { return queue.Ensure(ctx, js, topo, log) })
+	return queuetest.Answered(ctx, func(ctx context.Context) error { return queue.Ensure(ctx, js, topo, log) })
 }
 
 // bindLedgerOnCluster is queue.BindLedger tried as ensureOnCluster tries.
 func bindLedgerOnCluster(ctx context.Context, js jetstream.JetStream, topo config.Topology, log *zap.Logger) (*queue.Ledger, error) {
 	var l *queue.Ledger
-	err := onCluster(ctx, func(ctx context.Context) (err error) {
+	err := queuetest.Answered(ctx, func(ctx context.Context) (err error) {
 		l, err = queue.BindLedger(ctx, js, topo, log)
 		return err
 	})
 	return l, err
-}
-
-func onCluster(ctx context.Context, try func(context.Context) error) error {
-	for {
-		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := try(tctx)
-		cancel()
-		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-			return err
-		}
-	}
 }
 
 // TestEnsureByReplicasStartingTogether: replicas starting together on an

@@ -1,7 +1,9 @@
 package queuetest
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -340,5 +342,21 @@ func (c *ClusterT) waitFor(what string, cond func() error) {
 			c.t.Fatalf("cluster: waiting for %s: %v", what, err)
 		}
 		<-tick.C
+	}
+}
+
+// Answered runs try, each time bounded by 10 s, again while it fails only
+// by running out of that time and ctx lasts, as the worker's setup does
+// (queue.Consumer binds so). On a loaded machine a cluster can leave a
+// JetStream API request unanswered (its meta leader moving); a test of
+// what the cluster ends with must not fail on that.
+func Answered(ctx context.Context, try func(context.Context) error) error {
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := try(tctx)
+		cancel()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			return err
+		}
 	}
 }

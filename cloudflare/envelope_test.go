@@ -18,7 +18,8 @@ var plainSeeds = []struct {
 	{`{"result":{"id":"ea95132c15732412d22c1476fa83f27a"},"success":true,"errors":[],"messages":[]}`, true},
 	{" {\n \"success\" : false , \"errors\" : null ,\"result\":null}\n", true},
 	{`{"success":true}`, true},
-	{`{"success":true,"success":false}`, true},
+	{`{"success":true,"success":false}`, false}, // reads two ways: the long way refuses it
+	{`{"success":false,"result":1,"result":2}`, false},
 	{`{"success":true,"result":[1,{"a":"}"},"\"]"],"x":{"y":[]}}`, true},
 	{`{"SUCCESS":true}`, false},
 	{`{"succ\u0065ss":true}`, false},

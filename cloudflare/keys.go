@@ -95,6 +95,8 @@ func provenKeys(resp *Response, body []byte) (map[string]struct{}, string) {
 			why += ": " + s
 		}
 		return nil, why
+	case env.irregular != "":
+		return nil, env.irregular
 	}
 	ids, err := parseKeyResult(resp.Envelope.Result)
 	if err != nil {
@@ -104,6 +106,39 @@ func provenKeys(resp *Response, body []byte) (map[string]struct{}, string) {
 		return nil, err.Error()
 	}
 	return ids, ""
+}
+
+// listMembers are the members a key list's envelope may have: anything
+// else might say the list is partial in a way not read here.
+var listMembers = map[string]bool{"success": true, "errors": true, "messages": true, "result": true, "result_info": true}
+
+// members decodes the JSON object raw into its members, refusing a name
+// given twice (compared as decoded) and any name not in allowed.
+func members(raw []byte, allowed map[string]bool) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, errors.New("not an object")
+	}
+	out := map[string]json.RawMessage{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		name, _ := tok.(string)
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("%q given twice", oneLine(name, 64))
+		}
+		if !allowed[name] {
+			return nil, fmt.Errorf("unknown member %q", oneLine(name, 64))
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		out[name] = v
+	}
+	return out, nil
 }
 
 // parseKeyResult reads the result of a key list: a JSON array of objects,
@@ -180,44 +215,88 @@ func parseKeyEntry(dec *json.Decoder) (string, error) {
 	return id, nil
 }
 
-// checkComplete refuses a list whose result_info says it is one page of
-// several: the v4 envelope pages other lists that way, and a page without
-// the key proves nothing about the account. Absent or unreadable
-// result_info is not evidence of more pages.
+// infoMembers are the members of result_info the v4 API uses to page a
+// list, each read below; any other might page it in a way not read here.
+var infoMembers = map[string]bool{
+	"page": true, "per_page": true, "count": true, "total_count": true, "total_pages": true,
+	"cursor": true, "cursors": true, "is_truncated": true,
+}
+
+// checkComplete refuses a list of n keys that is not the whole account's
+// for certain: a body whose envelope names a member twice or one no list
+// has, or whose result_info says, or might say, that more keys follow
+// (pages, a count beyond n, a cursor, a truncation). A page without the
+// key proves nothing about the account (SPEC §4, "The proof", point 1).
 func checkComplete(body []byte, n int) error {
-	var top struct {
-		Info json.RawMessage `json:"result_info"`
+	top, err := members(bytes.TrimSpace(body), listMembers)
+	if err != nil {
+		return fmt.Errorf("the list's envelope: %w", err)
 	}
-	if json.Unmarshal(body, &top) != nil || len(top.Info) == 0 || top.Info[0] != '{' {
+	raw := bytes.TrimSpace(top["result_info"])
+	if len(raw) == 0 || string(raw) == "null" {
 		return nil
 	}
-	var info map[string]json.RawMessage
-	if json.Unmarshal(top.Info, &info) != nil {
+	info, err := members(raw, infoMembers)
+	if err != nil {
+		return fmt.Errorf("result_info: %w", err)
+	}
+	for name, v := range info {
+		if err := pagesOf(name, bytes.TrimSpace(v), n); err != nil {
+			return fmt.Errorf("result_info: %w", err)
+		}
+	}
+	return nil
+}
+
+// pagesOf checks one member of result_info for a sign of more keys than n.
+func pagesOf(name string, v []byte, n int) error {
+	if string(v) == "null" {
 		return nil
 	}
-	// A number given as a string counts too: the check only ever refuses.
-	num := func(name string) (float64, bool) {
-		s := string(info[name])
-		if len(s) > 0 && s[0] == '"' && json.Unmarshal(info[name], &s) != nil {
-			return 0, false
+	// A number given as a string counts too.
+	num := func() (float64, error) {
+		s := string(v)
+		if len(s) > 0 && s[0] == '"' && json.Unmarshal(v, &s) != nil {
+			return 0, fmt.Errorf("%s is not a number", name)
 		}
 		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-		return f, err == nil
+		if err != nil {
+			return 0, fmt.Errorf("%s is not a number", name)
+		}
+		return f, nil
 	}
-	if p, ok := num("total_pages"); ok && p > 1 {
-		return fmt.Errorf("result_info: %g pages, one read", p)
-	}
-	if p, ok := num("page"); ok && p > 1 {
-		return fmt.Errorf("result_info: page %g, not the first", p)
-	}
-	if t, ok := num("total_count"); ok && t > float64(n) {
-		return fmt.Errorf("result_info: %g keys in all, %d listed", t, n)
-	}
-	var cursors struct {
-		After string `json:"after"`
-	}
-	if c := info["cursors"]; len(c) > 0 && json.Unmarshal(c, &cursors) == nil && cursors.After != "" {
-		return errors.New("result_info: a cursor to more keys")
+	switch name {
+	case "per_page":
+		_, err := num()
+		return err
+	case "total_pages", "page":
+		p, err := num()
+		if err == nil && p > 1 {
+			err = fmt.Errorf("%s %g: not the only page", name, p)
+		}
+		return err
+	case "total_count", "count":
+		c, err := num()
+		if err == nil && c != float64(n) {
+			err = fmt.Errorf("%s %g, %d listed", name, c, n)
+		}
+		return err
+	case "cursor":
+		if string(v) != `""` {
+			return errors.New("a cursor to more keys")
+		}
+	case "is_truncated":
+		if string(v) != "false" {
+			return errors.New("is_truncated is not false")
+		}
+	case "cursors":
+		cursors, err := members(v, map[string]bool{"after": true, "before": true})
+		if err != nil {
+			return fmt.Errorf("cursors: %w", err)
+		}
+		if after := bytes.TrimSpace(cursors["after"]); len(after) > 0 && string(after) != "null" && string(after) != `""` {
+			return errors.New("a cursor to more keys")
+		}
 	}
 	return nil
 }

@@ -72,6 +72,10 @@ type Envelope struct {
 	Errors   []Message       `json:"errors"`
 	Messages []Message       `json:"messages"`
 	Result   json.RawMessage `json:"result"`
+	// irregular says why an envelope whose success is true is odd
+	// ("errors" or "messages" not an array): success still decides a
+	// delete, but such an answer proves no key absent.
+	irregular string
 }
 
 // MessageSource is the optional "source" of a Message. It is an alias so an
@@ -199,15 +203,24 @@ func decodePlainEnvelope(body []byte) (*Envelope, bool) {
 			return nil, false
 		}
 		v := b[start:i]
+		var field *[]byte
 		switch string(name) {
 		case "success":
-			success = v
+			field = &success
 		case "errors":
-			errs = v
+			field = &errs
 		case "messages":
-			msgs = v
+			field = &msgs
 		case "result":
-			result = v
+			field = &result
+		}
+		if field != nil {
+			if *field != nil {
+				// Given twice, it reads two ways ("success" false, then
+				// true): the long way refuses it.
+				return nil, false
+			}
+			*field = v
 		}
 		i = skipSpace(b, i)
 	}
@@ -296,6 +309,10 @@ func decodeEnvelopeFully(body []byte, contentType string) (*Envelope, string) {
 	case err != nil || top == nil:
 		return nil, "JSON but not an object: " + oneLine(string(trimmed), bodySnippet)
 	}
+	if name, dup := repeatedMember(trimmed); dup {
+		// Read two ways ("success" false, then true): neither is the answer.
+		return nil, fmt.Sprintf("JSON naming %q twice: %s", oneLine(name, 64), oneLine(string(trimmed), bodySnippet))
+	}
 	var env Envelope
 	switch string(top["success"]) {
 	case "true":
@@ -305,16 +322,52 @@ func decodeEnvelopeFully(body []byte, contentType string) (*Envelope, string) {
 		return nil, `JSON without a boolean "success": ` + oneLine(string(trimmed), bodySnippet)
 	}
 	var ok bool
-	if env.Errors, ok = decodeMessages(top["errors"], 0); !ok {
-		return nil, `"errors" is not an array: ` + oneLine(string(top["errors"]), bodySnippet)
-	}
-	if env.Messages, ok = decodeMessages(top["messages"], 0); !ok {
-		return nil, `"messages" is not an array: ` + oneLine(string(top["messages"]), bodySnippet)
+	for _, l := range []struct {
+		name string
+		to   *[]Message
+	}{{"errors", &env.Errors}, {"messages", &env.Messages}} {
+		if *l.to, ok = decodeMessages(top[l.name], 0); ok {
+			continue
+		}
+		why := fmt.Sprintf("%q is not an array: %s", l.name, oneLine(string(top[l.name]), bodySnippet))
+		if !env.Success {
+			return nil, why
+		}
+		// success decides (SPEC §1): an odd list cannot hide a
+		// confirmed delete, but it marks the answer.
+		env.irregular = why
 	}
 	if r, present := top["result"]; present {
 		env.Result = r
 	}
 	return &env, ""
+}
+
+// repeatedMember reports the first name that the JSON object body, valid
+// already, gives twice at its top level, compared as decoded (so an
+// escaped spelling is the same name).
+func repeatedMember(body []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return "", false
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		name, _ := tok.(string)
+		if seen[name] {
+			return name, true
+		}
+		seen[name] = true
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return "", false
+		}
+	}
+	return "", false
 }
 
 func describeType(ct string) string {

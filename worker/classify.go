@@ -108,9 +108,13 @@ func Classify(resp *cloudflare.Response, err error) Decision {
 		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d: body is not the API envelope (%s)", st, resp.BodyError)
 	case ok2xx:
 		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d with success false%s", st, summary(resp))
-	case st == 404 && env != nil:
+	case st == 404 && env != nil && !env.Success:
 		// To be proven by a key list before it counts (SPEC §4, "The proof").
 		d.Kind, d.Detail = NotFound, "HTTP 404: key not found"+summary(resp)
+	case st == 404 && env != nil:
+		// Not the API's answer to an unknown key (success false): what
+		// answers so is not the API either.
+		d.Kind, d.Detail = NoAPI, "HTTP 404 with an envelope saying success true: the API is not where it should be"
 	case st == 404:
 		d.Kind, d.Detail = NoAPI, fmt.Sprintf("HTTP 404 without the API's envelope (%s): the API is not where it should be", resp.BodyError)
 	case st == 408 || st == 409 || st == 429 || st >= 500:

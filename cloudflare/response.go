@@ -309,9 +309,11 @@ func decodeEnvelopeFully(body []byte, contentType string) (*Envelope, string) {
 	case err != nil || top == nil:
 		return nil, "JSON but not an object: " + oneLine(string(trimmed), bodySnippet)
 	}
-	if name, dup := repeatedMember(trimmed); dup {
-		// Read two ways ("success" false, then true): neither is the answer.
-		return nil, fmt.Sprintf("JSON naming %q twice: %s", oneLine(name, 64), oneLine(string(trimmed), bodySnippet))
+	name, dup := repeatedMember(trimmed)
+	twice := fmt.Sprintf("JSON naming %q twice: %s", oneLine(name, 64), oneLine(string(trimmed), bodySnippet))
+	if dup && name == "success" {
+		// Read two ways (false, then true): neither is the answer.
+		return nil, twice
 	}
 	var env Envelope
 	switch string(top["success"]) {
@@ -340,31 +342,44 @@ func decodeEnvelopeFully(body []byte, contentType string) (*Envelope, string) {
 	if r, present := top["result"]; present {
 		env.Result = r
 	}
+	if dup {
+		if !env.Success {
+			return nil, twice // which errors, which result?
+		}
+		// success decides a delete (SPEC §1); no list is proven by it.
+		env.irregular = twice
+	}
 	return &env, ""
 }
 
-// repeatedMember reports the first name that the JSON object body, valid
-// already, gives twice at its top level, compared as decoded (so an
-// escaped spelling is the same name).
+// repeatedMember reports the first of the envelope's names (success,
+// errors, messages, result) that the JSON object body, valid already,
+// gives twice at its top level, compared as decoded (so an escaped
+// spelling is the same name); "success" before any other.
 func repeatedMember(body []byte) (string, bool) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return "", false
 	}
-	seen := map[string]bool{}
+	seen := map[string]int{}
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
 			return "", false
 		}
 		name, _ := tok.(string)
-		if seen[name] {
-			return name, true
+		switch name {
+		case "success", "errors", "messages", "result":
+			seen[name]++
 		}
-		seen[name] = true
 		var skip json.RawMessage
 		if dec.Decode(&skip) != nil {
 			return "", false
+		}
+	}
+	for _, name := range []string{"success", "errors", "messages", "result"} {
+		if seen[name] > 1 {
+			return name, true
 		}
 	}
 	return "", false

@@ -1,14 +1,12 @@
 package cloudflare
 
-import "strings"
-
 // NewKeyList is a key list the API vouched for (Listed), holding ids, as
 // ListSigningKeys would return it with resp: for tests of what decides on a
 // list.
 func NewKeyList(resp *Response, ids ...string) *KeyList {
 	l := &KeyList{Response: resp, Listed: true, ids: make(map[string]struct{}, len(ids))}
 	for _, id := range ids {
-		l.ids[strings.ToLower(id)] = struct{}{}
+		l.ids[foldID(id)] = struct{}{}
 	}
 	return l
 }

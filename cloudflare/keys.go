@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // maxListBody is how much of a key list is read: an account holds at most
@@ -34,8 +36,21 @@ func (l *KeyList) Has(id string) bool {
 	if l == nil || !l.Listed {
 		return false
 	}
-	_, ok := l.ids[strings.ToLower(id)]
+	_, ok := l.ids[foldID(id)]
 	return ok
+}
+
+// foldID is id with each letter replaced by the least of the letters
+// that fold to it (as strings.EqualFold folds), so ids that EqualFold
+// calls the same fold alike: "ſ" is "s", the Kelvin sign "k".
+func foldID(id string) string {
+	return strings.Map(func(r rune) rune {
+		least := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			least = min(least, f)
+		}
+		return least
+	}, id)
 }
 
 // Why says, on one line safe to log, why the answer proves nothing about
@@ -145,7 +160,7 @@ func members(raw []byte, allowed map[string]bool) (map[string]json.RawMessage, e
 // each with exactly one "id" member holding a non-empty string. It is
 // strict because its answer is used as proof of a key's absence: an entry
 // that could hide an id (a repeated "id", a number, an "ID") makes the
-// whole list worthless. Ids are returned in lower case (see Has).
+// whole list worthless. Ids are returned folded (see Has).
 func parseKeyResult(raw json.RawMessage) (map[string]struct{}, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return nil, errors.New(`no "result"`)
@@ -163,7 +178,7 @@ func parseKeyResult(raw json.RawMessage) (map[string]struct{}, error) {
 		if err != nil {
 			return nil, fmt.Errorf(`"result" entry %d: %w`, i, err)
 		}
-		ids[strings.ToLower(id)] = struct{}{}
+		ids[foldID(id)] = struct{}{}
 	}
 	if tok, err := dec.Token(); err != nil || tok != json.Delim(']') {
 		return nil, errors.New(`"result" is not a closed array`)
@@ -192,6 +207,11 @@ func parseKeyEntry(dec *json.Decoder) (string, error) {
 			return "", err
 		}
 		if name != "id" {
+			if strings.EqualFold(name, "id") {
+				// Read as the id by readers that match names loosely
+				// (encoding/json, so cloudflare-go): another id.
+				return "", fmt.Errorf("an id spelled %q", oneLine(name, 16))
+			}
 			continue
 		}
 		if seen {
@@ -245,7 +265,41 @@ func checkComplete(body []byte, n int) error {
 			return fmt.Errorf("result_info: %w", err)
 		}
 	}
+	// A page as full as a page can be, with no total beside it: more keys
+	// may follow.
+	_, pages := infoNumber(info["total_pages"])
+	_, total := infoNumber(info["total_count"])
+	if per, ok := infoNumber(info["per_page"]); ok && !pages && !total {
+		if count, ok := infoNumber(info["count"]); n >= int(per) || ok && count >= per {
+			return fmt.Errorf("result_info: a full page of %g, and no total", per)
+		}
+	}
 	return nil
+}
+
+// infoNumber is the number v holds (null or absent: none), as pagesOf
+// has already checked it.
+func infoNumber(v json.RawMessage) (float64, bool) {
+	v = bytes.TrimSpace(v)
+	if len(v) == 0 || string(v) == "null" {
+		return 0, false
+	}
+	f, err := number("", v)
+	return f, err == nil
+}
+
+// number reads the number v, given as a JSON number or a string holding
+// one; a NaN or an infinity is none.
+func number(name string, v []byte) (float64, error) {
+	s := string(v)
+	if len(s) > 0 && s[0] == '"' && json.Unmarshal(v, &s) != nil {
+		return 0, fmt.Errorf("%s is not a number", name)
+	}
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("%s is not a number", name)
+	}
+	return f, nil
 }
 
 // pagesOf checks one member of result_info for a sign of more keys than n.
@@ -253,18 +307,7 @@ func pagesOf(name string, v []byte, n int) error {
 	if string(v) == "null" {
 		return nil
 	}
-	// A number given as a string counts too.
-	num := func() (float64, error) {
-		s := string(v)
-		if len(s) > 0 && s[0] == '"' && json.Unmarshal(v, &s) != nil {
-			return 0, fmt.Errorf("%s is not a number", name)
-		}
-		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-		if err != nil {
-			return 0, fmt.Errorf("%s is not a number", name)
-		}
-		return f, nil
-	}
+	num := func() (float64, error) { return number(name, v) }
 	switch name {
 	case "per_page":
 		_, err := num()

@@ -52,6 +52,10 @@ func TestListSigningKeys(t *testing.T) {
 		{name: "without the key", status: 200, body: listBody("k0", "k2", "k10", "xk1"), listed: true, wantEnv: true},
 		{name: "no keys at all", status: 200, body: listBody(), listed: true, wantEnv: true},
 		{name: "a full account", status: 200, body: fullBody, listed: true, has: true, wantEnv: true},
+		{name: "a full page, and its total", status: 200, listed: true, wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"page":1,"per_page":2,"count":2,"total_count":2}}`},
+		{name: "the key spelled with the Kelvin sign", status: 200, listed: true, has: true, wantEnv: true,
+			body: `{"success":true,"result":[{"id":"\u212a1"},{"id":"k2"}]}`},
 		{name: "one page of one", status: 200, listed: true, wantEnv: true,
 			body: `{"success":true,"errors":[],"messages":[],"result":[{"id":"k2"}],"result_info":{"page":1,"per_page":1000,"count":1,"total_count":1,"total_pages":1}}`},
 		{name: "201", status: 201, body: listBody("k2"), listed: true, wantEnv: true},
@@ -73,7 +77,7 @@ func TestListSigningKeys(t *testing.T) {
 		{name: "no result", status: 200, body: `{"success":true,"errors":[],"messages":[]}`, why: `no "result"`, wantEnv: true},
 		{name: "entry a string", status: 200, body: `{"success":true,"result":[{"id":"k2"},"k3"]}`, why: `entry 1: not an object`, wantEnv: true},
 		{name: "entry without id", status: 200, body: `{"success":true,"result":[{"name":"k1"}]}`, why: `entry 0: no "id"`, wantEnv: true},
-		{name: "id in capitals", status: 200, body: `{"success":true,"result":[{"ID":"k1"}]}`, why: `no "id"`, wantEnv: true},
+		{name: "id in capitals", status: 200, body: `{"success":true,"result":[{"ID":"k1"}]}`, why: `an id spelled "ID"`, wantEnv: true},
 		{name: "id a number", status: 200, body: `{"success":true,"result":[{"id":1}]}`, why: `"id" is not a string`, wantEnv: true},
 		{name: "id null", status: 200, body: `{"success":true,"result":[{"id":null}]}`, why: `"id" is not a string`, wantEnv: true},
 		{name: "id empty", status: 200, body: `{"success":true,"result":[{"id":""}]}`, why: `"id" is empty`, wantEnv: true},
@@ -112,6 +116,18 @@ func TestListSigningKeys(t *testing.T) {
 			body: `{"success":true,"result":[{"id":"k2"}],"result_info":"page 1 of 2"}`},
 		{name: "messages not a list", status: 200, why: `"messages" is not an array`, wantEnv: true,
 			body: `{"success":true,"errors":[],"messages":{"more":true},"result":[{"id":"k2"}]}`},
+		{name: "an id spelled ID beside it", status: 200, why: `an id spelled "ID"`, wantEnv: true,
+			body: `{"success":true,"errors":[],"messages":[],"result":[{"id":"k0","ID":"k1"}]}`},
+		{name: "an id spelled Id beside it", status: 200, why: `an id spelled "Id"`, wantEnv: true,
+			body: `{"success":true,"errors":[],"messages":[],"result":[{"Id":"k1","id":"k0"}]}`},
+		{name: "a full first page, no total", status: 200, why: "a full page of 2", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"page":1,"per_page":2,"count":2}}`},
+		{name: "more keys than a page", status: 200, why: "a full page of 1", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"per_page":1}}`},
+		{name: "pages NaN", status: 200, why: "total_pages is not a number", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k0"}],"result_info":{"total_pages":"NaN"}}`},
+		{name: "page Inf", status: 200, why: "page is not a number", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k0"}],"result_info":{"page":"+Inf"}}`},
 		{name: "oversized", status: 200, body: oversized, why: fmt.Sprintf("body larger than %d bytes", cloudflare.MaxListBody)},
 	}
 	for _, tt := range tests {
@@ -292,7 +308,12 @@ func FuzzParseKeyResult(f *testing.F) {
 			if e == nil || len(e["id"]) == 0 || e["id"][0] != '"' || json.Unmarshal(e["id"], &id) != nil || id == "" {
 				t.Fatalf("accepted %q, entry %d without a string id", raw, i)
 			}
-			want[strings.ToLower(id)] = true
+			for name := range e {
+				if name != "id" && strings.EqualFold(name, "id") {
+					t.Fatalf("accepted %q, entry %d with an id spelled %q", raw, i, name)
+				}
+			}
+			want[cloudflare.FoldID(id)] = true
 		}
 		if len(ids) != len(want) {
 			t.Fatalf("%q: ids %v, want %v", raw, ids, want)
@@ -303,4 +324,18 @@ func FuzzParseKeyResult(f *testing.F) {
 			}
 		}
 	})
+}
+
+// An id is listed under every spelling strings.EqualFold calls the same:
+// "ſ" (U+017F) folds to "s", which lower-casing leaves as it is.
+func TestKeyIdsFoldAsEqualFoldDoes(t *testing.T) {
+	list := cloudflare.NewKeyList(nil, "k\u017f1", "\u212a2")
+	for _, id := range []string{"ks1", "KS1", "k2", "K2"} {
+		if !list.Has(id) {
+			t.Errorf("Has(%q) = false on a list of %q and %q", id, "k\u017f1", "\u212a2")
+		}
+	}
+	if list.Has("kt1") {
+		t.Error("Has(kt1) on a list without it")
+	}
 }

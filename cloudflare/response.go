@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -309,9 +310,9 @@ func decodeEnvelopeFully(body []byte, contentType string) (*Envelope, string) {
 	case err != nil || top == nil:
 		return nil, "JSON but not an object: " + oneLine(string(trimmed), bodySnippet)
 	}
-	name, dup := repeatedMember(trimmed)
+	name, dup, differ := repeatedMember(trimmed)
 	twice := fmt.Sprintf("JSON naming %q twice: %s", oneLine(name, 64), oneLine(string(trimmed), bodySnippet))
-	if dup && name == "success" {
+	if dup && name == "success" && differ {
 		// Read two ways (false, then true): neither is the answer.
 		return nil, twice
 	}
@@ -355,34 +356,34 @@ func decodeEnvelopeFully(body []byte, contentType string) (*Envelope, string) {
 // repeatedMember reports the first of the envelope's names (success,
 // errors, messages, result) that the JSON object body, valid already,
 // gives twice at its top level, compared as decoded (so an escaped
-// spelling is the same name); "success" before any other.
-func repeatedMember(body []byte) (string, bool) {
+// spelling is the same name), "success" before any other; and whether its
+// copies differ.
+func repeatedMember(body []byte) (name string, dup, differ bool) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return "", false
+		return "", false, false
 	}
-	seen := map[string]int{}
+	copies := map[string][]string{}
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return "", false
+			return "", false, false
 		}
-		name, _ := tok.(string)
-		switch name {
+		var v json.RawMessage
+		if dec.Decode(&v) != nil {
+			return "", false, false
+		}
+		switch n, _ := tok.(string); n {
 		case "success", "errors", "messages", "result":
-			seen[name]++
-		}
-		var skip json.RawMessage
-		if dec.Decode(&skip) != nil {
-			return "", false
+			copies[n] = append(copies[n], string(bytes.TrimSpace(v)))
 		}
 	}
-	for _, name := range []string{"success", "errors", "messages", "result"} {
-		if seen[name] > 1 {
-			return name, true
+	for _, n := range []string{"success", "errors", "messages", "result"} {
+		if c := copies[n]; len(c) > 1 {
+			return n, true, slices.ContainsFunc(c, func(v string) bool { return v != c[0] })
 		}
 	}
-	return "", false
+	return "", false, false
 }
 
 func describeType(ct string) string {

@@ -41,6 +41,7 @@ func TestDecodeEnvelope(t *testing.T) {
 		{name: "errors object", body: `{"success":false,"errors":{"code":1}}`, wantErr: `"errors" is not an array`},
 		{name: "messages string", body: `{"success":false,"messages":"hi"}`, wantErr: `"messages" is not an array`},
 		{name: "success twice", body: `{"success":false,"errors":[],"success":true}`, wantErr: `naming "success" twice`},
+		{name: "success true twice", body: `{"success":true,"errors":[],"messages":[],"result":"ok","succ\u0065ss":true}`, wantSuccess: true},
 		{name: "success twice, one escaped", body: `{"success":false,"errors":[{"code":1}],"succ\u0065ss":true}`, wantErr: `naming "success" twice`},
 		{name: "not json", body: `Bad Gateway`, wantErr: "not JSON"},
 		{name: "json string", body: `"success"`, wantErr: "not an object"},

@@ -55,6 +55,7 @@ func TestClassify(t *testing.T) {
 		{"200 success, messages an object", 200, nil, `{"success":true,"errors":[],"messages":{},"result":"Revoked"}`, worker.Revoked, false, 0},
 		{"200 success, errors a string", 200, nil, `{"success":true,"errors":"","messages":[],"result":"Revoked"}`, worker.Revoked, false, 0},
 		{"200 success twice", 200, nil, `{"success":true,"errors":[],"success":false}`, worker.Rejected, false, 0},
+		{"200 success true twice", 200, nil, `{"success":true,"errors":[],"messages":[],"result":"Revoked","success":true}`, worker.Revoked, false, 0},
 		{"200 success, result twice", 200, nil, `{"success":true,"result":"ok","result":"Revoked"}`, worker.Revoked, false, 0},
 		{"404, errors twice", 404, nil, `{"success":false,"errors":[{"code":10003,"message":"x"}],"errors":[]}`, worker.NoAPI, false, 0},
 		{"408", 408, nil, "", worker.Retry, false, 0},

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -178,6 +177,15 @@ func parseKeyResult(raw json.RawMessage) (map[string]struct{}, error) {
 		if err != nil {
 			return nil, fmt.Errorf(`"result" entry %d: %w`, i, err)
 		}
+		// Key ids are identifiers (the endpoint's, SPEC §2), never
+		// repeated: an id padded, spelled with look-alikes, or listed
+		// twice (so a full page looks short) makes the list worthless.
+		if !ValidIdentifier(id) {
+			return nil, fmt.Errorf(`"result" entry %d: id %q is not 1-32 characters of [A-Za-z0-9]`, i, oneLine(id, 40))
+		}
+		if _, dup := ids[foldID(id)]; dup {
+			return nil, fmt.Errorf(`"result" entry %d: id %q listed twice`, i, id)
+		}
 		ids[foldID(id)] = struct{}{}
 	}
 	if tok, err := dec.Token(); err != nil || tok != json.Delim(']') {
@@ -288,18 +296,21 @@ func infoNumber(v json.RawMessage) (float64, bool) {
 	return f, err == nil
 }
 
-// number reads the number v, given as a JSON number or a string holding
-// one; a NaN or an infinity is none.
+// number reads the count v: digits only (a page, a count), given as a
+// JSON number or a string holding one, read exactly. Anything else (a
+// sign, a fraction, an exponent, NaN) might be read otherwise by another
+// reader, so it is none.
 func number(name string, v []byte) (float64, error) {
 	s := string(v)
 	if len(s) > 0 && s[0] == '"' && json.Unmarshal(v, &s) != nil {
-		return 0, fmt.Errorf("%s is not a number", name)
+		return 0, fmt.Errorf("%s is not a count", name)
 	}
-	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("%s is not a number", name)
+	s = strings.TrimSpace(s)
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, fmt.Errorf("%s is not a count", name)
 	}
-	return f, nil
+	return float64(n), nil
 }
 
 // pagesOf checks one member of result_info for a sign of more keys than n.
@@ -310,12 +321,19 @@ func pagesOf(name string, v []byte, n int) error {
 	num := func() (float64, error) { return number(name, v) }
 	switch name {
 	case "per_page":
-		_, err := num()
+		per, err := num()
+		if err == nil && per < 1 {
+			err = fmt.Errorf("per_page %g", per)
+		}
 		return err
 	case "total_pages", "page":
 		p, err := num()
-		if err == nil && p > 1 {
+		switch {
+		case err != nil:
+		case p > 1:
 			err = fmt.Errorf("%s %g: not the only page", name, p)
+		case p < 1 && n > 0:
+			err = fmt.Errorf("%s %g beside %d keys", name, p, n)
 		}
 		return err
 	case "total_count", "count":

@@ -54,7 +54,7 @@ func TestListSigningKeys(t *testing.T) {
 		{name: "a full account", status: 200, body: fullBody, listed: true, has: true, wantEnv: true},
 		{name: "a full page, and its total", status: 200, listed: true, wantEnv: true,
 			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"page":1,"per_page":2,"count":2,"total_count":2}}`},
-		{name: "the key spelled with the Kelvin sign", status: 200, listed: true, has: true, wantEnv: true,
+		{name: "the key spelled with the Kelvin sign", status: 200, why: "is not 1-32 characters", wantEnv: true,
 			body: `{"success":true,"result":[{"id":"\u212a1"},{"id":"k2"}]}`},
 		{name: "one page of one", status: 200, listed: true, wantEnv: true,
 			body: `{"success":true,"errors":[],"messages":[],"result":[{"id":"k2"}],"result_info":{"page":1,"per_page":1000,"count":1,"total_count":1,"total_pages":1}}`},
@@ -110,7 +110,7 @@ func TestListSigningKeys(t *testing.T) {
 			body: `{"success":true,"result":[{"id":"k2"}],"result_info":{"count":2}}`},
 		{name: "a paging member not read", status: 200, why: `unknown member "next_page"`, wantEnv: true,
 			body: `{"success":true,"result":[{"id":"k2"}],"result_info":{"next_page":2}}`},
-		{name: "pages not a number", status: 200, why: "total_pages is not a number", wantEnv: true,
+		{name: "pages not a number", status: 200, why: "total_pages is not a count", wantEnv: true,
 			body: `{"success":true,"result":[{"id":"k2"}],"result_info":{"total_pages":"many"}}`},
 		{name: "result_info not an object", status: 200, why: "result_info: not an object", wantEnv: true,
 			body: `{"success":true,"result":[{"id":"k2"}],"result_info":"page 1 of 2"}`},
@@ -124,10 +124,26 @@ func TestListSigningKeys(t *testing.T) {
 			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"page":1,"per_page":2,"count":2}}`},
 		{name: "more keys than a page", status: 200, why: "a full page of 1", wantEnv: true,
 			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"per_page":1}}`},
-		{name: "pages NaN", status: 200, why: "total_pages is not a number", wantEnv: true,
+		{name: "pages NaN", status: 200, why: "total_pages is not a count", wantEnv: true,
 			body: `{"success":true,"result":[{"id":"k0"}],"result_info":{"total_pages":"NaN"}}`},
-		{name: "page Inf", status: 200, why: "page is not a number", wantEnv: true,
+		{name: "page Inf", status: 200, why: "page is not a count", wantEnv: true,
 			body: `{"success":true,"result":[{"id":"k0"}],"result_info":{"page":"+Inf"}}`},
+		{name: "an id listed twice, a page looking short", status: 200, why: `id "K0" listed twice`, wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k0"},{"id":"K0"}],"result_info":{"page":1,"per_page":2}}`},
+		{name: "no pages beside keys", status: 200, why: "total_pages 0 beside 2 keys", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"page":1,"per_page":2,"total_pages":0}}`},
+		{name: "pages negative", status: 200, why: "total_pages is not a count", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"page":1,"per_page":2,"total_pages":-1}}`},
+		{name: "pages a fraction read as 1", status: 200, why: "total_pages is not a count", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"page":1,"per_page":2,"total_pages":1.0000000000000001}}`},
+		{name: "an id padded", status: 200, why: "is not 1-32 characters", wantEnv: true,
+			body: `{"success":true,"result":[{"id":" k1"}]}`},
+		{name: "an id with a NUL", status: 200, why: "is not 1-32 characters", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k1\u0000"}]}`},
+		{name: "an id in full-width letters", status: 200, why: "is not 1-32 characters", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"\uff4b1"}]}`},
+		{name: "an id with a zero-width space", status: 200, why: "is not 1-32 characters", wantEnv: true,
+			body: `{"success":true,"result":[{"id":"k\u200b1"}]}`},
 		{name: "oversized", status: 200, body: oversized, why: fmt.Sprintf("body larger than %d bytes", cloudflare.MaxListBody)},
 	}
 	for _, tt := range tests {
@@ -313,7 +329,13 @@ func FuzzParseKeyResult(f *testing.F) {
 					t.Fatalf("accepted %q, entry %d with an id spelled %q", raw, i, name)
 				}
 			}
+			if !cloudflare.ValidIdentifier(id) {
+				t.Fatalf("accepted %q, entry %d with the id %q, no identifier", raw, i, id)
+			}
 			want[cloudflare.FoldID(id)] = true
+		}
+		if len(want) != len(entries) {
+			t.Fatalf("accepted %q, which lists an id twice", raw)
 		}
 		if len(ids) != len(want) {
 			t.Fatalf("%q: ids %v, want %v", raw, ids, want)

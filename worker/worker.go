@@ -1119,10 +1119,13 @@ func (w *Worker) checkBeforeNotFound(stop, work context.Context, a *attempt) end
 }
 
 // listKey names the key lists that can be shared: one account, one
-// priority, so that no urgent proof waits on a scheduled list's permit.
+// priority, so that no urgent proof waits on a scheduled list's permit;
+// one credential, so that a 404 heard through one (after a reload moved
+// its account) is proven by a list through the same (SPEC §4, point 1).
 type listKey struct {
-	account  string
-	priority int
+	account    string
+	priority   int
+	credential string
 }
 
 // listing is one key list, shared by every 404 of its account that
@@ -1142,7 +1145,7 @@ type listing struct {
 // means stop ended first.
 func (w *Worker) keyList(stop, work context.Context, route Route, account string, priority int, after time.Time,
 	ready func(*permit) (ending, error)) (list *cloudflare.KeyList, fetched time.Time, err error) {
-	k := listKey{account, priority}
+	k := listKey{account, priority, route.Credential}
 	w.listMu.Lock()
 	l := w.lists[k]
 	if l != nil && (l.started.IsZero() || l.started.After(after)) {

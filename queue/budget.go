@@ -162,9 +162,13 @@ type Budget struct {
 	kick    chan struct{}
 	// claimKick wakes keepClaim when the claim changes.
 	claimKick chan struct{}
-	stop      chan struct{}
-	done      chan struct{}
-	close     sync.Once
+	// started is when the budget was made; watched is set once the watch
+	// has brought every key the bucket held (the claim keys included).
+	started time.Time
+	watched atomic.Bool
+	stop    chan struct{}
+	done    chan struct{}
+	close   sync.Once
 
 	stats struct {
 		reserved, rebooked, returned, writes, conflicts, reads, watched, synced atomic.Uint64
@@ -206,6 +210,7 @@ func NewBudget(js jetstream.JetStream, cfg BudgetConfig) (*Budget, error) {
 		changed:   make(chan struct{}, 1),
 		kick:      make(chan struct{}, 1),
 		claimKick: make(chan struct{}, 1),
+		started:   cfg.Clock(),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -371,6 +376,10 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		}
 		if until, blocked := b.blockedUntil(key, c.st, p, now); blocked {
 			return b.clock.toLocal(until), false, nil
+		}
+		if b.unseen(p) {
+			// Another replica's urgent claim may be in a key not seen yet.
+			return local.Add(10 * time.Millisecond), false, nil
 		}
 		interval := b.spacing(c.st)
 		if interval == 0 {
@@ -595,6 +604,14 @@ func (b *Budget) blockedUntil(key string, st budgetState, p int, now time.Time) 
 	return until, !until.IsZero()
 }
 
+// unseen reports whether the claims of other replicas may not be known
+// yet: the watch has not brought the bucket's claim keys (a replica just
+// started), for at most claimTTL, after which a watch that cannot start
+// stops nobody. Only levels below the highest can be held by a claim.
+func (b *Budget) unseen(p int) bool {
+	return p > 0 && !b.watched.Load() && b.cfg.Clock().Sub(b.started) < claimTTL
+}
+
 // claimInfix joins a budget's key and a replica's id into the key of that
 // replica's claim (see claimKey).
 const claimInfix = ".claim."
@@ -628,7 +645,7 @@ func (b *Budget) putClaim(ctx context.Context, kv jetstream.KeyValue, key string
 		b.stats.writes.Add(1)
 		rev, err := kv.Put(ctx, ck, data)
 		if err != nil {
-			return b.failed(fmt.Errorf("write budget claim: %w", err))
+			return fmt.Errorf("write budget claim: %w", err)
 		}
 		b.wrote(ck, st, rev, now)
 	case claim < 0 && live:
@@ -636,7 +653,7 @@ func (b *Budget) putClaim(ctx context.Context, kv jetstream.KeyValue, key string
 		defer cancel()
 		b.stats.writes.Add(1)
 		if err := kv.Delete(ctx, ck); err != nil {
-			return b.failed(fmt.Errorf("write budget claim: %w", err))
+			return fmt.Errorf("write budget claim: %w", err)
 		}
 		b.wrote(ck, budgetState{}, c.rev+1, now)
 	}
@@ -648,6 +665,9 @@ func (b *Budget) Allows(p int) bool {
 	if !b.clock.ready() {
 		return true // nothing known yet; Reserve asks
 	}
+	if b.unseen(p) {
+		return false
+	}
 	key := b.key()
 	c, _ := b.cached(key)
 	now, _ := b.clock.serverNow()
@@ -658,7 +678,7 @@ func (b *Budget) Allows(p int) bool {
 // Free implements throttle.Budget: what Reserve answers for a budget
 // without a rate, from the cache alone.
 func (b *Budget) Free(p int) bool {
-	if b.interval != 0 || b.kv.Load() == nil || !b.clock.ready() {
+	if b.interval != 0 || b.kv.Load() == nil || !b.clock.ready() || b.unseen(p) {
 		return false
 	}
 	key := b.key()
@@ -919,6 +939,9 @@ func (b *Budget) checked(key string, rev uint64, out []string) {
 
 // failed logs trouble with the bucket once per distinct cause.
 func (b *Budget) failed(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return err // cut short here (Close), not the bucket's trouble
+	}
 	b.mu.Lock()
 	first := b.trouble != err.Error()
 	b.trouble = err.Error()
@@ -979,6 +1002,8 @@ func (b *Budget) run() {
 			}
 			if e != nil {
 				b.apply(e)
+			} else if !b.watched.Swap(true) {
+				b.poke(b.changed) // the claim keys are known now
 			}
 			continue
 		case <-b.kick:
@@ -1030,7 +1055,9 @@ func (b *Budget) run() {
 // when the claim changes, and renewed every claimRefresh while it lasts.
 // It runs apart from the shared entry's writes, whose conflicts and
 // backoff would otherwise let a far replica's claim lapse while it still
-// claims.
+// claims. It reports its own trouble, once per cause, so that it does not
+// take turns with the reservations' reports; and at Close it ends a claim
+// still standing, rather than leave it to lapse.
 func (b *Budget) keepClaim() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -1040,24 +1067,60 @@ func (b *Budget) keepClaim() {
 	}()
 	tick := time.NewTicker(claimRefresh / 2)
 	defer tick.Stop()
+	var trouble string
 	for {
 		select {
 		case <-b.stop:
+			b.endClaim()
 			return
 		case <-b.claimKick:
 		case <-tick.C:
 		}
-		kv, err := b.bind(ctx)
-		if err != nil {
-			continue // the next tick tries again; bind says why
-		}
-		key := b.key()
 		b.mu.Lock()
 		claim := b.claim
 		b.mu.Unlock()
-		now, _ := b.clock.serverNow()
-		_ = b.putClaim(ctx, kv, key, claim, now) // failed reports it
+		if claim < 0 && !b.claiming() {
+			continue // nothing to write: the bucket is not asked
+		}
+		kv, err := b.bind(ctx)
+		if err == nil {
+			now, _ := b.clock.serverNow()
+			err = b.putClaim(ctx, kv, b.key(), claim, now)
+		}
+		switch {
+		case err == nil && trouble != "":
+			b.log.Info("priority claim written again")
+			trouble = ""
+		case err != nil && ctx.Err() == nil && err.Error() != trouble:
+			b.log.Warn("priority claim not written; retrying", zap.Error(err))
+			trouble = err.Error()
+		}
 	}
+}
+
+// claiming reports whether this replica's claim key, as known here, holds
+// a live claim.
+func (b *Budget) claiming() bool {
+	c, _ := b.cached(b.claimKey(b.key()))
+	mine, has := c.st.Claims[b.owner]
+	if !has || !b.clock.ready() {
+		return has
+	}
+	now, _ := b.clock.serverNow()
+	return now.Before(mine.lapse())
+}
+
+// endClaim removes a standing claim at Close, within a short bound: the
+// others need not wait for it to lapse. A failure is not reported: it
+// lapses all the same.
+func (b *Budget) endClaim() {
+	kv := b.kv.Load()
+	if kv == nil || !b.claiming() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = (*kv).Delete(ctx, b.claimKey(b.key()))
 }
 
 // apply takes an entry from the watch into the cache.

@@ -440,9 +440,12 @@ func TestUnlimitedBudgetFree(t *testing.T) {
 	b := newBReplica(t, ns, api, "b", 0, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, ok, err := a.budget.Reserve(ctx, 1); err != nil || !ok {
-		t.Fatalf("Reserve: %v, %v", ok, err) // binds and reads the bucket
-	}
+	// Binds and reads the bucket; a scheduled call waits, briefly, for the
+	// watch to bring the claim keys.
+	queuetest.Eventually(t, 10*time.Second, "a's first reservation", func() bool {
+		_, ok, err := a.budget.Reserve(ctx, 1)
+		return err == nil && ok
+	})
 	queuetest.Eventually(t, 10*time.Second, "a free call", func() bool { return a.budget.Free(1) })
 
 	b.budget.Claim(0)

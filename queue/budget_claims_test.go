@@ -1,0 +1,193 @@
+package queue_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
+)
+
+// TestBudgetFreshReplicaSeesClaimKeys: a replica far from the server
+// claims the urgent level in its claim key only (its shared-entry write
+// keeps losing, the case the claim key exists for). A replica that starts
+// now (a restart, a rollout, a budget made after a credentials file
+// change) must not take a scheduled slot while that claim is live: SPEC §9.
+func TestBudgetFreshReplicaSeesClaimKeys(t *testing.T) {
+	for _, rate := range []float64{0, 4} {
+		t.Run(fmt.Sprint("rate ", rate), func(t *testing.T) {
+			srv := queuetest.Server(t)
+			_, js := queuetest.Connect(t, srv)
+			seer := bareBudget(t, srv.ClientURL(), rate)
+			reserveNow(t, seer, 1) // bucket and entry exist
+			ctx := context.Background()
+			kv, err := js.KeyValue(ctx, queue.BudgetBucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plant := func() {
+				if _, err := kv.Put(ctx, "token_0a1b2c3d.claim.far", []byte(`{"claims":{"far":{"p":0}}}`)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			plant()
+			queuetest.Eventually(t, 5*time.Second, "the far claim seen by a running replica", func() bool { return !seer.Allows(1) })
+			inverted := 0
+			const tries = 5
+			for range tries {
+				// The shared entry's next slot due, so that only a claim
+				// can refuse the fresh replica a slot.
+				queuetest.Eventually(t, 5*time.Second, "the next slot due", func() bool {
+					if rate == 0 {
+						return true // no slots, no entry
+					}
+					e, err := kv.Get(ctx, "token_0a1b2c3d")
+					if err != nil {
+						return false
+					}
+					var st struct {
+						Next time.Time `json:"next"`
+					}
+					return json.Unmarshal(e.Value(), &st) == nil && time.Now().After(st.Next)
+				})
+				plant() // live for 3 s from now
+				fresh := bareBudget(t, srv.ClientURL(), rate)
+				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				at, ok, err := fresh.Reserve(rctx, 1)
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ok {
+					inverted++
+					t.Logf("fresh replica reserved a scheduled slot at %v while the urgent claim is live (the running replica blocked: %v)", time.Until(at).Round(time.Millisecond), !seer.Allows(1))
+				}
+				fresh.Close()
+			}
+			if inverted > 0 {
+				t.Errorf("%d of %d freshly started replicas took a scheduled slot while another replica's urgent claim was live", inverted, tries)
+			}
+		})
+	}
+}
+
+// TestBudgetOutageLogsEachCauseOnce: during one outage of the bucket, a
+// replica with urgent work waiting logs each cause of trouble once
+// (BudgetConfig.Log), not again each time keepClaim and the reservations
+// take turns failing.
+func TestBudgetOutageLogsEachCauseOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs 8 s")
+	}
+	testOutageLogs(t, true)
+}
+
+func testOutageLogs(t *testing.T, claim bool) {
+	srv := queuetest.Server(t)
+	hole := queuetest.NewBlackhole(t, srv.ClientURL()[len("nats://"):])
+	_, js := queuetest.ConnectURL(t, hole.URL())
+	core, logs := observer.New(zapcore.WarnLevel)
+	b, err := queue.NewBudget(js, queue.BudgetConfig{
+		ID: func() string { return "token:0a1b2c3d" }, Rate: 4, Create: true, Log: zap.New(core),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	near := bareBudget(t, srv.ClientURL(), 4)
+	reserveNow(t, b, 1)
+	if claim {
+		b.Claim(0)
+		queuetest.Eventually(t, 5*time.Second, "the claim seen", func() bool { return !near.Allows(1) })
+	}
+
+	hole.Cut()
+	t.Cleanup(hole.Heal)
+	// The gate asks again and again while the budget cannot be asked.
+	// 8 s of it, or until the log shows the same cause four times over.
+	cutAt := time.Now()
+	queuetest.Eventually(t, 20*time.Second, "8 s of the outage", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		_, _, _ = b.Reserve(ctx, 0)
+		cancel()
+		return time.Since(cutAt) > 8*time.Second || len(logs.FilterMessageSnippet("not reachable").All()) >= 6
+	})
+	count := map[string]int{}
+	var order []string
+	for _, e := range logs.FilterMessageSnippet("not reachable").All() {
+		msg := fmt.Sprint(e.ContextMap()["error"])
+		count[msg]++
+		order = append(order, msg)
+	}
+	t.Logf("warnings in order: %q", order)
+	for msg, n := range count {
+		if n > 1 {
+			t.Errorf("%q logged %d times during one outage", msg, n)
+		}
+	}
+}
+
+// TestBudgetMissingBucketAskedAtTheBackoff: with the bucket missing and
+// creation not allowed, a budget that claims nothing asks the server for
+// it no faster than run's backoff (50 ms doubling to 2 s): keepClaim binds
+// on its own every half second, whether or not it has a claim to keep.
+func TestBudgetMissingBucketAskedAtTheBackoff(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs 10 s")
+	}
+	srv := queuetest.Server(t)
+	nc, js := queuetest.Connect(t, srv)
+	var asked atomic.Int64
+	sub, err := nc.Subscribe("$JS.API.STREAM.INFO.KV_"+queue.BudgetBucket, func(*nats.Msg) { asked.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:0a1b2c3d" }, Rate: 4, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	start := time.Now()
+	queuetest.Eventually(t, 20*time.Second, "10 s", func() bool { return time.Since(start) > 10*time.Second })
+	// run alone: 50, 100, ... 1600 ms, then every 2 s: about 10 in 10 s.
+	t.Logf("bucket looked up %d times in 10 s", asked.Load())
+	if n := asked.Load(); n > 12 {
+		t.Errorf("a missing bucket was looked up %d times in 10 s with nothing to claim, want about 10", n)
+	}
+}
+
+// TestBudgetCloseAfterClaimEnds: work ends (Claim(-1)) and the budget is
+// closed at once, as at a graceful shutdown: no trouble is reported.
+func TestBudgetCloseAfterClaimEnds(t *testing.T) {
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	core, logs := observer.New(zapcore.WarnLevel)
+	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:0a1b2c3d" }, Rate: 4, Create: true, Log: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	near := bareBudget(t, srv.ClientURL(), 4)
+	reserveNow(t, b, 1)
+	b.Claim(0)
+	queuetest.Eventually(t, 5*time.Second, "the claim seen", func() bool { return !near.Allows(1) })
+	b.Claim(-1)
+	b.Close()
+	for _, e := range logs.All() {
+		t.Errorf("at close: %s %v", e.Message, e.ContextMap()["error"])
+	}
+	// Ended at close, not left to lapse (3 s after its last renewal).
+	queuetest.Eventually(t, 5*time.Second, "the claim gone for the other replica", func() bool { return near.Allows(1) })
+}

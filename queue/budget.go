@@ -45,6 +45,9 @@ const (
 	budgetOpTimeout = 2 * time.Second
 	// casTries bounds conflicts met by one reservation before it waits.
 	casTries = 4
+	// closeWrite bounds the writes that end a claim at Close: a server
+	// that does not answer keeps the claim until it lapses, not Close.
+	closeWrite = 300 * time.Millisecond
 )
 
 // BudgetConfig sets up a Budget.
@@ -988,12 +991,16 @@ func (b *Budget) run() {
 	defer tick.Stop()
 	defer func() {
 		if w != nil {
-			_ = w.Stop()
+			// Not waited for: with the server away, stopping the watch
+			// waits out a request's timeout, and Close would with it
+			// (for each budget in turn, at shutdown).
+			go func() { _ = w.Stop() }()
 		}
 	}()
 	for {
 		select {
 		case <-b.stop:
+			b.endEntryClaim()
 			return
 		case e, ok := <-updates:
 			if !ok {
@@ -1110,7 +1117,27 @@ func (b *Budget) claiming() bool {
 	return now.Before(mine.lapse())
 }
 
-// endClaim removes a standing claim at Close, within a short bound: the
+// endEntryClaim removes this replica's claim from the shared entry at
+// Close, within closeWrite, as endClaim does from its key: replicas of
+// this version read it there too, and would wait for it to lapse.
+func (b *Budget) endEntryClaim() {
+	b.mu.Lock()
+	b.claim = -1
+	b.mu.Unlock()
+	if b.kv.Load() == nil || !b.clock.ready() {
+		return
+	}
+	c, _ := b.cached(b.key())
+	mine, has := c.st.Claims[b.owner]
+	if now, _ := b.clock.serverNow(); !has || !now.Before(mine.lapse()) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), closeWrite)
+	defer cancel()
+	_ = b.flush(ctx) // a failure is said by flush; the claim lapses all the same
+}
+
+// endClaim removes a standing claim at Close, within closeWrite: the
 // others need not wait for it to lapse. A failure is not reported: it
 // lapses all the same.
 func (b *Budget) endClaim() {
@@ -1118,7 +1145,7 @@ func (b *Budget) endClaim() {
 	if kv == nil || !b.claiming() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), closeWrite)
 	defer cancel()
 	_ = (*kv).Delete(ctx, b.claimKey(b.key()))
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -173,21 +175,110 @@ func TestBudgetMissingBucketAskedAtTheBackoff(t *testing.T) {
 // closed at once, as at a graceful shutdown: no trouble is reported.
 func TestBudgetCloseAfterClaimEnds(t *testing.T) {
 	srv := queuetest.Server(t)
-	_, js := queuetest.Connect(t, srv)
 	core, logs := observer.New(zapcore.WarnLevel)
-	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:0a1b2c3d" }, Rate: 4, Create: true, Log: zap.New(core)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	near := bareBudget(t, srv.ClientURL(), 4)
-	reserveNow(t, b, 1)
-	b.Claim(0)
-	queuetest.Eventually(t, 5*time.Second, "the claim seen", func() bool { return !near.Allows(1) })
+	b, near := claimingBudget(t, srv, srv.ClientURL(), zap.New(core))
 	b.Claim(-1)
 	b.Close()
 	for _, e := range logs.All() {
 		t.Errorf("at close: %s %v", e.Message, e.ContextMap()["error"])
 	}
-	// Ended at close, not left to lapse (3 s after its last renewal).
 	queuetest.Eventually(t, 5*time.Second, "the claim gone for the other replica", func() bool { return near.Allows(1) })
+}
+
+// TestBudgetCloseEndsClaimEverywhere: a replica closing with urgent work
+// claimed (a shutdown) ends its claim at Close, in its claim key and in
+// the shared entry, which replicas of this version read too: the others'
+// scheduled calls do not wait 2-3 s for it to lapse.
+func TestBudgetCloseEndsClaimEverywhere(t *testing.T) {
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	b := bareBudget(t, srv.ClientURL(), 4)
+	near := bareBudget(t, srv.ClientURL(), 4)
+	reserveNow(t, b, 1)
+	ctx := context.Background()
+	kv, err := js.KeyValue(ctx, queue.BudgetBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// liveInEntry: claims in the shared entry still to lapse.
+	liveInEntry := func() int {
+		e, err := kv.Get(ctx, "token_0a1b2c3d")
+		if err != nil {
+			return -1
+		}
+		var st struct {
+			Claims map[string]struct {
+				Until time.Time `json:"until"`
+			} `json:"claims"`
+		}
+		if json.Unmarshal(e.Value(), &st) != nil {
+			return -1
+		}
+		n := 0
+		for _, c := range st.Claims {
+			if time.Now().Before(c.Until) {
+				n++
+			}
+		}
+		return n
+	}
+	claimKeys := func() int {
+		keys, err := kv.ListKeys(ctx)
+		if err != nil {
+			return -1
+		}
+		n := 0
+		for k := range keys.Keys() {
+			if strings.Contains(k, ".claim.") {
+				n++
+			}
+		}
+		return n
+	}
+	b.Claim(0)
+	queuetest.Eventually(t, 5*time.Second, "the claim in its key and in the shared entry, seen by near",
+		func() bool { return claimKeys() == 1 && liveInEntry() == 1 && !near.Allows(1) })
+	b.Close()
+	// Written before Close returned: no waiting for a lapse here.
+	if n := claimKeys(); n != 0 {
+		t.Errorf("after Close: %d claim keys", n)
+	}
+	if n := liveInEntry(); n != 0 {
+		t.Errorf("after Close: the shared entry still holds %d live claim(s)", n)
+	}
+}
+
+// TestBudgetCloseDuringOutageIsQuick: Close with a claim standing while
+// the server does not answer (a shutdown during an outage) does not wait
+// out requests' timeouts (5 s for stopping the watch): the claim lapses
+// on its own. Routes.Close closes each budget in turn.
+func TestBudgetCloseDuringOutageIsQuick(t *testing.T) {
+	srv := queuetest.Server(t)
+	hole := queuetest.NewBlackhole(t, srv.ClientURL()[len("nats://"):])
+	b, _ := claimingBudget(t, srv, hole.URL(), zap.NewNop())
+	hole.Cut()
+	t.Cleanup(hole.Heal)
+	start := time.Now()
+	b.Close()
+	// The writes ending the claim are bounded by 300 ms; a wide margin for
+	// a loaded machine, well short of a request's timeout.
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Close took %v during an outage", d.Round(time.Millisecond))
+	}
+}
+
+// claimingBudget is a budget at rate 4 on the server at url, claiming the
+// urgent level, and a replica next to srv that sees the claim.
+func claimingBudget(t *testing.T, srv *server.Server, url string, log *zap.Logger) (b, near *queue.Budget) {
+	t.Helper()
+	_, js := queuetest.ConnectURL(t, url)
+	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:0a1b2c3d" }, Rate: 4, Create: true, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	near = bareBudget(t, srv.ClientURL(), 4)
+	reserveNow(t, b, 1)
+	b.Claim(0)
+	queuetest.Eventually(t, 5*time.Second, "the claim seen", func() bool { return !near.Allows(1) })
+	return b, near
 }

@@ -143,7 +143,8 @@ func (r *Routes) Route(account string) (worker.Route, bool) {
 	if b == nil {
 		return worker.Route{Credential: c.Name, Budget: r.metrics(c.Budget)}, true
 	}
-	return worker.Route{Credential: c.Name, Gate: b.gate, Budget: b.m, Rate: r.rateOf(b), API: c.Client,
+	return worker.Route{Credential: c.Name, Identity: c.Auth.ID() + " " + c.Budget,
+		Gate: b.gate, Budget: b.m, Rate: r.rateOf(b), API: c.Client,
 		Recheck: func(ctx context.Context, p int) bool { return r.recheck(ctx, c, p) }}, true
 }
 

@@ -502,3 +502,33 @@ func TestCheckQuotaLowersTheBudgetsRate(t *testing.T) {
 		t.Errorf("4 calls of the budget within %v after its check stated a quota of 1 a second, want them %v apart at least", d, want)
 	}
 }
+
+// TestRouteIdentityFollowsTheSecret: a reload that gives a credential
+// another secret, or another budget, makes its routes another identity
+// (the key lists proving its 404s are not shared across them), and one
+// that changes neither keeps it; the identity holds no secret.
+func TestRouteIdentityFollowsTheSecret(t *testing.T) {
+	head := "credentials:\n"
+	r, reload := reloading(t, 0, head+credential("a", "acct1", 4), zap.NewNop())
+	first, _ := r.Route("acct1")
+	reload(head + credential("a", "acct1", 4))
+	if again, _ := r.Route("acct1"); again.Identity != first.Identity {
+		t.Errorf("identity %q after a reload that changed nothing, was %q", again.Identity, first.Identity)
+	}
+	t2 := filepath.Join(t.TempDir(), "t2")
+	if err := os.WriteFile(t2, []byte("another-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reload(head + "  - name: a\n    token_file: " + t2 + "\n    accounts: [acct1]\n    rate: 4\n")
+	other, _ := r.Route("acct1")
+	reload(head + "  - name: a\n    token_file: t\n    accounts: [acct1]\n    rate: 4\n    budget: b\n")
+	budget, _ := r.Route("acct1")
+	for _, rt := range []worker.Route{other, budget} {
+		if rt.Credential != "a" || rt.Identity == first.Identity {
+			t.Errorf("route %q identity %q, the same as before the reload (%q)", rt.Credential, rt.Identity, first.Identity)
+		}
+		if strings.Contains(rt.Identity, "another-token") {
+			t.Errorf("identity %q holds the secret", rt.Identity)
+		}
+	}
+}

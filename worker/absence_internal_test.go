@@ -61,7 +61,7 @@ func TestOneListServesEarlier404s(t *testing.T) {
 	waitFor(t, func() bool {
 		w.listMu.Lock()
 		defer w.listMu.Unlock()
-		return w.lists[listKey{"acct1", 0, ""}] != nil
+		return w.lists[listKey{"acct1", 0, "", ""}] != nil
 	})
 	second404 := time.Now()
 	go func() {
@@ -72,7 +72,7 @@ func TestOneListServesEarlier404s(t *testing.T) {
 	waitFor(t, func() bool {
 		w.listMu.Lock()
 		defer w.listMu.Unlock()
-		return w.lists[listKey{"acct1", 0, ""}].sharers == 1
+		return w.lists[listKey{"acct1", 0, "", ""}].sharers == 1
 	})
 	held.Release()
 	a, b := <-results, <-results
@@ -89,46 +89,55 @@ func TestOneListServesEarlier404s(t *testing.T) {
 }
 
 // TestListNotSharedAcrossCredentials: after a reload moves an account
-// from credential a to b, a 404 heard through b does not join a list
-// under way through a: the list proving it is fetched through b.
+// from credential a to b, or gives a another secret (another Identity), a
+// 404 heard through the new route does not join a list under way through
+// the old one: the list proving it is fetched through its own.
 func TestListNotSharedAcrossCredentials(t *testing.T) {
-	apiA, apiB := &countingLister{}, &countingLister{}
-	gate := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
-	t.Cleanup(gate.Close)
-	m := metrics.New(prometheus.NewRegistry(), metrics.Labels{}, metrics.Build{})
-	w := &Worker{Deps: Deps{API: apiA, Gate: gate, Metrics: m}, lists: map[listKey]*listing{}, budget: m.Budget("")}
-	ctx := context.Background()
-	held, err := gate.Acquire(ctx, 0) // every call slot taken: lists wait for a permit
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{}, 2)
-	list := func(r Route) {
-		_, _, _ = w.keyList(ctx, ctx, r, "acct1", 0, time.Now(), noWait)
-		done <- struct{}{}
-	}
-	// settled: the lists under way, and how many 404s joined one.
-	settled := func(lists, sharers int) func() bool {
-		return func() bool {
-			w.listMu.Lock()
-			defer w.listMu.Unlock()
-			joined := 0
-			for _, l := range w.lists {
-				joined += l.sharers
+	for name, routes := range map[string][2]Route{
+		"another credential":            {{Credential: "a"}, {Credential: "b"}},
+		"another secret, the same name": {{Credential: "a", Identity: "token:1a2b3c4d a"}, {Credential: "a", Identity: "token:5e6f7a8b a"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			apiOld, apiNew := &countingLister{}, &countingLister{}
+			routes[0].API, routes[1].API = apiOld, apiNew
+			gate := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+			t.Cleanup(gate.Close)
+			m := metrics.New(prometheus.NewRegistry(), metrics.Labels{}, metrics.Build{})
+			w := &Worker{Deps: Deps{API: apiOld, Gate: gate, Metrics: m}, lists: map[listKey]*listing{}, budget: m.Budget("")}
+			ctx := context.Background()
+			held, err := gate.Acquire(ctx, 0) // every call slot taken: lists wait for a permit
+			if err != nil {
+				t.Fatal(err)
 			}
-			return len(w.lists) == lists && joined == sharers
-		}
-	}
-	go list(Route{Credential: "a", API: apiA})
-	waitFor(t, settled(1, 0))
-	go list(Route{Credential: "b", API: apiB})
-	// Either its own list waits for a permit, or it joined a's.
-	waitFor(t, func() bool { return settled(2, 0)() || settled(1, 1)() })
-	held.Release()
-	<-done
-	<-done
-	if apiA.count() != 1 || apiB.count() != 1 {
-		t.Fatalf("lists through a: %d, through b: %d; want one each", apiA.count(), apiB.count())
+			done := make(chan struct{}, 2)
+			list := func(r Route) {
+				_, _, _ = w.keyList(ctx, ctx, r, "acct1", 0, time.Now(), noWait)
+				done <- struct{}{}
+			}
+			// settled: the lists under way, and how many 404s joined one.
+			settled := func(lists, sharers int) func() bool {
+				return func() bool {
+					w.listMu.Lock()
+					defer w.listMu.Unlock()
+					joined := 0
+					for _, l := range w.lists {
+						joined += l.sharers
+					}
+					return len(w.lists) == lists && joined == sharers
+				}
+			}
+			go list(routes[0])
+			waitFor(t, settled(1, 0))
+			go list(routes[1])
+			// Either its own list waits for a permit, or it joined the other.
+			waitFor(t, func() bool { return settled(2, 0)() || settled(1, 1)() })
+			held.Release()
+			<-done
+			<-done
+			if apiOld.count() != 1 || apiNew.count() != 1 {
+				t.Fatalf("lists through the old route: %d, through the new: %d; want one each", apiOld.count(), apiNew.count())
+			}
+		})
 	}
 }
 

@@ -206,6 +206,10 @@ type Route struct {
 	// Credential names the credential ("" with the single credential of
 	// the CLOUDFLARE_* variables); never a secret.
 	Credential string
+	// Identity tells apart routes of one credential name that a reload
+	// made different (another secret, another budget): its secret's short
+	// hash and its budget, never the secret. "" for the single credential.
+	Identity string
 	// Gate is the budget's gate; nil for the worker's own (Deps.Gate).
 	Gate *throttle.Gate
 	// Budget is the budget's collectors; zero for the single budget's.
@@ -1120,12 +1124,13 @@ func (w *Worker) checkBeforeNotFound(stop, work context.Context, a *attempt) end
 
 // listKey names the key lists that can be shared: one account, one
 // priority, so that no urgent proof waits on a scheduled list's permit;
-// one credential, so that a 404 heard through one (after a reload moved
-// its account) is proven by a list through the same (SPEC §4, point 1).
+// one credential, as a reload left it (Route.Identity), so that a 404
+// heard through one is proven by a list through the same, charged to the
+// same budget (SPEC §4, point 1).
 type listKey struct {
-	account    string
-	priority   int
-	credential string
+	account            string
+	priority           int
+	credential, secret string
 }
 
 // listing is one key list, shared by every 404 of its account that
@@ -1145,7 +1150,7 @@ type listing struct {
 // means stop ended first.
 func (w *Worker) keyList(stop, work context.Context, route Route, account string, priority int, after time.Time,
 	ready func(*permit) (ending, error)) (list *cloudflare.KeyList, fetched time.Time, err error) {
-	k := listKey{account, priority, route.Credential}
+	k := listKey{account, priority, route.Credential, route.Identity}
 	w.listMu.Lock()
 	l := w.lists[k]
 	if l != nil && (l.started.IsZero() || l.started.After(after)) {

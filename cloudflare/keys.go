@@ -122,6 +122,9 @@ func provenKeys(resp *Response, body []byte) (map[string]struct{}, string) {
 	return ids, ""
 }
 
+// MaxAccountKeys is the most signing keys an account holds (SPEC §1).
+const MaxAccountKeys = 1000
+
 // listMembers are the members a key list's envelope may have: anything
 // else might say the list is partial in a way not read here.
 var listMembers = map[string]bool{"success": true, "errors": true, "messages": true, "result": true, "result_info": true}
@@ -274,10 +277,10 @@ func checkComplete(body []byte, n int) error {
 		}
 	}
 	// A page as full as a page can be, with no total beside it: more keys
-	// may follow.
+	// may follow, unless it holds as many as an account can.
 	_, pages := infoNumber(info["total_pages"])
 	_, total := infoNumber(info["total_count"])
-	if per, ok := infoNumber(info["per_page"]); ok && !pages && !total {
+	if per, ok := infoNumber(info["per_page"]); ok && !pages && !total && n < MaxAccountKeys {
 		if count, ok := infoNumber(info["count"]); n >= int(per) || ok && count >= per {
 			return fmt.Errorf("result_info: a full page of %g, and no total", per)
 		}

@@ -52,6 +52,8 @@ func TestListSigningKeys(t *testing.T) {
 		{name: "without the key", status: 200, body: listBody("k0", "k2", "k10", "xk1"), listed: true, wantEnv: true},
 		{name: "no keys at all", status: 200, body: listBody(), listed: true, wantEnv: true},
 		{name: "a full account", status: 200, body: fullBody, listed: true, has: true, wantEnv: true},
+		{name: "a full account on a full page, no total", status: 200, listed: true, has: true, wantEnv: true,
+			body: strings.TrimSuffix(fullBody, "}") + `,"result_info":{"page":1,"per_page":1000,"count":1000}}`},
 		{name: "a full page, and its total", status: 200, listed: true, wantEnv: true,
 			body: `{"success":true,"result":[{"id":"k0"},{"id":"k2"}],"result_info":{"page":1,"per_page":2,"count":2,"total_count":2}}`},
 		{name: "the key spelled with the Kelvin sign", status: 200, why: "is not 1-32 characters", wantEnv: true,

@@ -155,6 +155,7 @@ type Budget struct {
 	quota   time.Duration
 	quoting bool
 	trouble string // last trouble logged, "" when none
+	closing bool   // Close has begun
 	// checkedRev is the last revision whose values were checked; foreign
 	// says it held values out of range, so that is logged once, not on
 	// every read.
@@ -318,6 +319,9 @@ func BudgetInterval(r float64) time.Duration {
 // own within claimTTL.
 func (b *Budget) Close() {
 	b.close.Do(func() {
+		b.mu.Lock()
+		b.closing = true // no claim taken from here on, no trouble said
+		b.mu.Unlock()
 		close(b.stop)
 		<-b.done
 	})
@@ -734,6 +738,12 @@ func (b *Budget) Defer(until time.Time) {
 // Claim implements throttle.Budget; the write happens in the background.
 func (b *Budget) Claim(p int) {
 	b.mu.Lock()
+	if b.closing {
+		// The gate's loop may outlive its Close by a pass: a claim now
+		// would be written as Close ends this replica's.
+		b.mu.Unlock()
+		return
+	}
 	changed := b.claim != p
 	b.claim = p
 	b.mu.Unlock()
@@ -942,10 +952,13 @@ func (b *Budget) checked(key string, rev uint64, out []string) {
 
 // failed logs trouble with the bucket once per distinct cause.
 func (b *Budget) failed(err error) error {
-	if errors.Is(err, context.Canceled) {
-		return err // cut short here (Close), not the bucket's trouble
-	}
 	b.mu.Lock()
+	if errors.Is(err, context.Canceled) || b.closing {
+		// Cut short by Close, or failing as it closes: nothing waits on
+		// this budget any more, so "no call starts" is not news.
+		b.mu.Unlock()
+		return err
+	}
 	first := b.trouble != err.Error()
 	b.trouble = err.Error()
 	b.mu.Unlock()

@@ -200,28 +200,7 @@ func TestBudgetCloseEndsClaimEverywhere(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// liveInEntry: claims in the shared entry still to lapse.
-	liveInEntry := func() int {
-		e, err := kv.Get(ctx, "token_0a1b2c3d")
-		if err != nil {
-			return -1
-		}
-		var st struct {
-			Claims map[string]struct {
-				Until time.Time `json:"until"`
-			} `json:"claims"`
-		}
-		if json.Unmarshal(e.Value(), &st) != nil {
-			return -1
-		}
-		n := 0
-		for _, c := range st.Claims {
-			if time.Now().Before(c.Until) {
-				n++
-			}
-		}
-		return n
-	}
+	liveInEntry := entryClaims(t, srv.ClientURL())
 	claimKeys := func() int {
 		keys, err := kv.ListKeys(ctx)
 		if err != nil {
@@ -281,4 +260,96 @@ func claimingBudget(t *testing.T, srv *server.Server, url string, log *zap.Logge
 	b.Claim(0)
 	queuetest.Eventually(t, 5*time.Second, "the claim seen", func() bool { return !near.Allows(1) })
 	return b, near
+}
+
+// entryClaims: the live claims of the shared entry of token:0a1b2c3d, by
+// owner, as the server holds them (-1 when unreadable).
+func entryClaims(t *testing.T, url string) func() int {
+	t.Helper()
+	_, js := queuetest.ConnectURL(t, url)
+	return func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		kv, err := js.KeyValue(ctx, queue.BudgetBucket)
+		if err != nil {
+			return -1
+		}
+		e, err := kv.Get(ctx, "token_0a1b2c3d")
+		if err != nil {
+			return -1
+		}
+		var st struct {
+			Claims map[string]struct {
+				Until time.Time `json:"until"`
+			} `json:"claims"`
+		}
+		if json.Unmarshal(e.Value(), &st) != nil {
+			return -1
+		}
+		n := 0
+		for _, c := range st.Claims {
+			if time.Now().Before(c.Until) {
+				n++
+			}
+		}
+		return n
+	}
+}
+
+// TestBudgetCloseDuringOutageSaysNothing: a shutdown during an outage,
+// with a claim standing in the shared entry, reports no trouble: the
+// claim lapses on its own (as endClaim says of the claim key), and "no
+// call starts until it answers" is not true of a budget being closed.
+func TestBudgetCloseDuringOutageSaysNothing(t *testing.T) {
+	srv := queuetest.Server(t)
+	hole := queuetest.NewBlackhole(t, srv.ClientURL()[len("nats://"):])
+	core, logs := observer.New(zapcore.WarnLevel)
+	b, _ := claimingBudget(t, srv, hole.URL(), zap.New(core))
+	live := entryClaims(t, srv.ClientURL())
+	queuetest.Eventually(t, 5*time.Second, "the claim in the shared entry", func() bool { return live() == 1 })
+	hole.Cut()
+	t.Cleanup(hole.Heal)
+	b.Close()
+	for _, e := range logs.All() {
+		t.Errorf("at close during an outage: %s %v", e.Message, e.ContextMap()["error"])
+	}
+}
+
+// TestBudgetClaimDuringCloseNotWritten: the gate's loop is not joined by
+// Gate.Close (BudgetGate.Close then closes the budget), so a Claim can
+// arrive while the budget closes. Close must still leave no live claim of
+// this replica in the shared entry. The Clock hook stands in for the
+// gate's loop: once armed, each reading of the clock is accompanied by a
+// Claim(0), as the gate's last iteration would make it.
+func TestBudgetClaimDuringCloseNotWritten(t *testing.T) {
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	var (
+		armed atomic.Bool
+		self  atomic.Pointer[queue.Budget]
+	)
+	clock := func() time.Time {
+		if armed.Load() {
+			self.Load().Claim(0)
+		}
+		return time.Now()
+	}
+	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:0a1b2c3d" }, Rate: 4, Create: true,
+		Log: zap.NewNop(), Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	self.Store(b)
+	t.Cleanup(b.Close)
+	near := bareBudget(t, srv.ClientURL(), 4)
+	reserveNow(t, b, 1)
+	b.Claim(0)
+	live := entryClaims(t, srv.ClientURL())
+	queuetest.Eventually(t, 5*time.Second, "the claim seen", func() bool { return !near.Allows(1) && live() == 1 })
+	armed.Store(true)
+	b.Close()
+	armed.Store(false)
+	if n := live(); n != 0 {
+		t.Errorf("after Close: the shared entry holds %d live claim(s)", n)
+	}
 }

@@ -156,6 +156,7 @@ type Budget struct {
 	quoting bool
 	trouble string // last trouble logged, "" when none
 	closing bool   // Close has begun
+	claimed bool   // a claim was ever made here (its key may hold it)
 	// checkedRev is the last revision whose values were checked; foreign
 	// says it held values out of range, so that is logged once, not on
 	// every read.
@@ -166,9 +167,10 @@ type Budget struct {
 	kick    chan struct{}
 	// claimKick wakes keepClaim when the claim changes.
 	claimKick chan struct{}
-	// started is when the budget was made; watched is set once the watch
-	// has brought every key the bucket held (the claim keys included).
-	started time.Time
+	// boundAt is when the bucket was first bound (Unix ns, 0 before);
+	// watched is set once the watch has brought every key the bucket held
+	// (the claim keys included).
+	boundAt atomic.Int64
 	watched atomic.Bool
 	stop    chan struct{}
 	done    chan struct{}
@@ -214,7 +216,6 @@ func NewBudget(js jetstream.JetStream, cfg BudgetConfig) (*Budget, error) {
 		changed:   make(chan struct{}, 1),
 		kick:      make(chan struct{}, 1),
 		claimKick: make(chan struct{}, 1),
-		started:   cfg.Clock(),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -587,23 +588,29 @@ func (b *Budget) blockedUntil(key string, st budgetState, p int, now time.Time) 
 			until = end
 		}
 	}
-	for o, c := range st.Claims {
-		block(o, c)
-	}
 	b.mu.Lock()
+	for o, c := range st.Claims {
+		// A replica with a claim key speaks there: its claim in the entry
+		// may be one it could not take back as it closed (SPEC §9: a
+		// replica that dies leaves nothing that holds the others).
+		if _, spoken := b.cache[key+claimInfix+o]; !spoken {
+			block(o, c)
+		}
+	}
 	for k, kept := range b.cache {
 		budget, o, isClaim := strings.Cut(k, claimInfix)
 		if !isClaim || o == b.owner {
 			continue
 		}
-		c, ok := kept.st.Claims[o] // believed only for its own replica
-		if !ok || !now.Before(c.lapse()) {
-			// Ended or lapsed: a replica gone for good leaves its key in
-			// the bucket (the watch brings it at start), not in this scan.
+		if !now.Before(kept.created.Add(claimTTL)) {
+			// Written more than a claim's life ago: it says nothing now,
+			// of the key or of the entry. A replica gone for good leaves
+			// its key in the bucket (the watch brings it at start), not
+			// in this scan.
 			delete(b.cache, k)
 			continue
 		}
-		if budget == key {
+		if c, ok := kept.st.Claims[o]; ok && budget == key { // believed only for its own replica
 			block(o, c)
 		}
 	}
@@ -613,10 +620,15 @@ func (b *Budget) blockedUntil(key string, st budgetState, p int, now time.Time) 
 
 // unseen reports whether the claims of other replicas may not be known
 // yet: the watch has not brought the bucket's claim keys (a replica just
-// started), for at most claimTTL, after which a watch that cannot start
-// stops nobody. Only levels below the highest can be held by a claim.
+// started), for at most claimTTL from when the bucket was bound (however
+// long that took), after which a watch that cannot start stops nobody.
+// Only levels below the highest can be held by a claim.
 func (b *Budget) unseen(p int) bool {
-	return p > 0 && !b.watched.Load() && b.cfg.Clock().Sub(b.started) < claimTTL
+	if p == 0 || b.watched.Load() {
+		return false
+	}
+	bound := b.boundAt.Load()
+	return bound == 0 || b.cfg.Clock().Sub(time.Unix(0, bound)) < claimTTL
 }
 
 // claimInfix joins a budget's key and a replica's id into the key of that
@@ -746,6 +758,7 @@ func (b *Budget) Claim(p int) {
 	}
 	changed := b.claim != p
 	b.claim = p
+	b.claimed = b.claimed || p >= 0
 	b.mu.Unlock()
 	if changed {
 		b.poke(b.kick)
@@ -787,6 +800,7 @@ func (b *Budget) bind(ctx context.Context) (jetstream.KeyValue, error) {
 		}
 		kv = &bound
 		b.kv.Store(kv)
+		b.boundAt.Store(b.cfg.Clock().UnixNano())
 	}
 	if !b.clock.ready() {
 		if err := b.sync(ctx); err != nil {
@@ -1150,12 +1164,18 @@ func (b *Budget) endEntryClaim() {
 	_ = b.flush(ctx) // a failure is said by flush; the claim lapses all the same
 }
 
-// endClaim removes a standing claim at Close, within closeWrite: the
-// others need not wait for it to lapse. A failure is not reported: it
-// lapses all the same.
+// endClaim removes this replica's claim key at Close, waiting at most
+// closeWrite for the answer: the others need not wait for the claim to
+// lapse. A failure is not reported: it lapses all the same.
 func (b *Budget) endClaim() {
+	b.mu.Lock()
+	claimed := b.claimed
+	b.mu.Unlock()
 	kv := b.kv.Load()
-	if kv == nil || !b.claiming() {
+	// Not judged from the cache: a claim whose write was under way when
+	// Close came may be stored unknown to it. The delete lands even when
+	// its answer is late, and the key then speaks for the entry too.
+	if kv == nil || !claimed {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), closeWrite)

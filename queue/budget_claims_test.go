@@ -147,16 +147,8 @@ func TestBudgetMissingBucketAskedAtTheBackoff(t *testing.T) {
 		t.Skip("runs 10 s")
 	}
 	srv := queuetest.Server(t)
-	nc, js := queuetest.Connect(t, srv)
-	var asked atomic.Int64
-	sub, err := nc.Subscribe("$JS.API.STREAM.INFO.KV_"+queue.BudgetBucket, func(*nats.Msg) { asked.Add(1) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	_, js := queuetest.Connect(t, srv)
+	asked := bucketLookups(t, srv)
 	b, err := queue.NewBudget(js, queue.BudgetConfig{ID: func() string { return "token:0a1b2c3d" }, Rate: 4, Log: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
@@ -352,4 +344,20 @@ func TestBudgetClaimDuringCloseNotWritten(t *testing.T) {
 	if n := live(); n != 0 {
 		t.Errorf("after Close: the shared entry holds %d live claim(s)", n)
 	}
+}
+
+// bucketLookups counts the lookups of the budget's bucket on srv.
+func bucketLookups(t *testing.T, srv *server.Server) *atomic.Int64 {
+	t.Helper()
+	nc, _ := queuetest.Connect(t, srv)
+	var asked atomic.Int64
+	sub, err := nc.Subscribe("$JS.API.STREAM.INFO.KV_"+queue.BudgetBucket, func(*nats.Msg) { asked.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return &asked
 }

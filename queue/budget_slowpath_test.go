@@ -22,7 +22,8 @@ import (
 type slowPath struct {
 	ln     net.Listener
 	target string
-	delay  atomic.Int64 // ns
+	delay  atomic.Int64 // ns, each way
+	back   atomic.Int64 // ns more, on what the server sends back only
 	mu     sync.Mutex
 	conns  []net.Conn
 }
@@ -63,13 +64,14 @@ func (p *slowPath) accept() {
 		p.mu.Lock()
 		p.conns = append(p.conns, c, s)
 		p.mu.Unlock()
-		go p.forward(s, c)
-		go p.forward(c, s)
+		go p.forward(s, c, nil)
+		go p.forward(c, s, &p.back)
 	}
 }
 
-// forward copies src to dst, each read delivered delay after it came.
-func (p *slowPath) forward(dst, src net.Conn) {
+// forward copies src to dst, each read delivered delay (and more, when
+// given) after it came.
+func (p *slowPath) forward(dst, src net.Conn, more *atomic.Int64) {
 	type chunk struct {
 		due  time.Time
 		data []byte
@@ -89,7 +91,11 @@ func (p *slowPath) forward(dst, src net.Conn) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			ch <- chunk{due: time.Now().Add(time.Duration(p.delay.Load())), data: append([]byte(nil), buf[:n]...)}
+			d := p.delay.Load()
+			if more != nil {
+				d += more.Load()
+			}
+			ch <- chunk{due: time.Now().Add(time.Duration(d)), data: append([]byte(nil), buf[:n]...)}
 		}
 		if err != nil {
 			close(ch)

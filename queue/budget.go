@@ -589,14 +589,6 @@ func (b *Budget) blockedUntil(key string, st budgetState, p int, now time.Time) 
 		}
 	}
 	b.mu.Lock()
-	for o, c := range st.Claims {
-		// A replica with a claim key speaks there: its claim in the entry
-		// may be one it could not take back as it closed (SPEC §9: a
-		// replica that dies leaves nothing that holds the others).
-		if _, spoken := b.cache[key+claimInfix+o]; !spoken {
-			block(o, c)
-		}
-	}
 	for k, kept := range b.cache {
 		budget, o, isClaim := strings.Cut(k, claimInfix)
 		if !isClaim || o == b.owner {
@@ -611,6 +603,14 @@ func (b *Budget) blockedUntil(key string, st budgetState, p int, now time.Time) 
 			continue
 		}
 		if c, ok := kept.st.Claims[o]; ok && budget == key { // believed only for its own replica
+			block(o, c)
+		}
+	}
+	for o, c := range st.Claims {
+		// A replica with a claim key speaks there: its claim in the entry
+		// may be one it could not take back as it closed (SPEC §9: a
+		// replica that dies leaves nothing that holds the others).
+		if _, spoken := b.cache[key+claimInfix+o]; !spoken {
 			block(o, c)
 		}
 	}

@@ -607,12 +607,16 @@ func (b *Budget) blockedUntil(key string, st budgetState, p int, now time.Time) 
 		}
 	}
 	for o, c := range st.Claims {
-		// A replica with a claim key speaks there: its claim in the entry
-		// may be one it could not take back as it closed (SPEC §9: a
-		// replica that dies leaves nothing that holds the others).
-		if _, spoken := b.cache[key+claimInfix+o]; !spoken {
-			block(o, c)
+		// A replica's claim key written since it last renewed its claim
+		// in the entry speaks for it there: that claim may be one it could
+		// not take back as it closed (SPEC §9: a replica that dies leaves
+		// nothing that holds the others). A claim renewed in the entry
+		// after the key (the key's write lost) still counts. Both times
+		// are the server's.
+		if k, ok := b.cache[key+claimInfix+o]; ok && !k.created.Before(c.At) {
+			continue
 		}
+		block(o, c)
 	}
 	b.mu.Unlock()
 	return until, !until.IsZero()

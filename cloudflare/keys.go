@@ -132,30 +132,18 @@ var listMembers = map[string]bool{"success": true, "errors": true, "messages": t
 // members decodes the JSON object raw into its members, refusing a name
 // given twice (compared as decoded) and any name not in allowed.
 func members(raw []byte, allowed map[string]bool) (map[string]json.RawMessage, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil, errors.New("not an object")
-	}
 	out := map[string]json.RawMessage{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		name, _ := tok.(string)
+	err := eachMember(raw, func(name string, v json.RawMessage) error {
 		if _, dup := out[name]; dup {
-			return nil, fmt.Errorf("%q given twice", oneLine(name, 64))
+			return fmt.Errorf("%q given twice", oneLine(name, 64))
 		}
 		if !allowed[name] {
-			return nil, fmt.Errorf("unknown member %q", oneLine(name, 64))
-		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, err
+			return fmt.Errorf("unknown member %q", oneLine(name, 64))
 		}
 		out[name] = v
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 // parseKeyResult reads the result of a key list: a JSON array of objects,

@@ -359,24 +359,16 @@ func decodeEnvelopeFully(body []byte, contentType string) (*Envelope, string) {
 // spelling is the same name), "success" before any other; and whether its
 // copies differ.
 func repeatedMember(body []byte) (name string, dup, differ bool) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return "", false, false
-	}
 	copies := map[string][]string{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return "", false, false
-		}
-		var v json.RawMessage
-		if dec.Decode(&v) != nil {
-			return "", false, false
-		}
-		switch n, _ := tok.(string); n {
+	err := eachMember(body, func(n string, v json.RawMessage) error {
+		switch n {
 		case "success", "errors", "messages", "result":
 			copies[n] = append(copies[n], string(bytes.TrimSpace(v)))
 		}
+		return nil
+	})
+	if err != nil {
+		return "", false, false
 	}
 	for _, n := range []string{"success", "errors", "messages", "result"} {
 		if c := copies[n]; len(c) > 1 {
@@ -384,6 +376,31 @@ func repeatedMember(body []byte) (name string, dup, differ bool) {
 		}
 	}
 	return "", false, false
+}
+
+// eachMember calls fn with each member of the JSON object raw, in order,
+// its name decoded (so an escaped spelling is the same name); it stops at
+// fn's first error, or says raw is not an object.
+func eachMember(raw []byte, fn func(name string, v json.RawMessage) error) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return errors.New("not an object")
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return err
+		}
+		name, _ := tok.(string)
+		if err := fn(name, v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func describeType(ct string) string {

@@ -7,7 +7,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,45 +23,13 @@ import (
 // (a request lost in a leader change, say) while the entry's writes pass.
 type dropPath struct {
 	ln      net.Listener
-	target  string
 	armed   atomic.Bool
 	dropped atomic.Int64
-	mu      sync.Mutex
-	conns   []net.Conn
 }
 
 func newDropPath(t *testing.T, target string) *dropPath {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &dropPath{ln: ln, target: target}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(c, s) }()
-			go p.filter(s, c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-	})
+	p := &dropPath{}
+	p.ln = tcpProxy(t, target, p.filter, func(dst, src net.Conn) { _, _ = io.Copy(dst, src) })
 	return p
 }
 

@@ -20,53 +20,63 @@ import (
 // direction, order kept: a replica with a slower path to the server (in
 // another zone, say), or one that stalls for a while.
 type slowPath struct {
-	ln     net.Listener
-	target string
-	delay  atomic.Int64 // ns, each way
-	back   atomic.Int64 // ns more, on what the server sends back only
-	mu     sync.Mutex
-	conns  []net.Conn
+	ln    net.Listener
+	delay atomic.Int64 // ns, each way
+	back  atomic.Int64 // ns more, on what the server sends back only
 }
 
 func newSlowPath(t testing.TB, target string, delay time.Duration) *slowPath {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &slowPath{ln: ln, target: target}
+	p := &slowPath{}
 	p.delay.Store(int64(delay))
-	go p.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-	})
+	p.ln = tcpProxy(t, target,
+		func(toServer, fromClient net.Conn) { p.forward(toServer, fromClient, nil) },
+		func(toClient, fromServer net.Conn) { p.forward(toClient, fromServer, &p.back) })
 	return p
 }
 
 func (p *slowPath) URL() string { return "nats://" + p.ln.Addr().String() }
 
-func (p *slowPath) accept() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, c, s)
-		p.mu.Unlock()
-		go p.forward(s, c, nil)
-		go p.forward(c, s, &p.back)
+// tcpProxy listens on a loopback port and joins each connection to
+// target, copying each way with the function given; everything is closed
+// with the test.
+func tcpProxy(t testing.TB, target string, up, down func(dst, src net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			go up(s, c)
+			go down(c, s)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln
 }
 
 // forward copies src to dst, each read delivered delay (and more, when

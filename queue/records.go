@@ -162,14 +162,19 @@ func (r *Records) DeadLetter(ctx context.Context, d event.DeadLetter, body []byt
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
 	return r.write(ctx, r.DLQStream, m, nil, func(stored *jetstream.RawStreamMsg) bool {
-		// Ours if it names the same reason for the same event, from the
+		// Ours if it says what ours says of the same event, from the
 		// same place: a retried write of our own record, not one planted
 		// in advance. The source subject counts, since a replay follows
 		// it, and so does the Content-Type a replay carries back (it
-		// would make the event a CloudEvent); what may change between
-		// deliveries (detail, status, attempts, time, the trace's span)
-		// does not.
+		// would make the event a CloudEvent); so do the calls, their last
+		// status and the detail, or a record planted with none, or one
+		// of an earlier delivery that made fewer calls, would stand in
+		// for the true one (the one written again beside it says more).
+		// Only the time and the trace's span may differ.
 		return stored.Header.Get(HeaderReason) == m.Header.Get(HeaderReason) &&
+			stored.Header.Get(HeaderAttempts) == m.Header.Get(HeaderAttempts) &&
+			stored.Header.Get(HeaderStatus) == m.Header.Get(HeaderStatus) &&
+			stored.Header.Get(HeaderDetail) == m.Header.Get(HeaderDetail) &&
 			stored.Header.Get(HeaderContentType) == m.Header.Get(HeaderContentType) &&
 			stored.Header.Get(HeaderSourceSequence) == m.Header.Get(HeaderSourceSequence) &&
 			stored.Header.Get(HeaderSourceSubject) == m.Header.Get(HeaderSourceSubject) &&
@@ -340,7 +345,9 @@ func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, expectL
 		return nil
 	}
 	id := m.Header.Get(jetstream.MsgIDHeader)
-	r.Log.Error("a record that is not ours is stored under our record's id; writing ours again under a new id",
+	// Planted, or an earlier write of ours that says less (a dead letter
+	// of a delivery before this one): either way not this record.
+	r.Log.Error("a record that is not this one is stored under its id; writing it again under a new id",
 		zap.String("stream", stream), zap.String("msg_id", untrusted.Line(id, maxHeader)), zap.Uint64("stored_sequence", ack.Seq))
 	m.Header.Set(jetstream.MsgIDHeader, id+":"+rand.Text())
 	_, err = publish(ctx, r.JS.Conn(), stream, m, expectLast)

@@ -252,7 +252,11 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 			case *reason != "" && r.Reason != *reason:
 				fmt.Fprintf(e.stderr, "dead letter %d: reason %s, not %s; skipped\n", seq, cell(r.Reason), cell(*reason))
 			default:
-				_ = replay(r)
+				_ = replay(r) // fails only when interrupted: said below
+			}
+			if ctx.Err() != nil {
+				fmt.Fprintln(e.stderr, "revoker dlq replay: interrupted; running it again is safe")
+				return exitFailed
 			}
 		}
 	} else {

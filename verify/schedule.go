@@ -181,26 +181,18 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 	}
 	for _, c := range r.StillListed {
 		s.Log.Error("verify: the trail says this key is gone, but its account still lists it",
-			zap.String("account", c.AccountID), zap.String("key", c.KeyID), zap.String("outcome", string(c.Outcome)),
+			zap.String("account", c.AccountID), zap.String("key", c.KeyID), zap.String("outcome", c.Says()),
 			zap.String("completed_at", untrusted.Line(c.CompletedAt, 64)), zap.String("cf_ray", untrusted.Line(c.CFRay, 128)))
 	}
 	for _, f := range r.Failed {
 		s.Log.Warn("verify: the account's key list could not be fetched; its keys are not judged",
 			zap.String("account", f.AccountID), zap.String("why", f.Why))
 	}
-	for _, c := range r.UnjudgedListed {
-		s.Log.Error("verify: the trail says this key is gone, and its account still lists it; its record's completion time is after the list was started (a clock ahead?), though the record was stored before",
-			zap.String("account", c.AccountID), zap.String("key", c.KeyID), zap.String("outcome", string(c.Outcome)),
-			zap.String("completed_at", untrusted.Line(c.CompletedAt, 64)), zap.String("cf_ray", untrusted.Line(c.CFRay, 128)))
-	}
-	if n := len(r.Unjudged) - len(r.UnjudgedListed); n > 0 {
-		s.Log.Info("verify: keys recorded after their list started, and not listed, are left to the next check", zap.Int("keys", n))
-	}
 	for _, m := range r.Strays {
 		s.Log.Warn("verify: a message on a key's outcome subject is not a record of that key: not believed",
 			zap.String("subject", untrusted.Line(m.Subject, 256)), zap.Uint64("sequence", m.Sequence))
 	}
-	listed := len(r.StillListed) + len(r.UnjudgedListed)
+	listed := len(r.StillListed)
 	s.Gauge.Set(float64(listed))
 	body, _ := json.Marshal(last{StillListed: listed, Checked: r.Checked, Failed: len(r.Failed),
 		At: time.Now().UTC().Format(time.RFC3339Nano), By: untrusted.Line(s.Replica, 256)})

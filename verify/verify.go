@@ -1,6 +1,7 @@
 // Package verify proves the audit trail against the API (SPEC §7,
 // `verify`): every key that outcome records say is gone (revoked or
-// not_found) must be absent from its account's key list. Key ids are never
+// not_found, dead-lettered as not_found included) must be absent from its
+// account's key list. Key ids are never
 // reused, so a key absent from a list fetched after its record was stored
 // is gone for good; one still listed is a record that lies, the worst thing
 // the worker can produce.
@@ -40,12 +41,24 @@ type Config struct {
 
 // Claim is a key the trail says is gone, and the record that says so.
 type Claim struct {
-	AccountID   string        `json:"account_id"`
-	KeyID       string        `json:"key_id"`
-	Outcome     event.Outcome `json:"outcome"`
-	CompletedAt string        `json:"completed_at"`
-	CFRay       string        `json:"cf_ray"`
-	EventID     string        `json:"event_id"`
+	AccountID string        `json:"account_id"`
+	KeyID     string        `json:"key_id"`
+	Outcome   event.Outcome `json:"outcome"`
+	// Reason is the dead letter's reason: not_found, when a proven
+	// absence was dead-lettered (REVOKER_NOT_FOUND=dead-letter).
+	Reason      event.Reason `json:"reason,omitempty"`
+	CompletedAt string       `json:"completed_at"`
+	CFRay       string       `json:"cf_ray"`
+	EventID     string       `json:"event_id"`
+}
+
+// Says is what the claim's record says: its outcome, and a dead letter's
+// reason after a slash (dead_lettered/not_found).
+func (c Claim) Says() string {
+	if c.Reason != "" {
+		return string(c.Outcome) + "/" + string(c.Reason)
+	}
+	return string(c.Outcome)
 }
 
 // Failure is an account whose key list proved nothing.
@@ -64,14 +77,6 @@ type Report struct {
 	// Failed are the accounts whose list could not be fetched; their keys
 	// are not judged.
 	Failed []Failure
-	// Unjudged are keys recorded as completed after their account's list
-	// was started (a clock ahead of this one): that list cannot judge them.
-	Unjudged []Claim
-	// UnjudgedListed are those of Unjudged that their list still names.
-	// Their records were read before the list was asked for, so stored
-	// before it: only a clock ahead says otherwise, and a key still
-	// listed is not hidden behind it.
-	UnjudgedListed []Claim
 	// Strays are messages on keys' subjects that are not records of
 	// those keys: not believed, and reported (SPEC §4, "The proof",
 	// point 8).
@@ -80,14 +85,16 @@ type Report struct {
 
 // Proven reports whether every key the trail says is gone was shown gone.
 func (r Report) Proven() bool {
-	return len(r.StillListed) == 0 && len(r.Failed) == 0 && len(r.Unjudged) == 0
+	return len(r.StillListed) == 0 && len(r.Failed) == 0
 }
 
 // Check reads the outcome records stored from since on, of account (""
 // for all), and fetches one key list per account that has keys the trail
 // says are gone. The records are read before any list is fetched, so every
-// record judged was stored before its list was asked for. It returns an
-// error only when the trail cannot be read.
+// record was stored before its list was asked for, and every key is judged
+// by it, whatever the time a record says it completed (the clock of the
+// worker that wrote it may be ahead of this one). It returns an error only
+// when the trail cannot be read.
 func Check(ctx context.Context, cfg Config, account string, since time.Time) (Report, error) {
 	var r Report
 	claims, err := Claims(ctx, cfg.JS, cfg.Stream, cfg.Prefix, account, since, func(s queue.Stray) { r.Strays = append(r.Strays, s) })
@@ -106,19 +113,12 @@ func Check(ctx context.Context, cfg Config, account string, since time.Time) (Re
 		if err := ctx.Err(); err != nil {
 			return r, err
 		}
-		list, started, why := fetch(ctx, cfg, acct)
+		list, why := fetch(ctx, cfg, acct)
 		if why != "" {
 			r.Failed = append(r.Failed, Failure{AccountID: acct, Why: why})
 			continue
 		}
 		for _, c := range byAccount[acct] {
-			if at, err := time.Parse(time.RFC3339Nano, c.CompletedAt); err == nil && at.After(started) {
-				r.Unjudged = append(r.Unjudged, c)
-				if list.Has(c.KeyID) {
-					r.UnjudgedListed = append(r.UnjudgedListed, c)
-				}
-				continue
-			}
 			r.Checked++
 			if list.Has(c.KeyID) {
 				r.StillListed = append(r.StillListed, c)
@@ -128,30 +128,31 @@ func Check(ctx context.Context, cfg Config, account string, since time.Time) (Re
 	return r, nil
 }
 
-// fetch asks for one account's key list and returns it with the time the
-// request started, or why it proves nothing.
-func fetch(ctx context.Context, cfg Config, account string) (*cloudflare.KeyList, time.Time, string) {
+// fetch asks for one account's key list and returns it, or why it proves
+// nothing.
+func fetch(ctx context.Context, cfg Config, account string) (*cloudflare.KeyList, string) {
 	if cfg.Acquire != nil {
 		release, err := cfg.Acquire(ctx, account)
 		if err != nil {
-			return nil, time.Time{}, "no turn to call: " + err.Error()
+			return nil, "no turn to call: " + err.Error()
 		}
 		defer release()
 	}
-	started := time.Now()
 	list, err := cfg.API.ListSigningKeys(ctx, account)
 	switch {
 	case err != nil:
-		return nil, started, err.Error()
+		return nil, err.Error()
 	case !list.Listed:
-		return nil, started, list.Why()
+		return nil, list.Why()
 	}
-	return list, started, ""
+	return list, ""
 }
 
 // Claims returns, sorted by account and key, the keys that a record in
 // the window says are gone (SPEC §7: every key with a revoked or
-// not_found record), whatever the key's later records say: a not_found
+// not_found record; a not_found dead-lettered, as REVOKER_NOT_FOUND=
+// dead-letter records it, says so as well), whatever the key's later
+// records say: a not_found
 // followed by a dead letter ("404 on delete, but the key is still
 // listed") is exactly the false record the check is there to find. Per
 // key, a revoked record is the claim shown, else the latest not_found.
@@ -174,7 +175,7 @@ func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account
 	// EachOutcome believes a record only on its own key's subject and
 	// only if it names that key.
 	err := queue.EachOutcome(ctx, js, stream, prefix+"."+acct+".*", since, func(o event.Record) error {
-		if !o.Outcome.Succeeded() || !cloudflare.ValidIdentifier(o.AccountID) || !cloudflare.ValidIdentifier(o.KeyID) {
+		if !claimsGone(o) || !cloudflare.ValidIdentifier(o.AccountID) || !cloudflare.ValidIdentifier(o.KeyID) {
 			return nil
 		}
 		k := [2]string{o.AccountID, o.KeyID}
@@ -188,7 +189,7 @@ func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account
 	}
 	var out []Claim
 	for _, o := range claimed {
-		out = append(out, Claim{AccountID: o.AccountID, KeyID: o.KeyID, Outcome: o.Outcome,
+		out = append(out, Claim{AccountID: o.AccountID, KeyID: o.KeyID, Outcome: o.Outcome, Reason: o.Reason,
 			CompletedAt: o.CompletedAt, CFRay: o.CFRay, EventID: o.EventID})
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -198,6 +199,12 @@ func Claims(ctx context.Context, js jetstream.JetStream, stream, prefix, account
 		return out[i].KeyID < out[j].KeyID
 	})
 	return out, nil
+}
+
+// claimsGone reports whether o says its key is gone: revoked, not_found,
+// or a not_found dead-lettered.
+func claimsGone(o event.Record) bool {
+	return o.Outcome.Succeeded() || o.Outcome == event.DeadLettered && o.Reason == event.ReasonNotFound
 }
 
 // ErrNoTrail is returned when outcome records are off: there is no trail

@@ -87,10 +87,10 @@ func (r *rig) lists() int {
 }
 
 // TestVerifyClaimsEveryKeyRecordedGone: every key with a revoked or
-// not_found record in the window is a claim, whatever came after it; a
-// revoked record is the one shown; records of events refused before a
-// call, of keys with no valid id, and messages that are not their key's
-// records claim nothing.
+// not_found record (or a not_found dead-lettered) in the window is a
+// claim, whatever came after it; a revoked record is the one shown;
+// records of events refused before a call, of keys with no valid id, and
+// messages that are not their key's records claim nothing.
 func TestVerifyClaimsEveryKeyRecordedGone(t *testing.T) {
 	r := newRig(t)
 	r.record(acct, "k1", event.NotFound)
@@ -109,6 +109,16 @@ func TestVerifyClaimsEveryKeyRecordedGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.record("_", "k5", event.Revoked) // no account to list
+	// A proven absence dead-lettered (REVOKER_NOT_FOUND=dead-letter) says
+	// the key is gone as a not_found does.
+	for _, key := range []string{"k7", "k8"} {
+		m := queue.OutcomeMsg(r.cfg.Prefix, event.Record{EventID: "e" + key, AccountID: acct, KeyID: key, Outcome: event.DeadLettered,
+			Reason: event.ReasonNotFound, Status: 404, CFRay: "ray-" + key, Attempts: 1, Stream: "REVOCATIONS", Sequence: 200})
+		if _, err := r.js.PublishMsg(testCtx(t), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.record(acct, "k8", event.Revoked) // claimed
 	// A revoked record of k1 planted on k6's subject: not believed for
 	// either key, and reported.
 	planted := queue.OutcomeMsg(r.cfg.Prefix, event.Record{EventID: "x", AccountID: acct, KeyID: "k1", Outcome: event.Revoked})
@@ -125,13 +135,13 @@ func TestVerifyClaimsEveryKeyRecordedGone(t *testing.T) {
 	if len(strays) != 1 || strays[0].Subject != planted.Subject {
 		t.Errorf("strays %+v, want the record planted on %s", strays, planted.Subject)
 	}
-	want := map[string]event.Outcome{"k1": event.NotFound, "k2": event.Revoked, "k3": event.Revoked, "k4": event.NotFound}
+	want := map[string]string{"k1": "not_found", "k2": "revoked", "k3": "revoked", "k4": "not_found", "k7": "dead_lettered/not_found", "k8": "revoked"}
 	if len(got) != len(want) {
 		t.Fatalf("claims %+v, want keys %v", got, want)
 	}
 	for _, c := range got {
-		if want[c.KeyID] != c.Outcome || c.AccountID != acct || c.CFRay != "ray-"+c.KeyID {
-			t.Errorf("claim %+v, want outcome %q", c, want[c.KeyID])
+		if want[c.KeyID] != c.Says() || c.AccountID != acct || c.CFRay != "ray-"+c.KeyID {
+			t.Errorf("claim %+v says %q, want %q", c, c.Says(), want[c.KeyID])
 		}
 	}
 }

@@ -115,10 +115,6 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 	for _, f := range r.Failed {
 		fmt.Fprintf(e.stderr, "revoker verify: account %s: key list not fetched: %s\n", cell(f.AccountID), cell(f.Why))
 	}
-	for _, u := range r.Unjudged {
-		fmt.Fprintf(e.stderr, "revoker verify: account %s key %s: recorded at %s, after its list started; not judged, run again\n",
-			cell(u.AccountID), cell(u.KeyID), cell(u.CompletedAt))
-	}
 	for _, s := range r.Strays {
 		fmt.Fprintf(e.stderr, "revoker verify: %s\n", strayLine(s))
 	}
@@ -144,7 +140,7 @@ func printStillListed(e env, keys []verify.Claim, asJSON bool) {
 	// else, so a script can count its lines.
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cell(k.AccountID), cell(k.KeyID), cell(string(k.Outcome)), cell(k.CompletedAt), cell(k.CFRay))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cell(k.AccountID), cell(k.KeyID), cell(k.Says()), cell(k.CompletedAt), cell(k.CFRay))
 	}
 	tw.Flush()
 }

@@ -181,18 +181,42 @@ func TestVerifyRecordOfAnotherKeyNotBelieved(t *testing.T) {
 	}
 }
 
-func TestVerifyRecordAfterTheListStartedNotJudged(t *testing.T) {
-	s := vStack(t)
-	// A worker whose clock is ahead: its record says it completed after
-	// this run's list will start.
-	s.api.AddKey(vAcct, "ahead")
-	vRecord(t, s, vAcct, "ahead", event.Record{Outcome: event.Revoked, Status: 200,
-		CompletedAt: time.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano)})
+// A worker whose clock is ahead writes records that say they completed
+// after this run's list will start; they were stored before it all the
+// same (the records are read first), so the list judges them: a key still
+// listed is printed, never hidden as "not judged", and one gone is proven
+// gone (SPEC §7).
+func TestVerifyJudgesRecordsOfAClockAhead(t *testing.T) {
+	ahead := time.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano)
+	t.Run("listed", func(t *testing.T) {
+		s := vStack(t)
+		s.api.AddKey(vAcct, "ahead")
+		vRecord(t, s, vAcct, "ahead", event.Record{Outcome: event.Revoked, Status: 200, CompletedAt: ahead})
+		r := s.run("verify")
+		r.want(t, exitFailed)
+		if !strings.Contains(r.stdout, "ahead") {
+			t.Errorf("stdout %q: %s/ahead, recorded revoked, is still listed and not printed", r.stdout, vAcct)
+		}
+	})
+	t.Run("gone", func(t *testing.T) {
+		s := vStack(t)
+		vRecord(t, s, vAcct, "ahead", event.Record{Outcome: event.Revoked, Status: 200, CompletedAt: ahead})
+		s.run("verify").want(t, exitOK)
+	})
+}
 
+// With REVOKER_NOT_FOUND=dead-letter a proven absence is recorded
+// dead_lettered, reason not_found: it says the key is gone, and verify
+// checks it as it checks a not_found.
+func TestVerifyChecksADeadLetteredNotFound(t *testing.T) {
+	s := vStack(t)
+	s.api.KeepListed(vAcct, "alive")
+	vRecord(t, s, vAcct, "alive", event.Record{Outcome: event.DeadLettered, Reason: event.ReasonNotFound, Status: 404,
+		AbsenceCheckedAt: time.Now().UTC().Format(time.RFC3339Nano)})
 	r := s.run("verify")
-	r.want(t, exitFailed, "not judged")
-	if r.stdout != "" {
-		t.Errorf("stdout %q: a key the list cannot judge was printed as still listed", r.stdout)
+	r.want(t, exitFailed)
+	if !strings.Contains(r.stdout, "alive") || !strings.Contains(r.stdout, "dead_lettered/not_found") {
+		t.Errorf("stdout %q: the trail says %s/alive is gone (dead-lettered not_found) while its account lists it", r.stdout, vAcct)
 	}
 }
 

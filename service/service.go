@@ -543,10 +543,12 @@ func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r Status
 
 func hasKeyOf(r StatusRequest) bool { return r.AccountID != "" }
 
-// statusOfKey answers with the key's latest believed record: the event of
-// the last record stored, and among that event's records a revoked one
-// over any other. With an event id, only records naming that id count
-// (a weaker match than a sequence: ids can be reused).
+// statusOfKey answers with the key's believed record: its last revoked
+// record, whichever event it is of (key ids are never reused, so a key
+// once revoked stays gone, whatever a later event of it became), else the
+// believed record of the event recorded last. With an event id, only
+// records naming that id count (a weaker match than a sequence: ids can
+// be reused).
 func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRequest) {
 	c := s.cfg.Client
 	recs, err := queue.KeyOutcomes(ctx, c.JetStream(), c.OutcomeStream, c.OutcomePrefix, r.AccountID, r.KeyID, c.Stray)
@@ -571,10 +573,11 @@ func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRe
 	s.reply(req, rec)
 }
 
-// latestBelieved picks, among one key's records (oldest first), the
-// believed record of the event recorded last. Records of invalid events
-// filed under the key say nothing of it (no call was made), and anyone who
-// may publish can add them: they are passed over.
+// latestBelieved picks, among one key's records (oldest first), the last
+// revoked one, else the believed record of the event recorded last.
+// Records of invalid events filed under the key say nothing of it (no call
+// was made), and anyone who may publish can add them: they are passed
+// over.
 func latestBelieved(recs []event.Record) (event.Record, bool) {
 	kept := make([]event.Record, 0, len(recs))
 	for _, rec := range recs {
@@ -586,28 +589,12 @@ func latestBelieved(recs []event.Record) (event.Record, bool) {
 	if len(recs) == 0 {
 		return event.Record{}, false
 	}
-	last := recs[len(recs)-1]
-	for _, rec := range recs {
-		if rec.Outcome == event.Revoked && sameEvent(rec, last) {
-			return rec, true
+	for i := len(recs) - 1; i >= 0; i-- {
+		if recs[i].Outcome == event.Revoked {
+			return recs[i], true
 		}
 	}
-	return last, true
-}
-
-// sameEvent reports whether two records of one key are of one event: the
-// same stream and sequence, stored at the same time (a stream made again
-// reuses its sequences).
-func sameEvent(a, b event.Record) bool {
-	if a.Stream != b.Stream || a.Sequence != b.Sequence {
-		return false
-	}
-	ta, errA := time.Parse(time.RFC3339Nano, a.PublishedAt)
-	tb, errB := time.Parse(time.RFC3339Nano, b.PublishedAt)
-	if errA != nil || errB != nil {
-		return a.PublishedAt == b.PublishedAt
-	}
-	return ta.Equal(tb)
+	return recs[len(recs)-1], true
 }
 
 // newID is the id of an event whose request named none: random, so that

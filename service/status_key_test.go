@@ -1,0 +1,47 @@
+package service_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/service"
+)
+
+// revoker.status asked for a key answers a revoked record of any of its
+// events: key ids are never reused, so a key once revoked stays gone, and
+// a later event's dead letter (a token rotated, say) must not bury the
+// confirmation. Without one, the last event's record is the answer.
+func TestStatusOfAKeyBelievesAnyRevokedRecord(t *testing.T) {
+	s := newStack(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
+	now := time.Now().UTC()
+	record := func(id, key string, seq uint64, outcome event.Outcome, reason event.Reason) {
+		t.Helper()
+		at := now.Add(time.Duration(seq) * time.Minute).Format(time.RFC3339Nano)
+		rec := event.Record{EventID: id, AccountID: "acctR", KeyID: key, Outcome: outcome, Reason: reason, Status: 200, CFRay: "ray-" + id,
+			Stream: s.cfg.Stream, Subject: s.cfg.Subjects[1], Sequence: seq, Attempts: 1, PublishedAt: at, CompletedAt: at}
+		if _, err := recs.Outcome(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record("a1", "keyA", 1, event.Revoked, "")
+	record("a2", "keyA", 2, event.DeadLettered, event.Unauthorized)
+	record("b1", "keyB", 3, event.DeadLettered, event.Unauthorized)
+	record("b2", "keyB", 4, event.Revoked, "")
+	record("c1", "keyC", 5, event.NotFound, "")
+	record("c2", "keyC", 6, event.DeadLettered, event.APIRejected)
+
+	for key, want := range map[string]string{"keyA": "a1", "keyB": "b2", "keyC": "c2"} {
+		got := decodeRecord(t, s.request(service.StatusSubject, `{"account_id":"acctR","key_id":"`+key+`"}`))
+		if got.EventID != want {
+			t.Errorf("revoker.status of %s answered event %s (%s %s); want event %s", key, got.EventID, got.Outcome, got.Reason, want)
+		}
+	}
+}

@@ -451,8 +451,9 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 		}
 	}
 	// heard holds the events whose record was heard but not yet read back,
-	// with when to read again: soon, then less often, then not until the
-	// next notice (the stream refused that record).
+	// with when to read again: soon, then less often, then, once the trail
+	// answered without it, not until the next notice (the stream refused
+	// that record).
 	type recheck struct {
 		at    time.Time
 		retry time.Duration
@@ -493,11 +494,18 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 			if r.at.After(now) {
 				continue
 			}
-			if ok, _ := answer(ctx, want[seq]); ok || r.retry > noticeRetryMax {
+			ok, err := answer(ctx, want[seq])
+			switch {
+			case ok, err == nil && r.retry > noticeRetryMax:
 				delete(heard, seq)
-				continue
+			case err != nil:
+				// A trail that cannot be read is read again, a second
+				// apart at most, until it answers (the record heard may
+				// be stored there all along), and then once more.
+				r.at, r.retry = now.Add(min(r.retry, noticeRetryMax)), min(2*r.retry, noticeRetryMax)
+			default:
+				r.at, r.retry = now.Add(r.retry), 2*r.retry
 			}
-			r.at, r.retry = now.Add(r.retry), 2*r.retry
 		}
 	}
 	// At the deadline: the events heard of and not yet read back, and,

@@ -399,3 +399,45 @@ func TestWatcherAnswersARecordStoredAfterARefusedOne(t *testing.T) {
 		t.Fatalf("answer %q; want the revoked record stored after the refused one", got)
 	}
 }
+
+// A record heard while the trail cannot be read (the outcome stream's
+// leader moving, say) is read back once it can, before the deadline:
+// the watcher once gave the notice up after two seconds of failed reads,
+// and publish --wait then said "no outcome in time" for a stored record.
+// Here the client reads a mirror of the outcome stream that is made only
+// three seconds into the wait.
+func TestWatcherReadsAHeardRecordOnceTheTrailAnswers(t *testing.T) {
+	nc, js, _, _, topo := waiterSetup(t)
+	late := topo
+	late.OutcomeStream = "TRAIL_LATE"
+	c := queue.ClientOn(nc, js, late)
+	p := queue.Published{EventID: "ev-late", AccountID: "acct", KeyID: "latekey", Stream: topo.Stream, Sequence: 77}
+	w, err := c.Watch(p.AccountID, p.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	storeRecord(t, js, topo, p.AccountID, p.KeyID, waiterRecord(p, event.Revoked))
+	mirrored := make(chan error, 1)
+	time.AfterFunc(3*time.Second, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: late.OutcomeStream, Storage: jetstream.MemoryStorage,
+			Mirror: &jetstream.StreamSource{Name: topo.OutcomeStream}})
+		mirrored <- err
+	})
+
+	want := map[uint64]queue.Published{p.Sequence: p}
+	var got *event.Record
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.Await(ctx, want, time.Now().Add(10*time.Second), func(_ queue.Published, rec event.Record) { got = &rec }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-mirrored; err != nil {
+		t.Fatalf("make the mirror: %v", err)
+	}
+	if got == nil || got.Outcome != event.Revoked {
+		t.Fatalf("answer %+v: the revoked record, heard at once and readable from the third second, was not read back within ten", got)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/goccy/go-yaml/parser"
 
 	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/event"
 )
 
 // Error is what is wrong with a credentials file: where, and why. It never
@@ -67,8 +68,6 @@ var inlineSecrets = map[string]string{
 
 // Wildcard in accounts names every account no other credential names.
 const Wildcard = "*"
-
-var nameRE = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)
 
 // safeKey is how much of an unknown field's name is shown: a pasted token
 // used as a key must not end up in an error.
@@ -245,12 +244,12 @@ func parseEntry(item ast.Node, defaultRate float64) (entry, error) {
 			}
 			switch k {
 			case fieldName:
-				if !nameRE.MatchString(s) {
+				if !event.ValidCredential(s) {
 					return e, at(v, "name: must be 1-32 characters of a-z, 0-9 and '-'")
 				}
 				e.name = s
 			case fieldBudget:
-				if !nameRE.MatchString(s) {
+				if !event.ValidCredential(s) { // a budget is named as a credential is
 					return e, at(v, "budget: must be 1-32 characters of a-z, 0-9 and '-'")
 				}
 				e.budget = s

@@ -146,3 +146,17 @@ func AppendJSONString(b []byte, s string) []byte {
 	}
 	return append(append(append(b, '"'), s...), '"')
 }
+
+// ValidCredential reports whether name is a credential's name as records
+// carry it (SPEC §6): 1-32 characters of a-z, 0-9 and '-'.
+func ValidCredential(name string) bool {
+	if len(name) == 0 || len(name) > 32 {
+		return false
+	}
+	for i := range len(name) {
+		if c := name[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}

@@ -242,6 +242,9 @@ func decodeEntry(b []byte, ref worker.Ref) worker.Entry {
 	if c := e.Confirmed; c != nil && (c.Status < 200 || c.Status > 299 || utf8.RuneCountInString(c.CFRay) > maxLedgerRay) {
 		e.Confirmed = nil // not a confirmation any worker records
 	}
+	if c := e.Confirmed; c != nil && c.Credential != "" && !event.ValidCredential(c.Credential) {
+		c.Credential = "" // not a name any worker records: the record names its own route's
+	}
 	if c := e.Last; c != nil && (c.Status != 0 && (c.Status < 100 || c.Status > 599) || utf8.RuneCountInString(c.CFRay) > maxLedgerRay) {
 		e.Last = nil // not an answer any worker records
 	}

@@ -79,7 +79,7 @@ func boundLedger(t *testing.T) (context.Context, jetstream.JetStream, *queue.Led
 
 // TestLedgerClampsWhatItReads: a kept answer or confirmation no worker
 // could have written (a status outside HTTP's, a CF-Ray past its bound)
-// is dropped when read (SPEC §4, "The proof", point 8).
+// is dropped when read, and a credential no worker could have named too (SPEC §4, "The proof", point 8).
 func TestLedgerClampsWhatItReads(t *testing.T) {
 	ctx, _, l := boundLedger(t)
 	ref := worker.Ref{Stream: "REVOCATIONS", Seq: 2, Account: "acct", Key: "k1"}
@@ -103,6 +103,19 @@ func TestLedgerClampsWhatItReads(t *testing.T) {
 	}
 	if e, err := l.Load(ctx, ref); err != nil || e.Confirmed == nil || e.Confirmed.CFRay != longRay {
 		t.Fatalf("a confirmation with a ray of 128 characters (%d bytes) reads %+v (err %v)", len(longRay), e.Confirmed, err)
+	}
+	// The credential a confirmation names is a credential's name, or
+	// none: the record would carry it (SPEC §5a).
+	for cred, want := range map[string]string{"cred-a": "cred-a", "Cred A\n": "", strings.Repeat("a", 33): ""} {
+		if _, err := l.Update(ctx, ref, func(e *worker.Entry) error {
+			e.Confirmed = &worker.Call{Status: 200, CFRay: "ray-2", Credential: cred}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if e, err := l.Load(ctx, ref); err != nil || e.Confirmed == nil || e.Confirmed.Credential != want {
+			t.Fatalf("a confirmation naming credential %q reads %+v (err %v); want credential %q", cred, e.Confirmed, err, want)
+		}
 	}
 	for _, bad := range []worker.Call{{Status: 99}, {Status: 600}, {Status: 503, CFRay: string(make([]byte, 4096))}} {
 		if _, err := l.Update(ctx, ref, func(e *worker.Entry) error { e.Last = &bad; return nil }); err != nil {

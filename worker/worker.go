@@ -182,6 +182,10 @@ type Call struct {
 	Status int       `json:"status"`
 	CFRay  string    `json:"cf_ray"`
 	At     time.Time `json:"at"`
+	// Credential names the credential the call was made with (a reload
+	// may since have moved the account to another); "" when kept by an
+	// earlier version, or with the single credential.
+	Credential string `json:"credential,omitempty"`
 }
 
 // API is the calls the worker makes; *cloudflare.Client implements it.
@@ -1328,7 +1332,7 @@ func (w *Worker) heed(r Route, rl cloudflare.RateLimit, d Decision, status int) 
 // be written, in the ledger. Then it acks.
 func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	if a.revoked == nil {
-		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}
+		a.revoked = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now(), Credential: a.route.Credential}
 		observe(a.lane.Latency, time.Since(a.d.StoredAt()).Seconds(), a.work)
 	}
 	// The trail's first tries end when shutdown begins (or are not made
@@ -1808,8 +1812,11 @@ func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) 
 	}
 	if a.revoked != nil {
 		// Whatever happened afterwards, the record names the call that
-		// revoked the key.
+		// revoked the key, and the credential it was made with.
 		r.Outcome, r.Reason, r.Status, r.CFRay = event.Revoked, "", a.revoked.Status, a.revoked.CFRay
+		if a.revoked.Credential != "" {
+			r.Credential = a.revoked.Credential
+		}
 	} else if !a.absentAt.IsZero() {
 		r.AbsenceCheckedAt = a.absentAt.UTC().Format(time.RFC3339Nano)
 	}

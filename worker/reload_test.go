@@ -1,0 +1,77 @@
+package worker_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/worker"
+)
+
+// switchRoutes is fakeRoutes that a test may replace mid-delivery, as a
+// reload of the credentials file does.
+type switchRoutes struct {
+	mu sync.Mutex
+	m  fakeRoutes
+}
+
+func (s *switchRoutes) Route(account string) (worker.Route, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m.Route(account)
+}
+
+func (s *switchRoutes) store(m fakeRoutes) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m = m
+}
+
+// reloadWorker is a worker of r's fakes routing through routes.
+func reloadWorker(r *routed, routes worker.Routes) *worker.Worker {
+	return worker.New(worker.Config{
+		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: 1e6, RetryMaxInterval: 5e6,
+		RetryMaxElapsed: 50e6, HandBackDelay: 1e6, Name: "test",
+	}, worker.Deps{API: r.api, Gate: r.gate, Routes: routes, Records: r.records, Ledger: r.ledger,
+		Metrics: r.m, Ready: r.ready, Log: zap.NewNop()})
+}
+
+// A confirmation kept in the ledger (its record refused until shutdown)
+// and recorded by a later delivery, after a reload moved the account to
+// another credential, names the credential that made the call (SPEC §5a:
+// "the name of the credential used"), not the one the account has now.
+func TestConfirmationNamesTheCredentialThatCalled(t *testing.T) {
+	r := newRouted(t, answer(200, revoked, 0))
+	apiA, apiB := &fakeAPI{answers: []*cloudflare.Response{answer(200, revoked, 0)}}, &fakeAPI{answers: []*cloudflare.Response{answer(200, revoked, 0)}}
+	routes := &switchRoutes{m: fakeRoutes{"acct1": {Credential: "cred-a", Identity: "file:aaaa a", Gate: r.gates["a"], Budget: r.budget["a"], Rate: 4, API: apiA}}}
+	w := reloadWorker(r, routes)
+	r.records.failOutcome = 1 << 30
+	stop, cancel := context.WithCancel(context.Background())
+	apiA.onCall = func() { go cancel() }
+	work, cancelWork := context.WithTimeout(context.Background(), 200e6)
+	defer cancelWork()
+	first := &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: 1, maxDeliver: 3}
+	w.Handle(stop, work, first)
+	if len(first.settled) != 1 || first.settled[0] != "giveback" || r.ledger.entries[7].Confirmed == nil {
+		t.Fatalf("first delivery settled %v, ledger %+v; want given back with its confirmation kept", first.settled, r.ledger.entries[7])
+	}
+	routes.store(fakeRoutes{"acct1": {Credential: "cred-b", Identity: "file:bbbb b", Gate: r.gates["b"], Budget: r.budget["b"], Rate: 4, API: apiB}})
+	r.records.mu.Lock()
+	r.records.failOutcome = 0
+	r.records.mu.Unlock()
+	again := &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: 2, maxDeliver: 3}
+	w.Handle(context.Background(), context.Background(), again)
+	if apiA.calls != 1 || apiB.calls != 0 {
+		t.Fatalf("calls: cred-a %d, cred-b %d; want 1 and 0", apiA.calls, apiB.calls)
+	}
+	if len(r.records.outcomes) == 0 {
+		t.Fatalf("no record; settled %v", again.settled)
+	}
+	if o := r.records.outcomes[len(r.records.outcomes)-1]; o.Outcome != event.Revoked || o.Credential != "cred-a" {
+		t.Errorf("record %s naming credential %q (cf_ray %s); the confirmed call was made with cred-a", o.Outcome, o.Credential, o.CFRay)
+	}
+}

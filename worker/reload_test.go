@@ -75,3 +75,38 @@ func TestConfirmationNamesTheCredentialThatCalled(t *testing.T) {
 		t.Errorf("record %s naming credential %q (cf_ray %s); the confirmed call was made with cred-a", o.Outcome, o.Credential, o.CFRay)
 	}
 }
+
+// A reload of the credentials file while a delivery is between retries
+// moves its next call: to the credential that serves the account now, or,
+// when none does, to no call at all (SPEC §6: the account picks its
+// credential; an account no credential names is dead-lettered as
+// account_not_allowed).
+func TestReloadMovesTheNextCall(t *testing.T) {
+	for _, removed := range []bool{false, true} {
+		r := newRouted(t, answer(503, nil, 0), answer(503, nil, 0), answer(200, revoked, 0))
+		apiA, apiB := &fakeAPI{answers: r.api.answers}, &fakeAPI{answers: []*cloudflare.Response{answer(200, revoked, 0)}}
+		routes := &switchRoutes{m: fakeRoutes{"acct1": {Credential: "cred-a", Identity: "file:aaaa a", Gate: r.gates["a"], Budget: r.budget["a"], Rate: 4, API: apiA}}}
+		apiA.onCall = func() {
+			next := fakeRoutes{}
+			if !removed {
+				next["acct1"] = worker.Route{Credential: "cred-b", Identity: "file:bbbb b", Gate: r.gates["b"], Budget: r.budget["b"], Rate: 4, API: apiB}
+			}
+			routes.store(next)
+		}
+		d := &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: 1, maxDeliver: 3}
+		reloadWorker(r, routes).Handle(context.Background(), context.Background(), d)
+		if apiA.calls != 1 {
+			t.Errorf("removed=%v: %d calls with cred-a; want 1, the one before the reload", removed, apiA.calls)
+		}
+		if len(r.records.outcomes) != 1 {
+			t.Fatalf("removed=%v: records %+v, settled %v", removed, r.records.outcomes, d.settled)
+		}
+		o := r.records.outcomes[0]
+		switch {
+		case !removed && (apiB.calls != 1 || o.Outcome != event.Revoked || o.Credential != "cred-b" || o.Attempts != 2):
+			t.Errorf("moved: %d calls with cred-b, record %s by %q with %d attempts; want 1, revoked by cred-b, 2 attempts", apiB.calls, o.Outcome, o.Credential, o.Attempts)
+		case removed && (apiB.calls != 0 || o.Outcome != event.DeadLettered || o.Reason != event.AccountNotAllowed || o.Attempts != 1):
+			t.Errorf("removed: %d calls with cred-b, record %s (%s) with %d attempts; want none, dead_lettered account_not_allowed, 1 attempt", apiB.calls, o.Outcome, o.Reason, o.Attempts)
+		}
+	}
+}

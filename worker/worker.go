@@ -221,9 +221,10 @@ type Route struct {
 	// Rate is the budget's calls per second (0: no limit), when Gate is
 	// set; the API's stated quota is followed where it is lower.
 	Rate float64
-	// API calls with the credential (nil: Deps.API). The one chosen when
-	// the delivery began is used for all its calls, so a reload that moves
-	// the account elsewhere cannot charge one budget for another's token.
+	// API calls with the credential (nil: Deps.API). The route is looked
+	// up again before each call, and a call uses one route's API and gate
+	// together, so a reload that moves the account elsewhere moves its
+	// next call, and never charges one budget for another's token.
 	API API
 	// Recheck, when set, checks a refused credential with the API again
 	// (at priority p) and reports whether it works now: a refused
@@ -398,6 +399,7 @@ const (
 	exhausted               // the delivery's retry budget ran out on a retryable answer
 	stopped                 // shutdown came first
 	settled                 // the delivery was settled on the way
+	unserved                // a reload left no credential serving the account: a.last says so
 )
 
 // Handle decides and settles one delivery. stop ends with shutdown: no new
@@ -489,6 +491,8 @@ func (w *Worker) Handle(stop, work context.Context, d Delivery) {
 	case end == settled:
 	case end == stopped:
 		w.giveBack(a, w.cfg.HandBackDelay, "shutting down")
+	case end == unserved:
+		w.deadLetter(stop, work, a, event.AccountNotAllowed, a.last.Detail)
 	case a.last.Kind == Revoked:
 		w.confirmed(stop, work, a)
 	case a.last.Kind == NotFound && w.cfg.NotFoundDeadLetter:
@@ -660,6 +664,9 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 	// permit, so a 429 pause cannot dead-letter (SPEC §4).
 	var spent time.Duration
 	for {
+		if !w.reroute(a) {
+			return unserved
+		}
 		if w.refused(stop, a) {
 			if stop.Err() != nil {
 				return stopped
@@ -769,6 +776,31 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 		}
 		spent += wait
 	}
+}
+
+// reroute looks the account's route up again before a call: a reload of
+// the credentials file that moved the account to another credential moves
+// its next call too (SPEC §6: the account picks its credential), with that
+// credential's budget. It reports false, with a.last saying why, when no
+// credential serves the account any more: then no call is made.
+func (w *Worker) reroute(a *attempt) bool {
+	if w.Routes == nil {
+		return true
+	}
+	r, ok := w.Routes.Route(a.ev.AccountID)
+	if !ok {
+		a.last = Decision{Kind: a.last.Kind, Detail: fmt.Sprintf("no credential in REVOKER_CREDENTIALS_FILE serves account %s any more (the file was changed)", a.ev.AccountID)}
+		if a.seen == 0 {
+			a.route = Route{} // no credential was used: the record names none
+		}
+		return false
+	}
+	if r.Credential != a.route.Credential || r.Identity != a.route.Identity {
+		w.Log.Info("the account's credential changed; its next call uses the new one",
+			w.fields(a, zap.String("was", a.route.Credential), zap.String("now", r.Credential))...)
+	}
+	a.route = r
+	return true
 }
 
 // refused reports whether the delivery's credential is refused and, with

@@ -74,6 +74,14 @@ type Lane struct {
 	check       *consumerCheck
 	checkWanted chan struct{}
 	checkOff    bool
+
+	// aside counts the deliveries in hand that gave their place to the
+	// next event while they wait on something of their own (Aside); owed,
+	// the places taken back by those that found none free, paid as the
+	// next deliveries end. handlers counts the handler goroutines, one
+	// per place and one per delivery aside; spawn starts one more.
+	aside, owed, handlers int
+	spawn                 func()
 }
 
 // consumerCheck is one look at the lane's consumer, made after the
@@ -208,18 +216,24 @@ func (l *Lane) Consumer() jetstream.Consumer {
 // meanwhile. Without h.Rebind it returns ErrConsumerGone, once its handlers
 // are done. A rebinding that cannot work returns its ErrIncompatible error.
 func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
-	// One long-lived handler per place in hand: a goroutine per message
-	// would grow a fresh stack for every event.
+	// One long-lived handler per place in hand (and one per delivery
+	// aside): a goroutine per message would grow a fresh stack for every
+	// event.
 	jobs := make(chan *Delivery, l.Capacity)
 	var wg sync.WaitGroup
-	for range l.Capacity {
-		wg.Go(func() {
-			for d := range jobs {
-				h.Handle(work, d)
-				l.done(d)
-				l.putRoom(1)
+	handle := func() {
+		for d := range jobs {
+			h.Handle(work, d)
+			if l.release(d) {
+				return
 			}
-		})
+		}
+	}
+	l.mu.Lock()
+	l.handlers, l.spawn = l.Capacity, func() { wg.Go(handle) }
+	l.mu.Unlock()
+	for range l.Capacity {
+		wg.Go(handle)
 	}
 	defer func() {
 		close(jobs)
@@ -380,7 +394,7 @@ func (l *Lane) deliver(msg jetstream.Msg, meta *jetstream.MsgMetadata) *Delivery
 	}
 	l.lastCseq = meta.Sequence.Consumer
 	d := &Delivery{
-		msg: msg, meta: meta, stream: l.Stream,
+		msg: msg, meta: meta, stream: l.Stream, lane: l,
 		priority: l.Priority, maxDeliver: l.MaxDeliver, ackWait: l.AckWait,
 		delivered: e.total,
 		first:     e.total == 1 && !l.suspect && l.fresh(meta) && !l.checkOff,
@@ -537,6 +551,10 @@ func (l *Lane) forget() {
 func (l *Lane) done(d *Delivery) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.doneLocked(d)
+}
+
+func (l *Lane) doneLocked(d *Delivery) {
 	if l.held[d.Sequence()]--; l.held[d.Sequence()] <= 0 {
 		delete(l.held, d.Sequence())
 	}
@@ -732,6 +750,26 @@ func (l *Lane) Gone() {
 	}
 }
 
+// release counts d, whose handler is done, out of hand, and frees its
+// place, or pays a place owed with it; it reports whether that handler is
+// one more than the places and the deliveries aside need, and so ends.
+func (l *Lane) release(d *Delivery) (surplus bool) {
+	l.mu.Lock()
+	l.doneLocked(d)
+	owed := l.owed > 0
+	if owed {
+		l.owed--
+	}
+	if surplus = l.handlers > l.Capacity+l.aside; surplus {
+		l.handlers--
+	}
+	l.mu.Unlock()
+	if !owed {
+		l.putRoom(1)
+	}
+	return surplus
+}
+
 func (l *Lane) putRoom(n int) {
 	for range n {
 		l.room <- struct{}{}
@@ -753,6 +791,7 @@ type Delivery struct {
 	delivered            int
 	first                bool
 	check                *consumerCheck // the look First waits for
+	lane                 *Lane          // whose place it holds (Aside)
 
 	// mu is held while anything is sent for the delivery, so a keep-alive
 	// racing a settle goes out before it or not at all.
@@ -867,6 +906,49 @@ func (d *Delivery) KeepAlive() error {
 		return nil
 	}
 	return d.msg.InProgress()
+}
+
+// Aside gives the delivery's place in hand to the next event while it
+// waits on something of its own (a retry's backoff), with a handler of its
+// own, so that the events behind it are fetched and handled meanwhile: an
+// urgent event waits for the calls in flight and the urgent events ahead,
+// never for other events' backoffs (SPEC §3). What the lane holds stays
+// bounded by the consumer's MaxAckPending. back takes a place again, at
+// once: one free, or the next one freed.
+func (d *Delivery) Aside() (back func()) {
+	l := d.lane
+	if l == nil {
+		return func() {}
+	}
+	l.mu.Lock()
+	l.aside++
+	spawn, owed := l.spawn, l.owed > 0
+	if spawn != nil {
+		l.handlers++
+	}
+	if owed {
+		l.owed--
+	}
+	l.mu.Unlock()
+	if !owed {
+		l.putRoom(1)
+	}
+	if spawn != nil {
+		spawn()
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.aside--
+			select {
+			case <-l.room:
+			default:
+				l.owed++
+			}
+		})
+	}
 }
 
 // Held reports whether the work stream still holds the event, so that a

@@ -41,6 +41,7 @@ type fakeDelivery struct {
 	mu         sync.Mutex
 	settled    []string // "ack", "term", "giveback <delay>"
 	keepAlives int
+	asides     int // times set aside (Aside)
 }
 
 func (d *fakeDelivery) Body() []byte { return []byte(d.body) }
@@ -95,6 +96,13 @@ func (d *fakeDelivery) AckWait() time.Duration {
 func (d *fakeDelivery) Ack() error                   { return d.settle("ack") }
 func (d *fakeDelivery) Term() error                  { return d.settle("term") }
 func (d *fakeDelivery) GiveBack(time.Duration) error { return d.settle("giveback") }
+func (d *fakeDelivery) Aside() func() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.asides++
+	return func() {}
+}
+
 func (d *fakeDelivery) KeepAlive() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -68,6 +68,10 @@ type Delivery interface {
 	// KeepAlive tells the broker the delivery is still being worked on,
 	// so it is not handed to another replica meanwhile.
 	KeepAlive() error
+	// Aside lets the events behind this one be taken and worked on while
+	// it waits on something of its own (a retry's backoff), until back is
+	// called: its place in hand is not held meanwhile.
+	Aside() (back func())
 	// Held reports whether the broker still holds the event, so that a
 	// later delivery of it will come: none will once any delivery acked
 	// or terminated it. An error means it cannot tell.
@@ -675,7 +679,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			if spent+wait > w.cfg.RetryMaxElapsed {
 				return exhausted
 			}
-			if !throttle.Sleep(stop, wait) {
+			if !sleepAside(stop, a, wait) {
 				return stopped
 			}
 			spent += wait
@@ -771,11 +775,20 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 		} else {
 			w.Log.Debug("call failed, retrying", w.fields(a, zap.Duration("wait", wait))...)
 		}
-		if !throttle.Sleep(stop, wait) {
+		if !sleepAside(stop, a, wait) {
 			return stopped
 		}
 		spent += wait
 	}
+}
+
+// sleepAside waits d between calls, or until ctx ends (false), its
+// delivery set aside meanwhile: the events behind it, an urgent one among
+// them, must not wait for its backoff.
+func sleepAside(ctx context.Context, a *attempt, d time.Duration) bool {
+	back := a.d.Aside()
+	defer back()
+	return throttle.Sleep(ctx, d)
 }
 
 // reroute looks the account's route up again before a call: a reload of

@@ -311,6 +311,29 @@ func deadLetters(t *testing.T, js jetstream.JetStream) map[string]string {
 	}
 }
 
+// twoBudgets is a stand-in with account A on its own account token and
+// budget, and accounts B and C on one user token sharing the user's
+// budget, each budget at rate calls a second (the stand-in refuses what a
+// budget's rate would not allow), and a credentials file saying so.
+func twoBudgets(t *testing.T, rate int) (*cloudflaretest.Server, *credDir) {
+	t.Helper()
+	api := cloudflaretest.NewServer(
+		cloudflaretest.WithAccountToken("cred-a", maTokA, "acct-a", maAccA),
+		cloudflaretest.WithUserToken("cred-bc", maTokBC, "user-bc", maAccB, maAccC),
+		cloudflaretest.WithBudgetRate("acct-a", rate),
+		cloudflaretest.WithBudgetRate("user-bc", rate),
+	)
+	t.Cleanup(api.Close)
+	d := newCredDir(t)
+	d.write("tok-a", maTokA+"\n")
+	d.write("tok-bc", maTokBC)
+	d.write("credentials.yaml", credentialsYAML(
+		maCred{name: "cred-a", tokenFile: "tok-a", budget: "acct-a", rate: rate, accounts: []string{maAccA}},
+		maCred{name: "cred-bc", tokenFile: "tok-bc", budget: "user-bc", rate: rate, accounts: []string{maAccB, maAccC}},
+	))
+	return api, d
+}
+
 // TestAccountsOnTwoBudgets: account A on its own account token and budget,
 // accounts B and C on one user token sharing the user's budget, each
 // budget at 5 calls a second, and an address limit of 8, below their sum.
@@ -323,21 +346,7 @@ func TestAccountsOnTwoBudgets(t *testing.T) {
 	skipShort(t)
 	const rate, ipLimit, perAccount = 5, 8, 40
 	srv := queuetest.Server(t)
-	api := cloudflaretest.NewServer(
-		cloudflaretest.WithAccountToken("cred-a", maTokA, "acct-a", maAccA),
-		cloudflaretest.WithUserToken("cred-bc", maTokBC, "user-bc", maAccB, maAccC),
-		// The stand-in refuses what a budget's rate would not allow.
-		cloudflaretest.WithBudgetRate("acct-a", rate),
-		cloudflaretest.WithBudgetRate("user-bc", rate),
-	)
-	t.Cleanup(api.Close)
-	d := newCredDir(t)
-	d.write("tok-a", maTokA+"\n")
-	d.write("tok-bc", maTokBC)
-	d.write("credentials.yaml", credentialsYAML(
-		maCred{name: "cred-a", tokenFile: "tok-a", budget: "acct-a", rate: rate, accounts: []string{maAccA}},
-		maCred{name: "cred-bc", tokenFile: "tok-bc", budget: "user-bc", rate: rate, accounts: []string{maAccB, maAccC}},
-	))
+	api, d := twoBudgets(t, rate)
 	env := accountsEnv(d, fmt.Sprintf("REVOKER_IP_RATE_LIMIT=%d", ipLimit))
 	w1 := startWorker(t, "replica-1", srv.ClientURL(), api, env...)
 	w2 := startWorker(t, "replica-2", srv.ClientURL(), api, env...)
@@ -762,4 +771,42 @@ func TestCredentialsFileReload(t *testing.T) {
 		t.Errorf("records by credential %v", per)
 	}
 	checkNoSecret(t, w)
+}
+
+// TestAccountsIncidentNotBehindAnothersBacklog: an incident in account A
+// (thirty urgent revocations, on a budget of 2 calls a second) is
+// published just before one urgent revocation of account B, on a budget of
+// its own. B's must not wait behind A's backlog (SPEC §9: beyond the
+// shared concurrency and address limit, which leave room here): A's events
+// waiting for their own budget leave their places in hand to B's. Counted,
+// not timed: B's DELETE comes before A's fifth.
+func TestAccountsIncidentNotBehindAnothersBacklog(t *testing.T) {
+	skipShort(t)
+	const rate, incident = 2, 30
+	srv := queuetest.Server(t)
+	api, d := twoBudgets(t, rate)
+	// Two calls in flight: the urgent lane holds four events.
+	w := startWorker(t, "replica-1", srv.ClientURL(), api, accountsEnv(d, "REVOKER_CONCURRENCY=2")...)
+	w.waitReady(30 * time.Second)
+	_, js := queuetest.ConnectURL(t, srv.ClientURL())
+	publishEach(t, js, "revoke.urgent", maAccA, keys("inc", incident))
+	publishFor(t, js, "revoke.urgent", maAccB, "other")
+	waitUntil(t, 60*time.Second, "B's key deleted", func() bool { return api.Deleted(maAccB, "other") })
+
+	before := 0
+	for _, r := range api.Requests() {
+		if r.Method != http.MethodDelete {
+			continue
+		}
+		if r.AccountID == maAccB {
+			break
+		}
+		if r.AccountID == maAccA {
+			before++
+		}
+	}
+	t.Logf("%d DELETEs of account A came before B's", before)
+	if before >= 5 {
+		t.Errorf("%d of A's DELETEs came before B's: B's revocation waited behind A's backlog on A's budget", before)
+	}
 }

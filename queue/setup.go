@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
 )
 
@@ -31,9 +32,14 @@ const (
 )
 
 // MaxAckPending is the consumers' limit on deliveries not yet acked. Each
-// replica holds at most 2×concurrency messages of a lane; room for four
-// replicas keeps a small fleet from starving one another.
-func MaxAckPending(concurrency int) int { return 8 * concurrency }
+// replica holds 2×concurrency messages of a lane at work; room for four
+// replicas keeps a small fleet from starving one another. Beyond those, a
+// replica holds the events set aside while they wait for a budget of their
+// own (several credentials) or out a backoff, so that the events behind
+// them are reached: room for every key of one account (an incident in it,
+// SPEC §1: at most 1,000), so that another account's revocation published
+// after them is fetched at once (SPEC §9).
+func MaxAckPending(concurrency int) int { return 8*concurrency + cloudflare.MaxAccountKeys }
 
 // Ensure checks the streams, durable consumers and replays bucket revoker
 // needs, creating the missing ones when cfg.Create is set. It never changes

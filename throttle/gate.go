@@ -278,16 +278,20 @@ func (g *Gate) Close() {
 // Acquire waits for a permit at priority p (0 is the highest). The wait ends
 // early with ctx's error or ErrClosed.
 func (g *Gate) Acquire(ctx context.Context, p int) (*Permit, error) {
-	return g.acquire(ctx, p, false)
+	return g.acquire(ctx, p, false, nil)
 }
 
 // Reacquire is Acquire for a call that held a permit and lost it (Late):
 // it waits first in line at priority p, so the call keeps its place.
 func (g *Gate) Reacquire(ctx context.Context, p int) (*Permit, error) {
-	return g.acquire(ctx, p, true)
+	return g.acquire(ctx, p, true, nil)
 }
 
-func (g *Gate) acquire(ctx context.Context, p int, first bool) (*Permit, error) {
+// Aside is told by an acquire that it must wait, before it waits; what it
+// returns, once the wait is over (AcquirePairAside).
+type Aside func() (back func())
+
+func (g *Gate) acquire(ctx context.Context, p int, first bool, aside Aside) (*Permit, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err // at shutdown, no new call starts
 	}
@@ -317,6 +321,9 @@ func (g *Gate) acquire(ctx context.Context, p int, first bool) (*Permit, error) 
 	g.mu.Unlock()
 	g.poke()
 
+	if aside != nil {
+		defer aside()()
+	}
 	select {
 	case <-w.ch:
 	case <-ctx.Done():

@@ -47,21 +47,36 @@ func (p Pair) Release() {
 // slots first), never while a call that needs it holds the permit it
 // waits for, and is late (Late) only if its caller waits before calling.
 func AcquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error) {
-	return acquirePair(ctx, budget, shared, p, false)
+	return acquirePair(ctx, budget, shared, p, false, nil)
+}
+
+// AcquirePairAside is AcquirePair that calls aside before it waits for its
+// budget's next slot (a rate slot ahead, a hold of the budget), and what
+// aside returned once that wait is over: a wait of the caller's own budget,
+// during which the caller's place may go to the calls of other budgets.
+// The wait for the shared gate, which every budget's calls share, is not
+// one.
+func AcquirePairAside(ctx context.Context, budget, shared *Gate, p int, aside Aside) (Pair, error) {
+	return acquirePair(ctx, budget, shared, p, false, aside)
 }
 
 // ReacquirePair is AcquirePair for a call that held a pair and lost it
 // (Late): it waits first in line at priority p at both gates, so the call
 // keeps its place.
 func ReacquirePair(ctx context.Context, budget, shared *Gate, p int) (Pair, error) {
-	return acquirePair(ctx, budget, shared, p, true)
+	return acquirePair(ctx, budget, shared, p, true, nil)
+}
+
+// ReacquirePairAside is ReacquirePair with AcquirePairAside's aside.
+func ReacquirePairAside(ctx context.Context, budget, shared *Gate, p int, aside Aside) (Pair, error) {
+	return acquirePair(ctx, budget, shared, p, true, aside)
 }
 
 // pairStep bounds how long a call holding a shared slot waits at its
 // budget before it looks up (acquirePair).
 const pairStep = time.Second
 
-func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool) (Pair, error) {
+func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool, aside Aside) (Pair, error) {
 	var s *Permit
 	for {
 		bctx, cancel := ctx, context.CancelFunc(func() {})
@@ -74,7 +89,13 @@ func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool) (
 			// another replica.
 			bctx, cancel = context.WithTimeout(ctx, min(budget.pairWait(), pairStep))
 		}
-		b, err := budget.acquire(bctx, p, first)
+		// Set aside only while it holds no shared slot: one it holds is
+		// not a wait of its own budget's alone.
+		wait := aside
+		if s != nil {
+			wait = nil
+		}
+		b, err := budget.acquire(bctx, p, first, wait)
 		cancel()
 		if err != nil {
 			if s != nil && ctx.Err() == nil && bctx.Err() != nil && !errors.Is(err, ErrClosed) {
@@ -93,7 +114,7 @@ func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool) (
 			return Pair{}, err
 		}
 		if s == nil {
-			if s, err = shared.acquire(ctx, p, first); err != nil {
+			if s, err = shared.acquire(ctx, p, first, nil); err != nil {
 				b.Release()
 				return Pair{}, err
 			}

@@ -313,3 +313,65 @@ func TestPairYieldsToAnotherReplicasClaim(t *testing.T) {
 	}
 	replica2.Claim(-1)
 }
+
+// TestPairAsideOnlyWhileItsBudgetHoldsItBack: AcquirePairAside sets its
+// caller aside while the caller waits for its own budget (a hold), and
+// takes it back once that wait is over; a permit at once, or a wait for
+// the shared gate alone (every budget's), sets nothing aside.
+func TestPairAsideOnlyWhileItsBudgetHoldsItBack(t *testing.T) {
+	// No rate: only a hold makes a call wait for this budget.
+	budget := throttle.New(throttle.Config{Priorities: 1, Concurrency: throttle.Unbounded})
+	defer budget.Close()
+	shared := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+	defer shared.Close()
+	var asides, backs atomic.Int32
+	aside := func() func() {
+		asides.Add(1)
+		return func() { backs.Add(1) }
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	pm, err := throttle.AcquirePairAside(ctx, budget, shared, 0, aside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asides.Load() != 0 {
+		t.Fatalf("a pair granted at once set its caller aside %d times", asides.Load())
+	}
+
+	// The shared slot is held: the next pair waits for it, not for its budget.
+	done := make(chan error, 1)
+	go func() {
+		pm, err := throttle.AcquirePairAside(ctx, budget, shared, 0, aside)
+		if err == nil {
+			pm.Release()
+		}
+		done <- err
+	}()
+	waitQueued(t, shared, 0, 1)
+	pm.Release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if asides.Load() != 0 {
+		t.Fatalf("a wait for the shared slot set its caller aside %d times", asides.Load())
+	}
+
+	// A hold of the budget: the caller is set aside while it lasts.
+	budget.Pause(300 * time.Millisecond)
+	go func() {
+		pm, err := throttle.AcquirePairAside(ctx, budget, shared, 0, aside)
+		if err == nil {
+			pm.Release()
+		}
+		done <- err
+	}()
+	waitQueued(t, budget, 0, 1)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if asides.Load() != 1 || backs.Load() != 1 {
+		t.Errorf("through its budget's hold the caller was set aside %d times and taken back %d; want once each", asides.Load(), backs.Load())
+	}
+}

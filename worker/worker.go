@@ -392,6 +392,16 @@ func (a *attempt) countIn(e *Entry, calls int) {
 	e.Calls, e.Journaled = max(e.Calls, calls), max(e.Journaled, a.journaled)
 }
 
+// aside is what sets the delivery aside while it waits for its budget of
+// its own (acquire); nil with the single budget, which every event waits
+// for alike.
+func (a *attempt) aside() throttle.Aside {
+	if a.route.Gate == nil {
+		return nil
+	}
+	return a.d.Aside
+}
+
 // unanswered counts the event's calls whose answer nobody heard.
 func (a *attempt) unanswered() int { return max(a.seen-a.answered-a.heard, 0) }
 
@@ -686,7 +696,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			continue
 		}
 		waitFrom := time.Now()
-		permit, err := w.acquire(stop, a.route, a.d.Priority())
+		permit, err := w.acquire(stop, a.route, a.d.Priority(), a.aside())
 		if err != nil {
 			return stopped
 		}
@@ -1032,7 +1042,7 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read
 func (w *Worker) reacquireHearing(stop, work context.Context, a *attempt) (permit, error) {
 	every := a.d.AckWait() / 4
 	if every <= 0 {
-		return w.reacquire(stop, a.route, a.d.Priority())
+		return w.reacquire(stop, a.route, a.d.Priority(), a.aside())
 	}
 	ctx, cancel := context.WithCancel(work)
 	heard := make(chan time.Time, 1)
@@ -1053,7 +1063,7 @@ func (w *Worker) reacquireHearing(stop, work context.Context, a *attempt) (permi
 			}
 		}
 	}()
-	pm, err := w.reacquire(stop, a.route, a.d.Priority())
+	pm, err := w.reacquire(stop, a.route, a.d.Priority(), a.aside())
 	cancel()
 	if last := <-heard; last.After(a.word) {
 		a.word = last
@@ -1224,7 +1234,7 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 		close(l.done)
 	}()
 
-	permit, err := w.acquire(stop, route, priority)
+	permit, err := w.acquire(stop, route, priority, nil)
 	if err != nil {
 		l.err = err
 		return nil, time.Time{}, nil
@@ -1292,20 +1302,22 @@ type permit interface {
 // acquire waits for leave to call on route at priority p: with a budget
 // of its own, first the budget's rate (so an account never waits behind
 // another budget's backlog or hold), then the shared calls in flight and
-// address limit.
-func (w *Worker) acquire(ctx context.Context, r Route, p int) (permit, error) {
-	return w.acquireFrom(ctx, r, p, w.Gate.Acquire, throttle.AcquirePair)
+// address limit. While it waits for its budget, aside (when not nil) lets
+// the delivery's place in hand go to the events behind it, another
+// budget's among them (SPEC §9).
+func (w *Worker) acquire(ctx context.Context, r Route, p int, aside throttle.Aside) (permit, error) {
+	return w.acquireFrom(ctx, r, p, aside, w.Gate.Acquire, throttle.AcquirePairAside)
 }
 
 // reacquire is acquire for a call whose permit went by before it could
 // start (permit.Late): first in line, so it keeps its place.
-func (w *Worker) reacquire(ctx context.Context, r Route, p int) (permit, error) {
-	return w.acquireFrom(ctx, r, p, w.Gate.Reacquire, throttle.ReacquirePair)
+func (w *Worker) reacquire(ctx context.Context, r Route, p int, aside throttle.Aside) (permit, error) {
+	return w.acquireFrom(ctx, r, p, aside, w.Gate.Reacquire, throttle.ReacquirePairAside)
 }
 
-func (w *Worker) acquireFrom(ctx context.Context, r Route, p int,
+func (w *Worker) acquireFrom(ctx context.Context, r Route, p int, aside throttle.Aside,
 	one func(context.Context, int) (*throttle.Permit, error),
-	pair func(context.Context, *throttle.Gate, *throttle.Gate, int) (throttle.Pair, error)) (permit, error) {
+	pair func(context.Context, *throttle.Gate, *throttle.Gate, int, throttle.Aside) (throttle.Pair, error)) (permit, error) {
 	if r.Gate == nil || r.Gate == w.Gate {
 		pm, err := one(ctx, p)
 		if err != nil {
@@ -1313,7 +1325,7 @@ func (w *Worker) acquireFrom(ctx context.Context, r Route, p int,
 		}
 		return pm, nil
 	}
-	pm, err := pair(ctx, r.Gate, w.Gate, p)
+	pm, err := pair(ctx, r.Gate, w.Gate, p, aside)
 	if err != nil {
 		return nil, err
 	}

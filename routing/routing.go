@@ -8,6 +8,7 @@ package routing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -122,6 +123,9 @@ type Routes struct {
 	make    func(name string, rate float64) (*BudgetGate, error)
 	metrics func(name string) metrics.Budget
 	log     *zap.Logger
+	// pause is how long a 429 without Retry-After on a check or a list
+	// holds its budget: REVOKER_RETRY_INITIAL, a DELETE's first backoff.
+	pause time.Duration
 
 	mu       sync.Mutex
 	budgets  map[string]*BudgetGate
@@ -239,10 +243,11 @@ func (r *Routes) budget(name string, rate float64) *BudgetGate {
 }
 
 // Turn returns what charges one call for an account to its budget and to
-// shared, at priority p: a key list of the periodic check, say. An account
-// no credential serves has no turn.
-func (r *Routes) Turn(shared *throttle.Gate, p int) func(ctx context.Context, account string) (func(), error) {
-	return func(ctx context.Context, account string) (func(), error) {
+// shared, at priority p: a key list of the periodic check, say. The call's
+// answer, given back with the turn, holds the budget as a DELETE's would
+// (Heed). An account no credential serves has no turn.
+func (r *Routes) Turn(shared *throttle.Gate, p int) func(ctx context.Context, account string) (func(*cloudflare.Response), error) {
+	return func(ctx context.Context, account string) (func(*cloudflare.Response), error) {
 		rt, ok := r.Route(account)
 		if !ok {
 			return nil, credentials.ErrAccountNotAllowed
@@ -255,7 +260,29 @@ func (r *Routes) Turn(shared *throttle.Gate, p int) func(ctx context.Context, ac
 			return nil, err
 		}
 		rt.Budget.Calls.Inc()
-		return pm.Release, nil
+		return func(answer *cloudflare.Response) {
+			pm.Release()
+			Heed(rt.Gate, answer, r.pause)
+		}, nil
+	}
+}
+
+// Heed makes g, a budget's gate, hold what an answer to a call charged to
+// it other than a DELETE (a token check, a key list) asks of every call of
+// the budget, as the worker does for a DELETE's (SPEC §4, §9): a 429
+// pauses them, for its Retry-After or, without one, for pause; a
+// Retry-After on any other answer holds them. The gate caps either at 5
+// minutes.
+func Heed(g *throttle.Gate, answer *cloudflare.Response, pause time.Duration) {
+	switch {
+	case answer == nil || g == nil:
+	case answer.Status == http.StatusTooManyRequests:
+		if answer.HasRetryAfter && answer.RetryAfter > 0 {
+			pause = answer.RetryAfter
+		}
+		g.Pause(pause)
+	case answer.HasRetryAfter && answer.RetryAfter > 0:
+		g.Hold(answer.RetryAfter, fmt.Sprintf(throttle.CauseRetryAfter, answer.Status))
 	}
 }
 
@@ -373,7 +400,9 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 		// No answer proves nothing either way: the first call will tell.
 		r.log.Warn("a credential could not be checked", zap.String("credential", c.Name), zap.Error(err))
 	case !v.Active && !credentialRefused(v):
-		// A 429 or a 5xx says nothing of the credential.
+		// A 429 or a 5xx says nothing of the credential; a hold it asks
+		// for holds the budget.
+		Heed(b.gate, v.Response, r.pause)
 		r.log.Warn("a credential could not be checked", zap.String("credential", c.Name),
 			zap.Int("status", v.Status), zap.String("cf_ray", v.CFRay))
 	case !v.Active:
@@ -489,7 +518,7 @@ func (f *File) Watch(ctx context.Context) {
 func (f *File) RoutesOn(js jetstream.JetStream, cfg config.Config, m *metrics.Metrics, shared *throttle.Gate, ready *metrics.Readiness, log *zap.Logger) *Routes {
 	return &Routes{
 		router: f.router, log: log, budgets: map[string]*BudgetGate{}, checking: map[string]*recheck{},
-		metrics: m.Budget, ipLimit: cfg.IPRateLimit, shared: shared, ready: ready,
+		metrics: m.Budget, ipLimit: cfg.IPRateLimit, shared: shared, ready: ready, pause: cfg.RetryInitial,
 		make: func(name string, rate float64) (*BudgetGate, error) {
 			return NewBudgetGate(js, cfg, func() string { return "budget:" + name }, name, rate, throttle.Unbounded, m.Budget(name), log)
 		},

@@ -87,7 +87,7 @@ func TestTurnChargesTheAccountsBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	release()
+	release(nil)
 	if a, b := testutil.ToFloat64(m.Budget("a").Calls), testutil.ToFloat64(m.Budget("b").Calls); a != 0 || b != 1 {
 		t.Errorf("calls charged: a %v, b %v; want 0 and 1", a, b)
 	}
@@ -471,6 +471,20 @@ func TestBudgetGatesLeaveTheCallsInFlightToTheSharedGate(t *testing.T) {
 	}
 }
 
+// routeChecked is acct1's route once its credential (at rate) was
+// checked against an API answering with h.
+func routeChecked(t *testing.T, rate float64, h http.HandlerFunc) worker.Route {
+	t.Helper()
+	api := httptest.NewServer(h)
+	t.Cleanup(api.Close)
+	r, c, ready := checkedRoutes(t, api.URL, rate)
+	all := throttle.New(throttle.Config{Priorities: 1, Concurrency: 4})
+	t.Cleanup(all.Close)
+	r.verify(context.Background(), c, all, 0, ready)
+	rt, _ := r.Route("acct1")
+	return rt
+}
+
 // TestCheckQuotaLowersTheBudgetsRate: a credential's check answers with
 // Ratelimit-Policy q=1;w=1 for a budget configured at 10/s: every call of
 // the budget after it is spaced to the quota, not only the next (SPEC §6:
@@ -478,17 +492,11 @@ func TestBudgetGatesLeaveTheCallsInFlightToTheSharedGate(t *testing.T) {
 // quota lower than its rate).
 func TestCheckQuotaLowersTheBudgetsRate(t *testing.T) {
 	const active = `{"success":true,"errors":[],"messages":[],"result":{"id":"t1","status":"active"}}`
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	rt := routeChecked(t, 10, func(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Ratelimit-Policy", `"default";q=1;w=1`)
 		_, _ = io.WriteString(w, active)
-	}))
-	t.Cleanup(api.Close)
-	r, c, ready := checkedRoutes(t, api.URL, 10)
-	all := throttle.New(throttle.Config{Priorities: 1, Concurrency: 4})
-	t.Cleanup(all.Close)
-	r.verify(context.Background(), c, all, 0, ready)
-	rt, _ := r.Route("acct1")
+	})
 	var at []time.Time
 	for range 4 {
 		pm, err := rt.Gate.Acquire(context.Background(), 0)

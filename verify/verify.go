@@ -35,8 +35,9 @@ type Config struct {
 	Prefix string // the outcome subject prefix (REVOKER_OUTCOME_SUBJECT)
 	API    Lister
 	// Acquire, when set, is called before each key list and the release
-	// it returns after it: the worker charges lists to its rate budget.
-	Acquire func(ctx context.Context, account string) (release func(), err error)
+	// it returns after it, with the list's answer (nil: none): the worker
+	// charges lists to its rate budget, which heeds the holds they ask for.
+	Acquire func(ctx context.Context, account string) (release func(answer *cloudflare.Response), err error)
 }
 
 // Claim is a key the trail says is gone, and the record that says so.
@@ -131,14 +132,20 @@ func Check(ctx context.Context, cfg Config, account string, since time.Time) (Re
 // fetch asks for one account's key list and returns it, or why it proves
 // nothing.
 func fetch(ctx context.Context, cfg Config, account string) (*cloudflare.KeyList, string) {
+	release := func(*cloudflare.Response) {}
 	if cfg.Acquire != nil {
-		release, err := cfg.Acquire(ctx, account)
+		r, err := cfg.Acquire(ctx, account)
 		if err != nil {
 			return nil, "no turn to call: " + err.Error()
 		}
-		defer release()
+		release = r
 	}
 	list, err := cfg.API.ListSigningKeys(ctx, account)
+	if list != nil {
+		release(list.Response)
+	} else {
+		release(nil)
+	}
 	switch {
 	case err != nil:
 		return nil, err.Error()

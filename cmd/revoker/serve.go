@@ -404,7 +404,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		}
 		defer verify.Start(ctx, &verify.Schedule{
 			Check: verify.Config{JS: js, Stream: cfg.OutcomeStream, Prefix: cfg.OutcomeSubject, API: w.api,
-				Acquire: gateTurn(gate, len(cfg.Subjects)-1, calls, budgets)},
+				Acquire: gateTurn(gate, len(cfg.Subjects)-1, calls, budgets, cfg.RetryInitial)},
 			Interval: cfg.VerifyInterval, Create: cfg.CreateStreams, Replicas: cfg.StreamReplicas,
 			Gauge: m.KeysStillListed, Log: log, Replica: host,
 		})()

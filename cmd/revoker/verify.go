@@ -149,17 +149,20 @@ func printStillListed(e env, keys []verify.Claim, asJSON bool) {
 // the call slots, at the priority given (the lowest: a check never delays
 // a revocation); calls counts them. With several credentials, routes
 // charges each to its account's budget as well.
-func gateTurn(gate *throttle.Gate, priority int, calls prometheus.Counter, routes *routing.Routes) func(context.Context, string) (func(), error) {
+func gateTurn(gate *throttle.Gate, priority int, calls prometheus.Counter, routes *routing.Routes, pause time.Duration) func(context.Context, string) (func(*cloudflare.Response), error) {
 	if routes != nil {
 		return routes.Turn(gate, priority)
 	}
-	return func(ctx context.Context, _ string) (func(), error) {
+	return func(ctx context.Context, _ string) (func(*cloudflare.Response), error) {
 		p, err := gate.Acquire(ctx, priority)
 		if err != nil {
 			return nil, err
 		}
 		calls.Inc()
-		return p.Release, nil
+		return func(answer *cloudflare.Response) {
+			p.Release()
+			routing.Heed(gate, answer, pause)
+		}, nil
 	}
 }
 
@@ -168,21 +171,21 @@ func gateTurn(gate *throttle.Gate, priority int, calls prometheus.Counter, route
 // address limit as serve cuts it. A check run by hand cannot take part in
 // the replicas' shared budget (an operator may not write it), so it goes
 // no faster than one replica alone would; budgetOf names an account's.
-func pacedLists(rates map[string]float64, budgetOf func(account string) string, ip float64) (acquire func(context.Context, string) (func(), error), stop func()) {
+func pacedLists(rates map[string]float64, budgetOf func(account string) string, ip float64) (acquire func(context.Context, string) (func(*cloudflare.Response), error), stop func()) {
 	gates := map[string]*throttle.Gate{}
 	for name, r := range rates {
 		gates[name] = throttle.New(throttle.Config{Priorities: 1, Concurrency: 1, Rate: routing.Rate(r, rates, ip)})
 	}
-	acquire = func(ctx context.Context, account string) (func(), error) {
+	acquire = func(ctx context.Context, account string) (func(*cloudflare.Response), error) {
 		g, ok := gates[budgetOf(account)]
 		if !ok {
-			return func() {}, nil // no credential serves it: its list fails without a call
+			return func(*cloudflare.Response) {}, nil // no credential serves it: its list fails without a call
 		}
 		p, err := g.Acquire(ctx, 0)
 		if err != nil {
 			return nil, err
 		}
-		return p.Release, nil
+		return func(*cloudflare.Response) { p.Release() }, nil
 	}
 	return acquire, func() {
 		for _, g := range gates {

@@ -151,4 +151,15 @@ func TestReadyWithOneCredentialRefused(t *testing.T) {
 	if n, err := testutil.GatherAndCount(reg, "revoker_ready"); err != nil || n != 1 {
 		t.Errorf("%d revoker_ready series (%v), want 1: the removed credentials' series gone", n, err)
 	}
+	// A refusal heard late for a removed credential does not bring it
+	// back; one of a credential still there counts.
+	if ready.Update("credential:ops", "token refused") {
+		t.Errorf("Update brought back a removed condition")
+	}
+	if !ready.Update("credential:media-eu", "") || !ready.Met("credential:media-eu") {
+		t.Errorf("Update of a known condition did not apply")
+	}
+	if n, err := testutil.GatherAndCount(reg, "revoker_ready"); err != nil || n != 1 {
+		t.Errorf("%d revoker_ready series (%v) after a late refusal of a removed credential, want 1", n, err)
+	}
 }

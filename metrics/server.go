@@ -69,6 +69,19 @@ func (r *Readiness) Set(name, why string) {
 	r.gauge.WithLabelValues(name).Set(v)
 }
 
+// Update is Set for a condition already known: one removed meanwhile (a
+// credential taken out of the credentials file, while a call or a check
+// of it was under way) stays removed. It reports whether it was known.
+func (r *Readiness) Update(name, why string) bool {
+	r.mu.Lock()
+	_, known := r.conds[name]
+	r.mu.Unlock()
+	if known {
+		r.Set(name, why)
+	}
+	return known
+}
+
 // Remove forgets condition name and its series: a credential taken out of
 // the credentials file no longer counts, met or not.
 func (r *Readiness) Remove(name string) {

@@ -410,13 +410,13 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 		if v.TokenStatus != "" {
 			why += ", token " + v.TokenStatus
 		}
-		ready.Set(cond, why+")")
+		ready.Update(cond, why+")") // not if a reload took the credential out meanwhile
 		order.applied = ticket
 		r.log.Error("the API refused a credential; its accounts wait until it works",
 			zap.String("credential", c.Name), zap.Int("status", v.Status), zap.String("token_status", v.TokenStatus),
 			zap.String("cf_ray", v.CFRay))
 	default:
-		ready.Set(cond, "")
+		ready.Update(cond, "")
 		order.applied = ticket
 		r.log.Info("credential accepted", zap.String("credential", c.Name), zap.String("check", v.Endpoint))
 		// As the worker does on every answer: the budget follows the

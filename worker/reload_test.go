@@ -110,3 +110,20 @@ func TestReloadMovesTheNextCall(t *testing.T) {
 		}
 	}
 }
+
+// A credential a reload took out of the file no longer counts for
+// readiness (its condition removed); a refusal heard afterwards from a
+// call made with it must not bring the condition back, as unmet, naming a
+// credential no longer there.
+func TestRemovedCredentialConditionStaysRemoved(t *testing.T) {
+	r := newRouted(t, answer(403, rejected, 0))
+	cond := worker.ReadyCredentialOf("cred-a")
+	r.ready.Remove(cond) // the reload: cred-a is gone
+	r.handle(&fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`})
+	for _, n := range r.ready.Names() {
+		if n == cond {
+			_, why := r.ready.Ready()
+			t.Errorf("condition %s of a credential no longer in the file is back: /readyz says %q", cond, why)
+		}
+	}
+}

@@ -1363,11 +1363,13 @@ func (w *Worker) heed(r Route, rl cloudflare.RateLimit, d Decision, status int) 
 	// credential's check, an earlier worker on a connection given up).
 	switch {
 	case refused && w.Ready.Met(cond):
-		w.Ready.Set(cond, "the API refused the credential: "+d.Detail)
-		w.Log.Error("the API refused the credential; not ready until a call succeeds",
-			zap.String("credential", r.Credential), zap.String("detail", d.Detail))
+		// Not for a credential a reload took out meanwhile.
+		if w.Ready.Update(cond, "the API refused the credential: "+d.Detail) {
+			w.Log.Error("the API refused the credential; not ready until a call succeeds",
+				zap.String("credential", r.Credential), zap.String("detail", d.Detail))
+		}
 	case works && !w.Ready.Met(cond):
-		w.Ready.Set(cond, "")
+		w.Ready.Update(cond, "")
 		w.Log.Info("the API accepts the credential again", zap.String("credential", r.Credential))
 	}
 	switch {

@@ -88,7 +88,7 @@ func TestVerifyToken(t *testing.T) {
 			if v.Active != tc.active || v.Status != tc.status || v.Endpoint != tc.endpoint || v.TokenStatus != tc.tokStatus {
 				t.Errorf("got active %v, status %d, endpoint %q, token status %q", v.Active, v.Status, v.Endpoint, v.TokenStatus)
 			}
-			if !v.Policy.Known || v.Policy.Quota != 100 {
+			if !v.Policy.Known || v.Policy.PerSecond() != 100 {
 				t.Errorf("Policy = %+v", v.Policy)
 			}
 			var paths []string

@@ -78,7 +78,7 @@ func TestBudgetsLockOutApart(t *testing.T) {
 		if r.Status != 200 {
 			t.Errorf("%s while another budget is locked: %d", name, r.Status)
 		}
-		if !r.Policy.Known || r.Policy.Quota != 3 || r.Policy.Window != time.Second {
+		if !r.Policy.Known || r.Policy.Quota != 3*300 || r.Policy.Window != cloudflaretest.QuotaWindow {
 			t.Errorf("%s: Ratelimit-Policy %+v", name, r.Policy)
 		}
 	}

@@ -225,7 +225,11 @@ func WithLockout(d time.Duration) Option { return func(c *config) { c.lockout = 
 // window has room, at least 1. 0 or less turns it off. With several
 // credentials, it is the limit of each budget not given WithBudgetRate, each
 // counted apart. Every answer charged to a limited budget carries Ratelimit
-// and Ratelimit-Policy (`"default";q=<perSecond>;w=1`).
+// and Ratelimit-Policy as Cloudflare's do, over its five-minute window
+// (QuotaWindow): `"default";q=<perSecond×300>;w=300`, and what is left of
+// that quota with the seconds until its oldest call leaves the window.
+// The per-second refusal is stricter than that quota: it checks that the
+// worker spaces its calls.
 func WithRateLimit(perSecond int) Option { return func(c *config) { c.perSecond = perSecond } }
 
 // WithoutAPI makes the server something that is not the API, as a wrong
@@ -261,6 +265,7 @@ type Server struct {
 type budgetState struct {
 	perSecond   int
 	window      []time.Time // arrivals answered non-429 within the last second
+	quota       []time.Time // those within the last QuotaWindow, for the headers
 	lockedUntil time.Time
 	count       int
 	throttled   int
@@ -508,6 +513,7 @@ func (s *Server) handle(rt route) http.HandlerFunc {
 		if limited {
 			if rep.status != http.StatusTooManyRequests {
 				b.window = append(b.window, now)
+				b.quota = append(b.quota, now)
 			}
 			s.addRateHeaders(b, &rep, now)
 		}
@@ -839,24 +845,40 @@ func (b *budgetState) prune(now time.Time) {
 	b.window = append(b.window[:0], b.window[i:]...)
 }
 
+// QuotaWindow is the window of the quota the headers tell, Cloudflare's:
+// 1,200 calls in 5 minutes is 4 a second (SPEC §1).
+const QuotaWindow = 5 * time.Minute
+
 // addRateHeaders adds the IETF draft headers the real API may send, so
 // clients can be tested against them; s.mu is held.
 func (s *Server) addRateHeaders(b *budgetState, rep *reply, now time.Time) {
 	b.prune(now)
-	left := max(0, b.perSecond-len(b.window))
-	reset := 1
+	i := 0
+	for i < len(b.quota) && !b.quota[i].After(now.Add(-QuotaWindow)) {
+		i++
+	}
+	b.quota = append(b.quota[:0], b.quota[i:]...)
+	quota := b.perSecond * int(QuotaWindow/time.Second)
+	left := max(0, quota-len(b.quota))
+	reset := int(QuotaWindow / time.Second)
 	switch {
 	case now.Before(b.lockedUntil):
 		left, reset = 0, ceilSeconds(b.lockedUntil.Sub(now))
-	case len(b.window) > 0:
-		reset = ceilSeconds(b.window[0].Add(time.Second).Sub(now))
+	case rep.status == http.StatusTooManyRequests:
+		// Refused for the second's rate: nothing is left until it has room.
+		left, reset = 0, 1
+		if len(b.window) > 0 {
+			reset = max(1, ceilSeconds(b.window[0].Add(time.Second).Sub(now)))
+		}
+	case len(b.quota) > 0:
+		reset = ceilSeconds(b.quota[0].Add(QuotaWindow).Sub(now))
 	}
 	if rep.header == nil {
 		rep.header = http.Header{}
 	}
 	if rep.header.Get("Ratelimit") == "" {
 		rep.header.Set("Ratelimit", fmt.Sprintf(`"default";r=%d;t=%d`, left, reset))
-		rep.header.Set("Ratelimit-Policy", fmt.Sprintf(`"default";q=%d;w=1`, b.perSecond))
+		rep.header.Set("Ratelimit-Policy", fmt.Sprintf(`"default";q=%d;w=%d`, quota, int(QuotaWindow/time.Second)))
 	}
 }
 

@@ -76,12 +76,14 @@ type Lane struct {
 	checkOff    bool
 
 	// aside counts the deliveries in hand that gave their place to the
-	// next event while they wait on something of their own (Aside); owed,
-	// the places taken back by those that found none free, paid as the
-	// next deliveries end. handlers counts the handler goroutines, one
-	// per place and one per delivery aside; spawn starts one more.
-	aside, owed, handlers int
-	spawn                 func()
+	// next event while they wait on something of their own (Aside), and
+	// retrying those of them waiting out a retry's backoff; owed, the
+	// places taken back by those that found none free, paid with the next
+	// places freed (putRoom). handlers counts the handler goroutines: one
+	// per place, per delivery aside and per place owed (handlersWanted);
+	// spawn starts one more.
+	aside, retrying, owed, handlers int
+	spawn                           func()
 }
 
 // consumerCheck is one look at the lane's consumer, made after the
@@ -751,27 +753,39 @@ func (l *Lane) Gone() {
 }
 
 // release counts d, whose handler is done, out of hand, and frees its
-// place, or pays a place owed with it; it reports whether that handler is
-// one more than the places and the deliveries aside need, and so ends.
+// place (putRoom); it reports whether that handler is one more than the
+// lane needs (handlersWanted), and so ends.
 func (l *Lane) release(d *Delivery) (surplus bool) {
 	l.mu.Lock()
 	l.doneLocked(d)
-	owed := l.owed > 0
-	if owed {
+	pays := l.owed > 0 // as putRoom does, under the one lock
+	if pays {
 		l.owed--
 	}
-	if surplus = l.handlers > l.Capacity+l.aside; surplus {
+	if surplus = l.handlers > l.handlersWanted(); surplus {
 		l.handlers--
 	}
 	l.mu.Unlock()
-	if !owed {
-		l.putRoom(1)
+	if !pays {
+		l.room <- struct{}{}
 	}
 	return surplus
 }
 
+// handlersWanted is how many handlers the lane needs: one for each place
+// (held by a delivery at work, or free, for the next one fetched), for
+// each delivery aside, and for each place owed (a delivery back from
+// aside, at work beyond the places). l.mu is held.
+func (l *Lane) handlersWanted() int { return l.Capacity + l.aside + l.owed }
+
+// putRoom frees n places: first paying the places owed, then for the
+// next events to be fetched.
 func (l *Lane) putRoom(n int) {
-	for range n {
+	l.mu.Lock()
+	pay := min(n, l.owed)
+	l.owed -= pay
+	l.mu.Unlock()
+	for range n - pay {
 		l.room <- struct{}{}
 	}
 }
@@ -909,30 +923,43 @@ func (d *Delivery) KeepAlive() error {
 }
 
 // Aside gives the delivery's place in hand to the next event while it
-// waits on something of its own (a retry's backoff), with a handler of its
-// own, so that the events behind it are fetched and handled meanwhile: an
-// urgent event waits for the calls in flight and the urgent events ahead,
-// never for other events' backoffs (SPEC §3). What the lane holds stays
-// bounded by the consumer's MaxAckPending. back takes a place again, at
-// once: one free, or the next one freed.
-func (d *Delivery) Aside() (back func()) {
+// waits on something of its own, with a handler of its own, so that the
+// events behind it are fetched and handled meanwhile: an urgent event
+// waits for the calls in flight and the urgent events ahead, never for
+// other events' waits (SPEC §3), and an account's, never for another
+// budget's (§9). back takes a place again, at once: one free, or the next
+// one freed.
+//
+// retrying says the wait is a retry's backoff, which spends the event's
+// deliveries: while the API fails for every event, fetching more only
+// wears theirs out too. So at most as many retrying events are set aside
+// as the lane has places; beyond, the delivery keeps its place (back does
+// nothing). A wait for the event's own budget spends none, and is bounded
+// only by the consumer's MaxAckPending.
+func (d *Delivery) Aside(retrying bool) (back func()) {
 	l := d.lane
 	if l == nil {
 		return func() {}
 	}
 	l.mu.Lock()
-	l.aside++
-	spawn, owed := l.spawn, l.owed > 0
-	if spawn != nil {
-		l.handlers++
+	if retrying && l.retrying >= l.Capacity {
+		l.mu.Unlock()
+		return func() {}
 	}
-	if owed {
-		l.owed--
+	l.aside++
+	if retrying {
+		l.retrying++
 	}
 	l.mu.Unlock()
-	if !owed {
-		l.putRoom(1)
+	l.putRoom(1)
+	l.mu.Lock()
+	spawn := l.spawn
+	if spawn != nil && l.handlers < l.handlersWanted() {
+		l.handlers++
+	} else {
+		spawn = nil
 	}
+	l.mu.Unlock()
 	if spawn != nil {
 		spawn()
 	}
@@ -942,6 +969,9 @@ func (d *Delivery) Aside() (back func()) {
 			l.mu.Lock()
 			defer l.mu.Unlock()
 			l.aside--
+			if retrying {
+				l.retrying--
+			}
 			select {
 			case <-l.room:
 			default:

@@ -2,14 +2,15 @@ package queue_test
 
 import (
 	"context"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
@@ -22,24 +23,9 @@ import (
 // both cases the lane then holds as many places as before and goes on
 // fetching.
 func TestLaneAsideTakesTheNextEvent(t *testing.T) {
-	srv := queuetest.Server(t)
-	_, js := queuetest.Connect(t, srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "A", Subjects: []string{"a"}, Retention: jetstream.WorkQueuePolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := js.CreateConsumer(ctx, "A", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
-	publish := func(n int) {
-		t.Helper()
-		if _, err := js.Publish(ctx, "a", []byte(strconv.Itoa(n))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	stream, cons, publish := workQueueOf(t, ctx, "a")
 	lane := queue.NewLane(cons, "a", 0, 1, 1, 100*time.Millisecond)
 	lane.Stream = stream
 
@@ -58,7 +44,7 @@ func TestLaneAsideTakesTheNextEvent(t *testing.T) {
 		n, _ := strconv.Atoi(string(d.Body()))
 		switch n {
 		case 0, 2:
-			back := d.Aside()
+			back := d.Aside(true)
 			<-release[n]
 			back()
 		case 3:
@@ -79,18 +65,12 @@ func TestLaneAsideTakesTheNextEvent(t *testing.T) {
 		_ = d.Ack()
 		handled <- n
 	}
-	run, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- lane.Run(run, ctx, queue.Hooks{Handle: handle, GiveBack: func(d *queue.Delivery) { _ = d.GiveBack(0) },
-			Pending: func(uint64) {}, NoNews: func() {}}, zap.NewNop())
-	}()
+	stop := runLane(ctx, lane, handle)
 	defer func() {
 		for n := range release {
 			free(n) // a failed test leaves no handler waiting
 		}
 		stop()
-		<-done
 	}()
 	next := func(want int) {
 		t.Helper()
@@ -128,5 +108,151 @@ func TestLaneAsideTakesTheNextEvent(t *testing.T) {
 	}
 	if m := most.Load(); m != 1 {
 		t.Errorf("%d events in hand at once in a lane of one place", m)
+	}
+}
+
+// laneHandlers counts the goroutines handling a lane's deliveries.
+func laneHandlers() int {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "queue.(*Lane).Run.func1") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestLaneAsideKeepsItsCounts: a lane of one place whose events are set
+// aside again and again (retried) ends with one handler, not one more per
+// time aside; and a retrying event is set aside only while fewer are than
+// the lane has places, so that an API failing for every event wears out
+// the deliveries of no more than twice the lane's places.
+func TestLaneAsideKeepsItsCounts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, cons, publish := workQueueOf(t, ctx, "c")
+	lane := queue.NewLane(cons, "c", 0, 1, 1, 100*time.Millisecond)
+	const retried = 20
+	handled := make(chan int, 32)
+	holdA, holdB := make(chan struct{}), make(chan struct{})
+	asideA := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(holdA); close(holdB) }) }
+	defer free()
+	handle := func(_ context.Context, d *queue.Delivery) {
+		n, _ := strconv.Atoi(string(d.Body()))
+		switch {
+		case n < retried:
+			for range 3 {
+				d.Aside(true)()
+			}
+		case n == retried: // A: aside, retrying, until released
+			back := d.Aside(true)
+			close(asideA)
+			<-holdA
+			back()
+		case n == retried+1: // B: its retry finds the lane's one retrying place taken
+			handled <- n
+			back := d.Aside(true)
+			<-holdB
+			back()
+		}
+		_ = d.Ack()
+		handled <- n
+	}
+	stop := runLane(ctx, lane, handle)
+	defer func() { free(); stop() }()
+
+	for n := range retried {
+		publish(n)
+		if got := <-handled; got != n {
+			t.Fatalf("event %d handled, want %d", got, n)
+		}
+	}
+	queuetest.Eventually(t, 10*time.Second, "one handler left for the lane's one place", func() bool { return laneHandlers() == 1 })
+
+	publish(retried)
+	<-asideA
+	publish(retried + 1)
+	if got := <-handled; got != retried+1 {
+		t.Fatalf("event %d handled, want B (%d) while A is aside", got, retried+1)
+	}
+	// B is at work in the one place and could not be set aside: C waits.
+	publish(retried + 2)
+	select {
+	case n := <-handled:
+		t.Fatalf("event %d handled while A was aside and B held the lane's one place: two retrying events aside in a lane of one place", n)
+	case <-time.After(1500 * time.Millisecond): // no event may come: a bounded look, not a wait for one
+	}
+}
+
+// TestLaneDebtPaidByAFetchsPlace: an event back from aside while the
+// lane's fetch held its one place owes that place; the fetch, ending
+// empty, frees it, and that pays the debt: the lane fetches no more, and
+// takes no second event, while the first is at work.
+func TestLaneDebtPaidByAFetchsPlace(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, cons, publish := workQueueOf(t, ctx, "d")
+	lane := queue.NewLane(cons, "d", 0, 1, 1, 100*time.Millisecond)
+	handled := make(chan int, 4)
+	release := make(chan struct{})
+	var emptyFetches, before atomic.Int32 // fetches that came back with nothing
+	handle := func(_ context.Context, d *queue.Delivery) {
+		n, _ := strconv.Atoi(string(d.Body()))
+		if n == 0 {
+			back := d.Aside(true)
+			queuetest.Eventually(t, 10*time.Second, "the fetch holding the free place", lane.Full)
+			before.Store(emptyFetches.Load())
+			back() // no place free: it owes the fetch's
+		}
+		handled <- n
+		<-release
+		_ = d.Ack()
+	}
+	stop := runLaneHearing(ctx, lane, handle, func(n uint64) {
+		if n == 0 {
+			emptyFetches.Add(1)
+		}
+	})
+	defer func() { close(release); stop() }()
+	publish(0)
+	if n := <-handled; n != 0 {
+		t.Fatalf("event %d handled first", n)
+	}
+	// The fetch that held the place ends empty: its place pays the debt,
+	// and no fetch is made again while event 0 works.
+	queuetest.Eventually(t, 10*time.Second, "the fetch that held the place ended", func() bool {
+		return emptyFetches.Load() > before.Load()
+	})
+	publish(1)
+	select {
+	case n := <-handled:
+		t.Fatalf("event %d taken while event 0, back from aside, works in the lane's one place", n)
+	case <-time.After(1500 * time.Millisecond): // several fetches end meanwhile: a bounded look, not a wait for one
+	}
+}
+
+// workQueueOf is a work-queue stream of one subject, on a server of its
+// own, a durable consumer of it, and what publishes event n there.
+func workQueueOf(t *testing.T, ctx context.Context, subject string) (jetstream.Stream, jetstream.Consumer, func(n int)) {
+	t.Helper()
+	srv := queuetest.Server(t)
+	_, js := queuetest.Connect(t, srv)
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "W", Subjects: []string{subject}, Retention: jetstream.WorkQueuePolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateConsumer(ctx, "W", jetstream.ConsumerConfig{Durable: "d", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream, cons, func(n int) {
+		t.Helper()
+		if _, err := js.Publish(ctx, subject, []byte(strconv.Itoa(n))); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -120,13 +120,19 @@ func firstDelivery(t *testing.T, ctx context.Context, lane *queue.Lane) (*queue.
 // runLane runs lane with handle for its deliveries (given the lane's run
 // context) until the returned stop is called.
 func runLane(ctx context.Context, lane *queue.Lane, handle func(run context.Context, d *queue.Delivery)) (stop func()) {
+	return runLaneHearing(ctx, lane, handle, func(uint64) {})
+}
+
+// runLaneHearing is runLane, with pending hearing the lane's news of the
+// events left in the stream.
+func runLaneHearing(ctx context.Context, lane *queue.Lane, handle func(run context.Context, d *queue.Delivery), pending func(uint64)) (stop func()) {
 	run, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
 		done <- lane.Run(run, ctx, queue.Hooks{
 			Handle:   func(_ context.Context, d *queue.Delivery) { handle(run, d) },
 			GiveBack: func(d *queue.Delivery) { _ = d.GiveBack(0) },
-			Pending:  func(uint64) {},
+			Pending:  pending,
 			NoNews:   func() {},
 		}, zap.NewNop())
 	}()

@@ -96,7 +96,7 @@ func (d *fakeDelivery) AckWait() time.Duration {
 func (d *fakeDelivery) Ack() error                   { return d.settle("ack") }
 func (d *fakeDelivery) Term() error                  { return d.settle("term") }
 func (d *fakeDelivery) GiveBack(time.Duration) error { return d.settle("giveback") }
-func (d *fakeDelivery) Aside() func() {
+func (d *fakeDelivery) Aside(bool) func() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.asides++

@@ -69,9 +69,10 @@ type Delivery interface {
 	// so it is not handed to another replica meanwhile.
 	KeepAlive() error
 	// Aside lets the events behind this one be taken and worked on while
-	// it waits on something of its own (a retry's backoff), until back is
-	// called: its place in hand is not held meanwhile.
-	Aside() (back func())
+	// it waits on something of its own, until back is called: its place
+	// in hand is not held meanwhile. retrying: the wait is a retry's
+	// backoff (which spends deliveries), not a wait for its own budget.
+	Aside(retrying bool) (back func())
 	// Held reports whether the broker still holds the event, so that a
 	// later delivery of it will come: none will once any delivery acked
 	// or terminated it. An error means it cannot tell.
@@ -399,7 +400,7 @@ func (a *attempt) aside() throttle.Aside {
 	if a.route.Gate == nil {
 		return nil
 	}
-	return a.d.Aside
+	return func() func() { return a.d.Aside(false) }
 }
 
 // unanswered counts the event's calls whose answer nobody heard.
@@ -796,7 +797,10 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 // delivery set aside meanwhile: the events behind it, an urgent one among
 // them, must not wait for its backoff.
 func sleepAside(ctx context.Context, a *attempt, d time.Duration) bool {
-	back := a.d.Aside()
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	back := a.d.Aside(true)
 	defer back()
 	return throttle.Sleep(ctx, d)
 }

@@ -930,12 +930,13 @@ func (d *Delivery) KeepAlive() error {
 // budget's (§9). back takes a place again, at once: one free, or the next
 // one freed.
 //
-// retrying says the wait is a retry's backoff, which spends the event's
-// deliveries: while the API fails for every event, fetching more only
-// wears theirs out too. So at most as many retrying events are set aside
+// retrying says the wait is one of an event whose call failed (its
+// backoff, or its budget's wait before it calls again): while the API
+// fails for every event, fetching more only makes them fail and spend
+// their deliveries too. So at most as many retrying events are set aside
 // as the lane has places; beyond, the delivery keeps its place (back does
-// nothing). A wait for the event's own budget spends none, and is bounded
-// only by the consumer's MaxAckPending.
+// nothing). A fresh event waiting for its own budget is bounded only by
+// the consumer's MaxAckPending.
 func (d *Delivery) Aside(retrying bool) (back func()) {
 	l := d.lane
 	if l == nil {

@@ -41,7 +41,7 @@ type fakeDelivery struct {
 	mu         sync.Mutex
 	settled    []string // "ack", "term", "giveback <delay>"
 	keepAlives int
-	asides     int // times set aside (Aside)
+	asides     []bool // each time set aside (Aside): whether as retrying
 }
 
 func (d *fakeDelivery) Body() []byte { return []byte(d.body) }
@@ -96,10 +96,10 @@ func (d *fakeDelivery) AckWait() time.Duration {
 func (d *fakeDelivery) Ack() error                   { return d.settle("ack") }
 func (d *fakeDelivery) Term() error                  { return d.settle("term") }
 func (d *fakeDelivery) GiveBack(time.Duration) error { return d.settle("giveback") }
-func (d *fakeDelivery) Aside(bool) func() {
+func (d *fakeDelivery) Aside(retrying bool) func() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.asides++
+	d.asides = append(d.asides, retrying)
 	return func() {}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/worker"
 )
 
@@ -124,6 +125,39 @@ func TestRemovedCredentialConditionStaysRemoved(t *testing.T) {
 		if n == cond {
 			_, why := r.ready.Ready()
 			t.Errorf("condition %s of a credential no longer in the file is back: /readyz says %q", cond, why)
+		}
+	}
+}
+
+// A delivery whose call failed, waiting for its budget's next slot before
+// it calls again, is set aside as a retrying one (Delivery.Aside): the
+// lane bounds those, so that an API failing for every event does not make
+// it fetch event after event to fail and spend their deliveries too. One
+// that has not called yet waits as a fresh one (SPEC §9: another account's
+// events are fetched past it).
+func TestBudgetWaitAfterAFailedCallIsARetrying(t *testing.T) {
+	r := newRouted(t)
+	rated := throttle.New(throttle.Config{Priorities: 2, Concurrency: throttle.Unbounded, Rate: 20})
+	t.Cleanup(rated.Close)
+	api := &fakeAPI{answers: []*cloudflare.Response{answer(503, nil, 0), answer(503, nil, 0), answer(200, revoked, 0)}}
+	routes := &switchRoutes{m: fakeRoutes{"acct1": {Credential: "cred-a", Identity: "file:aaaa a", Gate: rated, Budget: r.budget["a"], Rate: 20, API: api}}}
+	// Its budget's first slot is taken: even the first call waits for one.
+	pm, err := rated.Acquire(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.Release()
+	d := &fakeDelivery{body: `{"account_id":"acct1","key_id":"key1"}`, delivered: 1, maxDeliver: 3}
+	reloadWorker(r, routes).Handle(context.Background(), context.Background(), d)
+	if api.calls != 3 {
+		t.Fatalf("%d calls, want 3 (503, 503, 200)", api.calls)
+	}
+	if len(d.asides) < 2 || d.asides[0] {
+		t.Fatalf("set aside %v: want the first wait, before any call, as a fresh one, and the later ones", d.asides)
+	}
+	for i, retrying := range d.asides[1:] {
+		if !retrying {
+			t.Errorf("wait %d, after a failed call, set aside as a fresh one: %v", i+1, d.asides)
 		}
 	}
 }

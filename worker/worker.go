@@ -70,8 +70,8 @@ type Delivery interface {
 	KeepAlive() error
 	// Aside lets the events behind this one be taken and worked on while
 	// it waits on something of its own, until back is called: its place
-	// in hand is not held meanwhile. retrying: the wait is a retry's
-	// backoff (which spends deliveries), not a wait for its own budget.
+	// in hand is not held meanwhile. retrying: a call of this delivery
+	// failed (its backoff, or its budget's wait before the next call).
 	Aside(retrying bool) (back func())
 	// Held reports whether the broker still holds the event, so that a
 	// later delivery of it will come: none will once any delivery acked
@@ -395,12 +395,14 @@ func (a *attempt) countIn(e *Entry, calls int) {
 
 // aside is what sets the delivery aside while it waits for its budget of
 // its own (acquire); nil with the single budget, which every event waits
-// for alike.
+// for alike. A delivery whose call failed waits as a retrying one: what
+// the lane fetches in its place would retry too while the API fails, and
+// spend its deliveries (Delivery.Aside).
 func (a *attempt) aside() throttle.Aside {
 	if a.route.Gate == nil {
 		return nil
 	}
-	return func() func() { return a.d.Aside(false) }
+	return func() func() { return a.d.Aside(a.calls > 0) }
 }
 
 // unanswered counts the event's calls whose answer nobody heard.

@@ -758,17 +758,12 @@ func (l *Lane) Gone() {
 func (l *Lane) release(d *Delivery) (surplus bool) {
 	l.mu.Lock()
 	l.doneLocked(d)
-	pays := l.owed > 0 // as putRoom does, under the one lock
-	if pays {
-		l.owed--
-	}
+	free := l.freeLocked(1)
 	if surplus = l.handlers > l.handlersWanted(); surplus {
 		l.handlers--
 	}
 	l.mu.Unlock()
-	if !pays {
-		l.room <- struct{}{}
-	}
+	l.fill(free)
 	return surplus
 }
 
@@ -782,10 +777,22 @@ func (l *Lane) handlersWanted() int { return l.Capacity + l.aside + l.owed }
 // next events to be fetched.
 func (l *Lane) putRoom(n int) {
 	l.mu.Lock()
+	free := l.freeLocked(n)
+	l.mu.Unlock()
+	l.fill(free)
+}
+
+// freeLocked pays the places owed out of n freed, and returns how many are
+// left free. l.mu is held.
+func (l *Lane) freeLocked(n int) (free int) {
 	pay := min(n, l.owed)
 	l.owed -= pay
-	l.mu.Unlock()
-	for range n - pay {
+	return n - pay
+}
+
+// fill gives n free places to the next events to be fetched.
+func (l *Lane) fill(n int) {
+	for range n {
 		l.room <- struct{}{}
 	}
 }

@@ -109,6 +109,70 @@ func TestStatusByIDAfterTheStreamIsMadeAgain(t *testing.T) {
 		_, err = st.GetMsg(ctx, 1)
 		return err != nil
 	})
+	remakeWithEvY(ctx, t, s, func() bool { return deletes.Load() >= 2 })
+	reply := s.request(service.StatusSubject, `{"event_id":"evX"}`)
+	t.Logf("revoker.status {event_id: evX} answered %s", reply.Data)
+	var rec event.Record
+	if serviceError(reply) != "" || json.Unmarshal(reply.Data, &rec) != nil || rec.Outcome != event.Revoked || rec.EventID != "evX" {
+		t.Fatalf("revoker.status of evX (revoked and recorded) answered %q (error %q): its revoked record is not believed",
+			reply.Data, serviceError(reply))
+	}
+}
+
+// TestStatusByIDOfAnEventDoneBeforeItWasReadBack: evX was revoked and
+// left the work stream before revoker.revoke could read it back, so the
+// index knows its sequence (1) but not when it was stored. The stream is
+// made again and evY, for the same key, waits at sequence 1 in its call.
+// revoker.status {"event_id":"evX"} answers evX's revoked record: the
+// message at sequence 1 carries another Nats-Msg-Id, so it is another
+// event, not evX still queued.
+func TestStatusByIDOfAnEventDoneBeforeItWasReadBack(t *testing.T) {
+	hold := make(chan struct{})
+	var deletes atomic.Int64
+	s := newStack(t, nil, cloudflaretest.WithResponder(func(r cloudflaretest.Request) (int, http.Header, string, bool) {
+		if r.Method == "DELETE" && r.KeyID == "keyS" {
+			deletes.Add(1)
+			select { // evY's call hangs while the test looks
+			case <-hold:
+			case <-time.After(4 * time.Second):
+			}
+			return 503, nil, `{"success":false,"errors":[],"messages":[],"result":null}`, true
+		}
+		return 0, nil, "", false
+	}))
+	t.Cleanup(func() { close(hold) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := s.js.Stream(ctx, s.cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What revoker.revoke kept of evX: done before it was read back.
+	index := queue.NewEventIndex(s.js, s.cfg.Stream, 1, true, zap.NewNop())
+	if err := index.Remember(ctx, queue.Published{EventID: "evX", AccountID: "acct1", KeyID: "keyS",
+		Subject: s.cfg.Subjects[1], Stream: s.cfg.Stream, Sequence: 1, StoredAfter: st.CachedInfo().Created}); err != nil {
+		t.Fatal(err)
+	}
+	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
+	if _, err := recs.Outcome(ctx, event.Record{EventID: "evX", AccountID: "acct1", KeyID: "keyS", Outcome: event.Revoked,
+		Status: 200, CFRay: "evx-ray", Stream: s.cfg.Stream, Subject: s.cfg.Subjects[1], Sequence: 1, Attempts: 1,
+		PublishedAt: time.Now().UTC().Format(time.RFC3339Nano)}); err != nil {
+		t.Fatal(err)
+	}
+	remakeWithEvY(ctx, t, s, func() bool { return deletes.Load() >= 1 })
+	reply := s.request(service.StatusSubject, `{"event_id":"evX"}`)
+	var rec event.Record
+	if serviceError(reply) != "" || json.Unmarshal(reply.Data, &rec) != nil || rec.Outcome != event.Revoked || rec.EventID != "evX" || rec.CFRay != "evx-ray" {
+		t.Fatalf("revoker.status of evX (revoked and recorded) answered %q (error %q): evY at its old sequence hides its record",
+			reply.Data, serviceError(reply))
+	}
+}
+
+// remakeWithEvY deletes the work stream and makes it again, stores evY for
+// acct1/keyS at its sequence 1 through revoker.revoke, and waits until
+// inCall says evY's call is in flight.
+func remakeWithEvY(ctx context.Context, t *testing.T, s *stack, inCall func() bool) {
+	t.Helper()
 	if err := s.js.DeleteStream(ctx, s.cfg.Stream); err != nil {
 		t.Fatal(err)
 	}
@@ -119,12 +183,5 @@ func TestStatusByIDAfterTheStreamIsMadeAgain(t *testing.T) {
 	if qy.Sequence != 1 {
 		t.Fatalf("evY stored at %d; want 1", qy.Sequence)
 	}
-	queuetest.Eventually(t, 15*time.Second, "evY's call to be in flight", func() bool { return deletes.Load() >= 2 })
-	reply := s.request(service.StatusSubject, `{"event_id":"evX"}`)
-	t.Logf("revoker.status {event_id: evX} answered %s", reply.Data)
-	var rec event.Record
-	if serviceError(reply) != "" || json.Unmarshal(reply.Data, &rec) != nil || rec.Outcome != event.Revoked || rec.EventID != "evX" {
-		t.Fatalf("revoker.status of evX (revoked and recorded) answered %q (error %q): its revoked record is not believed",
-			reply.Data, serviceError(reply))
-	}
+	queuetest.Eventually(t, 15*time.Second, "evY's call to be in flight", inCall)
 }

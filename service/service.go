@@ -511,12 +511,17 @@ func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r Status
 		// The message at the sequence is the event asked for only if it
 		// names the key asked for and, when the index knows when the event
 		// was stored, was stored then: a stream made again reuses sequences.
+		// Where that time is not known (the event was done before it could
+		// be read back), a message under another Nats-Msg-Id is another
+		// event: an id proves nothing, but another id disproves.
 		ev, derr := event.DecodeMessage(queue.HeaderFold(m.Header, "Content-Type"), m.Data)
+		msgID := m.Header.Get(jetstream.MsgIDHeader)
 		if derr == nil && (!hasKeyOf(r) || ev.AccountID == r.AccountID && ev.KeyID == r.KeyID) &&
-			(storedAt.IsZero() || m.Time.Equal(storedAt)) {
+			(storedAt.IsZero() || m.Time.Equal(storedAt)) &&
+			(p.EventID == "" || msgID == "" || msgID == p.EventID) {
 			p.AccountID, p.KeyID, p.StoredAt, inStream = ev.AccountID, ev.KeyID, m.Time, true
 			if p.EventID == "" {
-				p.EventID = m.Header.Get(jetstream.MsgIDHeader)
+				p.EventID = msgID
 			}
 		}
 	case !errors.Is(err, jetstream.ErrMsgNotFound):

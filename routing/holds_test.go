@@ -47,6 +47,22 @@ func TestCheck429HoldsTheBudget(t *testing.T) {
 	}
 }
 
+// TestCheckWithNothingLeftHoldsTheBudget: a credential's check is
+// accepted, and its answer's Ratelimit header says nothing is left of the
+// budget for 30 s. The budget's calls wait for the reset, as after a
+// DELETE's answer saying so (SPEC §4: a Ratelimit header with nothing left
+// is a hold the API asks for).
+func TestCheckWithNothingLeftHoldsTheBudget(t *testing.T) {
+	rt := routeChecked(t, 4, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Ratelimit", `"default";r=0;t=30`)
+		_, _ = io.WriteString(w, `{"success":true,"errors":[],"messages":[],"result":{"id":"t1","status":"active"}}`)
+	})
+	if p := rt.Gate.PausedFor(); p < 20*time.Second {
+		t.Errorf("budget of cred-a held for %v after its accepted check said r=0;t=30; want it held ~30s", p)
+	}
+}
+
 // TestReviewPeriodicList429HoldsTheBudget: serve's periodic check (SPEC §7
 // verify) lists an account's keys through its credential, charged to its
 // budget (Turn). The API answers the list 429 with Retry-After: that

@@ -271,11 +271,14 @@ func (r *Routes) Turn(shared *throttle.Gate, p int) func(ctx context.Context, ac
 // it other than a DELETE (a token check, a key list) asks of every call of
 // the budget, as the worker does for a DELETE's (SPEC §4, §9): a 429
 // pauses them, for its Retry-After or, without one, for pause; a
-// Retry-After on any other answer holds them. The gate caps either at 5
+// Retry-After on any other answer holds them, and so does a Ratelimit
+// header with nothing left, until its reset. The gate caps each at 5
 // minutes.
 func Heed(g *throttle.Gate, answer *cloudflare.Response, pause time.Duration) {
+	if answer == nil || g == nil {
+		return
+	}
 	switch {
-	case answer == nil || g == nil:
 	case answer.Status == http.StatusTooManyRequests:
 		if answer.HasRetryAfter && answer.RetryAfter > 0 {
 			pause = answer.RetryAfter
@@ -283,6 +286,9 @@ func Heed(g *throttle.Gate, answer *cloudflare.Response, pause time.Duration) {
 		g.Pause(pause)
 	case answer.HasRetryAfter && answer.RetryAfter > 0:
 		g.Hold(answer.RetryAfter, fmt.Sprintf(throttle.CauseRetryAfter, answer.Status))
+	}
+	if rl := answer.RateLimit; rl.Known && rl.Remaining == 0 && rl.Reset > 0 {
+		g.Slow(time.Now().Add(rl.Reset))
 	}
 }
 
@@ -390,6 +396,11 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 	})
 	order.applying.Lock()
 	defer order.applying.Unlock()
+	if err == nil && ctx.Err() == nil {
+		// Whatever it says of the credential, a hold its answer asks
+		// for holds the budget.
+		Heed(b.gate, v.Response, r.pause)
+	}
 	switch {
 	case ctx.Err() != nil:
 		return
@@ -400,9 +411,7 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 		// No answer proves nothing either way: the first call will tell.
 		r.log.Warn("a credential could not be checked", zap.String("credential", c.Name), zap.Error(err))
 	case !v.Active && !credentialRefused(v):
-		// A 429 or a 5xx says nothing of the credential; a hold it asks
-		// for holds the budget.
-		Heed(b.gate, v.Response, r.pause)
+		// A 429 or a 5xx says nothing of the credential.
 		r.log.Warn("a credential could not be checked", zap.String("credential", c.Name),
 			zap.Int("status", v.Status), zap.String("cf_ray", v.CFRay))
 	case !v.Active:

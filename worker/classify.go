@@ -177,9 +177,10 @@ func ClassifyList(list *cloudflare.KeyList, err error, key string) Decision {
 	case st == 408 || st == 409 || st == 429 || st >= 500:
 		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d%s", st, summary(resp))
 		d.Pause, d.RateLimited = st == 429 || d.RetryAfter > 0, st == 429
-	case st == 401 || st == 403 || (st == 400 && resp.Envelope != nil && resp.Envelope.HasCode(codeBadAuthHeader)):
-		d.Kind, d.Detail = Unauthorized, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d: credential refused%s", st, summary(resp))
 	default:
+		// Any 4xx, a 401 or 403 too (SPEC §4, "The proof", point 1): a
+		// credential that may delete but not list cannot prove a 404,
+		// and heed marks it refused all the same.
 		d.Kind, d.Detail = NoAPI, fmt.Sprintf("HTTP 404 on delete; the key list answered HTTP %d%s: the API is not where it should be", st, summary(resp))
 	}
 	return d

@@ -385,6 +385,7 @@ type fakeAPI struct {
 	lists   int
 	order   []string    // "delete <status>" and "list", as called
 	onCall  func()      // runs as each DELETE is answered
+	onList  func()      // runs as each key list is answered
 	starts  []time.Time // when each DELETE came in
 	keys    []string    // the key of each DELETE
 	listAt  []time.Time // when each key list came in
@@ -396,6 +397,9 @@ func (a *fakeAPI) ListSigningKeys(context.Context, string) (*cloudflare.KeyList,
 	a.lists++
 	a.listAt = append(a.listAt, time.Now())
 	a.order = append(a.order, "list")
+	if a.onList != nil {
+		a.onList()
+	}
 	if a.list != nil {
 		return &cloudflare.KeyList{Response: a.list}, nil
 	}

@@ -124,7 +124,10 @@ func TestListThatProvesNothing(t *testing.T) {
 		{"503", answer(503, nil, 0), true},
 		{"200 success false", answer(200, rejected, 0), true},
 		{"HTML 404", &cloudflare.Response{Status: 404, BodyError: "not JSON"}, false},
-		{"403", answer(403, rejected, 0), true},
+		// Any other 4xx on the list (SPEC §4, "The proof", point 1),
+		// a refused credential's too.
+		{"403", answer(403, rejected, 0), false},
+		{"401", answer(401, rejected, 0), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, nil, answer(404, gone, 0))
@@ -137,10 +140,41 @@ func TestListThatProvesNothing(t *testing.T) {
 			if v := testutil.ToFloat64(h.ready.Gauge(worker.ReadyAPI)); (v == 1) != tc.ready {
 				t.Fatalf("revoker_ready{condition=api} = %v", v)
 			}
+			// Any 401 or 403 puts the credential in doubt too (SPEC §8).
+			refused := tc.list.Status == 401 || tc.list.Status == 403
+			if v := testutil.ToFloat64(h.ready.Gauge(worker.ReadyCredential)); (v == 0) != refused {
+				t.Fatalf("revoker_ready{condition=credential} = %v", v)
+			}
 			if n := testutil.ToFloat64(h.m.AbsenceChecks.WithLabelValues(metrics.AbsenceFailed)); n == 0 {
 				t.Fatal("revoker_absence_checks_total{result=failed} not counted")
 			}
 		})
+	}
+}
+
+// TestUnproven404LeavesTheAPIGone: the API is not where it should be
+// (a key list answered an HTML 404), so condition api is unmet. Another
+// event's DELETE answers 404 with the envelope: that proves nothing of
+// the API either (SPEC §4, "The proof", point 1), so the condition stays
+// unmet while that event's list is asked for, and after it answers the
+// same.
+func TestUnproven404LeavesTheAPIGone(t *testing.T) {
+	h := newHarness(t, nil, answer(404, gone, 0))
+	h.api.list = &cloudflare.Response{Status: 404, BodyError: "not JSON"}
+	h.handle(&fakeDelivery{body: goodEvent})
+	if v := testutil.ToFloat64(h.ready.Gauge(worker.ReadyAPI)); v != 0 {
+		t.Fatalf("revoker_ready{condition=api} = %v after a key list answered an HTML 404", v)
+	}
+	var during []float64
+	h.api.onList = func() { during = append(during, testutil.ToFloat64(h.ready.Gauge(worker.ReadyAPI))) }
+	h.handle(&fakeDelivery{body: `{"account_id":"acct1","key_id":"key2"}`, seq: 8})
+	if len(during) == 0 {
+		t.Fatal("the second event's key list was never asked for")
+	}
+	for i, v := range during {
+		if v != 0 {
+			t.Fatalf("list %d of the second event: revoker_ready{condition=api} = %v while it was asked for (all: %v); an unproven 404 said the API answers again", i, v, during)
+		}
 	}
 }
 

@@ -742,7 +742,12 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			w.Metrics.APIRequests.WithLabelValues(metrics.Code(a.status)).Inc()
 			w.Metrics.APIDuration.Observe(took.Seconds())
 			a.last = Classify(resp, err)
-			w.heed(a.route, rl, a.last, a.status)
+			w.pace(a.route, rl)
+			if a.last.Kind != NotFound {
+				// A 404 tells nothing of the API or the credential
+				// until its key list answers (proveAbsence heeds that).
+				w.heed(a.route, a.last, a.status)
+			}
 			if a.last.Kind == NotFound {
 				if a.last, end = w.proveAbsence(stop, work, a, time.Now()); end != decided {
 					return end
@@ -1149,7 +1154,8 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 	if list != nil {
 		w.followQuota(a.route, list.Response)
 	}
-	w.heed(a.route, lrl, d, status)
+	w.pace(a.route, lrl)
+	w.heed(a.route, d, status)
 	switch d.Kind {
 	case NotFound:
 		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceAbsent).Inc()
@@ -1344,9 +1350,8 @@ func (w *Worker) acquireFrom(ctx context.Context, r Route, p int, aside throttle
 // A window with nothing left is a hold whatever its length (SPEC §4).
 const minHeededReset = 5 * time.Second
 
-// heed applies what an answer says about the API as a whole: its rate
-// budget, whether our credential works, and whether the API is there.
-func (w *Worker) heed(r Route, rl cloudflare.RateLimit, d Decision, status int) {
+// pace applies what an answer's rate-limit headers say of r's budget.
+func (w *Worker) pace(r Route, rl cloudflare.RateLimit) {
 	if rl.Known && (rl.Reset >= minHeededReset || rl.Remaining == 0 && rl.Reset > 0) {
 		// Spread what is left over the rest of the window when it cannot
 		// sustain our rate until the reset (with no limit of our own, always).
@@ -1358,6 +1363,11 @@ func (w *Worker) heed(r Route, rl cloudflare.RateLimit, d Decision, status int) 
 			w.gate(r).Slow(time.Now().Add(rl.Reset / time.Duration(rl.Remaining+1)))
 		}
 	}
+}
+
+// heed applies what a decided answer says about the API as a whole:
+// whether our credential works, and whether the API is there.
+func (w *Worker) heed(r Route, d Decision, status int) {
 	w.credMu.Lock()
 	defer w.credMu.Unlock()
 	// Any 401 or 403 means the credential is in doubt, whatever

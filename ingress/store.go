@@ -10,14 +10,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
-	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/untrusted"
 )
 
@@ -33,11 +31,6 @@ const (
 	// claimMargin is how long past its end a claim is still taken as
 	// being stored: for the clocks of replicas.
 	claimMargin = 2 * time.Second
-	// republishMargin is taken off the work stream's duplicate window for
-	// how long after an event's first publish it may be published again
-	// under its id without being stored twice: for the clocks of replicas
-	// and server.
-	republishMargin = 30 * time.Second
 	// republishPause spaces the publishes of an event whose answer was
 	// lost, within one request.
 	republishPause = 500 * time.Millisecond
@@ -273,7 +266,7 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 					found.repeat = true
 					return found, nil
 				}
-				if s.now().Sub(claim.Tried) > s.republishWithin(ctx) {
+				if s.now().Sub(claim.Tried) > s.cfg.Client.RepublishWithin(ctx) {
 					s.log.Warn("ingress: an event whose store went unanswered may be stored again past the work stream's duplicate window, with no record of it yet (a key revoked twice, never not at all)",
 						zap.String("event_id", untrusted.Line(claim.EventID, 256)))
 				}
@@ -310,17 +303,13 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 		// unanswered: a publish of this request went unanswered, so the
 		// event may be stored whatever a later one is told.
 		unanswered bool
-		// began: this request's first publish, on this replica's clock;
-		// the stream drops a copy of what it stored from then on, within
-		// its duplicate window (window: asked for at the first lost
-		// answer, not on every request).
-		began  = s.now()
-		window time.Duration
-		asked  bool
 	)
 	for {
-		p, err = s.cfg.Client.Publish(ctx, claim.Subject, claim.storedID(), ev, body)
-		unanswered = unanswered || err != nil && !refused(err)
+		// An answer lost: the same id again, while the work stream would
+		// drop a second copy as a duplicate, until one is answered.
+		var lost bool
+		p, lost, err = s.cfg.Client.Store(ctx, claim.Subject, claim.storedID(), ev, body, republishPause)
+		unanswered = unanswered || lost
 		if errors.Is(err, queue.ErrIDTaken) && claim.StoredAs == "" {
 			s.log.Warn("ingress: another event holds the id this request makes; storing it under an id of its own",
 				zap.String("event_id", untrusted.Line(claim.EventID, 256)))
@@ -336,22 +325,11 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 			rev = next
 			continue
 		}
-		// An answer lost: the same id again, while the work stream would
-		// drop a second copy as a duplicate, until one is answered. A
-		// duplicate that could not be checked will not check better now.
-		if err == nil || refused(err) || errors.Is(err, queue.ErrIDUnverified) {
-			break
-		}
-		if !asked {
-			window, asked = s.republishWithin(ctx), true
-		}
-		if s.now().Sub(began) >= window || !throttle.Sleep(ctx, republishPause) {
-			break
-		}
+		break
 	}
 	if err != nil {
 		// A claim marked lost before (taken over here) may be stored too.
-		if !refused(err) || unanswered || claim.Unsure {
+		if !queue.Refused(err) || unanswered || claim.Unsure {
 			// Marked for a repeat, and for a lookup to look in the trail;
 			// with a moment of its own, as the request's time is over.
 			claim.Lost, claim.Unsure, claim.Until = true, true, s.now()
@@ -392,18 +370,6 @@ func (s *Server) storeUnknown() *Problem {
 	return problem(KindStoreUnknown, "the work stream's answer was lost, and NATS did not answer again within the request: the event may have been stored; repeat the request with the same idempotency key, which looks for it before storing it again").retry(retryUnavailable)
 }
 
-// republishWithin is how long after an event's first publish it may be
-// published again under its id without being stored twice: the work
-// stream's duplicate window, as the stream says (as revoker makes it, when
-// the stream cannot be asked), less republishMargin.
-func (s *Server) republishWithin(ctx context.Context) time.Duration {
-	window := queue.DuplicateWindow
-	if st, err := s.cfg.Client.JetStream().Stream(ctx, s.cfg.Client.Stream); err == nil {
-		window = st.CachedInfo().Config.Duplicates
-	}
-	return window - republishMargin
-}
-
 // recorded finds claim's event in the trail, for an event whose store went
 // unanswered: a record on its key's subject naming its id (as records cut
 // it), its subject and the work stream, of an event the stream stored
@@ -432,7 +398,7 @@ func (s *Server) recorded(ctx context.Context, claim entry) (entry, bool) {
 	if last.Before(claim.Tried) {
 		last = claim.Tried
 	}
-	until := last.Add(s.republishWithin(ctx) + republishMargin + clockMargin)
+	until := last.Add(s.cfg.Client.RepublishWithin(ctx) + queue.RepublishMargin + clockMargin)
 	for i := len(recs) - 1; i >= 0; i-- {
 		rec := recs[i]
 		stored, err := time.Parse(time.RFC3339Nano, rec.PublishedAt)
@@ -485,17 +451,6 @@ func (s *Server) markStored(kv jetstream.KeyValue, key string, value []byte, rev
 			return
 		}
 	}
-}
-
-// refused reports whether a publish error proves the event was not
-// stored: the stream answered no, no stream answered at all, or another
-// event holds the id. A timeout or a connection lost in between proves
-// nothing, nor does a duplicate that could not be checked (it may be this
-// very event, stored by an earlier try).
-func refused(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, queue.ErrIDTaken)
 }
 
 // wrongLastSequence reports a write refused because the key's revision

@@ -5,12 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -82,7 +80,7 @@ func TestLostStoreAnswerIsNeitherNotStoredNorStoredTwice(t *testing.T) {
 		h, p, _, post := lostAnswer(t)
 		r := post()
 		r.want(t, http.StatusAccepted)
-		if !p.ate.Load() {
+		if !p.Ate.Load() {
 			t.Fatal("the proxy never dropped the stream's answer")
 		}
 		if q := r.queued(t); q.Sequence != 1 || h.msgs() != 1 {
@@ -93,12 +91,12 @@ func TestLostStoreAnswerIsNeitherNotStoredNorStoredTwice(t *testing.T) {
 		defer func(d time.Duration) { storeTimeout = d }(storeTimeout)
 		storeTimeout = 4 * time.Second
 		h, p, nc, post := lostAnswer(t)
-		p.away.Store(true)
+		p.Away.Store(true)
 		post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
-		if !p.ate.Load() || h.msgs() != 1 {
-			t.Fatalf("the proxy dropped the answer: %v; the work stream holds %d events, want the one whose answer was lost", p.ate.Load(), h.msgs())
+		if !p.Ate.Load() || h.msgs() != 1 {
+			t.Fatalf("the proxy dropped the answer: %v; the work stream holds %d events, want the one whose answer was lost", p.Ate.Load(), h.msgs())
 		}
-		p.away.Store(false)
+		p.Away.Store(false)
 		queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
 		h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).want(t, http.StatusAccepted)
 		// Its claim could not be marked while NATS was away: a repeat is
@@ -117,16 +115,16 @@ func TestLostStoreAnswerIsNeitherNotStoredNorStoredTwice(t *testing.T) {
 }
 
 // lostAnswer is an ingress whose connection to NATS runs through an
-// answerEater, its client as tweak leaves it, and its POST of one event
+// queuetest.AnswerEater, its client as tweak leaves it, and its POST of one event
 // under one idempotency key.
-func lostAnswer(t *testing.T, tweak ...func(*queue.Client)) (*harness, *answerEater, *nats.Conn, func() resp) {
+func lostAnswer(t *testing.T, tweak ...func(*queue.Client)) (*harness, *queuetest.AnswerEater, *nats.Conn, func() resp) {
 	t.Helper()
 	return lostAnswerWith(t, nil, tweak...)
 }
 
 // lostAnswerWith is lostAnswer whose proxy loses the publish itself, after
 // calling lose, where that is not nil.
-func lostAnswerWith(t *testing.T, lose func(*harness), tweak ...func(*queue.Client)) (*harness, *answerEater, *nats.Conn, func() resp) {
+func lostAnswerWith(t *testing.T, lose func(*harness), tweak ...func(*queue.Client)) (*harness, *queuetest.AnswerEater, *nats.Conn, func() resp) {
 	t.Helper()
 	h := newHarness(t)
 	return lostAnswerOn(t, h, []byte(h.topo.Subjects[1]+" _INBOX"), func() bool {
@@ -137,13 +135,13 @@ func lostAnswerWith(t *testing.T, lose func(*harness), tweak ...func(*queue.Clie
 
 // lostAnswerOn is lostAnswerWith on h, its proxy eating the answer to the
 // first publish holding pattern once stored says it is stored.
-func lostAnswerOn(t *testing.T, h *harness, pattern []byte, stored func() bool, lose func(*harness), tweak ...func(*queue.Client)) (*harness, *answerEater, *nats.Conn, func() resp) {
+func lostAnswerOn(t *testing.T, h *harness, pattern []byte, stored func() bool, lose func(*harness), tweak ...func(*queue.Client)) (*harness, *queuetest.AnswerEater, *nats.Conn, func() resp) {
 	t.Helper()
-	p := &answerEater{target: h.ns.Addr().String(), publish: pattern, stored: stored}
+	p := &queuetest.AnswerEater{Target: h.ns.Addr().String(), Publish: pattern, Stored: stored}
 	if lose != nil {
-		p.lose = func() { lose(h) }
+		p.Lose = func() { lose(h) }
 	}
-	addr := p.listen(t)
+	addr := p.Listen(t)
 	nc, js := queuetest.ConnectURL(t, "nats://"+addr)
 	client := queue.ClientOn(nc, js, h.topo)
 	client.Timeout = time.Second
@@ -161,115 +159,6 @@ func lostAnswerOn(t *testing.T, h *harness, pattern []byte, stored func() bool, 
 	h.base = "http://" + s.Addr()
 	return h, p, nc, func() resp {
 		return h.do(h.post(evBody(tAccount, "ackkey"), hdrs(bearer(tToken), []string{HeaderIdempotencyKey, "lost-ack"})...))
-	}
-}
-
-// answerEater is a TCP proxy to a NATS server that, on the first
-// connection carrying a publish to the work subject, forwards it, drops
-// everything the server sends from then on, and cuts the connection once
-// the event is stored: stored, its answer lost. Later connections pass,
-// except while away is set: then they are cut at once.
-type answerEater struct {
-	target  string
-	publish []byte
-	stored  func() bool
-	ate     atomic.Bool
-	away    atomic.Bool
-	// lose, when set, loses the publish itself instead, and is called
-	// before the connection is cut: it never reached the server.
-	lose func()
-	// hook, when set, is called before the publish is forwarded, and
-	// nothing is lost.
-	hook func()
-}
-
-func (p *answerEater) listen(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.pipe(c)
-		}
-	}()
-	return ln.Addr().String()
-}
-
-func (p *answerEater) pipe(client net.Conn) {
-	if p.away.Load() {
-		client.Close()
-		return
-	}
-	server, err := net.Dial("tcp", p.target)
-	if err != nil {
-		client.Close()
-		return
-	}
-	var (
-		eating atomic.Bool
-		once   sync.Once
-	)
-	cut := func() { once.Do(func() { client.Close(); server.Close() }) }
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := client.Read(buf)
-			if n > 0 {
-				eat := !p.ate.Load() && bytes.Contains(buf[:n], p.publish)
-				if eat && p.hook != nil {
-					p.ate.Store(true)
-					p.hook()
-					eat = false
-				}
-				if eat {
-					p.ate.Store(true)
-					eating.Store(true)
-				}
-				if eat && p.lose != nil {
-					p.lose()
-					cut()
-					return
-				}
-				if _, werr := server.Write(buf[:n]); werr != nil {
-					cut()
-					return
-				}
-				if eat {
-					// Cut once stored (or after 10 s: the test then
-					// fails on the count).
-					for deadline := time.Now().Add(10 * time.Second); !p.stored() && time.Now().Before(deadline); {
-						time.Sleep(5 * time.Millisecond)
-					}
-					cut()
-					return
-				}
-			}
-			if err != nil {
-				cut()
-				return
-			}
-		}
-	}()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := server.Read(buf)
-		if n > 0 && !eating.Load() {
-			if _, werr := client.Write(buf[:n]); werr != nil {
-				cut()
-				return
-			}
-		}
-		if err != nil {
-			cut()
-			return
-		}
 	}
 }
 
@@ -296,7 +185,7 @@ func TestLostStoreAnswerOutlivesTheDuplicateWindow(t *testing.T) {
 	}
 	// First tried just past the window in which a repeat may publish it
 	// again, and stored then (as far as the record's time can tell).
-	long := time.Now().Add(-(queue.DuplicateWindow - republishMargin) - 10*time.Second)
+	long := time.Now().Add(-(queue.DuplicateWindow - queue.RepublishMargin) - 10*time.Second)
 	claim := entry{Caller: "soar", BodySHA256: bodyDigest([]byte(body)), State: stateStoring, EventID: id,
 		Subject: h.topo.Subjects[1], AccountID: tAccount, KeyID: "oldkey", ClaimedAt: long, Tried: long, Until: long, Lost: true}
 	v, _ := json.Marshal(claim)
@@ -333,9 +222,9 @@ func TestLostStoreAnswerUncheckableDuplicate(t *testing.T) {
 	defer func(d time.Duration) { storeTimeout = d }(storeTimeout)
 	storeTimeout = 4 * time.Second
 	h, p, nc, post := lostAnswer(t, func(c *queue.Client) { c.OutcomePrefix = "" })
-	p.away.Store(true)
+	p.Away.Store(true)
 	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
-	p.away.Store(false)
+	p.Away.Store(false)
 	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
 	st, err := h.js.Stream(context.Background(), h.topo.Stream)
 	if err != nil {
@@ -369,8 +258,8 @@ func TestLostPublishThenAnotherEventTakesItsID(t *testing.T) {
 	})
 	r := post()
 	r.want(t, http.StatusAccepted)
-	if q := r.queued(t); !p.ate.Load() || q.Sequence != 2 || h.msgs() != 2 {
-		t.Fatalf("answered %+v (publish lost: %v), %d events stored; want the request stored at sequence 2 beside the decoy", q, p.ate.Load(), h.msgs())
+	if q := r.queued(t); !p.Ate.Load() || q.Sequence != 2 || h.msgs() != 2 {
+		t.Fatalf("answered %+v (publish lost: %v), %d events stored; want the request stored at sequence 2 beside the decoy", q, p.Ate.Load(), h.msgs())
 	}
 }
 
@@ -394,7 +283,7 @@ func TestLostStoreAnswerIgnoresAnOlderEventsRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tried := time.Now().Add(-(queue.DuplicateWindow - republishMargin) - 10*time.Second)
+	tried := time.Now().Add(-(queue.DuplicateWindow - queue.RepublishMargin) - 10*time.Second)
 	claim := entry{Caller: "soar", BodySHA256: bodyDigest([]byte(evBody(tAccount, key))), State: stateStoring, EventID: id,
 		Subject: h.topo.Subjects[1], AccountID: tAccount, KeyID: key, ClaimedAt: tried, Tried: tried, Until: tried.Add(storeTimeout), Lost: true}
 	v, _ := json.Marshal(claim)
@@ -412,9 +301,9 @@ func TestLostStoreAnswerIgnoresAnOlderEventsRecord(t *testing.T) {
 // refuseOnceStored makes the work stream refuse the normal lane's subject
 // from the moment p's event is stored: a try made again is refused. The
 // caller gives the subject back.
-func refuseOnceStored(h *harness, p *answerEater) {
-	stored, once := p.stored, sync.Once{}
-	p.stored = func() bool {
+func refuseOnceStored(h *harness, p *queuetest.AnswerEater) {
+	stored, once := p.Stored, sync.Once{}
+	p.Stored = func() bool {
 		if !stored() {
 			return false
 		}
@@ -439,8 +328,8 @@ func TestLostAnswerThenRefusedStaysUnknown(t *testing.T) {
 	r := post()
 	setSubjects(t, h, h.topo.Subjects)
 	r.want(t, http.StatusServiceUnavailable, KindStoreUnknown)
-	if !p.ate.Load() || h.msgs() != 1 {
-		t.Fatalf("answer lost: %v; %d events stored, want the first publish's", p.ate.Load(), h.msgs())
+	if !p.Ate.Load() || h.msgs() != 1 {
+		t.Fatalf("answer lost: %v; %d events stored, want the first publish's", p.Ate.Load(), h.msgs())
 	}
 	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
 	h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).want(t, http.StatusAccepted)
@@ -513,8 +402,8 @@ func TestLostTakeoverAnswerIsUnknown(t *testing.T) {
 		return err == nil && e.Revision() > first.Revision()
 	}, nil)
 	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
-	if !p.ate.Load() || h.msgs() != 1 {
-		t.Fatalf("takeover's answer lost: %v; %d events stored, want the first request's", p.ate.Load(), h.msgs())
+	if !p.Ate.Load() || h.msgs() != 1 {
+		t.Fatalf("takeover's answer lost: %v; %d events stored, want the first request's", p.Ate.Load(), h.msgs())
 	}
 }
 
@@ -643,10 +532,10 @@ func TestNotStoredThenRetryIsNoConflict(t *testing.T) {
 	work := h.topo.Subjects
 	setSubjects(t, h, work[:1]) // the normal lane: no responders
 	// The publish is sent as HPUB (it has headers).
-	p := &answerEater{target: h.ns.Addr().String(), publish: []byte("PUB " + work[1] + " "), hook: func() {
+	p := &queuetest.AnswerEater{Target: h.ns.Addr().String(), Publish: []byte("PUB " + work[1] + " "), Hook: func() {
 		setStreamSubjects(h.t, h.js, kvStream, []string{"$KV.elsewhere.>"}) // the bucket's leader gone too
 	}}
-	addr := p.listen(t)
+	addr := p.Listen(t)
 	nc, js := queuetest.ConnectURL(t, "nats://"+addr)
 	client := queue.ClientOn(nc, js, h.topo)
 	client.Timeout = time.Second
@@ -700,9 +589,9 @@ func TestUnmarkedClaimTakenOverFromTheTrail(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.startWorker()
-	p.away.Store(true)
+	p.Away.Store(true)
 	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
-	p.away.Store(false)
+	p.Away.Store(false)
 	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
 	queuetest.Eventually(t, 10*time.Second, "the lookup answering the event's record", func() bool {
 		return h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).StatusCode == http.StatusOK

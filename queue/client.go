@@ -14,6 +14,7 @@ import (
 
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/untrusted"
 )
@@ -191,6 +192,60 @@ func (c *Client) Publish(ctx context.Context, subject, id string, ev event.Event
 		p.StoredAfter = made
 	}
 	return p, nil
+}
+
+// RepublishMargin is taken off the work stream's duplicate window for
+// how long after an event's first publish it may be published again under
+// its id without being stored twice: for the clocks of replicas and
+// server.
+const RepublishMargin = 30 * time.Second
+
+// RepublishWithin is how long after an event's first publish it may be
+// published again under its id without being stored twice: the work
+// stream's duplicate window, as the stream says (as revoker makes it, when
+// the stream cannot be asked), less RepublishMargin.
+func (c *Client) RepublishWithin(ctx context.Context) time.Duration {
+	window := DuplicateWindow
+	if st, err := c.js.Stream(ctx, c.Stream); err == nil {
+		window = st.CachedInfo().Config.Duplicates
+	}
+	return window - RepublishMargin
+}
+
+// Refused reports whether a publish error proves the event was not
+// stored: the stream answered no, no stream answered at all, or another
+// event holds the id. A timeout or a connection lost in between proves
+// nothing, nor does a duplicate that could not be checked (it may be this
+// very event, stored by an earlier try).
+func Refused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, ErrIDTaken)
+}
+
+// Store is Publish, made again under the same id, pause apart, while its
+// answer is lost (a timeout, a dropped connection: the event may be
+// stored), until one is answered, ctx ends, or RepublishWithin has passed
+// since the first (after it, a copy would be stored twice). unanswered
+// reports whether any publish went unanswered: then the event may be
+// stored whatever err says.
+func (c *Client) Store(ctx context.Context, subject, id string, ev event.Event, body []byte, pause time.Duration) (p Published, unanswered bool, err error) {
+	began := time.Now()
+	var window time.Duration
+	for {
+		p, err = c.Publish(ctx, subject, id, ev, body)
+		unanswered = unanswered || err != nil && !Refused(err)
+		// A duplicate that could not be checked will not check better now.
+		if err == nil || Refused(err) || errors.Is(err, ErrIDUnverified) {
+			return p, unanswered, err
+		}
+		if window == 0 {
+			window = c.RepublishWithin(ctx)
+		}
+		if time.Since(began) >= window || !throttle.Sleep(ctx, pause) {
+			return p, unanswered, err
+		}
+	}
 }
 
 // streamMade is when stream, as it is now, was made.

@@ -51,7 +51,14 @@ const (
 	// maxIDLen bounds a caller's event id: it is kept in headers and
 	// records.
 	maxIDLen = 256
+	// republishPause spaces the publishes of an event whose answer was
+	// lost.
+	republishPause = 500 * time.Millisecond
 )
+
+// storeTimeout bounds storing one request's event, publishes made again
+// after a lost answer included (a variable for tests).
+var storeTimeout = 15 * time.Second
 
 // StateQueued is the state of a stored event with no outcome record yet.
 const StateQueued = "queued"
@@ -379,9 +386,22 @@ func (s *Service) revoke(req micro.Request) {
 	traced := tracing.Extract(s.ctx, tracing.HeaderGetter(h))
 	s.async(req, func(req micro.Request) {
 		// Stored before anything is answered: a lost reply loses nothing.
-		p, err := s.cfg.Client.Publish(traced, subject, id, ev, body)
+		// A publish whose answer was lost is made again under the id,
+		// which the stream cannot store twice, until one is answered.
+		sctx, cancel := context.WithTimeout(traced, storeTimeout)
+		p, unanswered, err := s.cfg.Client.Store(sctx, subject, id, ev, body, republishPause)
+		cancel()
 		switch {
-		case errors.Is(err, queue.ErrIDTaken), errors.Is(err, queue.ErrIDUnverified):
+		case errors.Is(err, queue.ErrIDTaken):
+			s.fail(req, 409, "%v", err)
+			return
+		case err != nil && unanswered:
+			// Not "not stored": the event may be, and will be revoked.
+			s.cfg.Log.Warn("service: the work stream's answer was lost; the event may be stored", zap.Error(err))
+			s.fail(req, 504, "the work stream's answer was lost, and NATS did not answer again: event %s may have been stored; repeat the request with %s: %s, which cannot store it twice",
+				id, jetstream.MsgIDHeader, id)
+			return
+		case errors.Is(err, queue.ErrIDUnverified):
 			s.fail(req, 409, "%v", err)
 			return
 		case err != nil:

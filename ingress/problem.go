@@ -38,7 +38,7 @@ var (
 	KindKeyReused         = Kind{"idempotency-key-reused", "The idempotency key was used with another body", http.StatusUnprocessableEntity}
 	KindRateLimited       = Kind{"rate-limited", "Too many requests from this caller", http.StatusTooManyRequests}
 	KindUnavailable       = Kind{"unavailable", "NATS is unreachable or the work stream refused the event: this request stored nothing", http.StatusServiceUnavailable}
-	KindStoreUnknown      = Kind{"store-unknown", "The work stream's answer was lost: the event may have been stored; repeat the request with the same idempotency key", http.StatusServiceUnavailable}
+	KindStoreUnknown      = Kind{"store-unknown", "The work stream's answer was lost: the event may have been stored; repeat the request with the same idempotency key", http.StatusGatewayTimeout}
 	KindTooManyWaiting    = Kind{"too-many-waiting", "Too many requests are waiting for outcomes: nothing was stored", http.StatusServiceUnavailable}
 	KindTrailUnavailable  = Kind{"trail-unavailable", "The audit trail cannot be read now", http.StatusServiceUnavailable}
 	KindOutcomeRecordsOff = Kind{"outcome-records-off", "Outcome records are off: no record can be read", http.StatusNotFound}

@@ -92,7 +92,7 @@ func TestLostStoreAnswerIsNeitherNotStoredNorStoredTwice(t *testing.T) {
 		storeTimeout = 4 * time.Second
 		h, p, nc, post := lostAnswer(t)
 		p.Away.Store(true)
-		post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+		post().want(t, http.StatusGatewayTimeout, KindStoreUnknown)
 		if !p.Ate.Load() || h.msgs() != 1 {
 			t.Fatalf("the proxy dropped the answer: %v; the work stream holds %d events, want the one whose answer was lost", p.Ate.Load(), h.msgs())
 		}
@@ -223,7 +223,7 @@ func TestLostStoreAnswerUncheckableDuplicate(t *testing.T) {
 	storeTimeout = 4 * time.Second
 	h, p, nc, post := lostAnswer(t, func(c *queue.Client) { c.OutcomePrefix = "" })
 	p.Away.Store(true)
-	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	post().want(t, http.StatusGatewayTimeout, KindStoreUnknown)
 	p.Away.Store(false)
 	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
 	st, err := h.js.Stream(context.Background(), h.topo.Stream)
@@ -238,7 +238,7 @@ func TestLostStoreAnswerUncheckableDuplicate(t *testing.T) {
 		again = post()
 		return again.StatusCode != http.StatusConflict
 	})
-	again.want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	again.want(t, http.StatusGatewayTimeout, KindStoreUnknown)
 	h.do(h.get("/v1/revocations/ingress:soar:lost-ack", bearer(tToken)...)).want(t, http.StatusAccepted)
 }
 
@@ -327,7 +327,7 @@ func TestLostAnswerThenRefusedStaysUnknown(t *testing.T) {
 	refuseOnceStored(h, p)
 	r := post()
 	setSubjects(t, h, h.topo.Subjects)
-	r.want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	r.want(t, http.StatusGatewayTimeout, KindStoreUnknown)
 	if !p.Ate.Load() || h.msgs() != 1 {
 		t.Fatalf("answer lost: %v; %d events stored, want the first publish's", p.Ate.Load(), h.msgs())
 	}
@@ -401,7 +401,7 @@ func TestLostTakeoverAnswerIsUnknown(t *testing.T) {
 		e, err := kv.Get(context.Background(), entryKey(id))
 		return err == nil && e.Revision() > first.Revision()
 	}, nil)
-	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	post().want(t, http.StatusGatewayTimeout, KindStoreUnknown)
 	if !p.Ate.Load() || h.msgs() != 1 {
 		t.Fatalf("takeover's answer lost: %v; %d events stored, want the first request's", p.Ate.Load(), h.msgs())
 	}
@@ -471,7 +471,7 @@ func TestLostClaimFromASkewedClock(t *testing.T) {
 func TestRepeatRightAfterStoreUnknown(t *testing.T) {
 	h, p, nc, post := lostAnswer(t)
 	refuseOnceStored(h, p)
-	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	post().want(t, http.StatusGatewayTimeout, KindStoreUnknown)
 	setSubjects(t, h, h.topo.Subjects)
 	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
 	again := post()
@@ -590,7 +590,7 @@ func TestUnmarkedClaimTakenOverFromTheTrail(t *testing.T) {
 	}
 	h.startWorker()
 	p.Away.Store(true)
-	post().want(t, http.StatusServiceUnavailable, KindStoreUnknown)
+	post().want(t, http.StatusGatewayTimeout, KindStoreUnknown)
 	p.Away.Store(false)
 	queuetest.Eventually(t, 10*time.Second, "the ingress's connection back", nc.IsConnected)
 	queuetest.Eventually(t, 10*time.Second, "the lookup answering the event's record", func() bool {

@@ -128,16 +128,13 @@ type ReplayResult struct {
 	// duplicate, the one stored first).
 	WorkSequence uint64 `json:"work_sequence"`
 	// Duplicate reports that the work stream already had this replay: an
-	// earlier run republished it and was stopped before it removed the
-	// record.
+	// earlier run republished it, and no worker has taken it yet (it
+	// removes the record then).
 	Duplicate bool `json:"duplicate"`
 	// Displaced is the replay's own id when the work stream already held
 	// another message under it: the record was republished under MsgID,
 	// an id nobody could have guessed, instead.
 	Displaced string `json:"displaced,omitempty"`
-	// Removed reports that the record is gone from the dead-letter stream
-	// (removed by this call, or already by another).
-	Removed bool `json:"removed"`
 }
 
 // RequestTimeout bounds one request of a one-shot command.
@@ -158,7 +155,6 @@ type Replayer struct {
 	js       jetstream.JetStream
 	stream   string   // the work stream
 	subjects []string // the work subjects: the only ones a replay goes to
-	dlq      jetstream.Stream
 	replays  *Replays
 	// outcomeStream and outcomePrefix are where the worker's records are
 	// ("" prefix: none), read to tell a consumed replay as this one's.
@@ -170,8 +166,7 @@ type Replayer struct {
 func NewReplayer(ctx context.Context, js jetstream.JetStream, cfg config.Topology) (*Replayer, error) {
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
-	dlq, err := js.Stream(ctx, cfg.DLQStream)
-	if err != nil {
+	if _, err := js.Stream(ctx, cfg.DLQStream); err != nil {
 		return nil, fmt.Errorf("stream %s: %w", cfg.DLQStream, err)
 	}
 	replays := &Replays{}
@@ -181,7 +176,7 @@ func NewReplayer(ctx context.Context, js jetstream.JetStream, cfg config.Topolog
 		}
 		return nil, err
 	}
-	return &Replayer{js: js, stream: cfg.Stream, subjects: cfg.Subjects, dlq: dlq, replays: replays,
+	return &Replayer{js: js, stream: cfg.Stream, subjects: cfg.Subjects, replays: replays,
 		outcomeStream: cfg.OutcomeStream, outcomePrefix: cfg.OutcomePrefix}, nil
 }
 
@@ -216,8 +211,12 @@ func (p *Replayer) Check(rec DeadLetterRecord) error {
 // republished (its sequence noted), or a stored message with the same
 // subject, body and Revoker-Replay-Of. Anything else under that id (a
 // message published in advance to suppress the replay) is not believed: the
-// record is republished under an id nobody could have guessed. It does not
-// touch the dead-letter stream; Replay does both steps.
+// record is republished under an id nobody could have guessed.
+//
+// It does not touch the dead-letter stream: the worker removes the record
+// when it takes the replay (Replays.Take), so that no role but the worker
+// can remove a record, and only one a replay has put back (SPEC §4, "The
+// proof", point 8; §5).
 func (p *Replayer) Republish(ctx context.Context, rec DeadLetterRecord) (ReplayResult, error) {
 	res := ReplayResult{Sequence: rec.Sequence, EventID: rec.EventID, MsgID: ReplayMsgID(rec.Sequence), Subject: rec.SourceSubject}
 	if err := p.Check(rec); err != nil {
@@ -233,13 +232,20 @@ func (p *Replayer) Republish(ctx context.Context, rec DeadLetterRecord) (ReplayR
 		return res, fmt.Errorf("republish dead letter %d to %s: %w", rec.Sequence, rec.SourceSubject, err)
 	}
 
+	// A replay run again while its earlier republish still waits for a
+	// worker (which then removes the record) is that republish, past the
+	// work stream's duplicate window too.
+	if seq, ok := p.waiting(ctx, rec, res.MsgID, replayOf); ok {
+		res.Duplicate, res.WorkSequence = true, seq
+		return res, nil
+	}
 	ack, err := p.publish(ctx, rec, res.MsgID, replayOf)
 	if err != nil {
 		return fail(err)
 	}
 	res.WorkSequence = ack.Sequence
 	if !ack.Duplicate {
-		p.published(ctx, res.MsgID, replayOf, rec.Body, ack.Sequence)
+		p.published(ctx, rec, res.MsgID, replayOf, ack.Sequence)
 		return res, nil
 	}
 	ours, err := p.isReplay(ctx, rec, res.MsgID, replayOf, ack.Sequence)
@@ -248,7 +254,7 @@ func (p *Replayer) Republish(ctx context.Context, rec DeadLetterRecord) (ReplayR
 	}
 	if ours {
 		res.Duplicate = true
-		p.published(ctx, res.MsgID, replayOf, rec.Body, ack.Sequence)
+		p.published(ctx, rec, res.MsgID, replayOf, ack.Sequence)
 		return res, nil
 	}
 
@@ -266,22 +272,38 @@ func (p *Replayer) Republish(ctx context.Context, rec DeadLetterRecord) (ReplayR
 	if ack.Duplicate {
 		return fail(fmt.Errorf("the work stream already holds a message under the fresh id %s", res.MsgID))
 	}
-	p.published(ctx, res.MsgID, replayOf, rec.Body, ack.Sequence)
+	p.published(ctx, rec, res.MsgID, replayOf, ack.Sequence)
 	return res, nil
+}
+
+// waiting reports whether this replay was republished before, under
+// msgID, and still waits in the work stream at seq: its note names this
+// record and where it was stored, and the message there is the replay. A
+// read that fails says no: the republish that follows is checked as ever.
+func (p *Replayer) waiting(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string) (seq uint64, ok bool) {
+	n, found, err := p.replays.load(ctx, msgID)
+	if err != nil || !found || n.WorkSequence == 0 || n.DeadLetter != rec.Sequence || !n.names(replayOf, rec.Body) {
+		return 0, false
+	}
+	m, err := msgGet(ctx, p.js, p.stream, msgGetRequest{Seq: n.WorkSequence})
+	if err != nil || m == nil {
+		return 0, false
+	}
+	return n.WorkSequence, isReplayMsg(m, rec, msgID, replayOf)
 }
 
 // published notes where the work stream stored the replay. It is only a
 // help to a run repeated after this one was stopped before removing the
 // record (it knows the replay as its own even once consumed), so a failure
 // is not one of the replay: at worst such a run republishes once more.
-func (p *Replayer) published(ctx context.Context, msgID, replayOf string, body []byte, seq uint64) {
-	_ = p.replays.published(ctx, msgID, replayOf, body, seq)
+func (p *Replayer) published(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string, seq uint64) {
+	_ = p.replays.published(ctx, msgID, replayOf, rec.Body, seq, rec.Sequence)
 }
 
 // publish notes the replay msgID, then publishes it.
 func (p *Replayer) publish(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string) (*jetstream.PubAck, error) {
 	if replayOf != "" {
-		if err := p.replays.Note(ctx, msgID, replayOf, rec.Body); err != nil {
+		if err := p.replays.Note(ctx, msgID, replayOf, rec.Body, rec.Sequence); err != nil {
 			return nil, err
 		}
 	}
@@ -357,10 +379,15 @@ func (p *Replayer) isReplay(ctx context.Context, rec DeadLetterRecord, msgID, re
 	if m == nil {
 		return p.recordedAsReplay(ctx, rec, msgID, replayOf, seq), nil
 	}
-	// Every header counts: one the replay would not carry (a Content-Type
-	// that makes the worker read a CloudEvent, say) makes it another event.
+	return isReplayMsg(m, rec, msgID, replayOf), nil
+}
+
+// isReplayMsg reports whether the stored m is rec's replay under msgID.
+// Every header counts: one the replay would not carry (a Content-Type that
+// makes the worker read a CloudEvent, say) makes it another event.
+func isReplayMsg(m *storedMsg, rec DeadLetterRecord, msgID, replayOf string) bool {
 	want := replayMsg(rec, msgID, replayOf)
-	return m.Subject == want.Subject && bytes.Equal(m.Data, want.Data) && sameHeaders(m.header(), want.Header), nil
+	return m.Subject == want.Subject && bytes.Equal(m.Data, want.Data) && sameHeaders(m.header(), want.Header)
 }
 
 // sameHeaders reports whether stored carries exactly the headers of want,
@@ -377,28 +404,6 @@ func sameHeaders(stored, want nats.Header) bool {
 		n++
 	}
 	return n == len(want)
-}
-
-// Replay republishes the record and, once the work stream has acknowledged
-// it (or a duplicate proved to be this replay), removes the record from the
-// dead-letter stream. Interrupted between the two steps and run again, it
-// finds the republish a duplicate of its own and only removes the record,
-// so the event is neither lost nor sent twice.
-func (p *Replayer) Replay(ctx context.Context, rec DeadLetterRecord) (ReplayResult, error) {
-	res, err := p.Republish(ctx, rec)
-	if err != nil {
-		return res, err
-	}
-	if err := p.dlq.DeleteMsg(ctx, rec.Sequence); err != nil {
-		// The server answers a delete of a missing message with a
-		// generic failure; if the record is gone (another replay removed
-		// it meanwhile) the goal is reached all the same.
-		if _, gerr := p.dlq.GetMsg(ctx, rec.Sequence); !errors.Is(gerr, jetstream.ErrMsgNotFound) {
-			return res, fmt.Errorf("dead letter %d was republished but not removed (running the replay again is safe): %w", rec.Sequence, err)
-		}
-	}
-	res.Removed = true
-	return res, nil
 }
 
 // scan calls fn with each message of stream on subject (a literal or a

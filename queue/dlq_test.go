@@ -146,7 +146,12 @@ func TestListDeadLettersEmptyOrMissing(t *testing.T) {
 	}
 }
 
-func TestReplayRepublishesThenRemovesAndCanRepeat(t *testing.T) {
+// TestReplayRepublishesAndCanRepeat: a replay republishes the record
+// byte for byte and leaves it in place; the worker taking the replay
+// removes it (Replays.Take). Run again on the same record (an interrupted
+// run read it before it was removed), the republish is dropped as a
+// duplicate, and nothing new is stored.
+func TestReplayRepublishesAndCanRepeat(t *testing.T) {
 	js, cfg := dlqTSetup(t)
 	body := "{\"account_id\":\"a\",\"key_id\":\"k\"}  \n" // byte for byte, trailing space and all
 	dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
@@ -156,11 +161,11 @@ func TestReplayRepublishesThenRemovesAndCanRepeat(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+	res, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Duplicate || !res.Removed || res.MsgID != "replay:1" || res.Subject != "revoke.scheduled" || res.EventID != "orig-1" {
+	if res.Duplicate || res.MsgID != "replay:1" || res.Subject != "revoke.scheduled" || res.EventID != "orig-1" {
 		t.Fatalf("result %+v", res)
 	}
 	work, err := js.Stream(dlqTCtx(t), cfg.Stream)
@@ -175,17 +180,21 @@ func TestReplayRepublishesThenRemovesAndCanRepeat(t *testing.T) {
 		m.Header.Get(jetstream.MsgIDHeader) != "replay:1" || m.Header.Get(queue.HeaderReplayOf) != "orig-1" {
 		t.Fatalf("republished %q on %s with %v", m.Data, m.Subject, m.Header)
 	}
+	if n := dlqTMsgs(t, js, cfg.DLQStream); n != 1 {
+		t.Fatalf("%d records left: the replay itself removes none", n)
+	}
+	if ok, err := dlqTReplays(t, js, cfg).Take(dlqTCtx(t), "replay:1", "orig-1", m.Data, res.WorkSequence, m.Subject); err != nil || !ok {
+		t.Fatalf("the worker taking the replay: verified %v, %v", ok, err)
+	}
 	if n := dlqTMsgs(t, js, cfg.DLQStream); n != 0 {
-		t.Fatalf("record not removed: %d left", n)
+		t.Fatalf("record not removed once the worker took the replay: %d left", n)
 	}
 
-	// Run again on the same record (an interrupted run read it before
-	// it was removed): dropped as a duplicate, nothing new stored.
-	again, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+	again, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !again.Duplicate || !again.Removed || again.WorkSequence != res.WorkSequence {
+	if !again.Duplicate || again.WorkSequence != res.WorkSequence {
 		t.Fatalf("second replay %+v", again)
 	}
 	if n := dlqTMsgs(t, js, cfg.Stream); n != 1 {
@@ -201,11 +210,11 @@ func TestReplayRefusesWhereItCannotGo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec); err == nil {
+	if _, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec); err == nil {
 		t.Fatal("replayed to a subject outside the work stream")
 	}
 	rec.SourceSubject = ""
-	if _, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec); err == nil {
+	if _, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec); err == nil {
 		t.Fatal("replayed a record without a source subject")
 	}
 	if n := dlqTMsgs(t, js, cfg.DLQStream); n != 1 {
@@ -233,7 +242,7 @@ func TestReplayRefusesARecordCutShort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+	_, err = replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
 	if err == nil {
 		t.Fatal("a record keeping only the start of its event was replayed")
 	}
@@ -379,11 +388,11 @@ func TestReplayNotSuppressedByPlantedID(t *testing.T) {
 				consume(t, js, cfg.Stream, planted)
 			}
 
-			res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+			res, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if res.Duplicate || !res.Removed || res.MsgID == queue.ReplayMsgID(1) || !strings.HasPrefix(res.MsgID, "replay:1:") {
+			if res.Duplicate || res.MsgID == queue.ReplayMsgID(1) || !strings.HasPrefix(res.MsgID, "replay:1:") {
 				t.Fatalf("result %+v", res)
 			}
 			stored := dlqTStored(t, js, cfg.Stream)
@@ -395,8 +404,8 @@ func TestReplayNotSuppressedByPlantedID(t *testing.T) {
 				m.Header.Get(jetstream.MsgIDHeader) != res.MsgID || m.Header.Get(queue.HeaderReplayOf) != "orig-1" {
 				t.Fatalf("republished %d %q on %s with %v; result %+v", m.Sequence, m.Data, m.Subject, m.Header, res)
 			}
-			if n := dlqTMsgs(t, js, cfg.DLQStream); n != 0 {
-				t.Fatalf("record not removed after the republish: %d left", n)
+			if n := dlqTMsgs(t, js, cfg.DLQStream); n != 1 {
+				t.Fatalf("%d records left: the replay itself removes none (the worker does, taking it)", n)
 			}
 			// Only the real replay passes for one.
 			replays := dlqTReplays(t, js, cfg)
@@ -446,7 +455,7 @@ func TestReplayNotSuppressedByPlantedHeaders(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+			res, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -480,17 +489,17 @@ func TestReplayKeepsDeadLetterUntilRepublished(t *testing.T) {
 	}
 	dlqTPlant(t, js, "revoke.urgent", queue.ReplayMsgID(1), `{"account_id":"a","key_id":"decoy"}`, "")
 
-	res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+	res, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
 	if err == nil {
 		t.Fatalf("a replay the work stream refused reported done: %+v", res)
 	}
-	if res.Removed || dlqTMsgs(t, js, cfg.DLQStream) != 1 {
+	if dlqTMsgs(t, js, cfg.DLQStream) != 1 {
 		t.Fatalf("dead letter removed without a republish: %+v", res)
 	}
 }
 
 // TestReplayOwnEarlierRepublishCountsAsDone: a duplicate that is this very
-// replay (an earlier run stopped before it removed the record) is not
+// replay (an earlier run's, the record still there) is not
 // republished again, whether it still waits or was consumed already.
 func TestReplayOwnEarlierRepublishCountsAsDone(t *testing.T) {
 	body := `{"account_id":"a","key_id":"k"}`
@@ -524,7 +533,7 @@ func TestReplayOwnEarlierRepublishCountsAsDone(t *testing.T) {
 		// only for a message matching the note.
 		{"published, its answer lost, then consumed and recorded", func(t *testing.T, js jetstream.JetStream, cfg config.Config, rec queue.DeadLetterRecord) uint64 {
 			id := queue.ReplayMsgID(rec.Sequence)
-			if err := dlqTReplays(t, js, cfg).Note(dlqTCtx(t), id, rec.EventID, rec.Body); err != nil {
+			if err := dlqTReplays(t, js, cfg).Note(dlqTCtx(t), id, rec.EventID, rec.Body, rec.Sequence); err != nil {
 				t.Fatal(err)
 			}
 			seq := dlqTPlant(t, js, rec.SourceSubject, id, body, rec.EventID)
@@ -554,11 +563,11 @@ func TestReplayOwnEarlierRepublishCountsAsDone(t *testing.T) {
 			}
 			first := tc.earlier(t, js, cfg, rec)
 
-			res, err := replayer(t, js, cfg).Replay(dlqTCtx(t), rec)
+			res, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !res.Duplicate || !res.Removed || res.MsgID != queue.ReplayMsgID(1) || res.WorkSequence != first {
+			if !res.Duplicate || res.MsgID != queue.ReplayMsgID(1) || res.WorkSequence != first {
 				t.Fatalf("result %+v, first stored at %d", res, first)
 			}
 			want := uint64(0)
@@ -568,8 +577,8 @@ func TestReplayOwnEarlierRepublishCountsAsDone(t *testing.T) {
 			if n := dlqTMsgs(t, js, cfg.Stream); n != want {
 				t.Fatalf("work stream holds %d, want %d: republished twice", n, want)
 			}
-			if n := dlqTMsgs(t, js, cfg.DLQStream); n != 0 {
-				t.Fatalf("record not removed: %d left", n)
+			if n := dlqTMsgs(t, js, cfg.DLQStream); n != 1 {
+				t.Fatalf("%d records left: the replay itself removes none", n)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // ReplaysBucket is the key-value bucket in which `revoker dlq replay`
@@ -43,6 +45,9 @@ func ReplaysConfig(replicas int) jetstream.KeyValueConfig {
 type Replays struct {
 	kv atomic.Pointer[jetstream.KeyValue]
 	js atomic.Pointer[jetstream.JetStream] // reads go by STREAM.MSG.GET (see load)
+	// DLQStream is the dead-letter stream, whose replayed records the
+	// worker removes (Take); "" removes none.
+	DLQStream string
 }
 
 // errReplaysUnbound means the bucket is not bound yet.
@@ -59,6 +64,9 @@ type replayNote struct {
 	// acknowledged the replay as new: a later duplicate answer naming this
 	// sequence is the replay itself, even after the worker consumed it.
 	WorkSequence uint64 `json:"work_sequence,omitempty"`
+	// DeadLetter is the sequence of the record replayed, in the
+	// dead-letter stream: the worker removes it once it takes the replay.
+	DeadLetter uint64 `json:"dead_letter,omitempty"`
 }
 
 func bodyDigest(body []byte) string {
@@ -68,7 +76,7 @@ func bodyDigest(body []byte) string {
 
 // BindReplays binds (and where cfg allows, creates) the replays bucket.
 func BindReplays(ctx context.Context, js jetstream.JetStream, cfg config.Topology, log *zap.Logger) (*Replays, error) {
-	r := &Replays{}
+	r := &Replays{DLQStream: cfg.DLQStream}
 	return r, r.bind(ctx, js, cfg.Create, cfg.Replicas, log)
 }
 
@@ -143,11 +151,12 @@ func (r *Replays) save(ctx context.Context, msgID string, n replayNote) error {
 }
 
 // Note records that the message msgID about to be published with body
-// replays the event originalID. The replayer calls it before publishing, so
-// no delivery of the replay can come before its entry. An entry already
-// saying so is kept as it is (with what it knows of the publish).
-func (r *Replays) Note(ctx context.Context, msgID, originalID string, body []byte) error {
-	want := replayNote{ReplayOf: originalID, BodySHA256: bodyDigest(body)}
+// replays the event originalID, kept at deadLetter in the dead-letter
+// stream. The replayer calls it before publishing, so no delivery of the
+// replay can come before its entry. An entry already saying so is kept as
+// it is (with what it knows of the publish).
+func (r *Replays) Note(ctx context.Context, msgID, originalID string, body []byte, deadLetter uint64) error {
+	want := replayNote{ReplayOf: originalID, BodySHA256: bodyDigest(body), DeadLetter: deadLetter}
 	kv, err := r.bucket()
 	if err != nil {
 		return err
@@ -171,15 +180,15 @@ func (r *Replays) Note(ctx context.Context, msgID, originalID string, body []byt
 	if err != nil {
 		return err
 	}
-	if found && n.names(originalID, body) {
+	if found && n.names(originalID, body) && n.DeadLetter == deadLetter {
 		return nil
 	}
 	return r.save(ctx, msgID, want)
 }
 
 // published records that the work stream stored the replay msgID at seq.
-func (r *Replays) published(ctx context.Context, msgID, originalID string, body []byte, seq uint64) error {
-	return r.save(ctx, msgID, replayNote{ReplayOf: originalID, BodySHA256: bodyDigest(body), WorkSequence: seq})
+func (r *Replays) published(ctx context.Context, msgID, originalID string, body []byte, seq, deadLetter uint64) error {
+	return r.save(ctx, msgID, replayNote{ReplayOf: originalID, BodySHA256: bodyDigest(body), WorkSequence: seq, DeadLetter: deadLetter})
 }
 
 // names reports whether n says that msgID, published with body, replays
@@ -227,12 +236,60 @@ func (r *Replays) Verify(ctx context.Context, msgID, claimed string) (bool, erro
 // that: a message published later under the same id, claiming the same
 // event with the same body, does not pass.
 func (r *Replays) VerifyBody(ctx context.Context, msgID, claimed string, body []byte, seq uint64) (bool, error) {
+	_, ok, err := r.verifyBody(ctx, msgID, claimed, body, seq)
+	return ok, err
+}
+
+// verifyBody is VerifyBody, with the entry that confirms the claim.
+func (r *Replays) verifyBody(ctx context.Context, msgID, claimed string, body []byte, seq uint64) (replayNote, bool, error) {
 	if msgID == "" || claimed == "" {
-		return false, nil
+		return replayNote{}, false, nil
 	}
 	n, found, err := r.load(ctx, msgID)
 	if err != nil {
-		return false, err
+		return n, false, err
 	}
-	return found && n.names(claimed, body) && (n.WorkSequence == 0 || n.WorkSequence == seq), nil
+	return n, found && n.names(claimed, body) && (n.WorkSequence == 0 || n.WorkSequence == seq), nil
+}
+
+// Take is VerifyBody for the worker taking a delivery on subject, which
+// also removes the dead letter a true replay puts back: the replay is
+// stored in the work stream, so the record is no longer the only copy of
+// the event. Only the worker removes records (SPEC §4, "The proof", point
+// 8; §5: no one who may publish events can make a dead letter vanish),
+// and only one whose body, source subject and event id are the replay's,
+// so a replay removes exactly the record it puts back. A record already
+// gone (taken by an earlier delivery) is fine; one that cannot be removed
+// now is logged by the caller and left for the next delivery, or for an
+// operator.
+func (r *Replays) Take(ctx context.Context, msgID, claimed string, body []byte, seq uint64, subject string) (verified bool, err error) {
+	n, ok, err := r.verifyBody(ctx, msgID, claimed, body, seq)
+	if err != nil || !ok || n.DeadLetter == 0 || r.DLQStream == "" {
+		return ok, err
+	}
+	js := r.js.Load()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, err := msgGet(ctx, *js, r.DLQStream, msgGetRequest{Seq: n.DeadLetter})
+	switch {
+	case err != nil:
+		return true, fmt.Errorf("read dead letter %d: %w", n.DeadLetter, err)
+	case m == nil:
+		return true, nil
+	}
+	rec := deadLetterRecord(n.DeadLetter, m.Time, m.header(), m.Data)
+	if !bytes.Equal(rec.Body, body) || rec.SourceSubject != subject || untrusted.Line(rec.EventID, maxHeader) != claimed {
+		return true, nil // another record: not this replay's to remove
+	}
+	st, err := (*js).Stream(ctx, r.DLQStream)
+	if err == nil {
+		err = st.DeleteMsg(ctx, n.DeadLetter)
+	}
+	if err != nil {
+		if m, gerr := msgGet(ctx, *js, r.DLQStream, msgGetRequest{Seq: n.DeadLetter}); gerr == nil && m == nil {
+			return true, nil // removed meanwhile
+		}
+		return true, fmt.Errorf("remove dead letter %d: %w", n.DeadLetter, err)
+	}
+	return true, nil
 }

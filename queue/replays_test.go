@@ -36,7 +36,7 @@ func TestVerifyBelievesOnlyNotedReplays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := replayer(t, js, cfg).Replay(ctx, rec)
+	res, err := replayer(t, js, cfg).Republish(ctx, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,16 +106,7 @@ func TestVerifyBodyRefusesReusedReplayID(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := `{"account_id":"a","key_id":"k"}`
-	dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
-		Subject: "revoke.urgent", Sequence: 4, FailedAt: time.Now()}, body)
-	rec, err := queue.GetDeadLetter(ctx, js, cfg.DLQStream, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := replayer(t, js, cfg).Replay(ctx, rec)
-	if err != nil || res.MsgID != queue.ReplayMsgID(1) {
-		t.Fatalf("replay %+v %v", res, err)
-	}
+	_, res := replayedOrig1(t, js, cfg, body)
 	// Once the duplicate window has passed, anyone may publish under the
 	// replay's id again: another body, or the replayed body itself.
 	republish := func(body string) uint64 {
@@ -191,4 +182,110 @@ func TestEnsureMakesReplaysBucket(t *testing.T) {
 	if _, err := queue.NewReplayer(ctx, js, top); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestTakeRemovesOnlyTheRecordItPutsBack: the worker removes a dead letter
+// when it takes its replay (only the worker may remove records, SPEC §5).
+// A message that only claims to be a replay removes nothing, nor does a
+// replay whose note names a record it does not put back (another body,
+// subject or event); the true replay removes its record, and taking it
+// again is no error.
+func TestTakeRemovesOnlyTheRecordItPutsBack(t *testing.T) {
+	js, cfg := dlqTSetup(t)
+	ctx := dlqTCtx(t)
+	const body = `{"account_id":"a","key_id":"k"}`
+	_, res := replayedOrig1(t, js, cfg, body)
+	replays := dlqTReplays(t, js, cfg)
+	kept := func(what string) {
+		t.Helper()
+		if n := dlqTMsgs(t, js, cfg.DLQStream); n != 1 {
+			t.Fatalf("%s: %d dead letters left, want the record kept", what, n)
+		}
+	}
+
+	// A publisher's message claiming to replay the event.
+	if ok, err := replays.Take(ctx, "ev-forged", "orig-1", []byte(body), 99, "revoke.urgent"); err != nil || ok {
+		t.Fatalf("a claim no replay noted: verified %v, %v", ok, err)
+	}
+	kept("a forged claim")
+	// Replays noted for dead letter 1 that do not put it back.
+	for i, other := range []struct{ id, claim, body, subject string }{
+		{"replay:x1", "orig-1", `{"account_id":"a","key_id":"other"}`, "revoke.urgent"},
+		{"replay:x2", "orig-1", body, "revoke.scheduled"},
+		{"replay:x3", "orig-2", body, "revoke.urgent"},
+	} {
+		if err := replays.Note(ctx, other.id, other.claim, []byte(other.body), 1); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := replays.Take(ctx, other.id, other.claim, []byte(other.body), uint64(50+i), other.subject); err != nil || !ok {
+			t.Fatalf("noted replay %s: verified %v, %v", other.id, ok, err)
+		}
+		kept("a replay of another event, body or subject")
+	}
+
+	for range 2 {
+		if ok, err := replays.Take(ctx, res.MsgID, "orig-1", []byte(body), res.WorkSequence, "revoke.urgent"); err != nil || !ok {
+			t.Fatalf("the replay: verified %v, %v", ok, err)
+		}
+		if n := dlqTMsgs(t, js, cfg.DLQStream); n != 0 {
+			t.Fatalf("%d dead letters left once the worker took the replay", n)
+		}
+	}
+}
+
+// TestReplayRunAgainWhileItsRepublishWaits: an operator runs a replay
+// again while its first republish still waits for a worker (behind a
+// backlog), after the work stream's duplicate window: the record is still
+// there, as only the worker taking the replay removes it. The run finds
+// the waiting republish and stores no second copy.
+func TestReplayRunAgainWhileItsRepublishWaits(t *testing.T) {
+	js, cfg := dlqTSetup(t)
+	ctx := dlqTCtx(t)
+	work := queue.WorkStream(cfg.Topology())
+	work.Duplicates = time.Second
+	if _, err := js.UpdateStream(ctx, work); err != nil {
+		t.Fatal(err)
+	}
+	rec, first := replayedOrig1(t, js, cfg, `{"account_id":"a","key_id":"k"}`)
+	// The window has passed once a probe stored after the replay is
+	// stored anew under its id.
+	probe := nats.NewMsg("revoke.scheduled")
+	probe.Data = []byte(`{"account_id":"a","key_id":"probe"}`)
+	probe.Header.Set(jetstream.MsgIDHeader, "probe")
+	if _, err := js.PublishMsg(ctx, probe); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 20*time.Second, "the work stream forgetting the ids", func() bool {
+		ack, err := js.PublishMsg(ctx, probe)
+		return err == nil && !ack.Duplicate
+	})
+	before := dlqTMsgs(t, js, cfg.Stream)
+
+	again, err := replayer(t, js, cfg).Republish(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Duplicate || again.WorkSequence != first.WorkSequence {
+		t.Fatalf("second run %+v; want the waiting republish at %d", again, first.WorkSequence)
+	}
+	if n := dlqTMsgs(t, js, cfg.Stream); n != before {
+		t.Fatalf("work stream holds %d, was %d: the replay was stored twice", n, before)
+	}
+}
+
+// replayedOrig1 writes dead letter 1 (event orig-1 with body, from
+// revoke.urgent) and replays it.
+func replayedOrig1(t *testing.T, js jetstream.JetStream, cfg config.Config, body string) (queue.DeadLetterRecord, queue.ReplayResult) {
+	t.Helper()
+	dlqTWrite(t, js, cfg, event.DeadLetter{Reason: "api_rejected", EventID: "orig-1", Stream: cfg.Stream,
+		Subject: "revoke.urgent", Sequence: 4, FailedAt: time.Now()}, body)
+	rec, err := queue.GetDeadLetter(dlqTCtx(t), js, cfg.DLQStream, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := replayer(t, js, cfg).Republish(dlqTCtx(t), rec)
+	if err != nil || res.Duplicate || res.MsgID != queue.ReplayMsgID(1) {
+		t.Fatalf("replay %+v %v", res, err)
+	}
+	return rec, res
 }

@@ -212,7 +212,7 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 			return nil
 		}
 		rctx, cancel := context.WithTimeout(ctx, queue.RequestTimeout)
-		res, err := replayer.Replay(rctx, r)
+		res, err := replayer.Republish(rctx, r)
 		cancel()
 		if err != nil {
 			failed++
@@ -225,14 +225,14 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 		case res.Displaced != "":
 			// Worth the operator's attention: someone published under the
 			// replay's id to make it vanish as a duplicate.
-			fmt.Fprintf(e.stdout, "replayed %d: %s to %s as %s, since another message already took its id %s (work sequence %d); record removed\n",
-				r.Sequence, what, res.Subject, res.MsgID, res.Displaced, res.WorkSequence)
+			fmt.Fprintf(e.stdout, "replayed %d: %s to %s as %s, since another message already took its id %s (work sequence %d); %s\n",
+				r.Sequence, what, res.Subject, res.MsgID, res.Displaced, res.WorkSequence, removedByWorker)
 		case res.Duplicate:
-			fmt.Fprintf(e.stdout, "replayed %d: %s was already republished to %s by an earlier run (work sequence %d); record removed\n",
-				r.Sequence, what, res.Subject, res.WorkSequence)
+			fmt.Fprintf(e.stdout, "replayed %d: %s was already republished to %s by an earlier run (work sequence %d); %s\n",
+				r.Sequence, what, res.Subject, res.WorkSequence, removedByWorker)
 		default:
-			fmt.Fprintf(e.stdout, "replayed %d: %s to %s (work sequence %d); record removed\n",
-				r.Sequence, what, res.Subject, res.WorkSequence)
+			fmt.Fprintf(e.stdout, "replayed %d: %s to %s (work sequence %d); %s\n",
+				r.Sequence, what, res.Subject, res.WorkSequence, removedByWorker)
 		}
 		return nil
 	}
@@ -288,6 +288,11 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 	}
 	return exitOK
 }
+
+// removedByWorker ends each replay's line: the operator may not remove a
+// record (no one who may publish events can make one vanish, SPEC §5),
+// the worker does, once it takes the replay.
+const removedByWorker = "a worker removes the record when it takes the event"
 
 // parseSeqs parses "3,5,8" into distinct sequences, in the order given.
 func parseSeqs(s string) ([]uint64, error) {

@@ -415,7 +415,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		DLQStream: cfg.DLQStream, DLQSubject: cfg.DLQSubject,
 		OutcomeStream: cfg.OutcomeStream, OutcomePrefix: cfg.OutcomeSubject,
 	}
-	replays := &queue.Replays{}
+	replays := &queue.Replays{DLQStream: cfg.DLQStream}
 	consumer := &queue.Consumer{
 		JS: js, Cfg: cfg.Topology(), ShutdownTimeout: cfg.ShutdownTimeout, Gate: gate, Ledger: ledger, Replays: replays,
 		Metrics: m, Ready: w.ready, Log: log, FetchWait: w.o.fetchWait,

@@ -272,7 +272,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := opReplays.Note(ctx, "replay:99", "ev-2", []byte("body")); err != nil {
+	if err := opReplays.Note(ctx, "replay:99", "ev-2", []byte("body"), 0); err != nil {
 		t.Fatalf("operator's note of a replay: %v", err)
 	}
 	var workerRefusals refusals
@@ -339,6 +339,14 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		t.Fatalf("operator's dlq replay: %v\n%s", err, out)
 	}
 	waitFor(t, 30*time.Second, "key2 revoked after the replay", func() bool { return api.Deleted("acc1", "key2") })
+	// The operator removed nothing; the worker, taking the replay, did.
+	waitFor(t, 30*time.Second, "the worker removes the replayed dead letter", func() bool {
+		cmd := exec.CommandContext(ctx, bin, "dlq", "list")
+		cmd.Env = opEnv
+		out, err := cmd.CombinedOutput()
+		listOut = string(out)
+		return err == nil && !strings.Contains(listOut, "key2")
+	})
 }
 
 // refusals keeps the permission violations a connection was told of.

@@ -254,12 +254,14 @@ func TestRoleWritePaths(t *testing.T) {
 		{"publisher", "$JS.API.STREAM.DELETE.REVOCATION_OUTCOMES", ``, deny},
 		{"publisher", "$JS.API.STREAM.MSG.DELETE.REVOCATIONS", `{"seq":1}`, deny},
 
-		// The operator: read by message, note replays, republish, remove
-		// dead letters; nothing that makes the server write elsewhere.
+		// The operator: read by message, note replays, republish; never
+		// remove a dead letter (the worker removes one once it takes its
+		// replay: SPEC §5, no one who may publish events can make a dead
+		// letter vanish); nothing that makes the server write elsewhere.
 		{"operator", "$JS.API.STREAM.MSG.GET.REVOCATIONS_DLQ", `{"seq":1}`, allow},
 		{"operator", "$JS.API.STREAM.MSG.GET.REVOCATION_OUTCOMES", `{"seq":1}`, allow},
 		{"operator", "$JS.API.STREAM.MSG.GET.REVOCATIONS", `{"seq":1}`, allow},
-		{"operator", "$JS.API.STREAM.MSG.DELETE.REVOCATIONS_DLQ", `{"seq":999}`, allow},
+		{"operator", "$JS.API.STREAM.MSG.DELETE.REVOCATIONS_DLQ", `{"seq":999}`, deny},
 		{"operator", "$KV.revoker_replays.probe", `{}`, allow},
 		{"operator", "revoke.scheduled", `{"account_id":"a1","key_id":"k3"}`, allow},
 		{"operator", "revoke.dlq", `{}`, deny},
@@ -285,6 +287,7 @@ func TestRoleWritePaths(t *testing.T) {
 		// The worker: its records, its buckets, its consumers; never the
 		// replays bucket, never a purge or delete.
 		{"worker", "revoke.dlq", `{}`, allow},
+		{"worker", "$JS.API.STREAM.MSG.DELETE.REVOCATIONS_DLQ", `{"seq":999}`, allow},
 		{"worker", "revoke.outcome.a1.k1", `{}`, allow},
 		{"worker", "$KV.revoker_budget.probe", `{}`, allow},
 		{"worker", "$KV.revoker_attempts.probe", `{}`, allow},
@@ -507,7 +510,6 @@ func TestRepliesNeverReachTheWorkersState(t *testing.T) {
 		{"publisher", "$JS.API.STREAM.INFO.REVOCATION_OUTCOMES", ``},
 		{"operator", "revoke.scheduled", event},
 		{"operator", "$JS.API.STREAM.MSG.GET.REVOCATIONS_DLQ", `{"seq":1}`},
-		{"operator", "$JS.API.STREAM.MSG.DELETE.REVOCATIONS_DLQ", `{"seq":999}`},
 		{"operator", "$KV.revoker_replays.probe", `{}`},
 		{"service-client", "revoker.status", event},
 	}

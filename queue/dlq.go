@@ -118,6 +118,18 @@ func unguessableReplayMsgID(seq uint64) string {
 	return ReplayMsgID(seq) + ":" + rand.Text()
 }
 
+// ReplayClaim is what a replay of rec carries in Revoker-Replay-Of: the
+// original event's id as the record keeps it or, for a record whose id was
+// cut to nothing (an id made only of characters records do not keep), the
+// dead letter itself. Never empty: the worker removes a record only for a
+// replay that claims it (Replays.Take).
+func ReplayClaim(rec DeadLetterRecord) string {
+	if id := untrusted.Line(rec.EventID, maxHeader); id != "" {
+		return id
+	}
+	return "dead-letter:" + strconv.FormatUint(rec.Sequence, 10)
+}
+
 // ReplayResult is what became of one dead letter's replay.
 type ReplayResult struct {
 	Sequence uint64 `json:"sequence"` // of the dead letter
@@ -135,6 +147,10 @@ type ReplayResult struct {
 	// another message under it: the record was republished under MsgID,
 	// an id nobody could have guessed, instead.
 	Displaced string `json:"displaced,omitempty"`
+	// Taken reports an earlier republish a worker has taken and recorded
+	// as this replay, the record still there: the worker could not remove
+	// it then, and nothing was republished now.
+	Taken bool `json:"taken,omitempty"`
 }
 
 // RequestTimeout bounds one request of a one-shot command.
@@ -224,20 +240,17 @@ func (p *Replayer) Republish(ctx context.Context, rec DeadLetterRecord) (ReplayR
 	}
 	// What the header carries is what the note names and the worker
 	// compares.
-	replayOf := ""
-	if rec.EventID != "" {
-		replayOf = untrusted.Line(rec.EventID, maxHeader)
-	}
+	replayOf := ReplayClaim(rec)
 	fail := func(err error) (ReplayResult, error) {
 		return res, fmt.Errorf("republish dead letter %d to %s: %w", rec.Sequence, rec.SourceSubject, err)
 	}
 
 	// A replay run again while its earlier republish still waits for a
 	// worker (which then removes the record) is that republish, past the
-	// work stream's duplicate window too.
-	if seq, ok := p.waiting(ctx, rec, res.MsgID, replayOf); ok {
-		res.Duplicate, res.WorkSequence = true, seq
-		return res, nil
+	// work stream's duplicate window and under a displaced id too; so is
+	// one a worker took without removing the record.
+	if earlier, found := p.earlier(ctx, rec, replayOf); found {
+		return earlier, nil
 	}
 	ack, err := p.publish(ctx, rec, res.MsgID, replayOf)
 	if err != nil {
@@ -276,20 +289,31 @@ func (p *Replayer) Republish(ctx context.Context, rec DeadLetterRecord) (ReplayR
 	return res, nil
 }
 
-// waiting reports whether this replay was republished before, under
-// msgID, and still waits in the work stream at seq: its note names this
-// record and where it was stored, and the message there is the replay. A
-// read that fails says no: the republish that follows is checked as ever.
-func (p *Replayer) waiting(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string) (seq uint64, ok bool) {
-	n, found, err := p.replays.load(ctx, msgID)
-	if err != nil || !found || n.WorkSequence == 0 || n.DeadLetter != rec.Sequence || !n.names(replayOf, rec.Body) {
-		return 0, false
+// earlier finds this record's latest replay (where published noted it
+// went) still waiting in the work stream, or consumed and recorded by the
+// worker as this replay: then found, with its result (Duplicate; Taken for
+// one consumed). A read that fails, or a replay consumed without such a
+// record, finds nothing: the republish that follows is checked as ever.
+func (p *Replayer) earlier(ctx context.Context, rec DeadLetterRecord, replayOf string) (res ReplayResult, found bool) {
+	at, ok, err := p.replays.place(ctx, rec.Sequence)
+	if err != nil || !ok || at.WorkSequence == 0 {
+		return res, false
 	}
-	m, err := msgGet(ctx, p.js, p.stream, msgGetRequest{Seq: n.WorkSequence})
-	if err != nil || m == nil {
-		return 0, false
+	n, ok, err := p.replays.load(ctx, at.MsgID)
+	if err != nil || !ok || n.WorkSequence != at.WorkSequence || n.DeadLetter != rec.Sequence || !n.names(replayOf, rec.Body) {
+		return res, false
 	}
-	return n.WorkSequence, isReplayMsg(m, rec, msgID, replayOf)
+	res = ReplayResult{Sequence: rec.Sequence, EventID: rec.EventID, MsgID: at.MsgID, Subject: rec.SourceSubject,
+		WorkSequence: at.WorkSequence, Duplicate: true}
+	m, err := msgGet(ctx, p.js, p.stream, msgGetRequest{Seq: at.WorkSequence})
+	switch {
+	case err != nil:
+		return res, false
+	case m != nil:
+		return res, isReplayMsg(m, rec, at.MsgID, replayOf)
+	}
+	res.Taken = p.recordedAsReplay(ctx, rec, at.MsgID, replayOf, at.WorkSequence)
+	return res, res.Taken
 }
 
 // published notes where the work stream stored the replay. It is only a
@@ -302,10 +326,8 @@ func (p *Replayer) published(ctx context.Context, rec DeadLetterRecord, msgID, r
 
 // publish notes the replay msgID, then publishes it.
 func (p *Replayer) publish(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string) (*jetstream.PubAck, error) {
-	if replayOf != "" {
-		if err := p.replays.Note(ctx, msgID, replayOf, rec.Body, rec.Sequence); err != nil {
-			return nil, err
-		}
+	if err := p.replays.Note(ctx, msgID, replayOf, rec.Body, rec.Sequence); err != nil {
+		return nil, err
 	}
 	// The expected stream makes a subject that left the work stream an
 	// error instead of a message stored somewhere nobody consumes.

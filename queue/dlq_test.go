@@ -183,7 +183,7 @@ func TestReplayRepublishesAndCanRepeat(t *testing.T) {
 	if n := dlqTMsgs(t, js, cfg.DLQStream); n != 1 {
 		t.Fatalf("%d records left: the replay itself removes none", n)
 	}
-	if ok, err := dlqTReplays(t, js, cfg).Take(dlqTCtx(t), "replay:1", "orig-1", m.Data, res.WorkSequence, m.Subject); err != nil || !ok {
+	if ok, err := dlqTReplays(t, js, cfg).Take(dlqTCtx(t), "replay:1", "orig-1", m.Data, res.WorkSequence, m.Subject, ""); err != nil || !ok {
 		t.Fatalf("the worker taking the replay: verified %v, %v", ok, err)
 	}
 	if n := dlqTMsgs(t, js, cfg.DLQStream); n != 0 {

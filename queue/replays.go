@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/revoker/revoker/config"
-	"github.com/revoker/revoker/untrusted"
 )
 
 // ReplaysBucket is the key-value bucket in which `revoker dlq replay`
@@ -106,48 +106,74 @@ func (r *Replays) bucket() (jetstream.KeyValue, error) {
 	return *kv, nil
 }
 
-// load returns the entry for msgID; found is false when there is none. It
-// reads with STREAM.MSG.GET, not the bucket's direct get: the shipped
-// permissions give the operator no direct get, whose answer is the stored
-// bytes (the operator's own) and could be sent to any subject.
+// load returns the entry for msgID; found is false when there is none.
 func (r *Replays) load(ctx context.Context, msgID string) (n replayNote, found bool, err error) {
+	found, err = r.loadKey(ctx, replayKey(msgID), &n)
+	return n, found, err
+}
+
+// loadKey reads the entry key into v; found is false when there is none
+// (or it is damaged: it confirms nothing). It reads with STREAM.MSG.GET,
+// not the bucket's direct get: the shipped permissions give the operator
+// no direct get, whose answer is the stored bytes (the operator's own) and
+// could be sent to any subject.
+func (r *Replays) loadKey(ctx context.Context, key string, v any) (found bool, err error) {
 	js := r.js.Load()
 	if js == nil {
-		return n, false, errReplaysUnbound
+		return false, errReplaysUnbound
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	m, err := msgGet(ctx, *js, "KV_"+ReplaysBucket, msgGetRequest{LastFor: "$KV." + ReplaysBucket + "." + replayKey(msgID)})
+	m, err := msgGet(ctx, *js, "KV_"+ReplaysBucket, msgGetRequest{LastFor: "$KV." + ReplaysBucket + "." + key})
 	switch {
 	case err != nil:
-		return n, false, fmt.Errorf("read %s: %w", ReplaysBucket, err)
+		return false, fmt.Errorf("read %s: %w", ReplaysBucket, err)
 	case m == nil:
-		return n, false, nil
+		return false, nil
 	}
 	if op := m.header().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
-		return n, false, nil
+		return false, nil
 	}
-	if err := json.Unmarshal(m.Data, &n); err != nil {
-		return replayNote{}, false, nil // damaged: confirms nothing
-	}
-	return n, true, nil
+	return json.Unmarshal(m.Data, v) == nil, nil
 }
 
 func (r *Replays) save(ctx context.Context, msgID string, n replayNote) error {
+	return r.saveKey(ctx, replayKey(msgID), n)
+}
+
+// saveKey writes v as the entry key.
+func (r *Replays) saveKey(ctx context.Context, key string, v any) error {
 	kv, err := r.bucket()
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(n)
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := kv.Put(ctx, replayKey(msgID), b); err != nil {
+	if _, err := kv.Put(ctx, key, b); err != nil {
 		return fmt.Errorf("write %s: %w", ReplaysBucket, err)
 	}
 	return nil
+}
+
+// replayPlace is where a dead letter's latest replay went: its message id
+// (an unguessable one where a planted message took replay:<seq>) and its
+// sequence in the work stream. It is kept under placeKey, which no
+// message id's key (a hex digest) can be.
+type replayPlace struct {
+	MsgID        string `json:"msg_id"`
+	WorkSequence uint64 `json:"work_sequence"`
+}
+
+func placeKey(deadLetter uint64) string { return "dead-letter-" + strconv.FormatUint(deadLetter, 10) }
+
+// place returns where the dead letter's latest replay went.
+func (r *Replays) place(ctx context.Context, deadLetter uint64) (p replayPlace, found bool, err error) {
+	found, err = r.loadKey(ctx, placeKey(deadLetter), &p)
+	return p, found, err
 }
 
 // Note records that the message msgID about to be published with body
@@ -186,9 +212,14 @@ func (r *Replays) Note(ctx context.Context, msgID, originalID string, body []byt
 	return r.save(ctx, msgID, want)
 }
 
-// published records that the work stream stored the replay msgID at seq.
+// published records that the work stream stored the replay msgID of the
+// dead letter at seq, in its note and as where that dead letter's replay
+// went.
 func (r *Replays) published(ctx context.Context, msgID, originalID string, body []byte, seq, deadLetter uint64) error {
-	return r.save(ctx, msgID, replayNote{ReplayOf: originalID, BodySHA256: bodyDigest(body), WorkSequence: seq, DeadLetter: deadLetter})
+	if err := r.save(ctx, msgID, replayNote{ReplayOf: originalID, BodySHA256: bodyDigest(body), WorkSequence: seq, DeadLetter: deadLetter}); err != nil {
+		return err
+	}
+	return r.saveKey(ctx, placeKey(deadLetter), replayPlace{MsgID: msgID, WorkSequence: seq})
 }
 
 // names reports whether n says that msgID, published with body, replays
@@ -252,17 +283,19 @@ func (r *Replays) verifyBody(ctx context.Context, msgID, claimed string, body []
 	return n, found && n.names(claimed, body) && (n.WorkSequence == 0 || n.WorkSequence == seq), nil
 }
 
-// Take is VerifyBody for the worker taking a delivery on subject, which
-// also removes the dead letter a true replay puts back: the replay is
-// stored in the work stream, so the record is no longer the only copy of
-// the event. Only the worker removes records (SPEC §4, "The proof", point
-// 8; §5: no one who may publish events can make a dead letter vanish),
-// and only one whose body, source subject and event id are the replay's,
-// so a replay removes exactly the record it puts back. A record already
-// gone (taken by an earlier delivery) is fine; one that cannot be removed
-// now is logged by the caller and left for the next delivery, or for an
-// operator.
-func (r *Replays) Take(ctx context.Context, msgID, claimed string, body []byte, seq uint64, subject string) (verified bool, err error) {
+// Take is VerifyBody for the worker taking a delivery on subject, read
+// as contentType says, which also removes the dead letter a true replay
+// puts back: the replay is stored in the work stream, so the record is no
+// longer the only copy of the event. Only the worker removes records
+// (SPEC §4, "The proof", point 8; §5: no one who may publish events can
+// make a dead letter vanish), and only one whose event the delivery is as
+// the worker reads it: the same body, read the same way (its
+// Content-Type: the same bytes may be another event as a CloudEvent), on
+// the same subject, claimed by its event id (ReplayClaim); never a record
+// that keeps only the start of its event. A record already gone (taken
+// by an earlier delivery) is fine; one that cannot be removed now is an
+// error the caller reports.
+func (r *Replays) Take(ctx context.Context, msgID, claimed string, body []byte, seq uint64, subject, contentType string) (verified bool, err error) {
 	n, ok, err := r.verifyBody(ctx, msgID, claimed, body, seq)
 	if err != nil || !ok || n.DeadLetter == 0 || r.DLQStream == "" {
 		return ok, err
@@ -278,8 +311,9 @@ func (r *Replays) Take(ctx context.Context, msgID, claimed string, body []byte, 
 		return true, nil
 	}
 	rec := deadLetterRecord(n.DeadLetter, m.Time, m.header(), m.Data)
-	if !bytes.Equal(rec.Body, body) || rec.SourceSubject != subject || untrusted.Line(rec.EventID, maxHeader) != claimed {
-		return true, nil // another record: not this replay's to remove
+	if rec.BodyTruncated != "" || !bytes.Equal(rec.Body, body) || rec.ContentType != contentType ||
+		rec.SourceSubject != subject || ReplayClaim(rec) != claimed {
+		return true, nil // another event's record, or one not put back whole
 	}
 	st, err := (*js).Stream(ctx, r.DLQStream)
 	if err == nil {

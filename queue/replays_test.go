@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"crypto/rand"
 	"errors"
 	"testing"
 	"time"
@@ -204,7 +205,7 @@ func TestTakeRemovesOnlyTheRecordItPutsBack(t *testing.T) {
 	}
 
 	// A publisher's message claiming to replay the event.
-	if ok, err := replays.Take(ctx, "ev-forged", "orig-1", []byte(body), 99, "revoke.urgent"); err != nil || ok {
+	if ok, err := replays.Take(ctx, "ev-forged", "orig-1", []byte(body), 99, "revoke.urgent", ""); err != nil || ok {
 		t.Fatalf("a claim no replay noted: verified %v, %v", ok, err)
 	}
 	kept("a forged claim")
@@ -217,14 +218,14 @@ func TestTakeRemovesOnlyTheRecordItPutsBack(t *testing.T) {
 		if err := replays.Note(ctx, other.id, other.claim, []byte(other.body), 1); err != nil {
 			t.Fatal(err)
 		}
-		if ok, err := replays.Take(ctx, other.id, other.claim, []byte(other.body), uint64(50+i), other.subject); err != nil || !ok {
+		if ok, err := replays.Take(ctx, other.id, other.claim, []byte(other.body), uint64(50+i), other.subject, ""); err != nil || !ok {
 			t.Fatalf("noted replay %s: verified %v, %v", other.id, ok, err)
 		}
 		kept("a replay of another event, body or subject")
 	}
 
 	for range 2 {
-		if ok, err := replays.Take(ctx, res.MsgID, "orig-1", []byte(body), res.WorkSequence, "revoke.urgent"); err != nil || !ok {
+		if ok, err := replays.Take(ctx, res.MsgID, "orig-1", []byte(body), res.WorkSequence, "revoke.urgent", ""); err != nil || !ok {
 			t.Fatalf("the replay: verified %v, %v", ok, err)
 		}
 		if n := dlqTMsgs(t, js, cfg.DLQStream); n != 0 {
@@ -241,24 +242,9 @@ func TestTakeRemovesOnlyTheRecordItPutsBack(t *testing.T) {
 func TestReplayRunAgainWhileItsRepublishWaits(t *testing.T) {
 	js, cfg := dlqTSetup(t)
 	ctx := dlqTCtx(t)
-	work := queue.WorkStream(cfg.Topology())
-	work.Duplicates = time.Second
-	if _, err := js.UpdateStream(ctx, work); err != nil {
-		t.Fatal(err)
-	}
+	shortDuplicateWindow(t, js, cfg)
 	rec, first := replayedOrig1(t, js, cfg, `{"account_id":"a","key_id":"k"}`)
-	// The window has passed once a probe stored after the replay is
-	// stored anew under its id.
-	probe := nats.NewMsg("revoke.scheduled")
-	probe.Data = []byte(`{"account_id":"a","key_id":"probe"}`)
-	probe.Header.Set(jetstream.MsgIDHeader, "probe")
-	if _, err := js.PublishMsg(ctx, probe); err != nil {
-		t.Fatal(err)
-	}
-	queuetest.Eventually(t, 20*time.Second, "the work stream forgetting the ids", func() bool {
-		ack, err := js.PublishMsg(ctx, probe)
-		return err == nil && !ack.Duplicate
-	})
+	pastDuplicateWindow(t, js)
 	before := dlqTMsgs(t, js, cfg.Stream)
 
 	again, err := replayer(t, js, cfg).Republish(ctx, rec)
@@ -288,4 +274,33 @@ func replayedOrig1(t *testing.T, js jetstream.JetStream, cfg config.Config, body
 		t.Fatalf("replay %+v %v", res, err)
 	}
 	return rec, res
+}
+
+// shortDuplicateWindow makes the work stream's duplicate window the
+// shortest the server takes.
+func shortDuplicateWindow(t *testing.T, js jetstream.JetStream, cfg config.Config) {
+	t.Helper()
+	work := queue.WorkStream(cfg.Topology())
+	work.Duplicates = 100 * time.Millisecond
+	if _, err := js.UpdateStream(dlqTCtx(t), work); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pastDuplicateWindow waits until the work stream has forgotten the ids
+// it stored so far: a probe stored now is, later, stored anew under its
+// id. The probe stays in the stream.
+func pastDuplicateWindow(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	ctx := dlqTCtx(t)
+	probe := nats.NewMsg("revoke.scheduled")
+	probe.Data = []byte(`{"account_id":"a","key_id":"probe"}`)
+	probe.Header.Set(jetstream.MsgIDHeader, "probe-"+rand.Text())
+	if _, err := js.PublishMsg(ctx, probe); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 20*time.Second, "the work stream forgetting the ids", func() bool {
+		ack, err := js.PublishMsg(ctx, probe)
+		return err == nil && !ack.Duplicate
+	})
 }

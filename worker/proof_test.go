@@ -437,7 +437,7 @@ func TestConfirmationReachesTheTrailWhenItComesBack(t *testing.T) {
 // fakeReplays says which replay claims are true.
 type fakeReplays map[string]string
 
-func (r fakeReplays) Take(_ context.Context, msgID, claimed string, _ []byte, _ uint64, _ string) (bool, error) {
+func (r fakeReplays) Take(_ context.Context, msgID, claimed string, _ []byte, _ uint64, _, _ string) (bool, error) {
 	return r[msgID] == claimed, nil
 }
 
@@ -477,7 +477,7 @@ type hungReplays struct {
 
 const hungReadBound = 200 * time.Millisecond
 
-func (r *hungReplays) Take(ctx context.Context, _, _ string, _ []byte, _ uint64, _ string) (bool, error) {
+func (r *hungReplays) Take(ctx context.Context, _, _ string, _ []byte, _ uint64, _, _ string) (bool, error) {
 	r.mu.Lock()
 	r.reads++
 	first, f := r.reads == 1, r.onFirst

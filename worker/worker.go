@@ -205,11 +205,11 @@ var _ API = (*cloudflare.Client)(nil)
 // only the operator's replay leaves the mark it checks.
 type Replays interface {
 	// Take reports whether the message msgID with body, at seq of the
-	// work stream on subject, is the operator's replay of the event
-	// claimed, and if it is, removes the dead letter it put back: only
-	// the worker removes records (SPEC §5). A failed removal is an error
-	// with verified still reported.
-	Take(ctx context.Context, msgID, claimed string, body []byte, seq uint64, subject string) (verified bool, err error)
+	// work stream on subject, read as contentType says, is the operator's
+	// replay of the event claimed, and if it is, removes the dead letter
+	// it put back: only the worker removes records (SPEC §5). A failed
+	// removal is an error with verified still reported.
+	Take(ctx context.Context, msgID, claimed string, body []byte, seq uint64, subject, contentType string) (verified bool, err error)
 }
 
 // Route is how the calls for one account are made: the credential that
@@ -1927,10 +1927,10 @@ func (w *Worker) replayOf(a *attempt) string {
 	// Asked once: the record waits for the answer, and at shutdown the
 	// ledger's keeping of a confirmation waits for the record's first
 	// tries (SPEC §4, "The proof", point 6). A claim left out is logged.
-	ok, err := w.Replays.Take(a.work, a.d.ID(), claimed, a.d.Body(), a.d.Sequence(), a.d.Subject())
+	ok, err := w.Replays.Take(a.work, a.d.ID(), claimed, a.d.Body(), a.d.Sequence(), a.d.Subject(), a.d.Header("Content-Type"))
 	switch {
 	case ok && err != nil:
-		w.Log.Warn("the event replays a dead letter, which could not be removed: it stays in the dead-letter stream, and this event's record names it in replay_of",
+		w.Log.Error("the event replays a dead letter, which could not be removed: it stays in the dead-letter stream (a replay run again says so, and republishes nothing)",
 			w.fields(a, zap.Error(err))...)
 	case err != nil:
 		w.Log.Warn("the event claims to replay a dead letter, but the replays' marks cannot be read; replay_of left out",

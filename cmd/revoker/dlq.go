@@ -227,6 +227,9 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 			// replay's id to make it vanish as a duplicate.
 			fmt.Fprintf(e.stdout, "replayed %d: %s to %s as %s, since another message already took its id %s (work sequence %d); %s\n",
 				r.Sequence, what, res.Subject, res.MsgID, res.Displaced, res.WorkSequence, removedByWorker)
+		case res.Taken:
+			fmt.Fprintf(e.stdout, "replayed %d: %s was republished to %s by an earlier run (work sequence %d) and a worker has taken it, but could not remove the record; nothing republished: the record may go (an administrator of the worker's account may remove it)\n",
+				r.Sequence, what, res.Subject, res.WorkSequence)
 		case res.Duplicate:
 			fmt.Fprintf(e.stdout, "replayed %d: %s was already republished to %s by an earlier run (work sequence %d); %s\n",
 				r.Sequence, what, res.Subject, res.WorkSequence, removedByWorker)

@@ -100,7 +100,7 @@ type cachedState struct {
 type reservation struct {
 	key           string
 	local, server time.Time
-	interval      time.Duration // the spacing it was reserved with
+	next          time.Time // the entry's next slot as it wrote it
 }
 
 // Budget is the throttle.Budget kept in a JetStream key-value bucket. A
@@ -413,7 +413,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		}
 		at = b.ahead(at, now)
 		st := c.st
-		st.Next = at.Add(interval)
+		st.Next = at.Add(interval + b.clock.spread())
 		st.Claims = liveClaims(st.Claims, now)
 		quota, quoted := b.quoted()
 		if quoted {
@@ -426,7 +426,7 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 			b.published(quota, quoted)
 			slot := b.clock.notBefore(at)
 			b.mu.Lock()
-			b.slot = reservation{key: key, local: slot, server: at, interval: interval}
+			b.slot = reservation{key: key, local: slot, server: at, next: st.Next}
 			b.mu.Unlock()
 			return slot, true, nil
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
@@ -450,7 +450,7 @@ func (b *Budget) reserved(slot time.Time) (string, cachedState, reservation, boo
 	defer b.mu.Unlock()
 	c, known := b.cache[key]
 	r := b.slot
-	ok := known && r.key == key && r.local.Equal(slot) && c.st.Next.Equal(r.server.Add(r.interval))
+	ok := known && r.key == key && r.local.Equal(slot) && c.st.Next.Equal(r.next)
 	return key, c, r, ok
 }
 
@@ -472,7 +472,7 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 	interval := b.spacing(c.st)
 	at := b.ahead(now, now)
 	st := c.st
-	st.Next = at.Add(interval)
+	st.Next = at.Add(interval + b.clock.spread())
 	quota, quoted := b.quoted()
 	if quoted {
 		st.Spacing = quota
@@ -490,7 +490,7 @@ func (b *Budget) Rebook(ctx context.Context, slot time.Time) (time.Time, bool, e
 		booked = b.clock.notBefore(at)
 	}
 	b.mu.Lock()
-	b.slot = reservation{key: key, local: booked, server: at, interval: interval}
+	b.slot = reservation{key: key, local: booked, server: at, next: st.Next}
 	b.mu.Unlock()
 	return booked, true, nil
 }

@@ -137,6 +137,18 @@ func (c *serverClock) notBefore(s time.Time) time.Time {
 	return c.localOf(s, true)
 }
 
+// spread is how late on the server a call started at notBefore of its
+// slot may be: up to twice the estimate's error (the estimate off one way,
+// notBefore's margin added the other). The next slot is spaced that much
+// more, so that a replica with a slower path to the server, starting its
+// calls late, never brings the next replica's call within less than the
+// interval of its own (SPEC §6: at most the rate in any one-second window).
+func (c *serverClock) spread() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return 2 * c.err
+}
+
 // localOf is the local time of server time s, plus the estimate's error
 // when late.
 func (c *serverClock) localOf(s time.Time, late bool) time.Time {

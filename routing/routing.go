@@ -288,7 +288,7 @@ func Heed(g *throttle.Gate, answer *cloudflare.Response, pause time.Duration) {
 		g.Hold(answer.RetryAfter, fmt.Sprintf(throttle.CauseRetryAfter, answer.Status))
 	}
 	if rl := answer.RateLimit; rl.Known && rl.Remaining == 0 && rl.Reset > 0 {
-		g.Slow(time.Now().Add(rl.Reset))
+		g.Hold(rl.Reset, throttle.CauseRateHeader)
 	}
 }
 

@@ -1353,9 +1353,15 @@ func (w *Worker) acquireFrom(ctx context.Context, r Route, p int, aside throttle
 // A window with nothing left is a hold whatever its length (SPEC §4).
 const minHeededReset = 5 * time.Second
 
-// pace applies what an answer's rate-limit headers say of r's budget.
+// pace applies what an answer's rate-limit headers say of r's budget:
+// nothing left holds every call of it until the reset, however short, as
+// a hold the API asks for (shared, shown, logged: SPEC §4, §9).
 func (w *Worker) pace(r Route, rl cloudflare.RateLimit) {
-	if rl.Known && (rl.Reset >= minHeededReset || rl.Remaining == 0 && rl.Reset > 0) {
+	if rl.Known && rl.Remaining == 0 && rl.Reset > 0 {
+		w.gate(r).Hold(rl.Reset, throttle.CauseRateHeader)
+		return
+	}
+	if rl.Known && rl.Reset >= minHeededReset {
 		// Spread what is left over the rest of the window when it cannot
 		// sustain our rate until the reset (with no limit of our own, always).
 		rate := w.cfg.RateLimit

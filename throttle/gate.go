@@ -176,6 +176,10 @@ type Gate struct {
 	wake chan struct{}
 	done chan struct{}
 	stop sync.Once
+	// queued, when someone listens (Queued), is closed when a call next
+	// queues here: a call holding this gate's permit idle learns that it
+	// may be wanted (AcquirePair).
+	queued chan struct{}
 }
 
 type waiter struct {
@@ -318,6 +322,10 @@ func (g *Gate) acquire(ctx context.Context, p int, first bool, aside Aside) (*Pe
 	} else {
 		g.queues[p] = append(g.queues[p], w)
 	}
+	if g.queued != nil {
+		close(g.queued)
+		g.queued = nil
+	}
 	g.mu.Unlock()
 	g.poke()
 
@@ -457,6 +465,16 @@ func (g *Gate) pairWait() time.Duration {
 		spacing = max(spacing, g.budget.Spacing())
 	}
 	return spacing + StartTolerance
+}
+
+// queuedSignal is closed when a call next queues here.
+func (g *Gate) queuedSignal() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.queued == nil {
+		g.queued = make(chan struct{})
+	}
+	return g.queued
 }
 
 // yields reports whether a call of priority p waiting here should let go

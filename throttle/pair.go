@@ -74,7 +74,7 @@ func ReacquirePairAside(ctx context.Context, budget, shared *Gate, p int, aside 
 
 // pairStep bounds how long a call holding a shared slot waits at its
 // budget before it looks up (acquirePair).
-const pairStep = time.Second
+const pairStep = 100 * time.Millisecond
 
 func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool, aside Aside) (Pair, error) {
 	var s *Permit
@@ -82,12 +82,22 @@ func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool, a
 		bctx, cancel := ctx, context.CancelFunc(func() {})
 		if s != nil {
 			// Holding a shared slot, it looks up from its wait at the
-			// budget once every one of the budget's intervals (a second at
-			// most): it keeps the slot only while it is the budget's next
-			// call, not through a hold of the budget, nor while the
-			// budget's slots go to calls of a higher priority, here or on
-			// another replica.
+			// budget once every one of the budget's intervals (pairStep
+			// at most), and when a call queues for a shared slot: it
+			// keeps the slot only while it is the budget's next call, not
+			// through a hold of either gate, nor while a call of a higher
+			// priority waits for the budget's slots or for a shared one,
+			// here or on another replica (SPEC §6: the shared slots go to
+			// waiting events in priority order, whatever their budget).
 			bctx, cancel = context.WithTimeout(ctx, min(budget.pairWait(), pairStep))
+			queued := shared.queuedSignal()
+			go func(cancel context.CancelFunc) {
+				select {
+				case <-queued:
+					cancel()
+				case <-bctx.Done():
+				}
+			}(cancel)
 		}
 		// Set aside only while it holds no shared slot: one it holds is
 		// not a wait of its own budget's alone.
@@ -99,7 +109,7 @@ func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool, a
 		cancel()
 		if err != nil {
 			if s != nil && ctx.Err() == nil && bctx.Err() != nil && !errors.Is(err, ErrClosed) {
-				if !budget.yields(p) {
+				if !budget.yields(p) && !shared.yields(p) {
 					continue // it keeps the shared slot and its place
 				}
 				// The shared slot goes back, and the call starts over, at

@@ -368,11 +368,16 @@ type attempt struct {
 	// journaled is how many of seen are the journal's first calls, which
 	// the ledger's entry must be told so as not to count them twice.
 	journaled int
-	answered  int   // of those, answered on earlier deliveries
-	heard     int   // calls of this delivery whose answer was heard
-	calls     int   // calls made on this delivery
-	revoked   *Call // the confirming call, from this delivery or an earlier one
-	kept      bool  // the confirmation is in the ledger
+	answered  int // of those, answered on earlier deliveries
+	heard     int // calls of this delivery whose answer was heard
+	calls     int // calls made on this delivery
+	// unmade: the last call this delivery stored ahead was not made, and
+	// is still counted (the server went silent before it, and taking it
+	// back would have failed too): the next call stored ahead is that one,
+	// if nobody counted a call since, and a give-back takes it back.
+	unmade  bool
+	revoked *Call // the confirming call, from this delivery or an earlier one
+	kept    bool  // the confirmation is in the ledger
 	// orphaned: kept in the ledger, but the broker no longer holds the
 	// event, so no later delivery will read it there.
 	orphaned bool
@@ -585,7 +590,7 @@ func (w *Worker) recall(stop, work context.Context, a *attempt) bool {
 
 // learn takes in what the ledger says of the event's calls.
 func (w *Worker) learn(a *attempt, e Entry) {
-	if e.Calls > a.seen {
+	if e.Calls >= a.seen {
 		answered := e.Answered
 		if c := e.Confirmed; c != nil && a.revoked != nil && c.At.Equal(a.revoked.At) && c.CFRay == a.revoked.CFRay {
 			// The entry holds this delivery's confirmation, so it may
@@ -595,7 +600,12 @@ func (w *Worker) learn(a *attempt, e Entry) {
 			// a call more as unanswered, never one less.
 			answered -= a.heard
 		}
-		a.seen, a.answered = e.Calls, max(answered, 0)
+		// Answers stored by another delivery meanwhile count even where
+		// no call was counted since (its give-back, say).
+		a.answered = max(a.answered, answered)
+		if e.Calls > a.seen {
+			a.seen, a.answered = e.Calls, max(answered, 0)
+		}
 	}
 	a.journaled = max(a.journaled, e.Journaled)
 	if e.Last != nil && a.status == 0 && a.calls == 0 {
@@ -889,13 +899,18 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 				return errMoved
 			}
 			// Counted from what this delivery knows, in case the entry
-			// was lost meanwhile.
-			a.countIn(e, a.seen+1)
+			// was lost meanwhile; a call stored ahead and not made is
+			// this one.
+			calls := a.seen + 1
+			if a.unmade {
+				calls = a.seen
+			}
+			a.countIn(e, calls)
 			e.Replica = w.cfg.Name
 			return nil
 		})
 		if err == nil {
-			a.seen, a.word = e.Calls, time.Now()
+			a.seen, a.word, a.unmade = e.Calls, time.Now(), false
 			read := readIfLate
 			switch {
 			case moved:
@@ -927,7 +942,9 @@ func (w *Worker) delete(stop, work context.Context, a *attempt, pm *permit) (res
 // confirmation was found meanwhile, decided without an error, so that
 // Handle records it.
 func (w *Worker) notMade(work context.Context, a *attempt, end ending, err error) (*cloudflare.Response, bool, ending, error) {
+	counted := a.seen
 	w.retract(work, a, end, err)
+	a.unmade = a.seen == counted && a.revoked == nil
 	if a.revoked != nil && end == decided {
 		return nil, false, decided, nil
 	}
@@ -1855,11 +1872,14 @@ func (w *Worker) durably(stop, work context.Context, a *attempt, what string, wr
 // in the ledger how many of this delivery's calls were answered, and what
 // the last of them got.
 func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
-	if a.calls > 0 && a.revoked == nil {
+	if (a.calls > 0 || a.unmade) && a.revoked == nil {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.work), 2*time.Second)
 		// Compare-and-swap: another replica's confirmation is kept.
 		_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
 			a.countIn(e, a.seen)
+			if a.unmade && e.Calls == a.seen && e.Confirmed == nil {
+				e.Calls-- // stored ahead, never made, and the last counted
+			}
 			e.Answered = min(e.Answered+a.heard, e.Calls)
 			// Status 0: the last call got no answer.
 			e.Last = &Call{Status: a.status, CFRay: a.cfRay, At: time.Now()}

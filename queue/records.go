@@ -347,7 +347,9 @@ func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, expectL
 	id := m.Header.Get(jetstream.MsgIDHeader)
 	// Planted, or an earlier write of ours that says less (a dead letter
 	// of a delivery before this one): either way not this record.
+	// The event's id and trace, as every line about an event (SPEC §13).
 	r.Log.Error("a record that is not this one is stored under its id; writing it again under a new id",
+		zap.String("event_id", m.Header.Get(HeaderEventID)), zap.String("trace_id", m.Header.Get(HeaderTraceID)),
 		zap.String("stream", stream), zap.String("msg_id", untrusted.Line(id, maxHeader)), zap.Uint64("stored_sequence", ack.Seq))
 	m.Header.Set(jetstream.MsgIDHeader, id+":"+rand.Text())
 	_, err = publish(ctx, r.JS.Conn(), stream, m, expectLast)

@@ -114,7 +114,7 @@ func (l *Ledger) SweepUnrecorded(ctx context.Context, recs worker.Records, log *
 			log.Warn("a revocation whose record the trail refused is recorded now, from the ledger",
 				zap.String("event_id", untrusted.Line(rec.EventID, 256)), zap.String("account", rec.AccountID),
 				zap.String("key", rec.KeyID), zap.Int("status", rec.Status), zap.String("cf_ray", untrusted.Line(rec.CFRay, 128)),
-				zap.Uint64("supersedes", believed.Supersedes))
+				zap.String("trace_id", rec.TraceID), zap.Uint64("supersedes", believed.Supersedes))
 		}
 		// Believed revoked: by this record or an earlier one.
 		_ = (*kv).Delete(ctx, key, jetstream.LastRevision(m.Seq))

@@ -317,9 +317,9 @@ func (p *Replayer) earlier(ctx context.Context, rec DeadLetterRecord, replayOf s
 }
 
 // published notes where the work stream stored the replay. It is only a
-// help to a run repeated after this one was stopped before removing the
-// record (it knows the replay as its own even once consumed), so a failure
-// is not one of the replay: at worst such a run republishes once more.
+// help to a run repeated while the record is still there (it knows the
+// replay as its own even once consumed: earlier), so a failure is not one
+// of the replay: at worst such a run republishes once more.
 func (p *Replayer) published(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string, seq uint64) {
 	_ = p.replays.published(ctx, msgID, replayOf, rec.Body, seq, rec.Sequence)
 }
@@ -344,7 +344,7 @@ func (p *Replayer) publish(ctx context.Context, rec DeadLetterRecord, msgID, rep
 // could lose the event, and failing would let anyone who can plant the
 // replay's id hold the dead letter back.
 func (p *Replayer) recordedAsReplay(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string, seq uint64) bool {
-	if replayOf == "" || p.outcomePrefix == "" {
+	if p.outcomePrefix == "" {
 		return false
 	}
 	ev, err := event.DecodeMessage(rec.ContentType, rec.Body)
@@ -368,9 +368,7 @@ func replayMsg(rec DeadLetterRecord, msgID, replayOf string) *nats.Msg {
 	m := nats.NewMsg(rec.SourceSubject)
 	m.Data = rec.Body
 	m.Header.Set(jetstream.MsgIDHeader, msgID)
-	if replayOf != "" {
-		m.Header.Set(HeaderReplayOf, replayOf)
-	}
+	m.Header.Set(HeaderReplayOf, replayOf) // never empty (ReplayClaim)
 	if rec.ContentType != "" {
 		m.Header.Set(HeaderContentType, rec.ContentType)
 	}

@@ -176,7 +176,7 @@ type Gate struct {
 	wake chan struct{}
 	done chan struct{}
 	stop sync.Once
-	// queued, when someone listens (Queued), is closed when a call next
+	// queued, when someone listens (queuedSignal), is closed when a call next
 	// queues here: a call holding this gate's permit idle learns that it
 	// may be wanted (AcquirePair).
 	queued chan struct{}

@@ -600,11 +600,12 @@ func (w *Worker) learn(a *attempt, e Entry) {
 			// a call more as unanswered, never one less.
 			answered -= a.heard
 		}
-		// Answers stored by another delivery meanwhile count even where
-		// no call was counted since (its give-back, say).
-		a.answered = max(a.answered, answered)
 		if e.Calls > a.seen {
 			a.seen, a.answered = e.Calls, max(answered, 0)
+		} else {
+			// Answers stored by another delivery meanwhile count even
+			// where no call was counted since (its give-back, say).
+			a.answered = max(a.answered, answered)
 		}
 	}
 	a.journaled = max(a.journaled, e.Journaled)

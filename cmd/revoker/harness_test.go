@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"maps"
 	"net/http"
@@ -233,6 +234,10 @@ func (s *stack) outcomes(key string) []event.Record {
 		}
 		return nil
 	}, nil)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		// A worker still starting has not made the stream: no records yet.
+		return nil
+	}
 	if err != nil {
 		s.t.Fatal(err)
 	}

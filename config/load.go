@@ -11,6 +11,7 @@ import (
 type Loader struct {
 	sections Section
 	flags    map[string]*flagValue // by variable name
+	kept     map[string]bool       // when set by Keep, the only settings Load reads
 }
 
 // Register adds the flags of the given sections to fs, so that fs refuses
@@ -33,6 +34,25 @@ func Register(fs *flag.FlagSet, sections Section) *Loader {
 		fs.Var(fv, s.flagName(), s.usage+" (env "+s.env+")")
 	}
 	return l
+}
+
+// Keep narrows Load to the settings named by their variables, for a
+// command whose use of its sections depends on its own flags (SPEC §6:
+// "Only the value actually used is checked"). Call it after fs.Parse: a
+// flag given for a setting not kept is an error naming it, since it would
+// be ignored.
+func (l *Loader) Keep(envs ...string) error {
+	l.kept = make(map[string]bool, len(envs))
+	for _, env := range envs {
+		l.kept[env] = true
+	}
+	for i := range settings {
+		s := &settings[i]
+		if fv := l.flags[s.env]; fv != nil && fv.set && !l.kept[s.env] {
+			return &Error{Name: "--" + s.flagName(), Problem: "not used here"}
+		}
+	}
+	return nil
 }
 
 // Load returns the configuration: the defaults, overridden by the
@@ -65,7 +85,7 @@ func (l *Loader) Load(lookup func(string) (string, bool)) (Config, error) {
 	text := func(env string) string { v, _ := given(env); return v }
 	for i := range settings {
 		s := &settings[i]
-		if s.section&l.sections == 0 {
+		if s.section&l.sections == 0 || l.kept != nil && !l.kept[s.env] {
 			continue
 		}
 		v, from := given(s.env)

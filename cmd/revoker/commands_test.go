@@ -433,6 +433,20 @@ func TestBadInput(t *testing.T) {
 		{"outcomes bad since", nil, []string{"outcomes", "--since", "yesterday"}, exitUsage, `invalid value "yesterday" for flag -since`},
 		{"outcomes negative since", nil, []string{"outcomes", "--since", "-1h"}, exitUsage, "--since must be positive"},
 		{"outcomes stray argument", nil, []string{"outcomes", "k1"}, exitUsage, `unexpected argument "k1"`},
+		// A selector is a token of the subject read: a space would find
+		// none of a revoked key's records, a wildcard other keys'.
+		{"outcomes key with a space", nil, []string{"outcomes", "--key", "k1 "}, exitUsage, `--key must be 1-32 characters of [A-Za-z0-9] (or _), got "k1 "`},
+		{"outcomes wildcard key", nil, []string{"outcomes", "--key", ">"}, exitUsage, "--key must be 1-32 characters"},
+		{"outcomes wildcard key of an account", nil, []string{"outcomes", "--account", "acc1", "--key", "*"}, exitUsage, "--key must be 1-32 characters"},
+		{"outcomes bad account", nil, []string{"outcomes", "--account", "acc-1"}, exitUsage, "--account must be 1-32 characters"},
+		{"outcomes without outcomes", map[string]string{"REVOKER_OUTCOME_SUBJECT": ""}, []string{"outcomes", "--key", "k1"}, exitUsage, "REVOKER_OUTCOME_SUBJECT is empty: outcome records are off"},
+		{"outcomes without outcomes, by flag", nil, []string{"outcomes", "--outcome-subject", ""}, exitUsage, "--outcome-subject is empty"},
+		{"dlq replay all and reason", nil, []string{"dlq", "replay", "--all", "--reason", "api_rejected"}, exitUsage, "give --reason alone, not with --all or --seq"},
+		{"dlq replay seq and reason", nil, []string{"dlq", "replay", "--seq", "1", "--reason", "api_rejected"}, exitUsage, "give --reason alone"},
+		{"version stray argument", nil, []string{"version", "extra"}, exitUsage, `unexpected argument "extra"`},
+		{"demo bad timeout", nil, []string{"demo", "--timeout", "-1s"}, exitUsage, "--timeout must be positive"},
+		{"demo keep and serve", nil, []string{"demo", "--keep", "--serve"}, exitUsage, "--keep is for the table"},
+		{"demo table with a NATS URL", nil, []string{"demo", "--nats-url", "nats://127.0.0.1:4222"}, exitUsage, "--nats-url: not used here"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env := hClone(base)
@@ -452,6 +466,7 @@ func TestBadInput(t *testing.T) {
 		{"dlq", "list"},
 		{"dlq", "replay", "--all"},
 		{"outcomes", "--key", "k"},
+		{"outcomes", "--account", "_"}, // invalid events' records are filed under _
 	} {
 		t.Run("unreachable "+strings.Join(args, " "), func(t *testing.T) {
 			env := hClone(base)

@@ -25,11 +25,32 @@ func demoCmd(ctx context.Context, args []string, e env) int {
 	keep := fs.Bool("keep", false, "after the table, keep everything running until interrupted, so /metrics can be looked at")
 	serveMode := fs.Bool("serve", false, "instead of the table, publish a steady trickle of sample events until interrupted, "+
 		"serving /metrics on REVOKER_HTTP_ADDR and JetStream on REVOKER_NATS_URL's address, logging to stderr")
-	// The table's run picks free loopback ports and logs to a file; only
-	// --serve uses the NATS URL and the HTTP address.
-	cfg, code := parse(fs, config.NATS|config.Server|config.Logging, args, e)
+	loader, code := parseFlags(fs, config.NATS|config.Server|config.Logging, args, e)
 	if code >= 0 {
 		return code
+	}
+	// The table's run picks free loopback ports and logs to a file; only
+	// --serve uses the NATS URL and the HTTP address. Nothing else is
+	// read: a shell set up for a real fleet runs the demo as well.
+	used := []string{"REVOKER_LOG_LEVEL", "REVOKER_LOG_FORMAT"}
+	if *serveMode {
+		used = append(used, "REVOKER_NATS_URL", "REVOKER_HTTP_ADDR")
+	}
+	if err := loader.Keep(used...); err != nil {
+		fmt.Fprintf(e.stderr, "revoker demo: %v (only --serve uses --nats-url and --http-addr; --log-level and --log-format always)\n", err)
+		return exitUsage
+	}
+	cfg, code := load(fs, loader, e)
+	if code >= 0 {
+		return code
+	}
+	switch {
+	case *timeout <= 0:
+		fmt.Fprintf(e.stderr, "revoker demo: --timeout must be positive, got %s\n", *timeout)
+		return exitUsage
+	case *keep && *serveMode:
+		fmt.Fprintln(e.stderr, "revoker demo: --keep is for the table; --serve runs until interrupted anyway")
+		return exitUsage
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(e.stderr, "revoker demo: %v\n", err)

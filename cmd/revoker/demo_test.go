@@ -26,7 +26,17 @@ func TestDemoAccountsForEveryEvent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the demo takes several seconds")
 	}
-	code, out, stderr := runCmd(context.Background(), nil, "demo")
+	// A shell set up for a real fleet: the table's run reads none of it
+	// (SPEC §6: only the value actually used is checked).
+	fleet := map[string]string{
+		"REVOKER_NATS_URL":          "nats://nats.internal:4222,bad",
+		"REVOKER_NATS_CREDS":        "/run/secrets/not-here.creds",
+		"REVOKER_INGRESS_ADDR":      "0.0.0.0:8443",
+		"REVOKER_DEBUG_ADDR":        "0.0.0.0:6060",
+		"REVOKER_HTTP_ADDR":         "not an address",
+		"CLOUDFLARE_API_TOKEN_FILE": "/run/secrets/not-here",
+	}
+	code, out, stderr := runCmd(context.Background(), fleet, "demo")
 	if code != exitOK {
 		t.Fatalf("demo exited %d: %s\n%s", code, stderr, out)
 	}

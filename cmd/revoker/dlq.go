@@ -161,6 +161,10 @@ func dlqReplay(ctx context.Context, args []string, e env) int {
 		return usageErr("say which records to replay: --all, --seq N,... or --reason R")
 	case *all && given["seq"]:
 		return usageErr("give --all or --seq, not both")
+	case given["reason"] && (*all || given["seq"]):
+		// Alternatives (SPEC §7): taken together, one would quietly narrow
+		// the other.
+		return usageErr("give --reason alone, not with --all or --seq")
 	case given["reason"] && *reason == "":
 		return usageErr("--reason needs a reason (e.g. api_rejected)")
 	}

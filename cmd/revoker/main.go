@@ -95,6 +95,10 @@ func run(ctx context.Context, args []string, e env) int {
 	case "verify":
 		return verifyCmd(ctx, rest, e)
 	case "version", "--version":
+		if len(rest) > 0 {
+			fmt.Fprintf(e.stderr, "revoker version: unexpected argument %q\n", rest[0])
+			return exitUsage
+		}
 		fmt.Fprintf(e.stdout, "revoker %s (commit %s, %s)\n", version, commit, runtime.Version())
 		return exitOK
 	case "help", "-h", "--help":
@@ -108,27 +112,42 @@ func run(ctx context.Context, args []string, e env) int {
 // parse parses a command's flags and loads the settings of sections. It
 // returns a non-negative exit status when the command must stop here.
 func parse(fs *flag.FlagSet, sections config.Section, args []string, e env) (config.Config, int) {
+	loader, code := parseFlags(fs, sections, args, e)
+	if code >= 0 {
+		return config.Config{}, code
+	}
+	return load(fs, loader, e)
+}
+
+// parseFlags is parse's first half: the flags, and the loader of sections
+// that reads the settings after them.
+func parseFlags(fs *flag.FlagSet, sections config.Section, args []string, e env) (*config.Loader, int) {
 	fs.SetOutput(e.stderr)
 	loader := config.Register(fs, sections)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return config.Config{}, exitOK
+			return nil, exitOK
 		}
-		return config.Config{}, exitUsage
+		return nil, exitUsage
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(e.stderr, "revoker %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return config.Config{}, exitUsage
+		return nil, exitUsage
 	}
+	return loader, -1
+}
+
+// load is parse's second half: the settings loader reads.
+func load(fs *flag.FlagSet, loader *config.Loader, e env) (config.Config, int) {
 	cfg, err := loader.Load(e.lookup)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "revoker %s: %v\n", fs.Name(), err)
 		return config.Config{}, exitUsage
 	}
-	if fs.Name() != "serve" { // serve logs them, with its other warnings
-		for _, w := range config.SecretFlagWarnings(fs) {
-			fmt.Fprintf(e.stderr, "revoker %s: warning: %s\n", fs.Name(), w)
-		}
+	// On stderr, whatever the log level: a secret in the process table is
+	// for the operator to see at start (SPEC §6).
+	for _, w := range config.SecretFlagWarnings(fs) {
+		fmt.Fprintf(e.stderr, "revoker %s: warning: %s\n", fs.Name(), w)
 	}
 	return cfg, -1
 }

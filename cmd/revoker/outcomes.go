@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
@@ -27,6 +28,28 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 	}
 	if *since < 0 {
 		fmt.Fprintf(e.stderr, "revoker outcomes: --since must be positive, got %s\n", *since)
+		return exitUsage
+	}
+	// Each is a token of the subject read: a wildcard or a stray space
+	// would read other keys' records, or none of a revoked key's. "_"
+	// files the records of events without a valid id (SPEC §5a).
+	for _, f := range []struct {
+		flag string
+		id   *string
+	}{{"--account", account}, {"--key", key}} {
+		if *f.id != "" && *f.id != "_" && !cloudflare.ValidIdentifier(*f.id) {
+			// Quoted, not cleaned: the stray space or character is the news;
+			// %q escapes anything a terminal would act on.
+			v := *f.id
+			if len(v) > 64 {
+				v = v[:64] + "…"
+			}
+			fmt.Fprintf(e.stderr, "revoker outcomes: %s must be 1-32 characters of [A-Za-z0-9] (or _), got %q\n", f.flag, v)
+			return exitUsage
+		}
+	}
+	if !cfg.OutcomeEnabled() {
+		fmt.Fprintf(e.stderr, "revoker outcomes: %s is empty: outcome records are off, there is no trail to read\n", settingName(fs, "REVOKER_OUTCOME_SUBJECT"))
 		return exitUsage
 	}
 	c := dialFor("revoker outcomes", cfg, e)

@@ -44,9 +44,6 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 		return exitUsage
 	}
 	defer log.Sync() //nolint:errcheck // stderr cannot be synced on every system
-	for _, w := range config.SecretFlagWarnings(fs) {
-		log.Warn(w)
-	}
 	// Traces (SPEC §13): on only when the standard OTEL variables name an
 	// exporter; a bad one is a bad configuration.
 	stopTracing, err := tracing.Setup(ctx, "revoker", version)
@@ -94,15 +91,20 @@ func serveCmd(ctx context.Context, args []string, e env) int {
 	if err != nil {
 		var bad *settingError
 		if errors.As(err, &bad) {
-			bad.name = settingName(fs, bad.name)
+			names := strings.Split(bad.name, ", ")
+			for i, n := range names {
+				names[i] = settingName(fs, n)
+			}
+			bad.name = strings.Join(names, ", ")
 		}
 		fmt.Fprintf(e.stderr, "revoker serve: %v\n", err)
 	}
 	return exitCode(err)
 }
 
-// settingError is an error of the setting named by its variable, shown
-// under the flag's name instead when the flag was given (SPEC §6); with
+// settingError is an error of the settings named by their variables
+// (several: ", " between them), each shown under the flag's name instead
+// when the flag was given (SPEC §6); with
 // usage, the configuration's fault (exit status 2).
 type settingError struct {
 	name  string
@@ -205,11 +207,11 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	if cfg.IngressAddr != "" {
 		var err error
 		if callers, err = ingress.LoadCallers(cfg.IngressCallersFile); err != nil {
-			return fmt.Errorf("%w: REVOKER_INGRESS_CALLERS_FILE: %w", errUsage, err)
+			return &settingError{name: "REVOKER_INGRESS_CALLERS_FILE", err: err, usage: true}
 		}
 		if cfg.IngressTLSCert != "" {
 			if err := ingress.CheckTLS(cfg.IngressTLSCert, cfg.IngressTLSKey); err != nil {
-				return fmt.Errorf("%w: REVOKER_INGRESS_TLS_CERT, REVOKER_INGRESS_TLS_KEY: %w", errUsage, err)
+				return &settingError{name: "REVOKER_INGRESS_TLS_CERT, REVOKER_INGRESS_TLS_KEY", err: err, usage: true}
 			}
 		}
 		ingressMetrics = ingress.NewMetrics(reg, callers.Names())
@@ -225,7 +227,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	if api == nil {
 		cred, err := credential(cfg)
 		if err != nil {
-			return fmt.Errorf("%w: CLOUDFLARE_API_TOKEN_FILE: %w", errUsage, err)
+			return &settingError{name: "CLOUDFLARE_API_TOKEN_FILE", err: err, usage: true}
 		}
 		client, err := cloudflare.New(cloudflare.Config{
 			BaseURL: cfg.BaseURL, Credential: cred, Timeout: cfg.HTTPTimeout,
@@ -233,7 +235,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 			Transport: tracing.Transport(cloudflare.DefaultTransport()),
 		})
 		if err != nil {
-			return fmt.Errorf("%w: CLOUDFLARE_BASE_URL: %w", errUsage, err)
+			return &settingError{name: "CLOUDFLARE_BASE_URL", err: err, usage: true}
 		}
 		api = client
 		budgetID = cred.ID

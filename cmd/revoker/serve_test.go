@@ -35,6 +35,11 @@ func runCmd(ctx context.Context, vars map[string]string, args ...string) (code i
 
 func TestServeBadConfigurationExits2(t *testing.T) {
 	base := map[string]string{"CLOUDFLARE_API_TOKEN": "tok-never-printed"}
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ingressOn := map[string]string{"REVOKER_INGRESS_ADDR": "127.0.0.1:0", "REVOKER_LOG_LEVEL": "error"}
 	cases := []struct {
 		name string
 		vars map[string]string
@@ -50,6 +55,12 @@ func TestServeBadConfigurationExits2(t *testing.T) {
 		{"flag wins and is named", map[string]string{"REVOKER_MAX_DELIVER": "3"}, []string{"--max-deliver=-1"}, "--max-deliver"},
 		{"no credential", map[string]string{"CLOUDFLARE_API_TOKEN": ""}, nil, "CLOUDFLARE_API_TOKEN"},
 		{"unknown flag", nil, []string{"--no-such-flag"}, "no-such-flag"},
+		// Settings checked as the worker starts are named as given too.
+		{"token file flag named", map[string]string{"CLOUDFLARE_API_TOKEN": ""}, []string{"--cloudflare-api-token-file", empty}, "--cloudflare-api-token-file: "},
+		{"callers file flag named", ingressOn, []string{"--ingress-callers-file", empty}, "--ingress-callers-file: "},
+		// The warning is for the operator whatever the log level.
+		{"secret flag warned", ingressOn, []string{"--cloudflare-api-token", "tok-never-printed", "--ingress-callers-file", empty},
+			"revoker serve: warning: --cloudflare-api-token is readable by anyone"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

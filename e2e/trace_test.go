@@ -43,8 +43,8 @@ func TestRedeliveryOnAnotherReplicaJoinsTheTrace(t *testing.T) {
 	env := func(instance string) []string {
 		return append(rc.Env(),
 			"REVOKER_STREAM_REPLICAS=1",
-			"REVOKER_RETRY_MAX_ELAPSED=1ms", // one call a delivery
-			"REVOKER_RETRY_MAX_INTERVAL=3s", // the give-back's delay
+			"REVOKER_RETRY_MAX_ELAPSED=1ms",  // one call a delivery
+			"REVOKER_RETRY_MAX_INTERVAL=10s", // the give-back's delay: replica one is stopped well before it
 			"REVOKER_MAX_DELIVER=5",
 			"OTEL_BSP_SCHEDULE_DELAY=100",
 			"OTEL_RESOURCE_ATTRIBUTES=service.instance.id="+instance,

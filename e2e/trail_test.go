@@ -75,15 +75,22 @@ func readTrail(t *testing.T, js jetstream.JetStream) []event.Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, outcomeStream)
-	if err != nil {
-		t.Fatalf("outcome stream: %v", err)
-	}
+	// Read right after nodes restart: a cluster just healed may not
+	// answer at once, so each step is tried again, as the fetches are.
+	var (
+		s    jetstream.Stream
+		cons jetstream.Consumer
+		err  error
+	)
+	waitUntil(t, 60*time.Second, "the outcome stream's info", func() bool {
+		s, err = js.Stream(ctx, outcomeStream)
+		return err == nil
+	})
 	total := s.CachedInfo().State.Msgs
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatalf("read outcome stream: %v", err)
-	}
+	waitUntil(t, 60*time.Second, "a consumer reading the outcome stream", func() bool {
+		cons, err = s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+		return err == nil
+	})
 	var out []event.Record
 	for uint64(len(out)) < total {
 		batch, err := cons.Fetch(int(min(total-uint64(len(out)), 500)), jetstream.FetchMaxWait(5*time.Second))

@@ -97,38 +97,51 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 	// rest is refused: its dead letter and record carry them (SPEC §14).
 	ce = CloudEvent{ID: attr["id"], Source: attr["source"], Type: attr["type"],
 		TraceParent: attr["traceparent"], TraceState: attr["tracestate"]}
+	// So do the ids its data names, as a plain event's (SPEC §5a): a
+	// lookup of the key finds the record of an envelope refused.
+	ids := func() Event {
+		data := raw[4]
+		if data == nil || data[0] != '{' || len(data) > MaxBytes {
+			return Event{}
+		}
+		fields, err := scanObject(data, knownFields[:], MaxDepth)
+		if err != nil {
+			return Event{}
+		}
+		return Event{AccountID: validID(fields[0]), KeyID: validID(fields[1])}
+	}
 	switch {
 	case wrongType != nil:
-		return Event{}, ce, wrongType
+		return ids(), ce, wrongType
 	case attr["specversion"] != "1.0":
-		return Event{}, ce, invalid("CloudEvent specversion must be \"1.0\", got %s", quote(attr["specversion"]))
+		return ids(), ce, invalid("CloudEvent specversion must be \"1.0\", got %s", quote(attr["specversion"]))
 	case attr["id"] == "":
-		return Event{}, ce, invalid("CloudEvent id is missing or empty")
+		return ids(), ce, invalid("CloudEvent id is missing or empty")
 	case attr["source"] == "":
-		return Event{}, ce, invalid("CloudEvent source is missing or empty")
+		return ids(), ce, invalid("CloudEvent source is missing or empty")
 	case attr["type"] == "":
-		return Event{}, ce, invalid("CloudEvent type is missing or empty")
+		return ids(), ce, invalid("CloudEvent type is missing or empty")
 	case raw[6] != nil:
-		return Event{}, ce, invalid("CloudEvent data_base64 is not taken: send the event as JSON in data")
+		return ids(), ce, invalid("CloudEvent data_base64 is not taken: send the event as JSON in data")
 	}
 	if ct := attr["datacontenttype"]; ct != "" && !jsonMediaType(ct) {
-		return Event{}, ce, invalid("CloudEvent datacontenttype must be JSON (application/json, text/json or a +json type), got %s", quote(ct))
+		return ids(), ce, invalid("CloudEvent datacontenttype must be JSON (application/json, text/json or a +json type), got %s", quote(ct))
 	}
 	data := raw[4]
 	if data == nil {
-		return Event{}, ce, invalid("CloudEvent data is missing")
+		return ids(), ce, invalid("CloudEvent data is missing")
 	}
 	if data[0] != '{' {
-		return Event{}, ce, invalid("CloudEvent data must be a JSON object, got %s", jsonKind(data))
+		return ids(), ce, invalid("CloudEvent data must be a JSON object, got %s", jsonKind(data))
 	}
 	if len(data) > MaxBytes {
-		return Event{}, ce, invalid("CloudEvent data is %d bytes, more than %d", len(data), MaxBytes)
+		return ids(), ce, invalid("CloudEvent data is %d bytes, more than %d", len(data), MaxBytes)
 	}
 	// data passed the structural rules with the body; its depth is checked
 	// from itself, and its fields are read as an event's.
 	fields, err := scanObject(data, knownFields[:], MaxDepth)
 	if err != nil {
-		return Event{}, ce, err
+		return ids(), ce, err
 	}
 	ev, err := decodeFields(fields)
 	return ev, ce, err

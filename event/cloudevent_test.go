@@ -50,9 +50,14 @@ func TestDecodeCloudEventRefuses(t *testing.T) {
 		{"data over 64 KiB", ceWith(`{"account_id":"a","key_id":"k","x":"` + strings.Repeat("x", event.MaxBytes) + `"}`), "data is"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := event.DecodeCloudEvent([]byte(tc.body))
+			ev, _, err := event.DecodeCloudEvent([]byte(tc.body))
 			if !errors.Is(err, event.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one saying %q", err, tc.want)
+			}
+			// Filed under the ids its data names where it names them and
+			// is sound (SPEC §5a), as a plain event's record is.
+			if strings.HasSuffix(tc.body, data+`}`) && !strings.Contains(tc.name, "repeated") && tc.want != "nested deeper" && (ev.AccountID != "acct1" || ev.KeyID != "key1") {
+				t.Errorf("refused with ids %q/%q, want those of its data, acct1/key1", ev.AccountID, ev.KeyID)
 			}
 		})
 	}

@@ -23,7 +23,7 @@ const (
 	MaxDepth          = 32
 	MaxReasonRunes    = 1024
 	MaxRequesterRunes = 256
-	// MaxRecordedID is how much of an event id records and logs keep
+	// MaxRecordedID is how many characters of an event id records and logs keep
 	// (SPEC §10): a reader compares an id cut as much.
 	MaxRecordedID = 256
 )
@@ -245,6 +245,57 @@ func (sc *scanner) str() (quoted []byte, escaped bool) {
 	}
 }
 
+// errLoneSurrogate refuses an escape that names half a character:
+// encoding/json would read it as U+FFFD, so two different names would
+// read alike and text would be kept other than it was sent.
+var errLoneSurrogate = invalid("a \\u escape names half a character (a lone surrogate): not valid UTF-8")
+
+// loneSurrogate reports whether the quoted JSON string holds a \u escape
+// of a surrogate that is not one half of a high-low pair.
+func loneSurrogate(quoted []byte) bool {
+	for i := 0; i < len(quoted); i++ {
+		if quoted[i] != '\\' {
+			continue
+		}
+		i++
+		if quoted[i] != 'u' {
+			continue
+		}
+		r := hex4(quoted[i+1 : i+5])
+		i += 4
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return true // a low half with no high half before it
+		case r >= 0xD800 && r <= 0xDBFF:
+			if i+6 >= len(quoted) || quoted[i+1] != '\\' || quoted[i+2] != 'u' {
+				return true
+			}
+			if lo := hex4(quoted[i+3 : i+7]); lo < 0xDC00 || lo > 0xDFFF {
+				return true
+			}
+			i += 6
+		}
+	}
+	return false
+}
+
+// hex4 is the value of four hex digits, which json.Valid has checked.
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c - 'a' + 10)
+		default:
+			r |= rune(c - 'A' + 10)
+		}
+	}
+	return r
+}
+
 // object reads the object at sc.i, nested depth deep (the body is 1); top,
 // when not nil, receives the raw values of the fields named in want.
 func (sc *scanner) object(depth int, want []string, top [][]byte) error {
@@ -261,6 +312,9 @@ func (sc *scanner) object(depth int, want []string, top [][]byte) error {
 		}
 		quoted, escaped := sc.str()
 		key := quoted[1 : len(quoted)-1]
+		if escaped && loneSurrogate(quoted) {
+			return errLoneSurrogate
+		}
 		if escaped {
 			// "a" and "\u0061" are the same name.
 			var s string
@@ -318,7 +372,9 @@ func (sc *scanner) value(depth int) error {
 			}
 		}
 	case '"':
-		sc.str()
+		if quoted, escaped := sc.str(); escaped && loneSurrogate(quoted) {
+			return errLoneSurrogate
+		}
 	default: // a number, true, false or null
 		for sc.i < len(sc.b) {
 			switch sc.b[sc.i] {
@@ -390,6 +446,9 @@ func parseRFC3339(s string) (time.Time, error) {
 	if n := len(b); n > 0 && b[n-1] == 'z' {
 		b[n-1] = 'Z'
 	}
+	if !rfc3339Shape(b) {
+		return time.Time{}, errors.New("not of the form 2006-01-02T15:04:05Z or with an offset +hh:mm")
+	}
 	leap := len(b) > 18 && b[17] == '6' && b[18] == '0'
 	if leap {
 		b[17], b[18] = '5', '9'
@@ -402,4 +461,40 @@ func parseRFC3339(s string) (time.Time, error) {
 		return time.Time{}, errors.New("second 60 outside the last minute of a UTC day")
 	}
 	return t.Add(time.Second), nil
+}
+
+// rfc3339Shape reports whether b has RFC 3339's date-time shape (after the
+// lower-case t and z are made upper case): time.Parse also takes a
+// one-digit hour and offsets such as +24:00 or +05:60.
+func rfc3339Shape(b []byte) bool {
+	digits := func(i, n int) bool {
+		for ; n > 0; i, n = i+1, n-1 {
+			if i >= len(b) || b[i] < '0' || b[i] > '9' {
+				return false
+			}
+		}
+		return true
+	}
+	if len(b) < 20 || !digits(0, 4) || b[4] != '-' || !digits(5, 2) || b[7] != '-' || !digits(8, 2) ||
+		b[10] != 'T' || !digits(11, 2) || b[13] != ':' || !digits(14, 2) || b[16] != ':' || !digits(17, 2) {
+		return false
+	}
+	i := 19
+	if b[i] == '.' {
+		i++
+		if !digits(i, 1) {
+			return false
+		}
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+	}
+	switch {
+	case i == len(b)-1 && b[i] == 'Z':
+		return true
+	case i == len(b)-6 && (b[i] == '+' || b[i] == '-') && digits(i+1, 2) && b[i+3] == ':' && digits(i+4, 2):
+		hh, mm := (b[i+1]-'0')*10+b[i+2]-'0', (b[i+4]-'0')*10+b[i+5]-'0'
+		return hh <= 23 && mm <= 59
+	}
+	return false
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"regexp"
 	"time"
 	"unicode/utf8"
 
@@ -16,7 +17,7 @@ import (
 // test holds the two to the same verdict on every input.
 func refDecode(body []byte) (event.Event, bool) {
 	var ev event.Event
-	if len(body) > event.MaxBytes || len(bytes.TrimSpace(body)) == 0 || !utf8.Valid(body) {
+	if len(body) > event.MaxBytes || len(bytes.TrimSpace(body)) == 0 || !utf8.Valid(body) || refLoneSurrogate(body) {
 		return ev, false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -96,4 +97,23 @@ func refDecode(body []byte) (event.Event, bool) {
 		ev.RequestedAt = t
 	}
 	return ev, ev.Validate() == nil
+}
+
+// surrogateEscape is a \u escape of half a character: \uD800-\uDFFF.
+var surrogateEscape = regexp.MustCompile(`\\u[dD][89a-fA-F][0-9a-fA-F]{2}`)
+
+// refLoneSurrogate reports whether body holds a surrogate escape that is
+// not the high half of a pair directly followed by its low half; escaped
+// backslashes are set aside first, so "\\ud800" is no escape.
+func refLoneSurrogate(body []byte) bool {
+	b := bytes.ReplaceAll(body, []byte(`\\`), []byte(`__`))
+	locs := surrogateEscape.FindAllIndex(b, -1)
+	low := func(i int) bool { return bytes.IndexByte([]byte("cdefCDEF"), b[locs[i][0]+3]) >= 0 }
+	for i := 0; i < len(locs); i++ {
+		if low(i) || i+1 == len(locs) || locs[i+1][0] != locs[i][1] || !low(i+1) {
+			return true
+		}
+		i++
+	}
+	return false
 }

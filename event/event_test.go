@@ -23,6 +23,8 @@ func TestDecodeEvent(t *testing.T) {
 		{"white space around", " \n\t{\"account_id\":\"a1\",\"key_id\":\"k1\"}\r\n ", event.Event{AccountID: "a1", KeyID: "k1"}},
 		{"unknown fields ignored", `{"x":{"y":[1,{"account_id":"no"}]},"account_id":"a1","key_id":"k1","n":null}`, event.Event{AccountID: "a1", KeyID: "k1"}},
 		{"32 characters", `{"account_id":"` + strings.Repeat("A", 32) + `","key_id":"k1"}`, event.Event{AccountID: strings.Repeat("A", 32), KeyID: "k1"}},
+		{"a whole character escaped as a pair", `{"account_id":"a1","key_id":"k1","reason":"\ud83d\udd11 and \\ud800"}`,
+			event.Event{AccountID: "a1", KeyID: "k1", Reason: "\U0001F511 and \\ud800"}},
 		{"optional fields", `{"account_id":"a1","key_id":"k1","reason":"leaked in ticket 42","requested_by":"ir-bot"}`,
 			event.Event{AccountID: "a1", KeyID: "k1", Reason: "leaked in ticket 42", RequestedBy: "ir-bot"}},
 		{"a case-folded name is another, unknown field", `{"account_id":"a1","Account_Id":"zz","key_id":"k1"}`, event.Event{AccountID: "a1", KeyID: "k1"}},
@@ -70,7 +72,19 @@ func TestDecodeEvent(t *testing.T) {
 		"requested_at without a time zone": `{"account_id":"a1","key_id":"k1","requested_at":"2026-01-02T03:04:05"}`,
 		"second 60 not before midnight":    `{"account_id":"a1","key_id":"k1","requested_at":"2026-01-02T03:04:60Z"}`,
 		"second 61":                        `{"account_id":"a1","key_id":"k1","requested_at":"2016-12-31T23:59:61Z"}`,
-		"a comma before the fraction":      `{"account_id":"a1","key_id":"k1","requested_at":"2024-05-01T10:00:00,5Z"}`,
+		// Half a character, which encoding/json reads as U+FFFD (SPEC §2:
+		// valid UTF-8 throughout).
+		"a lone high surrogate in a reason": `{"account_id":"a1","key_id":"k1","reason":"x\ud800y"}`,
+		"a lone low surrogate in a name":    `{"account_id":"a1","key_id":"k1","\udc00":1}`,
+		"a high surrogate and no low":       `{"account_id":"a1","key_id":"k1","x":"\ud800\u0041"}`,
+		"two halves read alike":             `{"account_id":"a1","key_id":"k1","\ud800":1,"\udbff":2}`,
+		"a comma before the fraction":       `{"account_id":"a1","key_id":"k1","requested_at":"2024-05-01T10:00:00,5Z"}`,
+		// What time.Parse takes beyond RFC 3339's shape.
+		"a one-digit hour":          `{"account_id":"a1","key_id":"k1","requested_at":"2024-01-02T3:04:05Z"}`,
+		"an offset of 24 hours":     `{"account_id":"a1","key_id":"k1","requested_at":"2024-01-02T03:04:05+24:00"}`,
+		"an offset of 60 minutes":   `{"account_id":"a1","key_id":"k1","requested_at":"2024-01-02T03:04:05+05:60"}`,
+		"a fraction without digits": `{"account_id":"a1","key_id":"k1","requested_at":"2024-01-02T03:04:05.Z"}`,
+		"an offset without a colon": `{"account_id":"a1","key_id":"k1","requested_at":"2024-01-02T03:04:05+0500"}`,
 	}
 	for name, body := range bad {
 		t.Run(name, func(t *testing.T) {

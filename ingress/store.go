@@ -387,7 +387,7 @@ func (s *Server) recorded(ctx context.Context, claim entry) (entry, bool) {
 		s.log.Warn("ingress: the trail could not be read for an event whose store went unanswered", zap.Error(err))
 		return entry{}, false
 	}
-	id := untrusted.Line(claim.storedID(), 256)
+	id := untrusted.Chars(claim.storedID(), event.MaxRecordedID)
 	// From the first try to the end of the duplicate window of the last
 	// (a request taking the claim over may have stored it later), give or
 	// take clockMargin: the claim's times are its replicas' clocks, the

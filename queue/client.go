@@ -122,7 +122,7 @@ type Published struct {
 func (p Published) Answers(rec event.Record) bool {
 	return rec.AccountID == p.AccountID && rec.KeyID == p.KeyID &&
 		rec.Stream == p.Stream && rec.Sequence == p.Sequence && rec.Reason != event.InvalidEvent &&
-		(p.EventID == "" || rec.EventID == untrusted.Line(p.EventID, event.MaxRecordedID))
+		(p.EventID == "" || rec.EventID == untrusted.Chars(p.EventID, event.MaxRecordedID))
 }
 
 // CheckSubject makes sure the work stream exists and holds subject: a

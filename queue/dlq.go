@@ -124,7 +124,7 @@ func unguessableReplayMsgID(seq uint64) string {
 // dead letter itself. Never empty: the worker removes a record only for a
 // replay that claims it (Replays.Take).
 func ReplayClaim(rec DeadLetterRecord) string {
-	if id := untrusted.Line(rec.EventID, maxHeader); id != "" {
+	if id := untrusted.Chars(rec.EventID, maxHeader); id != "" {
 		return id
 	}
 	return "dead-letter:" + strconv.FormatUint(rec.Sequence, 10)

@@ -30,6 +30,24 @@ func Line(s string, n int) string {
 	return strings.TrimSpace(Cut(s, n))
 }
 
+// Chars is Line counting characters, not bytes: what records keep is
+// bounded in characters (SPEC §5: "single lines of at most 256
+// characters"), what a log line holds in bytes (§10).
+func Chars(s string, n int) string {
+	s = Line(s, 4*n) // a character is at most 4 bytes: Line cuts nothing that fits
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	cut, i := 0, 0
+	for i = range s {
+		if cut == max(n-1, 0) {
+			break
+		}
+		cut++
+	}
+	return strings.TrimSpace(s[:i] + Ellipsis)
+}
+
 // Cut shortens s to at most n bytes, on a character boundary, the
 // ellipsis that marks the cut included (so a limit of n characters holds
 // too); s is returned as it is when it fits.

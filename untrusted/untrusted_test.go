@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/revoker/revoker/untrusted"
 )
@@ -31,6 +32,47 @@ func TestLine(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestChars: records keep up to n characters, however many bytes each.
+func TestChars(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		n        int
+		want     string
+	}{
+		{"fits in characters, not in bytes", strings.Repeat("é", 200), 256, strings.Repeat("é", 200)},
+		{"cut to n characters, the ellipsis one of them", strings.Repeat("é", 300), 256, strings.Repeat("é", 255) + untrusted.Ellipsis},
+		{"four-byte characters", strings.Repeat("\U0001F511", 10), 4, strings.Repeat("\U0001F511", 3) + untrusted.Ellipsis},
+		{"unsafe characters made spaces first", "a\u202eb\nc", 64, "a b c"},
+		{"exactly n", "abcd", 4, "abcd"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := untrusted.Chars(tc.in, tc.n); got != tc.want {
+				t.Errorf("Chars(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzChars(f *testing.F) {
+	f.Add("é\u202eb\nc", 5)
+	f.Fuzz(func(t *testing.T, s string, n int) {
+		n = n%2048 + 1
+		if n < 1 {
+			n = -n + 1
+		}
+		got := untrusted.Chars(s, n)
+		if strings.IndexFunc(got, untrusted.Unsafe) >= 0 {
+			t.Fatalf("Chars(%q) = %q keeps an unsafe character", s, got)
+		}
+		if c := utf8.RuneCountInString(got); c > n {
+			t.Fatalf("Chars(%q, %d) is %d characters", s, n, c)
+		}
+		if want := untrusted.Line(s, 4*n); utf8.RuneCountInString(want) <= n && got != want {
+			t.Fatalf("Chars(%q, %d) = %q cuts what fits", s, n, got)
+		}
+	})
 }
 
 func FuzzLine(f *testing.F) {

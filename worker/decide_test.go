@@ -705,8 +705,12 @@ func TestLogLinesBounded(t *testing.T) {
 	h := newHarnessLog(t, nil, zap.New(core),
 		answer(503, &cloudflare.Envelope{Errors: []cloudflare.Message{{Code: 1, Message: long}}}, 0),
 		answer(400, &cloudflare.Envelope{Errors: []cloudflare.Message{{Code: 2, Message: long}}}, 0))
-	body := `{"account_id":"acct1","key_id":"key1","reason":"` + strings.Repeat("\u202e", 1024) + `"}`
-	h.handle(&fakeDelivery{id: long, body: body})
+	// The longest of everything, in four-byte characters: ids are cut
+	// in characters (as records cut them), text in bytes.
+	key := strings.Repeat("\U0001F511", 16<<10)
+	body := `{"account_id":"acct1","key_id":"key1","reason":"` + strings.Repeat("\u202e", 1024) +
+		`","requested_by":"` + strings.Repeat("\U0001F511", 256) + `"}`
+	h.handle(&fakeDelivery{id: key, body: body, replayOf: key})
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	if logs.Len() == 0 {
 		t.Fatal("nothing logged")

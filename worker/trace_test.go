@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -122,15 +123,20 @@ func TestCloudEvent(t *testing.T) {
 }
 
 // A long event id is cut in the outcome record as in the dead-letter
-// record and the logs (SPEC §10): at most 256 characters, the ellipsis
-// one of them.
+// record and the logs (SPEC §10): at most 256 characters, however many
+// bytes each, the ellipsis one of them.
 func TestRecordCutsALongEventID(t *testing.T) {
-	long := strings.Repeat("i", 400)
-	h := newHarness(t, nil, answer(200, revoked, 0))
-	h.handle(&fakeDelivery{id: long, body: goodEvent})
-	o := onlyRecord(t, h)
-	if want := strings.Repeat("i", 253) + untrusted.Ellipsis; o.EventID != want {
-		t.Fatalf("record event_id is %d bytes; want it cut to 256 with an ellipsis", len(o.EventID))
+	for _, tc := range []struct{ id, want string }{
+		{strings.Repeat("i", 400), strings.Repeat("i", 255) + untrusted.Ellipsis},
+		{strings.Repeat("é", 200), strings.Repeat("é", 200)},
+		{strings.Repeat("é", 300), strings.Repeat("é", 255) + untrusted.Ellipsis},
+	} {
+		h := newHarness(t, nil, answer(200, revoked, 0))
+		h.handle(&fakeDelivery{id: tc.id, body: goodEvent})
+		if o := onlyRecord(t, h); o.EventID != tc.want {
+			t.Errorf("a %d-character id: record event_id %d characters; want %d", utf8.RuneCountInString(tc.id),
+				utf8.RuneCountInString(o.EventID), utf8.RuneCountInString(tc.want))
+		}
 	}
 }
 

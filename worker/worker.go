@@ -1904,7 +1904,7 @@ func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) 
 	r := event.Record{
 		// Cut as in the dead-letter record and the logs (SPEC §10), so the
 		// three name the event alike.
-		EventID: untrusted.Line(a.id, maxLoggedID), AccountID: event.NoKey, KeyID: event.NoKey, TraceID: a.traceID,
+		EventID: untrusted.Chars(a.id, maxLoggedID), AccountID: event.NoKey, KeyID: event.NoKey, TraceID: a.traceID,
 		Outcome: outcome, Reason: reason,
 		Status: a.status, CFRay: a.cfRay, Attempts: a.attempts(),
 		Stream: a.d.Stream(), Subject: a.d.Subject(), Sequence: a.d.Sequence(),
@@ -1961,11 +1961,11 @@ func (w *Worker) replayOf(a *attempt) string {
 			w.fields(a, zap.Error(err))...)
 	case err != nil:
 		w.Log.Warn("the event claims to replay a dead letter, but the replays' marks cannot be read; replay_of left out",
-			w.fields(a, zap.String("claimed", untrusted.Line(claimed, maxLoggedID)), zap.Error(err))...)
+			w.fields(a, zap.String("claimed", untrusted.Chars(claimed, maxLoggedID)), zap.Error(err))...)
 		return ""
 	case !ok:
 		w.Log.Warn("the event claims to replay a dead letter, but no replay left its mark; replay_of left out",
-			w.fields(a, zap.String("claimed", untrusted.Line(claimed, maxLoggedID)))...)
+			w.fields(a, zap.String("claimed", untrusted.Chars(claimed, maxLoggedID)))...)
 		return ""
 	}
 	return claimed
@@ -1984,13 +1984,13 @@ func (w *Worker) fields(a *attempt, extra ...zap.Field) []zap.Field {
 	d := a.d
 	f := make([]zap.Field, 0, 16+len(extra))
 	f = append(f,
-		zap.String("event_id", untrusted.Line(a.id, maxLoggedID)),
+		zap.String("event_id", untrusted.Chars(a.id, maxLoggedID)),
 		zap.String("subject", d.Subject()),
 		zap.Uint64("sequence", d.Sequence()),
 		zap.Int("delivery", d.Delivered()),
 	)
 	if r := d.ReplayOf(); r != "" {
-		f = append(f, zap.String("replay_of", untrusted.Line(r, maxLoggedID)))
+		f = append(f, zap.String("replay_of", untrusted.Chars(r, maxLoggedID)))
 	}
 	if a.traceID != "" {
 		f = append(f, zap.String("trace_id", a.traceID))

@@ -56,6 +56,10 @@ type Consumer struct {
 	// FetchWait is how long one pull request waits (default
 	// DefaultFetchWait); tests shorten it.
 	FetchWait time.Duration
+	// Before, when set, runs once the streams, consumers and ledger are
+	// bound and before anything is fetched; it returns an error only when
+	// ctx ended first.
+	Before func(ctx context.Context) error
 }
 
 // DefaultFetchWait is how long one pull request waits for messages. It is
@@ -98,6 +102,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	lanes, err := c.bind(ctx)
 	if err != nil {
 		return err
+	}
+	if lanes != nil && c.Before != nil && c.Before(ctx) != nil {
+		lanes = nil // ctx ended first: nothing to fetch
 	}
 	if lanes != nil { // nil: ctx ended while binding
 		c.Ready.Set(ReadyConsumers, "")

@@ -294,6 +294,10 @@ type Deps struct {
 	Metrics *metrics.Metrics
 	Ready   *metrics.Readiness
 	Log     *zap.Logger
+	// Carryover, when set, takes a confirmation this worker's connection
+	// ended too soon to store, for the process's next connection; nil:
+	// it is lost, as at the process's stop.
+	Carryover *Carryover
 }
 
 // Worker handles deliveries.
@@ -1509,11 +1513,15 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 	case isSwept(swept):
 		w.Log.Error("the API revoked the key, but the outcome record could not be stored before shutdown; the ledger keeps the record, and a sweep of the trail writes it",
 			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
+	case isKept() && !a.orphaned && w.comesAgain(a):
+		// The ledger holds it, and the event's next delivery reads it.
+	case w.carry(a):
+		// The connection ended, not the process: the next one stores it.
 	case !isKept():
 		w.Metrics.ConfirmationsLost.Inc()
 		w.Log.Error("CONFIRMATION LOST: the API revoked the key, but neither the outcome record nor the ledger could store it before shutdown",
 			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
-	case a.orphaned || !w.comesAgain(a):
+	default:
 		// The ledger holds it, but only a later delivery of the event
 		// reads the ledger, and none will come: another delivery finished
 		// the event (its record, a not_found say, stands in the trail), or
@@ -1522,6 +1530,18 @@ func (w *Worker) confirmed(stop, work context.Context, a *attempt) {
 		w.Log.Error("CONFIRMATION LOST: the API revoked the key and the ledger holds it, but the outcome record could not be stored before shutdown and no later delivery of the event will record it",
 			w.fields(a, zap.String("outcome", string(event.Revoked)))...)
 	}
+}
+
+// carry hands a's confirmation to the process's next connection, which
+// stores it before it fetches anything, and reports whether it did: not
+// without a Carryover, nor once the process stops.
+func (w *Worker) carry(a *attempt) bool {
+	if !w.Carryover.carry(a.ref, w.record(a, event.Revoked, ""), a.revoked) {
+		return false
+	}
+	w.Log.Warn("the connection ended before the confirmation was stored; the next connection stores it before it fetches anything",
+		w.fields(a, zap.String("outcome", string(event.Revoked)))...)
+	return true
 }
 
 // writeOnceUntil tries once to store a's revoked record, in the event's

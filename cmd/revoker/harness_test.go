@@ -111,7 +111,10 @@ func (s *stack) startWorkerWith(o serveOptions) {
 	done := make(chan error, 1)
 	log := zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel))
 	go func() {
-		o.log, o.ready = log, func(a string) { addr <- a }
+		if o.log == nil {
+			o.log = log
+		}
+		o.ready = func(a string) { addr <- a }
 		done <- serve(ctx, cfg, o)
 	}()
 	t.Cleanup(func() {

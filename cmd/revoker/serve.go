@@ -292,8 +292,12 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 			ready.Set(queue.ReadyNATS, "disconnected")
 		}
 	}
+	// A confirmation a connection closed for good left unstored is stored
+	// by the next connection; lost only once the process stops.
+	carry := &worker.Carryover{}
+	defer context.AfterFunc(ctx, func() { carry.Close(log, m.ConfirmationsLost) })()
 	run := wiring{cfg: cfg, o: o, api: api, budgetID: budgetID, m: m, ready: ready, log: log, onState: onState,
-		callers: callers, ingressMetrics: ingressMetrics, creds: creds}
+		callers: callers, ingressMetrics: ingressMetrics, creds: creds, carry: carry}
 	var runErr error
 	// The client reconnects by itself for ever; a connection it gave up on
 	// for good cannot come back, so a new one is opened and the worker run
@@ -307,6 +311,7 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		log.Error("the NATS connection was closed for good; opening a new one")
 		throttle.Sleep(ctx, time.Second)
 	}
+	carry.Close(log, m.ConfirmationsLost)
 	cancel()
 	if err := <-srvDone; err != nil {
 		log.Warn("metrics server", zap.Error(err))
@@ -342,6 +347,8 @@ type wiring struct {
 	ingressMetrics *ingress.Metrics
 	// creds are the credentials of a credentials file, nil without one.
 	creds *routing.File
+	// carry takes the confirmations a connection's end left unstored.
+	carry *worker.Carryover
 }
 
 // onNewConnection connects, wires budget → gate → consumer → worker on the
@@ -434,9 +441,12 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 		Name:               host,
 	}, worker.Deps{
 		API: w.api, Gate: gate, Routes: routes, Ledger: ledger, Replays: replays, Metrics: m, Ready: w.ready, Log: log,
-		Records: records,
+		Records: records, Carryover: w.carry,
 	})
 	consumer.Handle = wk.Handle
+	// Confirmations the last connection left unstored go first: their
+	// events' next deliveries then find them and make no call.
+	consumer.Before = func(ctx context.Context) error { return w.carry.Store(ctx, wk) }
 
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()

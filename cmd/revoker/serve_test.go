@@ -4,20 +4,23 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/revoker/revoker/cloudflare/cloudflaretest"
+	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
@@ -250,4 +253,73 @@ func TestIdleWorkerNoticesItsTokenFile(t *testing.T) {
 	queuetest.Eventually(t, 10*time.Second, "the rotated token loaded", func() bool {
 		return logs.FilterMessageSnippet("API token reloaded from its file").Len() == 1
 	})
+}
+
+// TestConfirmationOutlivesAConnectionClosedForGood: the API confirms a
+// DELETE after the NATS client gave its connection up for good. The
+// process goes on, so the confirmation is not lost: the next connection
+// stores it before it fetches anything, the event's redelivery finds the
+// record and makes no call, and the trail says revoked with the
+// confirming call's CF-Ray (SPEC §4, "A revocation happens once", "The
+// proof" point 6; §10).
+func TestConfirmationOutlivesAConnectionClosedForGood(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var first sync.Once
+	s := hStack(t, map[string]string{"REVOKER_SHUTDOWN_TIMEOUT": "2s", "REVOKER_ACK_WAIT": "4s"})
+	api := cloudflaretest.NewServer(cloudflaretest.WithToken(hToken), cloudflaretest.WithResponder(
+		func(r cloudflaretest.Request) (int, http.Header, string, bool) {
+			held := false
+			if r.Method == http.MethodDelete && r.KeyID == "kcut" {
+				first.Do(func() { held = true; close(arrived) })
+			}
+			if !held {
+				return 0, nil, "", false // the stand-in's own answer: a key it never had, 404
+			}
+			<-release
+			return 200, http.Header{"Cf-Ray": []string{"ray-kcut"}}, cloudflaretest.SuccessBody, true
+		}))
+	t.Cleanup(api.Close)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	s.api, s.env["CLOUDFLARE_BASE_URL"] = api, api.URL
+	core, logs := observer.New(zapcore.InfoLevel)
+	conns := make(chan *queue.Conn, 4)
+	s.startWorkerWith(serveOptions{log: zap.New(core), connected: func(c *queue.Conn) { conns <- c }})
+	conn := <-conns
+	s.run("publish", "--account", "acc1", "--key", "kcut").want(t, exitOK)
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no DELETE of kcut")
+	}
+	conn.Conn.Close() // the client giving up, not serve's own Close
+	close(release)    // the API confirms, too late for that connection
+	select {
+	case <-conns:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no new connection within 20s of losing the first")
+	}
+	queuetest.Eventually(t, 30*time.Second, "the record of kcut", func() bool { return len(s.outcomes("kcut")) > 0 })
+	// The redelivery (after the 4 s ack wait) settles on the record.
+	queuetest.Eventually(t, 30*time.Second, "the event acked", func() bool { return s.msgs(s.cfg().Stream) == 0 })
+	if out := s.outcomes("kcut"); len(out) != 1 || out[0].Outcome != event.Revoked || out[0].CFRay != "ray-kcut" || out[0].Status != 200 || out[0].Attempts != 1 || out[0].UnansweredCalls != 0 {
+		t.Errorf("records %+v; want one, revoked by the one call, CF-Ray ray-kcut, answered", out)
+	}
+	var deletes int
+	for _, r := range api.Requests() {
+		if r.Method == http.MethodDelete && r.KeyID == "kcut" {
+			deletes++
+		}
+	}
+	if deletes != 1 {
+		t.Errorf("%d DELETEs of kcut; the confirmed one alone was due", deletes)
+	}
+	for _, e := range logs.FilterMessageSnippet("CONFIRMATION LOST").All() {
+		t.Errorf("logged: %s %v", e.Message, e.ContextMap())
+	}
 }

@@ -178,7 +178,7 @@ func (c *Consumer) rebind(ctx context.Context, subject string) (Binding, error) 
 	defer cancel()
 	replicas, err := streamReplicas(ctx, c.JS, c.Cfg.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		if err := ensureStream(ctx, c.JS, WorkStream(c.Cfg), c.Cfg.Create, c.Log); err != nil {
+		if err := ensureStream(ctx, c.JS, WorkStream(c.Cfg), c.Cfg.Subjects, c.Cfg.Create, c.Log); err != nil {
 			return Binding{}, err
 		}
 		replicas, err = streamReplicas(ctx, c.JS, c.Cfg.Stream)

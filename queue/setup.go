@@ -52,7 +52,14 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg config.Topology, lo
 		streams = append(streams, OutcomeStream(cfg))
 	}
 	for _, want := range streams {
-		if err := ensureStream(ctx, js, want, cfg.Create, log); err != nil {
+		needs := want.Subjects
+		if want.Name == cfg.OutcomeStream && cfg.OutcomePrefix != "" {
+			// What is written there: <prefix>.<account>.<key>, always
+			// two tokens ("_" for an invalid id). A stream made to hold
+			// just those is as good as one holding <prefix>.>.
+			needs = []string{cfg.OutcomePrefix + ".*.*"}
+		}
+		if err := ensureStream(ctx, js, want, needs, cfg.Create, log); err != nil {
 			return err
 		}
 	}
@@ -157,7 +164,7 @@ func LaneConsumer(cfg config.Topology, subject string) jetstream.ConsumerConfig 
 	}
 }
 
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, create bool, log *zap.Logger) error {
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, needs []string, create bool, log *zap.Logger) error {
 	s, err := js.Stream(ctx, want.Name)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound) && create:
@@ -172,7 +179,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		return fmt.Errorf("look up stream %s: %w", want.Name, err)
 	}
 	have := s.CachedInfo().Config
-	for _, subj := range want.Subjects {
+	for _, subj := range needs {
 		if !Covers(have.Subjects, subj) {
 			return fmt.Errorf("%w: stream %s does not hold subject %s (it holds %s)",
 				ErrIncompatible, want.Name, subj, strings.Join(have.Subjects, ", "))

@@ -122,6 +122,22 @@ func TestEnsureWarnsOfADeletableTrail(t *testing.T) {
 	}
 }
 
+// TestEnsureTakesAnOutcomeStreamOfEveryKeysSubject: records go to
+// <prefix>.<account>.<key>, always two tokens, so an outcome stream made
+// to hold <prefix>.*.* holds every one of them (SPEC §3: only a
+// configured subject the stream does not hold stops the start).
+func TestEnsureTakesAnOutcomeStreamOfEveryKeysSubject(t *testing.T) {
+	js := setupJS(t)
+	cfg := config.Default()
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: cfg.OutcomeStream, Subjects: []string{cfg.OutcomeSubject + ".*.*"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestEnsureRefusesWhatMakesTheWorkImpossible(t *testing.T) {
 	ctx := context.Background()
 	t.Run("stream without a configured subject", func(t *testing.T) {
@@ -144,6 +160,16 @@ func TestEnsureRefusesWhatMakesTheWorkImpossible(t *testing.T) {
 		wrong := queue.LaneConsumer(cfg.Topology(), cfg.Subjects[0])
 		wrong.FilterSubject = cfg.Subjects[1]
 		if _, err := js.CreateConsumer(ctx, cfg.Stream, wrong); err != nil {
+			t.Fatal(err)
+		}
+		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); !errors.Is(err, queue.ErrIncompatible) {
+			t.Fatalf("err = %v, want ErrIncompatible", err)
+		}
+	})
+	t.Run("outcome stream not holding every key's subject", func(t *testing.T) {
+		js := setupJS(t)
+		cfg := config.Default()
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: cfg.OutcomeStream, Subjects: []string{cfg.OutcomeSubject + ".acct1.*"}}); err != nil {
 			t.Fatal(err)
 		}
 		if err := queue.Ensure(ctx, js, cfg.Topology(), zap.NewNop()); !errors.Is(err, queue.ErrIncompatible) {

@@ -583,8 +583,9 @@ func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRe
 	}
 	if r.EventID != "" {
 		kept := recs[:0]
+		id := untrusted.Chars(r.EventID, event.MaxRecordedID) // as records keep it
 		for _, rec := range recs {
-			if rec.EventID == r.EventID {
+			if rec.EventID == id {
 				kept = append(kept, rec)
 			}
 		}

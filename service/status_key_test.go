@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/service"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // revoker.status asked for a key answers a revoked record of any of its
@@ -43,5 +45,26 @@ func TestStatusOfAKeyBelievesAnyRevokedRecord(t *testing.T) {
 		if got.EventID != want {
 			t.Errorf("revoker.status of %s answered event %s (%s %s); want event %s", key, got.EventID, got.Outcome, got.Reason, want)
 		}
+	}
+}
+
+// revoker.status asked for a key and an event id over 256 characters
+// finds the event's record, which keeps the id cut to 256 characters: the
+// request's id is cut alike before it is compared.
+func TestStatusOfAKeyWithALongEventID(t *testing.T) {
+	s := newStack(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
+	id := strings.Repeat("é", 300)
+	at := time.Now().UTC().Format(time.RFC3339Nano)
+	rec := event.Record{EventID: untrusted.Chars(id, event.MaxRecordedID), AccountID: "acctR", KeyID: "keyL", Outcome: event.Revoked,
+		Status: 200, CFRay: "ray-l", Stream: s.cfg.Stream, Subject: s.cfg.Subjects[1], Sequence: 1, Attempts: 1, PublishedAt: at, CompletedAt: at}
+	if _, err := recs.Outcome(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	reply := s.request(service.StatusSubject, `{"account_id":"acctR","key_id":"keyL","event_id":"`+id+`"}`)
+	if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
+		t.Fatalf("revoker.status of a revoked key, asked with its event's id, answered %s %s", code, reply.Header.Get("Nats-Service-Error"))
 	}
 }

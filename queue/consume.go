@@ -57,8 +57,9 @@ type Consumer struct {
 	// DefaultFetchWait); tests shorten it.
 	FetchWait time.Duration
 	// Before, when set, runs once the streams, consumers and ledger are
-	// bound and before anything is fetched; it returns an error only when
-	// ctx ended first.
+	// bound and before anything is fetched, with as long as handlers have
+	// (the shutdown timeout past ctx's end); it returns an error only when
+	// that ended first.
 	Before func(ctx context.Context) error
 }
 
@@ -103,8 +104,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if lanes != nil && c.Before != nil && c.Before(ctx) != nil {
-		lanes = nil // ctx ended first: nothing to fetch
+	// Before may go on into the shutdown timeout, as handlers do.
+	if lanes != nil && c.Before != nil && (c.Before(work) != nil || ctx.Err() != nil) {
+		lanes = nil // stopped first: nothing to fetch
 	}
 	if lanes != nil { // nil: ctx ended while binding
 		c.Ready.Set(ReadyConsumers, "")

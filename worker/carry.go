@@ -89,23 +89,34 @@ func (c *Carryover) Store(ctx context.Context, w *Worker) error {
 	}
 }
 
-// storeCarried stores k's confirmation through w's stores.
+// storeCarried stores k's confirmation through w's stores: in the trail,
+// or else in the ledger, where the event's next delivery finds it, with
+// the record itself for the sweep that writes it to the trail once the
+// trail takes it (as confirmed does). A trail refusing alone holds
+// nothing up.
 func (w *Worker) storeCarried(ctx context.Context, k carried) error {
 	_, err := w.Records.Outcome(ctx, k.rec)
-	if !errors.Is(err, ErrNoTrail) {
-		return err
+	if err == nil {
+		return nil
 	}
-	_, err = w.Ledger.Update(ctx, k.ref, func(e *Entry) error {
+	_, lerr := w.Ledger.Update(ctx, k.ref, func(e *Entry) error {
 		e.Calls = max(e.Calls, k.rec.Attempts)
 		e.Confirmed = k.hit
 		return nil
 	})
-	return err
+	if lerr == nil && !errors.Is(err, ErrNoTrail) {
+		lerr = w.Ledger.Unrecorded(ctx, k.rec)
+	}
+	if lerr != nil {
+		return errors.Join(err, lerr)
+	}
+	return nil
 }
 
-// Close ends the carrying, as the process stops: each confirmation never
-// stored is lost, logged at error level with its fields and counted
-// (SPEC §4, "The proof", point 6).
+// Close ends the carrying, as the process stops, once no connection's
+// run (nor its Store) is under way: each confirmation never stored is
+// lost, logged at error level with its fields and counted (SPEC §4, "The
+// proof", point 6).
 func (c *Carryover) Close(log *zap.Logger, lost prometheus.Counter) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -295,7 +295,6 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	// A confirmation a connection closed for good left unstored is stored
 	// by the next connection; lost only once the process stops.
 	carry := &worker.Carryover{}
-	defer context.AfterFunc(ctx, func() { carry.Close(log, m.ConfirmationsLost) })()
 	run := wiring{cfg: cfg, o: o, api: api, budgetID: budgetID, m: m, ready: ready, log: log, onState: onState,
 		callers: callers, ingressMetrics: ingressMetrics, creds: creds, carry: carry}
 	var runErr error

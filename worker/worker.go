@@ -710,7 +710,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			if spent+wait > w.cfg.RetryMaxElapsed {
 				return exhausted
 			}
-			if !sleepAside(stop, a, wait) {
+			if !sleepAside(stop, a, wait, a.apiWide()) {
 				return stopped
 			}
 			spent += wait
@@ -811,7 +811,9 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 		} else {
 			w.Log.Debug("call failed, retrying", w.fields(a, zap.Duration("wait", wait))...)
 		}
-		if !sleepAside(stop, a, wait) {
+		// A refused credential is its own accounts' trouble when there are
+		// several: its events must not take the places of the others'.
+		if !sleepAside(stop, a, wait, a.last.Kind != Unauthorized || a.apiWide()) {
 			return stopped
 		}
 		spent += wait
@@ -820,15 +822,23 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 
 // sleepAside waits d between calls, or until ctx ends (false), its
 // delivery set aside meanwhile: the events behind it, an urgent one among
-// them, must not wait for its backoff.
-func sleepAside(ctx context.Context, a *attempt, d time.Duration) bool {
+// them, must not wait for its backoff. retrying says the wait is the
+// API's trouble, shared by every event (a lane sets aside only so many of
+// those); otherwise it is one credential's, and bounded as events waiting
+// for their own budget are.
+func sleepAside(ctx context.Context, a *attempt, d time.Duration, retrying bool) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
-	back := a.d.Aside(true)
+	back := a.d.Aside(retrying)
 	defer back()
 	return throttle.Sleep(ctx, d)
 }
+
+// apiWide reports whether trouble with a's credential is every event's:
+// with a single credential; not with a credentials file, where a refused
+// credential makes only its own accounts wait (SPEC §6).
+func (a *attempt) apiWide() bool { return a.route.Gate == nil }
 
 // reroute looks the account's route up again before a call: a reload of
 // the credentials file that moved the account to another credential moves

@@ -273,10 +273,14 @@ func (r *Routes) Turn(shared *throttle.Gate, p int) func(ctx context.Context, ac
 // pauses them, for its Retry-After or, without one, for pause; a
 // Retry-After on any other answer holds them, and so does a Ratelimit
 // header with nothing left, until its reset. The gate caps each at 5
-// minutes.
-func Heed(g *throttle.Gate, answer *cloudflare.Response, pause time.Duration) {
+// minutes. A quota the answer states (Ratelimit-Policy) lower than the
+// budget's rate lowers it (SPEC §6), reported by lowered.
+func Heed(g *throttle.Gate, answer *cloudflare.Response, pause time.Duration) (lowered bool) {
 	if answer == nil || g == nil {
-		return
+		return false
+	}
+	if answer.Policy.Known {
+		lowered = g.Quota(answer.Policy.PerSecond())
 	}
 	switch {
 	case answer.Status == http.StatusTooManyRequests:
@@ -290,6 +294,7 @@ func Heed(g *throttle.Gate, answer *cloudflare.Response, pause time.Duration) {
 	if rl := answer.RateLimit; rl.Known && rl.Remaining == 0 && rl.Reset > 0 {
 		g.Hold(rl.Reset, throttle.CauseRateHeader)
 	}
+	return lowered
 }
 
 // Close stops every budget's gate.
@@ -396,10 +401,11 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 	})
 	order.applying.Lock()
 	defer order.applying.Unlock()
-	if err == nil && ctx.Err() == nil {
+	if err == nil && ctx.Err() == nil && Heed(b.gate, v.Response, r.pause) {
 		// Whatever it says of the credential, a hold its answer asks
-		// for holds the budget.
-		Heed(b.gate, v.Response, r.pause)
+		// for holds the budget, and a lower quota it states paces it.
+		r.log.Warn("the API states a lower quota than the budget's rate; calls are spaced to it",
+			zap.String("budget", c.Budget), zap.Float64("rate", r.rateOf(b)), zap.Float64("quota_per_second", v.Policy.PerSecond()))
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -428,12 +434,6 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 		ready.Update(cond, "")
 		order.applied = ticket
 		r.log.Info("credential accepted", zap.String("credential", c.Name), zap.String("check", v.Endpoint))
-		// As the worker does on every answer: the budget follows the
-		// quota where it is lower than its rate.
-		if q := v.Policy.PerSecond(); v.Policy.Known && b.gate.Quota(q) {
-			r.log.Warn("the API states a lower quota than the budget's rate; calls are spaced to it",
-				zap.String("budget", c.Budget), zap.Float64("rate", r.rateOf(b)), zap.Float64("quota_per_second", q))
-		}
 	}
 }
 

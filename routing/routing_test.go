@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/credentials"
 	"github.com/revoker/revoker/metrics"
@@ -497,18 +498,57 @@ func TestCheckQuotaLowersTheBudgetsRate(t *testing.T) {
 		w.Header().Set("Ratelimit-Policy", `"default";q=1;w=1`)
 		_, _ = io.WriteString(w, active)
 	})
+	if d, want := fourCalls(t, rt.Gate), 2*throttle.Interval(1); d < want {
+		t.Errorf("4 calls of the budget within %v after its check stated a quota of 1 a second, want them %v apart at least", d, want)
+	}
+}
+
+// fourCalls is how long four permits of g took, from the first.
+func fourCalls(t *testing.T, g *throttle.Gate) time.Duration {
+	t.Helper()
 	var at []time.Time
 	for range 4 {
-		pm, err := rt.Gate.Acquire(context.Background(), 0)
+		pm, err := g.Acquire(context.Background(), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		at = append(at, time.Now())
 		pm.Release()
 	}
-	if d, want := at[3].Sub(at[0]), 2*throttle.Interval(1); d < want {
-		t.Errorf("4 calls of the budget within %v after its check stated a quota of 1 a second, want them %v apart at least", d, want)
-	}
+	return at[3].Sub(at[0])
+}
+
+// TestEveryAnswersQuotaLowersTheBudgetsRate: the quota stated by any
+// answer charged to a budget lowers it, not only an accepted check's: a
+// refused check's (it is an answer of the API all the same) and the key
+// list of the periodic verify (SPEC §6).
+func TestEveryAnswersQuotaLowersTheBudgetsRate(t *testing.T) {
+	quota := cloudflare.RatePolicy{Known: true, Quota: 1, Window: time.Second}
+	t.Run("refused check", func(t *testing.T) {
+		rt := routeChecked(t, 10, func(w http.ResponseWriter, req *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Ratelimit-Policy", `"default";q=1;w=1`)
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"success":false,"errors":[{"code":1000,"message":"Invalid API Token"}],"messages":[],"result":null}`)
+		})
+		if d, want := fourCalls(t, rt.Gate), 2*throttle.Interval(1); d < want {
+			t.Errorf("4 calls within %v after a refused check stated a quota of 1 a second, want them %v apart at least", d, want)
+		}
+	})
+	t.Run("periodic key list", func(t *testing.T) {
+		r, _, _ := checkedRoutes(t, "http://127.0.0.1:1", 10)
+		shared := throttle.New(throttle.Config{Priorities: 1, Concurrency: 4})
+		t.Cleanup(shared.Close)
+		release, err := r.Turn(shared, 0)(context.Background(), "acct1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		release(&cloudflare.Response{Status: 200, Policy: quota})
+		rt, _ := r.Route("acct1")
+		if d, want := fourCalls(t, rt.Gate), 2*throttle.Interval(1); d < want {
+			t.Errorf("4 calls within %v after a key list stated a quota of 1 a second, want them %v apart at least", d, want)
+		}
+	})
 }
 
 // TestRouteIdentityFollowsTheSecret: a reload that gives a credential

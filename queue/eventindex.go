@@ -56,7 +56,14 @@ type indexEntry struct {
 	StoredAt  time.Time `json:"stored_at,omitzero"`
 	// StoredAfter: Published.StoredAfter.
 	StoredAfter time.Time `json:"stored_after,omitzero"`
+	// Several: the id was stored for more than one event within the
+	// index's day (ids can be reused): it names none of them alone.
+	Several bool `json:"several,omitempty"`
 }
+
+// ErrSeveralEvents is Find's answer for an id stored for more than one
+// event within the index's day: an id alone proves nothing (SPEC §5a).
+var ErrSeveralEvents = errors.New("more than one event was stored under this id")
 
 // indexKey is an id's key: ids may hold what keys may not.
 func indexKey(id string) string {
@@ -64,23 +71,51 @@ func indexKey(id string) string {
 	return "id." + hex.EncodeToString(sum[:16])
 }
 
-// Remember notes where p is, under its event id.
+// Remember notes where p is, under its event id. An id already noted for
+// another event is marked as naming several, for as long as the entry
+// lives: Find then names neither. A compare-and-swap, so two replicas
+// noting one id at once cannot hide each other's event.
 func (x *EventIndex) Remember(ctx context.Context, p Published) error {
 	kv, err := x.kv.Get(ctx)
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(indexEntry{EventID: p.EventID, AccountID: p.AccountID, KeyID: p.KeyID,
-		Subject: p.Subject, Stream: p.Stream, Sequence: p.Sequence, StoredAt: p.StoredAt, StoredAfter: p.StoredAfter})
-	if err != nil {
-		return err
+	v := indexEntry{EventID: p.EventID, AccountID: p.AccountID, KeyID: p.KeyID,
+		Subject: p.Subject, Stream: p.Stream, Sequence: p.Sequence, StoredAt: p.StoredAt, StoredAfter: p.StoredAfter}
+	key := indexKey(p.EventID)
+	for try := 0; ; try++ {
+		e, err := kv.Get(ctx, key)
+		var rev uint64
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			rev = e.Revision()
+			var old indexEntry
+			if json.Unmarshal(e.Value(), &old) == nil && old.EventID == p.EventID &&
+				(old.Several || old.Stream != v.Stream || old.Sequence != v.Sequence) {
+				v.Several = true
+			}
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		if rev == 0 {
+			_, err = kv.Create(ctx, key, b)
+		} else {
+			_, err = kv.Update(ctx, key, b, rev)
+		}
+		if err == nil || try == 3 || !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !wrongLastSequence(err) {
+			return err
+		}
 	}
-	_, err = kv.Put(ctx, indexKey(p.EventID), b)
-	return err
 }
 
 // Find returns where the event with id was stored through the service in
-// the last day; found is false when the index knows of none.
+// the last day; found is false when the index knows of none, and the
+// error ErrSeveralEvents when it knows of more than one.
 func (x *EventIndex) Find(ctx context.Context, id string) (p Published, found bool, err error) {
 	kv, err := x.kv.Get(ctx)
 	if err != nil {
@@ -98,6 +133,9 @@ func (x *EventIndex) Find(ctx context.Context, id string) (p Published, found bo
 		!cloudflare.ValidIdentifier(v.AccountID) || !cloudflare.ValidIdentifier(v.KeyID) {
 		x.log.Warn("an event index entry does not name a stored event; not believed", zap.String("key", e.Key()))
 		return p, false, nil
+	}
+	if v.Several {
+		return p, false, ErrSeveralEvents
 	}
 	return Published{EventID: v.EventID, AccountID: v.AccountID, KeyID: v.KeyID, Subject: v.Subject,
 		Stream: v.Stream, Sequence: v.Sequence, StoredAt: v.StoredAt, StoredAfter: v.StoredAfter}, true, nil

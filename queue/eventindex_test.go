@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -56,5 +57,37 @@ func TestEventIndexBelievesOnlyWhatNamesTheID(t *testing.T) {
 		if got, found, err := x.Find(ctx, "planted"); err != nil || found {
 			t.Errorf("%s: Find believed %+v (err %v)", name, got, err)
 		}
+	}
+}
+
+// An id stored again for another event within the index's day names
+// neither alone (ids can be reused; SPEC §5a): Find says so rather than
+// answer for the last one. The same event noted again is still found.
+func TestEventIndexIDOfSeveralEventsNamesNone(t *testing.T) {
+	_, _, js := queuetest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	x := queue.NewEventIndex(js, "REVOCATIONS", 1, true, zap.NewNop())
+	first := queue.Published{EventID: "X-incident", AccountID: "other", KeyID: "victim", Stream: "REVOCATIONS", Sequence: 1}
+	for range 2 { // a retried request: the same event
+		if err := x.Remember(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, found, err := x.Find(ctx, "X-incident"); err != nil || !found || got.Sequence != 1 {
+		t.Fatalf("Find = %+v, %v, %v; want the one event", got, found, err)
+	}
+	reused := queue.Published{EventID: "X-incident", AccountID: "acct1", KeyID: "bait", Stream: "REVOCATIONS", Sequence: 2}
+	if err := x.Remember(ctx, reused); err != nil {
+		t.Fatal(err)
+	}
+	if got, found, err := x.Find(ctx, "X-incident"); !errors.Is(err, queue.ErrSeveralEvents) || found {
+		t.Fatalf("Find of a reused id = %+v, %v, %v; want ErrSeveralEvents", got, found, err)
+	}
+	if err := x.Remember(ctx, first); err != nil { // and it stays so
+		t.Fatal(err)
+	}
+	if _, _, err := x.Find(ctx, "X-incident"); !errors.Is(err, queue.ErrSeveralEvents) {
+		t.Fatalf("Find after the first event was noted again: %v; want ErrSeveralEvents", err)
 	}
 }

@@ -475,6 +475,8 @@ func (s *Service) status(req micro.Request) {
 			defer cancel()
 			p, found, err := s.cfg.Index.Find(ctx, r.EventID)
 			switch {
+			case errors.Is(err, queue.ErrSeveralEvents):
+				s.fail(req, 409, "more than one event was stored under this id in the last %s: give account_id and key_id, or stream and sequence", queue.EventIndexTTL)
 			case err != nil:
 				s.cfg.Log.Warn("service: the event index cannot be read", zap.Error(err))
 				s.fail(req, 503, "the event index cannot be read: try again")

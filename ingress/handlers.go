@@ -359,7 +359,7 @@ func (s *Server) getRevocation(w http.ResponseWriter, r *http.Request, c *call) 
 		s.fail(w, c, problem(KindUnavailable, "the ingress bucket cannot be read: try again").retry(retryUnavailable))
 		return
 	case !found || e.Caller != c.caller.Name:
-		s.fail(w, c, problem(KindNotFound, "no event of this caller has this id (ids are kept 24 hours)"))
+		s.fail(w, c, problem(KindNotFound, "no event of this caller has this id (ids are kept 90 days, as records are)"))
 		return
 	}
 	if e.TraceID != "" {

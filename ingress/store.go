@@ -20,10 +20,13 @@ import (
 )
 
 // The ingress's key-value bucket: one entry per event it stored, for the
-// idempotency of repeats and for GET /v1/revocations/{id}.
+// idempotency of repeats and for GET /v1/revocations/{id}. Entries live as
+// long as the trail keeps records: an event's Location answers its record
+// as long as there is one (SPEC §11), and repeats are answered for longer
+// than the 24 hours asked.
 const (
 	Bucket    = "revoker_ingress"
-	BucketTTL = 24 * time.Hour
+	BucketTTL = queue.OutcomeMaxAge
 	// StaleClaim is how long a "storing" claim that names no end (one
 	// written before claims did) holds off others: a replica that died
 	// while storing must not block its event's id for a day.
@@ -234,7 +237,7 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 			return entry{}, problem(KindIDTaken, "the idempotency key names an entry this request cannot use: use another key")
 		}
 		if first.BodySHA256 != claim.BodySHA256 {
-			return entry{}, problem(KindKeyReused, "this idempotency key was used with another body within 24 hours: use another key")
+			return entry{}, problem(KindKeyReused, "this idempotency key was used with another body: use another key")
 		}
 		if first.State == stateStored {
 			first.repeat = true
@@ -391,8 +394,8 @@ func (s *Server) recorded(ctx context.Context, claim entry) (entry, bool) {
 	// From the first try to the end of the duplicate window of the last
 	// (a request taking the claim over may have stored it later), give or
 	// take clockMargin: the claim's times are its replicas' clocks, the
-	// record's the server's. An older event under a reused key is a day
-	// older at least: its entry held the key that long.
+	// record's the server's. An older event under a reused key is older
+	// by BucketTTL at least: its entry held the key that long.
 	from := claim.Tried.Add(-clockMargin)
 	last := claim.Until
 	if last.Before(claim.Tried) {

@@ -617,3 +617,13 @@ func TestUnmarkedClaimTakenOverFromTheTrail(t *testing.T) {
 		t.Fatalf("repeat answered %d %s: want the event at sequence 1, not stored again", again.StatusCode, again.body)
 	}
 }
+
+// TestEntriesLiveAsLongAsRecords: GET /v1/revocations/{id} answers the
+// event's record once there is one (SPEC §11), and the trail keeps records
+// 90 days: the entry that finds the event must live as long, or a caller
+// polling its Location after a day is told no such event exists.
+func TestEntriesLiveAsLongAsRecords(t *testing.T) {
+	if got := BucketConfig(1).TTL; got < queue.OutcomeMaxAge {
+		t.Fatalf("ingress entries live %v, records %v", got, queue.OutcomeMaxAge)
+	}
+}

@@ -280,9 +280,15 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 	case err == nil:
 		// Read as the worker will read it: the same body under another
 		// Content-Type (a CloudEvent) is another event.
-		stored, err := event.DecodeMessage(HeaderFold(m.header(), "Content-Type"), m.Data)
+		h := m.header()
+		stored, err := event.DecodeMessage(HeaderFold(h, "Content-Type"), m.Data)
 		same = err == nil && stored.AccountID == p.AccountID && stored.KeyID == p.KeyID && m.Subject == p.Subject
 		p.StoredAt = m.Time
+		// The event is in the trace it was stored with, not this
+		// publish's (SPEC §13: the trace id printed is the event's).
+		if id := tracing.TraceID(tracing.Extract(context.Background(), tracing.HeaderGetter(h))); id != "" {
+			p.TraceID = id
+		}
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
 		return unverified("reading it back", err)
 	case c.OutcomePrefix == "":
@@ -302,6 +308,9 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 			return unverified("it is done, and reading its outcome record", rerr)
 		}
 		same = recorded && rec.Subject == p.Subject
+		if rec.TraceID != "" {
+			p.TraceID = rec.TraceID
+		}
 	}
 	if !same {
 		return fmt.Errorf("%w: id %s was used for the event at sequence %d of %s (another key, or another subject) within the duplicate window; %s/%s was NOT published to %s: use another id",

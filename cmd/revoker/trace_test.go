@@ -43,3 +43,26 @@ func TestPublishCarriesATrace(t *testing.T) {
 		t.Fatalf("record trace_id %q, publish printed %q", o.TraceID, m[1])
 	}
 }
+
+// TestDuplicatePublishPrintsTheEventsTrace: a second `publish --id X` of
+// the same event is dropped by the stream as a duplicate; the trace id it
+// prints is the stored event's, the one its records carry (SPEC §13), not
+// a fresh one nothing carries.
+func TestDuplicatePublishPrintsTheEventsTrace(t *testing.T) {
+	s := hStack(t, nil)
+	s.ensure()
+	first := s.run("publish", "--account", "acct", "--key", "dupkey", "--id", "incident-dup-1")
+	first.want(t, exitOK, "published")
+	second := s.run("publish", "--account", "acct", "--key", "dupkey", "--id", "incident-dup-1")
+	second.want(t, exitOK, "published")
+	m1, m2 := printedTrace.FindStringSubmatch(first.stdout), printedTrace.FindStringSubmatch(second.stdout)
+	if m1 == nil || m2 == nil {
+		t.Fatalf("no trace printed:\n%s\n%s", first.stdout, second.stdout)
+	}
+	if s.msgs(s.cfg().Stream) != 1 {
+		t.Fatalf("the work stream holds %d events, want the one", s.msgs(s.cfg().Stream))
+	}
+	if m2[1] != m1[1] {
+		t.Fatalf("the duplicate publish printed trace %s; the one stored event is in trace %s", m2[1], m1[1])
+	}
+}

@@ -107,10 +107,52 @@ func (x *EventIndex) Remember(ctx context.Context, p Published) error {
 		} else {
 			_, err = kv.Update(ctx, key, b, rev)
 		}
-		if err == nil || try == 3 || !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !wrongLastSequence(err) {
+		if err != nil && try < 3 && (errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || wrongLastSequence(err)) {
+			continue
+		}
+		if err != nil {
 			return err
 		}
+		// And as its key's latest event, for revoker.status by key while
+		// the key has no record yet.
+		v.Several = false
+		b, err = json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = kv.Put(ctx, keyIndexKey(p.AccountID, p.KeyID), b)
+		return err
 	}
+}
+
+// keyIndexKey is the key of a signing key's latest event.
+func keyIndexKey(account, key string) string {
+	sum := sha256.Sum256([]byte(account + "/" + key))
+	return "key." + hex.EncodeToString(sum[:16])
+}
+
+// FindKey returns where the latest event of account's key stored through
+// the service in the last day is; found is false when the index knows of
+// none. The answer is read by stream and sequence, which name the key.
+func (x *EventIndex) FindKey(ctx context.Context, account, key string) (p Published, found bool, err error) {
+	kv, err := x.kv.Get(ctx)
+	if err != nil {
+		return p, false, err
+	}
+	e, err := kv.Get(ctx, keyIndexKey(account, key))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return p, false, nil
+	}
+	if err != nil {
+		return p, false, err
+	}
+	var v indexEntry
+	if json.Unmarshal(e.Value(), &v) != nil || v.AccountID != account || v.KeyID != key || v.Stream != x.stream || v.Sequence == 0 {
+		x.log.Warn("an event index entry does not name an event of its key; not believed", zap.String("key", e.Key()))
+		return p, false, nil
+	}
+	return Published{EventID: v.EventID, AccountID: v.AccountID, KeyID: v.KeyID, Subject: v.Subject,
+		Stream: v.Stream, Sequence: v.Sequence, StoredAt: v.StoredAt, StoredAfter: v.StoredAfter}, true, nil
 }
 
 // Find returns where the event with id was stored through the service in

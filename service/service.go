@@ -594,6 +594,16 @@ func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRe
 		recs = kept
 	}
 	rec, ok := latestBelieved(recs)
+	if !ok && r.EventID == "" && s.cfg.Index != nil {
+		// No record yet: the state of the key's latest event stored here,
+		// found by stream and sequence (SPEC §12: the record, or the state).
+		p, found, err := s.cfg.Index.FindKey(ctx, r.AccountID, r.KeyID)
+		if err == nil && found {
+			r.EventID, r.Stream, r.Sequence = p.EventID, p.Stream, p.Sequence
+			s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter)
+			return
+		}
+	}
 	if !ok {
 		s.fail(req, 404, "no outcome record of %s/%s", r.AccountID, r.KeyID)
 		return

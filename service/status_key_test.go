@@ -6,8 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/zap"
 
+	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/service"
@@ -66,5 +69,22 @@ func TestStatusOfAKeyWithALongEventID(t *testing.T) {
 	reply := s.request(service.StatusSubject, `{"account_id":"acctR","key_id":"keyL","event_id":"`+id+`"}`)
 	if code := reply.Header.Get("Nats-Service-Error-Code"); code != "" {
 		t.Fatalf("revoker.status of a revoked key, asked with its event's id, answered %s %s", code, reply.Header.Get("Nats-Service-Error"))
+	}
+}
+
+// revoker.status asked for a key with no record yet answers the state of
+// its latest event stored through revoker.revoke (SPEC §12: the believed
+// record, or the state): queued, not 404, which would invite a second
+// request.
+func TestStatusOfAKeyWhileItsEventIsQueued(t *testing.T) {
+	s := newStack(t, nil, cloudflaretest.WithLatency(5*time.Second)) // the call is in flight while asked
+	s.api.AddKey("acct1", "qkey1")
+	q := decodeQueued(t, s.request(service.RevokeSubject, evJSON("acct1", "qkey1"), jetstream.MsgIDHeader, "inc-q1"))
+	reply := s.request(service.StatusSubject, `{"account_id":"acct1","key_id":"qkey1"}`)
+	if code := serviceError(reply); code != "" {
+		t.Fatalf("status by key of the stored event %s: error %s %q; want its state", q.EventID, code, reply.Header.Get(micro.ErrorHeader))
+	}
+	if got := decodeQueued(t, reply); got.State != service.StateQueued || got.Sequence != q.Sequence || got.EventID != "inc-q1" {
+		t.Fatalf("status by key: %+v; want event inc-q1 queued at sequence %d", got, q.Sequence)
 	}
 }

@@ -116,6 +116,11 @@ func provenKeys(resp *Response, body []byte) (map[string]struct{}, string) {
 	if err != nil {
 		return nil, err.Error()
 	}
+	if len(ids) > MaxAccountKeys {
+		// More than an account holds: not the one page of every key that
+		// an absence can be read from (SPEC §1).
+		return nil, fmt.Sprintf("%d keys listed, more than an account holds (%d): not the account's whole list", len(ids), MaxAccountKeys)
+	}
 	if err := checkComplete(body, len(ids)); err != nil {
 		return nil, err.Error()
 	}

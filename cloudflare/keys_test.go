@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +37,8 @@ func TestListSigningKeys(t *testing.T) {
 		t.Fatalf("a full list is %d bytes", len(fullBody))
 	}
 	oversized := listBody("k2") + strings.Repeat(" ", cloudflare.MaxListBody)
+	// One more key than an account can hold: not the whole list of one.
+	tooMany := listBody(append(slices.Clone(full), fmt.Sprintf("%032x", 5000))...)
 
 	tests := []struct {
 		name    string
@@ -61,6 +64,7 @@ func TestListSigningKeys(t *testing.T) {
 		{name: "one page of one", status: 200, listed: true, wantEnv: true,
 			body: `{"success":true,"errors":[],"messages":[],"result":[{"id":"k2"}],"result_info":{"page":1,"per_page":1000,"count":1,"total_count":1,"total_pages":1}}`},
 		{name: "201", status: 201, body: listBody("k2"), listed: true, wantEnv: true},
+		{name: "more keys than an account holds", status: 200, body: tooMany, why: "1001 keys listed, more than an account holds (1000)", wantEnv: true},
 
 		{name: "success false", status: 200, body: `{"success":false,"errors":[{"code":10001,"message":"nope"}],"messages":[],"result":[]}`,
 			why: `"success" is false: 10001 nope`, wantEnv: true},

@@ -98,7 +98,7 @@ func verifyCmd(ctx context.Context, args []string, e env) int {
 	}
 	defer c.Close()
 
-	acquire, stop := pacedLists(budgets, budgetOf, cfg.IPRateLimit)
+	acquire, stop := pacedLists(budgets, budgetOf, cfg.IPRateLimit, cfg.RetryInitial)
 	defer stop()
 	r, err := verify.Check(ctx, verify.Config{
 		JS: c.JetStream(), Stream: cfg.OutcomeStream, Prefix: cfg.OutcomeSubject, API: api, Acquire: acquire,
@@ -171,7 +171,9 @@ func gateTurn(gate *throttle.Gate, priority int, calls prometheus.Counter, route
 // address limit as serve cuts it. A check run by hand cannot take part in
 // the replicas' shared budget (an operator may not write it), so it goes
 // no faster than one replica alone would; budgetOf names an account's.
-func pacedLists(rates map[string]float64, budgetOf func(account string) string, ip float64) (acquire func(context.Context, string) (func(*cloudflare.Response), error), stop func()) {
+// What an answer asks of its budget (a 429's pause, for pause without a
+// Retry-After; a hold; a lower quota) holds the check's next lists of it.
+func pacedLists(rates map[string]float64, budgetOf func(account string) string, ip float64, pause time.Duration) (acquire func(context.Context, string) (func(*cloudflare.Response), error), stop func()) {
 	gates := map[string]*throttle.Gate{}
 	for name, r := range rates {
 		gates[name] = throttle.New(throttle.Config{Priorities: 1, Concurrency: 1, Rate: routing.Rate(r, rates, ip)})
@@ -185,7 +187,10 @@ func pacedLists(rates map[string]float64, budgetOf func(account string) string, 
 		if err != nil {
 			return nil, err
 		}
-		return func(*cloudflare.Response) { p.Release() }, nil
+		return func(answer *cloudflare.Response) {
+			p.Release()
+			routing.Heed(g, answer, pause)
+		}, nil
 	}
 	return acquire, func() {
 		for _, g := range gates {

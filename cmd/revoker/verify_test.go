@@ -326,3 +326,41 @@ func TestVerifyWithCredentialsFile(t *testing.T) {
 		t.Errorf("%d key lists of %s, want 1", n, vAcct)
 	}
 }
+
+// TestVerifyHeedsA429OfItsBudget: `revoker verify` run by hand paces each
+// budget's key lists itself, and a 429 on one list holds its budget's
+// next for the Retry-After, as serve's check and the worker do (SPEC §6:
+// key lists are calls of their credential's budget; §4: a 429 pauses
+// every call sharing the credential).
+func TestVerifyHeedsA429OfItsBudget(t *testing.T) {
+	s := vStack(t)
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(hToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "credentials.yaml")
+	body := "credentials:\n  - name: ops\n    token_file: " + tokenFile + "\n    accounts: [" + vAcct + ", " + vOther + "]\n    rate: 100\n"
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	delete(s.env, "CLOUDFLARE_API_TOKEN")
+	s.env["REVOKER_CREDENTIALS_FILE"] = file
+	vRecord(t, s, vAcct, "k1", event.Record{Outcome: event.Revoked, Status: 200})
+	vRecord(t, s, vOther, "k2", event.Record{Outcome: event.Revoked, Status: 200})
+	s.api.ScriptList(vAcct, http.StatusTooManyRequests) // vAcct's list comes first
+	s.run("verify").want(t, exitFailed, vAcct)
+	var at []time.Time
+	for _, q := range s.api.Requests() {
+		if q.Method == http.MethodGet && strings.Contains(q.Path, "/stream/keys") {
+			at = append(at, q.At)
+		}
+	}
+	if len(at) != 2 {
+		t.Fatalf("%d lists, want 2", len(at))
+	}
+	// Slowness only widens the gap.
+	if gap := at[1].Sub(at[0]); gap < 900*time.Millisecond {
+		t.Fatalf("the second list of the budget went out %s after a 429 with Retry-After: 1", gap)
+	}
+}

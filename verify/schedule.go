@@ -176,8 +176,14 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 	cctx, cancel := context.WithTimeout(ctx, ttl*9/10)
 	defer cancel()
 	r, err := Check(cctx, s.Check, "", time.Now().Add(-Window))
-	if err != nil {
+	switch {
+	case err != nil && (ctx.Err() != nil || r.Checked == 0 && len(r.Failed) == 0):
 		return false, fmt.Errorf("check: %w", err)
+	case err != nil:
+		// Out of the lease's time: what was judged is reported, and
+		// counted; the accounts not reached are among the failed.
+		s.Log.Warn("verify: the check ran out of its lease's time; the accounts it did not reach are not judged",
+			zap.Duration("lease", ttl), zap.Error(err))
 	}
 	for _, c := range r.StillListed {
 		s.Log.Error("verify: the trail says this key is gone, but its account still lists it",

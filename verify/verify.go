@@ -94,8 +94,10 @@ func (r Report) Proven() bool {
 // says are gone. The records are read before any list is fetched, so every
 // record was stored before its list was asked for, and every key is judged
 // by it, whatever the time a record says it completed (the clock of the
-// worker that wrote it may be ahead of this one). It returns an error only
-// when the trail cannot be read.
+// worker that wrote it may be ahead of this one). It returns an error when
+// the trail cannot be read (and an empty report), or when ctx ended
+// before every account's list (and what was judged, the accounts not
+// reached among the failed).
 func Check(ctx context.Context, cfg Config, account string, since time.Time) (Report, error) {
 	var r Report
 	claims, err := Claims(ctx, cfg.JS, cfg.Stream, cfg.Prefix, account, since, func(s queue.Stray) { r.Strays = append(r.Strays, s) })
@@ -110,8 +112,12 @@ func Check(ctx context.Context, cfg Config, account string, since time.Time) (Re
 		}
 		byAccount[c.AccountID] = append(byAccount[c.AccountID], c)
 	}
-	for _, acct := range accounts {
+	for i, acct := range accounts {
 		if err := ctx.Err(); err != nil {
+			// What was judged stands; the rest is not proven gone.
+			for _, rest := range accounts[i:] {
+				r.Failed = append(r.Failed, Failure{AccountID: rest, Why: "not reached before the check's time ran out: " + err.Error()})
+			}
 			return r, err
 		}
 		list, why := fetch(ctx, cfg, acct)

@@ -348,3 +348,51 @@ func TestVerifyScheduledCountsAListedKeyRecordedAhead(t *testing.T) {
 			ran, r.lists(), v, logs.Len(), acct)
 	}
 }
+
+// TestCheckOutOfTimeReportsWhatItJudged: a scheduled check that runs out
+// of its lease's time before every account's list still reports the keys
+// it found still listed (logged, counted in revoker_keys_still_listed),
+// and counts the accounts it did not reach as failed, rather than
+// dropping all it learned, again at every tick (SPEC §7, §8).
+func TestCheckOutOfTimeReportsWhatItJudged(t *testing.T) {
+	// Accounts are listed in order: acct, then slow (answered too late),
+	// then last (never reached).
+	const slow, last = "9a7806061c88ada191ed06f989cc3dac", "ffffffffffffffffffffffffffffffff"
+	held := make(chan struct{})
+	r := newRig(t, cloudflaretest.WithResponder(func(q cloudflaretest.Request) (int, http.Header, string, bool) {
+		if q.Method == http.MethodGet && q.AccountID == slow {
+			<-held
+		}
+		return 0, nil, "", false
+	}))
+	t.Cleanup(func() { close(held) }) // before the stand-in closes, which waits for its handlers
+	r.api.KeepListed(acct, "alive")
+	r.record(acct, "alive", event.NotFound)
+	r.record(slow, "k", event.Revoked)
+	r.record(last, "k", event.Revoked)
+	s, g := r.schedule("a", time.Nanosecond)
+	s.LeaseTTL = 3 * time.Second // the check has 2.7 s; slow's list never answers in them
+	core, logs := observer.New(zap.InfoLevel)
+	s.Log = zap.New(core)
+	var ran bool
+	var err error
+	for i := 0; i < 3 && !ran && err == nil; i++ { // the first tick only notes when checks began
+		ran, err = s.Tick(testCtx(t))
+	}
+	if !ran || err != nil {
+		t.Fatalf("ran %v, err %v; want the check run and its findings reported", ran, err)
+	}
+	if v := testutil.ToFloat64(g); v != 1 {
+		t.Errorf("revoker_keys_still_listed %v, want 1: alive was found still listed before the time ran out", v)
+	}
+	if n := logs.FilterMessageSnippet("still lists it").Len(); n != 1 {
+		t.Errorf("%d lines naming the key still listed, want 1", n)
+	}
+	var failed []any
+	for _, e := range logs.FilterMessageSnippet("could not be fetched").All() {
+		failed = append(failed, e.ContextMap()["account"])
+	}
+	if len(failed) != 2 || failed[0] != slow || failed[1] != last {
+		t.Errorf("failed accounts logged: %v; want %s (too late) and %s (not reached)", failed, slow, last)
+	}
+}

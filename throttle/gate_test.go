@@ -255,8 +255,10 @@ func TestGateFollowLowersTheRate(t *testing.T) {
 	times := []time.Time{acquire(), acquire(), acquire(), acquire()}
 	want := throttle.Interval(4)
 	// On the limiter's schedule: a permit seen late may come nearer the
-	// next, never two together, never the whole run ahead of it.
-	if span := times[len(times)-1].Sub(times[0]); span < time.Duration(len(times)-1)*want-time.Millisecond {
+	// next, never two together, never the whole run ahead of it. The first
+	// may be seen late by half an interval on a loaded machine (CI saw
+	// 764 ms for 765 once); followed only once, the run would take 295 ms.
+	if span := times[len(times)-1].Sub(times[0]); span < time.Duration(len(times)-1)*want-want/2 {
 		t.Errorf("%d permits in %v after a quota of 4/s, want at least %v", len(times), span, time.Duration(len(times)-1)*want)
 	}
 	for i := 1; i < len(times); i++ {

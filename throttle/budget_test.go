@@ -257,7 +257,9 @@ func TestSharedBudgetSpacesEveryReplicasPermits(t *testing.T) {
 	for _, s := range starts {
 		first, last = minTime(first, s), maxTime(last, s)
 	}
-	if first.Before(slots[0]) || last.Sub(first) < 29*interval-time.Millisecond {
+	// (The first start may be seen late, by up to half an interval on a
+	// loaded runner.)
+	if first.Before(slots[0]) || last.Sub(first) < 29*interval-interval/2 {
 		t.Fatalf("30 permits span %v, want at least %v", last.Sub(first), 29*interval)
 	}
 }

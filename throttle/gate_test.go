@@ -113,7 +113,9 @@ func TestGateRateSpacesPermits(t *testing.T) {
 	// so N a second is never N at once. A late wake-up may bring one permit
 	// nearer the next, never two together, and never ahead of schedule.
 	interval := time.Duration(float64(time.Second) / rate)
-	if span := times[len(times)-1].Sub(times[0]); span < time.Duration(len(times)-1)*interval-time.Millisecond {
+	// The first may be seen late, by up to half an interval on a loaded
+	// runner.
+	if span := times[len(times)-1].Sub(times[0]); span < time.Duration(len(times)-1)*interval-interval/2 {
 		t.Errorf("%d permits in %v, want at least %v", len(times), span, time.Duration(len(times)-1)*interval)
 	}
 	for i := 1; i < len(times); i++ {

@@ -22,6 +22,7 @@ const Bucket = "revoker_verify"
 const (
 	leaseKey = "lease"
 	lastKey  = "last"
+	clockKey = "clock" // written to learn the server's time
 )
 
 // Window is what a scheduled check covers: a signed URL lives at most
@@ -142,6 +143,7 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 	rev, err := kv.Create(ctx, leaseKey, []byte(untrusted.Line(s.Replica, 256)), jetstream.KeyTTL(ttl))
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		s.export(ctx, kv) // another replica checks; show what the last check found
+		s.dropStaleLease(ctx, kv, ttl)
 		return false, nil
 	}
 	if err != nil {
@@ -208,6 +210,32 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 	s.Log.Info("verify: check done", zap.Int("checked", r.Checked), zap.Int("still_listed", listed),
 		zap.Int("failed_accounts", len(r.Failed)))
 	return true, nil
+}
+
+// dropStaleLease removes a lease older than any a replica writes could
+// be: each is written with the lease's TTL and expires by then, so one
+// that outlived it was not written so (by hand, an older build, a
+// restore), and would stop every check for ever (SPEC §4, "The proof",
+// point 8: what is read from shared state is held to what the worker
+// could have written). Its age is judged on the server's clock: a probe
+// written now says what time it is there. The next tick takes the lease.
+func (s *Schedule) dropStaleLease(ctx context.Context, kv jetstream.KeyValue, ttl time.Duration) {
+	lease, err := kv.Get(ctx, leaseKey)
+	if err != nil {
+		return
+	}
+	rev, err := kv.Put(ctx, clockKey, nil)
+	if err != nil {
+		return
+	}
+	now, err := kv.GetRevision(ctx, clockKey, rev)
+	if err != nil || now.Created().Sub(lease.Created()) <= ttl+ttl/2 {
+		return
+	}
+	if err := kv.Delete(ctx, leaseKey, jetstream.LastRevision(lease.Revision())); err == nil {
+		s.Log.Warn("verify: removed a lease older than any a replica writes; the next check takes it",
+			zap.Duration("age", now.Created().Sub(lease.Created()).Round(time.Second)), zap.Duration("lease_ttl", ttl))
+	}
 }
 
 // export sets the gauge to the count of the last check any replica ran,

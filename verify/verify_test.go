@@ -396,3 +396,34 @@ func TestCheckOutOfTimeReportsWhatItJudged(t *testing.T) {
 		t.Errorf("failed accounts logged: %v; want %s (too late) and %s (not reached)", failed, slow, last)
 	}
 }
+
+// TestLeaseOutlivingItsTTLIsTakenOver: a lease entry older than any a
+// replica writes (each is written with the lease's TTL, and expires by
+// then) — one made by hand, or restored, without a TTL — does not stop
+// the scheduled check for ever: it is removed, by the server's clock, and
+// the check runs (SPEC §4, "The proof", point 8).
+func TestLeaseOutlivingItsTTLIsTakenOver(t *testing.T) {
+	r := newRig(t)
+	r.api.KeepListed(acct, "alive")
+	r.record(acct, "alive", event.NotFound)
+	ctx := testCtx(t)
+	s, g := r.schedule("a", time.Nanosecond)
+	s.LeaseTTL = time.Second
+	if _, err := s.Tick(ctx); err != nil { // makes the bucket, notes when checks began
+		t.Fatal(err)
+	}
+	kv, err := r.js.KeyValue(ctx, verify.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, "lease", []byte("stale")); err != nil { // no TTL
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 15*time.Second, "the stale lease taken over and a check run", func() bool {
+		ran, err := s.Tick(ctx)
+		return err == nil && ran
+	})
+	if v := testutil.ToFloat64(g); v != 1 {
+		t.Errorf("revoker_keys_still_listed %v after the check, want 1 (alive is still listed)", v)
+	}
+}

@@ -135,52 +135,53 @@ func keyIndexKey(account, key string) string {
 // the service in the last day is; found is false when the index knows of
 // none. The answer is read by stream and sequence, which name the key.
 func (x *EventIndex) FindKey(ctx context.Context, account, key string) (p Published, found bool, err error) {
-	kv, err := x.kv.Get(ctx)
-	if err != nil {
-		return p, false, err
-	}
-	e, err := kv.Get(ctx, keyIndexKey(account, key))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return p, false, nil
-	}
-	if err != nil {
-		return p, false, err
-	}
-	var v indexEntry
-	if json.Unmarshal(e.Value(), &v) != nil || v.AccountID != account || v.KeyID != key || v.Stream != x.stream || v.Sequence == 0 {
-		x.log.Warn("an event index entry does not name an event of its key; not believed", zap.String("key", e.Key()))
-		return p, false, nil
-	}
-	return Published{EventID: v.EventID, AccountID: v.AccountID, KeyID: v.KeyID, Subject: v.Subject,
-		Stream: v.Stream, Sequence: v.Sequence, StoredAt: v.StoredAt, StoredAfter: v.StoredAfter}, true, nil
+	v, found, err := x.read(ctx, keyIndexKey(account, key), func(v indexEntry) bool {
+		return v.AccountID == account && v.KeyID == key
+	})
+	return v.published(), found, err
 }
 
 // Find returns where the event with id was stored through the service in
 // the last day; found is false when the index knows of none, and the
 // error ErrSeveralEvents when it knows of more than one.
 func (x *EventIndex) Find(ctx context.Context, id string) (p Published, found bool, err error) {
-	kv, err := x.kv.Get(ctx)
-	if err != nil {
-		return p, false, err
-	}
-	e, err := kv.Get(ctx, indexKey(id))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return p, false, nil
-	}
-	if err != nil {
-		return p, false, err
-	}
-	var v indexEntry
-	if json.Unmarshal(e.Value(), &v) != nil || v.EventID != id || v.Stream != x.stream || v.Sequence == 0 ||
-		!cloudflare.ValidIdentifier(v.AccountID) || !cloudflare.ValidIdentifier(v.KeyID) {
-		x.log.Warn("an event index entry does not name a stored event; not believed", zap.String("key", e.Key()))
-		return p, false, nil
-	}
-	if v.Several {
+	v, found, err := x.read(ctx, indexKey(id), func(v indexEntry) bool {
+		return v.EventID == id && cloudflare.ValidIdentifier(v.AccountID) && cloudflare.ValidIdentifier(v.KeyID)
+	})
+	if found && v.Several {
 		return p, false, ErrSeveralEvents
 	}
+	return v.published(), found, err
+}
+
+// read is the entry under key, believed only where it names an event of
+// the work stream and names what it is kept for (names).
+func (x *EventIndex) read(ctx context.Context, key string, names func(indexEntry) bool) (v indexEntry, found bool, err error) {
+	kv, err := x.kv.Get(ctx)
+	if err != nil {
+		return v, false, err
+	}
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return v, false, nil
+	}
+	if err != nil {
+		return v, false, err
+	}
+	if json.Unmarshal(e.Value(), &v) != nil || v.Stream != x.stream || v.Sequence == 0 || !names(v) {
+		x.log.Warn("an event index entry does not name what it is kept for; not believed", zap.String("key", e.Key()))
+		return indexEntry{}, false, nil
+	}
+	return v, true, nil
+}
+
+// published is where v says its event is.
+func (v indexEntry) published() Published {
+	if v.Sequence == 0 {
+		return Published{}
+	}
 	return Published{EventID: v.EventID, AccountID: v.AccountID, KeyID: v.KeyID, Subject: v.Subject,
-		Stream: v.Stream, Sequence: v.Sequence, StoredAt: v.StoredAt, StoredAfter: v.StoredAfter}, true, nil
+		Stream: v.Stream, Sequence: v.Sequence, StoredAt: v.StoredAt, StoredAfter: v.StoredAfter}
 }
 
 // NewEventIndex is the index of the events of stream, in a bucket of

@@ -297,23 +297,30 @@ func TestVerifyServeExportsStillListed(t *testing.T) {
 	}
 }
 
-// TestVerifyWithCredentialsFile: with only a credentials file (no single
-// credential), verify lists each account with the credential the file
-// names for it, as serve calls.
-func TestVerifyWithCredentialsFile(t *testing.T) {
-	s := vStack(t)
+// vCredentials gives s a credentials file in place of its single token:
+// one credential, entry (%s is its token file, which holds the token the
+// stand-in takes).
+func vCredentials(t *testing.T, s *stack, entry string) {
+	t.Helper()
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "token")
 	if err := os.WriteFile(tokenFile, []byte(hToken), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(dir, "credentials.yaml")
-	body := "credentials:\n  - name: media-eu\n    token_file: " + tokenFile + "\n    accounts: [" + vAcct + "]\n"
-	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte("credentials:\n"+fmt.Sprintf(entry, tokenFile)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	delete(s.env, "CLOUDFLARE_API_TOKEN")
 	s.env["REVOKER_CREDENTIALS_FILE"] = file
+}
+
+// TestVerifyWithCredentialsFile: with only a credentials file (no single
+// credential), verify lists each account with the credential the file
+// names for it, as serve calls.
+func TestVerifyWithCredentialsFile(t *testing.T) {
+	s := vStack(t)
+	vCredentials(t, s, "  - name: media-eu\n    token_file: %s\n    accounts: ["+vAcct+"]\n")
 	s.api.AddKey(vAcct, "alive1")
 	vRecord(t, s, vAcct, "alive1", event.Record{Outcome: event.Revoked, Status: 200})
 
@@ -334,18 +341,7 @@ func TestVerifyWithCredentialsFile(t *testing.T) {
 // every call sharing the credential).
 func TestVerifyHeedsA429OfItsBudget(t *testing.T) {
 	s := vStack(t)
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte(hToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, "credentials.yaml")
-	body := "credentials:\n  - name: ops\n    token_file: " + tokenFile + "\n    accounts: [" + vAcct + ", " + vOther + "]\n    rate: 100\n"
-	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	delete(s.env, "CLOUDFLARE_API_TOKEN")
-	s.env["REVOKER_CREDENTIALS_FILE"] = file
+	vCredentials(t, s, "  - name: ops\n    token_file: %s\n    accounts: ["+vAcct+", "+vOther+"]\n    rate: 100\n")
 	vRecord(t, s, vAcct, "k1", event.Record{Outcome: event.Revoked, Status: 200})
 	vRecord(t, s, vOther, "k2", event.Record{Outcome: event.Revoked, Status: 200})
 	s.api.ScriptList(vAcct, http.StatusTooManyRequests) // vAcct's list comes first

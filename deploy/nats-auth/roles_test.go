@@ -18,6 +18,7 @@ import (
 	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/queue/queuetest"
 )
 
 // inboxOf is each role's REVOKER_NATS_INBOX_PREFIX, as README.md gives it.
@@ -557,6 +558,71 @@ func TestRepliesNeverReachTheWorkersState(t *testing.T) {
 		}
 		if got := lastSeq(target.stream); got != want {
 			t.Errorf("%s stored %d messages, want %d: answers to other roles were stored there", target.stream, got, want)
+		}
+	}
+}
+
+// TestAckSubjectsAsRepliesRefused: the server does not give a reply
+// subject under $JS.ACK. a subject of its own when a request crosses
+// accounts, so an answer there could settle the worker's delivery. The
+// server refuses such a request from any client, as a reserved reply, and
+// the delivery stays the worker's. The shipped permissions rely on that.
+func TestAckSubjectsAsRepliesRefused(t *testing.T) {
+	srv, _ := startServer(t)
+	ctx := t.Context()
+	w := connectAs(t, srv, "worker")
+	topo := createTopology(ctx, t, w)
+	if _, err := w.nc.Subscribe("revoker.status", func(m *nats.Msg) { _ = m.Respond([]byte(`{"state":"unknown"}`)) }); err != nil {
+		t.Fatal(err)
+	}
+	const event = `{"account_id":"a1","key_id":"k1"}`
+	if _, err := w.js.Publish(ctx, "revoke.urgent", []byte(event)); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := w.js.Consumer(ctx, topo.Stream, topo.Durable("revoke.urgent")) // made with the streams
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := <-batch.Messages()
+	if msg == nil {
+		t.Fatal("no delivery to hold")
+	}
+	ack := msg.Reply()
+	if !strings.HasPrefix(ack, "$JS.ACK.") {
+		t.Fatalf("delivery's reply subject %q", ack)
+	}
+
+	requests := []struct{ user, subject, body string }{
+		{"publisher", "revoke.urgent", event},
+		{"publisher", "$JS.API.STREAM.INFO.REVOCATION_OUTCOMES", ``},
+		{"operator", "revoke.scheduled", event},
+		{"operator", "$JS.API.STREAM.MSG.GET.REVOCATIONS_DLQ", `{"seq":1}`},
+		{"service-client", "revoker.status", event},
+	}
+	for _, r := range requests {
+		c := connectAs(t, srv, r.user)
+		if err := c.nc.PublishRequest(r.subject, ack, []byte(r.body)); err != nil {
+			t.Fatal(err)
+		}
+		// Answered on its own inbox after that one: whatever the server
+		// did with the request above is done by now.
+		if _, err := c.nc.Request(r.subject, []byte(r.body), 10*time.Second); err != nil {
+			t.Fatalf("%s on %s: %v", r.user, r.subject, err)
+		}
+		// The client hears of a refusal on a goroutine of its own.
+		queuetest.Eventually(t, 10*time.Second, r.user+"'s request on "+r.subject+" with the ack subject "+ack+" as its reply refused",
+			func() bool { return c.refused.has(ack) })
+		info, err := cons.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumAckPending != 1 || info.AckFloor.Stream != 0 {
+			t.Fatalf("after %s's request on %s with the delivery's ack subject as its reply: %d pending, ack floor %d; the delivery was settled by another role",
+				r.user, r.subject, info.NumAckPending, info.AckFloor.Stream)
 		}
 	}
 }

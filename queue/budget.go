@@ -298,7 +298,10 @@ func (b *Budget) Follow(r float64) {
 	}
 	c, _ := b.cached(b.key())
 	b.mu.Lock()
-	changed := quota != c.st.Spacing && (!b.quoting || quota != b.quota)
+	// A quota waiting to be written is replaced by the last one heard,
+	// even one the entry already says: the waiting one is older, and must
+	// not be written over it.
+	changed := (b.quoting && quota != b.quota) || (!b.quoting && quota != c.st.Spacing)
 	if changed {
 		b.quota, b.quoting = quota, true
 	}

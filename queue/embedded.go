@@ -201,8 +201,15 @@ func RunEmbedded(dir, natsURL string) (*server.Server, error) {
 }
 
 // StartServer starts a JetStream server with opts (JetStream is turned on)
-// and waits until it takes connections.
+// and waits until it takes connections, for at most 10s.
 func StartServer(opts *server.Options) (*server.Server, error) {
+	return StartServerWithin(opts, 10*time.Second)
+}
+
+// StartServerWithin is StartServer waiting at most wait: a clustered node
+// started again recovers its store, and meets its peers, before it takes
+// connections.
+func StartServerWithin(opts *server.Options, wait time.Duration) (*server.Server, error) {
 	opts.JetStream = true
 	opts.NoSigs = true
 	opts.NoLog = true
@@ -214,9 +221,9 @@ func StartServer(opts *server.Options) (*server.Server, error) {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
 	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
+	if !s.ReadyForConnections(wait) {
 		s.Shutdown()
-		return nil, errors.New("embedded nats: not ready after 10s")
+		return nil, fmt.Errorf("embedded nats: not ready after %v", wait)
 	}
 	return s, nil
 }

@@ -137,7 +137,8 @@ func (c *ClusterT) start(i int) error {
 	if nd.srv != nil {
 		return fmt.Errorf("node %d already running", i)
 	}
-	srv, err := queue.StartServer(c.opts(i))
+	// A loaded machine has taken over 10s to bring a node back.
+	srv, err := queue.StartServerWithin(c.opts(i), time.Minute)
 	if err != nil {
 		return fmt.Errorf("node %s: %w", nd.name, err)
 	}

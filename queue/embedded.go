@@ -200,16 +200,15 @@ func RunEmbedded(dir, natsURL string) (*server.Server, error) {
 	return Embedded(dir, config.Connection{URL: natsURL})
 }
 
-// StartServer starts a JetStream server with opts (JetStream is turned on)
-// and waits until it takes connections, for at most 10s.
-func StartServer(opts *server.Options) (*server.Server, error) {
-	return StartServerWithin(opts, 10*time.Second)
-}
+// startWait bounds the wait for a server to take connections: a node
+// started again recovers its store, and a clustered one meets its peers,
+// before it listens; a loaded machine has taken over 10s.
+const startWait = 2 * time.Minute
 
-// StartServerWithin is StartServer waiting at most wait: a clustered node
-// started again recovers its store, and meets its peers, before it takes
-// connections.
-func StartServerWithin(opts *server.Options, wait time.Duration) (*server.Server, error) {
+// StartServer starts a JetStream server with opts (JetStream is turned on)
+// and waits until it takes connections; a server that cannot start (its
+// port taken, its store unusable) is reported at once, with the cause.
+func StartServer(opts *server.Options) (*server.Server, error) {
 	opts.JetStream = true
 	opts.NoSigs = true
 	opts.NoLog = true
@@ -220,10 +219,40 @@ func StartServerWithin(opts *server.Options, wait time.Duration) (*server.Server
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
+	// The server tells why it cannot start only to its logger, and then
+	// waits as if it might yet.
+	failed := startLog{fatal: make(chan string, 1)}
+	s.SetLogger(failed, false, false)
 	go s.Start()
-	if !s.ReadyForConnections(wait) {
-		s.Shutdown()
-		return nil, fmt.Errorf("embedded nats: not ready after %v", wait)
+	for deadline := time.Now().Add(startWait); ; {
+		if s.ReadyForConnections(50 * time.Millisecond) {
+			return s, nil
+		}
+		select {
+		case why := <-failed.fatal:
+			s.Shutdown()
+			return nil, fmt.Errorf("embedded nats: %s", why)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Shutdown()
+			return nil, fmt.Errorf("embedded nats: not ready after %v", startWait)
+		}
 	}
-	return s, nil
 }
+
+// startLog is the logger of a server StartServer starts: it keeps the
+// first fatal error and drops everything else, as NoLog would.
+type startLog struct{ fatal chan string }
+
+func (l startLog) Fatalf(format string, v ...any) {
+	select {
+	case l.fatal <- fmt.Sprintf(format, v...):
+	default:
+	}
+}
+func (startLog) Noticef(string, ...any) {}
+func (startLog) Warnf(string, ...any)   {}
+func (startLog) Errorf(string, ...any)  {}
+func (startLog) Debugf(string, ...any)  {}
+func (startLog) Tracef(string, ...any)  {}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -346,5 +347,33 @@ func TestEmbeddedRequiresTheCredsIdentity(t *testing.T) {
 	ca, cert, key := embeddedFiles(t)
 	if _, err := queue.EmbeddedOptions(t.TempDir(), config.Connection{URL: "nats://0.0.0.0:4222", Creds: path, TLSCA: ca, TLSCert: cert, TLSKey: key}); err != nil {
 		t.Errorf("creds and TLS on every interface refused: %v", err)
+	}
+}
+
+// TestStartServerSaysWhyAtOnce: a server that cannot listen (its port is
+// taken) is reported at once and with its cause, not after the wait for a
+// server still recovering its store.
+func TestStartServerSaysWhyAtOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	done := make(chan error, 1)
+	go func() {
+		s, err := queue.StartServer(&server.Options{Host: "127.0.0.1", Port: port, StoreDir: t.TempDir()})
+		if s != nil {
+			s.Shutdown()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatalf("started on a port in use: %v, want the cause named", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no answer within 30s from a server whose port is in use")
 	}
 }

@@ -137,8 +137,7 @@ func (c *ClusterT) start(i int) error {
 	if nd.srv != nil {
 		return fmt.Errorf("node %d already running", i)
 	}
-	// A loaded machine has taken over 10s to bring a node back.
-	srv, err := queue.StartServerWithin(c.opts(i), time.Minute)
+	srv, err := queue.StartServer(c.opts(i))
 	if err != nil {
 		return fmt.Errorf("node %s: %w", nd.name, err)
 	}

@@ -308,8 +308,7 @@ type Worker struct {
 	lanes   []metrics.Lane
 	budget  metrics.Budget // the single budget's collectors
 
-	credMu  sync.Mutex // one change of a credential's condition at a time
-	apiGone bool
+	credMu sync.Mutex // one change of a credential's or the API's condition at a time
 
 	listMu sync.Mutex
 	lists  map[listKey]*listing // key lists under way, to prove 404s
@@ -1429,14 +1428,14 @@ func (w *Worker) heed(r Route, d Decision, status int) {
 		w.Ready.Update(cond, "")
 		w.Log.Info("the API accepts the credential again", zap.String("credential", r.Credential))
 	}
+	// So is condition api: a worker on an earlier connection may have set it.
+	apiGone := !w.Ready.Met(ReadyAPI)
 	switch {
-	case d.Kind == NoAPI && !w.apiGone:
-		w.apiGone = true
+	case d.Kind == NoAPI && !apiGone:
 		w.Ready.Set(ReadyAPI, "the API is not where it should be: "+d.Detail)
 		w.Log.Error("the API answers without its envelope; check CLOUDFLARE_BASE_URL and the way to the API; not ready until it answers",
 			zap.String("detail", d.Detail))
-	case w.apiGone && status != 0 && d.Kind != NoAPI && d.Kind != Retry:
-		w.apiGone = false
+	case apiGone && status != 0 && d.Kind != NoAPI && d.Kind != Retry:
 		w.Ready.Set(ReadyAPI, "")
 		w.Log.Info("the API answers again")
 	}

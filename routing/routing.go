@@ -39,6 +39,7 @@ type BudgetGate struct {
 	m       metrics.Budget
 	rate    float64 // calls per second, after any cut (Rate)
 	ceiling float64 // the rate the gate was made at: rate can be set up to it
+	closing atomic.Bool
 }
 
 // NewBudgetGate makes the budget named by id at rate, its gate taking
@@ -54,7 +55,8 @@ func NewBudgetGate(js jetstream.JetStream, cfg config.Config, id func() string, 
 	if name != "" {
 		log = log.With(zap.String("budget", name))
 	}
-	g := throttle.New(throttle.Config{
+	bg := &BudgetGate{budget: b, m: m, rate: rate}
+	bg.gate = throttle.New(throttle.Config{
 		Priorities:  len(cfg.Subjects),
 		Concurrency: concurrency,
 		Rate:        rate,
@@ -64,7 +66,9 @@ func NewBudgetGate(js jetstream.JetStream, cfg config.Config, id func() string, 
 				m.Paused.Set(1)
 			} else {
 				m.Paused.Set(0)
-				log.Info("hold over: calls resume at the configured rate")
+				if !bg.closing.Load() { // a hold ended by Close resumes nothing
+					log.Info("hold over: calls resume at the configured rate")
+				}
 			}
 		},
 		OnHold: func(length time.Duration, cause string) {
@@ -72,7 +76,7 @@ func NewBudgetGate(js jetstream.JetStream, cfg config.Config, id func() string, 
 				zap.Duration("length", length), zap.String("cause", cause))
 		},
 	})
-	return &BudgetGate{gate: g, budget: b, m: m, rate: rate}, nil
+	return bg, nil
 }
 
 // Gate is the gate that hands out the budget's calls.
@@ -80,6 +84,7 @@ func (b *BudgetGate) Gate() *throttle.Gate { return b.gate }
 
 // Close stops the gate and the budget.
 func (b *BudgetGate) Close() {
+	b.closing.Store(true)
 	b.gate.Close()
 	if b.budget != nil {
 		b.budget.Close()

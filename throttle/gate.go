@@ -806,6 +806,9 @@ func (g *Gate) loop() {
 		}
 		select {
 		case <-g.done:
+			if paused && g.cfg.OnPause != nil {
+				g.cfg.OnPause(false) // a closed gate holds nothing
+			}
 			return
 		case <-g.wake:
 		case <-changed:

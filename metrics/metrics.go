@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Metrics is every collector revoker exports.
@@ -260,3 +261,12 @@ func (m *Metrics) Lane(subject string, priority int) Lane {
 
 // Processed counts a delivery finished with outcome.
 func (l Lane) Processed(outcome string) { l.processed.WithLabelValues(outcome).Inc() }
+
+// Count is what counter c has counted.
+func Count(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
+}

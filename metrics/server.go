@@ -173,6 +173,11 @@ func Handler(g prometheus.Gatherer, ready *Readiness) http.Handler {
 type Server struct {
 	srv *http.Server
 	ln  net.Listener
+
+	mu       sync.Mutex
+	begun    uint64        // scrapes of /metrics begun
+	answered uint64        // the latest-begun scrape answered
+	news     chan struct{} // closed when a scrape is answered
 }
 
 // Connection limits of the endpoints' server. Requests carry no body and
@@ -194,16 +199,63 @@ func Listen(addr string, h http.Handler) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
-	return &Server{
-		srv: &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: readHeaderTimeout,
-			ReadTimeout:       readTimeout,
-			WriteTimeout:      writeTimeout,
-			IdleTimeout:       idleTimeout,
-		},
-		ln: ln,
-	}, nil
+	s := &Server{ln: ln, news: make(chan struct{})}
+	s.srv = &http.Server{
+		Handler:           s.counting(h),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+	}
+	return s, nil
+}
+
+// counting counts the scrapes of /metrics h answers (AwaitScrape).
+func (s *Server) counting(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		s.mu.Lock()
+		s.begun++
+		n := s.begun
+		s.mu.Unlock()
+		h.ServeHTTP(w, r)
+		s.mu.Lock()
+		s.answered = max(s.answered, n)
+		close(s.news)
+		s.news = make(chan struct{})
+		s.mu.Unlock()
+	})
+}
+
+// Scrapes is how many scrapes of /metrics have begun.
+func (s *Server) Scrapes() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.begun
+}
+
+// AwaitScrape waits up to d for a scrape of /metrics begun after the
+// first `after` to be answered, and reports whether one was: a count made
+// just before a process stops is worth something only once read.
+func (s *Server) AwaitScrape(after uint64, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		answered, news := s.answered > after, s.news
+		s.mu.Unlock()
+		if answered {
+			return true
+		}
+		select {
+		case <-news:
+		case <-t.C:
+			return false
+		}
+	}
 }
 
 // Addr is the address actually bound.

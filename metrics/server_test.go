@@ -85,3 +85,40 @@ func TestIdleKeepAliveClosed(t *testing.T) {
 		t.Fatalf("read on the idle connection: %v, want EOF", err)
 	}
 }
+
+// AwaitScrape answers once a scrape of /metrics begun after its mark is
+// answered, and not for a scrape begun before it or for another path.
+func TestAwaitScrape(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s, err := Listen("127.0.0.1:0", Handler(reg, NewReadiness(reg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	get := func(path string) {
+		resp, err := http.Get("http://" + s.Addr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	get("/metrics")
+	mark := s.Scrapes()
+	if mark != 1 {
+		t.Fatalf("%d scrapes counted, want 1", mark)
+	}
+	get("/readyz")
+	if s.AwaitScrape(mark, 100*time.Millisecond) {
+		t.Fatal("answered for a scrape begun before its mark, or for /readyz")
+	}
+	answered := make(chan bool, 1)
+	go func() { answered <- s.AwaitScrape(mark, 30*time.Second) }()
+	get("/metrics")
+	if !<-answered {
+		t.Fatal("a scrape begun after the mark was not seen")
+	}
+}

@@ -161,6 +161,12 @@ type serveOptions struct {
 	creds *routing.File
 }
 
+// lostLinger bounds how long a process that lost a confirmation serves
+// /metrics after its shutdown, for a scrape to read the count: longer than
+// the shipped 15s scrape interval (deploy/kubernetes gives the pod
+// REVOKER_SHUTDOWN_TIMEOUT plus this and a margin).
+var lostLinger = 20 * time.Second
+
 // tokenFileCheck is how often the token file is checked for a change.
 const tokenFileCheck = 2 * time.Second
 
@@ -271,13 +277,16 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	if err != nil {
 		return err
 	}
+	// /metrics is served through the shutdown, to its end (lostLinger).
+	srvCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if err := serveDebug(ctx, cfg.DebugAddr, log); err != nil {
 		return &settingError{name: "REVOKER_DEBUG_ADDR", err: err}
 	}
 	srvDone := make(chan error, 1)
-	go func() { srvDone <- srv.Serve(ctx) }()
+	go func() { srvDone <- srv.Serve(srvCtx) }()
 	log.Info("serving metrics and health", zap.String("addr", srv.Addr()))
 	if o.ready != nil {
 		o.ready(srv.Addr())
@@ -312,6 +321,14 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	}
 	carry.Close(log, m.ConfirmationsLost)
 	cancel()
+	if lost := metrics.Count(m.ConfirmationsLost); lost > 0 {
+		// Counted only as the process stops: worth something once scraped
+		// (SPEC §4, "The proof", point 6; RevokerConfirmationLost).
+		log.Error("confirmations lost: serving /metrics until it is scraped once more",
+			zap.Float64("lost", lost), zap.Duration("at_most", lostLinger))
+		srv.AwaitScrape(srv.Scrapes(), lostLinger)
+	}
+	stopServing()
 	if err := <-srvDone; err != nil {
 		log.Warn("metrics server", zap.Error(err))
 	}

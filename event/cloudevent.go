@@ -81,7 +81,9 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 	var wrongType error // the first attribute that is not a string
 	for i, name := range cloudEventFields {
 		v := raw[i]
-		if v == nil || name == "data" {
+		// A null attribute is one unset (the CloudEvents JSON format):
+		// an optional one is absent, a required one missing.
+		if v == nil || name == "data" || string(v) == "null" {
 			continue
 		}
 		var s string
@@ -121,7 +123,7 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 		return ids(), ce, invalid("CloudEvent source is missing or empty")
 	case attr["type"] == "":
 		return ids(), ce, invalid("CloudEvent type is missing or empty")
-	case raw[6] != nil:
+	case raw[6] != nil && string(raw[6]) != "null":
 		return ids(), ce, invalid("CloudEvent data_base64 is not taken: send the event as JSON in data")
 	}
 	if ct := attr["datacontenttype"]; ct != "" && !jsonMediaType(ct) {

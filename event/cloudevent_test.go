@@ -160,9 +160,9 @@ func TestDecodeCloudEventHoldsDataToTheEventsBounds(t *testing.T) {
 // <stream>:<sequence>.
 func TestRefusedCloudEventKeepsItsID(t *testing.T) {
 	for _, body := range []string{
-		`{"specversion":"1.0","id":"ce-9","source":"s","type":"t","tracestate":null,"data":{"account_id":"acct1","key_id":"key1"}}`,
+		`{"specversion":"1.0","id":"ce-9","source":"s","type":"t","tracestate":false,"data":{"account_id":"acct1","key_id":"key1"}}`,
 		`{"specversion":"1.0","id":"ce-9","source":"s","type":"t","traceparent":5,"data":{"account_id":"acct1","key_id":"key1"}}`,
-		`{"specversion":"1.0","id":"ce-9","source":"s","type":"t","datacontenttype":null,"data":{"account_id":"acct1","key_id":"key1"}}`,
+		`{"specversion":"1.0","id":"ce-9","source":"s","type":"t","datacontenttype":[],"data":{"account_id":"acct1","key_id":"key1"}}`,
 	} {
 		_, ce, err := event.DecodeCloudEvent([]byte(body))
 		if !errors.Is(err, event.ErrInvalid) {

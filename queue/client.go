@@ -285,10 +285,9 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 		same = err == nil && stored.AccountID == p.AccountID && stored.KeyID == p.KeyID && m.Subject == p.Subject
 		p.StoredAt = m.Time
 		// The event is in the trace it was stored with, not this
-		// publish's (SPEC §13: the trace id printed is the event's).
-		if id := tracing.TraceID(tracing.Extract(context.Background(), tracing.HeaderGetter(h))); id != "" {
-			p.TraceID = id
-		}
+		// publish's (SPEC §13: the trace id printed is the event's), or
+		// in none.
+		p.TraceID = storedTraceID(h, m.Data)
 	case !errors.Is(err, jetstream.ErrMsgNotFound):
 		return unverified("reading it back", err)
 	case c.OutcomePrefix == "":
@@ -308,15 +307,28 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 			return unverified("it is done, and reading its outcome record", rerr)
 		}
 		same = recorded && rec.Subject == p.Subject
-		if rec.TraceID != "" {
-			p.TraceID = rec.TraceID
-		}
+		p.TraceID = rec.TraceID
 	}
 	if !same {
 		return fmt.Errorf("%w: id %s was used for the event at sequence %d of %s (another key, or another subject) within the duplicate window; %s/%s was NOT published to %s: use another id",
 			ErrIDTaken, p.EventID, p.Sequence, p.Stream, p.AccountID, p.KeyID, p.Subject)
 	}
 	return nil
+}
+
+// storedTraceID is the trace a stored event is in, as the worker reads
+// it: its traceparent header in any letter case, else, for a CloudEvent,
+// its traceparent extension (SPEC §13, §14).
+func storedTraceID(h nats.Header, body []byte) string {
+	ctx := tracing.Extract(context.Background(), tracing.HeaderGetter(h))
+	if id := tracing.TraceID(ctx); id != "" {
+		return id
+	}
+	if event.IsCloudEvent(HeaderFold(h, "Content-Type")) {
+		_, ce, _ := event.DecodeCloudEvent(body)
+		return tracing.TraceID(tracing.FromTraceParent(context.Background(), ce.TraceParent, ce.TraceState))
+	}
+	return ""
 }
 
 // storedEvent reads the message at seq of stream with STREAM.MSG.GET,

@@ -187,7 +187,7 @@ func (p *publisher) one(ctx context.Context, id string, ev event.Event, body []b
 	if p.json {
 		printJSON(e.stdout, published{Published: pub})
 	} else {
-		fmt.Fprintf(e.stdout, "published %s to %s (stream %s, sequence %d, trace %s)\n", id, p.subject, pub.Stream, pub.Sequence, pub.TraceID)
+		fmt.Fprintf(e.stdout, "published %s to %s (stream %s, sequence %d, trace %s)\n", id, p.subject, pub.Stream, pub.Sequence, traceOrNone(pub.TraceID))
 	}
 	if pub.Duplicate {
 		fmt.Fprintf(e.stderr, "revoker publish: the work stream already had an event with id %s (duplicate window %s): not published again; if that event was not for %s/%s, publish this one under another id\n",
@@ -323,7 +323,7 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 		default:
 			// Each event's id and trace, for the incident's tooling to
 			// follow (SPEC §13).
-			fmt.Fprintf(e.stdout, "line %d: published %s (sequence %d, trace %s)\n", lines[pub.EventID], pub.EventID, pub.Sequence, pub.TraceID)
+			fmt.Fprintf(e.stdout, "line %d: published %s (sequence %d, trace %s)\n", lines[pub.EventID], pub.EventID, pub.Sequence, traceOrNone(pub.TraceID))
 		}
 	})
 
@@ -573,4 +573,13 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(b)
+}
+
+// traceOrNone is a trace id as printed: "none" for an event stored without
+// one (a duplicate of an event another publisher stored untraced).
+func traceOrNone(id string) string {
+	if id == "" {
+		return "none"
+	}
+	return id
 }

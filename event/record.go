@@ -74,6 +74,7 @@ type DeadLetter struct {
 	// one again and the replay's spans join the event's trace.
 	ContentType string
 	TraceParent string
+	TraceState  string
 }
 
 // NoKey stands for an account or key id in an outcome subject when the

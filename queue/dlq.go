@@ -41,6 +41,7 @@ type DeadLetterRecord struct {
 	// trace context) are republished with the body by a replay.
 	ContentType string `json:"content_type,omitempty"`
 	TraceParent string `json:"traceparent,omitempty"`
+	TraceState  string `json:"tracestate,omitempty"`
 	// BodyTruncated is Revoker-Body-Truncated: set when the record keeps
 	// only the start of the event (its size and hash).
 	BodyTruncated string `json:"body_truncated,omitempty"`
@@ -62,6 +63,7 @@ func deadLetterRecord(seq uint64, stored time.Time, h nats.Header, body []byte) 
 		SourceSubject: h.Get(HeaderSourceSubject),
 		ContentType:   h.Get(HeaderContentType),
 		TraceParent:   h.Get(HeaderTraceParent),
+		TraceState:    h.Get(HeaderTraceState),
 		BodyTruncated: h.Get(HeaderBodyTruncated),
 		Body:          body,
 	}
@@ -374,6 +376,9 @@ func replayMsg(rec DeadLetterRecord, msgID, replayOf string) *nats.Msg {
 	}
 	if rec.TraceParent != "" {
 		m.Header.Set(HeaderTraceParent, rec.TraceParent)
+		if rec.TraceState != "" {
+			m.Header.Set(HeaderTraceState, rec.TraceState)
+		}
 	}
 	return m
 }

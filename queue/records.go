@@ -42,6 +42,7 @@ const (
 	// context.
 	HeaderContentType = "Content-Type"
 	HeaderTraceParent = "traceparent"
+	HeaderTraceState  = "tracestate"
 )
 
 // Bounds of what a record carries (SPEC §5).
@@ -107,6 +108,10 @@ func DeadLetterMsg(subject string, d event.DeadLetter, body []byte, maxMsg int) 
 	}
 	if d.TraceParent != "" {
 		h.Set(HeaderTraceParent, untrusted.Chars(d.TraceParent, maxHeader))
+		// Kept only whole: a cut tracestate is none.
+		if d.TraceState != "" && len(d.TraceState) <= maxHeader {
+			h.Set(HeaderTraceState, d.TraceState)
+		}
 	}
 	// The body is cut only where the record would not fit otherwise, and
 	// then to 64 KiB, or less only where 64 KiB would not fit (SPEC §5).

@@ -1810,8 +1810,11 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 		ContentType: a.d.Header("Content-Type"),
 	}
 	tracing.Inject(a.work, func(name, value string) {
-		if name == "traceparent" {
+		switch name {
+		case "traceparent":
 			rec.TraceParent = value
+		case "tracestate":
+			rec.TraceState = value
 		}
 	})
 	if !w.durably(stop, work, a, "dead-letter record", func(ctx context.Context, a *attempt) (err error) {

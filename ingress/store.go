@@ -16,6 +16,7 @@ import (
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue"
+	"github.com/revoker/revoker/tracing"
 	"github.com/revoker/revoker/untrusted"
 )
 
@@ -271,7 +272,7 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 				}
 				if s.now().Sub(claim.Tried) > s.cfg.Client.RepublishWithin(ctx) {
 					s.log.Warn("ingress: an event whose store went unanswered may be stored again past the work stream's duplicate window, with no record of it yet (a key revoked twice, never not at all)",
-						zap.String("event_id", untrusted.Line(claim.EventID, 256)))
+						zap.String("event_id", untrusted.Line(claim.EventID, 256)), zap.String("trace_id", tracing.TraceID(ctx)))
 				}
 			}
 			return s.publish(ctx, kv, key, rev, claim, ev, body)
@@ -315,7 +316,7 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 		unanswered = unanswered || lost
 		if errors.Is(err, queue.ErrIDTaken) && claim.StoredAs == "" {
 			s.log.Warn("ingress: another event holds the id this request makes; storing it under an id of its own",
-				zap.String("event_id", untrusted.Line(claim.EventID, 256)))
+				zap.String("event_id", untrusted.Line(claim.EventID, 256)), zap.String("trace_id", tracing.TraceID(ctx)))
 			claim.StoredAs = claim.EventID + ":" + rand.Text()
 			value, _ := json.Marshal(claim)
 			next, uerr := kv.Update(ctx, key, value, rev)

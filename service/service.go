@@ -397,7 +397,8 @@ func (s *Service) revoke(req micro.Request) {
 			return
 		case err != nil && unanswered:
 			// Not "not stored": the event may be, and will be revoked.
-			s.cfg.Log.Warn("service: the work stream's answer was lost; the event may be stored", zap.Error(err))
+			s.cfg.Log.Warn("service: the work stream's answer was lost; the event may be stored",
+				zap.String("event_id", untrusted.Line(id, 256)), zap.String("trace_id", tracing.TraceID(traced)), zap.Error(err))
 			s.fail(req, 504, "the work stream's answer was lost, and NATS did not answer again: event %s may have been stored; repeat the request with %s: %s, which cannot store it twice",
 				id, jetstream.MsgIDHeader, id)
 			return

@@ -69,13 +69,13 @@ func (c *Carryover) Store(ctx context.Context, w *Worker) error {
 			if err == nil {
 				w.Log.Info("a confirmation carried over from a closed connection is stored",
 					zap.String("event_id", k.rec.EventID), zap.String("account", k.rec.AccountID), zap.String("key", k.rec.KeyID),
-					zap.Int("status", k.rec.Status), zap.String("cf_ray", k.rec.CFRay))
+					zap.Int("status", k.rec.Status), zap.String("cf_ray", k.rec.CFRay), zap.String("trace_id", k.rec.TraceID))
 				break
 			}
 			if i == 0 {
 				w.Log.Error("a confirmation carried over from a closed connection cannot be stored yet; nothing is fetched until it is",
 					zap.String("event_id", k.rec.EventID), zap.String("account", k.rec.AccountID), zap.String("key", k.rec.KeyID),
-					zap.String("cf_ray", k.rec.CFRay), zap.Error(err))
+					zap.String("cf_ray", k.rec.CFRay), zap.String("trace_id", k.rec.TraceID), zap.Error(err))
 			}
 			if !throttle.Sleep(ctx, b.NextBackOff()) {
 				return ctx.Err()

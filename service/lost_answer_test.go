@@ -27,8 +27,11 @@ import (
 //     stream answers that it holds it, and the reply is the event queued
 //     at its one sequence.
 //   - NATS away for the whole store: the reply is 504, naming the id to
-//     repeat the request with; the repeat finds the one event.
+//     repeat the request with; the repeat finds the one event. The line
+//     logged names the event and the caller's trace (SPEC §13: the event
+//     may be stored, and revoked in that trace).
 func TestLostStoreAnswerIsNotNotStored(t *testing.T) {
+	const tid = "4bf92f3577b34da6a3ce929d0e0e4736"
 	for _, away := range []bool{false, true} {
 		t.Run(map[bool]string{false: "back at once", true: "away"}[away], func(t *testing.T) {
 			srv := queuetest.Server(t)
@@ -70,6 +73,7 @@ func TestLostStoreAnswerIsNotNotStored(t *testing.T) {
 				m := nats.NewMsg(service.RevokeSubject)
 				m.Data = []byte(evJSON("acct1", "key1"))
 				m.Header.Set(jetstream.MsgIDHeader, "incident-lost-ack")
+				m.Header.Set("traceparent", "00-"+tid+"-00f067aa0ba902b7-01")
 				return caller.RequestMsg(m, 20*time.Second)
 			}
 
@@ -103,6 +107,10 @@ func TestLostStoreAnswerIsNotNotStored(t *testing.T) {
 				code, desc := reply.Header.Get(micro.ErrorCodeHeader), reply.Header.Get(micro.ErrorHeader)
 				if code != "504" || !strings.Contains(desc, "incident-lost-ack") {
 					t.Fatalf("NATS away for the whole store: answered %q %q; want 504 naming the id to repeat with", code, desc)
+				}
+				l := logs.FilterMessageSnippet("answer was lost").All()[0]
+				if f := l.ContextMap(); f["event_id"] != "incident-lost-ack" || f["trace_id"] != tid {
+					t.Errorf("%q logged with event_id %v, trace_id %v; want incident-lost-ack, %s", l.Message, f["event_id"], f["trace_id"], tid)
 				}
 				if reply, err = revoke(); err != nil {
 					t.Fatal(err)

@@ -28,6 +28,9 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // ScopeName names revoker's spans' instrumentation scope.
@@ -187,7 +190,11 @@ func (c carrier) Set(key, value string) {
 func (c carrier) Keys() []string { return nil }
 
 // MessageID is the messaging.message.id attribute (the event id).
-func MessageID(id string) attribute.KeyValue { return semconv.MessagingMessageID(id) }
+// The id is cut as records and logs cut it, so that a search by a record's
+// event_id finds the span, and an id of kilobytes does not swell exports.
+func MessageID(id string) attribute.KeyValue {
+	return semconv.MessagingMessageID(untrusted.Chars(id, event.MaxRecordedID))
+}
 
 // ConsumerGroup is the messaging.consumer.group.name attribute (the durable
 // consumer's name).

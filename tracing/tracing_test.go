@@ -3,7 +3,9 @@ package tracing_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -12,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/revoker/revoker/tracing"
+	"github.com/revoker/revoker/untrusted"
 )
 
 const (
@@ -289,5 +292,21 @@ func TestConflictingTraceparentsMakeNone(t *testing.T) {
 		if ctx := tracing.Extract(context.Background(), tracing.HeaderGetter(h)); tracing.TraceID(ctx) != "" {
 			t.Errorf("%v: conflicting headers gave trace %s", h, tracing.TraceID(ctx))
 		}
+	}
+}
+
+// The event id on a span is cut as the records cut it (SPEC §5: 256
+// characters, a visible ellipsis), so a trace store searched by a
+// record's event_id finds the span, and an id of kilobytes does not swell
+// every export.
+func TestMessageIDCutAsRecordsCutIt(t *testing.T) {
+	long := strings.Repeat("é", 300)
+	got := tracing.MessageID(long).Value.AsString()
+	if want := untrusted.Chars(long, 256); got != want {
+		t.Fatalf("messaging.message.id of a 300-character id: %d characters %q…, want the record's cut (%d characters)",
+			utf8.RuneCountInString(got), got[:16], utf8.RuneCountInString(want))
+	}
+	if short := "incident-42"; tracing.MessageID(short).Value.AsString() != short {
+		t.Fatal("a short id was changed")
 	}
 }

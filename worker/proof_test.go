@@ -1096,8 +1096,12 @@ func TestFirstRecordGivesUpAtTheShutdownTimeout(t *testing.T) {
 		Subjects: []string{"revoke.urgent", "revoke.scheduled"}, RetryInitial: time.Millisecond,
 		RetryMaxInterval: 5 * time.Millisecond, RetryMaxElapsed: 50 * time.Millisecond, HandBackDelay: time.Millisecond, Name: "test",
 	}, worker.Deps{API: h.api, Gate: h.gate, Records: fr, Ledger: h.ledger, Metrics: h.m, Ready: h.ready, Log: zap.NewNop()})
-	stop, cancelStop := context.WithCancel(context.Background())
+	// Shutdown and the end of its timeout at once: stop, a child of work,
+	// is done only once work is. (Were work still going when stop came,
+	// the record written the other way, then acked, would be right.)
 	work, cancelWork := context.WithCancel(context.Background())
+	stop, cancelStop := context.WithCancel(work)
+	defer cancelStop()
 	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 3}
 	done := make(chan struct{})
 	go func() {
@@ -1105,8 +1109,7 @@ func TestFirstRecordGivesUpAtTheShutdownTimeout(t *testing.T) {
 		h.w.Handle(stop, work, d)
 	}()
 	then := <-fr.held // the record is out; its answer has not come
-	cancelStop()
-	cancelWork() // the shutdown timeout ends
+	cancelWork()      // shutdown, and its timeout ends
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):

@@ -210,6 +210,9 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 			return err
 		case errors.Is(err, jetstream.ErrConsumerNotFound):
 			return fmt.Errorf("%w: consumer %s on stream %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, want.Durable, stream)
+		case errors.Is(err, jetstream.ErrNotPullConsumer):
+			// A push consumer cannot be fetched from: no retry fixes it.
+			return fmt.Errorf("%w: consumer %s on stream %s is a push consumer (it has a deliver subject); revoker needs a pull consumer", ErrIncompatible, want.Durable, stream)
 		case err != nil:
 			return fmt.Errorf("look up consumer %s: %w", want.Durable, err)
 		}
@@ -262,6 +265,11 @@ func checkConsumer(c jetstream.Consumer, want jetstream.ConsumerConfig, log *zap
 	if have.FilterSubject != want.FilterSubject || len(have.FilterSubjects) > 0 {
 		return fmt.Errorf("%w: consumer %s filters %q, not %q", ErrIncompatible,
 			want.Durable, strings.Join(append([]string{have.FilterSubject}, have.FilterSubjects...), ","), want.FilterSubject)
+	}
+	if have.HeadersOnly {
+		// Every event would arrive without its body: read as empty, each
+		// would be dead-lettered as invalid and acked away.
+		return fmt.Errorf("%w: consumer %s delivers headers only; revoker needs the events' bodies", ErrIncompatible, want.Durable)
 	}
 	if have.AckPolicy != jetstream.AckExplicitPolicy {
 		return fmt.Errorf("%w: consumer %s has ack policy %s; revoker needs explicit acks", ErrIncompatible, want.Durable, have.AckPolicy)

@@ -386,8 +386,20 @@ func replayMsg(rec DeadLetterRecord, msgID, replayOf string) *nats.Msg {
 // isReplay reports whether the message the work stream reported as stored
 // first under msgID, at seq, is this replay.
 func (p *Replayer) isReplay(ctx context.Context, rec DeadLetterRecord, msgID, replayOf string, seq uint64) (bool, error) {
-	// The noted sequence is proof even once the worker has consumed the
-	// message: only the replayer writes the bucket.
+	// The stored message, while there, is the proof: a work stream made
+	// again numbers from 1 again, so a noted sequence may now hold another
+	// message. STREAM.MSG.GET, not a direct get, even where the stream
+	// allows one: a direct get's answer adds headers of its own
+	// (Nats-Stream, ...).
+	m, err := msgGet(ctx, p.js, p.stream, msgGetRequest{Seq: seq})
+	if err != nil {
+		return false, fmt.Errorf("read work stream message %d: %w", seq, err)
+	}
+	if m != nil {
+		return isReplayMsg(m, rec, msgID, replayOf), nil
+	}
+	// Consumed: the noted sequence is proof, as only the replayer writes
+	// the bucket.
 	n, found, err := p.replays.load(ctx, msgID)
 	if err != nil {
 		return false, err
@@ -395,16 +407,7 @@ func (p *Replayer) isReplay(ctx context.Context, rec DeadLetterRecord, msgID, re
 	if found && n.WorkSequence == seq && n.names(replayOf, rec.Body) {
 		return true, nil
 	}
-	// STREAM.MSG.GET, not a direct get, even where the stream allows one:
-	// a direct get's answer adds headers of its own (Nats-Stream, ...).
-	m, err := msgGet(ctx, p.js, p.stream, msgGetRequest{Seq: seq})
-	if err != nil {
-		return false, fmt.Errorf("read work stream message %d: %w", seq, err)
-	}
-	if m == nil {
-		return p.recordedAsReplay(ctx, rec, msgID, replayOf, seq), nil
-	}
-	return isReplayMsg(m, rec, msgID, replayOf), nil
+	return p.recordedAsReplay(ctx, rec, msgID, replayOf, seq), nil
 }
 
 // isReplayMsg reports whether the stored m is rec's replay under msgID.

@@ -263,7 +263,9 @@ func checkEmail(v string) string {
 	at := strings.LastIndexByte(v, '@')
 	bad := at <= 0 || at == len(v)-1 || strings.ContainsFunc(v, func(r rune) bool { return r < 0x21 || r > 0x7e })
 	if bad {
-		return quote(v) + " is not an email address"
+		// Not echoed: a value here that is no address may be the API key,
+		// the pair swapped by mistake.
+		return "is not an email address (one word with an '@')" + hiddenNote
 	}
 	return ""
 }

@@ -426,7 +426,7 @@ var settings = []setting{
 		env: envIngressTLSKey, section: Server, unused: ingressOff,
 		usage: "`file` with the ingress's TLS private key (PEM), re-read when it changes",
 		def:   noDefault,
-		apply: optionalFile(func(c *Config) *string { return &c.IngressTLSKey }, true),
+		apply: optionalFile(func(c *Config) *string { return &c.IngressTLSKey }, false),
 	},
 	{
 		env: envIngressCallers, section: Server, unused: ingressOff,

@@ -169,9 +169,26 @@ func syntaxError(err error) error {
 }
 
 // unquote drops quoted text from a parser message: it may quote a value.
-var quoted = regexp.MustCompile(`"[^"]*"`)
-
-func unquote(s string) string { return quoted.ReplaceAllString(s, `"…"`) }
+// The parser quotes with %q, so a '"' inside the value is escaped: each
+// quoted string is found whole (strconv.QuotedPrefix), and from a '"' that
+// does not start one, nothing more is shown.
+func unquote(s string) string {
+	var b strings.Builder
+	for {
+		i := strings.IndexByte(s, '"')
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i])
+		b.WriteString(`"…"`)
+		q, err := strconv.QuotedPrefix(s[i:])
+		if err != nil {
+			return b.String()
+		}
+		s = s[i+len(q):]
+	}
+}
 
 // mapping returns the key-value pairs of a mapping node.
 func mapping(n ast.Node, what string) ([]*ast.MappingValueNode, error) {

@@ -142,6 +142,16 @@ func parseNATSURLs(v string) (string, string) {
 		}
 		parts[i] = p
 	}
+	// The NATS client takes websocket URLs or the others, never both.
+	ws := 0
+	for _, p := range parts {
+		if u, err := url.Parse(p); err == nil && (u.Scheme == "ws" || u.Scheme == "wss") {
+			ws++
+		}
+	}
+	if ws > 0 && ws < len(parts) {
+		return "", "mixes ws:// or wss:// URLs with nats:// or tls:// ones; the NATS client takes one kind or the other"
+	}
 	return strings.Join(parts, ","), ""
 }
 

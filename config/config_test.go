@@ -494,8 +494,10 @@ func TestGoodValues(t *testing.T) {
 			func(c config.Config) bool { return c.Concurrency == 5 }},
 		{"base URL trailing slash", map[string]string{"CLOUDFLARE_BASE_URL": "http://127.0.0.1:8787/client/v4/"}, nil,
 			func(c config.Config) bool { return c.BaseURL == "http://127.0.0.1:8787/client/v4" }},
-		{"NATS server list", map[string]string{"REVOKER_NATS_URL": "nats://a:4222, tls://b:4443 ,ws://c,wss://u:p@d:443/x"}, nil,
-			func(c config.Config) bool { return c.NATSURL == "nats://a:4222,tls://b:4443,ws://c,wss://u:p@d:443/x" }},
+		{"NATS server list", map[string]string{"REVOKER_NATS_URL": "nats://a:4222, tls://b:4443 ,nats://c"}, nil,
+			func(c config.Config) bool { return c.NATSURL == "nats://a:4222,tls://b:4443,nats://c" }},
+		{"NATS websocket list", map[string]string{"REVOKER_NATS_URL": "ws://c, wss://u:p@d:443/x"}, nil,
+			func(c config.Config) bool { return c.NATSURL == "ws://c,wss://u:p@d:443/x" }},
 		{"NATS creds and TLS", map[string]string{
 			"REVOKER_NATS_CREDS": "testdata/test.creds", "REVOKER_NATS_TLS_CA": "testdata/ca.pem",
 			"REVOKER_NATS_TLS_CERT": "testdata/cert.pem", "REVOKER_NATS_TLS_KEY": "testdata/key.pem",

@@ -476,17 +476,25 @@ func Load(cfg config.Config, userAgent string, log *zap.Logger) (*File, error) {
 	if err != nil {
 		return nil, err // the one line of a bad configuration (SPEC §6)
 	}
-	if names := cfg.IgnoredCredentials(); len(names) > 0 {
-		log.Warn("REVOKER_CREDENTIALS_FILE is set: these variables are ignored", zap.Strings("variables", names))
-	}
 	f.router = credentials.NewRouter(set)
+	return f, nil
+}
+
+// Announce logs, once the start's other settings are known good, which
+// credentials are in use, and warns of the single-credential variables the
+// file makes ignored (SPEC §6). It is not part of Load, so that a bad
+// value found after Load stays the one line on stderr.
+func (f *File) Announce(cfg config.Config) {
+	if names := cfg.IgnoredCredentials(); len(names) > 0 {
+		f.log.Warn("REVOKER_CREDENTIALS_FILE is set: these variables are ignored", zap.Strings("variables", names))
+	}
+	set := f.router.Set()
 	names := make([]string, 0, len(set.Credentials()))
 	for _, c := range set.Credentials() {
 		names = append(names, c.Name)
 	}
-	log.Info("API credentials from REVOKER_CREDENTIALS_FILE", zap.Int("count", len(names)),
+	f.log.Info("API credentials from REVOKER_CREDENTIALS_FILE", zap.Int("count", len(names)),
 		zap.Strings("credentials", logging.Few(names)), zap.Strings("budgets", logging.Few(f.Budgets())))
-	return f, nil
 }
 
 // Router calls with each account's credential from the set in use.

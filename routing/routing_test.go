@@ -381,9 +381,11 @@ func TestLoadLogLineStaysShort(t *testing.T) {
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&out), zap.InfoLevel))
 	cfg := config.Default()
 	cfg.CredentialsFile, cfg.BaseURL = file, "http://127.0.0.1:1"
-	if _, err := Load(cfg, "test", log); err != nil {
+	f, err := Load(cfg, "test", log)
+	if err != nil {
 		t.Fatal(err)
 	}
+	f.Announce(cfg)
 	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 		if len(line) > 16<<10 {
 			t.Errorf("a log line of %d bytes: %.200s…", len(line), line)

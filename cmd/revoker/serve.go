@@ -223,6 +223,9 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 		ingressMetrics = ingress.NewMetrics(reg, callers.Names())
 	}
 
+	if creds != nil {
+		creds.Announce(cfg)
+	}
 	api := o.api
 	// budgetID names the credential's shared rate budget: its short hash.
 	budgetID := func() string { return "injected" }

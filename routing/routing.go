@@ -154,7 +154,7 @@ func (r *Routes) Route(account string) (worker.Route, bool) {
 	}
 	return worker.Route{Credential: c.Name, Identity: c.Auth.ID() + " " + c.Budget,
 		Gate: b.gate, Budget: b.m, Rate: r.rateOf(b), API: c.Client,
-		Recheck: func(ctx context.Context, p int) bool { return r.recheck(ctx, c, p) }}, true
+		Recheck: func(ctx context.Context, p int) bool { return r.recheck(ctx, c, account, p) }}, true
 }
 
 // rateOf is b's rate, as last cut.
@@ -371,7 +371,7 @@ const recheckServes = time.Second
 // recheck checks a refused credential again, at priority p, one check at a
 // time per credential (one that ended within recheckServes is taken as it
 // found), and reports whether it works now.
-func (r *Routes) recheck(ctx context.Context, c *credentials.Credential, p int) bool {
+func (r *Routes) recheck(ctx context.Context, c *credentials.Credential, account string, p int) bool {
 	cond := worker.ReadyCredentialOf(c.Name)
 	rc := r.checks(c.Name)
 	rc.mu.Lock()
@@ -379,13 +379,23 @@ func (r *Routes) recheck(ctx context.Context, c *credentials.Credential, p int) 
 	if r.ready.Met(cond) || time.Since(rc.done) < recheckServes {
 		return r.ready.Met(cond)
 	}
-	r.verify(ctx, c, r.shared, p, r.ready)
+	r.verifyFor(ctx, c, account, r.shared, p, r.ready)
 	rc.done = time.Now()
 	return r.ready.Met(cond)
 }
 
 // verify checks one credential.
 func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
+	r.verifyFor(ctx, c, "", all, lowest, ready)
+}
+
+// verifyFor checks one credential; an account token's check asks its
+// first named account, or, for a credential named only by "*", account
+// (an account it serves; "" when none is at hand).
+func (r *Routes) verifyFor(ctx context.Context, c *credentials.Credential, account string, all *throttle.Gate, lowest int, ready *metrics.Readiness) {
+	if named := c.VerifyAccount(); named != "" {
+		account = named
+	}
 	cond := worker.ReadyCredentialOf(c.Name)
 	r.recut()
 	b := r.budget(c.Budget, c.Rate)
@@ -396,7 +406,7 @@ func (r *Routes) verify(ctx context.Context, c *credentials.Credential, all *thr
 	ticket := order.started.Add(1)
 	// Each request of the check is a call of the budget and the address
 	// limit (an account token's check is two: the user endpoint first).
-	v, err := c.Client.VerifyTokenEach(ctx, c.VerifyAccount(), func(ctx context.Context) (func(), error) {
+	v, err := c.Client.VerifyTokenEach(ctx, account, func(ctx context.Context) (func(), error) {
 		pm, err := throttle.AcquirePair(ctx, b.gate, all, lowest)
 		if err != nil {
 			return nil, err

@@ -82,7 +82,18 @@ func (l *Loader) Load(lookup func(string) (string, bool)) (Config, error) {
 		}
 		return "", unset
 	}
-	text := func(env string) string { v, _ := given(env); return v }
+	// text is what a setting's value is: as given, else its default.
+	text := func(env string) string {
+		v, from := given(env)
+		if from == unset {
+			for i := range settings {
+				if settings[i].env == env {
+					return settings[i].def(Default())
+				}
+			}
+		}
+		return v
+	}
 	for i := range settings {
 		s := &settings[i]
 		if s.section&l.sections == 0 || l.kept != nil && !l.kept[s.env] {

@@ -91,6 +91,10 @@ func legacyUnused(given func(string) string) bool {
 	return besideCredentialsFile(given) || isGiven(given, envAPIToken) || isGiven(given, envAPITokenFile)
 }
 
+// outcomesOff: the periodic check reads the outcome records, and is not
+// run while they are off.
+func outcomesOff(given func(string) string) bool { return given(envOutcomeSubject) == "" }
+
 // ingressOff: the ingress's settings are not used while it is off.
 func ingressOff(given func(string) string) bool { return !isGiven(given, envIngressAddr) }
 
@@ -364,7 +368,7 @@ var settings = []setting{
 		apply: duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout }, 0),
 	},
 	{
-		env: envVerifyInterval, section: Worker, required: true,
+		env: envVerifyInterval, section: Worker, required: true, unused: outcomesOff,
 		usage: "how often serve checks that revoked keys are gone, a `duration` (0 = never)",
 		def:   func(c Config) string { return c.VerifyInterval.String() },
 		apply: func(c *Config, v string) string {

@@ -25,17 +25,7 @@ import (
 // CF-Ray, the record's trace_id the trace's id, and the latency histogram's
 // exemplar in OpenMetrics naming it (SPEC §13).
 func TestOneTracePerEvent(t *testing.T) {
-	rc := tracingtest.NewReceiver(t)
-	rc.Export(t)
-	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-	shutdown, err := tracing.Setup(context.Background(), "revoker", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = shutdown(context.Background())
-		tracing.SetTracerProvider(nil)
-	})
+	rc := exportTraces(t)
 
 	// One call a delivery: the 503 spends the first delivery's budget.
 	s := hStack(t, map[string]string{"REVOKER_RETRY_MAX_ELAPSED": "1ms", "REVOKER_MAX_DELIVER": "3"})
@@ -108,4 +98,22 @@ func TestOneTracePerEvent(t *testing.T) {
 	if !strings.Contains(string(body), `revoker_revocation_latency_seconds_bucket`) || !strings.Contains(string(body), `# {trace_id="`+tid+`"}`) {
 		t.Fatalf("/metrics (OpenMetrics) has no exemplar naming trace %s", tid)
 	}
+}
+
+// exportTraces turns tracing on for the test, exporting to a real OTLP/HTTP
+// receiver in batches of 100 ms, and returns the receiver.
+func exportTraces(t *testing.T) *tracingtest.Receiver {
+	t.Helper()
+	rc := tracingtest.NewReceiver(t)
+	rc.Export(t)
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+	shutdown, err := tracing.Setup(context.Background(), "revoker", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = shutdown(context.Background())
+		tracing.SetTracerProvider(nil)
+	})
+	return rc
 }

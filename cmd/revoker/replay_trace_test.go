@@ -10,8 +10,6 @@ import (
 
 	"github.com/revoker/revoker/event"
 	"github.com/revoker/revoker/queue/queuetest"
-	"github.com/revoker/revoker/tracing"
-	"github.com/revoker/revoker/tracing/tracingtest"
 )
 
 // TestReplayKeepsTheTraceState: an event published with a traceparent and
@@ -21,17 +19,7 @@ import (
 // traceparent/tracestate"; one event's spans form one trace). Every
 // consumer span of the event carries the publisher's tracestate.
 func TestReplayKeepsTheTraceState(t *testing.T) {
-	rc := tracingtest.NewReceiver(t)
-	rc.Export(t)
-	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-	shutdown, err := tracing.Setup(context.Background(), "revoker", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = shutdown(context.Background())
-		tracing.SetTracerProvider(nil)
-	})
+	rc := exportTraces(t)
 	const tid, state = "5b8efff798038103d269b633813fc60d", "vendor=abc"
 	s := hStack(t, nil)
 	s.api.Script("tsreplay1", 400)

@@ -101,6 +101,9 @@ func Classify(resp *cloudflare.Response, err error) Decision {
 			return d
 		}
 		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d with x-should-retry: false%s", st, summary(resp))
+		// The event is refused for good, but the hold asked for is every
+		// call's (SPEC §4).
+		d.Pause, d.RateLimited = st == 429 || d.RetryAfter > 0, st == 429
 		return d
 	}
 	switch {
@@ -117,6 +120,10 @@ func Classify(resp *cloudflare.Response, err error) Decision {
 		d.Kind, d.Detail = NoAPI, "HTTP 404 with an envelope saying success true: the API is not where it should be"
 	case st == 404:
 		d.Kind, d.Detail = NoAPI, fmt.Sprintf("HTTP 404 without the API's envelope (%s): the API is not where it should be", resp.BodyError)
+	case st >= 300 && st < 400:
+		// Never followed (it would carry the credential elsewhere), and
+		// never the API's answer to a DELETE: the base URL is wrong.
+		d.Kind, d.Detail = NoAPI, fmt.Sprintf("HTTP %d redirect, not followed: the API is not where it should be (check CLOUDFLARE_BASE_URL)", st)
 	case st == 408 || st == 409 || st == 429 || st >= 500:
 		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP %d%s", st, summary(resp))
 		d.Pause, d.RateLimited = st == 429 || d.RetryAfter > 0, st == 429

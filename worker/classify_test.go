@@ -81,11 +81,11 @@ func TestClassify(t *testing.T) {
 		{"400 HTML", 400, nil, html, worker.Rejected, false, 0},
 		{"405", 405, nil, envelope(10405, "method"), worker.Rejected, false, 0},
 		{"422", 422, nil, envelope(10011, "unprocessable"), worker.Rejected, false, 0},
-		{"301 redirect", 301, map[string]string{"Location": "/elsewhere"}, "", worker.Rejected, false, 0},
+		{"301 redirect", 301, map[string]string{"Location": "/elsewhere"}, "", worker.NoAPI, false, 0},
 		{"x-should-retry true on 400", 400, map[string]string{"x-should-retry": "true"}, envelope(9, "x"), worker.Retry, false, 0},
 		{"x-should-retry true on 403", 403, map[string]string{"x-should-retry": "true"}, auth, worker.Retry, false, 0},
 		{"x-should-retry false on 503", 503, map[string]string{"x-should-retry": "false"}, html, worker.Rejected, false, 0},
-		{"x-should-retry false on 429", 429, map[string]string{"x-should-retry": "false", "Retry-After": "1"}, envelope(971, "x"), worker.Rejected, false, 0},
+		{"x-should-retry false on 429", 429, map[string]string{"x-should-retry": "false", "Retry-After": "1"}, envelope(971, "x"), worker.Rejected, true, time.Second},
 		{"x-should-retry false on 404", 404, map[string]string{"x-should-retry": "false"}, envelope(10003, "x"), worker.Rejected, false, 0},
 		{"x-should-retry other value ignored", 503, map[string]string{"x-should-retry": "maybe"}, html, worker.Retry, false, 0},
 	}

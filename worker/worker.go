@@ -774,7 +774,13 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 
 		var wait, held time.Duration // held: a hold of every call, charged to this event
 		switch a.last.Kind {
-		case Revoked, Rejected:
+		case Revoked:
+			return decided
+		case Rejected:
+			if a.last.Pause {
+				// Refused for good, yet the hold it asks for holds every call.
+				w.holdAsked(a, nextBackOff)
+			}
 			return decided
 		case NotFound:
 			// Proven; still, a confirmation elsewhere beats it.
@@ -784,17 +790,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 		default:
 			switch {
 			case a.last.Pause:
-				pause := a.last.RetryAfter
-				if pause == 0 {
-					pause = nextBackOff()
-				}
-				// The next Acquire waits it out.
-				if a.last.RateLimited {
-					w.gate(a.route).Pause(pause)
-				} else {
-					w.gate(a.route).Hold(pause, fmt.Sprintf(throttle.CauseRetryAfter, a.status))
-					held = pause // only a 429's hold is off the budget
-				}
+				held = w.holdAsked(a, nextBackOff) // the next Acquire waits it out
 			case a.last.RetryAfter > 0:
 				wait = a.last.RetryAfter
 			default:
@@ -817,6 +813,24 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 		}
 		spent += wait
 	}
+}
+
+// holdAsked holds every call of a's budget as its answer asks: a 429's
+// pause, or another answer's Retry-After; for the current backoff when a
+// 429 names no length. It returns what the event is charged: nothing for a
+// 429 (SPEC §4: its pause is off the budget), else the hold as long as the
+// gate keeps it, capped at throttle.MaxPause.
+func (w *Worker) holdAsked(a *attempt, backoff func() time.Duration) (charged time.Duration) {
+	pause := a.last.RetryAfter
+	if pause == 0 {
+		pause = backoff()
+	}
+	if a.last.RateLimited {
+		w.gate(a.route).Pause(pause)
+		return 0
+	}
+	w.gate(a.route).Hold(pause, fmt.Sprintf(throttle.CauseRetryAfter, a.status))
+	return min(pause, throttle.MaxPause)
 }
 
 // sleepAside waits d between calls, or until ctx ends (false), its
@@ -1194,6 +1208,9 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 	case NotFound:
 		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceAbsent).Inc()
 		a.absentAt = fetched
+		// The DELETE's own words (its 404's codes and messages) stay in
+		// the detail (SPEC §5).
+		d.Detail = a.last.Detail + "; the key list fetched after it does not hold the key"
 	case StillListed:
 		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceListed).Inc()
 	default:

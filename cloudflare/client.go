@@ -12,6 +12,7 @@
 package cloudflare
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -276,6 +277,7 @@ func (c *Client) call(ctx context.Context, method string, limit int, path ...str
 		resp.BodyError = fmt.Sprintf("body larger than %d bytes", limit)
 		return resp, nil, nil
 	}
+	body = scrubSecrets(body, req.Header)
 	resp.Envelope, resp.BodyError = decodeEnvelope(body, hr.Header.Get("Content-Type"))
 	return resp, body, nil
 }
@@ -353,3 +355,19 @@ type wrapped struct {
 
 func (w *wrapped) Error() string   { return w.msg }
 func (w *wrapped) Unwrap() []error { return w.errs }
+
+// redacted stands in for a secret an answer echoed.
+var redacted = []byte("[redacted]")
+
+// scrubSecrets replaces in body every copy of the secrets the request
+// carried (the bearer token, the legacy key): an answer that echoes them
+// (a proxy's debug page, an error quoting the header) must not carry them
+// into details, logs and records.
+func scrubSecrets(body []byte, h http.Header) []byte {
+	for _, v := range [...]string{strings.TrimPrefix(h.Get("Authorization"), "Bearer "), h.Get("X-Auth-Key")} {
+		if len(v) >= 8 && bytes.Contains(body, []byte(v)) {
+			body = bytes.ReplaceAll(body, []byte(v), redacted)
+		}
+	}
+	return body
+}

@@ -3,6 +3,7 @@ package config
 import (
 	"flag"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -15,18 +16,19 @@ type Loader struct {
 }
 
 // Register adds the flags of the given sections to fs, so that fs refuses
-// the flags of the other sections, and returns the Loader that reads them.
+// the flags of the other sections, and returns the Loader that reads them;
+// only, when given, narrows the flags to those settings' (by variable).
 // Call Load after fs.Parse.
 //
 // Every flag takes a value (--nats-url=URL or --nats-url URL), except
 // --create-streams, a boolean flag: --create-streams alone means true,
 // --create-streams=false turns it off.
-func Register(fs *flag.FlagSet, sections Section) *Loader {
+func Register(fs *flag.FlagSet, sections Section, only ...string) *Loader {
 	l := &Loader{sections: sections, flags: make(map[string]*flagValue)}
 	def := Default()
 	for i := range settings {
 		s := &settings[i]
-		if s.section&sections == 0 {
+		if s.section&sections == 0 || len(only) > 0 && !slices.Contains(only, s.env) {
 			continue
 		}
 		fv := &flagValue{boolFlag: s.isBool, def: s.def(def)}

@@ -447,6 +447,8 @@ func TestBadInput(t *testing.T) {
 		{"demo bad timeout", nil, []string{"demo", "--timeout", "-1s"}, exitUsage, "--timeout must be positive"},
 		{"demo keep and serve", nil, []string{"demo", "--keep", "--serve"}, exitUsage, "--keep is for the table"},
 		{"demo table with a NATS URL", nil, []string{"demo", "--nats-url", "nats://127.0.0.1:4222"}, exitUsage, "--nats-url: not used here"},
+		// Its help lists only what it may read: a flag of serve's is unknown.
+		{"demo with an ingress address", nil, []string{"demo", "--ingress-addr", "127.0.0.1:0"}, exitUsage, "flag provided but not defined: -ingress-addr"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env := hClone(base)

@@ -25,7 +25,9 @@ func demoCmd(ctx context.Context, args []string, e env) int {
 	keep := fs.Bool("keep", false, "after the table, keep everything running until interrupted, so /metrics can be looked at")
 	serveMode := fs.Bool("serve", false, "instead of the table, publish a steady trickle of sample events until interrupted, "+
 		"serving /metrics on REVOKER_HTTP_ADDR and JetStream on REVOKER_NATS_URL's address, logging to stderr")
-	loader, code := parseFlags(fs, config.NATS|config.Server|config.Logging, args, e)
+	// Flags only for what the demo may read: its help lists nothing else.
+	loader, code := parseFlags(fs, config.NATS|config.Server|config.Logging, args, e,
+		"REVOKER_NATS_URL", "REVOKER_HTTP_ADDR", "REVOKER_LOG_LEVEL", "REVOKER_LOG_FORMAT")
 	if code >= 0 {
 		return code
 	}

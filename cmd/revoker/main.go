@@ -121,9 +121,9 @@ func parse(fs *flag.FlagSet, sections config.Section, args []string, e env) (con
 
 // parseFlags is parse's first half: the flags, and the loader of sections
 // that reads the settings after them.
-func parseFlags(fs *flag.FlagSet, sections config.Section, args []string, e env) (*config.Loader, int) {
+func parseFlags(fs *flag.FlagSet, sections config.Section, args []string, e env, only ...string) (*config.Loader, int) {
 	fs.SetOutput(e.stderr)
-	loader := config.Register(fs, sections)
+	loader := config.Register(fs, sections, only...)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, exitOK

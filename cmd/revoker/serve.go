@@ -33,7 +33,8 @@ import (
 func serveCmd(ctx context.Context, args []string, e env) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	embedded := fs.String("embedded-nats", "", "run a JetStream server inside the process, storing in `DIR`, listening on the NATS URL's address "+
-		"and requiring its user and password (or token), with TLS when --nats-tls-cert is given; off loopback both are required")
+		"and requiring its user and password (or token, or the identity of --nats-creds), with TLS when --nats-tls-cert is given; "+
+		"off loopback a password (or creds) and TLS are both required")
 	cfg, code := parse(fs, config.All, args, e)
 	if code >= 0 {
 		return code

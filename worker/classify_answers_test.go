@@ -50,7 +50,6 @@ func TestHugeRetryAfterChargedAsItsCappedHold(t *testing.T) {
 	}
 }
 
-
 // TestRetryAfterOfA429RefusedForGoodStillHolds: a 429 with x-should-retry:
 // false dead-letters its event at once (SPEC §4), but the hold it asks for
 // is every call's: "a 429 pauses every call of every replica sharing the

@@ -101,6 +101,9 @@ func (w *Worker) storeCarried(ctx context.Context, k carried) error {
 	}
 	_, lerr := w.Ledger.Update(ctx, k.ref, func(e *Entry) error {
 		e.Calls = max(e.Calls, k.rec.Attempts)
+		// The answers its delivery heard, the confirming one among them,
+		// as keepConfirmation keeps them: raised to, never added to.
+		e.Answered = min(max(e.Answered, k.rec.Attempts-k.rec.UnansweredCalls), e.Calls)
 		e.Confirmed = k.hit
 		return nil
 	})

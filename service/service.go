@@ -579,6 +579,17 @@ func hasKeyOf(r StatusRequest) bool { return r.AccountID != "" }
 // be reused).
 func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRequest) {
 	c := s.cfg.Client
+	if r.EventID != "" && s.cfg.Index != nil {
+		// An event this service stored under the id is read by its stream
+		// and sequence: the id alone would match an older event of the key
+		// under the same id (ids can be reused, SPEC §5a).
+		// (Several events under the id: the key narrows them, below.)
+		if p, found, err := s.cfg.Index.Find(ctx, r.EventID); err == nil && found && p.AccountID == r.AccountID && p.KeyID == r.KeyID {
+			r.Stream, r.Sequence = p.Stream, p.Sequence
+			s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter)
+			return
+		}
+	}
 	recs, err := queue.KeyOutcomes(ctx, c.JetStream(), c.OutcomeStream, c.OutcomePrefix, r.AccountID, r.KeyID, c.Stray)
 	if err != nil {
 		s.fail(req, 503, "the audit trail cannot be read: try again")

@@ -24,33 +24,21 @@ import (
 // and revoked while they wait.
 func TestRefusedCredentialsEventsLeaveTheOthersTheirPlaces(t *testing.T) {
 	const accA, accB, tokA, tokB = "acct0a0a", "acct0b0b", "tokenOfAccountA0123456789", "tokenOfAccountB0123456789"
-	dir := t.TempDir()
-	files := map[string]string{
-		"a.token": tokA, "b.token": tokB,
-		"credentials.yaml": "credentials:\n" +
-			"  - name: cred-a\n    token_file: a.token\n    accounts: [" + accA + "]\n" +
-			"  - name: cred-b\n    token_file: b.token\n    accounts: [" + accB + "]\n",
-	}
-	for n, v := range files {
-		if err := os.WriteFile(filepath.Join(dir, n), []byte(v), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
 	api := cloudflaretest.NewServer(cloudflaretest.WithAccountToken("cred-a", tokA, "", accA),
 		cloudflaretest.WithAccountToken("cred-b", tokB, "", accB))
 	t.Cleanup(api.Close)
 	api.SetTokenStatus("cred-a", "disabled")
-	ns := queuetest.Server(t)
-	env := maps.Clone(hFastEnv)
-	maps.Copy(env, map[string]string{
-		"REVOKER_NATS_URL": ns.ClientURL(), "CLOUDFLARE_BASE_URL": api.URL,
-		"REVOKER_CREDENTIALS_FILE": filepath.Join(dir, "credentials.yaml"),
+	s := credentialsStack(t, api, map[string]string{
+		"a.token": tokA, "b.token": tokB,
+		"credentials.yaml": "credentials:\n" +
+			"  - name: cred-a\n    token_file: a.token\n    accounts: [" + accA + "]\n" +
+			"  - name: cred-b\n    token_file: b.token\n    accounts: [" + accB + "]\n",
+	}, map[string]string{
 		// One call slot: a lane holds two events. A's six wait a minute
 		// each delivery, far past the deadline below.
 		"REVOKER_CONCURRENCY": "1", "REVOKER_RETRY_MAX_INTERVAL": "1s", "REVOKER_RETRY_MAX_ELAPSED": "60s",
 	})
-	nc, js := queuetest.Connect(t, ns)
-	s := &stack{t: t, ns: ns, api: api, env: env, nc: nc, js: js}
+	js := s.js
 	s.startWorker() // ready: cred-b works
 	publish := func(acct, key string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -80,4 +68,26 @@ func TestRefusedCredentialsEventsLeaveTheOthersTheirPlaces(t *testing.T) {
 			t.Fatalf("a key of account A was deleted with its credential refused")
 		}
 	}
+}
+
+// credentialsStack is a stack whose worker reads REVOKER_CREDENTIALS_FILE:
+// files (credentials.yaml and the token files it names) are written to a
+// directory of their own, and extra is added to the environment.
+func credentialsStack(t *testing.T, api *cloudflaretest.Server, files, extra map[string]string) *stack {
+	t.Helper()
+	dir := t.TempDir()
+	for n, v := range files {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns := queuetest.Server(t)
+	env := maps.Clone(hFastEnv)
+	maps.Copy(env, map[string]string{
+		"REVOKER_NATS_URL": ns.ClientURL(), "CLOUDFLARE_BASE_URL": api.URL,
+		"REVOKER_CREDENTIALS_FILE": filepath.Join(dir, "credentials.yaml"),
+	})
+	maps.Copy(env, extra)
+	nc, js := queuetest.Connect(t, ns)
+	return &stack{t: t, ns: ns, api: api, env: env, nc: nc, js: js}
 }

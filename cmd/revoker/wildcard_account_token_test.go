@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"maps"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,27 +17,13 @@ import (
 // the credential refused for ever, so its account's event is revoked.
 func TestWildcardAccountTokenWorks(t *testing.T) {
 	const accA, tokA = "acct0a0a", "tokenOfAccountA0123456789"
-	dir := t.TempDir()
-	files := map[string]string{
-		"a.token":          tokA,
-		"credentials.yaml": "credentials:\n  - name: cred-a\n    token_file: a.token\n    accounts: [\"*\"]\n",
-	}
-	for n, v := range files {
-		if err := os.WriteFile(filepath.Join(dir, n), []byte(v), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
 	api := cloudflaretest.NewServer(cloudflaretest.WithAccountToken("cred-a", tokA, "", accA))
 	t.Cleanup(api.Close)
-	ns := queuetest.Server(t)
-	env := maps.Clone(hFastEnv)
-	maps.Copy(env, map[string]string{
-		"REVOKER_NATS_URL": ns.ClientURL(), "CLOUDFLARE_BASE_URL": api.URL,
-		"REVOKER_CREDENTIALS_FILE": filepath.Join(dir, "credentials.yaml"),
-		"REVOKER_MAX_DELIVER":      "50", "REVOKER_RETRY_MAX_ELAPSED": "5s",
-	})
-	nc, js := queuetest.Connect(t, ns)
-	s := &stack{t: t, ns: ns, api: api, env: env, nc: nc, js: js}
+	s := credentialsStack(t, api, map[string]string{
+		"a.token":          tokA,
+		"credentials.yaml": "credentials:\n  - name: cred-a\n    token_file: a.token\n    accounts: [\"*\"]\n",
+	}, map[string]string{"REVOKER_MAX_DELIVER": "50", "REVOKER_RETRY_MAX_ELAPSED": "5s"})
+	js := s.js
 	s.ensure()
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -325,6 +325,10 @@ func (l *Lane) rebind(ctx context.Context, h Hooks, log *zap.Logger) error {
 	why := "consumer " + name + " of " + l.Subject + " disappeared; binding it again"
 	log.Error("consumer disappeared; binding it again", zap.String("subject", l.Subject), zap.String("consumer", name))
 	h.trouble(why)
+	// What the lost consumer held waiting cannot be fetched until it is
+	// bound again: it must not hold the lower lanes back meanwhile (SPEC
+	// §4, "The proof", point 7). The next fetch tells the gate again.
+	h.NoNews()
 	from := time.Now()
 	wait, last := 100*time.Millisecond, ""
 	for {

@@ -1,0 +1,65 @@
+package queue_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/queue/queuetest"
+)
+
+// TestLostUrgentConsumerLeavesNoStalePending (SPEC §4, "The proof", point
+// 7): the urgent lane is full (one call held, one event waiting for a
+// permit) and more urgent events wait in the stream, so the gate hears
+// that urgent work is pending. Its consumer is deleted, and without
+// REVOKER_CREATE_STREAMS it is not made again. Once the events in hand
+// finish, the scheduled lane must go on calling: urgent events that no
+// consumer can deliver must not hold every lower lane back for ever.
+func TestLostUrgentConsumerLeavesNoStalePending(t *testing.T) {
+	var (
+		held    atomic.Int32
+		release = make(chan struct{})
+		once    sync.Once
+	)
+	free := func() { once.Do(func() { close(release) }) }
+	s := newStack(t, func(c *config.Config) {
+		c.HTTPTimeout = time.Minute
+		c.Concurrency = 1 // the urgent lane holds 2: one in a call, one waiting
+	}, holdKeys("uh", &held, release))
+	s.start() // makes what is missing
+	s.stop()
+	s.cfg.CreateStreams = false
+	s.start()
+	t.Cleanup(free)
+
+	urgent, scheduled := s.cfg.Subjects[0], s.cfg.LowestPriority()
+	for _, k := range []string{"uh1", "uh2", "uh3", "uh4"} {
+		s.publish(urgent, eventJSON(acct, k), "id-"+k)
+	}
+	s.waitFor("the urgent lane full: one call held, one event waiting", func() bool {
+		return held.Load() == 1 && testutil.ToFloat64(s.m.Inflight) == 2
+	})
+	s.waitFor("the urgent events waiting in the stream known", func() bool {
+		return testutil.ToFloat64(s.m.Lane(urgent, 0).Pending) > 0
+	})
+	if err := s.js.DeleteConsumer(context.Background(), s.cfg.Stream, s.cfg.Durable(urgent)); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor("not ready, naming the urgent lane", func() bool {
+		ok, why := s.ready.Ready()
+		return !ok && strings.Contains(why, urgent) && strings.Contains(why, "REVOKER_CREATE_STREAMS is false")
+	})
+	free()
+	s.waitFor("the events in hand finished", func() bool { return s.revoked("uh1", "uh2") })
+
+	s.publish(scheduled, eventJSON(acct, "sched1"), "id-sched1")
+	queuetest.Eventually(t, 5*time.Second, "the scheduled lane calls while the urgent consumer is gone", func() bool {
+		return s.revoked("sched1")
+	})
+}

@@ -132,8 +132,7 @@ type boundLane struct {
 }
 
 // runLanes consumes until ctx ends. Each lane binds its own consumer again
-// when it is lost; only a consumer that cannot be bound again at all
-// (ErrIncompatible) stops every lane, once their events are settled.
+// when it is lost, for as long as it takes, while the others go on.
 func (c *Consumer) runLanes(ctx, work context.Context, lanes []*boundLane) error {
 	fetch, stopFetching := context.WithCancel(ctx)
 	defer stopFetching()

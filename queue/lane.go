@@ -136,9 +136,9 @@ type Hooks struct {
 	// works again or the consumer is bound again.
 	Trouble func(why string)
 	// Rebind, if set, binds the lane's consumer again after it disappeared
-	// (making it, if it may): one try, bounded by ctx. An error wrapping
-	// ErrIncompatible stops the lane; any other is retried. Without it, a
-	// lost consumer stops the lane with ErrConsumerGone.
+	// (making it, if it may): one try, bounded by ctx. Errors are retried,
+	// ErrIncompatible too (logged at error level). Without it, a lost
+	// consumer stops the lane with ErrConsumerGone.
 	Rebind func(ctx context.Context) (Binding, error)
 }
 
@@ -215,8 +215,9 @@ func (l *Lane) Consumer() jetstream.Consumer {
 //
 // If the consumer disappears, the lane binds it again through h.Rebind,
 // retrying, while the events in hand go on; only this lane stops fetching
-// meanwhile. Without h.Rebind it returns ErrConsumerGone, once its handlers
-// are done. A rebinding that cannot work returns its ErrIncompatible error.
+// meanwhile, even while the consumer is made again in a form it cannot
+// use. Without h.Rebind it returns ErrConsumerGone, once its handlers are
+// done.
 func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 	// One long-lived handler per place in hand (and one per delivery
 	// aside): a goroutine per message would grow a fresh stack for every
@@ -255,9 +256,7 @@ func (l *Lane) Run(ctx, work context.Context, h Hooks, log *zap.Logger) error {
 		if h.Rebind == nil {
 			return ErrConsumerGone
 		}
-		if err := l.rebind(ctx, h, log); err != nil {
-			return err
-		}
+		l.rebind(ctx, h, log)
 		f = fetchTrouble{subject: l.Subject, report: h.Trouble, log: log}
 		return nil
 	}
@@ -316,8 +315,8 @@ func (l *Lane) lost(ctx context.Context, err error) bool {
 }
 
 // rebind binds the lane's consumer again, retrying until it works or ctx
-// ends (then it returns nil: the lane is stopping anyway).
-func (l *Lane) rebind(ctx context.Context, h Hooks, log *zap.Logger) error {
+// ends (the lane is stopping anyway).
+func (l *Lane) rebind(ctx context.Context, h Hooks, log *zap.Logger) {
 	var name string
 	if info := l.Consumer().CachedInfo(); info != nil {
 		name = info.Name
@@ -342,17 +341,22 @@ func (l *Lane) rebind(ctx context.Context, h Hooks, log *zap.Logger) error {
 			h.trouble("")
 			log.Info("consumer bound again", zap.String("subject", l.Subject), zap.String("consumer", name),
 				zap.Duration("after", time.Since(from)))
-			return nil
-		}
-		if errors.Is(err, ErrIncompatible) {
-			log.Error("the lost consumer cannot be bound again", zap.String("subject", l.Subject), zap.Error(err))
-			return err
+			return
 		}
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
 		if msg := err.Error(); msg != last { // each new cause once
-			log.Warn("consumer not bound yet, retrying", zap.String("subject", l.Subject), zap.Error(err))
+			if errors.Is(err, ErrIncompatible) {
+				// Made again elsewhere in a form revoker cannot use: this
+				// lane waits for it to be fixed, the others go on (SPEC
+				// §4, "The proof", point 7). At start the same stops the
+				// process (§3); at run time that would take every
+				// replica's other lanes down with it.
+				log.Error("the lost consumer cannot be bound again as it is; retrying", zap.String("subject", l.Subject), zap.Error(err))
+			} else {
+				log.Warn("consumer not bound yet, retrying", zap.String("subject", l.Subject), zap.Error(err))
+			}
 			h.trouble(why + ": " + msg)
 			last = msg
 		}

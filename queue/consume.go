@@ -314,12 +314,17 @@ func (c *Consumer) refresh(ctx context.Context, l *boundLane) {
 		// A full lane is not fetching and would not find out itself.
 		l.lane.Gone()
 	}
-	if err == nil && (l.lane.MadeAgain(info) || l.lane.Suspect()) {
+	madeAgain := err == nil && l.lane.MadeAgain(info)
+	if madeAgain || err == nil && l.lane.Suspect() {
 		l.lane.Gone() // made again, or maybe: the lane looks and binds it
 	}
 	if err == nil {
 		l.metrics.Pending.Set(float64(info.NumPending))
-		if l.lane.Full() {
+		// What a consumer the lane is not bound to holds waiting is not
+		// the lane's to fetch until it is bound (it may never be, if it
+		// cannot be used): it holds no lower lane back (SPEC §4, "The
+		// proof", point 7).
+		if l.lane.Full() && !madeAgain {
 			c.Gate.SetPending(l.lane.Priority, info.NumPending > 0)
 		}
 		switch m, err := l.stream.GetMsg(ictx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(l.lane.Subject)); {

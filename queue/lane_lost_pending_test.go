@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/revoker/revoker/config"
+	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
 
@@ -60,6 +62,62 @@ func TestLostUrgentConsumerLeavesNoStalePending(t *testing.T) {
 
 	s.publish(scheduled, eventJSON(acct, "sched1"), "id-sched1")
 	queuetest.Eventually(t, 5*time.Second, "the scheduled lane calls while the urgent consumer is gone", func() bool {
+		return s.revoked("sched1")
+	})
+}
+
+// TestUrgentConsumerMadeAgainIncompatibleLeavesNoStalePending: as above,
+// but the urgent consumer is made again by hand in a form revoker cannot
+// use (headers only) while the lane is full. The watch reads that
+// consumer's waiting events; they are not the lane's to fetch, and must
+// not hold the lower lanes back once the events in hand finish.
+func TestUrgentConsumerMadeAgainIncompatibleLeavesNoStalePending(t *testing.T) {
+	var (
+		held    atomic.Int32
+		release = make(chan struct{})
+		once    sync.Once
+	)
+	free := func() { once.Do(func() { close(release) }) }
+	s := newStack(t, func(c *config.Config) {
+		c.HTTPTimeout = time.Minute
+		c.Concurrency = 1 // the urgent lane holds 2: one in a call, one waiting
+	}, holdKeys("uh", &held, release))
+	s.start() // makes what is missing
+	s.stop()
+	s.cfg.CreateStreams = false
+	s.start()
+	t.Cleanup(free)
+
+	ctx := context.Background()
+	urgent, scheduled := s.cfg.Subjects[0], s.cfg.LowestPriority()
+	for _, k := range []string{"uh1", "uh2", "uh3", "uh4"} {
+		s.publish(urgent, eventJSON(acct, k), "id-"+k)
+	}
+	s.waitFor("the urgent lane full: one call held, one event waiting", func() bool {
+		return held.Load() == 1 && testutil.ToFloat64(s.m.Inflight) == 2
+	})
+	if err := s.js.DeleteConsumer(ctx, s.cfg.Stream, s.cfg.Durable(urgent)); err != nil {
+		t.Fatal(err)
+	}
+	bad := queue.LaneConsumer(s.cfg.Topology(), urgent)
+	bad.HeadersOnly = true
+	if _, err := s.js.CreateConsumer(ctx, s.cfg.Stream, bad); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor("not ready, naming the urgent consumer", func() bool {
+		ok, why := s.ready.Ready()
+		return !ok && strings.Contains(why, "headers only")
+	})
+	// Two looks of the watch at the full lane, with the consumer made again.
+	for i := range 2 {
+		s.waitFor(fmt.Sprintf("look %d", i+1), func() bool { return testutil.ToFloat64(s.m.Lane(urgent, 0).Pending) > 0 })
+		s.m.Lane(urgent, 0).Pending.Set(0)
+	}
+	free()
+	s.waitFor("the events in hand finished", func() bool { return s.revoked("uh1", "uh2") })
+
+	s.publish(scheduled, eventJSON(acct, "sched1"), "id-sched1")
+	queuetest.Eventually(t, 5*time.Second, "the scheduled lane calls while the urgent consumer is unusable", func() bool {
 		return s.revoked("sched1")
 	})
 }

@@ -654,6 +654,16 @@ func (l *Lane) fetch(ctx context.Context, n int, h Hooks, jobs chan<- *Delivery,
 			l.putRoom(1)
 			continue
 		}
+		if bodiless(msg) && !l.servesBodies(ctx) {
+			// A consumer made again under the lane's name, delivering
+			// headers only: handed over, a valid revocation would read as
+			// an invalid event and be dead-lettered away. It is not the
+			// lane's; it is left to that consumer, and the lane binds its
+			// own again (SPEC §4, "The proof", point 7).
+			l.putRoom(1)
+			l.Gone()
+			continue
+		}
 		last = meta
 		h.Pending(meta.NumPending)
 		d := l.deliver(msg, meta)
@@ -670,6 +680,23 @@ func (l *Lane) fetch(ctx context.Context, n int, h Hooks, jobs chan<- *Delivery,
 		return got, last, err
 	}
 	return got, last, nil
+}
+
+// bodiless reports whether msg came without its body, as a consumer that
+// delivers headers only sends it: the server tells the body's size in a
+// header of its own.
+func bodiless(msg jetstream.Msg) bool {
+	return len(msg.Data()) == 0 && msg.Headers().Get(nats.MsgSize) != ""
+}
+
+// servesBodies asks the server whether the lane's consumer is still the
+// one bound, delivering bodies: a delivery without a body from it is a
+// publisher's own message, with a header of that name, and is handed over.
+func (l *Lane) servesBodies(ctx context.Context) bool {
+	ictx, cancel := context.WithTimeout(ctx, consumerCheckTimeout)
+	defer cancel()
+	info, err := l.Consumer().Info(ictx)
+	return err == nil && !info.Config.HeadersOnly && !l.MadeAgain(info)
 }
 
 func gone(err error) bool {

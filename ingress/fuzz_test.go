@@ -59,7 +59,7 @@ func TestPreferWait(t *testing.T) {
 		"wait=-1, wait=2":           2 * time.Second,
 		"handling=lenient":          -1,
 		"wait=soon":                 -1,
-		"wait=99999999999999999999": -1,
+		"wait=99999999999999999999": maxPreferWait, // too many seconds to count: the longest
 		"wait=999999999":            maxPreferWait,
 	} {
 		got, ok := preferWait([]string{in})

@@ -51,8 +51,13 @@ func preferWait(values []string) (time.Duration, bool) {
 				continue
 			}
 			val = strings.Trim(strings.TrimSpace(val), `"`)
-			if val == "" || len(val) > 9 || strings.IndexFunc(val, func(r rune) bool { return r < '0' || r > '9' }) >= 0 {
+			if val == "" || strings.IndexFunc(val, func(r rune) bool { return r < '0' || r > '9' }) >= 0 {
 				continue
+			}
+			if len(val) > 9 {
+				// Too many seconds to count is the longest wait (RFC 9111
+				// §1.2.2 reads an overflowing delta-seconds so), not none.
+				return maxPreferWait, true
 			}
 			n, err := strconv.Atoi(val)
 			if err != nil {

@@ -190,6 +190,7 @@ func (s *Server) lookup(ctx context.Context, id string) (e entry, found bool, er
 		return e, false, nil
 	}
 	if err != nil {
+		s.kv.Drop(kv, err)
 		return e, false, err
 	}
 	if json.Unmarshal(got.Value(), &e) != nil || !e.sane(id) {
@@ -220,6 +221,7 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 			return s.publish(ctx, kv, key, rev, claim, ev, body)
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
+			s.kv.Drop(kv, err) // a bucket lost is made again at the next request
 			s.log.Warn("ingress: claim not stored", zap.Error(err))
 			return entry{}, problem(KindUnavailable, "the event was not stored: try again").retry(retryUnavailable)
 		}

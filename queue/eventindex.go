@@ -89,6 +89,7 @@ func (x *EventIndex) Remember(ctx context.Context, p Published) error {
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 		case err != nil:
+			x.kv.Drop(kv, err)
 			return err
 		default:
 			rev = e.Revision()
@@ -111,6 +112,7 @@ func (x *EventIndex) Remember(ctx context.Context, p Published) error {
 			continue
 		}
 		if err != nil {
+			x.kv.Drop(kv, err)
 			return err
 		}
 		// And as its key's latest event, for revoker.status by key while
@@ -121,6 +123,7 @@ func (x *EventIndex) Remember(ctx context.Context, p Published) error {
 			return err
 		}
 		_, err = kv.Put(ctx, keyIndexKey(p.AccountID, p.KeyID), b)
+		x.kv.Drop(kv, err)
 		return err
 	}
 }
@@ -166,6 +169,7 @@ func (x *EventIndex) read(ctx context.Context, key string, names func(indexEntry
 		return v, false, nil
 	}
 	if err != nil {
+		x.kv.Drop(kv, err)
 		return v, false, err
 	}
 	if json.Unmarshal(e.Value(), &v) != nil || v.Stream != x.stream || v.Sequence == 0 || !names(v) {

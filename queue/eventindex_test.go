@@ -91,3 +91,27 @@ func TestEventIndexIDOfSeveralEventsNamesNone(t *testing.T) {
 		t.Fatalf("Find after the first event was noted again: %v; want ErrSeveralEvents", err)
 	}
 }
+
+// TestEventIndexBucketLostIsMadeAgain: the index's bucket is lost while
+// the service runs (deleted by hand, lost with its only replica). The use
+// that finds it gone fails; the next binds it again, making it, instead of
+// failing until a restart.
+func TestEventIndexBucketLostIsMadeAgain(t *testing.T) {
+	_, _, js := queuetest.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	x := queue.NewEventIndex(js, "REVOCATIONS", 1, true, zap.NewNop())
+	p := queue.Published{EventID: "svc-1", AccountID: "acct", KeyID: "key1", Stream: "REVOCATIONS", Sequence: 5}
+	if err := x.Remember(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteKeyValue(ctx, queue.EventIndexBucket); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 10*time.Second, "remembered again once the bucket is made again", func() bool {
+		return x.Remember(ctx, p) == nil
+	})
+	if got, found, err := x.Find(ctx, "svc-1"); err != nil || !found || got.Sequence != 5 {
+		t.Fatalf("Find(svc-1) = %+v, %v, %v; want p", got, found, err)
+	}
+}

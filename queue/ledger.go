@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -342,6 +343,28 @@ type LazyBucket struct {
 // creating it when create is set.
 func NewLazyBucket(js jetstream.JetStream, want jetstream.KeyValueConfig, create bool, log *zap.Logger) *LazyBucket {
 	return &LazyBucket{js: js, want: want, create: create, log: log, binding: make(chan struct{}, 1)}
+}
+
+// Drop forgets kv, the bucket as bound, when err says that its stream is
+// not there (deleted by hand, lost with its only replica): the next Get
+// binds it again, making it when told to. Kept, every use would fail until
+// a restart. Any other error keeps it.
+func (b *LazyBucket) Drop(kv jetstream.KeyValue, err error) {
+	if kv == nil || !bucketGone(err) {
+		return
+	}
+	if cur := b.kv.Load(); cur != nil && *cur == kv {
+		b.kv.CompareAndSwap(cur, nil)
+	}
+}
+
+// bucketGone reports whether err, from a use of a bound bucket, may mean
+// that its stream is gone. No responders is also what a cluster answers
+// while it elects the stream's leader: binding again then finds the
+// bucket as it was.
+func bucketGone(err error) bool {
+	return errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
 }
 
 // Get returns the bucket, binding it first if no caller has yet.

@@ -147,6 +147,7 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	if err != nil {
+		s.bucket.Drop(kv, err) // a bucket lost is made again at the next tick
 		return false, fmt.Errorf("take the lease: %w", err)
 	}
 	// The lease is ours until deleted or expired; release only our own.

@@ -427,3 +427,23 @@ func TestLeaseOutlivingItsTTLIsTakenOver(t *testing.T) {
 		t.Errorf("revoker_keys_still_listed %v after the check, want 1 (alive is still listed)", v)
 	}
 }
+
+// TestVerifyBucketLostIsMadeAgain: the lease's bucket is lost while serve
+// runs (deleted by hand, lost with its only replica). The tick that finds
+// it gone fails; a later one makes it again and checks, instead of every
+// tick failing until a restart.
+func TestVerifyBucketLostIsMadeAgain(t *testing.T) {
+	r := newRig(t)
+	ctx := testCtx(t)
+	s, _ := r.schedule("alive", time.Nanosecond)
+	if _, err := s.Tick(ctx); err != nil { // makes the bucket
+		t.Fatal(err)
+	}
+	if err := r.js.DeleteKeyValue(ctx, verify.Bucket); err != nil {
+		t.Fatal(err)
+	}
+	queuetest.Eventually(t, 10*time.Second, "a check once the bucket is made again", func() bool {
+		ran, err := s.Tick(ctx)
+		return err == nil && ran
+	})
+}

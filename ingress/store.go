@@ -272,6 +272,14 @@ func (s *Server) store(ctx context.Context, claim entry, ev event.Event, body []
 					found.repeat = true
 					return found, nil
 				}
+				// Or still waiting in the work stream, past the
+				// duplicate window that would drop a second copy (a
+				// backlog behind it): the same event, not stored again.
+				if found, ok := s.stillQueued(ctx, claim, body); ok {
+					s.mark(ctx, kv, key, rev, found)
+					found.repeat = true
+					return found, nil
+				}
 				if s.now().Sub(claim.Tried) > s.cfg.Client.RepublishWithin(ctx) {
 					s.log.Warn("ingress: an event whose store went unanswered may be stored again past the work stream's duplicate window, with no record of it yet (a key revoked twice, never not at all)",
 						zap.String("event_id", untrusted.Line(claim.EventID, 256)), zap.String("trace_id", tracing.TraceID(ctx)))
@@ -371,6 +379,38 @@ func (s *Server) publish(ctx context.Context, kv jetstream.KeyValue, key string,
 	return stored, nil
 }
 
+// storedWithin is when claim's publishes could have stored its event:
+// from the first try to the end of the duplicate window of the last (a
+// request taking the claim over may have stored it later), give or take
+// clockMargin, since the claim's times are its replicas' clocks and a
+// stored event's the server's. An older event under a reused key is older
+// by BucketTTL at least: its entry held the key that long.
+func (s *Server) storedWithin(ctx context.Context, claim entry) (from, until time.Time) {
+	last := claim.Until
+	if last.Before(claim.Tried) {
+		last = claim.Tried
+	}
+	return claim.Tried.Add(-clockMargin), last.Add(s.cfg.Client.RepublishWithin(ctx) + queue.RepublishMargin + clockMargin)
+}
+
+// stillQueued finds claim's event still waiting in the work stream, for an
+// event whose store went unanswered: stored under its id, on its subject,
+// with body, while its publishes could have stored it. It returns the
+// entry of the event so found.
+func (s *Server) stillQueued(ctx context.Context, claim entry, body []byte) (entry, bool) {
+	from, until := s.storedWithin(ctx, claim)
+	p, found, err := s.cfg.Client.FindStored(ctx, claim.Subject, claim.storedID(), body, from, until)
+	if err != nil {
+		s.log.Warn("ingress: the work stream could not be read for an event whose store went unanswered", zap.Error(err))
+	}
+	if !found {
+		return entry{}, false
+	}
+	e := claim
+	e.State, e.Stream, e.Sequence, e.TraceID, e.StoredAt, e.EventStoredAt = stateStored, p.Stream, p.Sequence, p.TraceID, s.now(), p.StoredAt
+	return e, true
+}
+
 // storeUnknown is the answer to a request whose event may be stored.
 func (s *Server) storeUnknown() *Problem {
 	return problem(KindStoreUnknown, "the work stream's answer was lost, and NATS did not answer again within the request: the event may have been stored; repeat the request with the same idempotency key, which looks for it before storing it again").retry(retryUnavailable)
@@ -394,17 +434,7 @@ func (s *Server) recorded(ctx context.Context, claim entry) (entry, bool) {
 		return entry{}, false
 	}
 	id := untrusted.Chars(claim.storedID(), event.MaxRecordedID)
-	// From the first try to the end of the duplicate window of the last
-	// (a request taking the claim over may have stored it later), give or
-	// take clockMargin: the claim's times are its replicas' clocks, the
-	// record's the server's. An older event under a reused key is older
-	// by BucketTTL at least: its entry held the key that long.
-	from := claim.Tried.Add(-clockMargin)
-	last := claim.Until
-	if last.Before(claim.Tried) {
-		last = claim.Tried
-	}
-	until := last.Add(s.cfg.Client.RepublishWithin(ctx) + queue.RepublishMargin + clockMargin)
+	from, until := s.storedWithin(ctx, claim)
 	for i := len(recs) - 1; i >= 0; i-- {
 		rec := recs[i]
 		stored, err := time.Parse(time.RFC3339Nano, rec.PublishedAt)

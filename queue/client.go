@@ -257,6 +257,32 @@ func (c *Client) streamMade(ctx context.Context, stream string) (time.Time, erro
 	return s.CachedInfo().Created, nil
 }
 
+// maxFindStored bounds the messages FindStored reads: a backlog stored in
+// the same moments is read through to that many.
+const maxFindStored = 2000
+
+// FindStored looks in the work stream for the event stored under id on
+// subject with body, among the messages of subject the server stored from
+// from to until (its clock): an event whose store went unanswered, still
+// waiting there after the duplicate window that would have dropped a
+// second copy. It reads at most maxFindStored messages; found is false
+// when it did not come to it.
+func (c *Client) FindStored(ctx context.Context, subject, id string, body []byte, from, until time.Time) (p Published, found bool, err error) {
+	req := msgGetRequest{NextFor: subject, StartTime: &from}
+	for range maxFindStored {
+		m, err := msgGetOn(ctx, c.nc, c.Stream, req)
+		if err != nil || m == nil || m.Time.After(until) {
+			return Published{}, false, err
+		}
+		if h := m.header(); m.Subject == subject && h.Get(jetstream.MsgIDHeader) == id && bytes.Equal(m.Data, body) {
+			return Published{EventID: id, Subject: subject, Stream: c.Stream, Sequence: m.Seq,
+				StoredAt: m.Time, TraceID: storedTraceID(h, m.Data)}, true, nil
+		}
+		req = msgGetRequest{Seq: m.Seq + 1, NextFor: subject}
+	}
+	return Published{}, false, nil
+}
+
 // ErrIDUnverified means the event's id already names an event in the work
 // stream's duplicate window, and whether that event is this one could not
 // be checked: the event may not have been published.

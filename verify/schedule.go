@@ -23,6 +23,7 @@ const (
 	leaseKey = "lease"
 	lastKey  = "last"
 	clockKey = "clock" // written to learn the server's time
+	firstKey = "first" // when the fleet first took the lease
 )
 
 // Window is what a scheduled check covers: a signed URL lives at most
@@ -59,10 +60,22 @@ type Schedule struct {
 	LeaseTTL time.Duration
 
 	bucket *queue.LazyBucket // bound on first use
-	// first is the server's time of this replica's first lease: with no
-	// check on record, the first is due an Interval after it, so a
-	// starting fleet does not list every account at once.
+	// first is the server's time of the fleet's first lease, as the
+	// bucket keeps it: with no check on record, the first is due an
+	// Interval after it, so a starting fleet does not list every account
+	// at once, and one restarted more often than that still checks.
 	first time.Time
+	// ttlsOffSaid: the bucket's missing per-key TTLs were logged.
+	ttlsOffSaid bool
+}
+
+// errCodeTTLsOff is the server's error code for a per-key TTL asked of a
+// stream that does not allow them.
+const errCodeTTLsOff = 10166
+
+func ttlsOff(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.ErrorCode == errCodeTTLsOff
 }
 
 // last is the bucket's record of the last check.
@@ -141,6 +154,19 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 		ttl = DefaultLeaseTTL
 	}
 	rev, err := kv.Create(ctx, leaseKey, []byte(untrusted.Line(s.Replica, 256)), jetstream.KeyTTL(ttl))
+	if ttlsOff(err) {
+		// A bucket made without per-key TTLs (by hand, an older build)
+		// is used as it is (SPEC §3): the lease is taken without one,
+		// and dropStaleLease removes it once it outlives ttl, as it
+		// does any lease a holder left behind.
+		if !s.ttlsOffSaid {
+			s.ttlsOffSaid = true
+			s.Log.Warn("existing bucket differs from what revoker would create; leaving it as it is",
+				zap.String("bucket", Bucket), zap.String("setting", "per-key TTLs (allow_msg_ttl)"),
+				zap.String("have", "off"), zap.String("want", "on"))
+		}
+		rev, err = kv.Create(ctx, leaseKey, []byte(untrusted.Line(s.Replica, 256)))
+	}
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		s.export(ctx, kv) // another replica checks; show what the last check found
 		s.dropStaleLease(ctx, kv, ttl)
@@ -168,7 +194,7 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 	}
 	if !ok {
 		if s.first.IsZero() {
-			s.first = lease.Created()
+			s.first = s.fleetFirst(ctx, kv, lease.Created())
 		}
 		lastAt = s.first
 	}
@@ -211,6 +237,22 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 	s.Log.Info("verify: check done", zap.Int("checked", r.Checked), zap.Int("still_listed", listed),
 		zap.Int("failed_accounts", len(r.Failed)))
 	return true, nil
+}
+
+// fleetFirst is when the fleet first took the lease, kept in the bucket
+// by the first replica to write it (the server's time): kept only in
+// memory, each restart would put the first check an Interval further
+// off, for ever in a fleet restarted more often. If it cannot be kept or
+// read, this lease's time stands in, as before.
+func (s *Schedule) fleetFirst(ctx context.Context, kv jetstream.KeyValue, leased time.Time) time.Time {
+	if _, err := kv.Create(ctx, firstKey, nil); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return leased
+	}
+	e, err := kv.Get(ctx, firstKey)
+	if err != nil || e.Created().After(leased) {
+		return leased
+	}
+	return e.Created()
 }
 
 // dropStaleLease removes a lease older than any a replica writes could

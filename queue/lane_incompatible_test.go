@@ -15,10 +15,14 @@ import (
 // and made again by someone else in a form revoker cannot use (headers
 // only). That lane waits, naming why; the urgent lane goes on revoking,
 // and the worker does not stop: one tampered consumer must not take every
-// replica's urgent revocations down with it. Once the consumer is fixed,
-// the lane is bound again and its events are revoked.
+// replica's urgent revocations down with it. Once the consumer is made
+// right, the lane is bound again and its events are revoked.
 func TestConsumerMadeAgainIncompatibleStopsOnlyItsLane(t *testing.T) {
 	s := newStack(t, nil)
+	s.start() // makes what is missing
+	s.stop()
+	// Not made again by the worker: the test makes each consumer itself.
+	s.cfg.CreateStreams = false
 	s.start()
 	ctx := context.Background()
 	urgent, scheduled := s.cfg.Subjects[0], s.cfg.LowestPriority()
@@ -47,6 +51,9 @@ func TestConsumerMadeAgainIncompatibleStopsOnlyItsLane(t *testing.T) {
 
 	s.publish(scheduled, eventJSON(acct, "sch1"), "id-sch1")
 	if err := s.js.DeleteConsumer(ctx, s.cfg.Stream, durable); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.js.CreateConsumer(ctx, s.cfg.Stream, queue.LaneConsumer(s.cfg.Topology(), scheduled)); err != nil {
 		t.Fatal(err)
 	}
 	queuetest.Eventually(t, 30*time.Second, "the scheduled event revoked once the consumer is fixed", func() bool {

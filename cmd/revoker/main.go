@@ -122,12 +122,21 @@ func parse(fs *flag.FlagSet, sections config.Section, args []string, e env) (con
 // parseFlags is parse's first half: the flags, and the loader of sections
 // that reads the settings after them.
 func parseFlags(fs *flag.FlagSet, sections config.Section, args []string, e env, only ...string) (*config.Loader, int) {
-	fs.SetOutput(e.stderr)
 	loader := config.Register(fs, sections, only...)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, exitOK
-		}
+	// A bad flag is one line naming it (SPEC §6), not the error followed
+	// by every flag's help: that is for -h, on stdout.
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(e.stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(e.stdout)
+		fmt.Fprintf(e.stdout, "Usage of revoker %s:\n", fs.Name())
+		fs.PrintDefaults()
+		fs.SetOutput(e.stderr)
+		return nil, exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(e.stderr, "revoker %s: %v (revoker %s -h lists the flags)\n", fs.Name(), err, fs.Name())
 		return nil, exitUsage
 	}
 	if fs.NArg() > 0 {

@@ -333,7 +333,12 @@ func (c *Client) sameEvent(ctx context.Context, p *Published) error {
 			return unverified("it is done, and reading its outcome record", rerr)
 		}
 		same = recorded && rec.Subject == p.Subject
-		p.TraceID = rec.TraceID
+		// The event's trace, as its record names it: a record's field,
+		// shown to the publisher only as a trace id, else none.
+		p.TraceID = ""
+		if tracing.ValidTraceID(rec.TraceID) {
+			p.TraceID = rec.TraceID
+		}
 	}
 	if !same {
 		return fmt.Errorf("%w: id %s was used for the event at sequence %d of %s (another key, or another subject) within the duplicate window; %s/%s was NOT published to %s: use another id",

@@ -273,6 +273,14 @@ func TraceID(ctx context.Context) string {
 	return sc.TraceID().String()
 }
 
+// ValidTraceID reports whether id is a trace id as revoker writes one: 32
+// lower-case hex digits, not all zero. A trace id read back from a record
+// is shown only if it is one.
+func ValidTraceID(id string) bool {
+	t, err := trace.TraceIDFromHex(id)
+	return err == nil && t.IsValid() && t.String() == id
+}
+
 // ExemplarLabels returns the exemplar labels for an observation made in ctx,
 // {"trace_id": id}, for prometheus.ExemplarObserver's ObserveWithExemplar;
 // nil when ctx carries no sampled trace, since an exemplar pointing at a

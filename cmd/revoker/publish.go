@@ -581,5 +581,5 @@ func traceOrNone(id string) string {
 	if id == "" {
 		return "none"
 	}
-	return id
+	return cell(id) // read back from the stream: shown as any stored field is (SPEC §10)
 }

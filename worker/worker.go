@@ -886,7 +886,14 @@ func (w *Worker) refused(stop context.Context, a *attempt) bool {
 	if r.Recheck == nil || w.Ready.Met(ReadyCredentialOf(r.Credential)) {
 		return false
 	}
-	if r.Recheck(stop, a.d.Priority()) {
+	// The check waits on the credential's budget (a hold its refusal
+	// brought) and on its other events' check: set aside meanwhile, so
+	// that other accounts' events are fetched and called (SPEC §6: a
+	// refused credential makes only its own accounts wait).
+	back := a.d.Aside(a.calls > 0)
+	works := r.Recheck(stop, a.d.Priority())
+	back()
+	if works {
 		return false
 	}
 	a.last = Decision{Kind: Unauthorized, Detail: "credential " + r.Credential + " is refused: its check, made again before this call, says so"}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -248,8 +249,15 @@ func New(cfg Config) *Gate {
 
 // Interval is the spacing of permits at rate r (r > 0): N+1 permits at
 // rate N take a second and WindowSlack, and never less than a second and
-// SpacingMargin per permit.
+// SpacingMargin per permit. A rate of one or more with a fraction (a
+// budget's cut of the address limit, a quota per five minutes) is spaced
+// as its whole part: spaced at 1/r, 3.33/s would start 4 calls in 918 ms,
+// and budgets cut to fit the address limit would together pass it (SPEC
+// §9: at most that many calls in any one-second window).
 func Interval(r float64) time.Duration {
+	if r >= 1 {
+		r = math.Floor(r)
+	}
 	return max(time.Duration(float64(time.Second+WindowSlack)/r), time.Duration(float64(time.Second)/r)+SpacingMargin)
 }
 

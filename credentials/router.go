@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/revoker/revoker/cloudflare"
@@ -19,18 +20,36 @@ var ErrAccountNotAllowed = errors.New("credentials: no credential for the accoun
 // concurrent use; Store swaps the set while calls are made.
 type Router struct {
 	set atomic.Pointer[Set]
+
+	mu      sync.Mutex
+	changed chan struct{} // closed by the next Store
 }
 
 // NewRouter returns a Router using set.
 func NewRouter(set *Set) *Router {
-	r := &Router{}
+	r := &Router{changed: make(chan struct{})}
 	r.set.Store(set)
 	return r
 }
 
 // Store makes set the one used by the calls that start from now on (pass
 // it as Watch's onChange, or call it from there).
-func (r *Router) Store(set *Set) { r.set.Store(set) }
+func (r *Router) Store(set *Set) {
+	r.set.Store(set)
+	r.mu.Lock()
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// Changed is closed once the set in use is replaced: an event waiting for
+// its credential's budget then looks its credential up again (a reload may
+// have moved its account to another).
+func (r *Router) Changed() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
 
 // Set is the set in use.
 func (r *Router) Set() *Set { return r.set.Load() }

@@ -157,6 +157,9 @@ func (r *Routes) Route(account string) (worker.Route, bool) {
 		Recheck: func(ctx context.Context, p int) bool { return r.recheck(ctx, c, account, p) }}, true
 }
 
+// Changed is closed once the credentials in use change (worker.Rerouter).
+func (r *Routes) Changed() <-chan struct{} { return r.router.Changed() }
+
 // rateOf is b's rate, as last cut.
 func (r *Routes) rateOf(b *BudgetGate) float64 {
 	r.mu.Lock()

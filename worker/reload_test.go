@@ -16,8 +16,9 @@ import (
 // switchRoutes is fakeRoutes that a test may replace mid-delivery, as a
 // reload of the credentials file does.
 type switchRoutes struct {
-	mu sync.Mutex
-	m  fakeRoutes
+	mu      sync.Mutex
+	m       fakeRoutes
+	changed chan struct{} // closed by the next store, as credentials.Router's
 }
 
 func (s *switchRoutes) Route(account string) (worker.Route, bool) {
@@ -30,6 +31,19 @@ func (s *switchRoutes) store(m fakeRoutes) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.m = m
+	if s.changed != nil {
+		close(s.changed)
+	}
+	s.changed = make(chan struct{})
+}
+
+func (s *switchRoutes) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return s.changed
 }
 
 // reloadWorker is a worker of r's fakes routing through routes.

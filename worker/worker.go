@@ -246,6 +246,13 @@ type Routes interface {
 	Route(account string) (r Route, ok bool)
 }
 
+// Rerouter is met by Routes whose routes may change while events wait for
+// a permit (a reloaded credentials file): Changed is closed at the next
+// change, and a wait for the old route's budget ends then.
+type Rerouter interface {
+	Changed() <-chan struct{}
+}
+
 // ReadyCredentialOf is the readiness condition of a named credential.
 func ReadyCredentialOf(name string) string {
 	if name == "" {
@@ -716,9 +723,12 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			continue
 		}
 		waitFrom := time.Now()
-		permit, err := w.acquire(stop, a.route, a.d.Priority(), a.aside())
+		permit, moved, err := w.acquireRouted(stop, a)
 		if err != nil {
 			return stopped
+		}
+		if moved {
+			continue // its account's credential changed while it waited
 		}
 		w.metricsOf(a.route).Wait.Observe(time.Since(waitFrom).Seconds())
 		callFrom := time.Now()
@@ -1377,6 +1387,53 @@ type permit interface {
 // budget's among them (SPEC §9).
 func (w *Worker) acquire(ctx context.Context, r Route, p int, aside throttle.Aside) (permit, error) {
 	return w.acquireFrom(ctx, r, p, aside, w.Gate.Acquire, throttle.AcquirePairAside)
+}
+
+// acquireRouted is acquire for a's route, given up when the routes change
+// meanwhile, and again when its route changed while the permit was
+// granted: a reload may move the account to another credential and
+// budget, and the event must neither wait out the old one's hold nor call
+// with its token (SPEC §6: the account picks the credential; §9). moved is
+// true then, with no permit held, and a's route is to be looked up again.
+func (w *Worker) acquireRouted(stop context.Context, a *attempt) (pm permit, moved bool, err error) {
+	rr, ok := w.Routes.(Rerouter)
+	if !ok {
+		pm, err = w.acquire(stop, a.route, a.d.Priority(), a.aside())
+		return pm, false, err
+	}
+	changed := rr.Changed()
+	ctx, cancel := context.WithCancel(stop)
+	defer cancel()
+	watched := make(chan struct{})
+	defer close(watched)
+	go func() {
+		select {
+		case <-changed:
+			cancel()
+		case <-watched:
+		}
+	}()
+	pm, err = w.acquire(ctx, a.route, a.d.Priority(), a.aside())
+	if err != nil {
+		if stop.Err() == nil && isClosed(changed) {
+			return nil, true, nil
+		}
+		return nil, false, err
+	}
+	if r, ok := w.Routes.Route(a.ev.AccountID); !ok || r.Credential != a.route.Credential || r.Identity != a.route.Identity {
+		pm.Release()
+		return nil, true, nil
+	}
+	return pm, false, nil
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // reacquire is acquire for a call whose permit went by before it could

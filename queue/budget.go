@@ -156,7 +156,10 @@ type Budget struct {
 	// beyond the configured rate's.
 	quota   time.Duration
 	quoting bool
-	trouble string // last trouble logged, "" when none
+	// troubles are the causes of trouble logged since the budget last
+	// answered: the reservations and the claim's keeping fail in turn
+	// with different causes, each said once per outage.
+	troubles map[string]bool
 	closing bool   // Close has begun
 	claimed bool   // a claim was ever made here (its key may hold it)
 	// checkedRev is the last revision whose values were checked; foreign
@@ -973,6 +976,9 @@ func (b *Budget) checked(key string, rev uint64, out []string) {
 	}
 }
 
+// maxTroubles bounds the causes one outage logs.
+const maxTroubles = 16
+
 // failed logs trouble with the bucket once per distinct cause.
 func (b *Budget) failed(err error) error {
 	b.mu.Lock()
@@ -982,8 +988,14 @@ func (b *Budget) failed(err error) error {
 		b.mu.Unlock()
 		return err
 	}
-	first := b.trouble != err.Error()
-	b.trouble = err.Error()
+	msg := err.Error()
+	first := !b.troubles[msg] && len(b.troubles) < maxTroubles
+	if first {
+		if b.troubles == nil {
+			b.troubles = map[string]bool{}
+		}
+		b.troubles[msg] = true
+	}
 	b.mu.Unlock()
 	if first {
 		b.log.Warn("rate budget not reachable: no call starts until it answers", zap.Error(err))
@@ -993,10 +1005,10 @@ func (b *Budget) failed(err error) error {
 
 func (b *Budget) ok() {
 	b.mu.Lock()
-	was := b.trouble
-	b.trouble = ""
+	was := len(b.troubles) > 0
+	b.troubles = nil
 	b.mu.Unlock()
-	if was != "" {
+	if was {
 		b.log.Info("rate budget reachable again")
 	}
 }

@@ -160,8 +160,8 @@ type Budget struct {
 	// answered: the reservations and the claim's keeping fail in turn
 	// with different causes, each said once per outage.
 	troubles map[string]bool
-	closing bool   // Close has begun
-	claimed bool   // a claim was ever made here (its key may hold it)
+	closing  bool // Close has begun
+	claimed  bool // a claim was ever made here (its key may hold it)
 	// checkedRev is the last revision whose values were checked; foreign
 	// says it held values out of range, so that is logged once, not on
 	// every read.

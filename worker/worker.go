@@ -1987,7 +1987,7 @@ func (w *Worker) durably(stop, work context.Context, a *attempt, what string, wr
 // the last of them got.
 func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 	if (a.calls > 0 || a.unmade) && a.revoked == nil {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.work), 2*time.Second)
+		ctx, cancel := lastWrite(a.work, 2*time.Second)
 		// Compare-and-swap: another replica's confirmation is kept.
 		_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
 			a.countIn(e, a.seen)
@@ -2010,6 +2010,23 @@ func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 	a.lane.Processed(string(event.Requeued))
 	w.Log.Warn("event requeued", w.fields(a, zap.String("outcome", string(event.Requeued)),
 		zap.String("why", why), zap.Duration("delay", delay))...)
+}
+
+// lastWriteGrace is how long a delivery's last write may outlast its
+// work: a write made as the shutdown timeout ends gets that much, so that
+// a server that answers at once is still written to, and one that does not
+// holds the process no longer (SPEC §7).
+const lastWriteGrace = 100 * time.Millisecond
+
+// lastWrite bounds a delivery's last write by d, and by the end of its work
+// with lastWriteGrace.
+func lastWrite(work context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(work), d)
+	stopWatch := context.AfterFunc(work, func() { time.AfterFunc(lastWriteGrace, cancel) })
+	return ctx, func() {
+		stopWatch()
+		cancel()
+	}
 }
 
 // record is the outcome record of a.

@@ -1663,7 +1663,7 @@ const heldTimeout = 2 * time.Second
 // when it cannot tell. Asked once the delivery's time is up, it has a
 // bound of its own.
 func (w *Worker) comesAgain(a *attempt) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), heldTimeout)
+	ctx, cancel := lastWord(a.work, heldTimeout)
 	defer cancel()
 	held, err := a.d.Held(ctx)
 	if err != nil {
@@ -1987,7 +1987,7 @@ func (w *Worker) durably(stop, work context.Context, a *attempt, what string, wr
 // the last of them got.
 func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 	if (a.calls > 0 || a.unmade) && a.revoked == nil {
-		ctx, cancel := lastWrite(a.work, 2*time.Second)
+		ctx, cancel := lastWord(a.work, 2*time.Second)
 		// Compare-and-swap: another replica's confirmation is kept.
 		_, err := w.Ledger.Update(ctx, a.ref, func(e *Entry) error {
 			a.countIn(e, a.seen)
@@ -2012,17 +2012,18 @@ func (w *Worker) giveBack(a *attempt, delay time.Duration, why string) {
 		zap.String("why", why), zap.Duration("delay", delay))...)
 }
 
-// lastWriteGrace is how long a delivery's last write may outlast its
-// work: a write made as the shutdown timeout ends gets that much, so that
-// a server that answers at once is still written to, and one that does not
-// holds the process no longer (SPEC §7).
-const lastWriteGrace = 100 * time.Millisecond
+// lastWordGrace is how long a delivery's last request to the server (a
+// write before its give-back, asking whether the broker still holds it)
+// may outlast its work: one made as the shutdown timeout ends gets that
+// much, so that a server that answers at once is still heard, and one that
+// does not holds the process no longer (SPEC §7).
+const lastWordGrace = 100 * time.Millisecond
 
-// lastWrite bounds a delivery's last write by d, and by the end of its work
-// with lastWriteGrace.
-func lastWrite(work context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+// lastWord bounds a delivery's last request to the server by d, and by the
+// end of its work with lastWordGrace.
+func lastWord(work context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(work), d)
-	stopWatch := context.AfterFunc(work, func() { time.AfterFunc(lastWriteGrace, cancel) })
+	stopWatch := context.AfterFunc(work, func() { time.AfterFunc(lastWordGrace, cancel) })
 	return ctx, func() {
 		stopWatch()
 		cancel()

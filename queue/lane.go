@@ -972,13 +972,13 @@ func (d *Delivery) KeepAlive() error {
 // budget's (§9). back takes a place again, at once: one free, or the next
 // one freed.
 //
-// retrying says the wait is one of an event whose call failed (its
-// backoff, or its budget's wait before it calls again): while the API
-// fails for every event, fetching more only makes them fail and spend
-// their deliveries too. So at most as many retrying events are set aside
-// as the lane has places; beyond, the delivery keeps its place (back does
-// nothing). A fresh event waiting for its own budget is bounded only by
-// the consumer's MaxAckPending.
+// retrying says the wait is a failed call's backoff: while the API fails
+// for every event, fetching more only makes them fail and spend their
+// deliveries too. So at most as many retrying events are set aside as the
+// lane has places; beyond, the delivery keeps its place (back does
+// nothing). An event waiting for its own budget (its slot, its hold),
+// whether or not it called before, is bounded only by the consumer's
+// MaxAckPending: that wait is its budget's alone.
 func (d *Delivery) Aside(retrying bool) (back func()) {
 	l := d.lane
 	if l == nil {

@@ -413,14 +413,17 @@ func (a *attempt) countIn(e *Entry, calls int) {
 
 // aside is what sets the delivery aside while it waits for its budget of
 // its own (acquire); nil with the single budget, which every event waits
-// for alike. A delivery whose call failed waits as a retrying one: what
-// the lane fetches in its place would retry too while the API fails, and
-// spend its deliveries (Delivery.Aside).
+// for alike. It never waits as a retrying one, even after a failed call:
+// a wait for one budget's slot or hold is that budget's alone, and what
+// the lane fetches in its place, of other budgets, would be called (SPEC
+// §9: an incident in one account never waits behind another account's
+// hold or backlog). Its backoff sleep, which every event's failure shares
+// while the API fails, still does (sleepAside).
 func (a *attempt) aside() throttle.Aside {
 	if a.route.Gate == nil {
 		return nil
 	}
-	return func() func() { return a.d.Aside(a.calls > 0) }
+	return func() func() { return a.d.Aside(false) }
 }
 
 // unanswered counts the event's calls whose answer nobody heard.
@@ -900,7 +903,7 @@ func (w *Worker) refused(stop context.Context, a *attempt) bool {
 	// brought) and on its other events' check: set aside meanwhile, so
 	// that other accounts' events are fetched and called (SPEC §6: a
 	// refused credential makes only its own accounts wait).
-	back := a.d.Aside(a.calls > 0)
+	back := a.d.Aside(false) // its credential's wait alone, as aside says
 	works := r.Recheck(stop, a.d.Priority())
 	back()
 	if works {

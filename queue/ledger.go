@@ -318,10 +318,16 @@ func warnBucketReplicas(ctx context.Context, kv jetstream.KeyValue, bucket strin
 		return
 	}
 	if have := bs.StreamInfo().Config.Replicas; have != max(want, 1) {
-		log.Warn("existing bucket differs from what revoker would create; leaving it as it is",
-			zap.String("bucket", bucket), zap.String("setting", "replicas"),
-			zap.String("have", strconv.Itoa(have)), zap.String("want", strconv.Itoa(want)))
+		WarnBucketDiffers(log, bucket, "replicas", strconv.Itoa(have), strconv.Itoa(want))
 	}
+}
+
+// WarnBucketDiffers logs that an existing bucket's setting differs from
+// what revoker would create, and that it is used as it is (SPEC §3).
+func WarnBucketDiffers(log *zap.Logger, bucket, setting, have, want string) {
+	log.Warn("existing bucket differs from what revoker would create; leaving it as it is",
+		zap.String("bucket", bucket), zap.String("setting", setting),
+		zap.String("have", have), zap.String("want", want))
 }
 
 // LazyBucket binds a key-value bucket at its first use, and again after a

@@ -161,9 +161,7 @@ func (s *Schedule) Tick(ctx context.Context) (bool, error) {
 		// does any lease a holder left behind.
 		if !s.ttlsOffSaid {
 			s.ttlsOffSaid = true
-			s.Log.Warn("existing bucket differs from what revoker would create; leaving it as it is",
-				zap.String("bucket", Bucket), zap.String("setting", "per-key TTLs (allow_msg_ttl)"),
-				zap.String("have", "off"), zap.String("want", "on"))
+			queue.WarnBucketDiffers(s.Log, Bucket, "per-key TTLs (allow_msg_ttl)", "off", "on")
 		}
 		rev, err = kv.Create(ctx, leaseKey, []byte(untrusted.Line(s.Replica, 256)))
 	}

@@ -25,7 +25,6 @@ import (
 	"github.com/revoker/revoker/config"
 	"github.com/revoker/revoker/credentials"
 	"github.com/revoker/revoker/metrics"
-	"github.com/revoker/revoker/queue/queuetest"
 	"github.com/revoker/revoker/throttle"
 	"github.com/revoker/revoker/worker"
 )
@@ -408,30 +407,10 @@ func TestLoadLogLineStaysShort(t *testing.T) {
 // the shared slot the urgent call... and every call of every budget would
 // stop (SPEC §9).
 func TestBudgetGatesLeaveTheCallsInFlightToTheSharedGate(t *testing.T) {
-	srv := queuetest.Server(t)
-	_, js := queuetest.Connect(t, srv)
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "a.token"), []byte("token-a"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, "credentials.yaml")
-	body := "credentials:\n  - name: cred-a\n    token_file: a.token\n    accounts: [acct1]\n    rate: 10\n"
-	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	set, err := credentials.Load(file, credentials.Options{BaseURL: "http://127.0.0.1:1", Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := config.Default()
 	cfg.Concurrency = 1
-	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, metrics.Labels{Subjects: cfg.Subjects, Budgets: []string{"cred-a"}}, metrics.Build{})
-	shared := throttle.New(throttle.Config{Priorities: len(cfg.Subjects), Concurrency: cfg.Concurrency})
-	t.Cleanup(shared.Close)
-	f := &File{router: credentials.NewRouter(set), log: zap.NewNop(), recheck: make(chan string, 1)}
-	r := f.RoutesOn(js, cfg, m, shared, metrics.NewReadiness(reg), zap.NewNop())
-	t.Cleanup(r.Close)
+	body := "credentials:\n  - name: cred-a\n    token_file: a.token\n    accounts: [acct1]\n    rate: 10\n"
+	r, shared := jetStreamRoutes(t, cfg, body, map[string]string{"a.token": "token-a"}, "cred-a")
 	rt, ok := r.Route("acct1")
 	if !ok {
 		t.Fatal("no route for acct1")

@@ -228,6 +228,9 @@ func (s *Server) postRevocation(w http.ResponseWriter, r *http.Request, c *call)
 		s.fail(w, c, problem(KindInvalidRequest, "the body could not be read"))
 		return
 	}
+	// The server's write deadline ran from the headers: a slow upload
+	// would use up the time of the store, the wait and the answer.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(storeTimeout + s.cfg.MaxWait + writeMargin))
 	if !s.admit(w, r, c, body) {
 		return
 	}

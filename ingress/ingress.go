@@ -45,16 +45,19 @@ const (
 	// context makes, when Config.CloseTimeout is not set.
 	DefaultCloseTimeout = 10 * time.Second
 	readHeaderTimeout   = 10 * time.Second
-	readTimeout         = 30 * time.Second
 	idleTimeout         = 2 * time.Minute
-	// writeMargin is the write time beyond the longest wait: storing the
-	// event and writing the answer.
-	writeMargin    = 30 * time.Second
-	maxHeaderBytes = 32 << 10
+	maxHeaderBytes      = 32 << 10
 	// retryUnavailable and retryQueued are the Retry-After seconds of a
 	// 503 and of a 202.
 	retryUnavailable = 5
 	retryQueued      = 2
+)
+
+var (
+	readTimeout = 30 * time.Second
+	// writeMargin is the write time beyond a request's wait: storing the
+	// event and writing the answer.
+	writeMargin = 30 * time.Second
 )
 
 // Config is what the ingress is built from.

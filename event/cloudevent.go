@@ -3,7 +3,9 @@ package event
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"mime"
+	"net/url"
 	"strings"
 	"unicode/utf8"
 )
@@ -26,7 +28,7 @@ type CloudEvent struct {
 
 // cloudEventFields are the envelope attributes read; every other one is
 // skipped like an unknown event field.
-var cloudEventFields = [...]string{"specversion", "id", "source", "type", "data", "datacontenttype", "data_base64", "traceparent", "tracestate"}
+var cloudEventFields = [...]string{"specversion", "id", "source", "type", "data", "datacontenttype", "data_base64", "traceparent", "tracestate", "subject", "time", "dataschema"}
 
 // IsCloudEvent reports whether a message's Content-Type header says its
 // body is a structured-mode CloudEvent (parameters such as charset aside).
@@ -34,8 +36,10 @@ func IsCloudEvent(contentType string) bool {
 	if contentType == "" {
 		return false
 	}
+	// A parameter that does not parse leaves the type named: read as a
+	// plain event, the envelope's own fields would pick the key.
 	mt, _, err := mime.ParseMediaType(contentType)
-	return err == nil && mt == CloudEventsContentType
+	return mt == CloudEventsContentType && (err == nil || errors.Is(err, mime.ErrInvalidMediaParameter))
 }
 
 // DecodeMessage decodes a message's body as the worker reads it: as a
@@ -126,6 +130,19 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 	case raw[6] != nil && string(raw[6]) != "null":
 		return ids(), ce, invalid("CloudEvent data_base64 is not taken: send the event as JSON in data")
 	}
+	if t, ok := attr["time"]; ok {
+		if _, err := parseRFC3339(t); err != nil {
+			return ids(), ce, invalid("CloudEvent time must be an RFC 3339 time, got %s", quote(t))
+		}
+	}
+	if s, ok := attr["dataschema"]; ok {
+		if u, err := url.Parse(s); err != nil || !u.IsAbs() {
+			return ids(), ce, invalid("CloudEvent dataschema must be an absolute URI, got %s", quote(s))
+		}
+	}
+	if err := extensionsValid(body); err != nil {
+		return ids(), ce, err
+	}
 	if ct := attr["datacontenttype"]; ct != "" && !jsonMediaType(ct) {
 		return ids(), ce, invalid("CloudEvent datacontenttype must be JSON (application/json, text/json or a +json type), got %s", quote(ct))
 	}
@@ -155,4 +172,41 @@ func DecodeCloudEvent(body []byte) (Event, CloudEvent, error) {
 func jsonMediaType(ct string) bool {
 	mt, _, err := mime.ParseMediaType(ct)
 	return err == nil && (mt == "application/json" || mt == "text/json" || strings.HasSuffix(mt, "+json"))
+}
+
+// extensionsValid holds the envelope's other members to the CloudEvents
+// rules for attributes: a name of lower-case ASCII letters and digits, a
+// value that is no object or array. A "key_id" beside data is then no
+// member a reader could take for the event's own.
+func extensionsValid(body []byte) error {
+	var members map[string]json.RawMessage // names are unique: scanObject said so
+	if err := json.Unmarshal(body, &members); err != nil {
+		return invalid("not JSON: %v", err)
+	}
+	for name, v := range members {
+		if name == "data" || name == "data_base64" {
+			continue // members of the JSON format, not attributes
+		}
+		if !attributeName(name) {
+			return invalid("CloudEvent attribute name %s is not lower-case letters and digits", quote(name))
+		}
+		if len(v) > 0 && (v[0] == '{' || v[0] == '[') {
+			return invalid("CloudEvent attribute %s must be a string, number or boolean, got %s", name, jsonKind(v))
+		}
+	}
+	return nil
+}
+
+// attributeName reports whether name is lower-case ASCII letters and
+// digits, as CloudEvents 1.0 names its attributes.
+func attributeName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
 }

@@ -103,7 +103,12 @@ func DeadLetterMsg(subject string, d event.DeadLetter, body []byte, maxMsg int) 
 	if d.TraceID != "" {
 		h.Set(HeaderTraceID, d.TraceID)
 	}
-	if d.ContentType != "" {
+	switch {
+	case event.IsCloudEvent(d.ContentType):
+		// Its parameters dropped, never cut: a replay must read the
+		// body as a CloudEvent again, as the worker did.
+		h.Set(HeaderContentType, event.CloudEventsContentType)
+	case d.ContentType != "":
 		h.Set(HeaderContentType, untrusted.Chars(d.ContentType, maxHeader))
 	}
 	if d.TraceParent != "" {

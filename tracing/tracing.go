@@ -97,12 +97,26 @@ func HeaderGetter(h map[string][]string) func(name string) string {
 		}
 		sort.Strings(keys)
 		var vals []string
+		var seen map[string]bool // past a few values: linear, whatever their number
 		for _, k := range keys {
 			for _, v := range h[k] {
 				// The same value twice (two spellings, a header sent twice)
 				// is one: only values that disagree make no context.
+				if seen != nil {
+					if !seen[v] {
+						seen[v] = true
+						vals = append(vals, v)
+					}
+					continue
+				}
 				if !slices.Contains(vals, v) {
 					vals = append(vals, v)
+				}
+				if len(vals) == 8 {
+					seen = make(map[string]bool)
+					for _, x := range vals {
+						seen[x] = true
+					}
 				}
 			}
 		}

@@ -1,8 +1,13 @@
 package event
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"reflect"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 )
 
@@ -161,3 +166,59 @@ func ValidCredential(name string) bool {
 	}
 	return true
 }
+
+// DecodeRecord reads an outcome record as a reader may believe it (SPEC
+// §4, "The proof", point 8): one JSON object with a final outcome, no name
+// repeated, and no name that differs from a record field's only in letter
+// case. encoding/json takes the last of repeated names and matches names
+// whatever their case, so such a body says one thing to it and another to
+// a reader that is exact; no worker writes one.
+func DecodeRecord(b []byte) (Record, error) {
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Record{}, err
+	}
+	if !r.Outcome.Final() {
+		return Record{}, fmt.Errorf("outcome %q is not a final one", r.Outcome)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if _, err := dec.Token(); err != nil { // the object's '{': Unmarshal said so
+		return Record{}, err
+	}
+	fields := recordFields()
+	seen := make(map[string]bool, len(fields))
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return Record{}, err
+		}
+		name, _ := t.(string)
+		if seen[name] {
+			return Record{}, fmt.Errorf("field %q repeated", name)
+		}
+		seen[name] = true
+		for _, exact := range fields {
+			// EqualFold folds as encoding/json does (ſ is s, K is k).
+			if name != exact && strings.EqualFold(name, exact) {
+				return Record{}, fmt.Errorf("field %q is %q in another letter case", name, exact)
+			}
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return Record{}, err
+		}
+	}
+	return r, nil
+}
+
+// recordFields is the JSON name of each record field.
+var recordFields = sync.OnceValue(func() []string {
+	t := reflect.TypeFor[Record]()
+	var names []string
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			names = append(names, name)
+		}
+	}
+	return names
+})

@@ -3,7 +3,6 @@ package queue
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -581,8 +580,8 @@ func (w *Watcher) Await(ctx context.Context, want map[uint64]Published, deadline
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case err == nil:
-			var rec event.Record
-			if json.Unmarshal(m.Data, &rec) != nil || !onOwnSubject(m.Subject, rec) {
+			rec, err := event.DecodeRecord(m.Data)
+			if err != nil || !onOwnSubject(m.Subject, rec) {
 				break
 			}
 			if p, ok := want[rec.Sequence]; ok && p.Answers(rec) {

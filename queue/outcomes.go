@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -27,7 +26,8 @@ type Stray struct {
 // recordOn is the record m holds, if it is one of its subject's key; if
 // not, ok is false and m is reported to stray (which may be nil).
 func recordOn(m *jetstream.RawStreamMsg, stray func(Stray)) (o event.Record, ok bool) {
-	if json.Unmarshal(m.Data, &o) != nil || !onOwnSubject(m.Subject, o) {
+	o, err := event.DecodeRecord(m.Data)
+	if err != nil || !onOwnSubject(m.Subject, o) {
 		if stray != nil {
 			stray(Stray{Subject: m.Subject, Sequence: m.Sequence})
 		}

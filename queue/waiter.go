@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -168,8 +167,8 @@ func (w *Waiter) heard(m *nats.Msg) {
 	if w.n.Load() == 0 {
 		return // nobody waits: not even decoded
 	}
-	var rec event.Record
-	if json.Unmarshal(m.Data, &rec) != nil || !onOwnSubject(m.Subject, rec) {
+	rec, err := event.DecodeRecord(m.Data)
+	if err != nil || !onOwnSubject(m.Subject, rec) {
 		return
 	}
 	w.mu.Lock()

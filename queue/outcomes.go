@@ -72,7 +72,12 @@ type msgGetter interface {
 
 // eachIn is eachOnSubject on a stream already at hand.
 func eachIn(ctx context.Context, s msgGetter, subject string, fn func(m *jetstream.RawStreamMsg) bool) error {
-	for seq := uint64(1); ; {
+	return eachFrom(ctx, s, subject, 1, fn)
+}
+
+// eachFrom is eachIn from sequence seq on.
+func eachFrom(ctx context.Context, s msgGetter, subject string, seq uint64, fn func(m *jetstream.RawStreamMsg) bool) error {
+	for {
 		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil
@@ -107,6 +112,21 @@ type storedWhen struct {
 
 // storedAt is a storedWhen that knows the time (zero: knows nothing).
 func storedAt(t time.Time) storedWhen { return storedWhen{at: t} }
+
+// recordClockMargin is how much earlier than its event a record may seem
+// stored: the work and outcome streams' leaders may be two servers, each
+// with its own clock. A variable for tests.
+var recordClockMargin = createdMargin
+
+// earliest is when the first record of the event could have been stored,
+// by the outcome stream's clock (zero: at any time): an event's records
+// follow it.
+func (w storedWhen) earliest() time.Time {
+	if !w.at.IsZero() {
+		return w.at.Add(-recordClockMargin)
+	}
+	return w.after // made less the margin already
+}
 
 // says reports whether o's published_at agrees with what w knows.
 func (w storedWhen) says(o event.Record) bool {
@@ -150,13 +170,17 @@ func believe(ctx context.Context, js jetstream.JetStream, stream, subject string
 	if err != nil {
 		return believed{}, fmt.Errorf("stream %s: %w", stream, err)
 	}
-	return believeIn(ctx, s, subject, stored, match, stray)
+	return believeIn(ctx, js.Conn(), stream, s, subject, stored, match, stray)
 }
 
-// believeIn is believe on a stream already at hand. A message on subject
-// that is not a record of its key goes to stray (nil: skipped).
-func believeIn(ctx context.Context, s msgGetter, subject string, stored storedWhen, match func(event.Record) bool, stray func(Stray)) (b believed, err error) {
-	err = eachIn(ctx, s, subject, func(m *jetstream.RawStreamMsg) bool {
+// believeIn is believe on a stream already at hand (named stream, on nc).
+// A message on subject that is not a record of its key goes to stray (nil:
+// skipped). Where it is known when the event was stored, the records
+// stored well before are not read: a key's subject may hold any number of
+// other events' records (anyone who may publish can file invalid events
+// under a key), and reading them all would outlast any timeout.
+func believeIn(ctx context.Context, nc *nats.Conn, stream string, s msgGetter, subject string, stored storedWhen, match func(event.Record) bool, stray func(Stray)) (b believed, err error) {
+	each := func(m *jetstream.RawStreamMsg) bool {
 		b.last = m.Sequence
 		o, ok := recordOn(m, stray)
 		if !ok || !match(o) || !stored.says(o) {
@@ -166,8 +190,29 @@ func believeIn(ctx context.Context, s msgGetter, subject string, stored storedWh
 			b.rec, b.seq, b.found = o, m.Sequence, true
 		}
 		return true
-	})
-	return b, err
+	}
+	start := uint64(1)
+	if since := stored.earliest(); !since.IsZero() {
+		t := since.UTC()
+		first, err := msgGetOn(ctx, nc, stream, msgGetRequest{NextFor: subject, StartTime: &t})
+		if err != nil {
+			return b, fmt.Errorf("read %s: %w", subject, err)
+		}
+		if first == nil {
+			// Nothing since: the subject's last, which a write expects.
+			last, err := msgGetOn(ctx, nc, stream, msgGetRequest{LastFor: subject})
+			if err != nil {
+				return b, fmt.Errorf("read %s: %w", subject, err)
+			}
+			if last != nil {
+				b.last = last.Seq
+			}
+			return b, nil
+		}
+		each(&jetstream.RawStreamMsg{Subject: first.Subject, Sequence: first.Seq, Data: first.Data, Time: first.Time})
+		start = first.Seq + 1
+	}
+	return b, eachFrom(ctx, s, subject, start, each)
 }
 
 // LogStray reports a stray message on log (nil: nowhere) as a warning.

@@ -338,7 +338,7 @@ func (r *Records) believe(ctx context.Context, subject string, stored time.Time,
 		sp = &s
 		r.outcomes.Store(sp)
 	}
-	b, err := believeIn(ctx, *sp, subject, storedAt(stored), match, LogStray(r.Log))
+	b, err := believeIn(ctx, r.JS.Conn(), r.OutcomeStream, *sp, subject, storedAt(stored), match, LogStray(r.Log))
 	if err != nil {
 		r.outcomes.CompareAndSwap(sp, nil)
 	}

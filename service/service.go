@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -390,6 +391,23 @@ func (s *Service) revoke(req micro.Request) {
 		// which the stream cannot store twice, until one is answered.
 		sctx, cancel := context.WithTimeout(traced, storeTimeout)
 		p, unanswered, err := s.cfg.Client.Store(sctx, subject, id, ev, body, republishPause)
+		if errors.Is(err, queue.ErrIDTaken) || errors.Is(err, queue.ErrIDUnverified) {
+			// Anyone who may publish events may have used the id first, to
+			// have this revocation dropped: it is stored under an id of
+			// its own, nobody's to guess, which the answer names. In
+			// doubt, a second event for the key costs a call, not a key.
+			s.cfg.Log.Warn("service: another event may hold the request's id; storing it under an id of its own",
+				zap.String("event_id", untrusted.Line(id, 256)), zap.String("trace_id", tracing.TraceID(traced)), zap.Error(err))
+			suffix := ":" + rand.Text()
+			for len(id)+len(suffix) > maxIDLen {
+				_, size := utf8.DecodeLastRuneInString(id)
+				id = id[:len(id)-size]
+			}
+			id += suffix
+			var lost bool
+			p, lost, err = s.cfg.Client.Store(sctx, subject, id, ev, body, republishPause)
+			unanswered = unanswered || lost
+		}
 		cancel()
 		switch {
 		case errors.Is(err, queue.ErrIDTaken):

@@ -260,7 +260,7 @@ func (c *Client) call(ctx context.Context, method string, limit int, path ...str
 		resp.Duration = time.Since(start)
 		return resp, nil, c.callError(ctx, callCtx, method, target, "", err)
 	}
-	resp.CFRay = CutRay(hr.Header.Get("Cf-Ray"))
+	resp.CFRay = RedactSecrets(CutRay(hr.Header.Get("Cf-Ray")), req.Header)
 	body, oversized, err := readBody(hr.Body, limit)
 	resp.Duration = time.Since(start)
 	if err != nil {
@@ -279,6 +279,7 @@ func (c *Client) call(ctx context.Context, method string, limit int, path ...str
 	}
 	body = scrubSecrets(body, req.Header)
 	resp.Envelope, resp.BodyError = decodeEnvelope(body, hr.Header.Get("Content-Type"))
+	resp.redact(req.Header)
 	return resp, body, nil
 }
 
@@ -359,12 +360,86 @@ func (w *wrapped) Unwrap() []error { return w.errs }
 // redacted stands in for a secret an answer echoed.
 var redacted = []byte("[redacted]")
 
+// minSecretPart is the shortest run of a secret's characters taken for a
+// part of it: shorter runs (a token's "cfut_" prefix) say nothing.
+const minSecretPart = 8
+
+// secretsOf are the secrets a request carries: the bearer token, the
+// legacy key.
+func secretsOf(h http.Header) [2]string {
+	return [...]string{strings.TrimPrefix(h.Get("Authorization"), "Bearer "), h.Get("X-Auth-Key")}
+}
+
+// RedactSecrets replaces in s every run of minSecretPart or more
+// characters that is also a run of a secret the request's header h
+// carried: whatever an answer echoes of a credential (in a header, in
+// JSON escapes its body's bytes hid, in part), none of it is kept (SPEC §6:
+// "not even in part"). Linear in s for each secret; a CF-Ray costs a few
+// comparisons.
+func RedactSecrets(s string, h http.Header) string {
+	if len(s) < minSecretPart {
+		return s
+	}
+	secrets := secretsOf(h)
+	var b strings.Builder
+	last := 0
+	for i := 0; i+minSecretPart <= len(s); {
+		n := 0
+		for _, v := range secrets {
+			if len(v) < minSecretPart || !strings.Contains(v, s[i:i+minSecretPart]) {
+				continue
+			}
+			k := minSecretPart
+			for i+k < len(s) && strings.Contains(v, s[i:i+k+1]) {
+				k++
+			}
+			n = max(n, k)
+		}
+		if n == 0 {
+			i++
+			continue
+		}
+		b.WriteString(s[last:i])
+		b.Write(redacted)
+		i += n
+		last = i
+	}
+	if last == 0 {
+		return s
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
+// redact takes out of what resp keeps every part of the secrets h carried
+// (RedactSecrets), in the forms the body's bytes did not show: headers
+// quoted, JSON escapes decoded.
+func (resp *Response) redact(h http.Header) {
+	resp.BodyError = RedactSecrets(resp.BodyError, h)
+	if env := resp.Envelope; env != nil {
+		redactMessages(env.Errors, h)
+		redactMessages(env.Messages, h)
+	}
+}
+
+func redactMessages(ms []Message, h http.Header) {
+	for i := range ms {
+		m := &ms[i]
+		m.Message = RedactSecrets(m.Message, h)
+		m.DocumentationURL = RedactSecrets(m.DocumentationURL, h)
+		if m.Source != nil {
+			m.Source.Pointer = RedactSecrets(m.Source.Pointer, h)
+		}
+		redactMessages(m.ErrorChain, h)
+	}
+}
+
 // scrubSecrets replaces in body every copy of the secrets the request
 // carried (the bearer token, the legacy key): an answer that echoes them
 // (a proxy's debug page, an error quoting the header) must not carry them
 // into details, logs and records.
 func scrubSecrets(body []byte, h http.Header) []byte {
-	for _, v := range [...]string{strings.TrimPrefix(h.Get("Authorization"), "Bearer "), h.Get("X-Auth-Key")} {
+	for _, v := range secretsOf(h) {
 		if len(v) >= 8 && bytes.Contains(body, []byte(v)) {
 			body = bytes.ReplaceAll(body, []byte(v), redacted)
 		}

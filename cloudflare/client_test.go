@@ -336,7 +336,7 @@ func TestTimeout(t *testing.T) {
 
 func TestTimeoutWhileReadingBody(t *testing.T) {
 	rec := newRecorder(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cf-Ray", "0123456789abcdef-SJC")
+		w.Header().Set("Cf-Ray", "8f1c2d3e4a5b6c7d-SJC")
 		w.Header().Set("Content-Length", "1000")
 		w.WriteHeader(200)
 		io.WriteString(w, `{"success":`)
@@ -348,7 +348,7 @@ func TestTimeoutWhileReadingBody(t *testing.T) {
 	if !errors.Is(err, cloudflare.ErrTimeout) {
 		t.Fatalf("err = %v, want ErrTimeout", err)
 	}
-	if resp.Status != 0 || resp.CFRay != "0123456789abcdef-SJC" {
+	if resp.Status != 0 || resp.CFRay != "8f1c2d3e4a5b6c7d-SJC" {
 		t.Errorf("resp = %+v, want Status 0 and the CF-Ray kept", resp)
 	}
 	if !strings.Contains(err.Error(), "HTTP 200") {

@@ -580,7 +580,7 @@ func parseRetryAfter(h http.Header, now time.Time) (time.Duration, bool) {
 // "Inf", "-1" and "+1" are all refused (strconv.ParseFloat takes them all).
 func parseDecimal(s string) (float64, bool) {
 	s = strings.TrimSpace(s)
-	if s == "" || len(s) > 32 {
+	if s == "" {
 		return 0, false
 	}
 	dot, digits := false, 0
@@ -597,8 +597,10 @@ func parseDecimal(s string) (float64, bool) {
 	if digits == 0 {
 		return 0, false
 	}
+	// A number too large to hold is the largest (RFC 9111 §1.2.2), one
+	// too small 0: ParseFloat answers so with ErrRange.
 	f, err := strconv.ParseFloat(s, 64)
-	return f, err == nil
+	return f, err == nil || errors.Is(err, strconv.ErrRange)
 }
 
 func clampDuration(ns float64) time.Duration {

@@ -96,7 +96,7 @@ func (a answered) RoundTrip(req *http.Request) (*http.Response, error) {
 		if ray := resp.Header.Get("CF-Ray"); ray != "" {
 			// As the records keep it, so that the span names the
 			// record's ray (a real one is about 20 bytes).
-			span.SetAttributes(CFRayKey.String(cloudflare.CutRay(ray)))
+			span.SetAttributes(CFRayKey.String(cloudflare.RedactSecrets(cloudflare.CutRay(ray), req.Header)))
 		}
 	}
 	return resp, err

@@ -69,19 +69,30 @@ type Decision struct {
 	// RateLimited marks a 429's hold, the one hold SPEC §4 keeps off the
 	// event's retry budget; another answer's wait is the event's too.
 	RateLimited bool
+	// Status is the HTTP status of the answer decided on (a key list's,
+	// for ClassifyList), 0 for none: a hold names the answer that asked.
+	Status int
 }
 
 // Classify decides what an API answer means. It is a pure function of the
 // response and the transport error so that every row of SPEC §4 can be
 // checked by a table test.
 func Classify(resp *cloudflare.Response, err error) Decision {
+	d := classify(resp, err)
+	// Any wait an answer asks for holds every call (SPEC §4), whatever it
+	// means for the event.
+	d.Pause = d.Pause || d.RetryAfter > 0
+	return d
+}
+
+func classify(resp *cloudflare.Response, err error) Decision {
 	if err != nil || resp == nil || resp.Status == 0 {
 		if err == nil {
 			err = errors.New("no response")
 		}
 		return Decision{Kind: Retry, Detail: "no response: " + err.Error()}
 	}
-	d := Decision{}
+	d := Decision{Status: resp.Status}
 	if resp.HasRetryAfter {
 		d.RetryAfter = resp.RetryAfter
 	}
@@ -174,9 +185,10 @@ func ClassifyList(list *cloudflare.KeyList, err error, key string) Decision {
 	case list.Listed:
 		return Decision{Kind: NotFound, Detail: "HTTP 404 on delete, and the key list does not hold the key"}
 	}
-	d := Decision{}
+	d := Decision{Status: st}
 	if resp.HasRetryAfter {
 		d.RetryAfter = resp.RetryAfter
+		d.Pause = true // any wait an answer asks for holds every call (SPEC §4)
 	}
 	switch {
 	case st >= 200 && st < 300:

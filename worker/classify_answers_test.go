@@ -22,24 +22,8 @@ func TestHugeRetryAfterChargedAsItsCappedHold(t *testing.T) {
 		c.RetryMaxElapsed = 10 * time.Minute
 		c.RetryMaxInterval = time.Second
 	}, answer(503, nil, time.Hour), answer(200, revoked, 0))
-	stop, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	d := &fakeDelivery{body: goodEvent, delivered: 1, maxDeliver: 1}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		h.w.Handle(stop, context.Background(), d)
-	}()
-	waitUntil(t, "the event settled, or waiting out the hold at the gate", func() bool {
-		select {
-		case <-done:
-			return true
-		default:
-			return h.gate.Queued(1) == 1
-		}
-	})
-	cancel()
-	<-done
+	handleUntil(t, h, d, "waiting out the hold at the gate", func() bool { return h.gate.Queued(1) == 1 })
 	h.records.mu.Lock()
 	defer h.records.mu.Unlock()
 	if len(h.records.dlq) != 0 {
@@ -103,4 +87,27 @@ func TestRedirectIsNotTheAPI(t *testing.T) {
 			t.Errorf("HTTP %d redirect: %v (%s), want no_api", status, d.Kind, d.Detail)
 		}
 	}
+}
+
+// handleUntil handles d, on its last delivery, until it settles or until
+// (what, a wait of the delivery's) holds; then it stops the handling.
+func handleUntil(t *testing.T, h *harness, d *fakeDelivery, what string, until func() bool) {
+	t.Helper()
+	stop, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.w.Handle(stop, context.Background(), d)
+	}()
+	waitUntil(t, "the event settled, or "+what, func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return until()
+		}
+	})
+	cancel()
+	<-done
 }

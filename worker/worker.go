@@ -779,6 +779,9 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 				w.heed(a.route, a.last, a.status)
 			}
 			if a.last.Kind == NotFound {
+				if a.last.Pause {
+					w.holdAsked(a, nextBackOff) // the key list waits it out too
+				}
 				if a.last, end = w.proveAbsence(stop, work, a, time.Now()); end != decided {
 					return end
 				}
@@ -787,11 +790,9 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 
 		var wait, held time.Duration // held: a hold of every call, charged to this event
 		switch a.last.Kind {
-		case Revoked:
-			return decided
-		case Rejected:
+		case Revoked, Rejected:
 			if a.last.Pause {
-				// Refused for good, yet the hold it asks for holds every call.
+				// Settled, yet the hold the answer asks for holds every call.
 				w.holdAsked(a, nextBackOff)
 			}
 			return decided
@@ -799,6 +800,9 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			// Proven; still, a confirmation elsewhere beats it.
 			return w.checkBeforeNotFound(stop, work, a)
 		case Unauthorized, NoAPI:
+			if a.last.Pause {
+				held = w.holdAsked(a, nextBackOff)
+			}
 			wait = w.cfg.RetryMaxInterval
 		default:
 			switch {
@@ -842,7 +846,11 @@ func (w *Worker) holdAsked(a *attempt, backoff func() time.Duration) (charged ti
 		w.gate(a.route).Pause(pause)
 		return 0
 	}
-	w.gate(a.route).Hold(pause, fmt.Sprintf(throttle.CauseRetryAfter, a.status))
+	status := a.last.Status // a key list's, when it asked
+	if status == 0 {
+		status = a.status
+	}
+	w.gate(a.route).Hold(pause, fmt.Sprintf(throttle.CauseRetryAfter, status))
 	return min(pause, throttle.MaxPause)
 }
 

@@ -55,7 +55,7 @@ func TestOneListServesEarlier404s(t *testing.T) {
 	results := make(chan got, 2)
 	first404 := time.Now()
 	go func() {
-		l, at, _ := w.keyList(ctx, ctx, Route{}, "acct1", 0, first404, noWait)
+		l, at, _, _, _ := w.keyList(ctx, ctx, Route{}, "acct1", 0, first404, noWait)
 		results <- got{l, at}
 	}()
 	waitFor(t, func() bool {
@@ -65,7 +65,7 @@ func TestOneListServesEarlier404s(t *testing.T) {
 	})
 	second404 := time.Now()
 	go func() {
-		l, at, _ := w.keyList(ctx, ctx, Route{}, "acct1", 0, second404, noWait)
+		l, at, _, _, _ := w.keyList(ctx, ctx, Route{}, "acct1", 0, second404, noWait)
 		results <- got{l, at}
 	}()
 	// The second joins the list under way rather than fetching its own.
@@ -83,7 +83,7 @@ func TestOneListServesEarlier404s(t *testing.T) {
 		t.Fatalf("list fetched at %v, not after the 404 at %v", a.fetched, second404)
 	}
 	// A 404 after that list went out is not proven by it.
-	if _, _, err := w.keyList(ctx, ctx, Route{}, "acct1", 0, time.Now(), noWait); err != nil || api.count() != 2 {
+	if _, _, _, _, err := w.keyList(ctx, ctx, Route{}, "acct1", 0, time.Now(), noWait); err != nil || api.count() != 2 {
 		t.Fatalf("a later 404 got %d lists in all (err %v), want its own", api.count(), err)
 	}
 }
@@ -111,7 +111,7 @@ func TestListNotSharedAcrossCredentials(t *testing.T) {
 			}
 			done := make(chan struct{}, 2)
 			list := func(r Route) {
-				_, _, _ = w.keyList(ctx, ctx, r, "acct1", 0, time.Now(), noWait)
+				_, _, _, _, _ = w.keyList(ctx, ctx, r, "acct1", 0, time.Now(), noWait)
 				done <- struct{}{}
 			}
 			// settled: the lists under way, and how many 404s joined one.

@@ -733,11 +733,13 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 		if moved {
 			continue // its account's credential changed while it waited
 		}
-		w.metricsOf(a.route).Wait.Observe(time.Since(waitFrom).Seconds())
 		callFrom := time.Now()
 		a.rewait = 0
 		resp, made, end, err := w.delete(stop, work, a, &permit)
 		permit.Release()
+		// One wait per call: the permit's, and any taken again for a
+		// slot that went by meanwhile.
+		w.metricsOf(a.route).Wait.Observe((callFrom.Sub(waitFrom) + a.rewait).Seconds())
 		// took is charged to the retry budget: the call, or the failed
 		// write that stopped it, never a wait for a permit (a hold).
 		took := time.Since(callFrom) - a.rewait
@@ -1116,8 +1118,7 @@ func (w *Worker) onTime(stop, work context.Context, a *attempt, pm *permit, read
 		if err != nil {
 			return stopped, nil
 		}
-		a.rewait += time.Since(waitFrom)
-		w.metricsOf(a.route).Wait.Observe(time.Since(waitFrom).Seconds())
+		a.rewait += time.Since(waitFrom) // observed with the call's first wait
 		*pm = next
 	}
 }
@@ -1213,8 +1214,12 @@ func (w *Worker) hasWord(work context.Context, a *attempt) (asked bool, err erro
 // account, fetched after it arrived (at the event's priority, through the
 // same gate), answers without the key (SPEC §4, "The proof", point 1).
 func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Time) (Decision, ending) {
-	list, fetched, err := w.keyList(stop, work, a.route, a.ev.AccountID, a.d.Priority(), at,
+	rewait := a.rewait
+	list, fetched, waited, own, err := w.keyList(stop, work, a.route, a.ev.AccountID, a.d.Priority(), at,
 		func(pm *permit) (ending, error) { return w.onTime(stop, work, a, pm, noTrailRead) })
+	if own {
+		w.metricsOf(a.route).Wait.Observe((waited + a.rewait - rewait).Seconds())
+	}
 	if list == nil && err == nil {
 		return Decision{}, stopped
 	}
@@ -1232,17 +1237,20 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 	}
 	w.pace(a.route, lrl)
 	w.heed(a.route, d, status)
+	result := metrics.AbsenceFailed
 	switch d.Kind {
 	case NotFound:
-		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceAbsent).Inc()
+		result = metrics.AbsenceAbsent
 		a.absentAt = fetched
 		// The DELETE's own words (its 404's codes and messages) stay in
 		// the detail (SPEC §5).
 		d.Detail = a.last.Detail + "; the key list fetched after it does not hold the key"
 	case StillListed:
-		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceListed).Inc()
-	default:
-		w.Metrics.AbsenceChecks.WithLabelValues(metrics.AbsenceFailed).Inc()
+		result = metrics.AbsenceListed
+	}
+	if own {
+		// Counted once per list fetched (SPEC §8), by the 404 that fetched it.
+		w.Metrics.AbsenceChecks.WithLabelValues(result).Inc()
 	}
 	return d, decided
 }
@@ -1295,11 +1303,11 @@ type listing struct {
 
 // keyList returns a key list of account fetched after `after`, sharing one
 // under way when it qualifies; fetched is when its request went out. A
-// list it fetches itself goes out only once ready, called with the permit
-// held (and free to replace it), says so. A nil list with a nil error
-// means stop ended first.
+// list it fetches itself (own) goes out only once ready, called with the
+// permit held (and free to replace it), says so; waited is how long the
+// permit took. A nil list with a nil error means stop ended first.
 func (w *Worker) keyList(stop, work context.Context, route Route, account string, priority int, after time.Time,
-	ready func(*permit) (ending, error)) (list *cloudflare.KeyList, fetched time.Time, err error) {
+	ready func(*permit) (ending, error)) (list *cloudflare.KeyList, fetched time.Time, waited time.Duration, own bool, err error) {
 	k := listKey{account, priority, route.Credential, route.Identity}
 	w.listMu.Lock()
 	l := w.lists[k]
@@ -1308,9 +1316,9 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 		w.listMu.Unlock()
 		select {
 		case <-l.done:
-			return l.list, l.started, l.err
+			return l.list, l.started, 0, false, l.err
 		case <-stop.Done():
-			return nil, time.Time{}, nil
+			return nil, time.Time{}, 0, false, nil
 		}
 	}
 	l = &listing{done: make(chan struct{})}
@@ -1325,27 +1333,29 @@ func (w *Worker) keyList(stop, work context.Context, route Route, account string
 		close(l.done)
 	}()
 
+	waitFrom := time.Now()
 	permit, err := w.acquire(stop, route, priority, nil)
+	waited = time.Since(waitFrom)
 	if err != nil {
 		l.err = err
-		return nil, time.Time{}, nil
+		return nil, time.Time{}, waited, true, nil
 	}
 	defer func() { permit.Release() }() // ready may replace it
 	end, err := ready(&permit)
 	if end != decided {
 		l.err = context.Canceled // sharers retry, as after any list that failed
-		return nil, time.Time{}, nil
+		return nil, time.Time{}, waited, true, nil
 	}
 	if err != nil {
 		l.err = err
-		return nil, time.Time{}, err
+		return nil, time.Time{}, waited, true, err
 	}
 	w.listMu.Lock()
 	l.started = time.Now()
 	w.listMu.Unlock()
 	w.metricsOf(route).Calls.Inc()
 	l.list, l.err = w.apiOf(route).ListSigningKeys(work, account)
-	return l.list, l.started, l.err
+	return l.list, l.started, waited, true, l.err
 }
 
 // followQuota spaces the calls of r's budget to the quota the API states

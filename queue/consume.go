@@ -314,6 +314,12 @@ func (c *Consumer) refresh(ctx context.Context, l *boundLane) {
 		// A full lane is not fetching and would not find out itself.
 		l.lane.Gone()
 	}
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// What waits is still in the stream, and the gauges must say so
+		// while no consumer does (SPEC §8: an urgent event waiting with
+		// its consumer lost is what the alert is for).
+		c.refreshFromStream(ictx, l)
+	}
 	madeAgain := err == nil && l.lane.MadeAgain(info)
 	if madeAgain || err == nil && l.lane.Suspect() {
 		l.lane.Gone() // made again, or maybe: the lane looks and binds it
@@ -338,5 +344,20 @@ func (c *Consumer) refresh(ctx context.Context, l *boundLane) {
 		l.metrics.OldestWaiting.Set(max(0, time.Since(time.Unix(0, t)).Seconds()))
 	} else {
 		l.metrics.OldestWaiting.Set(0)
+	}
+}
+
+// refreshFromStream reads what waits on l's subject from the stream
+// itself, for a lane without its consumer: in a work-queue stream, every
+// message on the subject is unfinished, the first one the oldest.
+func (c *Consumer) refreshFromStream(ctx context.Context, l *boundLane) {
+	if info, err := l.stream.Info(ctx, jetstream.WithSubjectFilter(l.lane.Subject)); err == nil {
+		l.metrics.Pending.Set(float64(info.State.Subjects[l.lane.Subject]))
+	}
+	switch m, err := l.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(l.lane.Subject)); {
+	case err == nil:
+		l.oldest.Store(m.Time.UnixNano())
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		l.oldest.Store(0)
 	}
 }

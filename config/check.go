@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/revoker/revoker/cloudflare"
+	"github.com/revoker/revoker/throttle"
 )
 
 // maxNameLen is JetStream's longest stream or consumer name.
@@ -173,6 +174,13 @@ func natsURLProblem(p string) (why, badPort string) {
 	}
 	if port := u.Port(); port != "" && !validPort(port, 1) {
 		return "has an invalid port", port
+	}
+	// A NATS URL has none of these (a websocket one may have a path, for a
+	// proxy): most often a password holding '#', '?' or '/' has cut the
+	// URL, and the user name would be dialled as the host.
+	pathed := u.Path != "" && u.Path != "/" && u.Scheme != "ws" && u.Scheme != "wss"
+	if u.RawQuery != "" || u.Fragment != "" || strings.Contains(p, "#") || pathed {
+		return "has a path, query or fragment (escape '#', '?' and '/' in a password as %23, %3F and %2F)", ""
 	}
 	return "", ""
 }
@@ -338,6 +346,8 @@ func parseFloatRate(v string) (float64, string) {
 		return 0, quote(v) + " is not a finite number"
 	case f < 0:
 		return 0, quote(v) + " is negative"
+	case f > 0 && f < throttle.MinRate:
+		return 0, quote(v) + " is out of range (0 for no limit, else at least one call an hour: 0.000278)"
 	}
 	return f, ""
 }

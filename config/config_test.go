@@ -658,8 +658,15 @@ func TestRedaction(t *testing.T) {
 	if r.APIToken != "[redacted]" || r.APIKey != "[redacted]" {
 		t.Errorf("Redacted: token %q key %q", r.APIToken, r.APIKey)
 	}
-	if r.NATSURL != "nats://[redacted]@a:4222,nats://b:4222?[redacted]" {
+	// Load refuses a NATS URL with a query; shown, such a list is hidden
+	// whole (its query may be a piece of a password).
+	if r.NATSURL != "[redacted]" {
 		t.Errorf("Redacted NATS URL = %q", r.NATSURL)
+	}
+	c2 := c
+	c2.NATSURL = "nats://svc:natspa55@a:4222,nats://b:4222"
+	if got := c2.Redacted().NATSURL; got != "nats://[redacted]@a:4222,nats://b:4222" {
+		t.Errorf("Redacted NATS URL = %q", got)
 	}
 	if c.APIToken != secretToken {
 		t.Error("Redacted changed the original")

@@ -11,9 +11,11 @@ import (
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
+	"github.com/goccy/go-yaml/token"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/event"
+	"github.com/revoker/revoker/throttle"
 )
 
 // Error is what is wrong with a credentials file: where, and why. It never
@@ -360,13 +362,39 @@ func parseRate(kv *ast.MappingValueNode) (float64, error) {
 		r = f
 	case *ast.InfinityNode, *ast.NanNode:
 		return 0, at(v, "rate: must be a finite number of calls per second")
+	case *ast.StringNode:
+		// YAML reads a JSON number with an exponent (1e1) as a string; the
+		// file may be JSON (SPEC §6). A quoted string is still refused.
+		f, err := strconv.ParseFloat(v.Value, 64)
+		if err != nil || v.GetToken().Type != token.StringType || !jsonExponent(v.Value) {
+			return 0, at(kv.Key, "rate: must be a number of calls per second (0: no limit of its own)")
+		}
+		r = f
 	default:
 		return 0, at(kv.Key, "rate: must be a number of calls per second (0: no limit of its own)")
 	}
 	if math.IsNaN(r) || math.IsInf(r, 0) || r < 0 {
 		return 0, at(kv.Value, "rate: must be 0 or more calls per second")
 	}
+	if r > 0 && r < throttle.MinRate {
+		return 0, at(kv.Value, "rate: must be 0 (no limit of its own) or at least one call an hour (0.000278)")
+	}
 	return r, nil
+}
+
+// jsonExponent reports whether s is a JSON number with an exponent
+// (RFC 8259 §6), as YAML leaves 1e1 unread.
+func jsonExponent(s string) bool {
+	mant, exp, ok := strings.Cut(strings.ToLower(s), "e")
+	if !ok || mant == "" || exp == "" {
+		return false
+	}
+	exp = strings.TrimLeft(exp, "+-")
+	digits := func(d string) bool {
+		return d != "" && strings.Trim(d, "0123456789") == ""
+	}
+	whole, frac, dotted := strings.Cut(strings.TrimPrefix(mant, "-"), ".")
+	return digits(whole) && (!dotted || digits(frac)) && digits(exp)
 }
 
 // check applies the rules between entries: unique names, each account with

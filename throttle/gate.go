@@ -258,8 +258,19 @@ func Interval(r float64) time.Duration {
 	if r >= 1 {
 		r = math.Floor(r)
 	}
+	if float64(time.Second+WindowSlack)/r >= float64(maxInterval) {
+		return maxInterval // where the division would overflow a Duration
+	}
 	return max(time.Duration(float64(time.Second+WindowSlack)/r), time.Duration(float64(time.Second)/r)+SpacingMargin)
 }
+
+// MinRate is the smallest positive rate a configuration may set: one call
+// an hour. Below it a rate is a mistake, not a limit.
+const MinRate = 1.0 / 3600
+
+// maxInterval is the longest spacing Interval gives: a rate too small to
+// space is no call at all, never no limit.
+const maxInterval = time.Duration(math.MaxInt64 / 4)
 
 // QuotaInterval is Interval(r) for a rate an answer states, never longer
 // than MaxPause: nothing an answer says stops calls for longer (SPEC §4).

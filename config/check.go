@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -78,8 +80,22 @@ func subjectProblem(v string) string {
 }
 
 func checkLiteralSubject(v string) string {
-	if p := subjectProblem(v); p != "" {
+	if p := storedSubjectProblem(v); p != "" {
 		return quote(v) + " is not a valid subject: " + p
+	}
+	return ""
+}
+
+// storedSubjectProblem is subjectProblem for a subject a stream must hold:
+// NATS keeps the subjects under $ (JetStream's API, buckets, the system)
+// and the reply inboxes to itself, and no stream can be made on them.
+func storedSubjectProblem(v string) string {
+	if p := subjectProblem(v); p != "" {
+		return p
+	}
+	first, _, _ := strings.Cut(v, ".")
+	if strings.HasPrefix(first, "$") || first == "_INBOX" || first == "_R_" {
+		return "subjects under " + quote(first) + " are NATS's own (JetStream's API, buckets, replies): no stream can hold them"
 	}
 	return ""
 }
@@ -93,8 +109,8 @@ func parseSubjects(v string) ([]string, string) {
 		switch {
 		case p == "":
 			return nil, quote(v) + " has an empty entry"
-		case subjectProblem(p) != "":
-			return nil, quote(p) + " is not a valid subject: " + subjectProblem(p)
+		case storedSubjectProblem(p) != "":
+			return nil, quote(p) + " is not a valid subject: " + storedSubjectProblem(p)
 		case strings.ContainsAny(p, `/\`):
 			return nil, quote(p) + ` cannot be a work subject: '/' and '\' are not allowed in the durable consumer names made from it`
 		case slices.Contains(out, p):
@@ -376,14 +392,48 @@ func parseAccounts(v string) ([]string, string) {
 }
 
 func checkListenAddr(v string) string {
-	_, port, err := net.SplitHostPort(v)
+	host, port, err := net.SplitHostPort(v)
 	if err != nil {
 		return quote(v) + ` is not host:port (such as ":8080" or "127.0.0.1:8080")`
 	}
 	if !validPort(port, 0) {
 		return quote(v) + " has port " + quote(port) + ", not a number from 0 to 65535"
 	}
+	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+		// A name would be looked up at the start, and one that does not
+		// resolve would stop it with no variable named.
+		return quote(v) + " has host " + quote(host) + `, not an IP address or localhost (leave it out, as in ":8080", for every address)`
+	}
 	return ""
+}
+
+// checkAddrs: the metrics, profiler and ingress servers each need an
+// address of their own; two on one would stop the start with exit 1.
+func checkAddrs(c *Config, st *state) *Error {
+	addrs := []struct{ env, v string }{{envHTTPAddr, c.HTTPAddr}, {envDebugAddr, c.DebugAddr}, {envIngressAddr, c.IngressAddr}}
+	for i, a := range addrs {
+		for _, b := range addrs[i+1:] {
+			if a.v != "" && b.v != "" && sameListener(a.v, b.v) {
+				return clash(st, b.env, a.env, b.v, "two servers cannot listen on one address")
+			}
+		}
+	}
+	return nil
+}
+
+// sameListener reports whether listening on a and on b would take one
+// port of one address: the same port, on the same host or on every
+// address (an empty host, 0.0.0.0, ::). Port 0 takes a free one each.
+func sameListener(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	na, _ := strconv.Atoi(pa)
+	nb, _ := strconv.Atoi(pb)
+	if errA != nil || errB != nil || na != nb || na == 0 {
+		return false
+	}
+	every := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || every(ha) || every(hb)
 }
 
 // checkDebugAddr allows only a loopback host: the profiler shows the
@@ -441,6 +491,19 @@ func checkTLSPair(c *Config, st *state) *Error {
 		return &Error{
 			Name:    st.missingName(envNATSTLSCert, envNATSTLSKey),
 			Problem: "not set, but " + st.name(envNATSTLSKey) + " is: a client key needs its certificate",
+		}
+	}
+	// What they hold, too: the connection would refuse them at the start
+	// with no variable named (SPEC §6).
+	if c.NATSTLSCA != "" {
+		if b, err := os.ReadFile(c.NATSTLSCA); err == nil && !x509.NewCertPool().AppendCertsFromPEM(b) {
+			return &Error{Name: st.name(envNATSTLSCA), Problem: quote(c.NATSTLSCA) + " holds no PEM certificate"}
+		}
+	}
+	if cert && key {
+		if _, err := tls.LoadX509KeyPair(c.NATSTLSCert, c.NATSTLSKey); err != nil {
+			return &Error{Name: st.name(envNATSTLSCert), Problem: quote(c.NATSTLSCert) + " and " + st.name(envNATSTLSKey) +
+				" are not a PEM certificate and its private key: " + oneLine(err.Error())}
 		}
 	}
 	return nil

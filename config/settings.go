@@ -480,5 +480,6 @@ var crossChecks = []crossCheck{
 	{Streams, checkStreams},
 	{API, checkCredentials},
 	{Server, checkIngress},
+	{Server, checkAddrs},
 	{Worker, checkRetry},
 }

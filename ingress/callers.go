@@ -96,18 +96,19 @@ var callerName = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)
 // too). An error names the file, the line and the reason, and never holds
 // a secret or a secret file's content.
 func LoadCallers(path string) (*Callers, error) {
+	// The path quoted: one holding a line break is still one line.
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, unwrapPath(err))
+		return nil, fmt.Errorf("%q: %w", path, unwrapPath(err))
 	}
 	defer f.Close()
 	data, err := readLimited(f, maxCallersFile)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%q: %w", path, err)
 	}
 	cs, err := parseCallers(data, readSecretFile)
 	if err != nil {
-		return nil, fmt.Errorf("%s:%w", path, err)
+		return nil, fmt.Errorf("%q:%w", path, err)
 	}
 	return cs, nil
 }
@@ -152,6 +153,17 @@ func parseCallers(data []byte, readSecret func(string) ([]byte, error)) (*Caller
 	}
 	cs := &Callers{}
 	seen := map[string]int{}
+	// A credential names one caller: a second caller with it could never
+	// be told apart, its name and rights never applied.
+	credential := map[string]int{}
+	once := func(kind string, v []byte, i int) error {
+		k := kind + ":" + string(v)
+		if first, dup := credential[k]; dup {
+			return fmt.Errorf("the same %s as caller %d: every caller needs one of its own", kind, first)
+		}
+		credential[k] = i + 1
+		return nil
+	}
 	for i, e := range doc.Callers {
 		fail := func(field, format string, args ...any) error {
 			return &lineError{lineOf(i, field), fmt.Sprintf("caller %d: ", i+1) + fmt.Sprintf(format, args...)}
@@ -174,11 +186,17 @@ func parseCallers(data []byte, readSecret func(string) ([]byte, error)) (*Caller
 				// token pasted there by mistake must not reach a log.
 				return nil, fail("token_sha256", "%s: token_sha256 must be 64 hex digits (the SHA-256 of the token, never the token itself)", e.Name)
 			}
+			if err := once("token_sha256", h, i); err != nil {
+				return nil, fail("token_sha256", "%s: %v", e.Name, err)
+			}
 			c.tokenHash = h
 		case e.WebhookSecretFile != "":
 			secret, err := readSecret(e.WebhookSecretFile)
 			if err != nil {
 				return nil, fail("webhook_secret_file", "%s: webhook_secret_file: %v", e.Name, err)
+			}
+			if err := once("webhook secret", secret, i); err != nil {
+				return nil, fail("webhook_secret_file", "%s: %v", e.Name, err)
 			}
 			c.secret = secret
 		default:

@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -56,8 +57,8 @@ func TestLoadCallersRefuses(t *testing.T) {
 			if err == nil {
 				t.Fatal("loaded")
 			}
-			if !strings.HasPrefix(err.Error(), path+want) {
-				t.Fatalf("error %q, want it to start with %q", err, path+want)
+			if !strings.HasPrefix(err.Error(), strconv.Quote(path)+want) {
+				t.Fatalf("error %q, want it to start with %q", err, strconv.Quote(path)+want)
 			}
 			for _, secret := range []string{"my-actual-token", "oops-a-secret", "pagerduty-raw"} {
 				if strings.Contains(err.Error(), secret) {
@@ -69,7 +70,7 @@ func TestLoadCallersRefuses(t *testing.T) {
 			}
 		})
 	}
-	if _, err := LoadCallers("testdata/callers/absent.yaml"); err == nil || !strings.HasPrefix(err.Error(), "testdata/callers/absent.yaml: ") {
+	if _, err := LoadCallers("testdata/callers/absent.yaml"); err == nil || !strings.HasPrefix(err.Error(), `"testdata/callers/absent.yaml": `) {
 		t.Fatalf("missing file: %v", err)
 	}
 }

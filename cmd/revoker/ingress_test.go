@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -146,7 +147,7 @@ func TestIngressBadCallersFileExits2(t *testing.T) {
 	env["REVOKER_INGRESS_ADDR"] = "127.0.0.1:0"
 	env["REVOKER_INGRESS_CALLERS_FILE"] = path
 	r := hRun(t, env, "", "serve")
-	r.want(t, exitUsage, "REVOKER_INGRESS_CALLERS_FILE", path+":3:", "token_sha256")
+	r.want(t, exitUsage, "REVOKER_INGRESS_CALLERS_FILE", strconv.Quote(path)+":3:", "token_sha256")
 	if strings.Contains(r.stderr, "nothex") {
 		t.Fatalf("the value reached stderr: %s", r.stderr)
 	}

@@ -93,7 +93,9 @@ func (c *Client) ListSigningKeys(ctx context.Context, accountID string) (*KeyLis
 // provenKeys returns the ids of a key list, or why the answer is not one.
 func provenKeys(resp *Response, body []byte) (map[string]struct{}, string) {
 	switch env := resp.Envelope; {
-	case resp.Status < 200 || resp.Status > 299:
+	// 203 is a proxy's rewriting of the answer, 206 a part of it: neither
+	// is the API's whole list, which an absence is read from.
+	case resp.Status < 200 || resp.Status > 299 || resp.Status == http.StatusNonAuthoritativeInfo || resp.Status == http.StatusPartialContent:
 		why := "HTTP " + strconv.Itoa(resp.Status)
 		if s := env.Summary(); s != "" {
 			why += ": " + s

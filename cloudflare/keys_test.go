@@ -64,6 +64,8 @@ func TestListSigningKeys(t *testing.T) {
 		{name: "one page of one", status: 200, listed: true, wantEnv: true,
 			body: `{"success":true,"errors":[],"messages":[],"result":[{"id":"k2"}],"result_info":{"page":1,"per_page":1000,"count":1,"total_count":1,"total_pages":1}}`},
 		{name: "201", status: 201, body: listBody("k2"), listed: true, wantEnv: true},
+		{name: "203, rewritten by a proxy", status: 203, body: listBody("k2"), why: "HTTP 203", wantEnv: true},
+		{name: "206, a part", status: 206, body: listBody("k2"), why: "HTTP 206", wantEnv: true},
 		{name: "more keys than an account holds", status: 200, body: tooMany, why: "1001 keys listed, more than an account holds (1000)", wantEnv: true},
 
 		{name: "success false", status: 200, body: `{"success":false,"errors":[{"code":10001,"message":"nope"}],"messages":[],"result":[]}`,

@@ -201,8 +201,11 @@ func (p *publisher) one(ctx context.Context, id string, ev event.Event, body []b
 	want := map[uint64]queue.Published{pub.Sequence: pub}
 	err = w.Await(ctx, want, time.Now().Add(p.timeout), func(_ queue.Published, rec event.Record) { got = &rec })
 	if err != nil && got == nil {
-		fmt.Fprintf(e.stderr, "revoker publish: waiting for the outcome: %v\n", err)
-		return exitFailed
+		// Published, its outcome not known: 3, as a wait that ran out
+		// (SPEC §7: 1 says dead-lettered).
+		fmt.Fprintf(e.stderr, "revoker publish: waiting for the outcome: %v; event %s is published and will be processed when a worker takes it (later: revoker outcomes --key %s)\n",
+			err, id, ev.KeyID)
+		return exitTimeout
 	}
 	if got == nil {
 		fmt.Fprintf(e.stderr, "revoker publish: no outcome for event %s within %s; it is published and will be processed when a worker takes it (later: revoker outcomes --key %s)\n",
@@ -276,6 +279,12 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 	var in io.Reader = e.stdin
 	if file != "-" {
 		f, err := os.Open(file)
+		if err == nil {
+			if st, serr := f.Stat(); serr == nil && st.IsDir() {
+				f.Close()
+				err = fmt.Errorf("%q is a directory", file)
+			}
+		}
 		if err != nil {
 			fmt.Fprintf(e.stderr, "revoker publish: --from-file: %v\n", err)
 			return exitUsage
@@ -327,14 +336,22 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 		}
 	})
 
-	r := bufio.NewReaderSize(in, 64<<10)
 	var (
 		readErr error
 		n       int // the line number
 	)
+	next := readLines(ctx, in)
 	for ctx.Err() == nil {
 		n++
-		line, tooLong, err := readLine(r, event.MaxBytes)
+		var l readResult
+		select {
+		case l = <-next:
+		case <-ctx.Done():
+			// The input may never end (a terminal, a pipe held open): an
+			// interrupt does not wait for its next line.
+			continue
+		}
+		line, tooLong, err := l.line, l.tooLong, l.err
 		if err != nil {
 			if err != io.EOF {
 				readErr = err
@@ -344,12 +361,14 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 		if n == 1 {
 			line = bytes.TrimPrefix(line, []byte("\xef\xbb\xbf"))
 		}
+		// White space around the event is fine (SPEC §2): the size that
+		// counts is the event's.
 		line = bytes.TrimSpace(line)
 		if len(line) == 0 && !tooLong {
 			continue
 		}
 		sum.Lines++
-		if tooLong {
+		if tooLong || len(line) > event.MaxBytes {
 			sum.Invalid++
 			fmt.Fprintf(e.stderr, "line %d: invalid event: more than %d bytes; skipped\n", n, event.MaxBytes)
 			continue
@@ -391,8 +410,9 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 			p.printOutcome(lines[pub.EventID], o)
 		})
 		if err != nil {
+			// The events still waiting are published, their outcomes not
+			// known: counted as timed out below (exit 3), not failed.
 			fmt.Fprintf(e.stderr, "revoker publish: waiting for outcomes: %v\n", err)
-			sum.Failed++
 		}
 		for _, pub := range events { // in line order
 			if _, left := want[pub.Sequence]; left {
@@ -440,6 +460,39 @@ func (p *publisher) printSummary(s batchSummary) {
 		line += fmt.Sprintf(", %d failed", s.Failed)
 	}
 	fmt.Fprintln(p.e.stdout, line)
+}
+
+// maxLine is the longest line read whole: an event of event.MaxBytes with
+// as much white space (and a byte order mark) around it.
+const maxLine = 2*event.MaxBytes + 3
+
+// readResult is one line read, as readLine returns it.
+type readResult struct {
+	line    []byte
+	tooLong bool
+	err     error
+}
+
+// readLines reads in's lines (readLine, at most maxLine bytes each) in a
+// goroutine of its own, one at a time as they are taken, until an error
+// or the end of ctx; the last thing sent is the error (io.EOF at the end).
+func readLines(ctx context.Context, in io.Reader) <-chan readResult {
+	out := make(chan readResult)
+	go func() {
+		r := bufio.NewReaderSize(in, 64<<10)
+		for {
+			line, tooLong, err := readLine(r, maxLine)
+			select {
+			case out <- readResult{line, tooLong, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out
 }
 
 // readLine reads one line (without its end of line). A line longer than

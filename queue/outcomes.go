@@ -115,8 +115,10 @@ func storedAt(t time.Time) storedWhen { return storedWhen{at: t} }
 
 // recordClockMargin is how much earlier than its event a record may seem
 // stored: the work and outcome streams' leaders may be two servers, each
-// with its own clock. A variable for tests.
-var recordClockMargin = createdMargin
+// with its own clock. Generous: a record missed for a skew beyond it is a
+// second final record; records of other events within it are only read
+// through. A variable for tests.
+var recordClockMargin = time.Hour
 
 // earliest is when the first record of the event could have been stored,
 // by the outcome stream's clock (zero: at any time): an event's records
@@ -199,13 +201,16 @@ func believeIn(ctx context.Context, nc *nats.Conn, stream string, s msgGetter, s
 			return b, fmt.Errorf("read %s: %w", subject, err)
 		}
 		if first == nil {
-			// Nothing since: the subject's last, which a write expects.
+			// Nothing since: the subject's last, which a write expects. It
+			// is read as any other: stored meanwhile, it may be this
+			// event's record (another replica's), which a write expecting
+			// it would follow with a second.
 			last, err := msgGetOn(ctx, nc, stream, msgGetRequest{LastFor: subject})
 			if err != nil {
 				return b, fmt.Errorf("read %s: %w", subject, err)
 			}
 			if last != nil {
-				b.last = last.Seq
+				each(&jetstream.RawStreamMsg{Subject: last.Subject, Sequence: last.Seq, Data: last.Data, Time: last.Time})
 			}
 			return b, nil
 		}

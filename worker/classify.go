@@ -188,7 +188,7 @@ func ClassifyList(list *cloudflare.KeyList, err error, key string) Decision {
 	d := Decision{Status: st}
 	if resp.HasRetryAfter {
 		d.RetryAfter = resp.RetryAfter
-		d.Pause = true // any wait an answer asks for holds every call (SPEC §4)
+		d.Pause = d.RetryAfter > 0 // any wait an answer asks for holds every call (SPEC §4)
 	}
 	switch {
 	case st >= 200 && st < 300:

@@ -802,10 +802,13 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			// Proven; still, a confirmation elsewhere beats it.
 			return w.checkBeforeNotFound(stop, work, a)
 		case Unauthorized, NoAPI:
-			if a.last.Pause {
-				held = w.holdAsked(a, nextBackOff)
-			}
 			wait = w.cfg.RetryMaxInterval
+			if a.last.Pause {
+				// The hold and the longest backoff run at once: the event
+				// is charged the longer, once.
+				held = w.holdAsked(a, nextBackOff)
+				wait = max(0, wait-held)
+			}
 		default:
 			switch {
 			case a.last.Pause:

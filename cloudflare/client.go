@@ -258,13 +258,13 @@ func (c *Client) call(ctx context.Context, method string, limit int, path ...str
 	hr, err := c.rt.RoundTrip(req)
 	if err != nil {
 		resp.Duration = time.Since(start)
-		return resp, nil, c.callError(ctx, callCtx, method, target, "", err)
+		return resp, nil, redactError(c.callError(ctx, callCtx, method, target, "", err), req.Header)
 	}
 	resp.CFRay = RedactSecrets(CutRay(hr.Header.Get("Cf-Ray")), req.Header)
 	body, oversized, err := readBody(hr.Body, limit)
 	resp.Duration = time.Since(start)
 	if err != nil {
-		return resp, nil, c.callError(ctx, callCtx, method, target, fmt.Sprintf("reading the body of HTTP %d", hr.StatusCode), err)
+		return resp, nil, redactError(c.callError(ctx, callCtx, method, target, fmt.Sprintf("reading the body of HTTP %d", hr.StatusCode), err), req.Header)
 	}
 
 	now := time.Now()
@@ -411,12 +411,24 @@ func RedactSecrets(s string, h http.Header) string {
 	return b.String()
 }
 
+// redactError takes the secrets h carried out of a call's error message:
+// a transport's error may quote what a broken answer echoed (a header
+// line holding the Authorization header, say).
+func redactError(err error, h http.Header) error {
+	if w, ok := err.(*wrapped); ok {
+		w.msg = RedactSecrets(w.msg, h)
+	}
+	return err
+}
+
 // redact takes out of what resp keeps every part of the secrets h carried
 // (RedactSecrets), in the forms the body's bytes did not show: headers
 // quoted, JSON escapes decoded.
 func (resp *Response) redact(h http.Header) {
 	resp.BodyError = RedactSecrets(resp.BodyError, h)
+	resp.scrub = func(s string) string { return RedactSecrets(s, h) }
 	if env := resp.Envelope; env != nil {
+		env.irregular = RedactSecrets(env.irregular, h)
 		redactMessages(env.Errors, h)
 		redactMessages(env.Messages, h)
 	}

@@ -83,6 +83,9 @@ func (c *Client) ListSigningKeys(ctx context.Context, accountID string) (*KeyLis
 	}
 	ids, why := provenKeys(resp, body)
 	if why != "" {
+		if resp.scrub != nil {
+			why = resp.scrub(why) // it may quote the body: an id, an entry
+		}
 		list.why = oneLine(why, summaryMax)
 		return list, nil
 	}

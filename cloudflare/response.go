@@ -39,6 +39,9 @@ type Response struct {
 	// restrictive one when several are given).
 	Policy   RatePolicy
 	Duration time.Duration // wall time of the call, body read included
+	// scrub takes the request's secrets out of a string read from the
+	// answer (RedactSecrets), for what is read after the call; nil: none.
+	scrub func(string) string
 }
 
 // RatePolicy is what a Ratelimit-Policy header says of the quota:

@@ -92,6 +92,11 @@ func (a answered) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	resp, err := a.base.RoundTrip(req)
+	if err != nil {
+		// otelhttp puts the error's text on the span: none of a secret an
+		// answer echoed may go with it.
+		err = &redactedError{err: err, msg: cloudflare.RedactSecrets(err.Error(), req.Header)}
+	}
 	if resp != nil {
 		if ray := resp.Header.Get("CF-Ray"); ray != "" {
 			// As the records keep it, so that the span names the
@@ -129,3 +134,13 @@ func spanName(_ string, req *http.Request) string {
 	}
 	return req.Method
 }
+
+// redactedError is a transport's error with the secrets out of its text;
+// it still unwraps to the error itself.
+type redactedError struct {
+	err error
+	msg string
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }

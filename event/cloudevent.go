@@ -3,7 +3,6 @@ package event
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"mime"
 	"net/url"
 	"strings"
@@ -36,10 +35,11 @@ func IsCloudEvent(contentType string) bool {
 	if contentType == "" {
 		return false
 	}
-	// A parameter that does not parse leaves the type named: read as a
-	// plain event, the envelope's own fields would pick the key.
-	mt, _, err := mime.ParseMediaType(contentType)
-	return mt == CloudEventsContentType && (err == nil || errors.Is(err, mime.ErrInvalidMediaParameter))
+	// The type before any parameter decides, whatever the parameters say
+	// (mime refuses a repeated one outright): read as a plain event, the
+	// envelope's own fields would pick the key.
+	mt, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), CloudEventsContentType)
 }
 
 // DecodeMessage decodes a message's body as the worker reads it: as a

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -94,11 +95,14 @@ func storedSubjectProblem(v string) string {
 		return p
 	}
 	first, _, _ := strings.Cut(v, ".")
-	if strings.HasPrefix(first, "$") || first == "_INBOX" || first == "_R_" {
-		return "subjects under " + quote(first) + " are NATS's own (JetStream's API, buckets, replies): no stream can hold them"
+	if slices.Contains(natsOwn, first) {
+		return "subjects under " + quote(first) + " are NATS's own (JetStream's API, buckets, the system, replies)"
 	}
 	return ""
 }
+
+// natsOwn are the first tokens of the subjects NATS keeps to itself.
+var natsOwn = []string{"$JS", "$KV", "$O", "$SYS", "$SRV", "$MQTT", "$NRG", "$G", "_INBOX", "_R_"}
 
 // parseSubjects reads the comma-separated work subjects.
 func parseSubjects(v string) ([]string, string) {
@@ -399,7 +403,7 @@ func checkListenAddr(v string) string {
 	if !validPort(port, 0) {
 		return quote(v) + " has port " + quote(port) + ", not a number from 0 to 65535"
 	}
-	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+	if _, err := netip.ParseAddr(host); host != "" && host != "localhost" && err != nil { // netip takes a zone (fe80::1%eth0)
 		// A name would be looked up at the start, and one that does not
 		// resolve would stop it with no variable named.
 		return quote(v) + " has host " + quote(host) + `, not an IP address or localhost (leave it out, as in ":8080", for every address)`

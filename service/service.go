@@ -9,6 +9,9 @@ package service
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -391,22 +394,23 @@ func (s *Service) revoke(req micro.Request) {
 		// which the stream cannot store twice, until one is answered.
 		sctx, cancel := context.WithTimeout(traced, storeTimeout)
 		p, unanswered, err := s.cfg.Client.Store(sctx, subject, id, ev, body, republishPause)
-		if errors.Is(err, queue.ErrIDTaken) || errors.Is(err, queue.ErrIDUnverified) {
-			// Anyone who may publish events may have used the id first, to
-			// have this revocation dropped: it is stored under an id of
-			// its own, nobody's to guess, which the answer names. In
-			// doubt, a second event for the key costs a call, not a key.
-			s.cfg.Log.Warn("service: another event may hold the request's id; storing it under an id of its own",
-				zap.String("event_id", untrusted.Line(id, 256)), zap.String("trace_id", tracing.TraceID(traced)), zap.Error(err))
-			suffix := ":" + rand.Text()
-			for len(id)+len(suffix) > maxIDLen {
-				_, size := utf8.DecodeLastRuneInString(id)
-				id = id[:len(id)-size]
+		// Anyone who may publish events may have used the id first, to
+		// have this revocation dropped: it is stored under an id of its
+		// own, which the answer names. That id follows from the request,
+		// so a repeat (its reply lost) is the same event again; only if
+		// it is taken too is it one nobody could guess.
+		for _, suffix := range []string{ownSuffix(id, subject, body), rand.Text()} {
+			if !errors.Is(err, queue.ErrIDTaken) {
+				break
 			}
-			id += suffix
+			s.cfg.Log.Warn("service: another event holds the request's id; storing it under an id of its own",
+				zap.String("event_id", untrusted.Line(id, 256)), zap.String("trace_id", tracing.TraceID(traced)), zap.Error(err))
 			var lost bool
-			p, lost, err = s.cfg.Client.Store(sctx, subject, id, ev, body, republishPause)
+			p, lost, err = s.cfg.Client.Store(sctx, subject, withSuffix(id, suffix), ev, body, republishPause)
 			unanswered = unanswered || lost
+			if err == nil || !errors.Is(err, queue.ErrIDTaken) {
+				id = withSuffix(id, suffix)
+			}
 		}
 		cancel()
 		switch {
@@ -713,4 +717,27 @@ func (s *Service) indexed(p queue.Published, err error) {
 	case changed:
 		s.cfg.Log.Info("service: the event index takes events again")
 	}
+}
+
+// ownSuffix is the id of its own a request gets when its id is taken: 26
+// characters that follow from the id, the subject and the body, so that a
+// repeat of the request is a duplicate of the event it stored.
+func ownSuffix(id, subject string, body []byte) string {
+	h := sha256.New()
+	for _, part := range [][]byte{[]byte(id), []byte(subject), body} {
+		h.Write(binary.AppendUvarint(nil, uint64(len(part))))
+		h.Write(part)
+	}
+	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(h.Sum(nil))[:26]
+}
+
+// withSuffix is id and ":"+suffix, id cut (on a rune) to keep it within
+// maxIDLen.
+func withSuffix(id, suffix string) string {
+	suffix = ":" + suffix
+	for len(id)+len(suffix) > maxIDLen {
+		_, size := utf8.DecodeLastRuneInString(id)
+		id = id[:len(id)-size]
+	}
+	return id + suffix
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -206,12 +207,21 @@ func (s *Server) postRevocation(w http.ResponseWriter, r *http.Request, c *call)
 			return
 		}
 		c.caller = caller
+		// Its rate before anything else is read or answered: refused
+		// bodies are requests too.
+		if !s.admit(w, r, c, nil) {
+			return
+		}
 	case r.Header.Get(HeaderWebhookSignature) == "" && r.Header.Get(HeaderPagerDuty) == "":
 		s.fail(w, c, problem(KindUnauthorized, "no credential: send Authorization: Bearer <token>, or a webhook signature"))
 		return
 	}
 	if !jsonContentType(r.Header.Get("Content-Type")) {
 		s.fail(w, c, problem(KindUnsupportedMedia, "send Content-Type: application/json"))
+		return
+	}
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(strings.TrimSpace(ce), "identity") {
+		s.fail(w, c, problem(KindUnsupportedMedia, "send the body without a Content-Encoding"))
 		return
 	}
 	if r.ContentLength > event.MaxBytes {
@@ -225,13 +235,16 @@ func (s *Server) postRevocation(w http.ResponseWriter, r *http.Request, c *call)
 			s.fail(w, c, problem(KindTooLarge, "over the %d-byte limit", event.MaxBytes))
 			return
 		}
-		s.fail(w, c, problem(KindInvalidRequest, "the body could not be read"))
+		// A stalled or broken upload: nothing is stored, and sending it
+		// again can help (SPEC §11: a 5xx only then, and paging tools
+		// drop other 4xx).
+		s.fail(w, c, problem(KindUnavailable, "the body could not be read: nothing was stored; send the request again").retry(retryUnavailable))
 		return
 	}
 	// The server's write deadline ran from the headers: a slow upload
 	// would use up the time of the store, the wait and the answer.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(storeTimeout + s.cfg.MaxWait + writeMargin))
-	if !s.admit(w, r, c, body) {
+	if c.caller == nil && !s.admit(w, r, c, body) {
 		return
 	}
 	caller := c.caller
@@ -254,6 +267,11 @@ func (s *Server) postRevocation(w http.ResponseWriter, r *http.Request, c *call)
 		return
 	}
 	key := r.Header.Get(HeaderIdempotencyKey)
+	if id := r.Header.Get(HeaderWebhookID); id != "" && caller.Webhook() {
+		// A signed delivery is the event its signature names: an
+		// Idempotency-Key added to a captured one would make it another.
+		key = id
+	}
 	if key == "" {
 		key = r.Header.Get(HeaderWebhookID)
 	}

@@ -54,6 +54,9 @@ func preferWait(values []string) (time.Duration, bool) {
 			if val == "" || strings.IndexFunc(val, func(r rune) bool { return r < '0' || r > '9' }) >= 0 {
 				continue
 			}
+			if val = strings.TrimLeft(val, "0"); val == "" {
+				val = "0"
+			}
 			if len(val) > 9 {
 				// Too many seconds to count is the longest wait (RFC 9111
 				// §1.2.2 reads an overflowing delta-seconds so), not none.

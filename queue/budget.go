@@ -981,6 +981,12 @@ const maxTroubles = 16
 
 // failed logs trouble with the bucket once per distinct cause.
 func (b *Budget) failed(err error) error {
+	if bucketGone(err) {
+		// Deleted by hand, or lost with its stream's only replica: the
+		// next use binds it again (making it when told to), and the watch
+		// follows, or no call would start again (SPEC §3).
+		b.kv.Store(nil)
+	}
 	b.mu.Lock()
 	if errors.Is(err, context.Canceled) || b.closing {
 		// Cut short by Close, or failing as it closes: nothing waits on

@@ -399,7 +399,17 @@ func (b *Budget) Reserve(ctx context.Context, p int) (time.Time, bool, error) {
 		}
 		interval := b.spacing(c.st)
 		if interval == 0 {
-			return local, true, nil // no limit: holds and claims only
+			// No limit of its own: holds, claims, and a slow-down another
+			// replica wrote (Defer, from the API's Ratelimit header),
+			// never beyond the cap.
+			if now.Before(c.st.Next) {
+				at := b.clock.notBefore(c.st.Next)
+				if limit := local.Add(throttle.MaxPause); at.After(limit) {
+					at = limit
+				}
+				return at, false, nil
+			}
+			return local, true, nil
 		}
 		at := c.st.Next
 		if at.Before(now) {
@@ -718,7 +728,7 @@ func (b *Budget) Free(p int) bool {
 		return false
 	}
 	now, _ := b.clock.serverNow()
-	if now.Before(c.st.Hold) {
+	if now.Before(c.st.Hold) || now.Before(c.st.Next) {
 		return false
 	}
 	_, blocked := b.blockedUntil(key, c.st, p, now)
@@ -1036,8 +1046,9 @@ func (b *Budget) run() {
 		cancel()
 	}()
 	var (
-		w        jetstream.KeyWatcher
-		updates  <-chan jetstream.KeyValueEntry
+		w         jetstream.KeyWatcher
+		watchedOn *jetstream.KeyValue // the handle w watches through
+		updates   <-chan jetstream.KeyValueEntry
 		retry    = 50 * time.Millisecond
 		tick     = time.NewTimer(0)
 		lastSync time.Time
@@ -1071,10 +1082,16 @@ func (b *Budget) run() {
 		case <-tick.C:
 		}
 		wait := claimRefresh
+		if w != nil && b.kv.Load() != watchedOn {
+			// The bucket was bound again: its watch is the new one's.
+			go func(w jetstream.KeyWatcher) { _ = w.Stop() }(w)
+			w, updates = nil, nil
+		}
 		if w == nil {
 			kv, err := b.bind(ctx)
 			if err == nil {
 				lastSync = b.cfg.Clock()
+				watchedOn = b.kv.Load()
 				w, err = kv.WatchAll(ctx)
 				if err != nil {
 					b.failed(fmt.Errorf("watch budget: %w", err))

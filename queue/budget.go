@@ -1049,9 +1049,9 @@ func (b *Budget) run() {
 		w         jetstream.KeyWatcher
 		watchedOn *jetstream.KeyValue // the handle w watches through
 		updates   <-chan jetstream.KeyValueEntry
-		retry    = 50 * time.Millisecond
-		tick     = time.NewTimer(0)
-		lastSync time.Time
+		retry     = 50 * time.Millisecond
+		tick      = time.NewTimer(0)
+		lastSync  time.Time
 	)
 	defer tick.Stop()
 	defer func() {

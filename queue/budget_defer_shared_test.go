@@ -1,14 +1,12 @@
 package queue_test
 
 import (
-	"context"
 	"encoding/json"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
@@ -21,19 +19,7 @@ import (
 // by Budget.Defer ("moves the earliest start of any sharer's next call to
 // until"). The other replica must not start a call before it.
 func TestSlowPacesEveryReplicaOfABudgetWithoutARate(t *testing.T) {
-	ns := queuetest.Server(t)
-	api := cloudflaretest.NewServer()
-	defer api.Close()
-	a := newBReplica(t, ns, api, "a", 0, 2)
-	b := newBReplica(t, ns, api, "b", 0, 2)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, r := range []*bReplica{a, b} {
-		queuetest.Eventually(t, 10*time.Second, r.name+"'s first reservation", func() bool {
-			_, ok, err := r.budget.Reserve(ctx, 0)
-			return err == nil && ok
-		})
-	}
+	a, b, ctx := reservedPair(t)
 	js, err := jetstream.New(b.nc)
 	if err != nil {
 		t.Fatal(err)

@@ -1,13 +1,11 @@
 package queue_test
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/revoker/revoker/cloudflare"
-	"github.com/revoker/revoker/cloudflare/cloudflaretest"
 	"github.com/revoker/revoker/queue/queuetest"
 	"github.com/revoker/revoker/routing"
 )
@@ -20,19 +18,7 @@ import (
 // the calls. The other replica is held, and gets no permit before the
 // reset.
 func TestNothingLeftHoldsEveryReplicaOfABudgetWithoutARate(t *testing.T) {
-	ns := queuetest.Server(t)
-	api := cloudflaretest.NewServer()
-	defer api.Close()
-	a := newBReplica(t, ns, api, "a", 0, 2)
-	b := newBReplica(t, ns, api, "b", 0, 2)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, r := range []*bReplica{a, b} {
-		queuetest.Eventually(t, 10*time.Second, r.name+"'s first reservation", func() bool {
-			_, ok, err := r.budget.Reserve(ctx, 0)
-			return err == nil && ok
-		})
-	}
+	a, b, ctx := reservedPair(t)
 
 	const reset = time.Second // no longer than throttle.SlowHold: once taken as pacing
 	heardAt := time.Now()

@@ -621,3 +621,24 @@ func TestBudgetKeepsAQuotaHeardUnderItsShare(t *testing.T) {
 		t.Errorf("6 calls within %v after the share was raised to 10/s over a stated quota of 5/s, want at least %v", d, want)
 	}
 }
+
+// reservedPair starts replicas a and b of one budget without a rate (two
+// priorities), each once its first reservation is made; ctx bounds the
+// test's own waits.
+func reservedPair(t *testing.T) (a, b *bReplica, ctx context.Context) {
+	t.Helper()
+	ns := queuetest.Server(t)
+	api := cloudflaretest.NewServer()
+	t.Cleanup(api.Close)
+	a = newBReplica(t, ns, api, "a", 0, 2)
+	b = newBReplica(t, ns, api, "b", 0, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	for _, r := range []*bReplica{a, b} {
+		queuetest.Eventually(t, 10*time.Second, r.name+"'s first reservation", func() bool {
+			_, ok, err := r.budget.Reserve(ctx, 0)
+			return err == nil && ok
+		})
+	}
+	return a, b, ctx
+}

@@ -105,12 +105,15 @@ func classify(resp *cloudflare.Response, err error) Decision {
 		d.Kind, d.Detail = Revoked, fmt.Sprintf("HTTP %d: revoked", st)
 		return d
 	}
-	if sr := resp.ShouldRetry; sr != nil {
-		if *sr {
-			d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP %d with x-should-retry: true%s", st, summary(resp))
-			d.Pause, d.RateLimited = st == 429 || d.RetryAfter > 0, st == 429
-			return d
-		}
+	// x-should-retry: true makes a refusal retryable. A refused credential
+	// or an answer that is not the API's is retried anyway, and keeps its
+	// own kind, so the worker still turns not-ready for it.
+	if sr := resp.ShouldRetry; sr != nil && *sr && !refusedOrNoAPI(st, env) {
+		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP %d with x-should-retry: true%s", st, summary(resp))
+		d.Pause, d.RateLimited = st == 429 || d.RetryAfter > 0, st == 429
+		return d
+	}
+	if sr := resp.ShouldRetry; sr != nil && !*sr {
 		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d with x-should-retry: false%s", st, summary(resp))
 		// The event is refused for good, but the hold asked for is every
 		// call's (SPEC §4).
@@ -138,12 +141,31 @@ func classify(resp *cloudflare.Response, err error) Decision {
 	case st == 408 || st == 409 || st == 429 || st >= 500:
 		d.Kind, d.Detail = Retry, fmt.Sprintf("HTTP %d%s", st, summary(resp))
 		d.Pause, d.RateLimited = st == 429 || d.RetryAfter > 0, st == 429
-	case st == 401 || st == 403 || (st == 400 && env != nil && env.HasCode(codeBadAuthHeader)):
+	case credentialRefused(st, env):
 		d.Kind, d.Detail = Unauthorized, fmt.Sprintf("HTTP %d: credential refused%s", st, summary(resp))
 	default:
 		d.Kind, d.Detail = Rejected, fmt.Sprintf("HTTP %d%s", st, summary(resp))
 	}
 	return d
+}
+
+// refusedOrNoAPI tells the answers classified Unauthorized or NoAPI: a
+// credential refused, or an answer from something other than the API (a
+// 404 that is not the API's "not found", a redirect).
+func refusedOrNoAPI(st int, env *cloudflare.Envelope) bool {
+	switch {
+	case credentialRefused(st, env):
+		return true
+	case st == 404:
+		return env == nil || env.Success
+	}
+	return st >= 300 && st < 400
+}
+
+// credentialRefused tells the answers that refuse the credential: 401, 403,
+// or 400 with the auth-header code 6003 (SPEC §4).
+func credentialRefused(st int, env *cloudflare.Envelope) bool {
+	return st == 401 || st == 403 || (st == 400 && env != nil && env.HasCode(codeBadAuthHeader))
 }
 
 // summary is what an answer's body says, for a detail line: the API's

@@ -83,7 +83,14 @@ func TestClassify(t *testing.T) {
 		{"422", 422, nil, envelope(10011, "unprocessable"), worker.Rejected, false, 0},
 		{"301 redirect", 301, map[string]string{"Location": "/elsewhere"}, "", worker.NoAPI, false, 0},
 		{"x-should-retry true on 400", 400, map[string]string{"x-should-retry": "true"}, envelope(9, "x"), worker.Retry, false, 0},
-		{"x-should-retry true on 403", 403, map[string]string{"x-should-retry": "true"}, auth, worker.Retry, false, 0},
+		// Retried either way; the credential's refusal and the missing
+		// API still turn the worker not-ready.
+		{"x-should-retry true on 403", 403, map[string]string{"x-should-retry": "true"}, auth, worker.Unauthorized, false, 0},
+		{"x-should-retry true on 401", 401, map[string]string{"x-should-retry": "true"}, auth, worker.Unauthorized, false, 0},
+		{"x-should-retry true on 400 6003", 400, map[string]string{"x-should-retry": "true"}, badHeader, worker.Unauthorized, false, 0},
+		{"x-should-retry true on an HTML 404", 404, map[string]string{"x-should-retry": "true"}, html, worker.NoAPI, false, 0},
+		{"x-should-retry true on a redirect", 302, map[string]string{"x-should-retry": "true", "Location": "https://example.com/"}, "", worker.NoAPI, false, 0},
+		{"x-should-retry true on the API's 404", 404, map[string]string{"x-should-retry": "true"}, envelope(10003, "x"), worker.Retry, false, 0},
 		{"x-should-retry false on 503", 503, map[string]string{"x-should-retry": "false"}, html, worker.Rejected, false, 0},
 		{"x-should-retry false on 429", 429, map[string]string{"x-should-retry": "false", "Retry-After": "1"}, envelope(971, "x"), worker.Rejected, true, time.Second},
 		{"x-should-retry false on 404", 404, map[string]string{"x-should-retry": "false"}, envelope(10003, "x"), worker.Rejected, false, 0},

@@ -18,6 +18,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/nats-io/jwt/v2"
+
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/throttle"
 )
@@ -511,6 +513,51 @@ func checkTLSPair(c *Config, st *state) *Error {
 		}
 	}
 	return nil
+}
+
+// checkNATSCreds checks that the .creds file holds a user JWT and the seed
+// of its user, as the connection will read them: a file that does not
+// would be refused at every connect, and reported as NATS unreachable
+// instead of naming the variable (SPEC §6). Problems name no part of the
+// file, which holds a secret.
+func checkNATSCreds(c *Config, st *state) *Error {
+	if c.NATSCreds == "" {
+		return nil
+	}
+	bad := func(problem string) *Error {
+		return &Error{Name: st.name(envNATSCreds), Problem: "the file it names " + problem + hiddenNote}
+	}
+	b, err := os.ReadFile(c.NATSCreds)
+	if err != nil {
+		return bad("cannot be read")
+	}
+	if _, problem := UserOfCreds(b); problem != "" {
+		return bad(problem)
+	}
+	return nil
+}
+
+// UserOfCreds reads the user JWT of a .creds file's contents b and checks
+// that the file's seed is the key of that user. problem, "" when there is
+// none, says what is wrong in words that hold no part of b.
+func UserOfCreds(b []byte) (claims *jwt.UserClaims, problem string) {
+	token, err := jwt.ParseDecoratedJWT(b)
+	if err == nil {
+		claims, err = jwt.DecodeUserClaims(token)
+	}
+	if err != nil {
+		return nil, "holds no valid user JWT"
+	}
+	seed, err := jwt.ParseDecoratedUserNKey(b)
+	if err != nil {
+		return nil, "holds no user seed"
+	}
+	pub, err := seed.PublicKey()
+	seed.Wipe()
+	if err != nil || pub != claims.Subject {
+		return nil, "holds a seed that is not the key of its user JWT"
+	}
+	return claims, ""
 }
 
 // clash reports two settings that must differ but share the value val. It

@@ -476,6 +476,7 @@ type crossCheck struct {
 
 // crossChecks run in this order after the single values.
 var crossChecks = []crossCheck{
+	{NATS, checkNATSCreds},
 	{NATS, checkTLSPair},
 	{Streams, checkStreams},
 	{API, checkCredentials},

@@ -38,23 +38,11 @@ func embeddedCredsAuth(path string) (*credsAuth, error) {
 	if err != nil {
 		return nil, bad("cannot be read")
 	}
-	token, err := jwt.ParseDecoratedJWT(b)
-	var claims *jwt.UserClaims
-	if err == nil {
-		claims, err = jwt.DecodeUserClaims(token)
+	claims, problem := config.UserOfCreds(b)
+	if problem != "" {
+		return nil, bad(problem)
 	}
-	if err != nil {
-		return nil, bad("holds no valid user JWT")
-	}
-	seed, err := jwt.ParseDecoratedUserNKey(b)
-	if err != nil {
-		return nil, bad("holds no user seed")
-	}
-	pub, err := seed.PublicKey()
-	seed.Wipe()
-	if err != nil || pub != claims.Subject {
-		return nil, bad("holds a seed that is not the key of its user JWT")
-	}
+	pub := claims.Subject
 	if claims.Expires != 0 && time.Unix(claims.Expires, 0).Before(time.Now()) {
 		return nil, bad("holds a user JWT that has expired")
 	}

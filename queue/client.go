@@ -52,7 +52,10 @@ func Dial(conn config.Connection, t config.Topology, onError func(error)) (*Clie
 	opts := []nats.Option{
 		nats.Name("revoker-cli"),
 		nats.Timeout(dialTimeout),
-		nats.MaxReconnects(5),
+		// Once connected, an outage is waited out however long it lasts:
+		// `outcomes --follow` runs until interrupted, and every other read
+		// or wait is bounded by its own timeout.
+		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
 		// A refused subscription then fails its reads instead of waiting
 		// for messages that never come.

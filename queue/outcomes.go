@@ -250,6 +250,9 @@ func KeyOutcomes(ctx context.Context, js jetstream.JetStream, stream, prefix, ac
 // last one it read.
 const followPoll = 250 * time.Millisecond
 
+// followRead bounds one read of a follow.
+const followRead = 5 * time.Second
+
 // FollowOutcomes calls fn with each outcome record on subject stored from
 // since on (zero: all), and then with each new one as it is stored (any
 // other message there going to stray, as in EachOutcome), until
@@ -273,7 +276,11 @@ func FollowOutcomes(ctx context.Context, js jetstream.JetStream, stream, subject
 		}
 	}
 	for {
-		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		// Each read is bounded: a request lost with a server that went
+		// away is asked again, not waited on until the follow ends.
+		rctx, cancel := context.WithTimeout(ctx, followRead)
+		m, err := s.GetMsg(rctx, seq, jetstream.WithGetMsgSubject(subject))
+		cancel()
 		switch {
 		case ctx.Err() != nil:
 			return nil

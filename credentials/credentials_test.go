@@ -27,7 +27,7 @@ const (
 func dir(t *testing.T) string {
 	t.Helper()
 	d := t.TempDir()
-	for name, content := range map[string]string{"tok-a": tokA + "\n", "tok-b": tokB, "key": apiKey, "empty": ""} {
+	for name, content := range map[string]string{"tok-a": tokA + "\n", "tok-a-copy": tokA, "tok-b": tokB, "key": apiKey, "key-copy": apiKey + "\n", "empty": ""} {
 		if err := os.WriteFile(filepath.Join(d, name), []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -191,6 +191,9 @@ func TestLoadErrors(t *testing.T) {
 		{"rate a string", entry("    rate: fast\n"), 5, "rate: must be a number"},
 		{"rate infinite", entry("    rate: .inf\n"), 5, "rate: must be a finite number"},
 		{"budgets disagree", entry("    budget: shared\n    rate: 2\n  - name: b\n    token_file: tok-b\n    accounts: [" + accB + "]\n    budget: shared\n"), 7, `budget "shared" has rate 4 here but 2 for credential "a"`},
+		{"one token file in two budgets", entry("  - name: b\n    token_file: tok-a\n    accounts: [" + accB + "]\n"), 6, `credential "b": token_file holds the same secret as credential "a"'s, charged to budget "a", not "b"`},
+		{"one token in two files and budgets", entry("  - name: b\n    token_file: tok-a-copy\n    accounts: [" + accB + "]\n    budget: other\n"), 6, `charged to budget "a", not "other"`},
+		{"one key in two budgets", "credentials:\n  - name: a\n    email: ops@example.com\n    api_key_file: key\n    accounts: [\"*\"]\n  - name: b\n    email: ops@example.com\n    api_key_file: key-copy\n    accounts: [" + accB + "]\n", 8, `credential "b": api_key_file holds the same secret as credential "a"'s`},
 		{"token file missing", "credentials:\n  - name: a\n    token_file: ./nope\n    accounts: [\"*\"]\n", 3, `credential "a": token_file: token file`},
 		{"a token where its file belongs", "credentials:\n  - name: a\n    token_file: " + tokB + "\n    accounts: [\"*\"]\n", 3, `token_file: token file (a value of 31 characters, not shown`},
 		{"token file empty", "credentials:\n  - name: a\n    token_file: empty\n    accounts: [\"*\"]\n", 3, "empty"},
@@ -229,5 +232,21 @@ func TestLoadMissing(t *testing.T) {
 	_, err := credentials.Load(filepath.Join(t.TempDir(), "none.yaml"), opts("https://x.example"))
 	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "none.yaml") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// One secret given to two credentials of one budget is one principal
+// charged once: allowed.
+func TestLoadOneTokenOneBudget(t *testing.T) {
+	d := dir(t)
+	path := filepath.Join(d, "credentials.yaml")
+	write(t, path, "credentials:\n  - name: a\n    token_file: tok-a\n    accounts: ["+accA+"]\n    budget: user\n"+
+		"  - name: b\n    token_file: tok-a-copy\n    accounts: ["+accB+"]\n    budget: user\n")
+	s, err := credentials.Load(path, opts("https://api.cloudflare.com/client/v4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Budgets(); len(got) != 1 || got["user"] != 4 {
+		t.Errorf("budgets %v, want only user at 4/s", got)
 	}
 }

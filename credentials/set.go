@@ -158,6 +158,7 @@ func load(path string, data []byte, opts Options) (*Set, error) {
 		byAccount: make(map[string]*Credential),
 	}
 	dir := filepath.Dir(path)
+	bySecret := make(map[string]*Credential, len(entries))
 	for _, e := range entries {
 		var auth *cloudflare.TokenFile
 		var err error
@@ -193,6 +194,16 @@ func load(path string, data []byte, opts Options) (*Set, error) {
 			return nil, fmt.Errorf("credential %q: %w", e.name, err)
 		}
 		c := &Credential{Name: e.name, Budget: e.budget, Rate: e.rate, Accounts: e.accounts, Auth: auth, Client: client, Line: e.line}
+		// One secret is one principal of the API, with one budget (SPEC
+		// §1): charged to two budgets, it would be called at both rates
+		// together and refused with 429s. Told apart by fingerprint.
+		if prev, ok := bySecret[auth.ID()]; ok && prev.Budget != c.Budget {
+			return nil, &Error{Path: path, Line: e.secretLine, Reason: fmt.Sprintf(
+				"credential %q: %s holds the same secret as credential %q's, charged to budget %q, not %q: one secret is one budget of the API; give both the same budget",
+				e.name, field, prev.Name, prev.Budget, c.Budget)}
+		} else if !ok {
+			bySecret[auth.ID()] = c
+		}
 		s.creds = append(s.creds, c)
 		s.byName[c.Name] = c
 		for _, a := range e.accounts {

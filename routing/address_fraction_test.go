@@ -44,7 +44,7 @@ func TestAddressLimitWithFractionalCutsShared(t *testing.T) {
 	cfg := config.Default()
 	cfg.IPRateLimit = 10
 	body := "credentials:\n" + credential("a", "acct1", 0) + credential("b", "acct2", 0) + credential("c", "acct3", 0)
-	r, shared := jetStreamRoutes(t, cfg, body, map[string]string{"t": "token"}, "a", "b", "c")
+	r, shared := jetStreamRoutes(t, cfg, body, nil, "a", "b", "c")
 	most, span := startsInOneSecond(t, r, func(rt worker.Route) (throttle.Pair, error) {
 		return throttle.AcquirePair(context.Background(), rt.Gate, shared, 1)
 	})
@@ -66,6 +66,7 @@ func jetStreamRoutes(t *testing.T, cfg config.Config, body string, secrets map[s
 			t.Fatal(err)
 		}
 	}
+	writeTokens(t, dir, body)
 	file := filepath.Join(dir, "credentials.yaml")
 	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -106,6 +107,7 @@ func reloading(t *testing.T, ip float64, body string, log *zap.Logger) (r *Route
 		t.Fatal(err)
 	}
 	load := func(body string) *credentials.Set {
+		writeTokens(t, dir, body)
 		file := filepath.Join(dir, "credentials.yaml")
 		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -126,9 +128,26 @@ func reloading(t *testing.T, ip float64, body string, log *zap.Logger) (r *Route
 	return r, func(body string) { router.Store(load(body)) }
 }
 
-// credential is one credential of a credentials file, a budget of its own.
+// credential is one credential of a credentials file, a budget of its own
+// with a token of its own (writeTokens).
 func credential(name, account string, rate int) string {
-	return fmt.Sprintf("  - name: %s\n    token_file: t\n    accounts: [%s]\n    rate: %d\n", name, account, rate)
+	return fmt.Sprintf("  - name: %s\n    token_file: t-%s\n    accounts: [%s]\n    rate: %d\n", name, name, account, rate)
+}
+
+// writeTokens writes, into dir, a token file of its own for each relative
+// token_file of body not there yet: one token charged to two budgets is
+// refused.
+func writeTokens(t *testing.T, dir, body string) {
+	t.Helper()
+	for _, m := range regexp.MustCompile(`token_file: ([^/\s]+)\n`).FindAllStringSubmatch(body, -1) {
+		path := filepath.Join(dir, m[1])
+		if _, err := os.Stat(path); err == nil {
+			continue
+		}
+		if err := os.WriteFile(path, []byte("token-"+m[1]), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // permitsTake is how long n permits of rt's gate take, one after another.
@@ -364,14 +383,12 @@ func checkedRoutes(t *testing.T, base string, rate float64) (*Routes, *credentia
 // named in a start-up line of at most 16 KiB (SPEC §10), with its count.
 func TestLoadLogLineStaysShort(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "t"), []byte("token"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	var b strings.Builder
 	b.WriteString("credentials:\n")
 	for i := range 600 {
-		fmt.Fprintf(&b, "  - name: credential-with-a-long-name-%04d\n    token_file: t\n    accounts: [acct%04d]\n    budget: budget-with-a-long-name-%04d\n", i, i, i)
+		fmt.Fprintf(&b, "  - name: credential-with-a-long-name-%04d\n    token_file: t%04d\n    accounts: [acct%04d]\n    budget: budget-with-a-long-name-%04d\n", i, i, i, i)
 	}
+	writeTokens(t, dir, b.String())
 	file := filepath.Join(dir, "credentials.yaml")
 	if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)

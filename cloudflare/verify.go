@@ -54,22 +54,26 @@ func (c *Client) VerifyToken(ctx context.Context, accountID string) (*Verificati
 }
 
 // VerifyTokenEach is VerifyToken with each request made only after before
-// (when not nil) gives leave, and its release called when the request is
-// answered: a rate budget charged per call, whether one call or two are
-// made. An error from before ends the check with that error.
-func (c *Client) VerifyTokenEach(ctx context.Context, accountID string, before func(context.Context) (release func(), err error)) (*Verification, error) {
+// (when not nil) gives leave, and its release called with the request's
+// answer (empty when there was none) before any next request: a rate
+// budget charged per call, whether one call or two are made, and holding
+// what each answer asks before the next. An error from before ends the
+// check with that error.
+func (c *Client) VerifyTokenEach(ctx context.Context, accountID string, before func(context.Context) (release func(*Response), err error)) (*Verification, error) {
 	if accountID != "" && !ValidIdentifier(accountID) {
 		return &Verification{Response: &Response{}}, fmt.Errorf("%w: the account id is not 1-32 characters of [A-Za-z0-9]", ErrInvalidIdentifier)
 	}
 	call := func(endpoint string, path ...string) (*Verification, error) {
-		if before != nil {
-			release, err := before(ctx)
-			if err != nil {
-				return &Verification{Response: &Response{}, Endpoint: endpoint}, err
-			}
-			defer release()
+		if before == nil {
+			return c.verify(ctx, endpoint, path...)
 		}
-		return c.verify(ctx, endpoint, path...)
+		release, err := before(ctx)
+		if err != nil {
+			return &Verification{Response: &Response{}, Endpoint: endpoint}, err
+		}
+		v, err := c.verify(ctx, endpoint, path...)
+		release(v.Response)
+		return v, err
 	}
 	if isLegacy(c.cred) {
 		return call(VerifyLegacy, "user")

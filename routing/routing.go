@@ -409,19 +409,28 @@ func (r *Routes) verifyFor(ctx context.Context, c *credentials.Credential, accou
 	ticket := order.started.Add(1)
 	// Each request of the check is a call of the budget and the address
 	// limit (an account token's check is two: the user endpoint first).
-	v, err := c.Client.VerifyTokenEach(ctx, account, func(ctx context.Context) (func(), error) {
+	lowered := false
+	v, err := c.Client.VerifyTokenEach(ctx, account, func(ctx context.Context) (func(*cloudflare.Response), error) {
 		pm, err := throttle.AcquirePair(ctx, b.gate, all, lowest)
 		if err != nil {
 			return nil, err
 		}
 		b.m.Calls.Inc()
-		return pm.Release, nil
+		return func(answer *cloudflare.Response) {
+			pm.Release()
+			// Whatever it says of the credential, a hold each answer
+			// asks for holds the budget, the check's next request
+			// included, and a lower quota it states paces it.
+			order.applying.Lock()
+			defer order.applying.Unlock()
+			if ctx.Err() == nil && Heed(b.gate, answer, r.pause) {
+				lowered = true
+			}
+		}, nil
 	})
 	order.applying.Lock()
 	defer order.applying.Unlock()
-	if err == nil && ctx.Err() == nil && Heed(b.gate, v.Response, r.pause) {
-		// Whatever it says of the credential, a hold its answer asks
-		// for holds the budget, and a lower quota it states paces it.
+	if lowered {
 		r.log.Warn("the API states a lower quota than the budget's rate; calls are spaced to it",
 			zap.String("budget", c.Budget), zap.Float64("rate", r.rateOf(b)), zap.Float64("quota_per_second", v.Policy.PerSecond()))
 	}

@@ -596,7 +596,8 @@ func hasKeyOf(r StatusRequest) bool { return r.AccountID != "" }
 // statusOfKey answers with the key's believed record: its last revoked
 // record, whichever event it is of (key ids are never reused, so a key
 // once revoked stays gone, whatever a later event of it became), else the
-// believed record of the event recorded last. With an event id, only
+// state of the key's latest event stored here when it is newer and has no
+// record yet, else the believed record of the event recorded last. With an event id, only
 // records naming that id count (a weaker match than a sequence: ids can
 // be reused).
 func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRequest) {
@@ -628,11 +629,14 @@ func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRe
 		recs = kept
 	}
 	rec, ok := latestBelieved(recs)
-	if !ok && r.EventID == "" && s.cfg.Index != nil {
-		// No record yet: the state of the key's latest event stored here,
-		// found by stream and sequence (SPEC §12: the record, or the state).
+	if r.EventID == "" && s.cfg.Index != nil && (!ok || rec.Outcome != event.Revoked) {
+		// The key's latest event stored here, found by stream and
+		// sequence, when it has no record yet and came after the one
+		// believed: its state is the key's (SPEC §12: the record, or the
+		// state). An older event's dead letter would tell the caller
+		// that a revocation still under way failed.
 		p, found, err := s.cfg.Index.FindKey(ctx, r.AccountID, r.KeyID)
-		if err == nil && found {
+		if err == nil && found && !recordedIn(recs, p) && (!ok || storedAfter(p, rec)) {
 			r.EventID, r.Stream, r.Sequence = p.EventID, p.Stream, p.Sequence
 			s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter)
 			return
@@ -643,6 +647,35 @@ func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRe
 		return
 	}
 	s.reply(req, rec)
+}
+
+// recordedIn reports whether one of recs is a record of the event p.
+func recordedIn(recs []event.Record, p queue.Published) bool {
+	for _, rec := range recs {
+		if rec.Stream == p.Stream && rec.Sequence == p.Sequence && (p.StoredAt.IsZero() || storedAt(rec).Equal(p.StoredAt)) {
+			return true
+		}
+	}
+	return false
+}
+
+// storedAfter reports whether the event p was stored after the event of
+// rec: by the stream's storing times where both are known, else by
+// sequence in one stream.
+func storedAfter(p queue.Published, rec event.Record) bool {
+	if at := storedAt(rec); !p.StoredAt.IsZero() && !at.IsZero() {
+		return p.StoredAt.After(at)
+	}
+	return p.Stream == rec.Stream && p.Sequence > rec.Sequence
+}
+
+// storedAt is when the stream stored rec's event (zero: not known).
+func storedAt(rec event.Record) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, rec.PublishedAt)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
 }
 
 // latestBelieved picks, among one key's records (oldest first), the last

@@ -538,7 +538,7 @@ func checkNATSCreds(c *Config, st *state) *Error {
 }
 
 // UserOfCreds reads the user JWT of a .creds file's contents b and checks
-// that the file's seed is the key of that user. problem, "" when there is
+// that the file's seed is the key of that user and the JWT has not expired. problem, "" when there is
 // none, says what is wrong in words that hold no part of b.
 func UserOfCreds(b []byte) (claims *jwt.UserClaims, problem string) {
 	token, err := jwt.ParseDecoratedJWT(b)
@@ -556,6 +556,11 @@ func UserOfCreds(b []byte) (claims *jwt.UserClaims, problem string) {
 	seed.Wipe()
 	if err != nil || pub != claims.Subject {
 		return nil, "holds a seed that is not the key of its user JWT"
+	}
+	// Every server refuses an expired JWT at each connect, which the
+	// worker would report as NATS unreachable for ever.
+	if claims.Expires != 0 && !time.Now().Before(time.Unix(claims.Expires, 0)) {
+		return nil, "holds a user JWT that has expired"
 	}
 	return claims, ""
 }

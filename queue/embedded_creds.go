@@ -43,9 +43,6 @@ func embeddedCredsAuth(path string) (*credsAuth, error) {
 		return nil, bad(problem)
 	}
 	pub := claims.Subject
-	if claims.Expires != 0 && time.Unix(claims.Expires, 0).Before(time.Now()) {
-		return nil, bad("holds a user JWT that has expired")
-	}
 	// Limits an operator's server would hold and this one could not are
 	// refused rather than dropped: the file would give more than it says.
 	switch {

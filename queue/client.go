@@ -57,6 +57,10 @@ func Dial(conn config.Connection, t config.Topology, onError func(error)) (*Clie
 		// or wait is bounded by its own timeout.
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
+		// Nothing is kept to be sent after a reconnect: a publish made while
+		// the server is away is refused at once (Refused), so a command
+		// that reports an event not published never stores it later.
+		nats.ReconnectBufSize(-1),
 		// A refused subscription then fails its reads instead of waiting
 		// for messages that never come.
 		nats.PermissionErrOnSubscribe(true),
@@ -215,14 +219,14 @@ func (c *Client) RepublishWithin(ctx context.Context) time.Duration {
 }
 
 // Refused reports whether a publish error proves the event was not
-// stored: the stream answered no, no stream answered at all, or another
-// event holds the id. A timeout or a connection lost in between proves
+// stored: the stream answered no, no stream answered at all, another
+// event holds the id, or the connection was down and kept nothing to send. A timeout or a connection lost in between proves
 // nothing, nor does a duplicate that could not be checked (it may be this
 // very event, stored by an earlier try).
 func Refused(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, ErrIDTaken)
+		errors.Is(err, ErrIDTaken) || errors.Is(err, nats.ErrReconnectBufExceeded)
 }
 
 // Store is Publish, made again under the same id, pause apart, while its
@@ -238,7 +242,9 @@ func (c *Client) Store(ctx context.Context, subject, id string, ev event.Event, 
 		p, err = c.Publish(ctx, subject, id, ev, body)
 		unanswered = unanswered || err != nil && !Refused(err)
 		// A duplicate that could not be checked will not check better now.
-		if err == nil || Refused(err) || errors.Is(err, ErrIDUnverified) {
+		// A publish refused while the connection is made again was never
+		// sent: it is tried again like a lost one.
+		if err == nil || Refused(err) && !errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, ErrIDUnverified) {
 			return p, unanswered, err
 		}
 		if window == 0 {

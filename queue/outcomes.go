@@ -306,9 +306,10 @@ func FollowOutcomes(ctx context.Context, js jetstream.JetStream, stream, subject
 }
 
 // transient reports an error that waiting can cure: no answer in time, no
-// server to answer.
+// server to answer, a connection being made again. A connection closed
+// for good (its credentials refused, say) is not: nothing would come.
 func transient(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
-		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrConnectionClosed) ||
-		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionReconnecting)
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrReconnectBufExceeded)
 }

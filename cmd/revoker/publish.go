@@ -313,9 +313,17 @@ func (p *publisher) batch(ctx context.Context, file string) int {
 		lines  = map[string]int{} // event id -> line
 	)
 	b := p.c.NewBatch(p.subject, func(pub queue.Published, err error) {
-		if err != nil {
+		switch {
+		case err != nil && queue.Refused(err):
 			sum.Failed++
 			fmt.Fprintf(e.stderr, "line %d: not published: %v\n", lines[pub.EventID], err)
+			return
+		case err != nil:
+			// No answer proves nothing: the event may be stored. Published
+			// again under its id, the stream drops it if it is.
+			sum.Failed++
+			fmt.Fprintf(e.stderr, "line %d: not known whether it was stored (%v); to be sure, publish it again with --id %s\n",
+				lines[pub.EventID], err, pub.EventID)
 			return
 		}
 		sum.Published++

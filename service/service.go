@@ -507,7 +507,7 @@ func (s *Service) status(req micro.Request) {
 				s.fail(req, 404, "no event with this id was stored through revoker.revoke in the last %s: give stream and sequence, or account_id and key_id", queue.EventIndexTTL)
 			default:
 				r.AccountID, r.KeyID, r.Stream, r.Sequence = p.AccountID, p.KeyID, p.Stream, p.Sequence
-				s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter)
+				s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter, nil)
 			}
 		})
 		return
@@ -522,7 +522,7 @@ func (s *Service) status(req micro.Request) {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Client.Timeout)
 		defer cancel()
 		if hasSeq {
-			s.statusOfEvent(ctx, req, r, time.Time{}, time.Time{})
+			s.statusOfEvent(ctx, req, r, time.Time{}, time.Time{}, nil)
 			return
 		}
 		s.statusOfKey(ctx, req, r)
@@ -530,12 +530,13 @@ func (s *Service) status(req micro.Request) {
 }
 
 // statusOfEvent answers for the event at stream/sequence: its believed
-// record, else queued while it is still in the work stream, else 404.
+// record, else queued while it is still in the work stream, else known
+// (the key's believed record, when asked by key), else 404.
 // storedAt, when known (the index keeps it), is when the event was
 // stored: only records of that very event are believed. Else storedAfter
 // (the index's), or the work stream as it is now, says when its stream was
 // made: records of an older stream's events are not believed.
-func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r StatusRequest, storedAt, storedAfter time.Time) {
+func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r StatusRequest, storedAt, storedAfter time.Time, known *event.Record) {
 	c := s.cfg.Client
 	p := queue.Published{EventID: r.EventID, AccountID: r.AccountID, KeyID: r.KeyID, Stream: r.Stream, Sequence: r.Sequence,
 		StoredAt: storedAt, StoredAfter: storedAfter}
@@ -586,6 +587,11 @@ func (s *Service) statusOfEvent(ctx context.Context, req micro.Request, r Status
 	case inStream:
 		s.reply(req, Queued{EventID: p.EventID, State: StateQueued, AccountID: p.AccountID, KeyID: p.KeyID,
 			Stream: p.Stream, Sequence: p.Sequence})
+	case known != nil:
+		// Asked by key: the event left the stream without a record (a
+		// purge, a stream made again), so the key's believed record
+		// stands.
+		s.reply(req, *known)
 	default:
 		s.fail(req, 404, "nothing is known of the event at sequence %d of %s for %s/%s", r.Sequence, r.Stream, r.AccountID, r.KeyID)
 	}
@@ -609,7 +615,7 @@ func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRe
 		// (Several events under the id: the key narrows them, below.)
 		if p, found, err := s.cfg.Index.Find(ctx, r.EventID); err == nil && found && p.AccountID == r.AccountID && p.KeyID == r.KeyID {
 			r.Stream, r.Sequence = p.Stream, p.Sequence
-			s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter)
+			s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter, nil)
 			return
 		}
 	}
@@ -637,8 +643,12 @@ func (s *Service) statusOfKey(ctx context.Context, req micro.Request, r StatusRe
 		// that a revocation still under way failed.
 		p, found, err := s.cfg.Index.FindKey(ctx, r.AccountID, r.KeyID)
 		if err == nil && found && !recordedIn(recs, p) && (!ok || storedAfter(p, rec)) {
+			var known *event.Record
+			if ok {
+				known = &rec // if nothing is known of the newer event after all
+			}
 			r.EventID, r.Stream, r.Sequence = p.EventID, p.Stream, p.Sequence
-			s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter)
+			s.statusOfEvent(ctx, req, r, p.StoredAt, p.StoredAfter, known)
 			return
 		}
 	}

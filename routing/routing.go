@@ -409,7 +409,7 @@ func (r *Routes) verifyFor(ctx context.Context, c *credentials.Credential, accou
 	ticket := order.started.Add(1)
 	// Each request of the check is a call of the budget and the address
 	// limit (an account token's check is two: the user endpoint first).
-	lowered := false
+	var lowered float64 // the quota an answer lowered the budget to, per second
 	v, err := c.Client.VerifyTokenEach(ctx, account, func(ctx context.Context) (func(*cloudflare.Response), error) {
 		pm, err := throttle.AcquirePair(ctx, b.gate, all, lowest)
 		if err != nil {
@@ -424,15 +424,15 @@ func (r *Routes) verifyFor(ctx context.Context, c *credentials.Credential, accou
 			order.applying.Lock()
 			defer order.applying.Unlock()
 			if ctx.Err() == nil && Heed(b.gate, answer, r.pause) {
-				lowered = true
+				lowered = answer.Policy.PerSecond()
 			}
 		}, nil
 	})
 	order.applying.Lock()
 	defer order.applying.Unlock()
-	if lowered {
+	if lowered > 0 {
 		r.log.Warn("the API states a lower quota than the budget's rate; calls are spaced to it",
-			zap.String("budget", c.Budget), zap.Float64("rate", r.rateOf(b)), zap.Float64("quota_per_second", v.Policy.PerSecond()))
+			zap.String("budget", c.Budget), zap.Float64("rate", r.rateOf(b)), zap.Float64("quota_per_second", lowered))
 	}
 	switch {
 	case ctx.Err() != nil:

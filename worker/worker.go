@@ -692,16 +692,12 @@ const maxLateSlots = 3
 // made: no store, no call. So a replica cut off from NATS makes no call,
 // and every call is counted whatever becomes of this process.
 func (w *Worker) call(stop, work context.Context, a *attempt) ending {
-	var b *backoff.ExponentialBackOff // made at its first use: most events never back off
+	var next func() time.Duration // made at its first use: most events never back off
 	nextBackOff := func() time.Duration {
-		if b == nil {
-			b = backoff.NewExponentialBackOff(
-				backoff.WithInitialInterval(w.cfg.RetryInitial),
-				backoff.WithMaxInterval(w.cfg.RetryMaxInterval),
-				backoff.WithMaxElapsedTime(0), // the budget is kept below, without pauses
-			)
+		if next == nil {
+			next = retryBackOff(w.cfg.RetryInitial, w.cfg.RetryMaxInterval)
 		}
-		return b.NextBackOff()
+		return next()
 	}
 	// spent is the delivery's retry budget used: calls, backoff sleeps and
 	// holds asked for by answers other than a 429, but not waits for a
@@ -1956,6 +1952,19 @@ func (w *Worker) deadLetter(stop, work context.Context, a *attempt, reason event
 // markTimeout bounds the write that keeps an invalid event's dead letter
 // in the ledger before its Term.
 const markTimeout = 2 * time.Second
+
+// retryBackOff is the waits between one delivery's calls: exponential,
+// from initial, with jitter, and never longer than max (SPEC §4: the
+// longest backoff is REVOKER_RETRY_MAX_INTERVAL). The library caps the
+// interval before its jitter, which may add half of it again.
+func retryBackOff(initial, max time.Duration) func() time.Duration {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(initial),
+		backoff.WithMaxInterval(max),
+		backoff.WithMaxElapsedTime(0), // the delivery's budget is kept by its caller, without pauses
+	)
+	return func() time.Duration { return min(b.NextBackOff(), max) }
+}
 
 // recordBackoff spaces the tries of a record write.
 func recordBackoff() *backoff.ExponentialBackOff {

@@ -260,7 +260,7 @@ func (c *Client) call(ctx context.Context, method string, limit int, path ...str
 		resp.Duration = time.Since(start)
 		return resp, nil, redactError(c.callError(ctx, callCtx, method, target, "", err), req.Header)
 	}
-	resp.CFRay = RedactSecrets(CutRay(hr.Header.Get("Cf-Ray")), req.Header)
+	resp.CFRay = KeptRay(hr.Header.Get("Cf-Ray"), req.Header)
 	body, oversized, err := readBody(hr.Body, limit)
 	resp.Duration = time.Since(start)
 	if err != nil {

@@ -523,6 +523,19 @@ func CutRay(ray string) string {
 	return cleanRay(ray)
 }
 
+// KeptRay is the CF-Ray of an answer to a request that sent the headers h,
+// as records, logs and spans keep it: cut (CutRay), with any part of a
+// secret the request sent replaced (RedactSecrets), and still at most
+// MaxCFRay characters, as a replacement may be longer than what it
+// replaced.
+func KeptRay(ray string, h http.Header) string {
+	kept := CutRay(ray)
+	if red := RedactSecrets(kept, h); red != kept {
+		return CutRay(red)
+	}
+	return kept
+}
+
 // cleanRay is CutRay for a ray that may need cutting or cleaning.
 func cleanRay(ray string) string {
 	// Cut the bytes first, so a 2 MiB header costs what a short one does.

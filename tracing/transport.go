@@ -101,7 +101,7 @@ func (a answered) RoundTrip(req *http.Request) (*http.Response, error) {
 		if ray := resp.Header.Get("CF-Ray"); ray != "" {
 			// As the records keep it, so that the span names the
 			// record's ray (a real one is about 20 bytes).
-			span.SetAttributes(CFRayKey.String(cloudflare.RedactSecrets(cloudflare.CutRay(ray), req.Header)))
+			span.SetAttributes(CFRayKey.String(cloudflare.KeptRay(ray, req.Header)))
 		}
 	}
 	return resp, err

@@ -2068,7 +2068,7 @@ func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) 
 	r := event.Record{
 		// Cut as in the dead-letter record and the logs (SPEC §10), so the
 		// three name the event alike.
-		EventID: untrusted.Chars(a.id, maxLoggedID), AccountID: event.NoKey, KeyID: event.NoKey, TraceID: a.traceID,
+		EventID: untrusted.Chars(a.id, maxLoggedID), TraceID: a.traceID,
 		Outcome: outcome, Reason: reason,
 		Status: a.status, CFRay: a.cfRay, Attempts: a.attempts(),
 		Stream: a.d.Stream(), Subject: a.d.Subject(), Sequence: a.d.Sequence(),
@@ -2089,23 +2089,32 @@ func (w *Worker) record(a *attempt, outcome event.Outcome, reason event.Reason) 
 	} else if !a.absentAt.IsZero() {
 		r.AbsenceCheckedAt = a.absentAt.UTC().Format(time.RFC3339Nano)
 	}
-	switch {
-	case a.decoded:
-		r.AccountID, r.KeyID, r.RequestedBy = a.ev.AccountID, a.ev.KeyID, a.ev.RequestedBy
+	r.AccountID, r.KeyID = a.filedUnder()
+	if a.decoded {
+		r.RequestedBy = a.ev.RequestedBy
 		if !a.ev.RequestedAt.IsZero() {
 			r.RequestedAt = a.ev.RequestedAt.Format(time.RFC3339Nano)
 		}
-	default:
-		// An invalid event is filed under those of its ids that pass their
-		// rule (SPEC §5a), which the decoder alone kept.
-		if cloudflare.ValidIdentifier(a.ev.AccountID) {
-			r.AccountID = a.ev.AccountID
-		}
-		if cloudflare.ValidIdentifier(a.ev.KeyID) {
-			r.KeyID = a.ev.KeyID
-		}
 	}
 	return r
+}
+
+// filedUnder is the account and key the event's records and log lines
+// name: its own, or for an invalid event those of its ids that pass their
+// rule (SPEC §5a), which the decoder alone kept, and event.NoKey for the
+// others.
+func (a *attempt) filedUnder() (account, key string) {
+	if a.decoded {
+		return a.ev.AccountID, a.ev.KeyID
+	}
+	account, key = event.NoKey, event.NoKey
+	if cloudflare.ValidIdentifier(a.ev.AccountID) {
+		account = a.ev.AccountID
+	}
+	if cloudflare.ValidIdentifier(a.ev.KeyID) {
+		key = a.ev.KeyID
+	}
+	return account, key
 }
 
 // replayOf is the dead letter the delivery replays, only when the replay's
@@ -2159,8 +2168,9 @@ func (w *Worker) fields(a *attempt, extra ...zap.Field) []zap.Field {
 	if a.traceID != "" {
 		f = append(f, zap.String("trace_id", a.traceID))
 	}
+	account, key := a.filedUnder()
+	f = append(f, zap.String("account", account), zap.String("key", key))
 	if a.decoded {
-		f = append(f, zap.String("account", a.ev.AccountID), zap.String("key", a.ev.KeyID))
 		if a.route.Credential != "" {
 			f = append(f, zap.String("credential", a.route.Credential))
 		}

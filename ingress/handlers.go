@@ -146,7 +146,10 @@ func (s *Server) reply(w http.ResponseWriter, c *call, status int, v any) {
 		s.fail(w, c, problem(KindInternal, "the answer could not be encoded"))
 		return
 	}
-	s.write(w, c, status, "application/json", body)
+	// Records hold free text from events: C1 and bidirectional controls,
+	// which encoding/json leaves raw, are escaped, as `--json` does
+	// (SPEC §10); JSON readers see the same characters.
+	s.write(w, c, status, "application/json", untrusted.EscapeJSON(body))
 }
 
 // fail writes p as application/problem+json.

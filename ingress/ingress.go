@@ -25,11 +25,11 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/revoker/revoker/logging"
 	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/tracing"
+	"github.com/revoker/revoker/untrusted"
 )
 
 // Defaults and bounds of the HTTP server.
@@ -216,13 +216,22 @@ func Start(ctx context.Context, js jetstream.JetStream, cfg Config) (*Server, er
 }
 
 // errorLog is the HTTP server's own error log (TLS handshakes refused and
-// the like), at warning level.
+// the like), at warning level. What it says may quote what a client sent
+// (a refused handshake quotes every protocol the client offered, up to
+// 64 KB), so each line is made safe and cut (SPEC §10).
 func errorLog(log *zap.Logger) *stdlog.Logger {
-	l, err := zap.NewStdLogAt(log, zapcore.WarnLevel)
-	if err != nil {
-		return zap.NewStdLog(log)
-	}
-	return l
+	return stdlog.New(serverErrors{log}, "", 0)
+}
+
+// maxServerError bounds one line of the HTTP server's error log, in bytes.
+const maxServerError = 1024
+
+// serverErrors writes the HTTP server's error lines to log.
+type serverErrors struct{ log *zap.Logger }
+
+func (e serverErrors) Write(p []byte) (int, error) {
+	e.log.Warn(untrusted.Line(string(p), maxServerError))
+	return len(p), nil
 }
 
 // Addr is the address the ingress listens on.

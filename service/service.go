@@ -270,7 +270,14 @@ func (s *Service) fail(req micro.Request, code int, format string, args ...any) 
 }
 
 func (s *Service) reply(req micro.Request, v any) {
-	if err := req.RespondJSON(v); err != nil {
+	body, err := json.Marshal(v)
+	if err == nil {
+		// Records hold free text from events: C1 and bidirectional
+		// controls, which encoding/json leaves raw, are escaped for the
+		// terminal a `nats req` prints to (SPEC §10).
+		err = req.Respond(untrusted.EscapeJSON(body))
+	}
+	if err != nil {
 		s.cfg.Log.Debug("service: reply lost", zap.Error(err))
 	}
 }

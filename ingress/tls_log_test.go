@@ -1,18 +1,14 @@
 package ingress
 
 import (
-	"context"
 	"crypto/tls"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/queue/queuetest"
 )
 
@@ -25,17 +21,7 @@ func TestTLSHandshakeErrorLogLineStaysBounded(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	writePair(t, certFile, keyFile, 1, time.Now().Add(-time.Hour))
-	ns := startNATS(t, 0, t.TempDir())
-	nc, js := queuetest.Connect(t, ns)
-	core, logs := observer.New(zapcore.DebugLevel)
-	s, err := Start(context.Background(), js, Config{
-		Addr: "127.0.0.1:0", TLSCert: certFile, TLSKey: keyFile, Callers: tCallers(),
-		Client: queue.ClientOn(nc, js, tTopology()), Subjects: tTopology().Subjects, Log: zap.New(core),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	s, logs := startTLS(t, certFile, keyFile, zapcore.DebugLevel)
 
 	evil := "\u202eevil\x1b[2J\u0085"
 	protos := []string{evil}

@@ -58,16 +58,13 @@ func writePair(t *testing.T, certFile, keyFile string, serial int64, mod time.Ti
 	}
 }
 
-// The certificate pair is read again when its files change; a pair that
-// does not load keeps the previous one, and is logged once.
-func TestIngressTLSReload(t *testing.T) {
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	start := time.Now().Add(-time.Hour)
-	writePair(t, certFile, keyFile, 1, start)
+// startTLS starts an ingress serving TLS with the pair in certFile and
+// keyFile, logging at level and above to the observer it returns.
+func startTLS(t *testing.T, certFile, keyFile string, level zapcore.Level) (*Server, *observer.ObservedLogs) {
+	t.Helper()
 	ns := startNATS(t, 0, t.TempDir())
 	nc, js := queuetest.Connect(t, ns)
-	core, logs := observer.New(zapcore.InfoLevel)
+	core, logs := observer.New(level)
 	s, err := Start(context.Background(), js, Config{
 		Addr: "127.0.0.1:0", TLSCert: certFile, TLSKey: keyFile, Callers: tCallers(),
 		Client: queue.ClientOn(nc, js, tTopology()), Subjects: tTopology().Subjects, Log: zap.New(core),
@@ -76,6 +73,17 @@ func TestIngressTLSReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	return s, logs
+}
+
+// The certificate pair is read again when its files change; a pair that
+// does not load keeps the previous one, and is logged once.
+func TestIngressTLSReload(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	start := time.Now().Add(-time.Hour)
+	writePair(t, certFile, keyFile, 1, start)
+	s, logs := startTLS(t, certFile, keyFile, zapcore.InfoLevel)
 	serial := func() int64 {
 		conn, err := tls.Dial("tcp", s.Addr(), &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}) //nolint:gosec // the test's own self-signed pair
 		if err != nil {

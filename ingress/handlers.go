@@ -353,9 +353,15 @@ func (s *Server) postRevocation(w http.ResponseWriter, r *http.Request, c *call)
 
 // queued answers 202 with the event's state and where to ask again.
 func (s *Server) queued(w http.ResponseWriter, c *call, e entry, state string) {
+	// The age is the event's from when the work stream stored it, where
+	// that is known: a claim taken over is stored again, later.
+	stored := e.StoredAt
+	if !e.EventStoredAt.IsZero() {
+		stored = e.EventStoredAt
+	}
 	age := int64(0)
-	if !e.StoredAt.IsZero() {
-		age = max(int64(s.now().Sub(e.StoredAt)/time.Second), 0)
+	if !stored.IsZero() {
+		age = max(int64(s.now().Sub(stored)/time.Second), 0)
 	}
 	w.Header().Set("Location", "/v1/revocations/"+url.PathEscape(e.EventID))
 	w.Header().Set("Retry-After", strconv.Itoa(retryQueued))

@@ -17,7 +17,8 @@ import (
 // own, always" Slow) or a stated quota (Gate.Quota on a gate without a
 // rate: Slow): a pacing shorter than SlowHold, written to the shared entry
 // by Budget.Defer ("moves the earliest start of any sharer's next call to
-// until"). The other replica must not start a call before it.
+// until"). The other replica, once its watch has brought the entry, must
+// not start a call before it.
 func TestSlowPacesEveryReplicaOfABudgetWithoutARate(t *testing.T) {
 	a, b, ctx := reservedPair(t)
 	js, err := jetstream.New(b.nc)
@@ -41,6 +42,11 @@ func TestSlowPacesEveryReplicaOfABudgetWithoutARate(t *testing.T) {
 			Next time.Time `json:"next"`
 		}
 		return json.Unmarshal(e.Value(), &st) == nil && !st.Next.Before(until.Add(-50*time.Millisecond))
+	})
+	// And in b's view of it: the watch brings it (a budget without a rate
+	// writes nothing per call, so b learns of it only so).
+	queuetest.Eventually(t, 10*time.Second, "b's view of the deferral", func() bool {
+		return !b.budget.CachedNext().Before(until.Add(-50*time.Millisecond)) || time.Now().After(until)
 	})
 	const margin = 20 * time.Millisecond
 	if time.Now().After(until.Add(-200 * time.Millisecond)) {

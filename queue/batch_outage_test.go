@@ -3,13 +3,10 @@ package queue_test
 import (
 	"context"
 	"encoding/json"
-	"flag"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -26,30 +23,11 @@ import (
 // each line, and one reported not published must not be stored later
 // (the operator would publish it again).
 func TestBatchPublishDuringAnOutageIsRefusedNotStoredLater(t *testing.T) {
-	dir := t.TempDir()
-	start := func(port int) *server.Server {
-		t.Helper()
-		srv, err := queue.StartServer(&server.Options{Host: "127.0.0.1", Port: port, StoreDir: dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return srv
-	}
-	srv := start(-1)
-	port := srv.Addr().(*net.TCPAddr).Port
-	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-	cfg, err := config.Register(flag.NewFlagSet("t", flag.ContinueOnError), config.NATS|config.Work).Load(func(k string) (string, bool) {
-		if k == "REVOKER_NATS_URL" {
-			return srv.ClientURL(), true
-		}
-		return "", false
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := newOutageServer(t, config.NATS|config.Work)
+	cfg := o.cfg
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	nc, js := queuetest.Connect(t, srv)
+	nc, js := queuetest.Connect(t, o.srv)
 	if _, err := js.CreateStream(ctx, queue.WorkStream(cfg.Topology())); err != nil {
 		t.Fatal(err)
 	}
@@ -79,8 +57,7 @@ func TestBatchPublishDuringAnOutageIsRefusedNotStoredLater(t *testing.T) {
 		t.Fatalf("first publish: %v", err)
 	}
 
-	srv.Shutdown()
-	srv.WaitForShutdown()
+	o.stop()
 	conn := c.JetStream().Conn()
 	queuetest.Eventually(t, 10*time.Second, "the client to see the outage", func() bool { return !conn.IsConnected() })
 
@@ -96,7 +73,7 @@ func TestBatchPublishDuringAnOutageIsRefusedNotStoredLater(t *testing.T) {
 		t.Errorf("the publish during the outage failed with %v, which does not prove it was not stored", reported)
 	}
 
-	srv = start(port)
+	o.start()
 	queuetest.Eventually(t, 20*time.Second, "the command's connection back, or given up", func() bool {
 		return conn.Status() == nats.CONNECTED || conn.IsClosed()
 	})
@@ -105,7 +82,7 @@ func TestBatchPublishDuringAnOutageIsRefusedNotStoredLater(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, js2 := queuetest.Connect(t, srv)
+	_, js2 := queuetest.Connect(t, o.srv)
 	st, err := js2.Stream(ctx, cfg.Stream)
 	if err != nil {
 		t.Fatal(err)

@@ -220,9 +220,10 @@ func (c *Client) RepublishWithin(ctx context.Context) time.Duration {
 
 // Refused reports whether a publish error proves the event was not
 // stored: the stream answered no, no stream answered at all, another
-// event holds the id, or the connection was down and kept nothing to send. A timeout or a connection lost in between proves
-// nothing, nor does a duplicate that could not be checked (it may be this
-// very event, stored by an earlier try).
+// event holds the id, or the connection was down and kept nothing to
+// send. A timeout or a connection lost in between proves nothing, nor
+// does a duplicate that could not be checked (it may be this very event,
+// stored by an earlier try).
 func Refused(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||

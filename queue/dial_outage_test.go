@@ -2,14 +2,12 @@ package queue_test
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/revoker/revoker/config"
@@ -24,31 +22,11 @@ import (
 // once the server is back. The outage lasts until the client has tried to
 // reconnect more often than a bounded client would.
 func TestDialedClientOutlivesALongOutage(t *testing.T) {
-	dir := t.TempDir()
-	start := func(port int) *server.Server {
-		t.Helper()
-		srv, err := queue.StartServer(&server.Options{Host: "127.0.0.1", Port: port, StoreDir: dir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return srv
-	}
-	srv := start(-1)
-	port := srv.Addr().(*net.TCPAddr).Port
-	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-
-	cfg, err := config.Register(flag.NewFlagSet("t", flag.ContinueOnError), config.NATS|config.Streams).Load(func(k string) (string, bool) {
-		if k == "REVOKER_NATS_URL" {
-			return srv.ClientURL(), true
-		}
-		return "", false
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := newOutageServer(t, config.NATS|config.Streams)
+	cfg := o.cfg
 	// The test's own connection is closed before the outage, so that
 	// every connection the port sees then is the command's.
-	nc, js := queuetest.Connect(t, srv)
+	nc, js := queuetest.Connect(t, o.srv)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, queue.OutcomeStream(cfg.Topology())); err != nil {
@@ -92,11 +70,10 @@ func TestDialedClientOutlivesALongOutage(t *testing.T) {
 	want("before")
 	nc.Close()
 
-	srv.Shutdown()
-	srv.WaitForShutdown()
+	o.stop()
 	// While the server is away, its port answers every connection by
 	// closing it: each is one failed reconnect, counted.
-	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", o.port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,8 +97,8 @@ func TestDialedClientOutlivesALongOutage(t *testing.T) {
 		t.Fatalf("the command's connection was given up after %d reconnects", tries.Load())
 	}
 
-	srv = start(port)
-	_, js2 := queuetest.Connect(t, srv)
+	o.start()
+	_, js2 := queuetest.Connect(t, o.srv)
 	pub(js2, "after")
 	want("after")
 }

@@ -6,10 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/revoker/revoker/event"
-	"github.com/revoker/revoker/queue"
 	"github.com/revoker/revoker/service"
 )
 
@@ -21,14 +18,10 @@ func TestStatusReplyEscapesUnsafeCharacters(t *testing.T) {
 	s := newStack(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	recs := &queue.Records{JS: s.js, Log: zap.NewNop(), OutcomeStream: s.cfg.OutcomeStream, OutcomePrefix: s.cfg.OutcomeSubject, Timeout: 5 * time.Second}
 	at := time.Now().UTC().Format(time.RFC3339Nano)
-	rec := event.Record{EventID: "ev-bidi", AccountID: "acct1", KeyID: "bidikey", Outcome: event.Revoked, Status: 200,
+	storeRecord(ctx, t, s, event.Record{EventID: "ev-bidi", AccountID: "acct1", KeyID: "bidikey", Outcome: event.Revoked, Status: 200,
 		Stream: s.cfg.Stream, Subject: s.cfg.Subjects[0], Sequence: 7, Attempts: 1, PublishedAt: at, CompletedAt: at,
-		RequestedBy: "ops \u202egnp.exe\u0085"}
-	if _, err := recs.Outcome(ctx, rec); err != nil {
-		t.Fatal(err)
-	}
+		RequestedBy: "ops \u202egnp.exe\u0085"})
 	reply := s.request(service.StatusSubject, `{"account_id":"acct1","key_id":"bidikey"}`)
 	if code := serviceError(reply); code != "" {
 		t.Fatalf("status: error %s", code)

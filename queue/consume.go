@@ -170,6 +170,11 @@ func (c *Consumer) runLanes(ctx, work context.Context, lanes []*boundLane) error
 	return first
 }
 
+// streamGonePause is how long rebind waits before it makes a work stream
+// found gone: far longer than a server takes to finish deleting one, and
+// short enough that the lane is bound again within the 5 s SPEC §4 allows.
+const streamGonePause = time.Second
+
 // rebind is one try to bind the consumer of subject again: the work stream
 // is made again too if it went with it (when told to create), and the
 // consumer when it is missing; one made elsewhere meanwhile is bound as it
@@ -179,6 +184,15 @@ func (c *Consumer) rebind(ctx context.Context, subject string) (Binding, error) 
 	defer cancel()
 	replicas, err := streamReplicas(ctx, c.JS, c.Cfg.Stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		// The server takes a deleted stream out of its list first, stops
+		// its consumers (which is how this lane learnt), and deletes its
+		// files last. A stream of that name made in between is made from
+		// those files and loses them a moment later: it answers no publish
+		// (nats-server 2.15). So one found gone is made only after a pause,
+		// if nobody made it meanwhile (ensureStream looks again).
+		if !throttle.Sleep(ctx, streamGonePause) {
+			return Binding{}, ctx.Err()
+		}
 		if err := ensureStream(ctx, c.JS, WorkStream(c.Cfg), c.Cfg.Subjects, c.Cfg.Create, c.Log); err != nil {
 			return Binding{}, err
 		}

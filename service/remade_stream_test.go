@@ -169,17 +169,6 @@ func TestStatusByIDOfAnEventDoneBeforeItWasReadBack(t *testing.T) {
 	}
 }
 
-// streamAnswers reports whether the work stream acknowledges a publish
-// from a connection of the test's own, to another subject than evY's.
-func streamAnswers(ctx context.Context, t *testing.T, s *stack) bool {
-	t.Helper()
-	_, js := queuetest.Connect(t, s.srv)
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	_, err := js.Publish(pctx, s.cfg.Subjects[0], []byte(`{"account_id":"probe","key_id":"probe"}`))
-	return err == nil
-}
-
 // remakeWithEvY deletes the work stream and makes it again, stores evY for
 // acct1/keyS at its sequence 1 through revoker.revoke, and waits until
 // inCall says evY's call is in flight.
@@ -197,13 +186,6 @@ func remakeWithEvY(ctx context.Context, t *testing.T, s *stack, inCall func() bo
 	reply := s.request(service.RevokeSubject, evJSON("acct1", "keyS"), "Nats-Msg-Id", "evY")
 	for i := 0; i < 3 && serviceError(reply) == "504"; i++ {
 		t.Logf("evY: %s; repeated", reply.Header.Get(micro.ErrorHeader))
-		if i == 0 && !streamAnswers(ctx, t, s) {
-			// The embedded server (v2.15.2) has been seen, about once in
-			// twenty runs, to answer no publish to a stream made again
-			// while the worker binds its consumers to it, from any
-			// connection: what this test looks at cannot happen then.
-			t.Skip("the server answers no publish to the work stream made again, not even from a connection of its own")
-		}
 		reply = s.request(service.RevokeSubject, evJSON("acct1", "keyS"), "Nats-Msg-Id", "evY")
 	}
 	qy := decodeQueued(t, reply)

@@ -51,9 +51,6 @@ const (
 	maxDetail = 1024
 	// truncatedBody is what is kept of a body too large for its record.
 	truncatedBody = 64 << 10
-	// headerSlack is room for what a write may add to a record's headers
-	// (a planted record's stand-in takes a longer Nats-Msg-Id).
-	headerSlack = 512
 )
 
 // headerBytes is what h takes in a message, as the server counts it
@@ -82,10 +79,22 @@ func EventID(msgID, stream string, seq uint64) string {
 // and a Nats-Msg-Id derived from the source position so a retried write
 // cannot make two records.
 func DeadLetterMsg(subject string, d event.DeadLetter, body []byte, maxMsg int) *nats.Msg {
+	return deadLetterMsg(subject, "", d, body, maxMsg, dlqMsgID(d))
+}
+
+func dlqMsgID(d event.DeadLetter) string { return fmt.Sprintf("dlq:%s:%d", d.Stream, d.Sequence) }
+
+// deadLetterMsg is DeadLetterMsg under the Nats-Msg-Id id, expecting the
+// stream stream when that is not empty: the body's cut is reckoned with
+// every header the record is written with, as the server counts them.
+func deadLetterMsg(subject, stream string, d event.DeadLetter, body []byte, maxMsg int, id string) *nats.Msg {
 	m := nats.NewMsg(subject)
 	m.Data = body
 	h := m.Header
-	h.Set(jetstream.MsgIDHeader, fmt.Sprintf("dlq:%s:%d", d.Stream, d.Sequence))
+	h.Set(jetstream.MsgIDHeader, id)
+	if stream != "" {
+		h.Set(jetstream.ExpectedStreamHeader, stream) // as publish sets it
+	}
 	h.Set(HeaderReason, string(d.Reason))
 	h.Set(HeaderDetail, untrusted.Chars(d.Detail, maxDetail))
 	if d.Called {
@@ -120,10 +129,10 @@ func DeadLetterMsg(subject string, d event.DeadLetter, body []byte, maxMsg int) 
 	}
 	// The body is cut only where the record would not fit otherwise, and
 	// then to 64 KiB, or less only where 64 KiB would not fit (SPEC §5).
-	if room := maxMsg - headerBytes(h) - headerSlack; maxMsg > 0 && len(body) > room {
+	if room := maxMsg - headerBytes(h); maxMsg > 0 && len(body) > room {
 		sum := sha256.Sum256(body)
 		h.Set(HeaderBodyTruncated, fmt.Sprintf("%d sha256:%s", len(body), hex.EncodeToString(sum[:])))
-		m.Data = body[:min(len(body), truncatedBody, max(maxMsg-headerBytes(h)-headerSlack, 0))]
+		m.Data = body[:min(len(body), truncatedBody, max(maxMsg-headerBytes(h), 0))]
 	}
 	return m
 }
@@ -184,10 +193,23 @@ var _ worker.Records = (*Records)(nil)
 
 // DeadLetter stores the record of d.
 func (r *Records) DeadLetter(ctx context.Context, d event.DeadLetter, body []byte) error {
-	m := DeadLetterMsg(r.DLQSubject, d, body, r.maxRecord(ctx))
+	err := r.deadLetter(ctx, d, body)
+	if errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) {
+		// The stream's limit was lowered since it was read: read it again,
+		// so that the record is cut to fit (SPEC §5: a record always fits).
+		r.dlqMaxMsg.Store(0)
+		err = r.deadLetter(ctx, d, body)
+	}
+	return err
+}
+
+func (r *Records) deadLetter(ctx context.Context, d event.DeadLetter, body []byte) error {
+	maxMsg := r.maxRecord(ctx)
+	m := deadLetterMsg(r.DLQSubject, r.DLQStream, d, body, maxMsg, dlqMsgID(d))
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	return r.write(ctx, r.DLQStream, m, nil, func(stored *jetstream.RawStreamMsg) bool {
+	again := func(id string) *nats.Msg { return deadLetterMsg(r.DLQSubject, r.DLQStream, d, body, maxMsg, id) }
+	return r.write(ctx, r.DLQStream, m, again, nil, func(stored *jetstream.RawStreamMsg) bool {
 		// Ours if it says what ours says of the same event, from the
 		// same place: a retried write of our own record, not one planted
 		// in advance. The source subject counts, since a replay follows
@@ -248,7 +270,7 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 		// many to read through; the record's Nats-Msg-Id still drops a
 		// repeat within the duplicate window.
 		m := OutcomeMsg(r.OutcomePrefix, rec)
-		return rec, r.write(ctx, r.OutcomeStream, m, nil, func(stored *jetstream.RawStreamMsg) bool {
+		return rec, r.write(ctx, r.OutcomeStream, m, nil, nil, func(stored *jetstream.RawStreamMsg) bool {
 			var o event.Record
 			return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
 		})
@@ -290,7 +312,7 @@ func (r *Records) Outcome(ctx context.Context, rec event.Record) (event.Record, 
 			}
 		}
 		m := OutcomeMsg(r.OutcomePrefix, rec)
-		err := r.write(ctx, r.OutcomeStream, m, &b.last, func(stored *jetstream.RawStreamMsg) bool {
+		err := r.write(ctx, r.OutcomeStream, m, nil, &b.last, func(stored *jetstream.RawStreamMsg) bool {
 			var o event.Record
 			return json.Unmarshal(stored.Data, &o) == nil && o.SameFacts(rec)
 		})
@@ -349,9 +371,11 @@ func (r *Records) believe(ctx context.Context, subject string, stored time.Time,
 // the subject's last sequence to be *expectLast when that is not nil. A
 // duplicate answer is taken as written only if ours says the stored record
 // is ours; otherwise somebody wrote under our id first, and the record is
-// written again under an id nobody can guess. The caller bounds ctx (by
-// Timeout): one timer per record, not one per write.
-func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, expectLast *uint64, ours func(*jetstream.RawStreamMsg) bool) error {
+// written again under an id nobody can guess: again(id) when again is not
+// nil (a record whose size depends on its headers is made again whole),
+// else m under that id. The caller bounds ctx (by Timeout): one timer per
+// record, not one per write.
+func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, again func(id string) *nats.Msg, expectLast *uint64, ours func(*jetstream.RawStreamMsg) bool) error {
 	ack, err := publish(ctx, r.JS.Conn(), stream, m, expectLast)
 	if err != nil {
 		return err
@@ -377,7 +401,11 @@ func (r *Records) write(ctx context.Context, stream string, m *nats.Msg, expectL
 	r.Log.Error("a record that is not this one is stored under its id; writing it again under a new id",
 		zap.String("event_id", m.Header.Get(HeaderEventID)), zap.String("trace_id", m.Header.Get(HeaderTraceID)),
 		zap.String("stream", stream), zap.String("msg_id", untrusted.Line(id, maxHeader)), zap.Uint64("stored_sequence", ack.Seq))
-	m.Header.Set(jetstream.MsgIDHeader, id+":"+rand.Text())
+	if id += ":" + rand.Text(); again != nil {
+		m = again(id)
+	} else {
+		m.Header.Set(jetstream.MsgIDHeader, id)
+	}
 	_, err = publish(ctx, r.JS.Conn(), stream, m, expectLast)
 	return err
 }

@@ -131,6 +131,9 @@ type Budget struct {
 	floor atomic.Int64
 	owner string // this replica, in claims
 	clock *serverClock
+	// lastKey is the entry key() named last: a credential whose token is
+	// replaced (its file rotated) names another (carry).
+	lastKey atomic.Pointer[string]
 	// trips are how long the last writes of the entry took to be
 	// answered here: a slot is reserved at least the shortest of them
 	// ahead, so that it is not already late when the answer comes (a
@@ -349,13 +352,36 @@ func (b *Budget) Stats() BudgetStats {
 // alphabet than credential ids ("token:1a2b3c4d").
 func (b *Budget) key() string {
 	id := b.cfg.ID()
-	return strings.Map(func(r rune) rune {
+	k := strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
 			return r
 		}
 		return '_'
 	}, id)
+	if last := b.lastKey.Load(); last == nil || *last != k {
+		if b.lastKey.CompareAndSwap(last, &k) && last != nil {
+			b.carry(*last)
+		}
+	}
+	return k
+}
+
+// carry takes the hold of the entry from, named before the credential's
+// token was replaced, as this replica's own, to be written to the new
+// entry: the API's budget is the user's, which a new token of the same
+// user shares (SPEC §1), so a hold it asked for outlives the rotation
+// (§9), on every replica as it reads the new token.
+func (b *Budget) carry(from string) {
+	c, ok := b.cached(from)
+	if !ok || c.st.Hold.IsZero() || !b.clock.ready() {
+		return
+	}
+	if until := b.clock.toLocal(c.st.Hold); until.After(time.Now()) {
+		b.log.Info("the credential's token was replaced; the hold the API asked for carries over",
+			zap.Time("until", until), zap.String("cause", c.st.Cause))
+		b.Hold(until, c.st.Cause)
+	}
 }
 
 // cached is the known entry of key.

@@ -180,6 +180,13 @@ func (p *publisher) one(ctx context.Context, id string, ev event.Event, body []b
 		defer w.Close()
 	}
 	pub, err := p.c.Publish(ctx, p.subject, id, ev, body)
+	if err != nil && !queue.Refused(err) {
+		// No answer proves nothing: the event may be stored. Published
+		// again under its id, the stream drops it if it is.
+		fmt.Fprintf(e.stderr, "revoker publish: event %s may have been stored, its acknowledgement not heard (%v); to be sure, publish it again with --id %s\n",
+			id, err, id)
+		return exitFailed
+	}
 	if err != nil {
 		fmt.Fprintf(e.stderr, "revoker publish: %v\n", err)
 		return exitFailed

@@ -55,6 +55,7 @@ type KeyRecords struct {
 // call is what one request came to, for its metric and log line.
 type call struct {
 	route   string
+	set     *callerSet // the callers in use when the request came
 	caller  *Caller
 	status  int
 	eventID string
@@ -179,17 +180,25 @@ func (s *Server) write(w http.ResponseWriter, c *call, status int, contentType s
 	_, _ = w.Write(body)
 }
 
+// callersOf is the set of callers c is judged by, taken at its first use.
+func (s *Server) callersOf(c *call) *callerSet {
+	if c.set == nil {
+		c.set = s.callers.Load()
+	}
+	return c.set
+}
+
 // admit authenticates a request and takes a token of its caller's rate.
 func (s *Server) admit(w http.ResponseWriter, r *http.Request, c *call, body []byte) bool {
 	if c.caller == nil {
-		caller, why := s.auth.authenticate(r.Header, body, s.now())
+		caller, why := s.callersOf(c).auth.authenticate(r.Header, body, s.now())
 		if caller == nil {
 			s.fail(w, c, problem(KindUnauthorized, "%s", why))
 			return false
 		}
 		c.caller = caller
 	}
-	if ok, wait := s.limits[c.caller.Name].take(s.now()); !ok {
+	if ok, wait := s.callersOf(c).limits[c.caller.Name].take(s.now()); !ok {
 		s.fail(w, c, problem(KindRateLimited, "over %g requests a second", c.caller.Rate).retry(retryAfter(wait)))
 		return false
 	}
@@ -204,7 +213,7 @@ func (s *Server) postRevocation(w http.ResponseWriter, r *http.Request, c *call)
 	// refused as such (SPEC §11: 401), whatever else is wrong with it.
 	switch {
 	case r.Header.Get("Authorization") != "":
-		caller, why := s.auth.bearer(r.Header.Get("Authorization"))
+		caller, why := s.callersOf(c).auth.bearer(r.Header.Get("Authorization"))
 		if caller == nil {
 			s.fail(w, c, problem(KindUnauthorized, "%s", why))
 			return

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -68,7 +69,9 @@ type Config struct {
 	// they change; both empty: plain HTTP (config allows that on loopback
 	// only).
 	TLSCert, TLSKey string
-	// CallersFile is read by Start unless Callers is given.
+	// CallersFile is read by Start unless Callers is given (the file's
+	// content at start), and followed while the ingress runs: a change
+	// applies within 5 s, without a restart.
 	CallersFile string
 	Callers     *Callers
 	// MaxWait caps Prefer: wait (default DefaultMaxWait).
@@ -102,8 +105,7 @@ type Config struct {
 // Server is the running ingress.
 type Server struct {
 	cfg     Config
-	auth    authenticator
-	limits  map[string]*bucket
+	callers atomic.Pointer[callerSet]
 	m       *Metrics
 	log     *zap.Logger
 	kv      *queue.LazyBucket
@@ -157,14 +159,12 @@ func Start(ctx context.Context, js jetstream.JetStream, cfg Config) (*Server, er
 		m = NewMetrics(reg, cfg.Callers.Names())
 	}
 	s := &Server{
-		cfg: cfg, auth: newAuthenticator(cfg.Callers), limits: map[string]*bucket{}, m: m,
+		cfg: cfg, m: m,
 		log: cfg.Log.With(zap.String("component", "ingress")), waiting: make(chan struct{}, cfg.MaxWaiting),
 		kv:  queue.NewLazyBucket(js, BucketConfig(cfg.Replicas), cfg.Create, cfg.Log.With(zap.String("component", "ingress"))),
 		now: time.Now, done: make(chan error, 1),
 	}
-	for _, c := range cfg.Callers.List {
-		s.limits[c.Name] = newBucket(c.Rate)
-	}
+	s.callers.Store(newCallerSet(cfg.Callers, nil))
 	var tlsConfig *tls.Config
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, s.log)
@@ -204,6 +204,9 @@ func Start(ctx context.Context, js jetstream.JetStream, cfg Config) (*Server, er
 		}
 		s.done <- err
 	}()
+	if cfg.CallersFile != "" {
+		go s.watchCallers(s.ctx, cfg.CallersFile)
+	}
 	// The end of ctx closes the ingress as Close does.
 	context.AfterFunc(s.ctx, func() {
 		cctx, cancel := context.WithTimeout(context.Background(), s.cfg.CloseTimeout)

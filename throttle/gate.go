@@ -188,6 +188,25 @@ type waiter struct {
 	granted bool
 	due     time.Time // the granted permit's rate slot
 	first   bool      // it came back for a permit it lost (Reacquire)
+	order   uint64    // its place among the waiters of its level (InOrder); 0: none
+}
+
+type orderKey struct{}
+
+// InOrder marks the acquires made with ctx as those of the event stored
+// at order (a stream sequence, from 1): among the waiters of one
+// priority, an event stored earlier is served first, whatever the order in
+// which the events' goroutines came to the gate (SPEC §3: an urgent
+// event's first call waits for the urgent events ahead of it, not for
+// those behind it that happened to be quicker). Acquires without an order
+// keep the order they came in.
+func InOrder(ctx context.Context, order uint64) context.Context {
+	return context.WithValue(ctx, orderKey{}, order)
+}
+
+func orderOf(ctx context.Context) uint64 {
+	o, _ := ctx.Value(orderKey{}).(uint64)
+	return o
 }
 
 // Permit is held for the duration of one API call.
@@ -328,18 +347,24 @@ func (g *Gate) acquire(ctx context.Context, p int, first bool, aside Aside) (*Pe
 		g.mu.Unlock()
 		return &Permit{g: g, due: due}, nil
 	}
-	w := &waiter{ch: make(chan struct{})}
+	w := &waiter{ch: make(chan struct{}), order: orderOf(ctx)}
+	q := g.queues[p]
 	if first {
 		// Ahead of every waiter but those that came back first before it.
 		w.first = true
-		q := g.queues[p]
 		i := 0
 		for i < len(q) && q[i].first {
 			i++
 		}
 		g.queues[p] = slices.Insert(q, i, w)
 	} else {
-		g.queues[p] = append(g.queues[p], w)
+		// Behind every waiter but those with an order later than its own
+		// that came after the last one without.
+		i := len(q)
+		for w.order != 0 && i > 0 && !q[i-1].first && q[i-1].order > w.order {
+			i--
+		}
+		g.queues[p] = slices.Insert(q, i, w)
 	}
 	if g.queued != nil {
 		close(g.queued)

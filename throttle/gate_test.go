@@ -235,6 +235,54 @@ func TestReacquiredFirstInLine(t *testing.T) {
 	}
 }
 
+// TestWaitersServedInTheirEventsOrder: events of one priority that came
+// to the gate in another order than they were stored are served as
+// stored (InOrder); a call asked again stays first, and an acquire with
+// no order keeps its place behind those before it.
+func TestWaitersServedInTheirEventsOrder(t *testing.T) {
+	g := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+	t.Cleanup(g.Close)
+	held, err := g.Acquire(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 6)
+	n := 0
+	queue := func(name string, seq uint64, again bool) {
+		n++
+		go func() {
+			acquire := g.Acquire
+			if again {
+				acquire = g.Reacquire
+			}
+			ctx := context.Background()
+			if seq != 0 {
+				ctx = throttle.InOrder(ctx, seq)
+			}
+			pm, err := acquire(ctx, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- name
+			pm.Release()
+		}()
+		waitQueued(t, g, 0, n)
+	}
+	queue("seq 9", 9, false)
+	queue("no order", 0, false)
+	queue("seq 7", 7, false)
+	queue("seq 5", 5, false)
+	queue("seq 6", 6, false)
+	queue("back", 0, true)
+	held.Release()
+	for _, want := range []string{"back", "seq 9", "no order", "seq 5", "seq 6", "seq 7"} {
+		if got := <-order; got != want {
+			t.Fatalf("served %q, want %q", got, want)
+		}
+	}
+}
+
 // TestGateFollowLowersTheRate: after Follow with a quota below the gate's
 // rate, every later permit keeps the quota's spacing, not only the next
 // one; a quota above the rate leaves the rate as it is; and no quota,

@@ -92,7 +92,7 @@ func bindBucket(ctx context.Context, js jetstream.JetStream, want jetstream.KeyV
 		}
 		log.Info("created bucket", zap.String("bucket", want.Bucket))
 	case err == nil:
-		warnBucketReplicas(ctx, kv, want.Bucket, want.Replicas, log)
+		warnBucketDiffs(ctx, kv, want, log)
 	case errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, fmt.Errorf("%w: bucket %s does not exist and REVOKER_CREATE_STREAMS is false", ErrMissing, want.Bucket)
 	default:
@@ -306,9 +306,11 @@ func (l *Ledger) Update(ctx context.Context, ref worker.Ref, change func(*worker
 	}
 }
 
-// warnBucketReplicas warns when an existing bucket has other replicas than
-// configured; like streams, it is left as it is.
-func warnBucketReplicas(ctx context.Context, kv jetstream.KeyValue, bucket string, want int, log *zap.Logger) {
+// warnBucketDiffs warns of each setting of SPEC §3 (storage, age,
+// replicas) in which an existing bucket differs from want; like streams,
+// it is left as it is. A ledger kept in memory, or for a minute, forgets
+// confirmations: an operator must hear of it.
+func warnBucketDiffs(ctx context.Context, kv jetstream.KeyValue, want jetstream.KeyValueConfig, log *zap.Logger) {
 	st, err := kv.Status(ctx)
 	if err != nil {
 		return
@@ -317,8 +319,15 @@ func warnBucketReplicas(ctx context.Context, kv jetstream.KeyValue, bucket strin
 	if !ok {
 		return
 	}
-	if have := bs.StreamInfo().Config.Replicas; have != max(want, 1) {
-		WarnBucketDiffers(log, bucket, "replicas", strconv.Itoa(have), strconv.Itoa(want))
+	have := bs.StreamInfo().Config
+	if have.Storage != want.Storage {
+		WarnBucketDiffers(log, want.Bucket, "storage", have.Storage.String(), want.Storage.String())
+	}
+	if have.MaxAge != want.TTL {
+		WarnBucketDiffers(log, want.Bucket, "max_age", have.MaxAge.String(), want.TTL.String())
+	}
+	if have.Replicas != max(want.Replicas, 1) {
+		WarnBucketDiffers(log, want.Bucket, "replicas", strconv.Itoa(have.Replicas), strconv.Itoa(max(want.Replicas, 1)))
 	}
 }
 

@@ -314,13 +314,30 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	// The client reconnects by itself for ever; a connection it gave up on
 	// for good cannot come back, so a new one is opened and the worker run
 	// on it (SPEC §10), until ctx ends.
+	var (
+		reopening bool
+		lastCause string
+	)
 	for {
 		var lost bool
 		lost, runErr = run.onNewConnection(ctx)
+		if reopening && errors.Is(runErr, errUsage) {
+			// A setting that worked at start: a file the connection reads
+			// (TLS, .creds) is being replaced, not a bad value. Tried
+			// again until it reads, never given up (SPEC §10).
+			if msg := runErr.Error(); msg != lastCause && ctx.Err() == nil {
+				log.Error("the NATS connection cannot be opened again yet; retrying", zap.Error(runErr))
+				lastCause = msg
+			}
+			runErr, lost = nil, true
+		} else if runErr == nil && lost && ctx.Err() == nil {
+			lastCause = ""
+			log.Error("the NATS connection was closed for good; opening a new one")
+		}
 		if runErr != nil || !lost || ctx.Err() != nil {
 			break
 		}
-		log.Error("the NATS connection was closed for good; opening a new one")
+		reopening = true
 		throttle.Sleep(ctx, time.Second)
 	}
 	carry.Close(log, m.ConfirmationsLost)

@@ -120,6 +120,9 @@ func (s *Server) watchCallers(ctx context.Context, path string) {
 			reported = ""
 			s.m.zero(cs.Names())
 			s.callers.Store(newCallerSet(cs, cur))
+			if s.cfg.OnCallers != nil {
+				s.cfg.OnCallers(cs)
+			}
 			s.log.Info("ingress: the callers file changed; its callers are in use",
 				zap.Strings("callers", logging.Few(cs.Names())), zap.Strings("was", logging.Few(cur.callers.Names())))
 		default:

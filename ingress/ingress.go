@@ -74,6 +74,9 @@ type Config struct {
 	// applies within 5 s, without a restart.
 	CallersFile string
 	Callers     *Callers
+	// OnCallers, when set, is given each set the file changes to once it
+	// is in use (an ingress started again later starts from it).
+	OnCallers func(*Callers)
 	// MaxWait caps Prefer: wait (default DefaultMaxWait).
 	MaxWait time.Duration
 	// MaxWaiting bounds the requests waiting for an outcome at once;

@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -309,7 +310,8 @@ func serve(ctx context.Context, cfg config.Config, o serveOptions) error {
 	// by the next connection; lost only once the process stops.
 	carry := &worker.Carryover{}
 	run := wiring{cfg: cfg, o: o, api: api, budgetID: budgetID, m: m, ready: ready, log: log, onState: onState,
-		callers: callers, ingressMetrics: ingressMetrics, creds: creds, carry: carry}
+		callers: &atomic.Pointer[ingress.Callers]{}, ingressMetrics: ingressMetrics, creds: creds, carry: carry}
+	run.callers.Store(callers)
 	var runErr error
 	// The client reconnects by itself for ever; a connection it gave up on
 	// for good cannot come back, so a new one is opened and the worker run
@@ -379,8 +381,10 @@ type wiring struct {
 	ready    *metrics.Readiness
 	log      *zap.Logger
 	onState  func(bool)
-	// callers and ingressMetrics are the HTTP ingress's, when it is on.
-	callers        *ingress.Callers
+	// callers and ingressMetrics are the HTTP ingress's, when it is on;
+	// callers are the file's latest that loaded, so that an ingress
+	// started on a new connection admits no caller taken out meanwhile.
+	callers        *atomic.Pointer[ingress.Callers]
 	ingressMetrics *ingress.Metrics
 	// creds are the credentials of a credentials file, nil without one.
 	creds *routing.File
@@ -521,7 +525,7 @@ func (w wiring) onNewConnection(ctx context.Context) (lost bool, err error) {
 	if cfg.IngressAddr != "" {
 		in, err := ingress.Start(runCtx, js, ingress.Config{
 			Addr: cfg.IngressAddr, TLSCert: cfg.IngressTLSCert, TLSKey: cfg.IngressTLSKey,
-			CallersFile: cfg.IngressCallersFile, Callers: w.callers,
+			CallersFile: cfg.IngressCallersFile, Callers: w.callers.Load(), OnCallers: w.callers.Store,
 			MaxWait: cfg.IngressMaxWait, MaxWaiting: cfg.Concurrency * 16, CloseTimeout: cfg.ShutdownTimeout,
 			Client: client, Waiter: waiter, Subjects: cfg.Subjects,
 			Replicas: cfg.StreamReplicas, Create: cfg.CreateStreams, Log: log, Metrics: w.ingressMetrics,

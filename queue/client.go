@@ -220,14 +220,14 @@ func (c *Client) RepublishWithin(ctx context.Context) time.Duration {
 
 // Refused reports whether a publish error proves the event was not
 // stored: the stream answered no, no stream answered at all, another
-// event holds the id, or the connection was down and kept nothing to
-// send. A timeout or a connection lost in between proves nothing, nor
+// event holds the id, the connection was down and kept nothing to send,
+// or the message was larger than the server takes and was never sent. A timeout or a connection lost in between proves nothing, nor
 // does a duplicate that could not be checked (it may be this very event,
 // stored by an earlier try).
 func Refused(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, ErrIDTaken) || errors.Is(err, nats.ErrReconnectBufExceeded)
+		errors.Is(err, ErrIDTaken) || errors.Is(err, nats.ErrReconnectBufExceeded) || errors.Is(err, nats.ErrMaxPayload)
 }
 
 // Store is Publish, made again under the same id, pause apart, while its

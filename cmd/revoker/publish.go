@@ -180,7 +180,7 @@ func (p *publisher) one(ctx context.Context, id string, ev event.Event, body []b
 		defer w.Close()
 	}
 	pub, err := p.c.Publish(ctx, p.subject, id, ev, body)
-	if err != nil && !queue.Refused(err) {
+	if err != nil && !queue.Refused(err) && !errors.Is(err, queue.ErrIDUnverified) {
 		// No answer proves nothing: the event may be stored. Published
 		// again under its id, the stream drops it if it is.
 		fmt.Fprintf(e.stderr, "revoker publish: event %s may have been stored, its acknowledgement not heard (%v); to be sure, publish it again with --id %s\n",

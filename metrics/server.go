@@ -102,6 +102,13 @@ func (r *Readiness) Names() []string {
 	return slices.Clone(r.order)
 }
 
+// Why is why condition name is not met; "" when it is (or is unknown).
+func (r *Readiness) Why(name string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.conds[name]
+}
+
 // Met reports whether condition name is met (an unknown one is).
 func (r *Readiness) Met(name string) bool {
 	r.mu.Lock()

@@ -1212,3 +1212,25 @@ func wantKeptInTheLedger(t *testing.T, h *harness, d *fakeDelivery) {
 			e, lost, d.settled)
 	}
 }
+
+// TestUnreachableAPIIsNotReady: a call that gets no answer at all (the
+// connection refused) turns the worker not-ready, condition api (SPEC §6:
+// an unreachable API, not-ready), and the next answer makes it ready.
+func TestUnreachableAPIIsNotReady(t *testing.T) {
+	h := newHarness(t, nil, nil, answer(200, revoked, 0))
+	h.api.onCall = func() {
+		if h.api.calls == 2 { // the retry, once the first went unanswered
+			if v := testutil.ToFloat64(h.ready.Gauge(worker.ReadyAPI)); v != 0 {
+				t.Errorf("revoker_ready{condition=api} = %v after a call got no answer", v)
+			}
+		}
+	}
+	d := &fakeDelivery{body: goodEvent}
+	h.handle(d)
+	if o := onlyRecord(t, h); o.Outcome != event.Revoked || o.Attempts != 2 {
+		t.Fatalf("record %+v; want revoked on the second call", o)
+	}
+	if v := testutil.ToFloat64(h.ready.Gauge(worker.ReadyAPI)); v != 1 {
+		t.Fatalf("revoker_ready{condition=api} = %v after the API answered", v)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -264,8 +265,9 @@ func ReadyCredentialOf(name string) string {
 // The readiness conditions the worker reports on.
 const (
 	ReadyCredential = "credential"
-	// ReadyAPI is false while the API answers 404s without its envelope:
-	// the base URL or the way to the API is wrong.
+	// ReadyAPI is false while the API answers 404s without its envelope
+	// (the base URL or the way to the API is wrong), and while calls get
+	// no answer at all (SPEC §6: an unreachable API, not-ready).
 	ReadyAPI = "api"
 )
 
@@ -316,6 +318,10 @@ type Worker struct {
 	budget  metrics.Budget // the single budget's collectors
 
 	credMu sync.Mutex // one change of a credential's or the API's condition at a time
+	// unanswered is when a call last got no answer at all (credMu): the
+	// API unreachable, condition api, until it answers or unreachableFor
+	// passes without another such call.
+	unanswered time.Time
 
 	listMu sync.Mutex
 	lists  map[listKey]*listing // key lists under way, to prove 404s
@@ -774,7 +780,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			if a.last.Kind != NotFound {
 				// A 404 tells nothing of the API or the credential
 				// until its key list answers (proveAbsence heeds that).
-				w.heed(a.route, a.last, a.status)
+				w.heed(a.route, a.last, a.status, a.status == 0 && err != nil && work.Err() == nil)
 			}
 			if a.last.Kind == NotFound {
 				if a.last.Pause {
@@ -1235,7 +1241,7 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 		w.followQuota(a.route, list.Response)
 	}
 	w.pace(a.route, lrl)
-	w.heed(a.route, d, status)
+	w.heed(a.route, d, status, status == 0 && err != nil && work.Err() == nil)
 	result := metrics.AbsenceFailed
 	switch d.Kind {
 	case NotFound:
@@ -1507,9 +1513,26 @@ func (w *Worker) pace(r Route, rl cloudflare.RateLimit) {
 	}
 }
 
+// unreachablePrefix begins condition api's reason while calls get no
+// answer, as against the API answering without its envelope.
+const unreachablePrefix = "the API cannot be reached: "
+
+// unreachableFor is how long condition api stays unmet after the last call
+// that got no answer, when no call answers meanwhile: an idle worker has
+// no other way to learn that the API is back.
+func (w *Worker) unreachableFor() time.Duration {
+	return max(2*w.cfg.RetryMaxInterval, minUnreachableFor)
+}
+
+// minUnreachableFor is unreachableFor's least: a minute's alert should
+// not fire for one call a moment's trouble left unanswered.
+var minUnreachableFor = 30 * time.Second
+
 // heed applies what a decided answer says about the API as a whole:
-// whether our credential works, and whether the API is there.
-func (w *Worker) heed(r Route, d Decision, status int) {
+// whether our credential works, and whether the API is there. noAnswer
+// says the call got no HTTP answer at all (and was not given up by this
+// worker): the API cannot be reached.
+func (w *Worker) heed(r Route, d Decision, status int, noAnswer bool) {
 	w.credMu.Lock()
 	defer w.credMu.Unlock()
 	// Any 401 or 403 means the credential is in doubt, whatever
@@ -1531,15 +1554,35 @@ func (w *Worker) heed(r Route, d Decision, status int) {
 		w.Log.Info("the API accepts the credential again", zap.String("credential", r.Credential))
 	}
 	// So is condition api: a worker on an earlier connection may have set it.
-	apiGone := !w.Ready.Met(ReadyAPI)
+	why := w.Ready.Why(ReadyAPI)
+	unreachable := strings.HasPrefix(why, unreachablePrefix)
 	switch {
-	case d.Kind == NoAPI && !apiGone:
+	case d.Kind == NoAPI && (why == "" || unreachable):
 		w.Ready.Set(ReadyAPI, "the API is not where it should be: "+d.Detail)
 		w.Log.Error("the API answers without its envelope; check CLOUDFLARE_BASE_URL and the way to the API; not ready until it answers",
 			zap.String("detail", d.Detail))
-	case apiGone && status != 0 && d.Kind != NoAPI && d.Kind != Retry:
+	case noAnswer && (why == "" || unreachable):
+		w.unanswered = time.Now()
+		if why == "" {
+			w.Log.Error("the API cannot be reached; not ready until it answers", zap.String("detail", d.Detail))
+		}
+		w.Ready.Set(ReadyAPI, unreachablePrefix+d.Detail)
+		time.AfterFunc(w.unreachableFor(), w.reachableByNow)
+	case unreachable && status != 0,
+		why != "" && status != 0 && d.Kind != NoAPI && d.Kind != Retry:
 		w.Ready.Set(ReadyAPI, "")
 		w.Log.Info("the API answers again")
+	}
+}
+
+// reachableByNow meets condition api again when it was unmet for calls
+// that got no answer and none has come for unreachableFor.
+func (w *Worker) reachableByNow() {
+	w.credMu.Lock()
+	defer w.credMu.Unlock()
+	if strings.HasPrefix(w.Ready.Why(ReadyAPI), unreachablePrefix) && time.Since(w.unanswered) >= w.unreachableFor() {
+		w.Ready.Set(ReadyAPI, "")
+		w.Log.Info("no call has gone unanswered for a while; ready again", zap.Duration("for", w.unreachableFor()))
 	}
 }
 

@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/revoker/revoker/cloudflare"
 	"github.com/revoker/revoker/config"
@@ -84,7 +86,7 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 			return nil
 		}
 		if n == 1 {
-			fmt.Fprintln(tw, "COMPLETED AT\tOUTCOME\tREASON\tACCOUNT\tKEY\tSTATUS\tATTEMPTS\tCF-RAY\tEVENT ID")
+			row(tw, *follow, "COMPLETED AT", "OUTCOME", "REASON", "ACCOUNT", "KEY", "STATUS", "ATTEMPTS", "CF-RAY", "EVENT ID")
 		}
 		status := "-"
 		if o.Status != 0 {
@@ -96,11 +98,8 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 			// which of the two the trail believes (SPEC §4, point 3).
 			outcome += fmt.Sprintf(" (supersedes record %d)", o.Supersedes)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", cell(o.CompletedAt), outcome, cell(string(o.Reason)),
-			cell(o.AccountID), cell(o.KeyID), status, o.Attempts, cell(o.CFRay), cell(o.EventID))
-		if *follow {
-			tw.Flush() // a live feed shows each record as it comes
-		}
+		row(tw, *follow, cell(o.CompletedAt), outcome, cell(string(o.Reason)),
+			cell(o.AccountID), cell(o.KeyID), status, strconv.Itoa(o.Attempts), cell(o.CFRay), cell(o.EventID))
 		return nil
 	}
 	// Anything else on a key's subject is not believed, but said (SPEC §4,
@@ -128,6 +127,31 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		fmt.Fprintf(e.stderr, "no outcome records match in %s\n", cfg.OutcomeStream)
 	}
 	return exitOK
+}
+
+// followWidths are the columns of `outcomes --follow`, each wide enough
+// for what the worker writes there (a time to the nanosecond, the longest
+// reason, 32-character ids): a live feed cannot measure rows it has not
+// seen yet, as the table of what is stored does.
+var followWidths = []int{30, 13, 19, 32, 32, 6, 8, 20}
+
+// row writes one row of the table: through tw, aligned with the others;
+// in a live feed (follow), padded to followWidths and shown at once.
+func row(tw *tabwriter.Writer, follow bool, cells ...string) {
+	if !follow {
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+		return
+	}
+	var b strings.Builder
+	for i, c := range cells {
+		b.WriteString(c)
+		if i < len(followWidths) {
+			b.WriteString(strings.Repeat(" ", max(followWidths[i]-utf8.RuneCountInString(c), 0)+2))
+		}
+	}
+	b.WriteByte('\n')
+	_, _ = tw.Write([]byte(b.String()))
+	tw.Flush() // a live feed shows each record as it comes
 }
 
 // strayLine says, in one line, that a message on a key's subject is not a

@@ -25,6 +25,7 @@ type Readiness struct {
 	mu    sync.Mutex
 	conds map[string]string // name -> "" when met, else why not
 	order []string
+	sets  map[string]uint64 // name -> how often it was set: a Lapse meets it only if it was not set since
 }
 
 // NewReadiness registers revoker_ready on reg and returns a Readiness with
@@ -58,6 +59,38 @@ func (r *Readiness) Declare(name string) {
 func (r *Readiness) Set(name, why string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.set(name, why)
+}
+
+// Lapse marks condition name unmet with why, and met again after d unless
+// it is set again meanwhile, by anyone: for a trouble that shows only
+// while it recurs (calls that get no answer). met, when not nil, is called
+// once it is met so.
+func (r *Readiness) Lapse(name, why string, d time.Duration, met func()) {
+	r.mu.Lock()
+	r.set(name, why)
+	n := r.sets[name]
+	r.mu.Unlock()
+	time.AfterFunc(d, func() {
+		r.mu.Lock()
+		_, known := r.conds[name]
+		lapsed := known && r.sets[name] == n
+		if lapsed {
+			r.set(name, "")
+		}
+		r.mu.Unlock()
+		if lapsed && met != nil {
+			met()
+		}
+	})
+}
+
+// set is Set with r.mu held.
+func (r *Readiness) set(name, why string) {
+	if r.sets == nil {
+		r.sets = map[string]uint64{}
+	}
+	r.sets[name]++
 	if _, ok := r.conds[name]; !ok {
 		r.order = append(r.order, name)
 	}

@@ -318,10 +318,6 @@ type Worker struct {
 	budget  metrics.Budget // the single budget's collectors
 
 	credMu sync.Mutex // one change of a credential's or the API's condition at a time
-	// unanswered is when a call last got no answer at all (credMu): the
-	// API unreachable, condition api, until it answers or unreachableFor
-	// passes without another such call.
-	unanswered time.Time
 
 	listMu sync.Mutex
 	lists  map[listKey]*listing // key lists under way, to prove 404s
@@ -780,7 +776,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			if a.last.Kind != NotFound {
 				// A 404 tells nothing of the API or the credential
 				// until its key list answers (proveAbsence heeds that).
-				w.heed(a.route, a.last, a.status, a.status == 0 && err != nil && work.Err() == nil)
+				w.heed(a.route, a.last, a.status, a.status == 0 && err != nil && work.Err() == nil && !errors.Is(err, context.Canceled))
 			}
 			if a.last.Kind == NotFound {
 				if a.last.Pause {
@@ -1241,7 +1237,9 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 		w.followQuota(a.route, list.Response)
 	}
 	w.pace(a.route, lrl)
-	w.heed(a.route, d, status, status == 0 && err != nil && work.Err() == nil)
+	// A list given up (another delivery's, or at shutdown) heard nothing
+	// of the API: only one that got no answer says it cannot be reached.
+	w.heed(a.route, d, status, status == 0 && err != nil && work.Err() == nil && !errors.Is(err, context.Canceled))
 	result := metrics.AbsenceFailed
 	switch d.Kind {
 	case NotFound:
@@ -1562,27 +1560,19 @@ func (w *Worker) heed(r Route, d Decision, status int, noAnswer bool) {
 		w.Log.Error("the API answers without its envelope; check CLOUDFLARE_BASE_URL and the way to the API; not ready until it answers",
 			zap.String("detail", d.Detail))
 	case noAnswer && (why == "" || unreachable):
-		w.unanswered = time.Now()
 		if why == "" {
 			w.Log.Error("the API cannot be reached; not ready until it answers", zap.String("detail", d.Detail))
 		}
-		w.Ready.Set(ReadyAPI, unreachablePrefix+d.Detail)
-		time.AfterFunc(w.unreachableFor(), w.reachableByNow)
+		// Met again once no call, of this worker or of another on a
+		// later connection, has gone unanswered for a while.
+		every := w.unreachableFor()
+		w.Ready.Lapse(ReadyAPI, unreachablePrefix+d.Detail, every, func() {
+			w.Log.Info("no call has gone unanswered for a while; ready again", zap.Duration("for", every))
+		})
 	case unreachable && status != 0,
 		why != "" && status != 0 && d.Kind != NoAPI && d.Kind != Retry:
 		w.Ready.Set(ReadyAPI, "")
 		w.Log.Info("the API answers again")
-	}
-}
-
-// reachableByNow meets condition api again when it was unmet for calls
-// that got no answer and none has come for unreachableFor.
-func (w *Worker) reachableByNow() {
-	w.credMu.Lock()
-	defer w.credMu.Unlock()
-	if strings.HasPrefix(w.Ready.Why(ReadyAPI), unreachablePrefix) && time.Since(w.unanswered) >= w.unreachableFor() {
-		w.Ready.Set(ReadyAPI, "")
-		w.Log.Info("no call has gone unanswered for a while; ready again", zap.Duration("for", w.unreachableFor()))
 	}
 }
 

@@ -92,14 +92,22 @@ func outcomesCmd(ctx context.Context, args []string, e env) int {
 		if o.Status != 0 {
 			status = strconv.Itoa(o.Status)
 		}
-		outcome := cell(string(o.Outcome))
+		outcome, note := cell(string(o.Outcome)), ""
 		if o.Supersedes != 0 {
 			// The record it corrects is listed too (before it): say
 			// which of the two the trail believes (SPEC §4, point 3).
-			outcome += fmt.Sprintf(" (supersedes record %d)", o.Supersedes)
+			// A live feed says it last, its columns being fixed.
+			note = fmt.Sprintf("(supersedes record %d)", o.Supersedes)
+			if !*follow {
+				outcome, note = outcome+" "+note, ""
+			}
 		}
-		row(tw, *follow, cell(o.CompletedAt), outcome, cell(string(o.Reason)),
-			cell(o.AccountID), cell(o.KeyID), status, strconv.Itoa(o.Attempts), cell(o.CFRay), cell(o.EventID))
+		cells := []string{cell(o.CompletedAt), outcome, cell(string(o.Reason)),
+			cell(o.AccountID), cell(o.KeyID), status, strconv.Itoa(o.Attempts), cell(o.CFRay), cell(o.EventID)}
+		if note != "" {
+			cells = append(cells, note)
+		}
+		row(tw, *follow, cells...)
 		return nil
 	}
 	// Anything else on a key's subject is not believed, but said (SPEC §4,
@@ -144,9 +152,12 @@ func row(tw *tabwriter.Writer, follow bool, cells ...string) {
 	}
 	var b strings.Builder
 	for i, c := range cells {
+		if i > 0 {
+			b.WriteString("  ")
+		}
 		b.WriteString(c)
-		if i < len(followWidths) {
-			b.WriteString(strings.Repeat(" ", max(followWidths[i]-utf8.RuneCountInString(c), 0)+2))
+		if i < len(followWidths) && i < len(cells)-1 {
+			b.WriteString(strings.Repeat(" ", max(followWidths[i]-utf8.RuneCountInString(c), 0)))
 		}
 	}
 	b.WriteByte('\n')

@@ -124,7 +124,11 @@ func acquirePair(ctx context.Context, budget, shared *Gate, p int, first bool, a
 			return Pair{}, err
 		}
 		if s == nil {
-			if s, err = shared.acquire(ctx, p, first, nil); err != nil {
+			// Served as they come, not by their events' order (InOrder):
+			// each holds a rate slot of its budget already, spent when it
+			// was handed out, which a later event going first would let
+			// go by.
+			if s, err = shared.acquire(InOrder(ctx, 0), p, first, nil); err != nil {
 				b.Release()
 				return Pair{}, err
 			}

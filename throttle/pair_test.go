@@ -375,3 +375,37 @@ func TestPairAsideOnlyWhileItsBudgetHoldsItBack(t *testing.T) {
 		t.Errorf("through its budget's hold the caller was set aside %d times and taken back %d; want once each", asides.Load(), backs.Load())
 	}
 }
+
+// TestPairSharedSlotsGoInTheOrderTheBudgetGaveItsSlots: calls waiting for
+// a shared slot each hold a rate slot of their budget already, spent the
+// moment it was handed out. The shared gate serves them as they came, not
+// by their events' order (InOrder): one sent back behind a later event
+// would let its rate slot go by and spend another.
+func TestPairSharedSlotsGoInTheOrderTheBudgetGaveItsSlots(t *testing.T) {
+	budget := throttle.New(throttle.Config{Priorities: 1, Concurrency: throttle.Unbounded})
+	t.Cleanup(budget.Close)
+	shared := throttle.New(throttle.Config{Priorities: 1, Concurrency: 1})
+	t.Cleanup(shared.Close)
+	held, err := shared.Acquire(context.Background(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan uint64, 2)
+	for i, seq := range []uint64{9, 5} {
+		go func() {
+			pm, err := throttle.AcquirePair(throttle.InOrder(context.Background(), seq), budget, shared, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- seq
+			pm.Release()
+		}()
+		waitQueued(t, shared, 0, i+1)
+	}
+	held.Release()
+	if first := <-order; first != 9 {
+		t.Fatalf("the shared slot went first to the event at %d, which came to it second", first)
+	}
+	<-order
+}

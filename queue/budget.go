@@ -360,11 +360,18 @@ func (b *Budget) key() string {
 		return '_'
 	}, id)
 	if last := b.lastKey.Load(); last == nil || *last != k {
-		if b.lastKey.CompareAndSwap(last, &k) && last != nil {
-			b.carry(*last)
-		}
+		b.newKey(last, k)
 	}
 	return k
+}
+
+// newKey notes k as the key named last, in place of last, and carries
+// last's hold over (apart, so that key's own k is not moved to the heap
+// on every call).
+func (b *Budget) newKey(last *string, k string) {
+	if b.lastKey.CompareAndSwap(last, &k) && last != nil {
+		b.carry(*last)
+	}
 }
 
 // carry takes the hold of the entry from, named before the credential's

@@ -97,3 +97,27 @@ func TestUrgentBurstIsCalledInStoredOrder(t *testing.T) {
 		t.Fatalf("an urgent event was overtaken by %d urgent events stored after it: first calls in order %v", worst, order)
 	}
 }
+
+// TestRetriesDoNotKeepLaterEventsFromTheirFirstCall: events of one level
+// are first called as they were stored, but an earlier event that fails
+// and retries at once queues as it comes: k1 answered 503 on every call,
+// retrying every few milliseconds, must not take every rate slot (4 a
+// second) from k2 and k3 until its retry budget (a minute) is spent.
+func TestRetriesDoNotKeepLaterEventsFromTheirFirstCall(t *testing.T) {
+	s := newStack(t, func(c *config.Config) {
+		c.RateLimit, c.Concurrency = 4, 3
+		c.RetryInitial, c.RetryMaxInterval, c.RetryMaxElapsed = 10*time.Millisecond, 20*time.Millisecond, time.Minute
+	})
+	s.ensure()
+	failing := make([]int, 200)
+	for i := range failing {
+		failing[i] = 503
+	}
+	s.api.Script("k1", failing...)
+	s.publishMany(s.cfg.HighestPriority(), []string{"k1", "k2", "k3"})
+	s.start()
+	s.waitFor("k2 and k3 called while k1 keeps failing", func() bool { return s.deletes("k2") > 0 && s.deletes("k3") > 0 })
+	if n := s.deletes("k1"); n > 6 {
+		t.Fatalf("k1 was called %d times before k2 and k3 had their first call", n)
+	}
+}

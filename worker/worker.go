@@ -1420,7 +1420,13 @@ func (w *Worker) acquire(ctx context.Context, r Route, p int, aside throttle.Asi
 // with its token (SPEC §6: the account picks the credential; §9). moved is
 // true then, with no permit held, and a's route is to be looked up again.
 func (w *Worker) acquireRouted(stop context.Context, a *attempt) (pm permit, moved bool, err error) {
-	stop = throttle.InOrder(stop, a.ref.Seq) // events of one level served as stored
+	if a.seen == 0 {
+		// Events' first calls are served as the events were stored; a
+		// call after one (a retry, a redelivery) queues as it comes, so
+		// that an earlier event failing again and again cannot keep later
+		// events from their first call.
+		stop = throttle.InOrder(stop, a.ref.Seq)
+	}
 	rr, ok := w.Routes.(Rerouter)
 	if !ok {
 		pm, err = w.acquire(stop, a.route, a.d.Priority(), a.aside())

@@ -776,7 +776,7 @@ func (w *Worker) call(stop, work context.Context, a *attempt) ending {
 			if a.last.Kind != NotFound {
 				// A 404 tells nothing of the API or the credential
 				// until its key list answers (proveAbsence heeds that).
-				w.heed(a.route, a.last, a.status, a.status == 0 && err != nil && work.Err() == nil && !errors.Is(err, context.Canceled))
+				w.heed(a.route, a.last, a.status, unanswered(work, a.status, err))
 			}
 			if a.last.Kind == NotFound {
 				if a.last.Pause {
@@ -1237,9 +1237,7 @@ func (w *Worker) proveAbsence(stop, work context.Context, a *attempt, at time.Ti
 		w.followQuota(a.route, list.Response)
 	}
 	w.pace(a.route, lrl)
-	// A list given up (another delivery's, or at shutdown) heard nothing
-	// of the API: only one that got no answer says it cannot be reached.
-	w.heed(a.route, d, status, status == 0 && err != nil && work.Err() == nil && !errors.Is(err, context.Canceled))
+	w.heed(a.route, d, status, unanswered(work, status, err))
 	result := metrics.AbsenceFailed
 	switch d.Kind {
 	case NotFound:
@@ -1531,6 +1529,14 @@ func (w *Worker) unreachableFor() time.Duration {
 // minUnreachableFor is unreachableFor's least: a minute's alert should
 // not fire for one call a moment's trouble left unanswered.
 var minUnreachableFor = 30 * time.Second
+
+// unanswered reports whether a call or key list that ended with err and
+// status got no HTTP answer at all: not one given up, by this delivery's
+// end (work) or by another's (a list it shared, cancelled), which heard
+// nothing of the API.
+func unanswered(work context.Context, status int, err error) bool {
+	return status == 0 && err != nil && work.Err() == nil && !errors.Is(err, context.Canceled)
+}
 
 // heed applies what a decided answer says about the API as a whole:
 // whether our credential works, and whether the API is there. noAnswer
